@@ -1,0 +1,15 @@
+// Subcommands of the tessera CLI. Each parses its own flags (CLI11) from
+// argv (argv[0] is the subcommand name) and returns the process exit code.
+#pragma once
+
+namespace tessera::cli {
+
+int cmd_generate(int argc, char** argv);
+int cmd_perplexity(int argc, char** argv);
+int cmd_info(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+int cmd_convert(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+int cmd_tokenizer(int argc, char** argv);  // "tokenizer train ..."
+
+}  // namespace tessera::cli

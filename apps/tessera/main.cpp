@@ -1,0 +1,57 @@
+// tessera: the command-line front end. Dispatches to one subcommand; every
+// subcommand catches tessera::Error and prints it to stderr with exit code 1.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "commands.h"
+#include "core/error.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*fn)(int, char**);
+  const char* help;
+};
+
+const Command kCommands[] = {
+    {"generate", tessera::cli::cmd_generate, "generate text from a prompt (streams to stdout)"},
+    {"perplexity", tessera::cli::cmd_perplexity, "NLL and perplexity of a text file"},
+    {"info", tessera::cli::cmd_info, "architecture, sizes and memory of a model"},
+    {"bench", tessera::cli::cmd_bench, "prefill/decode speed vs the machine's measured limits"},
+    {"convert", tessera::cli::cmd_convert, "convert between GGUF, safetensors and llama2.c"},
+    {"tokenize", tessera::cli::cmd_tokenize, "show the tokens of a text"},
+    {"tokenizer", tessera::cli::cmd_tokenizer, "tokenizer tools: 'tokenizer train'"},
+};
+
+void usage(FILE* f) {
+  std::fprintf(f, "usage: tessera COMMAND [options]   (tessera COMMAND --help for its options)\n\ncommands:\n");
+  for (const auto& c : kCommands) std::fprintf(f, "  %-12s %s\n", c.name, c.help);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) == 0) {
+      try {
+        return c.fn(argc - 1, argv + 1);
+      } catch (const tessera::Error& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+      }
+    }
+  }
+  std::fprintf(stderr, "tessera: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,49 @@
+// Matrix kernels for every weight type. The scalar versions in ref/ are the
+// specification; cpu/ holds the AVX2 / AVX-512 versions chosen at run time.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace tessera {
+
+enum class Isa { Scalar, AVX2, AVX512 };
+Isa detect_isa();  // the best this CPU supports
+const char* isa_name(Isa isa);
+
+// Explicit compute context: thread count, ISA and a scratch buffer that grows
+// only when a larger request arrives (so steady-state loops never allocate).
+class KernelContext {
+ public:
+  explicit KernelContext(int n_threads = 1, Isa isa = detect_isa()) : n_threads(n_threads), isa(isa) {}
+  int n_threads;
+  Isa isa;
+  // Returns at least n bytes, 64-byte aligned. Valid until the next call.
+  void* scratch(size_t n);
+
+ private:
+  std::vector<uint8_t> scratch_;
+};
+
+// Y(M, N) = X(M, K) . W(N, K)^T, with W of any DType, X and Y row-major f32.
+// M == 1 is the decode matrix-vector case. Multi-threaded over N (and M).
+void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y);
+
+// Dequantize row r of W (cols() elements) into out.
+void dequantize_row(const TensorView& W, int64_t r, float* out);
+
+namespace ref {
+// Scalar reference: the specification every fast path is tested against.
+void matmul(const TensorView& W, const float* X, int64_t M, float* Y);
+void dequantize_row(const TensorView& W, int64_t r, float* out);
+// Quantize n floats (multiple of 32) into Q8_0 / Q4_0 blocks, llama.cpp's rounding.
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);
+void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n);
+}  // namespace ref
+
+// Convert n f32 values into dtype t (F32/F16/BF16/Q8_0/Q4_0), writing dtype_row_bytes(t, n) bytes.
+void quantize_row(DType t, const float* x, void* out, int64_t n);
+
+}  // namespace tessera

@@ -1,0 +1,78 @@
+#include "kernels/ops.h"
+
+#include <cmath>
+
+namespace tessera::ops {
+
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
+  float ss = 0.f;
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float s = 1.f / std::sqrt(ss / float(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * s * w[i];
+}
+
+void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n, float eps) {
+  float mean = 0.f;
+  for (int64_t i = 0; i < n; ++i) mean += x[i];
+  mean /= float(n);
+  float var = 0.f;
+  for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  var /= float(n);
+  const float s = 1.f / std::sqrt(var + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mean) * s * w[i] + (b ? b[i] : 0.f);
+}
+
+void softmax(float* x, int64_t n) {
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::fmax(mx, x[i]);
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = 1.f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void swiglu(float* a, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
+}
+
+void gelu(float* x, int64_t n) {
+  const float c = std::sqrt(2.f / float(M_PI));
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    x[i] = 0.5f * v * (1.f + std::tanh(c * (v + 0.044715f * v * v * v)));
+  }
+}
+
+void add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy(float* y, float a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void rope(float* x, int64_t head_dim, int64_t rot_dim, int64_t pos, float theta, RopeStyle style) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float freq = std::pow(theta, -float(2 * i) / float(rot_dim));
+    const float ang = float(pos) * freq;
+    const float c = std::cos(ang), s = std::sin(ang);
+    const int64_t a = style == RopeStyle::Interleaved ? 2 * i : i;
+    const int64_t b = style == RopeStyle::Interleaved ? 2 * i + 1 : i + half;
+    const float x0 = x[a], x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x0 * s + x1 * c;
+  }
+  (void)head_dim;
+}
+
+}  // namespace tessera::ops

@@ -1,0 +1,29 @@
+// Elementwise and normalisation kernels used by the model blocks.
+// Each is a plain loop the compiler vectorises; shapes are in the comments.
+#pragma once
+#include <cstdint>
+
+namespace tessera::ops {
+
+// out(n) = x(n) / rms(x) * w(n)
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
+// out(n) = (x - mean) / std * w + b
+void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n, float eps);
+// In-place softmax over n values (max-subtracted).
+void softmax(float* x, int64_t n);
+// a(n) = silu(a) * b
+void swiglu(float* a, const float* b, int64_t n);
+// x(n) = gelu_tanh(x)  (GPT-2's approximation)
+void gelu(float* x, int64_t n);
+// y(n) += x(n)
+void add(float* y, const float* x, int64_t n);
+float dot(const float* a, const float* b, int64_t n);
+// y(n) += a * x(n)
+void axpy(float* y, float a, const float* x, int64_t n);
+
+enum class RopeStyle { Interleaved, HalfSplit };
+// Rotates one head vector x(head_dim) at position pos, over the first rot_dim dims.
+// Interleaved: pairs (2i, 2i+1) (llama2.c, GGUF llama). HalfSplit: pairs (i, i+half) (HF, GPT-NeoX).
+void rope(float* x, int64_t head_dim, int64_t rot_dim, int64_t pos, float theta, RopeStyle style);
+
+}  // namespace tessera::ops

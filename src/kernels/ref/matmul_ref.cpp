@@ -1,0 +1,107 @@
+// Scalar reference kernels: the specification for every fast path.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/fp16.h"
+#include "kernels/kernels.h"
+
+namespace tessera::ref {
+
+void dequantize_row(const TensorView& W, int64_t r, float* out) {
+  const int64_t K = W.cols();
+  const uint8_t* p = W.row(r);
+  switch (W.dtype) {
+    case DType::F32: {
+      const float* s = reinterpret_cast<const float*>(p);
+      for (int64_t k = 0; k < K; ++k) out[k] = s[k];
+      break;
+    }
+    case DType::F16: {
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(p);
+      for (int64_t k = 0; k < K; ++k) out[k] = f16_to_f32(s[k]);
+      break;
+    }
+    case DType::BF16: {
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(p);
+      for (int64_t k = 0; k < K; ++k) out[k] = bf16_to_f32(s[k]);
+      break;
+    }
+    case DType::Q8_0: {
+      const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(p);
+      for (int64_t i = 0; i < K / kQK; ++i) {
+        const float d = f16_to_f32(b[i].d);
+        for (int j = 0; j < kQK; ++j) out[i * kQK + j] = d * float(b[i].qs[j]);
+      }
+      break;
+    }
+    case DType::Q4_0: {
+      const BlockQ4_0* b = reinterpret_cast<const BlockQ4_0*>(p);
+      for (int64_t i = 0; i < K / kQK; ++i) {
+        const float d = f16_to_f32(b[i].d);
+        for (int j = 0; j < kQK / 2; ++j) {
+          out[i * kQK + j] = d * float(int(b[i].qs[j] & 0x0f) - 8);
+          out[i * kQK + j + kQK / 2] = d * float(int(b[i].qs[j] >> 4) - 8);
+        }
+      }
+      break;
+    }
+    case DType::Q8_G: {
+      const int8_t* q = reinterpret_cast<const int8_t*>(p);
+      const int64_t base = r * K;
+      for (int64_t k = 0; k < K; ++k) out[k] = float(q[k]) * W.scales[(base + k) / W.group];
+      break;
+    }
+  }
+}
+
+void matmul(const TensorView& W, const float* X, int64_t M, float* Y) {
+  const int64_t N = W.rows(), K = W.cols();
+  std::vector<float> w(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n) {
+    ref::dequantize_row(W, n, w.data());
+    for (int64_t m = 0; m < M; ++m) {
+      const float* x = X + m * K;
+      float acc = 0.f;
+      for (int64_t k = 0; k < K; ++k) acc += w[k] * x[k];
+      Y[m * N + n] = acc;
+    }
+  }
+}
+
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    float amax = 0.f;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[i * kQK + j]));
+    const float d = amax / 127.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    y[i].d = f32_to_f16(d);
+    for (int j = 0; j < kQK; ++j) y[i].qs[j] = int8_t(std::lround(x[i * kQK + j] * id));
+  }
+}
+
+void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    // llama.cpp: the scale maps the value of largest magnitude (with its sign) to -8.
+    float amax = 0.f, maxv = 0.f;
+    for (int j = 0; j < kQK; ++j) {
+      const float v = x[i * kQK + j];
+      if (std::fabs(v) > amax) {
+        amax = std::fabs(v);
+        maxv = v;
+      }
+    }
+    const float d = maxv / -8.f;
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    y[i].d = f32_to_f16(d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const float x0 = x[i * kQK + j] * id;
+      const float x1 = x[i * kQK + kQK / 2 + j] * id;
+      const int q0 = std::min(15, int(x0 + 8.5f));
+      const int q1 = std::min(15, int(x1 + 8.5f));
+      y[i].qs[j] = uint8_t(q0 | (q1 << 4));
+    }
+  }
+}
+
+}  // namespace tessera::ref

@@ -1,0 +1,36 @@
+// One runtime config for every supported architecture, read from the weights file.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "kernels/ops.h"
+
+namespace tessera {
+
+enum class Arch { Llama, GPT2 };
+const char* arch_name(Arch a);
+
+struct ModelConfig {
+  Arch arch = Arch::Llama;
+  int64_t dim = 0;          // model width C
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;      // query heads
+  int64_t n_kv_heads = 0;   // key/value heads (GQA when < n_heads; MQA when 1)
+  int64_t head_dim = 0;     // usually dim / n_heads
+  int64_t hidden_dim = 0;   // FFN width
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;  // trained context (GPT-2: number of learned positions)
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.f;
+  ops::RopeStyle rope_style = ops::RopeStyle::Interleaved;
+  bool tied_embeddings = true;
+  bool qkv_bias = false;    // Qwen2-style biases on q/k/v projections (Llama family)
+  std::string name;         // free-form (file's general.name)
+
+  // Throws Error naming the field when sizes are zero/negative or do not divide.
+  void validate(const std::string& where) const;
+  int64_t kv_dim() const { return n_kv_heads * head_dim; }
+  int64_t q_dim() const { return n_heads * head_dim; }
+};
+
+}  // namespace tessera

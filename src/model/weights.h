@@ -1,0 +1,42 @@
+// Model weights: non-owning views into mapped files or converted buffers,
+// kept alive by `owners`. Names follow the Llama block; GPT-2 uses the same
+// slots (wqkv fused, biases, LayerNorm gains/biases, learned positions).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace tessera {
+
+struct LayerWeights {
+  TensorView attn_norm, attn_norm_b;  // (C)
+  TensorView wq, wk, wv;              // (q_dim, C), (kv_dim, C), (kv_dim, C)
+  TensorView bq, bk, bv;              // optional biases
+  TensorView wqkv, bqkv;              // GPT-2 fused (3C, C), (3C)
+  TensorView wo, bo;                  // (C, q_dim), (C)
+  TensorView ffn_norm, ffn_norm_b;    // (C)
+  TensorView w_gate, w_up, w_down;    // Llama: (H, C), (H, C), (C, H); GPT-2 uses w_up / w_down
+  TensorView b_up, b_down;            // GPT-2 MLP biases (H), (C)
+};
+
+struct Weights {
+  ModelConfig cfg;
+  TensorView tok_embd;              // (V, C)
+  TensorView pos_embd;              // (T, C) GPT-2 only
+  TensorView out_norm, out_norm_b;  // (C)
+  TensorView output;                // (V, C); == tok_embd when tied
+  std::vector<LayerWeights> layers;
+  std::vector<std::shared_ptr<const void>> owners;  // mapped files / converted buffers
+
+  // Checks every present tensor's shape against cfg; throws Error naming the tensor.
+  void validate_shapes(const std::string& where) const;
+  size_t weight_bytes() const;   // bytes of all distinct weight tensors
+  int64_t n_params() const;
+};
+
+// Keep a converted buffer alive with the weights and return a view over it.
+TensorView own_buffer(Weights& w, std::vector<uint8_t> bytes, DType t, std::initializer_list<int64_t> shape);
+
+}  // namespace tessera

@@ -1,0 +1,46 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/fp16.h"
+
+using namespace tessera;
+
+TEST(Fp16, RoundTripsEveryHalf) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = f16_to_f32(uint16_t(h));
+    if (std::isnan(f)) continue;
+    EXPECT_EQ(f32_to_f16(f), h) << "half 0x" << std::hex << h;
+  }
+}
+
+TEST(Fp16, RoundsToNearestEven) {
+  EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
+  EXPECT_EQ(f32_to_f16(65504.f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(1e6f), 0x7c00);
+  EXPECT_EQ(f32_to_f16(-2.0f), 0xc000);
+  // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties to even (1.0).
+  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.f, -11)), 0x3c00);
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.f, -24)), 0x0001);  // smallest subnormal
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.f, -26)), 0x0000);
+}
+
+TEST(Bf16, RoundTripAndRounding) {
+  for (uint32_t h = 0; h < 65536; h += 7) {
+    const float f = bf16_to_f32(uint16_t(h));
+    if (std::isnan(f)) continue;
+    EXPECT_EQ(f32_to_bf16(f), h);
+  }
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.f, -8)), 0x3f80);  // tie -> even
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.f, -8)), 0x3f82);
+}
+
+TEST(DType, RowBytes) {
+  EXPECT_EQ(dtype_row_bytes(DType::Q8_0, 64), 68u);
+  EXPECT_EQ(dtype_row_bytes(DType::Q4_0, 64), 36u);
+  EXPECT_EQ(dtype_row_bytes(DType::BF16, 3), 6u);
+  EXPECT_EQ(dtype_from_name("Q4_0"), DType::Q4_0);
+  EXPECT_FALSE(dtype_from_name("q5_k").has_value());
+}
