@@ -40,3 +40,9 @@ struct Weights {
 TensorView own_buffer(Weights& w, std::vector<uint8_t> bytes, DType t, std::initializer_list<int64_t> shape);
 
 }  // namespace tessera
+
+namespace tessera {
+// Norm gains and biases are used as f32 by the blocks: convert any 1-D tensor
+// stored as F16/BF16 into an owned f32 copy.
+void norms_to_f32(Weights& w);
+}  // namespace tessera

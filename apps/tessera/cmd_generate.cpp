@@ -1,0 +1,78 @@
+// tessera generate: stream a continuation of a prompt to stdout; logs to stderr.
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "commands.h"
+#include "common.h"
+#include "core/error.h"
+#include "infer/generate.h"
+
+namespace tessera::cli {
+
+int cmd_generate(int argc, char** argv) {
+  CLI::App app{"Generate text from a prompt; the continuation streams to stdout.", "tessera generate"};
+  ModelArgs ma;
+  add_model_options(app, ma);
+  std::string prompt, prompt_file;
+  GenerateParams gp;
+  auto& sp = gp.sampling;
+  int64_t seed = -1;
+  bool echo = false, no_bos = false, no_special = false;
+  app.add_option("-p,--prompt", prompt, "prompt text");
+  app.add_option("-f,--file", prompt_file, "read the prompt from a file");
+  app.add_option("-n,--n-predict", gp.n_predict, "tokens to generate (-1: until the context is full)");
+  app.add_option("--temp", sp.temp, "temperature (0: greedy)");
+  app.add_option("--top-k", sp.top_k, "top-k (0: off)");
+  app.add_option("--top-p", sp.top_p, "top-p / nucleus (1: off)");
+  app.add_option("--min-p", sp.min_p, "min-p relative to the top token (0: off)");
+  app.add_option("--repeat-penalty", sp.repeat_penalty, "repetition penalty (1: off)");
+  app.add_option("--repeat-last-n", sp.repeat_last_n, "tokens the penalties look back over (-1: all)");
+  app.add_option("--presence-penalty", sp.presence_penalty, "presence penalty (0: off)");
+  app.add_option("--frequency-penalty", sp.frequency_penalty, "frequency penalty (0: off)");
+  app.add_option("-s,--seed", seed, "RNG seed (-1: random; the same seed gives the same text)");
+  app.add_option("--stop", gp.stop, "stop when this string is generated (repeatable; not printed)");
+  app.add_flag("--echo", echo, "print the prompt before the continuation");
+  app.add_flag("--no-bos", no_bos, "do not add BOS to the prompt");
+  app.add_flag("--no-parse-special", no_special, "treat special-token text in the prompt as plain text");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+
+  if (!prompt_file.empty()) {
+    std::ifstream in(prompt_file, std::ios::binary);
+    if (!in) fail(prompt_file, ": cannot open prompt file");
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    prompt = ss.str();
+  }
+  if (sp.temp < 0) fail("--temp must be >= 0, got ", sp.temp);
+  if (sp.top_p <= 0 || sp.top_p > 1) fail("--top-p must be in (0, 1], got ", sp.top_p);
+  if (sp.min_p < 0 || sp.min_p > 1) fail("--min-p must be in [0, 1], got ", sp.min_p);
+  if (sp.repeat_penalty <= 0) fail("--repeat-penalty must be > 0, got ", sp.repeat_penalty);
+  sp.seed = seed >= 0 ? uint64_t(seed) : std::random_device{}();
+
+  Loaded L = load(ma);
+  const Tokenizer& tok = require_tokenizer(L.lm);
+  EncodeOptions eo;
+  eo.add_special = !no_bos;
+  eo.parse_special = !no_special;
+  std::vector<int32_t> ids = tok.encode(prompt, eo);
+  if (ids.empty() && tok.bos_id() >= 0) ids.push_back(tok.bos_id());
+  if (ids.empty()) fail("the prompt is empty and the model has no BOS token to start from");
+  if (echo) {
+    std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+    std::fflush(stdout);
+  }
+  GenerateStats st = generate(*L.model, *L.ctx, tok, ids, gp, [](std::string_view s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputc('\n', stdout);
+  std::fprintf(stderr,
+               "\ntessera: seed %llu | prompt %lld tokens, %.1f tok/s | generated %lld tokens, %.1f tok/s | stop: %s\n",
+               (unsigned long long)sp.seed, (long long)st.n_prompt, st.n_prompt / std::max(st.prefill_s, 1e-9),
+               (long long)st.n_generated, st.n_generated / std::max(st.decode_s, 1e-9), st.stop_reason.c_str());
+  return 0;
+}
+
+}  // namespace tessera::cli

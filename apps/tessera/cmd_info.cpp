@@ -1,0 +1,70 @@
+// tessera info: architecture, hyperparameters, parameter count, tensor types,
+// and the memory needed for weights and the KV cache at a given context.
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "commands.h"
+#include "common.h"
+#include "core/error.h"
+
+namespace tessera::cli {
+
+int cmd_info(int argc, char** argv) {
+  CLI::App app{"Describe a model: architecture, sizes, tensor types, memory.", "tessera info"};
+  std::string model, tokenizer;
+  int64_t ctx = 0;
+  app.add_option("-m,--model", model, "model file or directory")->required();
+  app.add_option("--tokenizer", tokenizer, "tokenizer file for models that carry none");
+  app.add_option("-c,--ctx-size", ctx, "context size for the KV-cache estimate (default: the model's)");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+
+  LoadedModel lm = load_model(model, tokenizer);
+  const auto& w = lm.weights;
+  const auto& c = w.cfg;
+  if (ctx <= 0) ctx = c.max_seq_len;
+  std::printf("model:          %s\n", model.c_str());
+  std::printf("format:         %s\n", lm.format.c_str());
+  std::printf("architecture:   %s%s\n", arch_name(c.arch), c.name.empty() ? "" : (" (" + c.name + ")").c_str());
+  std::printf("dim:            %lld\n", (long long)c.dim);
+  std::printf("layers:         %lld\n", (long long)c.n_layers);
+  std::printf("heads:          %lld query, %lld key/value (%s), head_dim %lld\n", (long long)c.n_heads,
+              (long long)c.n_kv_heads,
+              c.n_kv_heads == c.n_heads ? "MHA" : (c.n_kv_heads == 1 ? "MQA" : "GQA"), (long long)c.head_dim);
+  std::printf("ffn hidden:     %lld (%s)\n", (long long)c.hidden_dim, c.arch == Arch::Llama ? "SwiGLU" : "GELU");
+  std::printf("vocab:          %lld\n", (long long)c.vocab_size);
+  std::printf("trained ctx:    %lld\n", (long long)c.max_seq_len);
+  std::printf("norm:           %s, eps %g\n", c.arch == Arch::Llama ? "RMSNorm" : "LayerNorm", double(c.norm_eps));
+  if (c.arch == Arch::Llama)
+    std::printf("rope:           theta %g, %s\n", double(c.rope_theta),
+                c.rope_style == ops::RopeStyle::Interleaved ? "interleaved pairs" : "half-split (NeoX)");
+  std::printf("embeddings:     %s\n", c.tied_embeddings ? "tied" : "untied");
+  std::printf("parameters:     %lld (%.2fM)\n", (long long)w.n_params(), double(w.n_params()) / 1e6);
+
+  std::map<std::string, int> types;
+  std::set<const void*> seen;
+  auto count = [&](const TensorView& t) {
+    if (!t.empty() && seen.insert(t.data).second) types[dtype_name(t.dtype)]++;
+  };
+  count(w.tok_embd);
+  count(w.pos_embd);
+  count(w.out_norm);
+  count(w.out_norm_b);
+  count(w.output);
+  for (const auto& L : w.layers)
+    for (const TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.wq, &L.wk, &L.wv, &L.bq, &L.bk, &L.bv, &L.wqkv,
+                                &L.bqkv, &L.wo, &L.bo, &L.ffn_norm, &L.ffn_norm_b, &L.w_gate, &L.w_up, &L.w_down,
+                                &L.b_up, &L.b_down})
+      count(*t);
+  std::printf("tensor types:  ");
+  for (const auto& [name, n] : types) std::printf(" %s x%d", name.c_str(), n);
+  std::printf("\n");
+  const double kv32 = 2.0 * double(c.n_layers) * double(ctx) * double(c.kv_dim()) * 4;
+  std::printf("weights:        %s\n", human_bytes(double(w.weight_bytes())).c_str());
+  std::printf("kv cache @%lld:  %s (f32), %s (f16)\n", (long long)ctx, human_bytes(kv32).c_str(),
+              human_bytes(kv32 / 2).c_str());
+  if (lm.tokenizer) std::printf("tokenizer:      %d tokens\n", lm.tokenizer->n_vocab());
+  return 0;
+}
+
+}  // namespace tessera::cli

@@ -1,0 +1,37 @@
+// Options shared by the model-running subcommands, and their set-up.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "formats/load.h"
+#include "kernels/kernels.h"
+#include "model/model.h"
+
+namespace tessera::cli {
+
+struct ModelArgs {
+  std::string model;
+  std::string tokenizer;
+  int64_t ctx = 0;        // 0 = the model's trained context
+  int threads = 0;        // 0 = all cores
+  int64_t batch = 256;    // prefill chunk
+  std::string kv_type = "f32";
+};
+
+void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);
+
+struct Loaded {
+  LoadedModel lm;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<KernelContext> ctx;
+};
+// Loads the model and plans its buffers; logs a one-line summary to stderr.
+Loaded load(const ModelArgs& a);
+
+// Parses argv into app; returns -1 to continue, or the exit code to return.
+int parse(CLI::App& app, int argc, char** argv);
+
+std::string human_bytes(double b);
+
+}  // namespace tessera::cli

@@ -1,0 +1,279 @@
+// Hugging Face directories: config.json + safetensors <-> Weights.
+// LlamaForCausalLM (and Mistral / Qwen2, which only add biases or a sliding
+// window) and GPT2LMHeadModel (Conv1D weights stored (in, out): transposed here).
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/mmap.h"
+#include "formats/model_io.h"
+#include "kernels/kernels.h"
+
+namespace tessera {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+json read_config(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  std::ifstream in(path);
+  if (!in) fail(path, ": cannot open (a Hugging Face model directory needs config.json)");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    fail(path, ": invalid JSON: ", e.what());
+  }
+}
+
+int64_t get_int(const json& j, const std::string& path, const char* key) {
+  if (!j.contains(key) || !j[key].is_number_integer()) fail(path, ": field '", key, "' is missing or not an integer");
+  return j[key].get<int64_t>();
+}
+
+// GPT-2 Conv1D weight (in, out) -> our (out, in) as an owned buffer, same dtype family (f32).
+TensorView transpose_owned(Weights& w, const TensorView& t) {
+  const int64_t in = t.shape[0], out = t.shape[1];
+  std::vector<uint8_t> buf(size_t(in * out) * 4);
+  auto* dst = reinterpret_cast<float*>(buf.data());
+  std::vector<float> row(static_cast<size_t>(out));
+  for (int64_t i = 0; i < in; ++i) {
+    dequantize_row(t, i, row.data());
+    for (int64_t o = 0; o < out; ++o) dst[o * in + i] = row[size_t(o)];
+  }
+  return own_buffer(w, std::move(buf), DType::F32, {out, in});
+}
+
+}  // namespace
+
+Weights load_hf_weights(const std::string& dir) {
+  const std::string cpath = (fs::path(dir) / "config.json").string();
+  const json cfg = read_config(dir);
+  std::string archname = cfg.contains("architectures") && cfg["architectures"].is_array() &&
+                                 !cfg["architectures"].empty() && cfg["architectures"][0].is_string()
+                             ? cfg["architectures"][0].get<std::string>()
+                             : "";
+  auto shared = std::make_shared<safetensors::Collection>(safetensors::Collection::open(dir));
+  const auto& st = *shared;
+  Weights w;
+  auto& c = w.cfg;
+  auto T = [&](const std::string& name) { return st.tensor(name).view; };
+  auto opt = [&](const std::string& name) {
+    const auto* t = st.find(name);
+    return t ? st.tensor(name).view : TensorView{};
+  };
+  if (archname == "LlamaForCausalLM" || archname == "MistralForCausalLM" || archname == "Qwen2ForCausalLM") {
+    c.arch = Arch::Llama;
+    c.dim = get_int(cfg, cpath, "hidden_size");
+    c.hidden_dim = get_int(cfg, cpath, "intermediate_size");
+    c.n_layers = get_int(cfg, cpath, "num_hidden_layers");
+    c.n_heads = get_int(cfg, cpath, "num_attention_heads");
+    c.n_kv_heads = cfg.value("num_key_value_heads", c.n_heads);
+    if (c.n_heads <= 0) fail(cpath, ": num_attention_heads must be positive");
+    c.head_dim = cfg.contains("head_dim") && cfg["head_dim"].is_number_integer() ? cfg["head_dim"].get<int64_t>()
+                                                                                 : c.dim / c.n_heads;
+    c.vocab_size = get_int(cfg, cpath, "vocab_size");
+    c.max_seq_len = cfg.value("max_position_embeddings", int64_t(2048));
+    c.norm_eps = cfg.value("rms_norm_eps", 1e-6f);
+    c.rope_theta = cfg.value("rope_theta", 10000.f);
+    c.rope_style = ops::RopeStyle::HalfSplit;
+    if (cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null())
+      fail(cpath, ": field 'rope_scaling' (", cfg["rope_scaling"].dump(), ") is not supported");
+    if (cfg.value("hidden_act", std::string("silu")) != "silu")
+      fail(cpath, ": hidden_act '", cfg["hidden_act"].get<std::string>(), "' is not supported (silu only)");
+    if (cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer() &&
+        cfg.value("use_sliding_window", archname == "MistralForCausalLM") &&
+        cfg["sliding_window"].get<int64_t>() < c.max_seq_len) {
+      // Full attention equals sliding-window attention while the context fits in the window.
+      c.max_seq_len = cfg["sliding_window"].get<int64_t>();
+    }
+    c.name = archname;
+    w.tok_embd = T("model.embed_tokens.weight");
+    w.out_norm = T("model.norm.weight");
+    w.output = opt("lm_head.weight");
+    if (w.output.empty()) {
+      c.tied_embeddings = true;
+      w.output = w.tok_embd;
+    } else {
+      c.tied_embeddings = false;
+    }
+    w.layers.resize(size_t(std::max<int64_t>(0, c.n_layers)));
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      auto& L = w.layers[size_t(l)];
+      L.attn_norm = T(p + "input_layernorm.weight");
+      L.wq = T(p + "self_attn.q_proj.weight");
+      L.wk = T(p + "self_attn.k_proj.weight");
+      L.wv = T(p + "self_attn.v_proj.weight");
+      L.bq = opt(p + "self_attn.q_proj.bias");
+      L.bk = opt(p + "self_attn.k_proj.bias");
+      L.bv = opt(p + "self_attn.v_proj.bias");
+      if (!L.bq.empty()) c.qkv_bias = true;
+      if (st.find(p + "self_attn.o_proj.bias")) fail(dir, ": tensor ", p, "self_attn.o_proj.bias is not supported");
+      L.wo = T(p + "self_attn.o_proj.weight");
+      L.ffn_norm = T(p + "post_attention_layernorm.weight");
+      L.w_gate = T(p + "mlp.gate_proj.weight");
+      L.w_up = T(p + "mlp.up_proj.weight");
+      L.w_down = T(p + "mlp.down_proj.weight");
+    }
+  } else if (archname == "GPT2LMHeadModel") {
+    c.arch = Arch::GPT2;
+    c.dim = get_int(cfg, cpath, "n_embd");
+    c.n_layers = get_int(cfg, cpath, "n_layer");
+    c.n_heads = get_int(cfg, cpath, "n_head");
+    c.n_kv_heads = c.n_heads;
+    if (c.n_heads <= 0) fail(cpath, ": n_head must be positive");
+    c.head_dim = c.dim / c.n_heads;
+    c.hidden_dim = cfg.contains("n_inner") && cfg["n_inner"].is_number_integer() ? cfg["n_inner"].get<int64_t>()
+                                                                                 : 4 * c.dim;
+    c.vocab_size = get_int(cfg, cpath, "vocab_size");
+    c.max_seq_len = get_int(cfg, cpath, "n_positions");
+    c.norm_eps = cfg.value("layer_norm_epsilon", 1e-5f);
+    const std::string act = cfg.value("activation_function", std::string("gelu_new"));
+    if (act != "gelu_new" && act != "gelu_pytorch_tanh")
+      fail(cpath, ": activation_function '", act, "' is not supported (gelu_new only)");
+    c.name = archname;
+    const std::string pre = st.find("transformer.wte.weight") ? "transformer." : "";
+    w.tok_embd = T(pre + "wte.weight");
+    w.pos_embd = T(pre + "wpe.weight");
+    w.out_norm = T(pre + "ln_f.weight");
+    w.out_norm_b = T(pre + "ln_f.bias");
+    w.output = w.tok_embd;
+    c.tied_embeddings = true;
+    w.layers.resize(size_t(std::max<int64_t>(0, c.n_layers)));
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = pre + "h." + std::to_string(l) + ".";
+      auto& L = w.layers[size_t(l)];
+      auto conv = [&](const std::string& name, int64_t in, int64_t out) {
+        TensorView t = T(name);
+        if (t.ndim != 2 || t.shape[0] != in || t.shape[1] != out)
+          fail(dir, ": tensor ", name, " has shape ", shape_str(t), ", config needs [", in, ", ", out, "] (Conv1D)");
+        return transpose_owned(w, t);
+      };
+      L.attn_norm = T(p + "ln_1.weight");
+      L.attn_norm_b = T(p + "ln_1.bias");
+      L.wqkv = conv(p + "attn.c_attn.weight", c.dim, 3 * c.dim);
+      L.bqkv = T(p + "attn.c_attn.bias");
+      L.wo = conv(p + "attn.c_proj.weight", c.dim, c.dim);
+      L.bo = T(p + "attn.c_proj.bias");
+      L.ffn_norm = T(p + "ln_2.weight");
+      L.ffn_norm_b = T(p + "ln_2.bias");
+      L.w_up = conv(p + "mlp.c_fc.weight", c.dim, c.hidden_dim);
+      L.b_up = T(p + "mlp.c_fc.bias");
+      L.w_down = conv(p + "mlp.c_proj.weight", c.hidden_dim, c.dim);
+      L.b_down = T(p + "mlp.c_proj.bias");
+    }
+  } else {
+    fail(cpath, ": architectures[0] '", archname,
+         "' is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)");
+  }
+  c.validate(cpath);
+  w.owners.push_back(shared);
+  norms_to_f32(w);
+  w.validate_shapes(dir);
+  return w;
+}
+
+void save_hf(const Weights& in, const std::string& dir) {
+  const Weights w = with_rope_style(in, ops::RopeStyle::HalfSplit);
+  const auto& c = w.cfg;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail(dir, ": cannot create directory: ", ec.message());
+  safetensors::Writer st;
+  st.set_metadata("format", "pt");
+  json cfg;
+  auto check = [&](const std::string& name, const TensorView& t) {
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+      fail(dir, ": tensor ", name, " is ", dtype_name(t.dtype), "; safetensors output supports f32, f16, bf16 (--type)");
+    st.add_tensor(name, t);
+  };
+  std::vector<std::vector<uint8_t>> keep;  // transposed GPT-2 buffers live until write()
+  Weights tmp;
+  if (c.arch == Arch::Llama) {
+    cfg["architectures"] = {c.qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
+    cfg["model_type"] = c.qkv_bias ? "qwen2" : "llama";
+    cfg["hidden_size"] = c.dim;
+    cfg["intermediate_size"] = c.hidden_dim;
+    cfg["num_hidden_layers"] = c.n_layers;
+    cfg["num_attention_heads"] = c.n_heads;
+    cfg["num_key_value_heads"] = c.n_kv_heads;
+    cfg["head_dim"] = c.head_dim;
+    cfg["vocab_size"] = c.vocab_size;
+    cfg["max_position_embeddings"] = c.max_seq_len;
+    cfg["rms_norm_eps"] = c.norm_eps;
+    cfg["rope_theta"] = c.rope_theta;
+    cfg["hidden_act"] = "silu";
+    cfg["tie_word_embeddings"] = c.tied_embeddings;
+    cfg["rope_scaling"] = nullptr;
+    check("model.embed_tokens.weight", w.tok_embd);
+    check("model.norm.weight", w.out_norm);
+    if (w.output.data != w.tok_embd.data) check("lm_head.weight", w.output);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      const auto& L = w.layers[size_t(l)];
+      check(p + "input_layernorm.weight", L.attn_norm);
+      check(p + "self_attn.q_proj.weight", L.wq);
+      check(p + "self_attn.k_proj.weight", L.wk);
+      check(p + "self_attn.v_proj.weight", L.wv);
+      if (!L.bq.empty()) {
+        check(p + "self_attn.q_proj.bias", L.bq);
+        check(p + "self_attn.k_proj.bias", L.bk);
+        check(p + "self_attn.v_proj.bias", L.bv);
+      }
+      check(p + "self_attn.o_proj.weight", L.wo);
+      check(p + "post_attention_layernorm.weight", L.ffn_norm);
+      check(p + "mlp.gate_proj.weight", L.w_gate);
+      check(p + "mlp.up_proj.weight", L.w_up);
+      check(p + "mlp.down_proj.weight", L.w_down);
+    }
+  } else {
+    cfg["architectures"] = {"GPT2LMHeadModel"};
+    cfg["model_type"] = "gpt2";
+    cfg["n_embd"] = c.dim;
+    cfg["n_layer"] = c.n_layers;
+    cfg["n_head"] = c.n_heads;
+    cfg["n_inner"] = c.hidden_dim;
+    cfg["n_positions"] = c.max_seq_len;
+    cfg["n_ctx"] = c.max_seq_len;
+    cfg["vocab_size"] = c.vocab_size;
+    cfg["layer_norm_epsilon"] = c.norm_eps;
+    cfg["activation_function"] = "gelu_new";
+    cfg["tie_word_embeddings"] = true;
+    auto conv = [&](const std::string& name, const TensorView& t) {  // ours (out, in) -> Conv1D (in, out), f32
+      TensorView tt = transpose_owned(tmp, t);
+      check(name, tt);
+    };
+    check("transformer.wte.weight", w.tok_embd);
+    check("transformer.wpe.weight", w.pos_embd);
+    check("transformer.ln_f.weight", w.out_norm);
+    check("transformer.ln_f.bias", w.out_norm_b);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = "transformer.h." + std::to_string(l) + ".";
+      const auto& L = w.layers[size_t(l)];
+      check(p + "ln_1.weight", L.attn_norm);
+      check(p + "ln_1.bias", L.attn_norm_b);
+      conv(p + "attn.c_attn.weight", L.wqkv);
+      check(p + "attn.c_attn.bias", L.bqkv);
+      conv(p + "attn.c_proj.weight", L.wo);
+      check(p + "attn.c_proj.bias", L.bo);
+      check(p + "ln_2.weight", L.ffn_norm);
+      check(p + "ln_2.bias", L.ffn_norm_b);
+      conv(p + "mlp.c_fc.weight", L.w_up);
+      check(p + "mlp.c_fc.bias", L.b_up);
+      conv(p + "mlp.c_proj.weight", L.w_down);
+      check(p + "mlp.c_proj.bias", L.b_down);
+    }
+  }
+  const DType t = w.tok_embd.dtype;
+  cfg["torch_dtype"] = t == DType::F16 ? "float16" : t == DType::BF16 ? "bfloat16" : "float32";
+  st.write((fs::path(dir) / "model.safetensors").string());
+  AtomicFileWriter cw((fs::path(dir) / "config.json").string());
+  const std::string text = cfg.dump(2) + "\n";
+  cw.write(text.data(), text.size());
+  cw.commit();
+}
+
+}  // namespace tessera

@@ -1,0 +1,27 @@
+// Opens a model in any supported format, detected from the path and its magic:
+// a directory (Hugging Face config.json + safetensors), GGUF, llama2.c (.bin,
+// legacy fp32 or "ak42" int8).
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "model/weights.h"
+#include "tokenizer/tokenizer.h"
+
+namespace tessera {
+
+struct LoadedModel {
+  Weights weights;
+  std::optional<Tokenizer> tokenizer;  // when the file carries one or --tokenizer named one
+  std::string format;                  // "gguf", "safetensors", "llama2c", "llama2c-ak42"
+  std::string path;
+};
+
+// tokenizer_path: explicit tokenizer file ("" = the model's own, if it has one).
+LoadedModel load_model(const std::string& path, const std::string& tokenizer_path = "");
+
+// The model's tokenizer, or an Error naming the file and saying how to supply one.
+const Tokenizer& require_tokenizer(const LoadedModel& m);
+
+}  // namespace tessera

@@ -1,0 +1,95 @@
+// Weight transformations used by `tessera convert`: dtype conversion and the
+// RoPE row permutation between half-split (HF) and interleaved (GGUF) layouts.
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "formats/model_io.h"
+#include "kernels/kernels.h"
+
+namespace tessera {
+
+namespace {
+
+template <typename F>
+void for_each_view(Weights& w, F&& f) {
+  for (TensorView* t : {&w.tok_embd, &w.pos_embd, &w.out_norm, &w.out_norm_b, &w.output}) f(*t);
+  for (auto& L : w.layers)
+    for (TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.wq, &L.wk, &L.wv, &L.bq, &L.bk, &L.bv, &L.wqkv, &L.bqkv,
+                          &L.wo, &L.bo, &L.ffn_norm, &L.ffn_norm_b, &L.w_gate, &L.w_up, &L.w_down, &L.b_up,
+                          &L.b_down})
+      f(*t);
+}
+
+TensorView convert_view(Weights& out, const TensorView& t, DType type, int* fallbacks) {
+  if (t.empty()) return t;
+  const int64_t rows = t.rows(), K = t.cols();
+  DType dst = t.ndim == 1 ? DType::F32 : type;
+  if (K % dtype_block_elems(dst) != 0) {
+    dst = DType::F16;
+    if (fallbacks) ++*fallbacks;
+  }
+  if (dst == t.dtype) return t;  // already in the right type: keep the view
+  std::vector<uint8_t> buf(dtype_row_bytes(dst, K) * size_t(rows));
+  std::vector<float> row(static_cast<size_t>(K));
+  for (int64_t r = 0; r < rows; ++r) {
+    dequantize_row(t, r, row.data());
+    quantize_row(dst, row.data(), buf.data() + size_t(r) * dtype_row_bytes(dst, K), K);
+  }
+  TensorView v = own_buffer(out, std::move(buf), dst, {1});
+  v.ndim = t.ndim;
+  v.shape = t.shape;
+  return v;
+}
+
+// Interleaved row (h, i, s) <-> half-split row (h, s, i), for i < hd/2, s in {0, 1}.
+TensorView permute_rows(Weights& out, const TensorView& t, int64_t n_heads, int64_t hd, bool to_interleaved) {
+  if (t.empty()) return t;
+  if (t.dtype == DType::Q8_G) fail("RoPE permutation of llama2.c int8 tensors is not supported; convert to f32 first");
+  const bool vec = t.ndim == 1;
+  const size_t rb = vec ? dtype_block_bytes(t.dtype) : t.row_bytes();
+  const int64_t rows = vec ? t.numel() : t.rows();
+  if (rows != n_heads * hd) fail("internal: permute_rows got ", rows, " rows for ", n_heads, " heads of ", hd);
+  std::vector<uint8_t> buf(rb * size_t(rows));
+  const auto* src = static_cast<const uint8_t*>(t.data);
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < n_heads; ++h)
+    for (int64_t i = 0; i < half; ++i)
+      for (int64_t s = 0; s < 2; ++s) {
+        const int64_t inter = h * hd + 2 * i + s, split = h * hd + s * half + i;
+        const int64_t dst_row = to_interleaved ? inter : split, src_row = to_interleaved ? split : inter;
+        std::memcpy(buf.data() + size_t(dst_row) * rb, src + size_t(src_row) * rb, rb);
+      }
+  TensorView v = own_buffer(out, std::move(buf), t.dtype, {1});
+  v.ndim = t.ndim;
+  v.shape = t.shape;
+  return v;
+}
+
+}  // namespace
+
+Weights convert_weights(const Weights& w, DType type, int* fallbacks) {
+  if (type == DType::Q8_G) fail("q8_g (llama2.c int8) is a load-only format");
+  Weights out = w;
+  const bool tied = w.output.data == w.tok_embd.data;
+  for_each_view(out, [&](TensorView& t) { t = convert_view(out, t, type, fallbacks); });
+  if (tied) out.output = out.tok_embd;
+  return out;
+}
+
+Weights with_rope_style(const Weights& w, ops::RopeStyle style) {
+  Weights out = w;
+  if (w.cfg.arch != Arch::Llama || w.cfg.rope_style == style) return out;
+  const bool to_inter = style == ops::RopeStyle::Interleaved;
+  const auto& c = w.cfg;
+  for (auto& L : out.layers) {
+    L.wq = permute_rows(out, L.wq, c.n_heads, c.head_dim, to_inter);
+    L.wk = permute_rows(out, L.wk, c.n_kv_heads, c.head_dim, to_inter);
+    L.bq = permute_rows(out, L.bq, c.n_heads, c.head_dim, to_inter);
+    L.bk = permute_rows(out, L.bk, c.n_kv_heads, c.head_dim, to_inter);
+  }
+  out.cfg.rope_style = style;
+  return out;
+}
+
+}  // namespace tessera

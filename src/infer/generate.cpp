@@ -1,0 +1,101 @@
+#include "infer/generate.h"
+
+#include <chrono>
+
+#include "core/error.h"
+
+namespace tessera {
+
+std::string StopMatcher::push(std::string_view text, bool& hit) {
+  hit = false;
+  pending_.append(text);
+  size_t first = std::string::npos;
+  for (const auto& s : stops_) {
+    if (s.empty()) continue;
+    size_t at = pending_.find(s);
+    if (at < first) first = at;
+  }
+  if (first != std::string::npos) {
+    hit = true;
+    std::string out = pending_.substr(0, first);
+    pending_.clear();
+    return out;
+  }
+  // Keep the longest suffix of pending_ that is a proper prefix of a stop string.
+  size_t keep = 0;
+  for (const auto& s : stops_)
+    for (size_t k = std::min(s.size() - (s.empty() ? 0 : 1), pending_.size()); k > keep; --k)
+      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+        keep = k;
+        break;
+      }
+  std::string out = pending_.substr(0, pending_.size() - keep);
+  pending_.erase(0, pending_.size() - keep);
+  return out;
+}
+
+std::string StopMatcher::flush() {
+  std::string out;
+  out.swap(pending_);
+  return out;
+}
+
+GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                       const GenerateParams& params, const std::function<void(std::string_view)>& on_text) {
+  using clock = std::chrono::steady_clock;
+  if (prompt.empty()) fail("generate: the prompt has no tokens (give a prompt or let the model add BOS)");
+  if (int64_t(prompt.size()) >= model.n_ctx())
+    fail("the prompt has ", prompt.size(), " tokens, which does not fit in the context of ", model.n_ctx(),
+         " (raise -c or shorten the prompt)");
+  GenerateStats st;
+  st.n_prompt = int64_t(prompt.size());
+  st.tokens = prompt;
+  st.tokens.reserve(size_t(model.n_ctx()));
+  Sampler sampler(params.sampling, int32_t(model.config().vocab_size));
+  StopMatcher stops(params.stop);
+  StreamDecoder dec(tok);
+  for (int32_t id : prompt) dec.push(id);  // prime the decoder's state (e.g. the leading-space rule); not emitted
+  std::vector<float> logits(size_t(model.config().vocab_size));
+
+  auto t0 = clock::now();
+  const float* out = model.forward(ctx, prompt.data(), int64_t(prompt.size()), 0);
+  auto t1 = clock::now();
+  st.prefill_s = std::chrono::duration<double>(t1 - t0).count();
+
+  int64_t pos = int64_t(prompt.size());
+  st.stop_reason = "length";
+  while (params.n_predict < 0 || st.n_generated < params.n_predict) {
+    std::copy(out, out + logits.size(), logits.begin());
+    const int32_t next = sampler.sample(logits.data(), st.tokens);
+    if (tok.is_eog(next) || next == tok.bos_id()) {
+      st.stop_reason = "eos";
+      break;
+    }
+    st.tokens.push_back(next);
+    ++st.n_generated;
+    bool hit = false;
+    const std::string text = stops.push(dec.push(next), hit);
+    if (!text.empty()) on_text(text);
+    if (hit) {
+      st.stop_reason = "stop";
+      break;
+    }
+    if (pos >= model.n_ctx()) {
+      st.stop_reason = "context";
+      break;
+    }
+    if (params.n_predict >= 0 && st.n_generated >= params.n_predict) break;
+    out = model.forward(ctx, &next, 1, pos);
+    ++pos;
+  }
+  if (st.stop_reason != "stop") {
+    bool hit = false;
+    std::string rest = stops.push(dec.flush(), hit);
+    if (!hit) rest += stops.flush();
+    if (!rest.empty()) on_text(rest);
+  }
+  st.decode_s = std::chrono::duration<double>(clock::now() - t1).count();
+  return st;
+}
+
+}  // namespace tessera

@@ -1,0 +1,50 @@
+// The generation loop: prefill the prompt, then sample and decode one token at
+// a time, streaming text through a callback, with stop strings held back until
+// they are ruled out.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace tessera {
+
+struct GenerateParams {
+  int64_t n_predict = 256;  // < 0: until the context is full
+  std::vector<std::string> stop;
+  SamplerParams sampling;
+};
+
+struct GenerateStats {
+  int64_t n_prompt = 0, n_generated = 0;
+  double prefill_s = 0, decode_s = 0;
+  std::string stop_reason;  // "eos", "stop", "length", "context"
+  std::vector<int32_t> tokens;  // prompt + generated
+};
+
+// Generation ends at an end-of-generation token, at BOS (a new document starts,
+// as llama2.c's run does), at a stop string (not emitted), after n_predict
+// tokens, or when the context is full.
+GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                       const GenerateParams& params, const std::function<void(std::string_view)>& on_text);
+
+// Holds back text that could be the start of a stop string. push() returns what
+// can be emitted now and sets hit when a stop string was found (text before it
+// is returned; nothing after it).
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  std::string push(std::string_view text, bool& hit);
+  std::string flush();
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,101 @@
+#include "infer/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tessera {
+
+int32_t argmax(const float* x, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return int32_t(best);
+}
+
+Sampler::Sampler(const SamplerParams& p, int32_t n_vocab)
+    : p_(p), rng_(p.seed), cands_(size_t(n_vocab)), counts_(size_t(n_vocab), 0) {}
+
+void Sampler::apply_penalties(float* logits, const std::vector<int32_t>& history) {
+  if (p_.repeat_penalty == 1.f && p_.presence_penalty == 0.f && p_.frequency_penalty == 0.f) return;
+  const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
+  const size_t begin = history.size() - n;
+  for (size_t i = begin; i < history.size(); ++i) ++counts_[size_t(history[i])];
+  for (size_t i = begin; i < history.size(); ++i) {
+    const int32_t id = history[i];
+    const int32_t cnt = counts_[size_t(id)];
+    if (cnt == 0) continue;  // already applied for an earlier occurrence
+    float& l = logits[id];
+    if (p_.repeat_penalty != 1.f) l = l > 0 ? l / p_.repeat_penalty : l * p_.repeat_penalty;
+    l -= float(cnt) * p_.frequency_penalty + p_.presence_penalty;
+    counts_[size_t(id)] = 0;
+  }
+}
+
+void Sampler::load_candidates(const float* logits) {
+  n_ = cands_.size();
+  for (size_t i = 0; i < n_; ++i) cands_[i] = {logits[i], 0.f, int32_t(i)};
+}
+
+static bool by_logit(const Candidate& a, const Candidate& b) {
+  return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+
+void Sampler::top_k(int32_t k) {
+  if (k <= 0 || size_t(k) >= n_) {
+    std::sort(cands_.begin(), cands_.begin() + long(n_), by_logit);
+    return;
+  }
+  std::partial_sort(cands_.begin(), cands_.begin() + k, cands_.begin() + long(n_), by_logit);
+  n_ = size_t(k);
+}
+
+void Sampler::softmax_candidates(float temp) {
+  const float mx = cands_[0].logit;  // sorted: first is the max
+  float sum = 0.f;
+  for (size_t i = 0; i < n_; ++i) {
+    cands_[i].p = std::exp((cands_[i].logit - mx) / temp);
+    sum += cands_[i].p;
+  }
+  for (size_t i = 0; i < n_; ++i) cands_[i].p /= sum;
+}
+
+void Sampler::top_p(float p) {
+  if (p >= 1.f) return;
+  float cum = 0.f;
+  for (size_t i = 0; i < n_; ++i) {
+    cum += cands_[i].p;
+    if (cum >= p) {
+      n_ = i + 1;
+      return;
+    }
+  }
+}
+
+void Sampler::min_p(float p) {
+  if (p <= 0.f) return;
+  const float thr = p * cands_[0].p;
+  size_t keep = 1;
+  while (keep < n_ && cands_[keep].p >= thr) ++keep;
+  n_ = keep;
+}
+
+int32_t Sampler::sample(float* logits, const std::vector<int32_t>& history) {
+  apply_penalties(logits, history);
+  if (p_.temp <= 0.f) return argmax(logits, int64_t(cands_.size()));
+  load_candidates(logits);
+  top_k(p_.top_k);
+  softmax_candidates(1.f);  // filters see the untempered distribution (llama.cpp's chain order)
+  top_p(p_.top_p);
+  min_p(p_.min_p);
+  softmax_candidates(p_.temp);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  const float r = u(rng_);
+  float cum = 0.f;
+  for (size_t i = 0; i < n_; ++i) {
+    cum += cands_[i].p;
+    if (r < cum) return cands_[i].id;
+  }
+  return cands_[n_ - 1].id;
+}
+
+}  // namespace tessera

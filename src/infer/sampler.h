@@ -1,0 +1,58 @@
+// Token sampling: repetition / presence / frequency penalties, then top-k,
+// top-p, min-p, temperature and a seeded draw (llama.cpp's default order).
+// temp <= 0 is greedy (argmax after penalties).
+#pragma once
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace tessera {
+
+struct SamplerParams {
+  float temp = 0.8f;
+  int32_t top_k = 40;            // <= 0: disabled
+  float top_p = 0.95f;           // >= 1: disabled
+  float min_p = 0.05f;           // <= 0: disabled
+  float repeat_penalty = 1.0f;   // 1: disabled
+  int32_t repeat_last_n = 64;    // window of recent tokens the penalties look at
+  float presence_penalty = 0.f;
+  float frequency_penalty = 0.f;
+  uint64_t seed = 0;
+};
+
+struct Candidate {
+  float logit;
+  float p;
+  int32_t id;
+};
+
+class Sampler {
+ public:
+  Sampler(const SamplerParams& p, int32_t n_vocab);
+  // Picks the next token from logits (n_vocab, modified in place by the
+  // penalties) given the tokens so far. Does not allocate.
+  int32_t sample(float* logits, const std::vector<int32_t>& history);
+  const SamplerParams& params() const { return p_; }
+
+  // The filtering steps, exposed for tests. They operate on cands_ (sorted by
+  // logit, descending, after sort_candidates) and shrink its active size.
+  void apply_penalties(float* logits, const std::vector<int32_t>& history);
+  void load_candidates(const float* logits);
+  void top_k(int32_t k);
+  void softmax_candidates(float temp);
+  void top_p(float p);
+  void min_p(float p);
+  const Candidate* candidates() const { return cands_.data(); }
+  size_t n_candidates() const { return n_; }
+
+ private:
+  SamplerParams p_;
+  std::mt19937_64 rng_;
+  std::vector<Candidate> cands_;
+  size_t n_ = 0;
+  std::vector<int32_t> counts_;  // per-token occurrences in the penalty window
+};
+
+int32_t argmax(const float* x, int64_t n);
+
+}  // namespace tessera

@@ -1,0 +1,34 @@
+// GPT-2 block: LayerNorm -> fused qkv projection (+bias) -> causal MHA (no RoPE;
+// learned positions were added at the embedding) -> output projection (+bias) ->
+// residual; LayerNorm -> GELU MLP (+biases) -> residual.
+#include "kernels/ops.h"
+#include "model/model.h"
+
+namespace tessera {
+
+void Model::gpt2_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
+  const auto& c = w_.cfg;
+  const auto& L = w_.layers[size_t(l)];
+  const int64_t C = c.dim, H = c.hidden_dim;
+
+  for (int64_t t = 0; t < n; ++t)
+    ops::layernorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), L.attn_norm_b.f32(), C, c.norm_eps);
+  matmul(ctx, L.wqkv, a_.xb, n, a_.q);  // (n, 3C): q | k | v
+  add_bias(a_.q, L.bqkv, n, 3 * C);
+  store_kv(l, n, pos, a_.q + C, a_.q + 2 * C, 3 * C, 3 * C);
+  attention(ctx, l, n, pos, a_.q, 3 * C);  // -> a_.att (n, C)
+  matmul(ctx, L.wo, a_.att, n, a_.xb);
+  add_bias(a_.xb, L.bo, n, C);
+  for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);
+
+  for (int64_t t = 0; t < n; ++t)
+    ops::layernorm(a_.xb + t * C, a_.x + t * C, L.ffn_norm.f32(), L.ffn_norm_b.f32(), C, c.norm_eps);
+  matmul(ctx, L.w_up, a_.xb, n, a_.hb);  // (n, H)
+  add_bias(a_.hb, L.b_up, n, H);
+  ops::gelu(a_.hb, n * H);
+  matmul(ctx, L.w_down, a_.hb, n, a_.xb);  // (n, C)
+  add_bias(a_.xb, L.b_down, n, C);
+  for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);
+}
+
+}  // namespace tessera

@@ -1,0 +1,41 @@
+// Llama block: RMSNorm -> (q, k, v) projections (+ optional biases) -> RoPE ->
+// causal GQA attention -> output projection -> residual; RMSNorm -> SwiGLU FFN -> residual.
+#include "kernels/ops.h"
+#include "model/model.h"
+
+namespace tessera {
+
+void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
+  const auto& c = w_.cfg;
+  const auto& L = w_.layers[size_t(l)];
+  const int64_t C = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;
+
+  // Attention.
+  for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), C, c.norm_eps);
+  matmul(ctx, L.wq, a_.xb, n, a_.q);  // (n, qd)
+  matmul(ctx, L.wk, a_.xb, n, a_.k);  // (n, kvd)
+  matmul(ctx, L.wv, a_.xb, n, a_.v);  // (n, kvd)
+  add_bias(a_.q, L.bq, n, qd);
+  add_bias(a_.k, L.bk, n, kvd);
+  add_bias(a_.v, L.bv, n, kvd);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < c.n_heads; ++h)
+      ops::rope(a_.q + t * qd + h * hd, hd, hd, pos + t, c.rope_theta, c.rope_style);
+    for (int64_t h = 0; h < c.n_kv_heads; ++h)
+      ops::rope(a_.k + t * kvd + h * hd, hd, hd, pos + t, c.rope_theta, c.rope_style);
+  }
+  store_kv(l, n, pos, a_.k, a_.v, kvd, kvd);
+  attention(ctx, l, n, pos, a_.q, qd);   // -> a_.att (n, qd)
+  matmul(ctx, L.wo, a_.att, n, a_.xb);   // (n, C)
+  for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);
+
+  // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+  for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.ffn_norm.f32(), C, c.norm_eps);
+  matmul(ctx, L.w_gate, a_.xb, n, a_.hb);  // (n, H)
+  matmul(ctx, L.w_up, a_.xb, n, a_.hb2);   // (n, H)
+  ops::swiglu(a_.hb, a_.hb2, n * H);
+  matmul(ctx, L.w_down, a_.hb, n, a_.xb);  // (n, C)
+  for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);
+}
+
+}  // namespace tessera

@@ -1,0 +1,168 @@
+// Model: buffer planning, chunking, the KV cache and the shared attention block.
+// The per-architecture layers are in llama.cpp and gpt2.cpp.
+#include "model/model.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "kernels/ops.h"
+
+namespace tessera {
+
+Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f16) {
+  const auto& c = w.cfg;
+  n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
+  if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
+    fail("context size ", n_ctx_, " exceeds the ", c.max_seq_len, " learned positions of this GPT-2 model");
+  max_batch_ = std::max<int64_t>(1, std::min(opt.max_batch, n_ctx_));
+  max_threads_ = opt.max_threads > 0 ? opt.max_threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  const int64_t B = max_batch_, C = c.dim, H = c.hidden_dim, V = c.vocab_size;
+  const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
+  const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
+                           int64_t(max_threads_) * n_ctx_, B * V};
+  size_t total = 0;
+  for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
+  arena_.assign(total, 0.f);                                    // zero-filled: pages are touched now
+  float* p = arena_.data();
+  float** slots[] = {&a_.x, &a_.xb, &a_.q, &a_.k, &a_.v, &a_.att, &a_.hb, &a_.hb2, &a_.scores, &a_.logits};
+  for (size_t i = 0; i < std::size(slots); ++i) {
+    *slots[i] = p;
+    p += size_t(sizes[i] + 15) / 16 * 16;
+  }
+  kv_bytes_ = size_t(2 * c.n_layers * n_ctx_ * c.kv_dim()) * (kv_f16_ ? 2 : 4);
+  kv_.assign(kv_bytes_, 0);
+}
+
+void Model::check(const int32_t* tokens, int64_t n, int64_t pos) const {
+  if (n <= 0) fail("forward: no tokens");
+  if (pos < 0 || pos + n > n_ctx_)
+    fail("sequence of ", pos + n, " tokens exceeds the context size ", n_ctx_, " (-c)");
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= w_.cfg.vocab_size)
+      fail("token id ", tokens[i], " at position ", pos + i, " is outside the vocabulary (", w_.cfg.vocab_size, ")");
+}
+
+const float* Model::forward(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos) {
+  check(tokens, n, pos);
+  for (int64_t i = 0; i < n; i += max_batch_) {
+    const int64_t m = std::min(max_batch_, n - i);
+    chunk(ctx, tokens + i, m, pos + i, false, a_.logits);
+  }
+  return a_.logits;
+}
+
+void Model::forward_all(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, float* out) {
+  check(tokens, n, pos);
+  for (int64_t i = 0; i < n; i += max_batch_) {
+    const int64_t m = std::min(max_batch_, n - i);
+    chunk(ctx, tokens + i, m, pos + i, true, out + i * w_.cfg.vocab_size);
+  }
+}
+
+void Model::chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out) {
+  const auto& c = w_.cfg;
+  const int64_t C = c.dim;
+  // Embedding lookup: x(t) = E[token] (+ P[pos] for GPT-2).
+  for (int64_t t = 0; t < n; ++t) {
+    dequantize_row(w_.tok_embd, tokens[t], a_.x + t * C);
+    if (c.arch == Arch::GPT2) {
+      dequantize_row(w_.pos_embd, pos + t, a_.xb);
+      ops::add(a_.x + t * C, a_.xb, C);
+    }
+  }
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    if (c.arch == Arch::Llama)
+      llama_layer(ctx, l, n, pos);
+    else
+      gpt2_layer(ctx, l, n, pos);
+  }
+  // Final norm and classifier, for all rows or only the last.
+  const int64_t first = all ? 0 : n - 1;
+  for (int64_t t = first; t < n; ++t) {
+    if (c.arch == Arch::Llama)
+      ops::rmsnorm(a_.xb + t * C, a_.x + t * C, w_.out_norm.f32(), C, c.norm_eps);
+    else
+      ops::layernorm(a_.xb + t * C, a_.x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
+  }
+  matmul(ctx, w_.output, a_.xb + first * C, n - first, out);
+}
+
+void Model::add_bias(float* y, const TensorView& b, int64_t n, int64_t width) {
+  if (b.empty()) return;
+  for (int64_t t = 0; t < n; ++t) ops::add(y + t * width, b.f32(), width);
+}
+
+void Model::store_kv(int64_t l, int64_t n, int64_t pos, const float* k, const float* v, int64_t k_stride,
+                     int64_t v_stride) {
+  const int64_t kvd = w_.cfg.kv_dim();
+  const size_t es = kv_f16_ ? 2 : 4;
+  uint8_t* kc = kv_.data() + (size_t(l) * size_t(n_ctx_) + size_t(pos)) * size_t(kvd) * es;
+  uint8_t* vc = kc + kv_bytes_ / 2;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* kt = k + t * k_stride;
+    const float* vt = v + t * v_stride;
+    if (kv_f16_) {
+      auto* kd = reinterpret_cast<uint16_t*>(kc) + t * kvd;
+      auto* vd = reinterpret_cast<uint16_t*>(vc) + t * kvd;
+      for (int64_t i = 0; i < kvd; ++i) {
+        kd[i] = f32_to_f16(kt[i]);
+        vd[i] = f32_to_f16(vt[i]);
+      }
+    } else {
+      std::copy(kt, kt + kvd, reinterpret_cast<float*>(kc) + t * kvd);
+      std::copy(vt, vt + kvd, reinterpret_cast<float*>(vc) + t * kvd);
+    }
+  }
+}
+
+// Causal attention of n new tokens (at positions pos..pos+n-1) against the cache,
+// which already holds their keys/values. q rows have stride q_stride; output into a_.att (n, q_dim).
+void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, const float* q, int64_t q_stride) {
+  const auto& c = w_.cfg;
+  const int64_t hd = c.head_dim, kvd = c.kv_dim(), group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.f / std::sqrt(float(hd));
+  const size_t es = kv_f16_ ? 2 : 4;
+  const uint8_t* kc = kv_.data() + size_t(l) * size_t(n_ctx_) * size_t(kvd) * es;
+  const uint8_t* vc = kc + kv_bytes_ / 2;
+  const int nt = std::min(ctx.n_threads, max_threads_);
+  const int64_t items = n * c.n_heads;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t t = it / c.n_heads, h = it % c.n_heads;
+    const int64_t kvh = h / group;
+    const int64_t n_pos = pos + t + 1;  // causal: keys 0..pos+t
+    float* sc = a_.scores + int64_t(omp_get_thread_num()) * n_ctx_;
+    const float* qh = q + t * q_stride + h * hd;
+    float* out = a_.att + t * c.q_dim() + h * hd;
+    if (kv_f16_) {
+      const auto* K = reinterpret_cast<const uint16_t*>(kc);
+      const auto* Vv = reinterpret_cast<const uint16_t*>(vc);
+      for (int64_t j = 0; j < n_pos; ++j) {
+        const uint16_t* kj = K + j * kvd + kvh * hd;
+        float s = 0.f;
+        for (int64_t i = 0; i < hd; ++i) s += qh[i] * f16_to_f32(kj[i]);
+        sc[j] = s * scale;
+      }
+      ops::softmax(sc, n_pos);
+      std::fill(out, out + hd, 0.f);
+      for (int64_t j = 0; j < n_pos; ++j) {
+        const uint16_t* vj = Vv + j * kvd + kvh * hd;
+        for (int64_t i = 0; i < hd; ++i) out[i] += sc[j] * f16_to_f32(vj[i]);
+      }
+    } else {
+      const auto* K = reinterpret_cast<const float*>(kc);
+      const auto* Vv = reinterpret_cast<const float*>(vc);
+      for (int64_t j = 0; j < n_pos; ++j) sc[j] = ops::dot(qh, K + j * kvd + kvh * hd, hd) * scale;
+      ops::softmax(sc, n_pos);
+      std::fill(out, out + hd, 0.f);
+      for (int64_t j = 0; j < n_pos; ++j) ops::axpy(out, sc[j], Vv + j * kvd + kvh * hd, hd);
+    }
+  }
+}
+
+}  // namespace tessera

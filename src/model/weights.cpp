@@ -1,0 +1,138 @@
+#include "model/weights.h"
+
+#include <set>
+
+#include "core/error.h"
+
+namespace tessera {
+
+namespace {
+
+void expect_shape(const std::string& where, const char* name, int64_t layer, const TensorView& t,
+                  std::initializer_list<int64_t> want, bool required) {
+  if (t.empty()) {
+    if (required) {
+      if (layer >= 0) fail(where, ": missing tensor ", name, " of layer ", layer);
+      fail(where, ": missing tensor ", name);
+    }
+    return;
+  }
+  bool ok = t.ndim == int(want.size());
+  int i = 0;
+  for (int64_t w : want) ok = ok && t.shape[i++] == w;
+  if (!ok) {
+    std::string ws = "[";
+    i = 0;
+    for (int64_t w : want) ws += (i++ ? ", " : "") + std::to_string(w);
+    ws += "]";
+    if (layer >= 0) fail(where, ": tensor ", name, " of layer ", layer, " has shape ", shape_str(t), ", config needs ", ws);
+    fail(where, ": tensor ", name, " has shape ", shape_str(t), ", config needs ", ws);
+  }
+  if (t.cols() % dtype_block_elems(t.dtype) != 0)
+    fail(where, ": tensor ", name, " row length ", t.cols(), " is not a multiple of the ", dtype_name(t.dtype),
+         " block size");
+}
+
+}  // namespace
+
+void Weights::validate_shapes(const std::string& where) const {
+  const auto& c = cfg;
+  const int64_t C = c.dim, V = c.vocab_size, H = c.hidden_dim;
+  expect_shape(where, "token embedding", -1, tok_embd, {V, C}, true);
+  expect_shape(where, "output norm", -1, out_norm, {C}, true);
+  expect_shape(where, "output", -1, output, {V, C}, true);
+  if (c.arch == Arch::GPT2) {
+    expect_shape(where, "position embedding", -1, pos_embd, {c.max_seq_len, C}, true);
+    expect_shape(where, "output norm bias", -1, out_norm_b, {C}, true);
+  }
+  if (int64_t(layers.size()) != c.n_layers)
+    fail(where, ": has ", layers.size(), " layers of tensors, config says n_layers = ", c.n_layers);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const auto& L = layers[size_t(l)];
+    expect_shape(where, "attn_norm", l, L.attn_norm, {C}, true);
+    expect_shape(where, "ffn_norm", l, L.ffn_norm, {C}, true);
+    expect_shape(where, "attn_output", l, L.wo, {C, c.q_dim()}, true);
+    expect_shape(where, "ffn_up", l, L.w_up, {H, C}, true);
+    expect_shape(where, "ffn_down", l, L.w_down, {C, H}, true);
+    if (c.arch == Arch::Llama) {
+      expect_shape(where, "attn_q", l, L.wq, {c.q_dim(), C}, true);
+      expect_shape(where, "attn_k", l, L.wk, {c.kv_dim(), C}, true);
+      expect_shape(where, "attn_v", l, L.wv, {c.kv_dim(), C}, true);
+      expect_shape(where, "ffn_gate", l, L.w_gate, {H, C}, true);
+      expect_shape(where, "attn_q bias", l, L.bq, {c.q_dim()}, c.qkv_bias);
+      expect_shape(where, "attn_k bias", l, L.bk, {c.kv_dim()}, c.qkv_bias);
+      expect_shape(where, "attn_v bias", l, L.bv, {c.kv_dim()}, c.qkv_bias);
+    } else {
+      expect_shape(where, "attn_qkv", l, L.wqkv, {3 * C, C}, true);
+      expect_shape(where, "attn_qkv bias", l, L.bqkv, {3 * C}, true);
+      expect_shape(where, "attn_output bias", l, L.bo, {C}, true);
+      expect_shape(where, "attn_norm bias", l, L.attn_norm_b, {C}, true);
+      expect_shape(where, "ffn_norm bias", l, L.ffn_norm_b, {C}, true);
+      expect_shape(where, "ffn_up bias", l, L.b_up, {H}, true);
+      expect_shape(where, "ffn_down bias", l, L.b_down, {C}, true);
+    }
+  }
+}
+
+template <typename F>
+static void for_each_tensor(const Weights& w, F&& f) {
+  std::set<const void*> seen;
+  auto visit = [&](const TensorView& t) {
+    if (!t.empty() && seen.insert(t.data).second) f(t);
+  };
+  visit(w.tok_embd);
+  visit(w.pos_embd);
+  visit(w.out_norm);
+  visit(w.out_norm_b);
+  visit(w.output);
+  for (const auto& L : w.layers)
+    for (const TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.wq, &L.wk, &L.wv, &L.bq, &L.bk, &L.bv, &L.wqkv,
+                                &L.bqkv, &L.wo, &L.bo, &L.ffn_norm, &L.ffn_norm_b, &L.w_gate, &L.w_up, &L.w_down,
+                                &L.b_up, &L.b_down})
+      visit(*t);
+}
+
+size_t Weights::weight_bytes() const {
+  size_t n = 0;
+  for_each_tensor(*this, [&](const TensorView& t) {
+    n += t.nbytes();
+    if (t.dtype == DType::Q8_G) n += size_t(t.numel() / t.group) * sizeof(float);
+  });
+  return n;
+}
+
+int64_t Weights::n_params() const {
+  int64_t n = 0;
+  for_each_tensor(*this, [&](const TensorView& t) { n += t.numel(); });
+  return n;
+}
+
+TensorView own_buffer(Weights& w, std::vector<uint8_t> bytes, DType t, std::initializer_list<int64_t> shape) {
+  auto buf = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
+  TensorView v = make_view(t, shape, buf->data());
+  w.owners.push_back(buf);
+  return v;
+}
+
+}  // namespace tessera
+
+#include "kernels/kernels.h"
+
+namespace tessera {
+
+void norms_to_f32(Weights& w) {
+  auto fix = [&](TensorView& t) {
+    if (t.empty() || t.ndim != 1 || t.dtype == DType::F32) return;
+    std::vector<uint8_t> buf(size_t(t.numel()) * 4);
+    dequantize_row(t, 0, reinterpret_cast<float*>(buf.data()));
+    t = own_buffer(w, std::move(buf), DType::F32, {t.shape[0]});
+  };
+  fix(w.out_norm);
+  fix(w.out_norm_b);
+  for (auto& L : w.layers)
+    for (TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.bq, &L.bk, &L.bv, &L.bqkv, &L.bo, &L.ffn_norm,
+                          &L.ffn_norm_b, &L.b_up, &L.b_down})
+      fix(*t);
+}
+
+}  // namespace tessera

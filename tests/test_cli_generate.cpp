@@ -1,0 +1,104 @@
+// Acceptance tests of the CLI on the real stories260K model (../shared).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "cli_util.h"
+
+using namespace tessera::test;
+
+namespace {
+const char* kModel = "models/stories260K.bin";
+const char* kTok = "models/tok512.bin";
+std::string model_args() { return "-m " + q(shared_path(kModel)) + " --tokenizer " + q(shared_path(kTok)); }
+}  // namespace
+
+TEST(CliGenerate, GreedyFromBosReproducesPublishedOutput) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  TESSERA_REQUIRE_SHARED("reference/stories260K_greedy_256.txt");
+  // 256 positions: BOS plus at most 255 generated tokens, stopping at BOS.
+  CliResult r = run_cli("generate " + model_args() + " -p '' --temp 0 -n 255 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, slurp(shared_path("reference/stories260K_greedy_256.txt")));
+}
+
+TEST(CliGenerate, SameSeedSameTextAndStopStrings) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  const std::string base = "generate " + model_args() + " -p 'Once upon a time' -n 60 --temp 1 --top-p 0.9 ";
+  CliResult a = run_cli(base + "--seed 42");
+  CliResult b = run_cli(base + "--seed 42");
+  CliResult c = run_cli(base + "--seed 43");
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, c.out);
+  EXPECT_FALSE(a.out.empty());
+  // A stop string cuts the output before it (and is not printed).
+  CliResult s = run_cli("generate " + model_args() + " -p 'Once upon a time' -n 100 --temp 0 --stop Lily");
+  ASSERT_EQ(s.code, 0) << s.err;
+  EXPECT_EQ(s.out.find("Lily"), std::string::npos);
+  EXPECT_NE(s.err.find("stop: stop"), std::string::npos) << s.err;
+  // --echo prints the prompt first.
+  CliResult e = run_cli("generate " + model_args() + " -p 'Once upon a time' -n 5 --temp 0 --echo");
+  EXPECT_EQ(e.out.rfind("Once upon a time", 0), 0u) << e.out;
+}
+
+TEST(CliPerplexity, EightWindowsMatchReference) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  TESSERA_REQUIRE_SHARED("data/tinystories_val.txt");
+  const std::string text = slurp(shared_path("data/tinystories_val.txt")).substr(0, 12000);
+  const std::string path = temp_path("ppl12000.txt");
+  std::ofstream(path, std::ios::binary) << text;
+  CliResult r = run_cli("perplexity " + model_args() + " -f " + q(path) + " -c 256 --chunks 8 --json");
+  std::remove(path.c_str());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto nll_at = r.out.find("\"nll\": ");
+  ASSERT_NE(nll_at, std::string::npos) << r.out;
+  const double nll = std::stod(r.out.substr(nll_at + 7));
+  EXPECT_NEAR(nll, 1.4717, 0.00005) << r.out;  // 4 significant digits
+  EXPECT_NE(r.out.find("\"windows\": 8"), std::string::npos) << r.out;
+}
+
+TEST(CliErrors, BadInputsGiveClearErrorsAndNonZeroExit) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  // Missing tokenizer for a llama2.c model.
+  CliResult r = run_cli("generate -m " + q(shared_path(kModel)) + " -p hi -n 2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--tokenizer"), std::string::npos) << r.err;
+  // Missing file.
+  r = run_cli("generate -m /nonexistent/model.bin -p hi");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("/nonexistent/model.bin"), std::string::npos) << r.err;
+  // Truncated llama2.c file.
+  const std::string full = slurp(shared_path(kModel));
+  const std::string trunc = temp_path("trunc.bin");
+  std::ofstream(trunc, std::ios::binary) << full.substr(0, full.size() / 2);
+  r = run_cli("info -m " + q(trunc));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("trunc.bin"), std::string::npos) << r.err;
+  // Garbage header.
+  std::ofstream(trunc, std::ios::binary) << std::string(1000, '\x7f');
+  r = run_cli("info -m " + q(trunc));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("out of range"), std::string::npos) << r.err;
+  std::remove(trunc.c_str());
+  // Prompt longer than the context.
+  r = run_cli("generate " + model_args() + " -c 8 -p 'Once upon a time there was a little girl named Lily' -n 2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("context"), std::string::npos) << r.err;
+  // Bad flag values.
+  r = run_cli("generate " + model_args() + " -p hi --top-p 0");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--top-p"), std::string::npos) << r.err;
+  r = run_cli("frobnicate");
+  EXPECT_EQ(r.code, 2);
+}
+
+TEST(CliInfo, DescribesStories260K) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  CliResult r = run_cli("info -m " + q(shared_path(kModel)));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("llama"), std::string::npos);
+  EXPECT_NE(r.out.find("GQA"), std::string::npos);
+  EXPECT_NE(r.out.find("dim:            64"), std::string::npos) << r.out;
+}

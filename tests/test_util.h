@@ -1,0 +1,24 @@
+// Helpers shared by the tests: locating ../shared and skipping without it.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+
+namespace tessera::test {
+
+inline std::string shared_path(const std::string& rel) { return std::string(TESSERA_SHARED_DIR) + "/" + rel; }
+
+// GTEST_SKIP()s the calling test (use via the macro) when the file is absent.
+#define TESSERA_REQUIRE_SHARED(rel)                                                        \
+  do {                                                                                     \
+    if (!std::filesystem::exists(::tessera::test::shared_path(rel)))                       \
+      GTEST_SKIP() << "../shared/" << (rel) << " not found (tests need ../shared beside the repo)"; \
+  } while (0)
+
+inline std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("tessera_test_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
+}  // namespace tessera::test
