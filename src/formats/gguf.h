@@ -80,6 +80,7 @@ class File {
   uint32_t alignment_ = 32;
   std::map<std::string, Value> kv_;
   std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t, std::less<>> tensor_index_;  // name -> index into tensors_
   friend struct Parser;
 };
 

@@ -17,9 +17,12 @@ struct TensorInfo {
   std::string name;
   std::string dtype_name;      // as in the header: "F32", "F16", "BF16", ...
   DType dtype = DType::F32;    // valid when supported is true
-  bool supported = false;      // F32 / F16 / BF16
+  bool supported = false;      // F32 / F16 / BF16, rank <= 4, element-aligned data
   std::vector<int64_t> shape;  // outermost first
-  TensorView view;             // points into the mapped file
+  TensorView view;             // points into the mapped file; empty unless supported
+  uint64_t data_begin = 0;     // data_offsets [begin, end), relative to the data section
+  uint64_t data_end = 0;
+  std::string why_unsupported;  // set when supported is false: dtype, rank > 4 or misalignment
 };
 
 class File {
@@ -35,7 +38,8 @@ class File {
  private:
   MappedFile map_;
   std::map<std::string, std::string> meta_;
-  std::vector<TensorInfo> tensors_;
+  std::vector<TensorInfo> tensors_;  // in data order
+  std::map<std::string, size_t, std::less<>> tensor_index_;  // name -> index into tensors_
   friend struct Parser;
 };
 
