@@ -1,0 +1,147 @@
+#include "tokenizer/pretokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <memory>
+
+#include "core/error.h"
+
+namespace tessera {
+
+const char* const kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+namespace {
+
+const char* const kLlama3Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+// Qwen2: like Llama-3 but single digits.
+const char* const kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+struct Family {
+  const char* names;  // '|'-separated aliases
+  std::vector<std::string> patterns;
+  bool ignore_merges;
+};
+
+const std::vector<Family>& families() {
+  static const std::vector<Family> k = {
+      {"default|gpt2|gpt-2|mpt|olmo|gpt-neox|jais|phi-2|stablelm2", {kGpt2Pattern}, false},
+      {"llama-bpe|llama3|llama-v3|llama-3|smaug-bpe|falcon3|dbrx", {kLlama3Pattern}, true},
+      {"qwen2|qwen2.5|qwen-2.5|deepseek-r1-qwen", {kQwen2Pattern}, false},
+      // Digits are split one by one before the GPT-2 pattern runs.
+      {"starcoder|refact|command-r|smollm|codeshell|exaone|minerva", {R"(\p{N})", kGpt2Pattern}, false},
+      {"falcon", {R"([\p{P}\$\+<=>\^~\|`]+)", kGpt2Pattern, "[0-9][0-9][0-9]"}, false},
+  };
+  return k;
+}
+
+const Family* find_family(const std::string& name) {
+  for (const auto& f : families()) {
+    std::string_view names = f.names;
+    while (!names.empty()) {
+      size_t bar = names.find('|');
+      std::string_view n = names.substr(0, bar);
+      if (n == name) return &f;
+      if (bar == std::string_view::npos) break;
+      names.remove_prefix(bar + 1);
+    }
+  }
+  return nullptr;
+}
+
+struct MatchState {
+  pcre2_match_data* md = nullptr;
+  pcre2_match_context* mc = nullptr;
+  pcre2_jit_stack* js = nullptr;
+  ~MatchState() {
+    if (md) pcre2_match_data_free(md);
+    if (mc) pcre2_match_context_free(mc);
+    if (js) pcre2_jit_stack_free(js);
+  }
+};
+
+}  // namespace
+
+std::vector<std::string> pretokenizer_patterns(const std::string& family) {
+  const Family* f = find_family(family);
+  if (!f) {
+    std::string known;
+    for (const auto& fam : families()) known += std::string(known.empty() ? "" : "|") + fam.names;
+    fail("unknown pre-tokenizer '", family, "' (known: ", known, ")");
+  }
+  return f->patterns;
+}
+
+bool pretokenizer_ignores_merges(const std::string& family) {
+  const Family* f = find_family(family);
+  return f && f->ignore_merges;
+}
+
+PreTokenizer::PreTokenizer(std::vector<std::string> patterns) : patterns_(std::move(patterns)) {
+  for (const auto& p : patterns_) {
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(),
+                                     PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &off, nullptr);
+    if (!code) {
+      PCRE2_UCHAR msg[256];
+      pcre2_get_error_message(err, msg, sizeof msg);
+      for (void* c : codes_) pcre2_code_free(static_cast<pcre2_code*>(c));
+      fail("pre-tokenizer regex '", p, "' at offset ", off, ": ", reinterpret_cast<const char*>(msg));
+    }
+    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is unavailable
+    codes_.push_back(code);
+  }
+}
+
+PreTokenizer::~PreTokenizer() {
+  for (void* c : codes_) pcre2_code_free(static_cast<pcre2_code*>(c));
+}
+
+void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& out) const {
+  std::vector<std::string_view> cur{text}, next;
+  if (text.empty()) return;
+  MatchState ms;
+  ms.mc = pcre2_match_context_create(nullptr);
+  ms.js = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, nullptr);
+  if (ms.mc && ms.js) pcre2_jit_stack_assign(ms.mc, nullptr, ms.js);
+  for (size_t r = 0; r < codes_.size(); ++r) {
+    const auto* code = static_cast<const pcre2_code*>(codes_[r]);
+    if (ms.md) pcre2_match_data_free(ms.md);
+    ms.md = pcre2_match_data_create_from_pattern(code, nullptr);
+    if (!ms.md) fail("pre-tokenizer: out of memory");
+    std::vector<std::string_view>& dst = (r + 1 == codes_.size()) ? out : next;
+    for (std::string_view piece : cur) {
+      const auto* s = reinterpret_cast<PCRE2_SPTR>(piece.data());
+      size_t pos = 0, gap = 0;  // gap: start of text not yet assigned to a piece
+      while (pos < piece.size()) {
+        int rc = pcre2_match(code, s, piece.size(), pos, 0, ms.md, ms.mc);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) {
+          PCRE2_UCHAR msg[256];
+          pcre2_get_error_message(rc, msg, sizeof msg);
+          fail("pre-tokenizer regex '", patterns_[r], "': ", reinterpret_cast<const char*>(msg));
+        }
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(ms.md);
+        size_t b = ov[0], e = ov[1];
+        if (e <= b) {  // empty match: step over one byte, it stays in the gap
+          pos = b + 1;
+          continue;
+        }
+        if (b > gap) dst.push_back(piece.substr(gap, b - gap));
+        dst.push_back(piece.substr(b, e - b));
+        pos = gap = e;
+      }
+      if (gap < piece.size()) dst.push_back(piece.substr(gap));
+    }
+    if (r + 1 < codes_.size()) {
+      cur.swap(next);
+      next.clear();
+    }
+  }
+}
+
+}  // namespace tessera
