@@ -17,8 +17,8 @@ std::string model_args() { return "-m " + q(shared_path(kModel)) + " --tokenizer
 TEST(CliGenerate, GreedyFromBosReproducesPublishedOutput) {
   TESSERA_REQUIRE_SHARED(kModel);
   TESSERA_REQUIRE_SHARED("reference/stories260K_greedy_256.txt");
-  // 256 positions: BOS plus at most 255 generated tokens, stopping at BOS.
-  CliResult r = run_cli("generate " + model_args() + " -p '' --temp 0 -n 255 -t 2");
+  // 256 positions: BOS at position 0, then up to 256 sampled tokens as llama2.c's run -n 256 does, stopping at BOS.
+  CliResult r = run_cli("generate " + model_args() + " -p '' --temp 0 -n 256 -t 2");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, slurp(shared_path("reference/stories260K_greedy_256.txt")));
 }

@@ -203,3 +203,29 @@ TEST(Model, ContextOverflowAndBadTokensAreErrors) {
   const int32_t bad = 512;
   EXPECT_THROW(m.forward(ctx, &bad, 1, 0), Error);
 }
+
+#include "infer/perplexity.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+const char* kGolden = "One day, a clever fox found a shiny key under the old oak tree.";
+}
+
+TEST(Model, GoldenSentenceNllMatchesReference) {
+  TESSERA_REQUIRE_SHARED("models/stories260K.bin");
+  Tokenizer tok = load_llama2c_tokenizer(test::shared_path("models/tok512.bin"), 512);
+  const std::vector<int32_t> ids = tok.encode(kGolden);
+  ASSERT_EQ(ids.size(), 35u);
+  ASSERT_EQ(ids[0], 1);
+  KernelContext ctx(2);
+  Weights w = load_llama2c(test::shared_path("models/stories260K.bin"));
+  Model m(w, RunOptions{});
+  const double nll = sequence_nll(m, ctx, ids);
+  EXPECT_NEAR(nll, 54.40412, 0.005);                  // 4 significant digits: 54.40
+  EXPECT_NEAR(std::exp(nll / 34), 4.95363, 0.0005);  // 4.954
+  Weights w8 = load_llama2c(test::shared_path("models/stories260K_q8.bin"));
+  Model m8(w8, RunOptions{});
+  const double nll8 = sequence_nll(m8, ctx, ids);
+  EXPECT_NEAR(nll8, 54.311, 0.005);
+  EXPECT_NEAR(std::exp(nll8 / 34), 4.9401, 0.0005);
+}

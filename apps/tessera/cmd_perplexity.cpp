@@ -14,6 +14,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "infer/perplexity.h"
 
 namespace tessera::cli {
 
@@ -40,54 +41,31 @@ int cmd_perplexity(int argc, char** argv) {
 
   ma.ctx = n_ctx;
   Loaded L = load(ma);
-  const auto& cfg = L.lm.weights.cfg;
   const Tokenizer& tok = require_tokenizer(L.lm);
   EncodeOptions eo;
   eo.add_special = false;
   eo.parse_special = false;
   const std::vector<int32_t> ids = tok.encode(text, eo);
-  const bool bos = tok.bos_id() >= 0;
-  const int64_t per = bos ? n_ctx - 1 : n_ctx;
-  int64_t n_win = int64_t(ids.size()) / per;
-  if (chunks >= 0 && chunks < n_win) n_win = chunks;
-  if (n_win == 0)
+  const int64_t per = tok.bos_id() >= 0 ? n_ctx - 1 : n_ctx;
+  std::fprintf(stderr, "perplexity: %lld tokens, windows of %lld tokens%s\n", (long long)ids.size(),
+               (long long)n_ctx, tok.bos_id() >= 0 ? " (BOS + text)" : "");
+  if (int64_t(ids.size()) < per)
     fail(file, ": ", ids.size(), " tokens is less than one window of ", per, " tokens (lower -c)");
-  std::fprintf(stderr, "perplexity: %lld tokens, %lld windows of %lld tokens%s\n", (long long)ids.size(),
-               (long long)n_win, (long long)n_ctx, bos ? " (BOS + text)" : "");
-
-  const int64_t V = cfg.vocab_size;
-  std::vector<float> logits(size_t(n_ctx * V));
-  std::vector<int32_t> win(static_cast<size_t>(n_ctx));
-  double nll = 0;
-  int64_t count = 0;
-  for (int64_t w = 0; w < n_win; ++w) {
-    size_t k = 0;
-    if (bos) win[k++] = tok.bos_id();
-    for (int64_t i = 0; i < per; ++i) win[k++] = ids[size_t(w * per + i)];
-    L.model->forward_all(*L.ctx, win.data(), n_ctx, 0, logits.data());
-    for (int64_t t = 0; t + 1 < n_ctx; ++t) {
-      const float* lg = logits.data() + t * V;
-      float mx = lg[0];
-      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, lg[v]);
-      double sum = 0;
-      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(lg[v] - mx));
-      nll += (std::log(sum) + mx) - lg[win[size_t(t + 1)]];
-      ++count;
-    }
-    const int width = 30;
-    const int done = int(width * (w + 1) / n_win);
-    std::fprintf(stderr, "\r[%.*s%*s] %lld/%lld  ppl %.4f", done, "==============================", width - done, "",
-                 (long long)(w + 1), (long long)n_win, std::exp(nll / double(count)));
-    std::fflush(stderr);
-  }
+  PerplexityResult r = perplexity(*L.model, *L.ctx, ids, n_ctx, tok.bos_id(), chunks,
+                                  [](int64_t done, int64_t total, double ppl) {
+                                    const int width = 30, bar = int(width * done / total);
+                                    std::fprintf(stderr, "\r[%.*s%*s] %lld/%lld  ppl %.4f", bar,
+                                                 "==============================", width - bar, "",
+                                                 (long long)done, (long long)total, ppl);
+                                    std::fflush(stderr);
+                                  });
   std::fprintf(stderr, "\n");
-  const double mean = nll / double(count);
   if (json)
-    std::printf("{\"nll\": %.6f, \"perplexity\": %.6f, \"tokens\": %lld, \"windows\": %lld, \"ctx\": %lld}\n", mean,
-                std::exp(mean), (long long)count, (long long)n_win, (long long)n_ctx);
+    std::printf("{\"nll\": %.6f, \"perplexity\": %.6f, \"tokens\": %lld, \"windows\": %lld, \"ctx\": %lld}\n",
+                r.nll, r.perplexity, (long long)r.n_scored, (long long)r.n_windows, (long long)n_ctx);
   else
-    std::printf("mean NLL %.5f nats/token over %lld tokens (%lld windows of %lld), perplexity %.5f\n", mean,
-                (long long)count, (long long)n_win, (long long)n_ctx, std::exp(mean));
+    std::printf("mean NLL %.5f nats/token over %lld tokens (%lld windows of %lld), perplexity %.5f\n", r.nll,
+                (long long)r.n_scored, (long long)r.n_windows, (long long)n_ctx, r.perplexity);
   return 0;
 }
 

@@ -5,7 +5,10 @@
 
 #include "core/error.h"
 #include "core/mmap.h"
+#if __has_include("formats/gguf_tokenizer.h")  // interim until the tokenizer branch lands it
 #include "formats/gguf_tokenizer.h"
+#define TESSERA_HAVE_GGUF_TOK 1
+#endif
 #include "formats/llama2c.h"
 #include "formats/model_io.h"
 
@@ -42,7 +45,9 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
       std::shared_ptr<gguf::File> f = gguf::File::open(path);
       m.weights = load_gguf_weights(f);
       m.format = "gguf";
+#ifdef TESSERA_HAVE_GGUF_TOK
       if (tokenizer_path.empty() && f->find("tokenizer.ggml.model")) m.tokenizer = load_gguf_tokenizer(*f);
+#endif
       break;
     }
     case Kind::Llama2c: {

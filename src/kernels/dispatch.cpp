@@ -38,6 +38,7 @@ void* KernelContext::scratch(size_t n) {
 void dequantize_row(const TensorView& W, int64_t r, float* out) { ref::dequantize_row(W, r, out); }
 
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
+  if (W.dtype == DType::Q8_G) return ref::matmul(W, X, M, Y);  // llama2.c int8: small models only
   const int64_t N = W.rows(), K = W.cols();
   // Baseline: rows split across threads, each dequantizing one row into its scratch slice.
   float* wbuf = static_cast<float*>(ctx.scratch(size_t(ctx.n_threads) * size_t(K) * sizeof(float)));

@@ -29,6 +29,8 @@ class KernelContext {
 
 // Y(M, N) = X(M, K) . W(N, K)^T, with W of any DType, X and Y row-major f32.
 // M == 1 is the decode matrix-vector case. Multi-threaded over N (and M).
+// Q8_G (llama2.c int8) follows llama2.c's runq: X is quantized to int8 in the
+// same groups as W and the products are integer (see ref::matmul).
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y);
 
 // Dequantize row r of W (cols() elements) into out.
@@ -38,6 +40,8 @@ namespace ref {
 // Scalar reference: the specification every fast path is tested against.
 void matmul(const TensorView& W, const float* X, int64_t M, float* Y);
 void dequantize_row(const TensorView& W, int64_t r, float* out);
+// llama2.c runq: quantize n floats in groups (scale = max|x|/127 per group).
+void quantize_groups_q8(const float* x, int64_t n, int group, int8_t* q, float* s);
 // Quantize n floats (multiple of 32) into Q8_0 / Q4_0 blocks, llama.cpp's rounding.
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n);

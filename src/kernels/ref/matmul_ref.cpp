@@ -55,7 +55,43 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
   }
 }
 
+// llama2.c's runq semantics for its int8 export: activations are quantized to
+// int8 in groups of W.group (scale = max|x| / 127, round half away from zero),
+// each group's integer dot product is scaled by both groups' scales.
+void quantize_groups_q8(const float* x, int64_t n, int group, int8_t* q, float* s) {
+  for (int64_t g = 0; g < n / group; ++g) {
+    float amax = 0.f;
+    for (int i = 0; i < group; ++i) amax = std::fmax(amax, std::fabs(x[g * group + i]));
+    const float scale = amax / 127.f;
+    s[g] = scale;
+    for (int i = 0; i < group; ++i)
+      q[g * group + i] = scale == 0.f ? int8_t(0) : int8_t(std::round(x[g * group + i] / scale));
+  }
+}
+
+static void matmul_q8_g(const TensorView& W, const float* X, int64_t M, float* Y) {
+  const int64_t N = W.rows(), K = W.cols();
+  const int G = W.group;
+  std::vector<int8_t> qx(static_cast<size_t>(K));
+  std::vector<float> sx(static_cast<size_t>(K / G));
+  for (int64_t m = 0; m < M; ++m) {
+    quantize_groups_q8(X + m * K, K, G, qx.data(), sx.data());
+    for (int64_t n = 0; n < N; ++n) {
+      const int8_t* qw = reinterpret_cast<const int8_t*>(W.row(n));
+      const float* sw = W.scales + n * K / G;
+      float acc = 0.f;
+      for (int64_t g = 0; g < K / G; ++g) {
+        int32_t iv = 0;
+        for (int i = 0; i < G; ++i) iv += int32_t(qx[size_t(g * G + i)]) * int32_t(qw[g * G + i]);
+        acc += float(iv) * sw[g] * sx[size_t(g)];
+      }
+      Y[m * N + n] = acc;
+    }
+  }
+}
+
 void matmul(const TensorView& W, const float* X, int64_t M, float* Y) {
+  if (W.dtype == DType::Q8_G) return matmul_q8_g(W, X, M, Y);
   const int64_t N = W.rows(), K = W.cols();
   std::vector<float> w(static_cast<size_t>(K));
   for (int64_t n = 0; n < N; ++n) {
