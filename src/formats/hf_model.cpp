@@ -46,6 +46,33 @@ TensorView transpose_owned(Weights& w, const TensorView& t) {
   return own_buffer(w, std::move(buf), DType::F32, {out, in});
 }
 
+// Error messages name tensors as the checkpoint does.
+std::string hf_name(bool gpt2, const std::string& prefix, const std::string& role, int64_t layer) {
+  static const std::pair<const char*, const char*> kLlama[] = {
+      {"token_embd", "model.embed_tokens"}, {"output_norm", "model.norm"}, {"output", "lm_head"},
+      {"attn_norm", "input_layernorm"},     {"attn_q", "self_attn.q_proj"}, {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},       {"attn_output", "self_attn.o_proj"},
+      {"ffn_norm", "post_attention_layernorm"}, {"ffn_gate", "mlp.gate_proj"}, {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"}};
+  static const std::pair<const char*, const char*> kGpt2[] = {
+      {"token_embd", "wte"},         {"position_embd", "wpe"}, {"output_norm", "ln_f"}, {"output", "wte"},
+      {"attn_norm", "ln_1"},         {"attn_qkv", "attn.c_attn"}, {"attn_output", "attn.c_proj"},
+      {"ffn_norm", "ln_2"},          {"ffn_up", "mlp.c_fc"},   {"ffn_down", "mlp.c_proj"}};
+  const size_t dot = role.find('.');
+  const std::string base = role.substr(0, dot), suffix = role.substr(dot);
+  std::string mapped = base;
+  if (gpt2) {
+    for (const auto& [k, v] : kGpt2)
+      if (base == k) mapped = v;
+  } else {
+    for (const auto& [k, v] : kLlama)
+      if (base == k) mapped = v;
+  }
+  if (layer < 0) return (gpt2 ? prefix : "") + mapped + suffix;
+  return gpt2 ? prefix + "h." + std::to_string(layer) + "." + mapped + suffix
+              : "model.layers." + std::to_string(layer) + "." + mapped + suffix;
+}
+
 }  // namespace
 
 Weights load_hf_weights(const std::string& dir) {
@@ -172,7 +199,9 @@ Weights load_hf_weights(const std::string& dir) {
   c.validate(cpath);
   w.owners.push_back(shared);
   norms_to_f32(w);
-  w.validate_shapes(dir);
+  const bool gpt2 = c.arch == Arch::GPT2;
+  const std::string prefix = st.find("transformer.wte.weight") ? "transformer." : "";
+  w.validate_shapes(dir, [&](const std::string& role, int64_t l) { return hf_name(gpt2, prefix, role, l); });
   return w;
 }
 

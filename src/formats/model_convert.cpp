@@ -72,7 +72,14 @@ Weights convert_weights(const Weights& w, DType type, int* fallbacks) {
   if (type == DType::Q8_G) fail("q8_g (llama2.c int8) is a load-only format");
   Weights out = w;
   const bool tied = w.output.data == w.tok_embd.data;
-  for_each_view(out, [&](TensorView& t) { t = convert_view(out, t, type, fallbacks); });
+  // As llama.cpp does for its 4-bit types, the classifier (and the embedding
+  // table when tied to it) keeps more precision: Q8_0 under Q4_0.
+  const DType out_type = type == DType::Q4_0 ? DType::Q8_0 : type;
+  const TensorView orig_out = w.output;
+  for_each_view(out, [&](TensorView& t) {
+    const bool classifier = t.data == orig_out.data;
+    t = convert_view(out, t, classifier ? out_type : type, fallbacks);
+  });
   if (tied) out.output = out.tok_embd;
   return out;
 }

@@ -25,7 +25,8 @@ void save_hf(const Weights& w, const std::string& dir);
 
 // Copies w with every 2-D matrix converted to `type` (1-D tensors stay f32);
 // matrices whose rows are not a multiple of the block size fall back to f16
-// (reported through `fallbacks`).
+// (reported through `fallbacks`). Under Q4_0 the classifier (and the embedding
+// when tied to it) is stored as Q8_0, as llama.cpp keeps it at higher precision.
 Weights convert_weights(const Weights& w, DType type, int* fallbacks = nullptr);
 
 // Returns a copy of w whose q/k projections (and biases) use `style`.

@@ -8,13 +8,15 @@ namespace tessera {
 
 namespace {
 
-void expect_shape(const std::string& where, const char* name, int64_t layer, const TensorView& t,
-                  std::initializer_list<int64_t> want, bool required) {
+std::string default_name(const char* role, int64_t layer) {
+  return layer >= 0 ? "blk." + std::to_string(layer) + "." + role : std::string(role);
+}
+
+void expect_shape(const std::string& where, const TensorNamer& namer, const char* role, int64_t layer,
+                  const TensorView& t, std::initializer_list<int64_t> want, bool required) {
+  const std::string name = namer ? namer(role, layer) : default_name(role, layer);
   if (t.empty()) {
-    if (required) {
-      if (layer >= 0) fail(where, ": missing tensor ", name, " of layer ", layer);
-      fail(where, ": missing tensor ", name);
-    }
+    if (required) fail(where, ": missing tensor ", name);
     return;
   }
   bool ok = t.ndim == int(want.size());
@@ -25,7 +27,6 @@ void expect_shape(const std::string& where, const char* name, int64_t layer, con
     i = 0;
     for (int64_t w : want) ws += (i++ ? ", " : "") + std::to_string(w);
     ws += "]";
-    if (layer >= 0) fail(where, ": tensor ", name, " of layer ", layer, " has shape ", shape_str(t), ", config needs ", ws);
     fail(where, ": tensor ", name, " has shape ", shape_str(t), ", config needs ", ws);
   }
   if (t.cols() % dtype_block_elems(t.dtype) != 0)
@@ -35,41 +36,41 @@ void expect_shape(const std::string& where, const char* name, int64_t layer, con
 
 }  // namespace
 
-void Weights::validate_shapes(const std::string& where) const {
+void Weights::validate_shapes(const std::string& where, const TensorNamer& namer) const {
   const auto& c = cfg;
   const int64_t C = c.dim, V = c.vocab_size, H = c.hidden_dim;
-  expect_shape(where, "token embedding", -1, tok_embd, {V, C}, true);
-  expect_shape(where, "output norm", -1, out_norm, {C}, true);
-  expect_shape(where, "output", -1, output, {V, C}, true);
+  expect_shape(where, namer, "token_embd.weight", -1, tok_embd, {V, C}, true);
+  expect_shape(where, namer, "output_norm.weight", -1, out_norm, {C}, true);
+  expect_shape(where, namer, "output.weight", -1, output, {V, C}, true);
   if (c.arch == Arch::GPT2) {
-    expect_shape(where, "position embedding", -1, pos_embd, {c.max_seq_len, C}, true);
-    expect_shape(where, "output norm bias", -1, out_norm_b, {C}, true);
+    expect_shape(where, namer, "position_embd.weight", -1, pos_embd, {c.max_seq_len, C}, true);
+    expect_shape(where, namer, "output_norm.bias", -1, out_norm_b, {C}, true);
   }
   if (int64_t(layers.size()) != c.n_layers)
     fail(where, ": has ", layers.size(), " layers of tensors, config says n_layers = ", c.n_layers);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const auto& L = layers[size_t(l)];
-    expect_shape(where, "attn_norm", l, L.attn_norm, {C}, true);
-    expect_shape(where, "ffn_norm", l, L.ffn_norm, {C}, true);
-    expect_shape(where, "attn_output", l, L.wo, {C, c.q_dim()}, true);
-    expect_shape(where, "ffn_up", l, L.w_up, {H, C}, true);
-    expect_shape(where, "ffn_down", l, L.w_down, {C, H}, true);
+    expect_shape(where, namer, "attn_norm.weight", l, L.attn_norm, {C}, true);
+    expect_shape(where, namer, "ffn_norm.weight", l, L.ffn_norm, {C}, true);
+    expect_shape(where, namer, "attn_output.weight", l, L.wo, {C, c.q_dim()}, true);
+    expect_shape(where, namer, "ffn_up.weight", l, L.w_up, {H, C}, true);
+    expect_shape(where, namer, "ffn_down.weight", l, L.w_down, {C, H}, true);
     if (c.arch == Arch::Llama) {
-      expect_shape(where, "attn_q", l, L.wq, {c.q_dim(), C}, true);
-      expect_shape(where, "attn_k", l, L.wk, {c.kv_dim(), C}, true);
-      expect_shape(where, "attn_v", l, L.wv, {c.kv_dim(), C}, true);
-      expect_shape(where, "ffn_gate", l, L.w_gate, {H, C}, true);
-      expect_shape(where, "attn_q bias", l, L.bq, {c.q_dim()}, c.qkv_bias);
-      expect_shape(where, "attn_k bias", l, L.bk, {c.kv_dim()}, c.qkv_bias);
-      expect_shape(where, "attn_v bias", l, L.bv, {c.kv_dim()}, c.qkv_bias);
+      expect_shape(where, namer, "attn_q.weight", l, L.wq, {c.q_dim(), C}, true);
+      expect_shape(where, namer, "attn_k.weight", l, L.wk, {c.kv_dim(), C}, true);
+      expect_shape(where, namer, "attn_v.weight", l, L.wv, {c.kv_dim(), C}, true);
+      expect_shape(where, namer, "ffn_gate.weight", l, L.w_gate, {H, C}, true);
+      expect_shape(where, namer, "attn_q.bias", l, L.bq, {c.q_dim()}, c.qkv_bias);
+      expect_shape(where, namer, "attn_k.bias", l, L.bk, {c.kv_dim()}, c.qkv_bias);
+      expect_shape(where, namer, "attn_v.bias", l, L.bv, {c.kv_dim()}, c.qkv_bias);
     } else {
-      expect_shape(where, "attn_qkv", l, L.wqkv, {3 * C, C}, true);
-      expect_shape(where, "attn_qkv bias", l, L.bqkv, {3 * C}, true);
-      expect_shape(where, "attn_output bias", l, L.bo, {C}, true);
-      expect_shape(where, "attn_norm bias", l, L.attn_norm_b, {C}, true);
-      expect_shape(where, "ffn_norm bias", l, L.ffn_norm_b, {C}, true);
-      expect_shape(where, "ffn_up bias", l, L.b_up, {H}, true);
-      expect_shape(where, "ffn_down bias", l, L.b_down, {C}, true);
+      expect_shape(where, namer, "attn_qkv.weight", l, L.wqkv, {3 * C, C}, true);
+      expect_shape(where, namer, "attn_qkv.bias", l, L.bqkv, {3 * C}, true);
+      expect_shape(where, namer, "attn_output.bias", l, L.bo, {C}, true);
+      expect_shape(where, namer, "attn_norm.bias", l, L.attn_norm_b, {C}, true);
+      expect_shape(where, namer, "ffn_norm.bias", l, L.ffn_norm_b, {C}, true);
+      expect_shape(where, namer, "ffn_up.bias", l, L.b_up, {H}, true);
+      expect_shape(where, namer, "ffn_down.bias", l, L.b_down, {C}, true);
     }
   }
 }

@@ -2,7 +2,9 @@
 // kept alive by `owners`. Names follow the Llama block; GPT-2 uses the same
 // slots (wqkv fused, biases, LayerNorm gains/biases, learned positions).
 #pragma once
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -21,6 +23,8 @@ struct LayerWeights {
   TensorView b_up, b_down;            // GPT-2 MLP biases (H), (C)
 };
 
+using TensorNamer = std::function<std::string(const std::string& role, int64_t layer)>;
+
 struct Weights {
   ModelConfig cfg;
   TensorView tok_embd;              // (V, C)
@@ -30,8 +34,10 @@ struct Weights {
   std::vector<LayerWeights> layers;
   std::vector<std::shared_ptr<const void>> owners;  // mapped files / converted buffers
 
-  // Checks every present tensor's shape against cfg; throws Error naming the tensor.
-  void validate_shapes(const std::string& where) const;
+  // Checks every present tensor's shape against cfg; throws Error naming the
+  // tensor, by namer(role, layer) when given (roles are GGUF's names, e.g.
+  // "attn_q.weight" with layer 0 -> default "blk.0.attn_q.weight"; layer -1 for globals).
+  void validate_shapes(const std::string& where, const TensorNamer& namer = {}) const;
   size_t weight_bytes() const;   // bytes of all distinct weight tensors
   int64_t n_params() const;
 };

@@ -1,0 +1,159 @@
+// Round trips between llama2.c, GGUF and safetensors: identical logits for
+// lossless conversions, bounded perplexity change for quantized ones.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "formats/llama2c.h"
+#include "formats/load.h"
+#include "formats/model_io.h"
+#include "infer/perplexity.h"
+#include "model/model.h"
+#include "model/synthetic.h"
+#include "test_util.h"
+
+using namespace tessera;
+
+namespace {
+
+const std::vector<int32_t> kTokens = {1, 403, 407, 261, 378, 395, 342, 263, 289, 260, 381, 500, 301, 282, 265, 30};
+
+std::vector<float> all_logits(const Weights& w, const std::vector<int32_t>& toks) {
+  Model m(w, RunOptions{});
+  KernelContext ctx(2);
+  std::vector<float> out(toks.size() * size_t(w.cfg.vocab_size));
+  m.forward_all(ctx, toks.data(), int64_t(toks.size()), 0, out.data());
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));
+  return d;
+}
+
+struct TempDir {
+  std::string path = test::temp_path("convert");
+  TempDir() { std::filesystem::create_directories(path); }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+// Token stream for perplexity: deterministic pseudo-text ids, or real text when a tokenizer is at hand.
+std::vector<int32_t> ppl_tokens() {
+  Tokenizer tok = load_llama2c_tokenizer(test::shared_path("models/tok512.bin"), 512);
+  std::ifstream in(test::shared_path("data/tinystories_val.txt"));
+  std::string text(12000, '\0');
+  in.read(text.data(), 12000);
+  text.resize(size_t(in.gcount()));
+  EncodeOptions eo;
+  eo.add_special = false;
+  return tok.encode(text, eo);
+}
+
+double ppl(const Weights& w, const std::vector<int32_t>& ids) {
+  RunOptions ro;
+  ro.n_ctx = 256;
+  Model m(w, ro);
+  KernelContext ctx(2);
+  return perplexity(m, ctx, ids, 256, 1, 8).perplexity;
+}
+
+}  // namespace
+
+TEST(Convert, Stories260KToGgufAndSafetensorsGivesSameLogits) {
+  TESSERA_REQUIRE_SHARED("models/stories260K.bin");
+  TempDir dir;
+  Weights src = load_llama2c(test::shared_path("models/stories260K.bin"));
+  const auto ref = all_logits(src, kTokens);
+  const std::string gguf = dir.path + "/m.gguf", hf = dir.path + "/hf";
+  save_gguf(src, nullptr, gguf);
+  save_hf(src, hf);
+  LoadedModel g = load_model(gguf);
+  LoadedModel h = load_model(hf);
+  EXPECT_EQ(g.format, "gguf");
+  EXPECT_EQ(h.format, "safetensors");
+  EXPECT_EQ(h.weights.cfg.rope_style, ops::RopeStyle::HalfSplit);  // HF layout: rows permuted on the way out
+  // GGUF keeps the interleaved layout: bit-identical. HF permutes q/k rows, which only
+  // reorders the sums inside each q.k dot product.
+  EXPECT_EQ(max_abs_diff(ref, all_logits(g.weights, kTokens)), 0.0);
+  EXPECT_LT(max_abs_diff(ref, all_logits(h.weights, kTokens)), 1e-4);
+  // And back from HF to GGUF: permuted back to interleaved, bit-identical to the original again.
+  save_gguf(h.weights, nullptr, dir.path + "/back.gguf");
+  EXPECT_EQ(max_abs_diff(ref, all_logits(load_model(dir.path + "/back.gguf").weights, kTokens)), 0.0);
+}
+
+TEST(Convert, QuantizedPerplexityStaysClose) {
+  TESSERA_REQUIRE_SHARED("models/stories260K.bin");
+  TESSERA_REQUIRE_SHARED("data/tinystories_val.txt");
+  TempDir dir;
+  Weights src = load_llama2c(test::shared_path("models/stories260K.bin"));
+  const auto ids = ppl_tokens();
+  const double p32 = ppl(src, ids);
+  EXPECT_NEAR(p32, 4.357, 0.001);
+  for (auto [type, tol] : {std::pair{DType::F16, 0.002}, {DType::BF16, 0.01}, {DType::Q8_0, 0.02}, {DType::Q4_0, 0.10}}) {
+    const std::string path = dir.path + "/" + dtype_name(type) + ".gguf";
+    save_gguf(convert_weights(src, type), nullptr, path);
+    LoadedModel m = load_model(path);
+    EXPECT_EQ(m.weights.layers[0].wq.dtype, type);
+    EXPECT_EQ(m.weights.output.dtype, type == DType::Q4_0 ? DType::Q8_0 : type);
+    const double p = ppl(m.weights, ids);
+    EXPECT_LT(std::fabs(p / p32 - 1), tol) << dtype_name(type) << ": ppl " << p << " vs f32 " << p32;
+  }
+  Weights q8 = load_llama2c(test::shared_path("models/stories260K_q8.bin"));
+  const double p8 = ppl(q8, ids);
+  EXPECT_LT(std::fabs(p8 / p32 - 1), 0.02) << "ak42 ppl " << p8;
+}
+
+TEST(Convert, Gpt2RoundTripsThroughGgufAndSafetensors) {
+  TempDir dir;
+  Weights src = make_random_weights(synthetic_config("gpt2-tiny"), DType::F32, 7, 2);
+  const std::vector<int32_t> toks = {5, 17, 300, 2, 511, 64, 9};
+  const auto ref = all_logits(src, toks);
+  save_gguf(src, nullptr, dir.path + "/g.gguf");
+  save_hf(src, dir.path + "/hf");
+  LoadedModel g = load_model(dir.path + "/g.gguf");
+  LoadedModel h = load_model(dir.path + "/hf");
+  EXPECT_EQ(g.weights.cfg.arch, Arch::GPT2);
+  EXPECT_EQ(h.weights.cfg.arch, Arch::GPT2);
+  EXPECT_EQ(max_abs_diff(ref, all_logits(g.weights, toks)), 0.0);
+  EXPECT_EQ(max_abs_diff(ref, all_logits(h.weights, toks)), 0.0);
+  // The GPT-2 block is not degenerate: different inputs give different logits.
+  const auto other = all_logits(src, {6, 17, 300, 2, 511, 64, 9});
+  EXPECT_GT(max_abs_diff(ref, other), 1e-3);
+}
+
+TEST(Convert, UnsupportedArchitectureAndShapeMismatchAreErrors) {
+  TempDir dir;
+  Weights src = make_random_weights(synthetic_config("260k"), DType::F32, 1, 1);
+  save_hf(src, dir.path + "/hf");
+  // Edit config.json: unknown architecture.
+  const std::string cfg = dir.path + "/hf/config.json";
+  std::string text;
+  {
+    std::ifstream in(cfg);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto write = [&](const std::string& t) { std::ofstream(cfg) << t; };
+  std::string bad = text;
+  bad.replace(bad.find("LlamaForCausalLM"), 16, "MambaForCausalLM");
+  write(bad);
+  try {
+    load_model(dir.path + "/hf");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MambaForCausalLM"), std::string::npos) << e.what();
+  }
+  // Config disagreeing with the tensors.
+  bad = text;
+  bad.replace(bad.find("\"intermediate_size\": 172"), 24, "\"intermediate_size\": 173");
+  write(bad);
+  try {
+    load_model(dir.path + "/hf");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.0.mlp.up_proj.weight"), std::string::npos) << e.what();
+  }
+}
