@@ -13,6 +13,4 @@ int cmd_perplexity(int, char**) { return not_yet("perplexity"); }
 int cmd_info(int, char**) { return not_yet("info"); }
 int cmd_bench(int, char**) { return not_yet("bench"); }
 int cmd_convert(int, char**) { return not_yet("convert"); }
-int cmd_tokenize(int, char**) { return not_yet("tokenize"); }
-int cmd_tokenizer(int, char**) { return not_yet("tokenizer"); }
 }  // namespace tessera::cli
