@@ -11,8 +11,6 @@ namespace tessera {
 
 namespace {
 
-inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
-
 struct Sym {
   int32_t id;  // current token (-1: a byte with no token of its own)
   int32_t prev, next;
@@ -69,7 +67,7 @@ void Tokenizer::Impl::build_bpe() {
     auto ij = piece_to_id.find(joined);
     if (ij == piece_to_id.end()) fail("tokenizer: merge ", r, " '", m, "' makes '", joined, "', which is not in the vocabulary");
     if (r > size_t(INT32_MAX)) fail("tokenizer: too many merges");
-    merges.emplace(pair_key(ia->second, ib->second), std::make_pair(int32_t(r), ij->second));
+    merges.insert(MergeTable::key(ia->second, ib->second), int32_t(r), ij->second);
   }
 }
 
@@ -85,9 +83,9 @@ void Tokenizer::Impl::bpe_word(std::string_view w, BpeScratch& s, std::vector<in
     if (l < 0 || r < 0) return;
     int32_t a = sym[size_t(l)].id, b = sym[size_t(r)].id;
     if (a < 0 || b < 0) return;
-    auto it = m.merges.find(pair_key(a, b));
-    if (it == m.merges.end()) return;
-    heap.push_back({it->second.first, l, r, a, b, it->second.second});
+    const MergeTable::Entry* e = m.merges.find(MergeTable::key(a, b));
+    if (!e) return;
+    heap.push_back({e->rank, l, r, a, b, e->merged});
     std::push_heap(heap.begin(), heap.end(), CandAfter{});
   };
   for (int32_t i = 1; i < n; ++i) try_add(i - 1, i);
@@ -116,28 +114,26 @@ void Tokenizer::Impl::encode_bpe(const std::vector<Fragment>& frags, std::vector
   size_t total = 0;
   for (const Fragment& f : frags) total += f.text.size();
   const bool use_cache = total >= 4096;
-  // piece -> (offset, count) into cache_ids
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, StringHash, std::equal_to<>> cache;
+  // piece (a view into the caller's text) -> (offset, count) into cache_ids
+  std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>> cache;
+  if (use_cache) cache.reserve(total / 64 + 16);
   std::vector<int32_t> cache_ids;
-  std::vector<std::string_view> words;
   BpeScratch scratch;
   for (const Fragment& f : frags) {
     if (f.id >= 0) {
       out.push_back(f.id);
       continue;
     }
-    words.clear();
-    pre->split(f.text, words);
-    for (std::string_view w : words) {
+    pre->for_each(f.text, [&](std::string_view w) {
       if (w.size() == 1 && byte_id[uint8_t(w[0])] >= 0) {
         out.push_back(byte_id[uint8_t(w[0])]);
-        continue;
+        return;
       }
       if (ignore_merges) {
         auto it = raw_to_id.find(w);
         if (it != raw_to_id.end()) {
           out.push_back(it->second);
-          continue;
+          return;
         }
       }
       if (use_cache) {
@@ -145,16 +141,16 @@ void Tokenizer::Impl::encode_bpe(const std::vector<Fragment>& frags, std::vector
         if (it != cache.end()) {
           out.insert(out.end(), cache_ids.begin() + it->second.first,
                      cache_ids.begin() + it->second.first + it->second.second);
-          continue;
+          return;
         }
       }
       size_t before = out.size();
       bpe_word(w, scratch, out);
       if (use_cache && cache_ids.size() < (size_t(1) << 30)) {
-        cache.emplace(std::string(w), std::make_pair(uint32_t(cache_ids.size()), uint32_t(out.size() - before)));
+        cache.emplace(w, std::make_pair(uint32_t(cache_ids.size()), uint32_t(out.size() - before)));
         cache_ids.insert(cache_ids.end(), out.begin() + long(before), out.end());
       }
-    }
+    });
   }
 }
 

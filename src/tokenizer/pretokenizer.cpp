@@ -102,8 +102,12 @@ PreTokenizer::~PreTokenizer() {
 }
 
 void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& out) const {
-  std::vector<std::string_view> cur{text}, next;
+  for_each(text, [&](std::string_view p) { out.push_back(p); });
+}
+
+void PreTokenizer::for_each(std::string_view text, const std::function<void(std::string_view)>& fn) const {
   if (text.empty()) return;
+  std::vector<std::string_view> cur{text}, next;
   MatchState ms;
   ms.mc = pcre2_match_context_create(nullptr);
   ms.js = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, nullptr);
@@ -113,7 +117,14 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& o
     if (ms.md) pcre2_match_data_free(ms.md);
     ms.md = pcre2_match_data_create_from_pattern(code, nullptr);
     if (!ms.md) fail("pre-tokenizer: out of memory");
-    std::vector<std::string_view>& dst = (r + 1 == codes_.size()) ? out : next;
+    const bool last = r + 1 == codes_.size();
+    auto emit = [&](std::string_view p) {
+      if (last) {
+        fn(p);
+      } else {
+        next.push_back(p);
+      }
+    };
     for (std::string_view piece : cur) {
       const auto* s = reinterpret_cast<PCRE2_SPTR>(piece.data());
       size_t pos = 0, gap = 0;  // gap: start of text not yet assigned to a piece
@@ -131,13 +142,13 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& o
           pos = b + 1;
           continue;
         }
-        if (b > gap) dst.push_back(piece.substr(gap, b - gap));
-        dst.push_back(piece.substr(b, e - b));
+        if (b > gap) emit(piece.substr(gap, b - gap));
+        emit(piece.substr(b, e - b));
         pos = gap = e;
       }
-      if (gap < piece.size()) dst.push_back(piece.substr(gap));
+      if (gap < piece.size()) emit(piece.substr(gap));
     }
-    if (r + 1 < codes_.size()) {
+    if (!last) {
       cur.swap(next);
       next.clear();
     }

@@ -3,6 +3,7 @@
 // tokenizer.ggml.pre family. Text between matches is kept as its own piece, so
 // every input byte (invalid UTF-8 included) ends up in exactly one piece.
 #pragma once
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,6 +20,8 @@ class PreTokenizer {
 
   // Appends the pieces of `text` (views into it) to `out`. Thread-safe.
   void split(std::string_view text, std::vector<std::string_view>& out) const;
+  // Calls fn on each piece in order (no intermediate storage for one regex).
+  void for_each(std::string_view text, const std::function<void(std::string_view)>& fn) const;
   const std::vector<std::string>& patterns() const { return patterns_; }
 
  private:

@@ -3,7 +3,7 @@
 // the adjacent pair whose concatenation is a vocabulary piece with the highest
 // score is merged (ties: leftmost) until no pair is in the vocabulary. Symbols
 // that are not pieces fall back to <0xXX> byte pieces, else to <unk>.
-#include <queue>
+#include <algorithm>
 
 #include "core/error.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -35,12 +35,74 @@ struct BigramLess {
 void Tokenizer::Impl::build_spm() {
   // Nothing beyond the common tables: the piece map, byte pieces and scores.
   if (!d.merges.empty()) fail("tokenizer: SentencePiece vocabulary must not carry merges");
+  spm_separator.fill(1);
+  for (const std::string& p : d.tokens) {
+    if (p.size() < 2) continue;
+    for (char c : p)
+      if (uint8_t(c) < 128) spm_separator[uint8_t(c)] = 0;
+  }
 }
+
+namespace {
+
+// Merges one segment text[b, e) and appends its ids.
+void merge_segment(const Tokenizer::Impl& m, std::string_view text, size_t b, size_t e, std::vector<Symbol>& sym,
+                   std::vector<Bigram>& heap, std::vector<int32_t>& out) {
+  sym.clear();
+  heap.clear();
+  for (size_t off = b; off < e;) {
+    size_t n = std::min(utf8_len(uint8_t(text[off])), e - off);
+    int32_t idx = int32_t(sym.size());
+    sym.push_back({uint32_t(off), uint32_t(n), idx - 1, off + n == e ? -1 : idx + 1});
+    off += n;
+  }
+  auto try_add = [&](int32_t l, int32_t r) {
+    if (l < 0 || r < 0) return;
+    std::string_view s(text.data() + sym[size_t(l)].off, sym[size_t(l)].n + sym[size_t(r)].n);
+    auto it = m.piece_to_id.find(s);
+    if (it == m.piece_to_id.end()) return;
+    float score = m.d.scores.empty() ? 0.f : m.d.scores[size_t(it->second)];
+    heap.push_back({score, l, r, uint32_t(s.size())});
+    std::push_heap(heap.begin(), heap.end(), BigramLess{});
+  };
+  for (size_t i = 1; i < sym.size(); ++i) try_add(int32_t(i - 1), int32_t(i));
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), BigramLess{});
+    Bigram g = heap.back();
+    heap.pop_back();
+    Symbol& l = sym[size_t(g.left)];
+    Symbol& r = sym[size_t(g.right)];
+    if (l.n == 0 || r.n == 0 || l.n + r.n != g.size) continue;  // stale
+    l.n += r.n;
+    r.n = 0;
+    l.next = r.next;
+    if (r.next >= 0) sym[size_t(r.next)].prev = g.left;
+    try_add(l.prev, g.left);
+    try_add(g.left, l.next);
+  }
+  for (int32_t i = sym.empty() ? -1 : 0; i != -1; i = sym[size_t(i)].next) {
+    const Symbol& s = sym[size_t(i)];
+    auto it = m.piece_to_id.find(std::string_view(text.data() + s.off, s.n));
+    if (it != m.piece_to_id.end()) {
+      out.push_back(it->second);
+      continue;
+    }
+    bool have_bytes = true;
+    for (uint32_t k = 0; k < s.n; ++k) have_bytes = have_bytes && m.byte_id[uint8_t(text[s.off + k])] >= 0;
+    if (have_bytes) {
+      for (uint32_t k = 0; k < s.n; ++k) out.push_back(m.byte_id[uint8_t(text[s.off + k])]);
+    } else if (m.d.unk_id >= 0) {
+      out.push_back(m.d.unk_id);  // no byte fallback: one <unk> per unknown character
+    }
+  }
+}
+
+}  // namespace
 
 void Tokenizer::Impl::encode_spm(const std::vector<Fragment>& frags, std::vector<int32_t>& out) const {
   std::string text;
   std::vector<Symbol> sym;
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> queue;
+  std::vector<Bigram> heap;
   bool prev_special = true;  // the start counts as "after a special": gets the dummy prefix
   for (const Fragment& f : frags) {
     if (f.id >= 0) {
@@ -59,51 +121,15 @@ void Tokenizer::Impl::encode_spm(const std::vector<Fragment>& frags, std::vector
       }
     }
     if (text.size() > UINT32_MAX / 2) fail("tokenizer: text fragment too long (", text.size(), " bytes)");
-
-    // (N) symbols, one per UTF-8 character
-    sym.clear();
-    for (size_t off = 0; off < text.size();) {
-      size_t n = std::min(utf8_len(uint8_t(text[off])), text.size() - off);
-      int32_t idx = int32_t(sym.size());
-      sym.push_back({uint32_t(off), uint32_t(n), idx - 1, off + n == text.size() ? -1 : idx + 1});
-      off += n;
-    }
-    auto try_add = [&](int32_t l, int32_t r) {
-      if (l < 0 || r < 0) return;
-      std::string_view s(text.data() + sym[size_t(l)].off, sym[size_t(l)].n + sym[size_t(r)].n);
-      auto it = piece_to_id.find(s);
-      if (it == piece_to_id.end()) return;
-      float score = d.scores.empty() ? 0.f : d.scores[size_t(it->second)];
-      queue.push({score, l, r, uint32_t(s.size())});
-    };
-    for (size_t i = 1; i < sym.size(); ++i) try_add(int32_t(i - 1), int32_t(i));
-    while (!queue.empty()) {
-      Bigram b = queue.top();
-      queue.pop();
-      Symbol& l = sym[size_t(b.left)];
-      Symbol& r = sym[size_t(b.right)];
-      if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;  // stale
-      l.n += r.n;
-      r.n = 0;
-      l.next = r.next;
-      if (r.next >= 0) sym[size_t(r.next)].prev = b.left;
-      try_add(l.prev, b.left);
-      try_add(b.left, l.next);
-    }
-    for (int32_t i = sym.empty() ? -1 : 0; i != -1; i = sym[size_t(i)].next) {
-      const Symbol& s = sym[size_t(i)];
-      auto it = piece_to_id.find(std::string_view(text.data() + s.off, s.n));
-      if (it != piece_to_id.end()) {
-        out.push_back(it->second);
-        continue;
-      }
-      bool have_bytes = true;
-      for (uint32_t k = 0; k < s.n; ++k) have_bytes = have_bytes && byte_id[uint8_t(text[s.off + k])] >= 0;
-      if (have_bytes) {
-        for (uint32_t k = 0; k < s.n; ++k) out.push_back(byte_id[uint8_t(text[s.off + k])]);
-      } else if (d.unk_id >= 0) {
-        out.push_back(d.unk_id);  // no byte fallback: one <unk> per unknown character
-      }
+    // Segments end just after each separator byte; no merge crosses one
+    // (the heap's order is only ever compared within a segment, so the result
+    // is the same as merging the whole text at once).
+    for (size_t b = 0; b < text.size();) {
+      size_t e = b;
+      while (e < text.size() && !(uint8_t(text[e]) < 128 && spm_separator[uint8_t(text[e])])) ++e;
+      if (e < text.size()) ++e;
+      merge_segment(*this, text, b, e, sym, heap, out);
+      b = e;
     }
   }
 }

@@ -64,8 +64,9 @@ class Tokenizer {
   TokenizerKind kind() const;
   const VocabData& data() const;
 
+  struct Impl;  // internal (src/tokenizer/tokenizer_impl.h)
+
  private:
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
