@@ -56,7 +56,8 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
 }
 
 // llama2.c's runq semantics for its int8 export: activations are quantized to
-// int8 in groups of W.group (scale = max|x| / 127, round half away from zero),
+// int8 in groups of W.group (scale = max|x| / 127; ties round to even like the SIMD
+// paths, where runq rounds them away from zero: real activations almost never tie),
 // each group's integer dot product is scaled by both groups' scales.
 void quantize_groups_q8(const float* x, int64_t n, int group, int8_t* q, float* s) {
   for (int64_t g = 0; g < n / group; ++g) {
@@ -65,7 +66,7 @@ void quantize_groups_q8(const float* x, int64_t n, int group, int8_t* q, float* 
     const float scale = amax / 127.f;
     s[g] = scale;
     for (int i = 0; i < group; ++i)
-      q[g * group + i] = scale == 0.f ? int8_t(0) : int8_t(std::round(x[g * group + i] / scale));
+      q[g * group + i] = scale == 0.f ? int8_t(0) : int8_t(std::nearbyint(x[g * group + i] / scale));
   }
 }
 

@@ -1,0 +1,246 @@
+// bench_kernels: decode (M = 1) and prefill (M = 512) speed of matmul for every
+// weight dtype on the matrices of one 1B-model layer (TinyLlama 1.1B shapes:
+// q, k, v, o, gate, up, down) plus the 32000 x 2048 output projection, as
+// fractions of this machine's read bandwidth and sgemm peak measured in the
+// same run. Prints one JSON object.
+//
+//   bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover]
+//
+// --crossover also times, for a few M, the matrix-vector path against the
+// sgemm path (to set detail::blas_min_rows).
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/fp16.h"
+#include "kernels/blas_env.h"
+#include "kernels/gemm.h"
+#include "kernels/kernels.h"
+#include "kernels/measure.h"
+
+using namespace tessera;
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Page-aligned anonymous memory (huge pages where allowed), pre-faulted.
+class Buffer {
+ public:
+  explicit Buffer(size_t n) : n_(std::max<size_t>(n, 1)) {
+    p_ = mmap(nullptr, n_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p_ == MAP_FAILED) {
+      std::perror("mmap");
+      std::exit(1);
+    }
+    madvise(p_, n_, MADV_HUGEPAGE);
+  }
+  ~Buffer() { munmap(p_, n_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  uint8_t* data() const { return static_cast<uint8_t*>(p_); }
+  size_t size() const { return n_; }
+
+ private:
+  void* p_;
+  size_t n_;
+};
+
+uint64_t next(uint64_t& s) {
+  s ^= s << 13;
+  s ^= s >> 7;
+  s ^= s << 17;
+  return s;
+}
+
+float rand_unit(uint64_t& s) { return float(next(s) >> 40) / float(1 << 24) * 2.f - 1.f; }
+
+// Fills W's bytes with valid random values of its dtype (cheaply: no quantization pass).
+void fill_weights(DType t, uint8_t* p, int64_t numel, float* scales, int group, uint64_t seed) {
+  uint64_t s = seed | 1;
+  switch (t) {
+    case DType::F32:
+      for (int64_t i = 0; i < numel; ++i) reinterpret_cast<float*>(p)[i] = rand_unit(s) * 0.05f;
+      break;
+    case DType::F16:
+    case DType::BF16:
+      for (int64_t i = 0; i < numel; ++i) {
+        const float f = rand_unit(s) * 0.05f;
+        reinterpret_cast<uint16_t*>(p)[i] = t == DType::F16 ? f32_to_f16(f) : f32_to_bf16(f);
+      }
+      break;
+    case DType::Q8_0:
+    case DType::Q4_0: {
+      const size_t bytes = dtype_row_bytes(t, numel), bb = dtype_block_bytes(t);
+      for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        const uint64_t v = next(s);
+        std::memcpy(p + i, &v, 8);
+      }
+      const uint16_t d = f32_to_f16(0.002f);
+      for (size_t i = 0; i < bytes; i += bb) std::memcpy(p + i, &d, 2);
+      break;
+    }
+    case DType::Q8_G:
+      for (int64_t i = 0; i + 8 <= numel; i += 8) {
+        const uint64_t v = next(s);
+        std::memcpy(p + i, &v, 8);
+      }
+      for (int64_t g = 0; g < numel / group; ++g) scales[g] = 0.001f + 0.0001f * float(g % 7);
+      break;
+  }
+}
+
+struct Shape {
+  const char* name;
+  int64_t N, K;
+};
+// One TinyLlama-1.1B layer (dim 2048, 4 KV heads x 64, hidden 5632) and the output projection.
+const Shape kShapes[] = {{"q", 2048, 2048},    {"k", 256, 2048},     {"v", 256, 2048},
+                         {"o", 2048, 2048},    {"gate", 5632, 2048}, {"up", 5632, 2048},
+                         {"down", 2048, 5632}, {"output", 32000, 2048}};
+
+struct Matrices {
+  std::vector<TensorView> views;
+  std::vector<Buffer*> owned;
+  size_t bytes = 0;  // weight bytes read per pass (scales included)
+  double flops_per_row = 0;
+  ~Matrices() {
+    for (Buffer* b : owned) delete b;
+  }
+};
+
+void build(Matrices& m, DType t, int group) {
+  uint64_t seed = 12345;
+  for (const Shape& s : kShapes) {
+    const int64_t numel = s.N * s.K;
+    const size_t wbytes = dtype_row_bytes(t, numel);
+    const size_t sbytes = t == DType::Q8_G ? size_t(numel / group) * sizeof(float) : 0;
+    auto* buf = new Buffer(wbytes + sbytes + 64);
+    m.owned.push_back(buf);
+    float* scales = t == DType::Q8_G ? reinterpret_cast<float*>(buf->data() + ((wbytes + 63) & ~size_t(63))) : nullptr;
+    fill_weights(t, buf->data(), numel, scales, group, seed++);
+    TensorView v = make_view(t, {s.N, s.K}, buf->data());
+    v.scales = scales;
+    v.group = t == DType::Q8_G ? group : 0;
+    m.views.push_back(v);
+    m.bytes += wbytes + sbytes;
+    m.flops_per_row += 2.0 * double(numel);
+  }
+}
+
+// Best time of one pass of matmul() over all matrices with M activation rows.
+double time_pass(KernelContext& ctx, const Matrices& m, int64_t M, int reps, const float* X, float* Y) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = now_s();
+    for (const TensorView& v : m.views) matmul(ctx, v, X, M, Y);
+    best = std::min(best, now_s() - t0);
+  }
+  return best;
+}
+
+double time_matvec_pass(KernelContext& ctx, const Matrices& m, int64_t M, int reps, const float* X, float* Y) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = now_s();
+    for (const TensorView& v : m.views) detail::matmul_matvec(ctx, v, X, M, Y);
+    best = std::min(best, now_s() - t0);
+  }
+  return best;
+}
+
+double time_blas_pass(KernelContext& ctx, const Matrices& m, int64_t M, int reps, const float* X, float* Y) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = now_s();
+    for (const TensorView& v : m.views) detail::matmul_blas(ctx, v, X, M, Y, dequantize_row);
+    best = std::min(best, now_s() - t0);
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ensure_openblas_coretype(argc, argv);
+  int threads = 2, reps = 10;
+  bool crossover = false;
+  Isa isa = detect_isa();
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--threads" && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--isa" && i + 1 < argc) {
+      const std::string s = argv[++i];
+      isa = s == "scalar" ? Isa::Scalar : s == "avx2" ? Isa::AVX2 : Isa::AVX512;
+    } else if (a == "--crossover") {
+      crossover = true;
+    } else {
+      std::fprintf(stderr, "usage: bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover]\n");
+      return 2;
+    }
+  }
+  KernelContext ctx(threads, isa);
+  nlohmann::json out;
+  out["threads"] = threads;
+  out["isa"] = isa_name(isa);
+  out["openblas_core"] = openblas_core_name();
+  const char* env_core = std::getenv("OPENBLAS_CORETYPE");
+  out["openblas_coretype_env"] = env_core ? env_core : "";
+  const double bw = measure_read_bandwidth_gbs(ctx);
+  const double peak = measure_gemm_peak_gflops(ctx);
+  out["read_bandwidth_gbs"] = bw;
+  out["sgemm_peak_gflops"] = peak;
+
+  const int64_t Mp = 512, Kmax = 5632, Nmax = 32000;
+  std::vector<float> X(size_t(Mp * Kmax)), Y(size_t(Mp * Nmax));
+  uint64_t s = 99;
+  for (float& x : X) x = rand_unit(s);
+
+  const std::pair<DType, int> types[] = {{DType::F32, 0},  {DType::F16, 0},  {DType::BF16, 0},
+                                         {DType::Q8_0, 0}, {DType::Q4_0, 0}, {DType::Q8_G, 64}};
+  for (auto [t, group] : types) {
+    Matrices m;
+    build(m, t, group);
+    nlohmann::json r;
+    r["weight_bytes"] = m.bytes;
+    time_pass(ctx, m, 1, 1, X.data(), Y.data());  // warm-up: scratch, page tables
+    const double td = time_pass(ctx, m, 1, reps, X.data(), Y.data());
+    r["decode_ms"] = td * 1e3;
+    r["decode_gbs"] = double(m.bytes) / td / 1e9;
+    r["decode_fraction_of_bandwidth"] = double(m.bytes) / td / 1e9 / bw;
+    const double tp = time_pass(ctx, m, Mp, 2, X.data(), Y.data());
+    r["prefill_m"] = Mp;
+    r["prefill_gflops"] = m.flops_per_row * double(Mp) / tp / 1e9;
+    r["prefill_fraction_of_peak"] = m.flops_per_row * double(Mp) / tp / 1e9 / peak;
+    if (isa != Isa::Scalar) {
+      // The alternative: the matrix-vector kernels on all 512 rows.
+      const double tm = time_matvec_pass(ctx, m, Mp, 1, X.data(), Y.data());
+      r["prefill_matvec_gflops"] = m.flops_per_row * double(Mp) / tm / 1e9;
+    }
+    if (crossover && isa != Isa::Scalar) {
+      nlohmann::json c;
+      for (int64_t M : {1, 2, 4, 8, 12, 16, 24, 32, 48, 64}) {
+        const double tv = time_matvec_pass(ctx, m, M, 3, X.data(), Y.data());
+        const double tb = time_blas_pass(ctx, m, M, 3, X.data(), Y.data());
+        c[std::to_string(M)] = {{"matvec_ms", tv * 1e3}, {"blas_ms", tb * 1e3}};
+      }
+      r["crossover"] = c;
+    }
+    out[dtype_name(t)] = r;
+    std::fprintf(stderr, "%s done\n", dtype_name(t));
+  }
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}

@@ -1,0 +1,89 @@
+// Internal interface between the dispatcher (kernels/dispatch.cpp) and the
+// per-ISA kernels in this directory. No ISA flags here: the *_avx2.cpp and
+// *_avx512.cpp files are compiled with their own flags, and each defines its
+// functions inside its own namespace (cpu::avx2, cpu::avx512) so that no
+// inline function compiled for one ISA can be picked by the linker for another.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace tessera::cpu {
+
+// Activations X(M, K) quantized for the integer dot products of Q8_0 / Q4_0 /
+// Q8_G weights: per row, blocks of `block` elements (a multiple of 32) with
+//   qs[k]  int8 in [-127, 127],  x[k] ~= d[b] * qs[k]
+//   d[b]   f32 scale = amax / 127 of block b
+//   s[b]   sum of the block's qs (used to undo the +128 / -8 offsets of the weights)
+// Row m of each array starts at m * K (qs) and m * (K / block) (d, s).
+struct QuantX {
+  const int8_t* qs = nullptr;
+  const float* d = nullptr;
+  const int32_t* s = nullptr;
+  int64_t K = 0;
+  int64_t block = 32;
+  int64_t nblocks() const { return K / block; }
+};
+
+// What a row-range kernel gets: the f32 activations (always), their quantized
+// form (integer paths only), and a per-thread workspace of at least K floats.
+struct MatvecArgs {
+  const TensorView* W = nullptr;
+  const float* X = nullptr;  // (M, K)
+  QuantX xq;
+  int64_t M = 0;
+  float* Y = nullptr;        // (M, N)
+  float* work = nullptr;     // >= K floats, private to the calling thread
+};
+
+// Computes Y[m, n] for all m < M and n in [n0, n1).
+using MatvecFn = void (*)(const MatvecArgs& a, int64_t n0, int64_t n1);
+// Quantizes one row x(K) into qs(K), d(K / block), s(K / block).
+using QuantizeXFn = void (*)(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+// Dequantizes row r of W into out(K).
+using DequantRowFn = void (*)(const TensorView& W, int64_t r, float* out);
+
+// One ISA's kernels. Tables are immutable and returned by reference.
+struct IsaKernels {
+  MatvecFn f32, f16, bf16, q8_0, q4_0, q8_g;
+  QuantizeXFn quantize_x;
+  DequantRowFn dequant_row;
+};
+
+// Whether a Q8_G view takes the integer path (group a multiple of 32 that
+// divides K, so every group lies inside one row); otherwise it is dequantized
+// row by row into the workspace.
+inline bool q8g_integer_path(const TensorView& W) {
+  return W.group > 0 && W.group % 32 == 0 && W.cols() % W.group == 0;
+}
+
+// The scalar specification of the activation quantization (round half to even).
+void quantize_x_scalar(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+
+namespace avx2 {
+const IsaKernels& kernels();
+void matvec_f32(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_f16(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_bf16(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
+void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+void dequant_row(const TensorView& W, int64_t r, float* out);
+double stream_read_sum(const float* p, int64_t n);
+}  // namespace avx2
+
+namespace avx512 {
+const IsaKernels& kernels();
+void matvec_f32(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_f16(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_bf16(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
+void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+void dequant_row(const TensorView& W, int64_t r, float* out);
+double stream_read_sum(const float* p, int64_t n);
+}  // namespace avx512
+
+}  // namespace tessera::cpu

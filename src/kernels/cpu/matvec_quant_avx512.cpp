@@ -1,0 +1,200 @@
+// AVX-512 VNNI matrix-vector kernels for Q8_0 / Q4_0 / Q8_G weights.
+//
+// X is quantized once per call to int8 blocks (cpu::QuantX). Per 32-element
+// block, vpdpbusd multiplies unsigned weight bytes by signed activation bytes:
+//   Q8_0: (w + 128) . x = w . x + 128 * sum(x)   (w + 128 is w ^ 0x80)
+//   Q4_0:  q . x        = (q - 8) . x + 8 * sum(x)
+// The offset is removed exactly in integers by starting the accumulator at
+// -16 * sum(x) (resp. -sum(x)) in each of its 8 lanes. The int32 lanes are then
+// scaled by d_w * d_x and accumulated in f32, as llama.cpp does.
+#include "kernels/cpu/simd.h"
+
+#include "core/dtype.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace tessera::cpu::avx512 {
+namespace {
+
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Weight formats with 32-element blocks: unsigned bytes for vpdpbusd, the
+// per-lane offset multiplier (init = -mul * sum(x)) and the f32 block scale.
+struct FmtQ8_0 {
+  using Block = BlockQ8_0;
+  static constexpr int kOffsetMul = 16;
+  static __m256i bytes(const Block& b) { return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(char(0x80))); }
+  static float scale(const Block& b) { return _cvtsh_ss(b.d); }
+};
+struct FmtQ4_0 {
+  using Block = BlockQ4_0;
+  static constexpr int kOffsetMul = 1;
+  static __m256i bytes(const Block& b) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+  }
+  static float scale(const Block& b) { return _cvtsh_ss(b.d); }
+};
+
+// Y[m0 + c, n + r] for r < R, c < C; w = row n of W (nb blocks per row).
+template <class F, int R, int C>
+void tile_blocks(const typename F::Block* w, const QuantX& xq, int64_t m0, float* y, int64_t N) {
+  const int64_t nb = xq.nblocks(), K = xq.K;
+  const int8_t* xqs = xq.qs + m0 * K;
+  const float* xd = xq.d + m0 * nb;
+  const int32_t* xs = xq.s + m0 * nb;
+  __m256 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i xv[C], init[C];
+    float dx[C];
+    for (int c = 0; c < C; ++c) {
+      xv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + b * 32));
+      init[c] = _mm256_set1_epi32(-F::kOffsetMul * xs[c * nb + b]);
+      dx[c] = xd[c * nb + b];
+    }
+    for (int r = 0; r < R; ++r) {
+      const typename F::Block& blk = w[r * nb + b];
+      const __m256i wv = F::bytes(blk);
+      const float dw = F::scale(blk);
+      for (int c = 0; c < C; ++c) {
+        const __m256i p = _mm256_dpbusd_epi32(init[c], wv, xv[c]);
+        acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx[c]), acc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
+}
+
+template <class F, int R>
+void rows_blocks(const MatvecArgs& a, const typename F::Block* w, int64_t n) {
+  const int64_t N = a.W->rows();
+  int64_t m = 0;
+  for (; m + 4 <= a.M; m += 4) tile_blocks<F, R, 4>(w, a.xq, m, a.Y + m * N + n, N);
+  switch (a.M - m) {
+    case 3: tile_blocks<F, R, 3>(w, a.xq, m, a.Y + m * N + n, N); break;
+    case 2: tile_blocks<F, R, 2>(w, a.xq, m, a.Y + m * N + n, N); break;
+    case 1: tile_blocks<F, R, 1>(w, a.xq, m, a.Y + m * N + n, N); break;
+    default: break;
+  }
+}
+
+template <class F>
+void matvec_blocks(const MatvecArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.xq.nblocks();
+  const auto* w = static_cast<const typename F::Block*>(a.W->data);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) rows_blocks<F, 4>(a, w + n * nb, n);
+  for (; n < n1; ++n) rows_blocks<F, 1>(a, w + n * nb, n);
+}
+
+// Q8_G with groups of xq.block elements (a multiple of 32): the int32 sums run
+// over a whole group, then are scaled once by scale_w * d_x.
+template <int R, int C>
+void tile_q8g(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, float* y, int64_t N) {
+  const int64_t ng = xq.nblocks(), K = xq.K, G = xq.block;
+  const int8_t* xqs = xq.qs + m0 * K;
+  const float* xd = xq.d + m0 * ng;
+  const int32_t* xs = xq.s + m0 * ng;
+  const __m256i off = _mm256_set1_epi8(char(0x80));
+  __m256 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m256i p[R][C];
+    for (int c = 0; c < C; ++c) {
+      const __m256i init = _mm256_set1_epi32(-16 * xs[c * ng + g]);
+      for (int r = 0; r < R; ++r) p[r][c] = init;
+    }
+    for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
+      __m256i xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + k));
+      for (int r = 0; r < R; ++r) {
+        const __m256i wv = _mm256_xor_si256(load256(w + r * K + k), off);
+        for (int c = 0; c < C; ++c) p[r][c] = _mm256_dpbusd_epi32(p[r][c], wv, xv[c]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float s = sw[r * ng + g];
+      for (int c = 0; c < C; ++c)
+        acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[r][c]), _mm256_set1_ps(s * xd[c * ng + g]), acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
+}
+
+template <int R>
+void rows_q8g(const MatvecArgs& a, int64_t n) {
+  const int64_t N = a.W->rows(), K = a.W->cols(), ng = a.xq.nblocks();
+  const int8_t* w = static_cast<const int8_t*>(a.W->data) + n * K;
+  const float* sw = a.W->scales + n * ng;
+  int64_t m = 0;
+  for (; m + 2 <= a.M; m += 2) tile_q8g<R, 2>(w, sw, a.xq, m, a.Y + m * N + n, N);
+  if (m < a.M) tile_q8g<R, 1>(w, sw, a.xq, m, a.Y + m * N + n, N);
+}
+
+// Q8_G whose groups do not fit the integer path (e.g. group 4): dequantize
+// each row into the thread's workspace and take f32 dot products.
+void matvec_q8g_float(const MatvecArgs& a, int64_t n0, int64_t n1) {
+  const int64_t N = a.W->rows(), K = a.W->cols();
+  for (int64_t n = n0; n < n1; ++n) {
+    dequant_row(*a.W, n, a.work);
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* x = a.X + m * K;
+      __m512 acc = _mm512_setzero_ps();
+      int64_t k = 0;
+      for (; k + 16 <= K; k += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.work + k), _mm512_loadu_ps(x + k), acc);
+      if (k < K) {
+        const __mmask16 mk = __mmask16((1u << (K - k)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a.work + k), _mm512_maskz_loadu_ps(mk, x + k), acc);
+      }
+      a.Y[m * N + n] = _mm512_reduce_add_ps(acc);
+    }
+  }
+}
+
+}  // namespace
+
+void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_blocks<FmtQ8_0>(a, n0, n1); }
+void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_blocks<FmtQ4_0>(a, n0, n1); }
+
+void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1) {
+  if (!q8g_integer_path(*a.W)) return matvec_q8g_float(a, n0, n1);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) rows_q8g<4>(a, n);
+  for (; n < n1; ++n) rows_q8g<1>(a, n);
+}
+
+void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s) {
+  const __m512 sign = _mm512_set1_ps(-0.f);
+  for (int64_t b = 0; b < K / block; ++b) {
+    const float* xb = x + b * block;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < block; k += 16) amax = _mm512_max_ps(amax, _mm512_andnot_ps(sign, _mm512_loadu_ps(xb + k)));
+    const float mx = _mm512_reduce_max_ps(amax);
+    const float db = mx / 127.f;
+    const float id = db != 0.f ? 1.f / db : 0.f;
+    const __m512 vid = _mm512_set1_ps(id);
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0; k < block; k += 16) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + k), vid));
+      sum = _mm512_add_epi32(sum, q);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * block + k), _mm512_cvtsepi32_epi8(q));
+    }
+    d[b] = db;
+    s[b] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
+}  // namespace tessera::cpu::avx512

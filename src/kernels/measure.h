@@ -1,0 +1,18 @@
+// Measured limits of this machine, for `tessera bench` and bench_kernels:
+// the ratios reported there are to these numbers, measured in the same run.
+#pragma once
+
+#include "kernels/kernels.h"
+
+namespace tessera {
+
+// DRAM read bandwidth in GB/s (1e9 bytes/s): a streaming read of a 512 MiB
+// buffer (far larger than the LLC), pre-faulted, split across ctx.n_threads
+// threads with the widest loads ctx.isa has; best of several runs. ~0.3 s.
+double measure_read_bandwidth_gbs(KernelContext& ctx);
+
+// Best sgemm GFLOP/s on a 2048^3 problem through the prefill path
+// (OpenBLAS with ctx.n_threads threads); best of a few runs. ~0.5 s.
+double measure_gemm_peak_gflops(KernelContext& ctx);
+
+}  // namespace tessera

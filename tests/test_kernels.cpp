@@ -1,0 +1,251 @@
+// Fast kernels against the scalar reference (kernels/ref): every dtype x every
+// ISA this CPU runs x thread counts, on odd shapes, random data, fixed seeds.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/fp16.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/gemm.h"
+#include "kernels/kernels.h"
+
+using namespace tessera;
+
+namespace {
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> v{Isa::Scalar};
+  if (detect_isa() >= Isa::AVX2) v.push_back(Isa::AVX2);
+  if (detect_isa() >= Isa::AVX512) v.push_back(Isa::AVX512);
+  return v;
+}
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+// A weight matrix (N, K) of dtype t with random contents, owning its bytes.
+struct Weights {
+  std::vector<uint8_t> bytes;
+  std::vector<float> scales;  // Q8_G only
+  TensorView view;
+};
+
+Weights make_weights(DType t, int64_t N, int64_t K, int group, uint32_t seed) {
+  Weights w;
+  if (t == DType::Q8_G) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> q(-127, 127);
+    w.bytes.resize(static_cast<size_t>(N * K));
+    for (auto& b : w.bytes) b = uint8_t(int8_t(q(rng)));
+    w.scales = random_floats(size_t(N * K / group), seed + 1, 0.001f, 0.02f);
+  } else {
+    const auto f = random_floats(size_t(N * K), seed);
+    w.bytes.resize(dtype_row_bytes(t, N * K));
+    const size_t rb = dtype_row_bytes(t, K);
+    for (int64_t n = 0; n < N; ++n) quantize_row(t, f.data() + n * K, w.bytes.data() + n * rb, K);
+  }
+  w.view = make_view(t, {N, K}, w.bytes.data());
+  if (t == DType::Q8_G) {
+    w.view.scales = w.scales.data();
+    w.view.group = group;
+  }
+  return w;
+}
+
+// sum_k |w[n,k]| |x[m,k]|: the scale of the rounding error of Y[m, n].
+std::vector<float> magnitudes(const TensorView& W, const float* X, int64_t M) {
+  const int64_t N = W.rows(), K = W.cols();
+  std::vector<float> row(static_cast<size_t>(K)), mag(static_cast<size_t>(M * N));
+  for (int64_t n = 0; n < N; ++n) {
+    ref::dequantize_row(W, n, row.data());
+    for (int64_t m = 0; m < M; ++m) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += std::fabs(row[k] * X[m * K + k]);
+      mag[size_t(m * N + n)] = float(s);
+    }
+  }
+  return mag;
+}
+
+// X with each row replaced by its int8 block quantization, dequantized: what the integer paths compute with.
+std::vector<float> quantized_activations(const std::vector<float>& X, int64_t M, int64_t K, int64_t block) {
+  std::vector<float> out(X.size()), d(static_cast<size_t>(K / block));
+  std::vector<int8_t> qs(static_cast<size_t>(K));
+  std::vector<int32_t> s(static_cast<size_t>(K / block));
+  for (int64_t m = 0; m < M; ++m) {
+    cpu::quantize_x_scalar(X.data() + m * K, K, block, qs.data(), d.data(), s.data());
+    for (int64_t k = 0; k < K; ++k) out[size_t(m * K + k)] = d[size_t(k / block)] * float(qs[size_t(k)]);
+  }
+  return out;
+}
+
+// Activation quantization block of the integer path matmul takes for W at (isa, M), or 0 if X
+// stays f32. Q8_G returns 0: its reference already quantizes activations per group (llama2.c runq).
+int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
+  if (isa == Isa::Scalar || M >= detail::blas_min_rows(W.dtype, isa)) return 0;
+  if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0) return kQK;
+  return 0;
+}
+
+int count_bad(const std::vector<float>& y, const std::vector<float>& want, const std::vector<float>& mag, float rtol,
+              std::string* first) {
+  int bad = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    const float tol = rtol * mag[i] + 1e-6f;
+    if (!(std::fabs(y[i] - want[i]) <= tol)) {
+      if (bad++ == 0)
+        *first = "i=" + std::to_string(i) + " got " + std::to_string(y[i]) + " want " + std::to_string(want[i]) +
+                 " tol " + std::to_string(tol);
+    }
+  }
+  return bad;
+}
+
+void check_dtype(DType t, const std::vector<int64_t>& Ks, const std::vector<int>& groups) {
+  const float rtol = 1e-4f;  // f32 accumulation in another order (and BLAS)
+  uint32_t seed = 1;
+  for (int group : groups) {
+    for (int64_t K : Ks) {
+      if (t == DType::Q8_G && K % group != 0) continue;
+      for (int64_t N : {1, 7, 33, 257}) {
+        const Weights w = make_weights(t, N, K, group, seed++);
+        for (int64_t M : {1, 2, 5, 64, 300}) {
+          const auto X = random_floats(size_t(M * K), seed++);
+          std::vector<float> want(static_cast<size_t>(M * N));
+          ref::matmul(w.view, X.data(), M, want.data());
+          const auto mag = magnitudes(w.view, X.data(), M);
+          for (Isa isa : supported_isas()) {
+            // The integer paths compute with quantized activations: compare against the
+            // reference on those, tightly, and against the f32 reference loosely.
+            const int64_t qb = int_path_block(w.view, isa, M);
+            std::vector<float> want_q;
+            if (qb) {
+              const auto Xq = quantized_activations(X, M, K, qb);
+              want_q.resize(want.size());
+              ref::matmul(w.view, Xq.data(), M, want_q.data());
+            }
+            for (int threads : {1, 2}) {
+              KernelContext ctx(threads, isa);
+              std::vector<float> y(size_t(M * N), NAN);
+              matmul(ctx, w.view, X.data(), M, y.data());
+              std::string first;
+              const int bad = count_bad(y, qb ? want_q : want, mag, rtol, &first);
+              EXPECT_EQ(bad, 0) << dtype_name(t) << " isa=" << isa_name(isa) << " threads=" << threads << " N=" << N
+                                << " K=" << K << " M=" << M << " group=" << group << ": " << first;
+              if (qb) {
+                const int bad_f = count_bad(y, want, mag, 0.02f, &first);
+                EXPECT_EQ(bad_f, 0) << dtype_name(t) << " vs f32 reference, isa=" << isa_name(isa) << " N=" << N
+                                    << " K=" << K << " M=" << M << ": " << first;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+const std::vector<int64_t> kFloatKs{3, 17, 32, 96, 1001, 4128};
+const std::vector<int64_t> kBlockKs{32, 96, 4128};
+
+}  // namespace
+
+TEST(KernelsMatmul, F32) { check_dtype(DType::F32, kFloatKs, {0}); }
+TEST(KernelsMatmul, F16) { check_dtype(DType::F16, kFloatKs, {0}); }
+TEST(KernelsMatmul, BF16) { check_dtype(DType::BF16, kFloatKs, {0}); }
+TEST(KernelsMatmul, Q8_0) { check_dtype(DType::Q8_0, kBlockKs, {0}); }
+TEST(KernelsMatmul, Q4_0) { check_dtype(DType::Q4_0, kBlockKs, {0}); }
+// Group 4 takes the dequantize-to-f32 path; 32 and 96 the integer path.
+TEST(KernelsMatmul, Q8_G) { check_dtype(DType::Q8_G, kBlockKs, {4, 32, 96}); }
+
+TEST(KernelsMatmul, NoScratchGrowthAfterWarmup) {
+  const Weights w = make_weights(DType::Q8_0, 64, 256, 0, 7);
+  const auto X = random_floats(2 * 256, 8);
+  std::vector<float> y(2 * 64);
+  KernelContext ctx(2);
+  matmul(ctx, w.view, X.data(), 2, y.data());
+  const void* p = ctx.scratch(0);
+  for (int i = 0; i < 3; ++i) matmul(ctx, w.view, X.data(), 2, y.data());
+  EXPECT_EQ(ctx.scratch(0), p);
+}
+
+TEST(KernelsQuantize, Q8_0RoundTrip) {
+  const int64_t n = 4096;
+  auto x = random_floats(size_t(n), 11, -3.f, 3.f);
+  for (int j = 0; j < 32; ++j) x[size_t(j)] = 0.f;  // an all-zero block
+  std::vector<BlockQ8_0> q(static_cast<size_t>(n / kQK));
+  quantize_row(DType::Q8_0, x.data(), q.data(), n);
+  std::vector<float> y(static_cast<size_t>(n));
+  const TensorView v = make_view(DType::Q8_0, {1, n}, q.data());
+  ref::dequantize_row(v, 0, y.data());
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    float amax = 0.f;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[size_t(b * kQK + j)]));
+    // Half a step, plus the f16 rounding of the scale times the largest code.
+    const float bound = amax / 127.f * (0.5f + 127.f / 2048.f) + 1e-7f;
+    for (int j = 0; j < kQK; ++j) EXPECT_LE(std::fabs(y[size_t(b * kQK + j)] - x[size_t(b * kQK + j)]), bound);
+  }
+}
+
+TEST(KernelsQuantize, Q4_0RoundTrip) {
+  const int64_t n = 4096;
+  const auto x = random_floats(size_t(n), 12, -3.f, 3.f);
+  std::vector<BlockQ4_0> q(static_cast<size_t>(n / kQK));
+  quantize_row(DType::Q4_0, x.data(), q.data(), n);
+  std::vector<float> y(static_cast<size_t>(n));
+  const TensorView v = make_view(DType::Q4_0, {1, n}, q.data());
+  ref::dequantize_row(v, 0, y.data());
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    float amax = 0.f;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(x[size_t(b * kQK + j)]));
+    // Step amax / 8; the code 16 (for -max) is clamped to 15, one full step.
+    const float bound = amax / 8.f * (1.f + 8.f / 1024.f) + 1e-7f;
+    for (int j = 0; j < kQK; ++j) EXPECT_LE(std::fabs(y[size_t(b * kQK + j)] - x[size_t(b * kQK + j)]), bound);
+  }
+}
+
+TEST(KernelsQuantize, FastDequantizeRowMatchesReference) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q8_G}) {
+    for (int group : {4, 32}) {
+      const int64_t K = t == DType::F32 || t == DType::F16 || t == DType::BF16 ? 1001 : 4128;
+      const Weights w = make_weights(t, 3, K, group, 21);
+      std::vector<float> got(static_cast<size_t>(K)), want(static_cast<size_t>(K));
+      for (int64_t r = 0; r < 3; ++r) {
+        dequantize_row(w.view, r, got.data());
+        ref::dequantize_row(w.view, r, want.data());
+        EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4)) << dtype_name(t) << " row " << r;
+      }
+    }
+  }
+}
+
+TEST(KernelsQuantize, SimdActivationQuantizationMatchesScalar) {
+  const int64_t K = 4128;
+  auto x = random_floats(size_t(K), 31, -5.f, 5.f);
+  for (int j = 0; j < 96; ++j) x[size_t(j)] = 0.f;                     // zero blocks: d = 0
+  for (int j = 96; j < 128; ++j) x[size_t(j)] = float(j - 112) * 0.5f;  // exact ties at .5 steps
+  for (int64_t block : {32, 96}) {
+    std::vector<int8_t> qs0(static_cast<size_t>(K)), qs1(static_cast<size_t>(K));
+    std::vector<float> d0(static_cast<size_t>(K / block)), d1(static_cast<size_t>(K / block));
+    std::vector<int32_t> s0(static_cast<size_t>(K / block)), s1(static_cast<size_t>(K / block));
+    cpu::quantize_x_scalar(x.data(), K, block, qs0.data(), d0.data(), s0.data());
+    std::vector<cpu::QuantizeXFn> fns;
+    if (detect_isa() >= Isa::AVX2) fns.push_back(cpu::avx2::quantize_x);
+    if (detect_isa() >= Isa::AVX512) fns.push_back(cpu::avx512::quantize_x);
+    for (auto fn : fns) {
+      fn(x.data(), K, block, qs1.data(), d1.data(), s1.data());
+      EXPECT_EQ(qs0, qs1) << "block " << block;
+      EXPECT_EQ(d0, d1) << "block " << block;
+      EXPECT_EQ(s0, s1) << "block " << block;
+    }
+  }
+}
