@@ -2,6 +2,8 @@
 // llama.cpp's llama-spm vectors, decoding and streaming.
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer_test_util.h"
@@ -124,4 +126,24 @@ TEST(TokSpm, StreamDecoderHoldsSplitCharacters) {
   EXPECT_EQ(b, "\xEF\xBF\xBD\xEF\xBF\xBD" "A");
   EXPECT_EQ(bad.push(3 + 0xE2), "");
   EXPECT_EQ(bad.flush(), "\xEF\xBF\xBD");
+}
+
+TEST(TokSpm, RandomBytesRoundTripWithByteFallback) {
+  if (!shared_exists("models/tokenizer.bin")) GTEST_SKIP() << "../shared/models/tokenizer.bin not present";
+  Tokenizer tok = load_llama2c_tokenizer(shared_path("models/tokenizer.bin"));
+  std::mt19937 rng(99);
+  for (int i = 0; i < 300; ++i) {
+    std::string s;
+    size_t n = 1 + rng() % 100;
+    while (s.size() < n) {
+      uint32_t r = rng();
+      if (r % 3 == 0) {
+        s.push_back(char(r >> 8));
+      } else {
+        s += std::string("a ,\xC3\xA9\xE4\xB8\xAD\n").substr((r >> 8) % 6, 1 + (r >> 16) % 3);
+      }
+    }
+    if (s.find("\xE2\x96\x81") != std::string::npos) continue;  // U+2581 decodes as a space by design
+    ASSERT_EQ(tok.decode(tok.encode(s, {true, false})), s) << i;
+  }
 }

@@ -76,6 +76,8 @@ std::vector<std::string> llama3_special_tokens() {
 VocabData parse_tiktoken(std::string_view text, const std::string& name, bool llama3_specials) {
   std::vector<std::string> raw;  // by rank
   std::vector<uint8_t> seen;
+  // Ranks must be 0..n-1 over n lines: anything larger is an error, not an allocation.
+  const size_t max_rank = size_t(std::count(text.begin(), text.end(), '\n')) + 1;
   size_t line_no = 0;
   std::string tok;
   for (size_t pos = 0; pos < text.size();) {
@@ -94,6 +96,7 @@ VocabData parse_tiktoken(std::string_view text, const std::string& name, bool ll
     if (rs.empty() || rs.size() > 9 || !std::all_of(rs.begin(), rs.end(), [](char c) { return c >= '0' && c <= '9'; }))
       fail(name, ":", line_no, ": bad rank '", rs, "'");
     size_t rank = std::stoul(std::string(rs));
+    if (rank >= max_rank) fail(name, ":", line_no, ": rank ", rank, " is larger than the number of lines");
     if (rank >= raw.size()) {
       raw.resize(rank + 1);
       seen.resize(rank + 1);
@@ -264,7 +267,9 @@ VocabData parse_hf_tokenizer_json(std::string_view json, const std::string& name
     max_id = std::max(max_id, a["id"].get<int64_t>());
   }
   if (max_id < 0) fail(name, ": empty vocabulary");
-  if (max_id >= (int64_t(1) << 24)) fail(name, ": token id ", max_id, " is implausibly large");
+  const int64_t n_entries = int64_t(vocab.size() + added.size());
+  if (max_id >= 2 * n_entries + 1024)
+    fail(name, ": token id ", max_id, " is implausibly large for ", n_entries, " tokens");
   v.tokens.resize(size_t(max_id + 1));
   v.types.assign(v.tokens.size(), TokenType::Normal);
   std::vector<uint8_t> seen(v.tokens.size());

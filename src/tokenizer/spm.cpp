@@ -52,6 +52,14 @@ void merge_segment(const Tokenizer::Impl& m, std::string_view text, size_t b, si
   heap.clear();
   for (size_t off = b; off < e;) {
     size_t n = std::min(utf8_len(uint8_t(text[off])), e - off);
+    // An invalid sequence ends at the first non-continuation byte, so that it
+    // cannot swallow the start of the next character (e.g. an escaped space).
+    for (size_t k = 1; k < n; ++k) {
+      if ((uint8_t(text[off + k]) & 0xC0) != 0x80) {
+        n = k;
+        break;
+      }
+    }
     int32_t idx = int32_t(sym.size());
     sym.push_back({uint32_t(off), uint32_t(n), idx - 1, off + n == e ? -1 : idx + 1});
     off += n;
