@@ -44,18 +44,25 @@ inline float hsum(__m256 v) {
 template <class L, int R, int C>
 void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N) {
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     __m256 xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * K + k);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 wv = L::load(w + r * K + k);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
       float s = hsum(acc[r][c]);
       for (int64_t j = k; j < K; ++j) s += L::scalar(w + r * K + j) * x[c * K + j];

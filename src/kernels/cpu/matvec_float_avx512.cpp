@@ -9,6 +9,10 @@
 namespace tessera::cpu::avx512 {
 namespace {
 
+// Software prefetch distance along each weight row (see matvec_quant_avx512.cpp).
+
+constexpr int kPrefetchBytes = 512;
+
 // Weight loaders: 16 elements at p (optionally the first `n` only) as f32.
 struct LoadF32 {
   using T = float;
@@ -31,27 +35,37 @@ struct LoadBF16 {
 template <class L, int R, int C>
 void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N) {
   __m512 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     __m512 xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * K + k);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 wv = L::load(w + r * K + k);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
   if (k < K) {
     const __mmask16 m = __mmask16((1u << (K - k)) - 1);
     __m512 xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, x + c * K + k);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 wv = L::load_tail(w + r * K + k, m);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 

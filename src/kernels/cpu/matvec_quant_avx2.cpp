@@ -34,14 +34,18 @@ void tile_q8_0(const BlockQ8_0* w, const QuantX& xq, int64_t m0, float* y, int64
   const int8_t* xqs = xq.qs + m0 * K;
   const float* xd = xq.d + m0 * nb;
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const BlockQ8_0& blk = w[r * nb + b];
       const __m256i wv = load256(blk.qs);
       const __m256i wabs = _mm256_sign_epi8(wv, wv);
       const float dw = _cvtsh_ss(blk.d);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
         const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + b * 32));
         const __m256i p = dot_u8s8(wabs, _mm256_sign_epi8(xv, wv));
@@ -49,7 +53,9 @@ void tile_q8_0(const BlockQ8_0* w, const QuantX& xq, int64_t m0, float* y, int64
       }
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
 }
 
@@ -62,23 +68,30 @@ void tile_q4_0(const BlockQ4_0* w, const QuantX& xq, int64_t m0, float* y, int64
   const int32_t* xs = xq.s + m0 * nb;
   const __m256i lo4 = _mm256_set1_epi8(0x0f);
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     __m256i xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + b * 32));
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const BlockQ4_0& blk = w[r * nb + b];
       const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
       const __m256i wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), lo4);
       const float dw = _cvtsh_ss(blk.d);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
         const __m256i p = _mm256_add_epi32(dot_u8s8(wv, xv[c]), _mm256_set1_epi32(-xs[c * nb + b]));
         acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xd[c * nb + b]), acc[r][c]);
       }
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
 }
 
@@ -89,29 +102,39 @@ void tile_q8g(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, fl
   const int8_t* xqs = xq.qs + m0 * K;
   const float* xd = xq.d + m0 * ng;
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
     __m256i p[R][C];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) p[r][c] = _mm256_setzero_si256();
     for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m256i wv = load256(w + r * K + k);
         const __m256i wabs = _mm256_sign_epi8(wv, wv);
+        #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) {
           const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + k));
           p[r][c] = _mm256_add_epi32(p[r][c], dot_u8s8(wabs, _mm256_sign_epi8(xv, wv)));
         }
       }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float s = sw[r * ng + g];
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c)
         acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[r][c]), _mm256_set1_ps(s * xd[c * ng + g]), acc[r][c]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
 }
 
