@@ -173,7 +173,7 @@ void detail::matmul_matvec(KernelContext& ctx, const TensorView& W, const float*
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
   if (M <= 0 || W.rows() == 0) return;
   const cpu::IsaKernels* k = kernels_for(ctx.isa);
-  if (M >= detail::blas_min_rows(W.dtype, ctx.isa))
+  if (M >= detail::blas_min_rows(W, ctx.isa))
     return detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
   detail::matmul_matvec(ctx, W, X, M, Y);
 }

@@ -5,6 +5,7 @@
 #include "kernels/cpu/simd.h"
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tiling.h"
 
 namespace tessera::cpu::avx512 {
 namespace {
@@ -69,27 +70,20 @@ void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N
     for (int c = 0; c < C; ++c) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
-// All activation rows for weight rows [n, n + R).
-template <class L, int R>
-void rows(const MatvecArgs& a, const typename L::T* w, int64_t n) {
-  const int64_t K = a.W->cols(), N = a.W->rows();
-  int64_t m = 0;
-  for (; m + 4 <= a.M; m += 4) tile<L, R, 4>(w, K, a.X + m * K, a.Y + m * N + n, N);
-  switch (a.M - m) {
-    case 3: tile<L, R, 3>(w, K, a.X + m * K, a.Y + m * N + n, N); break;
-    case 2: tile<L, R, 2>(w, K, a.X + m * K, a.Y + m * N + n, N); break;
-    case 1: tile<L, R, 1>(w, K, a.X + m * K, a.Y + m * N + n, N); break;
-    default: break;
-  }
-}
-
 template <class L>
 void matvec(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  const int64_t K = a.W->cols();
+  const int64_t K = a.W->cols(), N = a.W->rows();
   const auto* w = static_cast<const typename L::T*>(a.W->data);
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows<L, 4>(a, w + n * K, n);
-  for (; n < n1; ++n) rows<L, 1>(a, w + n * K, n);
+  for_each_tile<4, 4>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    const float* x = a.X + m * K;
+    float* y = a.Y + m * N + n;
+    switch (c) {
+      case 4: tile<L, R, 4>(w + n * K, K, x, y, N); break;
+      case 3: tile<L, R, 3>(w + n * K, K, x, y, N); break;
+      case 2: tile<L, R, 2>(w + n * K, K, x, y, N); break;
+      default: tile<L, R, 1>(w + n * K, K, x, y, N); break;
+    }
+  });
 }
 
 }  // namespace

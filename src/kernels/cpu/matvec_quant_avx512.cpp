@@ -11,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tiling.h"
 
 namespace tessera::cpu::avx512 {
 namespace {
@@ -150,27 +151,20 @@ void tile_blocks(const typename F::Block* w, const QuantX& xq, const PairX& px, 
     for (int c = 0; c < C; ++c) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]) + tail[r][c];
 }
 
-template <class F, int R>
-void rows_blocks(const MatvecArgs& a, const PairX& px, const typename F::Block* w, int64_t n) {
-  const int64_t N = a.W->rows();
-  int64_t m = 0;
-  for (; m + 4 <= a.M; m += 4) tile_blocks<F, R, 4>(w, a.xq, px, m, a.Y + m * N + n, N);
-  switch (a.M - m) {
-    case 3: tile_blocks<F, R, 3>(w, a.xq, px, m, a.Y + m * N + n, N); break;
-    case 2: tile_blocks<F, R, 2>(w, a.xq, px, m, a.Y + m * N + n, N); break;
-    case 1: tile_blocks<F, R, 1>(w, a.xq, px, m, a.Y + m * N + n, N); break;
-    default: break;
-  }
-}
-
 template <class F>
 void matvec_blocks(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  const int64_t nb = a.xq.nblocks();
+  const int64_t nb = a.xq.nblocks(), N = a.W->rows();
   const PairX px = expand_pairs(a.xq, a.M, F::kOffsetMul, a.work);
   const auto* w = static_cast<const typename F::Block*>(a.W->data);
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_blocks<F, 4>(a, px, w + n * nb, n);
-  for (; n < n1; ++n) rows_blocks<F, 1>(a, px, w + n * nb, n);
+  for_each_tile<4, 4>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    float* y = a.Y + m * N + n;
+    switch (c) {
+      case 4: tile_blocks<F, R, 4>(w + n * nb, a.xq, px, m, y, N); break;
+      case 3: tile_blocks<F, R, 3>(w + n * nb, a.xq, px, m, y, N); break;
+      case 2: tile_blocks<F, R, 2>(w + n * nb, a.xq, px, m, y, N); break;
+      default: tile_blocks<F, R, 1>(w + n * nb, a.xq, px, m, y, N); break;
+    }
+  });
 }
 
 // Q8_G with groups of xq.block elements (a multiple of 32): the int32 sums run
@@ -220,14 +214,51 @@ void tile_q8g(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, fl
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
 }
 
-template <int R>
-void rows_q8g(const MatvecArgs& a, int64_t n) {
-  const int64_t N = a.W->rows(), K = a.W->cols(), ng = a.xq.nblocks();
-  const int8_t* w = static_cast<const int8_t*>(a.W->data) + n * K;
-  const float* sw = a.W->scales + n * ng;
-  int64_t m = 0;
-  for (; m + 2 <= a.M; m += 2) tile_q8g<R, 2>(w, sw, a.xq, m, a.Y + m * N + n, N);
-  if (m < a.M) tile_q8g<R, 1>(w, sw, a.xq, m, a.Y + m * N + n, N);
+// The same for groups that are a multiple of 64: 64 bytes per vpdpbusd.
+template <int R, int C>
+void tile_q8g64(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, float* y, int64_t N) {
+  const int64_t ng = xq.nblocks(), K = xq.K, G = xq.block;
+  const int8_t* xqs = xq.qs + m0 * K;
+  const float* xd = xq.d + m0 * ng;
+  const int32_t* xs = xq.s + m0 * ng;
+  const __m512i off = _mm512_set1_epi8(char(0x80));
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512i p[R][C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const __m512i init = _mm512_set1_epi32(-8 * xs[c * ng + g]);  // 16 lanes x -8 = -128 sum(x)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) p[r][c] = init;
+    }
+    for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
+      __m512i xv[C];
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_si512(xqs + c * K + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
+        const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(w + r * K + k), off);
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) p[r][c] = _mm512_dpbusd_epi32(p[r][c], wv, xv[c]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const float s = sw[r * ng + g];
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c)
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[r][c]), _mm512_set1_ps(s * xd[c * ng + g]), acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 // Q8_G whose groups do not fit the integer path (e.g. group 4): dequantize
@@ -258,9 +289,19 @@ void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_blocks<Fm
 
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1) {
   if (!q8g_integer_path(*a.W)) return matvec_q8g_float(a, n0, n1);
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_q8g<4>(a, n);
-  for (; n < n1; ++n) rows_q8g<1>(a, n);
+  const int64_t N = a.W->rows(), K = a.W->cols(), ng = a.xq.nblocks();
+  const bool wide = a.xq.block % 64 == 0;
+  for_each_tile<4, 2>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    const int8_t* w = static_cast<const int8_t*>(a.W->data) + n * K;
+    const float* sw = a.W->scales + n * ng;
+    float* y = a.Y + m * N + n;
+    if (wide) {
+      if (c == 2) return tile_q8g64<R, 2>(w, sw, a.xq, m, y, N);
+      return tile_q8g64<R, 1>(w, sw, a.xq, m, y, N);
+    }
+    if (c == 2) return tile_q8g<R, 2>(w, sw, a.xq, m, y, N);
+    tile_q8g<R, 1>(w, sw, a.xq, m, y, N);
+  });
 }
 
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s) {
