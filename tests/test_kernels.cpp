@@ -91,7 +91,7 @@ std::vector<float> quantized_activations(const std::vector<float>& X, int64_t M,
 // Activation quantization block of the integer path matmul takes for W at (isa, M), or 0 if X
 // stays f32. Q8_G returns 0: its reference already quantizes activations per group (llama2.c runq).
 int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
-  if (isa == Isa::Scalar || M >= detail::blas_min_rows(W.dtype, isa)) return 0;
+  if (isa == Isa::Scalar || M >= detail::blas_min_rows(W, isa)) return 0;
   if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0) return kQK;
   return 0;
 }
@@ -164,8 +164,11 @@ TEST(KernelsMatmul, F16) { check_dtype(DType::F16, kFloatKs, {0}); }
 TEST(KernelsMatmul, BF16) { check_dtype(DType::BF16, kFloatKs, {0}); }
 TEST(KernelsMatmul, Q8_0) { check_dtype(DType::Q8_0, kBlockKs, {0}); }
 TEST(KernelsMatmul, Q4_0) { check_dtype(DType::Q4_0, kBlockKs, {0}); }
-// Group 4 takes the dequantize-to-f32 path; 32 and 96 the integer path.
-TEST(KernelsMatmul, Q8_G) { check_dtype(DType::Q8_G, kBlockKs, {4, 32, 96}); }
+// Group 4 takes the dequantize-to-f32 path; 32, 96 and 64 (64 bytes per vpdpbusd) the integer path.
+TEST(KernelsMatmul, Q8_G) {
+  check_dtype(DType::Q8_G, kBlockKs, {4, 32, 96});
+  check_dtype(DType::Q8_G, {64, 4096}, {64});
+}
 
 TEST(KernelsMatmul, NoScratchGrowthAfterWarmup) {
   const Weights w = make_weights(DType::Q8_0, 64, 256, 0, 7);

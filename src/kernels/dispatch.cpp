@@ -109,8 +109,8 @@ void matvec(KernelContext& ctx, const cpu::IsaKernels& k, const TensorView& W, c
   const size_t nblk = qb ? size_t(M * (K / qb)) : 0;
   const size_t qs_bytes = qb ? align64(size_t(M * K)) : 0;
   const size_t d_bytes = align64(nblk * sizeof(float)), s_bytes = align64(nblk * sizeof(int32_t));
-  const bool need_work = W.dtype == DType::Q8_G && !qb;
-  const size_t work_bytes = need_work ? align64(size_t(K) * sizeof(float)) : 0;
+  const bool need_work = W.dtype == DType::Q8_G || qb;
+  const size_t work_bytes = need_work ? align64(size_t(cpu::work_floats(K, M)) * sizeof(float)) : 0;
   auto* base = static_cast<uint8_t*>(ctx.scratch(qs_bytes + d_bytes + s_bytes + size_t(T) * work_bytes));
   auto* qs = reinterpret_cast<int8_t*>(base);
   auto* d = reinterpret_cast<float*>(base + qs_bytes);
@@ -188,7 +188,7 @@ void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, 
     return detail::matmul_matvec(ctx, W, X, M, Y);  // never the f32 BLAS path: activations stay quantized
   }
   const cpu::IsaKernels* k = kernels_for(ctx.isa);
-  if (M >= detail::blas_min_rows(W.dtype, ctx.isa))
+  if (M >= detail::blas_min_rows(W, ctx.isa))
     return detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
   detail::matmul_matvec(ctx, W, X, M, Y);
 }

@@ -3,19 +3,29 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "kernels/blas_env.h"
 
 namespace tessera::detail {
 
-int64_t blas_min_rows(DType t, Isa isa) {
-  if (isa == Isa::Scalar) return 4;
-  switch (t) {
-    case DType::F32: return 16;
-    case DType::F16:
-    case DType::BF16: return 16;
-    default: return 32;
+int64_t blas_min_rows(const TensorView& W, Isa isa) {
+  constexpr int64_t kNever = INT64_MAX;
+  const bool int8_path = W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0 ||
+                         (W.dtype == DType::Q8_G && cpu::q8g_integer_path(W));
+  switch (isa) {
+    case Isa::Scalar: return 4;
+    case Isa::AVX2:
+      // No VNNI: the matrix-vector kernels top out near 90 GFLOP/s per core.
+      return W.dtype == DType::F32 ? 12 : 32;
+    case Isa::AVX512:
+      // The VNNI int8 kernels beat dequantize + sgemm at every M (about
+      // 220 vs 186 GFLOP/s per core at M = 512), so quantized weights stay on them.
+      if (int8_path) return kNever;
+      if (W.dtype == DType::F16 || W.dtype == DType::BF16) return 384;
+      return W.dtype == DType::F32 ? 40 : 16;
   }
+  return 4;
 }
 
 void sgemm_xwt(KernelContext& ctx, const float* X, int64_t M, const float* W, int64_t N, int64_t K, float* Y,

@@ -8,9 +8,9 @@
 
 namespace tessera::detail {
 
-// Smallest M for which the sgemm path beats the matrix-vector kernels (measured
-// with bench_kernels on Zen 5; see docs/kernels.md).
-int64_t blas_min_rows(DType t, Isa isa);
+// Smallest M for which matmul() takes the sgemm path instead of the
+// matrix-vector kernels (measured on Zen 5; see docs/kernels.md).
+int64_t blas_min_rows(const TensorView& W, Isa isa);
 
 // Y(M, N) (row stride ldy) = X(M, K) . W(N, K)^T, f32, on ctx.n_threads threads.
 void sgemm_xwt(KernelContext& ctx, const float* X, int64_t M, const float* W, int64_t N, int64_t K, float* Y,

@@ -33,8 +33,12 @@ struct MatvecArgs {
   QuantX xq;
   int64_t M = 0;
   float* Y = nullptr;        // (M, N)
-  float* work = nullptr;     // >= K floats, private to the calling thread
+  float* work = nullptr;     // >= work_floats(K, M) floats, private to the calling thread
 };
+
+// Per-thread workspace of the matrix-vector kernels: a dequantized row (Q8_G
+// fallback) or per-block activation vectors (AVX-512 Q8_0 / Q4_0), + alignment.
+inline int64_t work_floats(int64_t K, int64_t M) { return K + M * K / 2 + 64; }
 
 // Computes Y[m, n] for all m < M and n in [n0, n1).
 using MatvecFn = void (*)(const MatvecArgs& a, int64_t n0, int64_t n1);

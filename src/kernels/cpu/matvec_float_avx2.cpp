@@ -6,9 +6,13 @@
 #include <cstring>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tiling.h"
 
 namespace tessera::cpu::avx2 {
 namespace {
+
+// Software prefetch distance along each weight row (bytes).
+constexpr int kPrefetchBytes = 512;
 
 struct LoadF32 {
   using T = float;
@@ -44,18 +48,26 @@ inline float hsum(__m256 v) {
 template <class L, int R, int C>
 void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N) {
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     __m256 xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * K + k);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
+      if (k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
       const __m256 wv = L::load(w + r * K + k);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
       float s = hsum(acc[r][c]);
       for (int64_t j = k; j < K; ++j) s += L::scalar(w + r * K + j) * x[c * K + j];
@@ -64,21 +76,14 @@ void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N
   }
 }
 
-template <class L, int R>
-void rows(const MatvecArgs& a, const typename L::T* w, int64_t n) {
-  const int64_t K = a.W->cols(), N = a.W->rows();
-  int64_t m = 0;
-  for (; m + 2 <= a.M; m += 2) tile<L, R, 2>(w, K, a.X + m * K, a.Y + m * N + n, N);
-  if (m < a.M) tile<L, R, 1>(w, K, a.X + m * K, a.Y + m * N + n, N);
-}
-
 template <class L>
 void matvec(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  const int64_t K = a.W->cols();
+  const int64_t K = a.W->cols(), N = a.W->rows();
   const auto* w = static_cast<const typename L::T*>(a.W->data);
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows<L, 4>(a, w + n * K, n);
-  for (; n < n1; ++n) rows<L, 1>(a, w + n * K, n);
+  for_each_tile<4, 2>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    if (c == 2) return tile<L, R, 2>(w + n * K, K, a.X + m * K, a.Y + m * N + n, N);
+    tile<L, R, 1>(w + n * K, K, a.X + m * K, a.Y + m * N + n, N);
+  });
 }
 
 }  // namespace

@@ -5,9 +5,14 @@
 #include "kernels/cpu/simd.h"
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tiling.h"
 
 namespace tessera::cpu::avx512 {
 namespace {
+
+// Software prefetch distance along each weight row (see matvec_quant_avx512.cpp).
+
+constexpr int kPrefetchBytes = 512;
 
 // Weight loaders: 16 elements at p (optionally the first `n` only) as f32.
 struct LoadF32 {
@@ -31,51 +36,54 @@ struct LoadBF16 {
 template <class L, int R, int C>
 void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N) {
   __m512 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     __m512 xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * K + k);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 wv = L::load(w + r * K + k);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
   if (k < K) {
     const __mmask16 m = __mmask16((1u << (K - k)) - 1);
     __m512 xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, x + c * K + k);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 wv = L::load_tail(w + r * K + k, m);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
-}
-
-// All activation rows for weight rows [n, n + R).
-template <class L, int R>
-void rows(const MatvecArgs& a, const typename L::T* w, int64_t n) {
-  const int64_t K = a.W->cols(), N = a.W->rows();
-  int64_t m = 0;
-  for (; m + 4 <= a.M; m += 4) tile<L, R, 4>(w, K, a.X + m * K, a.Y + m * N + n, N);
-  switch (a.M - m) {
-    case 3: tile<L, R, 3>(w, K, a.X + m * K, a.Y + m * N + n, N); break;
-    case 2: tile<L, R, 2>(w, K, a.X + m * K, a.Y + m * N + n, N); break;
-    case 1: tile<L, R, 1>(w, K, a.X + m * K, a.Y + m * N + n, N); break;
-    default: break;
-  }
 }
 
 template <class L>
 void matvec(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  const int64_t K = a.W->cols();
+  const int64_t K = a.W->cols(), N = a.W->rows();
   const auto* w = static_cast<const typename L::T*>(a.W->data);
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows<L, 4>(a, w + n * K, n);
-  for (; n < n1; ++n) rows<L, 1>(a, w + n * K, n);
+  for_each_tile<4, 4>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    const float* x = a.X + m * K;
+    float* y = a.Y + m * N + n;
+    switch (c) {
+      case 4: tile<L, R, 4>(w + n * K, K, x, y, N); break;
+      case 3: tile<L, R, 3>(w + n * K, K, x, y, N); break;
+      case 2: tile<L, R, 2>(w + n * K, K, x, y, N); break;
+      default: tile<L, R, 1>(w + n * K, K, x, y, N); break;
+    }
+  });
 }
 
 }  // namespace

@@ -10,9 +10,15 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tiling.h"
 
 namespace tessera::cpu::avx2 {
 namespace {
+
+// Software prefetch distance along each weight row (bytes).
+constexpr int kPrefetchBytes = 1024;
+
+inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0); }
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
@@ -34,14 +40,19 @@ void tile_q8_0(const BlockQ8_0* w, const QuantX& xq, int64_t m0, float* y, int64
   const int8_t* xqs = xq.qs + m0 * K;
   const float* xd = xq.d + m0 * nb;
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const BlockQ8_0& blk = w[r * nb + b];
+      prefetch(&blk);
       const __m256i wv = load256(blk.qs);
       const __m256i wabs = _mm256_sign_epi8(wv, wv);
       const float dw = _cvtsh_ss(blk.d);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
         const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + b * 32));
         const __m256i p = dot_u8s8(wabs, _mm256_sign_epi8(xv, wv));
@@ -49,7 +60,9 @@ void tile_q8_0(const BlockQ8_0* w, const QuantX& xq, int64_t m0, float* y, int64
       }
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
 }
 
@@ -62,23 +75,31 @@ void tile_q4_0(const BlockQ4_0* w, const QuantX& xq, int64_t m0, float* y, int64
   const int32_t* xs = xq.s + m0 * nb;
   const __m256i lo4 = _mm256_set1_epi8(0x0f);
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     __m256i xv[C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + b * 32));
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const BlockQ4_0& blk = w[r * nb + b];
+      if (b % 2 == 0) prefetch(&blk);
       const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
       const __m256i wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), lo4);
       const float dw = _cvtsh_ss(blk.d);
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
         const __m256i p = _mm256_add_epi32(dot_u8s8(wv, xv[c]), _mm256_set1_epi32(-xs[c * nb + b]));
         acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xd[c * nb + b]), acc[r][c]);
       }
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
 }
 
@@ -89,64 +110,41 @@ void tile_q8g(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, fl
   const int8_t* xqs = xq.qs + m0 * K;
   const float* xd = xq.d + m0 * ng;
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
     __m256i p[R][C];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) p[r][c] = _mm256_setzero_si256();
     for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
+        if (k % 64 == 0) prefetch(w + r * K + k);
         const __m256i wv = load256(w + r * K + k);
         const __m256i wabs = _mm256_sign_epi8(wv, wv);
+        #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) {
           const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + k));
           p[r][c] = _mm256_add_epi32(p[r][c], dot_u8s8(wabs, _mm256_sign_epi8(xv, wv)));
         }
       }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float s = sw[r * ng + g];
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c)
         acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[r][c]), _mm256_set1_ps(s * xd[c * ng + g]), acc[r][c]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
-}
-
-// Runs tile<R, C> over all activation rows in groups of 2 (16 registers).
-template <int R, class Tile1, class Tile2>
-void over_m(const MatvecArgs& a, int64_t n, Tile1 t1, Tile2 t2) {
-  const int64_t N = a.W->rows();
-  int64_t m = 0;
-  for (; m + 2 <= a.M; m += 2) t2(m, a.Y + m * N + n);
-  if (m < a.M) t1(m, a.Y + m * N + n);
-}
-
-template <int R>
-void rows_q8_0(const MatvecArgs& a, int64_t n) {
-  const auto* w = static_cast<const BlockQ8_0*>(a.W->data) + n * a.xq.nblocks();
-  const int64_t N = a.W->rows();
-  over_m<R>(a, n, [&](int64_t m, float* y) { tile_q8_0<R, 1>(w, a.xq, m, y, N); },
-            [&](int64_t m, float* y) { tile_q8_0<R, 2>(w, a.xq, m, y, N); });
-}
-
-template <int R>
-void rows_q4_0(const MatvecArgs& a, int64_t n) {
-  const auto* w = static_cast<const BlockQ4_0*>(a.W->data) + n * a.xq.nblocks();
-  const int64_t N = a.W->rows();
-  over_m<R>(a, n, [&](int64_t m, float* y) { tile_q4_0<R, 1>(w, a.xq, m, y, N); },
-            [&](int64_t m, float* y) { tile_q4_0<R, 2>(w, a.xq, m, y, N); });
-}
-
-template <int R>
-void rows_q8g(const MatvecArgs& a, int64_t n) {
-  const int64_t N = a.W->rows(), K = a.W->cols(), ng = a.xq.nblocks();
-  const int8_t* w = static_cast<const int8_t*>(a.W->data) + n * K;
-  const float* sw = a.W->scales + n * ng;
-  over_m<R>(a, n, [&](int64_t m, float* y) { tile_q8g<R, 1>(w, sw, a.xq, m, y, N); },
-            [&](int64_t m, float* y) { tile_q8g<R, 2>(w, sw, a.xq, m, y, N); });
 }
 
 void matvec_q8g_float(const MatvecArgs& a, int64_t n0, int64_t n1) {
@@ -168,22 +166,32 @@ void matvec_q8g_float(const MatvecArgs& a, int64_t n0, int64_t n1) {
 }  // namespace
 
 void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_q8_0<4>(a, n);
-  for (; n < n1; ++n) rows_q8_0<1>(a, n);
+  const int64_t nb = a.xq.nblocks(), N = a.W->rows();
+  const auto* w = static_cast<const BlockQ8_0*>(a.W->data);
+  for_each_tile<4, 2>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    if (c == 2) return tile_q8_0<R, 2>(w + n * nb, a.xq, m, a.Y + m * N + n, N);
+    tile_q8_0<R, 1>(w + n * nb, a.xq, m, a.Y + m * N + n, N);
+  });
 }
 
 void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_q4_0<4>(a, n);
-  for (; n < n1; ++n) rows_q4_0<1>(a, n);
+  const int64_t nb = a.xq.nblocks(), N = a.W->rows();
+  const auto* w = static_cast<const BlockQ4_0*>(a.W->data);
+  for_each_tile<4, 2>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    if (c == 2) return tile_q4_0<R, 2>(w + n * nb, a.xq, m, a.Y + m * N + n, N);
+    tile_q4_0<R, 1>(w + n * nb, a.xq, m, a.Y + m * N + n, N);
+  });
 }
 
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1) {
   if (!q8g_integer_path(*a.W)) return matvec_q8g_float(a, n0, n1);
-  int64_t n = n0;
-  for (; n + 2 <= n1; n += 2) rows_q8g<2>(a, n);
-  for (; n < n1; ++n) rows_q8g<1>(a, n);
+  const int64_t N = a.W->rows(), K = a.W->cols(), ng = a.xq.nblocks();
+  for_each_tile<2, 2>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    const int8_t* w = static_cast<const int8_t*>(a.W->data) + n * K;
+    const float* sw = a.W->scales + n * ng;
+    if (c == 2) return tile_q8g<R, 2>(w, sw, a.xq, m, a.Y + m * N + n, N);
+    tile_q8g<R, 1>(w, sw, a.xq, m, a.Y + m * N + n, N);
+  });
 }
 
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s) {

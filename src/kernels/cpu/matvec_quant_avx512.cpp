@@ -11,9 +11,15 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tiling.h"
 
 namespace tessera::cpu::avx512 {
 namespace {
+
+// Software prefetch distance along each weight row: keeps enough DRAM lines in
+// flight while the out-of-order window is busy with the integer dot products.
+
+constexpr int kPrefetchBytes = 1024;
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
@@ -24,77 +30,141 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Weight formats with 32-element blocks: unsigned bytes for vpdpbusd, the
-// per-lane offset multiplier (init = -mul * sum(x)) and the f32 block scale.
+// Weight formats with 32-element blocks, read two blocks at a time into one
+// zmm: bytes() gives the 64 unsigned weight bytes in element order (lanes 0-7
+// of vpdpbusd belong to the first block, 8-15 to the second), scales() the two
+// f16 scales as [d0 x 8, d1 x 8] f32. bytes1/scale1 read a single block.
 struct FmtQ8_0 {
   using Block = BlockQ8_0;
-  static constexpr int kOffsetMul = 16;
-  static __m256i bytes(const Block& b) { return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(char(0x80))); }
-  static float scale(const Block& b) { return _cvtsh_ss(b.d); }
+  static constexpr int kOffsetMul = 16;  // (w ^ 0x80) . x = w . x + 128 sum(x), over 8 lanes
+  static __m512i bytes(const uint8_t* p) {
+    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(load256(p + 2)), load256(p + 36), 1);
+    return _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
+  }
+  static __m512 scales(const uint8_t* p) {
+    // d0 is word 0 and d1 word 17 of the 64 bytes at p (a pair is 68 bytes: no over-read).
+    const __m512i raw = _mm512_loadu_si512(p);
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0x00110011, 0x00110011, 0x00110011, 0x00110011, 0, 0, 0, 0, 0, 0,
+                                          0, 0);
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, raw)));
+  }
+  static __m256i bytes1(const Block& b) { return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(char(0x80))); }
+  static float scale1(const Block& b) { return _cvtsh_ss(b.d); }
 };
 struct FmtQ4_0 {
   using Block = BlockQ4_0;
-  static constexpr int kOffsetMul = 1;
-  static __m256i bytes(const Block& b) {
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+  static constexpr int kOffsetMul = 1;  // q . x = (q - 8) . x + 8 sum(x), over 8 lanes
+  static __m512i bytes(const uint8_t* p) {
+    // [qs0 | qs1] -> [qs0, qs0, qs1, qs1]; high nibbles in the 2nd and 4th 16 bytes.
+    const __m256i q01 =
+        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2))),
+                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 20)), 1);
+    const __m512i q = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(q01));
+    const __m512i shifted = _mm512_mask_srli_epi16(q, __mmask32(0xff00ff00u), q, 4);
+    return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f));
   }
-  static float scale(const Block& b) { return _cvtsh_ss(b.d); }
+  static __m512 scales(const uint8_t* p) {
+    // d0 is word 0 and d1 word 9 of a pair (36 bytes): load just those two words.
+    const __m512i raw = _mm512_maskz_loadu_epi16(__mmask32((1u << 0) | (1u << 9)), p);
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0x00090009, 0x00090009, 0x00090009, 0x00090009, 0, 0, 0, 0, 0, 0,
+                                          0, 0);
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, raw)));
+  }
+  static __m256i bytes1(const Block& b) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+  }
+  static float scale1(const Block& b) { return _cvtsh_ss(b.d); }
 };
+
+// Per activation row and block pair, the vectors every weight row reuses:
+// init = [-mul s0 x 8, -mul s1 x 8] (the offset correction) and dx = [d0 x 8, d1 x 8].
+struct PairX {
+  const __m512i* init;  // (M, np)
+  const __m512* dx;     // (M, np)
+  int64_t np;
+};
+
+PairX expand_pairs(const QuantX& xq, int64_t M, int mul, float* work) {
+  const int64_t nb = xq.nblocks(), np = nb / 2;
+  auto* init = reinterpret_cast<__m512i*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
+  auto* dx = reinterpret_cast<__m512*>(init + M * np);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t b = m * nb + 2 * p;
+      init[m * np + p] = _mm512_inserti64x4(_mm512_set1_epi32(-mul * xq.s[b]), _mm256_set1_epi32(-mul * xq.s[b + 1]), 1);
+      dx[m * np + p] = _mm512_insertf32x8(_mm512_set1_ps(xq.d[b]), _mm256_set1_ps(xq.d[b + 1]), 1);
+    }
+  }
+  return PairX{init, dx, np};
+}
 
 // Y[m0 + c, n + r] for r < R, c < C; w = row n of W (nb blocks per row).
 template <class F, int R, int C>
-void tile_blocks(const typename F::Block* w, const QuantX& xq, int64_t m0, float* y, int64_t N) {
-  const int64_t nb = xq.nblocks(), K = xq.K;
+void tile_blocks(const typename F::Block* w, const QuantX& xq, const PairX& px, int64_t m0, float* y, int64_t N) {
+  const int64_t nb = xq.nblocks(), K = xq.K, np = px.np;
   const int8_t* xqs = xq.qs + m0 * K;
-  const float* xd = xq.d + m0 * nb;
-  const int32_t* xs = xq.s + m0 * nb;
-  __m256 acc[R][C];
+  const __m512i* xinit = px.init + m0 * np;
+  const __m512* xdx = px.dx + m0 * np;
+  __m512 acc[R][C];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    __m256i xv[C], init[C];
-    float dx[C];
-    for (int c = 0; c < C; ++c) {
-      xv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + b * 32));
-      init[c] = _mm256_set1_epi32(-F::kOffsetMul * xs[c * nb + b]);
-      dx[c] = xd[c * nb + b];
-    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < np; ++p) {
+    __m512i xv[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_si512(xqs + c * K + p * 64);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const typename F::Block& blk = w[r * nb + b];
-      const __m256i wv = F::bytes(blk);
-      const float dw = F::scale(blk);
+      const uint8_t* blk = reinterpret_cast<const uint8_t*>(w + r * nb + 2 * p);
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes, _MM_HINT_T0);
+      const __m512i wv = F::bytes(blk);
+      const __m512 dw = F::scales(blk);
+#pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
-        const __m256i p = _mm256_dpbusd_epi32(init[c], wv, xv[c]);
-        acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx[c]), acc[r][c]);
+        const __m512i d = _mm512_dpbusd_epi32(xinit[c * np + p], wv, xv[c]);
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, xdx[c * np + p]), acc[r][c]);
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
-}
-
-template <class F, int R>
-void rows_blocks(const MatvecArgs& a, const typename F::Block* w, int64_t n) {
-  const int64_t N = a.W->rows();
-  int64_t m = 0;
-  for (; m + 4 <= a.M; m += 4) tile_blocks<F, R, 4>(w, a.xq, m, a.Y + m * N + n, N);
-  switch (a.M - m) {
-    case 3: tile_blocks<F, R, 3>(w, a.xq, m, a.Y + m * N + n, N); break;
-    case 2: tile_blocks<F, R, 2>(w, a.xq, m, a.Y + m * N + n, N); break;
-    case 1: tile_blocks<F, R, 1>(w, a.xq, m, a.Y + m * N + n, N); break;
-    default: break;
+  float tail[R][C] = {};
+  if (nb % 2) {  // the last, unpaired block
+    const int64_t b = nb - 1;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const typename F::Block& blk = w[r * nb + b];
+      const __m256i wv = F::bytes1(blk);
+      const float dw = F::scale1(blk);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) {
+        const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + b * 32));
+        const __m256i init = _mm256_set1_epi32(-F::kOffsetMul * xq.s[(m0 + c) * nb + b]);
+        const __m256 d = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(init, wv, xv));
+        tail[r][c] = hsum(d) * dw * xq.d[(m0 + c) * nb + b];
+      }
+    }
   }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]) + tail[r][c];
 }
 
 template <class F>
 void matvec_blocks(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  const int64_t nb = a.xq.nblocks();
+  const int64_t nb = a.xq.nblocks(), N = a.W->rows();
+  const PairX px = expand_pairs(a.xq, a.M, F::kOffsetMul, a.work);
   const auto* w = static_cast<const typename F::Block*>(a.W->data);
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_blocks<F, 4>(a, w + n * nb, n);
-  for (; n < n1; ++n) rows_blocks<F, 1>(a, w + n * nb, n);
+  for_each_tile<4, 4>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    float* y = a.Y + m * N + n;
+    switch (c) {
+      case 4: tile_blocks<F, R, 4>(w + n * nb, a.xq, px, m, y, N); break;
+      case 3: tile_blocks<F, R, 3>(w + n * nb, a.xq, px, m, y, N); break;
+      case 2: tile_blocks<F, R, 2>(w + n * nb, a.xq, px, m, y, N); break;
+      default: tile_blocks<F, R, 1>(w + n * nb, a.xq, px, m, y, N); break;
+    }
+  });
 }
 
 // Q8_G with groups of xq.block elements (a multiple of 32): the int32 sums run
@@ -107,40 +177,88 @@ void tile_q8g(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, fl
   const int32_t* xs = xq.s + m0 * ng;
   const __m256i off = _mm256_set1_epi8(char(0x80));
   __m256 acc[R][C];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
     __m256i p[R][C];
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
       const __m256i init = _mm256_set1_epi32(-16 * xs[c * ng + g]);
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) p[r][c] = init;
     }
     for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
       __m256i xv[C];
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) xv[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(xqs + c * K + k));
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m256i wv = _mm256_xor_si256(load256(w + r * K + k), off);
+        #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) p[r][c] = _mm256_dpbusd_epi32(p[r][c], wv, xv[c]);
       }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float s = sw[r * ng + g];
+      #pragma GCC unroll 8
       for (int c = 0; c < C; ++c)
         acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[r][c]), _mm256_set1_ps(s * xd[c * ng + g]), acc[r][c]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) y[c * N + r] = hsum(acc[r][c]);
 }
 
-template <int R>
-void rows_q8g(const MatvecArgs& a, int64_t n) {
-  const int64_t N = a.W->rows(), K = a.W->cols(), ng = a.xq.nblocks();
-  const int8_t* w = static_cast<const int8_t*>(a.W->data) + n * K;
-  const float* sw = a.W->scales + n * ng;
-  int64_t m = 0;
-  for (; m + 2 <= a.M; m += 2) tile_q8g<R, 2>(w, sw, a.xq, m, a.Y + m * N + n, N);
-  if (m < a.M) tile_q8g<R, 1>(w, sw, a.xq, m, a.Y + m * N + n, N);
+// The same for groups that are a multiple of 64: 64 bytes per vpdpbusd.
+template <int R, int C>
+void tile_q8g64(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, float* y, int64_t N) {
+  const int64_t ng = xq.nblocks(), K = xq.K, G = xq.block;
+  const int8_t* xqs = xq.qs + m0 * K;
+  const float* xd = xq.d + m0 * ng;
+  const int32_t* xs = xq.s + m0 * ng;
+  const __m512i off = _mm512_set1_epi8(char(0x80));
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512i p[R][C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const __m512i init = _mm512_set1_epi32(-8 * xs[c * ng + g]);  // 16 lanes x -8 = -128 sum(x)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) p[r][c] = init;
+    }
+    for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
+      __m512i xv[C];
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_si512(xqs + c * K + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
+        const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(w + r * K + k), off);
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) p[r][c] = _mm512_dpbusd_epi32(p[r][c], wv, xv[c]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const float s = sw[r * ng + g];
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c)
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[r][c]), _mm512_set1_ps(s * xd[c * ng + g]), acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 // Q8_G whose groups do not fit the integer path (e.g. group 4): dequantize
@@ -171,9 +289,19 @@ void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_blocks<Fm
 
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1) {
   if (!q8g_integer_path(*a.W)) return matvec_q8g_float(a, n0, n1);
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows_q8g<4>(a, n);
-  for (; n < n1; ++n) rows_q8g<1>(a, n);
+  const int64_t N = a.W->rows(), K = a.W->cols(), ng = a.xq.nblocks();
+  const bool wide = a.xq.block % 64 == 0;
+  for_each_tile<4, 2>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
+    const int8_t* w = static_cast<const int8_t*>(a.W->data) + n * K;
+    const float* sw = a.W->scales + n * ng;
+    float* y = a.Y + m * N + n;
+    if (wide) {
+      if (c == 2) return tile_q8g64<R, 2>(w, sw, a.xq, m, y, N);
+      return tile_q8g64<R, 1>(w, sw, a.xq, m, y, N);
+    }
+    if (c == 2) return tile_q8g<R, 2>(w, sw, a.xq, m, y, N);
+    tile_q8g<R, 1>(w, sw, a.xq, m, y, N);
+  });
 }
 
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s) {
