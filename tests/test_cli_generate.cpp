@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "cli_util.h"
@@ -101,4 +102,33 @@ TEST(CliInfo, DescribesStories260K) {
   EXPECT_NE(r.out.find("llama"), std::string::npos);
   EXPECT_NE(r.out.find("GQA"), std::string::npos);
   EXPECT_NE(r.out.find("dim:            64"), std::string::npos) << r.out;
+}
+
+TEST(CliGpt2, SyntheticGpt2RunsEndToEndThroughGgufAndSafetensors) {
+  TESSERA_REQUIRE_SHARED("tokenizers/gpt2/vocab.json");
+  const std::string dir = temp_path("gpt2e2e");
+  const std::string gguf = dir + ".gguf";
+  const std::string vocab = q(shared_path("tokenizers/gpt2/vocab.json"));
+  // A random GPT-2-architecture model with the real GPT-2 vocabulary (50257 tokens).
+  CliResult r = run_cli("convert synthetic:gpt2-tiny " + q(gguf) + " --tokenizer " + vocab);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("convert " + q(gguf) + " " + q(dir));  // GGUF -> HF directory (tokenizer.json written)
+  ASSERT_EQ(r.code, 0) << r.err;
+  CliResult a = run_cli("generate -m " + q(gguf) + " -p 'Hello, world' -n 12 --temp 0.8 --seed 5");
+  CliResult b = run_cli("generate -m " + q(dir) + " -p 'Hello, world' -n 12 --temp 0.8 --seed 5");
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_FALSE(a.out.empty());
+  EXPECT_EQ(a.out, b.out);  // identical logits -> identical sampled text
+  CliResult info = run_cli("info -m " + q(dir));
+  EXPECT_NE(info.out.find("gpt2"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("LayerNorm"), std::string::npos) << info.out;
+  const std::string text = temp_path("gpt2text.txt");
+  std::ofstream(text) << slurp(shared_path("tokenizers/bpe-training/tinystories_sample.txt"));
+  CliResult p = run_cli("perplexity -m " + q(gguf) + " -f " + q(text) + " -c 64 --json");
+  EXPECT_EQ(p.code, 0) << p.err;
+  EXPECT_NE(p.out.find("\"perplexity\""), std::string::npos) << p.out;
+  std::remove(text.c_str());
+  std::remove(gguf.c_str());
+  std::filesystem::remove_all(dir);
 }

@@ -10,7 +10,6 @@
 #include "common.h"
 #include "core/error.h"
 #include "kernels/measure.h"
-#include "model/synthetic.h"
 
 namespace tessera::cli {
 
@@ -45,7 +44,7 @@ int cmd_bench(int argc, char** argv) {
   int64_t pp = 512, tg = 128;
   int threads = 0, reps = 2;
   bool json = false;
-  app.add_option("-m,--model", model, "model file or directory");
+  app.add_option("-m,--model", model, "model file or directory (or synthetic:NAME[:TYPE])");
   app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny");
   app.add_option("--type", type_name, "weight type for --synthetic")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
@@ -60,15 +59,11 @@ int cmd_bench(int argc, char** argv) {
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
 
   KernelContext ctx(threads);
-  LoadedModel lm;
   if (!synthetic.empty()) {
     std::fprintf(stderr, "bench: generating synthetic %s model (%s)...\n", synthetic.c_str(), type_name.c_str());
-    lm.weights = make_random_weights(synthetic_config(synthetic), *dtype_from_name(type_name), 1234, threads);
-    lm.format = "synthetic";
-    lm.path = "synthetic:" + synthetic;
-  } else {
-    lm = load_model(model);
+    model = "synthetic:" + synthetic + ":" + type_name;
   }
+  LoadedModel lm = load_model(model);
   const Weights& w = lm.weights;
   const auto& c = w.cfg;
   RunOptions ro;

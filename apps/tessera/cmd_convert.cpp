@@ -8,6 +8,7 @@
 #include "common.h"
 #include "core/error.h"
 #include "formats/model_io.h"
+#include "tokenizer/bpe_train.h"
 
 namespace tessera::cli {
 
@@ -41,6 +42,14 @@ int cmd_convert(int argc, char** argv) {
     save_gguf(w, m.tokenizer ? &*m.tokenizer : nullptr, out);
   } else {
     save_hf(w, out);
+    if (m.tokenizer && m.tokenizer->kind() == TokenizerKind::ByteLevelBPE) {
+      save_hf_tokenizer_json(m.tokenizer->data(), out + "/tokenizer.json");
+    } else if (m.tokenizer) {
+      std::fprintf(stderr,
+                   "convert: note: SentencePiece tokenizers are not exported to tokenizer.json yet; "
+                   "pass the original tokenizer with --tokenizer when loading %s\n",
+                   out.c_str());
+    }
   }
   std::fprintf(stderr, "convert: %s (%s) -> %s (%s, %s)\n", in.c_str(), m.format.c_str(), out.c_str(),
                gguf_out ? "gguf" : "safetensors", dtype_name(type));

@@ -8,7 +8,7 @@
 namespace tessera::cli {
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
-  app.add_option("-m,--model", a.model, "model: GGUF file, Hugging Face directory or llama2.c .bin")->required();
+  app.add_option("-m,--model", a.model, "model: GGUF file, Hugging Face directory, llama2.c .bin, or synthetic:NAME[:TYPE] (random weights)")->required();
   app.add_option("--tokenizer", a.tokenizer, "tokenizer file for models that carry none (llama2.c tokenizer.bin)");
   if (need_ctx) app.add_option("-c,--ctx-size", a.ctx, "context size in tokens (default: the model's)");
   app.add_option("-t,--threads", a.threads, "threads (default: all cores)");

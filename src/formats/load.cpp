@@ -5,21 +5,23 @@
 
 #include "core/error.h"
 #include "core/mmap.h"
-#if __has_include("formats/gguf_tokenizer.h")  // interim until the tokenizer branch lands it
+#include "formats/any_tokenizer.h"
 #include "formats/gguf_tokenizer.h"
-#define TESSERA_HAVE_GGUF_TOK 1
-#endif
 #include "formats/llama2c.h"
 #include "formats/model_io.h"
+#include "model/synthetic.h"
 
 namespace tessera {
 
 namespace {
 
-enum class Kind { Directory, Gguf, Llama2c };
+enum class Kind { Synthetic, Directory, Gguf, Llama2c };
+
+constexpr const char* kSynthetic = "synthetic:";
 
 Kind sniff(const std::string& path) {
   namespace fs = std::filesystem;
+  if (path.rfind(kSynthetic, 0) == 0) return Kind::Synthetic;
   std::error_code ec;
   if (!fs::exists(path, ec)) fail(path, ": no such file or directory");
   if (fs::is_directory(path, ec)) return Kind::Directory;
@@ -28,12 +30,35 @@ Kind sniff(const std::string& path) {
   return Kind::Llama2c;
 }
 
+bool ends_with(const std::string& s, const char* suffix) {
+  const size_t n = std::strlen(suffix);
+  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
 }  // namespace
 
 LoadedModel load_model(const std::string& path, const std::string& tokenizer_path) {
   LoadedModel m;
   m.path = path;
   switch (sniff(path)) {
+    case Kind::Synthetic: {
+      // synthetic:NAME[:TYPE] -- random weights of a named shape; a tokenizer sets the vocabulary size.
+      std::string spec = path.substr(std::strlen(kSynthetic)), type = "f32";
+      if (const size_t colon = spec.find(':'); colon != std::string::npos) {
+        type = spec.substr(colon + 1);
+        spec.resize(colon);
+      }
+      const auto dt = dtype_from_name(type);
+      if (!dt || *dt == DType::Q8_G) fail(path, ": unknown weight type '", type, "' (f32, f16, bf16, q8_0, q4_0)");
+      ModelConfig cfg = synthetic_config(spec);
+      if (!tokenizer_path.empty()) {
+        m.tokenizer = load_any_tokenizer(tokenizer_path);
+        cfg.vocab_size = m.tokenizer->n_vocab();
+      }
+      m.weights = make_random_weights(cfg, *dt, 1234, 2);
+      m.format = "synthetic";
+      return m;
+    }
     case Kind::Directory: {
       m.weights = load_hf_weights(path);
       m.format = "safetensors";
@@ -45,9 +70,7 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
       std::shared_ptr<gguf::File> f = gguf::File::open(path);
       m.weights = load_gguf_weights(f);
       m.format = "gguf";
-#ifdef TESSERA_HAVE_GGUF_TOK
       if (tokenizer_path.empty() && f->find("tokenizer.ggml.model")) m.tokenizer = load_gguf_tokenizer(*f);
-#endif
       break;
     }
     case Kind::Llama2c: {
@@ -58,13 +81,13 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
   }
   if (!tokenizer_path.empty()) {
     // llama2.c tokenizer.bin has no count: read as many pieces as the model's vocabulary.
-    const bool bin = tokenizer_path.size() > 4 && tokenizer_path.compare(tokenizer_path.size() - 4, 4, ".bin") == 0;
-    m.tokenizer = bin ? load_llama2c_tokenizer(tokenizer_path, int32_t(m.weights.cfg.vocab_size))
-                      : load_tokenizer_file(tokenizer_path);
+    m.tokenizer = ends_with(tokenizer_path, ".bin")
+                      ? load_llama2c_tokenizer(tokenizer_path, int32_t(m.weights.cfg.vocab_size))
+                      : load_any_tokenizer(tokenizer_path);
   }
-  if (m.tokenizer && m.tokenizer->n_vocab() != m.weights.cfg.vocab_size)
-    fail(tokenizer_path, ": tokenizer has ", m.tokenizer->n_vocab(), " tokens but the model ", path, " has vocab_size ",
-         m.weights.cfg.vocab_size);
+  if (m.tokenizer && m.tokenizer->n_vocab() > m.weights.cfg.vocab_size)
+    fail(tokenizer_path.empty() ? path : tokenizer_path, ": tokenizer has ", m.tokenizer->n_vocab(),
+         " tokens but the model ", path, " has vocab_size ", m.weights.cfg.vocab_size);
   return m;
 }
 

@@ -1,6 +1,8 @@
 // Opens a model in any supported format, detected from the path and its magic:
 // a directory (Hugging Face config.json + safetensors), GGUF, llama2.c (.bin,
-// legacy fp32 or "ak42" int8).
+// legacy fp32 or "ak42" int8), or "synthetic:NAME[:TYPE]": random weights of a
+// named shape (see model/synthetic.h) whose vocabulary follows the tokenizer if
+// one is given.
 #pragma once
 #include <memory>
 #include <optional>
