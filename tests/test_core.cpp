@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/dtype.h"
 #include "core/fp16.h"
@@ -43,4 +44,23 @@ TEST(DType, RowBytes) {
   EXPECT_EQ(dtype_row_bytes(DType::BF16, 3), 6u);
   EXPECT_EQ(dtype_from_name("Q4_0"), DType::Q4_0);
   EXPECT_FALSE(dtype_from_name("q5_k").has_value());
+}
+
+#include "kernels/ops.h"
+
+TEST(Ops, RopeTablesGiveTheSameNumbersAsRope) {
+  for (auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::HalfSplit}) {
+    const int64_t hd = 48, n_pos = 37;
+    std::vector<float> cs(size_t(n_pos * hd / 2)), sn(cs.size());
+    ops::rope_tables(cs.data(), sn.data(), n_pos, hd, 500000.f);
+    for (int64_t p = 0; p < n_pos; p += 5) {
+      std::vector<float> a(static_cast<size_t>(hd)), b;
+      for (int64_t i = 0; i < hd; ++i) a[size_t(i)] = std::sin(float(i * 7 + p));
+      b = a;
+      ops::rope(a.data(), hd, hd, p, 500000.f, style);
+      ops::rope_apply(b.data(), cs.data() + p * hd / 2, sn.data() + p * hd / 2, hd, style);
+      for (int64_t i = 0; i < hd; ++i) EXPECT_EQ(a[size_t(i)], b[size_t(i)]) << "pos " << p << " dim " << i;
+      // A rotation keeps the norm of each pair.
+    }
+  }
 }

@@ -60,6 +60,28 @@ void axpy(float* y, float a, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+void rope_tables(float* cos_t, float* sin_t, int64_t n_pos, int64_t rot_dim, float theta) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t p = 0; p < n_pos; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const float freq = std::pow(theta, -float(2 * i) / float(rot_dim));
+      const float ang = float(p) * freq;
+      cos_t[p * half + i] = std::cos(ang);
+      sin_t[p * half + i] = std::sin(ang);
+    }
+}
+
+void rope_apply(float* x, const float* cos_r, const float* sin_r, int64_t rot_dim, RopeStyle style) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t a = style == RopeStyle::Interleaved ? 2 * i : i;
+    const int64_t b = style == RopeStyle::Interleaved ? 2 * i + 1 : i + half;
+    const float x0 = x[a], x1 = x[b];
+    x[a] = x0 * cos_r[i] - x1 * sin_r[i];
+    x[b] = x0 * sin_r[i] + x1 * cos_r[i];
+  }
+}
+
 void rope(float* x, int64_t head_dim, int64_t rot_dim, int64_t pos, float theta, RopeStyle style) {
   const int64_t half = rot_dim / 2;
   for (int64_t i = 0; i < half; ++i) {

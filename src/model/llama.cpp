@@ -19,10 +19,10 @@ void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
   add_bias(a_.k, L.bk, n, kvd);
   add_bias(a_.v, L.bv, n, kvd);
   for (int64_t t = 0; t < n; ++t) {
-    for (int64_t h = 0; h < c.n_heads; ++h)
-      ops::rope(a_.q + t * qd + h * hd, hd, hd, pos + t, c.rope_theta, c.rope_style);
-    for (int64_t h = 0; h < c.n_kv_heads; ++h)
-      ops::rope(a_.k + t * kvd + h * hd, hd, hd, pos + t, c.rope_theta, c.rope_style);
+    const float* cr = rope_cos_.data() + (pos + t) * (hd / 2);
+    const float* sr = rope_sin_.data() + (pos + t) * (hd / 2);
+    for (int64_t h = 0; h < c.n_heads; ++h) ops::rope_apply(a_.q + t * qd + h * hd, cr, sr, hd, c.rope_style);
+    for (int64_t h = 0; h < c.n_kv_heads; ++h) ops::rope_apply(a_.k + t * kvd + h * hd, cr, sr, hd, c.rope_style);
   }
   store_kv(l, n, pos, a_.k, a_.v, kvd, kvd);
   attention(ctx, l, n, pos, a_.q, qd);   // -> a_.att (n, qd)

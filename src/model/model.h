@@ -63,6 +63,7 @@ class Model {
   int max_threads_;
   bool kv_f16_;
   std::vector<float> arena_;
+  std::vector<float> rope_cos_, rope_sin_;  // (n_ctx, head_dim / 2) angle tables
   std::vector<uint8_t> kv_;  // K then V: (L, n_ctx, kv_dim) each, f32 or f16
   size_t kv_bytes_ = 0;
   Acts a_{};
