@@ -3,12 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/fp16.h"
+#include "kernels/blas_env.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
@@ -158,6 +160,17 @@ const std::vector<int64_t> kFloatKs{3, 17, 32, 96, 1001, 4128};
 const std::vector<int64_t> kBlockKs{32, 96, 4128};
 
 }  // namespace
+
+// First in this file so that, run as one process, it precedes every BLAS call.
+TEST(KernelsBlasEnv, AvxCoreSelectedInProcess) {
+  if (std::getenv("TESSERA_NO_REEXEC")) GTEST_SKIP() << "TESSERA_NO_REEXEC is set";
+  ensure_openblas_coretype(0, nullptr);  // no argv: never re-executes
+  const std::string core = openblas_core_name();
+  EXPECT_FALSE(core.empty());
+  if (detect_isa() == Isa::AVX512) {
+    EXPECT_TRUE(core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids") << core;
+  }
+}
 
 TEST(KernelsMatmul, F32) { check_dtype(DType::F32, kFloatKs, {0}); }
 TEST(KernelsMatmul, F16) { check_dtype(DType::F16, kFloatKs, {0}); }

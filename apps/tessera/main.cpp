@@ -35,7 +35,8 @@ void usage(FILE* f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Before any BLAS call: make OpenBLAS use its AVX-512 kernels where the CPU has them.
+  // Before any BLAS call: OpenBLAS on its AVX-512 kernels even if the
+  // environment says OPENBLAS_CORETYPE=Haswell (see kernels/blas_env.h).
   tessera::ensure_openblas_coretype(argc, argv);
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage(argc < 2 ? stderr : stdout);

@@ -52,7 +52,7 @@ class Mapping {
 }  // namespace
 
 double measure_read_bandwidth_gbs(KernelContext& ctx) {
-  const size_t bytes = size_t(512) << 20;
+  const size_t bytes = size_t(1) << 30;
   Mapping buf(bytes);
   if (!buf.data()) return 0.0;
   const int64_t n = int64_t(bytes / sizeof(float));

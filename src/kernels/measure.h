@@ -6,9 +6,9 @@
 
 namespace tessera {
 
-// DRAM read bandwidth in GB/s (1e9 bytes/s): a streaming read of a 512 MiB
+// DRAM read bandwidth in GB/s (1e9 bytes/s): a streaming read of a 1 GiB
 // buffer (far larger than the LLC), pre-faulted, split across ctx.n_threads
-// threads with the widest loads ctx.isa has; best of several runs. ~0.3 s.
+// threads with the widest loads ctx.isa has; best of several runs. ~0.5 s.
 double measure_read_bandwidth_gbs(KernelContext& ctx);
 
 // Best sgemm GFLOP/s on a 2048^3 problem through the prefill path

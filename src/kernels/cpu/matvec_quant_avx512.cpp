@@ -1,12 +1,11 @@
-// AVX-512 VNNI matrix-vector kernels for Q8_0 / Q4_0 / Q8_G weights.
+// AVX-512 VNNI matrix-vector kernels for Q8_0 / Q8_G weights (Q4_0 has its own file).
 //
 // X is quantized once per call to int8 blocks (cpu::QuantX). Per 32-element
 // block, vpdpbusd multiplies unsigned weight bytes by signed activation bytes:
-//   Q8_0: (w + 128) . x = w . x + 128 * sum(x)   (w + 128 is w ^ 0x80)
-//   Q4_0:  q . x        = (q - 8) . x + 8 * sum(x)
+//   (w + 128) . x = w . x + 128 * sum(x)   (w + 128 is w ^ 0x80)
 // The offset is removed exactly in integers by starting the accumulator at
-// -16 * sum(x) (resp. -sum(x)) in each of its 8 lanes. The int32 lanes are then
-// scaled by d_w * d_x and accumulated in f32, as llama.cpp does.
+// -16 * sum(x) in each of the block's 8 lanes. The int32 lanes are then scaled
+// by d_w * d_x and accumulated in f32, as llama.cpp does.
 #include "kernels/cpu/simd.h"
 
 #include "core/dtype.h"
@@ -34,6 +33,7 @@ inline float hsum(__m256 v) {
 // zmm: bytes() gives the 64 unsigned weight bytes in element order (lanes 0-7
 // of vpdpbusd belong to the first block, 8-15 to the second), scales() the two
 // f16 scales as [d0 x 8, d1 x 8] f32. bytes1/scale1 read a single block.
+// (Q4_0 used this form too; matvec_q4_0_avx512.cpp's four-block form is faster.)
 struct FmtQ8_0 {
   using Block = BlockQ8_0;
   static constexpr int kOffsetMul = 16;  // (w ^ 0x80) . x = w . x + 128 sum(x), over 8 lanes
@@ -51,32 +51,6 @@ struct FmtQ8_0 {
   static __m256i bytes1(const Block& b) { return _mm256_xor_si256(load256(b.qs), _mm256_set1_epi8(char(0x80))); }
   static float scale1(const Block& b) { return _cvtsh_ss(b.d); }
 };
-struct FmtQ4_0 {
-  using Block = BlockQ4_0;
-  static constexpr int kOffsetMul = 1;  // q . x = (q - 8) . x + 8 sum(x), over 8 lanes
-  static __m512i bytes(const uint8_t* p) {
-    // [qs0 | qs1] -> [qs0, qs0, qs1, qs1]; high nibbles in the 2nd and 4th 16 bytes.
-    const __m256i q01 =
-        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2))),
-                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 20)), 1);
-    const __m512i q = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(q01));
-    const __m512i shifted = _mm512_mask_srli_epi16(q, __mmask32(0xff00ff00u), q, 4);
-    return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f));
-  }
-  static __m512 scales(const uint8_t* p) {
-    // d0 is word 0 and d1 word 9 of a pair (36 bytes): load just those two words.
-    const __m512i raw = _mm512_maskz_loadu_epi16(__mmask32((1u << 0) | (1u << 9)), p);
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0x00090009, 0x00090009, 0x00090009, 0x00090009, 0, 0, 0, 0, 0, 0,
-                                          0, 0);
-    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, raw)));
-  }
-  static __m256i bytes1(const Block& b) {
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
-  }
-  static float scale1(const Block& b) { return _cvtsh_ss(b.d); }
-};
-
 // Per activation row and block pair, the vectors every weight row reuses:
 // init = [-mul s0 x 8, -mul s1 x 8] (the offset correction) and dx = [d0 x 8, d1 x 8].
 struct PairX {
@@ -285,7 +259,6 @@ void matvec_q8g_float(const MatvecArgs& a, int64_t n0, int64_t n1) {
 }  // namespace
 
 void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_blocks<FmtQ8_0>(a, n0, n1); }
-void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_blocks<FmtQ4_0>(a, n0, n1); }
 
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1) {
   if (!q8g_integer_path(*a.W)) return matvec_q8g_float(a, n0, n1);
