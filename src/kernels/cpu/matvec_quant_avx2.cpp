@@ -15,10 +15,12 @@
 namespace tessera::cpu::avx2 {
 namespace {
 
-// Software prefetch distance along each weight row (bytes).
-constexpr int kPrefetchBytes = 1024;
-
-inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0); }
+// Software prefetch of the next tile: while this tile streams rows [n, n + R),
+// prefetch the same position in rows [n + R, n + 2R) (R row lengths ahead).
+// Rows are contiguous, so this runs one tile ahead of the demand stream;
+// measured at 2 threads on Zen 5, F16 +55%, Q8_0 +40%, Q4_0 +40%, F32 +6%
+// over no software prefetch (and better than any fixed distance).
+inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
@@ -48,7 +50,7 @@ void tile_q8_0(const BlockQ8_0* w, const QuantX& xq, int64_t m0, float* y, int64
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const BlockQ8_0& blk = w[r * nb + b];
-      prefetch(&blk);
+      prefetch(&w[(r + R) * nb + b]);
       const __m256i wv = load256(blk.qs);
       const __m256i wabs = _mm256_sign_epi8(wv, wv);
       const float dw = _cvtsh_ss(blk.d);
@@ -86,7 +88,7 @@ void tile_q4_0(const BlockQ4_0* w, const QuantX& xq, int64_t m0, float* y, int64
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const BlockQ4_0& blk = w[r * nb + b];
-      if (b % 2 == 0) prefetch(&blk);
+      if (b % 2 == 0) prefetch(&w[(r + R) * nb + b]);
       const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
       const __m256i wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), lo4);
       const float dw = _cvtsh_ss(blk.d);
@@ -123,7 +125,7 @@ void tile_q8g(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, fl
     for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
       #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        if (k % 64 == 0) prefetch(w + r * K + k);
+        if (k % 64 == 0) prefetch(w + (r + R) * K + k);
         const __m256i wv = load256(w + r * K + k);
         const __m256i wabs = _mm256_sign_epi8(wv, wv);
         #pragma GCC unroll 8

@@ -92,7 +92,7 @@ void tile_blocks(const typename F::Block* w, const QuantX& xq, const PairX& px, 
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const uint8_t* blk = reinterpret_cast<const uint8_t*>(w + r * nb + 2 * p);
-      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * nb + 2 * p), _MM_HINT_T0);
       const __m512i wv = F::bytes(blk);
       const __m512 dw = F::scales(blk);
 #pragma GCC unroll 8
@@ -215,7 +215,7 @@ void tile_q8g64(const int8_t* w, const float* sw, const QuantX& xq, int64_t m0, 
       for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_si512(xqs + c * K + k);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * K + k), _MM_HINT_T0);
         const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(w + r * K + k), off);
 #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) p[r][c] = _mm512_dpbusd_epi32(p[r][c], wv, xv[c]);
