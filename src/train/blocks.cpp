@@ -1,0 +1,390 @@
+#include "train/blocks.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace tessera::train::blk {
+
+namespace {
+inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
+}  // namespace
+
+template <>
+void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, tr(ta), tr(tb), int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C,
+              int(ldc));
+}
+template <>
+void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+                  const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_dgemm(CblasRowMajor, tr(ta), tr(tb), int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C,
+              int(ldc));
+}
+
+template <class T>
+void linear_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O) {
+  gemm<T>(false, true, N, O, I, T(1), X, I, W, I, T(0), Y, O);  // (N, I) x (O, I)^T
+  if (b) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = 0; o < O; ++o) Y[n * O + o] += b[o];
+  }
+}
+
+template <class T>
+void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
+                bool accumulate) {
+  if (dX) gemm<T>(false, false, N, I, O, T(1), dY, O, W, I, accumulate ? T(1) : T(0), dX, I);  // (N,O)x(O,I)
+  gemm<T>(true, false, O, I, N, T(1), dY, O, X, I, T(1), dW, I);                              // (O,N)x(N,I)
+  if (db) {
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < O; ++o) {
+      T s = 0;
+      for (int64_t n = 0; n < N; ++n) s += dY[n * O + o];
+      db[o] += s;
+    }
+  }
+}
+
+template <class T>
+void embed_fwd(T* x, const T* E, const T* P, const int32_t* tok, int64_t N, int64_t T_, int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* e = E + int64_t(tok[n]) * C;
+    const T* p = P ? P + (n % T_) * C : nullptr;
+    for (int64_t c = 0; c < C; ++c) x[n * C + c] = e[c] + (p ? p[c] : T(0));
+  }
+}
+
+template <class T>
+void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t T_, int64_t C) {
+  // Columns are split between threads; every thread walks all rows in order.
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t c0 = C * id / nt, c1 = C * (id + 1) / nt;
+    for (int64_t n = 0; n < N; ++n) {
+      T* e = dE + int64_t(tok[n]) * C;
+      T* p = dP ? dP + (n % T_) * C : nullptr;
+      for (int64_t c = c0; c < c1; ++c) {
+        e[c] += dx[n * C + c];
+        if (p) p[c] += dx[n * C + c];
+      }
+    }
+  }
+}
+
+template <class T>
+void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xr = x + n * C;
+    T ss = 0;
+    for (int64_t c = 0; c < C; ++c) ss += xr[c] * xr[c];
+    const T r = T(1) / std::sqrt(ss / T(C) + eps);
+    rstd[n] = r;
+    for (int64_t c = 0; c < C; ++c) y[n * C + c] = xr[c] * r * w[c];
+  }
+}
+
+template <class T>
+void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
+                 bool accumulate) {
+  // y = x r w, r = (mean(x^2) + eps)^-1/2: dx = r (dy w) - x r^3 / C * sum(dy w x)
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T *xr = x + n * C, *g = dy + n * C;
+    const T r = rstd[n];
+    T s = 0;
+    for (int64_t c = 0; c < C; ++c) s += g[c] * w[c] * xr[c];
+    const T k = s * r * r * r / T(C);
+    T* o = dx + n * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T v = r * g[c] * w[c] - k * xr[c];
+      o[c] = accumulate ? o[c] + v : v;
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    T s = 0;
+    for (int64_t n = 0; n < N; ++n) s += dy[n * C + c] * x[n * C + c] * rstd[n];
+    dw[c] += s;
+  }
+}
+
+template <class T>
+void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, T eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xr = x + n * C;
+    T m = 0;
+    for (int64_t c = 0; c < C; ++c) m += xr[c];
+    m /= T(C);
+    T v = 0;
+    for (int64_t c = 0; c < C; ++c) v += (xr[c] - m) * (xr[c] - m);
+    const T r = T(1) / std::sqrt(v / T(C) + eps);
+    mean[n] = m, rstd[n] = r;
+    for (int64_t c = 0; c < C; ++c) y[n * C + c] = (xr[c] - m) * r * w[c] + b[c];
+  }
+}
+
+template <class T>
+void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* mean, const T* rstd,
+                   int64_t N, int64_t C, bool accumulate) {
+  // xh = (x - m) r; dxh = dy w; dx = r (dxh - mean(dxh) - xh mean(dxh xh))
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T *xr = x + n * C, *g = dy + n * C;
+    const T m = mean[n], r = rstd[n];
+    T s1 = 0, s2 = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const T d = g[c] * w[c];
+      s1 += d;
+      s2 += d * (xr[c] - m) * r;
+    }
+    s1 /= T(C), s2 /= T(C);
+    T* o = dx + n * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T v = r * (g[c] * w[c] - s1 - (xr[c] - m) * r * s2);
+      o[c] = accumulate ? o[c] + v : v;
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    T sw = 0, sb = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      sw += dy[n * C + c] * (x[n * C + c] - mean[n]) * rstd[n];
+      sb += dy[n * C + c];
+    }
+    dw[c] += sw, db[c] += sb;
+  }
+}
+
+template <class T>
+void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stride, const float* cos_t,
+          const float* sin_t, ops::RopeStyle style, bool inverse) {
+  const int64_t half = hd / 2;
+  const T sgn = inverse ? T(-1) : T(1);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* cr = cos_t + (n % T_) * half;
+    const float* sr = sin_t + (n % T_) * half;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      T* v = x + n * stride + h * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        const int64_t a = style == ops::RopeStyle::Interleaved ? 2 * i : i;
+        const int64_t b = style == ops::RopeStyle::Interleaved ? 2 * i + 1 : i + half;
+        const T c = T(cr[i]), s = sgn * T(sr[i]);
+        const T x0 = v[a], x1 = v[b];
+        v[a] = x0 * c - x1 * s;
+        v[b] = x0 * s + x1 * c;
+      }
+    }
+  }
+}
+
+template <class T>
+void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s) {
+  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd;
+  const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.n_heads; ++h) {
+      const int64_t kh = h / grp;
+      for (int64_t i = 0; i < Tn; ++i) {
+        const T* qi = q + (b * Tn + i) * s.q_stride + h * hd;
+        T* p = P + ((b * s.n_heads + h) * Tn + i) * Tn;  // (i+1) scores
+        T mx = -INFINITY;
+        for (int64_t j = 0; j <= i; ++j) {
+          const T* kj = k + (b * Tn + j) * s.kv_stride + kh * hd;
+          T d = 0;
+          for (int64_t e = 0; e < hd; ++e) d += qi[e] * kj[e];
+          d *= scale;
+          if (cap > 0) d = cap * std::tanh(d / cap);
+          p[j] = d;
+          mx = std::max(mx, d);
+        }
+        T sum = 0;
+        for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        const T inv = T(1) / sum;
+        T* o = out + (b * Tn + i) * od + h * hd;
+        for (int64_t e = 0; e < hd; ++e) o[e] = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          p[j] *= inv;
+          const T* vj = v + (b * Tn + j) * s.kv_stride + kh * hd;
+          for (int64_t e = 0; e < hd; ++e) o[e] += p[j] * vj[e];
+        }
+      }
+    }
+}
+
+template <class T>
+void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, const T* k, const T* v,
+                   const AttnShape& s) {
+  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd;
+  const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
+  // One task per (batch, kv head): it owns dk/dv of that head, and dq of its query heads.
+#pragma omp parallel
+  {
+    std::vector<T> ds(static_cast<size_t>(Tn));
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t kh = 0; kh < s.n_kv_heads; ++kh) {
+        for (int64_t j = 0; j < Tn; ++j)
+          for (int64_t e = 0; e < hd; ++e) {
+            dk[(b * Tn + j) * s.kv_stride + kh * hd + e] = 0;
+            dv[(b * Tn + j) * s.kv_stride + kh * hd + e] = 0;
+          }
+        for (int64_t h = kh * grp; h < (kh + 1) * grp; ++h)
+          for (int64_t i = 0; i < Tn; ++i) {
+            const T* p = P + ((b * s.n_heads + h) * Tn + i) * Tn;
+            const T* go = dout + (b * Tn + i) * od + h * hd;
+            const T* qi = q + (b * Tn + i) * s.q_stride + h * hd;
+            T dot_sum = 0;
+            for (int64_t j = 0; j <= i; ++j) {
+              const T* vj = v + (b * Tn + j) * s.kv_stride + kh * hd;
+              T* dvj = dv + (b * Tn + j) * s.kv_stride + kh * hd;
+              T d = 0;
+              for (int64_t e = 0; e < hd; ++e) {
+                d += go[e] * vj[e];
+                dvj[e] += p[j] * go[e];
+              }
+              ds[size_t(j)] = d;
+              dot_sum += p[j] * d;
+            }
+            T* dqi = dq + (b * Tn + i) * s.q_stride + h * hd;
+            for (int64_t e = 0; e < hd; ++e) dqi[e] = 0;
+            for (int64_t j = 0; j <= i; ++j) {
+              T g = p[j] * (ds[size_t(j)] - dot_sum);  // d loss / d (capped) score
+              const T* kj = k + (b * Tn + j) * s.kv_stride + kh * hd;
+              if (cap > 0) {
+                T raw = 0;
+                for (int64_t e = 0; e < hd; ++e) raw += qi[e] * kj[e];
+                const T t = std::tanh(raw * scale / cap);
+                g *= T(1) - t * t;
+              }
+              g *= scale;
+              T* dkj = dk + (b * Tn + j) * s.kv_stride + kh * hd;
+              for (int64_t e = 0; e < hd; ++e) {
+                dqi[e] += g * kj[e];
+                dkj[e] += g * qi[e];
+              }
+            }
+          }
+      }
+  }
+}
+
+template <class T>
+void swiglu_fwd(T* h, const T* g, const T* u, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) h[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+}
+
+template <class T>
+void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T sg = T(1) / (T(1) + std::exp(-g[i]));
+    const T silu = g[i] * sg;
+    du[i] = dh[i] * silu;
+    dg[i] = dh[i] * u[i] * sg * (T(1) + g[i] * (T(1) - sg));
+  }
+}
+
+template <class T>
+void gelu_fwd(T* y, const T* x, int64_t n) {
+  const T c = std::sqrt(T(2) / T(M_PI));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    y[i] = T(0.5) * v * (T(1) + std::tanh(c * (v + T(0.044715) * v * v * v)));
+  }
+}
+
+template <class T>
+void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n) {
+  const T c = std::sqrt(T(2) / T(M_PI));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    const T t = std::tanh(c * (v + T(0.044715) * v * v * v));
+    const T dt = (T(1) - t * t) * c * (T(1) + T(3 * 0.044715) * v * v);
+    dx[i] = dy[i] * T(0.5) * ((T(1) + t) + v * dt);
+  }
+}
+
+template <class T>
+void add(T* y, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+template <class T>
+CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, const CeOptions& o) {
+  std::vector<double> nll(size_t(N), 0.0), zz(size_t(N), 0.0);
+  const T cap = T(o.softcap), alpha = T(o.z_loss), scale = T(o.scale);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    T* z = logits + n * V;
+    const int32_t t = targets[n];
+    if (t < 0) {
+      for (int64_t v = 0; v < V; ++v) z[v] = 0;
+      continue;
+    }
+    if (cap > 0)
+      for (int64_t v = 0; v < V; ++v) z[v] = cap * std::tanh(z[v] / cap);
+    T mx = z[0];
+    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, z[v]);
+    T sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
+    const T lse = mx + std::log(sum);
+    nll[size_t(n)] = double(lse - z[t]);
+    zz[size_t(n)] = double(lse) * double(lse);
+    // d/dz [lse - z_t + alpha lse^2] = softmax (1 + 2 alpha lse) - onehot
+    const T k = T(1) + T(2) * alpha * lse;
+    for (int64_t v = 0; v < V; ++v) {
+      const T zc = z[v];
+      T g = std::exp(zc - lse) * k - (v == t ? T(1) : T(0));
+      if (cap > 0) g *= T(1) - (zc / cap) * (zc / cap);
+      z[v] = g * scale;
+    }
+  }
+  CeResult r;
+  for (int64_t n = 0; n < N; ++n)
+    if (targets[n] >= 0) r.loss_sum += nll[size_t(n)], r.z_sum += zz[size_t(n)], ++r.count;
+  return r;
+}
+
+#define TESSERA_BLOCKS(T)                                                                                         \
+  template void linear_fwd<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);                      \
+  template void linear_bwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, bool);         \
+  template void embed_fwd<T>(T*, const T*, const T*, const int32_t*, int64_t, int64_t, int64_t);                 \
+  template void embed_bwd<T>(T*, T*, const T*, const int32_t*, int64_t, int64_t, int64_t);                       \
+  template void rmsnorm_fwd<T>(T*, T*, const T*, const T*, int64_t, int64_t, T);                                 \
+  template void rmsnorm_bwd<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, bool);          \
+  template void layernorm_fwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, T);                 \
+  template void layernorm_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, \
+                                 bool);                                                                          \
+  template void rope<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*,             \
+                        ops::RopeStyle, bool);                                                                   \
+  template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&);                        \
+  template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttnShape&); \
+  template void swiglu_fwd<T>(T*, const T*, const T*, int64_t);                                                  \
+  template void swiglu_bwd<T>(T*, T*, const T*, const T*, const T*, int64_t);                                    \
+  template void gelu_fwd<T>(T*, const T*, int64_t);                                                              \
+  template void gelu_bwd<T>(T*, const T*, const T*, int64_t);                                                    \
+  template void add<T>(T*, const T*, int64_t);                                                                   \
+  template CeResult cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, const CeOptions&);
+
+TESSERA_BLOCKS(float)
+TESSERA_BLOCKS(double)
+
+}  // namespace tessera::train::blk

@@ -1,0 +1,102 @@
+// Forward and backward of every training block, written once for float
+// (production) and double (the finite-difference tests). Row-major buffers;
+// N is the number of token rows (batch * sequence). Backward functions
+// accumulate (+=) into parameter gradients and, unless said otherwise, write
+// (=) the input gradient.
+#pragma once
+#include <cstdint>
+
+#include "kernels/ops.h"
+
+namespace tessera::train::blk {
+
+// C(M, N) = alpha * op(A) op(B) + beta * C through OpenBLAS (s/d gemm), row-major.
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc);
+
+// Y(N, O) = X(N, I) W(O, I)^T (+ b(O))
+template <class T>
+void linear_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
+// dX(N, I) (= or += when accumulate) dY W;  dW(O, I) += dY^T X;  db(O) += colsum(dY). dX/db may be null.
+template <class T>
+void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
+                bool accumulate);
+
+// x(N, C) = E[tok] (+ P[t % T])   (P: GPT-2 learned positions, may be null)
+template <class T>
+void embed_fwd(T* x, const T* E, const T* P, const int32_t* tok, int64_t N, int64_t T_, int64_t C);
+// dE[tok] += dx; dP[t] += dx. Deterministic: parallel over columns.
+template <class T>
+void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t T_, int64_t C);
+
+// y(N, C) = x / rms(x) * w; saves rstd(N)
+template <class T>
+void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps);
+// dx (= or +=) ; dw += (per column, rows summed in order)
+template <class T>
+void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
+                 bool accumulate);
+
+// y(N, C) = (x - mean) * rstd * w + b; saves mean(N), rstd(N)
+template <class T>
+void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, T eps);
+template <class T>
+void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* mean, const T* rstd,
+                   int64_t N, int64_t C, bool accumulate);
+
+// Rotates every head of x(N, stride) (heads n_heads x hd at the start of each
+// row) by the angles of position (row % T_); inverse = true applies the
+// transpose (the backward of rope). cos/sin: (T_, hd / 2) tables.
+template <class T>
+void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stride, const float* cos_t,
+          const float* sin_t, ops::RopeStyle style, bool inverse);
+
+struct AttnShape {
+  int64_t B, T, n_heads, n_kv_heads, hd;
+  int64_t q_stride, kv_stride;  // row strides of q and of k/v (elements)
+  float softcap = 0.f;          // scores -> cap * tanh(scores / cap) when > 0
+};
+// Causal GQA attention. q (B*T, q_stride) head h at column h*hd; k, v (B*T,
+// kv_stride). out (B*T, n_heads*hd). Saves probabilities P (B, n_heads, T, T)
+// (upper triangle unused).
+template <class T>
+void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s);
+// dq, dk, dv written (=), same layouts as q, k, v.
+template <class T>
+void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, const T* k, const T* v,
+                   const AttnShape& s);
+
+// h(n) = silu(g) * u
+template <class T>
+void swiglu_fwd(T* h, const T* g, const T* u, int64_t n);
+template <class T>
+void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n);
+
+// y(n) = gelu_tanh(x)
+template <class T>
+void gelu_fwd(T* y, const T* x, int64_t n);
+template <class T>
+void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n);
+
+// y(n) += x(n)
+template <class T>
+void add(T* y, const T* x, int64_t n);
+
+struct CeOptions {
+  float z_loss = 0.f;   // alpha * log(Z)^2 per token
+  float softcap = 0.f;  // logits -> cap * tanh(logits / cap) when > 0
+  float scale = 1.f;    // multiplies the gradient (1 / number of target tokens)
+};
+struct CeResult {
+  double loss_sum = 0;  // sum of -log p(target) over rows with target >= 0
+  double z_sum = 0;     // sum of log(Z)^2 over the same rows
+  int64_t count = 0;
+};
+// Cross-entropy fused with the softmax, in place over logits(N, V): returns the
+// sums and replaces the row by d(total)/d(logits) * scale, where total =
+// sum(nll + z_loss * logZ^2). Rows with target < 0 get zero gradient.
+template <class T>
+CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, const CeOptions& o);
+
+}  // namespace tessera::train::blk

@@ -1,0 +1,95 @@
+#include "train/optim.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace tessera::train {
+
+std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg) {
+  std::vector<uint8_t> m(L.total, 0);
+  for (const auto& t : L.tensors) {
+    const bool d = t.embedding ? cfg.decay_embeddings : (t.matrix || cfg.decay_norms);
+    for (size_t i = 0; i < t.numel; ++i) m[t.offset + i] = d;
+  }
+  return m;
+}
+
+template <class T>
+void adamw_step(T* p, const T* g, T* m, T* v, const uint8_t* mask, size_t n, int64_t t, float lr,
+                const AdamWConfig& cfg) {
+  const T b1 = T(cfg.beta1), b2 = T(cfg.beta2), eps = T(cfg.eps), a = T(lr);
+  const T c1 = T(1) / (T(1) - std::pow(b1, T(t))), c2 = T(1) / (T(1) - std::pow(b2, T(t)));
+  const T decay = T(1) - a * T(cfg.weight_decay);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) {
+    if (mask[i]) p[i] *= decay;
+    m[i] = b1 * m[i] + (T(1) - b1) * g[i];
+    v[i] = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
+    p[i] -= a * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
+  }
+}
+
+template <class T>
+double grad_norm(const T* g, size_t n) {
+  constexpr size_t kBlock = 1 << 16;
+  const size_t nb = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(nb, 0.0);
+#pragma omp parallel for schedule(static)
+  for (size_t b = 0; b < nb; ++b) {
+    double s = 0;
+    for (size_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += double(g[i]) * double(g[i]);
+    part[b] = s;
+  }
+  double s = 0;
+  for (double x : part) s += x;
+  return std::sqrt(s);
+}
+
+template <class T>
+void scale(T* g, size_t n, T s) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) g[i] *= s;
+}
+
+template void adamw_step<float>(float*, const float*, float*, float*, const uint8_t*, size_t, int64_t, float,
+                                const AdamWConfig&);
+template void adamw_step<double>(double*, const double*, double*, double*, const uint8_t*, size_t, int64_t, float,
+                                 const AdamWConfig&);
+template double grad_norm<float>(const float*, size_t);
+template double grad_norm<double>(const double*, size_t);
+template void scale<float>(float*, size_t, float);
+template void scale<double>(double*, size_t, double);
+
+float Schedule::at(int64_t step) const {
+  if (warmup > 0 && step < warmup) return lr * float(step + 1) / float(warmup);
+  if (kind == Constant) return lr;
+  const double s = double(step - warmup);
+  double frac;  // position in the current cosine period, 0..1
+  if (kind == Cosine) {
+    const double span = double(std::max<int64_t>(1, total - warmup));
+    frac = std::min(1.0, s / span);
+  } else {
+    double len = double(period), start = 0;
+    while (s >= start + len) start += len, len *= period_mult;
+    frac = (s - start) / len;
+  }
+  return float(min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * frac)));
+}
+
+void Schedule::validate() const {
+  if (!(lr > 0.f)) fail("--lr must be positive, got ", lr);
+  if (min_lr < 0.f || min_lr > lr) fail("--min-lr must be in [0, lr], got ", min_lr);
+  if (warmup < 0) fail("--warmup must be >= 0, got ", warmup);
+  if (kind == CosineRestarts && period <= 0) fail("--sgdr-period must be positive, got ", period);
+  if (kind == CosineRestarts && !(period_mult >= 1.f)) fail("--sgdr-mult must be >= 1, got ", period_mult);
+}
+
+Schedule::Kind parse_schedule_kind(const std::string& s) {
+  if (s == "constant") return Schedule::Constant;
+  if (s == "cosine") return Schedule::Cosine;
+  if (s == "sgdr" || s == "cosine-restarts") return Schedule::CosineRestarts;
+  fail("unknown schedule '", s, "' (known: constant, cosine, sgdr)");
+}
+
+}  // namespace tessera::train

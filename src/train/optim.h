@@ -1,0 +1,48 @@
+// AdamW with decoupled weight decay, gradient-norm clipping and learning-rate
+// schedules. Operates on the flat parameter layout (train/params.h).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "train/params.h"
+
+namespace tessera::train {
+
+struct AdamWConfig {
+  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+  float weight_decay = 0.1f;
+  bool decay_embeddings = false;  // token / position embeddings (and a tied classifier)
+  bool decay_norms = false;       // norm gains and biases
+};
+
+// Per-element decay mask (1 = decayed) for the layout under cfg.
+std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg);
+
+// One AdamW step (PyTorch's torch.optim.AdamW semantics) at step t (1-based):
+//   p *= 1 - lr * wd * mask;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+template <class T>
+void adamw_step(T* p, const T* g, T* m, T* v, const uint8_t* mask, size_t n, int64_t t, float lr,
+                const AdamWConfig& cfg);
+
+// L2 norm of g(n) in double, summed in fixed blocks (deterministic for any thread count).
+template <class T>
+double grad_norm(const T* g, size_t n);
+// g *= s
+template <class T>
+void scale(T* g, size_t n, T s);
+
+struct Schedule {
+  enum Kind { Constant, Cosine, CosineRestarts } kind = Cosine;
+  float lr = 3e-4f, min_lr = 3e-5f;
+  int64_t warmup = 0;       // linear warmup steps from lr / warmup to lr
+  int64_t total = 1000;     // Cosine: decays to min_lr at this step
+  int64_t period = 1000;    // CosineRestarts (SGDR): first period after warmup
+  float period_mult = 1.f;  // each period is this much longer than the last
+  float at(int64_t step) const;  // step is 0-based
+  void validate() const;         // Error naming the field
+};
+Schedule::Kind parse_schedule_kind(const std::string& s);  // "constant", "cosine", "sgdr"
+
+}  // namespace tessera::train

@@ -1,0 +1,184 @@
+#include "train/params.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/kernels.h"
+
+namespace tessera::train {
+
+Layout::Layout(const ModelConfig& c) : cfg(c) {
+  c.validate("model config");
+  if (c.arch == Arch::Llama && c.head_dim * c.n_heads != c.q_dim()) fail("model config: bad head_dim");
+  const int64_t C = c.dim, H = c.hidden_dim, V = c.vocab_size;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool emb = false) {
+    ParamInfo p;
+    p.name = name;
+    p.shape = std::move(shape);
+    p.numel = 1;
+    for (int64_t s : p.shape) p.numel *= size_t(s);
+    p.offset = total;
+    p.matrix = p.shape.size() == 2 && !emb;
+    p.embedding = emb;
+    total += p.numel;
+    tensors.push_back(p);
+    return p.offset;
+  };
+  auto blk = [](int64_t l, const char* role) { return "blk." + std::to_string(l) + "." + role; };
+  tok_embd = add("token_embd.weight", {V, C}, true);
+  if (c.arch == Arch::GPT2) pos_embd = add("position_embd.weight", {c.max_seq_len, C}, true);
+  layers.resize(size_t(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    auto& L = layers[size_t(l)];
+    L.attn_norm = add(blk(l, "attn_norm.weight"), {C});
+    if (c.arch == Arch::Llama) {
+      L.wq = add(blk(l, "attn_q.weight"), {c.q_dim(), C});
+      L.wk = add(blk(l, "attn_k.weight"), {c.kv_dim(), C});
+      L.wv = add(blk(l, "attn_v.weight"), {c.kv_dim(), C});
+      if (c.qkv_bias) {
+        L.bq = add(blk(l, "attn_q.bias"), {c.q_dim()});
+        L.bk = add(blk(l, "attn_k.bias"), {c.kv_dim()});
+        L.bv = add(blk(l, "attn_v.bias"), {c.kv_dim()});
+      }
+      L.wo = add(blk(l, "attn_output.weight"), {C, c.q_dim()});
+      L.ffn_norm = add(blk(l, "ffn_norm.weight"), {C});
+      L.w_gate = add(blk(l, "ffn_gate.weight"), {H, C});
+      L.w_up = add(blk(l, "ffn_up.weight"), {H, C});
+      L.w_down = add(blk(l, "ffn_down.weight"), {C, H});
+    } else {
+      L.attn_norm_b = add(blk(l, "attn_norm.bias"), {C});
+      L.wqkv = add(blk(l, "attn_qkv.weight"), {3 * C, C});
+      L.bqkv = add(blk(l, "attn_qkv.bias"), {3 * C});
+      L.wo = add(blk(l, "attn_output.weight"), {C, C});
+      L.bo = add(blk(l, "attn_output.bias"), {C});
+      L.ffn_norm = add(blk(l, "ffn_norm.weight"), {C});
+      L.ffn_norm_b = add(blk(l, "ffn_norm.bias"), {C});
+      L.w_up = add(blk(l, "ffn_up.weight"), {H, C});
+      L.b_up = add(blk(l, "ffn_up.bias"), {H});
+      L.w_down = add(blk(l, "ffn_down.weight"), {C, H});
+      L.b_down = add(blk(l, "ffn_down.bias"), {C});
+    }
+  }
+  out_norm = add("output_norm.weight", {C});
+  if (c.arch == Arch::GPT2) out_norm_b = add("output_norm.bias", {C});
+  output = c.tied_embeddings ? tok_embd : add("output.weight", {V, C});
+}
+
+const ParamInfo* Layout::find(const std::string& name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+namespace {
+inline uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+inline double uniform01(uint64_t& s) { return (double((s = mix(s)) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+bool ends_with(const std::string& s, const char* suf) {
+  const std::string t(suf);
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+}  // namespace
+
+void init_params(const Layout& L, float* p, uint64_t seed) {
+  const double resid = 0.02 / std::sqrt(2.0 * double(L.cfg.n_layers));
+  uint64_t tensor_seed = mix(seed);
+  for (const auto& t : L.tensors) {
+    tensor_seed = mix(tensor_seed);
+    float* d = p + t.offset;
+    if (!t.matrix && !t.embedding) {
+      const float v = ends_with(t.name, ".bias") ? 0.f : 1.f;
+      for (size_t i = 0; i < t.numel; ++i) d[i] = v;
+      continue;
+    }
+    const bool is_resid = ends_with(t.name, "attn_output.weight") || ends_with(t.name, "ffn_down.weight");
+    const double sd = is_resid ? resid : 0.02;
+    uint64_t s = tensor_seed;
+    for (size_t i = 0; i < t.numel; i += 2) {  // Box-Muller: two normals per pair of uniforms
+      const double u1 = uniform01(s), u2 = uniform01(s);
+      const double r = std::sqrt(-2.0 * std::log(u1));
+      d[i] = float(sd * r * std::cos(2 * M_PI * u2));
+      if (i + 1 < t.numel) d[i + 1] = float(sd * r * std::sin(2 * M_PI * u2));
+    }
+  }
+}
+
+namespace {
+const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& t) {
+  if (t.offset == L.tok_embd) return &w.tok_embd;
+  if (t.offset == L.pos_embd) return &w.pos_embd;
+  if (t.offset == L.out_norm) return &w.out_norm;
+  if (t.offset == L.out_norm_b) return &w.out_norm_b;
+  if (t.offset == L.output) return &w.output;
+  for (size_t l = 0; l < L.layers.size(); ++l) {
+    const auto& o = L.layers[l];
+    const auto& W = w.layers[l];
+    const std::pair<size_t, const TensorView*> slots[] = {
+        {o.attn_norm, &W.attn_norm}, {o.attn_norm_b, &W.attn_norm_b}, {o.wq, &W.wq}, {o.wk, &W.wk},
+        {o.wv, &W.wv}, {o.bq, &W.bq}, {o.bk, &W.bk}, {o.bv, &W.bv}, {o.wqkv, &W.wqkv}, {o.bqkv, &W.bqkv},
+        {o.wo, &W.wo}, {o.bo, &W.bo}, {o.ffn_norm, &W.ffn_norm}, {o.ffn_norm_b, &W.ffn_norm_b},
+        {o.w_gate, &W.w_gate}, {o.w_up, &W.w_up}, {o.w_down, &W.w_down}, {o.b_up, &W.b_up},
+        {o.b_down, &W.b_down}};
+    for (const auto& [off, tv] : slots)
+      if (off == t.offset) return tv;
+  }
+  return nullptr;
+}
+}  // namespace
+
+void params_from_weights(const Layout& L, const Weights& w, float* p) {
+  if (int64_t(w.layers.size()) != L.cfg.n_layers)
+    fail("initial model has ", w.layers.size(), " layers, config says ", L.cfg.n_layers);
+  for (const auto& t : L.tensors) {
+    const TensorView* v = tensor_of(w, L, t);
+    if (!v || v->empty()) fail("initial model has no tensor ", t.name);
+    if (size_t(v->numel()) != t.numel || v->cols() != t.shape.back())
+      fail("initial model tensor ", t.name, " has shape ", shape_str(*v), ", training layout needs ", t.numel,
+           " elements in rows of ", t.shape.back());
+    const int64_t cols = v->cols();
+    for (int64_t r = 0; r < v->rows(); ++r) dequantize_row(*v, r, p + t.offset + size_t(r * cols));
+  }
+}
+
+Weights weights_view(const Layout& L, const float* p) {
+  Weights w;
+  w.cfg = L.cfg;
+  auto view = [&](size_t off) {
+    TensorView v;
+    if (off == kAbsent) return v;
+    for (const auto& t : L.tensors)
+      if (t.offset == off) {
+        v.dtype = DType::F32;
+        v.data = p + off;
+        v.ndim = int(t.shape.size());
+        for (size_t i = 0; i < t.shape.size(); ++i) v.shape[i] = t.shape[i];
+      }
+    return v;
+  };
+  w.tok_embd = view(L.tok_embd);
+  w.pos_embd = view(L.pos_embd);
+  w.out_norm = view(L.out_norm);
+  w.out_norm_b = view(L.out_norm_b);
+  w.output = view(L.output);
+  w.layers.resize(L.layers.size());
+  for (size_t l = 0; l < L.layers.size(); ++l) {
+    const auto& o = L.layers[l];
+    auto& W = w.layers[l];
+    W.attn_norm = view(o.attn_norm), W.attn_norm_b = view(o.attn_norm_b);
+    W.wq = view(o.wq), W.wk = view(o.wk), W.wv = view(o.wv);
+    W.bq = view(o.bq), W.bk = view(o.bk), W.bv = view(o.bv);
+    W.wqkv = view(o.wqkv), W.bqkv = view(o.bqkv);
+    W.wo = view(o.wo), W.bo = view(o.bo);
+    W.ffn_norm = view(o.ffn_norm), W.ffn_norm_b = view(o.ffn_norm_b);
+    W.w_gate = view(o.w_gate), W.w_up = view(o.w_up), W.w_down = view(o.w_down);
+    W.b_up = view(o.b_up), W.b_down = view(o.b_down);
+  }
+  w.validate_shapes("training parameters");
+  return w;
+}
+
+}  // namespace tessera::train

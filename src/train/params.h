@@ -1,0 +1,59 @@
+// Trainable parameters: every tensor of a model laid out in one flat buffer,
+// so parameters, gradients and optimizer moments share one layout and the
+// optimizer runs over plain arrays. Tensor roles use GGUF's names
+// ("attn_q.weight" in layer l is blk.l.attn_q.weight).
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace tessera::train {
+
+constexpr size_t kAbsent = std::numeric_limits<size_t>::max();
+
+struct ParamInfo {
+  std::string name;            // GGUF tensor name, e.g. "blk.0.attn_q.weight"
+  std::vector<int64_t> shape;  // outermost first
+  size_t offset = 0, numel = 0;
+  bool matrix = false;         // 2-D weight (decayed by default); else norm gain / bias
+  bool embedding = false;      // token / position embedding
+};
+
+struct LayerOffsets {
+  size_t attn_norm = kAbsent, attn_norm_b = kAbsent;
+  size_t wq = kAbsent, wk = kAbsent, wv = kAbsent, bq = kAbsent, bk = kAbsent, bv = kAbsent;
+  size_t wqkv = kAbsent, bqkv = kAbsent;  // GPT-2
+  size_t wo = kAbsent, bo = kAbsent;
+  size_t ffn_norm = kAbsent, ffn_norm_b = kAbsent;
+  size_t w_gate = kAbsent, w_up = kAbsent, w_down = kAbsent, b_up = kAbsent, b_down = kAbsent;
+};
+
+struct Layout {
+  ModelConfig cfg;
+  size_t tok_embd = kAbsent, pos_embd = kAbsent, out_norm = kAbsent, out_norm_b = kAbsent;
+  size_t output = kAbsent;  // == tok_embd when tied
+  std::vector<LayerOffsets> layers;
+  std::vector<ParamInfo> tensors;
+  size_t total = 0;  // elements
+
+  explicit Layout(const ModelConfig& cfg);  // validates cfg (Error naming the field)
+  const ParamInfo* find(const std::string& name) const;
+};
+
+// Deterministic initialisation from a seed: matrices and embeddings normal(0,
+// 0.02), the residual projections (attn_output, ffn_down) scaled by
+// 1/sqrt(2 * n_layers) (GPT-2's scheme), norm gains 1, biases 0.
+void init_params(const Layout& L, float* p, uint64_t seed);
+
+// Copies (dequantizing) every tensor of w into p; w's config must give L.
+// Throws Error naming the tensor on a shape mismatch.
+void params_from_weights(const Layout& L, const Weights& w, float* p);
+
+// f32 Weights viewing p (no copy): feeds the inference Model and the GGUF /
+// safetensors writers. p must outlive the result.
+Weights weights_view(const Layout& L, const float* p);
+
+}  // namespace tessera::train

@@ -1,0 +1,229 @@
+#include "train/transformer.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace tessera::train {
+
+template <class T>
+Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelOptions& o)
+    : L_(L), c_(L.cfg), o_(o), B_(B), T_(T_), N_(B * T_) {
+  if (B <= 0 || T_ <= 0) fail("training batch must be positive, got batch ", B, " x seq ", T_);
+  if (T_ > c_.max_seq_len) fail("sequence length ", T_, " exceeds the model's context (max_seq_len ", c_.max_seq_len, ")");
+  if (o_.logit_rows <= 0) o_.logit_rows = 256;
+  const int64_t N = N_, C = c_.dim, H = c_.hidden_dim, V = c_.vocab_size;
+  const bool gpt2 = c_.arch == Arch::GPT2;
+  const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.kv_dim();
+  const int64_t qbuf = gpt2 ? 3 * C : qd, kbuf = gpt2 ? 0 : kvd;
+  const int64_t per_layer = N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ * T_ + N * qd +
+                            N * H * 3;
+  const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
+  const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
+  const int64_t total = per_layer * n_stored + N * C * (c_.n_layers + 1) + N * C + 2 * N + o_.logit_rows * V + grads;
+  acts_.assign(size_t(total), T(0));
+  T* cur = acts_.data();
+  auto take = [&](int64_t n) {
+    T* r = cur;
+    cur += n;
+    return r;
+  };
+  auto plan = [&](LayerActs& a) {
+    a.xn1 = take(N * C), a.m1 = take(N), a.r1 = take(N);
+    a.q = take(N * qbuf);
+    if (gpt2) {
+      a.k = a.q + C, a.v = a.q + 2 * C;
+    } else {
+      a.k = take(N * kbuf), a.v = take(N * kbuf);
+    }
+    a.P = take(B * c_.n_heads * T_ * T_), a.att = take(N * qd), a.x_mid = take(N * C);
+    a.xn2 = take(N * C), a.m2 = take(N), a.r2 = take(N);
+    a.g = take(N * H), a.u = take(N * H), a.h = take(N * H);
+  };
+  if (o_.recompute) {
+    plan(work_);
+  } else {
+    layers_.resize(size_t(c_.n_layers));
+    for (auto& a : layers_) plan(a);
+  }
+  x_in_.resize(size_t(c_.n_layers + 1));
+  for (auto& x : x_in_) x = take(N * C);
+  if (!o_.recompute)
+    for (int64_t l = 0; l < c_.n_layers; ++l) layers_[size_t(l)].x_in = x_in_[size_t(l)];
+  xf_ = take(N * C), mf_ = take(N), rf_ = take(N), logits_ = take(o_.logit_rows * V);
+  dx_ = take(N * C), dxn_ = take(N * C), dxf_ = take(N * C);
+  dq_ = take(N * qbuf);
+  if (gpt2) {
+    dk_ = dq_ + C, dv_ = dq_ + 2 * C;
+  } else {
+    dk_ = take(N * kbuf), dv_ = take(N * kbuf);
+  }
+  datt_ = take(N * qd), dg_ = take(N * H), du_ = take(N * H), dh_ = take(N * H);
+  if (cur > acts_.data() + acts_.size()) fail("internal: training arena overflow");
+  if (!gpt2) {
+    const int64_t half = c_.head_dim / 2;
+    cos_.resize(size_t(T_ * half)), sin_.resize(size_t(T_ * half));
+    ops::rope_tables(cos_.data(), sin_.data(), T_, c_.head_dim, c_.rope_theta);
+  }
+}
+
+template <class T>
+blk::AttnShape Transformer<T>::attn_shape() const {
+  blk::AttnShape s;
+  s.B = B_, s.T = T_, s.n_heads = c_.n_heads, s.n_kv_heads = c_.n_kv_heads, s.hd = c_.head_dim;
+  if (c_.arch == Arch::GPT2) {
+    s.q_stride = s.kv_stride = 3 * c_.dim;
+  } else {
+    s.q_stride = c_.q_dim(), s.kv_stride = c_.kv_dim();
+  }
+  s.softcap = o_.attn_softcap;
+  return s;
+}
+
+template <class T>
+void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
+  const auto& o = L_.layers[size_t(l)];
+  const int64_t N = N_, C = c_.dim, H = c_.hidden_dim;
+  const T eps = T(c_.norm_eps);
+  auto P = [&](size_t off) { return off == kAbsent ? nullptr : p + off; };
+  const T* x = a.x_in;
+  if (c_.arch == Arch::Llama) {
+    const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
+    blk::rmsnorm_fwd(a.xn1, a.r1, x, P(o.attn_norm), N, C, eps);
+    blk::linear_fwd(a.q, a.xn1, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
+    blk::linear_fwd(a.k, a.xn1, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
+    blk::linear_fwd(a.v, a.xn1, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
+    blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
+    blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
+    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());  // (N, qd)
+    blk::linear_fwd(a.x_mid, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
+    blk::add(a.x_mid, x, N * C);
+    blk::rmsnorm_fwd(a.xn2, a.r2, a.x_mid, P(o.ffn_norm), N, C, eps);
+    blk::linear_fwd(a.g, a.xn2, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
+    blk::linear_fwd(a.u, a.xn2, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
+    blk::swiglu_fwd(a.h, a.g, a.u, N * H);
+    blk::linear_fwd(x_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
+  } else {
+    blk::layernorm_fwd(a.xn1, a.m1, a.r1, x, P(o.attn_norm), P(o.attn_norm_b), N, C, eps);
+    blk::linear_fwd(a.q, a.xn1, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
+    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());
+    blk::linear_fwd(a.x_mid, a.att, P(o.wo), P(o.bo), N, C, C);
+    blk::add(a.x_mid, x, N * C);
+    blk::layernorm_fwd(a.xn2, a.m2, a.r2, a.x_mid, P(o.ffn_norm), P(o.ffn_norm_b), N, C, eps);
+    blk::linear_fwd(a.g, a.xn2, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-GELU
+    blk::gelu_fwd(a.h, a.g, N * H);
+    blk::linear_fwd(x_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
+  }
+  blk::add(x_out, a.x_mid, N * C);
+}
+
+template <class T>
+void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx) {
+  const auto& o = L_.layers[size_t(l)];
+  const int64_t N = N_, C = c_.dim, H = c_.hidden_dim;
+  auto P = [&](size_t off) { return off == kAbsent ? nullptr : p + off; };
+  auto G = [&](size_t off) { return off == kAbsent ? nullptr : g + off; };
+  // dx holds d x_out; the residual passes it on to x_mid and x_in unchanged.
+  if (c_.arch == Arch::Llama) {
+    const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
+    blk::linear_bwd(dh_, G(o.w_down), (T*)nullptr, dx, a.h, P(o.w_down), N, H, C, false);
+    blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H);
+    blk::linear_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false);
+    blk::linear_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true);
+    blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true);  // dx = d x_mid
+    blk::linear_bwd(datt_, G(o.wo), (T*)nullptr, dx, a.att, P(o.wo), N, qd, C, false);
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape());
+    blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
+    blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
+    blk::linear_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false);
+    blk::linear_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true);
+    blk::linear_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true);
+    blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true);  // dx = d x_in
+  } else {
+    blk::linear_bwd(dh_, G(o.w_down), G(o.b_down), dx, a.h, P(o.w_down), N, H, C, false);
+    blk::gelu_bwd(dg_, dh_, a.g, N * H);
+    blk::linear_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false);
+    blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true);
+    blk::linear_bwd(datt_, G(o.wo), G(o.bo), dx, a.att, P(o.wo), N, C, C, false);
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape());
+    blk::linear_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false);
+    blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true);
+  }
+}
+
+template <class T>
+void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r) {
+  const int64_t N = N_, C = c_.dim, V = c_.vocab_size;
+  const T* xL = x_in_[size_t(c_.n_layers)];
+  if (c_.arch == Arch::Llama) {
+    blk::rmsnorm_fwd(xf_, rf_, xL, p + L_.out_norm, N, C, T(c_.norm_eps));
+  } else {
+    blk::layernorm_fwd(xf_, mf_, rf_, xL, p + L_.out_norm, p + L_.out_norm_b, N, C, T(c_.norm_eps));
+  }
+  blk::CeOptions ce;
+  ce.z_loss = o_.z_loss, ce.softcap = o_.final_softcap, ce.scale = scale;
+  // The logits exist for logit_rows rows at a time: forward, loss and its
+  // gradient in place, then the two backward products.
+  for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {
+    const int64_t n = std::min(o_.logit_rows, N - r0);
+    blk::linear_fwd(logits_, xf_ + r0 * C, p + L_.output, (const T*)nullptr, n, C, V);  // (n, V)
+    const blk::CeResult cr = blk::cross_entropy(logits_, targets + r0, n, V, ce);
+    r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.count += cr.count;
+    if (backward)
+      blk::linear_bwd(dxf_ + r0 * C, g + L_.output, (T*)nullptr, logits_, xf_ + r0 * C, p + L_.output, n, C, V, false);
+  }
+  if (!backward) return;
+  if (c_.arch == Arch::Llama) {
+    blk::rmsnorm_bwd(dx_, g + L_.out_norm, dxf_, xL, p + L_.out_norm, rf_, N, C, false);
+  } else {
+    blk::layernorm_bwd(dx_, g + L_.out_norm, g + L_.out_norm_b, dxf_, xL, p + L_.out_norm, mf_, rf_, N, C, false);
+  }
+}
+
+template <class T>
+blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const int32_t* targets) {
+  for (int64_t i = 0; i < N_; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c_.vocab_size) fail("token id ", tokens[i], " at position ", i, " out of range [0, ", c_.vocab_size, ")");
+  blk::embed_fwd(x_in_[0], p + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : p + L_.pos_embd, tokens, N_, T_,
+                 c_.dim);
+  for (int64_t l = 0; l < c_.n_layers; ++l) {
+    LayerActs& a = acts_for(l);
+    a.x_in = x_in_[size_t(l)];
+    layer_fwd(p, l, a, x_in_[size_t(l + 1)]);
+  }
+  blk::CeResult r;
+  head(p, nullptr, targets, 1.f, false, r);
+  return r;
+}
+
+template <class T>
+blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets,
+                                               float grad_scale) {
+  for (int64_t i = 0; i < N_; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c_.vocab_size) fail("token id ", tokens[i], " at position ", i, " out of range [0, ", c_.vocab_size, ")");
+  blk::embed_fwd(x_in_[0], p + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : p + L_.pos_embd, tokens, N_, T_,
+                 c_.dim);
+  for (int64_t l = 0; l < c_.n_layers; ++l) {
+    LayerActs& a = acts_for(l);
+    a.x_in = x_in_[size_t(l)];
+    layer_fwd(p, l, a, x_in_[size_t(l + 1)]);
+  }
+  blk::CeResult r;
+  head(p, g, targets, grad_scale, true, r);
+  for (int64_t l = c_.n_layers - 1; l >= 0; --l) {
+    LayerActs& a = acts_for(l);
+    if (o_.recompute) {  // rebuild this block's activations from its saved input
+      a.x_in = x_in_[size_t(l)];
+      layer_fwd(p, l, a, xf_);  // x_out is not needed again: write it over a scratch (N, C)
+    }
+    layer_bwd(p, g, l, a, dx_);
+  }
+  blk::embed_bwd(g + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : g + L_.pos_embd, dx_, tokens, N_, T_, c_.dim);
+  return r;
+}
+
+template class Transformer<float>;
+template class Transformer<double>;
+
+}  // namespace tessera::train

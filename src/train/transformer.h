@@ -1,0 +1,70 @@
+// The training forward and backward pass of a whole model (Llama or GPT-2
+// family) over a batch (B, T), from the blocks in train/blocks.h. All
+// activations and gradient buffers are allocated once in the constructor; a
+// step does not allocate (apart from small per-thread rows inside blocks).
+// T is the scalar type: float in production, double in the gradient tests.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "train/blocks.h"
+#include "train/params.h"
+
+namespace tessera::train {
+
+struct ModelOptions {
+  float z_loss = 0.f;         // alpha of alpha * log(Z)^2
+  float attn_softcap = 0.f;   // attention scores -> cap * tanh(s / cap) (0: off)
+  float final_softcap = 0.f;  // output logits -> cap * tanh(l / cap) (0: off)
+  bool recompute = false;     // keep only each block's input; recompute the block in backward
+  int64_t logit_rows = 256;   // rows of the (rows, V) logits buffer of the fused output + loss
+};
+
+template <class T>
+class Transformer {
+ public:
+  Transformer(const Layout& L, int64_t B, int64_t T_, const ModelOptions& o);
+
+  // Forward and backward over tokens (B, T) with targets (B, T) (target < 0:
+  // no loss at that position). Gradients are accumulated (+=) into g (the
+  // layout's size), scaled by grad_scale (1 / target tokens of the whole
+  // step). Returns the loss sums of this batch.
+  blk::CeResult forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets, float grad_scale);
+  // Forward only (evaluation).
+  blk::CeResult forward(const T* p, const int32_t* tokens, const int32_t* targets);
+
+  size_t activation_bytes() const { return acts_.size() * sizeof(T); }
+  int64_t batch() const { return B_; }
+  int64_t seq() const { return T_; }
+
+ private:
+  struct LayerActs {  // views into acts_; shapes with N = B * T
+    T *x_in, *xn1, *m1, *r1;  // (N, C), (N, C), (N), (N)
+    T *q, *k, *v;             // (N, qd), (N, kvd), (N, kvd); GPT-2: q is (N, 3C) fused, k/v point into it
+    T *P, *att, *x_mid;       // (B, nh, T, T), (N, qd), (N, C)
+    T *xn2, *m2, *r2;         // (N, C), (N), (N)
+    T *g, *u, *h;             // (N, H) each (GPT-2: g = pre-GELU, u unused)
+  };
+  void layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out);
+  void layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx);  // dx: d x_out in, d x_in out
+  void head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r);
+  LayerActs& acts_for(int64_t l) { return o_.recompute ? work_ : layers_[size_t(l)]; }
+  blk::AttnShape attn_shape() const;
+
+  const Layout& L_;
+  ModelConfig c_;
+  ModelOptions o_;
+  int64_t B_, T_, N_;
+  std::vector<T> acts_;
+  std::vector<LayerActs> layers_;
+  LayerActs work_{};              // the recomputed block (recompute mode)
+  std::vector<T*> x_in_;          // (n_layers + 1) residual inputs; the last is the final stream
+  T *xf_, *mf_, *rf_, *logits_;   // (N, C), (N), (N), (logit_rows, V)
+  T *dx_, *dxn_, *dq_, *dk_, *dv_, *datt_, *dg_, *du_, *dh_, *dxf_;
+  std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
+};
+
+extern template class Transformer<float>;
+extern template class Transformer<double>;
+
+}  // namespace tessera::train

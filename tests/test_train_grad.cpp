@@ -1,0 +1,371 @@
+// Gradients of every training block and of whole models against central
+// finite differences in double precision; stories260K's gradients against an
+// independent float64 model (tests/ref_llama.h); one AdamW step against the
+// formula written out here.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "formats/any_tokenizer.h"
+#include "formats/llama2c.h"
+#include "ref_llama.h"
+#include "test_util.h"
+#include "train/blocks.h"
+#include "train/optim.h"
+#include "train/transformer.h"
+
+using namespace tessera;
+using namespace tessera::train;
+using Vec = std::vector<double>;
+
+namespace {
+
+Vec randn(size_t n, std::mt19937_64& rng, double sd = 1.0) {
+  std::normal_distribution<double> d(0.0, sd);
+  Vec v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Central differences of f with respect to x (perturbed in place and restored).
+Vec numgrad(Vec& x, const std::function<double()>& f, double h = 1e-5) {
+  Vec g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i];
+    x[i] = x0 + h;
+    const double fp = f();
+    x[i] = x0 - h;
+    const double fm = f();
+    x[i] = x0;
+    g[i] = (fp - fm) / (2 * h);
+  }
+  return g;
+}
+
+// max |a - b| / max |b|: relative to the gradient's scale.
+double rel_err(const Vec& a, const Vec& b) {
+  double e = 0, m = 1e-300;
+  for (size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i])), m = std::max(m, std::abs(b[i]));
+  return e / m;
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+constexpr double kTol = 1e-4;
+
+}  // namespace
+
+TEST(TrainGrad, Linear) {
+  std::mt19937_64 rng(1);
+  const int64_t N = 3, I = 5, O = 4;
+  Vec X = randn(N * I, rng), W = randn(O * I, rng), b = randn(O, rng), R = randn(N * O, rng);
+  auto f = [&] {
+    Vec Y(N * O);
+    blk::linear_fwd(Y.data(), X.data(), W.data(), b.data(), N, I, O);
+    return dot(Y, R);
+  };
+  Vec dX(N * I, 7.0), dW(O * I, 0.0), db(O, 0.0);
+  blk::linear_bwd(dX.data(), dW.data(), db.data(), R.data(), X.data(), W.data(), N, I, O, false);
+  EXPECT_LT(rel_err(dX, numgrad(X, f)), kTol);
+  EXPECT_LT(rel_err(dW, numgrad(W, f)), kTol);
+  EXPECT_LT(rel_err(db, numgrad(b, f)), kTol);
+  Vec dX2(N * I, 1.0);  // accumulate adds to what is there
+  Vec dW2(O * I, 0.0);
+  blk::linear_bwd(dX2.data(), dW2.data(), (double*)nullptr, R.data(), X.data(), W.data(), N, I, O, true);
+  for (size_t i = 0; i < dX.size(); ++i) EXPECT_NEAR(dX2[i], dX[i] + 1.0, 1e-12);
+}
+
+TEST(TrainGrad, EmbeddingWithPositions) {
+  std::mt19937_64 rng(2);
+  const int64_t V = 7, T = 3, C = 4, N = 6;
+  const std::vector<int32_t> tok = {3, 1, 3, 6, 3, 0};  // repeated ids accumulate
+  Vec E = randn(V * C, rng), P = randn(T * C, rng), R = randn(N * C, rng);
+  auto f = [&] {
+    Vec x(N * C);
+    blk::embed_fwd(x.data(), E.data(), P.data(), tok.data(), N, T, C);
+    return dot(x, R);
+  };
+  Vec dE(V * C, 0.0), dP(T * C, 0.0);
+  blk::embed_bwd(dE.data(), dP.data(), R.data(), tok.data(), N, T, C);
+  EXPECT_LT(rel_err(dE, numgrad(E, f)), kTol);
+  EXPECT_LT(rel_err(dP, numgrad(P, f)), kTol);
+}
+
+TEST(TrainGrad, RmsNorm) {
+  std::mt19937_64 rng(3);
+  const int64_t N = 3, C = 6;
+  Vec x = randn(N * C, rng), w = randn(C, rng), R = randn(N * C, rng);
+  auto f = [&] {
+    Vec y(N * C), r(N);
+    blk::rmsnorm_fwd(y.data(), r.data(), x.data(), w.data(), N, C, 1e-5);
+    return dot(y, R);
+  };
+  Vec y(N * C), r(N), dx(N * C), dw(C, 0.0);
+  blk::rmsnorm_fwd(y.data(), r.data(), x.data(), w.data(), N, C, 1e-5);
+  blk::rmsnorm_bwd(dx.data(), dw.data(), R.data(), x.data(), w.data(), r.data(), N, C, false);
+  EXPECT_LT(rel_err(dx, numgrad(x, f)), kTol);
+  EXPECT_LT(rel_err(dw, numgrad(w, f)), kTol);
+}
+
+TEST(TrainGrad, LayerNorm) {
+  std::mt19937_64 rng(4);
+  const int64_t N = 3, C = 6;
+  Vec x = randn(N * C, rng), w = randn(C, rng), b = randn(C, rng), R = randn(N * C, rng);
+  auto f = [&] {
+    Vec y(N * C), m(N), r(N);
+    blk::layernorm_fwd(y.data(), m.data(), r.data(), x.data(), w.data(), b.data(), N, C, 1e-5);
+    return dot(y, R);
+  };
+  Vec y(N * C), m(N), r(N), dx(N * C), dw(C, 0.0), db(C, 0.0);
+  blk::layernorm_fwd(y.data(), m.data(), r.data(), x.data(), w.data(), b.data(), N, C, 1e-5);
+  blk::layernorm_bwd(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), m.data(), r.data(), N, C, false);
+  EXPECT_LT(rel_err(dx, numgrad(x, f)), kTol);
+  EXPECT_LT(rel_err(dw, numgrad(w, f)), kTol);
+  EXPECT_LT(rel_err(db, numgrad(b, f)), kTol);
+}
+
+TEST(TrainGrad, RopeBothStyles) {
+  std::mt19937_64 rng(5);
+  const int64_t T = 4, N = 8, heads = 2, hd = 6, stride = 14;  // 2 spare columns per row
+  std::vector<float> cs(T * hd / 2), sn(T * hd / 2);
+  ops::rope_tables(cs.data(), sn.data(), T, hd, 10000.f);
+  for (auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::HalfSplit}) {
+    Vec x = randn(N * stride, rng), R = randn(N * stride, rng);
+    auto f = [&] {
+      Vec y = x;
+      blk::rope(y.data(), N, T, heads, hd, stride, cs.data(), sn.data(), style, false);
+      return dot(y, R);
+    };
+    Vec dx = R;
+    blk::rope(dx.data(), N, T, heads, hd, stride, cs.data(), sn.data(), style, true);
+    EXPECT_LT(rel_err(dx, numgrad(x, f)), kTol);
+  }
+}
+
+TEST(TrainGrad, AttentionGqaCausalWithAndWithoutSoftcap) {
+  std::mt19937_64 rng(6);
+  for (float cap : {0.f, 1.5f}) {
+    blk::AttnShape s;
+    s.B = 2, s.T = 5, s.n_heads = 4, s.n_kv_heads = 2, s.hd = 3, s.softcap = cap;
+    s.q_stride = 13, s.kv_stride = 7;  // strided rows
+    const int64_t N = s.B * s.T, od = s.n_heads * s.hd;
+    Vec q = randn(N * s.q_stride, rng), k = randn(N * s.kv_stride, rng), v = randn(N * s.kv_stride, rng);
+    Vec R = randn(N * od, rng);
+    Vec P(s.B * s.n_heads * s.T * s.T);
+    auto f = [&] {
+      Vec o(N * od);
+      blk::attention_fwd(o.data(), P.data(), q.data(), k.data(), v.data(), s);
+      return dot(o, R);
+    };
+    f();
+    Vec dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+    blk::attention_bwd(dq.data(), dk.data(), dv.data(), R.data(), P.data(), q.data(), k.data(), v.data(), s);
+    // Spare columns of the strided layouts carry no gradient; the backward leaves them untouched (zero here).
+    EXPECT_LT(rel_err(dq, numgrad(q, f)), kTol) << "cap " << cap;
+    EXPECT_LT(rel_err(dk, numgrad(k, f)), kTol) << "cap " << cap;
+    EXPECT_LT(rel_err(dv, numgrad(v, f)), kTol) << "cap " << cap;
+  }
+}
+
+TEST(TrainGrad, SwiGluAndGelu) {
+  std::mt19937_64 rng(7);
+  const int64_t n = 20;
+  Vec g = randn(n, rng, 2.0), u = randn(n, rng), R = randn(n, rng);
+  auto fs = [&] {
+    Vec h(n);
+    blk::swiglu_fwd(h.data(), g.data(), u.data(), n);
+    return dot(h, R);
+  };
+  Vec dg(n), du(n);
+  blk::swiglu_bwd(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
+  EXPECT_LT(rel_err(dg, numgrad(g, fs)), kTol);
+  EXPECT_LT(rel_err(du, numgrad(u, fs)), kTol);
+  auto fg = [&] {
+    Vec y(n);
+    blk::gelu_fwd(y.data(), g.data(), n);
+    return dot(y, R);
+  };
+  Vec dx(n);
+  blk::gelu_bwd(dx.data(), R.data(), g.data(), n);
+  EXPECT_LT(rel_err(dx, numgrad(g, fg)), kTol);
+}
+
+TEST(TrainGrad, CrossEntropyZLossSoftcap) {
+  std::mt19937_64 rng(8);
+  const int64_t N = 4, V = 7;
+  const std::vector<int32_t> tgt = {2, -1, 6, 0};
+  for (float cap : {0.f, 3.f}) {
+    blk::CeOptions o;
+    o.z_loss = 0.01f, o.softcap = cap, o.scale = 1.f;
+    Vec z = randn(N * V, rng, 2.0);
+    auto f = [&] {
+      Vec w = z;
+      const auto r = blk::cross_entropy(w.data(), tgt.data(), N, V, o);
+      return r.loss_sum + double(o.z_loss) * r.z_sum;
+    };
+    Vec g = z;
+    const auto r = blk::cross_entropy(g.data(), tgt.data(), N, V, o);
+    EXPECT_EQ(r.count, 3);
+    EXPECT_LT(rel_err(g, numgrad(z, f)), kTol) << "cap " << cap;
+    for (int64_t v = 0; v < V; ++v) EXPECT_EQ(g[V + v], 0.0);  // ignored row
+  }
+}
+
+namespace {
+
+// Whole-model check: every parameter of a tiny model against central differences.
+void check_model(ModelConfig c, const ModelOptions& mo) {
+  // Thousands of tiny forward passes: one thread avoids OpenMP start-up costs.
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  struct Restore {
+    int n;
+    ~Restore() { omp_set_num_threads(n); }
+  } restore{threads};
+  Layout L(c);
+  std::mt19937_64 rng(9);
+  Vec p = randn(L.total, rng, 0.3);
+  const int64_t B = 2, T = 5;
+  std::vector<int32_t> tok(B * T), tgt(B * T);
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng() % uint64_t(c.vocab_size));
+  for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
+  Transformer<double> m(L, B, T, mo);
+  auto f = [&] {
+    const auto r = m.forward(p.data(), tok.data(), tgt.data());
+    return (r.loss_sum + double(mo.z_loss) * r.z_sum) / double(r.count);
+  };
+  const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
+  Vec g(L.total, 0.0);
+  m.forward_backward(p.data(), g.data(), tok.data(), tgt.data(), 1.f / float(count));
+  const Vec num = numgrad(p, f);
+  for (const auto& t : L.tensors) {
+    Vec a(g.begin() + long(t.offset), g.begin() + long(t.offset + t.numel));
+    Vec b(num.begin() + long(t.offset), num.begin() + long(t.offset + t.numel));
+    EXPECT_LT(rel_err(a, b), kTol) << t.name;
+  }
+}
+
+ModelConfig tiny_llama() {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 8, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 2, c.hidden_dim = 12;
+  c.vocab_size = 11, c.max_seq_len = 8, c.tied_embeddings = false, c.qkv_bias = true;
+  return c;
+}
+
+}  // namespace
+
+TEST(TrainGrad, WholeLlamaGqaModelMatchesFiniteDifferences) {
+  ModelOptions mo;
+  mo.z_loss = 1e-3f, mo.attn_softcap = 2.f, mo.final_softcap = 5.f, mo.logit_rows = 3;
+  check_model(tiny_llama(), mo);
+}
+
+TEST(TrainGrad, WholeLlamaTiedWithRecomputeMatchesFiniteDifferences) {
+  ModelConfig c = tiny_llama();
+  c.tied_embeddings = true, c.qkv_bias = false, c.rope_style = ops::RopeStyle::HalfSplit;
+  ModelOptions mo;
+  mo.recompute = true;
+  check_model(c, mo);
+}
+
+TEST(TrainGrad, WholeGpt2ModelMatchesFiniteDifferences) {
+  ModelConfig c;
+  c.arch = Arch::GPT2;
+  c.dim = 8, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 2, c.head_dim = 4, c.hidden_dim = 16;
+  c.vocab_size = 9, c.max_seq_len = 6, c.tied_embeddings = true;
+  check_model(c, ModelOptions{});
+}
+
+// stories260K: production float gradients against central differences of the
+// independent float64 model in tests/ref_llama.h, on a batch of real text.
+TEST(TrainGrad, Stories260KGradientsMatchIndependentFloat64Model) {
+  TESSERA_REQUIRE_SHARED("models/stories260K.bin");
+  TESSERA_REQUIRE_SHARED("data/tinystories_val.txt");
+  const std::string path = test::shared_path("models/stories260K.bin");
+  Weights w = load_llama2c(path);
+  Tokenizer tok = load_any_tokenizer(test::shared_path("models/tok512.bin"));
+  std::ifstream in(test::shared_path("data/tinystories_val.txt"));
+  std::string text(2000, '\0');
+  in.read(text.data(), std::streamsize(text.size()));
+  std::vector<int32_t> ids = tok.encode(text);
+  const int64_t T = 24;
+  ids.resize(size_t(T + 1));
+
+  Layout L(w.cfg);
+  std::vector<float> p(L.total), g(L.total, 0.f);
+  params_from_weights(L, w, p.data());
+  Transformer<float> m(L, 1, T, ModelOptions{});
+  std::vector<int32_t> x(ids.begin(), ids.end() - 1), y(ids.begin() + 1, ids.end());
+  const auto r = m.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(T));
+
+  test::RefLlama ref(path);
+  EXPECT_NEAR(ref.loss(ids), r.loss_sum / double(r.count), 1e-5);
+  // For each tensor: its 3 largest-gradient coordinates and 3 random ones.
+  struct Slot {
+    const char* name;
+    std::vector<double>* arr;
+    size_t per_layer;
+  };
+  const int64_t C = w.cfg.dim, H = w.cfg.hidden_dim, kvd = w.cfg.kv_dim();
+  const Slot slots[] = {{"attn_norm.weight", &ref.att_norm, size_t(C)},   {"attn_q.weight", &ref.wq, size_t(C * C)},
+                        {"attn_k.weight", &ref.wk, size_t(kvd * C)},       {"attn_v.weight", &ref.wv, size_t(kvd * C)},
+                        {"attn_output.weight", &ref.wo, size_t(C * C)},    {"ffn_norm.weight", &ref.ffn_norm, size_t(C)},
+                        {"ffn_gate.weight", &ref.w1, size_t(H * C)},       {"ffn_down.weight", &ref.w2, size_t(H * C)},
+                        {"ffn_up.weight", &ref.w3, size_t(H * C)}};
+  std::mt19937_64 rng(10);
+  auto check = [&](const ParamInfo& t, std::vector<double>& arr, size_t base) {
+    std::vector<size_t> idx(t.numel);
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+    std::partial_sort(idx.begin(), idx.begin() + 3, idx.end(),
+                      [&](size_t a, size_t b) { return std::abs(g[t.offset + a]) > std::abs(g[t.offset + b]); });
+    idx.resize(3);
+    for (int i = 0; i < 3; ++i) idx.push_back(rng() % t.numel);
+    Vec a, num;
+    for (size_t i : idx) {
+      const double x0 = arr[base + i], h = 1e-4;
+      arr[base + i] = x0 + h;
+      const double fp = ref.loss(ids);
+      arr[base + i] = x0 - h;
+      const double fm = ref.loss(ids);
+      arr[base + i] = x0;
+      a.push_back(g[t.offset + i]);
+      num.push_back((fp - fm) / (2 * h));
+    }
+    EXPECT_LT(rel_err(a, num), kTol) << t.name;
+  };
+  for (int64_t l = 0; l < w.cfg.n_layers; ++l)
+    for (const auto& s : slots) {
+      const ParamInfo* t = L.find("blk." + std::to_string(l) + "." + s.name);
+      ASSERT_NE(t, nullptr) << s.name;
+      check(*t, *s.arr, size_t(l) * s.per_layer);
+    }
+  check(*L.find("output_norm.weight"), ref.final_norm, 0);
+  check(*L.find("token_embd.weight"), ref.emb, 0);  // tied: embedding + classifier gradient
+
+  // One AdamW step (from zero moments) against the formula in double.
+  AdamWConfig ac;
+  ac.weight_decay = 0.1f;
+  const auto mask = decay_mask(L, ac);
+  std::vector<float> p1 = p, m1(L.total, 0.f), v1(L.total, 0.f);
+  adamw_step(p1.data(), g.data(), m1.data(), v1.data(), mask.data(), L.total, 1, 1e-3f, ac);
+  double worst = 0;
+  for (size_t i = 0; i < L.total; ++i) {
+    const double gi = g[i], lr = 1e-3, wd = mask[i] ? 0.1 : 0.0;
+    const double m = 0.1 * gi, v = 0.05 * gi * gi;
+    const double mh = m / (1 - 0.9), vh = v / (1 - 0.95);
+    const double want = double(p[i]) * (1 - lr * wd) - lr * mh / (std::sqrt(vh) + 1e-8);
+    worst = std::max(worst, std::abs(want - double(p1[i])) / std::max(1e-3, std::abs(want)));
+  }
+  EXPECT_LT(worst, 1e-4);
+}
