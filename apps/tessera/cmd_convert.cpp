@@ -7,8 +7,6 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
-#include "formats/model_io.h"
-#include "tokenizer/bpe_train.h"
 
 namespace tessera::cli {
 
@@ -23,36 +21,8 @@ int cmd_convert(int argc, char** argv) {
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
 
   LoadedModel m = load_model(in, tokenizer);
-  const bool gguf_out = out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0;
-  Weights w = m.weights;
-  const DType src = w.cfg.arch == Arch::GPT2 ? w.layers.at(0).wqkv.dtype : w.layers.at(0).wq.dtype;
-  DType type = type_name.empty() ? (src == DType::Q8_G ? DType::F32 : src) : *dtype_from_name(type_name);
-  if (!gguf_out && type != DType::F32 && type != DType::F16 && type != DType::BF16)
-    fail(out, ": safetensors output supports f32, f16 and bf16; pass --type f32|f16|bf16 (source is ",
-         dtype_name(src), ")");
-  int fallbacks = 0;
-  w = convert_weights(w, type, &fallbacks);
-  if (fallbacks > 0)
-    std::fprintf(stderr, "convert: %d matrices have rows that are not a multiple of %lld; stored as f16\n", fallbacks,
-                 (long long)dtype_block_elems(type));
-  if (gguf_out) {
-    if (!m.tokenizer)
-      std::fprintf(stderr, "convert: warning: %s carries no tokenizer; the GGUF will have none (use --tokenizer)\n",
-                   in.c_str());
-    save_gguf(w, m.tokenizer ? &*m.tokenizer : nullptr, out);
-  } else {
-    save_hf(w, out);
-    if (m.tokenizer && m.tokenizer->kind() == TokenizerKind::ByteLevelBPE) {
-      save_hf_tokenizer_json(m.tokenizer->data(), out + "/tokenizer.json");
-    } else if (m.tokenizer) {
-      std::fprintf(stderr,
-                   "convert: note: SentencePiece tokenizers are not exported to tokenizer.json yet; "
-                   "pass the original tokenizer with --tokenizer when loading %s\n",
-                   out.c_str());
-    }
-  }
-  std::fprintf(stderr, "convert: %s (%s) -> %s (%s, %s)\n", in.c_str(), m.format.c_str(), out.c_str(),
-               gguf_out ? "gguf" : "safetensors", dtype_name(type));
+  write_model(m.weights, m.tokenizer ? &*m.tokenizer : nullptr, out, type_name, "convert");
+  std::fprintf(stderr, "convert: %s (%s) -> %s\n", in.c_str(), m.format.c_str(), out.c_str());
   return 0;
 }
 

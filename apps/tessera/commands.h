@@ -11,5 +11,9 @@ int cmd_bench(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);  // "tokenizer train ..."
+int cmd_train(int argc, char** argv);
+int cmd_data(int argc, char** argv);       // "data prepare ..."
+int cmd_export(int argc, char** argv);
+int cmd_demo(int argc, char** argv);
 
 }  // namespace tessera::cli

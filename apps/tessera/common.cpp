@@ -4,6 +4,8 @@
 #include <thread>
 
 #include "core/error.h"
+#include "formats/model_io.h"
+#include "tokenizer/bpe_train.h"
 
 namespace tessera::cli {
 
@@ -55,6 +57,36 @@ std::string human_bytes(double b) {
   char buf[32];
   std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
   return buf;
+}
+
+void write_model(Weights w, const Tokenizer* tok, const std::string& out, const std::string& type_name,
+                 const char* who) {
+  const bool gguf_out = out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0;
+  const DType src = w.cfg.arch == Arch::GPT2 ? w.layers.at(0).wqkv.dtype : w.layers.at(0).wq.dtype;
+  DType type = type_name.empty() ? (src == DType::Q8_G ? DType::F32 : src) : *dtype_from_name(type_name);
+  if (!gguf_out && type != DType::F32 && type != DType::F16 && type != DType::BF16)
+    fail(out, ": safetensors output supports f32, f16 and bf16; pass --type f32|f16|bf16 (source is ",
+         dtype_name(src), ")");
+  int fallbacks = 0;
+  w = convert_weights(w, type, &fallbacks);
+  if (fallbacks > 0)
+    std::fprintf(stderr, "%s: %d matrices have rows that are not a multiple of %lld; stored as f16\n", who, fallbacks,
+                 (long long)dtype_block_elems(type));
+  if (gguf_out) {
+    if (!tok) std::fprintf(stderr, "%s: warning: no tokenizer known; %s will have none (use --tokenizer)\n", who, out.c_str());
+    save_gguf(w, tok, out);
+  } else {
+    save_hf(w, out);
+    if (tok && tok->kind() == TokenizerKind::ByteLevelBPE) {
+      save_hf_tokenizer_json(tok->data(), out + "/tokenizer.json");
+    } else if (tok) {
+      std::fprintf(stderr,
+                   "%s: note: SentencePiece tokenizers are not exported to tokenizer.json yet; "
+                   "pass the original tokenizer with --tokenizer when loading %s\n",
+                   who, out.c_str());
+    }
+  }
+  std::fprintf(stderr, "%s: wrote %s (%s, %s)\n", who, out.c_str(), gguf_out ? "gguf" : "safetensors", dtype_name(type));
 }
 
 }  // namespace tessera::cli

@@ -34,4 +34,11 @@ int parse(CLI::App& app, int argc, char** argv);
 
 std::string human_bytes(double b);
 
+// Writes w to out: FILE.gguf (llama.cpp's names and keys, tok embedded when
+// given) or a Hugging Face directory (config.json + model.safetensors, and
+// tokenizer.json for byte-level tokenizers). type_name: "" keeps the source
+// type (llama2.c int8 -> f32), else f32|f16|bf16|q8_0|q4_0. who prefixes notes.
+void write_model(Weights w, const Tokenizer* tok, const std::string& out, const std::string& type_name,
+                 const char* who);
+
 }  // namespace tessera::cli

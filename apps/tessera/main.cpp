@@ -25,6 +25,10 @@ const Command kCommands[] = {
     {"convert", tessera::cli::cmd_convert, "convert between GGUF, safetensors and llama2.c"},
     {"tokenize", tessera::cli::cmd_tokenize, "show the tokens of a text"},
     {"tokenizer", tessera::cli::cmd_tokenizer, "tokenizer tools: 'tokenizer train'"},
+    {"data", tessera::cli::cmd_data, "training data: 'data prepare' tokenizes text into shards"},
+    {"train", tessera::cli::cmd_train, "train a model (from scratch, --init MODEL, or --resume DIR)"},
+    {"export", tessera::cli::cmd_export, "write a training checkpoint as GGUF or safetensors"},
+    {"demo", tessera::cli::cmd_demo, "train a tokenizer and a small model on fortunes, then sample"},
 };
 
 void usage(FILE* f) {

@@ -1,0 +1,177 @@
+// tessera train / data prepare / export: training from the command line.
+#include <cstdio>
+#include <filesystem>
+
+#include "commands.h"
+#include "common.h"
+#include "core/error.h"
+#include "formats/any_tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/params.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace tessera::cli {
+
+void add_train_options(CLI::App& app, train::TrainOptions& o, std::string& arch, bool& untied, std::string& sched) {
+  auto& m = o.model;
+  app.add_option("--data", o.data_dir, "token dataset directory (from 'tessera data prepare')");
+  app.add_option("-o,--out", o.out_dir, "run directory: checkpoints, metrics.jsonl, loss.svg, run.json");
+  app.add_option("--init", o.init_model, "start from this model (GGUF, HF dir, llama2.c .bin) instead of random weights");
+  app.add_option("--tokenizer", o.init_tokenizer, "tokenizer of --init when the model file carries none");
+  app.add_option("--arch", arch, "architecture of a new model")->check(CLI::IsMember({"llama", "gpt2"}));
+  app.add_option("--dim", m.dim, "model width");
+  app.add_option("--layers", m.n_layers, "blocks");
+  app.add_option("--heads", m.n_heads, "query heads");
+  app.add_option("--kv-heads", m.n_kv_heads, "key/value heads (default: --heads; fewer = GQA, 1 = MQA)");
+  app.add_option("--hidden", m.hidden_dim, "FFN width (default: Llama 8/3 dim rounded up to 32, GPT-2 4 dim)");
+  app.add_option("--vocab", m.vocab_size, "vocabulary (default: the dataset's)");
+  app.add_option("--ctx", m.max_seq_len, "model context (default: --seq)");
+  app.add_option("--rope-theta", m.rope_theta, "RoPE base");
+  app.add_option("--norm-eps", m.norm_eps, "norm epsilon");
+  app.add_flag("--untied", untied, "separate output matrix (default: tied to the token embedding)");
+  app.add_option("--batch", o.batch, "sequences per micro-batch");
+  app.add_option("--seq", o.seq, "tokens per sequence");
+  app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step");
+  app.add_option("--steps", o.steps, "optimizer steps (with --resume: extend the run to this many)");
+  app.add_option("--lr", o.sched.lr, "peak learning rate");
+  app.add_option("--min-lr", o.sched.min_lr, "final learning rate of the cosine");
+  app.add_option("--warmup", o.sched.warmup, "linear warmup steps");
+  app.add_option("--schedule", sched, "constant | cosine (to --steps) | sgdr (cosine with warm restarts)")
+      ->check(CLI::IsMember({"constant", "cosine", "sgdr"}));
+  app.add_option("--sgdr-period", o.sched.period, "first SGDR period in steps");
+  app.add_option("--sgdr-mult", o.sched.period_mult, "SGDR period multiplier");
+  app.add_option("--weight-decay", o.adam.weight_decay, "AdamW decoupled weight decay");
+  app.add_option("--beta1", o.adam.beta1, "AdamW beta1");
+  app.add_option("--beta2", o.adam.beta2, "AdamW beta2");
+  app.add_option("--adam-eps", o.adam.eps, "AdamW epsilon");
+  app.add_flag("--decay-embeddings", o.adam.decay_embeddings, "apply weight decay to embeddings too");
+  app.add_flag("--decay-norms", o.adam.decay_norms, "apply weight decay to norm gains and biases too");
+  app.add_option("--clip", o.clip, "clip the global gradient norm to this (0: off)");
+  app.add_option("--z-loss", o.mo.z_loss, "z-loss coefficient: alpha * log(Z)^2");
+  app.add_option("--attn-softcap", o.mo.attn_softcap, "attention score soft-cap (0: off)");
+  app.add_option("--final-softcap", o.mo.final_softcap, "output logit soft-cap (0: off)");
+  app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
+  app.add_option("--seed", o.seed, "seed of initialisation and data order");
+  app.add_option("-t,--threads", o.threads, "threads (default: all cores)");
+  app.add_option("--eval-interval", o.eval_interval, "steps between validation evaluations");
+  app.add_option("--eval-batches", o.eval_batches, "validation batches per evaluation");
+  app.add_option("--ckpt-interval", o.ckpt_interval, "steps between checkpoints");
+  app.add_option("--keep", o.keep, "checkpoints kept");
+  app.add_option("--log-interval", o.log_interval, "steps between progress lines");
+  app.add_flag("--skip-nonfinite", o.skip_nonfinite, "skip batches with NaN/inf loss instead of stopping");
+  app.add_option("--precision", o.precision, "fp32 (bf16 mixed precision: not yet)");
+  app.add_option("--max-time", o.max_seconds, "stop after this many seconds (a checkpoint is written)");
+}
+
+// Fills defaults that depend on other values (vocab from the dataset, hidden from dim).
+void finish_model_config(train::TrainOptions& o, const std::string& arch, bool untied) {
+  auto& m = o.model;
+  m.arch = arch == "gpt2" ? Arch::GPT2 : Arch::Llama;
+  if (m.n_kv_heads == 0) m.n_kv_heads = m.n_heads;
+  if (m.max_seq_len == 0) m.max_seq_len = o.seq;
+  if (m.hidden_dim == 0)
+    m.hidden_dim = m.arch == Arch::GPT2 ? 4 * m.dim : (8 * m.dim / 3 + 31) / 32 * 32;
+  if (m.n_heads > 0 && m.dim % m.n_heads != 0)
+    fail("--heads (", m.n_heads, ") must divide --dim (", m.dim, ")");
+  if (m.n_heads > 0) m.head_dim = m.dim / m.n_heads;
+  m.tied_embeddings = !untied;
+  m.rope_style = ops::RopeStyle::Interleaved;
+  if (m.vocab_size == 0 && !o.data_dir.empty() && o.init_model.empty())
+    m.vocab_size = train::open_dataset(o.data_dir).vocab_size;
+  m.name = "tessera-" + std::string(arch_name(m.arch));
+}
+
+int cmd_train(int argc, char** argv) {
+  CLI::App app{"Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
+               "tessera train"};
+  app.set_config("--config", "", "read options from a TOML file (keys are the long option names)");
+  train::TrainOptions o;
+  o.model.dim = 256, o.model.n_layers = 4, o.model.n_heads = 8, o.model.n_kv_heads = 0;
+  o.model.max_seq_len = 0, o.model.vocab_size = 0, o.model.hidden_dim = 0;
+  o.sched.lr = 1e-3f, o.sched.min_lr = 1e-4f, o.sched.warmup = 50;
+  std::string arch = "llama", sched = "cosine", resume;
+  bool untied = false;
+  add_train_options(app, o, arch, untied, sched);
+  app.add_option("--resume", resume, "continue the run in this directory from its newest checkpoint");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (!resume.empty()) {
+    train::TrainOptions r;
+    r.out_dir = resume;
+    r.steps = app.count("--steps") ? o.steps : 0;
+    train::run_training(r, true, stderr);
+    return 0;
+  }
+  o.sched.kind = train::parse_schedule_kind(sched);
+  o.sched.total = o.steps;
+  finish_model_config(o, arch, untied);
+  const auto s = train::run_training(o, false, stderr);
+  std::fprintf(stderr, "done: %lld steps, loss %.4f, val loss %.4f (ppl %.2f), %.0f tok/s; checkpoint %s\n",
+               (long long)s.steps, s.last_loss, s.val_loss, std::exp(s.val_loss), s.tok_per_s, s.checkpoint.c_str());
+  return 0;
+}
+
+int cmd_data(int argc, char** argv) {
+  CLI::App app{"Training data tools.", "tessera data"};
+  app.require_subcommand(1);
+  auto* prep = app.add_subcommand("prepare", "tokenize text files into train/val token shards");
+  std::string tok_path, out;
+  std::vector<std::string> files;
+  train::PrepareOptions po;
+  prep->add_option("--tokenizer", tok_path, "tokenizer (tokenizer.json, tokenizer.model, tokenizer.bin, GGUF...)")
+      ->required();
+  prep->add_option("-o,--out", out, "output directory")->required();
+  prep->add_option("--val-fraction", po.val_fraction, "fraction of each file's tokens (its end) held out");
+  prep->add_option("files", files, "text files")->required();
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  const Tokenizer tok = load_any_tokenizer(tok_path);
+  const auto st = train::prepare_data(tok, tok_path, files, out, po);
+  std::fprintf(stderr, "data: %.2f MB -> %lld train + %lld val tokens (%.2f bytes/token) in %s\n",
+               double(st.bytes) / 1e6, (long long)st.train_tokens, (long long)st.val_tokens,
+               double(st.bytes) / double(std::max<int64_t>(1, st.train_tokens + st.val_tokens)), out.c_str());
+  return 0;
+}
+
+// The tokenizer a run was trained with: the dataset's, else --init's.
+std::optional<Tokenizer> run_tokenizer(const nlohmann::json& opts) {
+  const std::string data = opts.value("data_dir", std::string());
+  if (!data.empty() && fs::exists(data + "/meta.json")) {
+    const auto d = train::open_dataset(data);
+    if (!d.tokenizer_path.empty() && fs::exists(d.tokenizer_path)) return load_any_tokenizer(d.tokenizer_path);
+  }
+  const std::string tp = opts.value("init_tokenizer", std::string());
+  if (!tp.empty() && fs::exists(tp)) return load_any_tokenizer(tp);
+  const std::string init = opts.value("init_model", std::string());
+  if (!init.empty() && fs::exists(init)) {
+    auto lm = load_model(init);
+    if (lm.tokenizer) return std::move(lm.tokenizer);
+  }
+  return std::nullopt;
+}
+
+int cmd_export(int argc, char** argv) {
+  CLI::App app{"Write a training checkpoint as a model (GGUF file or Hugging Face directory).", "tessera export"};
+  std::string in, out, type_name, tok_path;
+  app.add_option("CHECKPOINT", in, "checkpoint file, or a run directory (its newest checkpoint)")->required();
+  app.add_option("-o,--out", out, "FILE.gguf or a directory (safetensors)")->required();
+  app.add_option("--type", type_name, "weight type (default f32)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+  app.add_option("--tokenizer", tok_path, "tokenizer to embed (default: the run's)");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  std::string path = in;
+  if (fs::is_directory(in)) {
+    path = train::latest_checkpoint(in);
+    if (path.empty()) fail(in, ": no checkpoint (ckpt_*.bin) in this directory");
+  }
+  const train::Checkpoint ck = train::load_checkpoint(path);
+  const train::Layout L(ck.cfg);
+  const Weights w = train::weights_view(L, ck.params.data());
+  std::optional<Tokenizer> tok = tok_path.empty() ? run_tokenizer(ck.extra) : load_any_tokenizer(tok_path);
+  write_model(w, tok ? &*tok : nullptr, out, type_name, "export");
+  std::fprintf(stderr, "export: %s (step %lld) -> %s\n", path.c_str(), (long long)ck.step, out.c_str());
+  return 0;
+}
+
+}  // namespace tessera::cli

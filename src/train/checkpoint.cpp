@@ -1,0 +1,175 @@
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/mmap.h"
+#include "train/params.h"
+
+namespace fs = std::filesystem;
+
+namespace tessera::train {
+
+namespace {
+constexpr char kMagic[8] = {'T', 'S', 'R', 'C', 'K', 'P', 'T', '1'};
+
+struct Fnv {
+  uint64_t h = 0xcbf29ce484222325ull;
+  void add(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  }
+};
+
+// Writes through an AtomicFileWriter while hashing.
+struct HashedWriter {
+  AtomicFileWriter w;
+  Fnv fnv;
+  explicit HashedWriter(const std::string& p) : w(p) {}
+  void write(const void* p, size_t n) {
+    fnv.add(p, n);
+    w.write(p, n);
+  }
+  void pad64() {
+    static const char z[64] = {};
+    const size_t pad = (64 - w.offset() % 64) % 64;
+    write(z, pad);
+  }
+};
+}  // namespace
+
+nlohmann::json config_to_json(const ModelConfig& c) {
+  return {{"arch", arch_name(c.arch)},
+          {"dim", c.dim},
+          {"n_layers", c.n_layers},
+          {"n_heads", c.n_heads},
+          {"n_kv_heads", c.n_kv_heads},
+          {"head_dim", c.head_dim},
+          {"hidden_dim", c.hidden_dim},
+          {"vocab_size", c.vocab_size},
+          {"max_seq_len", c.max_seq_len},
+          {"norm_eps", c.norm_eps},
+          {"rope_theta", c.rope_theta},
+          {"rope_style", c.rope_style == ops::RopeStyle::Interleaved ? "interleaved" : "half-split"},
+          {"tied_embeddings", c.tied_embeddings},
+          {"qkv_bias", c.qkv_bias},
+          {"name", c.name}};
+}
+
+ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) {
+  ModelConfig c;
+  auto need = [&](const char* k) -> const nlohmann::json& {
+    if (!j.contains(k)) fail(where, ": missing field '", k, "'");
+    return j[k];
+  };
+  try {
+    const std::string arch = need("arch").get<std::string>();
+    if (arch == "llama") c.arch = Arch::Llama;
+    else if (arch == "gpt2") c.arch = Arch::GPT2;
+    else fail(where, ": unknown arch '", arch, "'");
+    c.dim = need("dim").get<int64_t>();
+    c.n_layers = need("n_layers").get<int64_t>();
+    c.n_heads = need("n_heads").get<int64_t>();
+    c.n_kv_heads = need("n_kv_heads").get<int64_t>();
+    c.head_dim = need("head_dim").get<int64_t>();
+    c.hidden_dim = need("hidden_dim").get<int64_t>();
+    c.vocab_size = need("vocab_size").get<int64_t>();
+    c.max_seq_len = need("max_seq_len").get<int64_t>();
+    c.norm_eps = need("norm_eps").get<float>();
+    c.rope_theta = need("rope_theta").get<float>();
+    c.rope_style = need("rope_style").get<std::string>() == "half-split" ? ops::RopeStyle::HalfSplit
+                                                                         : ops::RopeStyle::Interleaved;
+    c.tied_embeddings = need("tied_embeddings").get<bool>();
+    c.qkv_bias = need("qkv_bias").get<bool>();
+    c.name = j.value("name", std::string());
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": bad model config: ", e.what());
+  }
+  c.validate(where);
+  return c;
+}
+
+void save_checkpoint(const std::string& path, const Checkpoint& ck) {
+  const Layout L(ck.cfg);
+  if (ck.params.size() != L.total || ck.m.size() != L.total || ck.v.size() != L.total)
+    fail(path, ": internal: checkpoint arrays do not match the layout");
+  nlohmann::json j = {{"config", config_to_json(ck.cfg)}, {"step", ck.step}, {"n_params", L.total},
+                      {"options", ck.extra}};
+  const std::string js = j.dump();
+  const uint64_t len = js.size();
+  HashedWriter w(path);
+  w.write(kMagic, 8);
+  w.write(&len, 8);
+  w.write(js.data(), js.size());
+  for (const auto* a : {&ck.params, &ck.m, &ck.v}) {
+    w.pad64();
+    w.write(a->data(), a->size() * sizeof(float));
+  }
+  const uint64_t h = w.fnv.h;
+  w.w.write(&h, 8);
+  w.w.commit();
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  MappedFile f(path);
+  const uint8_t* d = f.data();
+  const size_t n = f.size();
+  if (n < 24 || std::memcmp(d, kMagic, 8) != 0) fail(path, ": not a Tessera checkpoint (bad magic)");
+  Fnv fnv;
+  fnv.add(d, n - 8);
+  uint64_t stored;
+  std::memcpy(&stored, d + n - 8, 8);
+  if (stored != fnv.h) fail(path, ": checkpoint is corrupt or truncated (checksum mismatch)");
+  uint64_t len;
+  std::memcpy(&len, d + 8, 8);
+  if (len > n - 24) fail(path, ": header length ", len, " exceeds the file");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(d + 16), len));
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": invalid checkpoint header: ", e.what());
+  }
+  Checkpoint ck;
+  if (!j.contains("config") || !j.contains("step")) fail(path, ": checkpoint header lacks config/step");
+  ck.cfg = config_from_json(j["config"], path);
+  ck.step = j["step"].get<int64_t>();
+  ck.extra = j.value("options", nlohmann::json::object());
+  const Layout L(ck.cfg);
+  size_t off = 16 + len;
+  for (auto* a : {&ck.params, &ck.m, &ck.v}) {
+    off = (off + 63) / 64 * 64;
+    if (off + L.total * sizeof(float) > n - 8) fail(path, ": checkpoint is shorter than its model needs");
+    a->resize(L.total);
+    std::memcpy(a->data(), d + off, L.total * sizeof(float));
+    off += L.total * sizeof(float);
+  }
+  if (off != n - 8) fail(path, ": checkpoint has ", n - 8 - off, " unexpected trailing bytes");
+  return ck;
+}
+
+std::string checkpoint_path(const std::string& dir, int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof name, "ckpt_%08lld.bin", (long long)step);
+  return (fs::path(dir) / name).string();
+}
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::string> r;
+  if (!fs::is_directory(dir)) return r;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string nm = e.path().filename().string();
+    if (nm.size() == 17 && nm.rfind("ckpt_", 0) == 0 && nm.substr(13) == ".bin") r.push_back(e.path().string());
+  }
+  std::sort(r.begin(), r.end());
+  return r;
+}
+
+std::string latest_checkpoint(const std::string& dir) {
+  auto v = list_checkpoints(dir);
+  return v.empty() ? "" : v.back();
+}
+
+}  // namespace tessera::train

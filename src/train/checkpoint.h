@@ -1,0 +1,38 @@
+// Training checkpoints: model config, run state (step) and the parameters
+// with AdamW's two moments, in one file written to a temporary name and
+// renamed into place. A 64-bit FNV-1a checksum over the whole file catches
+// corruption and truncation on load.
+//
+// File: "TSRCKPT1", uint64 JSON length, JSON (config, step, options), zero
+// padding to 64 bytes, params, m, v (f32, layout order, each padded to 64
+// bytes), uint64 checksum of everything before it.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+
+namespace tessera::train {
+
+nlohmann::json config_to_json(const ModelConfig& c);
+ModelConfig config_from_json(const nlohmann::json& j, const std::string& where);  // Error naming the field
+
+struct Checkpoint {
+  ModelConfig cfg;
+  int64_t step = 0;      // optimizer steps completed
+  nlohmann::json extra;  // run options (free-form, stored as given)
+  std::vector<float> params, m, v;
+};
+
+void save_checkpoint(const std::string& path, const Checkpoint& ck);
+Checkpoint load_checkpoint(const std::string& path);
+
+// DIR/ckpt_00000123.bin; the list of existing ones sorted by step; the newest ("" if none).
+std::string checkpoint_path(const std::string& dir, int64_t step);
+std::vector<std::string> list_checkpoints(const std::string& dir);
+std::string latest_checkpoint(const std::string& dir);
+
+}  // namespace tessera::train

@@ -1,0 +1,165 @@
+#include "train/data.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace fs = std::filesystem;
+
+namespace tessera::train {
+
+namespace {
+constexpr char kMagic[8] = {'T', 'S', 'R', 'T', 'O', 'K', 'S', '1'};
+constexpr size_t kHeader = 24;
+
+inline uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, ": cannot open");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size) {
+  const uint32_t bpt = vocab_size <= 65536 ? 2 : 4, version = 1;
+  const uint64_t n = tokens.size();
+  AtomicFileWriter w(path);
+  w.write(kMagic, 8);
+  w.write(&version, 4);
+  w.write(&bpt, 4);
+  w.write(&n, 8);
+  if (bpt == 2) {
+    std::vector<uint16_t> t(tokens.begin(), tokens.end());
+    w.write(t.data(), t.size() * 2);
+  } else {
+    w.write(tokens.data(), tokens.size() * 4);
+  }
+  w.commit();
+}
+
+TokenShard::TokenShard(const std::string& path) : f_(path) {
+  if (f_.size() < kHeader || std::memcmp(f_.data(), kMagic, 8) != 0)
+    fail(path, ": not a Tessera token shard (bad magic; write one with 'tessera data prepare')");
+  uint32_t version, bpt;
+  uint64_t n;
+  std::memcpy(&version, f_.data() + 8, 4);
+  std::memcpy(&bpt, f_.data() + 12, 4);
+  std::memcpy(&n, f_.data() + 16, 8);
+  if (version != 1) fail(path, ": unsupported token shard version ", version);
+  if (bpt != 2 && bpt != 4) fail(path, ": bytes per token must be 2 or 4, got ", bpt);
+  if (n > (f_.size() - kHeader) / bpt) fail(path, ": header says ", n, " tokens but the file holds ", (f_.size() - kHeader) / bpt);
+  data_ = f_.data() + kHeader;
+  n_ = int64_t(n);
+  bpt_ = int(bpt);
+}
+
+int32_t TokenShard::operator[](int64_t i) const {
+  if (bpt_ == 2) {
+    uint16_t v;
+    std::memcpy(&v, data_ + i * 2, 2);
+    return v;
+  }
+  int32_t v;
+  std::memcpy(&v, data_ + i * 4, 4);
+  return v;
+}
+
+PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_path,
+                          const std::vector<std::string>& files, const std::string& dir, const PrepareOptions& o) {
+  if (files.empty()) fail("data prepare: no input files");
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1)) fail("--val-fraction must be in [0, 1), got ", o.val_fraction);
+  fs::create_directories(dir);
+  PrepareStats st;
+  std::vector<int32_t> train, val;
+  EncodeOptions eo;
+  for (const auto& f : files) {
+    const std::string text = read_file(f);
+    st.bytes += int64_t(text.size());
+    std::vector<int32_t> ids = tok.encode(text, eo);
+    if (o.add_eos && tok.eos_id() >= 0 && (ids.empty() || ids.back() != tok.eos_id())) ids.push_back(tok.eos_id());
+    const size_t n_val = size_t(double(ids.size()) * o.val_fraction);
+    train.insert(train.end(), ids.begin(), ids.end() - long(n_val));
+    val.insert(val.end(), ids.end() - long(n_val), ids.end());
+  }
+  const int64_t V = tok.n_vocab();
+  write_token_shard(dir + "/train.bin", train, V);
+  write_token_shard(dir + "/val.bin", val, V);
+  std::string tok_name;
+  if (!tokenizer_path.empty()) {
+    tok_name = fs::path(tokenizer_path).filename().string();
+    const std::string dst = dir + "/" + tok_name;
+    if (!fs::exists(dst) || !fs::equivalent(tokenizer_path, dst)) {
+      const std::string bytes = read_file(tokenizer_path);
+      AtomicFileWriter w(dst);
+      w.write(bytes.data(), bytes.size());
+      w.commit();
+    }
+  }
+  nlohmann::json meta = {{"format", "tessera-tokens"}, {"version", 1},           {"vocab_size", V},
+                         {"tokenizer", tok_name},      {"train_tokens", train.size()}, {"val_tokens", val.size()},
+                         {"files", files},             {"val_fraction", o.val_fraction}};
+  const std::string ms = meta.dump(2) + "\n";
+  AtomicFileWriter w(dir + "/meta.json");
+  w.write(ms.data(), ms.size());
+  w.commit();
+  st.train_tokens = int64_t(train.size()), st.val_tokens = int64_t(val.size());
+  return st;
+}
+
+Dataset open_dataset(const std::string& dir) {
+  const std::string mp = dir + "/meta.json";
+  if (!fs::exists(mp)) fail(dir, ": no meta.json (prepare the data with 'tessera data prepare -o ", dir, " ...')");
+  nlohmann::json meta;
+  try {
+    meta = nlohmann::json::parse(read_file(mp));
+  } catch (const nlohmann::json::exception& e) {
+    fail(mp, ": invalid JSON: ", e.what());
+  }
+  Dataset d;
+  if (!meta.contains("vocab_size") || !meta["vocab_size"].is_number_integer()) fail(mp, ": missing field vocab_size");
+  d.vocab_size = meta["vocab_size"].get<int64_t>();
+  if (meta.contains("tokenizer") && meta["tokenizer"].is_string() && !meta["tokenizer"].get<std::string>().empty())
+    d.tokenizer_path = dir + "/" + meta["tokenizer"].get<std::string>();
+  d.train = std::make_unique<TokenShard>(dir + "/train.bin");
+  d.val = std::make_unique<TokenShard>(dir + "/val.bin");
+  return d;
+}
+
+void train_batch(const TokenShard& s, uint64_t seed, int64_t step, int64_t micro, int64_t B, int64_t T, int32_t* x,
+                 int32_t* y) {
+  if (s.size() < T + 1)
+    fail(s.path(), ": has ", s.size(), " tokens, fewer than one training sequence of ", T + 1,
+         " (use more text or a smaller --seq)");
+  const uint64_t span = uint64_t(s.size() - T);  // window starts in [0, span)
+  for (int64_t b = 0; b < B; ++b) {
+    const uint64_t h = mix(mix(mix(seed) ^ uint64_t(step)) ^ (uint64_t(micro) << 20 | uint64_t(b)));
+    const int64_t o = int64_t(h % span);
+    for (int64_t t = 0; t < T; ++t) {
+      x[b * T + t] = s[o + t];
+      y[b * T + t] = s[o + t + 1];
+    }
+  }
+}
+
+void eval_window(const TokenShard& s, int64_t i, int64_t T, int32_t* x, int32_t* y) {
+  if (s.size() < T + 1)
+    fail(s.path(), ": has ", s.size(), " tokens, fewer than one evaluation window of ", T + 1,
+         " (raise --val-fraction or lower --seq)");
+  const int64_t n_win = (s.size() - 1) / T;
+  const int64_t o = (i % n_win) * T;
+  for (int64_t t = 0; t < T; ++t) x[t] = s[o + t], y[t] = s[o + t + 1];
+}
+
+}  // namespace tessera::train

@@ -1,0 +1,62 @@
+// Token datasets for training: `tessera data prepare` writes DIR/train.bin and
+// DIR/val.bin (binary token shards) plus DIR/meta.json; the trainer memory-maps
+// them and draws batches as a pure function of (seed, step), so a resumed run
+// sees exactly the batches an uninterrupted one would.
+//
+// Shard file: "TSRTOKS1" (8 bytes), uint32 version (1), uint32 bytes per token
+// (2 or 4), uint64 token count, then the tokens (little-endian).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/mmap.h"
+#include "tokenizer/tokenizer.h"
+
+namespace tessera::train {
+
+void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size);
+
+class TokenShard {
+ public:
+  explicit TokenShard(const std::string& path);  // Error naming the file on a bad header / size
+  int64_t size() const { return n_; }
+  int32_t operator[](int64_t i) const;
+  const std::string& path() const { return f_.path(); }
+
+ private:
+  MappedFile f_;
+  const uint8_t* data_ = nullptr;
+  int64_t n_ = 0;
+  int bpt_ = 2;
+};
+
+struct PrepareOptions {
+  double val_fraction = 0.05;  // the last part of each file's tokens goes to val.bin
+  bool add_eos = true;         // end each file with the tokenizer's EOS (when it has one)
+};
+struct PrepareStats {
+  int64_t train_tokens = 0, val_tokens = 0, bytes = 0;
+};
+// Tokenizes files, writes DIR/{train.bin,val.bin,meta.json} and copies the
+// tokenizer file to DIR/ (the trainer and export pick it up from there).
+PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_path,
+                          const std::vector<std::string>& files, const std::string& dir, const PrepareOptions& o);
+
+struct Dataset {
+  std::unique_ptr<TokenShard> train, val;
+  std::string tokenizer_path;  // DIR/<tokenizer file> ("" when absent)
+  int64_t vocab_size = 0;
+};
+Dataset open_dataset(const std::string& dir);
+
+// Fills x(B, T) and y(B, T) (next tokens) with the training windows of
+// (seed, step, micro): B random windows of T + 1 tokens.
+void train_batch(const TokenShard& s, uint64_t seed, int64_t step, int64_t micro, int64_t B, int64_t T, int32_t* x,
+                 int32_t* y);
+// Evaluation window i: consecutive non-overlapping windows from the start of
+// the shard (wrapping when the shard is shorter). x, y: (T).
+void eval_window(const TokenShard& s, int64_t i, int64_t T, int32_t* x, int32_t* y);
+
+}  // namespace tessera::train
