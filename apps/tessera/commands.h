@@ -11,5 +11,6 @@ int cmd_bench(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);  // "tokenizer train ..."
+int cmd_memory(int argc, char** argv);
 
 }  // namespace tessera::cli

@@ -25,6 +25,7 @@ const Command kCommands[] = {
     {"convert", tessera::cli::cmd_convert, "convert between GGUF, safetensors and llama2.c"},
     {"tokenize", tessera::cli::cmd_tokenize, "show the tokens of a text"},
     {"tokenizer", tessera::cli::cmd_tokenizer, "tokenizer tools: 'tokenizer train'"},
+    {"memory", tessera::cli::cmd_memory, "training memory per device: weights, grads, Adam states, ZeRO, activations"},
 };
 
 void usage(FILE* f) {
