@@ -15,5 +15,6 @@ int cmd_train(int argc, char** argv);
 int cmd_data(int argc, char** argv);       // "data prepare ..."
 int cmd_export(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
+int cmd_memory(int argc, char** argv);
 
 }  // namespace tessera::cli

@@ -1,0 +1,141 @@
+#include "train/memory.h"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "core/error.h"
+
+namespace tessera::train {
+
+Precision parse_precision(const std::string& s) {
+  if (s == "mixed") return Precision::Mixed;
+  if (s == "fp32") return Precision::FP32;
+  if (s == "bf16") return Precision::BF16;
+  fail("--precision: unknown precision '", s, "' (mixed, fp32, bf16)");
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::Mixed: return "mixed";
+    case Precision::FP32: return "fp32";
+    case Precision::BF16: return "bf16";
+  }
+  return "?";
+}
+
+BytesPerParam bytes_per_param(Precision p) {
+  switch (p) {
+    case Precision::Mixed: return {2, 2, 12};  // fp16/bf16 w, g; fp32 master w, m, v
+    case Precision::FP32: return {4, 4, 8};    // fp32 w, g; fp32 m, v
+    case Precision::BF16: return {2, 2, 4};    // bf16 w, g; bf16 m, v
+  }
+  return {};
+}
+
+double activation_bytes(Precision p) { return p == Precision::FP32 ? 4.0 : 2.0; }
+
+DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p) {
+  if (!(params > 0) || !std::isfinite(params)) fail("--params must be a positive number of parameters, got ", params);
+  if (dp < 1) fail("--dp must be at least 1 (data-parallel ranks), got ", dp);
+  if (stage < 0 || stage > 3) fail("--zero must be a ZeRO stage 0, 1, 2 or 3, got ", stage);
+  const BytesPerParam b = bytes_per_param(p);
+  const double n = double(dp);
+  // Psi parameters; stage s shards the first s of (optimizer states, gradients, weights) over n ranks.
+  DeviceMemory m;
+  m.optimizer = params * b.optimizer / (stage >= 1 ? n : 1.0);
+  m.grads = params * b.grads / (stage >= 2 ? n : 1.0);
+  m.weights = params * b.weights / (stage >= 3 ? n : 1.0);
+  return m;
+}
+
+int64_t count_params(const ModelConfig& c) {
+  const int64_t C = c.dim, H = c.hidden_dim, V = c.vocab_size, L = c.n_layers;
+  int64_t n = V * C + (c.tied_embeddings ? 0 : V * C);  // tok_embd (V, C), output (V, C) unless tied
+  if (c.arch == Arch::Llama) {
+    n += C;  // final RMSNorm gain
+    int64_t layer = 2 * C;                                      // two RMSNorm gains
+    layer += c.q_dim() * C + 2 * c.kv_dim() * C;                // wq (q, C), wk, wv (kv, C)
+    if (c.qkv_bias) layer += c.q_dim() + 2 * c.kv_dim();        // Qwen2 q/k/v biases
+    layer += C * c.q_dim();                                     // wo (C, q)
+    layer += 3 * H * C;                                         // w_gate, w_up (H, C), w_down (C, H)
+    return n + L * layer;
+  }
+  n += c.max_seq_len * C + 2 * C;                               // pos_embd (T, C), final LayerNorm gain + bias
+  int64_t layer = 4 * C;                                        // two LayerNorms, gain + bias each
+  layer += 3 * C * C + 3 * C;                                   // fused wqkv (3C, C) + bias
+  layer += C * C + C;                                           // wo (C, C) + bias
+  layer += H * C + H + C * H + C;                               // w_up (H, C) + bias, w_down (C, H) + bias
+  return n + L * layer;
+}
+
+// Activations saved for backward by a standard (non-fused, non-flash) implementation,
+// per token, elements in the activation dtype (a bytes) unless noted; T = seq:
+//
+//   Llama block                                   GPT-2 block
+//   x, block input = RMSNorm-1 input   C          x, LayerNorm-1 input         C
+//   RMSNorm-1 output                   C          LayerNorm-1 output           C
+//   q, k, v after RoPE         q + 2*kv           q, k, v (fused qkv output)   3C
+//   attention probabilities    n_heads*T          attention probabilities      n_heads*T
+//     (softmax of the (T, T) scores: one row of T per head per token; FlashAttention
+//      would keep only a logsumexp per head instead)
+//   attention output (wo input)        q          attention output (wo input)  C
+//   residual after attention           C          residual after attention     C
+//     (= norm-2 input)                              (= LayerNorm-2 input)
+//   RMSNorm-2 output                   C          LayerNorm-2 output           C
+//   gate, up (w_gate, w_up outputs)   2H          fc output (GELU input)       H
+//   silu(gate) * up (w_down input)     H          GELU output (w_down input)   H
+//   rstd per norm, fp32            2 x 4B         mean + rstd per norm, fp32   4 x 4B
+//
+// The block output is the next block's input and is counted there. Outside the
+// blocks (the "head"): the last block's output (final-norm input) C, the final
+// norm output C, the logits V, and the norm statistics in fp32. Embedding output
+// is block 0's input. Transient buffers of the backward pass (activation
+// gradients, one block at a time) and dropout masks are not counted.
+//
+// Full storage keeps every block:   tokens * (L * layer + head).
+// Per-block recomputation keeps only each block's input (C per token) and, while
+// a block's backward runs, that one block's recomputed activations (whose input
+// is the checkpoint already counted):  tokens * (L * C*a + (layer - C*a) + head).
+ActivationEstimate activation_memory(const ModelConfig& c, int64_t batch, int64_t seq, Precision p) {
+  if (batch < 1) fail("--batch must be at least 1, got ", batch);
+  if (seq < 1) fail("--seq must be at least 1, got ", seq);
+  c.validate(c.name.empty() ? "model config" : c.name);
+  if (c.arch == Arch::GPT2 && seq > c.max_seq_len)
+    fail("--seq ", seq, " exceeds the model's ", c.max_seq_len, " learned positions (GPT-2)");
+  if (batch > std::numeric_limits<int64_t>::max() / seq) fail("--batch ", batch, " x --seq ", seq, " overflows");
+  const double a = activation_bytes(p);
+  const double C = double(c.dim), H = double(c.hidden_dim), V = double(c.vocab_size), T = double(seq);
+  const double q = double(c.q_dim()), kv = double(c.kv_dim()), nh = double(c.n_heads);
+  const bool llama = c.arch == Arch::Llama;
+  const double stats = llama ? 1 * 4.0 : 2 * 4.0;  // fp32 bytes per norm per token
+  ActivationEstimate e;
+  e.tokens = batch * seq;
+  const double ffn = llama ? 3 * H : 2 * H;
+  e.per_token_layer = a * (2 * C + (q + 2 * kv) + nh * T + q + 2 * C + ffn) + 2 * stats;
+  e.per_token_checkpoint = a * C;
+  e.per_token_head = a * (2 * C + V) + stats;
+  const double L = double(c.n_layers), n = double(e.tokens);
+  e.full = n * (L * e.per_token_layer + e.per_token_head);
+  e.recompute = n * (L * e.per_token_checkpoint + (e.per_token_layer - e.per_token_checkpoint) + e.per_token_head);
+  return e;
+}
+
+std::string format_gb(double bytes) {
+  const double v = bytes / 1e9;
+  if (v == 0 || !std::isfinite(v)) return v == 0 ? "0" : std::to_string(v);
+  // 3 significant digits: scale so that the kept digits are the integer part, round half away.
+  int e = int(std::floor(std::log10(std::fabs(v))));
+  double scale = std::pow(10.0, 2 - e);
+  double r = std::round(v * scale);
+  if (std::fabs(r) >= 1000) {  // 999.5 -> 1000: one more digit before the point
+    ++e;
+    scale /= 10;
+    r = std::round(v * scale);
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", e >= 2 ? 0 : 2 - e, r / scale);
+  return buf;
+}
+
+}  // namespace tessera::train
