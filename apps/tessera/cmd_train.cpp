@@ -88,6 +88,7 @@ int cmd_train(int argc, char** argv) {
   CLI::App app{"Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
                "tessera train"};
   app.set_config("--config", "", "read options from a TOML file (keys are the long option names)");
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
   train::TrainOptions o;
   o.model.dim = 256, o.model.n_layers = 4, o.model.n_heads = 8, o.model.n_kv_heads = 0;
   o.model.max_seq_len = 0, o.model.vocab_size = 0, o.model.hidden_dim = 0;
@@ -106,6 +107,7 @@ int cmd_train(int argc, char** argv) {
   }
   o.sched.kind = train::parse_schedule_kind(sched);
   o.sched.total = o.steps;
+  if (!app.count("--warmup")) o.sched.warmup = std::min<int64_t>(o.sched.warmup, o.steps / 10);
   finish_model_config(o, arch, untied);
   const auto s = train::run_training(o, false, stderr);
   std::fprintf(stderr, "done: %lld steps, loss %.4f, val loss %.4f (ppl %.2f), %.0f tok/s; checkpoint %s\n",

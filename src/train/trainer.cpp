@@ -179,7 +179,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
     const int64_t steps = o.steps;  // the caller may extend the run
     o = options_from_json(j, run);
     o.out_dir = dir;
-    if (steps > 0) o.steps = steps;
+    if (steps > 0) o.steps = o.sched.total = steps;  // a longer run stretches the cosine to its new end
     const std::string last = latest_checkpoint(dir);
     if (last.empty()) fail(dir, ": no checkpoint to resume from");
     ck = load_checkpoint(last);
@@ -319,9 +319,11 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
     if (eval_now) hist.vstep.push_back(double(done)), hist.vloss.push_back(val);
     if (done % o.log_interval == 0 || eval_now || done == start + 1) {
       const double eta = double(o.steps - done) * el / double(timed_steps);
+      char vbuf[32] = "-";
+      if (std::isfinite(val)) std::snprintf(vbuf, sizeof vbuf, "%.4f", val);
       std::fprintf(log, "step %6lld/%lld | loss %.4f | val %s | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s\n",
                    (long long)done, (long long)o.steps, loss,
-                   std::isfinite(val) ? (std::ostringstream() << std::fixed << std::setprecision(4) << val).str().c_str() : "-",
+                   vbuf,
                    double(lr), gnorm, tok_s, fmt_time(eta).c_str());
       std::fflush(log);
     }

@@ -1,0 +1,222 @@
+// Training from the command line: data prepare, train, SIGKILL + resume
+// (bit-identical), export into the inference engine, and bad input.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "cli_util.h"
+#include "formats/any_tokenizer.h"
+#include "formats/llama2c.h"
+#include "nlohmann/json.hpp"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+using namespace tessera;
+using tessera::test::q;
+using tessera::test::run_cli;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A tokenizer and a token dataset from the first 300 KB of tinyshakespeare, made once.
+class TrainCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!fs::exists(test::shared_path("data/tinyshakespeare.txt"))) return;
+    dir_ = test::temp_path("train_cli");
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ifstream in(test::shared_path("data/tinyshakespeare.txt"));
+    std::string text(300000, '\0');
+    in.read(text.data(), std::streamsize(text.size()));
+    std::ofstream(dir_ + "/corpus.txt") << text;
+    std::ofstream(dir_ + "/tiny.txt") << "To be, or not to be.";
+    auto r = run_cli("tokenizer train --vocab-size 320 --special '<|endoftext|>' -o " + q(dir_ + "/tok.json") + " " +
+                     q(dir_ + "/corpus.txt"));
+    ASSERT_EQ(r.code, 0) << r.err;
+    r = run_cli("data prepare --tokenizer " + q(dir_ + "/tok.json") + " -o " + q(dir_ + "/data") + " " +
+                q(dir_ + "/corpus.txt"));
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  static void TearDownTestSuite() {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  void SetUp() override { TESSERA_REQUIRE_SHARED("data/tinyshakespeare.txt"); }
+  static std::string train_args(const std::string& out, int steps) {
+    return "train --data " + q(dir_ + "/data") + " -o " + q(out) +
+           " --dim 32 --layers 2 --heads 4 --kv-heads 2 --batch 4 --seq 32 --ckpt-interval 5 --eval-interval 10"
+           " --eval-batches 2 --log-interval 50 -t 2 --seed 7 --lr 3e-3 --steps " +
+           std::to_string(steps);
+  }
+  // (step, loss, grad_norm, lr, val_loss) of every metrics line, as the JSON text wrote them.
+  static std::vector<std::string> trajectory(const std::string& run) {
+    std::vector<std::string> r;
+    std::ifstream in(run + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      std::string s = j["step"].dump() + " " + j["loss"].dump() + " " + j["grad_norm"].dump() + " " + j["lr"].dump();
+      if (j.contains("val_loss")) s += " " + j["val_loss"].dump();
+      r.push_back(s);
+    }
+    return r;
+  }
+  // Runs a bash script (written to a file, so it needs no quoting); returns system()'s status.
+  static int bash(const std::string& script) {
+    const std::string path = dir_ + "/script.sh";
+    std::ofstream(path) << script << "\n";
+    return std::system(("bash " + q(path)).c_str());
+  }
+  static inline std::string dir_;
+};
+
+}  // namespace
+
+TEST_F(TrainCli, TrainsExportsAndTheEngineLoadsTheModel) {
+  const std::string run = dir_ + "/run_basic";
+  auto r = run_cli(train_args(run, 40));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("step     40/40"), std::string::npos) << r.err;
+  for (const char* f : {"metrics.jsonl", "loss.svg", "run.json", "ckpt_00000040.bin"})
+    EXPECT_TRUE(fs::exists(run + "/" + f)) << f;
+  EXPECT_EQ(train::list_checkpoints(run).size(), 3u);  // --keep 3
+  const auto traj = trajectory(run);
+  ASSERT_EQ(traj.size(), 40u);
+  // Learning happened: the last loss is well below the first (ln 320 = 5.77 at random init).
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string l1, ln, line;
+  std::getline(in, l1);
+  while (std::getline(in, line)) ln = line;
+  EXPECT_LT(nlohmann::json::parse(ln)["loss"].get<double>(), nlohmann::json::parse(l1)["loss"].get<double>() - 0.5);
+
+  r = run_cli("export " + q(run) + " -o " + q(run + "/model.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("export " + q(run) + " -o " + q(run + "/hf") + " --type bf16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(run + "/hf/tokenizer.json"));
+  r = run_cli("generate -m " + q(run + "/model.gguf") + " -p 'ROMEO:' -n 10 --seed 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+  r = run_cli("perplexity -m " + q(run + "/hf") + " -f " + q(dir_ + "/corpus.txt") + " -c 32");
+  ASSERT_EQ(r.code, 0) << r.err;
+}
+
+TEST_F(TrainCli, SigkillAtARandomStepThenResumeGivesTheSameLossLog) {
+  const std::string a = dir_ + "/run_a", b = dir_ + "/run_b";
+  const int steps = 300;
+  auto r = run_cli(train_args(a, steps));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::mt19937 rng(uint32_t(std::random_device{}()));
+  const int ck = 5 * (2 + int(rng() % 10));        // wait for this checkpoint...
+  const int delay_ms = int(rng() % 40);            // ...then kill a moment later
+  const std::string script = std::string(TESSERA_CLI) + " " + train_args(b, steps) + " 2>/dev/null & pid=$!; " +
+                             "while [ ! -f " + q(train::checkpoint_path(b, ck)) + " ]; do sleep 0.005; done; " +
+                             "sleep " + std::to_string(delay_ms / 1000.0) + "; kill -9 $pid; wait $pid; exit 0";
+  ASSERT_EQ(bash(script), 0);
+  ASSERT_FALSE(fs::exists(train::checkpoint_path(b, steps))) << "the run finished before the kill; make it longer";
+  r = run_cli("train --resume " + q(b));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming"), std::string::npos);
+  EXPECT_EQ(trajectory(a), trajectory(b)) << "killed after checkpoint " << ck << " + " << delay_ms << " ms";
+  // And the final weights and optimizer state are bit-identical.
+  EXPECT_EQ(test::slurp(train::checkpoint_path(a, steps)), test::slurp(train::checkpoint_path(b, steps)));
+}
+
+TEST_F(TrainCli, BadConfigsAndDataGetClearErrors) {
+  auto r = run_cli(train_args(dir_ + "/bad1", 5) + " --heads 5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--heads (5) must divide --dim (32)"), std::string::npos) << r.err;
+  r = run_cli(train_args(dir_ + "/bad2", 5) + " --dim -4");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
+  r = run_cli(train_args(dir_ + "/bad3", 0));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--steps must be positive"), std::string::npos) << r.err;
+  r = run_cli("train --data " + q(dir_ + "/nowhere") + " -o " + q(dir_ + "/bad4") + " --steps 3");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("meta.json"), std::string::npos) << r.err;
+  // A corpus smaller than one sequence.
+  r = run_cli("data prepare --tokenizer " + q(dir_ + "/tok.json") + " -o " + q(dir_ + "/tinydata") + " " +
+              q(dir_ + "/tiny.txt"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --data " + q(dir_ + "/tinydata") + " -o " + q(dir_ + "/bad5") + " --dim 32 --layers 1 --heads 4 --seq 32 --steps 3");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("fewer than one sequence"), std::string::npos) << r.err;
+}
+
+TEST_F(TrainCli, ExistingRunCorruptCheckpointAndFullDisk) {
+  const std::string run = dir_ + "/run_c";
+  auto r = run_cli(train_args(run, 5));
+  ASSERT_EQ(r.code, 0) << r.err;
+  // A second run into the same directory would overwrite it: refused.
+  r = run_cli(train_args(run, 5));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
+  // The disk fills while checkpointing step 10: a clear error, the step-5 checkpoint survives.
+  const std::string ck5 = train::checkpoint_path(run, 5);
+  const std::string before = test::slurp(ck5);
+  const std::string script = "trap '' XFSZ; ulimit -f 64; exec " + std::string(TESSERA_CLI) + " train --resume " +
+                             q(run) + " --steps 10 2>" + q(run + "/err.txt");
+  const int st = bash(script);
+  EXPECT_NE(st, 0);
+  const std::string err = test::slurp(run + "/err.txt");
+  EXPECT_NE(err.find("checkpoint at step 10 failed"), std::string::npos) << err;
+  EXPECT_NE(err.find("is intact"), std::string::npos) << err;
+  EXPECT_EQ(test::slurp(ck5), before);
+  for (const auto& e : fs::directory_iterator(run))
+    EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << "leftover " << e.path();
+  // A corrupt checkpoint is named on resume.
+  {
+    std::fstream f(ck5, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x7f');
+  }
+  r = run_cli("train --resume " + q(run));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("corrupt"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("ckpt_00000005.bin"), std::string::npos) << r.err;
+}
+
+TEST_F(TrainCli, NonFiniteLossStopsOrIsSkipped) {
+  auto r = run_cli(train_args(dir_ + "/nan1", 20) + " --lr 1e30 --clip 0 --warmup 0");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("non-finite at step"), std::string::npos) << r.err;
+  r = run_cli(train_args(dir_ + "/nan2", 6) + " --lr 1e30 --clip 0 --warmup 0 --skip-nonfinite");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("batch skipped"), std::string::npos) << r.err;
+}
+
+// Continued training of stories260K on TinyStories text lowers its validation loss.
+TEST(TrainLib, ContinuedTrainingOfStories260KLowersValLoss) {
+  TESSERA_REQUIRE_SHARED("models/stories260K.bin");
+  TESSERA_REQUIRE_SHARED("data/tinystories_val.txt");
+  const std::string dir = test::temp_path("stories_ft");
+  fs::remove_all(dir);
+  const Tokenizer tok = load_any_tokenizer(test::shared_path("models/tok512.bin"));
+  train::PrepareOptions po;
+  po.val_fraction = 0.1;
+  train::prepare_data(tok, test::shared_path("models/tok512.bin"), {test::shared_path("data/tinystories_val.txt")},
+                      dir + "/data", po);
+  train::TrainOptions o;
+  o.data_dir = dir + "/data", o.out_dir = dir + "/run";
+  o.init_model = test::shared_path("models/stories260K.bin");
+  o.init_tokenizer = test::shared_path("models/tok512.bin");
+  o.batch = 8, o.seq = 128, o.steps = 30, o.eval_interval = 30, o.eval_batches = 4, o.ckpt_interval = 30;
+  o.sched.lr = 5e-4f, o.sched.min_lr = 5e-5f, o.sched.warmup = 0, o.sched.total = 30;
+  // Validation loss before: the same evaluation on the initial weights.
+  const Weights w = load_llama2c(o.init_model);
+  const train::Layout L(w.cfg);
+  std::vector<float> p(L.total);
+  train::params_from_weights(L, w, p.data());
+  train::Transformer<float> m(L, o.batch, o.seq, o.mo);
+  const auto data = train::open_dataset(o.data_dir);
+  const double before = train::evaluate(m, p.data(), *data.val, o.eval_batches * o.batch);
+  std::FILE* devnull = std::fopen("/dev/null", "w");
+  const auto s = train::run_training(o, false, devnull);
+  std::fclose(devnull);
+  EXPECT_LT(s.val_loss, before - 0.01) << "before " << before << " after " << s.val_loss;
+  fs::remove_all(dir);
+}
