@@ -10,6 +10,7 @@
 #include "common.h"
 #include "core/error.h"
 #include "kernels/measure.h"
+#include "bench_train.h"
 
 namespace tessera::cli {
 
@@ -53,7 +54,18 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("-t,--threads", threads, "threads (default: all cores)");
   app.add_option("-r,--repetitions", reps, "repetitions; the best is reported")->check(CLI::PositiveNumber);
   app.add_flag("--json", json, "print one JSON object");
+  TrainBenchArgs tb;
+  app.add_flag("--train", tb.enabled, "benchmark training steps (forward + backward + AdamW) instead of inference");
+  app.add_option("--batch", tb.batch, "--train: sequences per step");
+  app.add_option("--seq", tb.seq, "--train: tokens per sequence");
+  app.add_option("--steps", tb.steps, "--train: timed steps (after one warm-up step)");
+  app.add_flag("--recompute", tb.recompute, "--train: per-block activation recomputation");
+  app.set_config("--config", "", "read these options from a TOML file (keys are the long option names)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (tb.enabled) {
+    if (model.empty() == synthetic.empty()) fail("bench --train: give exactly one of -m MODEL or --synthetic SHAPE");
+    return bench_train(model.empty() ? "synthetic:" + synthetic : model, tb, threads, json);
+  }
   if (model.empty() == synthetic.empty()) fail("bench: give exactly one of -m MODEL or --synthetic SHAPE");
   if (pp < 0 || tg < 0) fail("bench: -p and -n must be >= 0");
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));

@@ -29,8 +29,13 @@ ModelConfig synthetic_config(const std::string& name) {
     c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.hidden_dim = 256, c.vocab_size = 512;
     c.max_seq_len = 128;
     c.tied_embeddings = true;
+  } else if (name == "gpt2-124m") {
+    c.arch = Arch::GPT2;
+    c.dim = 768, c.n_layers = 12, c.n_heads = 12, c.n_kv_heads = 12, c.hidden_dim = 3072, c.vocab_size = 50257;
+    c.max_seq_len = 1024;
+    c.tied_embeddings = true;
   } else {
-    fail("unknown synthetic model '", name, "' (known: 1b, 15m, 260k, gpt2-tiny)");
+    fail("unknown synthetic model '", name, "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m)");
   }
   c.head_dim = c.dim / c.n_heads;
   c.name = "synthetic-" + name;

@@ -10,7 +10,8 @@ namespace tessera {
 
 // Named shapes: "1b" (dim 2048, 16 layers, 32/8 heads, hidden 5632, vocab 32000),
 // "15m" (dim 288, 6 layers, 6 heads, hidden 768, vocab 32000), "260k" (stories260K's
-// shape), "gpt2-tiny" (GPT-2 block, dim 64, 2 layers, 4 heads, vocab 512).
+// shape), "gpt2-tiny" (GPT-2 block, dim 64, 2 layers, 4 heads, vocab 512), "gpt2-124m"
+// (GPT-2 small: dim 768, 12 layers, 12 heads, vocab 50257, 1024 positions).
 // Throws Error listing the names on an unknown one.
 ModelConfig synthetic_config(const std::string& name);
 

@@ -1,0 +1,88 @@
+#include "bench_train.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "core/error.h"
+#include "formats/load.h"
+#include "kernels/measure.h"
+#include "model/synthetic.h"
+#include "train/optim.h"
+#include "train/params.h"
+#include "train/transformer.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace tessera::cli {
+
+int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, bool json) {
+  if (a.batch <= 0 || a.seq <= 0 || a.steps <= 0) fail("bench --train: --batch, --seq and --steps must be positive");
+  if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+  // Only the config is needed: synthetic shapes are not generated, files are read for their config.
+  ModelConfig cfg;
+  if (model.rfind("synthetic:", 0) == 0) {
+    std::string name = model.substr(10);
+    name = name.substr(0, name.find(':'));
+    cfg = synthetic_config(name);
+  } else {
+    cfg = load_model(model).weights.cfg;
+  }
+  if (a.seq > cfg.max_seq_len) fail("bench --train: --seq ", a.seq, " exceeds the model's context ", cfg.max_seq_len);
+  const train::Layout L(cfg);
+  // Parameters that take part in matrix products: 2-D weights, the classifier once, no embedding gather.
+  double n_mm = 0;
+  for (const auto& t : L.tensors)
+    if (t.matrix) n_mm += double(t.numel);
+  if (cfg.tied_embeddings) n_mm += double(cfg.vocab_size * cfg.dim);  // the classifier is the embedding table
+
+  KernelContext ctx(threads);
+  std::fprintf(stderr, "bench --train: %s, %.2fM params, batch %lld x %lld, %d threads; measuring sgemm peak...\n",
+               model.c_str(), double(L.total) / 1e6, (long long)a.batch, (long long)a.seq, threads);
+  const double peak = measure_gemm_peak_gflops(ctx);
+
+  std::vector<float> p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
+  train::init_params(L, p.data(), 1);
+  train::ModelOptions mo;
+  mo.recompute = a.recompute;
+  train::Transformer<float> tm(L, a.batch, a.seq, mo);
+  train::AdamWConfig ac;
+  const auto mask = train::decay_mask(L, ac);
+  std::vector<int32_t> x(size_t(a.batch * a.seq)), y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t((i * 7919 + 13) % size_t(cfg.vocab_size)), y[i] = x[(i + 1) % x.size()];
+  auto step = [&](int64_t s) {
+    std::fill(g.begin(), g.end(), 0.f);
+    tm.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(x.size()));
+    train::adamw_step(p.data(), g.data(), m.data(), v.data(), mask.data(), L.total, s + 1, 1e-4f, ac);
+  };
+  step(0);  // warm-up
+  double best = 1e30;
+  for (int64_t s = 1; s <= a.steps; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step(s);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const double tok_s = double(a.batch * a.seq) / best;
+  const double gflops = 6.0 * n_mm * tok_s / 1e9;
+  const double frac = gflops / peak;
+  if (json) {
+    std::printf("{\"model\": \"%s\", \"params\": %zu, \"matmul_params\": %.0f, \"batch\": %lld, \"seq\": %lld, "
+                "\"threads\": %d, \"precision\": \"fp32\", \"recompute\": %s, \"step_s\": %.4f, \"train_tok_s\": %.1f, "
+                "\"train_gflops\": %.1f, \"gemm_peak_gflops\": %.1f, \"peak_fraction\": %.4f, "
+                "\"activation_bytes\": %zu}\n",
+                model.c_str(), L.total, n_mm, (long long)a.batch, (long long)a.seq, threads,
+                a.recompute ? "true" : "false", best, tok_s, gflops, peak, frac, tm.activation_bytes());
+  } else {
+    std::printf("train %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (6*N*T) = %.1f%% of %.0f GFLOP/s "
+                "sgemm peak; activations %.1f MB\n",
+                model.c_str(), (long long)a.batch, (long long)a.seq, best, tok_s, gflops, 100 * frac, peak,
+                double(tm.activation_bytes()) / 1e6);
+  }
+  return 0;
+}
+
+}  // namespace tessera::cli

@@ -1,0 +1,18 @@
+// tessera bench --train: training throughput (tokens/s of full steps: forward,
+// backward, AdamW) and the fraction of this machine's measured sgemm peak that
+// 6 * N * tokens FLOPs represent (N = parameters in matrix products).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace tessera::cli {
+
+struct TrainBenchArgs {
+  bool enabled = false;
+  int64_t batch = 8, seq = 256, steps = 3;
+  bool recompute = false;
+};
+
+int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, bool json);
+
+}  // namespace tessera::cli
