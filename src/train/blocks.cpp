@@ -190,6 +190,10 @@ void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stri
   }
 }
 
+// Attention runs per (batch, head) on single-threaded BLAS calls inside the
+// OpenMP loop (OpenBLAS does not nest): S = Q K^T over the full (T, T) square
+// (the masked half is wasted work, still far faster than scalar loops), the
+// causal softmax row by row, then O = P V.
 template <class T>
 void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s) {
   const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd;
@@ -198,30 +202,25 @@ void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnS
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t h = 0; h < s.n_heads; ++h) {
       const int64_t kh = h / grp;
+      const T* Q = q + b * Tn * s.q_stride + h * hd;    // (T, hd) rows of q_stride
+      const T* K = k + b * Tn * s.kv_stride + kh * hd;  // (T, hd) rows of kv_stride
+      const T* Vv = v + b * Tn * s.kv_stride + kh * hd;
+      T* Ph = P + (b * s.n_heads + h) * Tn * Tn;        // (T, T)
+      gemm<T>(false, true, Tn, Tn, hd, scale, Q, s.q_stride, K, s.kv_stride, T(0), Ph, Tn);
       for (int64_t i = 0; i < Tn; ++i) {
-        const T* qi = q + (b * Tn + i) * s.q_stride + h * hd;
-        T* p = P + ((b * s.n_heads + h) * Tn + i) * Tn;  // (i+1) scores
+        T* p = Ph + i * Tn;
         T mx = -INFINITY;
         for (int64_t j = 0; j <= i; ++j) {
-          const T* kj = k + (b * Tn + j) * s.kv_stride + kh * hd;
-          T d = 0;
-          for (int64_t e = 0; e < hd; ++e) d += qi[e] * kj[e];
-          d *= scale;
-          if (cap > 0) d = cap * std::tanh(d / cap);
-          p[j] = d;
-          mx = std::max(mx, d);
+          if (cap > 0) p[j] = cap * std::tanh(p[j] / cap);
+          mx = std::max(mx, p[j]);
         }
         T sum = 0;
         for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
         const T inv = T(1) / sum;
-        T* o = out + (b * Tn + i) * od + h * hd;
-        for (int64_t e = 0; e < hd; ++e) o[e] = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          p[j] *= inv;
-          const T* vj = v + (b * Tn + j) * s.kv_stride + kh * hd;
-          for (int64_t e = 0; e < hd; ++e) o[e] += p[j] * vj[e];
-        }
+        for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
+        for (int64_t j = i + 1; j < Tn; ++j) p[j] = 0;
       }
+      gemm<T>(false, false, Tn, hd, Tn, T(1), Ph, Tn, Vv, s.kv_stride, T(0), out + b * Tn * od + h * hd, od);
     }
 }
 
@@ -233,51 +232,42 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, c
   // One task per (batch, kv head): it owns dk/dv of that head, and dq of its query heads.
 #pragma omp parallel
   {
-    std::vector<T> ds(static_cast<size_t>(Tn));
+    std::vector<T> dS(static_cast<size_t>(Tn * Tn)), raw(cap > 0 ? static_cast<size_t>(Tn * Tn) : 0);
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < s.B; ++b)
       for (int64_t kh = 0; kh < s.n_kv_heads; ++kh) {
+        const T* K = k + b * Tn * s.kv_stride + kh * hd;
+        const T* Vv = v + b * Tn * s.kv_stride + kh * hd;
+        T* dK = dk + b * Tn * s.kv_stride + kh * hd;
+        T* dV = dv + b * Tn * s.kv_stride + kh * hd;
         for (int64_t j = 0; j < Tn; ++j)
-          for (int64_t e = 0; e < hd; ++e) {
-            dk[(b * Tn + j) * s.kv_stride + kh * hd + e] = 0;
-            dv[(b * Tn + j) * s.kv_stride + kh * hd + e] = 0;
-          }
-        for (int64_t h = kh * grp; h < (kh + 1) * grp; ++h)
+          for (int64_t e = 0; e < hd; ++e) dK[j * s.kv_stride + e] = 0, dV[j * s.kv_stride + e] = 0;
+        for (int64_t h = kh * grp; h < (kh + 1) * grp; ++h) {
+          const T* Ph = P + (b * s.n_heads + h) * Tn * Tn;
+          const T* dO = dout + b * Tn * od + h * hd;
+          const T* Q = q + b * Tn * s.q_stride + h * hd;
+          T* dQ = dq + b * Tn * s.q_stride + h * hd;
+          gemm<T>(true, false, Tn, hd, Tn, T(1), Ph, Tn, dO, od, T(1), dV, s.kv_stride);          // dV += P^T dO
+          gemm<T>(false, true, Tn, Tn, hd, T(1), dO, od, Vv, s.kv_stride, T(0), dS.data(), Tn);  // dP = dO V^T
+          if (cap > 0) gemm<T>(false, true, Tn, Tn, hd, scale, Q, s.q_stride, K, s.kv_stride, T(0), raw.data(), Tn);
           for (int64_t i = 0; i < Tn; ++i) {
-            const T* p = P + ((b * s.n_heads + h) * Tn + i) * Tn;
-            const T* go = dout + (b * Tn + i) * od + h * hd;
-            const T* qi = q + (b * Tn + i) * s.q_stride + h * hd;
+            const T* p = Ph + i * Tn;
+            T* d = dS.data() + i * Tn;
             T dot_sum = 0;
+            for (int64_t j = 0; j <= i; ++j) dot_sum += p[j] * d[j];
             for (int64_t j = 0; j <= i; ++j) {
-              const T* vj = v + (b * Tn + j) * s.kv_stride + kh * hd;
-              T* dvj = dv + (b * Tn + j) * s.kv_stride + kh * hd;
-              T d = 0;
-              for (int64_t e = 0; e < hd; ++e) {
-                d += go[e] * vj[e];
-                dvj[e] += p[j] * go[e];
-              }
-              ds[size_t(j)] = d;
-              dot_sum += p[j] * d;
-            }
-            T* dqi = dq + (b * Tn + i) * s.q_stride + h * hd;
-            for (int64_t e = 0; e < hd; ++e) dqi[e] = 0;
-            for (int64_t j = 0; j <= i; ++j) {
-              T g = p[j] * (ds[size_t(j)] - dot_sum);  // d loss / d (capped) score
-              const T* kj = k + (b * Tn + j) * s.kv_stride + kh * hd;
+              T g = p[j] * (d[j] - dot_sum);  // d loss / d (capped) score
               if (cap > 0) {
-                T raw = 0;
-                for (int64_t e = 0; e < hd; ++e) raw += qi[e] * kj[e];
-                const T t = std::tanh(raw * scale / cap);
+                const T t = std::tanh(raw[size_t(i * Tn + j)] / cap);
                 g *= T(1) - t * t;
               }
-              g *= scale;
-              T* dkj = dk + (b * Tn + j) * s.kv_stride + kh * hd;
-              for (int64_t e = 0; e < hd; ++e) {
-                dqi[e] += g * kj[e];
-                dkj[e] += g * qi[e];
-              }
+              d[j] = g * scale;
             }
+            for (int64_t j = i + 1; j < Tn; ++j) d[j] = 0;
           }
+          gemm<T>(false, false, Tn, hd, Tn, T(1), dS.data(), Tn, K, s.kv_stride, T(0), dQ, s.q_stride);  // dQ = dS K
+          gemm<T>(true, false, Tn, hd, Tn, T(1), dS.data(), Tn, Q, s.q_stride, T(1), dK, s.kv_stride);   // dK += dS^T Q
+        }
       }
   }
 }
