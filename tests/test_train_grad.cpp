@@ -169,7 +169,9 @@ TEST(TrainGrad, AttentionGqaCausalWithAndWithoutSoftcap) {
     };
     f();
     Vec dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
-    blk::attention_bwd(dq.data(), dk.data(), dv.data(), R.data(), P.data(), q.data(), k.data(), v.data(), s);
+    Vec scratch(size_t(omp_get_max_threads() * blk::attention_scratch(s.T)));
+    blk::attention_bwd(dq.data(), dk.data(), dv.data(), R.data(), P.data(), q.data(), k.data(), v.data(), s,
+                       scratch.data());
     // Spare columns of the strided layouts carry no gradient; the backward leaves them untouched (zero here).
     EXPECT_LT(rel_err(dq, numgrad(q, f)), kTol) << "cap " << cap;
     EXPECT_LT(rel_err(dk, numgrad(k, f)), kTol) << "cap " << cap;

@@ -226,13 +226,14 @@ void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnS
 
 template <class T>
 void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, const T* k, const T* v,
-                   const AttnShape& s) {
+                   const AttnShape& s, T* scratch) {
   const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd;
   const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
   // One task per (batch, kv head): it owns dk/dv of that head, and dq of its query heads.
 #pragma omp parallel
   {
-    std::vector<T> dS(static_cast<size_t>(Tn * Tn)), raw(cap > 0 ? static_cast<size_t>(Tn * Tn) : 0);
+    T* dS = scratch + int64_t(omp_get_thread_num()) * attention_scratch(s.T);  // (T, T)
+    T* raw = dS + Tn * Tn;                                                       // (T, T) when capped
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < s.B; ++b)
       for (int64_t kh = 0; kh < s.n_kv_heads; ++kh) {
@@ -248,25 +249,25 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, c
           const T* Q = q + b * Tn * s.q_stride + h * hd;
           T* dQ = dq + b * Tn * s.q_stride + h * hd;
           gemm<T>(true, false, Tn, hd, Tn, T(1), Ph, Tn, dO, od, T(1), dV, s.kv_stride);          // dV += P^T dO
-          gemm<T>(false, true, Tn, Tn, hd, T(1), dO, od, Vv, s.kv_stride, T(0), dS.data(), Tn);  // dP = dO V^T
-          if (cap > 0) gemm<T>(false, true, Tn, Tn, hd, scale, Q, s.q_stride, K, s.kv_stride, T(0), raw.data(), Tn);
+          gemm<T>(false, true, Tn, Tn, hd, T(1), dO, od, Vv, s.kv_stride, T(0), dS, Tn);  // dP = dO V^T
+          if (cap > 0) gemm<T>(false, true, Tn, Tn, hd, scale, Q, s.q_stride, K, s.kv_stride, T(0), raw, Tn);
           for (int64_t i = 0; i < Tn; ++i) {
             const T* p = Ph + i * Tn;
-            T* d = dS.data() + i * Tn;
+            T* d = dS + i * Tn;
             T dot_sum = 0;
             for (int64_t j = 0; j <= i; ++j) dot_sum += p[j] * d[j];
             for (int64_t j = 0; j <= i; ++j) {
               T g = p[j] * (d[j] - dot_sum);  // d loss / d (capped) score
               if (cap > 0) {
-                const T t = std::tanh(raw[size_t(i * Tn + j)] / cap);
+                const T t = std::tanh(raw[i * Tn + j] / cap);
                 g *= T(1) - t * t;
               }
               d[j] = g * scale;
             }
             for (int64_t j = i + 1; j < Tn; ++j) d[j] = 0;
           }
-          gemm<T>(false, false, Tn, hd, Tn, T(1), dS.data(), Tn, K, s.kv_stride, T(0), dQ, s.q_stride);  // dQ = dS K
-          gemm<T>(true, false, Tn, hd, Tn, T(1), dS.data(), Tn, Q, s.q_stride, T(1), dK, s.kv_stride);   // dK += dS^T Q
+          gemm<T>(false, false, Tn, hd, Tn, T(1), dS, Tn, K, s.kv_stride, T(0), dQ, s.q_stride);  // dQ = dS K
+          gemm<T>(true, false, Tn, hd, Tn, T(1), dS, Tn, Q, s.q_stride, T(1), dK, s.kv_stride);   // dK += dS^T Q
         }
       }
   }
@@ -333,19 +334,29 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
       for (int64_t v = 0; v < V; ++v) z[v] = cap * std::tanh(z[v] / cap);
     T mx = z[0];
     for (int64_t v = 1; v < V; ++v) mx = std::max(mx, z[v]);
-    T sum = 0;
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
-    const T lse = mx + std::log(sum);
-    nll[size_t(n)] = double(lse - z[t]);
-    zz[size_t(n)] = double(lse) * double(lse);
-    // d/dz [lse - z_t + alpha lse^2] = softmax (1 + 2 alpha lse) - onehot
-    const T k = T(1) + T(2) * alpha * lse;
-    for (int64_t v = 0; v < V; ++v) {
-      const T zc = z[v];
-      T g = std::exp(zc - lse) * k - (v == t ? T(1) : T(0));
-      if (cap > 0) g *= T(1) - (zc / cap) * (zc / cap);
-      z[v] = g * scale;
+    const T zt = z[t];
+    if (cap > 0) {  // the capped logits are needed again for the cap's chain rule: two exps per logit
+      T sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
+      const T lse = mx + std::log(sum);
+      nll[size_t(n)] = double(lse - zt), zz[size_t(n)] = double(lse) * double(lse);
+      const T k = T(1) + T(2) * alpha * lse;
+      for (int64_t v = 0; v < V; ++v) {
+        const T zc = z[v];
+        const T g = std::exp(zc - lse) * k - (v == t ? T(1) : T(0));
+        z[v] = g * (T(1) - (zc / cap) * (zc / cap)) * scale;
+      }
+      continue;
     }
+    // One exp per logit: z <- exp(z - mx), then the gradient from it.
+    T sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += (z[v] = std::exp(z[v] - mx));
+    const T lse = mx + std::log(sum);
+    nll[size_t(n)] = double(lse - zt), zz[size_t(n)] = double(lse) * double(lse);
+    // d/dz [lse - z_t + alpha lse^2] = softmax (1 + 2 alpha lse) - onehot
+    const T k = (T(1) + T(2) * alpha * lse) / sum * scale;
+    for (int64_t v = 0; v < V; ++v) z[v] *= k;
+    z[t] -= scale;
   }
   CeResult r;
   for (int64_t n = 0; n < N; ++n)
@@ -366,7 +377,8 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   template void rope<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*,             \
                         ops::RopeStyle, bool);                                                                   \
   template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&);                        \
-  template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttnShape&); \
+  template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttnShape&, \
+                                   T*);                                                                          \
   template void swiglu_fwd<T>(T*, const T*, const T*, int64_t);                                                  \
   template void swiglu_bwd<T>(T*, T*, const T*, const T*, const T*, int64_t);                                    \
   template void gelu_fwd<T>(T*, const T*, int64_t);                                                              \

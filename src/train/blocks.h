@@ -62,10 +62,12 @@ struct AttnShape {
 // (upper triangle unused).
 template <class T>
 void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s);
-// dq, dk, dv written (=), same layouts as q, k, v.
+// dq, dk, dv written (=), same layouts as q, k, v. scratch: attention_scratch(T)
+// elements for each OpenMP thread (omp_get_max_threads()).
 template <class T>
 void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, const T* k, const T* v,
-                   const AttnShape& s);
+                   const AttnShape& s, T* scratch);
+inline int64_t attention_scratch(int64_t T_) { return 2 * T_ * T_; }
 
 // h(n) = silu(g) * u
 template <class T>

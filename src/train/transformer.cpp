@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <omp.h>
+
 #include "core/error.h"
 
 namespace tessera::train {
@@ -61,6 +63,7 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   }
   datt_ = take(N * qd), dg_ = take(N * H), du_ = take(N * H), dh_ = take(N * H);
   if (cur > acts_.data() + acts_.size()) fail("internal: training arena overflow");
+  attn_scratch_.resize(size_t(omp_get_max_threads() * blk::attention_scratch(T_)));
   if (!gpt2) {
     const int64_t half = c_.head_dim / 2;
     cos_.resize(size_t(T_ * half)), sin_.resize(size_t(T_ * half));
@@ -133,7 +136,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     blk::linear_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true);
     blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true);  // dx = d x_mid
     blk::linear_bwd(datt_, G(o.wo), (T*)nullptr, dx, a.att, P(o.wo), N, qd, C, false);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::linear_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false);
@@ -146,7 +149,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     blk::linear_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false);
     blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true);
     blk::linear_bwd(datt_, G(o.wo), G(o.bo), dx, a.att, P(o.wo), N, C, C, false);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::linear_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false);
     blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true);
   }

@@ -62,6 +62,7 @@ class Transformer {
   T *xf_, *mf_, *rf_, *logits_;   // (N, C), (N), (N), (logit_rows, V)
   T *dx_, *dxn_, *dq_, *dk_, *dv_, *datt_, *dg_, *du_, *dh_, *dxf_;
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
+  std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
 };
 
 extern template class Transformer<float>;
