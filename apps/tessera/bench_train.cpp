@@ -49,6 +49,7 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   train::init_params(L, p.data(), 1);
   train::ModelOptions mo;
   mo.recompute = a.recompute;
+  mo.logit_rows = a.logit_rows;
   train::Transformer<float> tm(L, a.batch, a.seq, mo);
   train::AdamWConfig ac;
   const auto mask = train::decay_mask(L, ac);

@@ -28,6 +28,19 @@ int64_t blas_min_rows(const TensorView& W, Isa isa) {
   return 4;
 }
 
+}  // namespace tessera::detail
+
+namespace tessera {
+void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+              alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+}  // namespace tessera
+
+namespace tessera::detail {
+
 void sgemm_xwt(KernelContext& ctx, const float* X, int64_t M, const float* W, int64_t N, int64_t K, float* Y,
                int64_t ldy) {
   set_blas_threads(ctx.n_threads);

@@ -33,6 +33,12 @@ class KernelContext {
 // same groups as W and the products are integer (see ref::matmul).
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y);
 
+// C(M, N) = alpha op(A) op(B) + beta C, f32 row-major (OpenBLAS sgemm). Called
+// inside an OpenMP parallel region it runs on the calling thread only; outside,
+// on OpenBLAS's current thread count. For the attention score/value products.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 // Dequantize row r of W (cols() elements) into out.
 void dequantize_row(const TensorView& W, int64_t r, float* out);
 

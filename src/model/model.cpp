@@ -14,6 +14,10 @@
 
 namespace tessera {
 
+namespace {
+constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
+}  // namespace
+
 Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f16) {
   const auto& c = w.cfg;
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
@@ -24,7 +28,7 @@ Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f1
   const int64_t B = max_batch_, C = c.dim, H = c.hidden_dim, V = c.vocab_size;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
   const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
-                           int64_t(max_threads_) * n_ctx_, B * V};
+                           int64_t(max_threads_) * std::min(kQBlock, B) * n_ctx_, B * V};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   arena_.assign(total, 0.f);                                    // zero-filled: pages are touched now
@@ -135,6 +139,31 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
   const uint8_t* kc = kv_.data() + size_t(l) * size_t(n_ctx_) * size_t(kvd) * es;
   const uint8_t* vc = kc + kv_bytes_ / 2;
   const int nt = std::min(ctx.n_threads, max_threads_);
+  if (!kv_f16_ && n >= 8) {
+    // Prefill: blocks of up to kQBlock query rows of one head against all the keys
+    // they may see, as two single-threaded sgemm calls per task: S = Q K^T (the
+    // causal mask applied row by row in the softmax), O = S V.
+    const auto* K = reinterpret_cast<const float*>(kc);
+    const auto* Vv = reinterpret_cast<const float*>(vc);
+    const int64_t nb = (n + kQBlock - 1) / kQBlock, qb = std::min(kQBlock, max_batch_);
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+    for (int64_t it = 0; it < nb * c.n_heads; ++it) {
+      const int64_t b = it / c.n_heads, h = it % c.n_heads, kvh = h / group;
+      const int64_t t0 = b * kQBlock, rows = std::min(kQBlock, n - t0), n_keys = pos + t0 + rows;
+      float* S = a_.scores + int64_t(omp_get_thread_num()) * qb * n_ctx_;  // (rows, n_keys)
+      sgemm(false, true, rows, n_keys, hd, scale, q + t0 * q_stride + h * hd, q_stride, K + kvh * hd, kvd, 0.f, S,
+            n_keys);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* sr = S + r * n_keys;
+        const int64_t visible = pos + t0 + r + 1;
+        ops::softmax(sr, visible);
+        std::fill(sr + visible, sr + n_keys, 0.f);
+      }
+      sgemm(false, false, rows, hd, n_keys, 1.f, S, n_keys, Vv + kvh * hd, kvd, 0.f, a_.att + t0 * c.q_dim() + h * hd,
+            c.q_dim());
+    }
+    return;
+  }
   const int64_t items = n * c.n_heads;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
