@@ -269,13 +269,15 @@ ModelConfig tiny_llama() {
 
 TEST(TrainGrad, WholeLlamaGqaModelMatchesFiniteDifferences) {
   ModelOptions mo;
-  mo.z_loss = 1e-3f, mo.attn_softcap = 2.f, mo.final_softcap = 5.f, mo.logit_rows = 3;
-  check_model(tiny_llama(), mo);
+  mo.z_loss = 1e-3f, mo.logit_rows = 3;
+  ModelConfig c = tiny_llama();
+  c.attn_softcap = 2.f, c.final_softcap = 5.f;
+  check_model(c, mo);
 }
 
-TEST(TrainGrad, WholeLlamaTiedWithRecomputeMatchesFiniteDifferences) {
+TEST(TrainGrad, WholeLlamaTiedQkNormWithRecomputeMatchesFiniteDifferences) {
   ModelConfig c = tiny_llama();
-  c.tied_embeddings = true, c.qkv_bias = false, c.rope_style = ops::RopeStyle::HalfSplit;
+  c.tied_embeddings = true, c.qkv_bias = false, c.rope_style = ops::RopeStyle::HalfSplit, c.qk_norm = true;
   ModelOptions mo;
   mo.recompute = true;
   check_model(c, mo);

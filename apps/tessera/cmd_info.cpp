@@ -39,6 +39,9 @@ int cmd_info(int argc, char** argv) {
     std::printf("rope:           theta %g, %s\n", double(c.rope_theta),
                 c.rope_style == ops::RopeStyle::Interleaved ? "interleaved pairs" : "half-split (NeoX)");
   std::printf("embeddings:     %s\n", c.tied_embeddings ? "tied" : "untied");
+  if (c.qk_norm) std::printf("qk-norm:        yes (RMSNorm per query/key head)\n");
+  if (c.attn_softcap > 0.f) std::printf("attn softcap:   %g\n", double(c.attn_softcap));
+  if (c.final_softcap > 0.f) std::printf("logit softcap:  %g\n", double(c.final_softcap));
   std::printf("parameters:     %lld (%.2fM)\n", (long long)w.n_params(), double(w.n_params()) / 1e6);
 
   std::map<std::string, int> types;
@@ -52,10 +55,7 @@ int cmd_info(int argc, char** argv) {
   count(w.out_norm_b);
   count(w.output);
   for (const auto& L : w.layers)
-    for (const TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.wq, &L.wk, &L.wv, &L.bq, &L.bk, &L.bv, &L.wqkv,
-                                &L.bqkv, &L.wo, &L.bo, &L.ffn_norm, &L.ffn_norm_b, &L.w_gate, &L.w_up, &L.w_down,
-                                &L.b_up, &L.b_down})
-      count(*t);
+    for (const TensorView* t : L.slots()) count(*t);
   std::printf("tensor types:  ");
   for (const auto& [name, n] : types) std::printf(" %s x%d", name.c_str(), n);
   std::printf("\n");

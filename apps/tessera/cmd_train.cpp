@@ -51,8 +51,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, std::string& arch,
   app.add_flag("--decay-norms", o.adam.decay_norms, "apply weight decay to norm gains and biases too");
   app.add_option("--clip", o.clip, "clip the global gradient norm to this (0: off)");
   app.add_option("--z-loss", o.mo.z_loss, "z-loss coefficient: alpha * log(Z)^2");
-  app.add_option("--attn-softcap", o.mo.attn_softcap, "attention score soft-cap (0: off)");
-  app.add_option("--final-softcap", o.mo.final_softcap, "output logit soft-cap (0: off)");
+  app.add_option("--attn-softcap", o.model.attn_softcap, "new model: attention score soft-cap cap*tanh(s/cap) (0: off)");
+  app.add_option("--final-softcap", o.model.final_softcap, "new model: output logit soft-cap (0: off)");
+  app.add_flag("--qk-norm", o.model.qk_norm, "new model: RMSNorm on every query and key head before RoPE");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
   app.add_option("--seed", o.seed, "seed of initialisation and data order");
   app.add_option("-t,--threads", o.threads, "threads (default: all cores)");

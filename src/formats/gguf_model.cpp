@@ -62,6 +62,9 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   if (c.arch == Arch::Llama) {
     c.norm_eps = float(f->get_float_or(p + "attention.layer_norm_rms_epsilon", 1e-5));
     c.rope_theta = float(f->get_float_or(p + "rope.freq_base", 10000.0));
+    // Soft-capping keys as llama.cpp names them for gemma2.
+    c.attn_softcap = float(f->get_float_or(p + "attn_logit_softcapping", 0.0));
+    c.final_softcap = float(f->get_float_or(p + "final_logit_softcapping", 0.0));
     // llama.cpp runs "llama" with adjacent-pair RoPE (its converter permutes HF weights) and "qwen2" with NeoX style.
     c.rope_style = arch == "qwen2" ? ops::RopeStyle::HalfSplit : ops::RopeStyle::Interleaved;
     const int64_t rot = f->get_int_or(p + "rope.dimension_count", c.head_dim);
@@ -84,6 +87,9 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
       L.w_up = T(blk(l, "ffn_up.weight"));
       L.w_down = T(blk(l, "ffn_down.weight"));
       if (!L.bq.empty()) c.qkv_bias = true;
+      L.q_norm = opt(blk(l, "attn_q_norm.weight"));
+      L.k_norm = opt(blk(l, "attn_k_norm.weight"));
+      if (!L.q_norm.empty()) c.qk_norm = true;
       if (f->find_tensor(blk(l, "attn_output.bias")))
         fail(path, ": tensor ", blk(l, "attn_output.bias"), " (output projection bias) is not supported for ", arch);
     }
@@ -184,6 +190,8 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
     g.set_u32(p + "rope.dimension_count", uint32_t(c.head_dim));
     g.set_f32(p + "rope.freq_base", c.rope_theta);
     g.set_f32(p + "attention.layer_norm_rms_epsilon", c.norm_eps);
+    if (c.attn_softcap > 0.f) g.set_f32(p + "attn_logit_softcapping", c.attn_softcap);
+    if (c.final_softcap > 0.f) g.set_f32(p + "final_logit_softcapping", c.final_softcap);
     if (c.head_dim * c.n_heads != c.dim) {
       g.set_u32(p + "attention.key_length", uint32_t(c.head_dim));
       g.set_u32(p + "attention.value_length", uint32_t(c.head_dim));
@@ -208,6 +216,8 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
     add(l, "attn_norm.bias", L.attn_norm_b);
     add(l, "attn_q.weight", L.wq);
     add(l, "attn_q.bias", L.bq);
+    add(l, "attn_q_norm.weight", L.q_norm);
+    add(l, "attn_k_norm.weight", L.k_norm);
     add(l, "attn_k.weight", L.wk);
     add(l, "attn_k.bias", L.bk);
     add(l, "attn_v.weight", L.wv);

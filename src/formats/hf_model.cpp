@@ -106,6 +106,11 @@ Weights load_hf_weights(const std::string& dir) {
     c.norm_eps = cfg.value("rms_norm_eps", 1e-6f);
     c.rope_theta = cfg.value("rope_theta", 10000.f);
     c.rope_style = ops::RopeStyle::HalfSplit;
+    auto cap = [&](const char* k) {  // Gemma-2's names; null = off
+      return cfg.contains(k) && cfg[k].is_number() ? cfg[k].get<float>() : 0.f;
+    };
+    c.attn_softcap = cap("attn_logit_softcapping");
+    c.final_softcap = cap("final_logit_softcapping");
     if (cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null())
       fail(cpath, ": field 'rope_scaling' (", cfg["rope_scaling"].dump(), ") is not supported");
     if (cfg.value("hidden_act", std::string("silu")) != "silu")
@@ -138,6 +143,9 @@ Weights load_hf_weights(const std::string& dir) {
       L.bk = opt(p + "self_attn.k_proj.bias");
       L.bv = opt(p + "self_attn.v_proj.bias");
       if (!L.bq.empty()) c.qkv_bias = true;
+      L.q_norm = opt(p + "self_attn.q_norm.weight");  // Qwen3 / OLMo naming
+      L.k_norm = opt(p + "self_attn.k_norm.weight");
+      if (!L.q_norm.empty()) c.qk_norm = true;
       if (st.find(p + "self_attn.o_proj.bias")) fail(dir, ": tensor ", p, "self_attn.o_proj.bias is not supported");
       L.wo = T(p + "self_attn.o_proj.weight");
       L.ffn_norm = T(p + "post_attention_layernorm.weight");
@@ -237,6 +245,8 @@ void save_hf(const Weights& in, const std::string& dir) {
     cfg["hidden_act"] = "silu";
     cfg["tie_word_embeddings"] = c.tied_embeddings;
     cfg["rope_scaling"] = nullptr;
+    if (c.attn_softcap > 0.f) cfg["attn_logit_softcapping"] = c.attn_softcap;
+    if (c.final_softcap > 0.f) cfg["final_logit_softcapping"] = c.final_softcap;
     check("model.embed_tokens.weight", w.tok_embd);
     check("model.norm.weight", w.out_norm);
     if (w.output.data != w.tok_embd.data) check("lm_head.weight", w.output);
@@ -251,6 +261,10 @@ void save_hf(const Weights& in, const std::string& dir) {
         check(p + "self_attn.q_proj.bias", L.bq);
         check(p + "self_attn.k_proj.bias", L.bk);
         check(p + "self_attn.v_proj.bias", L.bv);
+      }
+      if (!L.q_norm.empty()) {
+        check(p + "self_attn.q_norm.weight", L.q_norm);
+        check(p + "self_attn.k_norm.weight", L.k_norm);
       }
       check(p + "self_attn.o_proj.weight", L.wo);
       check(p + "post_attention_layernorm.weight", L.ffn_norm);

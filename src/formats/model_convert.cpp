@@ -15,10 +15,7 @@ template <typename F>
 void for_each_view(Weights& w, F&& f) {
   for (TensorView* t : {&w.tok_embd, &w.pos_embd, &w.out_norm, &w.out_norm_b, &w.output}) f(*t);
   for (auto& L : w.layers)
-    for (TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.wq, &L.wk, &L.wv, &L.bq, &L.bk, &L.bv, &L.wqkv, &L.bqkv,
-                          &L.wo, &L.bo, &L.ffn_norm, &L.ffn_norm_b, &L.w_gate, &L.w_up, &L.w_down, &L.b_up,
-                          &L.b_down})
-      f(*t);
+    for (TensorView* t : L.slots()) f(*t);
 }
 
 TensorView convert_view(Weights& out, const TensorView& t, DType type, int* fallbacks) {
@@ -94,6 +91,8 @@ Weights with_rope_style(const Weights& w, ops::RopeStyle style) {
     L.wk = permute_rows(out, L.wk, c.n_kv_heads, c.head_dim, to_inter);
     L.bq = permute_rows(out, L.bq, c.n_heads, c.head_dim, to_inter);
     L.bk = permute_rows(out, L.bk, c.n_kv_heads, c.head_dim, to_inter);
+    L.q_norm = permute_rows(out, L.q_norm, 1, c.head_dim, to_inter);  // QK-norm gains follow the head's dims
+    L.k_norm = permute_rows(out, L.k_norm, 1, c.head_dim, to_inter);
   }
   out.cfg.rope_style = style;
   return out;

@@ -15,6 +15,8 @@ void softmax(float* x, int64_t n);
 void swiglu(float* a, const float* b, int64_t n);
 // x(n) = gelu_tanh(x)  (GPT-2's approximation)
 void gelu(float* x, int64_t n);
+// x(n) = cap * tanh(x / cap)  (logit soft-capping)
+void softcap(float* x, int64_t n, float cap);
 // y(n) += x(n)
 void add(float* y, const float* x, int64_t n);
 float dot(const float* a, const float* b, int64_t n);

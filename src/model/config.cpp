@@ -29,6 +29,8 @@ void ModelConfig::validate(const std::string& where) const {
   if (head_dim % 2 != 0 && arch == Arch::Llama) fail(where, ": head_dim (", head_dim, ") must be even for RoPE");
   if (!(norm_eps > 0.f)) fail(where, ": norm_eps must be positive, got ", norm_eps);
   if (arch == Arch::Llama && !(rope_theta > 0.f)) fail(where, ": rope_theta must be positive, got ", rope_theta);
+  if (attn_softcap < 0.f || final_softcap < 0.f) fail(where, ": soft-caps must be >= 0");
+  if (qk_norm && arch != Arch::Llama) fail(where, ": qk_norm is supported for the llama family only");
   if (arch == Arch::GPT2 && n_kv_heads != n_heads)
     fail(where, ": gpt2 has n_kv_heads == n_heads, got ", n_kv_heads, " vs ", n_heads);
 }

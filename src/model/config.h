@@ -25,6 +25,9 @@ struct ModelConfig {
   ops::RopeStyle rope_style = ops::RopeStyle::Interleaved;
   bool tied_embeddings = true;
   bool qkv_bias = false;    // Qwen2-style biases on q/k/v projections (Llama family)
+  bool qk_norm = false;     // RMSNorm (gains of head_dim) on each query and key head before RoPE
+  float attn_softcap = 0.f;   // attention scores -> cap * tanh(s / cap) when > 0
+  float final_softcap = 0.f;  // output logits -> cap * tanh(l / cap) when > 0
   std::string name;         // free-form (file's general.name)
 
   // Throws Error naming the field when sizes are zero/negative or do not divide.

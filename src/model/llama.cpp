@@ -18,6 +18,10 @@ void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
   add_bias(a_.q, L.bq, n, qd);
   add_bias(a_.k, L.bk, n, kvd);
   add_bias(a_.v, L.bv, n, kvd);
+  if (c.qk_norm) {  // RMSNorm over each head of q and k
+    for (int64_t r = 0; r < n * c.n_heads; ++r) ops::rmsnorm(a_.q + r * hd, a_.q + r * hd, L.q_norm.f32(), hd, c.norm_eps);
+    for (int64_t r = 0; r < n * c.n_kv_heads; ++r) ops::rmsnorm(a_.k + r * hd, a_.k + r * hd, L.k_norm.f32(), hd, c.norm_eps);
+  }
   for (int64_t t = 0; t < n; ++t) {
     const float* cr = rope_cos_.data() + (pos + t) * (hd / 2);
     const float* sr = rope_sin_.data() + (pos + t) * (hd / 2);

@@ -99,6 +99,7 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t 
       ops::layernorm(a_.xb + t * C, a_.x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
   }
   matmul(ctx, w_.output, a_.xb + first * C, n - first, out);
+  if (c.final_softcap > 0.f) ops::softcap(out, (n - first) * c.vocab_size, c.final_softcap);
 }
 
 void Model::add_bias(float* y, const TensorView& b, int64_t n, int64_t width) {
@@ -156,6 +157,7 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = S + r * n_keys;
         const int64_t visible = pos + t0 + r + 1;
+        if (c.attn_softcap > 0.f) ops::softcap(sr, visible, c.attn_softcap);
         ops::softmax(sr, visible);
         std::fill(sr + visible, sr + n_keys, 0.f);
       }
@@ -182,6 +184,7 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
         for (int64_t i = 0; i < hd; ++i) s += qh[i] * f16_to_f32(kj[i]);
         sc[j] = s * scale;
       }
+      if (c.attn_softcap > 0.f) ops::softcap(sc, n_pos, c.attn_softcap);
       ops::softmax(sc, n_pos);
       std::fill(out, out + hd, 0.f);
       for (int64_t j = 0; j < n_pos; ++j) {
@@ -192,6 +195,7 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
       const auto* K = reinterpret_cast<const float*>(kc);
       const auto* Vv = reinterpret_cast<const float*>(vc);
       for (int64_t j = 0; j < n_pos; ++j) sc[j] = ops::dot(qh, K + j * kvd + kvh * hd, hd) * scale;
+      if (c.attn_softcap > 0.f) ops::softcap(sc, n_pos, c.attn_softcap);
       ops::softmax(sc, n_pos);
       std::fill(out, out + hd, 0.f);
       for (int64_t j = 0; j < n_pos; ++j) ops::axpy(out, sc[j], Vv + j * kvd + kvh * hd, hd);

@@ -63,6 +63,8 @@ void Weights::validate_shapes(const std::string& where, const TensorNamer& namer
       expect_shape(where, namer, "attn_q.bias", l, L.bq, {c.q_dim()}, c.qkv_bias);
       expect_shape(where, namer, "attn_k.bias", l, L.bk, {c.kv_dim()}, c.qkv_bias);
       expect_shape(where, namer, "attn_v.bias", l, L.bv, {c.kv_dim()}, c.qkv_bias);
+      expect_shape(where, namer, "attn_q_norm.weight", l, L.q_norm, {c.head_dim}, c.qk_norm);
+      expect_shape(where, namer, "attn_k_norm.weight", l, L.k_norm, {c.head_dim}, c.qk_norm);
     } else {
       expect_shape(where, namer, "attn_qkv.weight", l, L.wqkv, {3 * C, C}, true);
       expect_shape(where, namer, "attn_qkv.bias", l, L.bqkv, {3 * C}, true);
@@ -87,10 +89,7 @@ static void for_each_tensor(const Weights& w, F&& f) {
   visit(w.out_norm_b);
   visit(w.output);
   for (const auto& L : w.layers)
-    for (const TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.wq, &L.wk, &L.wv, &L.bq, &L.bk, &L.bv, &L.wqkv,
-                                &L.bqkv, &L.wo, &L.bo, &L.ffn_norm, &L.ffn_norm_b, &L.w_gate, &L.w_up, &L.w_down,
-                                &L.b_up, &L.b_down})
-      visit(*t);
+    for (const TensorView* t : L.slots()) visit(*t);
 }
 
 size_t Weights::weight_bytes() const {
@@ -131,9 +130,7 @@ void norms_to_f32(Weights& w) {
   fix(w.out_norm);
   fix(w.out_norm_b);
   for (auto& L : w.layers)
-    for (TensorView* t : {&L.attn_norm, &L.attn_norm_b, &L.bq, &L.bk, &L.bv, &L.bqkv, &L.bo, &L.ffn_norm,
-                          &L.ffn_norm_b, &L.b_up, &L.b_down})
-      fix(*t);
+    for (TensorView* t : L.slots()) fix(*t);  // only 1-D tensors are touched
 }
 
 }  // namespace tessera

@@ -2,6 +2,7 @@
 // kept alive by `owners`. Names follow the Llama block; GPT-2 uses the same
 // slots (wqkv fused, biases, LayerNorm gains/biases, learned positions).
 #pragma once
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -21,6 +22,19 @@ struct LayerWeights {
   TensorView ffn_norm, ffn_norm_b;    // (C)
   TensorView w_gate, w_up, w_down;    // Llama: (H, C), (H, C), (C, H); GPT-2 uses w_up / w_down
   TensorView b_up, b_down;            // GPT-2 MLP biases (H), (C)
+  TensorView q_norm, k_norm;          // QK-norm gains (head_dim), when cfg.qk_norm
+
+  // Every slot, for code that visits all tensors of a layer (absent ones are empty views).
+  std::array<TensorView*, 21> slots() {
+    return {&attn_norm, &attn_norm_b, &wq, &wk, &wv, &bq, &bk, &bv, &wqkv, &bqkv, &wo, &bo, &ffn_norm, &ffn_norm_b,
+            &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm};
+  }
+  std::array<const TensorView*, 21> slots() const {
+    auto s = const_cast<LayerWeights*>(this)->slots();
+    std::array<const TensorView*, 21> r;
+    for (size_t i = 0; i < s.size(); ++i) r[i] = s[i];
+    return r;
+  }
 };
 
 using TensorNamer = std::function<std::string(const std::string& role, int64_t layer)>;

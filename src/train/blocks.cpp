@@ -97,7 +97,14 @@ void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T 
 template <class T>
 void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
                  bool accumulate) {
-  // y = x r w, r = (mean(x^2) + eps)^-1/2: dx = r (dy w) - x r^3 / C * sum(dy w x)
+  // y = x r w, r = (mean(x^2) + eps)^-1/2: dx = r (dy w) - x r^3 / C * sum(dy w x).
+  // dw first: dx may alias dy (each row of dy is read before that row of dx is written).
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    T s = 0;
+    for (int64_t n = 0; n < N; ++n) s += dy[n * C + c] * x[n * C + c] * rstd[n];
+    dw[c] += s;
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const T *xr = x + n * C, *g = dy + n * C;
@@ -110,12 +117,6 @@ void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rst
       const T v = r * g[c] * w[c] - k * xr[c];
       o[c] = accumulate ? o[c] + v : v;
     }
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    T s = 0;
-    for (int64_t n = 0; n < N; ++n) s += dy[n * C + c] * x[n * C + c] * rstd[n];
-    dw[c] += s;
   }
 }
 

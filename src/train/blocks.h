@@ -33,7 +33,7 @@ void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t
 // y(N, C) = x / rms(x) * w; saves rstd(N)
 template <class T>
 void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps);
-// dx (= or +=) ; dw += (per column, rows summed in order)
+// dx (= or +=) ; dw += (per column, rows summed in order). dx may alias dy.
 template <class T>
 void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
                  bool accumulate);

@@ -56,6 +56,9 @@ nlohmann::json config_to_json(const ModelConfig& c) {
           {"rope_style", c.rope_style == ops::RopeStyle::Interleaved ? "interleaved" : "half-split"},
           {"tied_embeddings", c.tied_embeddings},
           {"qkv_bias", c.qkv_bias},
+          {"qk_norm", c.qk_norm},
+          {"attn_softcap", c.attn_softcap},
+          {"final_softcap", c.final_softcap},
           {"name", c.name}};
 }
 
@@ -85,6 +88,9 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.tied_embeddings = need("tied_embeddings").get<bool>();
     c.qkv_bias = need("qkv_bias").get<bool>();
     c.name = j.value("name", std::string());
+    c.qk_norm = j.value("qk_norm", false);
+    c.attn_softcap = j.value("attn_softcap", 0.f);
+    c.final_softcap = j.value("final_softcap", 0.f);
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": bad model config: ", e.what());
   }

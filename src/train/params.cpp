@@ -35,6 +35,10 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
       L.wq = add(blk(l, "attn_q.weight"), {c.q_dim(), C});
       L.wk = add(blk(l, "attn_k.weight"), {c.kv_dim(), C});
       L.wv = add(blk(l, "attn_v.weight"), {c.kv_dim(), C});
+      if (c.qk_norm) {
+        L.q_norm = add(blk(l, "attn_q_norm.weight"), {c.head_dim});
+        L.k_norm = add(blk(l, "attn_k_norm.weight"), {c.head_dim});
+      }
       if (c.qkv_bias) {
         L.bq = add(blk(l, "attn_q.bias"), {c.q_dim()});
         L.bk = add(blk(l, "attn_k.bias"), {c.kv_dim()});
@@ -122,7 +126,7 @@ const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& 
         {o.wv, &W.wv}, {o.bq, &W.bq}, {o.bk, &W.bk}, {o.bv, &W.bv}, {o.wqkv, &W.wqkv}, {o.bqkv, &W.bqkv},
         {o.wo, &W.wo}, {o.bo, &W.bo}, {o.ffn_norm, &W.ffn_norm}, {o.ffn_norm_b, &W.ffn_norm_b},
         {o.w_gate, &W.w_gate}, {o.w_up, &W.w_up}, {o.w_down, &W.w_down}, {o.b_up, &W.b_up},
-        {o.b_down, &W.b_down}};
+        {o.b_down, &W.b_down}, {o.q_norm, &W.q_norm}, {o.k_norm, &W.k_norm}};
     for (const auto& [off, tv] : slots)
       if (off == t.offset) return tv;
   }
@@ -176,6 +180,7 @@ Weights weights_view(const Layout& L, const float* p) {
     W.ffn_norm = view(o.ffn_norm), W.ffn_norm_b = view(o.ffn_norm_b);
     W.w_gate = view(o.w_gate), W.w_up = view(o.w_up), W.w_down = view(o.w_down);
     W.b_up = view(o.b_up), W.b_down = view(o.b_down);
+    W.q_norm = view(o.q_norm), W.k_norm = view(o.k_norm);
   }
   w.validate_shapes("training parameters");
   return w;

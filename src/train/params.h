@@ -29,6 +29,7 @@ struct LayerOffsets {
   size_t wo = kAbsent, bo = kAbsent;
   size_t ffn_norm = kAbsent, ffn_norm_b = kAbsent;
   size_t w_gate = kAbsent, w_up = kAbsent, w_down = kAbsent, b_up = kAbsent, b_down = kAbsent;
+  size_t q_norm = kAbsent, k_norm = kAbsent;  // QK-norm gains (head_dim)
 };
 
 struct Layout {

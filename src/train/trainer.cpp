@@ -39,7 +39,6 @@ void TrainOptions::validate() const {
   if (out_dir.empty()) fail("-o/--out is required (the run directory)");
   if (clip < 0) fail("--clip must be >= 0, got ", clip);
   if (mo.z_loss < 0) fail("--z-loss must be >= 0, got ", mo.z_loss);
-  if (mo.attn_softcap < 0 || mo.final_softcap < 0) fail("soft-caps must be >= 0");
   if (!(adam.beta1 >= 0 && adam.beta1 < 1)) fail("--beta1 must be in [0, 1), got ", adam.beta1);
   if (!(adam.beta2 >= 0 && adam.beta2 < 1)) fail("--beta2 must be in [0, 1), got ", adam.beta2);
   if (adam.weight_decay < 0) fail("--weight-decay must be >= 0, got ", adam.weight_decay);
@@ -65,8 +64,6 @@ nlohmann::json options_to_json(const TrainOptions& o) {
                     {"decay_norms", o.adam.decay_norms}}},
           {"clip", o.clip},
           {"z_loss", o.mo.z_loss},
-          {"attn_softcap", o.mo.attn_softcap},
-          {"final_softcap", o.mo.final_softcap},
           {"recompute", o.mo.recompute},
           {"seed", o.seed},
           {"threads", o.threads},
@@ -95,8 +92,8 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.adam.beta1 = a.at("beta1"), o.adam.beta2 = a.at("beta2"), o.adam.eps = a.at("eps");
     o.adam.weight_decay = a.at("weight_decay");
     o.adam.decay_embeddings = a.at("decay_embeddings"), o.adam.decay_norms = a.at("decay_norms");
-    o.clip = j.at("clip"), o.mo.z_loss = j.at("z_loss"), o.mo.attn_softcap = j.at("attn_softcap");
-    o.mo.final_softcap = j.at("final_softcap"), o.mo.recompute = j.at("recompute");
+    o.clip = j.at("clip"), o.mo.z_loss = j.at("z_loss");
+    o.mo.recompute = j.at("recompute");
     o.seed = j.at("seed"), o.threads = j.at("threads");
     o.eval_interval = j.at("eval_interval"), o.eval_batches = j.at("eval_batches");
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");

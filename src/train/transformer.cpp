@@ -19,7 +19,8 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   const bool gpt2 = c_.arch == Arch::GPT2;
   const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.kv_dim();
   const int64_t qbuf = gpt2 ? 3 * C : qd, kbuf = gpt2 ? 0 : kvd;
-  const int64_t per_layer = N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ * T_ + N * qd +
+  const int64_t qkn = c_.qk_norm ? N * qd + N * kvd + N * c_.n_heads + N * c_.n_kv_heads : 0;
+  const int64_t per_layer = qkn + N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ * T_ + N * qd +
                             N * H * 3;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
@@ -39,6 +40,7 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     } else {
       a.k = take(N * kbuf), a.v = take(N * kbuf);
     }
+    if (c_.qk_norm) a.q0 = take(N * qd), a.k0 = take(N * kvd), a.rq = take(N * c_.n_heads), a.rk = take(N * c_.n_kv_heads);
     a.P = take(B * c_.n_heads * T_ * T_), a.att = take(N * qd), a.x_mid = take(N * C);
     a.xn2 = take(N * C), a.m2 = take(N), a.r2 = take(N);
     a.g = take(N * H), a.u = take(N * H), a.h = take(N * H);
@@ -80,7 +82,7 @@ blk::AttnShape Transformer<T>::attn_shape() const {
   } else {
     s.q_stride = c_.q_dim(), s.kv_stride = c_.kv_dim();
   }
-  s.softcap = o_.attn_softcap;
+  s.softcap = c_.attn_softcap;
   return s;
 }
 
@@ -97,6 +99,12 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::linear_fwd(a.q, a.xn1, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
     blk::linear_fwd(a.k, a.xn1, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
     blk::linear_fwd(a.v, a.xn1, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
+    if (c_.qk_norm) {  // RMSNorm over every head of q and k: rows of head_dim
+      std::copy(a.q, a.q + N * qd, a.q0);
+      std::copy(a.k, a.k + N * kvd, a.k0);
+      blk::rmsnorm_fwd(a.q, a.rq, a.q0, P(o.q_norm), N * c_.n_heads, c_.head_dim, eps);
+      blk::rmsnorm_fwd(a.k, a.rk, a.k0, P(o.k_norm), N * c_.n_kv_heads, c_.head_dim, eps);
+    }
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());  // (N, qd)
@@ -139,6 +147,10 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
+    if (c_.qk_norm) {  // in place: the rows of dq/dk become the gradients before the norm
+      blk::rmsnorm_bwd(dq_, G(o.q_norm), dq_, a.q0, P(o.q_norm), a.rq, N * c_.n_heads, c_.head_dim, false);
+      blk::rmsnorm_bwd(dk_, G(o.k_norm), dk_, a.k0, P(o.k_norm), a.rk, N * c_.n_kv_heads, c_.head_dim, false);
+    }
     blk::linear_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false);
     blk::linear_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true);
     blk::linear_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true);
@@ -165,7 +177,7 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
     blk::layernorm_fwd(xf_, mf_, rf_, xL, p + L_.out_norm, p + L_.out_norm_b, N, C, T(c_.norm_eps));
   }
   blk::CeOptions ce;
-  ce.z_loss = o_.z_loss, ce.softcap = o_.final_softcap, ce.scale = scale;
+  ce.z_loss = o_.z_loss, ce.softcap = c_.final_softcap, ce.scale = scale;
   // The logits exist for logit_rows rows at a time: forward, loss and its
   // gradient in place, then the two backward products.
   for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {

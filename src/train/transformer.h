@@ -13,9 +13,7 @@
 namespace tessera::train {
 
 struct ModelOptions {
-  float z_loss = 0.f;         // alpha of alpha * log(Z)^2
-  float attn_softcap = 0.f;   // attention scores -> cap * tanh(s / cap) (0: off)
-  float final_softcap = 0.f;  // output logits -> cap * tanh(l / cap) (0: off)
+  float z_loss = 0.f;         // alpha of alpha * log(Z)^2 (soft-caps and QK-norm are in ModelConfig)
   bool recompute = false;     // keep only each block's input; recompute the block in backward
   int64_t logit_rows = 256;   // rows of the (rows, V) logits buffer of the fused output + loss
 };
@@ -41,6 +39,7 @@ class Transformer {
   struct LayerActs {  // views into acts_; shapes with N = B * T
     T *x_in, *xn1, *m1, *r1;  // (N, C), (N, C), (N), (N)
     T *q, *k, *v;             // (N, qd), (N, kvd), (N, kvd); GPT-2: q is (N, 3C) fused, k/v point into it
+    T *q0, *k0, *rq, *rk;     // QK-norm: q, k before the norm (N, qd), (N, kvd); rstd (N * nh), (N * nkv)
     T *P, *att, *x_mid;       // (B, nh, T, T), (N, qd), (N, C)
     T *xn2, *m2, *r2;         // (N, C), (N), (N)
     T *g, *u, *h;             // (N, H) each (GPT-2: g = pre-GELU, u unused)
