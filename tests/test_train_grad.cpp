@@ -226,7 +226,7 @@ TEST(TrainGrad, CrossEntropyZLossSoftcap) {
 namespace {
 
 // Whole-model check: every parameter of a tiny model against central differences.
-void check_model(ModelConfig c, const ModelOptions& mo) {
+void check_model(ModelConfig c, const ModelOptions& mo, uint64_t dropout_key = 0) {
   // Thousands of tiny forward passes: one thread avoids OpenMP start-up costs.
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
@@ -243,12 +243,12 @@ void check_model(ModelConfig c, const ModelOptions& mo) {
   for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
   Transformer<double> m(L, B, T, mo);
   auto f = [&] {
-    const auto r = m.forward(p.data(), tok.data(), tgt.data());
+    const auto r = m.forward(p.data(), tok.data(), tgt.data(), dropout_key);
     return (r.loss_sum + double(mo.z_loss) * r.z_sum) / double(r.count);
   };
   const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
   Vec g(L.total, 0.0);
-  m.forward_backward(p.data(), g.data(), tok.data(), tgt.data(), 1.f / float(count));
+  m.forward_backward(p.data(), g.data(), tok.data(), tgt.data(), 1.f / float(count), dropout_key);
   const Vec num = numgrad(p, f);
   for (const auto& t : L.tensors) {
     Vec a(g.begin() + long(t.offset), g.begin() + long(t.offset + t.numel));
@@ -281,6 +281,38 @@ TEST(TrainGrad, WholeLlamaTiedQkNormWithRecomputeMatchesFiniteDifferences) {
   ModelOptions mo;
   mo.recompute = true;
   check_model(c, mo);
+}
+
+TEST(TrainGrad, WholeLlamaWithDropoutMatchesFiniteDifferences) {
+  ModelOptions mo;
+  mo.dropout = 0.3f;
+  check_model(tiny_llama(), mo, 12345);
+  mo.recompute = true;  // recomputation repeats the same masks
+  check_model(tiny_llama(), mo, 12345);
+}
+
+TEST(TrainGrad, DropoutMasksFollowTheKey) {
+  std::vector<double> a(1000, 1.0), b(1000, 1.0), c(1000, 1.0);
+  blk::dropout(a.data(), 1000, 0.25f, 7);
+  blk::dropout(b.data(), 1000, 0.25f, 7);
+  blk::dropout(c.data(), 1000, 0.25f, 8);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  const auto zeros = std::count(a.begin(), a.end(), 0.0);
+  EXPECT_GT(zeros, 200);
+  EXPECT_LT(zeros, 300);
+  for (double x : a) EXPECT_TRUE(x == 0.0 || std::abs(x - 1 / 0.75) < 1e-12);
+  // In the model: a key changes the training forward; no key (evaluation) is dropout-free.
+  Layout L(tiny_llama());
+  std::mt19937_64 rng(3);
+  Vec p = randn(L.total, rng, 0.3);
+  ModelOptions mo;
+  mo.dropout = 0.3f;
+  Transformer<double> m(L, 1, 4, mo), m0(L, 1, 4, ModelOptions{});
+  const std::vector<int32_t> tok = {1, 2, 3, 4}, tgt = {2, 3, 4, 5};
+  const double eval = m.forward(p.data(), tok.data(), tgt.data()).loss_sum;
+  EXPECT_EQ(eval, m0.forward(p.data(), tok.data(), tgt.data()).loss_sum);
+  EXPECT_NE(eval, m.forward(p.data(), tok.data(), tgt.data(), 99).loss_sum);
 }
 
 TEST(TrainGrad, WholeGpt2ModelMatchesFiniteDifferences) {

@@ -55,6 +55,7 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, std::string& arch,
   app.add_option("--final-softcap", o.model.final_softcap, "new model: output logit soft-cap (0: off)");
   app.add_flag("--qk-norm", o.model.qk_norm, "new model: RMSNorm on every query and key head before RoPE");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
+  app.add_option("--dropout", o.mo.dropout, "dropout on the embedding and each block's residual branches (0: off)");
   app.add_option("--seed", o.seed, "seed of initialisation and data order");
   app.add_option("-t,--threads", o.threads, "threads (default: all cores)");
   app.add_option("--eval-interval", o.eval_interval, "steps between validation evaluations");

@@ -320,6 +320,21 @@ void add(T* y, const T* x, int64_t n) {
 }
 
 template <class T>
+void dropout(T* x, int64_t n, float p, uint64_t key) {
+  if (p <= 0.f) return;
+  const T keep_scale = T(1) / (T(1) - T(p));
+  const uint64_t threshold = uint64_t(double(p) * 18446744073709551616.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t z = key + uint64_t(i) * 0x9e3779b97f4a7c15ull;  // SplitMix64 of (key, i)
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    x[i] = z >= threshold ? x[i] * keep_scale : T(0);
+  }
+}
+
+template <class T>
 CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, const CeOptions& o) {
   std::vector<double> nll(size_t(N), 0.0), zz(size_t(N), 0.0);
   const T cap = T(o.softcap), alpha = T(o.z_loss), scale = T(o.scale);
@@ -385,6 +400,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   template void gelu_fwd<T>(T*, const T*, int64_t);                                                              \
   template void gelu_bwd<T>(T*, const T*, const T*, int64_t);                                                    \
   template void add<T>(T*, const T*, int64_t);                                                                   \
+  template void dropout<T>(T*, int64_t, float, uint64_t);                                                        \
   template CeResult cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, const CeOptions&);
 
 TESSERA_BLOCKS(float)

@@ -85,6 +85,12 @@ void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n);
 template <class T>
 void add(T* y, const T* x, int64_t n);
 
+// Inverted dropout in place: x[i] = keep ? x[i] / (1 - p) : 0, where keep is a
+// hash of (key, i) >= p. The mask is a pure function of the key, so the
+// backward is the same call on the gradient (and recomputation repeats it).
+template <class T>
+void dropout(T* x, int64_t n, float p, uint64_t key);
+
 struct CeOptions {
   float z_loss = 0.f;   // alpha * log(Z)^2 per token
   float softcap = 0.f;  // logits -> cap * tanh(logits / cap) when > 0

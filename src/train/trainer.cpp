@@ -39,6 +39,7 @@ void TrainOptions::validate() const {
   if (out_dir.empty()) fail("-o/--out is required (the run directory)");
   if (clip < 0) fail("--clip must be >= 0, got ", clip);
   if (mo.z_loss < 0) fail("--z-loss must be >= 0, got ", mo.z_loss);
+  if (!(mo.dropout >= 0 && mo.dropout < 1)) fail("--dropout must be in [0, 1), got ", mo.dropout);
   if (!(adam.beta1 >= 0 && adam.beta1 < 1)) fail("--beta1 must be in [0, 1), got ", adam.beta1);
   if (!(adam.beta2 >= 0 && adam.beta2 < 1)) fail("--beta2 must be in [0, 1), got ", adam.beta2);
   if (adam.weight_decay < 0) fail("--weight-decay must be >= 0, got ", adam.weight_decay);
@@ -65,6 +66,7 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"clip", o.clip},
           {"z_loss", o.mo.z_loss},
           {"recompute", o.mo.recompute},
+          {"dropout", o.mo.dropout},
           {"seed", o.seed},
           {"threads", o.threads},
           {"eval_interval", o.eval_interval},
@@ -94,6 +96,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.adam.decay_embeddings = a.at("decay_embeddings"), o.adam.decay_norms = a.at("decay_norms");
     o.clip = j.at("clip"), o.mo.z_loss = j.at("z_loss");
     o.mo.recompute = j.at("recompute");
+    o.mo.dropout = j.value("dropout", 0.f);
     o.seed = j.at("seed"), o.threads = j.at("threads");
     o.eval_interval = j.at("eval_interval"), o.eval_batches = j.at("eval_batches");
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
@@ -285,7 +288,9 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
     int64_t count = 0;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
       train_batch(*data.train, o.seed, s, micro, o.batch, o.seq, x.data(), y.data());
-      const auto r = model.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(tokens_per_step));
+      // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
+      const uint64_t key = (o.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(micro + 1)) | 1;
+      const auto r = model.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(tokens_per_step), key);
       loss_sum += r.loss_sum, count += r.count;
     }
     const double loss = loss_sum / double(count);

@@ -109,22 +109,26 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());  // (N, qd)
     blk::linear_fwd(a.x_mid, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
+    drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
     blk::rmsnorm_fwd(a.xn2, a.r2, a.x_mid, P(o.ffn_norm), N, C, eps);
     blk::linear_fwd(a.g, a.xn2, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
     blk::linear_fwd(a.u, a.xn2, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
     blk::swiglu_fwd(a.h, a.g, a.u, N * H);
     blk::linear_fwd(x_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
+    drop(x_out, l, 1);
   } else {
     blk::layernorm_fwd(a.xn1, a.m1, a.r1, x, P(o.attn_norm), P(o.attn_norm_b), N, C, eps);
     blk::linear_fwd(a.q, a.xn1, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());
     blk::linear_fwd(a.x_mid, a.att, P(o.wo), P(o.bo), N, C, C);
+    drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
     blk::layernorm_fwd(a.xn2, a.m2, a.r2, a.x_mid, P(o.ffn_norm), P(o.ffn_norm_b), N, C, eps);
     blk::linear_fwd(a.g, a.xn2, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-GELU
     blk::gelu_fwd(a.h, a.g, N * H);
     blk::linear_fwd(x_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
+    drop(x_out, l, 1);
   }
   blk::add(x_out, a.x_mid, N * C);
 }
@@ -138,12 +142,12 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   // dx holds d x_out; the residual passes it on to x_mid and x_in unchanged.
   if (c_.arch == Arch::Llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    blk::linear_bwd(dh_, G(o.w_down), (T*)nullptr, dx, a.h, P(o.w_down), N, H, C, false);
+    blk::linear_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
     blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H);
     blk::linear_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false);
     blk::linear_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true);
     blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true);  // dx = d x_mid
-    blk::linear_bwd(datt_, G(o.wo), (T*)nullptr, dx, a.att, P(o.wo), N, qd, C, false);
+    blk::linear_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
@@ -156,11 +160,11 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     blk::linear_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true);
     blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true);  // dx = d x_in
   } else {
-    blk::linear_bwd(dh_, G(o.w_down), G(o.b_down), dx, a.h, P(o.w_down), N, H, C, false);
+    blk::linear_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
     blk::gelu_bwd(dg_, dh_, a.g, N * H);
     blk::linear_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false);
     blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true);
-    blk::linear_bwd(datt_, G(o.wo), G(o.bo), dx, a.att, P(o.wo), N, C, C, false);
+    blk::linear_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::linear_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false);
     blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true);
@@ -197,11 +201,27 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
 }
 
 template <class T>
-blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const int32_t* targets) {
+void Transformer<T>::embed(const T* p, const int32_t* tokens) {
   for (int64_t i = 0; i < N_; ++i)
-    if (tokens[i] < 0 || tokens[i] >= c_.vocab_size) fail("token id ", tokens[i], " at position ", i, " out of range [0, ", c_.vocab_size, ")");
+    if (tokens[i] < 0 || tokens[i] >= c_.vocab_size)
+      fail("token id ", tokens[i], " at position ", i, " out of range [0, ", c_.vocab_size, ")");
   blk::embed_fwd(x_in_[0], p + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : p + L_.pos_embd, tokens, N_, T_,
                  c_.dim);
+  drop(x_in_[0], -1, 2);
+}
+
+template <class T>
+const T* Transformer<T>::dropped(const T* dx, int64_t l, int site) {
+  if (drop_key_ == 0) return dx;
+  std::copy(dx, dx + N_ * c_.dim, dxf_);  // dxf_ is free during the layers' backward
+  blk::dropout(dxf_, N_ * c_.dim, o_.dropout, site_key(l, site));
+  return dxf_;
+}
+
+template <class T>
+blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key) {
+  drop_key_ = o_.dropout > 0.f ? dropout_key : 0;
+  embed(p, tokens);
   for (int64_t l = 0; l < c_.n_layers; ++l) {
     LayerActs& a = acts_for(l);
     a.x_in = x_in_[size_t(l)];
@@ -214,11 +234,9 @@ blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const i
 
 template <class T>
 blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets,
-                                               float grad_scale) {
-  for (int64_t i = 0; i < N_; ++i)
-    if (tokens[i] < 0 || tokens[i] >= c_.vocab_size) fail("token id ", tokens[i], " at position ", i, " out of range [0, ", c_.vocab_size, ")");
-  blk::embed_fwd(x_in_[0], p + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : p + L_.pos_embd, tokens, N_, T_,
-                 c_.dim);
+                                               float grad_scale, uint64_t dropout_key) {
+  drop_key_ = o_.dropout > 0.f ? dropout_key : 0;
+  embed(p, tokens);
   for (int64_t l = 0; l < c_.n_layers; ++l) {
     LayerActs& a = acts_for(l);
     a.x_in = x_in_[size_t(l)];
@@ -234,7 +252,8 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
     }
     layer_bwd(p, g, l, a, dx_);
   }
-  blk::embed_bwd(g + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : g + L_.pos_embd, dx_, tokens, N_, T_, c_.dim);
+  blk::embed_bwd(g + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : g + L_.pos_embd, dropped(dx_, -1, 2), tokens,
+                 N_, T_, c_.dim);
   return r;
 }
 

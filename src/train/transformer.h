@@ -15,6 +15,7 @@ namespace tessera::train {
 struct ModelOptions {
   float z_loss = 0.f;         // alpha of alpha * log(Z)^2 (soft-caps and QK-norm are in ModelConfig)
   bool recompute = false;     // keep only each block's input; recompute the block in backward
+  float dropout = 0.f;        // residual and embedding dropout probability (training steps only)
   int64_t logit_rows = 256;   // rows of the (rows, V) logits buffer of the fused output + loss
 };
 
@@ -27,9 +28,11 @@ class Transformer {
   // no loss at that position). Gradients are accumulated (+=) into g (the
   // layout's size), scaled by grad_scale (1 / target tokens of the whole
   // step). Returns the loss sums of this batch.
-  blk::CeResult forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets, float grad_scale);
-  // Forward only (evaluation).
-  blk::CeResult forward(const T* p, const int32_t* tokens, const int32_t* targets);
+  // dropout_key picks the dropout masks of this batch (with ModelOptions::dropout > 0).
+  blk::CeResult forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets, float grad_scale,
+                                 uint64_t dropout_key = 0);
+  // Forward only: evaluation (no dropout), or with a dropout key the training forward.
+  blk::CeResult forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key = 0);
 
   size_t activation_bytes() const { return acts_.size() * sizeof(T); }
   int64_t batch() const { return B_; }
@@ -49,6 +52,15 @@ class Transformer {
   void head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r);
   LayerActs& acts_for(int64_t l) { return o_.recompute ? work_ : layers_[size_t(l)]; }
   blk::AttnShape attn_shape() const;
+  void embed(const T* p, const int32_t* tokens);
+  // Dropout key of (layer, site); 0 (no dropout) outside training steps.
+  uint64_t site_key(int64_t layer, int site) const {
+    return drop_key_ == 0 ? 0 : drop_key_ ^ (uint64_t(layer + 1) * 0x100000001b3ull + uint64_t(site) * 0x9e3779b97f4a7c15ull);
+  }
+  const T* dropped(const T* dx, int64_t l, int site);  // dx masked like (l, site), in a scratch buffer
+  void drop(T* x, int64_t l, int site) {
+    if (drop_key_ != 0) blk::dropout(x, N_ * c_.dim, o_.dropout, site_key(l, site));
+  }
 
   const Layout& L_;
   ModelConfig c_;
@@ -62,6 +74,7 @@ class Transformer {
   T *dx_, *dxn_, *dq_, *dk_, *dv_, *datt_, *dg_, *du_, *dh_, *dxf_;
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
   std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
+  uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
 };
 
 extern template class Transformer<float>;
