@@ -105,3 +105,29 @@ TEST(TrainInfer, Gpt2Agree) {
   c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = true;
   check_agreement(c);
 }
+
+// bf16 mixed precision: the same step's loss and gradients as fp32, to bf16's precision.
+TEST(TrainInfer, Bf16ProductsGiveFp32GradientsToBf16Precision) {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16, c.hidden_dim = 96;
+  c.vocab_size = 50, c.max_seq_len = 16, c.tied_embeddings = true;
+  train::Layout L(c);
+  std::vector<float> p(L.total), g32(L.total, 0.f), g16(L.total, 0.f);
+  train::init_params(L, p.data(), 3);
+  std::mt19937 rng(9);
+  std::vector<int32_t> tok(32), tgt(32);
+  for (auto& t : tok) t = int32_t(rng() % 50);
+  for (auto& t : tgt) t = int32_t(rng() % 50);
+  train::ModelOptions mo;
+  train::Transformer<float> m32(L, 2, 16, mo);
+  mo.bf16 = true;
+  train::Transformer<float> m16(L, 2, 16, mo);
+  const auto r32 = m32.forward_backward(p.data(), g32.data(), tok.data(), tgt.data(), 1.f / 32);
+  const auto r16 = m16.forward_backward(p.data(), g16.data(), tok.data(), tgt.data(), 1.f / 32);
+  EXPECT_NEAR(r16.loss_sum, r32.loss_sum, 1e-2 * r32.loss_sum);
+  double num = 0, den = 0;
+  for (size_t i = 0; i < L.total; ++i) num += double(g16[i] - g32[i]) * (g16[i] - g32[i]), den += double(g32[i]) * g32[i];
+  EXPECT_LT(std::sqrt(num / den), 2e-2);
+  EXPECT_GT(std::sqrt(num / den), 0.0);  // the bf16 path really ran
+}

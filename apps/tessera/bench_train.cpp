@@ -43,13 +43,14 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   KernelContext ctx(threads);
   std::fprintf(stderr, "bench --train: %s, %.2fM params, batch %lld x %lld, %d threads; measuring sgemm peak...\n",
                model.c_str(), double(L.total) / 1e6, (long long)a.batch, (long long)a.seq, threads);
-  const double peak = measure_gemm_peak_gflops(ctx);
+  const double peak = measure_gemm_peak_gflops(ctx);  // f32 sgemm: the denominator for both precisions
 
   std::vector<float> p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
   train::init_params(L, p.data(), 1);
   train::ModelOptions mo;
   mo.recompute = a.recompute;
   mo.logit_rows = a.logit_rows;
+  mo.bf16 = a.precision == "bf16";
   train::Transformer<float> tm(L, a.batch, a.seq, mo);
   train::AdamWConfig ac;
   const auto mask = train::decay_mask(L, ac);
@@ -72,10 +73,10 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   const double frac = gflops / peak;
   if (json) {
     std::printf("{\"model\": \"%s\", \"params\": %zu, \"matmul_params\": %.0f, \"batch\": %lld, \"seq\": %lld, "
-                "\"threads\": %d, \"precision\": \"fp32\", \"recompute\": %s, \"step_s\": %.4f, \"train_tok_s\": %.1f, "
+                "\"threads\": %d, \"precision\": \"%s\", \"recompute\": %s, \"step_s\": %.4f, \"train_tok_s\": %.1f, "
                 "\"train_gflops\": %.1f, \"gemm_peak_gflops\": %.1f, \"peak_fraction\": %.4f, "
                 "\"activation_bytes\": %zu}\n",
-                model.c_str(), L.total, n_mm, (long long)a.batch, (long long)a.seq, threads,
+                model.c_str(), L.total, n_mm, (long long)a.batch, (long long)a.seq, threads, a.precision.c_str(),
                 a.recompute ? "true" : "false", best, tok_s, gflops, peak, frac, tm.activation_bytes());
   } else {
     std::printf("train %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (6*N*T) = %.1f%% of %.0f GFLOP/s "

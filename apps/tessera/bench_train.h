@@ -12,6 +12,7 @@ struct TrainBenchArgs {
   int64_t batch = 8, seq = 256, steps = 3;
   bool recompute = false;
   int64_t logit_rows = 256;
+  std::string precision = "fp32";
 };
 
 int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, bool json);

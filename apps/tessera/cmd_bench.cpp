@@ -61,6 +61,7 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("--steps", tb.steps, "--train: timed steps (after one warm-up step)");
   app.add_flag("--recompute", tb.recompute, "--train: per-block activation recomputation");
   app.add_option("--logit-rows", tb.logit_rows, "--train: rows of the fused output + loss chunk");
+  app.add_option("--precision", tb.precision, "--train: fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
   app.set_config("--config", "", "read these options from a TOML file (keys are the long option names)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (tb.enabled) {

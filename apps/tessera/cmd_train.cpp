@@ -64,7 +64,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, std::string& arch,
   app.add_option("--keep", o.keep, "checkpoints kept");
   app.add_option("--log-interval", o.log_interval, "steps between progress lines");
   app.add_flag("--skip-nonfinite", o.skip_nonfinite, "skip batches with NaN/inf loss instead of stopping");
-  app.add_option("--precision", o.precision, "fp32 (bf16 mixed precision: not yet)");
+  app.add_option("--precision", o.precision,
+                 "fp32, or bf16: matrix products in bf16 with f32 accumulation, f32 master weights and Adam states")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--max-time", o.max_seconds, "stop after this many seconds (a checkpoint is written)");
 }
 

@@ -43,7 +43,7 @@ void TrainOptions::validate() const {
   if (!(adam.beta1 >= 0 && adam.beta1 < 1)) fail("--beta1 must be in [0, 1), got ", adam.beta1);
   if (!(adam.beta2 >= 0 && adam.beta2 < 1)) fail("--beta2 must be in [0, 1), got ", adam.beta2);
   if (adam.weight_decay < 0) fail("--weight-decay must be >= 0, got ", adam.weight_decay);
-  if (precision != "fp32") fail("--precision ", precision, " is not supported yet (only fp32)");
+  if (precision != "fp32" && precision != "bf16") fail("--precision must be fp32 or bf16, got '", precision, "'");
   sched.validate();
   if (init_model.empty()) model.validate("model config (--dim/--layers/--heads/...)");
 }
@@ -223,6 +223,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
   }
   init.reset();
   const auto mask = decay_mask(L, o.adam);
+  o.mo.bf16 = o.precision == "bf16";
   Transformer<float> model(L, o.batch, o.seq, o.mo);
   const int64_t eval_windows = o.eval_batches * o.batch;
 

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include <omp.h>
 
 #include "core/error.h"
+#include "kernels/gemm_bf16.h"
 
 namespace tessera::train {
 
@@ -66,11 +68,34 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   datt_ = take(N * qd), dg_ = take(N * H), du_ = take(N * H), dh_ = take(N * H);
   if (cur > acts_.data() + acts_.size()) fail("internal: training arena overflow");
   attn_scratch_.resize(size_t(omp_get_max_threads() * blk::attention_scratch(T_)));
+  if (o_.bf16) {
+    if (!std::is_same_v<T, float>) fail("internal: bf16 training runs on float parameters");
+    bf16_ = std::make_unique<KernelContext>(omp_get_max_threads());
+    if (!gemm_bf16_available(*bf16_))
+      std::fprintf(stderr, "warning: this CPU has no AVX-512 BF16; bf16 matrix products use the slow scalar reference\n");
+  }
   if (!gpt2) {
     const int64_t half = c_.head_dim / 2;
     cos_.resize(size_t(T_ * half)), sin_.resize(size_t(T_ * half));
     ops::rope_tables(cos_.data(), sin_.data(), T_, c_.head_dim, c_.rope_theta);
   }
+}
+
+template <class T>
+void Transformer<T>::lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_) return blk::linear_fwd_bf16(*bf16_, Y, X, W, b, N, I, O);
+  }
+  blk::linear_fwd(Y, X, W, b, N, I, O);
+}
+
+template <class T>
+void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
+                             bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_) return blk::linear_bwd_bf16(*bf16_, dX, dW, db, dY, X, W, N, I, O, accumulate);
+  }
+  blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate);
 }
 
 template <class T>
@@ -96,9 +121,9 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   if (c_.arch == Arch::Llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
     blk::rmsnorm_fwd(a.xn1, a.r1, x, P(o.attn_norm), N, C, eps);
-    blk::linear_fwd(a.q, a.xn1, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
-    blk::linear_fwd(a.k, a.xn1, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
-    blk::linear_fwd(a.v, a.xn1, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
+    lin_fwd(a.q, a.xn1, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
+    lin_fwd(a.k, a.xn1, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
+    lin_fwd(a.v, a.xn1, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
     if (c_.qk_norm) {  // RMSNorm over every head of q and k: rows of head_dim
       std::copy(a.q, a.q + N * qd, a.q0);
       std::copy(a.k, a.k + N * kvd, a.k0);
@@ -108,26 +133,26 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());  // (N, qd)
-    blk::linear_fwd(a.x_mid, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
+    lin_fwd(a.x_mid, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
     drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
     blk::rmsnorm_fwd(a.xn2, a.r2, a.x_mid, P(o.ffn_norm), N, C, eps);
-    blk::linear_fwd(a.g, a.xn2, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
-    blk::linear_fwd(a.u, a.xn2, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
+    lin_fwd(a.g, a.xn2, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
+    lin_fwd(a.u, a.xn2, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
     blk::swiglu_fwd(a.h, a.g, a.u, N * H);
-    blk::linear_fwd(x_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
+    lin_fwd(x_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
     drop(x_out, l, 1);
   } else {
     blk::layernorm_fwd(a.xn1, a.m1, a.r1, x, P(o.attn_norm), P(o.attn_norm_b), N, C, eps);
-    blk::linear_fwd(a.q, a.xn1, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
+    lin_fwd(a.q, a.xn1, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());
-    blk::linear_fwd(a.x_mid, a.att, P(o.wo), P(o.bo), N, C, C);
+    lin_fwd(a.x_mid, a.att, P(o.wo), P(o.bo), N, C, C);
     drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
     blk::layernorm_fwd(a.xn2, a.m2, a.r2, a.x_mid, P(o.ffn_norm), P(o.ffn_norm_b), N, C, eps);
-    blk::linear_fwd(a.g, a.xn2, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-GELU
+    lin_fwd(a.g, a.xn2, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-GELU
     blk::gelu_fwd(a.h, a.g, N * H);
-    blk::linear_fwd(x_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
+    lin_fwd(x_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
     drop(x_out, l, 1);
   }
   blk::add(x_out, a.x_mid, N * C);
@@ -142,12 +167,12 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   // dx holds d x_out; the residual passes it on to x_mid and x_in unchanged.
   if (c_.arch == Arch::Llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    blk::linear_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
+    lin_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
     blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H);
-    blk::linear_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false);
-    blk::linear_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true);
+    lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false);
+    lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true);
     blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true);  // dx = d x_mid
-    blk::linear_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false);
+    lin_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
@@ -155,18 +180,18 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
       blk::rmsnorm_bwd(dq_, G(o.q_norm), dq_, a.q0, P(o.q_norm), a.rq, N * c_.n_heads, c_.head_dim, false);
       blk::rmsnorm_bwd(dk_, G(o.k_norm), dk_, a.k0, P(o.k_norm), a.rk, N * c_.n_kv_heads, c_.head_dim, false);
     }
-    blk::linear_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false);
-    blk::linear_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true);
-    blk::linear_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true);
+    lin_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false);
+    lin_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true);
+    lin_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true);
     blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true);  // dx = d x_in
   } else {
-    blk::linear_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
+    lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
     blk::gelu_bwd(dg_, dh_, a.g, N * H);
-    blk::linear_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false);
+    lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false);
     blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true);
-    blk::linear_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false);
+    lin_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
-    blk::linear_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false);
+    lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false);
     blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true);
   }
 }
@@ -186,11 +211,11 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   // gradient in place, then the two backward products.
   for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {
     const int64_t n = std::min(o_.logit_rows, N - r0);
-    blk::linear_fwd(logits_, xf_ + r0 * C, p + L_.output, (const T*)nullptr, n, C, V);  // (n, V)
+    lin_fwd(logits_, xf_ + r0 * C, p + L_.output, (const T*)nullptr, n, C, V);  // (n, V)
     const blk::CeResult cr = blk::cross_entropy(logits_, targets + r0, n, V, ce);
     r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.count += cr.count;
     if (backward)
-      blk::linear_bwd(dxf_ + r0 * C, g + L_.output, (T*)nullptr, logits_, xf_ + r0 * C, p + L_.output, n, C, V, false);
+      lin_bwd(dxf_ + r0 * C, g + L_.output, (T*)nullptr, logits_, xf_ + r0 * C, p + L_.output, n, C, V, false);
   }
   if (!backward) return;
   if (c_.arch == Arch::Llama) {

@@ -5,6 +5,7 @@
 // T is the scalar type: float in production, double in the gradient tests.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "train/blocks.h"
@@ -16,6 +17,7 @@ struct ModelOptions {
   float z_loss = 0.f;         // alpha of alpha * log(Z)^2 (soft-caps and QK-norm are in ModelConfig)
   bool recompute = false;     // keep only each block's input; recompute the block in backward
   float dropout = 0.f;        // residual and embedding dropout probability (training steps only)
+  bool bf16 = false;          // matrix products in bf16 (f32 accumulation, f32 master weights); float only
   int64_t logit_rows = 256;   // rows of the (rows, V) logits buffer of the fused output + loss
 };
 
@@ -52,6 +54,10 @@ class Transformer {
   void head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r);
   LayerActs& acts_for(int64_t l) { return o_.recompute ? work_ : layers_[size_t(l)]; }
   blk::AttnShape attn_shape() const;
+  // Linear layers in the run's precision (fp32 sgemm, or bf16 products).
+  void lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
+  void lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
+               bool accumulate);
   void embed(const T* p, const int32_t* tokens);
   // Dropout key of (layer, site); 0 (no dropout) outside training steps.
   uint64_t site_key(int64_t layer, int site) const {
@@ -75,6 +81,7 @@ class Transformer {
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
   std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
+  std::unique_ptr<KernelContext> bf16_;  // threads + packing scratch of the bf16 products (bf16 runs)
 };
 
 extern template class Transformer<float>;

@@ -1,0 +1,37 @@
+// bf16 matrix multiplication with f32 accumulation (the AVX-512 BF16 dot
+// product vdpbf16ps), for bf16 weights in prefill and bf16 mixed-precision
+// training. Debian's OpenBLAS is built without sbgemm, so this is our own.
+//
+// C(M, N) (=, or += with accumulate) sum_k A(m, k) B(n, k), where A and B are
+// read through strides (element (m, k) of A at A[m * a_m + k * a_k]), so one
+// routine covers X W^T, dY W and dY^T X. f32 operands are rounded to bf16
+// (nearest even) when packed; a bf16 B is used as stored.
+#pragma once
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace tessera {
+
+struct GemmOperand {
+  const void* p = nullptr;
+  bool bf16 = false;  // elements are bf16 (uint16_t), else f32
+  int64_t s_row = 0;  // stride between rows (m for A, n for B), in elements
+  int64_t s_k = 1;    // stride along k, in elements
+};
+
+// True when this CPU (and ctx.isa) has the AVX-512 BF16 kernel.
+bool gemm_bf16_available(const KernelContext& ctx);
+
+// Multi-threaded over N (ctx.n_threads). Falls back to gemm_bf16_ref when the
+// kernel is not available.
+void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
+               float* C, int64_t ldc, bool accumulate);
+
+namespace ref {
+// The specification: operands rounded to bf16, products summed in f32 in k order.
+void gemm_bf16(const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K, float* C, int64_t ldc,
+               bool accumulate);
+}  // namespace ref
+
+}  // namespace tessera
