@@ -92,6 +92,11 @@ std::vector<float> quantized_activations(const std::vector<float>& X, int64_t M,
 
 // Activation quantization block of the integer path matmul takes for W at (isa, M), or 0 if X
 // stays f32. Q8_G returns 0: its reference already quantizes activations per group (llama2.c runq).
+// BF16 weights at M >= bf16_gemm_min_rows go through the bf16 GEMM, which rounds the activations to bf16.
+bool bf16_act_path(const TensorView& W, Isa isa, int64_t M) {
+  return W.dtype == DType::BF16 && M >= detail::bf16_gemm_min_rows(isa);
+}
+
 int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
   if (isa == Isa::Scalar || M >= detail::blas_min_rows(W, isa)) return 0;
   if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0) return kQK;
@@ -128,12 +133,18 @@ void check_dtype(DType t, const std::vector<int64_t>& Ks, const std::vector<int>
           for (Isa isa : supported_isas()) {
             // The integer paths compute with quantized activations: compare against the
             // reference on those, tightly, and against the f32 reference loosely.
-            const int64_t qb = int_path_block(w.view, isa, M);
+            int64_t qb = int_path_block(w.view, isa, M);
             std::vector<float> want_q;
             if (qb) {
               const auto Xq = quantized_activations(X, M, K, qb);
               want_q.resize(want.size());
               ref::matmul(w.view, Xq.data(), M, want_q.data());
+            } else if (bf16_act_path(w.view, isa, M)) {
+              qb = 1;  // compare like the integer paths: tightly on rounded activations, loosely on f32
+              std::vector<float> Xb(X.size());
+              for (size_t i = 0; i < X.size(); ++i) Xb[i] = bf16_to_f32(f32_to_bf16(X[i]));
+              want_q.resize(want.size());
+              ref::matmul(w.view, Xb.data(), M, want_q.data());
             }
             for (int threads : {1, 2}) {
               KernelContext ctx(threads, isa);

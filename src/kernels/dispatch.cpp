@@ -18,6 +18,7 @@
 #include "core/fp16.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/kernels.h"
 
 namespace tessera {
@@ -188,6 +189,11 @@ void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, 
     return detail::matmul_matvec(ctx, W, X, M, Y);  // never the f32 BLAS path: activations stay quantized
   }
   const cpu::IsaKernels* k = kernels_for(ctx.isa);
+  if (W.dtype == DType::BF16 && M >= detail::bf16_gemm_min_rows(ctx.isa)) {
+    const int64_t K = W.cols();
+    return gemm_bf16(ctx, GemmOperand{X, false, K, 1}, GemmOperand{W.data, true, K, 1}, M, W.rows(), K, Y, W.rows(),
+                     false);
+  }
   if (M >= detail::blas_min_rows(W, ctx.isa))
     return detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
   detail::matmul_matvec(ctx, W, X, M, Y);

@@ -12,6 +12,11 @@ namespace tessera::detail {
 // matrix-vector kernels (measured on Zen 5; see docs/kernels.md).
 int64_t blas_min_rows(const TensorView& W, Isa isa);
 
+// Smallest M for which BF16 weights take the bf16 GEMM (kernels/gemm_bf16.h:
+// activations rounded to bf16, f32 accumulation) instead of the matrix-vector
+// kernels; INT64_MAX where the ISA has no AVX-512 BF16 (measured: docs/kernels.md).
+int64_t bf16_gemm_min_rows(Isa isa);
+
 // Y(M, N) (row stride ldy) = X(M, K) . W(N, K)^T, f32, on ctx.n_threads threads.
 void sgemm_xwt(KernelContext& ctx, const float* X, int64_t M, const float* W, int64_t N, int64_t K, float* Y,
                int64_t ldy);

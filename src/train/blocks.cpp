@@ -1,12 +1,14 @@
 #include "train/blocks.h"
 
 #include "kernels/gemm_bf16.h"
+#include "kernels/xent.h"
 
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace tessera::train::blk {
@@ -373,6 +375,14 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
     if (t < 0) {
       for (int64_t v = 0; v < V; ++v) z[v] = 0;
       continue;
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (o.isa != Isa::Scalar && !(cap > 0)) {  // vectorised row (kernels/xent.h)
+        const double zt0 = z[t];
+        const float lse = xent_row(o.isa, z, V, t, o.z_loss, o.scale);
+        nll[size_t(n)] = double(lse) - zt0, zz[size_t(n)] = double(lse) * double(lse);
+        continue;
+      }
     }
     if (cap > 0)
       for (int64_t v = 0; v < V; ++v) z[v] = cap * std::tanh(z[v] / cap);

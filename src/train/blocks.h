@@ -103,6 +103,7 @@ struct CeOptions {
   float z_loss = 0.f;   // alpha * log(Z)^2 per token
   float softcap = 0.f;  // logits -> cap * tanh(logits / cap) when > 0
   float scale = 1.f;    // multiplies the gradient (1 / number of target tokens)
+  Isa isa = Isa::Scalar;  // float rows without soft-cap use kernels/xent.h on this ISA
 };
 struct CeResult {
   double loss_sum = 0;  // sum of -log p(target) over rows with target >= 0

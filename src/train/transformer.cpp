@@ -206,7 +206,7 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
     blk::layernorm_fwd(xf_, mf_, rf_, xL, p + L_.out_norm, p + L_.out_norm_b, N, C, T(c_.norm_eps));
   }
   blk::CeOptions ce;
-  ce.z_loss = o_.z_loss, ce.softcap = c_.final_softcap, ce.scale = scale;
+  ce.z_loss = o_.z_loss, ce.softcap = c_.final_softcap, ce.scale = scale, ce.isa = isa_;
   // The logits exist for logit_rows rows at a time: forward, loss and its
   // gradient in place, then the two backward products.
   for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {
