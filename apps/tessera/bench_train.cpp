@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "formats/load.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/measure.h"
 #include "model/synthetic.h"
 #include "train/optim.h"
@@ -43,7 +44,9 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   KernelContext ctx(threads);
   std::fprintf(stderr, "bench --train: %s, %.2fM params, batch %lld x %lld, %d threads; measuring sgemm peak...\n",
                model.c_str(), double(L.total) / 1e6, (long long)a.batch, (long long)a.seq, threads);
-  const double peak = measure_gemm_peak_gflops(ctx);  // f32 sgemm: the denominator for both precisions
+  // The denominator: sgemm peak for fp32, our bf16 GEMM's peak for bf16.
+  const bool bf16 = a.precision == "bf16";
+  const double peak = bf16 && gemm_bf16_available(ctx) ? measure_gemm_bf16_peak_gflops(ctx) : measure_gemm_peak_gflops(ctx);
 
   std::vector<float> p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
   train::init_params(L, p.data(), 1);
@@ -74,10 +77,10 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   if (json) {
     std::printf("{\"model\": \"%s\", \"params\": %zu, \"matmul_params\": %.0f, \"batch\": %lld, \"seq\": %lld, "
                 "\"threads\": %d, \"precision\": \"%s\", \"recompute\": %s, \"step_s\": %.4f, \"train_tok_s\": %.1f, "
-                "\"train_gflops\": %.1f, \"gemm_peak_gflops\": %.1f, \"peak_fraction\": %.4f, "
+                "\"train_gflops\": %.1f, \"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"peak_fraction\": %.4f, "
                 "\"activation_bytes\": %zu}\n",
                 model.c_str(), L.total, n_mm, (long long)a.batch, (long long)a.seq, threads, a.precision.c_str(),
-                a.recompute ? "true" : "false", best, tok_s, gflops, peak, frac, tm.activation_bytes());
+                a.recompute ? "true" : "false", best, tok_s, gflops, bf16 ? "bf16" : "sgemm", peak, frac, tm.activation_bytes());
   } else {
     std::printf("train %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (6*N*T) = %.1f%% of %.0f GFLOP/s "
                 "sgemm peak; activations %.1f MB\n",

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/measure.h"
 #include "bench_train.h"
 
@@ -90,7 +91,11 @@ int cmd_bench(int argc, char** argv) {
   std::fprintf(stderr, "bench: measuring memory bandwidth and GEMM peak (%d threads, %s)...\n", threads,
                isa_name(ctx.isa));
   const double bw = measure_read_bandwidth_gbs(ctx);
-  const double peak = measure_gemm_peak_gflops(ctx);
+  double peak = measure_gemm_peak_gflops(ctx);
+  // BF16 weights run prefill on the bf16 GEMM: its own peak is the limit.
+  const DType wt = c.arch == Arch::GPT2 ? w.layers.at(0).wqkv.dtype : w.layers.at(0).wq.dtype;
+  const bool bf16_peak = wt == DType::BF16 && gemm_bf16_available(ctx);
+  if (bf16_peak) peak = measure_gemm_bf16_peak_gflops(ctx);
 
   std::vector<int32_t> toks(size_t(std::max<int64_t>(pp, tg)));
   for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 7919 + 13) % size_t(c.vocab_size));
@@ -117,14 +122,14 @@ int cmd_bench(int argc, char** argv) {
         "{\"model\": \"%s\", \"params\": %lld, \"weight_bytes\": %.0f, \"threads\": %d, \"isa\": \"%s\", "
         "\"n_prompt\": %lld, \"n_gen\": %lld, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
         "\"bandwidth_gbs\": %.2f, \"decode_bound_tok_s\": %.2f, \"decode_bw_fraction\": %.4f, "
-        "\"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f}\n",
+        "\"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f}\n",
         lm.path.c_str(), (long long)w.n_params(), bytes, threads, isa_name(ctx.isa), (long long)pp, (long long)tg,
-        prefill_tok_s, decode_tok_s, bw, bound, bw_frac, peak, prefill_gflops, pk_frac);
+        prefill_tok_s, decode_tok_s, bw, bound, bw_frac, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac);
   } else {
     std::printf("model            %s (%.1fM params, %s read per decoded token)\n", lm.path.c_str(),
                 double(w.n_params()) / 1e6, human_bytes(bytes).c_str());
-    std::printf("machine          %.1f GB/s read bandwidth, %.0f GFLOP/s sgemm peak (%d threads, %s)\n", bw, peak,
-                threads, isa_name(ctx.isa));
+    std::printf("machine          %.1f GB/s read bandwidth, %.0f GFLOP/s %s peak (%d threads, %s)\n", bw, peak,
+                bf16_peak ? "bf16 GEMM" : "sgemm", threads, isa_name(ctx.isa));
     if (pp > 0)
       std::printf("prefill pp%-5lld %9.1f tok/s  %7.1f GFLOP/s  = %5.1f%% of GEMM peak\n", (long long)pp,
                   prefill_tok_s, prefill_gflops, 100 * pk_frac);

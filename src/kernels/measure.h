@@ -15,4 +15,8 @@ double measure_read_bandwidth_gbs(KernelContext& ctx);
 // (OpenBLAS with ctx.n_threads threads); best of a few runs. ~0.5 s.
 double measure_gemm_peak_gflops(KernelContext& ctx);
 
+// Best bf16 GEMM GFLOP/s (kernels/gemm_bf16.h, bf16 operands) on 2048^3; 0 when
+// the CPU has no AVX-512 BF16. The denominator for bf16 prefill and training.
+double measure_gemm_bf16_peak_gflops(KernelContext& ctx);
+
 }  // namespace tessera
