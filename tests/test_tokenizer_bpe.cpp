@@ -7,6 +7,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "tokenizer/pretokenizer.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer_test_util.h"
 
@@ -154,4 +155,20 @@ TEST(TokBpe, TinyVocabTokenizerJson) {
   EXPECT_EQ(tok.n_vocab(), 8);
   EXPECT_EQ(tok.encode("ab abc<|end|>ab"), (std::vector<int32_t>{2, 4, 5, 7, 2}));
   EXPECT_EQ(tok.decode({2, 4, 5, 7}), "ab abc<|end|>");
+}
+
+// DeepSeek pre-tokenizers: the regex sequences split as llama.cpp's lists do
+// (no reference vectors in ../shared for these vocabularies; splits worked out by hand).
+TEST(TokBpe, DeepSeekPreTokenizerSplits) {
+  auto pieces = [](const std::string& family, const std::string& text) {
+    PreTokenizer pt(pretokenizer_patterns(family));
+    std::vector<std::string_view> out;
+    pt.split(text, out);
+    return std::vector<std::string>(out.begin(), out.end());
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(pieces("deepseek-coder", "Hello, world 123\n"), (V{"Hello", ",", " world", " ", "1", "2", "3", "\n"}));
+  EXPECT_EQ(pieces("deepseek-llm", "Hi there!! 2024"), (V{"Hi", " there", "!!", " ", "2024"}));
+  EXPECT_EQ(pieces("deepseek-v3", "abc12345 def"), (V{"abc", "123", "45", " def"}));
+  EXPECT_EQ(pieces("deepseek-v3", "你好world"), (V{"你好", "world"}));
 }
