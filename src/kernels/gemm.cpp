@@ -9,7 +9,8 @@
 
 namespace tessera::detail {
 
-int64_t bf16_gemm_min_rows(Isa isa) { return isa == Isa::AVX512 ? 16 : INT64_MAX; }
+// Crossover measured on 5632 x 2048 BF16 weights (docs/kernels.md): M = 32 at 2 threads, ~40 at 1.
+int64_t bf16_gemm_min_rows(Isa isa) { return isa == Isa::AVX512 ? 48 : INT64_MAX; }
 
 int64_t blas_min_rows(const TensorView& W, Isa isa) {
   constexpr int64_t kNever = INT64_MAX;
