@@ -27,6 +27,9 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// The whole file as a string; Error naming the path when it cannot be read.
+std::string read_file(const std::string& path);
+
 // Writes a file crash-safely: to PATH.tmp.<pid>, fsync, then rename over PATH.
 // The callback receives the open FILE*. On any failure the temporary is removed
 // and an Error naming the path is thrown; an existing PATH is left untouched.

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "kernels/kernels.h"
 
 namespace tessera {
@@ -46,12 +47,7 @@ ModelConfig synthetic_config(const std::string& name) {
 namespace {
 
 // SplitMix64: a counter-based generator, so rows can be filled in parallel deterministically.
-inline uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+inline uint64_t mix(uint64_t z) { return splitmix64(z); }
 
 TensorView random_matrix(Weights& w, int64_t rows, int64_t cols, DType type, uint64_t seed, int threads) {
   DType t = cols % dtype_block_elems(type) == 0 ? type : DType::F16;

@@ -1,5 +1,6 @@
 #include "train/blocks.h"
 
+#include "core/rng.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/xent.h"
 
@@ -356,10 +357,7 @@ void dropout(T* x, int64_t n, float p, uint64_t key) {
   const uint64_t threshold = uint64_t(double(p) * 18446744073709551616.0);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    uint64_t z = key + uint64_t(i) * 0x9e3779b97f4a7c15ull;  // SplitMix64 of (key, i)
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
+    const uint64_t z = splitmix64(key + uint64_t(i) * 0x9e3779b97f4a7c15ull);
     x[i] = z >= threshold ? x[i] * keep_scale : T(0);
   }
 }

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 namespace fs = std::filesystem;
 
@@ -16,20 +17,8 @@ namespace {
 constexpr char kMagic[8] = {'T', 'S', 'R', 'T', 'O', 'K', 'S', '1'};
 constexpr size_t kHeader = 24;
 
-inline uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+inline uint64_t mix(uint64_t z) { return splitmix64(z); }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 }  // namespace
 
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size) {

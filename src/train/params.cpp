@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "kernels/kernels.h"
 
 namespace tessera::train {
@@ -75,12 +76,7 @@ const ParamInfo* Layout::find(const std::string& name) const {
 }
 
 namespace {
-inline uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+inline uint64_t mix(uint64_t z) { return splitmix64(z); }
 inline double uniform01(uint64_t& s) { return (double((s = mix(s)) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
 bool ends_with(const std::string& s, const char* suf) {
   const std::string t(suf);

@@ -129,13 +129,6 @@ double evaluate(Transformer<float>& m, const float* p, const TokenShard& val, in
 
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 void write_text(const std::string& path, const std::string& s) {
   AtomicFileWriter w(path);
@@ -172,7 +165,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
     if (!fs::exists(run)) fail(dir, ": no run.json: not a training run directory");
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(read_text(run));
+      j = nlohmann::json::parse(read_file(run));
     } catch (const nlohmann::json::exception& e) {
       fail(run, ": invalid JSON: ", e.what());
     }
@@ -237,7 +230,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
   {
     std::string kept;
     if (resume && fs::exists(metrics)) {
-      std::istringstream in(read_text(metrics));
+      std::istringstream in(read_file(metrics));
       for (std::string line; std::getline(in, line);) {
         nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
         if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() > start) continue;

@@ -244,7 +244,7 @@ const T* Transformer<T>::dropped(const T* dx, int64_t l, int site) {
 }
 
 template <class T>
-blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key) {
+void Transformer<T>::layers_fwd(const T* p, const int32_t* tokens, uint64_t dropout_key) {
   drop_key_ = o_.dropout > 0.f ? dropout_key : 0;
   embed(p, tokens);
   for (int64_t l = 0; l < c_.n_layers; ++l) {
@@ -252,6 +252,11 @@ blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const i
     a.x_in = x_in_[size_t(l)];
     layer_fwd(p, l, a, x_in_[size_t(l + 1)]);
   }
+}
+
+template <class T>
+blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key) {
+  layers_fwd(p, tokens, dropout_key);
   blk::CeResult r;
   head(p, nullptr, targets, 1.f, false, r);
   return r;
@@ -260,13 +265,7 @@ blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const i
 template <class T>
 blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets,
                                                float grad_scale, uint64_t dropout_key) {
-  drop_key_ = o_.dropout > 0.f ? dropout_key : 0;
-  embed(p, tokens);
-  for (int64_t l = 0; l < c_.n_layers; ++l) {
-    LayerActs& a = acts_for(l);
-    a.x_in = x_in_[size_t(l)];
-    layer_fwd(p, l, a, x_in_[size_t(l + 1)]);
-  }
+  layers_fwd(p, tokens, dropout_key);
   blk::CeResult r;
   head(p, g, targets, grad_scale, true, r);
   for (int64_t l = c_.n_layers - 1; l >= 0; --l) {

@@ -59,6 +59,7 @@ class Transformer {
   void lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                bool accumulate);
   void embed(const T* p, const int32_t* tokens);
+  void layers_fwd(const T* p, const int32_t* tokens, uint64_t dropout_key);  // embedding + every block
   // Dropout key of (layer, site); 0 (no dropout) outside training steps.
   uint64_t site_key(int64_t layer, int site) const {
     return drop_key_ == 0 ? 0 : drop_key_ ^ (uint64_t(layer + 1) * 0x100000001b3ull + uint64_t(site) * 0x9e3779b97f4a7c15ull);
