@@ -16,6 +16,18 @@ namespace tessera::train::blk {
 
 namespace {
 inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
+// Column reductions over rows (bias and norm-gain gradients): each thread owns a
+// block of columns and walks the rows in order, reading them contiguously; the
+// sums do not depend on the thread count's scheduling.
+template <class F>
+void for_column_blocks(int64_t C, F&& f) {
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    f(C * id / nt, C * (id + 1) / nt);
+  }
+}
 }  // namespace
 
 template <>
@@ -48,14 +60,11 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
                 bool accumulate) {
   if (dX) gemm<T>(false, false, N, I, O, T(1), dY, O, W, I, accumulate ? T(1) : T(0), dX, I);  // (N,O)x(O,I)
   gemm<T>(true, false, O, I, N, T(1), dY, O, X, I, T(1), dW, I);                              // (O,N)x(N,I)
-  if (db) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < O; ++o) {
-      T s = 0;
-      for (int64_t n = 0; n < N; ++n) s += dY[n * O + o];
-      db[o] += s;
-    }
-  }
+  if (db)
+    for_column_blocks(O, [&](int64_t o0, int64_t o1) {
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = o0; o < o1; ++o) db[o] += dY[n * O + o];
+    });
 }
 
 void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const float* b, int64_t N,
@@ -74,14 +83,11 @@ void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const 
   if (dX) gemm_bf16(ctx, GemmOperand{dY, false, O, 1}, GemmOperand{W, false, 1, I}, N, I, O, dX, I, accumulate);
   // dW(O, I) += dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
   gemm_bf16(ctx, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, true);
-  if (db) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < O; ++o) {
-      float s = 0;
-      for (int64_t n = 0; n < N; ++n) s += dY[n * O + o];
-      db[o] += s;
-    }
-  }
+  if (db)
+    for_column_blocks(O, [&](int64_t o0, int64_t o1) {
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = o0; o < o1; ++o) db[o] += dY[n * O + o];
+    });
 }
 
 template <class T>
@@ -97,10 +103,7 @@ void embed_fwd(T* x, const T* E, const T* P, const int32_t* tok, int64_t N, int6
 template <class T>
 void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t T_, int64_t C) {
   // Columns are split between threads; every thread walks all rows in order.
-#pragma omp parallel
-  {
-    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t c0 = C * id / nt, c1 = C * (id + 1) / nt;
+  for_column_blocks(C, [&](int64_t c0, int64_t c1) {
     for (int64_t n = 0; n < N; ++n) {
       T* e = dE + int64_t(tok[n]) * C;
       T* p = dP ? dP + (n % T_) * C : nullptr;
@@ -109,7 +112,7 @@ void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t
         if (p) p[c] += dx[n * C + c];
       }
     }
-  }
+  });
 }
 
 template <class T>
@@ -130,12 +133,10 @@ void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rst
                  bool accumulate) {
   // y = x r w, r = (mean(x^2) + eps)^-1/2: dx = r (dy w) - x r^3 / C * sum(dy w x).
   // dw first: dx may alias dy (each row of dy is read before that row of dx is written).
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    T s = 0;
-    for (int64_t n = 0; n < N; ++n) s += dy[n * C + c] * x[n * C + c] * rstd[n];
-    dw[c] += s;
-  }
+  for_column_blocks(C, [&](int64_t c0, int64_t c1) {
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = c0; c < c1; ++c) dw[c] += dy[n * C + c] * x[n * C + c] * rstd[n];
+  });
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const T *xr = x + n * C, *g = dy + n * C;
@@ -188,15 +189,13 @@ void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, con
       o[c] = accumulate ? o[c] + v : v;
     }
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    T sw = 0, sb = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      sw += dy[n * C + c] * (x[n * C + c] - mean[n]) * rstd[n];
-      sb += dy[n * C + c];
-    }
-    dw[c] += sw, db[c] += sb;
-  }
+  for_column_blocks(C, [&](int64_t c0, int64_t c1) {
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = c0; c < c1; ++c) {
+        dw[c] += dy[n * C + c] * (x[n * C + c] - mean[n]) * rstd[n];
+        db[c] += dy[n * C + c];
+      }
+  });
 }
 
 template <class T>
