@@ -363,7 +363,10 @@ void dropout(T* x, int64_t n, float p, uint64_t key) {
 
 template <class T>
 CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, const CeOptions& o) {
-  std::vector<double> nll(size_t(N), 0.0), zz(size_t(N), 0.0);
+  // Per-row terms, summed in row order afterwards (deterministic for any thread count).
+  std::vector<double> own(o.row_scratch ? 0 : size_t(2 * N));
+  double* nll = o.row_scratch ? o.row_scratch : own.data();
+  double* zz = nll + N;
   const T cap = T(o.softcap), alpha = T(o.z_loss), scale = T(o.scale);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
@@ -377,7 +380,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
       if (o.isa != Isa::Scalar && !(cap > 0)) {  // vectorised row (kernels/xent.h)
         const double zt0 = z[t];
         const float lse = xent_row(o.isa, z, V, t, o.z_loss, o.scale);
-        nll[size_t(n)] = double(lse) - zt0, zz[size_t(n)] = double(lse) * double(lse);
+        nll[n] = double(lse) - zt0, zz[n] = double(lse) * double(lse);
         continue;
       }
     }
@@ -390,7 +393,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
       T sum = 0;
       for (int64_t v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
       const T lse = mx + std::log(sum);
-      nll[size_t(n)] = double(lse - zt), zz[size_t(n)] = double(lse) * double(lse);
+      nll[n] = double(lse - zt), zz[n] = double(lse) * double(lse);
       const T k = T(1) + T(2) * alpha * lse;
       for (int64_t v = 0; v < V; ++v) {
         const T zc = z[v];
@@ -403,7 +406,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
     T sum = 0;
     for (int64_t v = 0; v < V; ++v) sum += (z[v] = std::exp(z[v] - mx));
     const T lse = mx + std::log(sum);
-    nll[size_t(n)] = double(lse - zt), zz[size_t(n)] = double(lse) * double(lse);
+    nll[n] = double(lse - zt), zz[n] = double(lse) * double(lse);
     // d/dz [lse - z_t + alpha lse^2] = softmax (1 + 2 alpha lse) - onehot
     const T k = (T(1) + T(2) * alpha * lse) / sum * scale;
     for (int64_t v = 0; v < V; ++v) z[v] *= k;
@@ -411,7 +414,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   }
   CeResult r;
   for (int64_t n = 0; n < N; ++n)
-    if (targets[n] >= 0) r.loss_sum += nll[size_t(n)], r.z_sum += zz[size_t(n)], ++r.count;
+    if (targets[n] >= 0) r.loss_sum += nll[n], r.z_sum += zz[n], ++r.count;
   return r;
 }
 

@@ -104,6 +104,7 @@ struct CeOptions {
   float softcap = 0.f;  // logits -> cap * tanh(logits / cap) when > 0
   float scale = 1.f;    // multiplies the gradient (1 / number of target tokens)
   Isa isa = Isa::Scalar;  // float rows without soft-cap use kernels/xent.h on this ISA
+  double* row_scratch = nullptr;  // 2 N doubles for the per-row terms (null: allocated per call)
 };
 struct CeResult {
   double loss_sum = 0;  // sum of -log p(target) over rows with target >= 0

@@ -68,6 +68,7 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   datt_ = take(N * qd), dg_ = take(N * H), du_ = take(N * H), dh_ = take(N * H);
   if (cur > acts_.data() + acts_.size()) fail("internal: training arena overflow");
   attn_scratch_.resize(size_t(omp_get_max_threads() * blk::attention_scratch(T_)));
+  ce_rows_.resize(size_t(2 * o_.logit_rows));
   if (o_.bf16) {
     if (!std::is_same_v<T, float>) fail("internal: bf16 training runs on float parameters");
     bf16_ = std::make_unique<KernelContext>(omp_get_max_threads());
@@ -207,6 +208,7 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   }
   blk::CeOptions ce;
   ce.z_loss = o_.z_loss, ce.softcap = c_.final_softcap, ce.scale = scale, ce.isa = isa_;
+  ce.row_scratch = ce_rows_.data();
   // The logits exist for logit_rows rows at a time: forward, loss and its
   // gradient in place, then the two backward products.
   for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {

@@ -83,6 +83,7 @@ class Transformer {
   std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
   Isa isa_ = detect_isa();        // for the vectorised loss rows
+  std::vector<double> ce_rows_;   // (2, logit_rows) per-row loss terms
   std::unique_ptr<KernelContext> bf16_;  // threads + packing scratch of the bf16 products (bf16 runs)
 };
 
