@@ -180,6 +180,19 @@ TEST_F(TrainCli, ExistingRunCorruptCheckpointAndFullDisk) {
   EXPECT_NE(r.err.find("ckpt_00000005.bin"), std::string::npos) << r.err;
 }
 
+TEST_F(TrainCli, TomlConfigFileGivesTheOptions) {
+  const std::string run = dir_ + "/run_toml", cfg = dir_ + "/run.toml";
+  std::ofstream(cfg) << "data = \"" << dir_ << "/data\"\nout = \"" << run
+                     << "\"\ndim = 32\nlayers = 1\nheads = 4\nbatch = 2\nseq = 16\nsteps = 7\nqk-norm = true\n";
+  auto r = run_cli("train --config " + q(cfg));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(train::checkpoint_path(run, 7)));
+  const auto ck = train::load_checkpoint(train::checkpoint_path(run, 7));
+  EXPECT_EQ(ck.cfg.dim, 32);
+  EXPECT_EQ(ck.cfg.n_layers, 1);
+  EXPECT_TRUE(ck.cfg.qk_norm);
+}
+
 TEST_F(TrainCli, NonFiniteLossStopsOrIsSkipped) {
   auto r = run_cli(train_args(dir_ + "/nan1", 20) + " --lr 1e30 --clip 0 --warmup 0");
   EXPECT_NE(r.code, 0);

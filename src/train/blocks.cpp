@@ -1,6 +1,7 @@
 #include "train/blocks.h"
 
 #include "core/rng.h"
+#include "kernels/act.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/xent.h"
 
@@ -304,14 +305,32 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, c
   }
 }
 
+namespace {
+// Runs f(i0, i1) over chunks of [0, n) in parallel (for the per-ISA kernels).
+template <class F>
+void chunked(int64_t n, F&& f) {
+  constexpr int64_t kChunk = 8192;
+#pragma omp parallel for schedule(static)
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) f(i0, std::min(n, i0 + kChunk));
+}
+}  // namespace
+
 template <class T>
-void swiglu_fwd(T* h, const T* g, const T* u, int64_t n) {
+void swiglu_fwd(T* h, const T* g, const T* u, int64_t n, Isa isa) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512)
+      return chunked(n, [&](int64_t a, int64_t b) { cpu::avx512::swiglu_fwd(h + a, g + a, u + a, b - a); });
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) h[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
 }
 
 template <class T>
-void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n) {
+void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n, Isa isa) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512)
+      return chunked(n, [&](int64_t a, int64_t b) { cpu::avx512::swiglu_bwd(dg + a, du + a, dh + a, g + a, u + a, b - a); });
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const T sg = T(1) / (T(1) + std::exp(-g[i]));
@@ -322,7 +341,10 @@ void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n) {
 }
 
 template <class T>
-void gelu_fwd(T* y, const T* x, int64_t n) {
+void gelu_fwd(T* y, const T* x, int64_t n, Isa isa) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512) return chunked(n, [&](int64_t a, int64_t b) { cpu::avx512::gelu_fwd(y + a, x + a, b - a); });
+  }
   const T c = std::sqrt(T(2) / T(M_PI));
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
@@ -332,7 +354,11 @@ void gelu_fwd(T* y, const T* x, int64_t n) {
 }
 
 template <class T>
-void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n) {
+void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n, Isa isa) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512)
+      return chunked(n, [&](int64_t a, int64_t b) { cpu::avx512::gelu_bwd(dx + a, dy + a, x + a, b - a); });
+  }
   const T c = std::sqrt(T(2) / T(M_PI));
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
@@ -433,10 +459,10 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&);                        \
   template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttnShape&, \
                                    T*);                                                                          \
-  template void swiglu_fwd<T>(T*, const T*, const T*, int64_t);                                                  \
-  template void swiglu_bwd<T>(T*, T*, const T*, const T*, const T*, int64_t);                                    \
-  template void gelu_fwd<T>(T*, const T*, int64_t);                                                              \
-  template void gelu_bwd<T>(T*, const T*, const T*, int64_t);                                                    \
+  template void swiglu_fwd<T>(T*, const T*, const T*, int64_t, Isa);                                             \
+  template void swiglu_bwd<T>(T*, T*, const T*, const T*, const T*, int64_t, Isa);                               \
+  template void gelu_fwd<T>(T*, const T*, int64_t, Isa);                                                         \
+  template void gelu_bwd<T>(T*, const T*, const T*, int64_t, Isa);                                               \
   template void add<T>(T*, const T*, int64_t);                                                                   \
   template void dropout<T>(T*, int64_t, float, uint64_t);                                                        \
   template CeResult cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, const CeOptions&);

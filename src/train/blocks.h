@@ -77,17 +77,18 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, c
                    const AttnShape& s, T* scratch);
 inline int64_t attention_scratch(int64_t T_) { return 2 * T_ * T_; }
 
-// h(n) = silu(g) * u
+// h(n) = silu(g) * u. With isa AVX512 (float only) the AVX-512 kernels of
+// kernels/act.h run; the loops here are their specification.
 template <class T>
-void swiglu_fwd(T* h, const T* g, const T* u, int64_t n);
+void swiglu_fwd(T* h, const T* g, const T* u, int64_t n, Isa isa = Isa::Scalar);
 template <class T>
-void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n);
+void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n, Isa isa = Isa::Scalar);
 
 // y(n) = gelu_tanh(x)
 template <class T>
-void gelu_fwd(T* y, const T* x, int64_t n);
+void gelu_fwd(T* y, const T* x, int64_t n, Isa isa = Isa::Scalar);
 template <class T>
-void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n);
+void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n, Isa isa = Isa::Scalar);
 
 // y(n) += x(n)
 template <class T>

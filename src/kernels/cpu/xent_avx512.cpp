@@ -3,33 +3,10 @@
 // scaling by 2^n with vscalefps), sums kept in 16 lanes until the end.
 #include <cmath>
 
-#include "kernels/cpu/simd.h"
+#include "kernels/cpu/exp_avx512.h"
 #include "kernels/xent.h"
 
 namespace tessera::cpu::avx512 {
-
-namespace {
-
-// exp(x) for x <= 0 (x - max); below -87.3 the result flushes to 0 like expf.
-inline __m512 exp_ps(__m512 x) {
-  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
-  r = _mm512_fnmadd_ps(n, ln2_lo, r);
-  // Cephes expf polynomial: 1 + r + r^2 (c0 + c1 r + ... + c5 r^5)
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
-
-}  // namespace
 
 float xent_row(float* z, int64_t V, int32_t target, float alpha, float scale) {
   const int64_t Vv = V / 16 * 16;

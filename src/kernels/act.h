@@ -1,0 +1,15 @@
+// Activation functions of the training blocks on n contiguous floats, with an
+// AVX-512 path (polynomial exp, kernels/cpu/exp_avx512.h). The scalar
+// specification is the float instantiation of the blocks in train/blocks.cpp
+// (the KernelsAct test compares them).
+#pragma once
+#include <cstdint>
+
+namespace tessera::cpu::avx512 {
+// y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+void gelu_fwd(float* y, const float* x, int64_t n);
+void gelu_bwd(float* dx, const float* dy, const float* x, int64_t n);
+// h = silu(g) * u
+void swiglu_fwd(float* h, const float* g, const float* u, int64_t n);
+void swiglu_bwd(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n);
+}  // namespace tessera::cpu::avx512
