@@ -126,6 +126,10 @@ TEST(Model, GoldenSentenceNllMatchesReference) {
   Weights w8 = load_llama2c(test::shared_path("models/stories260K_q8.bin"));
   Model m8(w8, RunOptions{});
   const double nll8 = sequence_nll(m8, ctx, ids);
-  EXPECT_NEAR(nll8, 54.311, 0.005);
-  EXPECT_NEAR(std::exp(nll8 / 34), 4.9401, 0.0005);
+  // The int8 export quantizes activations in groups of 4 (llama2.c's runq), so
+  // float differences in summation order (prefill attention runs on OpenBLAS,
+  // whose kernels differ per CPU core type) flip roundings: 54.311 with
+  // OpenBLAS's Haswell kernels, 54.353 with its SkylakeX ones. 0.1% here.
+  EXPECT_NEAR(nll8, 54.311, 0.06);
+  EXPECT_NEAR(std::exp(nll8 / 34), 4.9401, 0.009);
 }
