@@ -169,3 +169,15 @@ TEST(CliMemory, ZeroStage3AtDp64AndBadStage) {
   EXPECT_NE(j.out.find("\"tokens\": 128"), std::string::npos) << j.out;
   EXPECT_NE(run_cli("memory --params 1e9 --batch 4").code, 0);  // activations need a model
 }
+
+// A fused output + loss keeps the logits of at most logit_rows tokens: the
+// estimate drops the rest of the (tokens, V) logits and nothing else.
+TEST(TrainMemory, FusedLogitsKeepOnlyTheirRows) {
+  const ModelConfig c = synthetic_config("15m");
+  const ActivationEstimate s = activation_memory(c, 8, 256, Precision::FP32);
+  const ActivationEstimate f = activation_memory(c, 8, 256, Precision::FP32, 256);
+  const double dropped = double(8 * 256 - 256) * double(c.vocab_size) * 4;
+  EXPECT_DOUBLE_EQ(s.full - f.full, dropped);
+  EXPECT_DOUBLE_EQ(s.recompute - f.recompute, dropped);
+  EXPECT_THROW(activation_memory(c, 8, 256, Precision::FP32, -1), tessera::Error);
+}

@@ -55,6 +55,7 @@ int cmd_memory(int argc, char** argv) {
   int zero = 0;
   std::string precision = "mixed", model;
   bool table = false, json = false, recompute = false;
+  int64_t logit_rows = 0;
   app.add_option("--params", params, "number of parameters (7.5e9 is accepted)");
   app.add_option("--dp", dp, "data-parallel ranks sharing the ZeRO shards (default 1)");
   app.add_option("--zero", zero, "ZeRO stage 0-3: 1 shards optimizer states, 2 also gradients, 3 also "
@@ -68,6 +69,9 @@ int cmd_memory(int argc, char** argv) {
   app.add_option("--batch", batch, "sequences per device for the activation estimate (default 1)");
   app.add_option("--seq", seq, "tokens per sequence for the activation estimate (default: the model's context)");
   app.add_flag("--recompute", recompute, "count activations with per-block recomputation in the totals");
+  app.add_option("--logit-rows", logit_rows,
+                 "fused output + loss holding the logits of N tokens at a time (Tessera's trainer: 256); "
+                 "0 (default): all tokens' logits, as a standard implementation");
   app.add_flag("--json", json, "print one JSON object (bytes and GB)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
 
@@ -88,7 +92,7 @@ int cmd_memory(int argc, char** argv) {
   }
   train::ActivationEstimate act;
   if (have_model)
-    act = train::activation_memory(shape.cfg, batch, app.count("--seq") ? seq : shape.cfg.max_seq_len, prec);
+    act = train::activation_memory(shape.cfg, batch, app.count("--seq") ? seq : shape.cfg.max_seq_len, prec, logit_rows);
   const double act_bytes = !have_model ? 0 : (recompute ? act.recompute : act.full);
   const train::BytesPerParam bpp = train::bytes_per_param(prec);
 

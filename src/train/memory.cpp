@@ -1,5 +1,7 @@
 #include "train/memory.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -97,7 +99,9 @@ int64_t count_params(const ModelConfig& c) {
 // Per-block recomputation keeps only each block's input (C per token) and, while
 // a block's backward runs, that one block's recomputed activations (whose input
 // is the checkpoint already counted):  tokens * (L * C*a + (layer - C*a) + head).
-ActivationEstimate activation_memory(const ModelConfig& c, int64_t batch, int64_t seq, Precision p) {
+ActivationEstimate activation_memory(const ModelConfig& c, int64_t batch, int64_t seq, Precision p,
+                                     int64_t logit_rows) {
+  if (logit_rows < 0) fail("--logit-rows must be >= 0, got ", logit_rows);
   if (batch < 1) fail("--batch must be at least 1, got ", batch);
   if (seq < 1) fail("--seq must be at least 1, got ", seq);
   c.validate(c.name.empty() ? "model config" : c.name);
@@ -114,10 +118,13 @@ ActivationEstimate activation_memory(const ModelConfig& c, int64_t batch, int64_
   const double ffn = llama ? 3 * H : 2 * H;
   e.per_token_layer = a * (2 * C + (q + 2 * kv) + nh * T + q + 2 * C + ffn) + 2 * stats;
   e.per_token_checkpoint = a * C;
-  e.per_token_head = a * (2 * C + V) + stats;
+  const bool fused = logit_rows > 0;
+  e.per_token_head = a * (2 * C + (fused ? 0 : V)) + stats;
+  e.fused_logits = fused ? double(std::min(logit_rows, e.tokens)) * V * a : 0;
   const double L = double(c.n_layers), n = double(e.tokens);
-  e.full = n * (L * e.per_token_layer + e.per_token_head);
-  e.recompute = n * (L * e.per_token_checkpoint + (e.per_token_layer - e.per_token_checkpoint) + e.per_token_head);
+  e.full = n * (L * e.per_token_layer + e.per_token_head) + e.fused_logits;
+  e.recompute = n * (L * e.per_token_checkpoint + (e.per_token_layer - e.per_token_checkpoint) + e.per_token_head) +
+                e.fused_logits;
   return e;
 }
 

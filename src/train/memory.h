@@ -53,13 +53,17 @@ struct ActivationEstimate {
   int64_t tokens = 0;              // batch * seq
   double per_token_layer = 0;      // bytes saved per token by one block (full storage)
   double per_token_checkpoint = 0; // bytes per token per block kept under recomputation (the block input)
-  double per_token_head = 0;       // bytes per token outside the blocks (final norm, logits)
+  double per_token_head = 0;       // bytes per token outside the blocks (final norm; logits unless fused)
+  double fused_logits = 0;         // bytes of the logits buffer of a fused output + loss (logit_rows > 0)
   double full = 0;                 // every block's activations kept: tokens * (L * layer + head)
   double recompute = 0;            // per-block recomputation: tokens * (L * checkpoint + layer + head)
 };
 
 // Throws Error naming --batch / --seq when not positive, or the config field when invalid.
-ActivationEstimate activation_memory(const ModelConfig& cfg, int64_t batch, int64_t seq, Precision p);
+// logit_rows > 0 models a fused output + loss (Tessera's trainer: 256) that holds
+// the logits of at most logit_rows tokens at a time instead of all of them.
+ActivationEstimate activation_memory(const ModelConfig& cfg, int64_t batch, int64_t seq, Precision p,
+                                     int64_t logit_rows = 0);
 
 // Formats bytes as GB (1e9) to 3 significant digits, rounding halves away from
 // zero as the ZeRO paper prints them: 41.25e9 -> "41.3", 1.875e9 -> "1.88", 120e9 -> "120".
