@@ -73,14 +73,9 @@ int cmd_demo(int argc, char** argv) {
   auto secs = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
 
   // 1. Tokenizer.
-  std::vector<MappedFile> maps;
-  std::vector<std::string_view> texts;
-  size_t bytes = 0;
-  for (const auto& f : files) {
-    maps.emplace_back(f);
-    texts.emplace_back(reinterpret_cast<const char*>(maps.back().data()), maps.back().size());
-    bytes += maps.back().size();
-  }
+  const MappedTexts in = map_texts(files);
+  const auto& texts = in.texts;
+  const size_t bytes = in.bytes;
   std::fprintf(stderr, "[1/4] training a byte-level BPE tokenizer (vocab %d) on %zu files, %.2f MB\n", vocab,
                files.size(), double(bytes) / 1e6);
   BpeTrainOptions bo;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "common.h"
 #include "core/error.h"
 #include "core/mmap.h"
 #include "formats/any_tokenizer.h"
@@ -16,20 +17,6 @@
 namespace tessera::cli {
 
 namespace {
-
-// Runs the parser; returns -1 to go on, else the exit code (help: 0, bad flags: 1).
-int parse(CLI::App& app, int argc, char** argv) {
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    std::fputs(app.help().c_str(), stdout);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return -1;
-}
 
 // Bytes of a token for display: valid UTF-8 as is, control and stray bytes escaped.
 std::string printable(const std::string& s) {
@@ -129,14 +116,9 @@ int cmd_tokenizer(int argc, char** argv) {
 
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  std::vector<MappedFile> maps;
-  std::vector<std::string_view> texts;
-  size_t total = 0;
-  for (const auto& f : files) {
-    maps.emplace_back(f);
-    texts.emplace_back(reinterpret_cast<const char*>(maps.back().data()), maps.back().size());
-    total += maps.back().size();
-  }
+  const MappedTexts in = map_texts(files);
+  const auto& texts = in.texts;
+  const size_t total = in.bytes;
   std::fprintf(stderr, "training on %zu file(s), %.2f MB, vocab size %d, %zu special token(s)\n", files.size(),
                double(total) / 1e6, vocab_size, specials.size());
   BpeTrainOptions opt;

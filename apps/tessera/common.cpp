@@ -47,6 +47,17 @@ int parse(CLI::App& app, int argc, char** argv) {
   return -1;
 }
 
+MappedTexts map_texts(const std::vector<std::string>& files) {
+  MappedTexts m;
+  m.maps.reserve(files.size());
+  for (const auto& f : files) {
+    m.maps.emplace_back(f);
+    m.texts.emplace_back(reinterpret_cast<const char*>(m.maps.back().data()), m.maps.back().size());
+    m.bytes += m.maps.back().size();
+  }
+  return m;
+}
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;

@@ -3,6 +3,10 @@
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/mmap.h"
 
 #include "formats/load.h"
 #include "kernels/kernels.h"
@@ -33,6 +37,14 @@ Loaded load(const ModelArgs& a);
 int parse(CLI::App& app, int argc, char** argv);
 
 std::string human_bytes(double b);
+
+// Text files memory-mapped and viewed as strings (the BPE trainer's input).
+struct MappedTexts {
+  std::vector<MappedFile> maps;
+  std::vector<std::string_view> texts;
+  size_t bytes = 0;
+};
+MappedTexts map_texts(const std::vector<std::string>& files);
 
 // Writes w to out: FILE.gguf (llama.cpp's names and keys, tok embedded when
 // given) or a Hugging Face directory (config.json + model.safetensors, and

@@ -10,9 +10,7 @@
 namespace tessera::cpu::avx512 {
 namespace {
 
-// Software prefetch distance along each weight row (see matvec_quant_avx512.cpp).
-
-constexpr int kPrefetchBytes = 512;
+// Software prefetch: one tile ahead (rows n + R .. n + 2R), as in matvec_float_avx2.cpp.
 
 // Weight loaders: 16 elements at p (optionally the first `n` only) as f32.
 struct LoadF32 {

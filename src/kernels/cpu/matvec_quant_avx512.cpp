@@ -15,10 +15,8 @@
 namespace tessera::cpu::avx512 {
 namespace {
 
-// Software prefetch distance along each weight row: keeps enough DRAM lines in
-// flight while the out-of-order window is busy with the integer dot products.
-
-constexpr int kPrefetchBytes = 1024;
+// Software prefetch runs one tile ahead (rows n + R .. n + 2R): it keeps DRAM
+// lines in flight while the out-of-order window is busy with the dot products.
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
