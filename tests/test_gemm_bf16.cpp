@@ -16,6 +16,7 @@ namespace {
 struct Case {
   int64_t M, N, K;
   bool a_trans, b_trans, b_bf16, accumulate;
+  bool a_bf16 = false;
 };
 
 void run(const Case& c, std::mt19937& rng) {
@@ -23,9 +24,10 @@ void run(const Case& c, std::mt19937& rng) {
   std::vector<float> a(size_t(c.M * c.K)), b(size_t(c.N * c.K));
   for (auto& x : a) x = nd(rng);
   for (auto& x : b) x = nd(rng);
-  std::vector<uint16_t> bb(b.size());
+  std::vector<uint16_t> ab(a.size()), bb(b.size());
+  for (size_t i = 0; i < a.size(); ++i) ab[i] = f32_to_bf16(a[i]);
   for (size_t i = 0; i < b.size(); ++i) bb[i] = f32_to_bf16(b[i]);
-  GemmOperand A{a.data(), false, c.a_trans ? 1 : c.K, c.a_trans ? c.M : 1};
+  GemmOperand A{c.a_bf16 ? static_cast<const void*>(ab.data()) : a.data(), c.a_bf16, c.a_trans ? 1 : c.K, c.a_trans ? c.M : 1};
   GemmOperand B{c.b_bf16 ? static_cast<const void*>(bb.data()) : b.data(), c.b_bf16, c.b_trans ? 1 : c.K,
                 c.b_trans ? c.N : 1};
   const int64_t ldc = c.N + 3;
@@ -57,7 +59,11 @@ TEST(KernelsGemmBf16, MatchesReferenceOnOddShapesStridesAndAccumulation) {
                         {9, 31, 300, false, false, true, false},   {17, 70, 257, true, false, false, true},
                         {16, 64, 512, false, true, false, false},  {13, 100, 3, true, true, false, true},
                         {40, 300, 600, false, false, true, true},  {8, 32, 0, false, false, false, false},
-                        {65, 257, 130, false, false, false, false}};
+                        {65, 257, 130, false, false, false, false},
+                        // whole 8-row groups with k tails (the vectorised packing paths), several k blocks
+                        {64, 96, 37, false, false, false, false, true},  {48, 64, 800, true, true, true, true, true},
+                        {72, 40, 290, false, true, false, false, true},  {24, 100, 1031, true, false, true, false},
+                        {300, 33, 288, false, false, true, false},       {33, 300, 777, true, true, false, true}};
   for (const auto& c : cases) run(c, rng);
 }
 

@@ -1,10 +1,15 @@
 // bf16 GEMM on AVX-512 BF16: C(M, N) (+)= A(M, K) B(N, K)^T with f32 accumulation.
 //
-// BLIS-style blocking: K in blocks of KC, per thread a range of N in blocks of
-// NC. Packed operands hold bf16 pairs (k even in the low half, k odd in the
-// high half of a 32-bit word), the layout vdpbf16ps multiplies:
-//   A block: for each MR rows: [p][r] words  (MR x KC/2)
+// BLIS-style blocking: K in blocks of at most KC (split evenly, so K = 288
+// is one block, not 256 + 32), per thread a range of N in blocks of NC.
+// Packed operands hold bf16 pairs (k even in the low half, k odd in the high
+// half of a 32-bit word), the layout vdpbf16ps multiplies:
+//   A block: for each MR rows: [p][r] words  (MR x kc/2)
 //   B block: for each NR = 32 columns: [p][32 lanes] words = two zmm per p
+// Both are the same "panel" layout with width MR or NR. Packing reads f32
+// operands directly (rounding to bf16, nearest even, as it goes) or bf16 ones
+// as stored; row-major and k-major operands take vectorised paths (an 8 x 8
+// word transpose, or an interleave of two k rows), other strides the scalar one.
 // The micro-kernel keeps an MR x 32 tile of C in 2 * MR zmm accumulators and,
 // per k pair, broadcasts one A word per row against the two B vectors.
 #include <algorithm>
@@ -18,12 +23,19 @@ namespace tessera::cpu::avx512 {
 
 namespace {
 
-constexpr int64_t MR = 8, NR = 32, KC = 256, NC = 256;
+constexpr int64_t MR = 8, NR = 32, KC = 384, NC = 256;
 
-// Packing reads bf16 operands only (f32 ones are converted first, see
-// convert_bf16 below). Pairs of k: the low half holds k even.
+// The k-block length: K split into equal even blocks of at most KC.
+inline int64_t k_block(int64_t K) {
+  const int64_t nk = (K + KC - 1) / KC;
+  const int64_t kc = nk ? (K + nk - 1) / nk : 0;
+  return std::min(KC, (kc + 1) & ~int64_t(1));
+}
+
+// Element (row, k) of an operand as bf16 bits.
 inline uint16_t elem(const GemmOperand& o, int64_t row, int64_t k) {
-  return static_cast<const uint16_t*>(o.p)[row * o.s_row + k * o.s_k];
+  const int64_t i = row * o.s_row + k * o.s_k;
+  return o.bf16 ? static_cast<const uint16_t*>(o.p)[i] : f32_to_bf16(static_cast<const float*>(o.p)[i]);
 }
 
 inline uint32_t pair(const GemmOperand& o, int64_t row, int64_t k, int64_t k_end) {
@@ -32,79 +44,74 @@ inline uint32_t pair(const GemmOperand& o, int64_t row, int64_t k, int64_t k_end
   return lo | hi << 16;
 }
 
-// A rows [m0, m1) x k [k0, k0 + kc) -> out, MR-row panels, rows past m1 zero.
-void pack_a(const GemmOperand& A, int64_t m0, int64_t m1, int64_t k0, int64_t kc, uint32_t* out) {
-  const int64_t kp = (kc + 1) / 2, full = kc / 2;
-  const auto* base = static_cast<const uint16_t*>(A.p);
-  for (int64_t mb = m0; mb < m1; mb += MR) {
-    uint32_t* panel = out + ((mb - m0) / MR) * MR * kp;
-    const int64_t rows = std::min(MR, m1 - mb);
-    if (rows == MR && A.s_row == 1) {  // k-major storage: 8 consecutive rows per k, interleave two k
-      for (int64_t p = 0; p < full; ++p) {
-        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + (k0 + 2 * p) * A.s_k + mb));
-        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + (k0 + 2 * p + 1) * A.s_k + mb));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + p * MR), _mm_unpacklo_epi16(lo, hi));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + p * MR + 4), _mm_unpackhi_epi16(lo, hi));
-      }
-      for (int64_t p = full; p < kp; ++p)
-        for (int64_t r = 0; r < MR; ++r) panel[p * MR + r] = pair(A, mb + r, k0 + 2 * p, k0 + kc);
-      continue;
-    }
-    if (A.s_k == 1) {  // row-major: the pairs are words already
-      for (int64_t r = 0; r < MR; ++r) {
-        if (r >= rows) {
-          for (int64_t p = 0; p < kp; ++p) panel[p * MR + r] = 0u;
-          continue;
-        }
-        const uint16_t* row = base + (mb + r) * A.s_row + k0;
-        for (int64_t p = 0; p < full; ++p) std::memcpy(&panel[p * MR + r], row + 2 * p, 4);
-        if (kc % 2) panel[(kp - 1) * MR + r] = row[kc - 1];
-      }
-      continue;
-    }
-    for (int64_t p = 0; p < kp; ++p)
-      for (int64_t r = 0; r < MR; ++r) panel[p * MR + r] = r < rows ? pair(A, mb + r, k0 + 2 * p, k0 + kc) : 0u;
-  }
+// 8 consecutive elements from i on, as 8 bf16 (xmm).
+inline __m128i load8(const GemmOperand& o, int64_t i) {
+  if (o.bf16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(o.p) + i));
+  return (__m128i)_mm256_cvtneps_pbh(_mm256_loadu_ps(static_cast<const float*>(o.p) + i));
+}
+// 16 consecutive elements from i on, as 8 bf16 pairs (ymm).
+inline __m256i load16(const GemmOperand& o, int64_t i) {
+  if (o.bf16) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(o.p) + i));
+  return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(static_cast<const float*>(o.p) + i));
 }
 
-// B rows (columns of C) [n0, n0 + nc) x k [k0, k0 + kc) -> out, NR-column panels.
-void pack_b(const GemmOperand& B, int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* out) {
+// r[j] (8 words each) -> out[j * stride + i] = word j of r[i]: an 8 x 8 transpose.
+inline void store_transposed8(__m256i r0, __m256i r1, __m256i r2, __m256i r3, __m256i r4, __m256i r5, __m256i r6,
+                              __m256i r7, uint32_t* out, int64_t stride) {
+  const __m256 t0 = _mm256_unpacklo_ps(_mm256_castsi256_ps(r0), _mm256_castsi256_ps(r1));
+  const __m256 t1 = _mm256_unpackhi_ps(_mm256_castsi256_ps(r0), _mm256_castsi256_ps(r1));
+  const __m256 t2 = _mm256_unpacklo_ps(_mm256_castsi256_ps(r2), _mm256_castsi256_ps(r3));
+  const __m256 t3 = _mm256_unpackhi_ps(_mm256_castsi256_ps(r2), _mm256_castsi256_ps(r3));
+  const __m256 t4 = _mm256_unpacklo_ps(_mm256_castsi256_ps(r4), _mm256_castsi256_ps(r5));
+  const __m256 t5 = _mm256_unpackhi_ps(_mm256_castsi256_ps(r4), _mm256_castsi256_ps(r5));
+  const __m256 t6 = _mm256_unpacklo_ps(_mm256_castsi256_ps(r6), _mm256_castsi256_ps(r7));
+  const __m256 t7 = _mm256_unpackhi_ps(_mm256_castsi256_ps(r6), _mm256_castsi256_ps(r7));
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  auto st = [&](int j, __m256 v) { _mm256_storeu_ps(reinterpret_cast<float*>(out + j * stride), v); };
+  st(0, _mm256_permute2f128_ps(s0, s4, 0x20));
+  st(1, _mm256_permute2f128_ps(s1, s5, 0x20));
+  st(2, _mm256_permute2f128_ps(s2, s6, 0x20));
+  st(3, _mm256_permute2f128_ps(s3, s7, 0x20));
+  st(4, _mm256_permute2f128_ps(s0, s4, 0x31));
+  st(5, _mm256_permute2f128_ps(s1, s5, 0x31));
+  st(6, _mm256_permute2f128_ps(s2, s6, 0x31));
+  st(7, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+// Rows [r0, r1) x k [k0, k0 + kc) of O -> W-wide panels at out:
+// panel b (rows r0 + b W ..) holds word [p][i] = pair(row, k0 + 2p) of its row i;
+// rows past r1 are zero.
+template <int64_t W>
+void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, uint32_t* out) {
   const int64_t kp = (kc + 1) / 2, full = kc / 2;
-  const auto* base = static_cast<const uint16_t*>(B.p);
-  for (int64_t j = 0; j < nc; j += NR) {
-    uint32_t* panel = out + (j / NR) * NR * kp;
-    const int64_t cols = std::min(NR, nc - j);
-    if (cols == NR && B.s_row == 1) {  // k-major: 32 consecutive columns per k, interleave two k
-      for (int64_t p = 0; p < full; ++p) {
-        const uint16_t* r0 = base + (k0 + 2 * p) * B.s_k + n0 + j;
-        const uint16_t* r1 = r0 + B.s_k;
-        for (int h = 0; h < 2; ++h) {
-          const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + 16 * h));
-          const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + 16 * h));
-          const __m256i a = _mm256_unpacklo_epi16(lo, hi), b = _mm256_unpackhi_epi16(lo, hi);
-          // unpack works per 128-bit lane: a = cols 0-3 | 8-11, b = cols 4-7 | 12-15
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + p * NR + 16 * h), _mm256_permute2x128_si256(a, b, 0x20));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + p * NR + 16 * h + 8), _mm256_permute2x128_si256(a, b, 0x31));
+  for (int64_t rb = r0; rb < r1; rb += W) {
+    uint32_t* panel = out + ((rb - r0) / W) * W * kp;
+    const int64_t rows = std::min(W, r1 - rb), groups = rows / 8;  // whole groups of 8 rows
+    int64_t p_done = 0;                                             // pairs [0, p_done) done for the groups
+    if (groups && O.s_row == 1) {  // k-major: 8 consecutive rows per k, interleave two k
+      for (int64_t p = 0; p < full; ++p)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = (k0 + 2 * p) * O.s_k + rb + 8 * g;
+          const __m128i lo = load8(O, i), hi = load8(O, i + O.s_k);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + p * W + 8 * g), _mm_unpacklo_epi16(lo, hi));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + p * W + 8 * g + 4), _mm_unpackhi_epi16(lo, hi));
         }
-      }
-      for (int64_t p = full; p < kp; ++p)
-        for (int64_t l = 0; l < NR; ++l) panel[p * NR + l] = pair(B, n0 + j + l, k0 + 2 * p, k0 + kc);
-      continue;
-    }
-    if (B.s_k == 1) {  // row-major (weights): the pairs are words already
-      for (int64_t l = 0; l < NR; ++l) {
-        if (l >= cols) {
-          for (int64_t p = 0; p < kp; ++p) panel[p * NR + l] = 0u;
-          continue;
+      p_done = full;
+    } else if (groups && O.s_k == 1) {  // row-major: 16 k of 8 rows, transposed as words
+      for (; p_done + 8 <= full; p_done += 8)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = (rb + 8 * g) * O.s_row + k0 + 2 * p_done, s = O.s_row;
+          store_transposed8(load16(O, i), load16(O, i + s), load16(O, i + 2 * s), load16(O, i + 3 * s),
+                            load16(O, i + 4 * s), load16(O, i + 5 * s), load16(O, i + 6 * s), load16(O, i + 7 * s),
+                            panel + p_done * W + 8 * g, W);
         }
-        const uint16_t* row = base + (n0 + j + l) * B.s_row + k0;
-        for (int64_t p = 0; p < full; ++p) std::memcpy(&panel[p * NR + l], row + 2 * p, 4);
-        if (kc % 2) panel[(kp - 1) * NR + l] = row[kc - 1];
-      }
-      continue;
     }
     for (int64_t p = 0; p < kp; ++p)
-      for (int64_t l = 0; l < NR; ++l) panel[p * NR + l] = l < cols ? pair(B, n0 + j + l, k0 + 2 * p, k0 + kc) : 0u;
+      for (int64_t i = p < p_done ? 8 * groups : 0; i < W; ++i)
+        panel[p * W + i] = i < rows ? pair(O, rb + i, k0 + 2 * p, k0 + kc) : 0u;
   }
 }
 
@@ -143,26 +150,19 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
 // Words of packing workspace one thread needs for m rows of A.
 int64_t gemm_bf16_work_words(int64_t m) { return ((m + MR - 1) / MR) * MR * (KC / 2) + NC * (KC / 2) + 16; }
 
-// f32 -> bf16 (round to nearest even), n values; src and dst dense.
-void convert_bf16(const float* src, uint16_t* dst, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-  for (; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
-}
-
-// One thread's block of C: rows [m0, m1), columns [n0, n1); bf16 operands.
+// One thread's block of C: rows [m0, m1), columns [n0, n1).
 void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
   uint32_t* ap = work;
   uint32_t* bp = work + ((m1 - m0 + MR - 1) / MR) * MR * (KC / 2);
-  for (int64_t k0 = 0; k0 < K; k0 += KC) {
-    const int64_t kc = std::min(KC, K - k0), kp = (kc + 1) / 2;
+  const int64_t kb = k_block(K);
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t kc = std::min(kb, K - k0), kp = (kc + 1) / 2;
     const bool load_c = accumulate || k0 > 0;
-    pack_a(A, m0, m1, k0, kc, ap);
+    pack<MR>(A, m0, m1, k0, kc, ap);
     for (int64_t nb = n0; nb < n1; nb += NC) {
       const int64_t nc = std::min(NC, n1 - nb);
-      pack_b(B, nb, nc, k0, kc, bp);
+      pack<NR>(B, nb, nb + nc, k0, kc, bp);
       for (int64_t mb = m0; mb < m1; mb += MR)
         for (int64_t j = 0; j < nc; j += NR)
           micro(kp, ap + ((mb - m0) / MR) * MR * kp, bp + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
