@@ -63,8 +63,28 @@ TEST(KernelsGemmBf16, MatchesReferenceOnOddShapesStridesAndAccumulation) {
                         // whole 8-row groups with k tails (the vectorised packing paths), several k blocks
                         {64, 96, 37, false, false, false, false, true},  {48, 64, 800, true, true, true, true, true},
                         {72, 40, 290, false, true, false, false, true},  {24, 100, 1031, true, false, true, false},
-                        {300, 33, 288, false, false, true, false},       {33, 300, 777, true, true, false, true}};
+                        {300, 33, 288, false, false, true, false},       {33, 300, 777, true, true, false, true},
+                        // K much longer than M and N: the threads split K and sum partial products
+                        {24, 40, 2001, false, true, true, true},         {16, 64, 4096, true, false, false, false, true}};
   for (const auto& c : cases) run(c, rng);
+}
+
+TEST(KernelsGemmBf16, ConvertRoundsToNearestEvenLikeTheScalarConversion) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 100.f);
+  std::vector<float> x(100003);
+  for (auto& v : x) v = nd(rng);
+  x[0] = 1.00390625f;  // halfway between two bf16 values: ties to even
+  x[1] = -0.f, x[2] = 1e-40f, x[3] = 3.4e38f;
+  std::vector<uint16_t> got(x.size());
+  KernelContext ctx(2);
+  convert_to_bf16(ctx, x.data(), got.data(), int64_t(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    // f32 subnormals: vcvtneps2bf16 flushes them to (signed) zero; the scalar conversion keeps them.
+    const bool subnormal = x[i] != 0.f && std::fpclassify(x[i]) == FP_SUBNORMAL;
+    const uint16_t want = subnormal && gemm_bf16_available(ctx) ? uint16_t(std::signbit(x[i]) ? 0x8000 : 0) : f32_to_bf16(x[i]);
+    ASSERT_EQ(got[i], want) << "at " << i << " x " << x[i];
+  }
 }
 
 #include "kernels/xent.h"

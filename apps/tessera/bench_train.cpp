@@ -89,8 +89,9 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
                 a.recompute ? "true" : "false", best, tok_s, gflops, bf16 ? "bf16" : "sgemm", peak, frac, tm.activation_bytes());
   } else {
     std::printf("train %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (6*N*T) = %.1f%% of %.0f GFLOP/s "
-                "sgemm peak; activations %.1f MB\n",
+                "%s peak; activations %.1f MB\n",
                 model.c_str(), (long long)a.batch, (long long)a.seq, best, tok_s, gflops, 100 * frac, peak,
+                bf16 ? "bf16 GEMM" : "sgemm",
                 double(tm.activation_bytes()) / 1e6);
   }
   return 0;

@@ -9,7 +9,8 @@
 namespace tessera {
 
 namespace cpu::avx512 {
-int64_t gemm_bf16_work_words(int64_t m);
+int64_t gemm_bf16_work_words(int64_t m, int64_t n);
+void convert_bf16(const float* src, uint16_t* dst, int64_t n);
 void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
 }  // namespace cpu::avx512
@@ -34,19 +35,62 @@ void ref::gemm_bf16(const GemmOperand& A, const GemmOperand& B, int64_t M, int64
 
 bool gemm_bf16_available(const KernelContext& ctx) { return ctx.isa == Isa::AVX512; }
 
+void convert_to_bf16(KernelContext& ctx, const float* src, uint16_t* dst, int64_t n) {
+  const bool fast = gemm_bf16_available(ctx);
+  const int64_t chunk = 1 << 16;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, ctx.n_threads))
+  for (int64_t i = 0; i < n; i += chunk) {
+    const int64_t e = std::min(n, i + chunk);
+    if (fast) {
+      cpu::avx512::convert_bf16(src + i, dst + i, e - i);
+    } else {
+      for (int64_t j = i; j < e; ++j) dst[j] = f32_to_bf16(src[j]);
+    }
+  }
+}
+
 void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
                float* C, int64_t ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   if (!gemm_bf16_available(ctx)) return ref::gemm_bf16(A, B, M, N, K, C, ldc, accumulate);
-  // Packing reads f32 operands directly (rounding to bf16 as it goes). The
-  // larger of M and N is split between threads (in whole micro-panels), so
-  // each packs only its share of that operand.
   const int nt = std::max(1, ctx.n_threads);
+  // K much longer than M and N (dY W of an output layer: 256 x 288 x 32000):
+  // the threads split K, each packing its own slices of both operands, and
+  // the partial products are summed at the end. Otherwise the larger of M and
+  // N is split (in whole micro-panels), so each thread packs only its share
+  // of that operand. Packing reads f32 operands directly (rounding as it goes).
+  if (nt > 1 && K >= 4 * std::max(M, N) && K >= 1024) {
+    const int64_t words = cpu::avx512::gemm_bf16_work_words(M, N), mn = M * N;
+    auto* base = static_cast<uint32_t*>(ctx.scratch(size_t(nt) * size_t(words) * 4 + size_t(nt - 1) * size_t(mn) * 4));
+    auto* partial = reinterpret_cast<float*>(base + size_t(nt) * size_t(words));
+    auto at_k = [](const GemmOperand& o, int64_t k) {
+      GemmOperand r = o;
+      r.p = o.bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(o.p) + k * o.s_k)
+                   : static_cast<const void*>(static_cast<const float*>(o.p) + k * o.s_k);
+      return r;
+    };
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      const int64_t k0 = (K * t / n) & ~int64_t(1), k1 = t + 1 == n ? K : (K * (t + 1) / n) & ~int64_t(1);
+      float* c = t == 0 ? C : partial + size_t(t - 1) * size_t(mn);
+      cpu::avx512::gemm_bf16_block(at_k(A, k0), at_k(B, k0), k1 - k0, c, t == 0 ? ldc : N, t == 0 && accumulate, 0,
+                                   M, 0, N, base + size_t(t) * size_t(words));
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; ++m)
+        for (int u = 1; u < n; ++u) {
+          const float* pm = partial + size_t(u - 1) * size_t(mn) + size_t(m * N);
+          for (int64_t j = 0; j < N; ++j) C[m * ldc + j] += pm[j];
+        }
+    }
+    return;
+  }
   const bool split_m = M > N;
   const int64_t unit = split_m ? 8 : 32, units = ((split_m ? M : N) + unit - 1) / unit;
   const int parts = int(std::max<int64_t>(1, std::min<int64_t>(nt, units)));
-  const int64_t share = split_m ? (units + parts - 1) / parts * unit : M;
-  const int64_t words = cpu::avx512::gemm_bf16_work_words(share);
+  const int64_t share = (units + parts - 1) / parts * unit;  // of the split dimension
+  const int64_t words = split_m ? cpu::avx512::gemm_bf16_work_words(share, N) : cpu::avx512::gemm_bf16_work_words(M, share);
   auto* work = static_cast<uint32_t*>(ctx.scratch(size_t(parts) * size_t(words) * 4));
 #pragma omp parallel num_threads(parts)
   {

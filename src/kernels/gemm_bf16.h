@@ -28,6 +28,12 @@ bool gemm_bf16_available(const KernelContext& ctx);
 void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
                float* C, int64_t ldc, bool accumulate);
 
+// dst[i] = bf16(src[i]) (round to nearest even), i < n; multi-threaded. The
+// bf16 copy of f32 master weights that bf16 training multiplies with. The
+// AVX-512 path (vcvtneps2bf16) flushes f32 subnormals to zero, as does the
+// packing of f32 operands in gemm_bf16; otherwise it equals f32_to_bf16.
+void convert_to_bf16(KernelContext& ctx, const float* src, uint16_t* dst, int64_t n);
+
 namespace ref {
 // The specification: operands rounded to bf16, products summed in f32 in k order.
 void gemm_bf16(const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K, float* C, int64_t ldc,

@@ -68,9 +68,15 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
     });
 }
 
-void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const float* b, int64_t N,
-                     int64_t I, int64_t O) {
-  gemm_bf16(ctx, GemmOperand{X, false, I, 1}, GemmOperand{W, false, I, 1}, N, O, I, Y, O, false);
+namespace {
+GemmOperand weight(const float* W, const uint16_t* W16, int64_t s_row, int64_t s_k) {
+  return W16 ? GemmOperand{W16, true, s_row, s_k} : GemmOperand{W, false, s_row, s_k};
+}
+}  // namespace
+
+void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
+                     const float* b, int64_t N, int64_t I, int64_t O) {
+  gemm_bf16(ctx, GemmOperand{X, false, I, 1}, weight(W, W16, I, 1), N, O, I, Y, O, false);
   if (b) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n)
@@ -79,9 +85,9 @@ void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* 
 }
 
 void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
-                     const float* W, int64_t N, int64_t I, int64_t O, bool accumulate) {
+                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate) {
   // dX(N, I) = dY(N, O) W(O, I): B(i, o) = W[o * I + i]
-  if (dX) gemm_bf16(ctx, GemmOperand{dY, false, O, 1}, GemmOperand{W, false, 1, I}, N, I, O, dX, I, accumulate);
+  if (dX) gemm_bf16(ctx, GemmOperand{dY, false, O, 1}, weight(W, W16, 1, I), N, I, O, dX, I, accumulate);
   // dW(O, I) += dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
   gemm_bf16(ctx, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, true);
   if (db)

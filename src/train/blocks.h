@@ -26,10 +26,11 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
 
 // The same two products in bf16 (operands rounded to bf16, f32 accumulation) through
 // kernels/gemm_bf16.h: bf16 mixed precision with f32 master weights. float only.
-void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const float* b, int64_t N,
-                     int64_t I, int64_t O);
+// W16, when not null, is W already rounded to bf16 (read instead of W: half the bytes, no rounding).
+void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
+                     const float* b, int64_t N, int64_t I, int64_t O);
 void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
-                     const float* W, int64_t N, int64_t I, int64_t O, bool accumulate);
+                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate);
 
 // x(N, C) = E[tok] (+ P[t % T])   (P: GPT-2 learned positions, may be null)
 template <class T>

@@ -72,6 +72,7 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   if (o_.bf16) {
     if (!std::is_same_v<T, float>) fail("internal: bf16 training runs on float parameters");
     bf16_ = std::make_unique<KernelContext>(omp_get_max_threads());
+    w16_.resize(L_.total);
     if (!gemm_bf16_available(*bf16_))
       std::fprintf(stderr, "warning: this CPU has no AVX-512 BF16; bf16 matrix products use the slow scalar reference\n");
   }
@@ -85,7 +86,7 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
 template <class T>
 void Transformer<T>::lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O) {
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16_) return blk::linear_fwd_bf16(*bf16_, Y, X, W, b, N, I, O);
+    if (bf16_) return blk::linear_fwd_bf16(*bf16_, Y, X, W, w16(W), b, N, I, O);
   }
   blk::linear_fwd(Y, X, W, b, N, I, O);
 }
@@ -94,7 +95,7 @@ template <class T>
 void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                              bool accumulate) {
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16_) return blk::linear_bwd_bf16(*bf16_, dX, dW, db, dY, X, W, N, I, O, accumulate);
+    if (bf16_) return blk::linear_bwd_bf16(*bf16_, dX, dW, db, dY, X, W, w16(W), N, I, O, accumulate);
   }
   blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate);
 }
@@ -257,7 +258,16 @@ void Transformer<T>::layers_fwd(const T* p, const int32_t* tokens, uint64_t drop
 }
 
 template <class T>
+void Transformer<T>::round_weights(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_) convert_to_bf16(*bf16_, p, w16_.data(), int64_t(L_.total));
+    p16_of_ = p;
+  }
+}
+
+template <class T>
 blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key) {
+  round_weights(p);
   layers_fwd(p, tokens, dropout_key);
   blk::CeResult r;
   head(p, nullptr, targets, 1.f, false, r);
@@ -267,6 +277,7 @@ blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const i
 template <class T>
 blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets,
                                                float grad_scale, uint64_t dropout_key) {
+  round_weights(p);
   layers_fwd(p, tokens, dropout_key);
   blk::CeResult r;
   head(p, g, targets, grad_scale, true, r);

@@ -118,6 +118,13 @@ void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, 
 // C tile (rows x cols, rows <= MR, cols <= NR) (+)= A panel . B panel over kp pairs.
 void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t ldc, int64_t rows, int64_t cols,
            bool load_c) {
+  // The C tile is read (or written) after the k loop: fetch its lines now, so
+  // the DRAM latency hides behind the products (C of an output layer's dW is
+  // tens of MB and is streamed once per k block).
+  for (int64_t r = 0; r < rows; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + cols - 1), _MM_HINT_T0);
+  }
   __m512 acc[MR][2];
 #pragma GCC unroll 8
   for (int64_t r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -147,26 +154,58 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
 
 }  // namespace
 
-// Words of packing workspace one thread needs for m rows of A.
-int64_t gemm_bf16_work_words(int64_t m) { return ((m + MR - 1) / MR) * MR * (KC / 2) + NC * (KC / 2) + 16; }
+// The loop order keeps the smaller operand's whole k block packed (resident,
+// in L2) and streams the other through it in blocks (NC columns or MC rows):
+// A-resident when m <= n. Packing the larger operand whole would not fit L2
+// (the 32000-row dW of an output layer is 12 MB per k block).
+inline bool a_resident(int64_t m, int64_t n) { return m <= n; }
+inline int64_t round_up(int64_t x, int64_t r) { return (x + r - 1) / r * r; }
+constexpr int64_t MC = 64;
+
+// Words of packing workspace one thread needs for an m x n block of C.
+int64_t gemm_bf16_work_words(int64_t m, int64_t n) {
+  const int64_t kw = KC / 2;
+  return (a_resident(m, n) ? round_up(m, MR) + NC : round_up(n, NR) + MC) * kw + 16;
+}
+
+// f32 -> bf16 (round to nearest even), n values.
+void convert_bf16(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  for (; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+}
 
 // One thread's block of C: rows [m0, m1), columns [n0, n1).
 void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
-  uint32_t* ap = work;
-  uint32_t* bp = work + ((m1 - m0 + MR - 1) / MR) * MR * (KC / 2);
+  const bool a_res = a_resident(m1 - m0, n1 - n0);
+  uint32_t* res = work;  // the resident operand's packed k block
+  uint32_t* str = work + (a_res ? round_up(m1 - m0, MR) : round_up(n1 - n0, NR)) * (KC / 2);  // the streamed block
   const int64_t kb = k_block(K);
   for (int64_t k0 = 0; k0 < K; k0 += kb) {
     const int64_t kc = std::min(kb, K - k0), kp = (kc + 1) / 2;
     const bool load_c = accumulate || k0 > 0;
-    pack<MR>(A, m0, m1, k0, kc, ap);
-    for (int64_t nb = n0; nb < n1; nb += NC) {
-      const int64_t nc = std::min(NC, n1 - nb);
-      pack<NR>(B, nb, nb + nc, k0, kc, bp);
-      for (int64_t mb = m0; mb < m1; mb += MR)
-        for (int64_t j = 0; j < nc; j += NR)
-          micro(kp, ap + ((mb - m0) / MR) * MR * kp, bp + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
-                std::min(MR, m1 - mb), std::min(NR, nc - j), load_c);
+    if (a_res) {
+      pack<MR>(A, m0, m1, k0, kc, res);
+      for (int64_t nb = n0; nb < n1; nb += NC) {
+        const int64_t nc = std::min(NC, n1 - nb);
+        pack<NR>(B, nb, nb + nc, k0, kc, str);
+        for (int64_t mb = m0; mb < m1; mb += MR)
+          for (int64_t j = 0; j < nc; j += NR)
+            micro(kp, res + ((mb - m0) / MR) * MR * kp, str + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
+                  std::min(MR, m1 - mb), std::min(NR, nc - j), load_c);
+      }
+    } else {
+      pack<NR>(B, n0, n1, k0, kc, res);
+      for (int64_t ib = m0; ib < m1; ib += MC) {
+        const int64_t mc = std::min(MC, m1 - ib);
+        pack<MR>(A, ib, ib + mc, k0, kc, str);
+        for (int64_t j = n0; j < n1; j += NR)
+          for (int64_t mb = ib; mb < ib + mc; mb += MR)
+            micro(kp, str + ((mb - ib) / MR) * MR * kp, res + ((j - n0) / NR) * NR * kp, C + mb * ldc + j, ldc,
+                  std::min(MR, ib + mc - mb), std::min(NR, n1 - j), load_c);
+      }
     }
   }
   if (K == 0 && !accumulate)
