@@ -65,7 +65,7 @@ TEST(KernelsGemmBf16, MatchesReferenceOnOddShapesStridesAndAccumulation) {
                         {72, 40, 290, false, true, false, false, true},  {24, 100, 1031, true, false, true, false},
                         {300, 33, 288, false, false, true, false},       {33, 300, 777, true, true, false, true},
                         // K much longer than M and N: the threads split K and sum partial products
-                        {24, 40, 2001, false, true, true, true},         {16, 64, 4096, true, false, false, false, true}};
+                        {24, 40, 2001, false, true, true, true},         {288, 288, 70, true, true, false, true},         {16, 64, 4096, true, false, false, false, true}};
   for (const auto& c : cases) run(c, rng);
 }
 
