@@ -1,6 +1,9 @@
 // bench_gemm_bf16: our AVX-512 BF16 GEMM against OpenBLAS sgemm on the shapes
-// of prefill (1B model, 512 tokens) and training (15M model, 2048 tokens):
-// C(M, N) = A(M, K) B(N, K)^T. Prints one JSON object with GFLOP/s per shape.
+// of prefill (1B model, 512 tokens) and training (15M model, 2048 tokens), in
+// the three layouts of a linear layer: xwt, C = X W^T (forward); dyw,
+// C = dY W (input gradient: B read k-major); dytx, C += dY^T X (weight
+// gradient: both operands k-major, accumulated). Prints one JSON object with
+// GFLOP/s per shape.
 //
 //   bench_gemm_bf16 [--threads N]
 #include <chrono>
@@ -27,13 +30,23 @@ int main(int argc, char** argv) {
     std::printf("{\"error\": \"no AVX-512 BF16 on this CPU\"}\n");
     return 0;
   }
+  enum Layout { XWT, DYW, DYTX };
   struct Shape {
     const char* name;
     int64_t M, N, K;
+    Layout layout;
   };
-  const Shape shapes[] = {{"1b_ffn_up_pp512", 512, 5632, 2048}, {"1b_attn_q_pp512", 512, 2048, 2048},
-                          {"1b_ffn_down_pp512", 512, 2048, 5632}, {"15m_classifier_2048", 2048, 32000, 288},
-                          {"15m_ffn_2048", 2048, 768, 288},       {"15m_down_2048", 2048, 288, 768}};
+  const Shape shapes[] = {{"1b_ffn_up_pp512", 512, 5632, 2048, XWT},
+                          {"1b_attn_q_pp512", 512, 2048, 2048, XWT},
+                          {"1b_ffn_down_pp512", 512, 2048, 5632, XWT},
+                          {"15m_classifier_2048", 2048, 32000, 288, XWT},
+                          {"15m_ffn_2048", 2048, 768, 288, XWT},
+                          {"15m_down_2048", 2048, 288, 768, XWT},
+                          {"15m_ffn_dx_2048", 2048, 288, 768, DYW},
+                          {"15m_ffn_dw_2048", 768, 288, 2048, DYTX},
+                          {"15m_attn_dw_2048", 288, 288, 2048, DYTX},
+                          {"15m_classifier_dx_chunk256", 256, 288, 32000, DYW},
+                          {"15m_classifier_dw_chunk256", 32000, 288, 256, DYTX}};
   nlohmann::json out;
   out["threads"] = threads;
   for (const auto& s : shapes) {
@@ -53,12 +66,26 @@ int main(int argc, char** argv) {
       return flops / best / 1e9;
     };
     set_blas_threads(threads);
-    const double sg = best_of([&] { sgemm(false, true, s.M, s.N, s.K, 1.f, a.data(), s.K, b.data(), s.K, 0.f, c.data(), s.N); });
-    const GemmOperand A{a.data(), false, s.K, 1}, Bf{b.data(), false, s.K, 1}, Bb{bb.data(), true, s.K, 1};
-    const double bf_f32 = best_of([&] { gemm_bf16(ctx, A, Bf, s.M, s.N, s.K, c.data(), s.N, false); });
-    const double bf_bf16 = best_of([&] { gemm_bf16(ctx, A, Bb, s.M, s.N, s.K, c.data(), s.N, false); });
-    out[s.name] = {{"M", s.M}, {"N", s.N}, {"K", s.K}, {"sgemm_gflops", sg}, {"bf16_gflops_f32_operands", bf_f32},
-                   {"bf16_gflops_bf16_weights", bf_bf16}, {"speedup_vs_sgemm", bf_bf16 / sg}};
+    // Row-major storage: xwt a (M, K), b (N, K); dyw a (M, K), b (K, N); dytx a (K, M), b (K, N).
+    const bool acc = s.layout == DYTX;
+    const double sg = best_of([&] {
+      if (s.layout == XWT) sgemm(false, true, s.M, s.N, s.K, 1.f, a.data(), s.K, b.data(), s.K, 0.f, c.data(), s.N);
+      if (s.layout == DYW) sgemm(false, false, s.M, s.N, s.K, 1.f, a.data(), s.K, b.data(), s.N, 0.f, c.data(), s.N);
+      if (s.layout == DYTX) sgemm(true, false, s.M, s.N, s.K, 1.f, a.data(), s.M, b.data(), s.N, 1.f, c.data(), s.N);
+    });
+    const GemmOperand A = s.layout == DYTX ? GemmOperand{a.data(), false, 1, s.M} : GemmOperand{a.data(), false, s.K, 1};
+    const int64_t bs_row = s.layout == XWT ? s.K : 1, bs_k = s.layout == XWT ? 1 : s.N;
+    const GemmOperand Bf{b.data(), false, bs_row, bs_k}, Bb{bb.data(), true, bs_row, bs_k};
+    const double bf_f32 = best_of([&] { gemm_bf16(ctx, A, Bf, s.M, s.N, s.K, c.data(), s.N, acc); });
+    static const char* const names[] = {"xwt", "dyw", "dytx"};
+    auto& o = out[s.name];
+    o = {{"M", s.M}, {"N", s.N}, {"K", s.K}, {"layout", names[s.layout]}, {"sgemm_gflops", sg},
+         {"bf16_gflops_f32_operands", bf_f32}, {"speedup_vs_sgemm", bf_f32 / sg}};
+    if (s.layout != DYTX) {  // B is the weight: also with the bf16 copy that bf16 training and BF16 models use
+      const double bf_bf16 = best_of([&] { gemm_bf16(ctx, A, Bb, s.M, s.N, s.K, c.data(), s.N, false); });
+      o["bf16_gflops_bf16_weights"] = bf_bf16;
+      o["speedup_vs_sgemm"] = bf_bf16 / sg;
+    }
   }
   std::printf("%s\n", out.dump(2).c_str());
 }
