@@ -44,6 +44,13 @@ inline uint32_t pair(const GemmOperand& o, int64_t row, int64_t k, int64_t k_end
   return lo | hi << 16;
 }
 
+// Software prefetch of element i (rows strided by s_k are not a stream the hardware follows well).
+inline void prefetch(const GemmOperand& o, int64_t i) {
+  _mm_prefetch(o.bf16 ? reinterpret_cast<const char*>(static_cast<const uint16_t*>(o.p) + i)
+                      : reinterpret_cast<const char*>(static_cast<const float*>(o.p) + i),
+               _MM_HINT_T0);
+}
+
 // 8 consecutive elements from i on, as 8 bf16 (xmm).
 inline __m128i load8(const GemmOperand& o, int64_t i) {
   if (o.bf16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(o.p) + i));
@@ -95,6 +102,7 @@ void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, 
       for (int64_t p = 0; p < full; ++p)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = (k0 + 2 * p) * O.s_k + rb + 8 * g;
+          prefetch(O, i + 8 * O.s_k), prefetch(O, i + 9 * O.s_k);
           const __m128i lo = load8(O, i), hi = load8(O, i + O.s_k);
           _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + p * W + 8 * g), _mm_unpacklo_epi16(lo, hi));
           _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + p * W + 8 * g + 4), _mm_unpackhi_epi16(lo, hi));
