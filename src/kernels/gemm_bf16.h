@@ -23,7 +23,7 @@ struct GemmOperand {
 // True when this CPU (and ctx.isa) has the AVX-512 BF16 kernel.
 bool gemm_bf16_available(const KernelContext& ctx);
 
-// Multi-threaded over N (ctx.n_threads). Falls back to gemm_bf16_ref when the
+// Multi-threaded (ctx.n_threads) over M, N or, when K >> M, N, over K. Falls back to ref::gemm_bf16 when the
 // kernel is not available.
 void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
                float* C, int64_t ldc, bool accumulate);

@@ -1,7 +1,8 @@
 // bf16 GEMM on AVX-512 BF16: C(M, N) (+)= A(M, K) B(N, K)^T with f32 accumulation.
 //
 // BLIS-style blocking: K in blocks of at most KC (split evenly, so K = 288
-// is one block, not 256 + 32), per thread a range of N in blocks of NC.
+// is one block, not 256 + 32); per thread a block of C whose smaller operand
+// stays packed while the other streams through it (see gemm_bf16_block).
 // Packed operands hold bf16 pairs (k even in the low half, k odd in the high
 // half of a 32-bit word), the layout vdpbf16ps multiplies:
 //   A block: for each MR rows: [p][r] words  (MR x kc/2)
