@@ -239,6 +239,7 @@ template <class T>
 void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s) {
   const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd;
   const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
+  const bool vec = s.isa == Isa::AVX512 && !(cap > 0);  // float rows on the AVX-512 kernel (kernels/act.h)
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t h = 0; h < s.n_heads; ++h) {
@@ -253,6 +254,12 @@ void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnS
                 Ph + i0 * Tn, Tn);  // S[i0:i1, 0:i1]
         for (int64_t i = i0; i < i1; ++i) {
           T* p = Ph + i * Tn;
+          if constexpr (std::is_same_v<T, float>) {
+            if (vec) {
+              cpu::avx512::softmax_row(p, i + 1, i1);
+              continue;
+            }
+          }
           T mx = -INFINITY;
           for (int64_t j = 0; j <= i; ++j) {
             if (cap > 0) p[j] = cap * std::tanh(p[j] / cap);
@@ -262,7 +269,7 @@ void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnS
           for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
           const T inv = T(1) / sum;
           for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
-          for (int64_t j = i + 1; j < Tn; ++j) p[j] = 0;
+          for (int64_t j = i + 1; j < i1; ++j) p[j] = 0;
         }
         gemm<T>(false, false, i1 - i0, hd, i1, T(1), Ph + i0 * Tn, Tn, Vv, s.kv_stride, T(0),
                 out + (b * Tn + i0) * od + h * hd, od);  // O[i0:i1] = P[i0:i1, 0:i1] V[0:i1]
@@ -271,12 +278,19 @@ void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnS
 }
 
 // Rows [i0, i1) of dS: the softmax (and soft-cap) backward of the causal row,
-// in place over dP, scaled by 1 / sqrt(hd); zero above the diagonal.
+// in place over dP, scaled by 1 / sqrt(hd); zero above the diagonal (to i1).
 template <class T>
-void attention_softmax_bwd(const T* Ph, T* dS, const T* raw, int64_t i0, int64_t i1, int64_t Tn, T scale, T cap) {
+void attention_softmax_bwd(const T* Ph, T* dS, const T* raw, int64_t i0, int64_t i1, int64_t Tn, T scale, T cap,
+                           bool vec) {
   for (int64_t i = i0; i < i1; ++i) {
     const T* p = Ph + i * Tn;
     T* d = dS + i * Tn;
+    if constexpr (std::is_same_v<T, float>) {
+      if (vec && !(cap > 0)) {
+        cpu::avx512::softmax_bwd_row(p, d, i + 1, i1, scale);
+        continue;
+      }
+    }
     T dot_sum = 0;
     for (int64_t j = 0; j <= i; ++j) dot_sum += p[j] * d[j];
     for (int64_t j = 0; j <= i; ++j) {
@@ -287,7 +301,7 @@ void attention_softmax_bwd(const T* Ph, T* dS, const T* raw, int64_t i0, int64_t
       }
       d[j] = g * scale;
     }
-    for (int64_t j = i + 1; j < Tn; ++j) d[j] = 0;
+    for (int64_t j = i + 1; j < i1; ++j) d[j] = 0;
   }
 }
 
@@ -325,7 +339,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, c
             gemm<T>(true, false, i1, hd, n, T(1), Pb, Tn, dOb, od, T(1), dV, s.kv_stride);    // dV += P^T dO
             gemm<T>(false, true, n, i1, hd, T(1), dOb, od, Vv, s.kv_stride, T(0), dSb, Tn);  // dP = dO V^T
             if (cap > 0) gemm<T>(false, true, n, i1, hd, scale, Qb, s.q_stride, K, s.kv_stride, T(0), raw + i0 * Tn, Tn);
-            attention_softmax_bwd(Ph, dS, raw, i0, i1, Tn, scale, cap);
+            attention_softmax_bwd(Ph, dS, raw, i0, i1, Tn, scale, cap, s.isa == Isa::AVX512);
             gemm<T>(false, false, n, hd, i1, T(1), dSb, Tn, K, s.kv_stride, T(0), dQ + i0 * s.q_stride, s.q_stride);  // dQ = dS K
             gemm<T>(true, false, i1, hd, n, T(1), dSb, Tn, Qb, s.q_stride, T(1), dK, s.kv_stride);  // dK += dS^T Q
           }

@@ -65,6 +65,7 @@ struct AttnShape {
   int64_t B, T, n_heads, n_kv_heads, hd;
   int64_t q_stride, kv_stride;  // row strides of q and of k/v (elements)
   float softcap = 0.f;          // scores -> cap * tanh(scores / cap) when > 0
+  Isa isa = Isa::Scalar;        // AVX512: float softmax rows (without soft-cap) on kernels/act.h
 };
 // Causal GQA attention. q (B*T, q_stride) head h at column h*hd; k, v (B*T,
 // kv_stride). out (B*T, n_heads*hd). Saves probabilities P (B, n_heads, T, T)

@@ -110,6 +110,7 @@ blk::AttnShape Transformer<T>::attn_shape() const {
     s.q_stride = c_.q_dim(), s.kv_stride = c_.kv_dim();
   }
   s.softcap = c_.attn_softcap;
+  s.isa = isa_;
   return s;
 }
 

@@ -1,6 +1,10 @@
-// AVX-512 GELU (tanh form) and SwiGLU, forward and backward (see kernels/act.h).
+// AVX-512 GELU (tanh form), SwiGLU and the causal attention softmax row,
+// forward and backward (see kernels/act.h).
 // Tails of fewer than 16 elements run through masked loads and stores.
 #include "kernels/act.h"
+
+#include <cmath>
+
 #include "kernels/cpu/exp_avx512.h"
 
 namespace tessera::cpu::avx512 {
@@ -82,6 +86,40 @@ void swiglu_bwd(float* dg, float* du, const float* dh, const float* g, const flo
     const __m512 k = _mm512_fmadd_ps(gv, sg.one_minus, one);
     _mm512_mask_storeu_ps(dg + i, m, _mm512_mul_ps(_mm512_mul_ps(d, uv), _mm512_mul_ps(sg.s, k)));
   }
+}
+
+void softmax_row(float* p, int64_t n, int64_t n_zero) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, mask_of(n - j), p + j));
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = mask_of(n - j);
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + j), m));
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+    _mm512_mask_storeu_ps(p + j, k, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = mask_of(n - j);
+    _mm512_mask_storeu_ps(p + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + j), inv));
+  }
+  for (int64_t j = n; j < n_zero; j += 16) _mm512_mask_storeu_ps(p + j, mask_of(n_zero - j), _mm512_setzero_ps());
+}
+
+void softmax_bwd_row(const float* p, float* d, int64_t n, int64_t n_zero, float scale) {
+  __m512 dot = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = mask_of(n - j);
+    dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, p + j), _mm512_maskz_loadu_ps(k, d + j), dot);
+  }
+  const __m512 s = _mm512_set1_ps(_mm512_reduce_add_ps(dot)), sc = _mm512_set1_ps(scale);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = mask_of(n - j);
+    const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + j), _mm512_sub_ps(_mm512_maskz_loadu_ps(k, d + j), s));
+    _mm512_mask_storeu_ps(d + j, k, _mm512_mul_ps(g, sc));
+  }
+  for (int64_t j = n; j < n_zero; j += 16) _mm512_mask_storeu_ps(d + j, mask_of(n_zero - j), _mm512_setzero_ps());
 }
 
 }  // namespace tessera::cpu::avx512
