@@ -233,3 +233,32 @@ TEST(TrainLib, ContinuedTrainingOfStories260KLowersValLoss) {
   EXPECT_LT(s.val_loss, before - 0.01) << "before " << before << " after " << s.val_loss;
   fs::remove_all(dir);
 }
+
+// Tensors start on 64-byte boundaries in memory; the checkpoint file stores
+// them back to back (n_params floats per array), and loading restores the
+// padded layout with zero padding.
+TEST(TrainLib, CheckpointStoresTensorsWithoutTheAlignmentPadding) {
+  ModelConfig c;
+  c.arch = Arch::Llama, c.dim = 24, c.n_layers = 1, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 6;
+  c.hidden_dim = 28, c.vocab_size = 37, c.max_seq_len = 16;
+  const train::Layout L(c);
+  for (const auto& t : L.tensors) EXPECT_EQ(t.offset % train::Layout::kAlign, 0u) << t.name;
+  ASSERT_GT(L.total, L.n_params);  // odd sizes: there is padding
+  train::Checkpoint ck;
+  ck.cfg = c, ck.step = 3;
+  ck.params.assign(L.total, 0.f), ck.m.assign(L.total, 0.f), ck.v.assign(L.total, 0.f);
+  float x = 1.f;
+  for (const auto& t : L.tensors)
+    for (size_t i = 0; i < t.numel; ++i, x += 1.f)
+      ck.params[t.offset + i] = x, ck.m[t.offset + i] = -x, ck.v[t.offset + i] = 2 * x;
+  const std::string path = test::temp_path("ckpt_padding.bin");
+  train::save_checkpoint(path, ck);
+  const auto sz = fs::file_size(path);
+  EXPECT_LT(sz, 3 * L.n_params * sizeof(float) + 3 * 64 + 1024);  // header, three packed arrays, checksum
+  EXPECT_GE(sz, 3 * L.n_params * sizeof(float));
+  const auto back = train::load_checkpoint(path);
+  EXPECT_EQ(back.params, ck.params);
+  EXPECT_EQ(back.m, ck.m);
+  EXPECT_EQ(back.v, ck.v);
+  fs::remove(path);
+}

@@ -43,7 +43,7 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
 
   KernelContext ctx(threads);
   std::fprintf(stderr, "bench --train: %s, %.2fM params, batch %lld x %lld, %d threads; measuring sgemm peak...\n",
-               model.c_str(), double(L.total) / 1e6, (long long)a.batch, (long long)a.seq, threads);
+               model.c_str(), double(L.n_params) / 1e6, (long long)a.batch, (long long)a.seq, threads);
   // The denominator: sgemm peak for fp32, our bf16 GEMM's peak for bf16.
   const bool bf16 = a.precision == "bf16";
   auto measure_peak = [&] {
@@ -51,7 +51,7 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   };
   double peak = measure_peak();
 
-  std::vector<float> p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
+  train::ParamVec p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
   train::init_params(L, p.data(), 1);
   train::ModelOptions mo;
   mo.recompute = a.recompute;
@@ -85,7 +85,7 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
                 "\"threads\": %d, \"precision\": \"%s\", \"recompute\": %s, \"step_s\": %.4f, \"train_tok_s\": %.1f, "
                 "\"train_gflops\": %.1f, \"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"peak_fraction\": %.4f, "
                 "\"activation_bytes\": %zu}\n",
-                model.c_str(), L.total, n_mm, (long long)a.batch, (long long)a.seq, threads, a.precision.c_str(),
+                model.c_str(), L.n_params, n_mm, (long long)a.batch, (long long)a.seq, threads, a.precision.c_str(),
                 a.recompute ? "true" : "false", best, tok_s, gflops, bf16 ? "bf16" : "sgemm", peak, frac, tm.activation_bytes());
   } else {
     std::printf("train %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (6*N*T) = %.1f%% of %.0f GFLOP/s "

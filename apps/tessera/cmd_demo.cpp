@@ -105,7 +105,7 @@ int cmd_demo(int argc, char** argv) {
   double step_s;
   {
     const train::Layout L(m);
-    std::vector<float> p(L.total), g(L.total, 0.f);
+    train::ParamVec p(L.total), g(L.total, 0.f);
     train::init_params(L, p.data(), 1);
     train::Transformer<float> tm(L, o.batch, o.seq, o.mo);
     std::vector<int32_t> x(size_t(o.batch * o.seq), 1), y(size_t(o.batch * o.seq), 2);
@@ -114,7 +114,7 @@ int cmd_demo(int argc, char** argv) {
     tm.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f);
     step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count() * 1.15;  // + optimizer, eval
     std::fprintf(stderr, "[3/4] training a %.2fM-parameter Llama (dim %lld, %lld layers, %lld/%lld heads) for %.1f min on %d threads\n",
-                 double(L.total) / 1e6, (long long)m.dim, (long long)m.n_layers, (long long)m.n_heads,
+                 double(L.n_params) / 1e6, (long long)m.dim, (long long)m.n_layers, (long long)m.n_heads,
                  (long long)m.n_kv_heads, minutes, nt);
   }
   const double budget = minutes * 60 - secs();

@@ -102,7 +102,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   const Layout L(ck.cfg);
   if (ck.params.size() != L.total || ck.m.size() != L.total || ck.v.size() != L.total)
     fail(path, ": internal: checkpoint arrays do not match the layout");
-  nlohmann::json j = {{"config", config_to_json(ck.cfg)}, {"step", ck.step}, {"n_params", L.total},
+  nlohmann::json j = {{"config", config_to_json(ck.cfg)}, {"step", ck.step}, {"n_params", L.n_params},
                       {"options", ck.extra}};
   const std::string js = j.dump();
   const uint64_t len = js.size();
@@ -112,7 +112,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   w.write(js.data(), js.size());
   for (const auto* a : {&ck.params, &ck.m, &ck.v}) {
     w.pad64();
-    w.write(a->data(), a->size() * sizeof(float));
+    for (const auto& t : L.tensors) w.write(a->data() + t.offset, t.numel * sizeof(float));
   }
   const uint64_t h = w.fnv.h;
   w.w.write(&h, 8);
@@ -147,10 +147,12 @@ Checkpoint load_checkpoint(const std::string& path) {
   size_t off = 16 + len;
   for (auto* a : {&ck.params, &ck.m, &ck.v}) {
     off = (off + 63) / 64 * 64;
-    if (off + L.total * sizeof(float) > n - 8) fail(path, ": checkpoint is shorter than its model needs");
-    a->resize(L.total);
-    std::memcpy(a->data(), d + off, L.total * sizeof(float));
-    off += L.total * sizeof(float);
+    if (off + L.n_params * sizeof(float) > n - 8) fail(path, ": checkpoint is shorter than its model needs");
+    a->assign(L.total, 0.f);
+    for (const auto& t : L.tensors) {
+      std::memcpy(a->data() + t.offset, d + off, t.numel * sizeof(float));
+      off += t.numel * sizeof(float);
+    }
   }
   if (off != n - 8) fail(path, ": checkpoint has ", n - 8 - off, " unexpected trailing bytes");
   return ck;

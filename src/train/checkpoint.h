@@ -4,8 +4,9 @@
 // corruption and truncation on load.
 //
 // File: "TSRCKPT1", uint64 JSON length, JSON (config, step, options), zero
-// padding to 64 bytes, params, m, v (f32, layout order, each padded to 64
-// bytes), uint64 checksum of everything before it.
+// padding to 64 bytes, params, m, v (f32: the tensors back to back in layout
+// order, without the in-memory alignment padding of Layout; each array padded
+// to 64 bytes), uint64 checksum of everything before it.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
+#include "train/params.h"
 
 namespace tessera::train {
 
@@ -24,7 +26,7 @@ struct Checkpoint {
   ModelConfig cfg;
   int64_t step = 0;      // optimizer steps completed
   nlohmann::json extra;  // run options (free-form, stored as given)
-  std::vector<float> params, m, v;
+  ParamVec params, m, v;  // Layout(cfg).total elements each (the in-memory layout)
 };
 
 void save_checkpoint(const std::string& path, const Checkpoint& ck);

@@ -18,10 +18,11 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
     p.shape = std::move(shape);
     p.numel = 1;
     for (int64_t s : p.shape) p.numel *= size_t(s);
-    p.offset = total;
+    p.offset = (total + kAlign - 1) / kAlign * kAlign;
     p.matrix = p.shape.size() == 2 && !emb;
     p.embedding = emb;
-    total += p.numel;
+    total = p.offset + p.numel;
+    n_params += p.numel;
     tensors.push_back(p);
     return p.offset;
   };
@@ -67,6 +68,7 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
   out_norm = add("output_norm.weight", {C});
   if (c.arch == Arch::GPT2) out_norm_b = add("output_norm.bias", {C});
   output = c.tied_embeddings ? tok_embd : add("output.weight", {V, C});
+  total = (total + kAlign - 1) / kAlign * kAlign;
 }
 
 const ParamInfo* Layout::find(const std::string& name) const {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/aligned.h"
 #include "model/weights.h"
 
 namespace tessera::train {
@@ -38,11 +39,19 @@ struct Layout {
   size_t output = kAbsent;  // == tok_embd when tied
   std::vector<LayerOffsets> layers;
   std::vector<ParamInfo> tensors;
-  size_t total = 0;  // elements
+  // Every tensor starts on a 64-byte boundary (offsets are multiples of
+  // kAlign elements), so the rows of the GEMMs' f32 outputs do not split
+  // cache lines; total includes that padding (zeros, never read by the model).
+  static constexpr size_t kAlign = 16;
+  size_t total = 0;     // elements of a parameter / gradient / moment buffer
+  size_t n_params = 0;  // parameters (sum of the tensors' numel), no padding
 
   explicit Layout(const ModelConfig& cfg);  // validates cfg (Error naming the field)
   const ParamInfo* find(const std::string& name) const;
 };
+
+// A parameter-shaped buffer (params, gradients, moments): 64-byte aligned.
+using ParamVec = aligned_vector<float>;
 
 // Deterministic initialisation from a seed: matrices and embeddings normal(0,
 // 0.02), the residual projections (attn_output, ffn_down) scaled by

@@ -203,7 +203,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
          " (use more text or a smaller --seq)");
 
   const Layout L(cfg);
-  std::vector<float> p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
+  ParamVec p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
   int64_t start = 0;
   if (resume) {
     p = std::move(ck.params), m = std::move(ck.m), v = std::move(ck.v);
@@ -247,7 +247,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
   std::fprintf(log, "model: %s, %lld layers, dim %lld, %lld heads (%lld kv), hidden %lld, vocab %lld: %.2fM params\n",
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
-               double(L.total) / 1e6);
+               double(L.n_params) / 1e6);
   std::fprintf(log, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
                (long long)data.train->size(), (long long)data.val->size(), (long long)o.batch, (long long)o.seq,
                (long long)o.grad_accum, (long long)(o.batch * o.seq * o.grad_accum), threads);

@@ -26,12 +26,15 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
                             N * H * 3;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
+  // Every buffer starts on a cache line: at most 18 per stored layer and n_layers + 16 others.
+  constexpr int64_t kAlign = 64 / sizeof(T);
+  const int64_t slack = kAlign * (18 * n_stored + c_.n_layers + 16);
   const int64_t total = per_layer * n_stored + N * C * (c_.n_layers + 1) + N * C + 2 * N + o_.logit_rows * V + grads;
-  acts_.assign(size_t(total), T(0));
+  acts_.assign(size_t(total + slack), T(0));
   T* cur = acts_.data();
   auto take = [&](int64_t n) {
     T* r = cur;
-    cur += n;
+    cur += (n + kAlign - 1) / kAlign * kAlign;
     return r;
   };
   auto plan = [&](LayerActs& a) {

@@ -73,7 +73,7 @@ class Transformer {
   ModelConfig c_;
   ModelOptions o_;
   int64_t B_, T_, N_;
-  std::vector<T> acts_;
+  aligned_vector<T> acts_;
   std::vector<LayerActs> layers_;
   LayerActs work_{};              // the recomputed block (recompute mode)
   std::vector<T*> x_in_;          // (n_layers + 1) residual inputs; the last is the final stream
@@ -85,7 +85,7 @@ class Transformer {
   Isa isa_ = detect_isa();        // for the vectorised loss rows
   std::vector<double> ce_rows_;   // (2, logit_rows) per-row loss terms
   std::unique_ptr<KernelContext> bf16_;  // threads + packing scratch of the bf16 products (bf16 runs)
-  std::vector<uint16_t> w16_;            // bf16 runs: the parameters rounded to bf16, once per pass
+  aligned_vector<uint16_t> w16_;           // bf16 runs: the parameters rounded to bf16, once per pass
   const T* p16_of_ = nullptr;            // the parameters w16_ was made from (this pass)
   void round_weights(const T* p);        // bf16 runs: w16_ = bf16(p)
   const uint16_t* w16(const T* W) const { return bf16_ ? w16_.data() + (W - p16_of_) : nullptr; }
