@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/aligned.h"
 #include "kernels/kernels.h"
 #include "model/weights.h"
 
@@ -62,9 +63,9 @@ class Model {
   int64_t n_ctx_, max_batch_;
   int max_threads_;
   bool kv_f16_;
-  std::vector<float> arena_;
+  aligned_vector<float> arena_;
   std::vector<float> rope_cos_, rope_sin_;  // (n_ctx, head_dim / 2) angle tables
-  std::vector<uint8_t> kv_;  // K then V: (L, n_ctx, kv_dim) each, f32 or f16
+  aligned_vector<uint8_t> kv_;  // K then V: (L, n_ctx, kv_dim) each, f32 or f16
   size_t kv_bytes_ = 0;
   Acts a_{};
 };
