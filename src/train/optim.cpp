@@ -1,8 +1,11 @@
 #include "train/optim.h"
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/error.h"
+#include "kernels/adamw.h"
 
 namespace tessera::train {
 
@@ -17,10 +20,21 @@ std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg) {
 
 template <class T>
 void adamw_step(T* p, const T* g, T* m, T* v, const uint8_t* mask, size_t n, int64_t t, float lr,
-                const AdamWConfig& cfg) {
+                const AdamWConfig& cfg, Isa isa) {
   const T b1 = T(cfg.beta1), b2 = T(cfg.beta2), eps = T(cfg.eps), a = T(lr);
   const T c1 = T(1) / (T(1) - std::pow(b1, T(t))), c2 = T(1) / (T(1) - std::pow(b2, T(t)));
   const T decay = T(1) - a * T(cfg.weight_decay);
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512) {
+      constexpr int64_t kChunk = 1 << 14;
+      const int64_t nn = int64_t(n);
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < nn; i += kChunk)
+        cpu::avx512::adamw(p + i, g + i, m + i, v + i, mask + i, std::min(kChunk, nn - i), b1, b2, eps, a, c1, c2,
+                           decay);
+      return;
+    }
+  }
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; ++i) {
     if (mask[i]) p[i] *= decay;
@@ -53,9 +67,9 @@ void scale(T* g, size_t n, T s) {
 }
 
 template void adamw_step<float>(float*, const float*, float*, float*, const uint8_t*, size_t, int64_t, float,
-                                const AdamWConfig&);
+                                const AdamWConfig&, Isa);
 template void adamw_step<double>(double*, const double*, double*, double*, const uint8_t*, size_t, int64_t, float,
-                                 const AdamWConfig&);
+                                 const AdamWConfig&, Isa);
 template double grad_norm<float>(const float*, size_t);
 template double grad_norm<double>(const double*, size_t);
 template void scale<float>(float*, size_t, float);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "train/params.h"
 
 namespace tessera::train {
@@ -22,9 +23,11 @@ std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg);
 // One AdamW step (PyTorch's torch.optim.AdamW semantics) at step t (1-based):
 //   p *= 1 - lr * wd * mask;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+// isa AVX512 (float): the AVX-512 kernel of kernels/adamw.h; the default is this
+// machine's ISA (Isa::Scalar gives the scalar loop, the specification).
 template <class T>
 void adamw_step(T* p, const T* g, T* m, T* v, const uint8_t* mask, size_t n, int64_t t, float lr,
-                const AdamWConfig& cfg);
+                const AdamWConfig& cfg, Isa isa = detect_isa());
 
 // L2 norm of g(n) in double, summed in fixed blocks (deterministic for any thread count).
 template <class T>
