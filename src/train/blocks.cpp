@@ -3,6 +3,7 @@
 #include "core/rng.h"
 #include "kernels/act.h"
 #include "kernels/gemm_bf16.h"
+#include "kernels/norm.h"
 #include "kernels/xent.h"
 
 #include <cblas.h>
@@ -123,7 +124,14 @@ void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t
 }
 
 template <class T>
-void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps) {
+void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps, Isa isa) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512) {
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n) rstd[n] = cpu::avx512::rmsnorm_row(y + n * C, x + n * C, w, C, eps);
+      return;
+    }
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + n * C;
@@ -137,9 +145,22 @@ void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T 
 
 template <class T>
 void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
-                 bool accumulate) {
+                 bool accumulate, Isa isa) {
   // y = x r w, r = (mean(x^2) + eps)^-1/2: dx = r (dy w) - x r^3 / C * sum(dy w x).
   // dw first: dx may alias dy (each row of dy is read before that row of dx is written).
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512) {
+      for_column_blocks(C, [&](int64_t c0, int64_t c1) {  // blocks of whole vectors where C allows
+        const int64_t a = c0 == 0 ? 0 : std::min(C, (c0 + 15) / 16 * 16);
+        const int64_t b = c1 == C ? C : std::min(C, (c1 + 15) / 16 * 16);
+        if (a < b) cpu::avx512::rmsnorm_dw(dw, dy, x, rstd, N, C, a, b);
+      });
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        cpu::avx512::rmsnorm_bwd_row(dx + n * C, dy + n * C, x + n * C, w, rstd[n], C, accumulate);
+      return;
+    }
+  }
   for_column_blocks(C, [&](int64_t c0, int64_t c1) {
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = c0; c < c1; ++c) dw[c] += dy[n * C + c] * x[n * C + c] * rstd[n];
@@ -493,8 +514,8 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   template void linear_bwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, bool);         \
   template void embed_fwd<T>(T*, const T*, const T*, const int32_t*, int64_t, int64_t, int64_t);                 \
   template void embed_bwd<T>(T*, T*, const T*, const int32_t*, int64_t, int64_t, int64_t);                       \
-  template void rmsnorm_fwd<T>(T*, T*, const T*, const T*, int64_t, int64_t, T);                                 \
-  template void rmsnorm_bwd<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, bool);          \
+  template void rmsnorm_fwd<T>(T*, T*, const T*, const T*, int64_t, int64_t, T, Isa);                            \
+  template void rmsnorm_bwd<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, bool, Isa);     \
   template void layernorm_fwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, T);                 \
   template void layernorm_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, \
                                  bool);                                                                          \

@@ -39,13 +39,14 @@ void embed_fwd(T* x, const T* E, const T* P, const int32_t* tok, int64_t N, int6
 template <class T>
 void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t T_, int64_t C);
 
-// y(N, C) = x / rms(x) * w; saves rstd(N)
+// y(N, C) = x / rms(x) * w; saves rstd(N). With isa AVX512 (float only) the rows run
+// on kernels/norm.h.
 template <class T>
-void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps);
+void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps, Isa isa = Isa::Scalar);
 // dx (= or +=) ; dw += (per column, rows summed in order). dx may alias dy.
 template <class T>
 void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
-                 bool accumulate);
+                 bool accumulate, Isa isa = Isa::Scalar);
 
 // y(N, C) = (x - mean) * rstd * w + b; saves mean(N), rstd(N)
 template <class T>

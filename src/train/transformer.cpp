@@ -126,15 +126,15 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   const T* x = a.x_in;
   if (c_.arch == Arch::Llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    blk::rmsnorm_fwd(a.xn1, a.r1, x, P(o.attn_norm), N, C, eps);
+    blk::rmsnorm_fwd(a.xn1, a.r1, x, P(o.attn_norm), N, C, eps, isa_);
     lin_fwd(a.q, a.xn1, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
     lin_fwd(a.k, a.xn1, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
     lin_fwd(a.v, a.xn1, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
     if (c_.qk_norm) {  // RMSNorm over every head of q and k: rows of head_dim
       std::copy(a.q, a.q + N * qd, a.q0);
       std::copy(a.k, a.k + N * kvd, a.k0);
-      blk::rmsnorm_fwd(a.q, a.rq, a.q0, P(o.q_norm), N * c_.n_heads, c_.head_dim, eps);
-      blk::rmsnorm_fwd(a.k, a.rk, a.k0, P(o.k_norm), N * c_.n_kv_heads, c_.head_dim, eps);
+      blk::rmsnorm_fwd(a.q, a.rq, a.q0, P(o.q_norm), N * c_.n_heads, c_.head_dim, eps, isa_);
+      blk::rmsnorm_fwd(a.k, a.rk, a.k0, P(o.k_norm), N * c_.n_kv_heads, c_.head_dim, eps, isa_);
     }
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
@@ -142,7 +142,7 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     lin_fwd(a.x_mid, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
     drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
-    blk::rmsnorm_fwd(a.xn2, a.r2, a.x_mid, P(o.ffn_norm), N, C, eps);
+    blk::rmsnorm_fwd(a.xn2, a.r2, a.x_mid, P(o.ffn_norm), N, C, eps, isa_);
     lin_fwd(a.g, a.xn2, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
     lin_fwd(a.u, a.xn2, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
     blk::swiglu_fwd(a.h, a.g, a.u, N * H, isa_);
@@ -177,19 +177,19 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
     lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false);
     lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true);
-    blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true);  // dx = d x_mid
+    blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true, isa_);  // dx = d x_mid
     lin_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
     if (c_.qk_norm) {  // in place: the rows of dq/dk become the gradients before the norm
-      blk::rmsnorm_bwd(dq_, G(o.q_norm), dq_, a.q0, P(o.q_norm), a.rq, N * c_.n_heads, c_.head_dim, false);
-      blk::rmsnorm_bwd(dk_, G(o.k_norm), dk_, a.k0, P(o.k_norm), a.rk, N * c_.n_kv_heads, c_.head_dim, false);
+      blk::rmsnorm_bwd(dq_, G(o.q_norm), dq_, a.q0, P(o.q_norm), a.rq, N * c_.n_heads, c_.head_dim, false, isa_);
+      blk::rmsnorm_bwd(dk_, G(o.k_norm), dk_, a.k0, P(o.k_norm), a.rk, N * c_.n_kv_heads, c_.head_dim, false, isa_);
     }
     lin_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false);
     lin_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true);
     lin_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true);
-    blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true);  // dx = d x_in
+    blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true, isa_);  // dx = d x_in
   } else {
     lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
     blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
@@ -207,7 +207,7 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   const int64_t N = N_, C = c_.dim, V = c_.vocab_size;
   const T* xL = x_in_[size_t(c_.n_layers)];
   if (c_.arch == Arch::Llama) {
-    blk::rmsnorm_fwd(xf_, rf_, xL, p + L_.out_norm, N, C, T(c_.norm_eps));
+    blk::rmsnorm_fwd(xf_, rf_, xL, p + L_.out_norm, N, C, T(c_.norm_eps), isa_);
   } else {
     blk::layernorm_fwd(xf_, mf_, rf_, xL, p + L_.out_norm, p + L_.out_norm_b, N, C, T(c_.norm_eps));
   }
@@ -226,7 +226,7 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   }
   if (!backward) return;
   if (c_.arch == Arch::Llama) {
-    blk::rmsnorm_bwd(dx_, g + L_.out_norm, dxf_, xL, p + L_.out_norm, rf_, N, C, false);
+    blk::rmsnorm_bwd(dx_, g + L_.out_norm, dxf_, xL, p + L_.out_norm, rf_, N, C, false, isa_);
   } else {
     blk::layernorm_bwd(dx_, g + L_.out_norm, g + L_.out_norm_b, dxf_, xL, p + L_.out_norm, mf_, rf_, N, C, false);
   }
