@@ -80,10 +80,13 @@ int main(int argc, char** argv) {
     const int64_t bs_row = s.layout == XWT ? s.K : 1, bs_k = s.layout == XWT ? 1 : s.N;
     const GemmOperand Bf{b.data(), false, bs_row, bs_k}, Bb{bb.data(), true, bs_row, bs_k};
     const double bf_f32 = best_of([&] { gemm_bf16(ctx, A, Bf, s.M, s.N, s.K, c.data(), s.N, acc); });
+    const GemmOperand B32{b.data(), false, bs_row, bs_k};
+    const double f32 = best_of([&] { gemm_f32(ctx, A, B32, s.M, s.N, s.K, c.data(), s.N, acc); });
     static const char* const names[] = {"xwt", "dyw", "dytx"};
     auto& o = out[s.name];
     o = {{"M", s.M}, {"N", s.N}, {"K", s.K}, {"layout", names[s.layout]}, {"sgemm_gflops", sg},
-         {"bf16_gflops_f32_operands", bf_f32}, {"speedup_vs_sgemm", bf_f32 / sg}};
+         {"bf16_gflops_f32_operands", bf_f32}, {"f32_gflops", f32}, {"f32_vs_sgemm", f32 / sg},
+         {"speedup_vs_sgemm", bf_f32 / sg}};
     if (s.layout != DYTX) {  // B is the weight: also with the bf16 copy that bf16 training and BF16 models use
       const double bf_bf16 = best_of([&] { gemm_bf16(ctx, A, Bb, s.M, s.N, s.K, c.data(), s.N, false); });
       o["bf16_gflops_bf16_weights"] = bf_bf16;

@@ -21,7 +21,8 @@ struct Case {
   bool a_bf16 = false;
 };
 
-void run(const Case& c, std::mt19937& rng) {
+// f32: gemm_f32 against ref::gemm_f32 (the case's bf16 flags are ignored).
+void run(const Case& c, std::mt19937& rng, bool f32 = false) {
   std::normal_distribution<float> nd;
   std::vector<float> a(size_t(c.M * c.K)), b(size_t(c.N * c.K));
   for (auto& x : a) x = nd(rng);
@@ -29,16 +30,21 @@ void run(const Case& c, std::mt19937& rng) {
   std::vector<uint16_t> ab(a.size()), bb(b.size());
   for (size_t i = 0; i < a.size(); ++i) ab[i] = f32_to_bf16(a[i]);
   for (size_t i = 0; i < b.size(); ++i) bb[i] = f32_to_bf16(b[i]);
-  GemmOperand A{c.a_bf16 ? static_cast<const void*>(ab.data()) : a.data(), c.a_bf16, c.a_trans ? 1 : c.K, c.a_trans ? c.M : 1};
-  GemmOperand B{c.b_bf16 ? static_cast<const void*>(bb.data()) : b.data(), c.b_bf16, c.b_trans ? 1 : c.K,
-                c.b_trans ? c.N : 1};
+  const bool a16 = c.a_bf16 && !f32, b16 = c.b_bf16 && !f32;
+  GemmOperand A{a16 ? static_cast<const void*>(ab.data()) : a.data(), a16, c.a_trans ? 1 : c.K, c.a_trans ? c.M : 1};
+  GemmOperand B{b16 ? static_cast<const void*>(bb.data()) : b.data(), b16, c.b_trans ? 1 : c.K, c.b_trans ? c.N : 1};
   const int64_t ldc = c.N + 3;
   std::vector<float> c0(size_t(c.M * ldc));
   for (auto& x : c0) x = nd(rng);
   std::vector<float> want = c0, got = c0;
-  ref::gemm_bf16(A, B, c.M, c.N, c.K, want.data(), ldc, c.accumulate);
   KernelContext ctx(2);
-  gemm_bf16(ctx, A, B, c.M, c.N, c.K, got.data(), ldc, c.accumulate);
+  if (f32) {
+    ref::gemm_f32(A, B, c.M, c.N, c.K, want.data(), ldc, c.accumulate);
+    gemm_f32(ctx, A, B, c.M, c.N, c.K, got.data(), ldc, c.accumulate);
+  } else {
+    ref::gemm_bf16(A, B, c.M, c.N, c.K, want.data(), ldc, c.accumulate);
+    gemm_bf16(ctx, A, B, c.M, c.N, c.K, got.data(), ldc, c.accumulate);
+  }
   for (int64_t m = 0; m < c.M; ++m)
     for (int64_t n = 0; n < ldc; ++n) {
       const float w = want[size_t(m * ldc + n)], g = got[size_t(m * ldc + n)];
@@ -46,8 +52,8 @@ void run(const Case& c, std::mt19937& rng) {
         ASSERT_EQ(g, c0[size_t(m * ldc + n)]) << "wrote past column N";
         continue;
       }
-      ASSERT_NEAR(g, w, 1e-4f * (std::sqrt(float(c.K)) + std::abs(w))) << "M " << c.M << " N " << c.N << " K " << c.K
-                                                                       << " at " << m << "," << n;
+      ASSERT_NEAR(g, w, (f32 ? 1e-5f : 1e-4f) * (std::sqrt(float(c.K)) + std::abs(w)))
+          << (f32 ? "f32 " : "bf16 ") << "M " << c.M << " N " << c.N << " K " << c.K << " at " << m << "," << n;
     }
 }
 
@@ -69,6 +75,8 @@ TEST(KernelsGemmBf16, MatchesReferenceOnOddShapesStridesAndAccumulation) {
                         // K much longer than M and N: the threads split K and sum partial products
                         {24, 40, 2001, false, true, true, true},         {288, 288, 70, true, true, false, true},         {16, 64, 4096, true, false, false, false, true}};
   for (const auto& c : cases) run(c, rng);
+  // The f32 GEMM shares the blocking, packing paths and threading (f32 panels).
+  for (const auto& c : cases) run(c, rng, true);
 }
 
 TEST(KernelsGemmBf16, ConvertRoundsToNearestEvenLikeTheScalarConversion) {

@@ -4,15 +4,18 @@
 
 #include <algorithm>
 
+#include "core/error.h"
 #include "core/fp16.h"
 
 namespace tessera {
 
 namespace cpu::avx512 {
-int64_t gemm_bf16_work_words(int64_t m, int64_t n);
+int64_t gemm_bf16_work_words(int64_t m, int64_t n, bool f32);
 void convert_bf16(const float* src, uint16_t* dst, int64_t n);
 void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
+void gemm_f32_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
+                    int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
 }  // namespace cpu::avx512
 
 namespace {
@@ -49,10 +52,23 @@ void convert_to_bf16(KernelContext& ctx, const float* src, uint16_t* dst, int64_
   }
 }
 
-void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
-               float* C, int64_t ldc, bool accumulate) {
-  if (M <= 0 || N <= 0) return;
-  if (!gemm_bf16_available(ctx)) return ref::gemm_bf16(A, B, M, N, K, C, ldc, accumulate);
+void ref::gemm_f32(const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K, float* C,
+                   int64_t ldc, bool accumulate) {
+  const auto* a = static_cast<const float*>(A.p);
+  const auto* b = static_cast<const float*>(B.p);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += a[m * A.s_row + k * A.s_k] * b[n * B.s_row + k * B.s_k];
+      C[m * ldc + n] = accumulate ? C[m * ldc + n] + s : s;
+    }
+}
+
+namespace {
+// The threading shared by the bf16 and f32 GEMMs (blocks of C per thread; cpu::avx512 kernels).
+void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
+              float* C, int64_t ldc, bool accumulate, bool f32) {
+  const auto block = f32 ? cpu::avx512::gemm_f32_block : cpu::avx512::gemm_bf16_block;
   const int nt = std::max(1, ctx.n_threads);
   // K much longer than M and N (dY W of an output layer: 256 x 288 x 32000):
   // the threads split K, each packing its own slices of both operands, and
@@ -60,7 +76,7 @@ void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, i
   // N is split (in whole micro-panels), so each thread packs only its share
   // of that operand. Packing reads f32 operands directly (rounding as it goes).
   if (nt > 1 && K >= 4 * std::max(M, N) && K >= 1024) {
-    const int64_t words = cpu::avx512::gemm_bf16_work_words(M, N), mn = M * N;
+    const int64_t words = cpu::avx512::gemm_bf16_work_words(M, N, f32), mn = M * N;
     auto* base = static_cast<uint32_t*>(ctx.scratch(size_t(nt) * size_t(words) * 4 + size_t(nt - 1) * size_t(mn) * 4));
     auto* partial = reinterpret_cast<float*>(base + size_t(nt) * size_t(words));
     auto at_k = [](const GemmOperand& o, int64_t k) {
@@ -74,7 +90,7 @@ void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, i
       const int t = omp_get_thread_num(), n = omp_get_num_threads();
       const int64_t k0 = (K * t / n) & ~int64_t(1), k1 = t + 1 == n ? K : (K * (t + 1) / n) & ~int64_t(1);
       float* c = t == 0 ? C : partial + size_t(t - 1) * size_t(mn);
-      cpu::avx512::gemm_bf16_block(at_k(A, k0), at_k(B, k0), k1 - k0, c, t == 0 ? ldc : N, t == 0 && accumulate, 0,
+      block(at_k(A, k0), at_k(B, k0), k1 - k0, c, t == 0 ? ldc : N, t == 0 && accumulate, 0,
                                    M, 0, N, base + size_t(t) * size_t(words));
 #pragma omp barrier
 #pragma omp for schedule(static)
@@ -97,7 +113,7 @@ void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, i
   const int64_t unit = split_m ? 8 : 32, units = ((split_m ? M : N) + unit - 1) / unit;
   const int parts = int(std::max<int64_t>(1, std::min<int64_t>(nt, units)));
   const int64_t share = (units + parts - 1) / parts * unit;  // of the split dimension
-  const int64_t words = split_m ? cpu::avx512::gemm_bf16_work_words(share, N) : cpu::avx512::gemm_bf16_work_words(M, share);
+  const int64_t words = split_m ? cpu::avx512::gemm_bf16_work_words(share, N, f32) : cpu::avx512::gemm_bf16_work_words(M, share, f32);
   auto* work = static_cast<uint32_t*>(ctx.scratch(size_t(parts) * size_t(words) * 4));
 #pragma omp parallel num_threads(parts)
   {
@@ -109,8 +125,24 @@ void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, i
     } else {
       n0 = std::min(N, u0 * unit), n1 = std::min(N, u1 * unit);
     }
-    if (m0 < m1 && n0 < n1) cpu::avx512::gemm_bf16_block(A, B, K, C, ldc, accumulate, m0, m1, n0, n1, work + t * words);
+    if (m0 < m1 && n0 < n1) block(A, B, K, C, ldc, accumulate, m0, m1, n0, n1, work + t * words);
   }
+}
+}  // namespace
+
+void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
+               float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (!gemm_bf16_available(ctx)) return ref::gemm_bf16(A, B, M, N, K, C, ldc, accumulate);
+  run_gemm(ctx, A, B, M, N, K, C, ldc, accumulate, false);
+}
+
+void gemm_f32(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
+              float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (A.bf16 || B.bf16) fail("gemm_f32: operands must be f32");
+  if (!gemm_bf16_available(ctx)) return ref::gemm_f32(A, B, M, N, K, C, ldc, accumulate);
+  run_gemm(ctx, A, B, M, N, K, C, ldc, accumulate, true);
 }
 
 }  // namespace tessera

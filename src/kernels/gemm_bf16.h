@@ -28,6 +28,13 @@ bool gemm_bf16_available(const KernelContext& ctx);
 void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
                float* C, int64_t ldc, bool accumulate);
 
+// The same blocking and threading with f32 panels and f32 FMAs: C (+)= A B^T
+// in f32, both operands f32 (an Error otherwise). Training in fp32 takes it
+// instead of OpenBLAS sgemm where AVX-512 is available (bench_gemm_bf16
+// compares the two); ref::gemm_f32 elsewhere.
+void gemm_f32(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
+              float* C, int64_t ldc, bool accumulate);
+
 // dst[i] = bf16(src[i]) (round to nearest even), i < n; multi-threaded. The
 // bf16 copy of f32 master weights that bf16 training multiplies with. The
 // AVX-512 path (vcvtneps2bf16) flushes f32 subnormals to zero, as does the
@@ -38,6 +45,9 @@ namespace ref {
 // The specification: operands rounded to bf16, products summed in f32 in k order.
 void gemm_bf16(const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K, float* C, int64_t ldc,
                bool accumulate);
+// f32 products summed in k order.
+void gemm_f32(const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K, float* C, int64_t ldc,
+              bool accumulate);
 }  // namespace ref
 
 }  // namespace tessera

@@ -24,13 +24,22 @@ namespace tessera::cpu::avx512 {
 
 namespace {
 
-constexpr int64_t MR = 8, NR = 32, KC = 384, NC = 256;
+constexpr int64_t MR = 8, NR = 32, NC = 256;
+// k per block: bf16 panels hold k pairs (384 k = 192 words per row), f32 panels one k per word.
+template <bool F32>
+constexpr int64_t KC = F32 ? 256 : 384;
+// Packed words per k block row.
+template <bool F32>
+constexpr int64_t words_of(int64_t kc) {
+  return F32 ? kc : (kc + 1) / 2;
+}
 
 // The k-block length: K split into equal even blocks of at most KC.
+template <bool F32>
 inline int64_t k_block(int64_t K) {
-  const int64_t nk = (K + KC - 1) / KC;
+  const int64_t nk = (K + KC<F32> - 1) / KC<F32>;
   const int64_t kc = nk ? (K + nk - 1) / nk : 0;
-  return std::min(KC, (kc + 1) & ~int64_t(1));
+  return std::min(KC<F32>, (kc + 1) & ~int64_t(1));
 }
 
 // Element (row, k) of an operand as bf16 bits.
@@ -89,17 +98,41 @@ inline void store_transposed8(__m256i r0, __m256i r1, __m256i r2, __m256i r3, __
   st(7, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
+// Element (row, k) of an f32 operand, as its bits.
+inline uint32_t f32_bits(const GemmOperand& o, int64_t row, int64_t k) {
+  uint32_t u;
+  std::memcpy(&u, static_cast<const float*>(o.p) + row * o.s_row + k * o.s_k, 4);
+  return u;
+}
+
 // Rows [r0, r1) x k [k0, k0 + kc) of O -> W-wide panels at out:
-// panel b (rows r0 + b W ..) holds word [p][i] = pair(row, k0 + 2p) of its row i;
-// rows past r1 are zero.
-template <int64_t W>
+// panel b (rows r0 + b W ..) holds word [p][i] = pair(row, k0 + 2p) of its row i
+// (F32: the f32 element (row, k0 + p)); rows past r1 are zero.
+template <int64_t W, bool F32 = false>
 void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, uint32_t* out) {
-  const int64_t kp = (kc + 1) / 2, full = kc / 2;
+  const int64_t kp = words_of<F32>(kc), full = F32 ? kc : kc / 2;
   for (int64_t rb = r0; rb < r1; rb += W) {
     uint32_t* panel = out + ((rb - r0) / W) * W * kp;
     const int64_t rows = std::min(W, r1 - rb), groups = rows / 8;  // whole groups of 8 rows
     int64_t p_done = 0;                                             // pairs [0, p_done) done for the groups
-    if (groups && O.s_row == 1) {  // k-major: 8 consecutive rows per k, interleave two k
+    if (F32 && groups && O.s_row == 1) {  // k-major f32: 8 consecutive rows per k, as they are
+      const auto* src = static_cast<const float*>(O.p);
+      for (int64_t p = 0; p < full; ++p)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = (k0 + p) * O.s_k + rb + 8 * g;
+          _mm_prefetch(reinterpret_cast<const char*>(src + i + 8 * O.s_k), _MM_HINT_T0);
+          _mm256_storeu_ps(reinterpret_cast<float*>(panel + p * W + 8 * g), _mm256_loadu_ps(src + i));
+        }
+      p_done = full;
+    } else if (F32 && groups && O.s_k == 1) {  // row-major f32: 8 k of 8 rows, transposed
+      const auto* src = static_cast<const float*>(O.p);
+      for (; p_done + 8 <= full; p_done += 8)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = (rb + 8 * g) * O.s_row + k0 + p_done, s = O.s_row;
+          auto ld = [&](int64_t j) { return _mm256_castps_si256(_mm256_loadu_ps(src + i + j * s)); };
+          store_transposed8(ld(0), ld(1), ld(2), ld(3), ld(4), ld(5), ld(6), ld(7), panel + p_done * W + 8 * g, W);
+        }
+    } else if (!F32 && groups && O.s_row == 1) {  // k-major: 8 consecutive rows per k, interleave two k
       for (int64_t p = 0; p < full; ++p)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = (k0 + 2 * p) * O.s_k + rb + 8 * g;
@@ -109,7 +142,7 @@ void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, 
           _mm_storeu_si128(reinterpret_cast<__m128i*>(panel + p * W + 8 * g + 4), _mm_unpackhi_epi16(lo, hi));
         }
       p_done = full;
-    } else if (groups && O.s_k == 1) {  // row-major: 16 k of 8 rows, transposed as words
+    } else if (!F32 && groups && O.s_k == 1) {  // row-major: 16 k of 8 rows, transposed as words
       for (; p_done + 8 <= full; p_done += 8)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = (rb + 8 * g) * O.s_row + k0 + 2 * p_done, s = O.s_row;
@@ -120,11 +153,13 @@ void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, 
     }
     for (int64_t p = 0; p < kp; ++p)
       for (int64_t i = p < p_done ? 8 * groups : 0; i < W; ++i)
-        panel[p * W + i] = i < rows ? pair(O, rb + i, k0 + 2 * p, k0 + kc) : 0u;
+        panel[p * W + i] = i >= rows ? 0u : F32 ? f32_bits(O, rb + i, k0 + p) : pair(O, rb + i, k0 + 2 * p, k0 + kc);
   }
 }
 
-// C tile (rows x cols, rows <= MR, cols <= NR) (+)= A panel . B panel over kp pairs.
+// C tile (rows x cols, rows <= MR, cols <= NR) (+)= A panel . B panel over kp pairs
+// (F32: kp single k, one f32 FMA per lane).
+template <bool F32>
 void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t ldc, int64_t rows, int64_t cols,
            bool load_c) {
   // The C tile is read (or written) after the k loop: fetch its lines now, so
@@ -137,14 +172,28 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
   __m512 acc[MR][2];
 #pragma GCC unroll 8
   for (int64_t r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < kp; ++p) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * NR);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * NR + 16);
+  if constexpr (F32) {
+    const float* af = reinterpret_cast<const float*>(a);
+    const float* bf = reinterpret_cast<const float*>(b);
+    for (int64_t p = 0; p < kp; ++p) {
+      const __m512 b0 = _mm512_loadu_ps(bf + p * NR), b1 = _mm512_loadu_ps(bf + p * NR + 16);
 #pragma GCC unroll 8
-    for (int64_t r = 0; r < MR; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[p * MR + r]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+      for (int64_t r = 0; r < MR; ++r) {
+        const __m512 av = _mm512_set1_ps(af[p * MR + r]);
+        acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < kp; ++p) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * NR);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * NR + 16);
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < MR; ++r) {
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[p * MR + r]));
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+      }
     }
   }
   const __mmask16 m0 = cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1);
@@ -172,8 +221,8 @@ inline int64_t round_up(int64_t x, int64_t r) { return (x + r - 1) / r * r; }
 constexpr int64_t MC = 64;
 
 // Words of packing workspace one thread needs for an m x n block of C.
-int64_t gemm_bf16_work_words(int64_t m, int64_t n) {
-  const int64_t kw = KC / 2;
+int64_t gemm_bf16_work_words(int64_t m, int64_t n, bool f32) {
+  const int64_t kw = f32 ? words_of<true>(KC<true>) : words_of<false>(KC<false>);
   return (a_resident(m, n) ? round_up(m, MR) + NC : round_up(n, NR) + MC) * kw + 16;
 }
 
@@ -185,40 +234,54 @@ void convert_bf16(const float* src, uint16_t* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
 }
 
+namespace {
 // One thread's block of C: rows [m0, m1), columns [n0, n1).
-void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
-                     int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
+template <bool F32>
+void block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate, int64_t m0,
+           int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
   const bool a_res = a_resident(m1 - m0, n1 - n0);
   uint32_t* res = work;  // the resident operand's packed k block
-  uint32_t* str = work + (a_res ? round_up(m1 - m0, MR) : round_up(n1 - n0, NR)) * (KC / 2);  // the streamed block
-  const int64_t kb = k_block(K);
+  uint32_t* str = work + (a_res ? round_up(m1 - m0, MR) : round_up(n1 - n0, NR)) * words_of<F32>(KC<F32>);  // streamed
+  const int64_t kb = k_block<F32>(K);
   for (int64_t k0 = 0; k0 < K; k0 += kb) {
-    const int64_t kc = std::min(kb, K - k0), kp = (kc + 1) / 2;
+    const int64_t kc = std::min(kb, K - k0), kp = words_of<F32>(kc);
     const bool load_c = accumulate || k0 > 0;
     if (a_res) {
-      pack<MR>(A, m0, m1, k0, kc, res);
+      pack<MR, F32>(A, m0, m1, k0, kc, res);
       for (int64_t nb = n0; nb < n1; nb += NC) {
         const int64_t nc = std::min(NC, n1 - nb);
-        pack<NR>(B, nb, nb + nc, k0, kc, str);
+        pack<NR, F32>(B, nb, nb + nc, k0, kc, str);
         for (int64_t mb = m0; mb < m1; mb += MR)
           for (int64_t j = 0; j < nc; j += NR)
-            micro(kp, res + ((mb - m0) / MR) * MR * kp, str + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
+            micro<F32>(kp, res + ((mb - m0) / MR) * MR * kp, str + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
                   std::min(MR, m1 - mb), std::min(NR, nc - j), load_c);
       }
     } else {
-      pack<NR>(B, n0, n1, k0, kc, res);
+      pack<NR, F32>(B, n0, n1, k0, kc, res);
       for (int64_t ib = m0; ib < m1; ib += MC) {
         const int64_t mc = std::min(MC, m1 - ib);
-        pack<MR>(A, ib, ib + mc, k0, kc, str);
+        pack<MR, F32>(A, ib, ib + mc, k0, kc, str);
         for (int64_t j = n0; j < n1; j += NR)
           for (int64_t mb = ib; mb < ib + mc; mb += MR)
-            micro(kp, str + ((mb - ib) / MR) * MR * kp, res + ((j - n0) / NR) * NR * kp, C + mb * ldc + j, ldc,
+            micro<F32>(kp, str + ((mb - ib) / MR) * MR * kp, res + ((j - n0) / NR) * NR * kp, C + mb * ldc + j, ldc,
                   std::min(MR, ib + mc - mb), std::min(NR, n1 - j), load_c);
       }
     }
   }
   if (K == 0 && !accumulate)
     for (int64_t m = m0; m < m1; ++m) std::fill(C + m * ldc + n0, C + m * ldc + n1, 0.f);
+}
+}  // namespace
+
+void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
+                     int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
+  block<false>(A, B, K, C, ldc, accumulate, m0, m1, n0, n1, work);
+}
+
+// The same blocking with f32 panels and f32 FMAs (operands must be f32).
+void gemm_f32_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
+                    int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
+  block<true>(A, B, K, C, ldc, accumulate, m0, m1, n0, n1, work);
 }
 
 }  // namespace tessera::cpu::avx512
