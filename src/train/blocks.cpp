@@ -73,11 +73,16 @@ namespace {
 GemmOperand weight(const float* W, const uint16_t* W16, int64_t s_row, int64_t s_k) {
   return W16 ? GemmOperand{W16, true, s_row, s_k} : GemmOperand{W, false, s_row, s_k};
 }
+void gemm_fast(KernelContext& ctx, bool f32, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N,
+               int64_t K, float* C, int64_t ldc, bool accumulate) {
+  if (f32) return gemm_f32(ctx, A, B, M, N, K, C, ldc, accumulate);
+  gemm_bf16(ctx, A, B, M, N, K, C, ldc, accumulate);
+}
 }  // namespace
 
 void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
-                     const float* b, int64_t N, int64_t I, int64_t O) {
-  gemm_bf16(ctx, GemmOperand{X, false, I, 1}, weight(W, W16, I, 1), N, O, I, Y, O, false);
+                     const float* b, int64_t N, int64_t I, int64_t O, bool f32) {
+  gemm_fast(ctx, f32, GemmOperand{X, false, I, 1}, weight(W, W16, I, 1), N, O, I, Y, O, false);
   if (b) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n)
@@ -86,11 +91,11 @@ void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* 
 }
 
 void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
-                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate) {
+                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate, bool f32) {
   // dX(N, I) = dY(N, O) W(O, I): B(i, o) = W[o * I + i]
-  if (dX) gemm_bf16(ctx, GemmOperand{dY, false, O, 1}, weight(W, W16, 1, I), N, I, O, dX, I, accumulate);
+  if (dX) gemm_fast(ctx, f32, GemmOperand{dY, false, O, 1}, weight(W, W16, 1, I), N, I, O, dX, I, accumulate);
   // dW(O, I) += dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
-  gemm_bf16(ctx, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, true);
+  gemm_fast(ctx, f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, true);
   if (db)
     for_column_blocks(O, [&](int64_t o0, int64_t o1) {
       for (int64_t n = 0; n < N; ++n)

@@ -27,10 +27,12 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
 // The same two products in bf16 (operands rounded to bf16, f32 accumulation) through
 // kernels/gemm_bf16.h: bf16 mixed precision with f32 master weights. float only.
 // W16, when not null, is W already rounded to bf16 (read instead of W: half the bytes, no rounding).
+// f32: the same blocking in f32 (gemm_f32; W16 must be null), fp32 training on AVX-512.
 void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
-                     const float* b, int64_t N, int64_t I, int64_t O);
+                     const float* b, int64_t N, int64_t I, int64_t O, bool f32 = false);
 void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
-                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate);
+                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate,
+                     bool f32 = false);
 
 // x(N, C) = E[tok] (+ P[t % T])   (P: GPT-2 learned positions, may be null)
 template <class T>
