@@ -107,4 +107,17 @@ double measure_gemm_bf16_peak_gflops(KernelContext& ctx) {
   return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
 }
 
+double measure_gemm_f32_peak_gflops(KernelContext& ctx) {
+  if (!gemm_bf16_available(ctx)) return 0;
+  const int64_t n = 2048;
+  std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
+  double best = 1e30;
+  for (int run = 0; run < 4; ++run) {
+    const double t0 = now_s();
+    gemm_f32(ctx, GemmOperand{a.data(), false, n, 1}, GemmOperand{b.data(), false, n, 1}, n, n, n, c.data(), n, false);
+    best = std::min(best, now_s() - t0);
+  }
+  return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+}
+
 }  // namespace tessera

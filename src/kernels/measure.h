@@ -19,4 +19,9 @@ double measure_gemm_peak_gflops(KernelContext& ctx);
 // the CPU has no AVX-512 BF16. The denominator for bf16 prefill and training.
 double measure_gemm_bf16_peak_gflops(KernelContext& ctx);
 
+// Best f32 GEMM GFLOP/s of kernels/gemm_bf16.h's gemm_f32 on 2048^3; 0 without
+// AVX-512. fp32 training takes gemm_f32, so its peak fraction divides by the
+// higher of this and the sgemm peak.
+double measure_gemm_f32_peak_gflops(KernelContext& ctx);
+
 }  // namespace tessera
