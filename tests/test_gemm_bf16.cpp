@@ -8,6 +8,7 @@
 
 #include <omp.h>
 
+#include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/gemm_bf16.h"
 
@@ -77,6 +78,47 @@ TEST(KernelsGemmBf16, MatchesReferenceOnOddShapesStridesAndAccumulation) {
   for (const auto& c : cases) run(c, rng);
   // The f32 GEMM shares the blocking, packing paths and threading (f32 panels).
   for (const auto& c : cases) run(c, rng, true);
+}
+
+// A pre-packed B (gemm_pack_b) gives exactly the products of packing it in
+// the GEMM: both precisions, both loop orders (m <= n and m > n), both
+// thread splits, row-major and k-major B, odd N and K.
+TEST(KernelsGemmBf16, PrePackedBMatchesPackingInTheGemm) {
+  KernelContext ctx(2);
+  if (!gemm_bf16_available(ctx)) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  std::mt19937 rng(12);
+  std::normal_distribution<float> nd;
+  struct S {
+    int64_t M, N, K;
+    bool b_kmajor;
+  };
+  for (bool f32 : {false, true})
+    for (const S& c : {S{256, 1000, 288, false}, S{300, 70, 37, false}, S{64, 513, 383, true}, S{9, 40, 1, false},
+                       S{40, 300, 1000, false}, S{128, 64, 777, true}}) {  // several k blocks
+      std::vector<float> a(size_t(c.M * c.K)), b(size_t(c.N * c.K));
+      for (auto& x : a) x = nd(rng);
+      for (auto& x : b) x = nd(rng);
+      const GemmOperand A{a.data(), false, c.K, 1};
+      GemmOperand B{b.data(), false, c.b_kmajor ? 1 : c.K, c.b_kmajor ? c.N : 1};
+      std::vector<uint32_t> packed(size_t(gemm_packed_words(c.N, c.K, f32)));
+      gemm_pack_b(ctx, B, c.N, c.K, f32, packed.data());
+      std::vector<float> want(size_t(c.M * c.N)), got(want.size());
+      auto run = [&](const GemmOperand& b_op, float* out) {
+        if (f32) return gemm_f32(ctx, A, b_op, c.M, c.N, c.K, out, c.N, false);
+        gemm_bf16(ctx, A, b_op, c.M, c.N, c.K, out, c.N, false);
+      };
+      run(B, want.data());
+      B.packed = packed.data(), B.packed_n = c.N;
+      run(B, got.data());
+      ASSERT_EQ(got, want) << (f32 ? "f32" : "bf16") << " M " << c.M << " N " << c.N << " K " << c.K;
+    }
+  // Used with another N: an error, not a silent misread.
+  std::vector<float> b(64 * 100), a(8 * 100), out(8 * 64);
+  std::vector<uint32_t> packed(size_t(gemm_packed_words(64, 100, true)));
+  GemmOperand B{b.data(), false, 100, 1};
+  gemm_pack_b(ctx, B, 64, 100, true, packed.data());
+  B.packed = packed.data(), B.packed_n = 64;
+  EXPECT_THROW(gemm_f32(ctx, GemmOperand{a.data(), false, 100, 1}, B, 8, 32, 100, out.data(), 64, false), Error);
 }
 
 TEST(KernelsGemmBf16, ConvertRoundsToNearestEvenLikeTheScalarConversion) {

@@ -131,3 +131,36 @@ TEST(TrainInfer, Bf16ProductsGiveFp32GradientsToBf16Precision) {
   EXPECT_LT(std::sqrt(num / den), 2e-2);
   EXPECT_GT(std::sqrt(num / den), 0.0);  // the bf16 path really ran
 }
+
+// With more rows than one logit chunk, the output layer's weight is packed
+// once per pass (gemm_pack_b) and its products read the packed panels: the
+// loss and gradients equal those of one chunk holding every row (packed in the
+// products), fp32 and bf16, untied and tied output.
+TEST(TrainInfer, PrePackedOutputLayerGivesTheSameGradients) {
+  for (bool tied : {false, true})
+    for (bool bf16 : {false, true}) {
+      ModelConfig c;
+      c.arch = Arch::Llama;
+      c.dim = 48, c.n_layers = 1, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 12, c.hidden_dim = 64;
+      c.vocab_size = 301, c.max_seq_len = 32, c.tied_embeddings = tied;
+      train::Layout L(c);
+      std::vector<float> p(L.total), ga(L.total, 0.f), gb(L.total, 0.f);
+      train::init_params(L, p.data(), 5);
+      std::mt19937 rng(10);
+      std::vector<int32_t> tok(96), tgt(96);
+      for (auto& t : tok) t = int32_t(rng() % 301);
+      for (auto& t : tgt) t = int32_t(rng() % 301);
+      train::ModelOptions mo;
+      mo.bf16 = bf16;
+      mo.logit_rows = 96;  // one chunk: nothing pre-packed
+      train::Transformer<float> one(L, 3, 32, mo);
+      mo.logit_rows = 40;  // three chunks (40, 40, 16): pre-packed where the AVX-512 GEMM runs
+      train::Transformer<float> chunked(L, 3, 32, mo);
+      const auto ra = one.forward_backward(p.data(), ga.data(), tok.data(), tgt.data(), 1.f / 96);
+      const auto rb = chunked.forward_backward(p.data(), gb.data(), tok.data(), tgt.data(), 1.f / 96);
+      EXPECT_NEAR(rb.loss_sum, ra.loss_sum, 1e-5 * ra.loss_sum);
+      double num = 0, den = 0;
+      for (size_t i = 0; i < L.total; ++i) num += double(gb[i] - ga[i]) * (gb[i] - ga[i]), den += double(ga[i]) * ga[i];
+      EXPECT_LT(std::sqrt(num / den), 1e-5) << "tied " << tied << " bf16 " << bf16;
+    }
+}

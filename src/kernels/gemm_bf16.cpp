@@ -16,6 +16,8 @@ void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, floa
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
 void gemm_f32_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                     int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
+int64_t gemm_pack_b_rows(const GemmOperand& B, int64_t N, int64_t K, bool f32, int64_t n0, int64_t n1,
+                         uint32_t* out);
 }  // namespace cpu::avx512
 
 namespace {
@@ -69,13 +71,14 @@ namespace {
 void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
               float* C, int64_t ldc, bool accumulate, bool f32) {
   const auto block = f32 ? cpu::avx512::gemm_f32_block : cpu::avx512::gemm_bf16_block;
+  if (B.packed && B.packed_n != N) fail("gemm: a pre-packed B of ", B.packed_n, " rows used with N = ", N);
   const int nt = std::max(1, ctx.n_threads);
   // K much longer than M and N (dY W of an output layer: 256 x 288 x 32000):
   // the threads split K, each packing its own slices of both operands, and
   // the partial products are summed at the end. Otherwise the larger of M and
   // N is split (in whole micro-panels), so each thread packs only its share
   // of that operand. Packing reads f32 operands directly (rounding as it goes).
-  if (nt > 1 && K >= 4 * std::max(M, N) && K >= 1024) {
+  if (nt > 1 && K >= 4 * std::max(M, N) && K >= 1024 && !B.packed) {
     const int64_t words = cpu::avx512::gemm_bf16_work_words(M, N, f32), mn = M * N;
     auto* base = static_cast<uint32_t*>(ctx.scratch(size_t(nt) * size_t(words) * 4 + size_t(nt - 1) * size_t(mn) * 4));
     auto* partial = reinterpret_cast<float*>(base + size_t(nt) * size_t(words));
@@ -129,6 +132,19 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
   }
 }
 }  // namespace
+
+int64_t gemm_packed_words(int64_t N, int64_t K, bool f32) {
+  return cpu::avx512::gemm_pack_b_rows(GemmOperand{}, N, K, f32, 0, 0, nullptr);
+}
+
+void gemm_pack_b(KernelContext& ctx, const GemmOperand& B, int64_t N, int64_t K, bool f32, uint32_t* out) {
+  if (!gemm_bf16_available(ctx)) fail("gemm_pack_b: needs the AVX-512 kernel");
+  if (f32 && B.bf16) fail("gemm_pack_b: f32 panels need an f32 operand");
+  const int64_t panels = (N + 31) / 32;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, ctx.n_threads))
+  for (int64_t q = 0; q < panels; q += 8)  // 8 panels (256 rows) per task
+    cpu::avx512::gemm_pack_b_rows(B, N, K, f32, q * 32, std::min(N, (q + 8) * 32), out);
+}
 
 void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
                float* C, int64_t ldc, bool accumulate) {

@@ -18,6 +18,11 @@ struct GemmOperand {
   bool bf16 = false;  // elements are bf16 (uint16_t), else f32
   int64_t s_row = 0;  // stride between rows (m for A, n for B), in elements
   int64_t s_k = 1;    // stride along k, in elements
+  // B only, optional: the same operand already in the kernel's panel layout
+  // (gemm_pack_b, same K and precision), read instead of packing p again. p
+  // must stay valid (the reference path reads it).
+  const uint32_t* packed = nullptr;
+  int64_t packed_n = 0;  // the N it was packed with (must equal the product's N)
 };
 
 // True when this CPU (and ctx.isa) has the AVX-512 BF16 kernel.
@@ -34,6 +39,14 @@ void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, i
 // compares the two); ref::gemm_f32 elsewhere.
 void gemm_f32(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
               float* C, int64_t ldc, bool accumulate);
+
+// A B operand (N, K) that many products share (an output layer's weight,
+// multiplied once per logit chunk) packed once: gemm_packed_words(N, K, f32)
+// words at out, f32 panels for gemm_f32 or bf16 pairs for gemm_bf16, k block
+// after k block. Products with it never split K between threads.
+// Multi-threaded; needs the AVX-512 kernel.
+int64_t gemm_packed_words(int64_t N, int64_t K, bool f32);
+void gemm_pack_b(KernelContext& ctx, const GemmOperand& B, int64_t N, int64_t K, bool f32, uint32_t* out);
 
 // dst[i] = bf16(src[i]) (round to nearest even), i < n; multi-threaded. The
 // bf16 copy of f32 master weights that bf16 training multiplies with. The

@@ -81,8 +81,10 @@ void gemm_fast(KernelContext& ctx, bool f32, const GemmOperand& A, const GemmOpe
 }  // namespace
 
 void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
-                     const float* b, int64_t N, int64_t I, int64_t O, bool f32) {
-  gemm_fast(ctx, f32, GemmOperand{X, false, I, 1}, weight(W, W16, I, 1), N, O, I, Y, O, false);
+                     const float* b, int64_t N, int64_t I, int64_t O, bool f32, const uint32_t* w_packed) {
+  GemmOperand B = weight(W, W16, I, 1);
+  B.packed = w_packed, B.packed_n = O;
+  gemm_fast(ctx, f32, GemmOperand{X, false, I, 1}, B, N, O, I, Y, O, false);
   if (b) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n)
@@ -91,9 +93,12 @@ void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* 
 }
 
 void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
-                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate, bool f32) {
+                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate, bool f32,
+                     const uint32_t* wt_packed) {
   // dX(N, I) = dY(N, O) W(O, I): B(i, o) = W[o * I + i]
-  if (dX) gemm_fast(ctx, f32, GemmOperand{dY, false, O, 1}, weight(W, W16, 1, I), N, I, O, dX, I, accumulate);
+  GemmOperand B = weight(W, W16, 1, I);
+  B.packed = wt_packed, B.packed_n = I;
+  if (dX) gemm_fast(ctx, f32, GemmOperand{dY, false, O, 1}, B, N, I, O, dX, I, accumulate);
   // dW(O, I) += dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
   gemm_fast(ctx, f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, true);
   if (db)

@@ -82,6 +82,11 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   // fp32 runs on AVX-512: the linear layers on gemm_f32 (faster than OpenBLAS sgemm on these shapes).
   if (std::is_same_v<T, float> && !o_.bf16 && isa_ == Isa::AVX512)
     f32_ = std::make_unique<KernelContext>(omp_get_max_threads());
+  // The output layer's weight is multiplied once per logit chunk, forward and for dX: packed once per pass.
+  if ((f32_ || (bf16_ && gemm_bf16_available(*bf16_))) && N > o_.logit_rows) {
+    head_fwd_pk_.resize(size_t(gemm_packed_words(V, C, !bf16_)));
+    head_dx_pk_.resize(size_t(gemm_packed_words(C, V, !bf16_)));
+  }
   if (!gpt2) {
     const int64_t half = c_.head_dim / 2;
     cos_.resize(size_t(T_ * half)), sin_.resize(size_t(T_ * half));
@@ -106,6 +111,32 @@ void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const
     if (f32_) return blk::linear_bwd_bf16(*f32_, dX, dW, db, dY, X, W, nullptr, N, I, O, accumulate, true);
   }
   blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate);
+}
+
+// The output layer's products: with its weight pre-packed (once per pass, in
+// round_weights) where our GEMM runs them; otherwise as any linear layer.
+template <class T>
+void Transformer<T>::head_fwd(T* Y, const T* X, const T* W, int64_t n) {
+  const int64_t C = c_.dim, V = c_.vocab_size;
+  if constexpr (std::is_same_v<T, float>) {
+    if (!head_fwd_pk_.empty()) {
+      KernelContext& ctx = bf16_ ? *bf16_ : *f32_;
+      return blk::linear_fwd_bf16(ctx, Y, X, W, w16(W), nullptr, n, C, V, !bf16_, head_fwd_pk_.data());
+    }
+  }
+  lin_fwd(Y, X, W, (const T*)nullptr, n, C, V);
+}
+
+template <class T>
+void Transformer<T>::head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t n) {
+  const int64_t C = c_.dim, V = c_.vocab_size;
+  if constexpr (std::is_same_v<T, float>) {
+    if (!head_dx_pk_.empty()) {
+      KernelContext& ctx = bf16_ ? *bf16_ : *f32_;
+      return blk::linear_bwd_bf16(ctx, dX, dW, nullptr, dY, X, W, w16(W), n, C, V, false, !bf16_, head_dx_pk_.data());
+    }
+  }
+  lin_bwd(dX, dW, (T*)nullptr, dY, X, W, n, C, V, false);
 }
 
 template <class T>
@@ -223,11 +254,11 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   // gradient in place, then the two backward products.
   for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {
     const int64_t n = std::min(o_.logit_rows, N - r0);
-    lin_fwd(logits_, xf_ + r0 * C, p + L_.output, (const T*)nullptr, n, C, V);  // (n, V)
+    head_fwd(logits_, xf_ + r0 * C, p + L_.output, n);  // (n, V)
     const blk::CeResult cr = blk::cross_entropy(logits_, targets + r0, n, V, ce);
     r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.count += cr.count;
     if (backward)
-      lin_bwd(dxf_ + r0 * C, g + L_.output, (T*)nullptr, logits_, xf_ + r0 * C, p + L_.output, n, C, V, false);
+      head_bwd(dxf_ + r0 * C, g + L_.output, logits_, xf_ + r0 * C, p + L_.output, n);
   }
   if (!backward) return;
   if (c_.arch == Arch::Llama) {
@@ -271,6 +302,17 @@ void Transformer<T>::round_weights(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
     if (bf16_) convert_to_bf16(*bf16_, p, w16_.data(), int64_t(L_.total));
     p16_of_ = p;
+    if (!head_fwd_pk_.empty()) {  // the output layer's weight in the GEMM's panels, both ways
+      KernelContext& ctx = bf16_ ? *bf16_ : *f32_;
+      const float* W = p + L_.output;
+      const uint16_t* W16 = w16(W);
+      const int64_t C = c_.dim, V = c_.vocab_size;
+      auto op = [&](int64_t s_row, int64_t s_k) {
+        return W16 ? GemmOperand{W16, true, s_row, s_k} : GemmOperand{W, false, s_row, s_k};
+      };
+      gemm_pack_b(ctx, op(C, 1), V, C, !bf16_, head_fwd_pk_.data());
+      gemm_pack_b(ctx, op(1, C), C, V, !bf16_, head_dx_pk_.data());
+    }
   }
 }
 

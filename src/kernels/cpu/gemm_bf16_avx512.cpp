@@ -246,25 +246,31 @@ void block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int6
   for (int64_t k0 = 0; k0 < K; k0 += kb) {
     const int64_t kc = std::min(kb, K - k0), kp = words_of<F32>(kc);
     const bool load_c = accumulate || k0 > 0;
+    // B's panels for columns [nb, nb + nc): packed into buf, or in place when B comes pre-packed (one k block).
+    auto b_panels = [&](int64_t nb, int64_t nc, uint32_t* buf) -> const uint32_t* {
+      if (B.packed) return B.packed + (k0 / kb) * round_up(B.packed_n, NR) * words_of<F32>(kb) + (nb / NR) * NR * kp;
+      pack<NR, F32>(B, nb, nb + nc, k0, kc, buf);
+      return buf;
+    };
     if (a_res) {
       pack<MR, F32>(A, m0, m1, k0, kc, res);
       for (int64_t nb = n0; nb < n1; nb += NC) {
         const int64_t nc = std::min(NC, n1 - nb);
-        pack<NR, F32>(B, nb, nb + nc, k0, kc, str);
+        const uint32_t* bp = b_panels(nb, nc, str);
         for (int64_t mb = m0; mb < m1; mb += MR)
           for (int64_t j = 0; j < nc; j += NR)
-            micro<F32>(kp, res + ((mb - m0) / MR) * MR * kp, str + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
-                  std::min(MR, m1 - mb), std::min(NR, nc - j), load_c);
+            micro<F32>(kp, res + ((mb - m0) / MR) * MR * kp, bp + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
+                       std::min(MR, m1 - mb), std::min(NR, nc - j), load_c);
       }
     } else {
-      pack<NR, F32>(B, n0, n1, k0, kc, res);
+      const uint32_t* bp = b_panels(n0, n1 - n0, res);
       for (int64_t ib = m0; ib < m1; ib += MC) {
         const int64_t mc = std::min(MC, m1 - ib);
         pack<MR, F32>(A, ib, ib + mc, k0, kc, str);
         for (int64_t j = n0; j < n1; j += NR)
           for (int64_t mb = ib; mb < ib + mc; mb += MR)
-            micro<F32>(kp, str + ((mb - ib) / MR) * MR * kp, res + ((j - n0) / NR) * NR * kp, C + mb * ldc + j, ldc,
-                  std::min(MR, ib + mc - mb), std::min(NR, n1 - j), load_c);
+            micro<F32>(kp, str + ((mb - ib) / MR) * MR * kp, bp + ((j - n0) / NR) * NR * kp, C + mb * ldc + j, ldc,
+                       std::min(MR, ib + mc - mb), std::min(NR, n1 - j), load_c);
       }
     }
   }
@@ -276,6 +282,26 @@ void block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int6
 void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
   block<false>(A, B, K, C, ldc, accumulate, m0, m1, n0, n1, work);
+}
+
+// B(N, K) as the panels pack<NR> writes, k block after k block (the blocks
+// block() takes): rows [n0, n1) of them. Returns the words of the whole layout.
+namespace {
+template <bool F32>
+int64_t pack_b_rows(const GemmOperand& B, int64_t N, int64_t K, int64_t n0, int64_t n1, uint32_t* out) {
+  const int64_t kb = k_block<F32>(K), stride = round_up(N, NR) * words_of<F32>(kb);
+  int64_t words = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t kc = std::min(kb, K - k0), kp = words_of<F32>(kc);
+    if (out) pack<NR, F32>(B, n0, n1, k0, kc, out + (k0 / kb) * stride + (n0 / NR) * NR * kp);
+    words = (k0 / kb) * stride + round_up(N, NR) * kp;
+  }
+  return words;
+}
+}  // namespace
+int64_t gemm_pack_b_rows(const GemmOperand& B, int64_t N, int64_t K, bool f32, int64_t n0, int64_t n1,
+                         uint32_t* out) {
+  return f32 ? pack_b_rows<true>(B, N, K, n0, n1, out) : pack_b_rows<false>(B, N, K, n0, n1, out);
 }
 
 // The same blocking with f32 panels and f32 FMAs (operands must be f32).
