@@ -264,8 +264,9 @@ TEST(KernelsAdamW, Avx512MatchesScalar) {
   }
 }
 
-// AVX-512 RMSNorm rows and gain gradient against the scalar loops (odd widths,
-// accumulate, and dx aliasing dy as the QK-norm backward uses it).
+// AVX-512 RMSNorm and LayerNorm rows and parameter gradients against the
+// scalar loops (odd widths, accumulate, and for RMSNorm dx aliasing dy as the
+// QK-norm backward uses it).
 TEST(KernelsNorm, Avx512RmsNormMatchesScalar) {
   if (detect_isa() != Isa::AVX512) GTEST_SKIP() << "no AVX-512 on this CPU";
   namespace blk = tessera::train::blk;
@@ -297,5 +298,21 @@ TEST(KernelsNorm, Avx512RmsNormMatchesScalar) {
     blk::rmsnorm_bwd(a1.data(), dw1.data(), a1.data(), x.data(), w.data(), r1.data(), N, C, false);
     blk::rmsnorm_bwd(a2.data(), dw2.data(), a2.data(), x.data(), w.data(), r1.data(), N, C, false, Isa::AVX512);
     close(a1, a2, "dx in place"), close(dw1, dw2, "dw in place");
+    // LayerNorm (x offset from zero, so the mean matters).
+    auto xo = x;
+    for (auto& v : xo) v += 3.f;
+    const auto b = randv(C), db0 = randv(C);
+    std::vector<float> m1(static_cast<size_t>(N)), m2 = m1;
+    blk::layernorm_fwd(y1.data(), m1.data(), r1.data(), xo.data(), w.data(), b.data(), N, C, 1e-5f);
+    blk::layernorm_fwd(y2.data(), m2.data(), r2.data(), xo.data(), w.data(), b.data(), N, C, 1e-5f, Isa::AVX512);
+    close(y1, y2, "ln y"), close(m1, m2, "ln mean"), close(r1, r2, "ln rstd");
+    for (bool acc : {false, true}) {
+      auto dx1 = dx0, dx2 = dx0, dw1b = dw0, dw2b = dw0, db1 = db0, db2 = db0;
+      blk::layernorm_bwd(dx1.data(), dw1b.data(), db1.data(), dy.data(), xo.data(), w.data(), m1.data(), r1.data(), N,
+                         C, acc);
+      blk::layernorm_bwd(dx2.data(), dw2b.data(), db2.data(), dy.data(), xo.data(), w.data(), m1.data(), r1.data(), N,
+                         C, acc, Isa::AVX512);
+      close(dx1, dx2, "ln dx"), close(dw1b, dw2b, "ln dw"), close(db1, db2, "ln db");
+    }
   }
 }

@@ -191,7 +191,16 @@ void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rst
 }
 
 template <class T>
-void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, T eps) {
+void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, T eps,
+                   Isa isa) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512) {
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        rstd[n] = cpu::avx512::layernorm_row(y + n * C, x + n * C, w, b, C, eps, mean + n);
+      return;
+    }
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + n * C;
@@ -208,8 +217,21 @@ void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, i
 
 template <class T>
 void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* mean, const T* rstd,
-                   int64_t N, int64_t C, bool accumulate) {
+                   int64_t N, int64_t C, bool accumulate, Isa isa) {
   // xh = (x - m) r; dxh = dy w; dx = r (dxh - mean(dxh) - xh mean(dxh xh))
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::AVX512) {
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        cpu::avx512::layernorm_bwd_row(dx + n * C, dy + n * C, x + n * C, w, mean[n], rstd[n], C, accumulate);
+      for_column_blocks(C, [&](int64_t c0, int64_t c1) {  // blocks of whole vectors where C allows
+        const int64_t a = c0 == 0 ? 0 : std::min(C, (c0 + 15) / 16 * 16);
+        const int64_t b = c1 == C ? C : std::min(C, (c1 + 15) / 16 * 16);
+        if (a < b) cpu::avx512::layernorm_dwdb(dw, db, dy, x, mean, rstd, N, C, a, b);
+      });
+      return;
+    }
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const T *xr = x + n * C, *g = dy + n * C;
@@ -526,9 +548,9 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   template void embed_bwd<T>(T*, T*, const T*, const int32_t*, int64_t, int64_t, int64_t);                       \
   template void rmsnorm_fwd<T>(T*, T*, const T*, const T*, int64_t, int64_t, T, Isa);                            \
   template void rmsnorm_bwd<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, bool, Isa);     \
-  template void layernorm_fwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, T);                 \
+  template void layernorm_fwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, T, Isa);            \
   template void layernorm_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, \
-                                 bool);                                                                          \
+                                 bool, Isa);                                                                     \
   template void rope<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*,             \
                         ops::RopeStyle, bool);                                                                   \
   template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&);                        \

@@ -53,12 +53,14 @@ template <class T>
 void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
                  bool accumulate, Isa isa = Isa::Scalar);
 
-// y(N, C) = (x - mean) * rstd * w + b; saves mean(N), rstd(N)
+// y(N, C) = (x - mean) * rstd * w + b; saves mean(N), rstd(N). isa AVX512 (float): kernels/norm.h.
 template <class T>
-void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, T eps);
+void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, T eps,
+                   Isa isa = Isa::Scalar);
+// dx (= or +=); dw, db += (per column, rows summed in order). dx must not alias dy.
 template <class T>
 void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* mean, const T* rstd,
-                   int64_t N, int64_t C, bool accumulate);
+                   int64_t N, int64_t C, bool accumulate, Isa isa = Isa::Scalar);
 
 // Rotates every head of x(N, stride) (heads n_heads x hd at the start of each
 // row) by the angles of position (row % T_); inverse = true applies the

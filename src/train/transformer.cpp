@@ -185,13 +185,13 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     lin_fwd(x_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
     drop(x_out, l, 1);
   } else {
-    blk::layernorm_fwd(a.xn1, a.m1, a.r1, x, P(o.attn_norm), P(o.attn_norm_b), N, C, eps);
+    blk::layernorm_fwd(a.xn1, a.m1, a.r1, x, P(o.attn_norm), P(o.attn_norm_b), N, C, eps, isa_);
     lin_fwd(a.q, a.xn1, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());
     lin_fwd(a.x_mid, a.att, P(o.wo), P(o.bo), N, C, C);
     drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
-    blk::layernorm_fwd(a.xn2, a.m2, a.r2, a.x_mid, P(o.ffn_norm), P(o.ffn_norm_b), N, C, eps);
+    blk::layernorm_fwd(a.xn2, a.m2, a.r2, a.x_mid, P(o.ffn_norm), P(o.ffn_norm_b), N, C, eps, isa_);
     lin_fwd(a.g, a.xn2, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-GELU
     blk::gelu_fwd(a.h, a.g, N * H, isa_);
     lin_fwd(x_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
@@ -230,11 +230,13 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
     blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
     lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false);
-    blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true);
+    blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true,
+                       isa_);
     lin_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false);
-    blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true);
+    blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true,
+                       isa_);
   }
 }
 
@@ -245,7 +247,7 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   if (c_.arch == Arch::Llama) {
     blk::rmsnorm_fwd(xf_, rf_, xL, p + L_.out_norm, N, C, T(c_.norm_eps), isa_);
   } else {
-    blk::layernorm_fwd(xf_, mf_, rf_, xL, p + L_.out_norm, p + L_.out_norm_b, N, C, T(c_.norm_eps));
+    blk::layernorm_fwd(xf_, mf_, rf_, xL, p + L_.out_norm, p + L_.out_norm_b, N, C, T(c_.norm_eps), isa_);
   }
   blk::CeOptions ce;
   ce.z_loss = o_.z_loss, ce.softcap = c_.final_softcap, ce.scale = scale, ce.isa = isa_;
@@ -264,7 +266,8 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   if (c_.arch == Arch::Llama) {
     blk::rmsnorm_bwd(dx_, g + L_.out_norm, dxf_, xL, p + L_.out_norm, rf_, N, C, false, isa_);
   } else {
-    blk::layernorm_bwd(dx_, g + L_.out_norm, g + L_.out_norm_b, dxf_, xL, p + L_.out_norm, mf_, rf_, N, C, false);
+    blk::layernorm_bwd(dx_, g + L_.out_norm, g + L_.out_norm_b, dxf_, xL, p + L_.out_norm, mf_, rf_, N, C, false,
+                       isa_);
   }
 }
 
