@@ -53,6 +53,7 @@ void linear_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, 
   if (b) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n)
+#pragma omp simd  // Y and b never overlap
       for (int64_t o = 0; o < O; ++o) Y[n * O + o] += b[o];
   }
 }
@@ -65,6 +66,7 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
   if (db)
     for_column_blocks(O, [&](int64_t o0, int64_t o1) {
       for (int64_t n = 0; n < N; ++n)
+#pragma omp simd  // db and dY never overlap
         for (int64_t o = o0; o < o1; ++o) db[o] += dY[n * O + o];
     });
 }
@@ -88,6 +90,7 @@ void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* 
   if (b) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n)
+#pragma omp simd  // Y and b never overlap
       for (int64_t o = 0; o < O; ++o) Y[n * O + o] += b[o];
   }
 }
@@ -104,6 +107,7 @@ void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const 
   if (db)
     for_column_blocks(O, [&](int64_t o0, int64_t o1) {
       for (int64_t n = 0; n < N; ++n)
+#pragma omp simd  // db and dY never overlap
         for (int64_t o = o0; o < o1; ++o) db[o] += dY[n * O + o];
     });
 }
