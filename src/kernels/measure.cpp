@@ -81,43 +81,43 @@ double measure_read_bandwidth_gbs(KernelContext& ctx) {
   return sink > 0 ? double(bytes) / best / 1e9 : 0.0;
 }
 
-double measure_gemm_peak_gflops(KernelContext& ctx) {
-  const int64_t n = 2048;
-  std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
+namespace {
+constexpr int64_t kPeakN = 2048;  // the peaks are measured on n^3 products, best of 4
+template <class F>
+double peak_gflops(F&& product) {
   double best = 1e30;
   for (int run = 0; run < 4; ++run) {
     const double t0 = now_s();
-    detail::sgemm_xwt(ctx, a.data(), n, b.data(), n, n, c.data(), n);
+    product();
     best = std::min(best, now_s() - t0);
   }
-  return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+  return 2.0 * double(kPeakN) * double(kPeakN) * double(kPeakN) / best / 1e9;
+}
+}  // namespace
+
+double measure_gemm_peak_gflops(KernelContext& ctx) {
+  const int64_t n = kPeakN;
+  std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
+  return peak_gflops([&] { detail::sgemm_xwt(ctx, a.data(), n, b.data(), n, n, c.data(), n); });
 }
 
 double measure_gemm_bf16_peak_gflops(KernelContext& ctx) {
   if (!gemm_bf16_available(ctx)) return 0;
-  const int64_t n = 2048;
+  const int64_t n = kPeakN;
   std::vector<uint16_t> a(size_t(n * n), 0x3f00), b(size_t(n * n), 0x3e80);  // 0.5, 0.25
   std::vector<float> c(size_t(n * n));
-  double best = 1e30;
-  for (int run = 0; run < 4; ++run) {
-    const double t0 = now_s();
+  return peak_gflops([&] {
     gemm_bf16(ctx, GemmOperand{a.data(), true, n, 1}, GemmOperand{b.data(), true, n, 1}, n, n, n, c.data(), n, false);
-    best = std::min(best, now_s() - t0);
-  }
-  return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+  });
 }
 
 double measure_gemm_f32_peak_gflops(KernelContext& ctx) {
   if (!gemm_bf16_available(ctx)) return 0;
-  const int64_t n = 2048;
+  const int64_t n = kPeakN;
   std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
-  double best = 1e30;
-  for (int run = 0; run < 4; ++run) {
-    const double t0 = now_s();
+  return peak_gflops([&] {
     gemm_f32(ctx, GemmOperand{a.data(), false, n, 1}, GemmOperand{b.data(), false, n, 1}, n, n, n, c.data(), n, false);
-    best = std::min(best, now_s() - t0);
-  }
-  return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
+  });
 }
 
 }  // namespace tessera
