@@ -10,7 +10,7 @@
 namespace tessera {
 
 namespace cpu::avx512 {
-int64_t gemm_bf16_work_words(int64_t m, int64_t n, bool f32);
+int64_t gemm_work_words(int64_t m, int64_t n, bool f32);
 void convert_bf16(const float* src, uint16_t* dst, int64_t n);
 void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
@@ -79,7 +79,7 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
   // N is split (in whole micro-panels), so each thread packs only its share
   // of that operand. Packing reads f32 operands directly (rounding as it goes).
   if (nt > 1 && K >= 4 * std::max(M, N) && K >= 1024 && !B.packed) {
-    const int64_t words = cpu::avx512::gemm_bf16_work_words(M, N, f32), mn = M * N;
+    const int64_t words = cpu::avx512::gemm_work_words(M, N, f32), mn = M * N;
     auto* base = static_cast<uint32_t*>(ctx.scratch(size_t(nt) * size_t(words) * 4 + size_t(nt - 1) * size_t(mn) * 4));
     auto* partial = reinterpret_cast<float*>(base + size_t(nt) * size_t(words));
     auto at_k = [](const GemmOperand& o, int64_t k) {
@@ -93,8 +93,8 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
       const int t = omp_get_thread_num(), n = omp_get_num_threads();
       const int64_t k0 = (K * t / n) & ~int64_t(1), k1 = t + 1 == n ? K : (K * (t + 1) / n) & ~int64_t(1);
       float* c = t == 0 ? C : partial + size_t(t - 1) * size_t(mn);
-      block(at_k(A, k0), at_k(B, k0), k1 - k0, c, t == 0 ? ldc : N, t == 0 && accumulate, 0,
-                                   M, 0, N, base + size_t(t) * size_t(words));
+      block(at_k(A, k0), at_k(B, k0), k1 - k0, c, t == 0 ? ldc : N, t == 0 && accumulate, 0, M, 0, N,
+            base + size_t(t) * size_t(words));
 #pragma omp barrier
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < M; ++m)
@@ -116,7 +116,8 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
   const int64_t unit = split_m ? 8 : 32, units = ((split_m ? M : N) + unit - 1) / unit;
   const int parts = int(std::max<int64_t>(1, std::min<int64_t>(nt, units)));
   const int64_t share = (units + parts - 1) / parts * unit;  // of the split dimension
-  const int64_t words = split_m ? cpu::avx512::gemm_bf16_work_words(share, N, f32) : cpu::avx512::gemm_bf16_work_words(M, share, f32);
+  const int64_t words = split_m ? cpu::avx512::gemm_work_words(share, N, f32)
+                                : cpu::avx512::gemm_work_words(M, share, f32);
   auto* work = static_cast<uint32_t*>(ctx.scratch(size_t(parts) * size_t(words) * 4));
 #pragma omp parallel num_threads(parts)
   {

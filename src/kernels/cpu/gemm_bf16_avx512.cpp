@@ -221,7 +221,7 @@ inline int64_t round_up(int64_t x, int64_t r) { return (x + r - 1) / r * r; }
 constexpr int64_t MC = 64;
 
 // Words of packing workspace one thread needs for an m x n block of C.
-int64_t gemm_bf16_work_words(int64_t m, int64_t n, bool f32) {
+int64_t gemm_work_words(int64_t m, int64_t n, bool f32) {
   const int64_t kw = f32 ? words_of<true>(KC<true>) : words_of<false>(KC<false>);
   return (a_resident(m, n) ? round_up(m, MR) + NC : round_up(n, NR) + MC) * kw + 16;
 }
