@@ -106,6 +106,21 @@ TEST(TrainInfer, Gpt2Agree) {
   check_agreement(c);
 }
 
+namespace {
+std::vector<int32_t> random_tokens(size_t n, uint32_t vocab, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = int32_t(rng() % vocab);
+  return t;
+}
+// ||a - b|| / ||b||
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) num += double(a[i] - b[i]) * (a[i] - b[i]), den += double(b[i]) * b[i];
+  return std::sqrt(num / den);
+}
+}  // namespace
+
 // bf16 mixed precision: the same step's loss and gradients as fp32, to bf16's precision.
 TEST(TrainInfer, Bf16ProductsGiveFp32GradientsToBf16Precision) {
   ModelConfig c;
@@ -115,10 +130,7 @@ TEST(TrainInfer, Bf16ProductsGiveFp32GradientsToBf16Precision) {
   train::Layout L(c);
   std::vector<float> p(L.total), g32(L.total, 0.f), g16(L.total, 0.f);
   train::init_params(L, p.data(), 3);
-  std::mt19937 rng(9);
-  std::vector<int32_t> tok(32), tgt(32);
-  for (auto& t : tok) t = int32_t(rng() % 50);
-  for (auto& t : tgt) t = int32_t(rng() % 50);
+  const auto tok = random_tokens(32, 50, 9), tgt = random_tokens(32, 50, 19);
   train::ModelOptions mo;
   train::Transformer<float> m32(L, 2, 16, mo);
   mo.bf16 = true;
@@ -126,10 +138,9 @@ TEST(TrainInfer, Bf16ProductsGiveFp32GradientsToBf16Precision) {
   const auto r32 = m32.forward_backward(p.data(), g32.data(), tok.data(), tgt.data(), 1.f / 32);
   const auto r16 = m16.forward_backward(p.data(), g16.data(), tok.data(), tgt.data(), 1.f / 32);
   EXPECT_NEAR(r16.loss_sum, r32.loss_sum, 1e-2 * r32.loss_sum);
-  double num = 0, den = 0;
-  for (size_t i = 0; i < L.total; ++i) num += double(g16[i] - g32[i]) * (g16[i] - g32[i]), den += double(g32[i]) * g32[i];
-  EXPECT_LT(std::sqrt(num / den), 2e-2);
-  EXPECT_GT(std::sqrt(num / den), 0.0);  // the bf16 path really ran
+  const double d = rel_diff(g16, g32);
+  EXPECT_LT(d, 2e-2);
+  EXPECT_GT(d, 0.0);  // the bf16 path really ran
 }
 
 // With more rows than one logit chunk, the output layer's weight is packed
@@ -146,10 +157,7 @@ TEST(TrainInfer, PrePackedOutputLayerGivesTheSameGradients) {
       train::Layout L(c);
       std::vector<float> p(L.total), ga(L.total, 0.f), gb(L.total, 0.f);
       train::init_params(L, p.data(), 5);
-      std::mt19937 rng(10);
-      std::vector<int32_t> tok(96), tgt(96);
-      for (auto& t : tok) t = int32_t(rng() % 301);
-      for (auto& t : tgt) t = int32_t(rng() % 301);
+      const auto tok = random_tokens(96, 301, 10), tgt = random_tokens(96, 301, 20);
       train::ModelOptions mo;
       mo.bf16 = bf16;
       mo.logit_rows = 96;  // one chunk: nothing pre-packed
@@ -159,8 +167,6 @@ TEST(TrainInfer, PrePackedOutputLayerGivesTheSameGradients) {
       const auto ra = one.forward_backward(p.data(), ga.data(), tok.data(), tgt.data(), 1.f / 96);
       const auto rb = chunked.forward_backward(p.data(), gb.data(), tok.data(), tgt.data(), 1.f / 96);
       EXPECT_NEAR(rb.loss_sum, ra.loss_sum, 1e-5 * ra.loss_sum);
-      double num = 0, den = 0;
-      for (size_t i = 0; i < L.total; ++i) num += double(gb[i] - ga[i]) * (gb[i] - ga[i]), den += double(ga[i]) * ga[i];
-      EXPECT_LT(std::sqrt(num / den), 1e-5) << "tied " << tied << " bf16 " << bf16;
+      EXPECT_LT(rel_diff(gb, ga), 1e-5) << "tied " << tied << " bf16 " << bf16;
     }
 }

@@ -30,6 +30,32 @@ void for_column_blocks(int64_t C, F&& f) {
     f(C * id / nt, C * (id + 1) / nt);
   }
 }
+// The same with inner boundaries rounded up to whole 16-float vectors (for the AVX-512 column kernels).
+template <class F>
+void for_vector_column_blocks(int64_t C, F&& f) {
+  for_column_blocks(C, [&](int64_t c0, int64_t c1) {
+    const int64_t a = c0 == 0 ? 0 : std::min(C, (c0 + 15) / 16 * 16);
+    const int64_t b = c1 == C ? C : std::min(C, (c1 + 15) / 16 * 16);
+    if (a < b) f(a, b);
+  });
+}
+
+// Y(N, O) += b(O) on every row; db(O) += the column sums of dY(N, O), rows in order.
+template <class T>
+void add_bias(T* Y, const T* b, int64_t N, int64_t O) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+#pragma omp simd  // Y and b never overlap
+    for (int64_t o = 0; o < O; ++o) Y[n * O + o] += b[o];
+}
+template <class T>
+void bias_grad(T* db, const T* dY, int64_t N, int64_t O) {
+  for_column_blocks(O, [&](int64_t o0, int64_t o1) {
+    for (int64_t n = 0; n < N; ++n)
+#pragma omp simd  // db and dY never overlap
+      for (int64_t o = o0; o < o1; ++o) db[o] += dY[n * O + o];
+  });
+}
 }  // namespace
 
 template <>
@@ -50,12 +76,7 @@ void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alph
 template <class T>
 void linear_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O) {
   gemm<T>(false, true, N, O, I, T(1), X, I, W, I, T(0), Y, O);  // (N, I) x (O, I)^T
-  if (b) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n)
-#pragma omp simd  // Y and b never overlap
-      for (int64_t o = 0; o < O; ++o) Y[n * O + o] += b[o];
-  }
+  if (b) add_bias(Y, b, N, O);
 }
 
 template <class T>
@@ -63,12 +84,7 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
                 bool accumulate) {
   if (dX) gemm<T>(false, false, N, I, O, T(1), dY, O, W, I, accumulate ? T(1) : T(0), dX, I);  // (N,O)x(O,I)
   gemm<T>(true, false, O, I, N, T(1), dY, O, X, I, T(1), dW, I);                              // (O,N)x(N,I)
-  if (db)
-    for_column_blocks(O, [&](int64_t o0, int64_t o1) {
-      for (int64_t n = 0; n < N; ++n)
-#pragma omp simd  // db and dY never overlap
-        for (int64_t o = o0; o < o1; ++o) db[o] += dY[n * O + o];
-    });
+  if (db) bias_grad(db, dY, N, O);
 }
 
 namespace {
@@ -82,20 +98,15 @@ void gemm_fast(KernelContext& ctx, bool f32, const GemmOperand& A, const GemmOpe
 }
 }  // namespace
 
-void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
+void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
                      const float* b, int64_t N, int64_t I, int64_t O, bool f32, const uint32_t* w_packed) {
   GemmOperand B = weight(W, W16, I, 1);
   B.packed = w_packed, B.packed_n = O;
   gemm_fast(ctx, f32, GemmOperand{X, false, I, 1}, B, N, O, I, Y, O, false);
-  if (b) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n)
-#pragma omp simd  // Y and b never overlap
-      for (int64_t o = 0; o < O; ++o) Y[n * O + o] += b[o];
-  }
+  if (b) add_bias(Y, b, N, O);
 }
 
-void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
+void linear_bwd_gemm(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
                      const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate, bool f32,
                      const uint32_t* wt_packed) {
   // dX(N, I) = dY(N, O) W(O, I): B(i, o) = W[o * I + i]
@@ -104,12 +115,7 @@ void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const 
   if (dX) gemm_fast(ctx, f32, GemmOperand{dY, false, O, 1}, B, N, I, O, dX, I, accumulate);
   // dW(O, I) += dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
   gemm_fast(ctx, f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, true);
-  if (db)
-    for_column_blocks(O, [&](int64_t o0, int64_t o1) {
-      for (int64_t n = 0; n < N; ++n)
-#pragma omp simd  // db and dY never overlap
-        for (int64_t o = o0; o < o1; ++o) db[o] += dY[n * O + o];
-    });
+  if (db) bias_grad(db, dY, N, O);
 }
 
 template <class T>
@@ -164,11 +170,7 @@ void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rst
   // dw first: dx may alias dy (each row of dy is read before that row of dx is written).
   if constexpr (std::is_same_v<T, float>) {
     if (isa == Isa::AVX512) {
-      for_column_blocks(C, [&](int64_t c0, int64_t c1) {  // blocks of whole vectors where C allows
-        const int64_t a = c0 == 0 ? 0 : std::min(C, (c0 + 15) / 16 * 16);
-        const int64_t b = c1 == C ? C : std::min(C, (c1 + 15) / 16 * 16);
-        if (a < b) cpu::avx512::rmsnorm_dw(dw, dy, x, rstd, N, C, a, b);
-      });
+      for_vector_column_blocks(C, [&](int64_t a, int64_t b) { cpu::avx512::rmsnorm_dw(dw, dy, x, rstd, N, C, a, b); });
 #pragma omp parallel for schedule(static)
       for (int64_t n = 0; n < N; ++n)
         cpu::avx512::rmsnorm_bwd_row(dx + n * C, dy + n * C, x + n * C, w, rstd[n], C, accumulate);
@@ -228,11 +230,8 @@ void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, con
 #pragma omp parallel for schedule(static)
       for (int64_t n = 0; n < N; ++n)
         cpu::avx512::layernorm_bwd_row(dx + n * C, dy + n * C, x + n * C, w, mean[n], rstd[n], C, accumulate);
-      for_column_blocks(C, [&](int64_t c0, int64_t c1) {  // blocks of whole vectors where C allows
-        const int64_t a = c0 == 0 ? 0 : std::min(C, (c0 + 15) / 16 * 16);
-        const int64_t b = c1 == C ? C : std::min(C, (c1 + 15) / 16 * 16);
-        if (a < b) cpu::avx512::layernorm_dwdb(dw, db, dy, x, mean, rstd, N, C, a, b);
-      });
+      for_vector_column_blocks(
+          C, [&](int64_t a, int64_t b) { cpu::avx512::layernorm_dwdb(dw, db, dy, x, mean, rstd, N, C, a, b); });
       return;
     }
   }

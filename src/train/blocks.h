@@ -24,16 +24,16 @@ template <class T>
 void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                 bool accumulate);
 
-// The same two products in bf16 (operands rounded to bf16, f32 accumulation) through
-// kernels/gemm_bf16.h: bf16 mixed precision with f32 master weights. float only.
-// W16, when not null, is W already rounded to bf16 (read instead of W: half the bytes, no rounding).
-// f32: the same blocking in f32 (gemm_f32; W16 must be null), fp32 training on AVX-512.
+// The same products on our GEMM (kernels/gemm_bf16.h), float only. By default in
+// bf16 (operands rounded to bf16, f32 accumulation): bf16 mixed precision with f32
+// master weights; W16, when not null, is W already rounded to bf16 (read instead of
+// W: half the bytes, no rounding). f32: gemm_f32 (W16 must be null), fp32 training on AVX-512.
 // w_packed: W (O, I) pre-packed by gemm_pack_b for the forward product; wt_packed:
 // W^T (I, O) for dX (null: packed in the products).
-void linear_fwd_bf16(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
+void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
                      const float* b, int64_t N, int64_t I, int64_t O, bool f32 = false,
                      const uint32_t* w_packed = nullptr);
-void linear_bwd_bf16(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
+void linear_bwd_gemm(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
                      const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate,
                      bool f32 = false, const uint32_t* wt_packed = nullptr);
 

@@ -26,9 +26,9 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
                             N * H * 3;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
-  // Every buffer starts on a cache line: at most 18 per stored layer and n_layers + 16 others.
+  // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
   constexpr int64_t kAlign = 64 / sizeof(T);
-  const int64_t slack = kAlign * (18 * n_stored + c_.n_layers + 16);
+  const int64_t slack = kAlign * (19 * n_stored + c_.n_layers + 15);
   const int64_t total = per_layer * n_stored + N * C * (c_.n_layers + 1) + N * C + 2 * N + o_.logit_rows * V + grads;
   acts_.assign(size_t(total + slack), T(0));
   T* cur = acts_.data();
@@ -97,8 +97,8 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
 template <class T>
 void Transformer<T>::lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O) {
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16_) return blk::linear_fwd_bf16(*bf16_, Y, X, W, w16(W), b, N, I, O);
-    if (f32_) return blk::linear_fwd_bf16(*f32_, Y, X, W, nullptr, b, N, I, O, true);
+    if (bf16_) return blk::linear_fwd_gemm(*bf16_, Y, X, W, w16(W), b, N, I, O);
+    if (f32_) return blk::linear_fwd_gemm(*f32_, Y, X, W, nullptr, b, N, I, O, true);
   }
   blk::linear_fwd(Y, X, W, b, N, I, O);
 }
@@ -107,8 +107,8 @@ template <class T>
 void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                              bool accumulate) {
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16_) return blk::linear_bwd_bf16(*bf16_, dX, dW, db, dY, X, W, w16(W), N, I, O, accumulate);
-    if (f32_) return blk::linear_bwd_bf16(*f32_, dX, dW, db, dY, X, W, nullptr, N, I, O, accumulate, true);
+    if (bf16_) return blk::linear_bwd_gemm(*bf16_, dX, dW, db, dY, X, W, w16(W), N, I, O, accumulate);
+    if (f32_) return blk::linear_bwd_gemm(*f32_, dX, dW, db, dY, X, W, nullptr, N, I, O, accumulate, true);
   }
   blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate);
 }
@@ -120,8 +120,7 @@ void Transformer<T>::head_fwd(T* Y, const T* X, const T* W, int64_t n) {
   const int64_t C = c_.dim, V = c_.vocab_size;
   if constexpr (std::is_same_v<T, float>) {
     if (!head_fwd_pk_.empty()) {
-      KernelContext& ctx = bf16_ ? *bf16_ : *f32_;
-      return blk::linear_fwd_bf16(ctx, Y, X, W, w16(W), nullptr, n, C, V, !bf16_, head_fwd_pk_.data());
+      return blk::linear_fwd_gemm(gemm_ctx(), Y, X, W, w16(W), nullptr, n, C, V, !bf16_, head_fwd_pk_.data());
     }
   }
   lin_fwd(Y, X, W, (const T*)nullptr, n, C, V);
@@ -132,8 +131,8 @@ void Transformer<T>::head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W,
   const int64_t C = c_.dim, V = c_.vocab_size;
   if constexpr (std::is_same_v<T, float>) {
     if (!head_dx_pk_.empty()) {
-      KernelContext& ctx = bf16_ ? *bf16_ : *f32_;
-      return blk::linear_bwd_bf16(ctx, dX, dW, nullptr, dY, X, W, w16(W), n, C, V, false, !bf16_, head_dx_pk_.data());
+      return blk::linear_bwd_gemm(gemm_ctx(), dX, dW, nullptr, dY, X, W, w16(W), n, C, V, false, !bf16_,
+                                  head_dx_pk_.data());
     }
   }
   lin_bwd(dX, dW, (T*)nullptr, dY, X, W, n, C, V, false);
@@ -306,7 +305,7 @@ void Transformer<T>::round_weights(const T* p) {
     if (bf16_) convert_to_bf16(*bf16_, p, w16_.data(), int64_t(L_.total));
     p16_of_ = p;
     if (!head_fwd_pk_.empty()) {  // the output layer's weight in the GEMM's panels, both ways
-      KernelContext& ctx = bf16_ ? *bf16_ : *f32_;
+      KernelContext& ctx = gemm_ctx();
       const float* W = p + L_.output;
       const uint16_t* W16 = w16(W);
       const int64_t C = c_.dim, V = c_.vocab_size;

@@ -88,6 +88,7 @@ class Transformer {
   std::unique_ptr<KernelContext> f32_;   // the same for gemm_f32 (fp32 runs on AVX-512)
   aligned_vector<uint32_t> head_fwd_pk_;  // the output weight (V, C) packed for the forward (when chunks > 1)
   aligned_vector<uint32_t> head_dx_pk_;   // and (C, V) for dX; remade in round_weights
+  KernelContext& gemm_ctx() { return bf16_ ? *bf16_ : *f32_; }  // when either exists
   void head_fwd(T* Y, const T* X, const T* W, int64_t n);
   void head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t n);
   aligned_vector<uint16_t> w16_;           // bf16 runs: the parameters rounded to bf16, once per pass
