@@ -7,6 +7,7 @@
 // output. Prints one JSON object.
 //
 //   bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover]
+//                 [--types f32,q4_0,...] [--decode-only]
 //
 // --crossover also times, for a few M, the matrix-vector path against the
 // sgemm path (to set detail::blas_min_rows).
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cctype>
 #include <cstring>
 #include <iterator>
 #include <memory>
@@ -28,6 +30,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/measure.h"
+#include "kernels/repack.h"
 
 using namespace tessera;
 
@@ -93,6 +96,8 @@ void fill_weights(DType t, uint8_t* p, int64_t numel, float* scales, int group, 
       for (size_t i = 0; i < bytes; i += bb) std::memcpy(p + i, &d, 2);
       break;
     }
+    case DType::Q4_0_R4:  // made from Q4_0 by add_matrix
+      break;
     case DType::Q8_G:
       for (int64_t i = 0; i + 8 <= numel; i += 8) {
         const uint64_t v = next(s);
@@ -133,6 +138,10 @@ TensorView add_matrix(Matrices& m, DType t, int group, const Shape& s, const Ten
   if (copy_of) {
     std::memcpy(p, copy_of->data, wbytes);
     if (scales) std::memcpy(scales, copy_of->scales, sbytes);
+  } else if (t == DType::Q4_0_R4) {  // the load-time layout of random Q4_0 weights (N is a multiple of 4)
+    Buffer q4(wbytes);
+    fill_weights(DType::Q4_0, q4.data(), numel, nullptr, 0, seed);
+    repack_q4_0_r4(make_view(DType::Q4_0, {s.N, s.K}, q4.data()), p, 2);
   } else {
     fill_weights(t, p, numel, scales, group, seed);
   }
@@ -189,7 +198,8 @@ double time_blas_pass(KernelContext& ctx, const Matrices& m, int64_t M, int reps
 int main(int argc, char** argv) {
   ensure_openblas_coretype(argc, argv);
   int threads = 2, reps = 15;
-  bool crossover = false;
+  bool crossover = false, decode_only = false;
+  std::string only;  // comma-separated dtype names; empty: all
   Isa isa = detect_isa();
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -202,8 +212,14 @@ int main(int argc, char** argv) {
       isa = s == "scalar" ? Isa::Scalar : s == "avx2" ? Isa::AVX2 : Isa::AVX512;
     } else if (a == "--crossover") {
       crossover = true;
+    } else if (a == "--decode-only") {
+      decode_only = true;
+    } else if (a == "--types" && i + 1 < argc) {
+      only = "," + std::string(argv[++i]) + ",";
     } else {
-      std::fprintf(stderr, "usage: bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover]\n");
+      std::fprintf(stderr,
+                   "usage: bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover] "
+                   "[--types f32,f16,bf16,q8_0,q4_0,q4_0_r4,q8_g] [--decode-only]\n");
       return 2;
     }
   }
@@ -224,8 +240,17 @@ int main(int argc, char** argv) {
   uint64_t s = 99;
   for (float& x : X) x = rand_unit(s);
 
-  const std::pair<DType, int> types[] = {{DType::F32, 0},  {DType::F16, 0},  {DType::BF16, 0},
-                                         {DType::Q8_0, 0}, {DType::Q4_0, 0}, {DType::Q8_G, 64}};
+  std::vector<std::pair<DType, int>> types;
+  for (auto [t, group] : {std::pair{DType::F32, 0}, {DType::F16, 0}, {DType::BF16, 0}, {DType::Q8_0, 0},
+                          {DType::Q4_0, 0}, {DType::Q4_0_R4, 0}, {DType::Q8_G, 64}}) {
+    std::string name = dtype_name(t);
+    for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
+    if (only.empty() || only.find("," + name + ",") != std::string::npos) types.emplace_back(t, group);
+  }
+  if (types.empty()) {
+    std::fprintf(stderr, "bench_kernels: --types names no known dtype (f32,f16,bf16,q8_0,q4_0,q4_0_r4,q8_g)\n");
+    return 2;
+  }
   for (auto [t, group] : types) {
     nlohmann::json r;
     {
@@ -240,7 +265,7 @@ int main(int argc, char** argv) {
       r["decode_tok_s"] = 1.0 / td;
       r["decode_gbs"] = double(m.bytes) / td / 1e9;
     }
-    {
+    if (!decode_only) {
       // Prefill: 512 rows through one layer and the output projection (compute bound).
       Matrices m;
       build(m, t, group, 1);
@@ -274,7 +299,7 @@ int main(int argc, char** argv) {
   for (auto [t, group] : types) {
     nlohmann::json& r = out[dtype_name(t)];
     r["decode_fraction_of_bandwidth"] = r["decode_gbs"].get<double>() / bw;
-    r["prefill_fraction_of_peak"] = r["prefill_gflops"].get<double>() / peak;
+    if (!decode_only) r["prefill_fraction_of_peak"] = r["prefill_gflops"].get<double>() / peak;
   }
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "formats/llama2c.h"
 #include "model/model.h"
+#include "model/synthetic.h"
 #include "ref_llama.h"
 #include "test_util.h"
 
@@ -132,4 +133,56 @@ TEST(Model, GoldenSentenceNllMatchesReference) {
   // OpenBLAS's Haswell kernels, 54.353 with its SkylakeX ones. 0.1% here.
   EXPECT_NEAR(nll8, 54.311, 0.06);
   EXPECT_NEAR(std::exp(nll8 / 34), 4.9401, 0.009);
+}
+
+// Q4_0 matrices repacked at load (kernels/repack.h) give the logits of the file layout.
+TEST(Model, RepackedQ4_0MatchesFileLayout) {
+  if (detect_isa() != Isa::AVX512) GTEST_SKIP() << "the Q4_0_R4 layout is used on AVX-512 only";
+  for (const char* base : {"260k", "gpt2-tiny"}) {
+    ModelConfig c = synthetic_config(base);
+    c.dim = 512, c.n_heads = 8, c.n_kv_heads = c.arch == Arch::GPT2 ? 8 : 4, c.head_dim = 64;
+    c.hidden_dim = 1024, c.n_layers = 2, c.tied_embeddings = false;
+    const Weights file = make_random_weights(c, DType::Q4_0, 5, 2);
+    Weights packed = make_random_weights(c, DType::Q4_0, 5, 2);
+    const size_t bytes = packed.weight_bytes();
+    // Llama: 7 matrices a layer; GPT-2: qkv, o, up, down; plus the untied output.
+    EXPECT_EQ(repack_weights(packed, Isa::AVX512, 2), c.arch == Arch::GPT2 ? 9 : 15) << base;
+    EXPECT_EQ(packed.layers[0].w_down.dtype, DType::Q4_0_R4) << base;
+    EXPECT_EQ(packed.tok_embd.dtype, DType::Q4_0) << base;  // looked up by row: left alone
+    EXPECT_EQ(packed.weight_bytes(), bytes) << base;
+    KernelContext ctx(2);
+    Model a(file, RunOptions{}), b(packed, RunOptions{});
+    const int64_t V = c.vocab_size, n = int64_t(kTokens.size());
+    std::vector<float> la(size_t(n * V)), lb(size_t(n * V));
+    a.forward_all(ctx, kTokens.data(), n, 0, la.data());  // prefill: M = 16 rows through the kernels
+    b.forward_all(ctx, kTokens.data(), n, 0, lb.data());
+    // Both run the int8 kernels on the same quantized activations, and each matrix
+    // product agrees to float rounding (KernelsMatmul.Q4_0_R4). But a last-bit
+    // difference can flip one activation's int8 rounding in the next product, and
+    // a flip moves the logits by ~1e-3: random models spread those flips into
+    // differences of ~1% of the largest logit (the int8 path itself is ~1.5% from
+    // f32 activations here). So: per row within 4% of the largest logit, on
+    // average within 0.5%, and the same most likely token in most rows.
+    auto expect_close = [&](const float* x, const float* y, int64_t rows, const char* what) {
+      int same_top = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        double diff = 0, sum = 0, mag = 0;
+        for (int64_t i = 0; i < V; ++i) {
+          const double d = std::fabs(x[r * V + i] - y[r * V + i]);
+          diff = std::max(diff, d), sum += d;
+          mag = std::max(mag, double(std::fabs(x[r * V + i])));
+        }
+        EXPECT_LT(diff, 0.04 * mag) << base << " " << what << " row " << r;
+        EXPECT_LT(sum / double(V), 0.005 * mag) << base << " " << what << " row " << r;
+        same_top += std::max_element(x + r * V, x + (r + 1) * V) - (x + r * V) ==
+                    std::max_element(y + r * V, y + (r + 1) * V) - (y + r * V);
+      }
+      EXPECT_GE(same_top, rows - rows / 4) << base << " " << what;
+    };
+    expect_close(la.data(), lb.data(), n, "prefill");
+    const int32_t next = 7;
+    const float* da = a.forward(ctx, &next, 1, n);  // decode: M = 1
+    std::vector<float> keep(da, da + V);
+    expect_close(keep.data(), b.forward(ctx, &next, 1, n), 1, "decode");
+  }
 }

@@ -55,6 +55,8 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("-t,--threads", threads, "threads (default: all cores)");
   app.add_option("-r,--repetitions", reps, "repetitions; the best is reported")->check(CLI::PositiveNumber);
   app.add_flag("--json", json, "print one JSON object");
+  bool no_repack = false;
+  app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 repacking)");
   TrainBenchArgs tb;
   app.add_flag("--train", tb.enabled, "benchmark training steps (forward + backward + AdamW) instead of inference");
   app.add_option("--batch", tb.batch, "--train: sequences per step");
@@ -79,6 +81,7 @@ int cmd_bench(int argc, char** argv) {
     model = "synthetic:" + synthetic + ":" + type_name;
   }
   LoadedModel lm = load_model(model);
+  const int repacked = no_repack ? 0 : repack_weights(lm.weights, ctx.isa, threads);
   const Weights& w = lm.weights;
   const auto& c = w.cfg;
   RunOptions ro;
@@ -122,12 +125,15 @@ int cmd_bench(int argc, char** argv) {
         "{\"model\": \"%s\", \"params\": %lld, \"weight_bytes\": %.0f, \"threads\": %d, \"isa\": \"%s\", "
         "\"n_prompt\": %lld, \"n_gen\": %lld, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
         "\"bandwidth_gbs\": %.2f, \"decode_bound_tok_s\": %.2f, \"decode_bw_fraction\": %.4f, "
-        "\"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f}\n",
+        "\"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f, "
+        "\"repacked_matrices\": %d}\n",
         lm.path.c_str(), (long long)w.n_params(), bytes, threads, isa_name(ctx.isa), (long long)pp, (long long)tg,
-        prefill_tok_s, decode_tok_s, bw, bound, bw_frac, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac);
+        prefill_tok_s, decode_tok_s, bw, bound, bw_frac, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac,
+        repacked);
   } else {
     std::printf("model            %s (%.1fM params, %s read per decoded token)\n", lm.path.c_str(),
                 double(w.n_params()) / 1e6, human_bytes(bytes).c_str());
+    if (repacked) std::printf("layout           %d Q4_0 matrices repacked at load (--no-repack: file layout)\n", repacked);
     std::printf("machine          %.1f GB/s read bandwidth, %.0f GFLOP/s %s peak (%d threads, %s)\n", bw, peak,
                 bf16_peak ? "bf16 GEMM" : "sgemm", threads, isa_name(ctx.isa));
     if (pp > 0)

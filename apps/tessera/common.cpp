@@ -16,6 +16,8 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("-t,--threads", a.threads, "threads (default: all cores)");
   app.add_option("-b,--batch-size", a.batch, "prefill chunk size in tokens")->check(CLI::PositiveNumber);
   app.add_option("--kv-type", a.kv_type, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
+  app.add_flag("--no-repack", a.no_repack,
+               "keep weights in the file's layout (default: Q4_0 matrices are repacked at load for the AVX-512 kernel)");
 }
 
 Loaded load(const ModelArgs& a) {
@@ -28,13 +30,14 @@ Loaded load(const ModelArgs& a) {
   ro.kv_f16 = a.kv_type == "f16";
   const int threads = a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ro.max_threads = threads;
-  L.model = std::make_unique<Model>(L.lm.weights, ro);
   L.ctx = std::make_unique<KernelContext>(threads);
+  const int repacked = a.no_repack ? 0 : repack_weights(L.lm.weights, L.ctx->isa, threads);
+  L.model = std::make_unique<Model>(L.lm.weights, ro);
   const auto& c = L.lm.weights.cfg;
-  std::fprintf(stderr, "tessera: %s (%s, %s) %lld layers, dim %lld, %s weights, ctx %lld, %d threads, %s\n",
+  std::fprintf(stderr, "tessera: %s (%s, %s) %lld layers, dim %lld, %s weights, ctx %lld, %d threads, %s%s\n",
                a.model.c_str(), L.lm.format.c_str(), arch_name(c.arch), (long long)c.n_layers, (long long)c.dim,
                human_bytes(double(L.lm.weights.weight_bytes())).c_str(), (long long)L.model->n_ctx(), threads,
-               isa_name(L.ctx->isa));
+               isa_name(L.ctx->isa), repacked ? (", " + std::to_string(repacked) + " matrices repacked").c_str() : "");
   return L;
 }
 

@@ -21,6 +21,7 @@ struct ModelArgs {
   int threads = 0;        // 0 = all cores
   int64_t batch = 256;    // prefill chunk
   std::string kv_type = "f32";
+  bool no_repack = false;  // keep matrices in their file layout (no load-time repacking)
 };
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);

@@ -75,6 +75,7 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
     case DType::Q8_0: return k.q8_0;
     case DType::Q4_0: return k.q4_0;
     case DType::Q8_G: return k.q8_g;
+    case DType::Q4_0_R4: return k.q4_0_r4;
   }
   return nullptr;
 }
@@ -83,7 +84,8 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
 int64_t quant_block(const TensorView& W) {
   switch (W.dtype) {
     case DType::Q8_0:
-    case DType::Q4_0: return kQK;
+    case DType::Q4_0:
+    case DType::Q4_0_R4: return kQK;
     case DType::Q8_G: return cpu::q8g_integer_path(W) ? W.group : 0;
     default: return 0;
   }
@@ -175,8 +177,9 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
 
 void detail::matmul_matvec(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
   if (M <= 0 || W.rows() == 0) return;
-  if (const cpu::IsaKernels* k = kernels_for(ctx.isa)) return matvec(ctx, *k, W, X, M, Y);
-  matvec_scalar(ctx, W, X, M, Y);
+  const cpu::IsaKernels* k = kernels_for(ctx.isa);
+  if (k && matvec_for(*k, W.dtype)) return matvec(ctx, *k, W, X, M, Y);
+  matvec_scalar(ctx, W, X, M, Y);  // also Q4_0_R4 on an ISA without its kernel
 }
 
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
@@ -221,7 +224,8 @@ void quantize_row(DType t, const float* x, void* out, int64_t n) {
       ref::quantize_row_q4_0(x, static_cast<BlockQ4_0*>(out), n);
       break;
     case DType::Q8_G:
-      std::abort();  // internal: Q8_G is a load-only format
+    case DType::Q4_0_R4:
+      std::abort();  // internal: Q8_G is a load-only format, Q4_0_R4 a load-time layout
   }
 }
 

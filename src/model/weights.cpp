@@ -116,9 +116,28 @@ TensorView own_buffer(Weights& w, std::vector<uint8_t> bytes, DType t, std::init
 
 }  // namespace tessera
 
+#include "core/aligned.h"
 #include "kernels/kernels.h"
+#include "kernels/repack.h"
 
 namespace tessera {
+
+int repack_weights(Weights& w, Isa isa, int threads) {
+  int n = 0;
+  auto repack = [&](TensorView& t) {
+    if (t.empty() || !q4_0_r4_applies(t, isa)) return;
+    auto buf = std::make_shared<aligned_vector<uint8_t>>(q4_0_r4_bytes(t.rows(), t.cols()));
+    repack_q4_0_r4(t, buf->data(), threads);
+    TensorView r = make_view(DType::Q4_0_R4, {t.rows(), t.cols()}, buf->data());
+    w.owners.push_back(buf);
+    t = r;
+    ++n;
+  };
+  for (auto& L : w.layers)
+    for (TensorView* t : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) repack(*t);
+  if (w.output.data != w.tok_embd.data) repack(w.output);
+  return n;
+}
 
 void norms_to_f32(Weights& w) {
   auto fix = [&](TensorView& t) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/kernels.h"
 #include "model/config.h"
 
 namespace tessera {
@@ -65,4 +66,11 @@ namespace tessera {
 // Norm gains and biases are used as f32 by the blocks: convert any 1-D tensor
 // stored as F16/BF16 into an owned f32 copy.
 void norms_to_f32(Weights& w);
+
+// Rearranges the matrices that `isa`'s kernels read faster in another layout
+// (kernels/repack.h: Q4_0 with K % 512 == 0 -> Q4_0_R4 on AVX-512), each into
+// an owned 64-byte-aligned buffer (huge pages from 8 MiB), and returns how many
+// were repacked. For inference only: the result cannot be written to a file.
+// The embedding table (rows looked up by token) and a tied output stay as they are.
+int repack_weights(Weights& w, Isa isa, int threads);
 }  // namespace tessera

@@ -1,10 +1,12 @@
 // Scalar reference kernels: the specification for every fast path.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/fp16.h"
 #include "kernels/kernels.h"
+#include "kernels/repack.h"
 
 namespace tessera::ref {
 
@@ -50,6 +52,22 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
       const int8_t* q = reinterpret_cast<const int8_t*>(p);
       const int64_t base = r * K;
       for (int64_t k = 0; k < K; ++k) out[k] = float(q[k]) * W.scales[(base + k) / W.group];
+      break;
+    }
+    case DType::Q4_0_R4: {  // row r is row r % 4 of tile r / 4 (kernels/repack.h)
+      const uint8_t* tile = static_cast<const uint8_t*>(W.data) + size_t(r / kR4Rows) * r4_tile_bytes(K);
+      const int64_t tr = r % kR4Rows;
+      for (int64_t i = 0; i < K / kQK; ++i) {
+        const int64_t g = i / kR4Blocks, b = i % kR4Blocks;
+        uint16_t dh;
+        std::memcpy(&dh, tile + r4_scales_offset(K, tr, g) + 2 * b, 2);
+        const float d = f16_to_f32(dh);
+        for (int j = 0; j < kQK / 2; ++j) {
+          const uint8_t q = tile[r4_qs_offset(tr, g) + 64 * (j / 4) + 4 * b + j % 4];
+          out[i * kQK + j] = d * float(int(q & 0x0f) - 8);
+          out[i * kQK + j + kQK / 2] = d * float(int(q >> 4) - 8);
+        }
+      }
       break;
     }
   }

@@ -1,0 +1,125 @@
+// AVX-512 VNNI matrix-vector kernel for Q4_0_R4 weights (kernels/repack.h).
+//
+// Per tile row and group of 16 blocks: four aligned 64-byte loads hold 4
+// consecutive qs bytes of each block; their low and high nibbles go through
+// one vpdpbusd each against activations stored in the same order, so 32-bit
+// lane b sums block b's 32 products. The 16 scales are one vcvtph2ps. The
+// offset init (-8 sum(x_b) in lane b: q . x = (q - 8) . x + 8 sum(x)) and the
+// activation scales are per lane. Against the Q4_0 kernel (word permutes of
+// unaligned 72-byte quads, four row streams) this is about 2x the throughput
+// with the weights in cache, and one sequential stream per tile from DRAM.
+#include "kernels/cpu/simd.h"
+
+#include <algorithm>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/tiling.h"
+#include "kernels/repack.h"
+
+namespace tessera::cpu::avx512 {
+namespace {
+
+// The activations of one row and one group of 16 blocks, in the weights' order.
+struct XGroup {
+  __m512i lo[4];  // byte 4 b + i of lo[j] = x_b[4 j + i]
+  __m512i hi[4];  // byte 4 b + i of hi[j] = x_b[16 + 4 j + i]
+  __m512i init;   // lane b: -8 sum(x_b)
+  __m512 d;       // lane b: scale of x_b
+};
+
+// (M, G) groups from the quantized activations, into work (64-byte aligned).
+const XGroup* expand_groups(const QuantX& xq, int64_t M, float* work) {
+  const int64_t G = xq.K / 512, nb = xq.nblocks();
+  auto* out = reinterpret_cast<XGroup*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
+  // Gathers dword b (b < 16) of each block's first / second 16 bytes: 4-byte steps of 32-byte blocks.
+  const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      XGroup& o = out[m * G + g];
+      const int8_t* x = xq.qs + m * xq.K + g * 512;
+      for (int j = 0; j < 4; ++j) {
+        o.lo[j] = _mm512_i32gather_epi32(idx, x + 4 * j, 4);
+        o.hi[j] = _mm512_i32gather_epi32(idx, x + 16 + 4 * j, 4);
+      }
+      const int64_t b0 = m * nb + g * kR4Blocks;
+      o.init = _mm512_mullo_epi32(_mm512_loadu_si512(xq.s + b0), _mm512_set1_epi32(-8));
+      o.d = _mm512_loadu_ps(xq.d + b0);
+    }
+  return out;
+}
+
+// Y[c, n + r] for r < rows, c < C: tile at w (4 rows), activation groups x (row stride G).
+template <int C>
+void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int64_t rows, size_t prefetch) {
+  const int64_t G = K / 512;
+  const __m512i lo4 = _mm512_set1_epi8(0x0f);
+  __m512 acc[kR4Rows][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < kR4Rows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+#pragma GCC unroll 4
+    for (int r = 0; r < kR4Rows; ++r) {
+      const uint8_t* p = w + r4_qs_offset(r, g);
+      __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + prefetch + 64 * j), _MM_HINT_T0);
+        const __m512i v = _mm512_load_si512(p + 64 * j);
+        lo[j] = _mm512_and_si512(v, lo4);
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+      }
+      const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w + r4_scales_offset(K, r, g))));
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        const XGroup& xg = x[c * G + g];
+        __m512i a0 = xg.init, a1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          a0 = _mm512_dpbusd_epi32(a0, lo[j], xg.lo[j]);
+          a1 = _mm512_dpbusd_epi32(a1, hi[j], xg.hi[j]);
+        }
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), _mm512_mul_ps(dw, xg.d), acc[r][c]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < kR4Rows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c)
+      if (r < rows) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+}  // namespace
+
+// Rows [n0, n1): n0 is a multiple of 4 (the dispatcher splits rows in 16s);
+// a partial last tile computes its padding rows and stores only the real ones.
+void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1) {
+  const int64_t K = a.W->cols(), N = a.W->rows(), G = K / 512;
+  const XGroup* xg = expand_groups(a.xq, a.M, a.work);
+  const auto* w = static_cast<const uint8_t*>(a.W->data);
+  const size_t tb = r4_tile_bytes(K);
+  // Weight rows per pass over the activation rows: about 256 KiB, so they stay in L2 (M > 4).
+  const int64_t block = rows_per_cache_block(dtype_row_bytes(DType::Q4_0, K));
+  for (int64_t b0 = n0; b0 < n1; b0 += block) {
+    const int64_t b1 = std::min(n1, b0 + block);
+    for (int64_t m = 0; m < a.M; m += 4) {
+      const int64_t c = std::min<int64_t>(4, a.M - m);
+      for (int64_t n = b0; n < b1; n += kR4Rows) {
+        const uint8_t* t = w + size_t(n / kR4Rows) * tb;
+        const XGroup* x = xg + m * G;
+        float* y = a.Y + m * N + n;
+        const int64_t rows = std::min<int64_t>(kR4Rows, b1 - n);
+        switch (c) {
+          case 4: tile<4>(t, K, x, y, N, rows, tb); break;
+          case 3: tile<3>(t, K, x, y, N, rows, tb); break;
+          case 2: tile<2>(t, K, x, y, N, rows, tb); break;
+          default: tile<1>(t, K, x, y, N, rows, tb); break;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace tessera::cpu::avx512
