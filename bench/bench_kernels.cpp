@@ -96,7 +96,8 @@ void fill_weights(DType t, uint8_t* p, int64_t numel, float* scales, int group, 
       for (size_t i = 0; i < bytes; i += bb) std::memcpy(p + i, &d, 2);
       break;
     }
-    case DType::Q4_0_R4:  // made from Q4_0 by add_matrix
+    case DType::Q4_0_R4:  // made from Q4_0 / Q8_0 by add_matrix
+    case DType::Q8_0_R4:
       break;
     case DType::Q8_G:
       for (int64_t i = 0; i + 8 <= numel; i += 8) {
@@ -138,10 +139,11 @@ TensorView add_matrix(Matrices& m, DType t, int group, const Shape& s, const Ten
   if (copy_of) {
     std::memcpy(p, copy_of->data, wbytes);
     if (scales) std::memcpy(scales, copy_of->scales, sbytes);
-  } else if (t == DType::Q4_0_R4) {  // the load-time layout of random Q4_0 weights (N is a multiple of 4)
-    Buffer q4(wbytes);
-    fill_weights(DType::Q4_0, q4.data(), numel, nullptr, 0, seed);
-    repack_q4_0_r4(make_view(DType::Q4_0, {s.N, s.K}, q4.data()), p, 2);
+  } else if (t == DType::Q4_0_R4 || t == DType::Q8_0_R4) {  // the load-time layout of random weights (N % 4 == 0)
+    const DType src = t == DType::Q4_0_R4 ? DType::Q4_0 : DType::Q8_0;
+    Buffer q(wbytes);
+    fill_weights(src, q.data(), numel, nullptr, 0, seed);
+    repack_r4(make_view(src, {s.N, s.K}, q.data()), p, 2);
   } else {
     fill_weights(t, p, numel, scales, group, seed);
   }
@@ -219,7 +221,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover] "
-                   "[--types f32,f16,bf16,q8_0,q4_0,q4_0_r4,q8_g] [--decode-only]\n");
+                   "[--types f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g] [--decode-only]\n");
       return 2;
     }
   }
@@ -242,13 +244,13 @@ int main(int argc, char** argv) {
 
   std::vector<std::pair<DType, int>> types;
   for (auto [t, group] : {std::pair{DType::F32, 0}, {DType::F16, 0}, {DType::BF16, 0}, {DType::Q8_0, 0},
-                          {DType::Q4_0, 0}, {DType::Q4_0_R4, 0}, {DType::Q8_G, 64}}) {
+                          {DType::Q8_0_R4, 0}, {DType::Q4_0, 0}, {DType::Q4_0_R4, 0}, {DType::Q8_G, 64}}) {
     std::string name = dtype_name(t);
     for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
     if (only.empty() || only.find("," + name + ",") != std::string::npos) types.emplace_back(t, group);
   }
   if (types.empty()) {
-    std::fprintf(stderr, "bench_kernels: --types names no known dtype (f32,f16,bf16,q8_0,q4_0,q4_0_r4,q8_g)\n");
+    std::fprintf(stderr, "bench_kernels: --types names no known dtype (f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g)\n");
     return 2;
   }
   for (auto [t, group] : types) {

@@ -50,10 +50,10 @@ Weights make_weights(DType t, int64_t N, int64_t K, int group, uint32_t seed) {
     w.bytes.resize(static_cast<size_t>(N * K));
     for (auto& b : w.bytes) b = uint8_t(int8_t(q(rng)));
     w.scales = random_floats(size_t(N * K / group), seed + 1, 0.001f, 0.02f);
-  } else if (t == DType::Q4_0_R4) {  // random Q4_0, repacked as at load time
-    const Weights q = make_weights(DType::Q4_0, N, K, group, seed);
-    w.bytes.resize(q4_0_r4_bytes(N, K));
-    repack_q4_0_r4(q.view, w.bytes.data(), 2);
+  } else if (t == DType::Q4_0_R4 || t == DType::Q8_0_R4) {  // random Q4_0 / Q8_0, repacked as at load time
+    const Weights q = make_weights(t == DType::Q4_0_R4 ? DType::Q4_0 : DType::Q8_0, N, K, group, seed);
+    w.bytes.resize(r4_bytes(q.view.dtype, N, K));
+    repack_r4(q.view, w.bytes.data(), 2);
   } else {
     const auto f = random_floats(size_t(N * K), seed);
     w.bytes.resize(dtype_row_bytes(t, N * K));
@@ -105,7 +105,8 @@ bool bf16_act_path(const TensorView& W, Isa isa, int64_t M) {
 int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
   if (isa == Isa::Scalar || M >= detail::blas_min_rows(W, isa)) return 0;
   if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0) return kQK;
-  if (W.dtype == DType::Q4_0_R4 && isa == Isa::AVX512) return kQK;  // other ISAs run the reference on it
+  if ((W.dtype == DType::Q4_0_R4 || W.dtype == DType::Q8_0_R4) && isa == Isa::AVX512)
+    return kQK;  // other ISAs run the reference on the R4 layouts
   return 0;
 }
 
@@ -194,41 +195,46 @@ TEST(KernelsMatmul, F16) { check_dtype(DType::F16, kFloatKs, {0}); }
 TEST(KernelsMatmul, BF16) { check_dtype(DType::BF16, kFloatKs, {0}); }
 TEST(KernelsMatmul, Q8_0) { check_dtype(DType::Q8_0, kBlockKs, {0}); }
 TEST(KernelsMatmul, Q4_0) { check_dtype(DType::Q4_0, kBlockKs, {0}); }
-// The repacked layout needs K % 512 == 0; N = 1, 7, 33, 257 leave partial tiles of padding rows.
+// The repacked layouts need K % 512 == 0; N = 1, 7, 33, 257 leave partial tiles of padding rows.
 TEST(KernelsMatmul, Q4_0_R4) { check_dtype(DType::Q4_0_R4, {512, 1024, 4608}, {0}); }
+TEST(KernelsMatmul, Q8_0_R4) { check_dtype(DType::Q8_0_R4, {512, 1024, 4608}, {0}); }
 
-TEST(KernelsRepack, Q4_0_R4HoldsTheSameWeights) {
-  for (int64_t N : {1, 5, 12}) {
-    const Weights q = make_weights(DType::Q4_0, N, 1024, 0, 11);
-    std::vector<uint8_t> r(q4_0_r4_bytes(N, 1024), 0xff);
-    repack_q4_0_r4(q.view, r.data(), 2);
-    const TensorView rv = make_view(DType::Q4_0_R4, {N, 1024}, r.data());
-    std::vector<float> a(1024), b(1024);
-    for (int64_t n = 0; n < N; ++n) {
-      ref::dequantize_row(q.view, n, a.data());
-      ref::dequantize_row(rv, n, b.data());
-      EXPECT_EQ(a, b) << "row " << n << " of " << N;
-      dequantize_row(rv, n, b.data());  // the ISA dispatch
-      EXPECT_EQ(a, b) << "row " << n << " of " << N;
+TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
+  for (DType t : {DType::Q4_0, DType::Q8_0})
+    for (int64_t N : {1, 5, 12}) {
+      const Weights q = make_weights(t, N, 1024, 0, 11);
+      std::vector<uint8_t> r(r4_bytes(t, N, 1024), 0xff);
+      repack_r4(q.view, r.data(), 2);
+      const TensorView rv = make_view(r4_type_of(t), {N, 1024}, r.data());
+      std::vector<float> a(1024), b(1024);
+      for (int64_t n = 0; n < N; ++n) {
+        ref::dequantize_row(q.view, n, a.data());
+        ref::dequantize_row(rv, n, b.data());
+        EXPECT_EQ(a, b) << dtype_name(t) << " row " << n << " of " << N;
+        dequantize_row(rv, n, b.data());  // the ISA dispatch
+        EXPECT_EQ(a, b) << dtype_name(t) << " row " << n << " of " << N;
+      }
+      // Padding rows of the last tile are zero (scales 0: they dequantize to 0).
+      for (int64_t n = N; n % kR4Rows; ++n) {
+        ref::dequantize_row(rv, n, b.data());
+        for (float v : b) ASSERT_EQ(v, 0.f) << dtype_name(t) << " padding row " << n;
+      }
     }
-    // Padding rows of the last tile are zero (scales 0: they dequantize to 0).
-    for (int64_t n = N; n % kR4Rows; ++n) {
-      ref::dequantize_row(rv, n, b.data());
-      for (float v : b) ASSERT_EQ(v, 0.f) << "padding row " << n;
-    }
-  }
-  EXPECT_EQ(q4_0_r4_bytes(5, 512), 8 * dtype_row_bytes(DType::Q4_0, 512));
+  EXPECT_EQ(r4_bytes(DType::Q4_0, 5, 512), 8 * dtype_row_bytes(DType::Q4_0, 512));
+  EXPECT_EQ(r4_type_of(DType::Q8_0), DType::Q8_0_R4);
+  EXPECT_EQ(r4_type_of(DType::F16), DType::F16);
 }
 
-TEST(KernelsRepack, AppliesOnlyToQ4_0WithKMultipleOf512OnAvx512) {
+TEST(KernelsRepack, AppliesOnlyToQ4_0AndQ8_0WithKMultipleOf512OnAvx512) {
   const Weights q = make_weights(DType::Q4_0, 4, 512, 0, 3);
-  EXPECT_TRUE(q4_0_r4_applies(q.view, Isa::AVX512));
-  EXPECT_FALSE(q4_0_r4_applies(q.view, Isa::AVX2));
-  EXPECT_FALSE(q4_0_r4_applies(q.view, Isa::Scalar));
-  EXPECT_FALSE(q4_0_r4_applies(make_weights(DType::Q4_0, 4, 480, 0, 3).view, Isa::AVX512));
-  EXPECT_FALSE(q4_0_r4_applies(make_weights(DType::Q8_0, 4, 512, 0, 3).view, Isa::AVX512));
+  EXPECT_TRUE(r4_applies(q.view, Isa::AVX512));
+  EXPECT_TRUE(r4_applies(make_weights(DType::Q8_0, 4, 512, 0, 3).view, Isa::AVX512));
+  EXPECT_FALSE(r4_applies(q.view, Isa::AVX2));
+  EXPECT_FALSE(r4_applies(q.view, Isa::Scalar));
+  EXPECT_FALSE(r4_applies(make_weights(DType::Q4_0, 4, 480, 0, 3).view, Isa::AVX512));
+  EXPECT_FALSE(r4_applies(make_weights(DType::F16, 4, 512, 0, 3).view, Isa::AVX512));
 }
-// Group 4 takes the dequantize-to-f32 path; 32, 96 and 64 (64 bytes per vpdpbusd) the integer path.
+
 TEST(KernelsMatmul, Q8_G) {
   check_dtype(DType::Q8_G, kBlockKs, {4, 32, 96});
   check_dtype(DType::Q8_G, {64, 4096}, {64});

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "formats/llama2c.h"
 #include "model/model.h"
+#include "kernels/repack.h"
 #include "model/synthetic.h"
 #include "ref_llama.h"
 #include "test_util.h"
@@ -135,20 +136,21 @@ TEST(Model, GoldenSentenceNllMatchesReference) {
   EXPECT_NEAR(std::exp(nll8 / 34), 4.9401, 0.009);
 }
 
-// Q4_0 matrices repacked at load (kernels/repack.h) give the logits of the file layout.
-TEST(Model, RepackedQ4_0MatchesFileLayout) {
-  if (detect_isa() != Isa::AVX512) GTEST_SKIP() << "the Q4_0_R4 layout is used on AVX-512 only";
+// Q4_0 / Q8_0 matrices repacked at load (kernels/repack.h) give the logits of the file layout.
+TEST(Model, RepackedQuantsMatchFileLayout) {
+  if (detect_isa() != Isa::AVX512) GTEST_SKIP() << "the R4 layouts are used on AVX-512 only";
+  for (DType type : {DType::Q4_0, DType::Q8_0})
   for (const char* base : {"260k", "gpt2-tiny"}) {
     ModelConfig c = synthetic_config(base);
     c.dim = 512, c.n_heads = 8, c.n_kv_heads = c.arch == Arch::GPT2 ? 8 : 4, c.head_dim = 64;
     c.hidden_dim = 1024, c.n_layers = 2, c.tied_embeddings = false;
-    const Weights file = make_random_weights(c, DType::Q4_0, 5, 2);
-    Weights packed = make_random_weights(c, DType::Q4_0, 5, 2);
+    const Weights file = make_random_weights(c, type, 5, 2);
+    Weights packed = make_random_weights(c, type, 5, 2);
     const size_t bytes = packed.weight_bytes();
     // Llama: 7 matrices a layer; GPT-2: qkv, o, up, down; plus the untied output.
     EXPECT_EQ(repack_weights(packed, Isa::AVX512, 2), c.arch == Arch::GPT2 ? 9 : 15) << base;
-    EXPECT_EQ(packed.layers[0].w_down.dtype, DType::Q4_0_R4) << base;
-    EXPECT_EQ(packed.tok_embd.dtype, DType::Q4_0) << base;  // looked up by row: left alone
+    EXPECT_EQ(packed.layers[0].w_down.dtype, r4_type_of(type)) << base;
+    EXPECT_EQ(packed.tok_embd.dtype, type) << base;  // looked up by row: left alone
     EXPECT_EQ(packed.weight_bytes(), bytes) << base;
     KernelContext ctx(2);
     Model a(file, RunOptions{}), b(packed, RunOptions{});
@@ -157,7 +159,7 @@ TEST(Model, RepackedQ4_0MatchesFileLayout) {
     a.forward_all(ctx, kTokens.data(), n, 0, la.data());  // prefill: M = 16 rows through the kernels
     b.forward_all(ctx, kTokens.data(), n, 0, lb.data());
     // Both run the int8 kernels on the same quantized activations, and each matrix
-    // product agrees to float rounding (KernelsMatmul.Q4_0_R4). But a last-bit
+    // product agrees to float rounding (KernelsMatmul.Q4_0_R4 / Q8_0_R4). But a last-bit
     // difference can flip one activation's int8 rounding in the next product, and
     // a flip moves the logits by ~1e-3: random models spread those flips into
     // differences of ~1% of the largest logit (the int8 path itself is ~1.5% from

@@ -16,8 +16,8 @@ enum class DType : uint8_t {
          //   element j < 16 is the low nibble of qs[j], element j + 16 the high nibble
   Q8_G,  // llama2.c "ak42" int8: int8 values with one f32 scale per group of
          //   `group` elements; the scales live in a separate array (TensorView::scales)
-  Q4_0_R4,  // internal, never in a file: Q4_0 repacked at load for the AVX-512 decode kernel
-            //   (kernels/repack.h), the same bytes per row, rows in interleaved tiles of 4
+  Q4_0_R4,  // internal, never in a file: Q4_0 / Q8_0 repacked at load for the AVX-512
+  Q8_0_R4,  //   kernels (kernels/repack.h), the same bytes per row, rows in tiles of 4
 };
 
 constexpr int kQK = 32;  // elements per Q8_0 / Q4_0 block

@@ -46,7 +46,8 @@ std::optional<uint32_t> ggml_from_dtype(DType t) {
     case DType::Q8_0: return kGgmlQ8_0;
     case DType::BF16: return kGgmlBF16;
     case DType::Q8_G:
-    case DType::Q4_0_R4: return std::nullopt;  // no ggml type: converted or repacked at load only
+    case DType::Q4_0_R4:
+    case DType::Q8_0_R4: return std::nullopt;  // no ggml type: converted or repacked at load only
   }
   return std::nullopt;
 }

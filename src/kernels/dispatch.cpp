@@ -76,6 +76,7 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
     case DType::Q4_0: return k.q4_0;
     case DType::Q8_G: return k.q8_g;
     case DType::Q4_0_R4: return k.q4_0_r4;
+    case DType::Q8_0_R4: return k.q8_0_r4;
   }
   return nullptr;
 }
@@ -85,7 +86,8 @@ int64_t quant_block(const TensorView& W) {
   switch (W.dtype) {
     case DType::Q8_0:
     case DType::Q4_0:
-    case DType::Q4_0_R4: return kQK;
+    case DType::Q4_0_R4:
+    case DType::Q8_0_R4: return kQK;
     case DType::Q8_G: return cpu::q8g_integer_path(W) ? W.group : 0;
     default: return 0;
   }
@@ -179,7 +181,7 @@ void detail::matmul_matvec(KernelContext& ctx, const TensorView& W, const float*
   if (M <= 0 || W.rows() == 0) return;
   const cpu::IsaKernels* k = kernels_for(ctx.isa);
   if (k && matvec_for(*k, W.dtype)) return matvec(ctx, *k, W, X, M, Y);
-  matvec_scalar(ctx, W, X, M, Y);  // also Q4_0_R4 on an ISA without its kernel
+  matvec_scalar(ctx, W, X, M, Y);  // also the R4 layouts on an ISA without their kernels
 }
 
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
@@ -225,7 +227,8 @@ void quantize_row(DType t, const float* x, void* out, int64_t n) {
       break;
     case DType::Q8_G:
     case DType::Q4_0_R4:
-      std::abort();  // internal: Q8_G is a load-only format, Q4_0_R4 a load-time layout
+    case DType::Q8_0_R4:
+      std::abort();  // internal: Q8_G is a load-only format, the R4 types load-time layouts
   }
 }
 

@@ -125,10 +125,10 @@ namespace tessera {
 int repack_weights(Weights& w, Isa isa, int threads) {
   int n = 0;
   auto repack = [&](TensorView& t) {
-    if (t.empty() || !q4_0_r4_applies(t, isa)) return;
-    auto buf = std::make_shared<aligned_vector<uint8_t>>(q4_0_r4_bytes(t.rows(), t.cols()));
-    repack_q4_0_r4(t, buf->data(), threads);
-    TensorView r = make_view(DType::Q4_0_R4, {t.rows(), t.cols()}, buf->data());
+    if (t.empty() || !r4_applies(t, isa)) return;
+    auto buf = std::make_shared<aligned_vector<uint8_t>>(r4_bytes(t.dtype, t.rows(), t.cols()));
+    repack_r4(t, buf->data(), threads);
+    TensorView r = make_view(r4_type_of(t.dtype), {t.rows(), t.cols()}, buf->data());
     w.owners.push_back(buf);
     t = r;
     ++n;

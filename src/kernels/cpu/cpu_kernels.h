@@ -52,7 +52,7 @@ struct IsaKernels {
   MatvecFn f32, f16, bf16, q8_0, q4_0, q8_g;
   QuantizeXFn quantize_x;
   DequantRowFn dequant_row;
-  MatvecFn q4_0_r4 = nullptr;  // the repacked layout (kernels/repack.h); AVX-512 only
+  MatvecFn q4_0_r4 = nullptr, q8_0_r4 = nullptr;  // the repacked layouts (kernels/repack.h); AVX-512 only
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -87,6 +87,7 @@ void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);

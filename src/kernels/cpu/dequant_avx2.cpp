@@ -85,7 +85,8 @@ void dequant_row(const TensorView& W, int64_t r, float* out) {
     case DType::Q8_0: dequant_q8_0(reinterpret_cast<const BlockQ8_0*>(W.row(r)), K / kQK, out); break;
     case DType::Q4_0: dequant_q4_0(reinterpret_cast<const BlockQ4_0*>(W.row(r)), K / kQK, out); break;
     case DType::Q8_G: dequant_q8_g(W, r, out); break;
-    case DType::Q4_0_R4: ref::dequantize_row(W, r, out); break;  // never made for AVX2; kept correct
+    case DType::Q4_0_R4:
+    case DType::Q8_0_R4: ref::dequantize_row(W, r, out); break;  // never made for AVX2; kept correct
   }
 }
 

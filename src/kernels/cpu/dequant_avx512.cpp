@@ -83,7 +83,8 @@ void dequant_row(const TensorView& W, int64_t r, float* out) {
     case DType::Q8_0: dequant_q8_0(reinterpret_cast<const BlockQ8_0*>(W.row(r)), K / kQK, out); break;
     case DType::Q4_0: dequant_q4_0(reinterpret_cast<const BlockQ4_0*>(W.row(r)), K / kQK, out); break;
     case DType::Q8_G: dequant_q8_g(W, r, out); break;
-    case DType::Q4_0_R4: ref::dequantize_row(W, r, out); break;  // a load-time layout: the scalar form suffices
+    case DType::Q4_0_R4:
+    case DType::Q8_0_R4: ref::dequantize_row(W, r, out); break;  // a load-time layout: the scalar form suffices
   }
 }
 
@@ -103,7 +104,7 @@ double stream_read_sum(const float* p, int64_t n) {
 
 const IsaKernels& kernels() {
   static constexpr IsaKernels k{matvec_f32,  matvec_f16, matvec_bf16, matvec_q8_0,
-                                matvec_q4_0, matvec_q8_g, quantize_x,  dequant_row, matvec_q4_0_r4};
+                                matvec_q4_0, matvec_q8_g, quantize_x,  dequant_row, matvec_q4_0_r4, matvec_q8_0_r4};
   return k;
 }
 

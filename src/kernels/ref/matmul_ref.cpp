@@ -54,18 +54,26 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
       for (int64_t k = 0; k < K; ++k) out[k] = float(q[k]) * W.scales[(base + k) / W.group];
       break;
     }
-    case DType::Q4_0_R4: {  // row r is row r % 4 of tile r / 4 (kernels/repack.h)
-      const uint8_t* tile = static_cast<const uint8_t*>(W.data) + size_t(r / kR4Rows) * r4_tile_bytes(K);
+    case DType::Q4_0_R4:
+    case DType::Q8_0_R4: {  // row r is row r % 4 of tile r / 4 (kernels/repack.h)
+      const DType t = W.dtype;
+      const uint8_t* tile = static_cast<const uint8_t*>(W.data) + size_t(r / kR4Rows) * r4_tile_bytes(t, K);
       const int64_t tr = r % kR4Rows;
       for (int64_t i = 0; i < K / kQK; ++i) {
         const int64_t g = i / kR4Blocks, b = i % kR4Blocks;
         uint16_t dh;
-        std::memcpy(&dh, tile + r4_scales_offset(K, tr, g) + 2 * b, 2);
+        std::memcpy(&dh, tile + r4_scales_offset(t, K, tr, g) + 2 * b, 2);
         const float d = f16_to_f32(dh);
+        // byte k of the block's qs: chunk k / 4, position 4 b + k % 4
+        auto qs = [&](int k) { return tile[r4_qs_offset(t, tr, g) + 64 * (k / 4) + 4 * b + k % 4]; };
         for (int j = 0; j < kQK / 2; ++j) {
-          const uint8_t q = tile[r4_qs_offset(tr, g) + 64 * (j / 4) + 4 * b + j % 4];
-          out[i * kQK + j] = d * float(int(q & 0x0f) - 8);
-          out[i * kQK + j + kQK / 2] = d * float(int(q >> 4) - 8);
+          if (t == DType::Q4_0_R4) {
+            out[i * kQK + j] = d * float(int(qs(j) & 0x0f) - 8);
+            out[i * kQK + j + kQK / 2] = d * float(int(qs(j) >> 4) - 8);
+          } else {  // stored as qs + 128
+            out[i * kQK + j] = d * float(int(qs(j)) - 128);
+            out[i * kQK + j + kQK / 2] = d * float(int(qs(j + kQK / 2)) - 128);
+          }
         }
       }
       break;

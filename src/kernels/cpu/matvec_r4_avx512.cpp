@@ -1,13 +1,15 @@
-// AVX-512 VNNI matrix-vector kernel for Q4_0_R4 weights (kernels/repack.h).
+// AVX-512 VNNI matrix-vector kernels for the Q4_0_R4 / Q8_0_R4 layouts (kernels/repack.h).
 //
-// Per tile row and group of 16 blocks: four aligned 64-byte loads hold 4
-// consecutive qs bytes of each block; their low and high nibbles go through
-// one vpdpbusd each against activations stored in the same order, so 32-bit
-// lane b sums block b's 32 products. The 16 scales are one vcvtph2ps. The
-// offset init (-8 sum(x_b) in lane b: q . x = (q - 8) . x + 8 sum(x)) and the
-// activation scales are per lane. Against the Q4_0 kernel (word permutes of
-// unaligned 72-byte quads, four row streams) this is about 2x the throughput
-// with the weights in cache, and one sequential stream per tile from DRAM.
+// Per tile row and group of 16 blocks, 64-byte loads (aligned in buffers from repack_weights) hold 4
+// consecutive qs bytes of each block: Q4_0_R4 four loads, whose low and high
+// nibbles go through one vpdpbusd each; Q8_0_R4 eight loads (already stored
+// as unsigned qs + 128), one vpdpbusd each. The activations are stored in the
+// same order, so 32-bit lane b sums block b's 32 products. The 16 scales are
+// one vcvtph2ps. The offset init in lane b (Q4_0: -8 sum(x_b), since
+// q . x = (q - 8) . x + 8 sum(x); Q8_0: -128 sum(x_b)) and the activation
+// scales are per lane. Against the file-layout kernels (permutes of unaligned
+// 72- / 68-byte block pairs or quads, four row streams) Q4_0 runs at about 2x
+// the throughput with the weights in cache, and a tile is one sequential stream.
 #include "kernels/cpu/simd.h"
 
 #include <algorithm>
@@ -23,12 +25,12 @@ namespace {
 struct XGroup {
   __m512i lo[4];  // byte 4 b + i of lo[j] = x_b[4 j + i]
   __m512i hi[4];  // byte 4 b + i of hi[j] = x_b[16 + 4 j + i]
-  __m512i init;   // lane b: -8 sum(x_b)
+  __m512i init;   // lane b: -offset * sum(x_b) (offset 8 for Q4_0, 128 for Q8_0)
   __m512 d;       // lane b: scale of x_b
 };
 
 // (M, G) groups from the quantized activations, into work (64-byte aligned).
-const XGroup* expand_groups(const QuantX& xq, int64_t M, float* work) {
+const XGroup* expand_groups(const QuantX& xq, int64_t M, int offset, float* work) {
   const int64_t G = xq.K / 512, nb = xq.nblocks();
   auto* out = reinterpret_cast<XGroup*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   // Gathers dword b (b < 16) of each block's first / second 16 bytes: 4-byte steps of 32-byte blocks.
@@ -42,15 +44,16 @@ const XGroup* expand_groups(const QuantX& xq, int64_t M, float* work) {
         o.hi[j] = _mm512_i32gather_epi32(idx, x + 16 + 4 * j, 4);
       }
       const int64_t b0 = m * nb + g * kR4Blocks;
-      o.init = _mm512_mullo_epi32(_mm512_loadu_si512(xq.s + b0), _mm512_set1_epi32(-8));
+      o.init = _mm512_mullo_epi32(_mm512_loadu_si512(xq.s + b0), _mm512_set1_epi32(-offset));
       o.d = _mm512_loadu_ps(xq.d + b0);
     }
   return out;
 }
 
 // Y[c, n + r] for r < rows, c < C: tile at w (4 rows), activation groups x (row stride G).
-template <int C>
+template <DType T, int C>
 void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int64_t rows, size_t prefetch) {
+  constexpr bool kQ4 = T == DType::Q4_0_R4;
   const int64_t G = K / 512;
   const __m512i lo4 = _mm512_set1_epi8(0x0f);
   __m512 acc[kR4Rows][C];
@@ -61,16 +64,22 @@ void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int
   for (int64_t g = 0; g < G; ++g) {
 #pragma GCC unroll 4
     for (int r = 0; r < kR4Rows; ++r) {
-      const uint8_t* p = w + r4_qs_offset(r, g);
-      __m512i lo[4], hi[4];
+      const uint8_t* p = w + r4_qs_offset(T, r, g);
+      __m512i lo[4], hi[4];  // the weight bytes against xg.lo / xg.hi
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
         _mm_prefetch(reinterpret_cast<const char*>(p + prefetch + 64 * j), _MM_HINT_T0);
-        const __m512i v = _mm512_load_si512(p + 64 * j);
-        lo[j] = _mm512_and_si512(v, lo4);
-        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+        const __m512i v = _mm512_loadu_si512(p + 64 * j);
+        if constexpr (kQ4) {
+          lo[j] = _mm512_and_si512(v, lo4);
+          hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+        } else {
+          _mm_prefetch(reinterpret_cast<const char*>(p + prefetch + 256 + 64 * j), _MM_HINT_T0);
+          lo[j] = v;
+          hi[j] = _mm512_loadu_si512(p + 256 + 64 * j);
+        }
       }
-      const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(w + r4_scales_offset(K, r, g))));
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r4_scales_offset(T, K, r, g))));
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
         const XGroup& xg = x[c * G + g];
@@ -91,17 +100,16 @@ void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int
       if (r < rows) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
-}  // namespace
-
 // Rows [n0, n1): n0 is a multiple of 4 (the dispatcher splits rows in 16s);
 // a partial last tile computes its padding rows and stores only the real ones.
-void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1) {
+template <DType T>
+void matvec_r4(const MatvecArgs& a, int64_t n0, int64_t n1) {
   const int64_t K = a.W->cols(), N = a.W->rows(), G = K / 512;
-  const XGroup* xg = expand_groups(a.xq, a.M, a.work);
+  const XGroup* xg = expand_groups(a.xq, a.M, T == DType::Q4_0_R4 ? 8 : 128, a.work);
   const auto* w = static_cast<const uint8_t*>(a.W->data);
-  const size_t tb = r4_tile_bytes(K);
+  const size_t tb = r4_tile_bytes(T, K);
   // Weight rows per pass over the activation rows: about 256 KiB, so they stay in L2 (M > 4).
-  const int64_t block = rows_per_cache_block(dtype_row_bytes(DType::Q4_0, K));
+  const int64_t block = rows_per_cache_block(dtype_row_bytes(T, K));
   for (int64_t b0 = n0; b0 < n1; b0 += block) {
     const int64_t b1 = std::min(n1, b0 + block);
     for (int64_t m = 0; m < a.M; m += 4) {
@@ -112,14 +120,19 @@ void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1) {
         float* y = a.Y + m * N + n;
         const int64_t rows = std::min<int64_t>(kR4Rows, b1 - n);
         switch (c) {
-          case 4: tile<4>(t, K, x, y, N, rows, tb); break;
-          case 3: tile<3>(t, K, x, y, N, rows, tb); break;
-          case 2: tile<2>(t, K, x, y, N, rows, tb); break;
-          default: tile<1>(t, K, x, y, N, rows, tb); break;
+          case 4: tile<T, 4>(t, K, x, y, N, rows, tb); break;
+          case 3: tile<T, 3>(t, K, x, y, N, rows, tb); break;
+          case 2: tile<T, 2>(t, K, x, y, N, rows, tb); break;
+          default: tile<T, 1>(t, K, x, y, N, rows, tb); break;
         }
       }
     }
   }
 }
+
+}  // namespace
+
+void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_r4<DType::Q4_0_R4>(a, n0, n1); }
+void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_r4<DType::Q8_0_R4>(a, n0, n1); }
 
 }  // namespace tessera::cpu::avx512
