@@ -17,7 +17,7 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("-b,--batch-size", a.batch, "prefill chunk size in tokens")->check(CLI::PositiveNumber);
   app.add_option("--kv-type", a.kv_type, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
   app.add_flag("--no-repack", a.no_repack,
-               "keep weights in the file's layout (default: Q4_0 matrices are repacked at load for the AVX-512 kernel)");
+               "keep weights in the file's layout (default: Q4_0 / Q8_0 matrices are repacked at load for the AVX-512 kernels)");
 }
 
 Loaded load(const ModelArgs& a) {

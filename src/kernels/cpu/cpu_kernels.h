@@ -37,7 +37,8 @@ struct MatvecArgs {
 };
 
 // Per-thread workspace of the matrix-vector kernels: a dequantized row (Q8_G
-// fallback) or per-block activation vectors (AVX-512 Q8_0 / Q4_0), + alignment.
+// fallback) or per-block activation vectors (AVX-512 Q8_0 / Q4_0; the R4 layouts
+// take 640 bytes per 512 activations, 1.25 M K bytes), + alignment.
 inline int64_t work_floats(int64_t K, int64_t M) { return K + M * K / 2 + 64; }
 
 // Computes Y[m, n] for all m < M and n in [n0, n1).
