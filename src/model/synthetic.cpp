@@ -1,5 +1,7 @@
 #include "model/synthetic.h"
 
+#include "core/aligned.h"
+
 #include <cmath>
 #include <vector>
 
@@ -52,7 +54,11 @@ inline uint64_t mix(uint64_t z) { return splitmix64(z); }
 TensorView random_matrix(Weights& w, int64_t rows, int64_t cols, DType type, uint64_t seed, int threads) {
   DType t = cols % dtype_block_elems(type) == 0 ? type : DType::F16;
   const size_t rb = dtype_row_bytes(t, cols);
-  std::vector<uint8_t> buf(rb * size_t(rows));
+  // Huge pages where THP allows (aligned_vector), as the file-backed weights of a
+  // GGUF on ext4 get (large folios, PMD-mapped): decode speed would otherwise pay
+  // for 4 KiB page walks that a loaded model does not.
+  auto own = std::make_shared<aligned_vector<uint8_t>>(rb * size_t(rows));
+  auto& buf = *own;
   const float a = std::sqrt(3.f / float(cols));
 #pragma omp parallel num_threads(threads)
   {
@@ -67,7 +73,8 @@ TensorView random_matrix(Weights& w, int64_t rows, int64_t cols, DType type, uin
       quantize_row(t, row.data(), buf.data() + size_t(r) * rb, cols);
     }
   }
-  return own_buffer(w, std::move(buf), t, {rows, cols});
+  w.owners.push_back(own);
+  return make_view(t, {rows, cols}, buf.data());
 }
 
 TensorView constant_vector(Weights& w, int64_t n, float v) {
