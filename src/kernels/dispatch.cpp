@@ -172,6 +172,11 @@ void matvec_scalar(KernelContext& ctx, const TensorView& W, const float* X, int6
 
 }  // namespace
 
+void attend_decode(Isa isa, const DecodeAttnArgs& a) {
+  if (const cpu::IsaKernels* k = kernels_for(isa); k && k->attend && k->attend(a)) return;
+  ref::attend_decode(a);
+}
+
 void dequantize_row(const TensorView& W, int64_t r, float* out) {
   if (const cpu::IsaKernels* k = kernels_for(detect_isa())) return k->dequant_row(W, r, out);
   ref::dequantize_row(W, r, out);

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kernels/attention.h"
 #include "kernels/ops.h"
 
 namespace tessera {
@@ -166,40 +167,32 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
     }
     return;
   }
-  const int64_t items = n * c.n_heads;
+  // Decode and short prefills: per token and KV head, its group of query heads
+  // in one kernel call (the keys and values are read once per group). With
+  // fewer (token, KV head) pairs than threads (MQA decode) the groups are split.
+  const int64_t pairs = n * c.n_kv_heads;
+  const int64_t split = std::min<int64_t>(group, (nt + pairs - 1) / pairs);
+  const int64_t sub = (group + split - 1) / split;  // query heads per item
+  const int64_t items = pairs * split;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t t = it / c.n_heads, h = it % c.n_heads;
-    const int64_t kvh = h / group;
-    const int64_t n_pos = pos + t + 1;  // causal: keys 0..pos+t
-    float* sc = a_.scores + int64_t(omp_get_thread_num()) * n_ctx_;
-    const float* qh = q + t * q_stride + h * hd;
-    float* out = a_.att + t * c.q_dim() + h * hd;
-    if (kv_f16_) {
-      const auto* K = reinterpret_cast<const uint16_t*>(kc);
-      const auto* Vv = reinterpret_cast<const uint16_t*>(vc);
-      for (int64_t j = 0; j < n_pos; ++j) {
-        const uint16_t* kj = K + j * kvd + kvh * hd;
-        float s = 0.f;
-        for (int64_t i = 0; i < hd; ++i) s += qh[i] * f16_to_f32(kj[i]);
-        sc[j] = s * scale;
-      }
-      if (c.attn_softcap > 0.f) ops::softcap(sc, n_pos, c.attn_softcap);
-      ops::softmax(sc, n_pos);
-      std::fill(out, out + hd, 0.f);
-      for (int64_t j = 0; j < n_pos; ++j) {
-        const uint16_t* vj = Vv + j * kvd + kvh * hd;
-        for (int64_t i = 0; i < hd; ++i) out[i] += sc[j] * f16_to_f32(vj[i]);
-      }
-    } else {
-      const auto* K = reinterpret_cast<const float*>(kc);
-      const auto* Vv = reinterpret_cast<const float*>(vc);
-      for (int64_t j = 0; j < n_pos; ++j) sc[j] = ops::dot(qh, K + j * kvd + kvh * hd, hd) * scale;
-      if (c.attn_softcap > 0.f) ops::softcap(sc, n_pos, c.attn_softcap);
-      ops::softmax(sc, n_pos);
-      std::fill(out, out + hd, 0.f);
-      for (int64_t j = 0; j < n_pos; ++j) ops::axpy(out, sc[j], Vv + j * kvd + kvh * hd, hd);
-    }
+    const int64_t t = it / (c.n_kv_heads * split), kvh = it / split % c.n_kv_heads, g0 = it % split * sub;
+    DecodeAttnArgs a;
+    a.q = q + t * q_stride + (kvh * group + g0) * hd;
+    a.q_stride = hd;
+    a.G = std::min(sub, group - g0);
+    a.hd = hd;
+    a.k = kc + size_t(kvh * hd) * es;
+    a.v = vc + size_t(kvh * hd) * es;
+    a.f16 = kv_f16_;
+    a.kv_stride = kvd;
+    a.n = pos + t + 1;  // causal: keys 0..pos+t
+    a.scale = scale;
+    a.softcap = c.attn_softcap;
+    a.scores = a_.scores + int64_t(omp_get_thread_num()) * n_ctx_;
+    a.out = a_.att + t * c.q_dim() + (kvh * group + g0) * hd;
+    a.out_stride = hd;
+    attend_decode(ctx.isa, a);
   }
 }
 

@@ -1,10 +1,9 @@
 #include "model/synthetic.h"
 
-#include "core/aligned.h"
-
 #include <cmath>
 #include <vector>
 
+#include "core/aligned.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"

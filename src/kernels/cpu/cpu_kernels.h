@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "kernels/attention.h"
 
 namespace tessera::cpu {
 
@@ -47,6 +48,8 @@ using MatvecFn = void (*)(const MatvecArgs& a, int64_t n0, int64_t n1);
 using QuantizeXFn = void (*)(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
 // Dequantizes row r of W into out(K).
 using DequantRowFn = void (*)(const TensorView& W, int64_t r, float* out);
+// Decode attention (kernels/attention.h); false when the head size has no kernel.
+using AttendFn = bool (*)(const DecodeAttnArgs& a);
 
 // One ISA's kernels. Tables are immutable and returned by reference.
 struct IsaKernels {
@@ -54,6 +57,7 @@ struct IsaKernels {
   QuantizeXFn quantize_x;
   DequantRowFn dequant_row;
   MatvecFn q4_0_r4 = nullptr, q8_0_r4 = nullptr;  // the repacked layouts (kernels/repack.h); AVX-512 only
+  AttendFn attend = nullptr;
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -77,6 +81,7 @@ void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
+bool attend_decode(const DecodeAttnArgs& a);
 }  // namespace avx2
 
 namespace avx512 {
@@ -92,6 +97,7 @@ void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
+bool attend_decode(const DecodeAttnArgs& a);
 }  // namespace avx512
 
 }  // namespace tessera::cpu

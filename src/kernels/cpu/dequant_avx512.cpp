@@ -104,7 +104,8 @@ double stream_read_sum(const float* p, int64_t n) {
 
 const IsaKernels& kernels() {
   static constexpr IsaKernels k{matvec_f32,  matvec_f16, matvec_bf16, matvec_q8_0,
-                                matvec_q4_0, matvec_q8_g, quantize_x,  dequant_row, matvec_q4_0_r4, matvec_q8_0_r4};
+                                matvec_q4_0, matvec_q8_g, quantize_x,  dequant_row, matvec_q4_0_r4, matvec_q8_0_r4,
+                                attend_decode};
   return k;
 }
 

@@ -1,0 +1,38 @@
+// Decode attention: the query heads that share one KV head, against the cached
+// keys and values of n positions (f32 or f16 cache). Used by Model::attention
+// for decode steps and short prefills; long f32 prefills run as GEMMs there.
+#pragma once
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace tessera {
+
+struct DecodeAttnArgs {
+  const float* q = nullptr;  // (G, hd), row stride q_stride
+  int64_t q_stride = 0;
+  int64_t G = 1, hd = 0;
+  const void* k = nullptr;   // position j of this KV head at k + j * kv_stride elements, (n, hd)
+  const void* v = nullptr;   // the same for values
+  bool f16 = false;          // cache elements are IEEE half, else f32
+  int64_t kv_stride = 0;     // elements between consecutive positions
+  int64_t n = 0;             // positions (>= 1)
+  float scale = 1.f;         // applied to q . k before the soft cap and the softmax
+  float softcap = 0.f;       // > 0: s = softcap * tanh(s / softcap)
+  float* scores = nullptr;   // scratch, n floats
+  float* out = nullptr;      // (G, hd), row stride out_stride
+  int64_t out_stride = 0;
+};
+
+// out[g] = sum_j softmax_j(cap(scale q[g] . k_j)) v_j for each of the G heads.
+// SIMD where the ISA has a kernel for this head size (a multiple of the vector
+// width, up to 256), else the scalar reference.
+void attend_decode(Isa isa, const DecodeAttnArgs& a);
+
+namespace ref {
+// The specification: scores in order, max-subtracted softmax normalised before
+// the weighted sum of the values in order.
+void attend_decode(const DecodeAttnArgs& a);
+}  // namespace ref
+
+}  // namespace tessera

@@ -1,0 +1,39 @@
+#include <algorithm>
+#include <cmath>
+
+#include "core/fp16.h"
+#include "kernels/attention.h"
+
+namespace tessera::ref {
+
+namespace {
+float elem(const void* base, bool f16, int64_t i) {
+  return f16 ? f16_to_f32(static_cast<const uint16_t*>(base)[i]) : static_cast<const float*>(base)[i];
+}
+}  // namespace
+
+void attend_decode(const DecodeAttnArgs& a) {
+  float* s = a.scores;
+  for (int64_t g = 0; g < a.G; ++g) {
+    const float* q = a.q + g * a.q_stride;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < a.n; ++j) {
+      float d = 0.f;
+      for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.f16, j * a.kv_stride + i);
+      d *= a.scale;
+      if (a.softcap > 0.f) d = a.softcap * std::tanh(d / a.softcap);
+      s[j] = d;
+      mx = std::max(mx, d);
+    }
+    float sum = 0.f;
+    for (int64_t j = 0; j < a.n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < a.n; ++j) s[j] *= inv;
+    float* o = a.out + g * a.out_stride;
+    std::fill(o, o + a.hd, 0.f);
+    for (int64_t j = 0; j < a.n; ++j)
+      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.f16, j * a.kv_stride + i);
+  }
+}
+
+}  // namespace tessera::ref
