@@ -7,7 +7,12 @@
 // output. Prints one JSON object.
 //
 //   bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover]
-//                 [--types f32,q4_0,...] [--decode-only]
+//                 [--types f32,q4_0,...] [--decode-only] [--attention]
+//
+// --attention times decode attention instead (kernels/attention.h): one token of
+// the 1B shape (32 query heads in 8 KV groups, head size 64) against 256 to 4096
+// cached positions, f32 and f16 caches, one thread, the scalar reference against
+// the ISA's kernel.
 //
 // --crossover also times, for a few M, the matrix-vector path against the
 // sgemm path (to set detail::blas_min_rows).
@@ -26,6 +31,7 @@
 #include <vector>
 
 #include "core/fp16.h"
+#include "kernels/attention.h"
 #include "kernels/blas_env.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
@@ -195,12 +201,66 @@ double time_blas_pass(KernelContext& ctx, const Matrices& m, int64_t M, int reps
   return best;
 }
 
+// Decode attention of one token, 1B shape, per KV-cache length and type: the
+// scalar reference and the ISA's kernel, microseconds per layer.
+nlohmann::json bench_attention(Isa isa, int reps) {
+  const int64_t n_heads = 32, n_kv = 8, hd = 64, kvd = n_kv * hd, group = n_heads / n_kv;
+  nlohmann::json out;
+  uint64_t s = 7;
+  std::vector<float> q(size_t(n_heads * hd)), o(q.size());
+  for (float& x : q) x = rand_unit(s);
+  for (int64_t n : {256, 1024, 4096}) {
+    std::vector<float> k(size_t(n * kvd)), v(k.size());
+    std::vector<float> scores(static_cast<size_t>(group * n));
+    for (float& x : k) x = rand_unit(s);
+    for (float& x : v) x = rand_unit(s);
+    std::vector<uint16_t> kh(k.size()), vh(v.size());
+    for (size_t i = 0; i < k.size(); ++i) kh[i] = f32_to_f16(k[i]), vh[i] = f32_to_f16(v[i]);
+    for (bool f16 : {false, true}) {
+      auto pass = [&](bool reference) {
+        for (int64_t g = 0; g < n_kv; ++g) {
+          DecodeAttnArgs a;
+          a.q = q.data() + g * group * hd;
+          a.q_stride = hd;
+          a.G = group;
+          a.hd = hd;
+          a.k = f16 ? static_cast<const void*>(kh.data() + g * hd) : static_cast<const void*>(k.data() + g * hd);
+          a.v = f16 ? static_cast<const void*>(vh.data() + g * hd) : static_cast<const void*>(v.data() + g * hd);
+          a.f16 = f16;
+          a.kv_stride = kvd;
+          a.n = n;
+          a.scale = 0.125f;
+          a.scores = scores.data();
+          a.out = o.data() + g * group * hd;
+          a.out_stride = hd;
+          if (reference) ref::attend_decode(a);
+          else attend_decode(isa, a);
+        }
+      };
+      auto best_us = [&](bool reference) {
+        double best = 1e30;
+        for (int r = 0; r < reps; ++r) {
+          const double t0 = now_s();
+          pass(reference);
+          best = std::min(best, now_s() - t0);
+        }
+        return best * 1e6;
+      };
+      const double tr = best_us(true), tk = best_us(false);
+      const double kv_bytes = 2.0 * double(n * kvd) * (f16 ? 2 : 4);
+      out[std::string(f16 ? "f16_" : "f32_") + std::to_string(n)] = {
+          {"reference_us", tr}, {"kernel_us", tk}, {"speedup", tr / tk}, {"kernel_kv_gbs", kv_bytes / tk / 1e3}};
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   ensure_openblas_coretype(argc, argv);
   int threads = 2, reps = 15;
-  bool crossover = false, decode_only = false;
+  bool crossover = false, decode_only = false, attention = false;
   std::string only;  // comma-separated dtype names; empty: all
   Isa isa = detect_isa();
   for (int i = 1; i < argc; ++i) {
@@ -216,14 +276,23 @@ int main(int argc, char** argv) {
       crossover = true;
     } else if (a == "--decode-only") {
       decode_only = true;
+    } else if (a == "--attention") {
+      attention = true;
     } else if (a == "--types" && i + 1 < argc) {
       only = "," + std::string(argv[++i]) + ",";
     } else {
       std::fprintf(stderr,
                    "usage: bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover] "
-                   "[--types f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g] [--decode-only]\n");
+                   "[--types f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g] [--decode-only] [--attention]\n");
       return 2;
     }
+  }
+  if (attention) {
+    nlohmann::json a;
+    a["isa"] = isa_name(isa);
+    a["attention"] = bench_attention(isa, reps);
+    std::printf("%s\n", a.dump(2).c_str());
+    return 0;
   }
   KernelContext ctx(threads, isa);
   nlohmann::json out;

@@ -79,7 +79,7 @@ struct Case {
 };
 
 std::vector<float> run(const Case& c, bool f16, bool use_ref, Isa isa) {
-  std::vector<float> scores(size_t(c.n)), out(size_t(c.G * c.hd), NAN);
+  std::vector<float> scores(size_t(c.G * c.n)), out(size_t(c.G * c.hd), NAN);
   const DecodeAttnArgs a = c.args(f16, scores.data(), out.data());
   if (use_ref) ref::attend_decode(a);
   else attend_decode(isa, a);
@@ -127,7 +127,7 @@ TEST(KernelsAttention, SimdMatchesReference) {
 // (the dispatcher then runs the reference), so the test above covers both paths.
 TEST(KernelsAttention, SimdHeadSizes) {
   const Case c64(2, 64, 9, 0.f, 7), c100(2, 100, 9, 0.f, 8), c8(1, 8, 9, 0.f, 9);
-  std::vector<float> s(9), o(256);
+  std::vector<float> s(2 * 9), o(256);
   if (detect_isa() >= Isa::AVX512) {
     EXPECT_TRUE(cpu::avx512::attend_decode(c64.args(false, s.data(), o.data())));
     EXPECT_FALSE(cpu::avx512::attend_decode(c100.args(false, s.data(), o.data())));

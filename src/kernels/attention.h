@@ -19,7 +19,7 @@ struct DecodeAttnArgs {
   int64_t n = 0;             // positions (>= 1)
   float scale = 1.f;         // applied to q . k before the soft cap and the softmax
   float softcap = 0.f;       // > 0: s = softcap * tanh(s / softcap)
-  float* scores = nullptr;   // scratch, n floats
+  float* scores = nullptr;   // scratch, G * n floats
   float* out = nullptr;      // (G, hd), row stride out_stride
   int64_t out_stride = 0;
 };

@@ -29,7 +29,7 @@ Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f1
   const int64_t B = max_batch_, C = c.dim, H = c.hidden_dim, V = c.vocab_size;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
   const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
-                           int64_t(max_threads_) * std::min(kQBlock, B) * n_ctx_, B * V};
+                           int64_t(max_threads_) * score_rows() * n_ctx_, B * V};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   arena_.assign(total, 0.f);                                    // zero-filled: pages are touched now
@@ -46,6 +46,10 @@ Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f1
   }
   kv_bytes_ = size_t(2 * c.n_layers * n_ctx_ * c.kv_dim()) * (kv_f16_ ? 2 : 4);
   kv_.assign(kv_bytes_, 0);
+}
+
+int64_t Model::score_rows() const {
+  return std::max(std::min(kQBlock, max_batch_), w_.cfg.n_heads / w_.cfg.n_kv_heads);
 }
 
 void Model::check(const int32_t* tokens, int64_t n, int64_t pos) const {
@@ -147,12 +151,12 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
     // causal mask applied row by row in the softmax), O = S V.
     const auto* K = reinterpret_cast<const float*>(kc);
     const auto* Vv = reinterpret_cast<const float*>(vc);
-    const int64_t nb = (n + kQBlock - 1) / kQBlock, qb = std::min(kQBlock, max_batch_);
+    const int64_t nb = (n + kQBlock - 1) / kQBlock;
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int64_t it = 0; it < nb * c.n_heads; ++it) {
       const int64_t b = it / c.n_heads, h = it % c.n_heads, kvh = h / group;
       const int64_t t0 = b * kQBlock, rows = std::min(kQBlock, n - t0), n_keys = pos + t0 + rows;
-      float* S = a_.scores + int64_t(omp_get_thread_num()) * qb * n_ctx_;  // (rows, n_keys)
+      float* S = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;  // (rows, n_keys)
       sgemm(false, true, rows, n_keys, hd, scale, q + t0 * q_stride + h * hd, q_stride, K + kvh * hd, kvd, 0.f, S,
             n_keys);
       for (int64_t r = 0; r < rows; ++r) {
@@ -189,7 +193,7 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
     a.n = pos + t + 1;  // causal: keys 0..pos+t
     a.scale = scale;
     a.softcap = c.attn_softcap;
-    a.scores = a_.scores + int64_t(omp_get_thread_num()) * n_ctx_;
+    a.scores = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;
     a.out = a_.att + t * c.q_dim() + (kvh * group + g0) * hd;
     a.out_stride = hd;
     attend_decode(ctx.isa, a);

@@ -47,7 +47,7 @@ class Model {
     float* att;     // (B, q_dim) attention output
     float* hb;      // (B, H)
     float* hb2;     // (B, H)
-    float* scores;  // (threads, n_ctx)
+    float* scores;  // (threads, score_rows(), n_ctx)
     float* logits;  // (B, V)
   };
   void check(const int32_t* tokens, int64_t n, int64_t pos) const;
@@ -58,6 +58,8 @@ class Model {
   void store_kv(int64_t l, int64_t n, int64_t pos, const float* k, const float* v, int64_t k_stride, int64_t v_stride);
   void attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, const float* q, int64_t q_stride);
   void add_bias(float* y, const TensorView& b, int64_t n, int64_t width);
+  // Score rows per thread: a prefill block of queries, or one query-head group.
+  int64_t score_rows() const;
 
   const Weights& w_;
   int64_t n_ctx_, max_batch_;

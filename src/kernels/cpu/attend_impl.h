@@ -3,10 +3,10 @@
 // compiled with its own flags. Include only from those files, inside their ISA
 // namespace's anonymous namespace.
 //
-// Per query head: scores four positions at a time (NV vectors of q held in
-// registers, one horizontal sum per position), the soft cap, a vectorised
-// max-subtracted exp, then the weighted sum of the value rows with two
-// accumulator sets. Against the per-position dot / axpy calls it replaced
+// Scores four positions at a time (NV vectors of q held in registers, one
+// horizontal sum per position), the soft cap, a vectorised max-subtracted exp,
+// then the weighted sum of the value rows with two accumulator sets; the G
+// heads take each block of positions in turn, so keys and values are read once. Against the per-position dot / axpy calls it replaced
 // (a serial scalar sum each), 1B decode at position 256 spent ~10x less in attention.
 // The including file provides <algorithm>, <cmath> and kernels/attention.h.
 #pragma once
@@ -17,31 +17,42 @@ inline typename V::reg attn_load(const void* base, int64_t i) {
   else return V::load(static_cast<const float*>(base) + i);
 }
 
+// Positions per block: a block's keys (then values) are read from memory once
+// and stay in L1 while every head of the group uses them (16 KiB at head size 64, f32).
+constexpr int64_t kAttnBlock = 64;
+
+// Scores of head q for positions [j0, j1) into s (indexed by position).
 template <class V, int NV, bool F16>
-void attend_head(const tessera::DecodeAttnArgs& a, const float* q, float* o) {
+void attend_scores(const tessera::DecodeAttnArgs& a, const float* q, int64_t j0, int64_t j1, float* s) {
   using R = typename V::reg;
   constexpr int W = V::W;
-  const int64_t n = a.n, st = a.kv_stride;
-  float* s = a.scores;
+  const int64_t st = a.kv_stride;
   R qv[NV];
   for (int v = 0; v < NV; ++v) qv[v] = V::load(q + W * v);
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
     R acc[4];
     for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, F16>(a.k, (j + r) * st));
     for (int v = 1; v < NV; ++v)
       for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, F16>(a.k, (j + r) * st + W * v), acc[r]);
     for (int r = 0; r < 4; ++r) s[j + r] = V::reduce_add(acc[r]) * a.scale;
   }
-  for (; j < n; ++j) {
+  for (; j < j1; ++j) {
     R acc = V::mul(qv[0], attn_load<V, F16>(a.k, j * st));
     for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, F16>(a.k, j * st + W * v), acc);
     s[j] = V::reduce_add(acc) * a.scale;
   }
+}
+
+// s[0, n) = softmax(cap(s)) in place.
+template <class V>
+void attend_softmax(const tessera::DecodeAttnArgs& a, float* s) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  const int64_t n = a.n, nv = n / W * W;
+  int64_t j;
   if (a.softcap > 0.f)
     for (j = 0; j < n; ++j) s[j] = a.softcap * std::tanh(s[j] / a.softcap);
-
-  const int64_t nv = n / W * W;
   R mv = V::set1(-INFINITY);
   for (j = 0; j < nv; j += W) mv = V::max(mv, V::load(s + j));
   float mx = nv ? V::reduce_max(mv) : -INFINITY;
@@ -59,31 +70,51 @@ void attend_head(const tessera::DecodeAttnArgs& a, const float* q, float* o) {
   const R invv = V::set1(inv);
   for (j = 0; j < nv; j += W) V::store(s + j, V::mul(V::load(s + j), invv));
   for (j = nv; j < n; ++j) s[j] *= inv;
+}
 
+// o += sum over positions [j0, j1) of p[j] v_j.
+template <class V, int NV, bool F16>
+void attend_values(const tessera::DecodeAttnArgs& a, const float* p, int64_t j0, int64_t j1, float* o) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  const int64_t st = a.kv_stride;
   R a0[NV], a1[NV];
-  for (int v = 0; v < NV; ++v) a0[v] = a1[v] = V::zero();
-  for (j = 0; j + 2 <= n; j += 2) {
-    const R p0 = V::set1(s[j]), p1 = V::set1(s[j + 1]);
+  for (int v = 0; v < NV; ++v) a0[v] = V::load(o + W * v), a1[v] = V::zero();
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    const R p0 = V::set1(p[j]), p1 = V::set1(p[j + 1]);
     for (int v = 0; v < NV; ++v) {
       a0[v] = V::fmadd(p0, attn_load<V, F16>(a.v, j * st + W * v), a0[v]);
       a1[v] = V::fmadd(p1, attn_load<V, F16>(a.v, (j + 1) * st + W * v), a1[v]);
     }
   }
-  if (j < n) {
-    const R p0 = V::set1(s[j]);
+  if (j < j1) {
+    const R p0 = V::set1(p[j]);
     for (int v = 0; v < NV; ++v) a0[v] = V::fmadd(p0, attn_load<V, F16>(a.v, j * st + W * v), a0[v]);
   }
   for (int v = 0; v < NV; ++v) V::store(o + W * v, V::add(a0[v], a1[v]));
 }
 
+// The G heads, position block by position block (scores of head g in scores[g n, (g + 1) n)).
+template <class V, int NV, bool F16>
+void attend_group(const tessera::DecodeAttnArgs& a) {
+  const int64_t n = a.n;
+  for (int64_t j0 = 0; j0 < n; j0 += kAttnBlock)
+    for (int64_t g = 0; g < a.G; ++g)
+      attend_scores<V, NV, F16>(a, a.q + g * a.q_stride, j0, std::min(n, j0 + kAttnBlock), a.scores + g * n);
+  for (int64_t g = 0; g < a.G; ++g) {
+    attend_softmax<V>(a, a.scores + g * n);
+    std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + a.hd, 0.f);
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += kAttnBlock)
+    for (int64_t g = 0; g < a.G; ++g)
+      attend_values<V, NV, F16>(a, a.scores + g * n, j0, std::min(n, j0 + kAttnBlock), a.out + g * a.out_stride);
+}
+
 template <class V, int NV>
 void attend_heads(const tessera::DecodeAttnArgs& a) {
-  for (int64_t g = 0; g < a.G; ++g) {
-    const float* q = a.q + g * a.q_stride;
-    float* o = a.out + g * a.out_stride;
-    if (a.f16) attend_head<V, NV, true>(a, q, o);
-    else attend_head<V, NV, false>(a, q, o);
-  }
+  if (a.f16) attend_group<V, NV, true>(a);
+  else attend_group<V, NV, false>(a);
 }
 
 // Head sizes of 1..16 vectors; false for any other (the caller falls back to the reference).

@@ -13,8 +13,8 @@ float elem(const void* base, bool f16, int64_t i) {
 }  // namespace
 
 void attend_decode(const DecodeAttnArgs& a) {
-  float* s = a.scores;
   for (int64_t g = 0; g < a.G; ++g) {
+    float* s = a.scores + g * a.n;
     const float* q = a.q + g * a.q_stride;
     float mx = -INFINITY;
     for (int64_t j = 0; j < a.n; ++j) {
