@@ -54,16 +54,6 @@ void add(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-void axpy(float* y, float a, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
 void rope_tables(float* cos_t, float* sin_t, int64_t n_pos, int64_t rot_dim, float theta) {
   const int64_t half = rot_dim / 2;
   for (int64_t p = 0; p < n_pos; ++p)

@@ -19,9 +19,6 @@ void gelu(float* x, int64_t n);
 void softcap(float* x, int64_t n, float cap);
 // y(n) += x(n)
 void add(float* y, const float* x, int64_t n);
-float dot(const float* a, const float* b, int64_t n);
-// y(n) += a * x(n)
-void axpy(float* y, float a, const float* x, int64_t n);
 
 enum class RopeStyle { Interleaved, HalfSplit };
 // Rotates one head vector x(head_dim) at position pos, over the first rot_dim dims.
