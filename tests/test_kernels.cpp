@@ -251,6 +251,59 @@ TEST(KernelsMatmul, NoScratchGrowthAfterWarmup) {
   EXPECT_EQ(ctx.scratch(0), p);
 }
 
+// Rows are handed to threads in timing-dependent ranges, and matmul_multi runs
+// several matrices in one region: on the matrix-vector path neither may change
+// a single bit of Y. (The GEMM paths split work by thread count; there
+// matmul_multi must equal matmul at the same thread count.)
+TEST(KernelsMatmul, ThreadCountsAndMultiAreBitIdentical) {
+  const int64_t K = 1024;
+  const std::vector<std::vector<DType>> sets{{DType::F32, DType::F32, DType::F32},
+                                             {DType::F16, DType::BF16},
+                                             {DType::Q8_0, DType::Q4_0, DType::Q4_0},
+                                             {DType::Q4_0_R4, DType::Q8_0_R4, DType::Q4_0},  // mixed, one quantization
+                                             {DType::Q4_0_R4, DType::F32},                   // no shared path: one by one
+                                             {DType::Q8_G, DType::Q8_G}};
+  uint32_t seed = 100;
+  for (const auto& types : sets) {
+    std::vector<Weights> ws;
+    const int64_t Ns[] = {1000, 64, 257};
+    for (size_t i = 0; i < types.size(); ++i) ws.push_back(make_weights(types[i], Ns[i], K, 64, seed++));
+    for (int64_t M : {1, 3, 64}) {
+      const auto X = random_floats(size_t(M * K), seed++);
+      for (Isa isa : supported_isas()) {
+        const auto run = [&](int threads, bool multi) {
+          KernelContext ctx(threads, isa);
+          std::vector<std::vector<float>> y(ws.size());
+          std::vector<MatmulOut> outs;
+          for (size_t i = 0; i < ws.size(); ++i) {
+            y[i].assign(size_t(M * ws[i].view.rows()), NAN);
+            outs.push_back({&ws[i].view, y[i].data()});
+            if (!multi) matmul(ctx, ws[i].view, X.data(), M, y[i].data());
+          }
+          if (multi && outs.size() == 2) matmul_multi(ctx, X.data(), M, {outs[0], outs[1]});
+          if (multi && outs.size() == 3) matmul_multi(ctx, X.data(), M, {outs[0], outs[1], outs[2]});
+          return y;
+        };
+        const auto one = run(1, false);
+        for (int threads : {2, 3}) {
+          const auto sep = run(threads, false), multi = run(threads, true);
+          for (size_t i = 0; i < ws.size(); ++i) {
+            const std::string what = std::string(dtype_name(types[i])) + " (matrix " + std::to_string(i) +
+                                     ") isa=" + isa_name(isa) + " threads=" + std::to_string(threads) +
+                                     " M=" + std::to_string(M);
+            const size_t bytes = one[i].size() * 4;
+            EXPECT_EQ(0, std::memcmp(multi[i].data(), sep[i].data(), bytes)) << "matmul_multi vs matmul: " << what;
+            const bool gemm = M >= detail::blas_min_rows(ws[i].view, isa) || bf16_act_path(ws[i].view, isa, M);
+            if (isa != Isa::Scalar && !gemm) {
+              EXPECT_EQ(0, std::memcmp(sep[i].data(), one[i].data(), bytes)) << "vs 1 thread: " << what;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KernelsQuantize, Q8_0RoundTrip) {
   const int64_t n = 4096;
   auto x = random_floats(size_t(n), 11, -3.f, 3.f);

@@ -3,13 +3,15 @@
 // matmul() picks, once per call, from ctx.isa and the weight dtype:
 //   M >= blas_min_rows  -> gemm.cpp: OpenBLAS sgemm (other dtypes dequantized panel by panel)
 //   otherwise           -> the ISA's matrix-vector kernels (cpu/*_avx2.cpp, cpu/*_avx512.cpp),
-//                          rows of W split statically across ctx.n_threads OpenMP threads;
-//                          for Q8_0 / Q4_0 / Q8_G the activations are first quantized to int8
-//                          blocks in ctx.scratch().
+//                          rows of W handed to ctx.n_threads OpenMP threads in shrinking
+//                          ranges (RowQueue); for Q8_0 / Q4_0 / Q8_G the activations are
+//                          first quantized to int8 blocks in ctx.scratch().
+// matmul_multi() runs several matrices that share X in one parallel region.
 //   Isa::Scalar         -> the reference row loop (threaded), the specification.
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cpuid.h>
 
@@ -93,6 +95,9 @@ int64_t quant_block(const TensorView& W) {
   }
 }
 
+// Activation rows up to which every thread quantizes its own copy.
+constexpr int64_t kPrivateQuantRows = 4;
+
 size_t align64(size_t n) { return (n + 63) & ~size_t(63); }
 
 // Threads worth using: below ~32K multiply-adds a second thread costs more than it saves.
@@ -100,53 +105,119 @@ int threads_for(const KernelContext& ctx, int64_t N, int64_t K, int64_t M) {
   return N * K * M < (int64_t(1) << 15) ? 1 : std::max(1, ctx.n_threads);
 }
 
-// Rows [n0, n1) of thread t of T, in multiples of 16 so tiles stay whole.
-void split_rows(int64_t N, int t, int T, int64_t& n0, int64_t& n1) {
-  n0 = (N * t / T) & ~int64_t(15);
-  n1 = t + 1 == T ? N : (N * (t + 1) / T) & ~int64_t(15);
-}
+// One matrix of a matvec call: Y(M, N) = X(M, K) . W(N, K)^T.
+struct MatvecJob {
+  const TensorView* W;
+  float* Y;
+  cpu::MatvecFn fn;
+};
 
-void matvec(KernelContext& ctx, const cpu::IsaKernels& k, const TensorView& W, const float* X, int64_t M, float* Y) {
-  const int64_t N = W.rows(), K = W.cols();
-  const int64_t qb = quant_block(W);
-  const int T = threads_for(ctx, N, K, M);
-  // Scratch: [quantized X: qs (M*K) | d (M*K/qb) | s (M*K/qb)] [per-thread work rows (K floats)]
+// Hands out the rows of a call's matrices to its threads in ranges that are
+// multiples of 16 (tiles stay whole): a thread takes about 1 / (2T) of the
+// bytes still unclaimed (this matrix's and the later ones'), at least 16 rows,
+// so ranges start large and shrink. A thread that streams slower (on this
+// machine the second vCPU reads ~25% slower) thus takes fewer rows instead of
+// making the other wait at the end. Which thread computes a row does not
+// change its value, so results do not depend on the timing.
+class RowQueue {
+ public:
+  static constexpr int kMaxJobs = 4;
+  RowQueue(const MatvecJob* jobs, int n, int threads) : jobs_(jobs), n_(n), threads_(threads) {
+    for (int j = n - 1; j >= 0; --j) {
+      next_[j].store(0, std::memory_order_relaxed);
+      later_bytes_[j] = j + 1 < n ? later_bytes_[j + 1] + bytes(j + 1) : 0;
+    }
+  }
+  // Claims rows [n0, n1) of job j; false when job j has none left.
+  bool claim(int j, int64_t& n0, int64_t& n1) {
+    const int64_t N = jobs_[j].W->rows(), row_bytes = int64_t(jobs_[j].W->row_bytes());
+    int64_t cur = next_[j].load(std::memory_order_relaxed);
+    for (;;) {
+      if (cur >= N) return false;
+      const int64_t unclaimed = (N - cur) * row_bytes + later_bytes_[j];
+      const int64_t rows = std::max<int64_t>(16, unclaimed / (2 * threads_ * row_bytes) & ~int64_t(15));
+      const int64_t end = std::min(N, cur + rows);
+      if (next_[j].compare_exchange_weak(cur, end, std::memory_order_relaxed)) {
+        n0 = cur;
+        n1 = end;
+        return true;
+      }
+    }
+  }
+
+ private:
+  int64_t bytes(int j) const { return jobs_[j].W->rows() * int64_t(jobs_[j].W->row_bytes()); }
+  const MatvecJob* jobs_;
+  int n_, threads_;
+  std::atomic<int64_t> next_[kMaxJobs];
+  int64_t later_bytes_[kMaxJobs];
+};
+
+// The matrices of jobs (all with K columns and the same activation quantization)
+// against one X(M, K), in one parallel region.
+void matvec(KernelContext& ctx, const cpu::IsaKernels& k, const MatvecJob* jobs, int n_jobs, const float* X,
+            int64_t M) {
+  const TensorView& W0 = *jobs[0].W;
+  const int64_t K = W0.cols(), qb = quant_block(W0);
+  int64_t rows = 0;
+  bool need_work = false;
+  for (int j = 0; j < n_jobs; ++j) {
+    rows += jobs[j].W->rows();
+    need_work = need_work || jobs[j].W->dtype == DType::Q8_G || qb;
+  }
+  const int T = threads_for(ctx, rows, K, M);
+  // A few activation rows (decode) are quantized by every thread into its own
+  // copy, which saves a barrier; more rows are split across the threads.
+  const bool private_x = T > 1 && M <= kPrivateQuantRows;
+  const int copies = private_x ? T : 1;
+  // Scratch: copies x [quantized X: qs (M*K) | d (M*K/qb) | s (M*K/qb)], T x [work]
   const size_t nblk = qb ? size_t(M * (K / qb)) : 0;
   const size_t qs_bytes = qb ? align64(size_t(M * K)) : 0;
   const size_t d_bytes = align64(nblk * sizeof(float)), s_bytes = align64(nblk * sizeof(int32_t));
-  const bool need_work = W.dtype == DType::Q8_G || qb;
+  const size_t xq_bytes = qs_bytes + d_bytes + s_bytes;
   const size_t work_bytes = need_work ? align64(size_t(cpu::work_floats(K, M)) * sizeof(float)) : 0;
-  auto* base = static_cast<uint8_t*>(ctx.scratch(qs_bytes + d_bytes + s_bytes + size_t(T) * work_bytes));
-  auto* qs = reinterpret_cast<int8_t*>(base);
-  auto* d = reinterpret_cast<float*>(base + qs_bytes);
-  auto* s = reinterpret_cast<int32_t*>(base + qs_bytes + d_bytes);
-  uint8_t* work = base + qs_bytes + d_bytes + s_bytes;
-
-  cpu::MatvecArgs a;
-  a.W = &W;
-  a.X = X;
-  a.M = M;
-  a.Y = Y;
-  a.xq = cpu::QuantX{qs, d, s, K, qb ? qb : kQK};
-  const cpu::MatvecFn fn = matvec_for(k, W.dtype);
+  auto* base = static_cast<uint8_t*>(ctx.scratch(size_t(copies) * xq_bytes + size_t(T) * work_bytes));
+  uint8_t* work = base + size_t(copies) * xq_bytes;
+  const auto quantize = [&](int copy, int64_t m) {  // row m of X into copy `copy`
+    uint8_t* b = base + size_t(copy) * xq_bytes;
+    k.quantize_x(X + m * K, K, qb, reinterpret_cast<int8_t*>(b) + m * K,
+                 reinterpret_cast<float*>(b + qs_bytes) + m * (K / qb),
+                 reinterpret_cast<int32_t*>(b + qs_bytes + d_bytes) + m * (K / qb));
+  };
+  const auto quantized = [&](int copy) {
+    const uint8_t* b = base + size_t(copy) * xq_bytes;
+    return cpu::QuantX{reinterpret_cast<const int8_t*>(b), reinterpret_cast<const float*>(b + qs_bytes),
+                       reinterpret_cast<const int32_t*>(b + qs_bytes + d_bytes), K, qb ? qb : kQK};
+  };
+  const auto args = [&](int t, int copy, int j) {
+    cpu::MatvecArgs a;
+    a.W = jobs[j].W;
+    a.X = X;
+    a.M = M;
+    a.Y = jobs[j].Y;
+    a.xq = quantized(copy);
+    a.work = reinterpret_cast<float*>(work + size_t(t) * work_bytes);
+    return a;
+  };
   if (T == 1) {
-    for (int64_t m = 0; qb && m < M; ++m) k.quantize_x(X + m * K, K, qb, qs + m * K, d + m * (K / qb), s + m * (K / qb));
-    a.work = reinterpret_cast<float*>(work);
-    fn(a, 0, N);
+    for (int64_t m = 0; qb && m < M; ++m) quantize(0, m);
+    for (int j = 0; j < n_jobs; ++j) jobs[j].fn(args(0, 0, j), 0, jobs[j].W->rows());
     return;
   }
+  RowQueue queue(jobs, n_jobs, T);
 #pragma omp parallel num_threads(T)
   {
-    if (qb) {
+    const int t = omp_get_thread_num(), copy = private_x ? t : 0;
+    if (qb && private_x) {
+      for (int64_t m = 0; m < M; ++m) quantize(t, m);
+    } else if (qb) {
 #pragma omp for schedule(static)
-      for (int64_t m = 0; m < M; ++m) k.quantize_x(X + m * K, K, qb, qs + m * K, d + m * (K / qb), s + m * (K / qb));
+      for (int64_t m = 0; m < M; ++m) quantize(0, m);
     }
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    cpu::MatvecArgs ta = a;
-    ta.work = reinterpret_cast<float*>(work + size_t(t) * work_bytes);
-    int64_t n0, n1;
-    split_rows(N, t, nt, n0, n1);
-    if (n1 > n0) fn(ta, n0, n1);
+    for (int j = 0; j < n_jobs; ++j) {
+      cpu::MatvecArgs a = args(t, copy, j);
+      for (int64_t n0, n1; queue.claim(j, n0, n1); a.x_ready = true) jobs[j].fn(a, n0, n1);
+    }
   }
 }
 
@@ -185,7 +256,10 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
 void detail::matmul_matvec(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
   if (M <= 0 || W.rows() == 0) return;
   const cpu::IsaKernels* k = kernels_for(ctx.isa);
-  if (k && matvec_for(*k, W.dtype)) return matvec(ctx, *k, W, X, M, Y);
+  if (const cpu::MatvecFn fn = k ? matvec_for(*k, W.dtype) : nullptr) {
+    const MatvecJob job{&W, Y, fn};
+    return matvec(ctx, *k, &job, 1, X, M);
+  }
   matvec_scalar(ctx, W, X, M, Y);  // also the R4 layouts on an ISA without their kernels
 }
 
@@ -207,6 +281,41 @@ void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, 
   if (M >= detail::blas_min_rows(W, ctx.isa))
     return detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
   detail::matmul_matvec(ctx, W, X, M, Y);
+}
+
+namespace {
+
+// The SIMD matrix-vector kernel matmul() runs W against M rows of X on, or
+// nullptr when it takes a GEMM path or the scalar reference.
+cpu::MatvecFn simd_matvec(const cpu::IsaKernels& k, Isa isa, const TensorView& W, int64_t M) {
+  if (W.dtype == DType::Q8_G) {
+    if (!cpu::q8g_integer_path(W)) return nullptr;
+  } else if ((W.dtype == DType::BF16 && M >= detail::bf16_gemm_min_rows(isa)) || M >= detail::blas_min_rows(W, isa)) {
+    return nullptr;
+  }
+  return matvec_for(k, W.dtype);
+}
+
+}  // namespace
+
+void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs) {
+  // Shared only where every matrix would take the SIMD matrix-vector kernels
+  // (what matmul() picks below its GEMM thresholds) with the same K and the
+  // same activation quantization; otherwise one matmul() each.
+  const cpu::IsaKernels* k = kernels_for(ctx.isa);
+  MatvecJob jobs[RowQueue::kMaxJobs];
+  int n = 0;
+  bool shared = k && M > 0 && outs.size() <= size_t(RowQueue::kMaxJobs);
+  for (const MatmulOut& o : outs) {
+    if (!shared) break;
+    const TensorView& W = *o.W;
+    const cpu::MatvecFn fn = simd_matvec(*k, ctx.isa, W, M);
+    shared = fn && W.rows() > 0 &&
+             (n == 0 || (W.cols() == jobs[0].W->cols() && quant_block(W) == quant_block(*jobs[0].W)));
+    jobs[n++] = MatvecJob{&W, o.Y, fn};
+  }
+  if (shared && n > 0) return matvec(ctx, *k, jobs, n, X, M);
+  for (const MatmulOut& o : outs) matmul(ctx, *o.W, X, M, o.Y);
 }
 
 void quantize_row(DType t, const float* x, void* out, int64_t n) {

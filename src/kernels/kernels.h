@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "core/tensor.h"
@@ -32,6 +33,16 @@ class KernelContext {
 // Q8_G (llama2.c int8) follows llama2.c's runq: X is quantized to int8 in the
 // same groups as W and the products are integer (see ref::matmul).
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y);
+
+// Several matrices against one X: outs[i].Y = X . outs[i].W^T, exactly as
+// matmul() for each. When all of them take the matrix-vector path (decode) with
+// the same K, they share one parallel region and one quantization of X (e.g.
+// the q/k/v projections, gate and up). At most 4.
+struct MatmulOut {
+  const TensorView* W;
+  float* Y;
+};
+void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs);
 
 // C(M, N) = alpha op(A) op(B) + beta C, f32 row-major (OpenBLAS sgemm). Called
 // inside an OpenMP parallel region it runs on the calling thread only; outside,

@@ -12,9 +12,7 @@ void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
 
   // Attention.
   for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), C, c.norm_eps);
-  matmul(ctx, L.wq, a_.xb, n, a_.q);  // (n, qd)
-  matmul(ctx, L.wk, a_.xb, n, a_.k);  // (n, kvd)
-  matmul(ctx, L.wv, a_.xb, n, a_.v);  // (n, kvd)
+  matmul_multi(ctx, a_.xb, n, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});  // (n, qd), (n, kvd), (n, kvd)
   add_bias(a_.q, L.bq, n, qd);
   add_bias(a_.k, L.bk, n, kvd);
   add_bias(a_.v, L.bv, n, kvd);
@@ -35,8 +33,7 @@ void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
 
   // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
   for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.ffn_norm.f32(), C, c.norm_eps);
-  matmul(ctx, L.w_gate, a_.xb, n, a_.hb);  // (n, H)
-  matmul(ctx, L.w_up, a_.xb, n, a_.hb2);   // (n, H)
+  matmul_multi(ctx, a_.xb, n, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (n, H) each
   ops::swiglu(a_.hb, a_.hb2, n * H);
   matmul(ctx, L.w_down, a_.hb, n, a_.xb);  // (n, C)
   for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);

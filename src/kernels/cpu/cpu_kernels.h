@@ -35,6 +35,9 @@ struct MatvecArgs {
   int64_t M = 0;
   float* Y = nullptr;        // (M, N)
   float* work = nullptr;     // >= work_floats(K, M) floats, private to the calling thread
+  // work already holds this kernel's expansion of xq: the dispatcher sets it after
+  // a thread's first row range of a matrix, so later ranges skip the expansion.
+  bool x_ready = false;
 };
 
 // Per-thread workspace of the matrix-vector kernels: a dequantized row (Q8_G

@@ -51,13 +51,14 @@ struct QuadX {
   int64_t nq;
 };
 
-QuadX expand_quads(const QuantX& xq, int64_t M, float* work) {
+// Fills work unless ready (work already holds this expansion).
+QuadX expand_quads(const QuantX& xq, int64_t M, float* work, bool ready) {
   const int64_t nb = xq.nblocks(), nq = nb / 4, K = xq.K;
   auto* init = reinterpret_cast<__m512i*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   auto* dx = reinterpret_cast<__m512*>(init + M * nq);
   auto* qs = reinterpret_cast<int8_t*>(dx + M * nq);
   const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  for (int64_t m = 0; m < M; ++m) {
+  for (int64_t m = 0; m < M && !ready; ++m) {
     for (int64_t q = 0; q < nq; ++q) {
       const int64_t b = m * nb + 4 * q;
       const __m512i s = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq.s + b)));
@@ -141,7 +142,7 @@ void tile(const BlockQ4_0* w, const QuantX& xq, const QuadX& qx, int64_t m0, flo
 
 void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1) {
   const int64_t nb = a.xq.nblocks(), N = a.W->rows();
-  const QuadX qx = expand_quads(a.xq, a.M, a.work);
+  const QuadX qx = expand_quads(a.xq, a.M, a.work, a.x_ready);
   const auto* w = static_cast<const BlockQ4_0*>(a.W->data);
   for_each_tile<4, 4>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
     float* y = a.Y + m * N + n;

@@ -57,11 +57,12 @@ struct PairX {
   int64_t np;
 };
 
-PairX expand_pairs(const QuantX& xq, int64_t M, int mul, float* work) {
+// Fills work unless ready (work already holds this expansion).
+PairX expand_pairs(const QuantX& xq, int64_t M, int mul, float* work, bool ready) {
   const int64_t nb = xq.nblocks(), np = nb / 2;
   auto* init = reinterpret_cast<__m512i*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   auto* dx = reinterpret_cast<__m512*>(init + M * np);
-  for (int64_t m = 0; m < M; ++m) {
+  for (int64_t m = 0; m < M && !ready; ++m) {
     for (int64_t p = 0; p < np; ++p) {
       const int64_t b = m * nb + 2 * p;
       init[m * np + p] = _mm512_inserti64x4(_mm512_set1_epi32(-mul * xq.s[b]), _mm256_set1_epi32(-mul * xq.s[b + 1]), 1);
@@ -126,7 +127,7 @@ void tile_blocks(const typename F::Block* w, const QuantX& xq, const PairX& px, 
 template <class F>
 void matvec_blocks(const MatvecArgs& a, int64_t n0, int64_t n1) {
   const int64_t nb = a.xq.nblocks(), N = a.W->rows();
-  const PairX px = expand_pairs(a.xq, a.M, F::kOffsetMul, a.work);
+  const PairX px = expand_pairs(a.xq, a.M, F::kOffsetMul, a.work, a.x_ready);
   const auto* w = static_cast<const typename F::Block*>(a.W->data);
   for_each_tile<4, 4>(n0, n1, a.M, rows_per_cache_block(a.W->row_bytes()), [&]<int R>(int64_t n, int64_t m, int c) {
     float* y = a.Y + m * N + n;

@@ -29,10 +29,12 @@ struct XGroup {
   __m512 d;       // lane b: scale of x_b
 };
 
-// (M, G) groups from the quantized activations, into work (64-byte aligned).
-const XGroup* expand_groups(const QuantX& xq, int64_t M, int offset, float* work) {
+// (M, G) groups from the quantized activations, into work (64-byte aligned);
+// when ready, work already holds them.
+const XGroup* expand_groups(const QuantX& xq, int64_t M, int offset, float* work, bool ready) {
   const int64_t G = xq.K / 512, nb = xq.nblocks();
   auto* out = reinterpret_cast<XGroup*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
+  if (ready) return out;
   // Gathers dword b (b < 16) of each block's first / second 16 bytes: 4-byte steps of 32-byte blocks.
   const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
   for (int64_t m = 0; m < M; ++m)
@@ -105,7 +107,7 @@ void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int
 template <DType T>
 void matvec_r4(const MatvecArgs& a, int64_t n0, int64_t n1) {
   const int64_t K = a.W->cols(), N = a.W->rows(), G = K / 512;
-  const XGroup* xg = expand_groups(a.xq, a.M, T == DType::Q4_0_R4 ? 8 : 128, a.work);
+  const XGroup* xg = expand_groups(a.xq, a.M, T == DType::Q4_0_R4 ? 8 : 128, a.work, a.x_ready);
   const auto* w = static_cast<const uint8_t*>(a.W->data);
   const size_t tb = r4_tile_bytes(T, K);
   // Weight rows per pass over the activation rows: about 256 KiB, so they stay in L2 (M > 4).
