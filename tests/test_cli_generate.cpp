@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -131,4 +132,33 @@ TEST(CliGpt2, SyntheticGpt2RunsEndToEndThroughGgufAndSafetensors) {
   std::remove(text.c_str());
   std::remove(gguf.c_str());
   std::filesystem::remove_all(dir);
+}
+
+namespace {
+// The number after "key": in a one-line JSON object, NAN if absent.
+double json_number(const std::string& json, const std::string& key) {
+  const size_t p = json.find("\"" + key + "\":");
+  return p == std::string::npos ? NAN : std::strtod(json.c_str() + p + key.size() + 3, nullptr);
+}
+}  // namespace
+
+TEST(CliBench, SyntheticDecodeAndPrefillReportLimitsAndRatios) {
+  CliResult r = run_cli("bench --synthetic 260k -p 32 -n 24 -r 1 -t 2 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* key : {"prefill_tok_s", "decode_tok_s", "bandwidth_gbs", "decode_bw_fraction",
+                          "decode_window_bandwidth_gbs", "decode_bw_fraction_best_probe", "gemm_peak_gflops",
+                          "prefill_peak_fraction"}) {
+    const double v = json_number(r.out, key);
+    EXPECT_TRUE(v > 0 && std::isfinite(v)) << key << " in " << r.out;
+  }
+  // The paired fraction is decode's speed against a plain read of the same weights:
+  // a sane run is within a small factor of 1 either way (tiny weights sit in cache).
+  EXPECT_LT(json_number(r.out, "decode_bw_fraction"), 20.0) << r.out;
+  CliResult t = run_cli("bench --train --synthetic 260k --batch 2 --seq 32 --steps 1 --json");
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_GT(json_number(t.out, "train_tok_s"), 0) << t.out;
+  EXPECT_GT(json_number(t.out, "peak_fraction"), 0) << t.out;
+  CliResult bad = run_cli("bench --synthetic 260k -n -3");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("-n"), std::string::npos) << bad.err;
 }

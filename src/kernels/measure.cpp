@@ -31,40 +31,51 @@ double read_sum(Isa isa, const float* p, int64_t n) {
   return s;
 }
 
-// An anonymous mapping (huge pages where the kernel allows), unmapped on scope exit.
-class Mapping {
- public:
-  explicit Mapping(size_t n) : n_(n) {
-    p_ = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p_ == MAP_FAILED) p_ = nullptr;
-    if (p_) madvise(p_, n, MADV_HUGEPAGE);
+uint64_t read_xor(Isa isa, const uint8_t* p, int64_t n) {
+  switch (isa) {
+    case Isa::AVX512: return cpu::avx512::stream_read_xor(p, n);
+    case Isa::AVX2: return cpu::avx2::stream_read_xor(p, n);
+    case Isa::Scalar: break;
   }
-  ~Mapping() {
-    if (p_) munmap(p_, n_);
-  }
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  float* data() const { return static_cast<float*>(p_); }
-
- private:
-  void* p_ = nullptr;
-  size_t n_;
-};
+  uint64_t x = 0;
+  for (int64_t i = 0; i < n; ++i) x ^= p[i];
+  return x;
+}
 
 }  // namespace
 
+double stream_read_seconds(KernelContext& ctx, const std::vector<ByteSpan>& spans) {
+  const int T = std::max(1, ctx.n_threads);
+  uint64_t sink = 0;
+  const double t0 = now_s();
+#pragma omp parallel num_threads(T) reduction(^ : sink)
+  {
+    const int t = omp_get_thread_num();
+    for (const ByteSpan& s : spans) {
+      const size_t b = (s.bytes * size_t(t) / size_t(T)) & ~size_t(255);
+      const size_t e = t + 1 == T ? s.bytes : (s.bytes * size_t(t + 1) / size_t(T)) & ~size_t(255);
+      if (e > b) sink ^= read_xor(ctx.isa, static_cast<const uint8_t*>(s.data) + b, int64_t(e - b));
+    }
+  }
+  const double seconds = now_s() - t0;
+  volatile uint64_t keep = sink;  // keeps the reads alive
+  (void)keep;
+  return seconds;
+}
+
 double measure_read_bandwidth_gbs(KernelContext& ctx) {
   const size_t bytes = size_t(1) << 30;
-  Mapping buf(bytes);
-  if (!buf.data()) return 0.0;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return 0.0;
+  madvise(p, bytes, MADV_HUGEPAGE);  // huge pages where the kernel allows
+  auto* buf = static_cast<float*>(p);
   const int64_t n = int64_t(bytes / sizeof(float));
   const int T = std::max(1, ctx.n_threads);
   // Each thread faults in (first touch) and later reads its own slice.
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num();
-    const int64_t b = n * t / T, e = n * (t + 1) / T;
-    std::fill(buf.data() + b, buf.data() + e, 1.0f);
+    std::fill(buf + n * t / T, buf + n * (t + 1) / T, 1.0f);
   }
   double best = 1e30, sink = 0;
   for (int run = 0; run < 6; ++run) {
@@ -73,11 +84,12 @@ double measure_read_bandwidth_gbs(KernelContext& ctx) {
     {
       const int t = omp_get_thread_num();
       const int64_t b = (n * t / T) & ~int64_t(63), e = t + 1 == T ? n : (n * (t + 1) / T) & ~int64_t(63);
-      sink += read_sum(ctx.isa, buf.data() + b, e - b);
+      sink += read_sum(ctx.isa, buf + b, e - b);
     }
     best = std::min(best, now_s() - t0);
   }
-  // sink == n: every element is 1; the check keeps the reads alive.
+  munmap(p, bytes);
+  // sink == 6 n: every element is 1; the check keeps the reads alive.
   return sink > 0 ? double(bytes) / best / 1e9 : 0.0;
 }
 

@@ -2,6 +2,8 @@
 // the ratios reported there are to these numbers, measured in the same run.
 #pragma once
 
+#include <vector>
+
 #include "kernels/kernels.h"
 
 namespace tessera {
@@ -10,6 +12,17 @@ namespace tessera {
 // buffer (far larger than the LLC), pre-faulted, split across ctx.n_threads
 // threads with the widest loads ctx.isa has; best of several runs. ~0.5 s.
 double measure_read_bandwidth_gbs(KernelContext& ctx);
+
+// Seconds for one streaming read (no arithmetic but an xor) of every span,
+// each split evenly across ctx.n_threads threads. `tessera bench` reads the
+// model's weights with it between every few decoded tokens: the time a plain
+// read of those very bytes takes, in the same time window, is the decode bound
+// that the host's drifting bandwidth and the placement of the memory do not skew.
+struct ByteSpan {
+  const void* data;
+  size_t bytes;
+};
+double stream_read_seconds(KernelContext& ctx, const std::vector<ByteSpan>& spans);
 
 // Best sgemm GFLOP/s on a 2048^3 problem through the prefill path
 // (OpenBLAS with ctx.n_threads threads); best of a few runs. ~0.5 s.

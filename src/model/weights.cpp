@@ -101,6 +101,12 @@ size_t Weights::weight_bytes() const {
   return n;
 }
 
+std::vector<TensorView> Weights::tensors() const {
+  std::vector<TensorView> v;
+  for_each_tensor(*this, [&](const TensorView& t) { v.push_back(t); });
+  return v;
+}
+
 int64_t Weights::n_params() const {
   int64_t n = 0;
   for_each_tensor(*this, [&](const TensorView& t) { n += t.numel(); });

@@ -54,6 +54,7 @@ struct Weights {
   // "attn_q.weight" with layer 0 -> default "blk.0.attn_q.weight"; layer -1 for globals).
   void validate_shapes(const std::string& where, const TensorNamer& namer = {}) const;
   size_t weight_bytes() const;   // bytes of all distinct weight tensors
+  std::vector<TensorView> tensors() const;  // every distinct tensor once
   int64_t n_params() const;
 };
 

@@ -84,6 +84,7 @@ void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
+uint64_t stream_read_xor(const uint8_t* p, int64_t n);  // any bytes (no float traps or slow paths)
 bool attend_decode(const DecodeAttnArgs& a);
 }  // namespace avx2
 
@@ -100,6 +101,7 @@ void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
+uint64_t stream_read_xor(const uint8_t* p, int64_t n);
 bool attend_decode(const DecodeAttnArgs& a);
 }  // namespace avx512
 

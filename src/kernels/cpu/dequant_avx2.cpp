@@ -107,6 +107,27 @@ double stream_read_sum(const float* p, int64_t n) {
   return s;
 }
 
+// Software prefetch distance, as in dequant_avx512.cpp.
+constexpr int64_t kReadAhead = 4096;
+
+uint64_t stream_read_xor(const uint8_t* p, int64_t n) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + i + kReadAhead), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + i + kReadAhead + 64), _MM_HINT_T0);
+    a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32)));
+    a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 64)));
+    a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 96)));
+  }
+  alignas(32) uint64_t t[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3)));
+  uint64_t x = t[0] ^ t[1] ^ t[2] ^ t[3];
+  for (; i < n; ++i) x ^= p[i];
+  return x;
+}
+
 const IsaKernels& kernels() {
   static constexpr IsaKernels k{matvec_f32,  matvec_f16, matvec_bf16, matvec_q8_0,
                                 matvec_q4_0, matvec_q8_g, quantize_x,  dequant_row,
