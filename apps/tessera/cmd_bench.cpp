@@ -126,6 +126,8 @@ int cmd_bench(int argc, char** argv) {
   const std::vector<ByteSpan> spans = decode_spans(w);
   double span_bytes = 0;
   for (const ByteSpan& sp : spans) span_bytes += double(sp.bytes);
+  const double bytes = decode_bytes(w);
+  const double bytes_per_read = span_bytes > 0 ? bytes / span_bytes : 1.0;  // the read skips the one embedding row
   std::vector<double> read_s, seg_frac;  // per segment
   for (int r = 0; r < reps; ++r) {
     if (pp > 0) {
@@ -143,7 +145,7 @@ int cmd_bench(int argc, char** argv) {
         const double ds = seconds_since(t0);
         rep_s += ds;
         read_s.push_back(rs);
-        seg_frac.push_back(rs * (span_bytes > 0 ? decode_bytes(w) / span_bytes : 1.0) / (ds / double(i1 - i0)));
+        seg_frac.push_back(rs * bytes_per_read / (ds / double(i1 - i0)));
       }
       decode_tok_s = std::max(decode_tok_s, double(tg) / rep_s);
     }
@@ -153,7 +155,6 @@ int cmd_bench(int argc, char** argv) {
     std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(v.size() / 2), v.end());
     return v[v.size() / 2];
   };
-  const double bytes = decode_bytes(w);
   const double bound = bw * 1e9 / bytes;
   const double flops = matmul_flops_per_token(w);
   const double prefill_gflops = prefill_tok_s * flops / 1e9;
