@@ -122,7 +122,7 @@ struct MatvecJob {
 class RowQueue {
  public:
   static constexpr int kMaxJobs = 4;
-  RowQueue(const MatvecJob* jobs, int n, int threads) : jobs_(jobs), n_(n), threads_(threads) {
+  RowQueue(const MatvecJob* jobs, int n, int threads) : jobs_(jobs), threads_(threads) {
     for (int j = n - 1; j >= 0; --j) {
       next_[j].store(0, std::memory_order_relaxed);
       later_bytes_[j] = j + 1 < n ? later_bytes_[j + 1] + bytes(j + 1) : 0;
@@ -148,7 +148,7 @@ class RowQueue {
  private:
   int64_t bytes(int j) const { return jobs_[j].W->rows() * int64_t(jobs_[j].W->row_bytes()); }
   const MatvecJob* jobs_;
-  int n_, threads_;
+  int threads_;
   std::atomic<int64_t> next_[kMaxJobs];
   int64_t later_bytes_[kMaxJobs];
 };
@@ -263,26 +263,6 @@ void detail::matmul_matvec(KernelContext& ctx, const TensorView& W, const float*
   matvec_scalar(ctx, W, X, M, Y);  // also the R4 layouts on an ISA without their kernels
 }
 
-void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
-  if (M <= 0 || W.rows() == 0) return;
-  // llama2.c int8 (Q8_G) follows runq: activations quantized per group of W. The
-  // SIMD integer path covers groups that are multiples of 32; smaller groups (the
-  // tiny models exported with group 4) and the forced-scalar ISA run the specification.
-  if (W.dtype == DType::Q8_G) {
-    if (!cpu::q8g_integer_path(W) || ctx.isa == Isa::Scalar) return ref::matmul(W, X, M, Y);
-    return detail::matmul_matvec(ctx, W, X, M, Y);  // never the f32 BLAS path: activations stay quantized
-  }
-  const cpu::IsaKernels* k = kernels_for(ctx.isa);
-  if (W.dtype == DType::BF16 && M >= detail::bf16_gemm_min_rows(ctx.isa)) {
-    const int64_t K = W.cols();
-    return gemm_bf16(ctx, GemmOperand{X, false, K, 1}, GemmOperand{W.data, true, K, 1}, M, W.rows(), K, Y, W.rows(),
-                     false);
-  }
-  if (M >= detail::blas_min_rows(W, ctx.isa))
-    return detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
-  detail::matmul_matvec(ctx, W, X, M, Y);
-}
-
 namespace {
 
 // The SIMD matrix-vector kernel matmul() runs W against M rows of X on, or
@@ -297,6 +277,28 @@ cpu::MatvecFn simd_matvec(const cpu::IsaKernels& k, Isa isa, const TensorView& W
 }
 
 }  // namespace
+
+void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
+  if (M <= 0 || W.rows() == 0) return;
+  // llama2.c int8 (Q8_G) follows runq: activations quantized per group of W. The
+  // SIMD integer path covers groups that are multiples of 32; smaller groups (the
+  // tiny models exported with group 4) and the forced-scalar ISA run the specification.
+  // Q8_G never takes the f32 BLAS path: its activations stay quantized.
+  if (W.dtype == DType::Q8_G && (!cpu::q8g_integer_path(W) || ctx.isa == Isa::Scalar)) return ref::matmul(W, X, M, Y);
+  const cpu::IsaKernels* k = kernels_for(ctx.isa);
+  if (const cpu::MatvecFn fn = k ? simd_matvec(*k, ctx.isa, W, M) : nullptr) {
+    const MatvecJob job{&W, Y, fn};
+    return matvec(ctx, *k, &job, 1, X, M);
+  }
+  if (W.dtype == DType::BF16 && M >= detail::bf16_gemm_min_rows(ctx.isa)) {
+    const int64_t K = W.cols();
+    return gemm_bf16(ctx, GemmOperand{X, false, K, 1}, GemmOperand{W.data, true, K, 1}, M, W.rows(), K, Y, W.rows(),
+                     false);
+  }
+  if (M >= detail::blas_min_rows(W, ctx.isa))
+    return detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
+  matvec_scalar(ctx, W, X, M, Y);  // also the R4 layouts on an ISA without their kernels
+}
 
 void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs) {
   // Shared only where every matrix would take the SIMD matrix-vector kernels
