@@ -16,6 +16,7 @@ struct RefLlama {
   int dim, hidden, layers, heads, kv_heads, vocab, seq;
   std::vector<double> emb, att_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3, final_norm;
   std::vector<std::vector<double>> kcache, vcache;  // per layer (seq, kv_dim)
+  std::vector<double> freq_div;  // RoPE scaling: frequency j / 2 divided by freq_div[j / 2]; empty = none
 
   explicit RefLlama(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -70,7 +71,7 @@ struct RefLlama {
       auto rot = [&](std::vector<double>& vec, int n) {
         for (int i = 0; i < n; i += 2) {
           const int j = i % hd;
-          const double ang = pos * std::pow(10000.0, -double(j) / hd);
+          const double ang = pos * std::pow(10000.0, -double(j) / hd) / (freq_div.empty() ? 1.0 : freq_div[size_t(j / 2)]);
           const double a = vec[size_t(i)], b = vec[size_t(i + 1)];
           vec[size_t(i)] = a * std::cos(ang) - b * std::sin(ang);
           vec[size_t(i + 1)] = a * std::sin(ang) + b * std::cos(ang);

@@ -13,27 +13,16 @@
 #include "infer/perplexity.h"
 #include "model/model.h"
 #include "model/synthetic.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 using namespace tessera;
+using test::all_logits;
+using test::max_abs_diff;
 
 namespace {
 
 const std::vector<int32_t> kTokens = {1, 403, 407, 261, 378, 395, 342, 263, 289, 260, 381, 500, 301, 282, 265, 30};
-
-std::vector<float> all_logits(const Weights& w, const std::vector<int32_t>& toks) {
-  Model m(w, RunOptions{});
-  KernelContext ctx(2);
-  std::vector<float> out(toks.size() * size_t(w.cfg.vocab_size));
-  m.forward_all(ctx, toks.data(), int64_t(toks.size()), 0, out.data());
-  return out;
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));
-  return d;
-}
 
 struct TempDir {
   std::string path = test::temp_path("convert");

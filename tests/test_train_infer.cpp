@@ -11,6 +11,7 @@
 #include "formats/load.h"
 #include "formats/model_io.h"
 #include "model/model.h"
+#include "model/rope_scaling.h"
 #include "test_util.h"
 #include "train/params.h"
 #include "train/transformer.h"
@@ -70,6 +71,9 @@ void check_agreement(const ModelConfig& c) {
     EXPECT_EQ(lm.weights.cfg.qk_norm, c.qk_norm) << path;
     EXPECT_EQ(lm.weights.cfg.attn_softcap, c.attn_softcap) << path;
     EXPECT_EQ(lm.weights.cfg.final_softcap, c.final_softcap) << path;
+    ASSERT_EQ(lm.weights.cfg.rope_freq_factors.size(), c.rope_freq_factors.size()) << path;
+    for (size_t i = 0; i < c.rope_freq_factors.size(); ++i)
+      EXPECT_NEAR(lm.weights.cfg.rope_freq_factors[i], c.rope_freq_factors[i], 1e-6) << path;
     const std::vector<float> z2 = logits_of(lm.weights, tok);
     double worst = 0;
     for (size_t i = 0; i < z.size(); ++i) worst = std::max(worst, double(std::abs(z2[i] - z[i])));
@@ -95,6 +99,17 @@ TEST(TrainInfer, LlamaTiedInterleavedAgree) {
   c.arch = Arch::Llama;
   c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 8, c.hidden_dim = 64;
   c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = true;
+  check_agreement(c);
+}
+
+TEST(TrainInfer, LlamaRopeScalingAgree) {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8, c.hidden_dim = 48;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = true;
+  Llama3RopeScaling s;  // head size 8: divisors {1, 1, 1.9, 4}
+  s.factor = 4, s.low_freq_factor = 2, s.high_freq_factor = 32;
+  c.rope_freq_factors = llama3_rope_factors(s, c.rope_theta, c.head_dim);
   check_agreement(c);
 }
 

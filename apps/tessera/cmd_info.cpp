@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "model/rope_scaling.h"
 
 namespace tessera::cli {
 
@@ -38,6 +39,8 @@ int cmd_info(int argc, char** argv) {
   if (c.arch == Arch::Llama)
     std::printf("rope:           theta %g, %s\n", double(c.rope_theta),
                 c.rope_style == ops::RopeStyle::Interleaved ? "interleaved pairs" : "half-split (NeoX)");
+  if (!c.rope_freq_factors.empty())
+    std::printf("rope scaling:   %s\n", describe_rope_scaling(c.rope_freq_factors, c.rope_theta, c.head_dim).c_str());
   std::printf("embeddings:     %s\n", c.tied_embeddings ? "tied" : "untied");
   if (c.qk_norm) std::printf("qk-norm:        yes (RMSNorm per query/key head)\n");
   if (c.attn_softcap > 0.f) std::printf("attn softcap:   %g\n", double(c.attn_softcap));

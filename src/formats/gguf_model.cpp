@@ -1,9 +1,12 @@
 // GGUF <-> Weights for the llama, qwen2 and gpt2 architectures, with llama.cpp's
 // tensor names and metadata keys.
+#include <cmath>
 #include <string>
 
 #include "core/error.h"
 #include "formats/model_io.h"
+#include "kernels/kernels.h"
+#include "model/rope_scaling.h"
 
 namespace tessera {
 
@@ -20,6 +23,35 @@ uint32_t file_type_of(DType t) {
     case DType::BF16: return 32;
     default: return 0;
   }
+}
+
+// RoPE scaling as llama.cpp reads it for "llama": positions times 1 / rope.scaling.factor
+// (old key rope.scale_linear) under scaling type none or linear, and frequency i divided
+// by rope_freqs.weight[i] (llama3 scaling). One divisor per frequency; empty when unscaled.
+std::vector<float> gguf_rope_factors(const gguf::File& f, const std::string& p, int64_t head_dim) {
+  if (head_dim < 2) return {};  // validate() reports the head size
+  const std::string& path = f.path();
+  const std::string type = f.find(p + "rope.scaling.type") ? f.get_string(p + "rope.scaling.type") : "none";
+  if (type != "none" && type != "linear")
+    fail(path, ": ", p, "rope.scaling.type '", type, "' is not supported (supported: none, linear)");
+  const std::string fkey = f.find(p + "rope.scaling.factor") ? p + "rope.scaling.factor" : p + "rope.scale_linear";
+  const double linear = f.find(fkey) ? f.get_float(fkey) : 0.0;  // llama.cpp: 0 = unscaled
+  if (linear < 0 || !std::isfinite(linear)) fail(path, ": ", fkey, " must be >= 0, got ", linear);
+  std::vector<float> div;
+  if (const auto* t = f.find_tensor("rope_freqs.weight")) {
+    if (t->view.ndim != 1 || t->view.shape[0] != head_dim / 2)
+      fail(path, ": tensor rope_freqs.weight has shape ", shape_str(t->view), ", needs [", head_dim / 2,
+           "] (head_dim / 2)");
+    if (t->view.dtype != DType::F32 && t->view.dtype != DType::F16 && t->view.dtype != DType::BF16)
+      fail(path, ": tensor rope_freqs.weight is ", dtype_name(t->view.dtype), "; f32, f16 or bf16 needed");
+    div.resize(size_t(head_dim / 2));
+    dequantize_row(t->view, 0, div.data());
+  }
+  if (linear > 0 && linear != 1.0) {
+    div.resize(size_t(head_dim / 2), 1.f);
+    for (float& d : div) d *= float(linear);
+  }
+  return div;
 }
 
 }  // namespace
@@ -70,8 +102,7 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     const int64_t rot = f->get_int_or(p + "rope.dimension_count", c.head_dim);
     if (rot != c.head_dim)
       fail(path, ": ", p, "rope.dimension_count = ", rot, " (partial rotary) is not supported; head_dim is ", c.head_dim);
-    if (f->find(p + "rope.scaling.type") && f->get_string(p + "rope.scaling.type") != "none")
-      fail(path, ": ", p, "rope.scaling.type '", f->get_string(p + "rope.scaling.type"), "' is not supported");
+    c.rope_freq_factors = gguf_rope_factors(*f, p, c.head_dim);
     for (int64_t l = 0; l < c.n_layers; ++l) {
       auto& L = w.layers[size_t(l)];
       L.attn_norm = T(blk(l, "attn_norm.weight"));
@@ -173,6 +204,8 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
   gguf::Writer g;
   const bool llama = c.arch == Arch::Llama;
   const std::string arch = llama ? (c.qkv_bias ? "qwen2" : "llama") : "gpt2";
+  if (arch == "qwen2" && !c.rope_freq_factors.empty() && !uniform_rope_factor(c.rope_freq_factors))
+    fail(path, ": llama.cpp's qwen2 architecture has no rope_freqs tensor for this model's RoPE scaling");
   const std::string p = arch + ".";
   g.set_string("general.architecture", arch);
   g.set_string("general.name", c.name.empty() ? "tessera" : c.name);
@@ -192,6 +225,10 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
     g.set_f32(p + "attention.layer_norm_rms_epsilon", c.norm_eps);
     if (c.attn_softcap > 0.f) g.set_f32(p + "attn_logit_softcapping", c.attn_softcap);
     if (c.final_softcap > 0.f) g.set_f32(p + "final_logit_softcapping", c.final_softcap);
+    if (auto u = uniform_rope_factor(c.rope_freq_factors); u && *u != 1.f) {  // llama.cpp's linear keys
+      g.set_string(p + "rope.scaling.type", "linear");
+      g.set_f32(p + "rope.scaling.factor", *u);
+    }
     if (c.head_dim * c.n_heads != c.dim) {
       g.set_u32(p + "attention.key_length", uint32_t(c.head_dim));
       g.set_u32(p + "attention.value_length", uint32_t(c.head_dim));
@@ -205,6 +242,9 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
   g.add_tensor("token_embd.weight", w.tok_embd);
   if (!llama) g.add_tensor("position_embd.weight", w.pos_embd);
   g.add_tensor("output_norm.weight", w.out_norm);
+  if (!c.rope_freq_factors.empty() && !uniform_rope_factor(c.rope_freq_factors))  // llama3-style divisors
+    g.add_tensor("rope_freqs.weight",
+                 make_view(DType::F32, {int64_t(c.rope_freq_factors.size())}, c.rope_freq_factors.data()));
   if (!llama) g.add_tensor("output_norm.bias", w.out_norm_b);
   if (w.output.data != w.tok_embd.data) g.add_tensor("output.weight", w.output);
   auto add = [&](int64_t l, const char* name, const TensorView& t) {

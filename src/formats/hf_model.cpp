@@ -9,6 +9,7 @@
 #include "core/mmap.h"
 #include "formats/model_io.h"
 #include "kernels/kernels.h"
+#include "model/rope_scaling.h"
 
 namespace tessera {
 
@@ -31,6 +32,59 @@ json read_config(const std::string& dir) {
 int64_t get_int(const json& j, const std::string& path, const char* key) {
   if (!j.contains(key) || !j[key].is_number_integer()) fail(path, ": field '", key, "' is missing or not an integer");
   return j[key].get<int64_t>();
+}
+
+// The RoPE scaling of a Llama-family config.json as per-frequency divisors (empty: none).
+// Read from "rope_scaling" or, as newer transformers write it, "rope_parameters".
+std::vector<float> hf_rope_factors(const json& cfg, const std::string& path, double theta, int64_t head_dim) {
+  const char* key = cfg.contains("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  if (!cfg.contains(key) || cfg[key].is_null()) return {};
+  const json& rs = cfg[key];
+  if (!rs.is_object()) fail(path, ": field '", key, "' must be an object or null, got ", rs.dump());
+  const char* tkey = rs.contains("rope_type") ? "rope_type" : "type";
+  if (rs.contains(tkey) && !rs[tkey].is_string()) fail(path, ": field '", key, ".", tkey, "' must be a string");
+  const std::string type = rs.value(tkey, std::string("default"));
+  auto num = [&](const char* k) {
+    if (!rs.contains(k) || !rs[k].is_number()) fail(path, ": field '", key, ".", k, "' is missing or not a number");
+    return rs[k].get<double>();
+  };
+  if (type == "default") return {};
+  if (type == "linear") {
+    const double f = num("factor");
+    if (!(f > 0)) fail(path, ": field '", key, ".factor' must be positive, got ", f);
+    return std::vector<float>(size_t(head_dim / 2), float(f));
+  }
+  if (type == "llama3") {
+    Llama3RopeScaling s;
+    s.factor = num("factor");
+    s.low_freq_factor = num("low_freq_factor");
+    s.high_freq_factor = num("high_freq_factor");
+    s.original_context = int64_t(num("original_max_position_embeddings"));
+    if (!(s.factor > 0) || !(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor) ||
+        s.original_context <= 0)
+      fail(path, ": field '", key, "' (", rs.dump(),
+           ") needs factor > 0, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings > 0");
+    return llama3_rope_factors(s, theta, head_dim);
+  }
+  fail(path, ": field '", key, "' type '", type, "' is not supported (supported: default, linear, llama3)");
+}
+
+// config.json's rope_scaling for per-frequency divisors: null, linear or llama3.
+json hf_rope_scaling(const ModelConfig& c, const std::string& dir) {
+  const auto& f = c.rope_freq_factors;
+  if (f.empty()) return nullptr;
+  if (auto u = uniform_rope_factor(f)) {
+    if (*u == 1.f) return nullptr;
+    return {{"rope_type", "linear"}, {"factor", *u}};
+  }
+  if (auto s = fit_llama3_rope(f, c.rope_theta, c.head_dim))
+    return {{"rope_type", "llama3"},
+            {"factor", s->factor},
+            {"low_freq_factor", s->low_freq_factor},
+            {"high_freq_factor", s->high_freq_factor},
+            {"original_max_position_embeddings", s->original_context}};
+  fail(dir, ": the model's RoPE frequency divisors follow neither linear nor llama3 scaling, which is all "
+            "config.json's rope_scaling can express (write GGUF instead)");
 }
 
 // GPT-2 Conv1D weight (in, out) -> our (out, in) as an owned buffer, same dtype family (f32).
@@ -105,14 +159,16 @@ Weights load_hf_weights(const std::string& dir) {
     c.max_seq_len = cfg.value("max_position_embeddings", int64_t(2048));
     c.norm_eps = cfg.value("rms_norm_eps", 1e-6f);
     c.rope_theta = cfg.value("rope_theta", 10000.f);
+    if (cfg.contains("rope_parameters") && cfg["rope_parameters"].is_object() &&
+        cfg["rope_parameters"].contains("rope_theta") && cfg["rope_parameters"]["rope_theta"].is_number())
+      c.rope_theta = cfg["rope_parameters"]["rope_theta"].get<float>();
     c.rope_style = ops::RopeStyle::HalfSplit;
     auto cap = [&](const char* k) {  // Gemma-2's names; null = off
       return cfg.contains(k) && cfg[k].is_number() ? cfg[k].get<float>() : 0.f;
     };
     c.attn_softcap = cap("attn_logit_softcapping");
     c.final_softcap = cap("final_logit_softcapping");
-    if (cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null())
-      fail(cpath, ": field 'rope_scaling' (", cfg["rope_scaling"].dump(), ") is not supported");
+    if (c.head_dim > 0) c.rope_freq_factors = hf_rope_factors(cfg, cpath, c.rope_theta, c.head_dim);
     if (cfg.value("hidden_act", std::string("silu")) != "silu")
       fail(cpath, ": hidden_act '", cfg["hidden_act"].get<std::string>(), "' is not supported (silu only)");
     if (cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer() &&
@@ -216,6 +272,7 @@ Weights load_hf_weights(const std::string& dir) {
 void save_hf(const Weights& in, const std::string& dir) {
   const Weights w = with_rope_style(in, ops::RopeStyle::HalfSplit);
   const auto& c = w.cfg;
+  const json rope_scaling = c.arch == Arch::Llama ? hf_rope_scaling(c, dir) : json();  // may fail: before any file
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail(dir, ": cannot create directory: ", ec.message());
@@ -244,7 +301,7 @@ void save_hf(const Weights& in, const std::string& dir) {
     cfg["rope_theta"] = c.rope_theta;
     cfg["hidden_act"] = "silu";
     cfg["tie_word_embeddings"] = c.tied_embeddings;
-    cfg["rope_scaling"] = nullptr;
+    cfg["rope_scaling"] = rope_scaling;
     if (c.attn_softcap > 0.f) cfg["attn_logit_softcapping"] = c.attn_softcap;
     if (c.final_softcap > 0.f) cfg["final_logit_softcapping"] = c.final_softcap;
     check("model.embed_tokens.weight", w.tok_embd);

@@ -54,11 +54,12 @@ void add(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-void rope_tables(float* cos_t, float* sin_t, int64_t n_pos, int64_t rot_dim, float theta) {
+void rope_tables(float* cos_t, float* sin_t, int64_t n_pos, int64_t rot_dim, float theta, const float* freq_div) {
   const int64_t half = rot_dim / 2;
   for (int64_t p = 0; p < n_pos; ++p)
     for (int64_t i = 0; i < half; ++i) {
-      const float freq = std::pow(theta, -float(2 * i) / float(rot_dim));
+      float freq = std::pow(theta, -float(2 * i) / float(rot_dim));
+      if (freq_div) freq /= freq_div[i];
       const float ang = float(p) * freq;
       cos_t[p * half + i] = std::cos(ang);
       sin_t[p * half + i] = std::sin(ang);

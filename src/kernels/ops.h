@@ -25,7 +25,9 @@ enum class RopeStyle { Interleaved, HalfSplit };
 // Interleaved: pairs (2i, 2i+1) (llama2.c, GGUF llama). HalfSplit: pairs (i, i+half) (HF, GPT-NeoX).
 void rope(float* x, int64_t head_dim, int64_t rot_dim, int64_t pos, float theta, RopeStyle style);
 // The angles of rope() for positions [0, n_pos): cos/sin tables (n_pos, rot_dim / 2).
-void rope_tables(float* cos_t, float* sin_t, int64_t n_pos, int64_t rot_dim, float theta);
+// freq_div (rot_dim / 2, may be null): frequency i is divided by freq_div[i] (RoPE scaling).
+void rope_tables(float* cos_t, float* sin_t, int64_t n_pos, int64_t rot_dim, float theta,
+                 const float* freq_div = nullptr);
 // rope() with precomputed cos/sin rows (rot_dim / 2) for the position: the same numbers, no transcendentals.
 void rope_apply(float* x, const float* cos_r, const float* sin_r, int64_t rot_dim, RopeStyle style);
 

@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <cmath>
+
 #include "core/error.h"
 
 namespace tessera {
@@ -29,6 +31,14 @@ void ModelConfig::validate(const std::string& where) const {
   if (head_dim % 2 != 0 && arch == Arch::Llama) fail(where, ": head_dim (", head_dim, ") must be even for RoPE");
   if (!(norm_eps > 0.f)) fail(where, ": norm_eps must be positive, got ", norm_eps);
   if (arch == Arch::Llama && !(rope_theta > 0.f)) fail(where, ": rope_theta must be positive, got ", rope_theta);
+  if (!rope_freq_factors.empty()) {
+    if (arch != Arch::Llama) fail(where, ": RoPE frequency scaling is supported for the llama family only");
+    if (int64_t(rope_freq_factors.size()) != head_dim / 2)
+      fail(where, ": RoPE frequency scaling has ", rope_freq_factors.size(), " divisors, head_dim / 2 = ", head_dim / 2);
+    for (size_t i = 0; i < rope_freq_factors.size(); ++i)
+      if (!(rope_freq_factors[i] > 0.f) || !std::isfinite(rope_freq_factors[i]))
+        fail(where, ": RoPE frequency divisor ", i, " must be positive and finite, got ", rope_freq_factors[i]);
+  }
   if (attn_softcap < 0.f || final_softcap < 0.f) fail(where, ": soft-caps must be >= 0");
   if (qk_norm && arch != Arch::Llama) fail(where, ": qk_norm is supported for the llama family only");
   if (arch == Arch::GPT2 && n_kv_heads != n_heads)

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -23,6 +24,10 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;
   ops::RopeStyle rope_style = ops::RopeStyle::Interleaved;
+  // RoPE frequency scaling (model/rope_scaling.h): frequency i is divided by
+  // rope_freq_factors[i], head_dim / 2 values; empty = unscaled. Llama 3.x's
+  // "llama3" and linear position interpolation both take this form.
+  std::vector<float> rope_freq_factors;
   bool tied_embeddings = true;
   bool qkv_bias = false;    // Qwen2-style biases on q/k/v projections (Llama family)
   bool qk_norm = false;     // RMSNorm (gains of head_dim) on each query and key head before RoPE

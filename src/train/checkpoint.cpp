@@ -42,7 +42,7 @@ struct HashedWriter {
 }  // namespace
 
 nlohmann::json config_to_json(const ModelConfig& c) {
-  return {{"arch", arch_name(c.arch)},
+  nlohmann::json j = {{"arch", arch_name(c.arch)},
           {"dim", c.dim},
           {"n_layers", c.n_layers},
           {"n_heads", c.n_heads},
@@ -60,6 +60,8 @@ nlohmann::json config_to_json(const ModelConfig& c) {
           {"attn_softcap", c.attn_softcap},
           {"final_softcap", c.final_softcap},
           {"name", c.name}};
+  if (!c.rope_freq_factors.empty()) j["rope_freq_factors"] = c.rope_freq_factors;
+  return j;
 }
 
 ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) {
@@ -91,6 +93,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.qk_norm = j.value("qk_norm", false);
     c.attn_softcap = j.value("attn_softcap", 0.f);
     c.final_softcap = j.value("final_softcap", 0.f);
+    if (j.contains("rope_freq_factors")) c.rope_freq_factors = j["rope_freq_factors"].get<std::vector<float>>();
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": bad model config: ", e.what());
   }
