@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <filesystem>
 #include <random>
 
+#include "formats/gguf.h"
 #include "formats/load.h"
 #include "formats/model_io.h"
 #include "model/model.h"
@@ -111,6 +114,35 @@ TEST(TrainInfer, LlamaRopeScalingAgree) {
   s.factor = 4, s.low_freq_factor = 2, s.high_freq_factor = 32;
   c.rope_freq_factors = llama3_rope_factors(s, c.rope_theta, c.head_dim);
   check_agreement(c);
+}
+
+TEST(TrainInfer, Qwen3QkNormAgreeAndIsWrittenAsQwen3) {
+  // Qwen3's shape: QK-norm, no biases, head_dim * heads != dim.
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16, c.hidden_dim = 48;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = true, c.qk_norm = true, c.rope_theta = 1e6f;
+  check_agreement(c);
+  // The architecture names llama.cpp and transformers use for it.
+  train::Layout L(c);
+  std::vector<float> p(L.total);
+  train::init_params(L, p.data(), 3);
+  const Weights w = train::weights_view(L, p.data());
+  const std::string g = test::temp_path("qwen3.gguf"), hf = test::temp_path("qwen3_hf");
+  save_gguf(w, nullptr, g);
+  save_hf(w, hf);
+  auto f = gguf::File::open(g);
+  EXPECT_EQ(f->get_string("general.architecture"), "qwen3");
+  EXPECT_EQ(f->get_int("qwen3.attention.key_length"), 16);
+  EXPECT_NE(f->find_tensor("blk.1.attn_k_norm.weight"), nullptr);
+  std::ifstream in(hf + "/config.json");
+  const auto cfg = nlohmann::json::parse(in);
+  EXPECT_EQ(cfg["architectures"][0], "Qwen3ForCausalLM");
+  EXPECT_EQ(cfg["model_type"], "qwen3");
+  EXPECT_EQ(cfg["head_dim"], 16);
+  EXPECT_EQ(load_model(g).weights.cfg.rope_style, ops::RopeStyle::HalfSplit);
+  fs::remove(g);
+  fs::remove_all(hf);
 }
 
 TEST(TrainInfer, Gpt2Agree) {

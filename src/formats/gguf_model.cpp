@@ -1,4 +1,4 @@
-// GGUF <-> Weights for the llama, qwen2 and gpt2 architectures, with llama.cpp's
+// GGUF <-> Weights for the llama, qwen2, qwen3 and gpt2 architectures, with llama.cpp's
 // tensor names and metadata keys.
 #include <cmath>
 #include <string>
@@ -61,12 +61,12 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   const std::string arch = f->get_string("general.architecture");
   Weights w;
   auto& c = w.cfg;
-  if (arch == "llama" || arch == "qwen2")
+  if (arch == "llama" || arch == "qwen2" || arch == "qwen3")
     c.arch = Arch::Llama;
   else if (arch == "gpt2")
     c.arch = Arch::GPT2;
   else
-    fail(path, ": general.architecture '", arch, "' is not supported (supported: llama, qwen2, gpt2)");
+    fail(path, ": general.architecture '", arch, "' is not supported (supported: llama, qwen2, qwen3, gpt2)");
   const std::string p = arch + ".";
   c.name = f->get_string_or("general.name", "");
   c.dim = f->get_int(p + "embedding_length");
@@ -97,8 +97,9 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     // Soft-capping keys as llama.cpp names them for gemma2.
     c.attn_softcap = float(f->get_float_or(p + "attn_logit_softcapping", 0.0));
     c.final_softcap = float(f->get_float_or(p + "final_logit_softcapping", 0.0));
-    // llama.cpp runs "llama" with adjacent-pair RoPE (its converter permutes HF weights) and "qwen2" with NeoX style.
-    c.rope_style = arch == "qwen2" ? ops::RopeStyle::HalfSplit : ops::RopeStyle::Interleaved;
+    // llama.cpp runs "llama" with adjacent-pair RoPE (its converter permutes HF weights), "qwen2" and
+    // "qwen3" (QK-norm) with NeoX style.
+    c.rope_style = arch == "llama" ? ops::RopeStyle::Interleaved : ops::RopeStyle::HalfSplit;
     const int64_t rot = f->get_int_or(p + "rope.dimension_count", c.head_dim);
     if (rot != c.head_dim)
       fail(path, ": ", p, "rope.dimension_count = ", rot, " (partial rotary) is not supported; head_dim is ", c.head_dim);
@@ -195,17 +196,18 @@ void write_tokenizer(gguf::Writer& g, const Tokenizer& tok) {
 }  // namespace
 
 void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path) {
-  // llama.cpp runs "llama" with interleaved-pair RoPE rows and "qwen2" (biases) with half-split.
-  const Weights w = with_rope_style(in, in.cfg.qkv_bias ? ops::RopeStyle::HalfSplit : ops::RopeStyle::Interleaved);
+  // llama.cpp runs "llama" with interleaved-pair RoPE rows, "qwen2" (biases) and "qwen3" (QK-norm) with half-split.
+  const bool qwen = in.cfg.qkv_bias || in.cfg.qk_norm;
+  const Weights w = with_rope_style(in, qwen ? ops::RopeStyle::HalfSplit : ops::RopeStyle::Interleaved);
   const auto& c = w.cfg;
   for (const auto& L : w.layers)
     if (L.wq.dtype == DType::Q8_G || w.tok_embd.dtype == DType::Q8_G)
       fail(path, ": llama2.c int8 (q8_g) tensors cannot be written to GGUF; pick --type");
   gguf::Writer g;
   const bool llama = c.arch == Arch::Llama;
-  const std::string arch = llama ? (c.qkv_bias ? "qwen2" : "llama") : "gpt2";
-  if (arch == "qwen2" && !c.rope_freq_factors.empty() && !uniform_rope_factor(c.rope_freq_factors))
-    fail(path, ": llama.cpp's qwen2 architecture has no rope_freqs tensor for this model's RoPE scaling");
+  const std::string arch = llama ? (c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama") : "gpt2";
+  if (arch != "llama" && arch != "gpt2" && !c.rope_freq_factors.empty() && !uniform_rope_factor(c.rope_freq_factors))
+    fail(path, ": llama.cpp's ", arch, " architecture has no rope_freqs tensor for this model's RoPE scaling");
   const std::string p = arch + ".";
   g.set_string("general.architecture", arch);
   g.set_string("general.name", c.name.empty() ? "tessera" : c.name);

@@ -1,6 +1,6 @@
 // Hugging Face directories: config.json + safetensors <-> Weights.
-// LlamaForCausalLM (and Mistral / Qwen2, which only add biases or a sliding
-// window) and GPT2LMHeadModel (Conv1D weights stored (in, out): transposed here).
+// LlamaForCausalLM (and Mistral / Qwen2 / Qwen3, which only add a sliding
+// window, q/k/v biases or QK-norm) and GPT2LMHeadModel (Conv1D weights stored (in, out): transposed here).
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -145,7 +145,8 @@ Weights load_hf_weights(const std::string& dir) {
     const auto* t = st.find(name);
     return t ? st.tensor(name).view : TensorView{};
   };
-  if (archname == "LlamaForCausalLM" || archname == "MistralForCausalLM" || archname == "Qwen2ForCausalLM") {
+  if (archname == "LlamaForCausalLM" || archname == "MistralForCausalLM" || archname == "Qwen2ForCausalLM" ||
+      archname == "Qwen3ForCausalLM") {
     c.arch = Arch::Llama;
     c.dim = get_int(cfg, cpath, "hidden_size");
     c.hidden_dim = get_int(cfg, cpath, "intermediate_size");
@@ -258,7 +259,8 @@ Weights load_hf_weights(const std::string& dir) {
     }
   } else {
     fail(cpath, ": architectures[0] '", archname,
-         "' is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)");
+         "' is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+         "GPT2LMHeadModel)");
   }
   c.validate(cpath);
   w.owners.push_back(shared);
@@ -287,8 +289,9 @@ void save_hf(const Weights& in, const std::string& dir) {
   std::vector<std::vector<uint8_t>> keep;  // transposed GPT-2 buffers live until write()
   Weights tmp;
   if (c.arch == Arch::Llama) {
-    cfg["architectures"] = {c.qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
-    cfg["model_type"] = c.qkv_bias ? "qwen2" : "llama";
+    // Transformers' classes for the variants: Qwen2 adds q/k/v biases, Qwen3 QK-norm.
+    cfg["architectures"] = {c.qkv_bias ? "Qwen2ForCausalLM" : c.qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM"};
+    cfg["model_type"] = c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
     cfg["hidden_size"] = c.dim;
     cfg["intermediate_size"] = c.hidden_dim;
     cfg["num_hidden_layers"] = c.n_layers;
