@@ -7,9 +7,11 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "formats/gguf.h"
 #include "formats/llama2c.h"
 #include "formats/load.h"
 #include "formats/model_io.h"
+#include "formats/safetensors.h"
 #include "infer/perplexity.h"
 #include "model/model.h"
 #include "model/synthetic.h"
@@ -17,6 +19,7 @@
 #include "test_util.h"
 
 using namespace tessera;
+namespace fs = std::filesystem;
 using test::all_logits;
 using test::max_abs_diff;
 
@@ -144,5 +147,68 @@ TEST(Convert, UnsupportedArchitectureAndShapeMismatchAreErrors) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model.layers.0.mlp.up_proj.weight"), std::string::npos) << e.what();
+  }
+}
+
+// A tensor the model would not read (here an FFN bias, as Llama's mlp_bias adds) is an
+// error naming it, not a silently different model; buffers some checkpoints carry are not.
+TEST(Convert, TensorsTheModelDoesNotReadAreErrors) {
+  TempDir dir;
+  Weights src = make_random_weights(synthetic_config("260k"), DType::F32, 1, 1);
+  std::vector<float> bias(size_t(src.cfg.hidden_dim), 0.5f);
+  const TensorView extra = make_view(DType::F32, {src.cfg.hidden_dim}, bias.data());
+
+  // GGUF: the file save_gguf writes, copied with one tensor more.
+  save_gguf(src, nullptr, dir.path + "/m.gguf");
+  {
+    auto f = gguf::File::open(dir.path + "/m.gguf");
+    gguf::Writer g;
+    for (const auto& [k, v] : f->metadata()) {
+      using VT = gguf::ValueType;
+      switch (v.type) {
+        case VT::STRING: g.set_string(k, v.s); break;
+        case VT::UINT32: g.set_u32(k, uint32_t(v.u)); break;
+        case VT::INT32: g.set_i32(k, int32_t(v.i)); break;
+        case VT::FLOAT32: g.set_f32(k, float(v.f)); break;
+        case VT::BOOL: g.set_bool(k, v.b); break;
+        default: FAIL() << "metadata type of " << k << " not copied by this test";
+      }
+    }
+    for (const auto& t : f->tensors()) g.add_tensor(t.name, t.view);
+    g.add_tensor("blk.0.ffn_up.bias", extra);
+    g.write(dir.path + "/extra.gguf");
+  }
+  EXPECT_NO_THROW(load_model(dir.path + "/m.gguf"));
+  try {
+    load_model(dir.path + "/extra.gguf");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("extra.gguf: tensor blk.0.ffn_up.bias is not part of the llama model"),
+              std::string::npos)
+        << e.what();
+  }
+
+  // Hugging Face: the same, plus the rotary inverse-frequency buffer older checkpoints store.
+  save_hf(src, dir.path + "/hf");
+  fs::create_directories(dir.path + "/hf2");
+  fs::copy_file(dir.path + "/hf/config.json", dir.path + "/hf2/config.json");
+  auto st = safetensors::Collection::open(dir.path + "/hf");
+  std::vector<float> inv(4, 1.f);
+  auto write_with = [&](const std::string& name, const TensorView& t) {
+    safetensors::Writer w;
+    for (const std::string& n : st.names()) w.add_tensor(n, st.tensor(n).view);
+    w.add_tensor(name, t);
+    w.write(dir.path + "/hf2/model.safetensors");
+  };
+  write_with("model.layers.0.self_attn.rotary_emb.inv_freq", make_view(DType::F32, {4}, inv.data()));
+  EXPECT_NO_THROW(load_model(dir.path + "/hf2"));
+  write_with("model.layers.0.mlp.up_proj.bias", extra);
+  try {
+    load_model(dir.path + "/hf2");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor model.layers.0.mlp.up_proj.bias is not part of the LlamaForCausalLM"),
+              std::string::npos)
+        << e.what();
   }
 }

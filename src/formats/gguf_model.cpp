@@ -1,6 +1,7 @@
 // GGUF <-> Weights for the llama, qwen2, qwen3 and gpt2 architectures, with llama.cpp's
 // tensor names and metadata keys.
 #include <cmath>
+#include <set>
 #include <string>
 
 #include "core/error.h"
@@ -80,8 +81,13 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   const auto& emb = f->tensor("token_embd.weight");
   if (emb.shape.size() != 2) fail(path, ": tensor token_embd.weight must be 2-D, has ", emb.shape.size(), " dims");
   c.vocab_size = emb.shape[0];
-  auto T = [&](const std::string& name) { return f->tensor(name).view; };
+  std::set<std::string> used = {"token_embd.weight", "rope_freqs.weight"};  // every tensor the model reads
+  auto T = [&](const std::string& name) {
+    used.insert(name);
+    return f->tensor(name).view;
+  };
   auto opt = [&](const std::string& name) {
+    used.insert(name);
     const auto* t = f->find_tensor(name);
     return t ? t->view : TensorView{};
   };
@@ -145,6 +151,11 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
       L.b_down = T(blk(l, "ffn_down.bias"));
     }
   }
+  // A tensor the model does not read is a feature it would silently drop (MoE experts,
+  // FFN biases, extra norms...): refuse, as llama.cpp refuses unexpected tensors.
+  for (const auto& t : f->tensors())
+    if (!used.count(t.name))
+      fail(path, ": tensor ", t.name, " is not part of the ", arch, " model as Tessera runs it (unsupported feature)");
   c.validate(path);
   w.owners.push_back(f);
   norms_to_f32(w);

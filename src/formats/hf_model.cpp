@@ -1,7 +1,9 @@
 // Hugging Face directories: config.json + safetensors <-> Weights.
 // LlamaForCausalLM (and Mistral / Qwen2 / Qwen3, which only add a sliding
 // window, q/k/v biases or QK-norm) and GPT2LMHeadModel (Conv1D weights stored (in, out): transposed here).
+#include <cstring>
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -140,8 +142,13 @@ Weights load_hf_weights(const std::string& dir) {
   const auto& st = *shared;
   Weights w;
   auto& c = w.cfg;
-  auto T = [&](const std::string& name) { return st.tensor(name).view; };
+  std::set<std::string> used;  // every tensor the model reads
+  auto T = [&](const std::string& name) {
+    used.insert(name);
+    return st.tensor(name).view;
+  };
   auto opt = [&](const std::string& name) {
+    used.insert(name);
     const auto* t = st.find(name);
     return t ? st.tensor(name).view : TensorView{};
   };
@@ -261,6 +268,20 @@ Weights load_hf_weights(const std::string& dir) {
     fail(cpath, ": architectures[0] '", archname,
          "' is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
          "GPT2LMHeadModel)");
+  }
+  // A tensor the model does not read is a feature it would silently drop (MLP biases, MoE
+  // experts, extra norms...): refuse. Buffers some checkpoints carry are not weights.
+  for (const std::string& name : st.names()) {
+    auto ends = [&](std::string_view suf) { return name.size() >= suf.size() && name.ends_with(suf); };
+    if (used.count(name) || ends(".attn.bias") || ends(".attn.masked_bias") || ends(".rotary_emb.inv_freq")) continue;
+    if (c.arch == Arch::GPT2 && (name == "lm_head.weight" || name == "transformer.lm_head.weight")) {
+      const TensorView lm = st.tensor(name).view;  // GPT2LMHeadModel ties it to wte; a copy is fine
+      if (lm.dtype == w.tok_embd.dtype && lm.nbytes() == w.tok_embd.nbytes() &&
+          std::memcmp(lm.data, w.tok_embd.data, lm.nbytes()) == 0)
+        continue;
+      fail(dir, ": tensor ", name, " differs from wte; an untied GPT-2 output layer is not supported");
+    }
+    fail(dir, ": tensor ", name, " is not part of the ", archname, " model as Tessera runs it (unsupported feature)");
   }
   c.validate(cpath);
   w.owners.push_back(shared);
