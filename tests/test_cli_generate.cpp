@@ -7,6 +7,8 @@
 #include <fstream>
 
 #include "cli_util.h"
+#include "formats/llama2c.h"
+#include "formats/model_io.h"
 
 using namespace tessera::test;
 
@@ -161,4 +163,37 @@ TEST(CliBench, SyntheticDecodeAndPrefillReportLimitsAndRatios) {
   CliResult bad = run_cli("bench --synthetic 260k -n -3");
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.err.find("-n"), std::string::npos) << bad.err;
+}
+
+TEST(CliGenerate, ContextDefaultIsCappedAndLongerContextsWarn) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  TESSERA_REQUIRE_SHARED("data/tinystories_val.txt");
+  // A model trained for 65536 positions (Llama 3 says 131072): the KV cache defaults to 4096.
+  tessera::Weights w = tessera::load_llama2c(shared_path(kModel));
+  w.cfg.max_seq_len = 65536;
+  const std::string gguf = temp_path("longctx.gguf");
+  tessera::save_gguf(w, nullptr, gguf);
+  const std::string args = "generate -m " + q(gguf) + " --tokenizer " + q(shared_path(kTok)) + " -p hi -n 2 ";
+  CliResult r = run_cli(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find(", ctx 4096,"), std::string::npos) << r.err;
+  r = run_cli(args + "-c 0");  // the model's whole context
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find(", ctx 65536,"), std::string::npos) << r.err;
+  std::remove(gguf.c_str());
+  // stories260K was trained for 512: a longer context runs, with a warning.
+  r = run_cli("generate " + model_args() + " -p hi -n 2 -c 1000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: context 1000 exceeds the model's trained context 512"), std::string::npos) << r.err;
+  r = run_cli("generate " + model_args() + " -p hi -n 2");
+  EXPECT_EQ(r.err.find("warning"), std::string::npos) << r.err;
+  // Perplexity windows are capped at the trained context instead.
+  r = run_cli("perplexity " + model_args() + " -f " + q(shared_path("data/tinystories_val.txt")) +
+              " -c 1000 --chunks 1 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("-c 1000 capped at the model's trained context 512"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("\"ctx\": 512"), std::string::npos) << r.out;
+  r = run_cli("generate " + model_args() + " -p hi -n 2 -c -5");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("-c/--ctx-size must be >= 0, got -5"), std::string::npos) << r.err;
 }

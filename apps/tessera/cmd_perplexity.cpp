@@ -40,7 +40,12 @@ int cmd_perplexity(int argc, char** argv) {
   const std::string text = ss.str();
 
   ma.ctx = n_ctx;
+  ma.cap_ctx = true;
   Loaded L = load(ma);
+  if (L.model->n_ctx() < n_ctx)
+    std::fprintf(stderr, "perplexity: -c %lld capped at the model's trained context %lld\n", (long long)n_ctx,
+                 (long long)L.model->n_ctx());
+  n_ctx = L.model->n_ctx();
   const Tokenizer& tok = require_tokenizer(L.lm);
   EncodeOptions eo;
   eo.add_special = false;

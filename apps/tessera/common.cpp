@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <thread>
 
@@ -12,7 +13,9 @@ namespace tessera::cli {
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("-m,--model", a.model, "model: GGUF file, Hugging Face directory, llama2.c .bin, or synthetic:NAME[:TYPE] (random weights)")->required();
   app.add_option("--tokenizer", a.tokenizer, "tokenizer file for models that carry none (llama2.c tokenizer.bin)");
-  if (need_ctx) app.add_option("-c,--ctx-size", a.ctx, "context size in tokens (default: the model's)");
+  if (need_ctx)
+    app.add_option("-c,--ctx-size", a.ctx,
+                   "context size in tokens (default: the model's trained context, at most 4096; 0: the model's)");
   app.add_option("-t,--threads", a.threads, "threads (default: all cores)");
   app.add_option("-b,--batch-size", a.batch, "prefill chunk size in tokens")->check(CLI::PositiveNumber);
   app.add_option("--kv-type", a.kv_type, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
@@ -23,9 +26,17 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
 Loaded load(const ModelArgs& a) {
   Loaded L;
   L.lm = load_model(a.model, a.tokenizer);
-  if (a.ctx < 0) fail("-c/--ctx-size must be positive, got ", a.ctx);
+  if (a.ctx < -1) fail("-c/--ctx-size must be >= 0, got ", a.ctx);
+  const auto& cfg = L.lm.weights.cfg;
+  // As llama.cpp: a model's trained context can be 128K tokens (gigabytes of KV cache),
+  // so the default is capped; -c 0 asks for all of it.
+  constexpr int64_t kDefaultCtx = 4096;
   RunOptions ro;
-  ro.n_ctx = a.ctx;
+  ro.n_ctx = a.ctx < 0 ? std::min(cfg.max_seq_len, kDefaultCtx) : a.ctx == 0 ? cfg.max_seq_len : a.ctx;
+  if (a.cap_ctx) ro.n_ctx = std::min(ro.n_ctx, cfg.max_seq_len);
+  if (ro.n_ctx > cfg.max_seq_len && cfg.arch == Arch::Llama)
+    std::fprintf(stderr, "tessera: warning: context %lld exceeds the model's trained context %lld; quality may drop\n",
+                 (long long)ro.n_ctx, (long long)cfg.max_seq_len);
   ro.max_batch = a.batch;
   ro.kv_f16 = a.kv_type == "f16";
   const int threads = a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));

@@ -17,7 +17,8 @@ namespace tessera::cli {
 struct ModelArgs {
   std::string model;
   std::string tokenizer;
-  int64_t ctx = 0;        // 0 = the model's trained context
+  int64_t ctx = -1;       // -1 (unset): the model's trained context, at most kDefaultCtx; 0: the model's
+  bool cap_ctx = false;   // cap ctx at the model's trained context (perplexity windows)
   int threads = 0;        // 0 = all cores
   int64_t batch = 256;    // prefill chunk
   std::string kv_type = "f32";
