@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "formats/gguf.h"
@@ -15,6 +16,8 @@
 #include "infer/perplexity.h"
 #include "model/model.h"
 #include "model/synthetic.h"
+#include "tokenizer/pretokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "model_test_util.h"
 #include "test_util.h"
 
@@ -211,4 +214,56 @@ TEST(Convert, TensorsTheModelDoesNotReadAreErrors) {
               std::string::npos)
         << e.what();
   }
+}
+
+// GGUF names a byte-level BPE pre-tokenizer by family in llama.cpp's spelling
+// ("gpt-2": llama.cpp refuses "gpt2"), recognises a family given as regexes
+// (a Qwen2 tokenizer.json), and refuses regexes no GGUF reader knows.
+TEST(Convert, GgufNamesThePreTokenizerAsLlamaCppDoes) {
+  TESSERA_REQUIRE_SHARED("tokenizers/gpt2/vocab.json");
+  TempDir dir;
+  const Tokenizer gpt2 = load_gpt2_vocab(test::shared_path("tokenizers/gpt2/vocab.json"),
+                                         test::shared_path("tokenizers/gpt2/merges.txt"));
+  ModelConfig c = synthetic_config("260k");
+  c.vocab_size = gpt2.n_vocab();
+  const Weights w = make_random_weights(c, DType::F32, 1, 1);
+  auto pre_of = [&](const Tokenizer& tok, const std::string& name) {
+    save_gguf(w, &tok, dir.path + "/" + name);
+    return gguf::File::open(dir.path + "/" + name)->get_string("tokenizer.ggml.pre");
+  };
+  EXPECT_EQ(gpt2.data().pre, "gpt2");  // our own name for it
+  EXPECT_EQ(pre_of(gpt2, "gpt2.gguf"), "gpt-2");
+  EXPECT_EQ(load_model(dir.path + "/gpt2.gguf").tokenizer->encode("Hello 12345 world"),
+            gpt2.encode("Hello 12345 world"));
+
+  // The same vocabulary with Qwen2's regex (single digits) given as patterns.
+  VocabData d = gpt2.data();
+  d.pre.clear();
+  d.pre_patterns = pretokenizer_patterns("qwen2");
+  const Tokenizer qwen(d);
+  EXPECT_EQ(pre_of(qwen, "qwen.gguf"), "qwen2");
+  const std::string text = "Hello 12345 world";
+  EXPECT_NE(qwen.encode(text), gpt2.encode(text));
+  EXPECT_EQ(load_model(dir.path + "/qwen.gguf").tokenizer->encode(text), qwen.encode(text));
+  // As a tokenizer.json's Split pre-tokenizer gives it: recognised by name.
+  const nlohmann::json tj = {
+      {"pre_tokenizer",
+       {{"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"}, {"pattern", {{"Regex", d.pre_patterns[0]}}}, {"behavior", "Isolated"}},
+          {{"type", "ByteLevel"}, {"use_regex", false}}}}}},
+      {"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", nlohmann::json::array()}}}};
+  EXPECT_EQ(parse_hf_tokenizer_json(tj.dump(), "tokenizer.json").pre, "qwen2");
+
+  // Regexes of no family: an error before anything is written.
+  d.pre_patterns = {R"(\p{L}+|\p{N}+|[^\p{L}\p{N}]+)"};
+  const Tokenizer custom(d);
+  try {
+    save_gguf(w, &custom, dir.path + "/custom.gguf");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("custom.gguf: the tokenizer's pre-tokenizer regexes"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir.path + "/custom.gguf"));
 }

@@ -8,6 +8,7 @@
 #include "formats/model_io.h"
 #include "kernels/kernels.h"
 #include "model/rope_scaling.h"
+#include "tokenizer/pretokenizer.h"
 
 namespace tessera {
 
@@ -165,11 +166,21 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
 
 namespace {
 
-void write_tokenizer(gguf::Writer& g, const Tokenizer& tok) {
+void write_tokenizer(gguf::Writer& g, const Tokenizer& tok, const std::string& path) {
   const VocabData& d = tok.data();
   const bool spm = d.kind == TokenizerKind::SentencePiece;
   g.set_string("tokenizer.ggml.model", spm ? "llama" : "gpt2");
-  if (!spm) g.set_string("tokenizer.ggml.pre", d.pre.empty() ? "default" : d.pre);
+  if (!spm) {
+    // GGUF names the pre-tokenizer by family, in llama.cpp's spelling ("gpt-2", not "gpt2",
+    // which llama.cpp refuses); regexes of no known family cannot be carried.
+    const std::vector<std::string> pats =
+        d.pre_patterns.empty() ? pretokenizer_patterns(d.pre.empty() ? "default" : d.pre) : d.pre_patterns;
+    const std::string family = pretokenizer_family_of(pats);
+    if (family.empty())
+      fail(path, ": the tokenizer's pre-tokenizer regexes (", pats.size(), ", first '", pats.empty() ? "" : pats[0],
+           "') are none of the tokenizer.ggml.pre families GGUF readers know; write a Hugging Face directory instead");
+    g.set_string("tokenizer.ggml.pre", family);
+  }
   std::vector<std::string> tokens = d.tokens;
   std::vector<int32_t> types(tokens.size(), int32_t(TokenType::Normal));
   for (size_t i = 0; i < tokens.size(); ++i) {
@@ -250,7 +261,7 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
     g.set_f32(p + "attention.layer_norm_epsilon", c.norm_eps);
   }
   g.set_u32(p + "vocab_size", uint32_t(c.vocab_size));
-  if (tok) write_tokenizer(g, *tok);
+  if (tok) write_tokenizer(g, *tok, path);
 
   g.add_tensor("token_embd.weight", w.tok_embd);
   if (!llama) g.add_tensor("position_embd.weight", w.pos_embd);

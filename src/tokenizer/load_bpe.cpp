@@ -313,12 +313,9 @@ VocabData parse_hf_tokenizer_json(std::string_view json, const std::string& name
   bool bytelevel_regex = false;
   if (j.contains("pre_tokenizer")) find_pre_regex(j["pre_tokenizer"], regexes, bytelevel_regex);
   if (bytelevel_regex) regexes.push_back(kGpt2Pattern);
-  if (regexes.size() == 1 && regexes[0] == pretokenizer_patterns("llama-bpe")[0]) {
-    v.pre = "llama-bpe";
-  } else if (regexes.size() == 1 && regexes[0] == kGpt2Pattern) {
-    v.pre = "gpt2";
-  } else if (!regexes.empty()) {
-    v.pre_patterns = regexes;
+  if (!regexes.empty()) {  // a known family by name (GGUF can carry it), else the regexes themselves
+    v.pre = pretokenizer_family_of(regexes);
+    if (v.pre.empty()) v.pre_patterns = regexes;
   }
   // BOS / EOS by the usual names.
   for (size_t i = 0; i < v.tokens.size(); ++i) {

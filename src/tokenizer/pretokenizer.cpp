@@ -21,14 +21,14 @@ const char* const kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 struct Family {
-  const char* names;  // '|'-separated aliases
+  const char* names;  // '|'-separated aliases; the first is the name written to GGUF (one llama.cpp knows)
   std::vector<std::string> patterns;
   bool ignore_merges;
 };
 
 const std::vector<Family>& families() {
   static const std::vector<Family> k = {
-      {"default|gpt2|gpt-2|mpt|olmo|gpt-neox|jais|phi-2|stablelm2", {kGpt2Pattern}, false},
+      {"gpt-2|default|gpt2|mpt|olmo|gpt-neox|jais|phi-2|stablelm2", {kGpt2Pattern}, false},
       {"llama-bpe|llama3|llama-v3|llama-3|smaug-bpe|falcon3|dbrx", {kLlama3Pattern}, true},
       {"qwen2|qwen2.5|qwen-2.5|deepseek-r1-qwen", {kQwen2Pattern}, false},
       // Digits are split one by one before the GPT-2 pattern runs.
@@ -84,6 +84,15 @@ std::vector<std::string> pretokenizer_patterns(const std::string& family) {
     fail("unknown pre-tokenizer '", family, "' (known: ", known, ")");
   }
   return f->patterns;
+}
+
+std::string pretokenizer_family_of(const std::vector<std::string>& patterns) {
+  for (const auto& f : families())
+    if (f.patterns == patterns) {
+      const std::string_view names = f.names;
+      return std::string(names.substr(0, names.find('|')));
+    }
+  return "";
 }
 
 bool pretokenizer_ignores_merges(const std::string& family) {

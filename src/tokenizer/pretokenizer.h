@@ -32,6 +32,9 @@ class PreTokenizer {
 // The regexes of a tokenizer.ggml.pre family name ("gpt2", "llama-bpe", "qwen2",
 // ...). Throws Error naming the family when unknown.
 std::vector<std::string> pretokenizer_patterns(const std::string& family);
+// The family name of exactly these regexes, as llama.cpp's tokenizer.ggml.pre
+// spells it ("gpt-2", "llama-bpe", "qwen2", ...), or "" when no family has them.
+std::string pretokenizer_family_of(const std::vector<std::string>& patterns);
 // Whether llama.cpp turns on ignore_merges for this family (the Llama-3 ones).
 bool pretokenizer_ignores_merges(const std::string& family);
 
