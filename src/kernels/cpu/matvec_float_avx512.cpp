@@ -38,14 +38,32 @@ void tile(const typename L::T* w, int64_t K, const float* x, float* y, int64_t N
   for (int r = 0; r < R; ++r)
     #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  // Steps of one cache line of weights (16 f32 or 32 f16 / bf16 elements): one
+  // prefetch per line and row.
+  constexpr int64_t kLine = 64 / sizeof(typename L::T), kSub = kLine / 16;
   int64_t k = 0;
+  for (; k + kLine <= K; k += kLine) {
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * K + k), _MM_HINT_T0);
+    #pragma GCC unroll 2
+    for (int64_t s = 0; s < kSub; ++s) {
+      __m512 xv[C];
+      #pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * K + k + 16 * s);
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 wv = L::load(w + r * K + k + 16 * s);
+        #pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+      }
+    }
+  }
   for (; k + 16 <= K; k += 16) {
     __m512 xv[C];
     #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * K + k);
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * K + k), _MM_HINT_T0);
       const __m512 wv = L::load(w + r * K + k);
       #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
