@@ -81,7 +81,11 @@ void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int
           hi[j] = _mm512_loadu_si512(p + 256 + 64 * j);
         }
       }
-      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r4_scales_offset(T, K, r, g))));
+      const uint8_t* sc = w + r4_scales_offset(T, K, r, g);
+      // The scales follow the tile's qs: the next tile's are a stream of their own to prefetch
+      // (two rows' 32-byte scale vectors share a line).
+      if (r % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(sc + prefetch), _MM_HINT_T0);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
         const XGroup& xg = x[c * G + g];
