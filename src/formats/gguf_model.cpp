@@ -82,7 +82,7 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   const auto& emb = f->tensor("token_embd.weight");
   if (emb.shape.size() != 2) fail(path, ": tensor token_embd.weight must be 2-D, has ", emb.shape.size(), " dims");
   c.vocab_size = emb.shape[0];
-  std::set<std::string> used = {"token_embd.weight", "rope_freqs.weight"};  // every tensor the model reads
+  std::set<std::string> used = {"token_embd.weight"};  // every tensor the model reads
   auto T = [&](const std::string& name) {
     used.insert(name);
     return f->tensor(name).view;
@@ -111,6 +111,7 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     if (rot != c.head_dim)
       fail(path, ": ", p, "rope.dimension_count = ", rot, " (partial rotary) is not supported; head_dim is ", c.head_dim);
     c.rope_freq_factors = gguf_rope_factors(*f, p, c.head_dim);
+    used.insert("rope_freqs.weight");
     for (int64_t l = 0; l < c.n_layers; ++l) {
       auto& L = w.layers[size_t(l)];
       L.attn_norm = T(blk(l, "attn_norm.weight"));
