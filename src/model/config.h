@@ -39,6 +39,8 @@ struct ModelConfig {
   void validate(const std::string& where) const;
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
   int64_t q_dim() const { return n_heads * head_dim; }
+  // rope_freq_factors as the divisor array ops::rope_tables takes (null when unscaled).
+  const float* rope_freq_div() const { return rope_freq_factors.empty() ? nullptr : rope_freq_factors.data(); }
 };
 
 }  // namespace tessera

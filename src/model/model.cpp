@@ -42,8 +42,7 @@ Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f1
   if (c.arch == Arch::Llama) {
     rope_cos_.resize(size_t(n_ctx_ * c.head_dim / 2));
     rope_sin_.resize(rope_cos_.size());
-    ops::rope_tables(rope_cos_.data(), rope_sin_.data(), n_ctx_, c.head_dim, c.rope_theta,
-                     c.rope_freq_factors.empty() ? nullptr : c.rope_freq_factors.data());
+    ops::rope_tables(rope_cos_.data(), rope_sin_.data(), n_ctx_, c.head_dim, c.rope_theta, c.rope_freq_div());
   }
   kv_bytes_ = size_t(2 * c.n_layers * n_ctx_ * c.kv_dim()) * (kv_f16_ ? 2 : 4);
   kv_.assign(kv_bytes_, 0);

@@ -90,8 +90,7 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   if (!gpt2) {
     const int64_t half = c_.head_dim / 2;
     cos_.resize(size_t(T_ * half)), sin_.resize(size_t(T_ * half));
-    ops::rope_tables(cos_.data(), sin_.data(), T_, c_.head_dim, c_.rope_theta,
-                     c_.rope_freq_factors.empty() ? nullptr : c_.rope_freq_factors.data());
+    ops::rope_tables(cos_.data(), sin_.data(), T_, c_.head_dim, c_.rope_theta, c_.rope_freq_div());
   }
 }
 
