@@ -2,6 +2,8 @@
 // ISA this CPU runs x thread counts, on odd shapes, random data, fixed seeds.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -9,12 +11,14 @@
 #include <string>
 #include <vector>
 
+#include "core/aligned.h"
 #include "core/fp16.h"
 #include "kernels/blas_env.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/repack.h"
+#include "kernels/team.h"
 
 using namespace tessera;
 
@@ -373,5 +377,89 @@ TEST(KernelsQuantize, SimdActivationQuantizationMatchesScalar) {
       EXPECT_EQ(d0, d1) << "block " << block;
       EXPECT_EQ(s0, s1) << "block " << block;
     }
+  }
+}
+
+// team_matmul (kernels/team.h): the threads of one region share the rows of
+// consecutive calls through generation-tagged counters; every call must give
+// matmul_multi's bits, whatever the thread count and however many calls ran before.
+TEST(KernelsTeam, TeamMatmulEqualsMatmulCallAfterCall) {
+  if (detect_isa() == Isa::Scalar) GTEST_SKIP() << "no SIMD matrix-vector kernels on this CPU";
+  const int64_t K = 1024;
+  const std::vector<std::vector<DType>> sets{{DType::F32, DType::F32, DType::F32},
+                                             {DType::F16, DType::BF16},
+                                             {DType::Q8_0, DType::Q4_0},
+                                             {DType::Q4_0_R4, DType::Q8_0_R4, DType::Q4_0}};
+  uint32_t seed = 300;
+  for (const auto& types : sets) {
+    std::vector<Weights> ws;
+    const int64_t Ns[] = {1000, 48, 272};
+    for (size_t i = 0; i < types.size(); ++i) ws.push_back(make_weights(types[i], Ns[i], K, 64, seed++));
+    const auto X = random_floats(size_t(K), seed++);
+    for (Isa isa : supported_isas()) {
+      if (isa == Isa::Scalar) continue;
+      KernelContext ctx(2, isa);
+      std::vector<std::vector<float>> want(ws.size());
+      bool can = true;
+      for (size_t i = 0; i < ws.size(); ++i) {
+        want[i].resize(size_t(ws[i].view.rows()));
+        matmul(ctx, ws[i].view, X.data(), 1, want[i].data());
+        can = can && team_can_matmul(isa, ws[i].view);
+      }
+      if (isa == Isa::AVX512) {
+        ASSERT_TRUE(can) << "AVX-512 has a matrix-vector kernel for every type";
+      }
+      if (!can) continue;  // the R4 layouts exist only for the AVX-512 kernels
+      for (int threads : {1, 2, 3}) {
+        Team team;
+        std::vector<aligned_vector<uint8_t>> scratch(size_t(threads), aligned_vector<uint8_t>(team_scratch_bytes(K)));
+        constexpr int kCalls = 5;  // every call's outputs, kept to compare after the region
+        std::vector<std::vector<std::vector<float>>> got(kCalls, std::vector<std::vector<float>>(ws.size()));
+        for (auto& call : got)
+          for (size_t i = 0; i < ws.size(); ++i) call[i].assign(size_t(ws[i].view.rows()), NAN);
+#pragma omp parallel num_threads(threads)
+        {
+          TeamThread tt;
+          tt.team = &team;
+          tt.rank = omp_get_thread_num();
+          tt.size = omp_get_num_threads();
+          tt.isa = isa;
+          tt.scratch = scratch[size_t(tt.rank)].data();
+          tt.gen = team.gen_base;
+          for (auto& y : got) {
+            if (ws.size() == 2) team_matmul(tt, X.data(), {{&ws[0].view, y[0].data()}, {&ws[1].view, y[1].data()}});
+            if (ws.size() == 3)
+              team_matmul(tt, X.data(),
+                          {{&ws[0].view, y[0].data()}, {&ws[1].view, y[1].data()}, {&ws[2].view, y[2].data()}});
+          }
+        }
+        for (int c = 0; c < kCalls; ++c)
+          for (size_t i = 0; i < ws.size(); ++i)
+            EXPECT_EQ(0, std::memcmp(got[size_t(c)][i].data(), want[i].data(), want[i].size() * 4))
+                << dtype_name(types[i]) << " (matrix " << i << ") isa=" << isa_name(isa) << " threads=" << threads
+                << " call " << c;
+      }
+    }
+  }
+}
+
+// The spinning barrier: in each of many rounds every thread writes its slot,
+// meets the others, then must see every slot of that round.
+TEST(KernelsTeam, BarrierOrdersMemory) {
+  for (int threads : {2, 3, 4}) {
+    Team team;
+    std::vector<int> slot(size_t(threads), -1);
+    int bad = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : bad)
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      for (int round = 0; round < (n > 2 ? 300 : 3000); ++round) {  // > 2 threads: oversubscribed, yields
+        slot[size_t(t)] = round;
+        team.barrier(n);
+        for (int u = 0; u < n; ++u) bad += slot[size_t(u)] != round;
+        team.barrier(n);
+      }
+    }
+    EXPECT_EQ(bad, 0) << threads << " threads";
   }
 }

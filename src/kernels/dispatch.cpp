@@ -17,11 +17,13 @@
 
 #include <cstring>
 
+#include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/kernels.h"
+#include "kernels/team.h"
 
 namespace tessera {
 
@@ -119,26 +121,32 @@ struct MatvecJob {
 // machine the second vCPU reads ~25% slower) thus takes fewer rows instead of
 // making the other wait at the end. Which thread computes a row does not
 // change its value, so results do not depend on the timing.
+//
+// The counters hold (generation << 32) | next row: a counter whose generation
+// is not this call's reads as row 0, so a persistent team (kernels/team.h)
+// reuses them call after call without a reset barrier. Each thread may build
+// its own RowQueue over the same counters and generation.
 class RowQueue {
  public:
-  static constexpr int kMaxJobs = 4;
-  RowQueue(const MatvecJob* jobs, int n, int threads) : jobs_(jobs), threads_(threads) {
-    for (int j = n - 1; j >= 0; --j) {
-      next_[j].store(0, std::memory_order_relaxed);
-      later_bytes_[j] = j + 1 < n ? later_bytes_[j + 1] + bytes(j + 1) : 0;
-    }
+  static constexpr int kMaxJobs = Team::kMaxJobs;
+  RowQueue(const MatvecJob* jobs, int n, int threads, Team::Counter* next, uint32_t gen)
+      : jobs_(jobs), threads_(threads), next_(next), gen_(gen) {
+    for (int j = n - 1; j >= 0; --j) later_bytes_[j] = j + 1 < n ? later_bytes_[j + 1] + bytes(j + 1) : 0;
   }
   // Claims rows [n0, n1) of job j; false when job j has none left.
   bool claim(int j, int64_t& n0, int64_t& n1) {
     const int64_t N = jobs_[j].W->rows(), row_bytes = int64_t(jobs_[j].W->row_bytes());
-    int64_t cur = next_[j].load(std::memory_order_relaxed);
+    const uint64_t tag = uint64_t(gen_) << 32;
+    std::atomic<uint64_t>& next = next_[j].v;
+    uint64_t cur = next.load(std::memory_order_relaxed);
     for (;;) {
-      if (cur >= N) return false;
-      const int64_t unclaimed = (N - cur) * row_bytes + later_bytes_[j];
+      const int64_t row = (cur & ~uint64_t(0xffffffff)) == tag ? int64_t(cur & 0xffffffff) : 0;
+      if (row >= N) return false;
+      const int64_t unclaimed = (N - row) * row_bytes + later_bytes_[j];
       const int64_t rows = std::max<int64_t>(16, unclaimed / (2 * threads_ * row_bytes) & ~int64_t(15));
-      const int64_t end = std::min(N, cur + rows);
-      if (next_[j].compare_exchange_weak(cur, end, std::memory_order_relaxed)) {
-        n0 = cur;
+      const int64_t end = std::min(N, row + rows);
+      if (next.compare_exchange_weak(cur, tag | uint64_t(end), std::memory_order_relaxed)) {
+        n0 = row;
         n1 = end;
         return true;
       }
@@ -149,9 +157,52 @@ class RowQueue {
   int64_t bytes(int j) const { return jobs_[j].W->rows() * int64_t(jobs_[j].W->row_bytes()); }
   const MatvecJob* jobs_;
   int threads_;
-  std::atomic<int64_t> next_[kMaxJobs];
+  Team::Counter* next_;
+  uint32_t gen_;
   int64_t later_bytes_[kMaxJobs];
 };
+
+// Where one quantized copy of X(M, K) lives in scratch: qs (M*K) | d (M*K/qb) | s (M*K/qb).
+struct XqLayout {
+  XqLayout(int64_t K, int64_t M, int64_t qb) : K(K), qb(qb) {
+    const size_t nblk = qb ? size_t(M * (K / qb)) : 0;
+    qs_bytes = qb ? align64(size_t(M * K)) : 0;
+    d_bytes = align64(nblk * sizeof(float));
+    bytes = qs_bytes + d_bytes + align64(nblk * sizeof(int32_t));
+  }
+  void quantize(const cpu::IsaKernels& k, uint8_t* b, const float* X, int64_t m) const {  // row m of X
+    k.quantize_x(X + m * K, K, qb, reinterpret_cast<int8_t*>(b) + m * K,
+                 reinterpret_cast<float*>(b + qs_bytes) + m * (K / qb),
+                 reinterpret_cast<int32_t*>(b + qs_bytes + d_bytes) + m * (K / qb));
+  }
+  cpu::QuantX view(const uint8_t* b) const {
+    return cpu::QuantX{reinterpret_cast<const int8_t*>(b), reinterpret_cast<const float*>(b + qs_bytes),
+                       reinterpret_cast<const int32_t*>(b + qs_bytes + d_bytes), K, qb ? qb : kQK};
+  }
+  int64_t K, qb;
+  size_t qs_bytes, d_bytes, bytes;
+};
+
+bool needs_work(const MatvecJob* jobs, int n_jobs) {
+  for (int j = 0; j < n_jobs; ++j)
+    if (jobs[j].W->dtype == DType::Q8_G || quant_block(*jobs[j].W)) return true;
+  return false;
+}
+
+// One thread's share of the jobs: claims row ranges from queue until none are left.
+void matvec_rows(const MatvecJob* jobs, int n_jobs, const float* X, int64_t M, const cpu::QuantX& xq, float* work,
+                 RowQueue& queue) {
+  for (int j = 0; j < n_jobs; ++j) {
+    cpu::MatvecArgs a;
+    a.W = jobs[j].W;
+    a.X = X;
+    a.M = M;
+    a.Y = jobs[j].Y;
+    a.xq = xq;
+    a.work = work;
+    for (int64_t n0, n1; queue.claim(j, n0, n1); a.x_ready = true) jobs[j].fn(a, n0, n1);
+  }
+}
 
 // The matrices of jobs (all with K columns and the same activation quantization)
 // against one X(M, K), in one parallel region.
@@ -160,64 +211,34 @@ void matvec(KernelContext& ctx, const cpu::IsaKernels& k, const MatvecJob* jobs,
   const TensorView& W0 = *jobs[0].W;
   const int64_t K = W0.cols(), qb = quant_block(W0);
   int64_t rows = 0;
-  bool need_work = false;
-  for (int j = 0; j < n_jobs; ++j) {
-    rows += jobs[j].W->rows();
-    need_work = need_work || jobs[j].W->dtype == DType::Q8_G || qb;
-  }
+  for (int j = 0; j < n_jobs; ++j) rows += jobs[j].W->rows();
   const int T = threads_for(ctx, rows, K, M);
   // A few activation rows (decode) are quantized by every thread into its own
   // copy, which saves a barrier; more rows are split across the threads.
   const bool private_x = T > 1 && M <= kPrivateQuantRows;
   const int copies = private_x ? T : 1;
-  // Scratch: copies x [quantized X: qs (M*K) | d (M*K/qb) | s (M*K/qb)], T x [work]
-  const size_t nblk = qb ? size_t(M * (K / qb)) : 0;
-  const size_t qs_bytes = qb ? align64(size_t(M * K)) : 0;
-  const size_t d_bytes = align64(nblk * sizeof(float)), s_bytes = align64(nblk * sizeof(int32_t));
-  const size_t xq_bytes = qs_bytes + d_bytes + s_bytes;
-  const size_t work_bytes = need_work ? align64(size_t(cpu::work_floats(K, M)) * sizeof(float)) : 0;
-  auto* base = static_cast<uint8_t*>(ctx.scratch(size_t(copies) * xq_bytes + size_t(T) * work_bytes));
-  uint8_t* work = base + size_t(copies) * xq_bytes;
-  const auto quantize = [&](int copy, int64_t m) {  // row m of X into copy `copy`
-    uint8_t* b = base + size_t(copy) * xq_bytes;
-    k.quantize_x(X + m * K, K, qb, reinterpret_cast<int8_t*>(b) + m * K,
-                 reinterpret_cast<float*>(b + qs_bytes) + m * (K / qb),
-                 reinterpret_cast<int32_t*>(b + qs_bytes + d_bytes) + m * (K / qb));
-  };
-  const auto quantized = [&](int copy) {
-    const uint8_t* b = base + size_t(copy) * xq_bytes;
-    return cpu::QuantX{reinterpret_cast<const int8_t*>(b), reinterpret_cast<const float*>(b + qs_bytes),
-                       reinterpret_cast<const int32_t*>(b + qs_bytes + d_bytes), K, qb ? qb : kQK};
-  };
-  const auto args = [&](int t, int copy, int j) {
-    cpu::MatvecArgs a;
-    a.W = jobs[j].W;
-    a.X = X;
-    a.M = M;
-    a.Y = jobs[j].Y;
-    a.xq = quantized(copy);
-    a.work = reinterpret_cast<float*>(work + size_t(t) * work_bytes);
-    return a;
-  };
+  // Scratch: copies x [quantized X], T x [work]
+  const XqLayout xl(K, M, qb);
+  const size_t work_bytes = needs_work(jobs, n_jobs) ? align64(size_t(cpu::work_floats(K, M)) * sizeof(float)) : 0;
+  auto* base = static_cast<uint8_t*>(ctx.scratch(size_t(copies) * xl.bytes + size_t(T) * work_bytes));
+  uint8_t* work = base + size_t(copies) * xl.bytes;
+  Team::Counter next[RowQueue::kMaxJobs];
+  RowQueue queue(jobs, n_jobs, T, next, 1);
   if (T == 1) {
-    for (int64_t m = 0; qb && m < M; ++m) quantize(0, m);
-    for (int j = 0; j < n_jobs; ++j) jobs[j].fn(args(0, 0, j), 0, jobs[j].W->rows());
-    return;
+    for (int64_t m = 0; qb && m < M; ++m) xl.quantize(k, base, X, m);
+    return matvec_rows(jobs, n_jobs, X, M, xl.view(base), reinterpret_cast<float*>(work), queue);
   }
-  RowQueue queue(jobs, n_jobs, T);
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), copy = private_x ? t : 0;
+    uint8_t* xq = base + size_t(copy) * xl.bytes;
     if (qb && private_x) {
-      for (int64_t m = 0; m < M; ++m) quantize(t, m);
+      for (int64_t m = 0; m < M; ++m) xl.quantize(k, xq, X, m);
     } else if (qb) {
 #pragma omp for schedule(static)
-      for (int64_t m = 0; m < M; ++m) quantize(0, m);
+      for (int64_t m = 0; m < M; ++m) xl.quantize(k, base, X, m);
     }
-    for (int j = 0; j < n_jobs; ++j) {
-      cpu::MatvecArgs a = args(t, copy, j);
-      for (int64_t n0, n1; queue.claim(j, n0, n1); a.x_ready = true) jobs[j].fn(a, n0, n1);
-    }
+    matvec_rows(jobs, n_jobs, X, M, xl.view(xq), reinterpret_cast<float*>(work + size_t(t) * work_bytes), queue);
   }
 }
 
@@ -318,6 +339,35 @@ void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initialize
   }
   if (shared && n > 0) return matvec(ctx, *k, jobs, n, X, M);
   for (const MatmulOut& o : outs) matmul(ctx, *o.W, X, M, o.Y);
+}
+
+size_t team_scratch_bytes(int64_t K) {
+  // Q8_0 / Q4_0 blocks of 32 are the finest activation quantization (Q8_G groups are multiples of 32).
+  return XqLayout(K, 1, kQK).bytes + align64(size_t(cpu::work_floats(K, 1)) * sizeof(float));
+}
+
+bool team_can_matmul(Isa isa, const TensorView& W) {
+  const cpu::IsaKernels* k = kernels_for(isa);
+  return k && W.rows() > 0 && simd_matvec(*k, isa, W, 1) != nullptr;
+}
+
+void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs) {
+  const cpu::IsaKernels* k = kernels_for(tt.isa);
+  MatvecJob jobs[Team::kMaxJobs];
+  int n = 0;
+  if (!k || outs.size() == 0 || outs.size() > size_t(Team::kMaxJobs)) fail("team_matmul: internal: bad call");
+  for (const MatmulOut& o : outs) {
+    jobs[n] = MatvecJob{o.W, o.Y, simd_matvec(*k, tt.isa, *o.W, 1)};
+    if (!jobs[n].fn || o.W->cols() != jobs[0].W->cols() || quant_block(*o.W) != quant_block(*jobs[0].W))
+      fail("team_matmul: internal: matrices without a shared matrix-vector kernel");
+    ++n;
+  }
+  const XqLayout xl(jobs[0].W->cols(), 1, quant_block(*jobs[0].W));
+  uint8_t* xq = tt.scratch;
+  if (xl.qb) xl.quantize(*k, xq, x, 0);
+  RowQueue queue(jobs, n, tt.size, tt.team->next, tt.gen++);
+  matvec_rows(jobs, n, x, 1, xl.view(xq), reinterpret_cast<float*>(xq + xl.bytes), queue);
+  tt.barrier();
 }
 
 void quantize_row(DType t, const float* x, void* out, int64_t n) {

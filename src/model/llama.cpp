@@ -8,25 +8,13 @@ namespace tessera {
 void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
-  const int64_t C = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;
+  const int64_t C = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
 
   // Attention.
   for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), C, c.norm_eps);
   matmul_multi(ctx, a_.xb, n, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});  // (n, qd), (n, kvd), (n, kvd)
-  add_bias(a_.q, L.bq, n, qd);
-  add_bias(a_.k, L.bk, n, kvd);
-  add_bias(a_.v, L.bv, n, kvd);
-  if (c.qk_norm) {  // RMSNorm over each head of q and k
-    for (int64_t r = 0; r < n * c.n_heads; ++r) ops::rmsnorm(a_.q + r * hd, a_.q + r * hd, L.q_norm.f32(), hd, c.norm_eps);
-    for (int64_t r = 0; r < n * c.n_kv_heads; ++r) ops::rmsnorm(a_.k + r * hd, a_.k + r * hd, L.k_norm.f32(), hd, c.norm_eps);
-  }
-  for (int64_t t = 0; t < n; ++t) {
-    const float* cr = rope_cos_.data() + (pos + t) * (hd / 2);
-    const float* sr = rope_sin_.data() + (pos + t) * (hd / 2);
-    for (int64_t h = 0; h < c.n_heads; ++h) ops::rope_apply(a_.q + t * qd + h * hd, cr, sr, hd, c.rope_style);
-    for (int64_t h = 0; h < c.n_kv_heads; ++h) ops::rope_apply(a_.k + t * kvd + h * hd, cr, sr, hd, c.rope_style);
-  }
-  store_kv(l, n, pos, a_.k, a_.v, kvd, kvd);
+  for (int64_t t = 0; t < n; ++t)  // bias, QK-norm, RoPE, then into the cache
+    prep_heads(l, pos + t, a_.q + t * qd, a_.k + t * kvd, a_.v + t * kvd, 0, c.n_kv_heads);
   attention(ctx, l, n, pos, a_.q, qd);   // -> a_.att (n, qd)
   matmul(ctx, L.wo, a_.att, n, a_.xb);   // (n, C)
   for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);

@@ -19,7 +19,8 @@ namespace {
 constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
 }  // namespace
 
-Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f16) {
+Model::Model(const Weights& w, const RunOptions& opt)
+    : w_(w), kv_f16_(opt.kv_f16), persistent_team_(opt.persistent_team && w.cfg.arch == Arch::Llama) {
   const auto& c = w.cfg;
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
   if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
@@ -43,6 +44,12 @@ Model::Model(const Weights& w, const RunOptions& opt) : w_(w), kv_f16_(opt.kv_f1
     rope_cos_.resize(size_t(n_ctx_ * c.head_dim / 2));
     rope_sin_.resize(rope_cos_.size());
     ops::rope_tables(rope_cos_.data(), rope_sin_.data(), n_ctx_, c.head_dim, c.rope_theta, c.rope_freq_div());
+  }
+  if (persistent_team_ && max_threads_ > 1) {
+    team_act_stride_ = size_t(2 * C + H + 47) / 16 * 16;  // three 64-byte-aligned pieces
+    team_act_.assign(size_t(max_threads_) * team_act_stride_, 0.f);
+    team_scratch_stride_ = team_scratch_bytes(std::max({C, H, c.q_dim()}));
+    team_scratch_.assign(size_t(max_threads_) * team_scratch_stride_, 0);
   }
   kv_bytes_ = size_t(2 * c.n_layers * n_ctx_ * c.kv_dim()) * (kv_f16_ ? 2 : 4);
   kv_.assign(kv_bytes_, 0);
@@ -79,6 +86,7 @@ void Model::forward_all(KernelContext& ctx, const int32_t* tokens, int64_t n, in
 }
 
 void Model::chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out) {
+  if (n == 1 && decodes_as_team(ctx)) return decode_team(ctx, tokens[0], pos, out);
   const auto& c = w_.cfg;
   const int64_t C = c.dim;
   // Embedding lookup: x(t) = E[token] (+ P[pos] for GPT-2).
@@ -112,6 +120,42 @@ void Model::add_bias(float* y, const TensorView& b, int64_t n, int64_t width) {
   for (int64_t t = 0; t < n; ++t) ops::add(y + t * width, b.f32(), width);
 }
 
+void Model::prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1) {
+  const auto& c = w_.cfg;
+  const auto& L = w_.layers[size_t(l)];
+  const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, kvd = c.kv_dim();
+  const float* cr = rope_cos_.data() + pos * (hd / 2);
+  const float* sr = rope_sin_.data() + pos * (hd / 2);
+  const auto head = [&](float* x, const TensorView& bias, const TensorView* norm, int64_t h) {
+    if (!bias.empty()) ops::add(x, bias.f32() + h * hd, hd);
+    if (!norm) return;                                              // values: bias only
+    if (c.qk_norm) ops::rmsnorm(x, x, norm->f32(), hd, c.norm_eps);  // RMSNorm over the head
+    ops::rope_apply(x, cr, sr, hd, c.rope_style);
+  };
+  for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, L.bq, &L.q_norm, h);
+  for (int64_t h = h0; h < h1; ++h) {
+    head(k + h * hd, L.bk, &L.k_norm, h);
+    head(v + h * hd, L.bv, nullptr, h);
+  }
+  const size_t es = kv_f16_ ? 2 : 4, at = (size_t(l) * size_t(n_ctx_) + size_t(pos)) * size_t(kvd) + size_t(h0 * hd);
+  const int64_t cnt = (h1 - h0) * hd;
+  uint8_t* kc = kv_.data() + at * es;
+  uint8_t* vc = kc + kv_bytes_ / 2;
+  const float* kt = k + h0 * hd;
+  const float* vt = v + h0 * hd;
+  if (kv_f16_) {
+    auto* kd = reinterpret_cast<uint16_t*>(kc);
+    auto* vd = reinterpret_cast<uint16_t*>(vc);
+    for (int64_t i = 0; i < cnt; ++i) {
+      kd[i] = f32_to_f16(kt[i]);
+      vd[i] = f32_to_f16(vt[i]);
+    }
+  } else {
+    std::copy(kt, kt + cnt, reinterpret_cast<float*>(kc));
+    std::copy(vt, vt + cnt, reinterpret_cast<float*>(vc));
+  }
+}
+
 void Model::store_kv(int64_t l, int64_t n, int64_t pos, const float* k, const float* v, int64_t k_stride,
                      int64_t v_stride) {
   const int64_t kvd = w_.cfg.kv_dim();
@@ -133,6 +177,30 @@ void Model::store_kv(int64_t l, int64_t n, int64_t pos, const float* k, const fl
       std::copy(vt, vt + kvd, reinterpret_cast<float*>(vc) + t * kvd);
     }
   }
+}
+
+DecodeAttnArgs Model::decode_attn_args(int64_t l, int64_t pos, int64_t kvh, int64_t g0, int64_t G, const float* q,
+                                       float* out, int rank) const {
+  const auto& c = w_.cfg;
+  const int64_t hd = c.head_dim, kvd = c.kv_dim(), h = kvh * (c.n_heads / c.n_kv_heads) + g0;
+  const size_t es = kv_f16_ ? 2 : 4;
+  const uint8_t* kc = kv_.data() + size_t(l) * size_t(n_ctx_) * size_t(kvd) * es;
+  DecodeAttnArgs a;
+  a.q = q + h * hd;
+  a.q_stride = hd;
+  a.G = G;
+  a.hd = hd;
+  a.k = kc + size_t(kvh * hd) * es;
+  a.v = kc + kv_bytes_ / 2 + size_t(kvh * hd) * es;
+  a.f16 = kv_f16_;
+  a.kv_stride = kvd;
+  a.n = pos + 1;  // causal: keys 0..pos
+  a.scale = 1.f / std::sqrt(float(hd));
+  a.softcap = c.attn_softcap;
+  a.scores = a_.scores + int64_t(rank) * score_rows() * n_ctx_;
+  a.out = out + h * hd;
+  a.out_stride = hd;
+  return a;
 }
 
 // Causal attention of n new tokens (at positions pos..pos+n-1) against the cache,
@@ -181,21 +249,8 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
     const int64_t t = it / (c.n_kv_heads * split), kvh = it / split % c.n_kv_heads, g0 = it % split * sub;
-    DecodeAttnArgs a;
-    a.q = q + t * q_stride + (kvh * group + g0) * hd;
-    a.q_stride = hd;
-    a.G = std::min(sub, group - g0);
-    a.hd = hd;
-    a.k = kc + size_t(kvh * hd) * es;
-    a.v = vc + size_t(kvh * hd) * es;
-    a.f16 = kv_f16_;
-    a.kv_stride = kvd;
-    a.n = pos + t + 1;  // causal: keys 0..pos+t
-    a.scale = scale;
-    a.softcap = c.attn_softcap;
-    a.scores = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;
-    a.out = a_.att + t * c.q_dim() + (kvh * group + g0) * hd;
-    a.out_stride = hd;
+    const DecodeAttnArgs a = decode_attn_args(l, pos + t, kvh, g0, std::min(sub, group - g0), q + t * q_stride,
+                                              a_.att + t * c.q_dim(), omp_get_thread_num());
     attend_decode(ctx.isa, a);
   }
 }

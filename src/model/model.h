@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "core/aligned.h"
+#include "kernels/attention.h"
 #include "kernels/kernels.h"
+#include "kernels/team.h"
 #include "model/weights.h"
 
 namespace tessera {
@@ -17,6 +19,10 @@ struct RunOptions {
   int64_t max_batch = 256;  // tokens per internal forward chunk
   bool kv_f16 = false;      // store K/V as f16 instead of f32
   int max_threads = 0;      // 0 = all hardware threads
+  // Llama decode steps (one token) run as one persistent thread team with a
+  // spinning barrier between phases (kernels/team.h) instead of a parallel
+  // region per matrix; same results bit for bit. false = region per matrix.
+  bool persistent_team = true;
 };
 
 class Model {
@@ -27,6 +33,10 @@ class Model {
   const Weights& weights() const { return w_; }
   int64_t n_ctx() const { return n_ctx_; }
   size_t kv_bytes() const { return kv_bytes_; }
+  // Whether a decode step (one token) on ctx runs as one persistent thread team
+  // (RunOptions::persistent_team, a Llama model, >= 2 threads, a SIMD matrix-vector
+  // kernel for every matrix).
+  bool decodes_as_team(const KernelContext& ctx) const;
   size_t arena_bytes() const { return arena_.size() * sizeof(float) + kv_.size(); }
 
   // Runs tokens(n) at positions [pos, pos + n), appending their K/V to the cache,
@@ -55,6 +65,17 @@ class Model {
   void chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
   void llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos);
   void gpt2_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos);
+  // Bias, QK-norm and RoPE of one token's q / k rows (at position pos) for the
+  // query heads of KV heads [h0, h1) and those KV heads, then their k / v into the cache.
+  void prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1);
+  // One Llama decode step (token at pos) as a persistent team; logits (V) into out.
+  void decode_team(KernelContext& ctx, int32_t token, int64_t pos, float* out);
+  void team_attention(TeamThread& tt, int64_t l, int64_t pos);
+  // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
+  // at pos (its q row and attention-output row) against layer l's cache, with
+  // thread `rank`'s score scratch.
+  DecodeAttnArgs decode_attn_args(int64_t l, int64_t pos, int64_t kvh, int64_t g0, int64_t G, const float* q,
+                                  float* out, int rank) const;
   void store_kv(int64_t l, int64_t n, int64_t pos, const float* k, const float* v, int64_t k_stride, int64_t v_stride);
   void attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, const float* q, int64_t q_stride);
   void add_bias(float* y, const TensorView& b, int64_t n, int64_t width);
@@ -70,6 +91,14 @@ class Model {
   aligned_vector<uint8_t> kv_;  // K then V: (L, n_ctx, kv_dim) each, f32 or f16
   size_t kv_bytes_ = 0;
   Acts a_{};
+  // Persistent-team decode: per thread the residual stream x (C), the normalised
+  // input (C) and the SwiGLU product (H), floats, team_act_stride_ apart; and the
+  // matrix-vector scratch, team_scratch_stride_ bytes apart.
+  bool persistent_team_;
+  Team team_;
+  aligned_vector<float> team_act_;
+  aligned_vector<uint8_t> team_scratch_;
+  size_t team_act_stride_ = 0, team_scratch_stride_ = 0;
 };
 
 }  // namespace tessera

@@ -1,0 +1,60 @@
+// A persistent thread team for one decode step: the threads of one OpenMP
+// parallel region run the whole step (SPMD) and meet at a spinning barrier
+// between phases, instead of opening a region per matrix. On the 2-vCPU VM this
+// project is measured on, an OpenMP region costs ~3.4 us and this barrier about
+// one cross-core round trip (~0.6 us); a 15M-parameter decode step has ~31
+// phases in ~1.3 ms. See docs/kernels.md, "Synchronisation cost".
+//
+// Only for phases that every thread of the region reaches in the same order;
+// inside, no nested OpenMP regions (they would run on one thread each).
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+
+#include "kernels/kernels.h"
+
+namespace tessera {
+
+class Team {
+ public:
+  static constexpr int kMaxJobs = 4;  // matrices per team_matmul call
+  // Waits until all n threads of the region have arrived (n = omp_get_num_threads()).
+  // Spins, then yields, so an oversubscribed machine still makes progress.
+  void barrier(int n);
+  // Work-sharing counters for team_matmul: (call generation << 32) | next row,
+  // so a counter left by an earlier call reads as row 0 without a reset barrier.
+  struct alignas(64) Counter {
+    std::atomic<uint64_t> v{0};
+  };
+  Counter next[kMaxJobs];
+  uint32_t gen_base = 1;  // first generation of the next region; updated outside regions
+
+ private:
+  alignas(64) std::atomic<uint32_t> arrived_{0};
+  std::atomic<uint32_t> gen_{0};  // same line as arrived_: one line moves per barrier
+};
+
+// One thread's view of the team inside the region.
+struct TeamThread {
+  Team* team = nullptr;
+  int rank = 0, size = 1;
+  Isa isa = Isa::Scalar;
+  uint8_t* scratch = nullptr;  // private, team_scratch_bytes(max K) bytes, 64-byte aligned
+  uint32_t gen = 0;            // generation of the next team_matmul call (same on every thread)
+  void barrier() { team->barrier(size); }
+};
+
+// Private scratch one thread needs for team_matmul with up to K columns (M == 1).
+size_t team_scratch_bytes(int64_t K);
+// Whether W has a SIMD matrix-vector kernel on isa for one activation row (what
+// matmul() picks for M == 1), i.e. whether team_matmul can take it.
+bool team_can_matmul(Isa isa, const TensorView& W);
+// outs[i].Y = x . outs[i].W^T for one activation row x(K), rows shared by the
+// team as matmul_multi() shares them; every thread calls it with its own copy
+// of x (or the same one). Ends with a barrier, so Y is complete on return.
+// All W must pass team_can_matmul and have the same K and activation blocks.
+void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs);
+
+}  // namespace tessera
