@@ -64,3 +64,24 @@ TEST(Ops, RopeTablesGiveTheSameNumbersAsRope) {
     }
   }
 }
+
+#include <cstdint>
+
+#include "core/aligned.h"
+
+// huge_allocate: whole 2 MiB pages on a 2 MiB boundary (so THP can back every
+// page), every byte usable, any size; huge_vector keeps that through resizes.
+TEST(Aligned, HugeAllocationsAreWholeAlignedPages) {
+  for (size_t bytes : {size_t(1), size_t(4096), size_t(3) << 20, (size_t(4) << 20) + 17}) {
+    auto* p = static_cast<uint8_t*>(tessera::huge_allocate(bytes));
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % tessera::kHugePage, 0u) << bytes << " bytes";
+    std::memset(p, 0x5a, bytes);
+    EXPECT_EQ(p[bytes - 1], 0x5a);
+    tessera::huge_deallocate(p, bytes);
+  }
+  tessera::huge_vector<float> v(1000, 1.f);
+  v.resize(size_t(3) << 20, 2.f);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data()) % tessera::kHugePage, 0u);
+  EXPECT_EQ(v.front(), 1.f);
+  EXPECT_EQ(v.back(), 2.f);
+}

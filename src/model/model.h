@@ -88,7 +88,7 @@ class Model {
   bool kv_f16_;
   aligned_vector<float> arena_;
   std::vector<float> rope_cos_, rope_sin_;  // (n_ctx, head_dim / 2) angle tables
-  aligned_vector<uint8_t> kv_;  // K then V: (L, n_ctx, kv_dim) each, f32 or f16
+  huge_vector<uint8_t> kv_;  // K then V: (L, n_ctx, kv_dim) each, f32 or f16; huge pages (core/aligned.h)
   size_t kv_bytes_ = 0;
   Acts a_{};
   // Persistent-team decode: per thread the residual stream x (C), the normalised
