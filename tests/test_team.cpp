@@ -1,7 +1,7 @@
 // The persistent-team decode step (model/decode_team.cpp) against the
 // region-per-matrix path: the same logits bit for bit, step after step, for
 // every block variant it has to carry (GQA, MQA, biases, QK-norm, soft-caps,
-// f16 cache, quantized and repacked weights) and thread counts.
+// GPT-2's block, f16 cache, quantized and repacked weights) and thread counts.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -70,6 +70,8 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
   qwen.attn_softcap = 20.f;
   qwen.final_softcap = 15.f;
   cases.push_back({"biases, QK-norm, soft-caps", qwen, DType::F32});
+  cases.push_back({"GPT-2 f32", synthetic_config("gpt2-tiny"), DType::F32});
+  cases.push_back({"GPT-2 q8_0", synthetic_config("gpt2-tiny"), DType::Q8_0});
   for (const Case& c : cases) {
     ModelConfig plain = c.cfg;
     plain.qkv_bias = plain.qk_norm = false;  // the generator makes neither; added below
@@ -98,7 +100,7 @@ TEST(TeamDecode, NotUsedWhereItCannotRun) {
   Model m(w, RunOptions{});
   EXPECT_FALSE(m.decodes_as_team(KernelContext(1)));
   EXPECT_FALSE(m.decodes_as_team(KernelContext(2, Isa::Scalar)));
-  Weights g = make_random_weights(synthetic_config("gpt2-tiny"), DType::F32, 7, 1);
-  Model mg(g, RunOptions{});
-  EXPECT_FALSE(mg.decodes_as_team(KernelContext(2)));
+  RunOptions one;
+  one.max_threads = 1;
+  EXPECT_FALSE(Model(w, one).decodes_as_team(KernelContext(2)));
 }

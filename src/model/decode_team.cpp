@@ -1,6 +1,6 @@
-// A Llama decode step as one persistent thread team (kernels/team.h): the same
-// block as llama.cpp's llama_layer for one token, run SPMD by every thread of
-// one OpenMP region. Each thread keeps its own copy of the residual stream, the
+// A decode step as one persistent thread team (kernels/team.h): the same
+// blocks as llama.cpp's llama_layer and gpt2.cpp's gpt2_layer for one token,
+// run SPMD by every thread of one OpenMP region. Each thread keeps its own copy of the residual stream, the
 // normalised input and the SwiGLU product (computed redundantly, identically),
 // so the only barriers are the ones that make a shared matrix-vector output
 // complete: after q/k/v, attention, wo, gate/up, down and the classifier.
@@ -19,9 +19,11 @@ namespace tessera {
 bool Model::decodes_as_team(const KernelContext& ctx) const {
   if (!persistent_team_ || std::min(ctx.n_threads, max_threads_) < 2 || ctx.isa == Isa::Scalar) return false;
   const auto ok = [&](const TensorView& W) { return team_can_matmul(ctx.isa, W); };
-  for (const auto& L : w_.layers)
-    if (!ok(L.wq) || !ok(L.wk) || !ok(L.wv) || !ok(L.wo) || !ok(L.w_gate) || !ok(L.w_up) || !ok(L.w_down))
-      return false;
+  for (const auto& L : w_.layers) {
+    const bool attn = (w_.cfg.arch == Arch::Llama) ? ok(L.wq) && ok(L.wk) && ok(L.wv) : ok(L.wqkv);
+    const bool ffn = ok(L.w_up) && ok(L.w_down) && (!(w_.cfg.arch == Arch::Llama) || ok(L.w_gate));
+    if (!attn || !ffn || !ok(L.wo)) return false;
+  }
   return ok(w_.output);
 }
 
@@ -33,13 +35,16 @@ void Model::team_attention(TeamThread& tt, int64_t l, int64_t pos) {
   const int64_t group = c.n_heads / c.n_kv_heads;
   const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
+  // GPT-2's fused projection: q | k | v in one row.
+  float* k = c.arch == Arch::Llama ? a_.k : a_.q + c.dim;
+  float* v = c.arch == Arch::Llama ? a_.v : a_.q + 2 * c.dim;
   if (split > 1) {
-    if (tt.rank == 0) prep_heads(l, pos, a_.q, a_.k, a_.v, 0, c.n_kv_heads);
+    if (tt.rank == 0) prep_heads(l, pos, a_.q, k, v, 0, c.n_kv_heads);
     tt.barrier();
   }
   for (int64_t it = tt.rank; it < c.n_kv_heads * split; it += tt.size) {
     const int64_t kvh = it / split, g0 = it % split * sub;
-    if (split == 1) prep_heads(l, pos, a_.q, a_.k, a_.v, kvh, kvh + 1);
+    if (split == 1) prep_heads(l, pos, a_.q, k, v, kvh, kvh + 1);
     const DecodeAttnArgs a = decode_attn_args(l, pos, kvh, g0, std::min(sub, group - g0), a_.q, a_.att, tt.rank);
     attend_decode(tt.isa, a);
   }
@@ -62,23 +67,52 @@ void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, float* o
     tt.gen = gen0;
     float* x = team_act_.data() + size_t(tt.rank) * team_act_stride_;  // (C) residual stream
     float* xb = x + (C + 15) / 16 * 16;                                 // (C) normalised input
-    float* hs = xb + (C + 15) / 16 * 16;                                // (H) silu(gate) * up
+    float* hs = xb + (C + 15) / 16 * 16;                                // (H) FFN activation
+    const bool llama = c.arch == Arch::Llama;
+    // LayerNorm (GPT-2, with its shift) or RMSNorm of x into xb.
+    const auto norm = [&](const TensorView& g, const TensorView& b) {
+      if (llama)
+        ops::rmsnorm(xb, x, g.f32(), C, c.norm_eps);
+      else
+        ops::layernorm(xb, x, g.f32(), b.f32(), C, c.norm_eps);
+    };
+    // x += y (+ bias, added to y first as the batched path does; xb is free here).
+    const auto residual = [&](const float* y, const TensorView& bias) {
+      if (bias.empty()) return ops::add(x, y, C);
+      std::copy(y, y + C, xb);
+      ops::add(xb, bias.f32(), C);
+      ops::add(x, xb, C);
+    };
     dequantize_row(w_.tok_embd, token, x);
+    if (!llama) {
+      dequantize_row(w_.pos_embd, pos, xb);
+      ops::add(x, xb, C);
+    }
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const auto& L = w_.layers[size_t(l)];
-      ops::rmsnorm(xb, x, L.attn_norm.f32(), C, c.norm_eps);
-      team_matmul(tt, xb, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});
+      norm(L.attn_norm, L.attn_norm_b);
+      if (llama)
+        team_matmul(tt, xb, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});
+      else
+        team_matmul(tt, xb, {{&L.wqkv, a_.q}});  // (3C): q | k | v
       team_attention(tt, l, pos);                 // -> a_.att (q_dim)
       team_matmul(tt, a_.att, {{&L.wo, a_.xb}});  // (C)
-      ops::add(x, a_.xb, C);
-      ops::rmsnorm(xb, x, L.ffn_norm.f32(), C, c.norm_eps);
-      team_matmul(tt, xb, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
-      std::copy(a_.hb, a_.hb + H, hs);
-      ops::swiglu(hs, a_.hb2, H);
+      residual(a_.xb, L.bo);
+      norm(L.ffn_norm, L.ffn_norm_b);
+      if (llama) {
+        team_matmul(tt, xb, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
+        std::copy(a_.hb, a_.hb + H, hs);
+        ops::swiglu(hs, a_.hb2, H);
+      } else {
+        team_matmul(tt, xb, {{&L.w_up, a_.hb}});  // (H)
+        std::copy(a_.hb, a_.hb + H, hs);
+        if (!L.b_up.empty()) ops::add(hs, L.b_up.f32(), H);
+        ops::gelu(hs, H);
+      }
       team_matmul(tt, hs, {{&L.w_down, a_.xb}});  // (C)
-      ops::add(x, a_.xb, C);
+      residual(a_.xb, L.b_down);
     }
-    ops::rmsnorm(xb, x, w_.out_norm.f32(), C, c.norm_eps);
+    norm(w_.out_norm, w_.out_norm_b);
     team_matmul(tt, xb, {{&w_.output, out}});
     if (tt.rank == 0) {
       if (c.final_softcap > 0.f) ops::softcap(out, c.vocab_size, c.final_softcap);

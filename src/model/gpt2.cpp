@@ -14,8 +14,10 @@ void Model::gpt2_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
   for (int64_t t = 0; t < n; ++t)
     ops::layernorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), L.attn_norm_b.f32(), C, c.norm_eps);
   matmul(ctx, L.wqkv, a_.xb, n, a_.q);  // (n, 3C): q | k | v
-  add_bias(a_.q, L.bqkv, n, 3 * C);
-  store_kv(l, n, pos, a_.q + C, a_.q + 2 * C, 3 * C, 3 * C);
+  for (int64_t t = 0; t < n; ++t) {    // bias, then k / v into the cache
+    float* r = a_.q + t * 3 * C;
+    prep_heads(l, pos + t, r, r + C, r + 2 * C, 0, c.n_kv_heads);
+  }
   attention(ctx, l, n, pos, a_.q, 3 * C);  // -> a_.att (n, C)
   matmul(ctx, L.wo, a_.att, n, a_.xb);
   add_bias(a_.xb, L.bo, n, C);

@@ -20,7 +20,7 @@ constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
 }  // namespace
 
 Model::Model(const Weights& w, const RunOptions& opt)
-    : w_(w), kv_f16_(opt.kv_f16), persistent_team_(opt.persistent_team && w.cfg.arch == Arch::Llama) {
+    : w_(w), kv_f16_(opt.kv_f16), persistent_team_(opt.persistent_team) {
   const auto& c = w.cfg;
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
   if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
@@ -124,18 +124,24 @@ void Model::prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
   const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, kvd = c.kv_dim();
-  const float* cr = rope_cos_.data() + pos * (hd / 2);
-  const float* sr = rope_sin_.data() + pos * (hd / 2);
-  const auto head = [&](float* x, const TensorView& bias, const TensorView* norm, int64_t h) {
-    if (!bias.empty()) ops::add(x, bias.f32() + h * hd, hd);
-    if (!norm) return;                                              // values: bias only
+  const bool llama = c.arch == Arch::Llama;  // GPT-2: one fused bias (q | k | v), no RoPE
+  const float* cr = llama ? rope_cos_.data() + pos * (hd / 2) : nullptr;
+  const float* sr = llama ? rope_sin_.data() + pos * (hd / 2) : nullptr;
+  const auto bias = [&](const TensorView& b, int64_t part) -> const float* {
+    if (llama) return b.empty() ? nullptr : b.f32();
+    return L.bqkv.empty() ? nullptr : L.bqkv.f32() + part * c.dim;
+  };
+  const float *bq = bias(L.bq, 0), *bk = bias(L.bk, 1), *bv = bias(L.bv, 2);
+  const auto head = [&](float* x, const float* b, const TensorView* norm, int64_t h) {
+    if (b) ops::add(x, b + h * hd, hd);
+    if (!norm || !llama) return;                                    // values, GPT-2: bias only
     if (c.qk_norm) ops::rmsnorm(x, x, norm->f32(), hd, c.norm_eps);  // RMSNorm over the head
     ops::rope_apply(x, cr, sr, hd, c.rope_style);
   };
-  for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, L.bq, &L.q_norm, h);
+  for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, bq, &L.q_norm, h);
   for (int64_t h = h0; h < h1; ++h) {
-    head(k + h * hd, L.bk, &L.k_norm, h);
-    head(v + h * hd, L.bv, nullptr, h);
+    head(k + h * hd, bk, &L.k_norm, h);
+    head(v + h * hd, bv, nullptr, h);
   }
   const size_t es = kv_f16_ ? 2 : 4, at = (size_t(l) * size_t(n_ctx_) + size_t(pos)) * size_t(kvd) + size_t(h0 * hd);
   const int64_t cnt = (h1 - h0) * hd;
@@ -153,29 +159,6 @@ void Model::prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int
   } else {
     std::copy(kt, kt + cnt, reinterpret_cast<float*>(kc));
     std::copy(vt, vt + cnt, reinterpret_cast<float*>(vc));
-  }
-}
-
-void Model::store_kv(int64_t l, int64_t n, int64_t pos, const float* k, const float* v, int64_t k_stride,
-                     int64_t v_stride) {
-  const int64_t kvd = w_.cfg.kv_dim();
-  const size_t es = kv_f16_ ? 2 : 4;
-  uint8_t* kc = kv_.data() + (size_t(l) * size_t(n_ctx_) + size_t(pos)) * size_t(kvd) * es;
-  uint8_t* vc = kc + kv_bytes_ / 2;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* kt = k + t * k_stride;
-    const float* vt = v + t * v_stride;
-    if (kv_f16_) {
-      auto* kd = reinterpret_cast<uint16_t*>(kc) + t * kvd;
-      auto* vd = reinterpret_cast<uint16_t*>(vc) + t * kvd;
-      for (int64_t i = 0; i < kvd; ++i) {
-        kd[i] = f32_to_f16(kt[i]);
-        vd[i] = f32_to_f16(vt[i]);
-      }
-    } else {
-      std::copy(kt, kt + kvd, reinterpret_cast<float*>(kc) + t * kvd);
-      std::copy(vt, vt + kvd, reinterpret_cast<float*>(vc) + t * kvd);
-    }
   }
 }
 

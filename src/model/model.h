@@ -19,7 +19,7 @@ struct RunOptions {
   int64_t max_batch = 256;  // tokens per internal forward chunk
   bool kv_f16 = false;      // store K/V as f16 instead of f32
   int max_threads = 0;      // 0 = all hardware threads
-  // Llama decode steps (one token) run as one persistent thread team with a
+  // Decode steps (one token) run as one persistent thread team with a
   // spinning barrier between phases (kernels/team.h) instead of a parallel
   // region per matrix; same results bit for bit. false = region per matrix.
   bool persistent_team = true;
@@ -34,8 +34,8 @@ class Model {
   int64_t n_ctx() const { return n_ctx_; }
   size_t kv_bytes() const { return kv_bytes_; }
   // Whether a decode step (one token) on ctx runs as one persistent thread team
-  // (RunOptions::persistent_team, a Llama model, >= 2 threads, a SIMD matrix-vector
-  // kernel for every matrix).
+  // (RunOptions::persistent_team, >= 2 threads, a SIMD matrix-vector kernel for
+  // every matrix).
   bool decodes_as_team(const KernelContext& ctx) const;
   size_t arena_bytes() const { return arena_.size() * sizeof(float) + kv_.size(); }
 
@@ -65,10 +65,11 @@ class Model {
   void chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
   void llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos);
   void gpt2_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos);
-  // Bias, QK-norm and RoPE of one token's q / k rows (at position pos) for the
-  // query heads of KV heads [h0, h1) and those KV heads, then their k / v into the cache.
+  // Bias, QK-norm and RoPE (Llama; GPT-2: its fused bias only) of one token's
+  // q / k / v rows (at position pos) for the query heads of KV heads [h0, h1)
+  // and those KV heads, then their k / v into the cache.
   void prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1);
-  // One Llama decode step (token at pos) as a persistent team; logits (V) into out.
+  // One decode step (token at pos) as a persistent team; logits (V) into out.
   void decode_team(KernelContext& ctx, int32_t token, int64_t pos, float* out);
   void team_attention(TeamThread& tt, int64_t l, int64_t pos);
   // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
@@ -76,7 +77,6 @@ class Model {
   // thread `rank`'s score scratch.
   DecodeAttnArgs decode_attn_args(int64_t l, int64_t pos, int64_t kvh, int64_t g0, int64_t G, const float* q,
                                   float* out, int rank) const;
-  void store_kv(int64_t l, int64_t n, int64_t pos, const float* k, const float* v, int64_t k_stride, int64_t v_stride);
   void attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, const float* q, int64_t q_stride);
   void add_bias(float* y, const TensorView& b, int64_t n, int64_t width);
   // Score rows per thread: a prefill block of queries, or one query-head group.
