@@ -119,10 +119,11 @@ struct MatvecJob {
 // bytes still unclaimed (this matrix's and the later ones'), at least 16 rows,
 // so ranges start large and shrink. Every range starts with demand misses: in
 // decode, 1 / (3T) was 8% slower than 1 / (2T) on the 15M shape, and 1 / (1.5T)
-// 1-3% faster (15M F32, 1B Q4_0; in-process alternation). A thread that streams slower (on this
-// machine the second vCPU reads ~25% slower) thus takes fewer rows instead of
-// making the other wait at the end. Which thread computes a row does not
-// change its value, so results do not depend on the timing.
+// 1-3% faster (15M F32, 1B Q4_0; in-process alternation). A thread that
+// streams slower (on this machine the second vCPU reads ~25% slower) thus
+// takes fewer rows instead of making the other wait at the end. Which thread
+// computes a row does not change its value, so results do not depend on the
+// timing.
 //
 // The counters hold (generation << 32) | next row: a counter whose generation
 // is not this call's reads as row 0, so a persistent team (kernels/team.h)
@@ -191,9 +192,10 @@ bool needs_work(const MatvecJob* jobs, int n_jobs) {
   return false;
 }
 
-// One thread's share of the jobs: claims row ranges from queue until none are left.
+// One thread's share of the jobs: claims row ranges from queue until none are
+// left; without a queue (one thread), every row in one range per job.
 void matvec_rows(const MatvecJob* jobs, int n_jobs, const float* X, int64_t M, const cpu::QuantX& xq, float* work,
-                 RowQueue& queue) {
+                 RowQueue* queue) {
   for (int j = 0; j < n_jobs; ++j) {
     cpu::MatvecArgs a;
     a.W = jobs[j].W;
@@ -202,7 +204,11 @@ void matvec_rows(const MatvecJob* jobs, int n_jobs, const float* X, int64_t M, c
     a.Y = jobs[j].Y;
     a.xq = xq;
     a.work = work;
-    for (int64_t n0, n1; queue.claim(j, n0, n1); a.x_ready = true) jobs[j].fn(a, n0, n1);
+    if (!queue) {
+      jobs[j].fn(a, 0, jobs[j].W->rows());
+      continue;
+    }
+    for (int64_t n0, n1; queue->claim(j, n0, n1); a.x_ready = true) jobs[j].fn(a, n0, n1);
   }
 }
 
@@ -224,12 +230,12 @@ void matvec(KernelContext& ctx, const cpu::IsaKernels& k, const MatvecJob* jobs,
   const size_t work_bytes = needs_work(jobs, n_jobs) ? align64(size_t(cpu::work_floats(K, M)) * sizeof(float)) : 0;
   auto* base = static_cast<uint8_t*>(ctx.scratch(size_t(copies) * xl.bytes + size_t(T) * work_bytes));
   uint8_t* work = base + size_t(copies) * xl.bytes;
-  Team::Counter next[RowQueue::kMaxJobs];
-  RowQueue queue(jobs, n_jobs, T, next, 1);
   if (T == 1) {
     for (int64_t m = 0; qb && m < M; ++m) xl.quantize(k, base, X, m);
-    return matvec_rows(jobs, n_jobs, X, M, xl.view(base), reinterpret_cast<float*>(work), queue);
+    return matvec_rows(jobs, n_jobs, X, M, xl.view(base), reinterpret_cast<float*>(work), nullptr);
   }
+  Team::Counter next[RowQueue::kMaxJobs];
+  RowQueue queue(jobs, n_jobs, T, next, 1);
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), copy = private_x ? t : 0;
@@ -240,7 +246,7 @@ void matvec(KernelContext& ctx, const cpu::IsaKernels& k, const MatvecJob* jobs,
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < M; ++m) xl.quantize(k, base, X, m);
     }
-    matvec_rows(jobs, n_jobs, X, M, xl.view(xq), reinterpret_cast<float*>(work + size_t(t) * work_bytes), queue);
+    matvec_rows(jobs, n_jobs, X, M, xl.view(xq), reinterpret_cast<float*>(work + size_t(t) * work_bytes), &queue);
   }
 }
 
@@ -368,7 +374,7 @@ void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut
   uint8_t* xq = tt.scratch;
   if (xl.qb) xl.quantize(*k, xq, x, 0);
   RowQueue queue(jobs, n, tt.size, tt.team->next, tt.gen++);
-  matvec_rows(jobs, n, x, 1, xl.view(xq), reinterpret_cast<float*>(xq + xl.bytes), queue);
+  matvec_rows(jobs, n, x, 1, xl.view(xq), reinterpret_cast<float*>(xq + xl.bytes), &queue);
   tt.barrier();
 }
 

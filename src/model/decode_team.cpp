@@ -1,10 +1,11 @@
-// A decode step as one persistent thread team (kernels/team.h): the same
-// blocks as llama.cpp's llama_layer and gpt2.cpp's gpt2_layer for one token,
-// run SPMD by every thread of one OpenMP region. Each thread keeps its own copy of the residual stream, the
-// normalised input and the SwiGLU product (computed redundantly, identically),
-// so the only barriers are the ones that make a shared matrix-vector output
-// complete: after q/k/v, attention, wo, gate/up, down and the classifier.
-// Bit for bit the same as the region-per-matrix path (tests/test_model.cpp).
+// A decode step as one persistent thread team (kernels/team.h): the blocks of
+// llama.cpp's llama_layer and gpt2.cpp's gpt2_layer for one token, run SPMD by
+// every thread of one OpenMP region. Each thread keeps its own copy of the
+// residual stream, the normalised input and the FFN activation (computed
+// redundantly, identically), so the only barriers are the ones that make a
+// shared matrix-vector output complete: after q/k/v, attention, wo, gate/up
+// (GPT-2: up), down and the classifier. Bit for bit the same as the
+// region-per-matrix path (tests/test_team.cpp).
 #include <omp.h>
 
 #include <algorithm>
@@ -19,9 +20,10 @@ namespace tessera {
 bool Model::decodes_as_team(const KernelContext& ctx) const {
   if (!persistent_team_ || std::min(ctx.n_threads, max_threads_) < 2 || ctx.isa == Isa::Scalar) return false;
   const auto ok = [&](const TensorView& W) { return team_can_matmul(ctx.isa, W); };
+  const bool llama = w_.cfg.arch == Arch::Llama;
   for (const auto& L : w_.layers) {
-    const bool attn = (w_.cfg.arch == Arch::Llama) ? ok(L.wq) && ok(L.wk) && ok(L.wv) : ok(L.wqkv);
-    const bool ffn = ok(L.w_up) && ok(L.w_down) && (!(w_.cfg.arch == Arch::Llama) || ok(L.w_gate));
+    const bool attn = llama ? ok(L.wq) && ok(L.wk) && ok(L.wv) : ok(L.wqkv);
+    const bool ffn = ok(L.w_up) && ok(L.w_down) && (!llama || ok(L.w_gate));
     if (!attn || !ffn || !ok(L.wo)) return false;
   }
   return ok(w_.output);
