@@ -3,6 +3,7 @@
 // every block variant it has to carry (GQA, MQA, biases, QK-norm, soft-caps,
 // GPT-2's block, f16 cache, quantized and repacked weights) and thread counts.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cstring>
 #include <string>
@@ -58,20 +59,23 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
     ModelConfig cfg;
     DType type;
   };
-  std::vector<Case> cases{{"GQA f32", small(64, 172, 8, 4), DType::F32},
-                          {"MQA f32", small(64, 172, 8, 1), DType::F32},
-                          {"MHA f16", small(96, 160, 3, 3), DType::F16},
-                          {"GQA bf16", small(64, 128, 4, 2), DType::BF16},
+  // Layers of at least ~181 x 181: smaller ones decode on one thread per matrix, without the team.
+  std::vector<Case> cases{{"GQA f32", small(256, 344, 8, 4), DType::F32},
+                          {"MQA f32", small(256, 344, 8, 1), DType::F32},
+                          {"MHA f16", small(192, 160, 3, 3), DType::F16},
+                          {"GQA bf16", small(256, 128, 4, 2), DType::BF16},
                           {"GQA q8_0", small(512, 1024, 8, 2), DType::Q8_0},
                           {"GQA q4_0", small(512, 1024, 8, 2), DType::Q4_0}};
-  ModelConfig qwen = small(64, 172, 8, 2);
+  ModelConfig qwen = small(256, 344, 8, 2);
   qwen.qkv_bias = qwen.qk_norm = true;
   qwen.rope_style = ops::RopeStyle::HalfSplit;
   qwen.attn_softcap = 20.f;
   qwen.final_softcap = 15.f;
   cases.push_back({"biases, QK-norm, soft-caps", qwen, DType::F32});
-  cases.push_back({"GPT-2 f32", synthetic_config("gpt2-tiny"), DType::F32});
-  cases.push_back({"GPT-2 q8_0", synthetic_config("gpt2-tiny"), DType::Q8_0});
+  ModelConfig gpt2 = synthetic_config("gpt2-tiny");
+  gpt2.dim = 256, gpt2.head_dim = 64, gpt2.hidden_dim = 1024;
+  cases.push_back({"GPT-2 f32", gpt2, DType::F32});
+  cases.push_back({"GPT-2 q8_0", gpt2, DType::Q8_0});
   for (const Case& c : cases) {
     ModelConfig plain = c.cfg;
     plain.qkv_bias = plain.qk_norm = false;  // the generator makes neither; added below
@@ -85,10 +89,12 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
         L.q_norm = floats(w, c.cfg.head_dim, 0.9f, 0.03f);
         L.k_norm = floats(w, c.cfg.head_dim, 1.1f, -0.02f);
       }
-    for (int threads : {2, 3})
+    for (int threads : {2, 3}) {
+      if (threads > omp_get_num_procs()) continue;  // the team is not used past the CPUs
       for (bool kv_f16 : {false, true})
         expect_same_decode(w, threads, kv_f16, c.name + ", " + std::to_string(threads) + " threads" +
                                                    (kv_f16 ? ", f16 cache" : ""));
+    }
     if (c.type == DType::Q8_0 || c.type == DType::Q4_0) {
       if (repack_weights(w, detect_isa(), 2) > 0) expect_same_decode(w, 2, false, c.name + " repacked");
     }
@@ -96,11 +102,16 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
 }
 
 TEST(TeamDecode, NotUsedWhereItCannotRun) {
-  Weights w = make_random_weights(small(64, 172, 8, 4), DType::F32, 7, 1);
+  Weights w = make_random_weights(small(256, 344, 8, 4), DType::F32, 7, 1);
   Model m(w, RunOptions{});
   EXPECT_FALSE(m.decodes_as_team(KernelContext(1)));
   EXPECT_FALSE(m.decodes_as_team(KernelContext(2, Isa::Scalar)));
   RunOptions one;
   one.max_threads = 1;
   EXPECT_FALSE(Model(w, one).decodes_as_team(KernelContext(2)));
+  RunOptions many;  // more threads than CPUs: the regions' path, which copes with oversubscription
+  many.max_threads = omp_get_num_procs() + 1;
+  EXPECT_FALSE(Model(w, many).decodes_as_team(KernelContext(omp_get_num_procs() + 1)));
+  Weights tiny = make_random_weights(small(64, 172, 8, 4), DType::F32, 7, 1);  // 64 x 64 layers: one thread each
+  EXPECT_FALSE(Model(tiny, RunOptions{}).decodes_as_team(KernelContext(2)));
 }

@@ -103,8 +103,9 @@ constexpr int64_t kPrivateQuantRows = 4;
 size_t align64(size_t n) { return (n + 63) & ~size_t(63); }
 
 // Threads worth using: below ~32K multiply-adds a second thread costs more than it saves.
+constexpr int64_t kThreadedMacs = int64_t(1) << 15;
 int threads_for(const KernelContext& ctx, int64_t N, int64_t K, int64_t M) {
-  return N * K * M < (int64_t(1) << 15) ? 1 : std::max(1, ctx.n_threads);
+  return N * K * M < kThreadedMacs ? 1 : std::max(1, ctx.n_threads);
 }
 
 // One matrix of a matvec call: Y(M, N) = X(M, K) . W(N, K)^T.
@@ -353,6 +354,8 @@ size_t team_scratch_bytes(int64_t K) {
   // Q8_0 / Q4_0 blocks of 32 are the finest activation quantization (Q8_G groups are multiples of 32).
   return XqLayout(K, 1, kQK).bytes + align64(size_t(cpu::work_floats(K, 1)) * sizeof(float));
 }
+
+bool team_worthwhile(const TensorView& W) { return W.rows() * W.cols() >= kThreadedMacs; }
 
 bool team_can_matmul(Isa isa, const TensorView& W) {
   const cpu::IsaKernels* k = kernels_for(isa);

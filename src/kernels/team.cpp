@@ -1,7 +1,6 @@
 #include "kernels/team.h"
 
 #include <immintrin.h>
-#include <sched.h>
 
 namespace tessera {
 
@@ -12,17 +11,18 @@ void Team::barrier(int n) {
   if (arrived_.fetch_add(1, std::memory_order_acq_rel) == uint32_t(n - 1)) {
     arrived_.store(0, std::memory_order_relaxed);
     gen_.store(g + 1, std::memory_order_release);
+    gen_.notify_all();  // a futex wake only when a thread went to sleep below
     return;
   }
   // 2500 pauses are ~50 us on this host (20 ns each): longer than a decode
-  // step's imbalance at a barrier, short enough that a descheduled partner on an
-  // oversubscribed machine soon gets the core back.
-  for (int spins = 0; gen_.load(std::memory_order_acquire) == g; ++spins) {
-    if (spins < 2500)
-      _mm_pause();
-    else
-      sched_yield();
+  // step's imbalance at a barrier. Past that the partner is probably not
+  // running (more threads than cores, or a busy machine): sleep on the
+  // generation (a futex) instead of taking the core it needs.
+  for (int spins = 0; spins < 2500; ++spins) {
+    if (gen_.load(std::memory_order_acquire) != g) return;
+    _mm_pause();
   }
+  while (gen_.load(std::memory_order_acquire) == g) gen_.wait(g, std::memory_order_acquire);
 }
 
 }  // namespace tessera

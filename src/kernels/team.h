@@ -21,7 +21,7 @@ class Team {
  public:
   static constexpr int kMaxJobs = 4;  // matrices per team_matmul call
   // Waits until all n threads of the region have arrived (n = omp_get_num_threads()).
-  // Spins, then yields, so an oversubscribed machine still makes progress.
+  // Spins, then sleeps on a futex, so an oversubscribed machine still makes progress.
   void barrier(int n);
   // Work-sharing counters for team_matmul: (call generation << 32) | next row,
   // so a counter left by an earlier call reads as row 0 without a reset barrier.
@@ -51,6 +51,9 @@ size_t team_scratch_bytes(int64_t K);
 // Whether W has a SIMD matrix-vector kernel on isa for one activation row (what
 // matmul() picks for M == 1), i.e. whether team_matmul can take it.
 bool team_can_matmul(Isa isa, const TensorView& W);
+// Whether one activation row against W is large enough that matmul() would
+// split it across threads (the threshold of the region-per-matrix path).
+bool team_worthwhile(const TensorView& W);
 // outs[i].Y = x . outs[i].W^T for one activation row x(K), rows shared by the
 // team as matmul_multi() shares them; every thread calls it with its own copy
 // of x (or the same one). Ends with a barrier, so Y is complete on return.

@@ -34,8 +34,8 @@ class Model {
   int64_t n_ctx() const { return n_ctx_; }
   size_t kv_bytes() const { return kv_bytes_; }
   // Whether a decode step (one token) on ctx runs as one persistent thread team
-  // (RunOptions::persistent_team, >= 2 threads, a SIMD matrix-vector kernel for
-  // every matrix).
+  // (RunOptions::persistent_team, 2 threads up to the CPUs available, layers
+  // large enough to split across threads, a SIMD matrix-vector kernel for every matrix).
   bool decodes_as_team(const KernelContext& ctx) const;
   size_t arena_bytes() const { return arena_.size() * sizeof(float) + kv_.size(); }
 
