@@ -162,6 +162,8 @@ int cmd_bench(int argc, char** argv) {
   const double window_gbs = read_med > 0 ? span_bytes / read_med / 1e9 : 0;
   const double bw_frac = median(seg_frac);
   const double bw_frac_best = tg > 0 ? decode_tok_s / bound : 0, pk_frac = pp > 0 ? prefill_gflops / peak : 0;
+  // "team": one persistent thread team per step (model/decode_team.cpp); "regions": a parallel region per matrix.
+  const char* decode_path = m.decodes_as_team(ctx) ? "team" : "regions";
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"params\": %lld, \"weight_bytes\": %.0f, \"threads\": %d, \"isa\": \"%s\", "
@@ -169,10 +171,10 @@ int cmd_bench(int argc, char** argv) {
         "\"bandwidth_gbs\": %.2f, \"decode_bound_tok_s\": %.2f, \"decode_bw_fraction\": %.4f, "
         "\"decode_window_bandwidth_gbs\": %.2f, \"decode_bw_fraction_best_probe\": %.4f, "
         "\"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f, "
-        "\"repacked_matrices\": %d}\n",
+        "\"repacked_matrices\": %d, \"decode_path\": \"%s\"}\n",
         lm.path.c_str(), (long long)w.n_params(), bytes, threads, isa_name(ctx.isa), (long long)pp, (long long)tg,
         prefill_tok_s, decode_tok_s, bw, bound, bw_frac, window_gbs, bw_frac_best, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac,
-        repacked);
+        repacked, decode_path);
   } else {
     std::printf("model            %s (%.1fM params, %s read per decoded token)\n", lm.path.c_str(),
                 double(w.n_params()) / 1e6, human_bytes(bytes).c_str());
@@ -183,8 +185,8 @@ int cmd_bench(int argc, char** argv) {
       std::printf("prefill pp%-5lld %9.1f tok/s  %7.1f GFLOP/s  = %5.1f%% of GEMM peak\n", (long long)pp,
                   prefill_tok_s, prefill_gflops, 100 * pk_frac);
     if (tg > 0) {
-      std::printf("decode  tg%-5lld %9.1f tok/s  bound %7.1f tok/s  = %5.1f%% of the best-probe bandwidth\n",
-                  (long long)tg, decode_tok_s, bound, 100 * bw_frac_best);
+      std::printf("decode  tg%-5lld %9.1f tok/s  bound %7.1f tok/s  = %5.1f%% of the best-probe bandwidth (%s)\n",
+                  (long long)tg, decode_tok_s, bound, 100 * bw_frac_best, decode_path);
       std::printf("                 %.1f GB/s: a plain read of the same weights before every %lld tokens; "
                   "decode = %5.1f%% of its speed (median)\n",
                   window_gbs, (long long)kSegment, 100 * bw_frac);
