@@ -22,22 +22,28 @@ constexpr size_t kHugePage = size_t(2) << 20;
 void* huge_allocate(size_t bytes);
 void huge_deallocate(void* p, size_t bytes);  // the same bytes as allocated
 
-template <class T>
+// Buffers of HugeFrom bytes and up come from huge_allocate, smaller ones are
+// cache-line aligned heap blocks.
+template <class T, size_t HugeFrom = kHugeMin>
 struct AlignedAllocator {
   using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = AlignedAllocator<U, HugeFrom>;
+  };
   AlignedAllocator() = default;
   template <class U>
-  AlignedAllocator(const AlignedAllocator<U>&) {}
+  AlignedAllocator(const AlignedAllocator<U, HugeFrom>&) {}
   T* allocate(size_t n) {
-    if (n * sizeof(T) >= kHugeMin) return static_cast<T*>(huge_allocate(n * sizeof(T)));
+    if (n * sizeof(T) >= HugeFrom) return static_cast<T*>(huge_allocate(n * sizeof(T)));
     return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kCacheLine)));
   }
   void deallocate(T* p, size_t n) {
-    if (n * sizeof(T) >= kHugeMin) return huge_deallocate(p, n * sizeof(T));
+    if (n * sizeof(T) >= HugeFrom) return huge_deallocate(p, n * sizeof(T));
     ::operator delete(p, std::align_val_t(kCacheLine));
   }
   template <class U>
-  bool operator==(const AlignedAllocator<U>&) const {
+  bool operator==(const AlignedAllocator<U, HugeFrom>&) const {
     return true;
   }
 };
@@ -50,20 +56,6 @@ using aligned_vector = std::vector<T, AlignedAllocator<T>>;
 // KV cache: a decode attention of 18 heads x 100 positions of a 15M model ran
 // ~42 instead of ~70 us cold).
 template <class T>
-struct HugeAllocator {
-  using value_type = T;
-  HugeAllocator() = default;
-  template <class U>
-  HugeAllocator(const HugeAllocator<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(huge_allocate(n * sizeof(T))); }
-  void deallocate(T* p, size_t n) { huge_deallocate(p, n * sizeof(T)); }
-  template <class U>
-  bool operator==(const HugeAllocator<U>&) const {
-    return true;
-  }
-};
-
-template <class T>
-using huge_vector = std::vector<T, HugeAllocator<T>>;
+using huge_vector = std::vector<T, AlignedAllocator<T, 0>>;
 
 }  // namespace tessera
