@@ -104,6 +104,14 @@ TEST(Model, ContextOverflowAndBadTokensAreErrors) {
   EXPECT_THROW(m.forward(ctx, kTokens.data(), 9, 0), Error);
   const int32_t bad = 512;
   EXPECT_THROW(m.forward(ctx, &bad, 1, 0), Error);
+  // A context whose KV cache cannot fit in memory (2^40 positions: 40 TiB) is an Error naming -c, not bad_alloc.
+  ro.n_ctx = int64_t(1) << 40;
+  try {
+    Model huge(w, ro);
+    ADD_FAILURE() << "a 2^40-position context was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lower -c"), std::string::npos) << e.what();
+  }
 }
 
 #include "infer/perplexity.h"

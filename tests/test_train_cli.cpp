@@ -138,6 +138,25 @@ TEST_F(TrainCli, BadConfigsAndDataGetClearErrors) {
   r = run_cli("train --data " + q(dir_ + "/nowhere") + " -o " + q(dir_ + "/bad4") + " --steps 3");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("meta.json"), std::string::npos) << r.err;
+  // Activations that cannot fit in memory (attention probabilities alone: 4 x 4 heads x 150000^2 floats x 2
+  // layers, 2.6 TiB) are refused up front with the flags to change, not std::bad_alloc.
+  r = run_cli(train_args(dir_ + "/bad6", 3) + " --seq 150000");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("lower --batch or --seq"), std::string::npos) << r.err;
+  // An empty corpus: an error naming the file, and no dataset directory.
+  std::ofstream(dir_ + "/empty.txt").flush();
+  r = run_cli("data prepare --tokenizer " + q(dir_ + "/tok.json") + " -o " + q(dir_ + "/emptydata") + " " +
+              q(dir_ + "/empty.txt"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("empty.txt: no text to tokenize"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ + "/emptydata"));
+  r = run_cli("tokenizer train --vocab-size 300 -o " + q(dir_ + "/emptytok.json") + " " + q(dir_ + "/empty.txt"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("empty.txt: no text to train on"), std::string::npos) << r.err;
+  // A vocabulary larger than the text can give: written, with a note saying how many tokens it has.
+  r = run_cli("tokenizer train --vocab-size 5000 -o " + q(dir_ + "/tinytok.json") + " " + q(dir_ + "/tiny.txt"));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("fewer than --vocab-size 5000"), std::string::npos) << r.err;
   // A corpus smaller than one sequence.
   r = run_cli("data prepare --tokenizer " + q(dir_ + "/tok.json") + " -o " + q(dir_ + "/tinydata") + " " +
               q(dir_ + "/tiny.txt"));

@@ -60,7 +60,7 @@ int cmd_bench(int argc, char** argv) {
   int threads = 0, reps = 2;
   bool json = false;
   app.add_option("-m,--model", model, "model file or directory (or synthetic:NAME[:TYPE])");
-  app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny");
+  app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny, gpt2-124m");
   app.add_option("--type", type_name, "weight type for --synthetic")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
   app.add_option("-p,--n-prompt", pp, "prompt tokens for the prefill test (0: skip)");

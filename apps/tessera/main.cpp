@@ -2,6 +2,7 @@
 // subcommand catches tessera::Error and prints it to stderr with exit code 1.
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <exception>
 #include <string>
 
@@ -53,6 +54,9 @@ int main(int argc, char** argv) {
         return c.fn(argc - 1, argv + 1);
       } catch (const tessera::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+      } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "error: out of memory (a buffer sized by the options did not fit; lower -c, --batch or --seq)\n");
         return 1;
       } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

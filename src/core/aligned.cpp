@@ -1,9 +1,13 @@
 #include "core/aligned.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdint>
+
+#include "core/error.h"
 
 namespace tessera {
 
@@ -25,5 +29,16 @@ void* huge_allocate(size_t bytes) {
 }
 
 void huge_deallocate(void* p, size_t bytes) { munmap(p, huge_length(bytes)); }
+
+void require_memory(double bytes, const std::string& what, const std::string& hint) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return;  // unknown: let the allocation decide
+  const double have = double(pages) * double(page), gib = double(1 << 30);
+  if (bytes > have) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " %.1f GiB, more than this machine's %.1f GiB of memory", bytes / gib, have / gib);
+    fail(what, buf, hint.empty() ? "" : "; ", hint);
+  }
+}
 
 }  // namespace tessera

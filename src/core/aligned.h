@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <new>
+#include <string>
 #include <vector>
 
 namespace tessera {
@@ -21,6 +22,13 @@ constexpr size_t kHugePage = size_t(2) << 20;
 // page of it can be a huge page), advised for THP. Throws std::bad_alloc.
 void* huge_allocate(size_t bytes);
 void huge_deallocate(void* p, size_t bytes);  // the same bytes as allocated
+
+// Throws Error "<what> X GiB, more than this machine's Y GiB of memory[; hint]"
+// when bytes exceed the physical memory: a buffer sized from a flag (-c,
+// --seq, --batch) that cannot fit gets a message naming the flag instead of
+// std::bad_alloc or the OOM killer. bytes is a double so that absurd sizes
+// are checked before any integer product overflows.
+void require_memory(double bytes, const std::string& what, const std::string& hint = "");
 
 // Buffers of HugeFrom bytes and up come from huge_allocate, smaller ones are
 // cache-line aligned heap blocks.

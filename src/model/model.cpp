@@ -8,6 +8,7 @@
 #include <cmath>
 #include <thread>
 
+#include "core/aligned.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/attention.h"
@@ -33,7 +34,10 @@ Model::Model(const Weights& w, const RunOptions& opt)
                            int64_t(max_threads_) * score_rows() * n_ctx_, B * V};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
-  arena_.assign(total, 0.f);                                    // zero-filled: pages are touched now
+  const double kv = 2.0 * double(c.n_layers) * double(n_ctx_) * double(c.kv_dim()) * (kv_f16_ ? 2 : 4);
+  require_memory(kv + 4.0 * double(total), "context " + std::to_string(n_ctx_) + ": the KV cache and buffers need",
+                 "lower -c");
+  arena_.assign(total, 0.f);  // zero-filled: pages are touched now
   float* p = arena_.data();
   float** slots[] = {&a_.x, &a_.xb, &a_.q, &a_.k, &a_.v, &a_.att, &a_.hb, &a_.hb2, &a_.scores, &a_.logits};
   for (size_t i = 0; i < std::size(slots); ++i) {

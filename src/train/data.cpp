@@ -67,7 +67,6 @@ PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_pat
                           const std::vector<std::string>& files, const std::string& dir, const PrepareOptions& o) {
   if (files.empty()) fail("data prepare: no input files");
   if (!(o.val_fraction >= 0 && o.val_fraction < 1)) fail("--val-fraction must be in [0, 1), got ", o.val_fraction);
-  fs::create_directories(dir);
   PrepareStats st;
   std::vector<int32_t> train, val;
   EncodeOptions eo;
@@ -80,7 +79,13 @@ PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_pat
     train.insert(train.end(), ids.begin(), ids.end() - long(n_val));
     val.insert(val.end(), ids.end() - long(n_val), ids.end());
   }
+  if (st.bytes == 0 || train.empty()) {
+    std::string names;
+    for (const auto& f : files) names += (names.empty() ? "" : ", ") + f;
+    fail("data prepare: ", names, ": no text to tokenize (", st.bytes, " bytes)");
+  }
   const int64_t V = tok.n_vocab();
+  fs::create_directories(dir);
   write_token_shard(dir + "/train.bin", train, V);
   write_token_shard(dir + "/val.bin", val, V);
   std::string tok_name;

@@ -6,6 +6,7 @@
 
 #include <omp.h>
 
+#include "core/aligned.h"
 #include "core/error.h"
 #include "kernels/gemm_bf16.h"
 
@@ -25,11 +26,19 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   const int64_t per_layer = qkn + N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ * T_ + N * qd +
                             N * H * 3;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
+  // The attention probabilities (B, heads, T, T) per stored layer dominate; checked in double before the
+  // int64 sizes below are formed, then the whole plan.
+  const std::string mem_what = "batch " + std::to_string(B) + " x seq " + std::to_string(T_) +
+                               ": the training activations need",
+                    mem_hint = "lower --batch or --seq, or use --recompute";
+  require_memory(double(sizeof(T)) * double(n_stored) * double(B) * double(c_.n_heads) * double(T_) * double(T_),
+                 mem_what, mem_hint);
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
   // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
   constexpr int64_t kAlign = 64 / sizeof(T);
   const int64_t slack = kAlign * (19 * n_stored + c_.n_layers + 15);
   const int64_t total = per_layer * n_stored + N * C * (c_.n_layers + 1) + N * C + 2 * N + o_.logit_rows * V + grads;
+  require_memory(double(sizeof(T)) * double(total + slack), mem_what, mem_hint);
   acts_.assign(size_t(total + slack), T(0));
   T* cur = acts_.data();
   auto take = [&](int64_t n) {
