@@ -125,6 +125,30 @@ TEST_F(TrainCli, SigkillAtARandomStepThenResumeGivesTheSameLossLog) {
   EXPECT_EQ(test::slurp(train::checkpoint_path(a, steps)), test::slurp(train::checkpoint_path(b, steps)));
 }
 
+// --resume continues the run as run.json describes it: flags that would change it are errors, a --steps
+// that does not extend it is an error, and an extension is recorded so that a later --resume keeps it.
+TEST_F(TrainCli, ResumeKeepsTheRunsOptionsAndRecordsAnExtension) {
+  const std::string c = dir_ + "/run_ext";
+  auto r = run_cli(train_args(c, 10));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --resume " + q(c) + " --steps 15 --dim 64");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--dim cannot be changed when resuming"), std::string::npos) << r.err;
+  r = run_cli("train --resume " + q(c) + " --steps 5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("already at step 10"), std::string::npos) << r.err;
+  r = run_cli("train --resume " + q(c));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("the run is complete (step 10)"), std::string::npos) << r.err;
+  r = run_cli("train --resume " + q(c) + " --steps 15");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(train::checkpoint_path(c, 15)));
+  EXPECT_EQ(nlohmann::json::parse(test::slurp(c + "/run.json"))["steps"], 15);
+  r = run_cli("train --resume " + q(c));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("the run is complete (step 15)"), std::string::npos) << r.err;
+}
+
 TEST_F(TrainCli, BadConfigsAndDataGetClearErrors) {
   auto r = run_cli(train_args(dir_ + "/bad1", 5) + " --heads 5");
   EXPECT_NE(r.code, 0);

@@ -103,6 +103,12 @@ int cmd_train(int argc, char** argv) {
   app.add_option("--resume", resume, "continue the run in this directory from its newest checkpoint");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (!resume.empty()) {
+    // The run continues as its run.json says (same model, data, schedule and threads, so the
+    // trajectory stays bit-identical); a flag that would change it is an error, not ignored.
+    for (const CLI::Option* opt : app.get_options())
+      if (opt->count() > 0 && opt->get_name() != "--resume" && opt->get_name() != "--steps")
+        fail("--resume ", resume, ": ", opt->get_name(), " cannot be changed when resuming (the run keeps the options in ",
+             resume, "/run.json; only --steps may extend it)");
     train::TrainOptions r;
     r.out_dir = resume;
     r.steps = app.count("--steps") ? o.steps : 0;

@@ -159,6 +159,7 @@ void plot(const std::string& dir, const History& h) {
 TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
   const std::string dir = o.out_dir;
   Checkpoint ck;
+  bool extended = false;  // resumed with a new --steps: run.json records it, so a later --resume keeps it
   if (resume) {
     const std::string run = dir + "/run.json";
     if (!fs::exists(run)) fail(dir, ": no run.json: not a training run directory");
@@ -171,10 +172,16 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
     const int64_t steps = o.steps;  // the caller may extend the run
     o = options_from_json(j, run);
     o.out_dir = dir;
+    extended = steps > 0 && steps != o.steps;
     if (steps > 0) o.steps = o.sched.total = steps;  // a longer run stretches the cosine to its new end
     const std::string last = latest_checkpoint(dir);
     if (last.empty()) fail(dir, ": no checkpoint to resume from");
     ck = load_checkpoint(last);
+    if (steps > 0 && steps <= ck.step)
+      fail("--steps ", steps, ": the run in ", dir, " is already at step ", ck.step,
+           "; give more steps to extend it");
+    if (ck.step >= o.steps)
+      fail(dir, ": the run is complete (step ", ck.step, "); give --steps N (N > ", ck.step, ") to extend it");
     std::fprintf(log, "resuming %s from %s (step %lld)\n", dir.c_str(), last.c_str(), (long long)ck.step);
   } else {
     o.validate();
@@ -221,7 +228,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
 
   fs::create_directories(dir);
   const nlohmann::json opts = options_to_json(o);
-  if (!resume) write_text(dir + "/run.json", opts.dump(2) + "\n");
+  if (!resume || extended) write_text(dir + "/run.json", opts.dump(2) + "\n");
 
   // Metrics: on resume keep the lines up to the checkpoint, so the log reads as one run.
   History hist;
