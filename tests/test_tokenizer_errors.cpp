@@ -53,6 +53,9 @@ TEST(TokErrors, EveryTruncationOfLlama2cTokenizerThrows) {
   }
   const std::string p = write_temp("tok_trunc.bin", full.substr(0, 1000));
   expect_error([&] { load_llama2c_tokenizer(p, 512); }, {p, "truncated"});
+  // More pieces than the model's vocabulary: another model's tokenizer, an error rather than its first pieces.
+  const std::string whole = write_temp("tok_whole.bin", full);
+  expect_error([&] { load_llama2c_tokenizer(whole, 300); }, {whole, "more pieces than the model's vocabulary of 300"});
 }
 
 TEST(TokErrors, TruncatedSentencePieceModelNeverCrashes) {

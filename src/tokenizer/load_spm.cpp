@@ -78,6 +78,11 @@ VocabData parse_llama2c_tokenizer(const uint8_t* data, size_t size, const std::s
     v.scores.push_back(score);
     v.types.push_back(t);
   }
+  // The format has no count: pieces left after the model's n_vocab mean the tokenizer is another model's
+  // (tokenizer.bin's 32000 pieces against a 512-token model would otherwise encode into the wrong ids).
+  if (n_vocab >= 0 && off < size)
+    fail(name, ": llama2.c tokenizer holds more pieces than the model's vocabulary of ", n_vocab, " (", size - off,
+         " bytes left after piece ", n_vocab - 1, "); is it this model's tokenizer?");
   if (v.tokens.size() < 3) fail(name, ": llama2.c tokenizer has ", v.tokens.size(), " tokens, need at least 3");
   v.unk_id = v.types[0] == TokenType::Unknown ? 0 : -1;
   v.bos_id = 1;
