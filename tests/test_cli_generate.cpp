@@ -94,6 +94,15 @@ TEST(CliErrors, BadInputsGiveClearErrorsAndNonZeroExit) {
   r = run_cli("generate " + model_args() + " -p hi --top-p 0");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("--top-p"), std::string::npos) << r.err;
+  // nan and inf pass comparisons like top_p <= 0: every floating-point flag must be finite.
+  for (const char* flag : {"--top-p nan", "--temp inf", "--presence-penalty nan", "--min-p -inf"}) {
+    r = run_cli("generate " + model_args() + " -p hi -n 2 " + flag);
+    EXPECT_EQ(r.code, 1) << flag;
+    EXPECT_NE(r.err.find("must be a finite number"), std::string::npos) << flag << ": " << r.err;
+  }
+  // Strings that read as numbers stay strings.
+  r = run_cli("generate " + model_args() + " -p nan -n 2 --stop inf");
+  EXPECT_EQ(r.code, 0) << r.err;
   r = run_cli("frobnicate");
   EXPECT_EQ(r.code, 2);
 }

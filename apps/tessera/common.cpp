@@ -1,6 +1,8 @@
 #include "common.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <thread>
 
@@ -52,12 +54,27 @@ Loaded load(const ModelArgs& a) {
   return L;
 }
 
+namespace {
+// Every floating-point flag must be a finite number: "nan" or "inf" pass range
+// checks written as comparisons (nan <= 0 is false) and would reach the
+// sampler or the optimizer.
+void check_finite(const CLI::App& app) {
+  for (const CLI::Option* o : app.get_options())
+    if (o->count() > 0 && o->get_type_name().rfind("FLOAT", 0) == 0)
+      for (const std::string& r : o->results())
+        if (!std::isfinite(std::strtod(r.c_str(), nullptr)))
+          fail(o->get_name(), " must be a finite number, got '", r, "'");
+  for (const CLI::App* sub : app.get_subcommands()) check_finite(*sub);
+}
+}  // namespace
+
 int parse(CLI::App& app, int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  check_finite(app);
   return -1;
 }
 
