@@ -21,6 +21,7 @@ namespace tessera::cli {
 
 int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, bool json) {
   if (a.batch <= 0 || a.seq <= 0 || a.steps <= 0) fail("bench --train: --batch, --seq and --steps must be positive");
+  if (a.logit_rows <= 0) fail("bench --train: --logit-rows must be positive, got ", a.logit_rows);
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);

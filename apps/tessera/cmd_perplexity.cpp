@@ -32,6 +32,7 @@ int cmd_perplexity(int argc, char** argv) {
   app.add_flag("--json", json, "print the result as one JSON object");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (n_ctx < 2) fail("-c/--ctx-size must be at least 2, got ", n_ctx);
+  if (chunks == 0 || chunks < -1) fail("--chunks must be positive (or -1: all windows), got ", chunks);
 
   std::ifstream in(file, std::ios::binary);
   if (!in) fail(file, ": cannot open text file");
