@@ -103,6 +103,11 @@ TEST(CliErrors, BadInputsGiveClearErrorsAndNonZeroExit) {
   // Strings that read as numbers stay strings.
   r = run_cli("generate " + model_args() + " -p nan -n 2 --stop inf");
   EXPECT_EQ(r.code, 0) << r.err;
+  // A flag CLI11 cannot parse is bad input too: an "error:" line and exit code 1.
+  r = run_cli("generate " + model_args() + " -p hi -n two");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--n-predict"), std::string::npos) << r.err;
   r = run_cli("frobnicate");
   EXPECT_EQ(r.code, 2);
 }

@@ -234,6 +234,14 @@ TEST_F(TrainCli, TomlConfigFileGivesTheOptions) {
   EXPECT_EQ(ck.cfg.dim, 32);
   EXPECT_EQ(ck.cfg.n_layers, 1);
   EXPECT_TRUE(ck.cfg.qk_norm);
+  // A misspelt key is an error (exit 1), not silently ignored.
+  const std::string bad = dir_ + "/typo.toml";
+  std::ofstream(bad) << "data = \"" << dir_ << "/data\"\nout = \"" << dir_ << "/run_typo\"\ndimm = 32\nsteps = 3\n";
+  r = run_cli("train --config " + q(bad));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("error: --config"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("dimm"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ + "/run_typo"));
 }
 
 TEST_F(TrainCli, NonFiniteLossStopsOrIsSkipped) {

@@ -79,6 +79,7 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("--logit-rows", tb.logit_rows, "--train: rows of the fused output + loss chunk");
   app.add_option("--precision", tb.precision, "--train: fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
   app.set_config("--config", "", "read these options from a TOML file (keys are the long option names)");
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (tb.enabled) {
     if (model.empty() == synthetic.empty()) fail("bench --train: give exactly one of -m MODEL or --synthetic SHAPE");

@@ -92,6 +92,7 @@ int cmd_train(int argc, char** argv) {
   CLI::App app{"Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
                "tessera train"};
   app.set_config("--config", "", "read options from a TOML file (keys are the long option names)");
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
   train::TrainOptions o;
   o.model.dim = 256, o.model.n_layers = 4, o.model.n_heads = 8, o.model.n_kv_heads = 0;

@@ -71,8 +71,19 @@ void check_finite(const CLI::App& app) {
 int parse(CLI::App& app, int argc, char** argv) {
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ConfigError& e) {  // e.g. "INI was not able to parse dimm": a misspelt key
+    std::fprintf(stderr, "error: --config: %s (keys are the long option names; see --help)\n", e.what());
+    return 1;
+  } catch (const CLI::ParseError& e) {
+    // A bad flag is bad input like any other: an "error:" line and exit code 1.
+    std::fprintf(stderr, "error: %s (see %s --help)\n", e.what(), app.get_name().c_str());
+    return 1;
   }
   check_finite(app);
   return -1;
