@@ -66,7 +66,7 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("-p,--n-prompt", pp, "prompt tokens for the prefill test (0: skip)");
   app.add_option("-n,--n-gen", tg, "tokens for the decode test (0: skip)");
   app.add_option("-t,--threads", threads, "threads (default: all cores)");
-  app.add_option("-r,--repetitions", reps, "repetitions; the best is reported")->check(CLI::PositiveNumber);
+  app.add_option("-r,--repetitions", reps, "repetitions; the best is reported")->check(positive());
   app.add_flag("--json", json, "print one JSON object");
   bool no_repack = false;
   app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 / Q8_0 repacking)");

@@ -55,7 +55,7 @@ int cmd_demo(int argc, char** argv) {
   o.batch = 16, o.seq = 128, o.sched.lr = 2e-3f, o.sched.min_lr = 2e-4f, o.sched.warmup = 30;
   o.adam.weight_decay = 0.1f, o.clip = 1.f, o.eval_batches = 4;
   app.add_option("-o,--out", out, "demo directory (tokenizer, data, run, model.gguf)");
-  app.add_option("--minutes", minutes, "training time budget")->check(CLI::PositiveNumber);
+  app.add_option("--minutes", minutes, "training time budget")->check(positive());
   app.add_option("--vocab", vocab, "tokenizer vocabulary size")->check(CLI::Range(300, 65536));
   app.add_option("--dim", o.model.dim, "model width");
   app.add_option("--layers", o.model.n_layers, "blocks");

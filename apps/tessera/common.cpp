@@ -19,7 +19,7 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
     app.add_option("-c,--ctx-size", a.ctx,
                    "context size in tokens (default: the model's trained context, at most 4096; 0: the model's)");
   app.add_option("-t,--threads", a.threads, "threads (default: all cores)");
-  app.add_option("-b,--batch-size", a.batch, "prefill chunk size in tokens")->check(CLI::PositiveNumber);
+  app.add_option("-b,--batch-size", a.batch, "prefill chunk size in tokens")->check(positive());
   app.add_option("--kv-type", a.kv_type, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
   app.add_flag("--no-repack", a.no_repack,
                "keep weights in the file's layout (default: Q4_0 / Q8_0 matrices are repacked at load for the AVX-512 kernels)");
@@ -67,6 +67,17 @@ void check_finite(const CLI::App& app) {
   for (const CLI::App* sub : app.get_subcommands()) check_finite(*sub);
 }
 }  // namespace
+
+CLI::Validator positive() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        char* end = nullptr;
+        const double x = std::strtod(v.c_str(), &end);
+        if (end == v.c_str() || *end != '\0') return "must be a number, got '" + v + "'";
+        return x > 0 ? std::string() : "must be positive, got " + v;
+      },
+      "POSITIVE");
+}
 
 int parse(CLI::App& app, int argc, char** argv) {
   try {

@@ -26,6 +26,9 @@ struct ModelArgs {
 };
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);
+// A check for options that must be > 0, with a short message ("must be positive, got 0")
+// instead of CLI::PositiveNumber's range up to DBL_MAX.
+CLI::Validator positive();
 
 struct Loaded {
   LoadedModel lm;
