@@ -108,6 +108,14 @@ TEST(CliErrors, BadInputsGiveClearErrorsAndNonZeroExit) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("--n-predict"), std::string::npos) << r.err;
+  // convert's OUT names a GGUF file or a directory; a .bin or .safetensors name is refused, nothing written.
+  for (const char* name : {"out.bin", "out.safetensors"}) {
+    const std::string out = temp_path(name);
+    r = run_cli("convert " + q(shared_path(kModel)) + " " + q(out));
+    EXPECT_EQ(r.code, 1) << name;
+    EXPECT_NE(r.err.find(out), std::string::npos) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(out)) << name;
+  }
   r = run_cli("frobnicate");
   EXPECT_EQ(r.code, 2);
 }

@@ -125,7 +125,16 @@ std::string human_bytes(double b) {
 
 void write_model(Weights w, const Tokenizer* tok, const std::string& out, const std::string& type_name,
                  const char* who) {
-  const bool gguf_out = out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0;
+  auto ends = [&](std::string_view suf) {
+    return out.size() > suf.size() && out.compare(out.size() - suf.size(), suf.size(), suf) == 0;
+  };
+  const bool gguf_out = ends(".gguf");
+  // Any other OUT is a directory: a name that promises a single file of another kind is refused.
+  if (ends(".bin"))
+    fail(out, ": writing llama2.c .bin files is not supported; write FILE.gguf or a Hugging Face directory");
+  if (ends(".safetensors"))
+    fail(out, ": Hugging Face output is a directory (config.json + model.safetensors are written in it); "
+              "give a directory name, or FILE.gguf");
   const DType src = w.cfg.arch == Arch::GPT2 ? w.layers.at(0).wqkv.dtype : w.layers.at(0).wq.dtype;
   DType type = type_name.empty() ? (src == DType::Q8_G ? DType::F32 : src) : *dtype_from_name(type_name);
   if (!gguf_out && type != DType::F32 && type != DType::F16 && type != DType::BF16)
