@@ -2,6 +2,10 @@
 // (bit-identical), export into the inference engine, and bad input.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -147,6 +151,25 @@ TEST_F(TrainCli, ResumeKeepsTheRunsOptionsAndRecordsAnExtension) {
   r = run_cli("train --resume " + q(c));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("the run is complete (step 15)"), std::string::npos) << r.err;
+}
+
+// A run directory in use (its .lock held, as a running `tessera train` holds it) is refused, for a resume
+// and for a new run alike; once the holder is gone the resume works.
+TEST_F(TrainCli, ARunDirectoryInUseIsRefused) {
+  const std::string c = dir_ + "/run_locked";
+  auto r = run_cli(train_args(c, 5));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const int fd = ::open((c + "/.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  r = run_cli("train --resume " + q(c) + " --steps 8");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("another 'tessera train' is using this run directory"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(train::checkpoint_path(c, 8)));
+  ::close(fd);
+  r = run_cli("train --resume " + q(c) + " --steps 8");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(train::checkpoint_path(c, 8)));
 }
 
 TEST_F(TrainCli, BadConfigsAndDataGetClearErrors) {

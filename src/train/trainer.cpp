@@ -1,9 +1,14 @@
 #include "train/trainer.h"
 
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/file.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <thread>
@@ -156,10 +161,36 @@ void plot(const std::string& dir, const History& h) {
 
 }  // namespace
 
+namespace {
+// An exclusive flock on DIR/.lock for the run's lifetime: a second `tessera
+// train` on the same directory (a new run or a --resume) fails instead of
+// interleaving checkpoints and metrics with this one. The kernel drops the
+// lock when the process dies, SIGKILL included.
+class RunLock {
+ public:
+  explicit RunLock(const std::string& dir) {
+    const std::string path = dir + "/.lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail(path, ": cannot open the run lock: ", std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      fail(dir, ": another 'tessera train' is using this run directory");
+    }
+  }
+  ~RunLock() { ::close(fd_); }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+}  // namespace
+
 TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
   const std::string dir = o.out_dir;
   Checkpoint ck;
   bool extended = false;  // resumed with a new --steps: run.json records it, so a later --resume keeps it
+  std::string resumed_from;  // the checkpoint a resume loaded
   if (resume) {
     const std::string run = dir + "/run.json";
     if (!fs::exists(run)) fail(dir, ": no run.json: not a training run directory");
@@ -177,6 +208,7 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
     const std::string last = latest_checkpoint(dir);
     if (last.empty()) fail(dir, ": no checkpoint to resume from");
     ck = load_checkpoint(last);
+    resumed_from = last;
     if (steps > 0 && steps <= ck.step)
       fail("--steps ", steps, ": the run in ", dir, " is already at step ", ck.step,
            "; give more steps to extend it");
@@ -227,6 +259,11 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
   const int64_t eval_windows = o.eval_batches * o.batch;
 
   fs::create_directories(dir);
+  const RunLock lock(dir);
+  // Checked again under the lock: another run may have written here since the checks above.
+  if (resume ? latest_checkpoint(dir) != resumed_from : !latest_checkpoint(dir).empty())
+    fail(dir, ": another run wrote checkpoints here while this one was starting (newest now ", latest_checkpoint(dir),
+         ")");
   const nlohmann::json opts = options_to_json(o);
   if (!resume || extended) write_text(dir + "/run.json", opts.dump(2) + "\n");
 
