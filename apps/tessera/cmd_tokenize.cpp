@@ -119,7 +119,8 @@ int cmd_tokenizer(int argc, char** argv) {
   const MappedTexts in = map_texts(files);
   const auto& texts = in.texts;
   const size_t total = in.bytes;
-  if (total == 0) fail("tokenizer train: ", files.front(), files.size() > 1 ? " and the others" : "", ": no text to train on");
+  if (total == 0)
+    fail("tokenizer train: ", files.front(), files.size() > 1 ? " and the others" : "", ": no text to train on");
   std::fprintf(stderr, "training on %zu file(s), %.2f MB, vocab size %d, %zu special token(s)\n", files.size(),
                double(total) / 1e6, vocab_size, specials.size());
   BpeTrainOptions opt;
@@ -136,7 +137,9 @@ int cmd_tokenizer(int argc, char** argv) {
   double s = std::chrono::duration<double>(clock::now() - t0).count();
   std::fprintf(stderr, "wrote %s: %zu tokens, %zu merges in %.2f s\n", out.c_str(), r.vocab.size(), r.merges.size(), s);
   if (int64_t(r.vocab.size()) < vocab_size)
-    std::fprintf(stderr, "note: the text has no pair of tokens left to merge (within its pre-tokenized words): %zu tokens, fewer than --vocab-size %d\n",
+    std::fprintf(stderr,
+                 "note: the text has no pair of tokens left to merge (within its pre-tokenized words): "
+                 "%zu tokens, fewer than --vocab-size %d\n",
                  r.vocab.size(), vocab_size);
   return 0;
 }

@@ -2,8 +2,8 @@
 // subcommand catches tessera::Error and prints it to stderr with exit code 1.
 #include <cstdio>
 #include <cstring>
-#include <new>
 #include <exception>
+#include <new>
 #include <string>
 
 #include "commands.h"
@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
       } catch (const std::bad_alloc&) {
-        std::fprintf(stderr, "error: out of memory (a buffer sized by the options did not fit; lower -c, --batch or --seq)\n");
+        std::fprintf(stderr,
+                     "error: out of memory (a buffer sized by the options did not fit; lower -c, --batch or --seq)\n");
         return 1;
       } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

@@ -22,9 +22,6 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   const bool gpt2 = c_.arch == Arch::GPT2;
   const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.kv_dim();
   const int64_t qbuf = gpt2 ? 3 * C : qd, kbuf = gpt2 ? 0 : kvd;
-  const int64_t qkn = c_.qk_norm ? N * qd + N * kvd + N * c_.n_heads + N * c_.n_kv_heads : 0;
-  const int64_t per_layer = qkn + N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ * T_ + N * qd +
-                            N * H * 3;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
   // The attention probabilities (B, heads, T, T) per stored layer dominate; checked in double before the
   // int64 sizes below are formed, then the whole plan.
@@ -33,6 +30,9 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
                     mem_hint = "lower --batch or --seq, or use --recompute";
   require_memory(double(sizeof(T)) * double(n_stored) * double(B) * double(c_.n_heads) * double(T_) * double(T_),
                  mem_what, mem_hint);
+  const int64_t qkn = c_.qk_norm ? N * qd + N * kvd + N * c_.n_heads + N * c_.n_kv_heads : 0;
+  const int64_t per_layer = qkn + N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ * T_ + N * qd +
+                            N * H * 3;
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
   // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
   constexpr int64_t kAlign = 64 / sizeof(T);
