@@ -79,11 +79,14 @@ PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_pat
     train.insert(train.end(), ids.begin(), ids.end() - long(n_val));
     val.insert(val.end(), ids.end() - long(n_val), ids.end());
   }
-  if (st.bytes == 0 || train.empty()) {
+  if (st.bytes == 0) {
     std::string names;
     for (const auto& f : files) names += (names.empty() ? "" : ", ") + f;
-    fail("data prepare: ", names, ": no text to tokenize (", st.bytes, " bytes)");
+    fail("data prepare: ", names, ": no text to tokenize (0 bytes)");
   }
+  if (train.empty())
+    fail("data prepare: all ", val.size(), " tokens went to the validation split (--val-fraction ", o.val_fraction,
+         "); lower it or give more text");
   const int64_t V = tok.n_vocab();
   fs::create_directories(dir);
   write_token_shard(dir + "/train.bin", train, V);
