@@ -129,6 +129,28 @@ TEST_F(TrainCli, SigkillAtARandomStepThenResumeGivesTheSameLossLog) {
   EXPECT_EQ(test::slurp(train::checkpoint_path(a, steps)), test::slurp(train::checkpoint_path(b, steps)));
 }
 
+// SIGTERM (or Ctrl-C's SIGINT) stops a run at the end of its step with a checkpoint of that step and exit
+// status 130; resuming from it gives the uninterrupted run's loss log and final state bit for bit.
+TEST_F(TrainCli, SigtermCheckpointsTheCurrentStepAndResumesBitIdentically) {
+  const std::string a = dir_ + "/run_term_a", b = dir_ + "/run_term_b";
+  const int steps = 200;
+  auto r = run_cli(train_args(a, steps) + " --ckpt-interval 1000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string rc_file = dir_ + "/term_rc";
+  const std::string script = std::string(TESSERA_CLI) + " " + train_args(b, steps) + " --ckpt-interval 1000" +
+                             " 2>/dev/null & pid=$!; while [ ! -s " + q(b + "/metrics.jsonl") +
+                             " ]; do sleep 0.005; done; kill -TERM $pid; wait $pid; echo $? > " + q(rc_file);
+  ASSERT_EQ(bash(script), 0);
+  EXPECT_EQ(test::slurp(rc_file), "130\n");
+  const auto ckpts = train::list_checkpoints(b);
+  ASSERT_EQ(ckpts.size(), 1u) << "the stop writes one checkpoint (the interval is past the run's end)";
+  ASSERT_FALSE(fs::exists(train::checkpoint_path(b, steps))) << "the run finished before the signal";
+  r = run_cli("train --resume " + q(b));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(trajectory(a), trajectory(b));
+  EXPECT_EQ(test::slurp(train::checkpoint_path(a, steps)), test::slurp(train::checkpoint_path(b, steps)));
+}
+
 // --resume continues the run as run.json describes it: flags that would change it are errors, a --steps
 // that does not extend it is an error, and an extension is recorded so that a later --resume keeps it.
 TEST_F(TrainCli, ResumeKeepsTheRunsOptionsAndRecordsAnExtension) {

@@ -186,7 +186,7 @@ class RunLock {
 };
 }  // namespace
 
-TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
+TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const volatile std::sig_atomic_t* stop) {
   const std::string dir = o.out_dir;
   Checkpoint ck;
   bool extended = false;  // resumed with a new --steps: run.json records it, so a later --resume keeps it
@@ -368,8 +368,16 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log) {
     }
     if (eval_now) plot(dir, hist);
     const bool out_of_time = o.max_seconds > 0 && el >= o.max_seconds;
-    if (done % o.ckpt_interval == 0 || done == o.steps || out_of_time) save(done);
+    const bool interrupted = stop && *stop && done < o.steps;
+    if (done % o.ckpt_interval == 0 || done == o.steps || out_of_time || interrupted) save(done);
     sum.steps = done, sum.last_loss = loss, sum.val_loss = val, sum.tok_per_s = tok_s;
+    if (interrupted) {
+      plot(dir, hist);
+      sum.interrupted = true;
+      std::fprintf(log, "interrupted at step %lld; checkpoint %s written (continue with --resume %s)\n",
+                   (long long)done, sum.checkpoint.c_str(), dir.c_str());
+      break;
+    }
     if (out_of_time) {
       if (!eval_now) {
         sum.val_loss = evaluate(model, p.data(), *data.val, eval_windows);

@@ -3,6 +3,7 @@
 // evaluation, metrics (JSONL), the loss plot (SVG) and crash-safe
 // checkpoints; resumable bit for bit.
 #pragma once
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -42,11 +43,16 @@ struct TrainSummary {
   int64_t steps = 0;          // total optimizer steps done (including before a resume)
   double last_loss = 0, val_loss = 0, tok_per_s = 0;
   std::string checkpoint;     // the last checkpoint written
+  bool interrupted = false;   // stopped early by *stop (a checkpoint of the last step was written)
 };
 
 // Runs (or, with resume, continues from out_dir's newest checkpoint) training;
 // progress goes to log (stderr in the CLI).
-TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log);
+// stop, when given, is polled after every optimizer step: once it is non-zero
+// the run writes a checkpoint of that step and returns (interrupted = true).
+// The front end sets it from a signal handler (SIGINT / SIGTERM).
+TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log,
+                          const volatile std::sig_atomic_t* stop = nullptr);
 
 // Mean next-token loss of the parameters over n windows of the validation shard.
 double evaluate(Transformer<float>& m, const float* p, const class TokenShard& val, int64_t n_windows);
