@@ -122,7 +122,8 @@ int cmd_demo(int argc, char** argv) {
   o.sched.total = o.steps;
   o.eval_interval = std::max<int64_t>(10, o.steps / 10), o.ckpt_interval = o.eval_interval, o.log_interval = 10;
   o.max_seconds = budget * 1.25;  // the schedule aims at the budget; this only guards against a slow machine
-  const auto sum = train::run_training(o, false, stderr);
+  install_stop_handlers();  // Ctrl-C ends the training early; the demo goes on to sample from that step
+  const auto sum = train::run_training(o, false, stderr, stop_requested());
 
   // 4. Samples and perplexity through the inference engine, from the exported model.
   const train::Checkpoint ck = train::load_checkpoint(sum.checkpoint);

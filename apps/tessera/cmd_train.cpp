@@ -1,6 +1,4 @@
 // tessera train / data prepare / export: training from the command line.
-#include <signal.h>
-
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -92,22 +90,6 @@ void finish_model_config(train::TrainOptions& o, const std::string& arch, bool u
 }
 
 namespace {
-// Set by SIGINT / SIGTERM: the training loop writes a checkpoint of the step it
-// is on and returns. The one piece of process-wide state, as a signal needs.
-volatile std::sig_atomic_t g_stop_requested = 0;
-void request_stop(int) { g_stop_requested = 1; }
-// Handlers for SIGINT and SIGTERM, once (SA_RESETHAND: a second signal kills at
-// once), except where the signal is ignored (a background job's SIGINT, nohup).
-void install_stop_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = request_stop;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND;
-  for (int sig : {SIGINT, SIGTERM}) {
-    struct sigaction old {};
-    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(sig, &sa, nullptr);
-  }
-}
 // Exit status of a run: 130 (as for SIGINT) when a signal stopped it, after saying how to continue.
 int finish(const train::TrainSummary& s, const std::string& dir) {
   if (!s.interrupted) return 0;
@@ -143,14 +125,14 @@ int cmd_train(int argc, char** argv) {
     r.out_dir = resume;
     r.steps = app.count("--steps") ? o.steps : 0;
     install_stop_handlers();
-    return finish(train::run_training(r, true, stderr, &g_stop_requested), resume);
+    return finish(train::run_training(r, true, stderr, stop_requested()), resume);
   }
   o.sched.kind = train::parse_schedule_kind(sched);
   o.sched.total = o.steps;
   if (!app.count("--warmup")) o.sched.warmup = std::min<int64_t>(o.sched.warmup, o.steps / 10);
   finish_model_config(o, arch, untied);
   install_stop_handlers();
-  const auto s = train::run_training(o, false, stderr, &g_stop_requested);
+  const auto s = train::run_training(o, false, stderr, stop_requested());
   if (s.interrupted) return finish(s, o.out_dir);
   std::fprintf(stderr, "done: %lld steps, loss %.4f, val loss %.4f (ppl %.2f), %.0f tok/s; checkpoint %s\n",
                (long long)s.steps, s.last_loss, s.val_loss, std::exp(s.val_loss), s.tok_per_s, s.checkpoint.c_str());

@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -67,6 +69,25 @@ void check_finite(const CLI::App& app) {
   for (const CLI::App* sub : app.get_subcommands()) check_finite(*sub);
 }
 }  // namespace
+
+namespace {
+// The one piece of process-wide state: a signal handler can only reach a global.
+volatile std::sig_atomic_t g_stop_requested = 0;
+void request_stop(int) { g_stop_requested = 1; }
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = request_stop;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND;
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction old {};
+    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(sig, &sa, nullptr);
+  }
+}
+
+const volatile std::sig_atomic_t* stop_requested() { return &g_stop_requested; }
 
 CLI::Validator positive() {
   return CLI::Validator(

@@ -1,6 +1,7 @@
 // Options shared by the model-running subcommands, and their set-up.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -29,6 +30,11 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);
 // A check for options that must be > 0, with a short message ("must be positive, got 0")
 // instead of CLI::PositiveNumber's range up to DBL_MAX.
 CLI::Validator positive();
+// SIGINT / SIGTERM handlers that set the flag stop_requested() points to
+// (one-shot: a second signal kills; not installed where the signal is
+// ignored). Training polls it after every step (train::run_training).
+void install_stop_handlers();
+const volatile std::sig_atomic_t* stop_requested();
 
 struct Loaded {
   LoadedModel lm;
