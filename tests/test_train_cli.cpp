@@ -192,6 +192,17 @@ TEST_F(TrainCli, ARunDirectoryInUseIsRefused) {
   r = run_cli("train --resume " + q(c) + " --steps 8");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(train::checkpoint_path(c, 8)));
+  // A new run into a directory whose lock is held (another run starting there) is refused before it writes.
+  const std::string n = dir_ + "/run_locked_new";
+  fs::create_directories(n);
+  const int fd2 = ::open((n + "/.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd2, 0);
+  ASSERT_EQ(::flock(fd2, LOCK_EX | LOCK_NB), 0);
+  r = run_cli(train_args(n, 3));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("another 'tessera train' is using this run directory"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(n + "/run.json"));
+  ::close(fd2);
 }
 
 TEST_F(TrainCli, BadConfigsAndDataGetClearErrors) {
