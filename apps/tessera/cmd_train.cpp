@@ -1,5 +1,4 @@
 // tessera train / data prepare / export: training from the command line.
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 
@@ -89,16 +88,6 @@ void finish_model_config(train::TrainOptions& o, const std::string& arch, bool u
   m.name = "tessera-" + std::string(arch_name(m.arch));
 }
 
-namespace {
-// Exit status of a run: 130 (as for SIGINT) when a signal stopped it, after saying how to continue.
-int finish(const train::TrainSummary& s, const std::string& dir) {
-  if (!s.interrupted) return 0;
-  std::fprintf(stderr, "stopped by a signal at step %lld; continue with: tessera train --resume %s\n",
-               (long long)s.steps, dir.c_str());
-  return 130;
-}
-}  // namespace
-
 int cmd_train(int argc, char** argv) {
   CLI::App app{"Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
                "tessera train"};
@@ -119,13 +108,13 @@ int cmd_train(int argc, char** argv) {
     // trajectory stays bit-identical); a flag that would change it is an error, not ignored.
     for (const CLI::Option* opt : app.get_options())
       if (opt->count() > 0 && opt->get_name() != "--resume" && opt->get_name() != "--steps")
-        fail("--resume ", resume, ": ", opt->get_name(), " cannot be changed when resuming (the run keeps the options in ",
-             resume, "/run.json; only --steps may extend it)");
+        fail("--resume ", resume, ": ", opt->get_name(), " cannot be changed when resuming (the run keeps the ",
+             "options in ", resume, "/run.json; only --steps may extend it)");
     train::TrainOptions r;
     r.out_dir = resume;
     r.steps = app.count("--steps") ? o.steps : 0;
-    install_stop_handlers();
-    return finish(train::run_training(r, true, stderr, stop_requested()), resume);
+    install_stop_handlers();  // a stop by signal exits 130 (run_training has said where it checkpointed)
+    return train::run_training(r, true, stderr, stop_requested()).interrupted ? 130 : 0;
   }
   o.sched.kind = train::parse_schedule_kind(sched);
   o.sched.total = o.steps;
@@ -133,7 +122,7 @@ int cmd_train(int argc, char** argv) {
   finish_model_config(o, arch, untied);
   install_stop_handlers();
   const auto s = train::run_training(o, false, stderr, stop_requested());
-  if (s.interrupted) return finish(s, o.out_dir);
+  if (s.interrupted) return 130;
   std::fprintf(stderr, "done: %lld steps, loss %.4f, val loss %.4f (ppl %.2f), %.0f tok/s; checkpoint %s\n",
                (long long)s.steps, s.last_loss, s.val_loss, std::exp(s.val_loss), s.tok_per_s, s.checkpoint.c_str());
   return 0;
