@@ -23,7 +23,8 @@ struct Case {
 };
 
 // f32: gemm_f32 against ref::gemm_f32 (the case's bf16 flags are ignored).
-void run(const Case& c, std::mt19937& rng, bool f32 = false) {
+// amx: the bf16 product on AMX tiles (where usable) instead of AVX-512 BF16.
+void run(const Case& c, std::mt19937& rng, bool f32 = false, bool amx = false) {
   std::normal_distribution<float> nd;
   std::vector<float> a(size_t(c.M * c.K)), b(size_t(c.N * c.K));
   for (auto& x : a) x = nd(rng);
@@ -39,6 +40,7 @@ void run(const Case& c, std::mt19937& rng, bool f32 = false) {
   for (auto& x : c0) x = nd(rng);
   std::vector<float> want = c0, got = c0;
   KernelContext ctx(2);
+  ctx.amx = amx;
   if (f32) {
     ref::gemm_f32(A, B, c.M, c.N, c.K, want.data(), ldc, c.accumulate);
     gemm_f32(ctx, A, B, c.M, c.N, c.K, got.data(), ldc, c.accumulate);
@@ -54,7 +56,7 @@ void run(const Case& c, std::mt19937& rng, bool f32 = false) {
         continue;
       }
       ASSERT_NEAR(g, w, (f32 ? 1e-5f : 1e-4f) * (std::sqrt(float(c.K)) + std::abs(w)))
-          << (f32 ? "f32 " : "bf16 ") << "M " << c.M << " N " << c.N << " K " << c.K << " at " << m << "," << n;
+          << (f32 ? "f32 " : amx ? "bf16 amx " : "bf16 ") << "M " << c.M << " N " << c.N << " K " << c.K << " at " << m << "," << n;
     }
 }
 
@@ -76,6 +78,9 @@ TEST(KernelsGemmBf16, MatchesReferenceOnOddShapesStridesAndAccumulation) {
                         // K much longer than M and N: the threads split K and sum partial products
                         {24, 40, 2001, false, true, true, true},         {288, 288, 70, true, true, false, true},         {16, 64, 4096, true, false, false, false, true}};
   for (const auto& c : cases) run(c, rng);
+  // The AMX kernel (32 x 32 blocks of C, k tiles of 32) on the same cases, where this CPU has it.
+  if (probe.amx)
+    for (const auto& c : cases) run(c, rng, false, true);
   // The f32 GEMM shares the blocking, packing paths and threading (f32 panels).
   for (const auto& c : cases) run(c, rng, true);
 }
@@ -92,9 +97,13 @@ TEST(KernelsGemmBf16, PrePackedBMatchesPackingInTheGemm) {
     int64_t M, N, K;
     bool b_kmajor;
   };
-  for (bool f32 : {false, true})
+  const bool has_amx = ctx.amx;
+  for (int kind = 0; kind < 3; ++kind)  // f32, bf16 AVX-512, bf16 AMX
     for (const S& c : {S{256, 1000, 288, false}, S{300, 70, 37, false}, S{64, 513, 383, true}, S{9, 40, 1, false},
                        S{40, 300, 1000, false}, S{128, 64, 777, true}}) {  // several k blocks
+      const bool f32 = kind == 0;
+      if (kind == 2 && !has_amx) break;
+      ctx.amx = kind == 2;
       std::vector<float> a(size_t(c.M * c.K)), b(size_t(c.N * c.K));
       for (auto& x : a) x = nd(rng);
       for (auto& x : b) x = nd(rng);
@@ -110,7 +119,7 @@ TEST(KernelsGemmBf16, PrePackedBMatchesPackingInTheGemm) {
       run(B, want.data());
       B.packed = packed.data(), B.packed_n = c.N;
       run(B, got.data());
-      ASSERT_EQ(got, want) << (f32 ? "f32" : "bf16") << " M " << c.M << " N " << c.N << " K " << c.K;
+      ASSERT_EQ(got, want) << (f32 ? "f32" : kind == 2 ? "bf16 amx" : "bf16") << " M " << c.M << " N " << c.N << " K " << c.K;
     }
   // Used with another N: an error, not a silent misread.
   std::vector<float> b(64 * 100), a(8 * 100), out(8 * 64);

@@ -14,6 +14,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -42,6 +44,22 @@ Isa detect_isa() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
     return Isa::AVX2;
   return Isa::Scalar;
+}
+
+bool amx_bf16_usable() {
+  static const bool usable = [] {
+    if (const char* e = std::getenv("TESSERA_NO_AMX"); e && std::strcmp(e, "0") != 0 && *e) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    // CPUID.(7, 0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE; then the OS's permission for the tile data state.
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) return false;
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return usable;
 }
 
 const char* isa_name(Isa isa) {

@@ -19,6 +19,12 @@ void gemm_f32_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float
 int64_t gemm_pack_b_rows(const GemmOperand& B, int64_t N, int64_t K, bool f32, int64_t n0, int64_t n1,
                          uint32_t* out);
 }  // namespace cpu::avx512
+namespace cpu::amx {
+int64_t gemm_work_words(int64_t m, int64_t n);
+void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
+                     int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
+int64_t gemm_pack_b_rows(const GemmOperand& B, int64_t N, int64_t K, int64_t n0, int64_t n1, uint32_t* out);
+}  // namespace cpu::amx
 
 namespace {
 inline float bf(const GemmOperand& o, int64_t row, int64_t k) {
@@ -67,10 +73,16 @@ void ref::gemm_f32(const GemmOperand& A, const GemmOperand& B, int64_t M, int64_
 }
 
 namespace {
-// The threading shared by the bf16 and f32 GEMMs (blocks of C per thread; cpu::avx512 kernels).
+// The threading shared by the bf16 and f32 GEMMs (blocks of C per thread; the
+// cpu::avx512 kernels, or for bf16 with ctx.amx the cpu::amx one).
 void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,
               float* C, int64_t ldc, bool accumulate, bool f32) {
-  const auto block = f32 ? cpu::avx512::gemm_f32_block : cpu::avx512::gemm_bf16_block;
+  const bool amx = !f32 && ctx.amx;
+  const auto block = f32 ? cpu::avx512::gemm_f32_block : amx ? cpu::amx::gemm_bf16_block : cpu::avx512::gemm_bf16_block;
+  const auto work_words = [amx, f32](int64_t m, int64_t n) {
+    return amx ? cpu::amx::gemm_work_words(m, n) : cpu::avx512::gemm_work_words(m, n, f32);
+  };
+  const int64_t m_unit = amx ? 32 : 8;  // rows of C per micro-kernel call
   if (B.packed && B.packed_n != N) fail("gemm: a pre-packed B of ", B.packed_n, " rows used with N = ", N);
   const int nt = std::max(1, ctx.n_threads);
   // K much longer than M and N (dY W of an output layer: 256 x 288 x 32000):
@@ -79,7 +91,7 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
   // N is split (in whole micro-panels), so each thread packs only its share
   // of that operand. Packing reads f32 operands directly (rounding as it goes).
   if (nt > 1 && K >= 4 * std::max(M, N) && K >= 1024 && !B.packed) {
-    const int64_t words = cpu::avx512::gemm_work_words(M, N, f32), mn = M * N;
+    const int64_t words = work_words(M, N), mn = M * N;
     auto* base = static_cast<uint32_t*>(ctx.scratch(size_t(nt) * size_t(words) * 4 + size_t(nt - 1) * size_t(mn) * 4));
     auto* partial = reinterpret_cast<float*>(base + size_t(nt) * size_t(words));
     auto at_k = [](const GemmOperand& o, int64_t k) {
@@ -91,7 +103,9 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
 #pragma omp parallel num_threads(nt)
     {
       const int t = omp_get_thread_num(), n = omp_get_num_threads();
-      const int64_t k0 = (K * t / n) & ~int64_t(1), k1 = t + 1 == n ? K : (K * (t + 1) / n) & ~int64_t(1);
+      // Slices start at even k (whole bf16 pairs; for AMX at whole k tiles of 32).
+      const int64_t ka = amx ? 32 : 2;
+      const int64_t k0 = K * t / n / ka * ka, k1 = t + 1 == n ? K : K * (t + 1) / n / ka * ka;
       float* c = t == 0 ? C : partial + size_t(t - 1) * size_t(mn);
       block(at_k(A, k0), at_k(B, k0), k1 - k0, c, t == 0 ? ldc : N, t == 0 && accumulate, 0, M, 0, N,
             base + size_t(t) * size_t(words));
@@ -111,13 +125,12 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
     const int64_t units = (dim + unit - 1) / unit, parts = std::max<int64_t>(1, std::min<int64_t>(nt, units));
     return double((units + parts - 1) / parts * unit) * double(parts) / double(dim);  // busiest / mean
   };
-  const double im = imbalance(M, 8), in = imbalance(N, 32);
+  const double im = imbalance(M, m_unit), in = imbalance(N, 32);
   const bool split_m = M > N ? im <= in * 1.05 : im * 1.05 < in;
-  const int64_t unit = split_m ? 8 : 32, units = ((split_m ? M : N) + unit - 1) / unit;
+  const int64_t unit = split_m ? m_unit : 32, units = ((split_m ? M : N) + unit - 1) / unit;
   const int parts = int(std::max<int64_t>(1, std::min<int64_t>(nt, units)));
   const int64_t share = (units + parts - 1) / parts * unit;  // of the split dimension
-  const int64_t words = split_m ? cpu::avx512::gemm_work_words(share, N, f32)
-                                : cpu::avx512::gemm_work_words(M, share, f32);
+  const int64_t words = split_m ? work_words(share, N) : work_words(M, share);
   auto* work = static_cast<uint32_t*>(ctx.scratch(size_t(parts) * size_t(words) * 4));
 #pragma omp parallel num_threads(parts)
   {
@@ -135,16 +148,25 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
 }  // namespace
 
 int64_t gemm_packed_words(int64_t N, int64_t K, bool f32) {
-  return cpu::avx512::gemm_pack_b_rows(GemmOperand{}, N, K, f32, 0, 0, nullptr);
+  const int64_t w = cpu::avx512::gemm_pack_b_rows(GemmOperand{}, N, K, f32, 0, 0, nullptr);
+  // bf16: room for either kernel's layout (the AMX one pads k blocks to whole tiles).
+  return f32 ? w : std::max(w, cpu::amx::gemm_pack_b_rows(GemmOperand{}, N, K, 0, 0, nullptr));
 }
 
 void gemm_pack_b(KernelContext& ctx, const GemmOperand& B, int64_t N, int64_t K, bool f32, uint32_t* out) {
   if (!gemm_bf16_available(ctx)) fail("gemm_pack_b: needs the AVX-512 kernel");
   if (f32 && B.bf16) fail("gemm_pack_b: f32 panels need an f32 operand");
+  const bool amx = !f32 && ctx.amx;
   const int64_t panels = (N + 31) / 32;
 #pragma omp parallel for schedule(static) num_threads(std::max(1, ctx.n_threads))
-  for (int64_t q = 0; q < panels; q += 8)  // 8 panels (256 rows) per task
-    cpu::avx512::gemm_pack_b_rows(B, N, K, f32, q * 32, std::min(N, (q + 8) * 32), out);
+  for (int64_t q = 0; q < panels; q += 8) {  // 8 panels (256 rows) per task
+    const int64_t n0 = q * 32, n1 = std::min(N, (q + 8) * 32);
+    if (amx) {
+      cpu::amx::gemm_pack_b_rows(B, N, K, n0, n1, out);
+    } else {
+      cpu::avx512::gemm_pack_b_rows(B, N, K, f32, n0, n1, out);
+    }
+  }
 }
 
 void gemm_bf16(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, int64_t M, int64_t N, int64_t K,

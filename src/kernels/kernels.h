@@ -16,11 +16,18 @@ const char* isa_name(Isa isa);
 
 // Explicit compute context: thread count, ISA and a scratch buffer that grows
 // only when a larger request arrives (so steady-state loops never allocate).
+// True when the CPU has AMX-BF16 tiles and the OS lets this process use them
+// (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, asked once per process), unless the
+// environment sets TESSERA_NO_AMX=1.
+bool amx_bf16_usable();
+
 class KernelContext {
  public:
-  explicit KernelContext(int n_threads = 1, Isa isa = detect_isa()) : n_threads(n_threads), isa(isa) {}
+  explicit KernelContext(int n_threads = 1, Isa isa = detect_isa())
+      : n_threads(n_threads), isa(isa), amx(isa == Isa::AVX512 && amx_bf16_usable()) {}
   int n_threads;
   Isa isa;
+  bool amx;  // bf16 GEMMs on AMX tiles (gemm_bf16.h); false: on AVX-512 BF16
   // Returns at least n bytes, 64-byte aligned. Valid until the next call.
   void* scratch(size_t n);
 

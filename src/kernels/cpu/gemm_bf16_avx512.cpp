@@ -107,12 +107,16 @@ inline uint32_t f32_bits(const GemmOperand& o, int64_t row, int64_t k) {
 
 // Rows [r0, r1) x k [k0, k0 + kc) of O -> W-wide panels at out:
 // panel b (rows r0 + b W ..) holds word [p][i] = pair(row, k0 + 2p) of its row i
-// (F32: the f32 element (row, k0 + p)); rows past r1 are zero.
+// (F32: the f32 element (row, k0 + p)); rows past r1 are zero. kp_out (>= the
+// words of kc) is the panel's length in words: words past kc's are zero (the
+// AMX kernel's k tiles of 16 pairs).
 template <int64_t W, bool F32 = false>
-void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, uint32_t* out) {
+void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, uint32_t* out, int64_t kp_out = 0) {
   const int64_t kp = words_of<F32>(kc), full = F32 ? kc : kc / 2;
+  if (kp_out < kp) kp_out = kp;
   for (int64_t rb = r0; rb < r1; rb += W) {
-    uint32_t* panel = out + ((rb - r0) / W) * W * kp;
+    uint32_t* panel = out + ((rb - r0) / W) * W * kp_out;
+    if (kp_out > kp) std::fill(panel + kp * W, panel + kp_out * W, 0u);
     const int64_t rows = std::min(W, r1 - rb), groups = rows / 8;  // whole groups of 8 rows
     int64_t p_done = 0;                                             // pairs [0, p_done) done for the groups
     if (F32 && groups && O.s_row == 1) {  // k-major f32: 8 consecutive rows per k, as they are
@@ -211,6 +215,13 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
 }
 
 }  // namespace
+
+// The bf16 panels of pack<W> for the AMX kernel (W = 16 or 32).
+void gemm_pack_bf16_panels(const GemmOperand& O, int64_t W, int64_t r0, int64_t r1, int64_t k0, int64_t kc,
+                           int64_t kp_out, uint32_t* out) {
+  if (W == 16) return pack<16>(O, r0, r1, k0, kc, out, kp_out);
+  pack<32>(O, r0, r1, k0, kc, out, kp_out);
+}
 
 // The loop order keeps the smaller operand's whole k block packed (resident,
 // in L2) and streams the other through it in blocks (NC columns or MC rows):

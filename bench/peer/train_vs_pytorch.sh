@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Training speed against PyTorch measured in the same session: for each of the
+# training issue's shapes, `tessera bench --train` and bench/peer/pytorch_train.py
+# alternate ROUNDS times (A B A B ...) and the best step of each is compared, so a
+# shared machine's busy spells affect both sides alike.
+#
+#   bash bench/peer/train_vs_pytorch.sh [BUILD_DIR] [ROUNDS] [SHAPES...]
+#   SHAPES: 15m:fp32 15m:bf16 gpt2-124m:fp32 gpt2-124m:bf16 260k:fp32 (default: all but gpt2-124m:bf16)
+#
+# Needs Debian's python3-torch (apt-get install python3-torch); not part of CI.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:-build}
+rounds=${2:-2}
+shift $(( $# > 2 ? 2 : $# ))
+shapes=("$@")
+[ ${#shapes[@]} -gt 0 ] || shapes=(15m:fp32 15m:bf16 gpt2-124m:fp32 260k:fp32)
+tessera="$build/bin/tessera"
+[ -x "$tessera" ] || { echo "error: $tessera not found (build first, or give the build directory)" >&2; exit 1; }
+py=/usr/bin/python3
+"$py" -c "import torch" 2>/dev/null || { echo "error: $py cannot import torch (apt-get install python3-torch)" >&2; exit 1; }
+threads=${THREADS:-2}
+
+batch_of() { case "$1" in 15m) echo 8 ;; gpt2-124m) echo 4 ;; 260k) echo 32 ;; *) echo "error: unknown shape $1" >&2; exit 1 ;; esac; }
+field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p"; }
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
+
+printf '%-16s %12s %12s %8s %14s\n' "shape" "tessera" "pytorch" "ratio" "tessera/peak"
+for sp in "${shapes[@]}"; do
+  shape=${sp%%:*} prec=${sp##*:}
+  batch=$(batch_of "$shape")
+  steps=3; [ "$shape" = gpt2-124m ] && steps=2
+  best_t=0 best_p=0 frac=0
+  for _ in $(seq "$rounds"); do
+    j=$("$tessera" bench --train --synthetic "$shape" --precision "$prec" --batch "$batch" --seq 256 \
+         --steps "$steps" -t "$threads" --json 2>/dev/null)
+    t=$(field train_tok_s <<<"$j")
+    if awk -v a="$t" -v b="$best_t" 'BEGIN { exit !(a > b) }'; then best_t=$t frac=$(field peak_fraction <<<"$j"); fi
+    p=$("$py" "$here/pytorch_train.py" --shape "$shape" --precision "$prec" --batch "$batch" --seq 256 \
+         --steps "$steps" --threads "$threads" --json | field train_tok_s)
+    best_p=$(max "$p" "$best_p")
+  done
+  ratio=$(awk -v a="$best_t" -v b="$best_p" 'BEGIN { printf "%.2f", a / b }')
+  printf '%-16s %12s %12s %8s %14s\n' "$sp" "$best_t" "$best_p" "${ratio}x" "$frac"
+done
