@@ -1,6 +1,8 @@
-// bf16 matrix multiplication with f32 accumulation (the AVX-512 BF16 dot
-// product vdpbf16ps), for bf16 weights in prefill and bf16 mixed-precision
-// training. Debian's OpenBLAS is built without sbgemm, so this is our own.
+// bf16 matrix multiplication with f32 accumulation, for bf16 weights in
+// prefill and bf16 mixed-precision training: on AMX tiles (TDPBF16PS,
+// cpu/gemm_bf16_amx.cpp) where the CPU and OS allow them (ctx.amx), else the
+// AVX-512 BF16 dot product vdpbf16ps (cpu/gemm_bf16_avx512.cpp). Debian's
+// OpenBLAS is built without sbgemm, so this is our own.
 //
 // C(M, N) (=, or += with accumulate) sum_k A(m, k) B(n, k), where A and B are
 // read through strides (element (m, k) of A at A[m * a_m + k * a_k]), so one
@@ -19,7 +21,8 @@ struct GemmOperand {
   int64_t s_row = 0;  // stride between rows (m for A, n for B), in elements
   int64_t s_k = 1;    // stride along k, in elements
   // B only, optional: the same operand already in the kernel's panel layout
-  // (gemm_pack_b, same K and precision), read instead of packing p again. p
+  // (gemm_pack_b with the same ctx, K and precision: the AMX and AVX-512
+  // layouts differ in k blocking), read instead of packing p again. p
   // must stay valid (the reference path reads it).
   const uint32_t* packed = nullptr;
   int64_t packed_n = 0;  // the N it was packed with (must equal the product's N)
