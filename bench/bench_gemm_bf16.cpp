@@ -1,11 +1,11 @@
 // bench_gemm_bf16: our AVX-512 BF16 GEMM against OpenBLAS sgemm on the shapes
 // of prefill (1B model, 512 tokens) and training (15M model, 2048 tokens), in
-// the three layouts of a linear layer: xwt, C = X W^T (forward); dyw,
+// the three layouts of a linear layer (and GPT-2 124M training, 1024 tokens): xwt, C = X W^T (forward); dyw,
 // C = dY W (input gradient: B read k-major); dytx, C += dY^T X (weight
 // gradient: both operands k-major, accumulated). Prints one JSON object with
 // GFLOP/s per shape.
 //
-//   bench_gemm_bf16 [--threads N]
+//   bench_gemm_bf16 [--threads N] [--only PREFIX]   (PREFIX: shapes whose name starts with it)
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -24,8 +24,11 @@ using namespace tessera;
 int main(int argc, char** argv) {
   ensure_openblas_coretype(argc, argv);
   int threads = 2;
-  for (int i = 1; i < argc; ++i)
+  std::string only;
+  for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+    if (std::string(argv[i]) == "--only" && i + 1 < argc) only = argv[++i];
+  }
   KernelContext ctx(threads);
   if (!gemm_bf16_available(ctx)) {
     std::printf("{\"error\": \"no AVX-512 BF16 on this CPU\"}\n");
@@ -48,10 +51,26 @@ int main(int argc, char** argv) {
                           {"15m_ffn_dw_2048", 768, 288, 2048, DYTX},
                           {"15m_attn_dw_2048", 288, 288, 2048, DYTX},
                           {"15m_classifier_dx_chunk256", 256, 288, 32000, DYW},
-                          {"15m_classifier_dw_chunk256", 32000, 288, 256, DYTX}};
+                          {"15m_classifier_dw_chunk256", 32000, 288, 256, DYTX},
+                          {"gpt2_qkv_1024", 1024, 2304, 768, XWT},
+                          {"gpt2_qkv_dx_1024", 1024, 768, 2304, DYW},
+                          {"gpt2_qkv_dw_1024", 2304, 768, 1024, DYTX},
+                          {"gpt2_proj_1024", 1024, 768, 768, XWT},
+                          {"gpt2_proj_dx_1024", 1024, 768, 768, DYW},
+                          {"gpt2_proj_dw_1024", 768, 768, 1024, DYTX},
+                          {"gpt2_fc_1024", 1024, 3072, 768, XWT},
+                          {"gpt2_fc_dx_1024", 1024, 768, 3072, DYW},
+                          {"gpt2_fc_dw_1024", 3072, 768, 1024, DYTX},
+                          {"gpt2_fcproj_1024", 1024, 768, 3072, XWT},
+                          {"gpt2_fcproj_dx_1024", 1024, 3072, 768, DYW},
+                          {"gpt2_fcproj_dw_1024", 768, 3072, 1024, DYTX},
+                          {"gpt2_classifier_chunk256", 256, 50257, 768, XWT},
+                          {"gpt2_classifier_dx_chunk256", 256, 768, 50257, DYW},
+                          {"gpt2_classifier_dw_chunk256", 50257, 768, 256, DYTX}};
   nlohmann::json out;
   out["threads"] = threads;
   for (const auto& s : shapes) {
+    if (std::string(s.name).rfind(only, 0) != 0) continue;
     // Cache-line aligned, as training and inference buffers are (a misaligned C costs up to 30%).
     aligned_vector<float> a(size_t(s.M * s.K)), b(size_t(s.N * s.K)), c(size_t(s.M * s.N));
     for (size_t i = 0; i < a.size(); ++i) a[i] = float(int(i * 7 % 13) - 6) * 0.01f;

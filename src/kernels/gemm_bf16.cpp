@@ -11,6 +11,7 @@ namespace tessera {
 
 namespace cpu::avx512 {
 int64_t gemm_work_words(int64_t m, int64_t n, bool f32);
+int64_t gemm_panel_width(bool f32);  // columns of C per micro-kernel call (and of a packed B panel)
 void convert_bf16(const float* src, uint16_t* dst, int64_t n);
 void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate,
                      int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint32_t* work);
@@ -82,7 +83,8 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
   const auto work_words = [amx, f32](int64_t m, int64_t n) {
     return amx ? cpu::amx::gemm_work_words(m, n) : cpu::avx512::gemm_work_words(m, n, f32);
   };
-  const int64_t m_unit = amx ? 32 : 8;  // rows of C per micro-kernel call
+  const int64_t m_unit = amx ? 32 : 8;                                // rows of C per micro-kernel call
+  const int64_t n_unit = amx ? 32 : cpu::avx512::gemm_panel_width(f32);  // columns
   if (B.packed && B.packed_n != N) fail("gemm: a pre-packed B of ", B.packed_n, " rows used with N = ", N);
   const int nt = std::max(1, ctx.n_threads);
   // K much longer than M and N (dY W of an output layer: 256 x 288 x 32000):
@@ -125,9 +127,9 @@ void run_gemm(KernelContext& ctx, const GemmOperand& A, const GemmOperand& B, in
     const int64_t units = (dim + unit - 1) / unit, parts = std::max<int64_t>(1, std::min<int64_t>(nt, units));
     return double((units + parts - 1) / parts * unit) * double(parts) / double(dim);  // busiest / mean
   };
-  const double im = imbalance(M, m_unit), in = imbalance(N, 32);
+  const double im = imbalance(M, m_unit), in = imbalance(N, n_unit);
   const bool split_m = M > N ? im <= in * 1.05 : im * 1.05 < in;
-  const int64_t unit = split_m ? m_unit : 32, units = ((split_m ? M : N) + unit - 1) / unit;
+  const int64_t unit = split_m ? m_unit : n_unit, units = ((split_m ? M : N) + unit - 1) / unit;
   const int parts = int(std::max<int64_t>(1, std::min<int64_t>(nt, units)));
   const int64_t share = (units + parts - 1) / parts * unit;  // of the split dimension
   const int64_t words = split_m ? work_words(share, N) : work_words(M, share);
@@ -157,10 +159,10 @@ void gemm_pack_b(KernelContext& ctx, const GemmOperand& B, int64_t N, int64_t K,
   if (!gemm_bf16_available(ctx)) fail("gemm_pack_b: needs the AVX-512 kernel");
   if (f32 && B.bf16) fail("gemm_pack_b: f32 panels need an f32 operand");
   const bool amx = !f32 && ctx.amx;
-  const int64_t panels = (N + 31) / 32;
+  const int64_t w = amx ? 32 : cpu::avx512::gemm_panel_width(f32), panels = (N + w - 1) / w;
 #pragma omp parallel for schedule(static) num_threads(std::max(1, ctx.n_threads))
-  for (int64_t q = 0; q < panels; q += 8) {  // 8 panels (256 rows) per task
-    const int64_t n0 = q * 32, n1 = std::min(N, (q + 8) * 32);
+  for (int64_t q = 0; q < panels; q += 8) {  // 8 panels per task
+    const int64_t n0 = q * w, n1 = std::min(N, (q + 8) * w);
     if (amx) {
       cpu::amx::gemm_pack_b_rows(B, N, K, n0, n1, out);
     } else {

@@ -6,13 +6,13 @@
 // Packed operands hold bf16 pairs (k even in the low half, k odd in the high
 // half of a 32-bit word), the layout vdpbf16ps multiplies:
 //   A block: for each MR rows: [p][r] words  (MR x kc/2)
-//   B block: for each NR = 32 columns: [p][32 lanes] words = two zmm per p
+//   B block: for each NR columns: [p][NR lanes] words = NR / 16 zmm per p
 // Both are the same "panel" layout with width MR or NR. Packing reads f32
 // operands directly (rounding to bf16, nearest even, as it goes) or bf16 ones
 // as stored; row-major and k-major operands take vectorised paths (an 8 x 8
 // word transpose, or an interleave of two k rows), other strides the scalar one.
-// The micro-kernel keeps an MR x 32 tile of C in 2 * MR zmm accumulators and,
-// per k pair, broadcasts one A word per row against the two B vectors.
+// The micro-kernel keeps an MR x NR tile of C in MR * NR / 16 zmm accumulators
+// and, per k (pair), broadcasts one A word per row against the NR / 16 B vectors.
 #include <algorithm>
 #include <cstring>
 
@@ -24,7 +24,14 @@ namespace tessera::cpu::avx512 {
 
 namespace {
 
-constexpr int64_t MR = 8, NR = 32, NC = 256;
+// Panel widths: MR rows of A; NR<F32> columns of B (f32: 48 = 3 zmm, so the
+// 8 x 48 tile has 24 accumulators and 11 loads per 24 FMAs; bf16: 32, which
+// the AMX kernel's B panels share). NC: columns of B streamed per block.
+constexpr int64_t MR = 8, F32_NR = 48;
+template <bool F32>
+constexpr int64_t NR = F32 ? F32_NR : 32;
+template <bool F32>
+constexpr int64_t NC = F32 ? 6 * F32_NR : 256;
 // k per block: bf16 panels hold k pairs (384 k = 192 words per row), f32 panels one k per word.
 template <bool F32>
 constexpr int64_t KC = F32 ? 256 : 384;
@@ -166,51 +173,57 @@ void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, 
 template <bool F32>
 void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t ldc, int64_t rows, int64_t cols,
            bool load_c) {
+  constexpr int NV = int(NR<F32> / 16);  // B vectors per k
   // The C tile is read (or written) after the k loop: fetch its lines now, so
   // the DRAM latency hides behind the products (C of an output layer's dW is
   // tens of MB and is streamed once per k block).
-  for (int64_t r = 0; r < rows; ++r) {
-    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + cols - 1), _MM_HINT_T0);
-  }
-  __m512 acc[MR][2];
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; c += 16) _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + c), _MM_HINT_T0);
+  __m512 acc[MR][NV];
 #pragma GCC unroll 8
-  for (int64_t r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   if constexpr (F32) {
     const float* af = reinterpret_cast<const float*>(a);
     const float* bf = reinterpret_cast<const float*>(b);
     for (int64_t p = 0; p < kp; ++p) {
-      const __m512 b0 = _mm512_loadu_ps(bf + p * NR), b1 = _mm512_loadu_ps(bf + p * NR + 16);
+      __m512 bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(bf + p * NR<F32> + 16 * v);
 #pragma GCC unroll 8
       for (int64_t r = 0; r < MR; ++r) {
         const __m512 av = _mm512_set1_ps(af[p * MR + r]);
-        acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
       }
     }
   } else {
     for (int64_t p = 0; p < kp; ++p) {
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * NR);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * NR + 16);
+      __m512bh bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + p * NR<F32> + 16 * v);
 #pragma GCC unroll 8
       for (int64_t r = 0; r < MR; ++r) {
         const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[p * MR + r]));
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
       }
     }
   }
-  const __mmask16 m0 = cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1);
-  const __mmask16 m1 = cols >= 32 ? __mmask16(0xffff) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : 0;
+  __mmask16 mask[NV];
+  for (int v = 0; v < NV; ++v) {
+    const int64_t left = cols - 16 * v;
+    mask[v] = left >= 16 ? __mmask16(0xffff) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
+  }
   for (int64_t r = 0; r < rows; ++r) {
     float* c = C + r * ldc;
-    __m512 v0 = acc[r][0], v1 = acc[r][1];
-    if (load_c) {
-      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, c));
-      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, c + 16));
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      __m512 x = acc[r][v];
+      if (load_c) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask[v], c + 16 * v));
+      _mm512_mask_storeu_ps(c + 16 * v, mask[v], x);
     }
-    _mm512_mask_storeu_ps(c, m0, v0);
-    _mm512_mask_storeu_ps(c + 16, m1, v1);
   }
 }
 
@@ -234,7 +247,11 @@ constexpr int64_t MC = 64;
 // Words of packing workspace one thread needs for an m x n block of C.
 int64_t gemm_work_words(int64_t m, int64_t n, bool f32) {
   const int64_t kw = f32 ? words_of<true>(KC<true>) : words_of<false>(KC<false>);
-  return (a_resident(m, n) ? round_up(m, MR) + NC : round_up(n, NR) + MC) * kw + 16;
+  const int64_t nr = f32 ? NR<true> : NR<false>, nc = f32 ? NC<true> : NC<false>;
+  return (a_resident(m, n) ? round_up(m, MR) + nc : round_up(n, nr) + MC) * kw + 16;
+}
+
+int64_t gemm_panel_width(bool f32) { return f32 ? NR<true> : NR<false>;
 }
 
 // f32 -> bf16 (round to nearest even), n values.
@@ -250,38 +267,39 @@ namespace {
 template <bool F32>
 void block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int64_t ldc, bool accumulate, int64_t m0,
            int64_t m1, int64_t n0, int64_t n1, uint32_t* work) {
+  constexpr int64_t nr = NR<F32>, nc_max = NC<F32>;
   const bool a_res = a_resident(m1 - m0, n1 - n0);
   uint32_t* res = work;  // the resident operand's packed k block
-  uint32_t* str = work + (a_res ? round_up(m1 - m0, MR) : round_up(n1 - n0, NR)) * words_of<F32>(KC<F32>);  // streamed
+  uint32_t* str = work + (a_res ? round_up(m1 - m0, MR) : round_up(n1 - n0, nr)) * words_of<F32>(KC<F32>);  // streamed
   const int64_t kb = k_block<F32>(K);
   for (int64_t k0 = 0; k0 < K; k0 += kb) {
     const int64_t kc = std::min(kb, K - k0), kp = words_of<F32>(kc);
     const bool load_c = accumulate || k0 > 0;
     // B's panels for columns [nb, nb + nc): packed into buf, or in place when B comes pre-packed (one k block).
     auto b_panels = [&](int64_t nb, int64_t nc, uint32_t* buf) -> const uint32_t* {
-      if (B.packed) return B.packed + (k0 / kb) * round_up(B.packed_n, NR) * words_of<F32>(kb) + (nb / NR) * NR * kp;
-      pack<NR, F32>(B, nb, nb + nc, k0, kc, buf);
+      if (B.packed) return B.packed + (k0 / kb) * round_up(B.packed_n, nr) * words_of<F32>(kb) + (nb / nr) * nr * kp;
+      pack<nr, F32>(B, nb, nb + nc, k0, kc, buf);
       return buf;
     };
     if (a_res) {
       pack<MR, F32>(A, m0, m1, k0, kc, res);
-      for (int64_t nb = n0; nb < n1; nb += NC) {
-        const int64_t nc = std::min(NC, n1 - nb);
+      for (int64_t nb = n0; nb < n1; nb += nc_max) {
+        const int64_t nc = std::min(nc_max, n1 - nb);
         const uint32_t* bp = b_panels(nb, nc, str);
         for (int64_t mb = m0; mb < m1; mb += MR)
-          for (int64_t j = 0; j < nc; j += NR)
-            micro<F32>(kp, res + ((mb - m0) / MR) * MR * kp, bp + (j / NR) * NR * kp, C + mb * ldc + nb + j, ldc,
-                       std::min(MR, m1 - mb), std::min(NR, nc - j), load_c);
+          for (int64_t j = 0; j < nc; j += nr)
+            micro<F32>(kp, res + ((mb - m0) / MR) * MR * kp, bp + (j / nr) * nr * kp, C + mb * ldc + nb + j, ldc,
+                       std::min(MR, m1 - mb), std::min(nr, nc - j), load_c);
       }
     } else {
       const uint32_t* bp = b_panels(n0, n1 - n0, res);
       for (int64_t ib = m0; ib < m1; ib += MC) {
         const int64_t mc = std::min(MC, m1 - ib);
         pack<MR, F32>(A, ib, ib + mc, k0, kc, str);
-        for (int64_t j = n0; j < n1; j += NR)
+        for (int64_t j = n0; j < n1; j += nr)
           for (int64_t mb = ib; mb < ib + mc; mb += MR)
-            micro<F32>(kp, str + ((mb - ib) / MR) * MR * kp, bp + ((j - n0) / NR) * NR * kp, C + mb * ldc + j, ldc,
-                       std::min(MR, ib + mc - mb), std::min(NR, n1 - j), load_c);
+            micro<F32>(kp, str + ((mb - ib) / MR) * MR * kp, bp + ((j - n0) / nr) * nr * kp, C + mb * ldc + j, ldc,
+                       std::min(MR, ib + mc - mb), std::min(nr, n1 - j), load_c);
       }
     }
   }
@@ -295,17 +313,18 @@ void gemm_bf16_block(const GemmOperand& A, const GemmOperand& B, int64_t K, floa
   block<false>(A, B, K, C, ldc, accumulate, m0, m1, n0, n1, work);
 }
 
-// B(N, K) as the panels pack<NR> writes, k block after k block (the blocks
+// B(N, K) as the panels pack<NR<F32>> writes, k block after k block (the blocks
 // block() takes): rows [n0, n1) of them. Returns the words of the whole layout.
 namespace {
 template <bool F32>
 int64_t pack_b_rows(const GemmOperand& B, int64_t N, int64_t K, int64_t n0, int64_t n1, uint32_t* out) {
-  const int64_t kb = k_block<F32>(K), stride = round_up(N, NR) * words_of<F32>(kb);
+  constexpr int64_t nr = NR<F32>;
+  const int64_t kb = k_block<F32>(K), stride = round_up(N, nr) * words_of<F32>(kb);
   int64_t words = 0;
   for (int64_t k0 = 0; k0 < K; k0 += kb) {
     const int64_t kc = std::min(kb, K - k0), kp = words_of<F32>(kc);
-    if (out) pack<NR, F32>(B, n0, n1, k0, kc, out + (k0 / kb) * stride + (n0 / NR) * NR * kp);
-    words = (k0 / kb) * stride + round_up(N, NR) * kp;
+    if (out) pack<nr, F32>(B, n0, n1, k0, kc, out + (k0 / kb) * stride + (n0 / nr) * nr * kp);
+    words = (k0 / kb) * stride + round_up(N, nr) * kp;
   }
   return words;
 }
