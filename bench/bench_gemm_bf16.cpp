@@ -1,9 +1,9 @@
 // bench_gemm_bf16: our AVX-512 BF16 GEMM against OpenBLAS sgemm on the shapes
-// of prefill (1B model, 512 tokens) and training (15M model, 2048 tokens), in
-// the three layouts of a linear layer (and GPT-2 124M training, 1024 tokens): xwt, C = X W^T (forward); dyw,
-// C = dY W (input gradient: B read k-major); dytx, C += dY^T X (weight
-// gradient: both operands k-major, accumulated). Prints one JSON object with
-// GFLOP/s per shape.
+// of prefill (1B model, 512 tokens) and training (15M model, 2048 tokens;
+// GPT-2 124M, 1024 tokens), in the three layouts of a linear layer: xwt,
+// C = X W^T (forward); dyw, C = dY W (input gradient: B read k-major); dytx,
+// C += dY^T X (weight gradient: both operands k-major, accumulated). Prints
+// one JSON object with GFLOP/s per shape.
 //
 //   bench_gemm_bf16 [--threads N] [--only PREFIX]   (PREFIX: shapes whose name starts with it)
 #include <chrono>

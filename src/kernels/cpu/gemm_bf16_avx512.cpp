@@ -27,11 +27,11 @@ namespace {
 // Panel widths: MR rows of A; NR<F32> columns of B (f32: 48 = 3 zmm, so the
 // 8 x 48 tile has 24 accumulators and 11 loads per 24 FMAs; bf16: 32, which
 // the AMX kernel's B panels share). NC: columns of B streamed per block.
-constexpr int64_t MR = 8, F32_NR = 48;
+constexpr int64_t MR = 8;
 template <bool F32>
-constexpr int64_t NR = F32 ? F32_NR : 32;
+constexpr int64_t NR = F32 ? 48 : 32;
 template <bool F32>
-constexpr int64_t NC = F32 ? 6 * F32_NR : 256;
+constexpr int64_t NC = F32 ? 6 * NR<F32> : 8 * NR<F32>;
 // k per block: bf16 panels hold k pairs (384 k = 192 words per row), f32 panels one k per word.
 template <bool F32>
 constexpr int64_t KC = F32 ? 256 : 384;
@@ -245,14 +245,15 @@ inline int64_t round_up(int64_t x, int64_t r) { return (x + r - 1) / r * r; }
 constexpr int64_t MC = 64;
 
 // Words of packing workspace one thread needs for an m x n block of C.
+template <bool F32>
+int64_t work_words(int64_t m, int64_t n) {
+  return (a_resident(m, n) ? round_up(m, MR) + NC<F32> : round_up(n, NR<F32>) + MC) * words_of<F32>(KC<F32>) + 16;
+}
 int64_t gemm_work_words(int64_t m, int64_t n, bool f32) {
-  const int64_t kw = f32 ? words_of<true>(KC<true>) : words_of<false>(KC<false>);
-  const int64_t nr = f32 ? NR<true> : NR<false>, nc = f32 ? NC<true> : NC<false>;
-  return (a_resident(m, n) ? round_up(m, MR) + nc : round_up(n, nr) + MC) * kw + 16;
+  return f32 ? work_words<true>(m, n) : work_words<false>(m, n);
 }
 
-int64_t gemm_panel_width(bool f32) { return f32 ? NR<true> : NR<false>;
-}
+int64_t gemm_panel_width(bool f32) { return f32 ? NR<true> : NR<false>; }
 
 // f32 -> bf16 (round to nearest even), n values.
 void convert_bf16(const float* src, uint16_t* dst, int64_t n) {
