@@ -170,6 +170,7 @@ TEST(KernelsXent, Avx512RowMatchesReference) {
 }
 
 #include "kernels/act.h"
+#include "kernels/ops.h"
 #include "train/blocks.h"
 
 // AVX-512 GELU / SwiGLU against the scalar loops of the training blocks.
@@ -202,6 +203,27 @@ TEST(KernelsAct, Avx512GeluSwigluMatchScalar) {
     blk::swiglu_bwd(r2.data(), a2.data(), d.data(), x.data(), u.data(), n, Isa::AVX512);
     close(r2, r1, "swiglu_bwd dg");
     close(a2, a1, "swiglu_bwd du");
+  }
+}
+
+// The inference model's ISA-dispatched ops::swiglu / ops::gelu (in place) against their scalar loops.
+TEST(KernelsAct, OpsIsaFormsMatchScalar) {
+  std::mt19937 rng(6);
+  std::normal_distribution<float> nd(0.f, 3.f);
+  for (Isa isa : {Isa::Scalar, Isa::AVX2, Isa::AVX512}) {
+    if (detect_isa() < isa) continue;
+    for (int64_t n : {1, 17, 5632}) {
+      std::vector<float> x(static_cast<size_t>(n)), u(x.size());
+      for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng), u[i] = nd(rng);
+      auto a = x, b = x;
+      ops::swiglu(a.data(), u.data(), n);
+      ops::swiglu(isa, b.data(), u.data(), n);
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(b[i], a[i], 2e-6f * (1.f + std::abs(a[i]))) << "swiglu " << i;
+      a = x, b = x;
+      ops::gelu(a.data(), n);
+      ops::gelu(isa, b.data(), n);
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(b[i], a[i], 2e-6f * (1.f + std::abs(a[i]))) << "gelu " << i;
+    }
   }
 }
 

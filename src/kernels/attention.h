@@ -29,10 +29,17 @@ struct DecodeAttnArgs {
 // width, up to 256), else the scalar reference.
 void attend_decode(Isa isa, const DecodeAttnArgs& a);
 
+// One causal row of a prefill's score matrix, in place: s[0, n) =
+// softmax(cap(s[0, n))) (n >= 1; softcap > 0 applies cap(x) = softcap tanh(x / softcap)),
+// s[n, n_zero) = 0. SIMD with a polynomial exp where the ISA has one.
+void attend_softmax_row(Isa isa, float* s, int64_t n, int64_t n_zero, float softcap);
+
 namespace ref {
 // The specification: scores in order, max-subtracted softmax normalised before
 // the weighted sum of the values in order.
 void attend_decode(const DecodeAttnArgs& a);
+// The same softmax as attend_decode's, on one row.
+void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap);
 }  // namespace ref
 
 }  // namespace tessera

@@ -296,6 +296,15 @@ void attend_decode(Isa isa, const DecodeAttnArgs& a) {
   ref::attend_decode(a);
 }
 
+void attend_softmax_row(Isa isa, float* s, int64_t n, int64_t n_zero, float softcap) {
+  if (const cpu::IsaKernels* k = kernels_for(isa); k && k->softmax_row) {
+    k->softmax_row(s, n, softcap);
+    std::fill(s + n, s + std::max(n, n_zero), 0.f);
+    return;
+  }
+  ref::attend_softmax_row(s, n, n_zero, softcap);
+}
+
 void dequantize_row(const TensorView& W, int64_t r, float* out) {
   if (const cpu::IsaKernels* k = kernels_for(detect_isa())) return k->dequant_row(W, r, out);
   ref::dequantize_row(W, r, out);

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/act.h"
+
 namespace tessera::ops {
 
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
@@ -44,6 +46,16 @@ void gelu(float* x, int64_t n) {
     const float v = x[i];
     x[i] = 0.5f * v * (1.f + std::tanh(c * (v + 0.044715f * v * v * v)));
   }
+}
+
+void swiglu(Isa isa, float* a, const float* b, int64_t n) {
+  if (isa == Isa::AVX512) return cpu::avx512::swiglu_fwd(a, a, b, n);
+  swiglu(a, b, n);
+}
+
+void gelu(Isa isa, float* x, int64_t n) {
+  if (isa == Isa::AVX512) return cpu::avx512::gelu_fwd(x, x, n);
+  gelu(x, n);
 }
 
 void softcap(float* x, int64_t n, float cap) {

@@ -111,12 +111,12 @@ void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, float* o
       if (llama) {
         team_matmul(tt, xb, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
         std::copy(a_.hb, a_.hb + H, hs);
-        ops::swiglu(hs, a_.hb2, H);
+        ops::swiglu(tt.isa, hs, a_.hb2, H);
       } else {
         team_matmul(tt, xb, {{&L.w_up, a_.hb}});  // (H)
         std::copy(a_.hb, a_.hb + H, hs);
         if (!L.b_up.empty()) ops::add(hs, L.b_up.f32(), H);
-        ops::gelu(hs, H);
+        ops::gelu(tt.isa, hs, H);
       }
       team_matmul(tt, hs, {{&L.w_down, a_.xb}});  // (C)
       residual(a_.xb, L.b_down);

@@ -1,5 +1,7 @@
 // Llama block: RMSNorm -> (q, k, v) projections (+ optional biases) -> RoPE ->
 // causal GQA attention -> output projection -> residual; RMSNorm -> SwiGLU FFN -> residual.
+#include <algorithm>
+
 #include "kernels/ops.h"
 #include "model/model.h"
 
@@ -22,7 +24,9 @@ void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
   // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
   for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.ffn_norm.f32(), C, c.norm_eps);
   matmul_multi(ctx, a_.xb, n, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (n, H) each
-  ops::swiglu(a_.hb, a_.hb2, n * H);
+  const int nt = std::min(ctx.n_threads, max_threads_);
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1)
+  for (int64_t t = 0; t < n; ++t) ops::swiglu(ctx.isa, a_.hb + t * H, a_.hb2 + t * H, H);
   matmul(ctx, L.w_down, a_.hb, n, a_.xb);  // (n, C)
   for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);
 }

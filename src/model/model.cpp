@@ -214,13 +214,8 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
       float* S = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;  // (rows, n_keys)
       sgemm(false, true, rows, n_keys, hd, scale, q + t0 * q_stride + h * hd, q_stride, K + kvh * hd, kvd, 0.f, S,
             n_keys);
-      for (int64_t r = 0; r < rows; ++r) {
-        float* sr = S + r * n_keys;
-        const int64_t visible = pos + t0 + r + 1;
-        if (c.attn_softcap > 0.f) ops::softcap(sr, visible, c.attn_softcap);
-        ops::softmax(sr, visible);
-        std::fill(sr + visible, sr + n_keys, 0.f);
-      }
+      for (int64_t r = 0; r < rows; ++r)
+        attend_softmax_row(ctx.isa, S + r * n_keys, pos + t0 + r + 1, n_keys, c.attn_softcap);
       sgemm(false, false, rows, hd, n_keys, 1.f, S, n_keys, Vv + kvh * hd, kvd, 0.f, a_.att + t0 * c.q_dim() + h * hd,
             c.q_dim());
     }

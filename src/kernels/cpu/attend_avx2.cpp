@@ -60,5 +60,6 @@ struct V256 {
 }  // namespace
 
 bool attend_decode(const DecodeAttnArgs& a) { return attend_dispatch<V256>(a); }
+void attend_softmax_row(float* s, int64_t n, float softcap) { attend_softmax<V256>(s, n, softcap); }
 
 }  // namespace tessera::cpu::avx2

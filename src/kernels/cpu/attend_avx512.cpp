@@ -33,5 +33,6 @@ struct V512 {
 }  // namespace
 
 bool attend_decode(const DecodeAttnArgs& a) { return attend_dispatch<V512>(a); }
+void attend_softmax_row(float* s, int64_t n, float softcap) { attend_softmax<V512>(s, n, softcap); }
 
 }  // namespace tessera::cpu::avx512

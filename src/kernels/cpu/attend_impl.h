@@ -46,13 +46,13 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const float* q, int64_t j0,
 
 // s[0, n) = softmax(cap(s)) in place.
 template <class V>
-void attend_softmax(const tessera::DecodeAttnArgs& a, float* s) {
+void attend_softmax(float* s, int64_t n, float softcap) {
   using R = typename V::reg;
   constexpr int W = V::W;
-  const int64_t n = a.n, nv = n / W * W;
+  const int64_t nv = n / W * W;
   int64_t j;
-  if (a.softcap > 0.f)
-    for (j = 0; j < n; ++j) s[j] = a.softcap * std::tanh(s[j] / a.softcap);
+  if (softcap > 0.f)
+    for (j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] / softcap);
   R mv = V::set1(-INFINITY);
   for (j = 0; j < nv; j += W) mv = V::max(mv, V::load(s + j));
   float mx = nv ? V::reduce_max(mv) : -INFINITY;
@@ -103,7 +103,7 @@ void attend_group(const tessera::DecodeAttnArgs& a) {
     for (int64_t g = 0; g < a.G; ++g)
       attend_scores<V, NV, F16>(a, a.q + g * a.q_stride, j0, std::min(n, j0 + kAttnBlock), a.scores + g * n);
   for (int64_t g = 0; g < a.G; ++g) {
-    attend_softmax<V>(a, a.scores + g * n);
+    attend_softmax<V>(a.scores + g * n, n, a.softcap);
     std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + a.hd, 0.f);
   }
   for (int64_t j0 = 0; j0 < n; j0 += kAttnBlock)

@@ -53,6 +53,8 @@ using QuantizeXFn = void (*)(const float* x, int64_t K, int64_t block, int8_t* q
 using DequantRowFn = void (*)(const TensorView& W, int64_t r, float* out);
 // Decode attention (kernels/attention.h); false when the head size has no kernel.
 using AttendFn = bool (*)(const DecodeAttnArgs& a);
+// s[0, n) = softmax(cap(s)) in place (kernels/attention.h, attend_softmax_row).
+using SoftmaxRowFn = void (*)(float* s, int64_t n, float softcap);
 
 // One ISA's kernels. Tables are immutable and returned by reference.
 struct IsaKernels {
@@ -61,6 +63,7 @@ struct IsaKernels {
   DequantRowFn dequant_row;
   MatvecFn q4_0_r4 = nullptr, q8_0_r4 = nullptr;  // the repacked layouts (kernels/repack.h); AVX-512 only
   AttendFn attend = nullptr;
+  SoftmaxRowFn softmax_row = nullptr;
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -86,6 +89,7 @@ void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);  // any bytes (no float traps or slow paths)
 bool attend_decode(const DecodeAttnArgs& a);
+void attend_softmax_row(float* s, int64_t n, float softcap);
 }  // namespace avx2
 
 namespace avx512 {
@@ -103,6 +107,7 @@ void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);
 bool attend_decode(const DecodeAttnArgs& a);
+void attend_softmax_row(float* s, int64_t n, float softcap);
 }  // namespace avx512
 
 }  // namespace tessera::cpu

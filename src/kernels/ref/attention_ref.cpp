@@ -36,4 +36,17 @@ void attend_decode(const DecodeAttnArgs& a) {
   }
 }
 
+void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    if (softcap > 0.f) s[j] = softcap * std::tanh(s[j] / softcap);
+    mx = std::max(mx, s[j]);
+  }
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+  const float inv = 1.f / sum;
+  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+  std::fill(s + n, s + std::max(n, n_zero), 0.f);
+}
+
 }  // namespace tessera::ref
