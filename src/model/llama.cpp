@@ -1,7 +1,5 @@
 // Llama block: RMSNorm -> (q, k, v) projections (+ optional biases) -> RoPE ->
 // causal GQA attention -> output projection -> residual; RMSNorm -> SwiGLU FFN -> residual.
-#include <algorithm>
-
 #include "kernels/ops.h"
 #include "model/model.h"
 
@@ -13,22 +11,21 @@ void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
   const int64_t C = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
 
   // Attention.
-  for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), C, c.norm_eps);
+  per_token(ctx, n, [&](int64_t t) { ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), C, c.norm_eps); });
   matmul_multi(ctx, a_.xb, n, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});  // (n, qd), (n, kvd), (n, kvd)
-  for (int64_t t = 0; t < n; ++t)  // bias, QK-norm, RoPE, then into the cache
+  per_token(ctx, n, [&](int64_t t) {  // bias, QK-norm, RoPE, then into the cache
     prep_heads(l, pos + t, a_.q + t * qd, a_.k + t * kvd, a_.v + t * kvd, 0, c.n_kv_heads);
+  });
   attention(ctx, l, n, pos, a_.q, qd);   // -> a_.att (n, qd)
   matmul(ctx, L.wo, a_.att, n, a_.xb);   // (n, C)
-  for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);
+  per_token(ctx, n, [&](int64_t t) { ops::add(a_.x + t * C, a_.xb + t * C, C); });
 
   // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
-  for (int64_t t = 0; t < n; ++t) ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.ffn_norm.f32(), C, c.norm_eps);
+  per_token(ctx, n, [&](int64_t t) { ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.ffn_norm.f32(), C, c.norm_eps); });
   matmul_multi(ctx, a_.xb, n, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (n, H) each
-  const int nt = std::min(ctx.n_threads, max_threads_);
-#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1)
-  for (int64_t t = 0; t < n; ++t) ops::swiglu(ctx.isa, a_.hb + t * H, a_.hb2 + t * H, H);
+  per_token(ctx, n, [&](int64_t t) { ops::swiglu(ctx.isa, a_.hb + t * H, a_.hb2 + t * H, H); });
   matmul(ctx, L.w_down, a_.hb, n, a_.xb);  // (n, C)
-  for (int64_t t = 0; t < n; ++t) ops::add(a_.x + t * C, a_.xb + t * C, C);
+  per_token(ctx, n, [&](int64_t t) { ops::add(a_.x + t * C, a_.xb + t * C, C); });
 }
 
 }  // namespace tessera

@@ -94,13 +94,13 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t 
   const auto& c = w_.cfg;
   const int64_t C = c.dim;
   // Embedding lookup: x(t) = E[token] (+ P[pos] for GPT-2).
-  for (int64_t t = 0; t < n; ++t) {
+  per_token(ctx, n, [&](int64_t t) {
     dequantize_row(w_.tok_embd, tokens[t], a_.x + t * C);
     if (c.arch == Arch::GPT2) {
-      dequantize_row(w_.pos_embd, pos + t, a_.xb);
-      ops::add(a_.x + t * C, a_.xb, C);
+      dequantize_row(w_.pos_embd, pos + t, a_.xb + t * C);
+      ops::add(a_.x + t * C, a_.xb + t * C, C);
     }
-  }
+  });
   for (int64_t l = 0; l < c.n_layers; ++l) {
     if (c.arch == Arch::Llama)
       llama_layer(ctx, l, n, pos);
@@ -109,19 +109,20 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t 
   }
   // Final norm and classifier, for all rows or only the last.
   const int64_t first = all ? 0 : n - 1;
-  for (int64_t t = first; t < n; ++t) {
+  per_token(ctx, n - first, [&](int64_t i) {
+    const int64_t t = first + i;
     if (c.arch == Arch::Llama)
       ops::rmsnorm(a_.xb + t * C, a_.x + t * C, w_.out_norm.f32(), C, c.norm_eps);
     else
       ops::layernorm(a_.xb + t * C, a_.x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
-  }
+  });
   matmul(ctx, w_.output, a_.xb + first * C, n - first, out);
   if (c.final_softcap > 0.f) ops::softcap(out, (n - first) * c.vocab_size, c.final_softcap);
 }
 
-void Model::add_bias(float* y, const TensorView& b, int64_t n, int64_t width) {
+void Model::add_bias(KernelContext& ctx, float* y, const TensorView& b, int64_t n, int64_t width) {
   if (b.empty()) return;
-  for (int64_t t = 0; t < n; ++t) ops::add(y + t * width, b.f32(), width);
+  per_token(ctx, n, [&](int64_t t) { ops::add(y + t * width, b.f32(), width); });
 }
 
 void Model::prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1) {

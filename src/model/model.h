@@ -3,6 +3,7 @@
 // constructor for the worst case (max_batch tokens, n_ctx positions); forward()
 // does not allocate.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -78,7 +79,16 @@ class Model {
   DecodeAttnArgs decode_attn_args(int64_t l, int64_t pos, int64_t kvh, int64_t g0, int64_t G, const float* q,
                                   float* out, int rank) const;
   void attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, const float* q, int64_t q_stride);
-  void add_bias(float* y, const TensorView& b, int64_t n, int64_t width);
+  void add_bias(KernelContext& ctx, float* y, const TensorView& b, int64_t n, int64_t width);
+  // f(t) for the n rows t of a chunk (norms, residuals, biases, RoPE: independent
+  // per token), over the threads when n is a prefill's (so the GEMMs' other
+  // threads do not wait on one).
+  template <class F>
+  void per_token(const KernelContext& ctx, int64_t n, F&& f) const {
+    const int nt = std::min(ctx.n_threads, max_threads_);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n >= 8)
+    for (int64_t t = 0; t < n; ++t) f(t);
+  }
   // Score rows per thread: a prefill block of queries, or one query-head group.
   int64_t score_rows() const;
 
