@@ -1,5 +1,6 @@
 // Activation functions of the training blocks on n contiguous floats, with an
-// AVX-512 path (polynomial exp, kernels/cpu/exp_avx512.h). The scalar
+// AVX-512 path (polynomial exp, kernels/cpu/exp_avx512.h; forward GELU and
+// SwiGLU also on AVX2, exp_avx2.h). The scalar
 // specification is the float instantiation of the blocks in train/blocks.cpp
 // (the KernelsAct test compares them).
 #pragma once
@@ -19,3 +20,10 @@ void softmax_row(float* p, int64_t n, int64_t n_zero);
 // for j < n; d[n, n_zero) = 0.
 void softmax_bwd_row(const float* p, float* d, int64_t n, int64_t n_zero, float scale);
 }  // namespace tessera::cpu::avx512
+
+// The forward GELU and SwiGLU on AVX2 + FMA (cpu/act_avx2.cpp), for the
+// inference model on CPUs without AVX-512 (ops::gelu / ops::swiglu with an Isa).
+namespace tessera::cpu::avx2 {
+void gelu_fwd(float* y, const float* x, int64_t n);
+void swiglu_fwd(float* h, const float* g, const float* u, int64_t n);
+}  // namespace tessera::cpu::avx2

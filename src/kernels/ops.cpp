@@ -50,11 +50,13 @@ void gelu(float* x, int64_t n) {
 
 void swiglu(Isa isa, float* a, const float* b, int64_t n) {
   if (isa == Isa::AVX512) return cpu::avx512::swiglu_fwd(a, a, b, n);
+  if (isa == Isa::AVX2) return cpu::avx2::swiglu_fwd(a, a, b, n);
   swiglu(a, b, n);
 }
 
 void gelu(Isa isa, float* x, int64_t n) {
   if (isa == Isa::AVX512) return cpu::avx512::gelu_fwd(x, x, n);
+  if (isa == Isa::AVX2) return cpu::avx2::gelu_fwd(x, x, n);
   gelu(x, n);
 }
 

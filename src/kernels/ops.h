@@ -17,8 +17,8 @@ void softmax(float* x, int64_t n);
 void swiglu(float* a, const float* b, int64_t n);
 // x(n) = gelu_tanh(x)  (GPT-2's approximation)
 void gelu(float* x, int64_t n);
-// The same two on the ISA's kernel where it has one (AVX-512: kernels/act.h,
-// a polynomial exp; the loops above are the specification), else those loops.
+// The same two on the ISA's kernel (AVX-512 or AVX2: kernels/act.h, a
+// polynomial exp; the loops above are the specification), Scalar: those loops.
 void swiglu(Isa isa, float* a, const float* b, int64_t n);
 void gelu(Isa isa, float* x, int64_t n);
 // x(n) = cap * tanh(x / cap)  (logit soft-capping)
