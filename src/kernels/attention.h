@@ -1,6 +1,7 @@
 // Decode attention: the query heads that share one KV head, against the cached
 // keys and values of n positions (f32 or f16 cache). Used by Model::attention
-// for decode steps and short prefills; long f32 prefills run as GEMMs there.
+// for decode steps and short prefills; longer prefills run as GEMMs there,
+// with attend_softmax_row between them.
 #pragma once
 #include <cstdint>
 

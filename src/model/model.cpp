@@ -18,6 +18,7 @@ namespace tessera {
 
 namespace {
 constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
+constexpr int64_t kPrefillGemmRows = 8;  // new tokens from which attention runs as GEMMs
 }  // namespace
 
 Model::Model(const Weights& w, const RunOptions& opt)
@@ -31,7 +32,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
   const int64_t B = max_batch_, C = c.dim, H = c.hidden_dim, V = c.vocab_size;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
   const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
-                           int64_t(max_threads_) * score_rows() * n_ctx_, B * V};
+                           int64_t(max_threads_) * score_rows() * n_ctx_, B * V,
+                           kv_f16_ && max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   const double kv = 2.0 * double(c.n_layers) * double(n_ctx_) * double(c.kv_dim()) * (kv_f16_ ? 2 : 4);
@@ -39,7 +41,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
                  "lower -c");
   arena_.assign(total, 0.f);  // zero-filled: pages are touched now
   float* p = arena_.data();
-  float** slots[] = {&a_.x, &a_.xb, &a_.q, &a_.k, &a_.v, &a_.att, &a_.hb, &a_.hb2, &a_.scores, &a_.logits};
+  float** slots[] = {&a_.x, &a_.xb, &a_.q, &a_.k, &a_.v, &a_.att, &a_.hb, &a_.hb2, &a_.scores, &a_.logits, &a_.kv32};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
@@ -201,12 +203,23 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, con
   const uint8_t* kc = kv_.data() + size_t(l) * size_t(n_ctx_) * size_t(kvd) * es;
   const uint8_t* vc = kc + kv_bytes_ / 2;
   const int nt = std::min(ctx.n_threads, max_threads_);
-  if (!kv_f16_ && n >= 8) {
+  if (n >= kPrefillGemmRows) {
     // Prefill: blocks of up to kQBlock query rows of one head against all the keys
     // they may see, as two single-threaded sgemm calls per task: S = Q K^T (the
-    // causal mask applied row by row in the softmax), O = S V.
+    // causal mask applied row by row in the softmax), O = S V. An f16 cache's
+    // visible keys and values are first widened to f32 (a_.kv32), once per layer.
     const auto* K = reinterpret_cast<const float*>(kc);
     const auto* Vv = reinterpret_cast<const float*>(vc);
+    if (kv_f16_) {
+      const TensorView kh = make_view(DType::F16, {n_ctx_, kvd}, kc), vh = make_view(DType::F16, {n_ctx_, kvd}, vc);
+      float* k32 = a_.kv32;
+      float* v32 = a_.kv32 + n_ctx_ * kvd;
+      per_token(ctx, pos + n, [&](int64_t p) {
+        dequantize_row(kh, p, k32 + p * kvd);
+        dequantize_row(vh, p, v32 + p * kvd);
+      });
+      K = k32, Vv = v32;
+    }
     const int64_t nb = (n + kQBlock - 1) / kQBlock;
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int64_t it = 0; it < nb * c.n_heads; ++it) {

@@ -59,6 +59,7 @@ class Model {
     float* hb;      // (B, H)
     float* hb2;     // (B, H)
     float* scores;  // (threads, score_rows(), n_ctx)
+    float* kv32;    // f16 cache only: one layer's keys then values as f32 for the prefill GEMMs, (2, n_ctx, kv_dim)
     float* logits;  // (B, V)
   };
   void check(const int32_t* tokens, int64_t n, int64_t pos) const;
