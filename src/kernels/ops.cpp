@@ -24,18 +24,6 @@ void layernorm(float* out, const float* x, const float* w, const float* b, int64
   for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mean) * s * w[i] + (b ? b[i] : 0.f);
 }
 
-void softmax(float* x, int64_t n) {
-  float mx = x[0];
-  for (int64_t i = 1; i < n; ++i) mx = std::fmax(mx, x[i]);
-  float sum = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
-  const float inv = 1.f / sum;
-  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
-}
-
 void swiglu(float* a, const float* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) a[i] = a[i] / (1.f + std::exp(-a[i])) * b[i];
 }

@@ -11,8 +11,6 @@ namespace tessera::ops {
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
 // out(n) = (x - mean) / std * w + b
 void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n, float eps);
-// In-place softmax over n values (max-subtracted).
-void softmax(float* x, int64_t n);
 // a(n) = silu(a) * b
 void swiglu(float* a, const float* b, int64_t n);
 // x(n) = gelu_tanh(x)  (GPT-2's approximation)
