@@ -84,10 +84,11 @@ class Model {
   // f(t) for the n rows t of a chunk (norms, residuals, biases, RoPE: independent
   // per token), over the threads when n is a prefill's (so the GEMMs' other
   // threads do not wait on one).
+  static constexpr int64_t kThreadedRows = 8;  // rows from which per_token forks the threads
   template <class F>
   void per_token(const KernelContext& ctx, int64_t n, F&& f) const {
     const int nt = std::min(ctx.n_threads, max_threads_);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n >= 8)
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n >= kThreadedRows)
     for (int64_t t = 0; t < n; ++t) f(t);
   }
   // Score rows per thread: a prefill block of queries, or one query-head group.

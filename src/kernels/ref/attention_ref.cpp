@@ -12,30 +12,6 @@ float elem(const void* base, bool f16, int64_t i) {
 }
 }  // namespace
 
-void attend_decode(const DecodeAttnArgs& a) {
-  for (int64_t g = 0; g < a.G; ++g) {
-    float* s = a.scores + g * a.n;
-    const float* q = a.q + g * a.q_stride;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < a.n; ++j) {
-      float d = 0.f;
-      for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.f16, j * a.kv_stride + i);
-      d *= a.scale;
-      if (a.softcap > 0.f) d = a.softcap * std::tanh(d / a.softcap);
-      s[j] = d;
-      mx = std::max(mx, d);
-    }
-    float sum = 0.f;
-    for (int64_t j = 0; j < a.n; ++j) sum += (s[j] = std::exp(s[j] - mx));
-    const float inv = 1.f / sum;
-    for (int64_t j = 0; j < a.n; ++j) s[j] *= inv;
-    float* o = a.out + g * a.out_stride;
-    std::fill(o, o + a.hd, 0.f);
-    for (int64_t j = 0; j < a.n; ++j)
-      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.f16, j * a.kv_stride + i);
-  }
-}
-
 void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
   float mx = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
@@ -47,6 +23,23 @@ void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
   const float inv = 1.f / sum;
   for (int64_t j = 0; j < n; ++j) s[j] *= inv;
   std::fill(s + n, s + std::max(n, n_zero), 0.f);
+}
+
+void attend_decode(const DecodeAttnArgs& a) {
+  for (int64_t g = 0; g < a.G; ++g) {
+    float* s = a.scores + g * a.n;
+    const float* q = a.q + g * a.q_stride;
+    for (int64_t j = 0; j < a.n; ++j) {
+      float d = 0.f;
+      for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.f16, j * a.kv_stride + i);
+      s[j] = d * a.scale;
+    }
+    attend_softmax_row(s, a.n, a.n, a.softcap);
+    float* o = a.out + g * a.out_stride;
+    std::fill(o, o + a.hd, 0.f);
+    for (int64_t j = 0; j < a.n; ++j)
+      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.f16, j * a.kv_stride + i);
+  }
 }
 
 }  // namespace tessera::ref
