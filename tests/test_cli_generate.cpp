@@ -171,13 +171,17 @@ TEST(CliBench, SyntheticDecodeAndPrefillReportLimitsAndRatios) {
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* key : {"prefill_tok_s", "decode_tok_s", "bandwidth_gbs", "decode_bw_fraction",
                           "decode_window_bandwidth_gbs", "decode_bw_fraction_best_probe", "gemm_peak_gflops",
-                          "prefill_peak_fraction"}) {
+                          "prefill_peak_fraction", "prefill_peak_fraction_best_probe"}) {
     const double v = json_number(r.out, key);
     EXPECT_TRUE(v > 0 && std::isfinite(v)) << key << " in " << r.out;
   }
   // The paired fraction is decode's speed against a plain read of the same weights:
   // a sane run is within a small factor of 1 either way (tiny weights sit in cache).
   EXPECT_LT(json_number(r.out, "decode_bw_fraction"), 20.0) << r.out;
+  // The run's highest GEMM probe is at least each repetition's: the conservative
+  // fraction can only be lower (one repetition here, so both use the same prefill).
+  EXPECT_LE(json_number(r.out, "prefill_peak_fraction_best_probe"),
+            json_number(r.out, "prefill_peak_fraction") * 1.0001) << r.out;
   // stories260K's 64 x 64 layers are too small to split: a parallel region per matrix.
   EXPECT_NE(r.out.find("\"decode_path\": \"regions\""), std::string::npos) << r.out;
   CliResult t = run_cli("bench --train --synthetic 260k --batch 2 --seq 32 --steps 1 --json");
