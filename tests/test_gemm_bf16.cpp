@@ -130,6 +130,33 @@ TEST(KernelsGemmBf16, PrePackedBMatchesPackingInTheGemm) {
   EXPECT_THROW(gemm_f32(ctx, GemmOperand{a.data(), false, 100, 1}, B, 8, 32, 100, out.data(), 64, false), Error);
 }
 
+// gemm_f32 reads a row-major A in place (no packing): rows further apart
+// than K (a view into a wider matrix), row counts that end mid-panel, both
+// loop orders and several k blocks, against the scalar reference; the
+// padding columns of A must not be read into the result.
+TEST(KernelsGemmBf16, F32ReadsRowMajorAInPlaceWithAnyRowStride) {
+  KernelContext ctx(2);
+  if (!gemm_bf16_available(ctx)) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  struct S {
+    int64_t M, N, K, lda;
+  };
+  for (const S& c : {S{13, 50, 300, 307}, S{3, 200, 700, 768}, S{70, 20, 33, 64}, S{9, 9, 1, 2}}) {
+    std::vector<float> a(size_t(c.M * c.lda)), b(size_t(c.N * c.K));
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t k = 0; k < c.lda; ++k) a[size_t(m * c.lda + k)] = k < c.K ? nd(rng) : std::nanf("");
+    for (auto& x : b) x = nd(rng);
+    const GemmOperand A{a.data(), false, c.lda, 1}, B{b.data(), false, c.K, 1};
+    std::vector<float> want(size_t(c.M * c.N)), got(want.size());
+    ref::gemm_f32(A, B, c.M, c.N, c.K, want.data(), c.N, false);
+    gemm_f32(ctx, A, B, c.M, c.N, c.K, got.data(), c.N, false);
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], 1e-5f * (std::sqrt(float(c.K)) + std::abs(want[i])))
+          << "M " << c.M << " N " << c.N << " K " << c.K << " lda " << c.lda << " at " << i;
+  }
+}
+
 TEST(KernelsGemmBf16, ConvertRoundsToNearestEvenLikeTheScalarConversion) {
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.f, 100.f);

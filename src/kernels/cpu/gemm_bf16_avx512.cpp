@@ -11,6 +11,7 @@
 // operands directly (rounding to bf16, nearest even, as it goes) or bf16 ones
 // as stored; row-major and k-major operands take vectorised paths (an 8 x 8
 // word transpose, or an interleave of two k rows), other strides the scalar one.
+// The f32 kernel (gemm_f32_block) reads a row-major f32 A in place instead.
 // The micro-kernel keeps an MR x NR tile of C in MR * NR / 16 zmm accumulators
 // and, per k (pair), broadcasts one A word per row against the NR / 16 B vectors.
 #include <algorithm>
@@ -170,9 +171,12 @@ void pack(const GemmOperand& O, int64_t r0, int64_t r1, int64_t k0, int64_t kc, 
 
 // C tile (rows x cols, rows <= MR, cols <= NR) (+)= A panel . B panel over kp pairs
 // (F32: kp single k, one f32 FMA per lane).
-template <bool F32>
+// A_ROWS (f32 only): A is read in place, row-major (k contiguous), rows lda
+// floats apart; rows past `rows` re-read the last one (their sums are not
+// stored), so nothing past the operand is touched.
+template <bool F32, bool A_ROWS = false>
 void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t ldc, int64_t rows, int64_t cols,
-           bool load_c) {
+           bool load_c, int64_t lda = 0) {
   constexpr int NV = int(NR<F32> / 16);  // B vectors per k
   // The C tile is read (or written) after the k loop: fetch its lines now, so
   // the DRAM latency hides behind the products (C of an output layer's dW is
@@ -184,9 +188,28 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
   for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  if constexpr (F32) {
+  if constexpr (A_ROWS) {
+    static_assert(F32);
+    const float* ar[MR];
+#pragma GCC unroll 8
+    for (int64_t r = 0; r < MR; ++r) ar[r] = reinterpret_cast<const float*>(a) + std::min(r, rows - 1) * lda;
+    const float* bf = reinterpret_cast<const float*>(b);
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < kp; ++p) {
+      __m512 bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(bf + p * NR<F32> + 16 * v);
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < MR; ++r) {
+        const __m512 av = _mm512_set1_ps(ar[r][p]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      }
+    }
+  } else if constexpr (F32) {
     const float* af = reinterpret_cast<const float*>(a);
     const float* bf = reinterpret_cast<const float*>(b);
+#pragma GCC unroll 4
     for (int64_t p = 0; p < kp; ++p) {
       __m512 bv[NV];
 #pragma GCC unroll 4
@@ -216,7 +239,10 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
     const int64_t left = cols - 16 * v;
     mask[v] = left >= 16 ? __mmask16(0xffff) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
   }
-  for (int64_t r = 0; r < rows; ++r) {
+  // Unrolled over all MR rows with a guard, so the accumulators stay in registers.
+#pragma GCC unroll 8
+  for (int64_t r = 0; r < MR; ++r) {
+    if (r >= rows) break;
     float* c = C + r * ldc;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
@@ -273,6 +299,10 @@ void block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int6
   uint32_t* res = work;  // the resident operand's packed k block
   uint32_t* str = work + (a_res ? round_up(m1 - m0, MR) : round_up(n1 - n0, nr)) * words_of<F32>(KC<F32>);  // streamed
   const int64_t kb = k_block<F32>(K);
+  // f32 with a row-major A: the micro-kernel broadcasts from A's rows in
+  // place (8 sequential streams), so A is never packed.
+  const bool a_inplace = F32 && !A.bf16 && A.s_k == 1;
+  const float* af = static_cast<const float*>(A.p);
   for (int64_t k0 = 0; k0 < K; k0 += kb) {
     const int64_t kc = std::min(kb, K - k0), kp = words_of<F32>(kc);
     const bool load_c = accumulate || k0 > 0;
@@ -282,25 +312,34 @@ void block(const GemmOperand& A, const GemmOperand& B, int64_t K, float* C, int6
       pack<nr, F32>(B, nb, nb + nc, k0, kc, buf);
       return buf;
     };
+    // The C tile at (mb, col) (+)= A rows [mb, mb + rows) . the B panel at bp; A's rows are either
+    // a packed panel in apanel or, for a row-major f32 A, read in place.
+    auto tile = [&](int64_t mb, int64_t rows, const uint32_t* apanel, const uint32_t* bp, int64_t col, int64_t cols) {
+      if (a_inplace)
+        micro<F32, F32>(kp, reinterpret_cast<const uint32_t*>(af + mb * A.s_row + k0), bp, C + mb * ldc + col, ldc,
+                        rows, cols, load_c, A.s_row);
+      else
+        micro<F32>(kp, apanel, bp, C + mb * ldc + col, ldc, rows, cols, load_c);
+    };
     if (a_res) {
-      pack<MR, F32>(A, m0, m1, k0, kc, res);
+      if (!a_inplace) pack<MR, F32>(A, m0, m1, k0, kc, res);
       for (int64_t nb = n0; nb < n1; nb += nc_max) {
         const int64_t nc = std::min(nc_max, n1 - nb);
         const uint32_t* bp = b_panels(nb, nc, str);
         for (int64_t mb = m0; mb < m1; mb += MR)
           for (int64_t j = 0; j < nc; j += nr)
-            micro<F32>(kp, res + ((mb - m0) / MR) * MR * kp, bp + (j / nr) * nr * kp, C + mb * ldc + nb + j, ldc,
-                       std::min(MR, m1 - mb), std::min(nr, nc - j), load_c);
+            tile(mb, std::min(MR, m1 - mb), res + ((mb - m0) / MR) * MR * kp, bp + (j / nr) * nr * kp, nb + j,
+                 std::min(nr, nc - j));
       }
     } else {
       const uint32_t* bp = b_panels(n0, n1 - n0, res);
       for (int64_t ib = m0; ib < m1; ib += MC) {
         const int64_t mc = std::min(MC, m1 - ib);
-        pack<MR, F32>(A, ib, ib + mc, k0, kc, str);
+        if (!a_inplace) pack<MR, F32>(A, ib, ib + mc, k0, kc, str);
         for (int64_t j = n0; j < n1; j += nr)
           for (int64_t mb = ib; mb < ib + mc; mb += MR)
-            micro<F32>(kp, str + ((mb - ib) / MR) * MR * kp, bp + ((j - n0) / nr) * nr * kp, C + mb * ldc + j, ldc,
-                       std::min(MR, ib + mc - mb), std::min(nr, n1 - j), load_c);
+            tile(mb, std::min(MR, ib + mc - mb), str + ((mb - ib) / MR) * MR * kp, bp + ((j - n0) / nr) * nr * kp, j,
+                 std::min(nr, n1 - j));
       }
     }
   }
