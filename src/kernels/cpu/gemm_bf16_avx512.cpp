@@ -188,11 +188,13 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
   for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  if constexpr (A_ROWS) {
-    static_assert(F32);
+  if constexpr (F32) {
+    // A's element (row r, k p) is ar[r][p * AS]: a packed panel holds the rows of a k side by side.
+    constexpr int64_t AS = A_ROWS ? 1 : MR;
     const float* ar[MR];
 #pragma GCC unroll 8
-    for (int64_t r = 0; r < MR; ++r) ar[r] = reinterpret_cast<const float*>(a) + std::min(r, rows - 1) * lda;
+    for (int64_t r = 0; r < MR; ++r)
+      ar[r] = reinterpret_cast<const float*>(a) + (A_ROWS ? std::min(r, rows - 1) * lda : r);
     const float* bf = reinterpret_cast<const float*>(b);
 #pragma GCC unroll 4
     for (int64_t p = 0; p < kp; ++p) {
@@ -201,22 +203,7 @@ void micro(int64_t kp, const uint32_t* a, const uint32_t* b, float* C, int64_t l
       for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(bf + p * NR<F32> + 16 * v);
 #pragma GCC unroll 8
       for (int64_t r = 0; r < MR; ++r) {
-        const __m512 av = _mm512_set1_ps(ar[r][p]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-      }
-    }
-  } else if constexpr (F32) {
-    const float* af = reinterpret_cast<const float*>(a);
-    const float* bf = reinterpret_cast<const float*>(b);
-#pragma GCC unroll 4
-    for (int64_t p = 0; p < kp; ++p) {
-      __m512 bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(bf + p * NR<F32> + 16 * v);
-#pragma GCC unroll 8
-      for (int64_t r = 0; r < MR; ++r) {
-        const __m512 av = _mm512_set1_ps(af[p * MR + r]);
+        const __m512 av = _mm512_set1_ps(ar[r][p * AS]);
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
       }
