@@ -300,7 +300,7 @@ TEST(KernelsAct, Avx512AttentionSoftmaxMatchesScalar) {
 #include "train/optim.h"
 
 // The AVX-512 AdamW update against the scalar loop (odd length: a masked tail;
-// a mixed decay mask; steps 1 and 50 of the bias corrections).
+// a mixed decay mask; steps 1 and 50 of the bias corrections; a clipping scale).
 TEST(KernelsAdamW, Avx512MatchesScalar) {
   if (detect_isa() != Isa::AVX512) GTEST_SKIP() << "no AVX-512 on this CPU";
   const size_t n = 50001;
@@ -311,10 +311,22 @@ TEST(KernelsAdamW, Avx512MatchesScalar) {
   for (size_t i = 0; i < n; ++i)
     p[i] = nd(rng), g[i] = 0.1f * nd(rng), m[i] = 0.01f * nd(rng), v[i] = 1e-3f * std::abs(nd(rng)), mask[i] = i % 3 != 0;
   tessera::train::AdamWConfig cfg;
-  for (int64_t t : {1, 50}) {
+  for (int64_t t : {1, 50, 51}) {
+    const float gs = t == 51 ? 0.37f : 1.f;  // t 51: clipping scales g by 0.37 as it is read
     std::vector<float> p1 = p, m1 = m, v1 = v, p2 = p, m2 = m, v2 = v;
-    tessera::train::adamw_step(p1.data(), g.data(), m1.data(), v1.data(), mask.data(), n, t, 3e-3f, cfg, Isa::Scalar);
-    tessera::train::adamw_step(p2.data(), g.data(), m2.data(), v2.data(), mask.data(), n, t, 3e-3f, cfg, Isa::AVX512);
+    tessera::train::adamw_step(p1.data(), g.data(), m1.data(), v1.data(), mask.data(), n, t, 3e-3f, cfg, Isa::Scalar,
+                               gs);
+    tessera::train::adamw_step(p2.data(), g.data(), m2.data(), v2.data(), mask.data(), n, t, 3e-3f, cfg, Isa::AVX512,
+                               gs);
+    if (gs != 1.f) {  // the scalar loop with the scale equals it on a pre-scaled g
+      std::vector<float> gsc(n), p3 = p, m3 = m, v3 = v;
+      for (size_t i = 0; i < n; ++i) gsc[i] = g[i] * gs;
+      tessera::train::adamw_step(p3.data(), gsc.data(), m3.data(), v3.data(), mask.data(), n, t, 3e-3f, cfg,
+                                 Isa::Scalar);
+      ASSERT_EQ(p3, p1);
+      ASSERT_EQ(m3, m1);
+      ASSERT_EQ(v3, v1);
+    }
     for (size_t i = 0; i < n; ++i) {
       // Relative to the terms summed (their rounding, or a fused multiply-add, differs).
       ASSERT_NEAR(m2[i], m1[i], 1e-6f * (std::abs(m[i]) + std::abs(g[i]))) << "m at " << i;

@@ -72,8 +72,7 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   std::vector<int32_t> x(size_t(a.batch * a.seq)), y(x.size());
   for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t((i * 7919 + 13) % size_t(cfg.vocab_size)), y[i] = x[(i + 1) % x.size()];
   auto step = [&](int64_t s) {
-    std::fill(g.begin(), g.end(), 0.f);
-    tm.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(x.size()));
+    tm.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(x.size()), 0, true);  // writes g
     train::adamw_step(p.data(), g.data(), m.data(), v.data(), mask.data(), L.total, s + 1, 1e-4f, ac);
   };
   step(0);  // warm-up

@@ -81,9 +81,9 @@ void linear_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, 
 
 template <class T>
 void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
-                bool accumulate) {
+                bool accumulate, bool dw_accumulate) {
   if (dX) gemm<T>(false, false, N, I, O, T(1), dY, O, W, I, accumulate ? T(1) : T(0), dX, I);  // (N,O)x(O,I)
-  gemm<T>(true, false, O, I, N, T(1), dY, O, X, I, T(1), dW, I);                              // (O,N)x(N,I)
+  gemm<T>(true, false, O, I, N, T(1), dY, O, X, I, dw_accumulate ? T(1) : T(0), dW, I);       // (O,N)x(N,I)
   if (db) bias_grad(db, dY, N, O);
 }
 
@@ -108,13 +108,13 @@ void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* 
 
 void linear_bwd_gemm(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
                      const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate, bool f32,
-                     const uint32_t* wt_packed) {
+                     const uint32_t* wt_packed, bool dw_accumulate) {
   // dX(N, I) = dY(N, O) W(O, I): B(i, o) = W[o * I + i]
   GemmOperand B = weight(W, W16, 1, I);
   B.packed = wt_packed, B.packed_n = I;
   if (dX) gemm_fast(ctx, f32, GemmOperand{dY, false, O, 1}, B, N, I, O, dX, I, accumulate);
-  // dW(O, I) += dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
-  gemm_fast(ctx, f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, true);
+  // dW(O, I) += (or =) dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
+  gemm_fast(ctx, f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, dw_accumulate);
   if (db) bias_grad(db, dY, N, O);
 }
 
@@ -546,7 +546,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
 
 #define TESSERA_BLOCKS(T)                                                                                         \
   template void linear_fwd<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);                      \
-  template void linear_bwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, bool);         \
+  template void linear_bwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, bool, bool);   \
   template void embed_fwd<T>(T*, const T*, const T*, const int32_t*, int64_t, int64_t, int64_t);                 \
   template void embed_bwd<T>(T*, T*, const T*, const int32_t*, int64_t, int64_t, int64_t);                       \
   template void rmsnorm_fwd<T>(T*, T*, const T*, const T*, int64_t, int64_t, T, Isa);                            \

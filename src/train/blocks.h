@@ -19,10 +19,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // Y(N, O) = X(N, I) W(O, I)^T (+ b(O))
 template <class T>
 void linear_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
-// dX(N, I) (= or += when accumulate) dY W;  dW(O, I) += dY^T X;  db(O) += colsum(dY). dX/db may be null.
+// dX(N, I) (= or += when accumulate) dY W;  dW(O, I) (+= or, with dw_accumulate false, =) dY^T X;
+// db(O) += colsum(dY). dX/db may be null.
 template <class T>
 void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
-                bool accumulate);
+                bool accumulate, bool dw_accumulate = true);
 
 // The same products on our GEMM (kernels/gemm_bf16.h), float only. By default in
 // bf16 (operands rounded to bf16, f32 accumulation): bf16 mixed precision with f32
@@ -35,7 +36,7 @@ void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* 
                      const uint32_t* w_packed = nullptr);
 void linear_bwd_gemm(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
                      const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate,
-                     bool f32 = false, const uint32_t* wt_packed = nullptr);
+                     bool f32 = false, const uint32_t* wt_packed = nullptr, bool dw_accumulate = true);
 
 // x(N, C) = E[tok] (+ P[t % T])   (P: GPT-2 learned positions, may be null)
 template <class T>

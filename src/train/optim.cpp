@@ -20,7 +20,7 @@ std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg) {
 
 template <class T>
 void adamw_step(T* p, const T* g, T* m, T* v, const uint8_t* mask, size_t n, int64_t t, float lr,
-                const AdamWConfig& cfg, Isa isa) {
+                const AdamWConfig& cfg, Isa isa, float grad_scale) {
   const T b1 = T(cfg.beta1), b2 = T(cfg.beta2), eps = T(cfg.eps), a = T(lr);
   const T c1 = T(1) / (T(1) - std::pow(b1, T(t))), c2 = T(1) / (T(1) - std::pow(b2, T(t)));
   const T decay = T(1) - a * T(cfg.weight_decay);
@@ -31,15 +31,16 @@ void adamw_step(T* p, const T* g, T* m, T* v, const uint8_t* mask, size_t n, int
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < nn; i += kChunk)
         cpu::avx512::adamw(p + i, g + i, m + i, v + i, mask + i, std::min(kChunk, nn - i), b1, b2, eps, a, c1, c2,
-                           decay);
+                           decay, grad_scale);
       return;
     }
   }
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; ++i) {
+    const T gi = g[i] * T(grad_scale);
     if (mask[i]) p[i] *= decay;
-    m[i] = b1 * m[i] + (T(1) - b1) * g[i];
-    v[i] = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
+    m[i] = b1 * m[i] + (T(1) - b1) * gi;
+    v[i] = b2 * v[i] + (T(1) - b2) * gi * gi;
     p[i] -= a * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
   }
 }
@@ -52,7 +53,9 @@ double grad_norm(const T* g, size_t n) {
 #pragma omp parallel for schedule(static)
   for (size_t b = 0; b < nb; ++b) {
     double s = 0;
-    for (size_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += double(g[i]) * double(g[i]);
+    const size_t e = std::min(n, (b + 1) * kBlock);
+#pragma omp simd reduction(+ : s)  // lanes in a fixed order: the same sum for any thread count
+    for (size_t i = b * kBlock; i < e; ++i) s += double(g[i]) * double(g[i]);
     part[b] = s;
   }
   double s = 0;
@@ -60,20 +63,12 @@ double grad_norm(const T* g, size_t n) {
   return std::sqrt(s);
 }
 
-template <class T>
-void scale(T* g, size_t n, T s) {
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) g[i] *= s;
-}
-
 template void adamw_step<float>(float*, const float*, float*, float*, const uint8_t*, size_t, int64_t, float,
-                                const AdamWConfig&, Isa);
+                                const AdamWConfig&, Isa, float);
 template void adamw_step<double>(double*, const double*, double*, double*, const uint8_t*, size_t, int64_t, float,
-                                 const AdamWConfig&, Isa);
+                                 const AdamWConfig&, Isa, float);
 template double grad_norm<float>(const float*, size_t);
 template double grad_norm<double>(const double*, size_t);
-template void scale<float>(float*, size_t, float);
-template void scale<double>(double*, size_t, double);
 
 float Schedule::at(int64_t step) const {
   if (warmup > 0 && step < warmup) return lr * float(step + 1) / float(warmup);

@@ -25,16 +25,14 @@ std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg);
 //   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // isa AVX512 (float): the AVX-512 kernel of kernels/adamw.h; the default is this
 // machine's ISA (Isa::Scalar gives the scalar loop, the specification).
+// grad_scale multiplies g as it is read (gradient clipping without a pass over g).
 template <class T>
 void adamw_step(T* p, const T* g, T* m, T* v, const uint8_t* mask, size_t n, int64_t t, float lr,
-                const AdamWConfig& cfg, Isa isa = detect_isa());
+                const AdamWConfig& cfg, Isa isa = detect_isa(), float grad_scale = 1.f);
 
 // L2 norm of g(n) in double, summed in fixed blocks (deterministic for any thread count).
 template <class T>
 double grad_norm(const T* g, size_t n);
-// g *= s
-template <class T>
-void scale(T* g, size_t n, T s);
 
 struct Schedule {
   enum Kind { Constant, Cosine, CosineRestarts } kind = Cosine;

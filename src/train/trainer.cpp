@@ -320,14 +320,15 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const vol
   };
 
   for (int64_t s = start; s < o.steps; ++s) {
-    std::fill(g.begin(), g.end(), 0.f);
     double loss_sum = 0;
     int64_t count = 0;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
       train_batch(*data.train, o.seed, s, micro, o.batch, o.seq, x.data(), y.data());
       // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
       const uint64_t key = (o.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(micro + 1)) | 1;
-      const auto r = model.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(tokens_per_step), key);
+      // The first micro-batch writes g (no zeroing pass); the others add to it.
+      const auto r = model.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(tokens_per_step), key,
+                                            micro == 0);
       loss_sum += r.loss_sum, count += r.count;
     }
     const double loss = loss_sum / double(count);
@@ -340,8 +341,9 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const vol
       }
       std::fprintf(log, "step %lld: non-finite loss or gradient, batch skipped\n", (long long)(s + 1));
     } else {
-      if (o.clip > 0 && gnorm > o.clip) scale(g.data(), g.size(), float(o.clip / gnorm));
-      adamw_step(p.data(), g.data(), m.data(), v.data(), mask.data(), L.total, s + 1, lr, o.adam);
+      // Clipping scales g inside the update (no separate pass over g).
+      const float gs = o.clip > 0 && gnorm > o.clip ? float(o.clip / gnorm) : 1.f;
+      adamw_step(p.data(), g.data(), m.data(), v.data(), mask.data(), L.total, s + 1, lr, o.adam, detect_isa(), gs);
     }
     const int64_t done = s + 1;
     ++timed_steps;

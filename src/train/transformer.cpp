@@ -79,6 +79,24 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   }
   datt_ = take(N * qd), dg_ = take(N * H), du_ = take(N * H), dh_ = take(N * H);
   if (cur > acts_.data() + acts_.size()) fail("internal: training arena overflow");
+  // With forward_backward(overwrite), the first product of each weight matrix writes its gradient; every
+  // other element of the buffer (norm gains, biases, embeddings, padding) is zeroed first.
+  std::vector<std::pair<size_t, size_t>> written;  // [begin, end) of each GEMM-written weight
+  auto mat = [&](size_t off) {
+    if (off == kAbsent) return;
+    for (const auto& t : L_.tensors)
+      if (t.offset == off) written.emplace_back(off, off + t.numel);
+  };
+  for (const auto& o : L_.layers)
+    for (size_t off : {o.wq, o.wk, o.wv, o.wqkv, o.wo, o.w_gate, o.w_up, o.w_down}) mat(off);
+  mat(L_.output);
+  std::sort(written.begin(), written.end());
+  size_t at = 0;
+  for (const auto& [b, e] : written) {
+    if (b > at) zero_ranges_.emplace_back(at, b);
+    at = std::max(at, e);
+  }
+  if (at < L_.total) zero_ranges_.emplace_back(at, L_.total);
   attn_scratch_.resize(size_t(omp_get_max_threads() * blk::attention_scratch(T_)));
   ce_rows_.resize(size_t(2 * o_.logit_rows));
   if (o_.bf16) {
@@ -103,6 +121,14 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   }
 }
 
+namespace {
+template <class T>
+void fill_zero(T* x, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] = T(0);
+}
+}  // namespace
+
 template <class T>
 void Transformer<T>::lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O) {
   if constexpr (std::is_same_v<T, float>) {
@@ -114,12 +140,16 @@ void Transformer<T>::lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N
 
 template <class T>
 void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
-                             bool accumulate) {
+                             bool accumulate, bool dw_accumulate) {
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16_) return blk::linear_bwd_gemm(*bf16_, dX, dW, db, dY, X, W, w16(W), N, I, O, accumulate);
-    if (f32_) return blk::linear_bwd_gemm(*f32_, dX, dW, db, dY, X, W, nullptr, N, I, O, accumulate, true);
+    if (bf16_)
+      return blk::linear_bwd_gemm(*bf16_, dX, dW, db, dY, X, W, w16(W), N, I, O, accumulate, false, nullptr,
+                                  dw_accumulate);
+    if (f32_)
+      return blk::linear_bwd_gemm(*f32_, dX, dW, db, dY, X, W, nullptr, N, I, O, accumulate, true, nullptr,
+                                  dw_accumulate);
   }
-  blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate);
+  blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
 }
 
 // The output layer's products: with its weight pre-packed (once per pass, in
@@ -136,15 +166,15 @@ void Transformer<T>::head_fwd(T* Y, const T* X, const T* W, int64_t n) {
 }
 
 template <class T>
-void Transformer<T>::head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t n) {
+void Transformer<T>::head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t n, bool dw_accumulate) {
   const int64_t C = c_.dim, V = c_.vocab_size;
   if constexpr (std::is_same_v<T, float>) {
     if (!head_dx_pk_.empty()) {
       return blk::linear_bwd_gemm(gemm_ctx(), dX, dW, nullptr, dY, X, W, w16(W), n, C, V, false, !bf16_,
-                                  head_dx_pk_.data());
+                                  head_dx_pk_.data(), dw_accumulate);
     }
   }
-  lin_bwd(dX, dW, (T*)nullptr, dY, X, W, n, C, V, false);
+  lin_bwd(dX, dW, (T*)nullptr, dY, X, W, n, C, V, false, dw_accumulate);
 }
 
 template <class T>
@@ -214,15 +244,16 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   const int64_t N = N_, C = c_.dim, H = c_.hidden_dim;
   auto P = [&](size_t off) { return off == kAbsent ? nullptr : p + off; };
   auto G = [&](size_t off) { return off == kAbsent ? nullptr : g + off; };
+  const bool wa = !fresh_;  // each weight's one product writes its gradient on a fresh buffer
   // dx holds d x_out; the residual passes it on to x_mid and x_in unchanged.
   if (c_.arch == Arch::Llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    lin_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
+    lin_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
     blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
-    lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false);
-    lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true);
+    lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false, wa);
+    lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true, wa);
     blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true, isa_);  // dx = d x_mid
-    lin_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false);
+    lin_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
@@ -230,19 +261,19 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
       blk::rmsnorm_bwd(dq_, G(o.q_norm), dq_, a.q0, P(o.q_norm), a.rq, N * c_.n_heads, c_.head_dim, false, isa_);
       blk::rmsnorm_bwd(dk_, G(o.k_norm), dk_, a.k0, P(o.k_norm), a.rk, N * c_.n_kv_heads, c_.head_dim, false, isa_);
     }
-    lin_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false);
-    lin_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true);
-    lin_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true);
+    lin_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false, wa);
+    lin_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true, wa);
+    lin_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true, wa);
     blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true, isa_);  // dx = d x_in
   } else {
-    lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false);
+    lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
     blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
-    lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false);
+    lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false, wa);
     blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true,
                        isa_);
-    lin_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false);
+    lin_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
-    lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false);
+    lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false, wa);
     blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true,
                        isa_);
   }
@@ -267,8 +298,8 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
     head_fwd(logits_, xf_ + r0 * C, p + L_.output, n);  // (n, V)
     const blk::CeResult cr = blk::cross_entropy(logits_, targets + r0, n, V, ce);
     r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.count += cr.count;
-    if (backward)
-      head_bwd(dxf_ + r0 * C, g + L_.output, logits_, xf_ + r0 * C, p + L_.output, n);
+    if (backward)  // on a fresh buffer the first chunk writes the output weight's gradient
+      head_bwd(dxf_ + r0 * C, g + L_.output, logits_, xf_ + r0 * C, p + L_.output, n, !(fresh_ && r0 == 0));
   }
   if (!backward) return;
   if (c_.arch == Arch::Llama) {
@@ -338,9 +369,12 @@ blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const i
 
 template <class T>
 blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets,
-                                               float grad_scale, uint64_t dropout_key) {
+                                               float grad_scale, uint64_t dropout_key, bool overwrite) {
   round_weights(p);
   layers_fwd(p, tokens, dropout_key);
+  fresh_ = overwrite;
+  if (overwrite)  // everything the weights' first products do not write: zero, in parallel
+    for (const auto& [b, e] : zero_ranges_) fill_zero(g + b, int64_t(e - b));
   blk::CeResult r;
   head(p, g, targets, grad_scale, true, r);
   for (int64_t l = c_.n_layers - 1; l >= 0; --l) {
@@ -351,6 +385,7 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
     }
     layer_bwd(p, g, l, a, dx_);
   }
+  fresh_ = false;
   blk::embed_bwd(g + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : g + L_.pos_embd, dropped(dx_, -1, 2), tokens,
                  N_, T_, c_.dim);
   return r;

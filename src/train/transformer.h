@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "train/blocks.h"
@@ -31,8 +32,12 @@ class Transformer {
   // layout's size), scaled by grad_scale (1 / target tokens of the whole
   // step). Returns the loss sums of this batch.
   // dropout_key picks the dropout masks of this batch (with ModelOptions::dropout > 0).
+  // overwrite: g's contents are ignored and replaced (the first micro-batch of a
+  // step): each weight matrix's product writes its gradient instead of adding
+  // to it, and only the rest of g is zeroed, which saves a pass over g and a
+  // read of every weight gradient. Bit-identical to zeroing g and accumulating.
   blk::CeResult forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets, float grad_scale,
-                                 uint64_t dropout_key = 0);
+                                 uint64_t dropout_key = 0, bool overwrite = false);
   // Forward only: evaluation (no dropout), or with a dropout key the training forward.
   blk::CeResult forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key = 0);
 
@@ -57,7 +62,7 @@ class Transformer {
   // Linear layers in the run's precision (fp32 sgemm, or bf16 products).
   void lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
   void lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
-               bool accumulate);
+               bool accumulate, bool dw_accumulate);
   void embed(const T* p, const int32_t* tokens);
   void layers_fwd(const T* p, const int32_t* tokens, uint64_t dropout_key);  // embedding + every block
   // Dropout key of (layer, site); 0 (no dropout) outside training steps.
@@ -82,6 +87,8 @@ class Transformer {
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
   std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
+  bool fresh_ = false;            // in an overwrite backward: the weight products write their gradients
+  std::vector<std::pair<size_t, size_t>> zero_ranges_;  // [begin, end) of g not written by those products
   Isa isa_ = detect_isa();        // for the vectorised loss rows
   std::vector<double> ce_rows_;   // (2, logit_rows) per-row loss terms
   std::unique_ptr<KernelContext> bf16_;  // threads + packing scratch of the bf16 products (bf16 runs)
@@ -90,7 +97,7 @@ class Transformer {
   aligned_vector<uint32_t> head_dx_pk_;   // and (C, V) for dX; remade in round_weights
   KernelContext& gemm_ctx() { return bf16_ ? *bf16_ : *f32_; }  // when either exists
   void head_fwd(T* Y, const T* X, const T* W, int64_t n);
-  void head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t n);
+  void head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t n, bool dw_accumulate);
   aligned_vector<uint16_t> w16_;           // bf16 runs: the parameters rounded to bf16, once per pass
   const T* p16_of_ = nullptr;            // the parameters w16_ was made from (this pass)
   void round_weights(const T* p);        // bf16 runs: w16_ = bf16(p)
