@@ -8,6 +8,15 @@
 #   SHAPES: 15m:fp32 15m:bf16 gpt2-124m:fp32 gpt2-124m:bf16 260k:fp32 (default: all but gpt2-124m:bf16)
 #
 # Needs Debian's python3-torch (apt-get install python3-torch); not part of CI.
+#
+# The peer is tuned by default (PEER_TUNED=1), because Debian's PyTorch 1.13 is
+# badly handicapped on a stock install: glibc malloc hands large tensors back to
+# the OS so every step re-faults them (fill_/log_softmax dominate a profile), and
+# OpenBLAS 0.3.21 does not know Zen 5 and falls back to its AVX2 "Haswell"
+# kernels. Tuned means LD_PRELOAD of tcmalloc (apt-get install
+# libtcmalloc-minimal4) when it is installed and OPENBLAS_CORETYPE=SkylakeX when
+# the CPU has AVX-512F. PEER_TUNED=0 measures the stock install. The peer
+# configuration used is printed first.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-build}
@@ -20,6 +29,15 @@ tessera="$build/bin/tessera"
 py=/usr/bin/python3
 "$py" -c "import torch" 2>/dev/null || { echo "error: $py cannot import torch (apt-get install python3-torch)" >&2; exit 1; }
 threads=${THREADS:-2}
+
+peer_env=()
+if [ "${PEER_TUNED:-1}" = 1 ]; then
+  tcm=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+  if [ -e "$tcm" ]; then peer_env+=("LD_PRELOAD=$tcm")
+  else echo "note: $tcm not installed (apt-get install libtcmalloc-minimal4); peer uses glibc malloc" >&2; fi
+  grep -qw avx512f /proc/cpuinfo && peer_env+=("OPENBLAS_CORETYPE=SkylakeX")
+fi
+echo "peer: PyTorch $("$py" -c 'import torch; print(torch.__version__)') env: ${peer_env[*]:-(stock)}"
 
 batch_of() { case "$1" in 15m) echo 8 ;; gpt2-124m) echo 4 ;; 260k) echo 32 ;; *) echo "error: unknown shape $1" >&2; exit 1 ;; esac; }
 field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p"; }
@@ -36,7 +54,7 @@ for sp in "${shapes[@]}"; do
          --steps "$steps" -t "$threads" --json 2>/dev/null)
     t=$(field train_tok_s <<<"$j")
     if awk -v a="$t" -v b="$best_t" 'BEGIN { exit !(a > b) }'; then best_t=$t frac=$(field peak_fraction <<<"$j"); fi
-    p=$("$py" "$here/pytorch_train.py" --shape "$shape" --precision "$prec" --batch "$batch" --seq 256 \
+    p=$(env "${peer_env[@]}" "$py" "$here/pytorch_train.py" --shape "$shape" --precision "$prec" --batch "$batch" --seq 256 \
          --steps "$steps" --threads "$threads" --json | field train_tok_s)
     best_p=$(max "$p" "$best_p")
   done
