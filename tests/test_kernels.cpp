@@ -463,3 +463,24 @@ TEST(KernelsTeam, BarrierOrdersMemory) {
     EXPECT_EQ(bad, 0) << threads << " threads";
   }
 }
+
+// The ceiling probes' loops compute what their scalar recurrence says, so the
+// FLOPs that measure_fma_peak_gflops counts are really executed.
+TEST(KernelsPeak, MultiplyAddLoopsMatchScalarRecurrence) {
+  const int64_t iters = 1000;
+  double want = 0;  // 12 accumulators a_i = 1e-3 i, each iteration a = a * 0.999 + 1e-4 (fma, fp32)
+  for (int i = 0; i < 12; ++i) {
+    float a = 1e-3f * float(i);
+    for (int64_t it = 0; it < iters; ++it) a = std::fma(a, 0.999f, 1e-4f);
+    want += a;
+  }
+  if (detect_isa() >= Isa::AVX2) {
+    EXPECT_NEAR(cpu::avx2::fma_loop_f32(iters), 8 * want, 1e-4 * 8 * want);
+  }
+  if (detect_isa() < Isa::AVX512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  EXPECT_NEAR(cpu::avx512::fma_loop_f32(iters), 16 * want, 1e-4 * 16 * want);
+  // Each dot-product step adds two bf16 products 0.5 * 2^-10: 2^-10 per step, exact here.
+  double want_bf16 = 0;
+  for (int i = 0; i < 12; ++i) want_bf16 += double(1e-3f * float(i)) + double(iters) / 1024.0;
+  EXPECT_NEAR(cpu::avx512::dpbf16_loop(iters), 16 * want_bf16, 1e-5 * 16 * want_bf16);
+}

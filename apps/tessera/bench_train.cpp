@@ -49,8 +49,9 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   // training runs on gemm_f32 where AVX-512 is available); our bf16 GEMM's peak for bf16.
   const bool bf16 = a.precision == "bf16";
   std::string peak_kind = bf16 ? "bf16" : "sgemm";
-  double peak = 0;
+  double peak = 0, fma_peak = 0;  // fma_peak: the register-only multiply-add ceiling (0: not measured)
   auto measure_peak = [&] {  // keeps the highest peak seen, and its kind
+    fma_peak = std::max(fma_peak, measure_fma_peak_gflops(ctx, bf16));
     if (bf16 && gemm_bf16_available(ctx)) {
       peak = std::max(peak, measure_gemm_bf16_peak_gflops(ctx));
       return;
@@ -88,18 +89,22 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   const double tok_s = double(a.batch * a.seq) / best;
   const double gflops = 6.0 * n_mm * tok_s / 1e9;
   const double frac = gflops / peak;
+  char fma_json[96] = "\"fma_peak_gflops\": null, \"fma_peak_fraction\": null";
+  if (fma_peak > 0)
+    std::snprintf(fma_json, sizeof fma_json, "\"fma_peak_gflops\": %.1f, \"fma_peak_fraction\": %.4f", fma_peak,
+                  gflops / fma_peak);
   if (json) {
     std::printf("{\"model\": \"%s\", \"params\": %zu, \"matmul_params\": %.0f, \"batch\": %lld, \"seq\": %lld, "
                 "\"threads\": %d, \"precision\": \"%s\", \"recompute\": %s, \"step_s\": %.4f, \"train_tok_s\": %.1f, "
                 "\"train_gflops\": %.1f, \"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"peak_fraction\": %.4f, "
-                "\"activation_bytes\": %zu}\n",
+                "%s, \"activation_bytes\": %zu}\n",
                 model.c_str(), L.n_params, n_mm, (long long)a.batch, (long long)a.seq, threads, a.precision.c_str(),
-                a.recompute ? "true" : "false", best, tok_s, gflops, peak_kind.c_str(), peak, frac, tm.activation_bytes());
+                a.recompute ? "true" : "false", best, tok_s, gflops, peak_kind.c_str(), peak, frac, fma_json, tm.activation_bytes());
   } else {
     std::printf("train %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (6*N*T) = %.1f%% of %.0f GFLOP/s "
-                "%s peak; activations %.1f MB\n",
+                "%s peak (%.1f%% of the %.0f GFLOP/s multiply-add ceiling); activations %.1f MB\n",
                 model.c_str(), (long long)a.batch, (long long)a.seq, best, tok_s, gflops, 100 * frac, peak,
-                bf16 ? "bf16 GEMM" : peak_kind.c_str(),
+                bf16 ? "bf16 GEMM" : peak_kind.c_str(), fma_peak > 0 ? 100 * gflops / fma_peak : 0.0, fma_peak,
                 double(tm.activation_bytes()) / 1e6);
   }
   return 0;

@@ -132,4 +132,28 @@ double measure_gemm_f32_peak_gflops(KernelContext& ctx) {
   });
 }
 
+double measure_fma_peak_gflops(KernelContext& ctx, bool bf16) {
+  if (bf16 && (ctx.isa != Isa::AVX512 || ctx.amx)) return 0;
+  if (ctx.isa == Isa::Scalar) return 0;
+  const int T = std::max(1, ctx.n_threads);
+  // FLOPs per loop iteration: 12 accumulators of 16 (AVX-512) or 8 (AVX2) lanes,
+  // 2 per FMA lane, 4 per dot-product lane (two bf16 products and their sum into fp32).
+  const double lanes = ctx.isa == Isa::AVX512 ? 16 : 8, per_iter = 12 * lanes * (bf16 ? 4 : 2);
+  const int64_t iters = 20'000'000;  // ~0.05 s per run at ~5 G instructions/s per core
+  double best = 1e30, sink = 0;
+  for (int run = 0; run < 5; ++run) {
+    const double t0 = now_s();
+#pragma omp parallel num_threads(T) reduction(+ : sink)
+    {
+      if (bf16) sink += cpu::avx512::dpbf16_loop(iters);
+      else if (ctx.isa == Isa::AVX512) sink += cpu::avx512::fma_loop_f32(iters);
+      else sink += cpu::avx2::fma_loop_f32(iters);
+    }
+    best = std::min(best, now_s() - t0);
+  }
+  volatile double keep = sink;  // keeps the loops alive
+  (void)keep;
+  return double(T) * double(iters) * per_iter / best / 1e9;
+}
+
 }  // namespace tessera

@@ -37,4 +37,12 @@ double measure_gemm_bf16_peak_gflops(KernelContext& ctx);
 // higher of this and the sgemm peak.
 double measure_gemm_f32_peak_gflops(KernelContext& ctx);
 
+// The arithmetic ceiling in GFLOP/s: every one of ctx.n_threads threads runs a
+// register-only loop of independent multiply-adds (fp32 FMA, or with bf16 the
+// AVX-512 BF16 dot-product instruction); best of a few runs, ~0.3 s. This is
+// the physical limit a GEMM or a training step can approach. 0 where the ISA
+// has no such loop (scalar builds) or where bf16 products run on AMX tiles,
+// whose ceiling this loop does not measure.
+double measure_fma_peak_gflops(KernelContext& ctx, bool bf16);
+
 }  // namespace tessera

@@ -90,6 +90,7 @@ double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);  // any bytes (no float traps or slow paths)
 bool attend_decode(const DecodeAttnArgs& a);
 void attend_softmax_row(float* s, int64_t n, float softcap);
+double fma_loop_f32(int64_t iters);  // 12 x 8 lanes x 2 FLOPs per iteration; returns a sink
 }  // namespace avx2
 
 namespace avx512 {
@@ -108,6 +109,8 @@ double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);
 bool attend_decode(const DecodeAttnArgs& a);
 void attend_softmax_row(float* s, int64_t n, float softcap);
+double fma_loop_f32(int64_t iters);  // 12 x 16 lanes x 2 FLOPs per iteration; returns a sink
+double dpbf16_loop(int64_t iters);   // 12 x 16 lanes x 4 FLOPs (two bf16 products) per iteration
 }  // namespace avx512
 
 }  // namespace tessera::cpu
