@@ -46,6 +46,12 @@ int cmd_demo(int argc, char** argv) {
   CLI::App app{"Train a BPE tokenizer and a small Llama on a corpus for a few minutes, then sample from it.",
                "tessera demo"};
   std::string out = "tessera-demo", corpus_dir = "/usr/share/games/fortunes";
+  train::DocumentOptions dopt;
+  dopt.doc_sep = "^%$";           // fortune files: a line holding a single % ends a fortune
+  dopt.min_text_fraction = 0.6;   // a fortune that is mostly symbols (ASCII art) teaches runs of '#'
+  double min_file_text = 0.7;     // files that are mostly non-text are left out whole
+  int64_t fixed_steps = 0;
+  int n_samples = 3;
   std::vector<std::string> files;
   double minutes = 3;
   int32_t vocab = 1024;
@@ -56,6 +62,10 @@ int cmd_demo(int argc, char** argv) {
   o.adam.weight_decay = 0.1f, o.clip = 1.f, o.eval_batches = 4;
   app.add_option("-o,--out", out, "demo directory (tokenizer, data, run, model.gguf)");
   app.add_option("--minutes", minutes, "training time budget")->check(positive());
+  app.add_option("--steps", fixed_steps, "train this many steps instead of fitting the steps to --minutes")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 40));
+  app.add_option("--samples", n_samples, "samples to print after training")->check(CLI::Range(1, 100));
+  app.add_option("--doc-sep", dopt.doc_sep, "regex: a line matching it ends a document (\"\": a file is one document)");
   app.add_option("--vocab", vocab, "tokenizer vocabulary size")->check(CLI::Range(300, 65536));
   app.add_option("--dim", o.model.dim, "model width");
   app.add_option("--layers", o.model.n_layers, "blocks");
@@ -72,12 +82,31 @@ int cmd_demo(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   auto secs = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
 
-  // 1. Tokenizer.
-  const MappedTexts in = map_texts(files);
-  const auto& texts = in.texts;
-  const size_t bytes = in.bytes;
-  std::fprintf(stderr, "[1/4] training a byte-level BPE tokenizer (vocab %d) on %zu files, %.2f MB\n", vocab,
-               files.size(), double(bytes) / 1e6);
+  // 1. Documents and tokenizer.
+  std::vector<std::string> kept, left_out;
+  std::vector<std::string> docs;
+  size_t bytes = 0;
+  int64_t dropped = 0;
+  for (const auto& f : files) {
+    train::Documents d = train::read_documents(f, dopt);
+    std::string all;
+    for (const auto& doc : d.docs) all += doc;
+    if (d.docs.empty() || train::text_fraction(all) < min_file_text) {
+      left_out.push_back(fs::path(f).filename().string());
+      continue;
+    }
+    kept.push_back(f);
+    bytes += all.size(), dropped += d.dropped;
+    for (auto& doc : d.docs) docs.push_back(std::move(doc));
+  }
+  if (kept.empty()) fail("no corpus: none of the ", files.size(), " files is mostly text");
+  std::string left_names;
+  for (const auto& n : left_out) left_names += (left_names.empty() ? "" : ", ") + n;
+  std::fprintf(stderr, "[1/4] %zu documents from %zu files, %.2f MB", docs.size(), kept.size(), double(bytes) / 1e6);
+  if (dropped > 0) std::fprintf(stderr, "; %lld mostly-symbol documents left out", (long long)dropped);
+  if (!left_out.empty()) std::fprintf(stderr, "; files left out as mostly non-text: %s", left_names.c_str());
+  std::fprintf(stderr, "\n      training a byte-level BPE tokenizer (vocab %d)\n", vocab);
+  std::vector<std::string_view> texts(docs.begin(), docs.end());
   BpeTrainOptions bo;
   bo.vocab_size = vocab;
   bo.special_tokens = {"<|endoftext|>"};
@@ -87,12 +116,13 @@ int cmd_demo(int argc, char** argv) {
   const Tokenizer tok(bpe.to_vocab_data());
   std::fprintf(stderr, "      %s written (%.1f s)\n", tok_path.c_str(), secs());
 
-  // 2. Data.
+  // 2. Data: every document ends with <|endoftext|>, so the model learns how a document starts.
   train::PrepareOptions po;
   po.val_fraction = 0.05;
-  const auto st = train::prepare_data(tok, tok_path, files, out + "/data", po);
-  std::fprintf(stderr, "[2/4] %lld train / %lld val tokens (%.2f bytes per token) in %s/data\n",
-               (long long)st.train_tokens, (long long)st.val_tokens,
+  po.docs = dopt;
+  const auto st = train::prepare_data(tok, tok_path, kept, out + "/data", po);
+  std::fprintf(stderr, "[2/4] %lld documents: %lld train / %lld val tokens (%.2f bytes per token) in %s/data\n",
+               (long long)st.documents, (long long)st.train_tokens, (long long)st.val_tokens,
                double(st.bytes) / double(st.train_tokens + st.val_tokens), out.c_str());
 
   // 3. Model: time two steps to fit the cosine schedule to the budget.
@@ -113,15 +143,18 @@ int cmd_demo(int argc, char** argv) {
     const auto a = std::chrono::steady_clock::now();
     tm.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f);
     step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count() * 1.15;  // + optimizer, eval
-    std::fprintf(stderr, "[3/4] training a %.2fM-parameter Llama (dim %lld, %lld layers, %lld/%lld heads) for %.1f min on %d threads\n",
+    const std::string how = fixed_steps > 0 ? std::to_string(fixed_steps) + " steps"
+                                            : std::to_string(minutes).substr(0, 4) + " min";
+    std::fprintf(stderr, "[3/4] training a %.2fM-parameter Llama (dim %lld, %lld layers, %lld/%lld heads) for %s on %d threads\n",
                  double(L.n_params) / 1e6, (long long)m.dim, (long long)m.n_layers, (long long)m.n_heads,
-                 (long long)m.n_kv_heads, minutes, nt);
+                 (long long)m.n_kv_heads, how.c_str(), nt);
   }
   const double budget = minutes * 60 - secs();
-  o.steps = std::max<int64_t>(20, int64_t(budget / step_s));
+  o.steps = fixed_steps > 0 ? fixed_steps : std::max<int64_t>(20, int64_t(budget / step_s));
   o.sched.total = o.steps;
   o.eval_interval = std::max<int64_t>(10, o.steps / 10), o.ckpt_interval = o.eval_interval, o.log_interval = 10;
-  o.max_seconds = budget * 1.25;  // the schedule aims at the budget; this only guards against a slow machine
+  // The schedule aims at the budget; this only guards against a slow machine. --steps runs them all.
+  if (fixed_steps == 0) o.max_seconds = budget * 1.25;
   install_stop_handlers();  // Ctrl-C ends the training early; the demo goes on to sample from that step
   const auto sum = train::run_training(o, false, stderr, stop_requested());
 
@@ -130,17 +163,19 @@ int cmd_demo(int argc, char** argv) {
   const train::Layout L(ck.cfg);
   const Weights w = train::weights_view(L, ck.params.data());
   write_model(w, &tok, out + "/model.gguf", "f32", "demo");
-  std::fprintf(stderr, "[4/4] samples (temperature 0.8, top-p 0.95) from %s/model.gguf:\n", out.c_str());
+  GenerateParams gp;
+  gp.n_predict = 100;
+  gp.sampling.temp = 0.8f, gp.sampling.top_p = 0.95f;
+  std::fprintf(stderr, "[4/4] samples (from <|endoftext|>, temperature %.1f, top-p %.2f) from %s/model.gguf:\n",
+               double(gp.sampling.temp), double(gp.sampling.top_p), out.c_str());
   RunOptions ro;
   ro.n_ctx = m.max_seq_len, ro.max_threads = nt;
   Model model(w, ro);
   KernelContext ctx(nt);
-  for (int i = 0; i < 3; ++i) {
-    GenerateParams gp;
-    gp.n_predict = 100;
+  for (int i = 0; i < n_samples; ++i) {
     gp.sampling.seed = o.seed + uint64_t(i);
     std::printf("--- sample %d ---\n", i + 1);
-    generate(model, ctx, tok, {tok.eos_id()}, gp, [](std::string_view s) {
+    generate(model, ctx, tok, prompt_tokens(tok, "", {}), gp, [](std::string_view s) {
       std::fwrite(s.data(), 1, s.size(), stdout);
       std::fflush(stdout);
     });

@@ -45,10 +45,7 @@ int cmd_generate(int argc, char** argv) {
     ss << in.rdbuf();
     prompt = ss.str();
   }
-  if (sp.temp < 0) fail("--temp must be >= 0, got ", sp.temp);
-  if (sp.top_p <= 0 || sp.top_p > 1) fail("--top-p must be in (0, 1], got ", sp.top_p);
-  if (sp.min_p < 0 || sp.min_p > 1) fail("--min-p must be in [0, 1], got ", sp.min_p);
-  if (sp.repeat_penalty <= 0) fail("--repeat-penalty must be > 0, got ", sp.repeat_penalty);
+  sp.validate();
   sp.seed = seed >= 0 ? uint64_t(seed) : std::random_device{}();
 
   Loaded L = load(ma);
@@ -56,9 +53,7 @@ int cmd_generate(int argc, char** argv) {
   EncodeOptions eo;
   eo.add_special = !no_bos;
   eo.parse_special = !no_special;
-  std::vector<int32_t> ids = tok.encode(prompt, eo);
-  if (ids.empty() && tok.bos_id() >= 0) ids.push_back(tok.bos_id());
-  if (ids.empty()) fail("the prompt is empty and the model has no BOS token to start from");
+  const std::vector<int32_t> ids = prompt_tokens(tok, prompt, eo);
   if (echo) {
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     std::fflush(stdout);

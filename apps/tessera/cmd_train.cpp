@@ -138,13 +138,21 @@ int cmd_data(int argc, char** argv) {
   prep->add_option("--tokenizer", tok_path, "tokenizer (tokenizer.json, tokenizer.model, tokenizer.bin, GGUF...)")
       ->required();
   prep->add_option("-o,--out", out, "output directory")->required();
-  prep->add_option("--val-fraction", po.val_fraction, "fraction of each file's tokens (its end) held out");
-  prep->add_option("files", files, "text files")->required();
+  prep->add_option("--val-fraction", po.val_fraction,
+                   "fraction of each file's tokens held out (its last documents; its end for a one-document file)");
+  prep->add_option("--doc-sep", po.docs.doc_sep,
+                   "regex (PCRE2): a line matching it ends a document, e.g. '^%$' for fortune files");
+  prep->add_option("--min-text-fraction", po.docs.min_text_fraction,
+                   "drop documents whose share of ASCII letters and spaces is below this (0: keep all)")
+      ->check(CLI::Range(0.0, 1.0));
+  prep->add_option("files", files, "text files, or .jsonl files with one {\"text\": ...} document per line")
+      ->required();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   const Tokenizer tok = load_any_tokenizer(tok_path);
   const auto st = train::prepare_data(tok, tok_path, files, out, po);
-  std::fprintf(stderr, "data: %.2f MB -> %lld train + %lld val tokens (%.2f bytes/token) in %s\n",
-               double(st.bytes) / 1e6, (long long)st.train_tokens, (long long)st.val_tokens,
+  std::fprintf(stderr, "data: %.2f MB, %lld documents", double(st.bytes) / 1e6, (long long)st.documents);
+  if (st.dropped_documents > 0) std::fprintf(stderr, " (%lld dropped)", (long long)st.dropped_documents);
+  std::fprintf(stderr, " -> %lld train + %lld val tokens (%.2f bytes/token) in %s\n", (long long)st.train_tokens, (long long)st.val_tokens,
                double(st.bytes) / double(std::max<int64_t>(1, st.train_tokens + st.val_tokens)), out.c_str());
   return 0;
 }

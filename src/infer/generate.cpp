@@ -40,6 +40,13 @@ std::string StopMatcher::flush() {
   return out;
 }
 
+std::vector<int32_t> prompt_tokens(const Tokenizer& tok, std::string_view prompt, const EncodeOptions& eo) {
+  std::vector<int32_t> ids = tok.encode(prompt, eo);
+  if (ids.empty() && tok.doc_start_id() >= 0) ids.push_back(tok.doc_start_id());
+  if (ids.empty()) fail("the prompt is empty and the tokenizer has neither a BOS nor an end-of-text token to start from");
+  return ids;
+}
+
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text) {
   using clock = std::chrono::steady_clock;

@@ -30,6 +30,11 @@ struct GenerateStats {
 // Generation ends at an end-of-generation token, at BOS (a new document starts,
 // as llama2.c's run does), at a stop string (not emitted), after n_predict
 // tokens, or when the context is full.
+// The prompt's token ids. An empty prompt (no tokens) starts from the
+// tokenizer's document-start token (BOS, else end-of-text), as llama.cpp does;
+// Error when the tokenizer has neither.
+std::vector<int32_t> prompt_tokens(const Tokenizer& tok, std::string_view prompt, const EncodeOptions& eo);
+
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text);
 

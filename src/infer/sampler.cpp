@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
+
 namespace tessera {
 
 int32_t argmax(const float* x, int64_t n) {
@@ -10,6 +12,20 @@ int32_t argmax(const float* x, int64_t n) {
   for (int64_t i = 1; i < n; ++i)
     if (x[i] > x[best]) best = i;
   return int32_t(best);
+}
+
+void SamplerParams::validate() const {
+  auto finite = [](const char* name, float v) {
+    if (!std::isfinite(v)) fail(name, " must be a finite number, got ", v);
+  };
+  finite("--temp", temp), finite("--top-p", top_p), finite("--min-p", min_p);
+  finite("--repeat-penalty", repeat_penalty), finite("--presence-penalty", presence_penalty);
+  finite("--frequency-penalty", frequency_penalty);
+  if (temp < 0) fail("--temp must be >= 0, got ", temp);
+  if (top_p <= 0 || top_p > 1) fail("--top-p must be in (0, 1], got ", top_p);
+  if (min_p < 0 || min_p > 1) fail("--min-p must be in [0, 1], got ", min_p);
+  if (repeat_penalty <= 0) fail("--repeat-penalty must be > 0, got ", repeat_penalty);
+  if (repeat_last_n < -1) fail("--repeat-last-n must be >= -1, got ", repeat_last_n);
 }
 
 Sampler::Sampler(const SamplerParams& p, int32_t n_vocab)

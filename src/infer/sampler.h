@@ -18,6 +18,9 @@ struct SamplerParams {
   float presence_penalty = 0.f;
   float frequency_penalty = 0.f;
   uint64_t seed = 0;
+  // Error naming the parameter (as the CLI flag, e.g. "--top-p") when a value
+  // is out of range or not finite. Every front end calls it before sampling.
+  void validate() const;
 };
 
 struct Candidate {

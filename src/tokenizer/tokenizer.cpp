@@ -254,6 +254,7 @@ int32_t Tokenizer::n_vocab() const { return int32_t(impl_->d.tokens.size()); }
 int32_t Tokenizer::bos_id() const { return impl_->d.bos_id; }
 int32_t Tokenizer::eos_id() const { return impl_->d.eos_id; }
 int32_t Tokenizer::unk_id() const { return impl_->d.unk_id; }
+int32_t Tokenizer::doc_start_id() const { return impl_->d.bos_id >= 0 ? impl_->d.bos_id : impl_->d.eos_id; }
 bool Tokenizer::is_eog(int32_t id) const { return id >= 0 && id < n_vocab() && impl_->eog[size_t(id)]; }
 TokenizerKind Tokenizer::kind() const { return impl_->d.kind; }
 const VocabData& Tokenizer::data() const { return impl_->d; }

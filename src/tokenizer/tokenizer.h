@@ -61,6 +61,9 @@ class Tokenizer {
   int32_t eos_id() const;
   int32_t unk_id() const;
   bool is_eog(int32_t id) const;  // EOS or another end-of-generation token
+  // The token a document starts after: BOS, else the end-of-text token (EOS,
+  // e.g. GPT-2's <|endoftext|>, which separates documents), else -1.
+  int32_t doc_start_id() const;
   TokenizerKind kind() const;
   const VocabData& data() const;
 

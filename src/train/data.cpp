@@ -4,6 +4,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -17,7 +20,108 @@ constexpr size_t kHeader = 24;
 
 inline uint64_t mix(uint64_t z) { return splitmix64(z); }
 
+// A compiled line regex (byte mode: fortune files and other old corpora are not
+// always valid UTF-8).
+class LineRegex {
+ public:
+  explicit LineRegex(const std::string& pattern) {
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), 0, &err, &off, nullptr);
+    if (!code_) {
+      PCRE2_UCHAR msg[256];
+      pcre2_get_error_message(err, msg, sizeof msg);
+      fail("--doc-sep '", pattern, "': bad regex at offset ", off, ": ", reinterpret_cast<const char*>(msg));
+    }
+    md_ = pcre2_match_data_create_from_pattern(code_, nullptr);
+  }
+  ~LineRegex() {
+    pcre2_match_data_free(md_);
+    pcre2_code_free(code_);
+  }
+  LineRegex(const LineRegex&) = delete;
+  LineRegex& operator=(const LineRegex&) = delete;
+  bool matches(std::string_view line) const {
+    return pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(line.data()), line.size(), 0, 0, md_, nullptr) >= 0;
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+  pcre2_match_data* md_ = nullptr;
+};
+
+bool blank(std::string_view s) {
+  for (char c : s)
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return false;
+  return true;
+}
+
+bool ends_with(const std::string& s, std::string_view suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
 }  // namespace
+
+double text_fraction(std::string_view s) {
+  if (s.empty()) return 0;
+  size_t n = 0;
+  for (unsigned char c : s) n += (c == ' ' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'));
+  return double(n) / double(s.size());
+}
+
+Documents read_documents(const std::string& path, const DocumentOptions& o) {
+  const std::string text = read_file(path);
+  Documents r;
+  r.bytes = int64_t(text.size());
+  auto add = [&](std::string doc) {
+    if (blank(doc)) return;
+    if (o.min_text_fraction > 0 && text_fraction(doc) < o.min_text_fraction) {
+      ++r.dropped;
+      return;
+    }
+    r.docs.push_back(std::move(doc));
+  };
+  if (ends_with(path, ".jsonl")) {
+    size_t line_no = 0, at = 0;
+    while (at < text.size()) {
+      size_t nl = text.find('\n', at);
+      if (nl == std::string::npos) nl = text.size();
+      const std::string_view line(text.data() + at, nl - at);
+      at = nl + 1, ++line_no;
+      if (blank(line)) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        fail(path, ":", line_no, ": invalid JSON: ", e.what());
+      }
+      if (!j.is_object() || !j.contains("text"))
+        fail(path, ":", line_no, ": expected an object with a \"text\" field (one document per line)");
+      if (!j["text"].is_string()) fail(path, ":", line_no, ": field \"text\" is not a string");
+      add(j["text"].get<std::string>());
+    }
+    return r;
+  }
+  if (o.doc_sep.empty()) {
+    add(text);
+    return r;
+  }
+  const LineRegex sep(o.doc_sep);
+  size_t at = 0, doc_start = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    const size_t end = nl == std::string::npos ? text.size() : nl;
+    std::string_view line(text.data() + at, end - at);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (sep.matches(line)) {
+      add(text.substr(doc_start, at - doc_start));
+      doc_start = std::min(text.size(), end + 1);
+    }
+    at = end + 1;
+  }
+  if (doc_start < text.size()) add(text.substr(doc_start));
+  return r;
+}
 
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size) {
   const uint32_t bpt = vocab_size <= 65536 ? 2 : 4, version = 1;
@@ -71,19 +175,44 @@ PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_pat
   std::vector<int32_t> train, val;
   EncodeOptions eo;
   for (const auto& f : files) {
-    const std::string text = read_file(f);
-    st.bytes += int64_t(text.size());
-    std::vector<int32_t> ids = tok.encode(text, eo);
-    if (o.add_eos && tok.eos_id() >= 0 && (ids.empty() || ids.back() != tok.eos_id())) ids.push_back(tok.eos_id());
-    const size_t n_val = size_t(double(ids.size()) * o.val_fraction);
-    train.insert(train.end(), ids.begin(), ids.end() - long(n_val));
-    val.insert(val.end(), ids.end() - long(n_val), ids.end());
+    const Documents d = read_documents(f, o.docs);
+    st.bytes += d.bytes;
+    st.documents += int64_t(d.docs.size()), st.dropped_documents += d.dropped;
+    std::vector<std::vector<int32_t>> ids(d.docs.size());
+    size_t n_tokens = 0;
+    for (size_t i = 0; i < d.docs.size(); ++i) {
+      ids[i] = tok.encode(d.docs[i], eo);
+      if (o.add_eos && tok.eos_id() >= 0 && (ids[i].empty() || ids[i].back() != tok.eos_id()))
+        ids[i].push_back(tok.eos_id());
+      n_tokens += ids[i].size();
+    }
+    const double target = double(n_tokens) * o.val_fraction;
+    if (ids.size() == 1) {  // one document: its last tokens are held out
+      const size_t n_val = size_t(target);
+      train.insert(train.end(), ids[0].begin(), ids[0].end() - long(n_val));
+      val.insert(val.end(), ids[0].end() - long(n_val), ids[0].end());
+      continue;
+    }
+    // Several documents: whole documents from the end of the file, up to the
+    // boundary nearest to the requested fraction.
+    size_t first_val = ids.size();
+    double acc = 0;
+    while (first_val > 1 && acc + double(ids[first_val - 1].size()) / 2 <= target)
+      acc += double(ids[--first_val].size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto& dst = i < first_val ? train : val;
+      dst.insert(dst.end(), ids[i].begin(), ids[i].end());
+    }
   }
   if (st.bytes == 0) {
     std::string names;
     for (const auto& f : files) names += (names.empty() ? "" : ", ") + f;
     fail("data prepare: ", names, ": no text to tokenize (0 bytes)");
   }
+  if (st.documents == 0 && st.dropped_documents > 0)
+    fail("data prepare: all ", st.dropped_documents, " documents were dropped by the minimum text fraction ",
+         o.docs.min_text_fraction);
+  if (st.documents == 0) fail("data prepare: the input holds only blank documents");
   if (train.empty())
     fail("data prepare: all ", val.size(), " tokens went to the validation split (--val-fraction ", o.val_fraction,
          "); lower it or give more text");
@@ -104,7 +233,9 @@ PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_pat
   }
   nlohmann::json meta = {{"format", "tessera-tokens"}, {"version", 1},           {"vocab_size", V},
                          {"tokenizer", tok_name},      {"train_tokens", train.size()}, {"val_tokens", val.size()},
-                         {"files", files},             {"val_fraction", o.val_fraction}};
+                         {"files", files},             {"val_fraction", o.val_fraction},
+                         {"documents", st.documents},  {"dropped_documents", st.dropped_documents},
+                         {"doc_sep", o.docs.doc_sep}};
   const std::string ms = meta.dump(2) + "\n";
   AtomicFileWriter w(dir + "/meta.json");
   w.write(ms.data(), ms.size());

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/mmap.h"
@@ -32,15 +33,40 @@ class TokenShard {
   int bpt_ = 2;
 };
 
+// How input files become documents. A file ending in ".jsonl" holds one JSON
+// object per line with a string field "text": one document each (blank lines
+// are skipped). Any other file is text: one document, or, with doc_sep, cut
+// into documents at every line that matches the regex doc_sep (PCRE2, matched
+// against the line without its newline; the separator line belongs to no
+// document). Documents that are empty or only whitespace are dropped.
+struct DocumentOptions {
+  std::string doc_sep;             // "" : a text file is one document
+  double min_text_fraction = 0.0;  // drop documents whose share of letters and spaces is below this
+};
+struct Documents {
+  std::vector<std::string> docs;
+  int64_t dropped = 0;  // documents left out by min_text_fraction
+  int64_t bytes = 0;    // bytes of the file read
+};
+// Errors name the file (and the line, for JSONL) on unreadable input, bad
+// JSON, a missing or non-string "text", or a regex that does not compile.
+Documents read_documents(const std::string& path, const DocumentOptions& o);
+// Share of bytes that are ASCII letters or spaces (the demo's "is this prose" test).
+double text_fraction(std::string_view s);
+
 struct PrepareOptions {
-  double val_fraction = 0.05;  // the last part of each file's tokens goes to val.bin
-  bool add_eos = true;         // end each file with the tokenizer's EOS (when it has one)
+  double val_fraction = 0.05;  // per file: the last documents (or, for one document, its last tokens) go to val.bin
+  bool add_eos = true;         // end each document with the tokenizer's EOS (when it has one)
+  DocumentOptions docs;
 };
 struct PrepareStats {
   int64_t train_tokens = 0, val_tokens = 0, bytes = 0;
+  int64_t documents = 0, dropped_documents = 0;
 };
-// Tokenizes files, writes DIR/{train.bin,val.bin,meta.json} and copies the
-// tokenizer file to DIR/ (the trainer and export pick it up from there).
+// Tokenizes files (each a list of documents, see DocumentOptions), writes
+// DIR/{train.bin,val.bin,meta.json} and copies the tokenizer file to DIR/ (the
+// trainer and export pick it up from there). Every document ends with EOS, so
+// the model learns what a document start looks like.
 PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_path,
                           const std::vector<std::string>& files, const std::string& dir, const PrepareOptions& o);
 
