@@ -185,6 +185,14 @@ TEST(CliBench, SyntheticDecodeAndPrefillReportLimitsAndRatios) {
             json_number(r.out, "prefill_peak_fraction") * 1.0001) << r.out;
   // stories260K's 64 x 64 layers are too small to split: a parallel region per matrix.
   EXPECT_NE(r.out.find("\"decode_path\": \"regions\""), std::string::npos) << r.out;
+  EXPECT_EQ(json_number(r.out, "sequences"), 0) << r.out;  // no batched decode asked for
+  // Several sequences decoded one batch per step: an aggregate rate and its ratio to one sequence's.
+  CliResult s = run_cli("bench --synthetic 260k -p 0 -n 16 -r 1 -t 2 --sequences 4 --json");
+  ASSERT_EQ(s.code, 0) << s.err;
+  EXPECT_EQ(json_number(s.out, "sequences"), 4) << s.out;
+  EXPECT_GT(json_number(s.out, "batched_decode_tok_s"), 0) << s.out;
+  EXPECT_NEAR(json_number(s.out, "batched_speedup"),
+              json_number(s.out, "batched_decode_tok_s") / json_number(s.out, "decode_tok_s"), 0.01) << s.out;
   CliResult t = run_cli("bench --train --synthetic 260k --batch 2 --seq 32 --steps 1 --json");
   ASSERT_EQ(t.code, 0) << t.err;
   EXPECT_GT(json_number(t.out, "train_tok_s"), 0) << t.out;

@@ -68,6 +68,10 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("-t,--threads", threads, "threads (default: all cores)");
   app.add_option("-r,--repetitions", reps, "repetitions; the best is reported")->check(positive());
   app.add_flag("--json", json, "print one JSON object");
+  int64_t n_seq = 0;
+  app.add_option("--sequences", n_seq,
+                 "also decode this many sequences at once, one batch per step (aggregate tok/s against -n's single sequence)")
+      ->check(CLI::Range(int64_t(1), int64_t(1024)));
   bool no_repack = false;
   app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 / Q8_0 repacking)");
   TrainBenchArgs tb;
@@ -163,6 +167,31 @@ int cmd_bench(int argc, char** argv) {
       decode_tok_s = std::max(decode_tok_s, double(tg) / rep_s);
     }
   }
+  // Batched decode: n_seq sequences each decode tg tokens, one forward of n_seq
+  // rows per step (each weight read once for all of them), from an empty cache.
+  double batched_tok_s = 0;
+  if (n_seq > 0 && tg > 0) {
+    RunOptions bo = ro;
+    bo.own_cache = false, bo.max_batch = std::max<int64_t>(n_seq, 1), bo.n_ctx = tg;
+    Model mb(w, bo);
+    const int64_t blocks_per_seq = (tg + bo.kv_block_size - 1) / bo.kv_block_size;
+    KVCache cache = mb.make_cache(n_seq * blocks_per_seq);
+    std::vector<int32_t> ids(static_cast<size_t>(n_seq));
+    for (auto& id : ids) id = cache.add_seq();
+    std::vector<float> out(size_t(n_seq * c.vocab_size));
+    Batch b;
+    for (int r = 0; r < reps; ++r) {
+      for (int32_t id : ids) cache.truncate(id, 0);
+      auto t0 = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < tg; ++i) {
+        b.clear();
+        for (int64_t s = 0; s < n_seq; ++s)
+          b.add(toks[size_t((i + s * 131) % int64_t(toks.size()))], i, ids[size_t(s)], true);
+        mb.forward(ctx, b, cache, out.data());
+      }
+      batched_tok_s = std::max(batched_tok_s, double(n_seq * tg) / seconds_since(t0));
+    }
+  }
   const auto median = [](std::vector<double> v) {
     if (v.empty()) return 0.0;
     std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(v.size() / 2), v.end());
@@ -186,10 +215,12 @@ int cmd_bench(int argc, char** argv) {
         "\"bandwidth_gbs\": %.2f, \"decode_bound_tok_s\": %.2f, \"decode_bw_fraction\": %.4f, "
         "\"decode_window_bandwidth_gbs\": %.2f, \"decode_bw_fraction_best_probe\": %.4f, "
         "\"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f, "
-        "\"prefill_peak_fraction_best_probe\": %.4f, \"repacked_matrices\": %d, \"decode_path\": \"%s\"}\n",
+        "\"prefill_peak_fraction_best_probe\": %.4f, \"repacked_matrices\": %d, \"decode_path\": \"%s\", "
+        "\"sequences\": %lld, \"batched_decode_tok_s\": %.2f, \"batched_speedup\": %.3f}\n",
         lm.path.c_str(), (long long)w.n_params(), bytes, threads, isa_name(ctx.isa), (long long)pp, (long long)tg,
         prefill_tok_s, decode_tok_s, bw, bound, bw_frac, window_gbs, bw_frac_best, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac,
-        pk_frac_best, repacked, decode_path);
+        pk_frac_best, repacked, decode_path, (long long)n_seq, batched_tok_s,
+        decode_tok_s > 0 ? batched_tok_s / decode_tok_s : 0.0);
   } else {
     std::printf("model            %s (%.1fM params, %s read per decoded token)\n", lm.path.c_str(),
                 double(w.n_params()) / 1e6, human_bytes(bytes).c_str());
@@ -207,6 +238,11 @@ int cmd_bench(int argc, char** argv) {
                   "decode = %5.1f%% of its speed (median)\n",
                   window_gbs, (long long)kSegment, 100 * bw_frac);
     }
+    if (batched_tok_s > 0)
+      std::printf("decode  x%-6lld %9.1f tok/s  aggregate, %lld sequences one batch per step = %.2fx one sequence's "
+                  "(%.2f of %lld x)\n",
+                  (long long)n_seq, batched_tok_s, (long long)n_seq, batched_tok_s / decode_tok_s,
+                  batched_tok_s / decode_tok_s / double(n_seq), (long long)n_seq);
   }
   return 0;
 }

@@ -16,5 +16,6 @@ int cmd_data(int argc, char** argv);       // "data prepare ..."
 int cmd_export(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
 int cmd_memory(int argc, char** argv);
+int cmd_logits(int argc, char** argv);
 
 }  // namespace tessera::cli

@@ -3,6 +3,7 @@
 // for decode steps and short prefills; longer prefills run as GEMMs there,
 // with attend_softmax_row between them.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/kernels.h"
@@ -10,13 +11,26 @@
 namespace tessera {
 
 struct DecodeAttnArgs {
+  int64_t row(int64_t j) const { return blocks ? int64_t(blocks[j / block_size]) * block_size + j % block_size : j; }
+  // End of the run of positions from j0 (< j1) whose rows are consecutive (all of them without a block table).
+  int64_t run_end(int64_t j0, int64_t j1) const {
+    if (!blocks) return j1;
+    int64_t b = j0 / block_size, e = (b + 1) * block_size;
+    while (e < j1 && blocks[b + 1] == blocks[b] + 1) ++b, e += block_size;
+    return std::min(e, j1);
+  }
+
   const float* q = nullptr;  // (G, hd), row stride q_stride
   int64_t q_stride = 0;
   int64_t G = 1, hd = 0;
   const void* k = nullptr;   // position j of this KV head at k + j * kv_stride elements, (n, hd)
   const void* v = nullptr;   // the same for values
   bool f16 = false;          // cache elements are IEEE half, else f32
-  int64_t kv_stride = 0;     // elements between consecutive positions
+  int64_t kv_stride = 0;     // elements between consecutive rows
+  // Paged cache (model/kv_cache.h): position j is row blocks[j / block_size] *
+  // block_size + j % block_size; null: position j is row j.
+  const int32_t* blocks = nullptr;
+  int64_t block_size = 0;
   int64_t n = 0;             // positions (>= 1)
   float scale = 1.f;         // applied to q . k before the soft cap and the softmax
   float softcap = 0.f;       // > 0: s = softcap * tanh(s / softcap)

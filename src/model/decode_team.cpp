@@ -39,7 +39,7 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
 // Per KV head (one item per thread in turn): its bias / QK-norm / RoPE and cache
 // store, then its query group's attention. With more threads than KV heads (MQA)
 // a head's group is split, and the heads are prepared first by one thread.
-void Model::team_attention(TeamThread& tt, int64_t l, int64_t pos) {
+void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos) {
   const auto& c = w_.cfg;
   const int64_t group = c.n_heads / c.n_kv_heads;
   const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
@@ -48,19 +48,19 @@ void Model::team_attention(TeamThread& tt, int64_t l, int64_t pos) {
   float* k = c.arch == Arch::Llama ? a_.k : a_.q + c.dim;
   float* v = c.arch == Arch::Llama ? a_.v : a_.q + 2 * c.dim;
   if (split > 1) {
-    if (tt.rank == 0) prep_heads(l, pos, a_.q, k, v, 0, c.n_kv_heads);
+    if (tt.rank == 0) prep_heads(l, seq, pos, a_.q, k, v, 0, c.n_kv_heads);
     tt.barrier();
   }
   for (int64_t it = tt.rank; it < c.n_kv_heads * split; it += tt.size) {
     const int64_t kvh = it / split, g0 = it % split * sub;
-    if (split == 1) prep_heads(l, pos, a_.q, k, v, kvh, kvh + 1);
-    const DecodeAttnArgs a = decode_attn_args(l, pos, kvh, g0, std::min(sub, group - g0), a_.q, a_.att, tt.rank);
+    if (split == 1) prep_heads(l, seq, pos, a_.q, k, v, kvh, kvh + 1);
+    const DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), a_.q, a_.att, tt.rank);
     attend_decode(tt.isa, a);
   }
   tt.barrier();
 }
 
-void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, float* out) {
+void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out) {
   const auto& c = w_.cfg;
   const int64_t C = c.dim, H = c.hidden_dim;
   const uint32_t gen0 = team_.gen_base;
@@ -104,7 +104,7 @@ void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, float* o
         team_matmul(tt, xb, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});
       else
         team_matmul(tt, xb, {{&L.wqkv, a_.q}});  // (3C): q | k | v
-      team_attention(tt, l, pos);                 // -> a_.att (q_dim)
+      team_attention(tt, l, seq, pos);                 // -> a_.att (q_dim)
       team_matmul(tt, a_.att, {{&L.wo, a_.xb}});  // (C)
       residual(a_.xb, L.bo);
       norm(L.ffn_norm, L.ffn_norm_b);

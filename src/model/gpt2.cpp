@@ -6,7 +6,7 @@
 
 namespace tessera {
 
-void Model::gpt2_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
+void Model::gpt2_layer(KernelContext& ctx, int64_t l, int64_t n) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
   const int64_t C = c.dim, H = c.hidden_dim;
@@ -17,9 +17,9 @@ void Model::gpt2_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos) {
   matmul(ctx, L.wqkv, a_.xb, n, a_.q);  // (n, 3C): q | k | v
   per_token(ctx, n, [&](int64_t t) {  // bias, then k / v into the cache
     float* r = a_.q + t * 3 * C;
-    prep_heads(l, pos + t, r, r + C, r + 2 * C, 0, c.n_kv_heads);
+    prep_heads(l, cseq_[t], cpos_[t], r, r + C, r + 2 * C, 0, c.n_kv_heads);
   });
-  attention(ctx, l, n, pos, a_.q, 3 * C);  // -> a_.att (n, C)
+  attention(ctx, l, n, a_.q, 3 * C);  // -> a_.att (n, C)
   matmul(ctx, L.wo, a_.att, n, a_.xb);
   add_bias(ctx, a_.xb, L.bo, n, C);
   per_token(ctx, n, [&](int64_t t) { ops::add(a_.x + t * C, a_.xb + t * C, C); });

@@ -22,7 +22,7 @@ constexpr int64_t kPrefillGemmRows = 8;  // new tokens from which attention runs
 }  // namespace
 
 Model::Model(const Weights& w, const RunOptions& opt)
-    : w_(w), kv_f16_(opt.kv_f16), persistent_team_(opt.persistent_team) {
+    : w_(w), kv_f16_(opt.kv_f16), kv_block_size_(opt.kv_block_size), persistent_team_(opt.persistent_team) {
   const auto& c = w.cfg;
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
   if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
@@ -33,10 +33,14 @@ Model::Model(const Weights& w, const RunOptions& opt)
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
   const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
                            int64_t(max_threads_) * score_rows() * n_ctx_, B * V,
-                           kv_f16_ && max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0};
+                           max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
-  const double kv = 2.0 * double(c.n_layers) * double(n_ctx_) * double(c.kv_dim()) * (kv_f16_ ? 2 : 4);
+  if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
+  const int64_t own_blocks = (n_ctx_ + kv_block_size_ - 1) / kv_block_size_;
+  const double kv = opt.own_cache ? 2.0 * double(c.n_layers) * double(own_blocks * kv_block_size_) *
+                                        double(c.kv_dim()) * (kv_f16_ ? 2 : 4)
+                                  : 0.0;
   require_memory(kv + 4.0 * double(total), "context " + std::to_string(n_ctx_) + ": the KV cache and buffers need",
                  "lower -c");
   arena_.assign(total, 0.f);  // zero-filled: pages are touched now
@@ -57,69 +61,153 @@ Model::Model(const Weights& w, const RunOptions& opt)
     team_scratch_stride_ = team_scratch_bytes(std::max({C, H, c.q_dim()}));
     team_scratch_.assign(size_t(max_threads_) * team_scratch_stride_, 0);
   }
-  kv_bytes_ = size_t(2 * c.n_layers * n_ctx_ * c.kv_dim()) * (kv_f16_ ? 2 : 4);
-  kv_.assign(kv_bytes_, 0);
+  if (opt.own_cache) {
+    own_ = std::make_unique<KVCache>(make_cache(own_blocks));
+    own_->add_seq();
+    own_pos_.resize(size_t(max_batch_));
+    own_seq_.assign(size_t(max_batch_), 0);
+  }
+}
+
+KVCache Model::make_cache(int64_t n_blocks) const {
+  KVCacheOptions o;
+  o.n_blocks = n_blocks, o.block_size = kv_block_size_, o.f16 = kv_f16_;
+  return KVCache(w_.cfg, o);
 }
 
 int64_t Model::score_rows() const {
   return std::max(std::min(kQBlock, max_batch_), w_.cfg.n_heads / w_.cfg.n_kv_heads);
 }
 
-void Model::check(const int32_t* tokens, int64_t n, int64_t pos) const {
+void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache) {
+  const auto& c = w_.cfg;
   if (n <= 0) fail("forward: no tokens");
-  if (pos < 0 || pos + n > n_ctx_)
-    fail("sequence of ", pos + n, " tokens exceeds the context size ", n_ctx_, " (-c)");
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= w_.cfg.vocab_size)
-      fail("token id ", tokens[i], " at position ", pos + i, " is outside the vocabulary (", w_.cfg.vocab_size, ")");
+  if (cache.kv_dim() != c.kv_dim() || cache.f16() != kv_f16_ || cache.k(0) == nullptr)
+    fail("forward: the KV cache was made for another model (kv_dim ", cache.kv_dim(), ", ", cache.f16() ? "f16" : "f32",
+         "; this model: ", c.kv_dim(), ", ", kv_f16_ ? "f16" : "f32", ")");
+  // First position and row count of each sequence in the batch (-1: absent).
+  seq_first_.assign(seq_first_.size(), -1);
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+      fail("token id ", tokens[i], " at position ", pos[i], " is outside the vocabulary (", c.vocab_size, ")");
+    const int32_t s = seq[i];
+    if (!cache.live(s)) fail("forward: row ", i, " names sequence ", s, ", which the KV cache does not hold");
+    if (pos[i] < 0 || pos[i] >= n_ctx_)
+      fail("sequence of ", pos[i] + 1, " tokens exceeds the context size ", n_ctx_, " (-c)");
+    if (size_t(s) >= seq_first_.size()) seq_first_.resize(size_t(s) + 1, -1), seq_count_.resize(size_t(s) + 1, 0);
+    int64_t& first = seq_first_[size_t(s)];
+    if (first < 0) {
+      if (pos[i] > cache.length(s))
+        fail("forward: sequence ", s, " starts at position ", pos[i], " but holds only ", cache.length(s),
+             " positions (a gap)");
+      first = pos[i], seq_count_[size_t(s)] = 1;
+    } else if (pos[i] != first + seq_count_[size_t(s)]) {
+      fail("forward: row ", i, " of sequence ", s, " is at position ", pos[i], ", expected ",
+           first + seq_count_[size_t(s)], " (a sequence's rows must be at consecutive positions)");
+    } else {
+      ++seq_count_[size_t(s)];
+    }
+  }
+  // Room in the pool for every sequence's new positions, before anything changes.
+  int64_t need = 0;
+  for (size_t s = 0; s < seq_first_.size(); ++s)
+    if (seq_first_[s] >= 0) need += cache.rewind_need(int32_t(s), seq_first_[s], seq_count_[s]);
+  if (need > cache.free_blocks())
+    fail("KV cache full: the batch needs ", need, " more blocks of ", cache.block_size(), " positions, ",
+         cache.free_blocks(), " of ", cache.n_blocks(), " are free (raise the context size or the number of KV blocks)");
+  for (size_t s = 0; s < seq_first_.size(); ++s) {
+    if (seq_first_[s] < 0) continue;
+    cache.truncate(int32_t(s), seq_first_[s]);
+    cache.extend(int32_t(s), seq_count_[s]);
+  }
 }
 
 const float* Model::forward(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos) {
-  check(tokens, n, pos);
-  for (int64_t i = 0; i < n; i += max_batch_) {
-    const int64_t m = std::min(max_batch_, n - i);
-    chunk(ctx, tokens + i, m, pos + i, false, a_.logits);
-  }
+  forward_own(ctx, tokens, n, pos, false, a_.logits);
   return a_.logits;
 }
 
 void Model::forward_all(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, float* out) {
-  check(tokens, n, pos);
+  forward_own(ctx, tokens, n, pos, true, out);
+}
+
+void Model::forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out) {
+  if (!own_) fail("forward: this model was built without its own KV cache (RunOptions::own_cache); pass a batch and a cache");
+  if (n <= 0) fail("forward: no tokens");
+  if (pos < 0 || pos + n > n_ctx_) fail("sequence of ", pos + n, " tokens exceeds the context size ", n_ctx_, " (-c)");
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= w_.cfg.vocab_size)
+      fail("token id ", tokens[i], " at position ", pos + i, " is outside the vocabulary (", w_.cfg.vocab_size, ")");
+  if (pos > own_->length(0))
+    fail("forward: position ", pos, " is past the ", own_->length(0), " cached positions (a gap)");
+  own_->truncate(0, pos);
+  own_->extend(0, n);  // the own cache holds n_ctx positions: always room
+  kv_ = own_.get();
   for (int64_t i = 0; i < n; i += max_batch_) {
     const int64_t m = std::min(max_batch_, n - i);
-    chunk(ctx, tokens + i, m, pos + i, true, out + i * w_.cfg.vocab_size);
+    for (int64_t t = 0; t < m; ++t) own_pos_[size_t(t)] = pos + i + t;
+    if (all) {
+      chunk(ctx, tokens + i, own_pos_.data(), own_seq_.data(), m, nullptr, out + i * w_.cfg.vocab_size);
+    } else {
+      // Only the last row's logits, of the last chunk (earlier chunks' go to a_.logits, unread).
+      own_want_.assign(size_t(m), 0);
+      own_want_[size_t(m - 1)] = 1;
+      chunk(ctx, tokens + i, own_pos_.data(), own_seq_.data(), m, own_want_.data(), out);
+    }
   }
 }
 
-void Model::chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out) {
-  if (n == 1 && decodes_as_team(ctx)) return decode_team(ctx, tokens[0], pos, out);
+void Model::forward(KernelContext& ctx, const Batch& b, KVCache& cache, float* out) {
+  const int64_t n = b.size();
+  if (int64_t(b.pos.size()) != n || int64_t(b.seq.size()) != n || int64_t(b.want_logits.size()) != n)
+    fail("forward: the batch's token, pos, seq and want_logits lists differ in length");
+  place_rows(b.token.data(), b.pos.data(), b.seq.data(), n, cache);
+  kv_ = &cache;
+  int64_t done = 0;  // logits rows written
+  for (int64_t i = 0; i < n; i += max_batch_) {
+    const int64_t m = std::min(max_batch_, n - i);
+    chunk(ctx, b.token.data() + i, b.pos.data() + i, b.seq.data() + i, m, b.want_logits.data() + i,
+          out ? out + done * w_.cfg.vocab_size : nullptr);
+    for (int64_t t = i; t < i + m; ++t) done += b.want_logits[size_t(t)];
+  }
+}
+
+void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n,
+                  const uint8_t* want, float* out) {
+  cpos_ = pos, cseq_ = seq;
+  if (n == 1 && decodes_as_team(ctx)) return decode_team(ctx, tokens[0], pos[0], seq[0], want && !want[0] ? a_.logits : out);
   const auto& c = w_.cfg;
   const int64_t C = c.dim;
   // Embedding lookup: x(t) = E[token] (+ P[pos] for GPT-2).
   per_token(ctx, n, [&](int64_t t) {
     dequantize_row(w_.tok_embd, tokens[t], a_.x + t * C);
     if (c.arch == Arch::GPT2) {
-      dequantize_row(w_.pos_embd, pos + t, a_.xb + t * C);
+      dequantize_row(w_.pos_embd, pos[t], a_.xb + t * C);
       ops::add(a_.x + t * C, a_.xb + t * C, C);
     }
   });
   for (int64_t l = 0; l < c.n_layers; ++l) {
     if (c.arch == Arch::Llama)
-      llama_layer(ctx, l, n, pos);
+      llama_layer(ctx, l, n);
     else
-      gpt2_layer(ctx, l, n, pos);
+      gpt2_layer(ctx, l, n);
   }
-  // Final norm and classifier, for all rows or only the last.
-  const int64_t first = all ? 0 : n - 1;
-  per_token(ctx, n - first, [&](int64_t i) {
-    const int64_t t = first + i;
+  // Final norm and classifier, for the wanted rows (packed into the first rows of xb).
+  int64_t n_out = 0;
+  out_rows_.resize(size_t(max_batch_));
+  for (int64_t t = 0; t < n; ++t)
+    if (!want || want[t]) out_rows_[size_t(n_out++)] = t;
+  if (n_out == 0) return;
+  if (!out) fail("forward: rows want logits but no output buffer was given");
+  per_token(ctx, n_out, [&](int64_t i) {
+    const int64_t t = out_rows_[size_t(i)];
     if (c.arch == Arch::Llama)
-      ops::rmsnorm(a_.xb + t * C, a_.x + t * C, w_.out_norm.f32(), C, c.norm_eps);
+      ops::rmsnorm(a_.xb + i * C, a_.x + t * C, w_.out_norm.f32(), C, c.norm_eps);
     else
-      ops::layernorm(a_.xb + t * C, a_.x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
+      ops::layernorm(a_.xb + i * C, a_.x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
   });
-  matmul(ctx, w_.output, a_.xb + first * C, n - first, out);
-  if (c.final_softcap > 0.f) ops::softcap(out, (n - first) * c.vocab_size, c.final_softcap);
+  matmul(ctx, w_.output, a_.xb, n_out, out);
+  if (c.final_softcap > 0.f) ops::softcap(out, n_out * c.vocab_size, c.final_softcap);
 }
 
 void Model::add_bias(KernelContext& ctx, float* y, const TensorView& b, int64_t n, int64_t width) {
@@ -127,7 +215,7 @@ void Model::add_bias(KernelContext& ctx, float* y, const TensorView& b, int64_t 
   per_token(ctx, n, [&](int64_t t) { ops::add(y + t * width, b.f32(), width); });
 }
 
-void Model::prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1) {
+void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
   const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, kvd = c.kv_dim();
@@ -150,10 +238,10 @@ void Model::prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int
     head(k + h * hd, bk, &L.k_norm, h);
     head(v + h * hd, bv, nullptr, h);
   }
-  const size_t es = kv_f16_ ? 2 : 4, at = (size_t(l) * size_t(n_ctx_) + size_t(pos)) * size_t(kvd) + size_t(h0 * hd);
+  const size_t es = kv_->elem_bytes(), at = size_t(kv_->row(seq, pos) * kvd + h0 * hd) * es;
   const int64_t cnt = (h1 - h0) * hd;
-  uint8_t* kc = kv_.data() + at * es;
-  uint8_t* vc = kc + kv_bytes_ / 2;
+  uint8_t* kc = kv_->k(l) + at;
+  uint8_t* vc = kv_->v(l) + at;
   const float* kt = k + h0 * hd;
   const float* vt = v + h0 * hd;
   if (kv_f16_) {
@@ -169,21 +257,22 @@ void Model::prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int
   }
 }
 
-DecodeAttnArgs Model::decode_attn_args(int64_t l, int64_t pos, int64_t kvh, int64_t g0, int64_t G, const float* q,
-                                       float* out, int rank) const {
+DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int64_t kvh, int64_t g0, int64_t G,
+                                       const float* q, float* out, int rank) const {
   const auto& c = w_.cfg;
   const int64_t hd = c.head_dim, kvd = c.kv_dim(), h = kvh * (c.n_heads / c.n_kv_heads) + g0;
-  const size_t es = kv_f16_ ? 2 : 4;
-  const uint8_t* kc = kv_.data() + size_t(l) * size_t(n_ctx_) * size_t(kvd) * es;
+  const size_t es = kv_->elem_bytes();
   DecodeAttnArgs a;
   a.q = q + h * hd;
   a.q_stride = hd;
   a.G = G;
   a.hd = hd;
-  a.k = kc + size_t(kvh * hd) * es;
-  a.v = kc + kv_bytes_ / 2 + size_t(kvh * hd) * es;
+  a.k = kv_->k(l) + size_t(kvh * hd) * es;
+  a.v = kv_->v(l) + size_t(kvh * hd) * es;
   a.f16 = kv_f16_;
   a.kv_stride = kvd;
+  a.blocks = kv_->block_table(seq);
+  a.block_size = kv_->block_size();
   a.n = pos + 1;  // causal: keys 0..pos
   a.scale = 1.f / std::sqrt(float(hd));
   a.softcap = c.attn_softcap;
@@ -193,61 +282,87 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int64_t pos, int64_t kvh, int6
   return a;
 }
 
-// Causal attention of n new tokens (at positions pos..pos+n-1) against the cache,
-// which already holds their keys/values. q rows have stride q_stride; output into a_.att (n, q_dim).
-void Model::attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, const float* q, int64_t q_stride) {
+// Causal attention of the chunk's n rows against the cache, which already holds
+// their keys/values. q rows have stride q_stride; output into a_.att (n, q_dim).
+// A run of kPrefillGemmRows or more rows of one sequence at consecutive
+// positions (a prefill) runs as GEMMs; the other rows one at a time.
+void Model::attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride) {
   const auto& c = w_.cfg;
-  const int64_t hd = c.head_dim, kvd = c.kv_dim(), group = c.n_heads / c.n_kv_heads;
-  const float scale = 1.f / std::sqrt(float(hd));
-  const size_t es = kv_f16_ ? 2 : 4;
-  const uint8_t* kc = kv_.data() + size_t(l) * size_t(n_ctx_) * size_t(kvd) * es;
-  const uint8_t* vc = kc + kv_bytes_ / 2;
-  const int nt = std::min(ctx.n_threads, max_threads_);
-  if (n >= kPrefillGemmRows) {
-    // Prefill: blocks of up to kQBlock query rows of one head against all the keys
-    // they may see, as two single-threaded sgemm calls per task: S = Q K^T (the
-    // causal mask applied row by row in the softmax), O = S V. An f16 cache's
-    // visible keys and values are first widened to f32 (a_.kv32), once per layer.
-    const auto* K = reinterpret_cast<const float*>(kc);
-    const auto* Vv = reinterpret_cast<const float*>(vc);
-    if (kv_f16_) {
-      const TensorView kh = make_view(DType::F16, {n_ctx_, kvd}, kc), vh = make_view(DType::F16, {n_ctx_, kvd}, vc);
-      float* k32 = a_.kv32;
-      float* v32 = a_.kv32 + n_ctx_ * kvd;
-      per_token(ctx, pos + n, [&](int64_t p) {
-        dequantize_row(kh, p, k32 + p * kvd);
-        dequantize_row(vh, p, v32 + p * kvd);
-      });
-      K = k32, Vv = v32;
+  int64_t n_short = 0;
+  short_rows_.resize(size_t(max_batch_));
+  for (int64_t t0 = 0, t1; t0 < n; t0 = t1) {
+    for (t1 = t0 + 1; t1 < n && cseq_[t1] == cseq_[t0] && cpos_[t1] == cpos_[t1 - 1] + 1;) ++t1;
+    if (t1 - t0 >= kPrefillGemmRows) {
+      prefill_attention(ctx, l, t0, t1 - t0, q, q_stride);
+    } else {
+      for (int64_t t = t0; t < t1; ++t) short_rows_[size_t(n_short++)] = t;
     }
-    const int64_t nb = (n + kQBlock - 1) / kQBlock;
-#pragma omp parallel for num_threads(nt) schedule(dynamic)
-    for (int64_t it = 0; it < nb * c.n_heads; ++it) {
-      const int64_t b = it / c.n_heads, h = it % c.n_heads, kvh = h / group;
-      const int64_t t0 = b * kQBlock, rows = std::min(kQBlock, n - t0), n_keys = pos + t0 + rows;
-      float* S = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;  // (rows, n_keys)
-      sgemm(false, true, rows, n_keys, hd, scale, q + t0 * q_stride + h * hd, q_stride, K + kvh * hd, kvd, 0.f, S,
-            n_keys);
-      for (int64_t r = 0; r < rows; ++r)
-        attend_softmax_row(ctx.isa, S + r * n_keys, pos + t0 + r + 1, n_keys, c.attn_softcap);
-      sgemm(false, false, rows, hd, n_keys, 1.f, S, n_keys, Vv + kvh * hd, kvd, 0.f, a_.att + t0 * c.q_dim() + h * hd,
-            c.q_dim());
-    }
-    return;
   }
-  // Decode and short prefills: per token and KV head, its group of query heads
-  // in one kernel call (the keys and values are read once per group). With
-  // fewer (token, KV head) pairs than threads (MQA decode) the groups are split.
-  const int64_t pairs = n * c.n_kv_heads;
+  if (n_short == 0) return;
+  // Decode and short runs: per row and KV head, its group of query heads in one
+  // kernel call (the keys and values are read once per group). With fewer
+  // (row, KV head) pairs than threads (MQA decode) the groups are split.
+  const int nt = std::min(ctx.n_threads, max_threads_);
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  const int64_t pairs = n_short * c.n_kv_heads;
   const int64_t split = std::min<int64_t>(group, (nt + pairs - 1) / pairs);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
   const int64_t items = pairs * split;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t t = it / (c.n_kv_heads * split), kvh = it / split % c.n_kv_heads, g0 = it % split * sub;
-    const DecodeAttnArgs a = decode_attn_args(l, pos + t, kvh, g0, std::min(sub, group - g0), q + t * q_stride,
-                                              a_.att + t * c.q_dim(), omp_get_thread_num());
+    const int64_t t = short_rows_[size_t(it / (c.n_kv_heads * split))], kvh = it / split % c.n_kv_heads,
+                  g0 = it % split * sub;
+    const DecodeAttnArgs a = decode_attn_args(l, cseq_[t], cpos_[t], kvh, g0, std::min(sub, group - g0),
+                                              q + t * q_stride, a_.att + t * c.q_dim(), omp_get_thread_num());
     attend_decode(ctx.isa, a);
+  }
+}
+
+void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q,
+                              int64_t q_stride) {
+  const auto& c = w_.cfg;
+  const int64_t hd = c.head_dim, kvd = c.kv_dim(), group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.f / std::sqrt(float(hd));
+  const int nt = std::min(ctx.n_threads, max_threads_);
+  const int32_t seq = cseq_[t0];
+  const int64_t pos = cpos_[t0], n_vis = pos + rows;  // keys [0, n_vis) of seq
+  // Blocks of up to kQBlock query rows of one head against all the keys they may
+  // see, as two single-threaded sgemm calls per task: S = Q K^T (the causal mask
+  // applied row by row in the softmax), O = S V. The keys and values are read in
+  // place when they are f32 rows consecutive in the pool (a sequence grown
+  // alone), else first gathered (and widened from f16) into a_.kv32.
+  const float* K;
+  const float* Vv;
+  DecodeAttnArgs map;  // the sequence's block table, for its row mapping
+  map.blocks = kv_->block_table(seq);
+  map.block_size = kv_->block_size();
+  if (!kv_f16_ && map.run_end(0, n_vis) == n_vis) {
+    K = reinterpret_cast<const float*>(kv_->k(l)) + map.row(0) * kvd;
+    Vv = reinterpret_cast<const float*>(kv_->v(l)) + map.row(0) * kvd;
+  } else {
+    const int64_t rows_all = kv_->n_blocks() * kv_->block_size();
+    const TensorView kh = make_view(kv_f16_ ? DType::F16 : DType::F32, {rows_all, kvd}, kv_->k(l)),
+                     vh = make_view(kv_f16_ ? DType::F16 : DType::F32, {rows_all, kvd}, kv_->v(l));
+    float* k32 = a_.kv32;
+    float* v32 = a_.kv32 + n_ctx_ * kvd;
+    per_token(ctx, n_vis, [&](int64_t p) {
+      dequantize_row(kh, map.row(p), k32 + p * kvd);
+      dequantize_row(vh, map.row(p), v32 + p * kvd);
+    });
+    K = k32, Vv = v32;
+  }
+  const int64_t nb = (rows + kQBlock - 1) / kQBlock;
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+  for (int64_t it = 0; it < nb * c.n_heads; ++it) {
+    const int64_t b = it / c.n_heads, h = it % c.n_heads, kvh = h / group;
+    const int64_t r0 = b * kQBlock, nr = std::min(kQBlock, rows - r0), n_keys = pos + r0 + nr;
+    float* S = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;  // (nr, n_keys)
+    const float* qb = q + (t0 + r0) * q_stride + h * hd;
+    sgemm(false, true, nr, n_keys, hd, scale, qb, q_stride, K + kvh * hd, kvd, 0.f, S, n_keys);
+    for (int64_t r = 0; r < nr; ++r)
+      attend_softmax_row(ctx.isa, S + r * n_keys, pos + r0 + r + 1, n_keys, c.attn_softcap);
+    sgemm(false, false, nr, hd, n_keys, 1.f, S, n_keys, Vv + kvh * hd, kvd, 0.f,
+          a_.att + (t0 + r0) * c.q_dim() + h * hd, c.q_dim());
   }
 }
 

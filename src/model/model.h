@@ -1,16 +1,25 @@
 // Runs a model's forward pass for inference: prefill (many tokens as matrices)
 // and decode (one token) against a KV cache. All buffers are planned once in the
-// constructor for the worst case (max_batch tokens, n_ctx positions); forward()
-// does not allocate.
+// constructor for the worst case (max_batch tokens, n_ctx positions per
+// sequence); forward() does not allocate.
+//
+// Two ways in: forward(ctx, batch, cache, out) runs rows of any number of
+// sequences of a paged KVCache (model/kv_cache.h) in one pass (matrix products
+// over all rows, each row's attention against its own sequence); the
+// single-sequence forward(ctx, tokens, n, pos) runs sequence 0 of the model's
+// own cache.
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/aligned.h"
 #include "kernels/attention.h"
 #include "kernels/kernels.h"
 #include "kernels/team.h"
+#include "model/batch.h"
+#include "model/kv_cache.h"
 #include "model/weights.h"
 
 namespace tessera {
@@ -24,6 +33,10 @@ struct RunOptions {
   // spinning barrier between phases (kernels/team.h) instead of a parallel
   // region per matrix; same results bit for bit. false = region per matrix.
   bool persistent_team = true;
+  // The model's own cache for the single-sequence forward (one sequence of
+  // n_ctx positions); false when only forward(ctx, batch, cache, out) is used.
+  bool own_cache = true;
+  int64_t kv_block_size = 32;  // positions per KV block
 };
 
 class Model {
@@ -33,19 +46,29 @@ class Model {
   const ModelConfig& config() const { return w_.cfg; }
   const Weights& weights() const { return w_; }
   int64_t n_ctx() const { return n_ctx_; }
-  size_t kv_bytes() const { return kv_bytes_; }
+  size_t kv_bytes() const { return own_ ? own_->bytes() : 0; }
+  // A cache for forward(ctx, batch, ...) with this model's shapes: n_blocks blocks of
+  // RunOptions::kv_block_size positions, f16 when RunOptions::kv_f16.
+  KVCache make_cache(int64_t n_blocks) const;
   // Whether a decode step (one token) on ctx runs as one persistent thread team
   // (RunOptions::persistent_team, 2 threads up to the CPUs available, layers
   // large enough to split across threads, a SIMD matrix-vector kernel for every matrix).
   bool decodes_as_team(const KernelContext& ctx) const;
-  size_t arena_bytes() const { return arena_.size() * sizeof(float) + kv_.size(); }
+  size_t arena_bytes() const { return arena_.size() * sizeof(float) + kv_bytes(); }
 
-  // Runs tokens(n) at positions [pos, pos + n), appending their K/V to the cache,
+  // Runs tokens(n) at positions [pos, pos + n) of the own cache's sequence
+  // (which keeps positions [0, pos) and drops any after), appending their K/V,
   // and returns the last token's logits (V). Throws Error if pos + n exceeds
-  // n_ctx or a token id is out of range.
+  // n_ctx, pos is past the cached positions, or a token id is out of range.
   const float* forward(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos);
   // Same, writing every token's logits into out (n, V).
   void forward_all(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, float* out);
+  // Runs every row of batch against cache (extending each sequence, see
+  // model/batch.h) and writes the logits of the rows with want_logits, in row
+  // order, into out (batch.n_logits(), V). Throws Error, before any change to
+  // the cache, on a bad token, sequence or position, or when the cache's pool
+  // cannot hold the new positions.
+  void forward(KernelContext& ctx, const Batch& batch, KVCache& cache, float* out);
 
  private:
   // Buffers for one chunk of B <= max_batch tokens (shape comments use B).
@@ -59,27 +82,35 @@ class Model {
     float* hb;      // (B, H)
     float* hb2;     // (B, H)
     float* scores;  // (threads, score_rows(), n_ctx)
-    float* kv32;    // f16 cache only: one layer's keys then values as f32 for the prefill GEMMs, (2, n_ctx, kv_dim)
+    float* kv32;    // one sequence's keys then values of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, kv_dim)
     float* logits;  // (B, V)
   };
-  void check(const int32_t* tokens, int64_t n, int64_t pos) const;
-  // One chunk of n <= max_batch tokens; logits of all n rows into out, or of the last row when !all.
-  void chunk(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
-  void llama_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos);
-  void gpt2_layer(KernelContext& ctx, int64_t l, int64_t n, int64_t pos);
+  // The legacy single-sequence call as a batch of sequence 0 of the own cache.
+  void forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
+  // Checks the rows and sets each sequence's length in cache to take them (see forward(batch)).
+  void place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache);
+  // Rows [0, n) of a chunk: their tokens, positions and sequences in kv_. Logits of
+  // the rows with want[t] (all when want is null) into out, in order.
+  void chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n,
+             const uint8_t* want, float* out);
+  void llama_layer(KernelContext& ctx, int64_t l, int64_t n);
+  void gpt2_layer(KernelContext& ctx, int64_t l, int64_t n);
   // Bias, QK-norm and RoPE (Llama; GPT-2: its fused bias only) of one token's
-  // q / k / v rows (at position pos) for the query heads of KV heads [h0, h1)
-  // and those KV heads, then their k / v into the cache.
-  void prep_heads(int64_t l, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1);
-  // One decode step (token at pos) as a persistent team; logits (V) into out.
-  void decode_team(KernelContext& ctx, int32_t token, int64_t pos, float* out);
-  void team_attention(TeamThread& tt, int64_t l, int64_t pos);
+  // q / k / v rows (sequence seq, position pos) for the query heads of KV heads
+  // [h0, h1) and those KV heads, then their k / v into the cache.
+  void prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1);
+  // One decode step (token at pos of seq) as a persistent team; logits (V) into out.
+  void decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out);
+  void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos);
   // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
-  // at pos (its q row and attention-output row) against layer l's cache, with
-  // thread `rank`'s score scratch.
-  DecodeAttnArgs decode_attn_args(int64_t l, int64_t pos, int64_t kvh, int64_t g0, int64_t G, const float* q,
-                                  float* out, int rank) const;
-  void attention(KernelContext& ctx, int64_t l, int64_t n, int64_t pos, const float* q, int64_t q_stride);
+  // at pos of seq (its q row and attention-output row) against layer l's cache,
+  // with thread `rank`'s score scratch.
+  DecodeAttnArgs decode_attn_args(int64_t l, int32_t seq, int64_t pos, int64_t kvh, int64_t g0, int64_t G,
+                                  const float* q, float* out, int rank) const;
+  // Causal attention of the chunk's n rows (q rows q_stride apart) into a_.att.
+  void attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride);
+  // A run of rows [t0, t0 + rows) of one sequence at consecutive positions, as GEMMs.
+  void prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q, int64_t q_stride);
   void add_bias(KernelContext& ctx, float* y, const TensorView& b, int64_t n, int64_t width);
   // f(t) for the n rows t of a chunk (norms, residuals, biases, RoPE: independent
   // per token), over the threads when n is a prefill's (so the GEMMs' other
@@ -100,8 +131,19 @@ class Model {
   bool kv_f16_;
   aligned_vector<float> arena_;
   std::vector<float> rope_cos_, rope_sin_;  // (n_ctx, head_dim / 2) angle tables
-  huge_vector<uint8_t> kv_;  // K then V: (L, n_ctx, kv_dim) each, f32 or f16; huge pages (core/aligned.h)
-  size_t kv_bytes_ = 0;
+  int64_t kv_block_size_;
+  std::unique_ptr<KVCache> own_;  // sequence 0: the single-sequence forward's
+  // The chunk being run: its rows' positions and sequences, and the cache.
+  KVCache* kv_ = nullptr;
+  const int64_t* cpos_ = nullptr;
+  const int32_t* cseq_ = nullptr;
+  // Scratch reused across calls (sized on first use): the legacy call's row
+  // positions / sequences, the rows that attend one at a time, the rows whose
+  // logits are wanted, per-sequence first positions and counts of a batch.
+  std::vector<int64_t> own_pos_;
+  std::vector<int32_t> own_seq_;
+  std::vector<uint8_t> own_want_;
+  std::vector<int64_t> short_rows_, out_rows_, seq_first_, seq_count_;
   Acts a_{};
   // Persistent-team decode: per thread the residual stream x (C), the normalised
   // input (C) and the SwiGLU product (H), floats, team_act_stride_ apart; and the

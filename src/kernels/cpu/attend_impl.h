@@ -21,9 +21,16 @@ inline typename V::reg attn_load(const void* base, int64_t i) {
 // and stay in L1 while every head of the group uses them (16 KiB at head size 64, f32).
 constexpr int64_t kAttnBlock = 64;
 
-// Scores of head q for positions [j0, j1) into s (indexed by position).
+// Element offset of position j's row from k / v, for positions in one run.
+inline const void* attn_row(const void* base, bool f16, int64_t elems) {
+  return static_cast<const uint8_t*>(base) + elems * (f16 ? 2 : 4);
+}
+
+// Scores of head q for positions [j0, j1) into s (indexed by position); their
+// rows are consecutive, position j0's at kb.
 template <class V, int NV, bool F16>
-void attend_scores(const tessera::DecodeAttnArgs& a, const float* q, int64_t j0, int64_t j1, float* s) {
+void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float* q, int64_t j0, int64_t j1,
+                   float* s) {
   using R = typename V::reg;
   constexpr int W = V::W;
   const int64_t st = a.kv_stride;
@@ -32,14 +39,14 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const float* q, int64_t j0,
   int64_t j = j0;
   for (; j + 4 <= j1; j += 4) {
     R acc[4];
-    for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, F16>(a.k, (j + r) * st));
+    for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, F16>(kb, (j - j0 + r) * st));
     for (int v = 1; v < NV; ++v)
-      for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, F16>(a.k, (j + r) * st + W * v), acc[r]);
+      for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, F16>(kb, (j - j0 + r) * st + W * v), acc[r]);
     for (int r = 0; r < 4; ++r) s[j + r] = V::reduce_add(acc[r]) * a.scale;
   }
   for (; j < j1; ++j) {
-    R acc = V::mul(qv[0], attn_load<V, F16>(a.k, j * st));
-    for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, F16>(a.k, j * st + W * v), acc);
+    R acc = V::mul(qv[0], attn_load<V, F16>(kb, (j - j0) * st));
+    for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, F16>(kb, (j - j0) * st + W * v), acc);
     s[j] = V::reduce_add(acc) * a.scale;
   }
 }
@@ -72,9 +79,9 @@ void attend_softmax(float* s, int64_t n, float softcap) {
   for (j = nv; j < n; ++j) s[j] *= inv;
 }
 
-// o += sum over positions [j0, j1) of p[j] v_j.
+// o += sum over positions [j0, j1) of p[j] v_j; their rows are consecutive, position j0's at vb.
 template <class V, int NV, bool F16>
-void attend_values(const tessera::DecodeAttnArgs& a, const float* p, int64_t j0, int64_t j1, float* o) {
+void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float* p, int64_t j0, int64_t j1, float* o) {
   using R = typename V::reg;
   constexpr int W = V::W;
   const int64_t st = a.kv_stride;
@@ -84,31 +91,38 @@ void attend_values(const tessera::DecodeAttnArgs& a, const float* p, int64_t j0,
   for (; j + 2 <= j1; j += 2) {
     const R p0 = V::set1(p[j]), p1 = V::set1(p[j + 1]);
     for (int v = 0; v < NV; ++v) {
-      a0[v] = V::fmadd(p0, attn_load<V, F16>(a.v, j * st + W * v), a0[v]);
-      a1[v] = V::fmadd(p1, attn_load<V, F16>(a.v, (j + 1) * st + W * v), a1[v]);
+      a0[v] = V::fmadd(p0, attn_load<V, F16>(vb, (j - j0) * st + W * v), a0[v]);
+      a1[v] = V::fmadd(p1, attn_load<V, F16>(vb, (j - j0 + 1) * st + W * v), a1[v]);
     }
   }
   if (j < j1) {
     const R p0 = V::set1(p[j]);
-    for (int v = 0; v < NV; ++v) a0[v] = V::fmadd(p0, attn_load<V, F16>(a.v, j * st + W * v), a0[v]);
+    for (int v = 0; v < NV; ++v) a0[v] = V::fmadd(p0, attn_load<V, F16>(vb, (j - j0) * st + W * v), a0[v]);
   }
   for (int v = 0; v < NV; ++v) V::store(o + W * v, V::add(a0[v], a1[v]));
 }
 
 // The G heads, position block by position block (scores of head g in scores[g n, (g + 1) n)).
+// A block is at most kAttnBlock positions and, in a paged cache, ends where
+// the rows stop being consecutive.
 template <class V, int NV, bool F16>
 void attend_group(const tessera::DecodeAttnArgs& a) {
   const int64_t n = a.n;
-  for (int64_t j0 = 0; j0 < n; j0 += kAttnBlock)
-    for (int64_t g = 0; g < a.G; ++g)
-      attend_scores<V, NV, F16>(a, a.q + g * a.q_stride, j0, std::min(n, j0 + kAttnBlock), a.scores + g * n);
+  for (int64_t j0 = 0, j1; j0 < n; j0 = j1) {
+    j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
+    const void* k = attn_row(a.k, F16, a.row(j0) * a.kv_stride);
+    for (int64_t g = 0; g < a.G; ++g) attend_scores<V, NV, F16>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
+  }
   for (int64_t g = 0; g < a.G; ++g) {
     attend_softmax<V>(a.scores + g * n, n, a.softcap);
     std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + a.hd, 0.f);
   }
-  for (int64_t j0 = 0; j0 < n; j0 += kAttnBlock)
+  for (int64_t j0 = 0, j1; j0 < n; j0 = j1) {
+    j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
+    const void* v = attn_row(a.v, F16, a.row(j0) * a.kv_stride);
     for (int64_t g = 0; g < a.G; ++g)
-      attend_values<V, NV, F16>(a, a.scores + g * n, j0, std::min(n, j0 + kAttnBlock), a.out + g * a.out_stride);
+      attend_values<V, NV, F16>(a, v, a.scores + g * n, j0, j1, a.out + g * a.out_stride);
+  }
 }
 
 template <class V, int NV>

@@ -31,14 +31,14 @@ void attend_decode(const DecodeAttnArgs& a) {
     const float* q = a.q + g * a.q_stride;
     for (int64_t j = 0; j < a.n; ++j) {
       float d = 0.f;
-      for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.f16, j * a.kv_stride + i);
+      for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.f16, a.row(j) * a.kv_stride + i);
       s[j] = d * a.scale;
     }
     attend_softmax_row(s, a.n, a.n, a.softcap);
     float* o = a.out + g * a.out_stride;
     std::fill(o, o + a.hd, 0.f);
     for (int64_t j = 0; j < a.n; ++j)
-      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.f16, j * a.kv_stride + i);
+      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.f16, a.row(j) * a.kv_stride + i);
   }
 }
 

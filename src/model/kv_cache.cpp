@@ -1,0 +1,144 @@
+#include "model/kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace tessera {
+
+KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
+    : n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), bs_(opt.block_size), n_blocks_(opt.n_blocks), f16_(opt.f16) {
+  if (bs_ <= 0) fail("KV cache: block size must be > 0, got ", bs_);
+  if (n_blocks_ <= 0) fail("KV cache: the pool needs at least one block, got ", n_blocks_);
+  if (n_blocks_ > INT32_MAX) fail("KV cache: ", n_blocks_, " blocks is more than block ids can name");
+  const double bytes = 2.0 * double(n_layers_) * double(n_blocks_) * double(bs_) * double(kv_dim_) * (f16_ ? 2 : 4);
+  require_memory(bytes, "KV cache of " + std::to_string(n_blocks_) + " blocks of " + std::to_string(bs_) +
+                            " positions", "lower -c or the number of KV blocks");
+  layer_bytes_ = size_t(n_blocks_ * bs_ * kv_dim_) * elem_bytes();
+  data_.assign(size_t(bytes), 0);
+  refs_.assign(size_t(n_blocks_), 0);
+  free_.resize(size_t(n_blocks_));
+  for (int64_t i = 0; i < n_blocks_; ++i) free_[size_t(i)] = int32_t(n_blocks_ - 1 - i);
+}
+
+void KVCache::check_seq(int32_t seq, const char* what) const {
+  if (seq < 0 || size_t(seq) >= seqs_.size() || !seqs_[size_t(seq)].live)
+    fail("KV cache ", what, ": sequence ", seq, " does not exist");
+}
+
+int32_t KVCache::add_seq() {
+  for (size_t i = 0; i < seqs_.size(); ++i)
+    if (!seqs_[i].live) {
+      seqs_[i] = Seq{{}, 0, true};
+      return int32_t(i);
+    }
+  seqs_.push_back(Seq{{}, 0, true});
+  return int32_t(seqs_.size() - 1);
+}
+
+void KVCache::free_seq(int32_t seq) {
+  check_seq(seq, "free");
+  truncate(seq, 0);
+  seqs_[size_t(seq)].live = false;
+}
+
+int32_t KVCache::fork(int32_t src) {
+  check_seq(src, "fork");
+  const int32_t id = add_seq();
+  Seq& s = seqs_[size_t(src)];  // after add_seq: seqs_ may have grown
+  seqs_[size_t(id)].blocks = s.blocks;
+  seqs_[size_t(id)].len = s.len;
+  for (int32_t b : s.blocks) ++refs_[size_t(b)];
+  return id;
+}
+
+void KVCache::truncate(int32_t seq, int64_t n) {
+  check_seq(seq, "truncate");
+  Seq& s = seqs_[size_t(seq)];
+  if (n < 0 || n > s.len) fail("KV cache truncate: sequence ", seq, " has ", s.len, " positions, cannot keep ", n);
+  const size_t keep = size_t((n + bs_ - 1) / bs_);
+  while (s.blocks.size() > keep) {
+    release(s.blocks.back());
+    s.blocks.pop_back();
+  }
+  s.len = n;
+}
+
+int64_t KVCache::length(int32_t seq) const {
+  check_seq(seq, "length");
+  return seqs_[size_t(seq)].len;
+}
+
+bool KVCache::live(int32_t seq) const { return seq >= 0 && size_t(seq) < seqs_.size() && seqs_[size_t(seq)].live; }
+
+int32_t KVCache::n_live() const {
+  int32_t n = 0;
+  for (const auto& s : seqs_) n += s.live;
+  return n;
+}
+
+int64_t KVCache::blocks_needed(int32_t seq, int64_t n) const {
+  check_seq(seq, "extend");
+  const Seq& s = seqs_[size_t(seq)];
+  if (n <= 0) return 0;
+  const int64_t have = int64_t(s.blocks.size()), need = (s.len + n + bs_ - 1) / bs_;
+  // The block holding position len is written: a copy when it is shared.
+  const bool cow = s.len % bs_ != 0 && refs_[size_t(s.blocks[size_t(s.len / bs_)])] > 1;
+  return need - have + (cow ? 1 : 0);
+}
+
+int64_t KVCache::rewind_need(int32_t seq, int64_t keep, int64_t n) const {
+  check_seq(seq, "extend");
+  const Seq& s = seqs_[size_t(seq)];
+  if (keep < 0 || keep > s.len) fail("KV cache: sequence ", seq, " has ", s.len, " positions, cannot keep ", keep);
+  const int64_t held = (keep + bs_ - 1) / bs_;
+  int64_t freed = 0;
+  for (size_t b = size_t(held); b < s.blocks.size(); ++b) freed += refs_[size_t(s.blocks[b])] == 1;
+  if (n <= 0) return -freed;
+  const bool cow = keep % bs_ != 0 && refs_[size_t(s.blocks[size_t(keep / bs_)])] > 1;
+  return (keep + n + bs_ - 1) / bs_ - held + (cow ? 1 : 0) - freed;
+}
+
+void KVCache::extend(int32_t seq, int64_t n) {
+  const int64_t need = blocks_needed(seq, n);
+  if (need > free_blocks())
+    fail("KV cache full: sequence ", seq, " needs ", need, " more blocks of ", bs_, " positions, ", free_blocks(),
+         " of ", n_blocks_, " are free (raise the context size or the number of KV blocks)");
+  if (n <= 0) return;
+  Seq& s = seqs_[size_t(seq)];
+  if (s.len % bs_ != 0) {
+    int32_t& b = s.blocks[size_t(s.len / bs_)];
+    if (refs_[size_t(b)] > 1) {
+      const int32_t copy = take_block();
+      copy_block(copy, b);
+      release(b);
+      b = copy;
+    }
+  }
+  s.len += n;
+  while (int64_t(s.blocks.size()) * bs_ < s.len) s.blocks.push_back(take_block());
+}
+
+int32_t KVCache::take_block() {
+  const int32_t b = free_.back();
+  free_.pop_back();
+  refs_[size_t(b)] = 1;
+  return b;
+}
+
+void KVCache::release(int32_t b) {
+  if (--refs_[size_t(b)] > 0) return;
+  // Keep free_ sorted highest first, so the lowest free id is always taken next.
+  free_.insert(std::upper_bound(free_.begin(), free_.end(), b, std::greater<int32_t>()), b);
+}
+
+void KVCache::copy_block(int32_t dst, int32_t src) {
+  const size_t blk = size_t(bs_ * kv_dim_) * elem_bytes();
+  for (int64_t l = 0; l < n_layers_; ++l) {
+    std::memcpy(k(l) + size_t(dst) * blk, k(l) + size_t(src) * blk, blk);
+    std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,94 @@
+// Paged KV cache: keys and values of many sequences in fixed-size blocks of
+// positions drawn from one pool sized once. Each sequence has a block table
+// (its positions [b * block_size, (b + 1) * block_size) live in pool block
+// table[b]); blocks are reference-counted, so fork() shares a prefix and the
+// first write into a shared block copies it (copy-on-write). truncate() drops
+// positions from the end (rejected speculative tokens, a rewound prompt).
+//
+// Storage, per layer: K then V, each (n_blocks * block_size, kv_dim) rows of
+// f32 or f16. A free block is always taken lowest id first, so a sequence that
+// grows alone gets consecutive blocks: its keys are one contiguous range and the
+// attention kernels read them as one array.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/aligned.h"
+#include "model/config.h"
+
+namespace tessera {
+
+struct KVCacheOptions {
+  int64_t n_blocks = 0;     // blocks in the pool
+  int64_t block_size = 32;  // positions per block
+  bool f16 = false;         // store K/V as IEEE half instead of f32
+};
+
+class KVCache {
+ public:
+  // Throws Error when the sizes are not positive or the pool does not fit in memory.
+  KVCache(const ModelConfig& cfg, const KVCacheOptions& opt);
+
+  // Sequences. Ids are small integers, reused after free_seq.
+  int32_t add_seq();
+  void free_seq(int32_t seq);
+  // A new sequence sharing src's positions (and blocks) as they are now.
+  int32_t fork(int32_t src);
+  // Keeps positions [0, n) of seq (n <= its length); blocks past them are released.
+  void truncate(int32_t seq, int64_t n);
+  int64_t length(int32_t seq) const;
+  bool live(int32_t seq) const;
+  int32_t n_live() const;
+
+  // Makes positions [length, length + n) of seq writable (allocating blocks and
+  // copying a shared block about to be written) and sets its length to
+  // length + n. Throws Error, changing nothing, when the pool runs out.
+  void extend(int32_t seq, int64_t n);
+  // Blocks extend(seq, n) would take from the pool (so a caller can check a whole batch first).
+  int64_t blocks_needed(int32_t seq, int64_t n) const;
+  // Net blocks truncate(seq, keep) then extend(seq, n) would take from the pool:
+  // those taken less those the truncation frees (blocks no other sequence holds).
+  int64_t rewind_need(int32_t seq, int64_t keep, int64_t n) const;
+
+  // Row of position pos of seq in the pool (block_table[pos / bs] * bs + pos % bs).
+  int64_t row(int32_t seq, int64_t pos) const {
+    const auto& t = seqs_[size_t(seq)].blocks;
+    return int64_t(t[size_t(pos / bs_)]) * bs_ + pos % bs_;
+  }
+  const int32_t* block_table(int32_t seq) const { return seqs_[size_t(seq)].blocks.data(); }
+  // Keys (then values) of layer l: (rows, kv_dim) elements of elem_bytes() each.
+  uint8_t* k(int64_t l) { return data_.data() + size_t(l) * 2 * layer_bytes_; }
+  uint8_t* v(int64_t l) { return k(l) + layer_bytes_; }
+  const uint8_t* k(int64_t l) const { return data_.data() + size_t(l) * 2 * layer_bytes_; }
+  const uint8_t* v(int64_t l) const { return k(l) + layer_bytes_; }
+
+  int64_t block_size() const { return bs_; }
+  int64_t n_blocks() const { return n_blocks_; }
+  int64_t free_blocks() const { return int64_t(free_.size()); }
+  int64_t kv_dim() const { return kv_dim_; }
+  bool f16() const { return f16_; }
+  size_t elem_bytes() const { return f16_ ? 2 : 4; }
+  size_t bytes() const { return data_.size(); }
+
+ private:
+  struct Seq {
+    std::vector<int32_t> blocks;
+    int64_t len = 0;
+    bool live = false;
+  };
+  void check_seq(int32_t seq, const char* what) const;
+  int32_t take_block();
+  void release(int32_t block);
+  void copy_block(int32_t dst, int32_t src);
+
+  int64_t n_layers_, kv_dim_, bs_, n_blocks_;
+  bool f16_;
+  size_t layer_bytes_;  // one of K / V of one layer
+  huge_vector<uint8_t> data_;
+  std::vector<int32_t> refs_;  // per block
+  std::vector<int32_t> free_;  // free block ids, highest first (the lowest is taken from the back)
+  std::vector<Seq> seqs_;
+};
+
+}  // namespace tessera
