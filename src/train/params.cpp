@@ -1,5 +1,6 @@
 #include "train/params.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -69,6 +70,13 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
   if (c.arch == Arch::GPT2) out_norm_b = add("output_norm.bias", {C});
   output = c.tied_embeddings ? tok_embd : add("output.weight", {V, C});
   total = (total + kAlign - 1) / kAlign * kAlign;
+}
+
+Layout::Shard Layout::shard(int r, int n) const {
+  if (n <= 0 || r < 0 || r >= n) fail("parameter shard ", r, " of ", n, " does not exist");
+  const size_t blocks = (total + kAlign - 1) / kAlign;  // kAlign-element units
+  const auto edge = [&](int k) { return std::min(total, blocks * size_t(k) / size_t(n) * kAlign); };
+  return {edge(r), edge(r + 1)};
 }
 
 const ParamInfo* Layout::find(const std::string& name) const {

@@ -48,6 +48,13 @@ struct Layout {
 
   explicit Layout(const ModelConfig& cfg);  // validates cfg (Error naming the field)
   const ParamInfo* find(const std::string& name) const;
+  // Rank r's contiguous share [begin, end) of the flat buffer of `total`
+  // elements split over n ranks: near-equal, boundaries on kAlign elements,
+  // together covering [0, total) in rank order (what ZeRO shards).
+  struct Shard {
+    size_t begin = 0, end = 0;
+  };
+  Shard shard(int r, int n) const;
 };
 
 // A parameter-shaped buffer (params, gradients, moments): 64-byte aligned.

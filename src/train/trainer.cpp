@@ -186,11 +186,26 @@ class RunLock {
 };
 }  // namespace
 
-TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const volatile std::sig_atomic_t* stop) {
-  const std::string dir = o.out_dir;
-  Checkpoint ck;
+struct Trainer::State {
+  std::string dir;
+  Checkpoint ck;             // the resumed checkpoint (moved from once loaded)
+  std::string resumed_from;  // its path
+  std::unique_ptr<RunLock> lock;
+  nlohmann::json opts;       // run.json, also stored in every checkpoint
+  History hist;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> metrics{nullptr, std::fclose};
+  int threads = 1;
+  int64_t start = 0;         // the step the run (or resume) started from
+  double val = NAN;          // the last validation loss
+  std::string last_checkpoint;
+};
+
+Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm)
+    : o_(std::move(o)), log_(log), comm_(comm), st_(std::make_unique<State>()) {
+  State& st = *st_;
+  st.dir = o_.out_dir;
+  const std::string& dir = st.dir;
   bool extended = false;  // resumed with a new --steps: run.json records it, so a later --resume keeps it
-  std::string resumed_from;  // the checkpoint a resume loaded
   if (resume) {
     const std::string run = dir + "/run.json";
     if (!fs::exists(run)) fail(dir, ": no run.json: not a training run directory");
@@ -200,75 +215,78 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const vol
     } catch (const nlohmann::json::exception& e) {
       fail(run, ": invalid JSON: ", e.what());
     }
-    const int64_t steps = o.steps;  // the caller may extend the run
-    o = options_from_json(j, run);
-    o.out_dir = dir;
-    extended = steps > 0 && steps != o.steps;
-    if (steps > 0) o.steps = o.sched.total = steps;  // a longer run stretches the cosine to its new end
+    const int64_t steps = o_.steps;  // the caller may extend the run
+    o_ = options_from_json(j, run);
+    o_.out_dir = dir;
+    extended = steps > 0 && steps != o_.steps;
+    if (steps > 0) o_.steps = o_.sched.total = steps;  // a longer run stretches the cosine to its new end
     const std::string last = latest_checkpoint(dir);
     if (last.empty()) fail(dir, ": no checkpoint to resume from");
-    ck = load_checkpoint(last);
-    resumed_from = last;
-    if (steps > 0 && steps <= ck.step)
-      fail("--steps ", steps, ": the run in ", dir, " is already at step ", ck.step,
+    st.ck = load_checkpoint(last);
+    st.resumed_from = last;
+    if (steps > 0 && steps <= st.ck.step)
+      fail("--steps ", steps, ": the run in ", dir, " is already at step ", st.ck.step,
            "; give more steps to extend it");
-    if (ck.step >= o.steps)
-      fail(dir, ": the run is complete (step ", ck.step, "); give --steps N (N > ", ck.step, ") to extend it");
-    std::fprintf(log, "resuming %s from %s (step %lld)\n", dir.c_str(), last.c_str(), (long long)ck.step);
+    if (st.ck.step >= o_.steps)
+      fail(dir, ": the run is complete (step ", st.ck.step, "); give --steps N (N > ", st.ck.step, ") to extend it");
+    if (comm_.is_root())
+      std::fprintf(log_, "resuming %s from %s (step %lld)\n", dir.c_str(), last.c_str(), (long long)st.ck.step);
   } else {
-    o.validate();
+    o_.validate();
     if (!latest_checkpoint(dir).empty())
       fail(dir, ": already holds checkpoints of a run (continue it with --resume ", dir, ", or choose another -o)");
   }
-  const int threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  st.threads = o_.threads > 0 ? o_.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  omp_set_num_threads(st.threads);
+  openblas_set_num_threads(st.threads);
 
-  Dataset data = open_dataset(o.data_dir);
-  ModelConfig cfg = o.model;
+  data_ = open_dataset(o_.data_dir);
+  ModelConfig cfg = o_.model;
   std::optional<LoadedModel> init;
   if (resume) {
-    cfg = ck.cfg;
-  } else if (!o.init_model.empty()) {
-    init = load_model(o.init_model, o.init_tokenizer);
+    cfg = st.ck.cfg;
+  } else if (!o_.init_model.empty()) {
+    init = load_model(o_.init_model, o_.init_tokenizer);
     cfg = init->weights.cfg;
-    o.model = cfg;
+    o_.model = cfg;
   }
-  if (data.vocab_size > cfg.vocab_size)
-    fail(o.data_dir, ": tokens use a vocabulary of ", data.vocab_size, ", the model has only ", cfg.vocab_size);
-  if (o.seq > cfg.max_seq_len) fail("--seq ", o.seq, " exceeds the model's context ", cfg.max_seq_len);
-  if (data.train->size() < o.seq + 1)
-    fail(data.train->path(), ": has ", data.train->size(), " tokens, fewer than one sequence of ", o.seq + 1,
+  if (data_.vocab_size > cfg.vocab_size)
+    fail(o_.data_dir, ": tokens use a vocabulary of ", data_.vocab_size, ", the model has only ", cfg.vocab_size);
+  if (o_.seq > cfg.max_seq_len) fail("--seq ", o_.seq, " exceeds the model's context ", cfg.max_seq_len);
+  if (data_.train->size() < o_.seq + 1)
+    fail(data_.train->path(), ": has ", data_.train->size(), " tokens, fewer than one sequence of ", o_.seq + 1,
          " (use more text or a smaller --seq)");
 
-  const Layout L(cfg);
-  ParamVec p(L.total), g(L.total), m(L.total, 0.f), v(L.total, 0.f);
-  int64_t start = 0;
+  L_ = std::make_unique<Layout>(cfg);
+  const Layout& L = *L_;
+  p_.assign(L.total, 0.f), g_.assign(L.total, 0.f), m_.assign(L.total, 0.f), v_.assign(L.total, 0.f);
   if (resume) {
-    p = std::move(ck.params), m = std::move(ck.m), v = std::move(ck.v);
-    start = ck.step;
+    p_ = std::move(st.ck.params), m_ = std::move(st.ck.m), v_ = std::move(st.ck.v);
+    st.start = st.ck.step;
   } else if (init) {
-    params_from_weights(L, init->weights, p.data());
+    params_from_weights(L, init->weights, p_.data());
   } else {
-    init_params(L, p.data(), o.seed);
+    init_params(L, p_.data(), o_.seed);
   }
   init.reset();
-  const auto mask = decay_mask(L, o.adam);
-  o.mo.bf16 = o.precision == "bf16";
-  Transformer<float> model(L, o.batch, o.seq, o.mo);
-  const int64_t eval_windows = o.eval_batches * o.batch;
+  comm_.broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
+  step_ = st.start;
+  mask_ = decay_mask(L, o_.adam);
+  o_.mo.bf16 = o_.precision == "bf16";
+  model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
+  x_.resize(size_t(o_.batch * o_.seq)), y_.resize(size_t(o_.batch * o_.seq));
 
+  st.opts = options_to_json(o_);
+  if (!comm_.is_root()) return;
   fs::create_directories(dir);
-  const RunLock lock(dir);
+  st.lock = std::make_unique<RunLock>(dir);
   // Checked again under the lock: another run may have written here since the checks above.
-  if (resume ? latest_checkpoint(dir) != resumed_from : !latest_checkpoint(dir).empty())
+  if (resume ? latest_checkpoint(dir) != st.resumed_from : !latest_checkpoint(dir).empty())
     fail(dir, ": another run wrote checkpoints here while this one was starting (newest now ", latest_checkpoint(dir),
          ")");
-  const nlohmann::json opts = options_to_json(o);
-  if (!resume || extended) write_text(dir + "/run.json", opts.dump(2) + "\n");
+  if (!resume || extended) write_text(dir + "/run.json", st.opts.dump(2) + "\n");
 
   // Metrics: on resume keep the lines up to the checkpoint, so the log reads as one run.
-  History hist;
   const std::string metrics = dir + "/metrics.jsonl";
   {
     std::string kept;
@@ -276,120 +294,157 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const vol
       std::istringstream in(read_file(metrics));
       for (std::string line; std::getline(in, line);) {
         nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-        if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() > start) continue;
+        if (j.is_discarded() || !j.contains("step") || j["step"].get<int64_t>() > st.start) continue;
         kept += line + "\n";
-        hist.step.push_back(j["step"].get<double>()), hist.loss.push_back(j.value("loss", NAN));
-        if (j.contains("val_loss")) hist.vstep.push_back(j["step"].get<double>()), hist.vloss.push_back(j["val_loss"].get<double>());
+        st.hist.step.push_back(j["step"].get<double>()), st.hist.loss.push_back(j.value("loss", NAN));
+        if (j.contains("val_loss"))
+          st.hist.vstep.push_back(j["step"].get<double>()), st.hist.vloss.push_back(j["val_loss"].get<double>());
       }
     }
     write_text(metrics, kept);
   }
-  std::FILE* mf = std::fopen(metrics.c_str(), "a");
-  if (!mf) fail(metrics, ": cannot open for writing");
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> mf_guard(mf, std::fclose);
+  st.metrics.reset(std::fopen(metrics.c_str(), "a"));
+  if (!st.metrics) fail(metrics, ": cannot open for writing");
 
-  std::fprintf(log, "model: %s, %lld layers, dim %lld, %lld heads (%lld kv), hidden %lld, vocab %lld: %.2fM params\n",
+  std::fprintf(log_, "model: %s, %lld layers, dim %lld, %lld heads (%lld kv), hidden %lld, vocab %lld: %.2fM params\n",
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
-  std::fprintf(log, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
-               (long long)data.train->size(), (long long)data.val->size(), (long long)o.batch, (long long)o.seq,
-               (long long)o.grad_accum, (long long)(o.batch * o.seq * o.grad_accum), threads);
+  std::fprintf(log_, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
+               (long long)data_.train->size(), (long long)data_.val->size(), (long long)o_.batch, (long long)o_.seq,
+               (long long)o_.grad_accum, (long long)(o_.batch * o_.seq * o_.grad_accum * comm_.size()), st.threads);
+}
 
-  std::vector<int32_t> x(size_t(o.batch * o.seq)), y(size_t(o.batch * o.seq));
-  const int64_t tokens_per_step = o.batch * o.seq * o.grad_accum;
+Trainer::~Trainer() = default;
+
+Trainer::StepStats Trainer::train_step() {
+  const int64_t s = step_;
+  const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * comm_.size();
+  double loss_count[2] = {0, 0};  // summed over micro-batches, then over ranks
+  for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
+    // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
+    const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
+    train_batch(*data_.train, o_.seed, s, mb, o_.batch, o_.seq, x_.data(), y_.data());
+    // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
+    const uint64_t key = (o_.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(mb + 1)) | 1;
+    // The first micro-batch writes g (no zeroing pass); the others add to it.
+    const auto r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(),
+                                            1.f / float(tokens_per_step), key, micro == 0);
+    loss_count[0] += r.loss_sum, loss_count[1] += double(r.count);
+  }
+  comm_.all_reduce_sum(g_.data(), g_.size());
+  comm_.all_reduce_sum(loss_count, 2);
+  StepStats out;
+  out.loss = loss_count[0] / loss_count[1];
+  out.grad_norm = grad_norm(g_.data(), g_.size());
+  out.lr = o_.sched.at(s);
+  if (!std::isfinite(out.loss) || !std::isfinite(out.grad_norm)) {
+    if (!o_.skip_nonfinite) {
+      fail("loss became non-finite at step ", s + 1, " (loss ", out.loss, ", gradient norm ", out.grad_norm,
+           "); the last checkpoint is kept; lower --lr or pass --skip-nonfinite to skip such batches");
+    }
+    out.skipped = true;
+  } else {
+    // Clipping scales g inside the update (no separate pass over g).
+    const float gs = o_.clip > 0 && out.grad_norm > o_.clip ? float(o_.clip / out.grad_norm) : 1.f;
+    adamw_step(p_.data(), g_.data(), m_.data(), v_.data(), mask_.data(), L_->total, s + 1, out.lr, o_.adam,
+               detect_isa(), gs);
+  }
+  ++step_;
+  return out;
+}
+
+double Trainer::evaluate() {
+  st_->val = train::evaluate(*model_, p_.data(), *data_.val, o_.eval_batches * o_.batch);
+  return st_->val;
+}
+
+std::string Trainer::save() {
+  if (!comm_.is_root()) return "";
+  State& st = *st_;
+  Checkpoint c;
+  c.cfg = L_->cfg, c.step = step_, c.extra = st.opts;
+  c.params = p_, c.m = m_, c.v = v_;
+  const std::string path = checkpoint_path(st.dir, step_);
+  try {
+    save_checkpoint(path, c);
+  } catch (const Error& e) {
+    const std::string prev = latest_checkpoint(st.dir);
+    fail("checkpoint at step ", step_, " failed (", e.what(), "); ",
+         prev.empty() ? std::string("no earlier checkpoint") : "the previous checkpoint " + prev + " is intact");
+  }
+  auto all = list_checkpoints(st.dir);
+  for (size_t i = 0; i + size_t(o_.keep) < all.size(); ++i) fs::remove(all[i]);
+  st.last_checkpoint = path;
+  return path;
+}
+
+TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
+  State& st = *st_;
+  const bool root = comm_.is_root();
+  const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * comm_.size();
   TrainSummary sum;
   auto t0 = std::chrono::steady_clock::now();
   int64_t timed_steps = 0;
-  double val = NAN;
-  auto save = [&](int64_t step) {
-    Checkpoint c;
-    c.cfg = cfg, c.step = step, c.extra = opts;
-    c.params = p, c.m = m, c.v = v;
-    const std::string path = checkpoint_path(dir, step);
-    try {
-      save_checkpoint(path, c);
-    } catch (const Error& e) {
-      const std::string prev = latest_checkpoint(dir);
-      fail("checkpoint at step ", step, " failed (", e.what(), "); ",
-           prev.empty() ? std::string("no earlier checkpoint") : "the previous checkpoint " + prev + " is intact");
-    }
-    auto all = list_checkpoints(dir);
-    for (size_t i = 0; i + size_t(o.keep) < all.size(); ++i) fs::remove(all[i]);
-    sum.checkpoint = path;
-  };
-
-  for (int64_t s = start; s < o.steps; ++s) {
-    double loss_sum = 0;
-    int64_t count = 0;
-    for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
-      train_batch(*data.train, o.seed, s, micro, o.batch, o.seq, x.data(), y.data());
-      // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
-      const uint64_t key = (o.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(micro + 1)) | 1;
-      // The first micro-batch writes g (no zeroing pass); the others add to it.
-      const auto r = model.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(tokens_per_step), key,
-                                            micro == 0);
-      loss_sum += r.loss_sum, count += r.count;
-    }
-    const double loss = loss_sum / double(count);
-    double gnorm = grad_norm(g.data(), g.size());
-    const float lr = o.sched.at(s);
-    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
-      if (!o.skip_nonfinite) {
-        fail("loss became non-finite at step ", s + 1, " (loss ", loss, ", gradient norm ", gnorm,
-             "); the last checkpoint is kept; lower --lr or pass --skip-nonfinite to skip such batches");
-      }
-      std::fprintf(log, "step %lld: non-finite loss or gradient, batch skipped\n", (long long)(s + 1));
-    } else {
-      // Clipping scales g inside the update (no separate pass over g).
-      const float gs = o.clip > 0 && gnorm > o.clip ? float(o.clip / gnorm) : 1.f;
-      adamw_step(p.data(), g.data(), m.data(), v.data(), mask.data(), L.total, s + 1, lr, o.adam, detect_isa(), gs);
-    }
-    const int64_t done = s + 1;
+  while (step_ < o_.steps) {
+    const StepStats r = train_step();
+    if (r.skipped && root) std::fprintf(log_, "step %lld: non-finite loss or gradient, batch skipped\n", (long long)step_);
+    const int64_t done = step_;
     ++timed_steps;
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double tok_s = double(timed_steps * tokens_per_step) / el;
-    const bool eval_now = done % o.eval_interval == 0 || done == o.steps;
-    if (eval_now) val = evaluate(model, p.data(), *data.val, eval_windows);
-    nlohmann::json rec = {{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
-                          {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
-    if (eval_now) rec["val_loss"] = val;
-    std::fprintf(mf, "%s\n", rec.dump().c_str());
-    std::fflush(mf);
-    hist.step.push_back(double(done)), hist.loss.push_back(loss);
-    if (eval_now) hist.vstep.push_back(double(done)), hist.vloss.push_back(val);
-    if (done % o.log_interval == 0 || eval_now || done == start + 1) {
-      const double eta = double(o.steps - done) * el / double(timed_steps);
-      char vbuf[32] = "-";
-      if (std::isfinite(val)) std::snprintf(vbuf, sizeof vbuf, "%.4f", val);
-      std::fprintf(log, "step %6lld/%lld | loss %.4f | val %s | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s\n",
-                   (long long)done, (long long)o.steps, loss,
-                   vbuf,
-                   double(lr), gnorm, tok_s, fmt_time(eta).c_str());
-      std::fflush(log);
+    const bool eval_now = done % o_.eval_interval == 0 || done == o_.steps;
+    if (eval_now) evaluate();
+    const double val = st.val;
+    if (root) {
+      nlohmann::json rec = {{"step", done}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                            {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
+      if (eval_now) rec["val_loss"] = val;
+      std::fprintf(st.metrics.get(), "%s\n", rec.dump().c_str());
+      std::fflush(st.metrics.get());
+      st.hist.step.push_back(double(done)), st.hist.loss.push_back(r.loss);
+      if (eval_now) st.hist.vstep.push_back(double(done)), st.hist.vloss.push_back(val);
+      if (done % o_.log_interval == 0 || eval_now || done == st.start + 1) {
+        const double eta = double(o_.steps - done) * el / double(timed_steps);
+        char vbuf[32] = "-";
+        if (std::isfinite(val)) std::snprintf(vbuf, sizeof vbuf, "%.4f", val);
+        std::fprintf(log_, "step %6lld/%lld | loss %.4f | val %s | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s\n",
+                     (long long)done, (long long)o_.steps, r.loss, vbuf, double(r.lr), r.grad_norm, tok_s,
+                     fmt_time(eta).c_str());
+        std::fflush(log_);
+      }
+      if (eval_now) plot(st.dir, st.hist);
     }
-    if (eval_now) plot(dir, hist);
-    const bool out_of_time = o.max_seconds > 0 && el >= o.max_seconds;
-    const bool interrupted = stop && *stop && done < o.steps;
-    if (done % o.ckpt_interval == 0 || done == o.steps || out_of_time || interrupted) save(done);
-    sum.steps = done, sum.last_loss = loss, sum.val_loss = val, sum.tok_per_s = tok_s;
+    const bool out_of_time = o_.max_seconds > 0 && el >= o_.max_seconds;
+    const bool interrupted = stop && *stop && done < o_.steps;
+    if (done % o_.ckpt_interval == 0 || done == o_.steps || out_of_time || interrupted) save();
+    sum.steps = done, sum.last_loss = r.loss, sum.val_loss = val, sum.tok_per_s = tok_s;
+    sum.checkpoint = st.last_checkpoint;
     if (interrupted) {
-      plot(dir, hist);
+      if (root) {
+        plot(st.dir, st.hist);
+        std::fprintf(log_, "interrupted at step %lld; checkpoint %s written (continue with --resume %s)\n",
+                     (long long)done, sum.checkpoint.c_str(), st.dir.c_str());
+      }
       sum.interrupted = true;
-      std::fprintf(log, "interrupted at step %lld; checkpoint %s written (continue with --resume %s)\n",
-                   (long long)done, sum.checkpoint.c_str(), dir.c_str());
       break;
     }
     if (out_of_time) {
       if (!eval_now) {
-        sum.val_loss = evaluate(model, p.data(), *data.val, eval_windows);
-        plot(dir, hist);
+        sum.val_loss = evaluate();
+        if (root) plot(st.dir, st.hist);
       }
-      std::fprintf(log, "time limit reached at step %lld; checkpoint written\n", (long long)done);
+      if (root) std::fprintf(log_, "time limit reached at step %lld; checkpoint written\n", (long long)done);
       break;
     }
   }
   return sum;
+}
+
+TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const volatile std::sig_atomic_t* stop) {
+  LocalCommunicator comm;
+  Trainer t(std::move(o), resume, log, comm);
+  return t.run(stop);
 }
 
 }  // namespace tessera::train

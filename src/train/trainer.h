@@ -6,12 +6,17 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
+#include "train/communicator.h"
+#include "train/data.h"
 #include "train/optim.h"
+#include "train/params.h"
 #include "train/transformer.h"
 
 namespace tessera::train {
@@ -46,11 +51,59 @@ struct TrainSummary {
   bool interrupted = false;   // stopped early by *stop (a checkpoint of the last step was written)
 };
 
-// Runs (or, with resume, continues from out_dir's newest checkpoint) training;
-// progress goes to log (stderr in the CLI).
-// stop, when given, is polled after every optimizer step: once it is non-zero
-// the run writes a checkpoint of that step and returns (interrupted = true).
-// The front end sets it from a signal handler (SIGINT / SIGTERM).
+// One training run: set up (a new run, or a resume from out_dir's newest
+// checkpoint), then step / evaluate / save, or run() for the whole loop.
+// Batches are a pure function of (seed, step, micro-batch, rank); gradients,
+// the loss and the gradient norm go through the Communicator (a no-op for one
+// process), and only the root rank writes run.json, metrics, plots and
+// checkpoints. Resuming reproduces an uninterrupted run bit for bit.
+class Trainer {
+ public:
+  // Validates the options, loads the data and the starting parameters and takes
+  // the run directory's lock. Error naming the flag, file or step on bad input.
+  Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  struct StepStats {
+    double loss = 0, grad_norm = 0;
+    float lr = 0;
+    bool skipped = false;  // non-finite loss or gradient, skipped (--skip-nonfinite)
+  };
+  // One optimizer step: grad_accum micro-batches of forward + backward, the
+  // gradient all-reduce, clipping and AdamW. Error on a non-finite loss unless skipping.
+  StepStats train_step();
+  double evaluate();           // mean validation loss over eval_batches batches
+  std::string save();          // checkpoint of the current step (root only; "" elsewhere)
+  // The loop: steps to options().steps with logging, evaluation, plots and
+  // checkpoints. stop, when given, is polled after every step: once it is
+  // non-zero the run writes a checkpoint of that step and returns (interrupted).
+  // The front end sets it from a signal handler (SIGINT / SIGTERM).
+  TrainSummary run(const volatile std::sig_atomic_t* stop = nullptr);
+
+  int64_t step() const { return step_; }  // optimizer steps done
+  const TrainOptions& options() const { return o_; }
+  const Layout& layout() const { return *L_; }
+  const float* params() const { return p_.data(); }
+
+ private:
+  struct State;  // files and history (trainer.cpp)
+  TrainOptions o_;
+  std::FILE* log_;
+  Communicator& comm_;
+  std::unique_ptr<State> st_;
+  Dataset data_;
+  std::unique_ptr<Layout> L_;
+  ParamVec p_, g_, m_, v_;
+  std::vector<uint8_t> mask_;
+  std::unique_ptr<Transformer<float>> model_;
+  std::vector<int32_t> x_, y_;
+  int64_t step_ = 0;
+};
+
+// Runs (or, with resume, continues) training on one process: a Trainer with a
+// LocalCommunicator; progress goes to log (stderr in the CLI).
 TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log,
                           const volatile std::sig_atomic_t* stop = nullptr);
 
