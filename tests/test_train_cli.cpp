@@ -10,8 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "cli_util.h"
+#include "core/error.h"
 #include "formats/any_tokenizer.h"
 #include "formats/llama2c.h"
 #include "nlohmann/json.hpp"
@@ -368,4 +370,84 @@ TEST(TrainLib, CheckpointStoresTensorsWithoutTheAlignmentPadding) {
   EXPECT_EQ(back.m, ck.m);
   EXPECT_EQ(back.v, ck.v);
   fs::remove(path);
+}
+
+// A run written before the Trainer / KV-cache redesign (tests/fixtures/checkpoint_v1:
+// its token data, run.json and the checkpoint of step 4 of 8, plus the metrics the
+// old binary logged for all 8 steps) resumes and follows the old trajectory.
+TEST(TrainLib, CheckpointFromBeforeTheRedesignResumes) {
+  const std::string fixture = std::string(TESSERA_SOURCE_DIR) + "/tests/fixtures/checkpoint_v1";
+  ASSERT_TRUE(fs::exists(fixture + "/run/ckpt_00000004.bin")) << fixture;
+  const std::string dir = test::temp_path("ckpt_v1");
+  fs::remove_all(dir);
+  fs::copy(fixture, dir, fs::copy_options::recursive);
+  // run.json names its data directory as the old run saw it: point it at the copy.
+  const std::string rj = dir + "/run/run.json";
+  auto j = nlohmann::json::parse(test::slurp(rj));
+  j["data_dir"] = dir + "/data";
+  std::ofstream(rj) << j.dump(2);
+  const auto r = run_cli("train --resume " + q(dir + "/run"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("(step 4)"), std::string::npos) << r.err;
+  std::vector<nlohmann::json> want, got;
+  std::istringstream a(test::slurp(fixture + "/expected_metrics.jsonl")), b(test::slurp(dir + "/run/metrics.jsonl"));
+  for (std::string line; std::getline(a, line);) want.push_back(nlohmann::json::parse(line));
+  for (std::string line; std::getline(b, line);) got.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(want.size(), 8u);
+  ASSERT_EQ(got.size(), 4u);  // steps 5..8 (the fixture carries no metrics of steps 1..4)
+  for (size_t i = 0; i < got.size(); ++i) {
+    const auto& w = want[4 + i];
+    EXPECT_EQ(got[i]["step"], w["step"]);
+    // Same data, same weights and moments: the same losses (to rounding, should the CPU's kernels differ).
+    EXPECT_NEAR(got[i]["loss"].get<double>(), w["loss"].get<double>(), 1e-4) << "step " << w["step"];
+    EXPECT_NEAR(got[i]["grad_norm"].get<double>(), w["grad_norm"].get<double>(), 1e-3) << "step " << w["step"];
+  }
+  fs::remove_all(dir);
+}
+
+// The flat layout splits into contiguous, aligned shards that cover it in rank order.
+TEST(TrainLib, LayoutShardsCoverTheFlatBuffer) {
+  ModelConfig c;
+  c.arch = Arch::Llama, c.dim = 24, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 6;
+  c.hidden_dim = 28, c.vocab_size = 37, c.max_seq_len = 16;
+  const train::Layout L(c);
+  for (int n : {1, 2, 3, 7, 64}) {
+    size_t at = 0;
+    for (int r = 0; r < n; ++r) {
+      const auto s = L.shard(r, n);
+      EXPECT_EQ(s.begin, at) << r << "/" << n;
+      EXPECT_LE(s.begin, s.end);
+      EXPECT_TRUE(s.begin % train::Layout::kAlign == 0) << r << "/" << n;
+      at = s.end;
+    }
+    EXPECT_EQ(at, L.total) << n;
+  }
+  EXPECT_EQ(L.shard(0, 1).end, L.total);
+  EXPECT_THROW(L.shard(2, 2), Error);
+}
+
+// Stepping a Trainer by hand (train_step, evaluate, save) is what run() does.
+TEST_F(TrainCli, TrainerStepsByHandMatchRun) {
+  train::TrainOptions o;
+  o.data_dir = dir_ + "/data";
+  o.model.arch = Arch::Llama, o.model.dim = 32, o.model.n_layers = 1, o.model.n_heads = 4, o.model.n_kv_heads = 2;
+  o.model.head_dim = 8, o.model.hidden_dim = 64, o.model.vocab_size = 320, o.model.max_seq_len = 32;
+  o.batch = 2, o.seq = 32, o.steps = 4, o.eval_interval = 4, o.eval_batches = 1, o.ckpt_interval = 4, o.threads = 2;
+  o.sched.total = 4;
+  std::FILE* devnull = std::fopen("/dev/null", "w");
+  o.out_dir = dir_ + "/by_run";
+  const auto s = train::run_training(o, false, devnull);
+  o.out_dir = dir_ + "/by_hand";
+  train::LocalCommunicator comm;
+  train::Trainer t(o, false, devnull, comm);
+  double loss = 0;
+  while (t.step() < o.steps) loss = t.train_step().loss;
+  EXPECT_EQ(loss, s.last_loss);
+  EXPECT_EQ(t.evaluate(), s.val_loss);
+  const std::string path = t.save();
+  EXPECT_EQ(fs::path(path).filename(), "ckpt_00000004.bin");
+  const auto a = train::load_checkpoint(path), b = train::load_checkpoint(s.checkpoint);
+  EXPECT_EQ(a.params, b.params);
+  EXPECT_EQ(a.m, b.m);
+  std::fclose(devnull);
 }
