@@ -3,29 +3,19 @@
 #include <set>
 
 #include "core/error.h"
+#include "model/arch.h"
 
 namespace tessera {
 
 namespace {
 
-std::string default_name(const char* role, int64_t layer) {
-  return layer >= 0 ? "blk." + std::to_string(layer) + "." + role : std::string(role);
-}
-
-void expect_shape(const std::string& where, const TensorNamer& namer, const char* role, int64_t layer,
-                  const TensorView& t, std::initializer_list<int64_t> want, bool required) {
-  const std::string name = namer ? namer(role, layer) : default_name(role, layer);
-  if (t.empty()) {
-    if (required) fail(where, ": missing tensor ", name);
-    return;
-  }
+void expect_shape(const std::string& where, const std::string& name, const TensorView& t, const std::vector<int64_t>& want) {
+  if (t.empty()) fail(where, ": missing tensor ", name);
   bool ok = t.ndim == int(want.size());
-  int i = 0;
-  for (int64_t w : want) ok = ok && t.shape[i++] == w;
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = t.shape[i] == want[i];
   if (!ok) {
     std::string ws = "[";
-    i = 0;
-    for (int64_t w : want) ws += (i++ ? ", " : "") + std::to_string(w);
+    for (size_t i = 0; i < want.size(); ++i) ws += (i ? ", " : "") + std::to_string(want[i]);
     ws += "]";
     fail(where, ": tensor ", name, " has shape ", shape_str(t), ", config needs ", ws);
   }
@@ -37,44 +27,16 @@ void expect_shape(const std::string& where, const TensorNamer& namer, const char
 }  // namespace
 
 void Weights::validate_shapes(const std::string& where, const TensorNamer& namer) const {
-  const auto& c = cfg;
-  const int64_t C = c.dim, V = c.vocab_size, H = c.hidden_dim;
-  expect_shape(where, namer, "token_embd.weight", -1, tok_embd, {V, C}, true);
-  expect_shape(where, namer, "output_norm.weight", -1, out_norm, {C}, true);
-  expect_shape(where, namer, "output.weight", -1, output, {V, C}, true);
-  if (c.arch == Arch::GPT2) {
-    expect_shape(where, namer, "position_embd.weight", -1, pos_embd, {c.max_seq_len, C}, true);
-    expect_shape(where, namer, "output_norm.bias", -1, out_norm_b, {C}, true);
-  }
-  if (int64_t(layers.size()) != c.n_layers)
-    fail(where, ": has ", layers.size(), " layers of tensors, config says n_layers = ", c.n_layers);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const auto& L = layers[size_t(l)];
-    expect_shape(where, namer, "attn_norm.weight", l, L.attn_norm, {C}, true);
-    expect_shape(where, namer, "ffn_norm.weight", l, L.ffn_norm, {C}, true);
-    expect_shape(where, namer, "attn_output.weight", l, L.wo, {C, c.q_dim()}, true);
-    expect_shape(where, namer, "ffn_up.weight", l, L.w_up, {H, C}, true);
-    expect_shape(where, namer, "ffn_down.weight", l, L.w_down, {C, H}, true);
-    if (c.arch == Arch::Llama) {
-      expect_shape(where, namer, "attn_q.weight", l, L.wq, {c.q_dim(), C}, true);
-      expect_shape(where, namer, "attn_k.weight", l, L.wk, {c.kv_dim(), C}, true);
-      expect_shape(where, namer, "attn_v.weight", l, L.wv, {c.kv_dim(), C}, true);
-      expect_shape(where, namer, "ffn_gate.weight", l, L.w_gate, {H, C}, true);
-      expect_shape(where, namer, "attn_q.bias", l, L.bq, {c.q_dim()}, c.qkv_bias);
-      expect_shape(where, namer, "attn_k.bias", l, L.bk, {c.kv_dim()}, c.qkv_bias);
-      expect_shape(where, namer, "attn_v.bias", l, L.bv, {c.kv_dim()}, c.qkv_bias);
-      expect_shape(where, namer, "attn_q_norm.weight", l, L.q_norm, {c.head_dim}, c.qk_norm);
-      expect_shape(where, namer, "attn_k_norm.weight", l, L.k_norm, {c.head_dim}, c.qk_norm);
-    } else {
-      expect_shape(where, namer, "attn_qkv.weight", l, L.wqkv, {3 * C, C}, true);
-      expect_shape(where, namer, "attn_qkv.bias", l, L.bqkv, {3 * C}, true);
-      expect_shape(where, namer, "attn_output.bias", l, L.bo, {C}, true);
-      expect_shape(where, namer, "attn_norm.bias", l, L.attn_norm_b, {C}, true);
-      expect_shape(where, namer, "ffn_norm.bias", l, L.ffn_norm_b, {C}, true);
-      expect_shape(where, namer, "ffn_up.bias", l, L.b_up, {H}, true);
-      expect_shape(where, namer, "ffn_down.bias", l, L.b_down, {C}, true);
-    }
-  }
+  if (int64_t(layers.size()) != cfg.n_layers)
+    fail(where, ": has ", layers.size(), " layers of tensors, config says n_layers = ", cfg.n_layers);
+  // Every tensor the architecture's table says this config has (an untied
+  // output is checked as the output; a tied one is the embedding).
+  for_each_tensor_spec(arch_desc(cfg.arch), cfg, [&](const TensorSpec& s, int64_t l) {
+    const std::string name = namer ? namer(s.gguf, s.is_layer() ? l : -1) : gguf_tensor_name(s, l);
+    expect_shape(where, name, slot_ref(*this, s.slot, l), s.shape(cfg, l));
+  });
+  if (cfg.tied_embeddings && output.data != tok_embd.data)
+    expect_shape(where, namer ? namer("output.weight", -1) : "output.weight", output, {cfg.vocab_size, cfg.dim});
 }
 
 template <typename F>

@@ -1,12 +1,12 @@
 #include "train/memory.h"
 
 #include <algorithm>
-
 #include <cmath>
 #include <cstdio>
 #include <limits>
 
 #include "core/error.h"
+#include "model/arch.h"
 
 namespace tessera::train {
 
@@ -51,25 +51,7 @@ DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p) {
   return m;
 }
 
-int64_t count_params(const ModelConfig& c) {
-  const int64_t C = c.dim, H = c.hidden_dim, V = c.vocab_size, L = c.n_layers;
-  int64_t n = V * C + (c.tied_embeddings ? 0 : V * C);  // tok_embd (V, C), output (V, C) unless tied
-  if (c.arch == Arch::Llama) {
-    n += C;  // final RMSNorm gain
-    int64_t layer = 2 * C;                                      // two RMSNorm gains
-    layer += c.q_dim() * C + 2 * c.kv_dim() * C;                // wq (q, C), wk, wv (kv, C)
-    if (c.qkv_bias) layer += c.q_dim() + 2 * c.kv_dim();        // Qwen2 q/k/v biases
-    layer += C * c.q_dim();                                     // wo (C, q)
-    layer += 3 * H * C;                                         // w_gate, w_up (H, C), w_down (C, H)
-    return n + L * layer;
-  }
-  n += c.max_seq_len * C + 2 * C;                               // pos_embd (T, C), final LayerNorm gain + bias
-  int64_t layer = 4 * C;                                        // two LayerNorms, gain + bias each
-  layer += 3 * C * C + 3 * C;                                   // fused wqkv (3C, C) + bias
-  layer += C * C + C;                                           // wo (C, C) + bias
-  layer += H * C + H + C * H + C;                               // w_up (H, C) + bias, w_down (C, H) + bias
-  return n + L * layer;
-}
+int64_t count_params(const ModelConfig& c) { return tessera::count_params(c); }  // the architecture's table
 
 // Activations saved for backward by a standard (non-fused, non-flash) implementation,
 // per token, elements in the activation dtype (a bytes) unless noted; T = seq:

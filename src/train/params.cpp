@@ -6,14 +6,14 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
 
 namespace tessera::train {
 
 Layout::Layout(const ModelConfig& c) : cfg(c) {
   c.validate("model config");
   if (c.arch == Arch::Llama && c.head_dim * c.n_heads != c.q_dim()) fail("model config: bad head_dim");
-  const int64_t C = c.dim, H = c.hidden_dim, V = c.vocab_size;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool emb = false) {
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool emb) {
     ParamInfo p;
     p.name = name;
     p.shape = std::move(shape);
@@ -27,48 +27,20 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
     tensors.push_back(p);
     return p.offset;
   };
-  auto blk = [](int64_t l, const char* role) { return "blk." + std::to_string(l) + "." + role; };
-  tok_embd = add("token_embd.weight", {V, C}, true);
-  if (c.arch == Arch::GPT2) pos_embd = add("position_embd.weight", {c.max_seq_len, C}, true);
+  // The architecture's tensors in its table's order (the checkpoint layout).
   layers.resize(size_t(c.n_layers));
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    auto& L = layers[size_t(l)];
-    L.attn_norm = add(blk(l, "attn_norm.weight"), {C});
-    if (c.arch == Arch::Llama) {
-      L.wq = add(blk(l, "attn_q.weight"), {c.q_dim(), C});
-      L.wk = add(blk(l, "attn_k.weight"), {c.kv_dim(), C});
-      L.wv = add(blk(l, "attn_v.weight"), {c.kv_dim(), C});
-      if (c.qk_norm) {
-        L.q_norm = add(blk(l, "attn_q_norm.weight"), {c.head_dim});
-        L.k_norm = add(blk(l, "attn_k_norm.weight"), {c.head_dim});
-      }
-      if (c.qkv_bias) {
-        L.bq = add(blk(l, "attn_q.bias"), {c.q_dim()});
-        L.bk = add(blk(l, "attn_k.bias"), {c.kv_dim()});
-        L.bv = add(blk(l, "attn_v.bias"), {c.kv_dim()});
-      }
-      L.wo = add(blk(l, "attn_output.weight"), {C, c.q_dim()});
-      L.ffn_norm = add(blk(l, "ffn_norm.weight"), {C});
-      L.w_gate = add(blk(l, "ffn_gate.weight"), {H, C});
-      L.w_up = add(blk(l, "ffn_up.weight"), {H, C});
-      L.w_down = add(blk(l, "ffn_down.weight"), {C, H});
-    } else {
-      L.attn_norm_b = add(blk(l, "attn_norm.bias"), {C});
-      L.wqkv = add(blk(l, "attn_qkv.weight"), {3 * C, C});
-      L.bqkv = add(blk(l, "attn_qkv.bias"), {3 * C});
-      L.wo = add(blk(l, "attn_output.weight"), {C, C});
-      L.bo = add(blk(l, "attn_output.bias"), {C});
-      L.ffn_norm = add(blk(l, "ffn_norm.weight"), {C});
-      L.ffn_norm_b = add(blk(l, "ffn_norm.bias"), {C});
-      L.w_up = add(blk(l, "ffn_up.weight"), {H, C});
-      L.b_up = add(blk(l, "ffn_up.bias"), {H});
-      L.w_down = add(blk(l, "ffn_down.weight"), {C, H});
-      L.b_down = add(blk(l, "ffn_down.bias"), {C});
+  for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
+    const size_t off = add(gguf_tensor_name(s, l), s.shape(c, l), s.kind == TensorKind::Embedding);
+    switch (s.slot) {
+      case Slot::TokEmbd: tok_embd = off; break;
+      case Slot::PosEmbd: pos_embd = off; break;
+      case Slot::OutNorm: out_norm = off; break;
+      case Slot::OutNormB: out_norm_b = off; break;
+      case Slot::Output: output = off; break;
+      default: *layers[size_t(l)].slots()[size_t(int(s.slot) - kGlobalSlots)] = off;
     }
-  }
-  out_norm = add("output_norm.weight", {C});
-  if (c.arch == Arch::GPT2) out_norm_b = add("output_norm.bias", {C});
-  output = c.tied_embeddings ? tok_embd : add("output.weight", {V, C});
+  });
+  if (c.tied_embeddings) output = tok_embd;
   total = (total + kAlign - 1) / kAlign * kAlign;
 }
 

@@ -3,6 +3,7 @@
 // optimizer runs over plain arrays. Tensor roles use GGUF's names
 // ("attn_q.weight" in layer l is blk.l.attn_q.weight).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -31,6 +32,12 @@ struct LayerOffsets {
   size_t ffn_norm = kAbsent, ffn_norm_b = kAbsent;
   size_t w_gate = kAbsent, w_up = kAbsent, w_down = kAbsent, b_up = kAbsent, b_down = kAbsent;
   size_t q_norm = kAbsent, k_norm = kAbsent;  // QK-norm gains (head_dim)
+
+  // Every slot, in LayerWeights::slots() order (model/arch.h's Slot enum).
+  std::array<size_t*, 21> slots() {
+    return {&attn_norm, &attn_norm_b, &wq, &wk, &wv, &bq, &bk, &bv, &wqkv, &bqkv, &wo, &bo, &ffn_norm, &ffn_norm_b,
+            &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm};
+  }
 };
 
 struct Layout {

@@ -1,0 +1,69 @@
+// The Llama family: RMSNorm, RoPE, GQA/MQA attention, SwiGLU feed-forward.
+// Variants by tensors present: Qwen2 (q/k/v biases), Qwen3 (QK-norm gains),
+// untied output. GGUF "llama" / "qwen2" / "qwen3"; Hugging Face
+// LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM.
+// The block: model/llama.cpp (inference), train/blocks.cpp (training).
+#include "model/arch.h"
+
+namespace tessera {
+
+namespace {
+using Shape = std::vector<int64_t>;
+bool untied(const ModelConfig& c, int64_t) { return !c.tied_embeddings; }
+bool biased(const ModelConfig& c, int64_t) { return c.qkv_bias; }
+bool normed(const ModelConfig& c, int64_t) { return c.qk_norm; }
+Shape vc(const ModelConfig& c, int64_t) { return {c.vocab_size, c.dim}; }
+Shape c1(const ModelConfig& c, int64_t) { return {c.dim}; }
+Shape qc(const ModelConfig& c, int64_t) { return {c.q_dim(), c.dim}; }
+Shape kvc(const ModelConfig& c, int64_t) { return {c.kv_dim(), c.dim}; }
+Shape q1(const ModelConfig& c, int64_t) { return {c.q_dim()}; }
+Shape kv1(const ModelConfig& c, int64_t) { return {c.kv_dim()}; }
+Shape hd1(const ModelConfig& c, int64_t) { return {c.head_dim}; }
+Shape cq(const ModelConfig& c, int64_t) { return {c.dim, c.q_dim()}; }
+Shape hc(const ModelConfig& c, int64_t) { return {c.hidden_dim, c.dim}; }
+Shape ch(const ModelConfig& c, int64_t) { return {c.dim, c.hidden_dim}; }
+constexpr auto M = TensorKind::Matrix, E = TensorKind::Embedding, V = TensorKind::Vector;
+}  // namespace
+
+extern const ArchDesc kLlamaArch;
+const ArchDesc kLlamaArch{
+    Arch::Llama,
+    "llama",
+    {"llama", "qwen2", "qwen3"},
+    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"},
+    // head
+    {{Slot::TokEmbd, "token_embd.weight", "model.embed_tokens.weight", E, vc}},
+    // layer
+    {{Slot::AttnNorm, "attn_norm.weight", "input_layernorm.weight", V, c1},
+     {Slot::Wq, "attn_q.weight", "self_attn.q_proj.weight", M, qc},
+     {Slot::Wk, "attn_k.weight", "self_attn.k_proj.weight", M, kvc},
+     {Slot::Wv, "attn_v.weight", "self_attn.v_proj.weight", M, kvc},
+     {Slot::QNorm, "attn_q_norm.weight", "self_attn.q_norm.weight", V, hd1, normed, &ModelConfig::qk_norm},
+     {Slot::KNorm, "attn_k_norm.weight", "self_attn.k_norm.weight", V, hd1, normed, &ModelConfig::qk_norm},
+     {Slot::Bq, "attn_q.bias", "self_attn.q_proj.bias", V, q1, biased, &ModelConfig::qkv_bias},
+     {Slot::Bk, "attn_k.bias", "self_attn.k_proj.bias", V, kv1, biased, &ModelConfig::qkv_bias},
+     {Slot::Bv, "attn_v.bias", "self_attn.v_proj.bias", V, kv1, biased, &ModelConfig::qkv_bias},
+     {Slot::Wo, "attn_output.weight", "self_attn.o_proj.weight", M, cq},
+     {Slot::FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", V, c1},
+     {Slot::WGate, "ffn_gate.weight", "mlp.gate_proj.weight", M, hc},
+     {Slot::WUp, "ffn_up.weight", "mlp.up_proj.weight", M, hc},
+     {Slot::WDown, "ffn_down.weight", "mlp.down_proj.weight", M, ch}},
+    // tail
+    {{Slot::OutNorm, "output_norm.weight", "model.norm.weight", V, c1},
+     {Slot::Output, "output.weight", "lm_head.weight", M, vc, untied}},
+    "model.layers.",
+    "",
+    {{"embedding_length", "hidden_size", &ModelConfig::dim, nullptr, true},
+     {"block_count", "num_hidden_layers", &ModelConfig::n_layers, nullptr, true},
+     {"feed_forward_length", "intermediate_size", &ModelConfig::hidden_dim, nullptr, true},
+     {"attention.head_count", "num_attention_heads", &ModelConfig::n_heads, nullptr, true},
+     {"attention.head_count_kv", "num_key_value_heads", &ModelConfig::n_kv_heads},
+     {"context_length", "max_position_embeddings", &ModelConfig::max_seq_len, nullptr, true},
+     {"attention.layer_norm_rms_epsilon", "rms_norm_eps", nullptr, &ModelConfig::norm_eps},
+     {"rope.freq_base", "rope_theta", nullptr, &ModelConfig::rope_theta},
+     // Gemma-2's soft-capping keys (llama.cpp's and transformers' names).
+     {"attn_logit_softcapping", "attn_logit_softcapping", nullptr, &ModelConfig::attn_softcap, false, false},
+     {"final_logit_softcapping", "final_logit_softcapping", nullptr, &ModelConfig::final_softcap, false, false}},
+};
+
+}  // namespace tessera
