@@ -7,14 +7,13 @@
 #include "core/error.h"
 #include "formats/model_io.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
 #include "model/rope_scaling.h"
 #include "tokenizer/pretokenizer.h"
 
 namespace tessera {
 
 namespace {
-
-std::string blk(int64_t l, const char* name) { return "blk." + std::to_string(l) + "." + name; }
 
 uint32_t file_type_of(DType t) {
   switch (t) {
@@ -58,52 +57,39 @@ std::vector<float> gguf_rope_factors(const gguf::File& f, const std::string& p, 
 
 }  // namespace
 
+// Every general.architecture value a registered architecture reads.
+std::string supported_gguf_archs() {
+  std::string r;
+  for (const ArchDesc* d : architectures())
+    for (const auto& n : d->gguf_archs) r += (r.empty() ? "" : ", ") + n;
+  return r;
+}
+
 Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   const std::string& path = f->path();
   const std::string arch = f->get_string("general.architecture");
+  const ArchDesc* d = find_arch_gguf(arch);
+  if (!d) fail(path, ": general.architecture '", arch, "' is not supported (supported: ", supported_gguf_archs(), ")");
   Weights w;
   auto& c = w.cfg;
-  if (arch == "llama" || arch == "qwen2" || arch == "qwen3")
-    c.arch = Arch::Llama;
-  else if (arch == "gpt2")
-    c.arch = Arch::GPT2;
-  else
-    fail(path, ": general.architecture '", arch, "' is not supported (supported: llama, qwen2, qwen3, gpt2)");
+  c.arch = d->arch;
   const std::string p = arch + ".";
   c.name = f->get_string_or("general.name", "");
-  c.dim = f->get_int(p + "embedding_length");
-  c.n_layers = f->get_int(p + "block_count");
-  c.hidden_dim = f->get_int(p + "feed_forward_length");
-  c.n_heads = f->get_int(p + "attention.head_count");
-  c.n_kv_heads = f->get_int_or(p + "attention.head_count_kv", c.n_heads);
-  c.max_seq_len = f->get_int(p + "context_length");
+  // The architecture's plain keys; defaults first.
+  c.n_kv_heads = 0, c.norm_eps = 1e-5f, c.rope_theta = 10000.f;
+  for (const ConfigKey& k : d->keys) {
+    if (!k.gguf) continue;
+    const std::string key = p + k.gguf;
+    if (k.i64 && (k.gguf_required || f->find(key))) c.*k.i64 = f->get_int(key);
+    if (k.f32 && (k.gguf_required || f->find(key))) c.*k.f32 = float(f->get_float(key));
+  }
+  if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
   if (c.n_heads <= 0) fail(path, ": ", p, "attention.head_count must be positive, got ", c.n_heads);
   c.head_dim = f->get_int_or(p + "attention.key_length", c.dim / c.n_heads);
   const auto& emb = f->tensor("token_embd.weight");
   if (emb.shape.size() != 2) fail(path, ": tensor token_embd.weight must be 2-D, has ", emb.shape.size(), " dims");
   c.vocab_size = emb.shape[0];
-  std::set<std::string> used = {"token_embd.weight"};  // every tensor the model reads
-  auto T = [&](const std::string& name) {
-    used.insert(name);
-    return f->tensor(name).view;
-  };
-  auto opt = [&](const std::string& name) {
-    used.insert(name);
-    const auto* t = f->find_tensor(name);
-    return t ? t->view : TensorView{};
-  };
-  w.tok_embd = emb.view;
-  w.out_norm = T("output_norm.weight");
-  w.output = opt("output.weight");
-  c.tied_embeddings = w.output.empty();
-  if (c.tied_embeddings) w.output = w.tok_embd;
-  w.layers.resize(size_t(std::max<int64_t>(c.n_layers, 0)));
   if (c.arch == Arch::Llama) {
-    c.norm_eps = float(f->get_float_or(p + "attention.layer_norm_rms_epsilon", 1e-5));
-    c.rope_theta = float(f->get_float_or(p + "rope.freq_base", 10000.0));
-    // Soft-capping keys as llama.cpp names them for gemma2.
-    c.attn_softcap = float(f->get_float_or(p + "attn_logit_softcapping", 0.0));
-    c.final_softcap = float(f->get_float_or(p + "final_logit_softcapping", 0.0));
     // llama.cpp runs "llama" with adjacent-pair RoPE (its converter permutes HF weights), "qwen2" and
     // "qwen3" (QK-norm) with NeoX style.
     c.rope_style = arch == "llama" ? ops::RopeStyle::Interleaved : ops::RopeStyle::HalfSplit;
@@ -111,48 +97,27 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     if (rot != c.head_dim)
       fail(path, ": ", p, "rope.dimension_count = ", rot, " (partial rotary) is not supported; head_dim is ", c.head_dim);
     c.rope_freq_factors = gguf_rope_factors(*f, p, c.head_dim);
-    used.insert("rope_freqs.weight");
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      auto& L = w.layers[size_t(l)];
-      L.attn_norm = T(blk(l, "attn_norm.weight"));
-      L.wq = T(blk(l, "attn_q.weight"));
-      L.wk = T(blk(l, "attn_k.weight"));
-      L.wv = T(blk(l, "attn_v.weight"));
-      L.bq = opt(blk(l, "attn_q.bias"));
-      L.bk = opt(blk(l, "attn_k.bias"));
-      L.bv = opt(blk(l, "attn_v.bias"));
-      L.wo = T(blk(l, "attn_output.weight"));
-      L.ffn_norm = T(blk(l, "ffn_norm.weight"));
-      L.w_gate = T(blk(l, "ffn_gate.weight"));
-      L.w_up = T(blk(l, "ffn_up.weight"));
-      L.w_down = T(blk(l, "ffn_down.weight"));
-      if (!L.bq.empty()) c.qkv_bias = true;
-      L.q_norm = opt(blk(l, "attn_q_norm.weight"));
-      L.k_norm = opt(blk(l, "attn_k_norm.weight"));
-      if (!L.q_norm.empty()) c.qk_norm = true;
-      if (f->find_tensor(blk(l, "attn_output.bias")))
-        fail(path, ": tensor ", blk(l, "attn_output.bias"), " (output projection bias) is not supported for ", arch);
-    }
-  } else {
-    c.norm_eps = float(f->get_float_or(p + "attention.layer_norm_epsilon", 1e-5));
-    w.pos_embd = T("position_embd.weight");
-    w.out_norm_b = T("output_norm.bias");
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      auto& L = w.layers[size_t(l)];
-      L.attn_norm = T(blk(l, "attn_norm.weight"));
-      L.attn_norm_b = T(blk(l, "attn_norm.bias"));
-      L.wqkv = T(blk(l, "attn_qkv.weight"));
-      L.bqkv = T(blk(l, "attn_qkv.bias"));
-      L.wo = T(blk(l, "attn_output.weight"));
-      L.bo = T(blk(l, "attn_output.bias"));
-      L.ffn_norm = T(blk(l, "ffn_norm.weight"));
-      L.ffn_norm_b = T(blk(l, "ffn_norm.bias"));
-      L.w_up = T(blk(l, "ffn_up.weight"));
-      L.b_up = T(blk(l, "ffn_up.bias"));
-      L.w_down = T(blk(l, "ffn_down.weight"));
-      L.b_down = T(blk(l, "ffn_down.bias"));
-    }
   }
+  // The tensors of the architecture's table. Conditional ones are optional in
+  // the file; finding one turns its config flag on (Qwen2's biases, QK-norm).
+  std::set<std::string> used;  // every tensor the model reads
+  if (c.arch == Arch::Llama) used.insert("rope_freqs.weight");  // read above
+  w.layers.resize(size_t(std::max<int64_t>(c.n_layers, 0)));
+  auto load = [&](const TensorSpec& s, int64_t l) {
+    const std::string name = gguf_tensor_name(s, l);
+    used.insert(name);
+    const auto* t = f->find_tensor(name);
+    if (!t && !s.present) f->tensor(name);  // a required tensor: the reader's "missing tensor" error
+    if (!t) return;
+    slot_ref(w, s.slot, l) = t->view;
+    if (s.flag) c.*s.flag = true;
+  };
+  for (const auto& s : d->head) load(s, -1);
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    for (const auto& s : d->layer) load(s, l);
+  for (const auto& s : d->tail) load(s, -1);
+  c.tied_embeddings = w.output.empty();
+  if (c.tied_embeddings) w.output = w.tok_embd;
   // A tensor the model does not read is a feature it would silently drop (MoE experts,
   // FFN biases, extra norms...): refuse, as llama.cpp refuses unexpected tensors.
   for (const auto& t : f->tensors())
@@ -238,18 +203,13 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
                                 : w.layers.empty() ? DType::F32 : w.layers[0].wqkv.dtype;
   g.set_u32("general.file_type", file_type_of(main_type));
   if (main_type == DType::Q8_0 || main_type == DType::Q4_0) g.set_u32("general.quantization_version", 2);
-  g.set_u32(p + "context_length", uint32_t(c.max_seq_len));
-  g.set_u32(p + "embedding_length", uint32_t(c.dim));
-  g.set_u32(p + "block_count", uint32_t(c.n_layers));
-  g.set_u32(p + "feed_forward_length", uint32_t(c.hidden_dim));
-  g.set_u32(p + "attention.head_count", uint32_t(c.n_heads));
+  for (const ConfigKey& k : arch_desc(c.arch).keys) {
+    if (!k.gguf) continue;
+    if (k.i64 && (k.write_if_zero || c.*k.i64 != 0)) g.set_u32(p + k.gguf, uint32_t(c.*k.i64));
+    if (k.f32 && (k.write_if_zero || c.*k.f32 != 0.f)) g.set_f32(p + k.gguf, c.*k.f32);
+  }
   if (llama) {
-    g.set_u32(p + "attention.head_count_kv", uint32_t(c.n_kv_heads));
     g.set_u32(p + "rope.dimension_count", uint32_t(c.head_dim));
-    g.set_f32(p + "rope.freq_base", c.rope_theta);
-    g.set_f32(p + "attention.layer_norm_rms_epsilon", c.norm_eps);
-    if (c.attn_softcap > 0.f) g.set_f32(p + "attn_logit_softcapping", c.attn_softcap);
-    if (c.final_softcap > 0.f) g.set_f32(p + "final_logit_softcapping", c.final_softcap);
     if (auto u = uniform_rope_factor(c.rope_freq_factors); u && *u != 1.f) {  // llama.cpp's linear keys
       g.set_string(p + "rope.scaling.type", "linear");
       g.set_f32(p + "rope.scaling.factor", *u);
@@ -258,47 +218,17 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
       g.set_u32(p + "attention.key_length", uint32_t(c.head_dim));
       g.set_u32(p + "attention.value_length", uint32_t(c.head_dim));
     }
-  } else {
-    g.set_f32(p + "attention.layer_norm_epsilon", c.norm_eps);
   }
   g.set_u32(p + "vocab_size", uint32_t(c.vocab_size));
   if (tok) write_tokenizer(g, *tok, path);
 
-  g.add_tensor("token_embd.weight", w.tok_embd);
-  if (!llama) g.add_tensor("position_embd.weight", w.pos_embd);
-  g.add_tensor("output_norm.weight", w.out_norm);
-  if (!c.rope_freq_factors.empty() && !uniform_rope_factor(c.rope_freq_factors))  // llama3-style divisors
-    g.add_tensor("rope_freqs.weight",
-                 make_view(DType::F32, {int64_t(c.rope_freq_factors.size())}, c.rope_freq_factors.data()));
-  if (!llama) g.add_tensor("output_norm.bias", w.out_norm_b);
-  if (w.output.data != w.tok_embd.data) g.add_tensor("output.weight", w.output);
-  auto add = [&](int64_t l, const char* name, const TensorView& t) {
-    if (!t.empty()) g.add_tensor(blk(l, name), t);
-  };
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const auto& L = w.layers[size_t(l)];
-    add(l, "attn_norm.weight", L.attn_norm);
-    add(l, "attn_norm.bias", L.attn_norm_b);
-    add(l, "attn_q.weight", L.wq);
-    add(l, "attn_q.bias", L.bq);
-    add(l, "attn_q_norm.weight", L.q_norm);
-    add(l, "attn_k_norm.weight", L.k_norm);
-    add(l, "attn_k.weight", L.wk);
-    add(l, "attn_k.bias", L.bk);
-    add(l, "attn_v.weight", L.wv);
-    add(l, "attn_v.bias", L.bv);
-    add(l, "attn_qkv.weight", L.wqkv);
-    add(l, "attn_qkv.bias", L.bqkv);
-    add(l, "attn_output.weight", L.wo);
-    add(l, "attn_output.bias", L.bo);
-    add(l, "ffn_norm.weight", L.ffn_norm);
-    add(l, "ffn_norm.bias", L.ffn_norm_b);
-    add(l, "ffn_gate.weight", L.w_gate);
-    add(l, "ffn_up.weight", L.w_up);
-    add(l, "ffn_up.bias", L.b_up);
-    add(l, "ffn_down.weight", L.w_down);
-    add(l, "ffn_down.bias", L.b_down);
-  }
+  // The architecture's tensors in its table's order; rope_freqs (llama3-style divisors) after the embedding.
+  for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
+    g.add_tensor(gguf_tensor_name(s, l), slot_ref(w, s.slot, l));
+    if (s.slot == Slot::TokEmbd && !c.rope_freq_factors.empty() && !uniform_rope_factor(c.rope_freq_factors))
+      g.add_tensor("rope_freqs.weight",
+                   make_view(DType::F32, {int64_t(c.rope_freq_factors.size())}, c.rope_freq_factors.data()));
+  });
   g.write(path);
 }
 

@@ -11,6 +11,7 @@
 #include "core/mmap.h"
 #include "formats/model_io.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
 #include "model/rope_scaling.h"
 
 namespace tessera {
@@ -102,31 +103,20 @@ TensorView transpose_owned(Weights& w, const TensorView& t) {
   return own_buffer(w, std::move(buf), DType::F32, {out, in});
 }
 
-// Error messages name tensors as the checkpoint does.
-std::string hf_name(bool gpt2, const std::string& prefix, const std::string& role, int64_t layer) {
-  static const std::pair<const char*, const char*> kLlama[] = {
-      {"token_embd", "model.embed_tokens"}, {"output_norm", "model.norm"}, {"output", "lm_head"},
-      {"attn_norm", "input_layernorm"},     {"attn_q", "self_attn.q_proj"}, {"attn_k", "self_attn.k_proj"},
-      {"attn_v", "self_attn.v_proj"},       {"attn_output", "self_attn.o_proj"},
-      {"ffn_norm", "post_attention_layernorm"}, {"ffn_gate", "mlp.gate_proj"}, {"ffn_up", "mlp.up_proj"},
-      {"ffn_down", "mlp.down_proj"}};
-  static const std::pair<const char*, const char*> kGpt2[] = {
-      {"token_embd", "wte"},         {"position_embd", "wpe"}, {"output_norm", "ln_f"}, {"output", "wte"},
-      {"attn_norm", "ln_1"},         {"attn_qkv", "attn.c_attn"}, {"attn_output", "attn.c_proj"},
-      {"ffn_norm", "ln_2"},          {"ffn_up", "mlp.c_fc"},   {"ffn_down", "mlp.c_proj"}};
-  const size_t dot = role.find('.');
-  const std::string base = role.substr(0, dot), suffix = role.substr(dot);
-  std::string mapped = base;
-  if (gpt2) {
-    for (const auto& [k, v] : kGpt2)
-      if (base == k) mapped = v;
-  } else {
-    for (const auto& [k, v] : kLlama)
-      if (base == k) mapped = v;
-  }
-  if (layer < 0) return (gpt2 ? prefix : "") + mapped + suffix;
-  return gpt2 ? prefix + "h." + std::to_string(layer) + "." + mapped + suffix
-              : "model.layers." + std::to_string(layer) + "." + mapped + suffix;
+// Every architectures[0] value a registered architecture reads.
+std::string supported_hf_archs() {
+  std::string r;
+  for (const ArchDesc* d : architectures())
+    for (const auto& n : d->hf_archs) r += (r.empty() ? "" : ", ") + n;
+  return r;
+}
+
+// The spec of d whose GGUF role is `role` (validate_shapes names tensors by it).
+const TensorSpec* spec_by_role(const ArchDesc& d, const std::string& role) {
+  for (const auto* list : {&d.head, &d.layer, &d.tail})
+    for (const auto& s : *list)
+      if (role == s.gguf) return &s;
+  return nullptr;
 }
 
 }  // namespace
@@ -138,44 +128,38 @@ Weights load_hf_weights(const std::string& dir) {
                                  !cfg["architectures"].empty() && cfg["architectures"][0].is_string()
                              ? cfg["architectures"][0].get<std::string>()
                              : "";
+  const ArchDesc* d = find_arch_hf(archname);
+  if (!d) fail(cpath, ": architectures[0] '", archname, "' is not supported (", supported_hf_archs(), ")");
   auto shared = std::make_shared<safetensors::Collection>(safetensors::Collection::open(dir));
   const auto& st = *shared;
   Weights w;
   auto& c = w.cfg;
-  std::set<std::string> used;  // every tensor the model reads
-  auto T = [&](const std::string& name) {
-    used.insert(name);
-    return st.tensor(name).view;
-  };
-  auto opt = [&](const std::string& name) {
-    used.insert(name);
-    const auto* t = st.find(name);
-    return t ? st.tensor(name).view : TensorView{};
-  };
-  if (archname == "LlamaForCausalLM" || archname == "MistralForCausalLM" || archname == "Qwen2ForCausalLM" ||
-      archname == "Qwen3ForCausalLM") {
-    c.arch = Arch::Llama;
-    c.dim = get_int(cfg, cpath, "hidden_size");
-    c.hidden_dim = get_int(cfg, cpath, "intermediate_size");
-    c.n_layers = get_int(cfg, cpath, "num_hidden_layers");
-    c.n_heads = get_int(cfg, cpath, "num_attention_heads");
-    c.n_kv_heads = cfg.value("num_key_value_heads", c.n_heads);
-    if (c.n_heads <= 0) fail(cpath, ": num_attention_heads must be positive");
+  c.arch = d->arch;
+  c.name = archname;
+  // The architecture's plain keys; defaults first (transformers' own defaults).
+  c.n_kv_heads = 0, c.max_seq_len = 2048, c.hidden_dim = 0;
+  c.norm_eps = c.arch == Arch::Llama ? 1e-6f : 1e-5f, c.rope_theta = 10000.f;
+  for (const ConfigKey& k : d->keys) {
+    if (!k.hf) continue;
+    const bool has = cfg.contains(k.hf) && !cfg[k.hf].is_null();
+    if (!has && k.hf_required) fail(cpath, ": field '", k.hf, "' is missing or not an integer");
+    if (!has) continue;
+    if (k.i64) c.*k.i64 = get_int(cfg, cpath, k.hf);
+    if (k.f32) {
+      if (!cfg[k.hf].is_number()) fail(cpath, ": field '", k.hf, "' is not a number");
+      c.*k.f32 = cfg[k.hf].get<float>();
+    }
+  }
+  if (c.n_heads <= 0) fail(cpath, ": the number of attention heads must be positive, got ", c.n_heads);
+  if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
+  c.vocab_size = get_int(cfg, cpath, "vocab_size");
+  if (c.arch == Arch::Llama) {
     c.head_dim = cfg.contains("head_dim") && cfg["head_dim"].is_number_integer() ? cfg["head_dim"].get<int64_t>()
                                                                                  : c.dim / c.n_heads;
-    c.vocab_size = get_int(cfg, cpath, "vocab_size");
-    c.max_seq_len = cfg.value("max_position_embeddings", int64_t(2048));
-    c.norm_eps = cfg.value("rms_norm_eps", 1e-6f);
-    c.rope_theta = cfg.value("rope_theta", 10000.f);
     if (cfg.contains("rope_parameters") && cfg["rope_parameters"].is_object() &&
         cfg["rope_parameters"].contains("rope_theta") && cfg["rope_parameters"]["rope_theta"].is_number())
       c.rope_theta = cfg["rope_parameters"]["rope_theta"].get<float>();
     c.rope_style = ops::RopeStyle::HalfSplit;
-    auto cap = [&](const char* k) {  // Gemma-2's names; null = off
-      return cfg.contains(k) && cfg[k].is_number() ? cfg[k].get<float>() : 0.f;
-    };
-    c.attn_softcap = cap("attn_logit_softcapping");
-    c.final_softcap = cap("final_logit_softcapping");
     if (c.head_dim > 0) c.rope_freq_factors = hf_rope_factors(cfg, cpath, c.rope_theta, c.head_dim);
     if (cfg.value("hidden_act", std::string("silu")) != "silu")
       fail(cpath, ": hidden_act '", cfg["hidden_act"].get<std::string>(), "' is not supported (silu only)");
@@ -185,110 +169,58 @@ Weights load_hf_weights(const std::string& dir) {
       // Full attention equals sliding-window attention while the context fits in the window.
       c.max_seq_len = cfg["sliding_window"].get<int64_t>();
     }
-    c.name = archname;
-    w.tok_embd = T("model.embed_tokens.weight");
-    w.out_norm = T("model.norm.weight");
-    w.output = opt("lm_head.weight");
-    if (w.output.empty()) {
-      c.tied_embeddings = true;
-      w.output = w.tok_embd;
-    } else {
-      c.tied_embeddings = false;
-    }
-    w.layers.resize(size_t(std::max<int64_t>(0, c.n_layers)));
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      auto& L = w.layers[size_t(l)];
-      L.attn_norm = T(p + "input_layernorm.weight");
-      L.wq = T(p + "self_attn.q_proj.weight");
-      L.wk = T(p + "self_attn.k_proj.weight");
-      L.wv = T(p + "self_attn.v_proj.weight");
-      L.bq = opt(p + "self_attn.q_proj.bias");
-      L.bk = opt(p + "self_attn.k_proj.bias");
-      L.bv = opt(p + "self_attn.v_proj.bias");
-      if (!L.bq.empty()) c.qkv_bias = true;
-      L.q_norm = opt(p + "self_attn.q_norm.weight");  // Qwen3 / OLMo naming
-      L.k_norm = opt(p + "self_attn.k_norm.weight");
-      if (!L.q_norm.empty()) c.qk_norm = true;
-      if (st.find(p + "self_attn.o_proj.bias")) fail(dir, ": tensor ", p, "self_attn.o_proj.bias is not supported");
-      L.wo = T(p + "self_attn.o_proj.weight");
-      L.ffn_norm = T(p + "post_attention_layernorm.weight");
-      L.w_gate = T(p + "mlp.gate_proj.weight");
-      L.w_up = T(p + "mlp.up_proj.weight");
-      L.w_down = T(p + "mlp.down_proj.weight");
-    }
-  } else if (archname == "GPT2LMHeadModel") {
-    c.arch = Arch::GPT2;
-    c.dim = get_int(cfg, cpath, "n_embd");
-    c.n_layers = get_int(cfg, cpath, "n_layer");
-    c.n_heads = get_int(cfg, cpath, "n_head");
-    c.n_kv_heads = c.n_heads;
-    if (c.n_heads <= 0) fail(cpath, ": n_head must be positive");
+  } else {
     c.head_dim = c.dim / c.n_heads;
-    c.hidden_dim = cfg.contains("n_inner") && cfg["n_inner"].is_number_integer() ? cfg["n_inner"].get<int64_t>()
-                                                                                 : 4 * c.dim;
-    c.vocab_size = get_int(cfg, cpath, "vocab_size");
-    c.max_seq_len = get_int(cfg, cpath, "n_positions");
-    c.norm_eps = cfg.value("layer_norm_epsilon", 1e-5f);
+    if (c.hidden_dim == 0) c.hidden_dim = 4 * c.dim;  // n_inner null: 4 n_embd
     const std::string act = cfg.value("activation_function", std::string("gelu_new"));
     if (act != "gelu_new" && act != "gelu_pytorch_tanh")
       fail(cpath, ": activation_function '", act, "' is not supported (gelu_new only)");
-    c.name = archname;
-    const std::string pre = st.find("transformer.wte.weight") ? "transformer." : "";
-    w.tok_embd = T(pre + "wte.weight");
-    w.pos_embd = T(pre + "wpe.weight");
-    w.out_norm = T(pre + "ln_f.weight");
-    w.out_norm_b = T(pre + "ln_f.bias");
-    w.output = w.tok_embd;
-    c.tied_embeddings = true;
-    w.layers.resize(size_t(std::max<int64_t>(0, c.n_layers)));
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = pre + "h." + std::to_string(l) + ".";
-      auto& L = w.layers[size_t(l)];
-      auto conv = [&](const std::string& name, int64_t in, int64_t out) {
-        TensorView t = T(name);
-        if (t.ndim != 2 || t.shape[0] != in || t.shape[1] != out)
-          fail(dir, ": tensor ", name, " has shape ", shape_str(t), ", config needs [", in, ", ", out, "] (Conv1D)");
-        return transpose_owned(w, t);
-      };
-      L.attn_norm = T(p + "ln_1.weight");
-      L.attn_norm_b = T(p + "ln_1.bias");
-      L.wqkv = conv(p + "attn.c_attn.weight", c.dim, 3 * c.dim);
-      L.bqkv = T(p + "attn.c_attn.bias");
-      L.wo = conv(p + "attn.c_proj.weight", c.dim, c.dim);
-      L.bo = T(p + "attn.c_proj.bias");
-      L.ffn_norm = T(p + "ln_2.weight");
-      L.ffn_norm_b = T(p + "ln_2.bias");
-      L.w_up = conv(p + "mlp.c_fc.weight", c.dim, c.hidden_dim);
-      L.b_up = T(p + "mlp.c_fc.bias");
-      L.w_down = conv(p + "mlp.c_proj.weight", c.hidden_dim, c.dim);
-      L.b_down = T(p + "mlp.c_proj.bias");
-    }
-  } else {
-    fail(cpath, ": architectures[0] '", archname,
-         "' is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
-         "GPT2LMHeadModel)");
   }
+  // The tensors of the architecture's table (conditional ones optional, turning
+  // their config flag on); GPT-2 files may omit the "transformer." prefix.
+  const bool bare = d->hf_optional_prefix[0] && !st.find(hf_tensor_name(*d, d->head[0], -1));
+  std::set<std::string> used;  // every tensor the model reads
+  w.layers.resize(size_t(std::max<int64_t>(0, c.n_layers)));
+  auto load = [&](const TensorSpec& s, int64_t l) {
+    const std::string name = hf_tensor_name(*d, s, l, bare);
+    used.insert(name);
+    if (!st.find(name) && s.present) return;
+    TensorView t = st.tensor(name).view;  // a missing required tensor: the reader's error names it
+    if (s.hf_conv1d) {
+      const auto want = s.shape(c, l);  // ours (out, in); stored (in, out)
+      if (t.ndim != 2 || t.shape[0] != want[1] || t.shape[1] != want[0])
+        fail(dir, ": tensor ", name, " has shape ", shape_str(t), ", config needs [", want[1], ", ", want[0],
+             "] (Conv1D)");
+      t = transpose_owned(w, t);
+    }
+    slot_ref(w, s.slot, l) = t;
+    if (s.flag) c.*s.flag = true;
+  };
+  for (const auto& s : d->head) load(s, -1);
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    for (const auto& s : d->layer) load(s, l);
+  for (const auto& s : d->tail) load(s, -1);
+  // An output layer stored as a copy of the embedding (GPT2LMHeadModel's lm_head) is the tied one.
+  const TensorView& out = w.output;
+  if (!out.empty() && out.dtype == w.tok_embd.dtype && out.nbytes() == w.tok_embd.nbytes() &&
+      std::memcmp(out.data, w.tok_embd.data, out.nbytes()) == 0)
+    w.output = TensorView{};
+  c.tied_embeddings = w.output.empty();
+  if (c.tied_embeddings) w.output = w.tok_embd;
   // A tensor the model does not read is a feature it would silently drop (MLP biases, MoE
   // experts, extra norms...): refuse. Buffers some checkpoints carry are not weights.
   for (const std::string& name : st.names()) {
     auto ends = [&](std::string_view suf) { return name.size() >= suf.size() && name.ends_with(suf); };
     if (used.count(name) || ends(".attn.bias") || ends(".attn.masked_bias") || ends(".rotary_emb.inv_freq")) continue;
-    if (c.arch == Arch::GPT2 && (name == "lm_head.weight" || name == "transformer.lm_head.weight")) {
-      const TensorView lm = st.tensor(name).view;  // GPT2LMHeadModel ties it to wte; a copy is fine
-      if (lm.dtype == w.tok_embd.dtype && lm.nbytes() == w.tok_embd.nbytes() &&
-          std::memcmp(lm.data, w.tok_embd.data, lm.nbytes()) == 0)
-        continue;
-      fail(dir, ": tensor ", name, " differs from wte; an untied GPT-2 output layer is not supported");
-    }
     fail(dir, ": tensor ", name, " is not part of the ", archname, " model as Tessera runs it (unsupported feature)");
   }
   c.validate(cpath);
   w.owners.push_back(shared);
   norms_to_f32(w);
-  const bool gpt2 = c.arch == Arch::GPT2;
-  const std::string prefix = st.find("transformer.wte.weight") ? "transformer." : "";
-  w.validate_shapes(dir, [&](const std::string& role, int64_t l) { return hf_name(gpt2, prefix, role, l); });
+  w.validate_shapes(dir, [&](const std::string& role, int64_t l) {
+    const TensorSpec* s = spec_by_role(*d, role);
+    return s ? hf_tensor_name(*d, *s, l, bare) : role;
+  });
   return w;
 }
 
@@ -307,90 +239,33 @@ void save_hf(const Weights& in, const std::string& dir) {
       fail(dir, ": tensor ", name, " is ", dtype_name(t.dtype), "; safetensors output supports f32, f16, bf16 (--type)");
     st.add_tensor(name, t);
   };
-  std::vector<std::vector<uint8_t>> keep;  // transposed GPT-2 buffers live until write()
-  Weights tmp;
+  Weights tmp;  // owns the transposed GPT-2 buffers until write()
+  const ArchDesc& d = arch_desc(c.arch);
+  for (const ConfigKey& k : d.keys) {
+    if (!k.hf) continue;
+    if (k.i64 && (k.write_if_zero || c.*k.i64 != 0)) cfg[k.hf] = c.*k.i64;
+    if (k.f32 && (k.write_if_zero || c.*k.f32 != 0.f)) cfg[k.hf] = c.*k.f32;
+  }
+  cfg["vocab_size"] = c.vocab_size;
+  cfg["tie_word_embeddings"] = c.tied_embeddings;
   if (c.arch == Arch::Llama) {
     // Transformers' classes for the variants: Qwen2 adds q/k/v biases, Qwen3 QK-norm.
     cfg["architectures"] = {c.qkv_bias ? "Qwen2ForCausalLM" : c.qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM"};
     cfg["model_type"] = c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
-    cfg["hidden_size"] = c.dim;
-    cfg["intermediate_size"] = c.hidden_dim;
-    cfg["num_hidden_layers"] = c.n_layers;
-    cfg["num_attention_heads"] = c.n_heads;
-    cfg["num_key_value_heads"] = c.n_kv_heads;
     cfg["head_dim"] = c.head_dim;
-    cfg["vocab_size"] = c.vocab_size;
-    cfg["max_position_embeddings"] = c.max_seq_len;
-    cfg["rms_norm_eps"] = c.norm_eps;
-    cfg["rope_theta"] = c.rope_theta;
     cfg["hidden_act"] = "silu";
-    cfg["tie_word_embeddings"] = c.tied_embeddings;
     cfg["rope_scaling"] = rope_scaling;
-    if (c.attn_softcap > 0.f) cfg["attn_logit_softcapping"] = c.attn_softcap;
-    if (c.final_softcap > 0.f) cfg["final_logit_softcapping"] = c.final_softcap;
-    check("model.embed_tokens.weight", w.tok_embd);
-    check("model.norm.weight", w.out_norm);
-    if (w.output.data != w.tok_embd.data) check("lm_head.weight", w.output);
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      const auto& L = w.layers[size_t(l)];
-      check(p + "input_layernorm.weight", L.attn_norm);
-      check(p + "self_attn.q_proj.weight", L.wq);
-      check(p + "self_attn.k_proj.weight", L.wk);
-      check(p + "self_attn.v_proj.weight", L.wv);
-      if (!L.bq.empty()) {
-        check(p + "self_attn.q_proj.bias", L.bq);
-        check(p + "self_attn.k_proj.bias", L.bk);
-        check(p + "self_attn.v_proj.bias", L.bv);
-      }
-      if (!L.q_norm.empty()) {
-        check(p + "self_attn.q_norm.weight", L.q_norm);
-        check(p + "self_attn.k_norm.weight", L.k_norm);
-      }
-      check(p + "self_attn.o_proj.weight", L.wo);
-      check(p + "post_attention_layernorm.weight", L.ffn_norm);
-      check(p + "mlp.gate_proj.weight", L.w_gate);
-      check(p + "mlp.up_proj.weight", L.w_up);
-      check(p + "mlp.down_proj.weight", L.w_down);
-    }
   } else {
     cfg["architectures"] = {"GPT2LMHeadModel"};
     cfg["model_type"] = "gpt2";
-    cfg["n_embd"] = c.dim;
-    cfg["n_layer"] = c.n_layers;
-    cfg["n_head"] = c.n_heads;
-    cfg["n_inner"] = c.hidden_dim;
-    cfg["n_positions"] = c.max_seq_len;
     cfg["n_ctx"] = c.max_seq_len;
-    cfg["vocab_size"] = c.vocab_size;
-    cfg["layer_norm_epsilon"] = c.norm_eps;
     cfg["activation_function"] = "gelu_new";
-    cfg["tie_word_embeddings"] = true;
-    auto conv = [&](const std::string& name, const TensorView& t) {  // ours (out, in) -> Conv1D (in, out), f32
-      TensorView tt = transpose_owned(tmp, t);
-      check(name, tt);
-    };
-    check("transformer.wte.weight", w.tok_embd);
-    check("transformer.wpe.weight", w.pos_embd);
-    check("transformer.ln_f.weight", w.out_norm);
-    check("transformer.ln_f.bias", w.out_norm_b);
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "transformer.h." + std::to_string(l) + ".";
-      const auto& L = w.layers[size_t(l)];
-      check(p + "ln_1.weight", L.attn_norm);
-      check(p + "ln_1.bias", L.attn_norm_b);
-      conv(p + "attn.c_attn.weight", L.wqkv);
-      check(p + "attn.c_attn.bias", L.bqkv);
-      conv(p + "attn.c_proj.weight", L.wo);
-      check(p + "attn.c_proj.bias", L.bo);
-      check(p + "ln_2.weight", L.ffn_norm);
-      check(p + "ln_2.bias", L.ffn_norm_b);
-      conv(p + "mlp.c_fc.weight", L.w_up);
-      check(p + "mlp.c_fc.bias", L.b_up);
-      conv(p + "mlp.c_proj.weight", L.w_down);
-      check(p + "mlp.c_proj.bias", L.b_down);
-    }
   }
+  // The architecture's tensors; GPT-2's Conv1D matrices go back to (in, out), f32.
+  for_each_tensor_spec(d, c, [&](const TensorSpec& s, int64_t l) {
+    const TensorView& t = slot_ref(w, s.slot, l);
+    check(hf_tensor_name(d, s, l), s.hf_conv1d ? transpose_owned(tmp, t) : t);
+  });
   const DType t = w.tok_embd.dtype;
   cfg["torch_dtype"] = t == DType::F16 ? "float16" : t == DType::BF16 ? "bfloat16" : "float32";
   st.write((fs::path(dir) / "model.safetensors").string());

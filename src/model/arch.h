@@ -59,7 +59,7 @@ struct ConfigKey {
   const char* hf;    // null: not in config.json
   int64_t ModelConfig::* i64 = nullptr;
   float ModelConfig::* f32 = nullptr;
-  bool required = false;
+  bool gguf_required = false, hf_required = false;
   bool write_if_zero = true;  // false: written only when the field is non-zero (soft-caps)
 };
 

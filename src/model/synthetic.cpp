@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
 
 namespace tessera {
 
@@ -124,27 +125,20 @@ Weights make_random_weights(const ModelConfig& cfg, DType type, uint64_t seed, i
   Weights w;
   w.cfg = cfg;
   const auto& c = cfg;
-  const int64_t C = c.dim, H = c.hidden_dim;
   MatrixArena arena;
   random_matrices(w, arena, type, seed, threads);  // sizing pass
   auto own = std::make_shared<aligned_vector<uint8_t>>(arena.used);
   w.owners.push_back(own);
   arena = MatrixArena{own->data(), 0};
   random_matrices(w, arena, type, seed, threads);
-  w.out_norm = constant_vector(w, C, 1.f);
-  if (c.arch == Arch::GPT2) w.out_norm_b = constant_vector(w, C, 0.01f);
-  for (auto& L : w.layers) {
-    L.attn_norm = constant_vector(w, C, 1.f);
-    L.ffn_norm = constant_vector(w, C, 1.f);
-    if (c.arch == Arch::GPT2) {
-      L.bqkv = constant_vector(w, 3 * C, 0.01f);
-      L.bo = constant_vector(w, C, 0.01f);
-      L.attn_norm_b = constant_vector(w, C, 0.f);
-      L.ffn_norm_b = constant_vector(w, C, 0.f);
-      L.b_up = constant_vector(w, H, 0.01f);
-      L.b_down = constant_vector(w, C, 0.01f);
-    }
-  }
+  // The vectors of the architecture's table: norm gains 1, a block's LayerNorm
+  // biases 0, every other bias 0.01.
+  for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
+    if (s.kind != TensorKind::Vector) return;
+    const std::string n = s.gguf;
+    const bool gain = n.ends_with("norm.weight"), block_norm_bias = n == "attn_norm.bias" || n == "ffn_norm.bias";
+    slot_ref(w, s.slot, l) = constant_vector(w, s.shape(c, l)[0], gain ? 1.f : block_norm_bias ? 0.f : 0.01f);
+  });
   w.validate_shapes(c.name);
   return w;
 }

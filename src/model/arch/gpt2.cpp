@@ -49,11 +49,11 @@ const ArchDesc kGpt2Arch{
      {Slot::Output, "output.weight", "lm_head.weight", M, vc, untied}},
     "transformer.h.",
     "transformer.",
-    {{"embedding_length", "n_embd", &ModelConfig::dim, nullptr, true},
-     {"block_count", "n_layer", &ModelConfig::n_layers, nullptr, true},
-     {"feed_forward_length", "n_inner", &ModelConfig::hidden_dim},
-     {"attention.head_count", "n_head", &ModelConfig::n_heads, nullptr, true},
-     {"context_length", "n_positions", &ModelConfig::max_seq_len, nullptr, true},
+    {{"embedding_length", "n_embd", &ModelConfig::dim, nullptr, true, true},
+     {"block_count", "n_layer", &ModelConfig::n_layers, nullptr, true, true},
+     {"feed_forward_length", "n_inner", &ModelConfig::hidden_dim, nullptr, true, false},
+     {"attention.head_count", "n_head", &ModelConfig::n_heads, nullptr, true, true},
+     {"context_length", "n_positions", &ModelConfig::max_seq_len, nullptr, true, true},
      {"attention.layer_norm_epsilon", "layer_norm_epsilon", nullptr, &ModelConfig::norm_eps}},
 };
 

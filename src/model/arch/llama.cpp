@@ -53,17 +53,17 @@ const ArchDesc kLlamaArch{
      {Slot::Output, "output.weight", "lm_head.weight", M, vc, untied}},
     "model.layers.",
     "",
-    {{"embedding_length", "hidden_size", &ModelConfig::dim, nullptr, true},
-     {"block_count", "num_hidden_layers", &ModelConfig::n_layers, nullptr, true},
-     {"feed_forward_length", "intermediate_size", &ModelConfig::hidden_dim, nullptr, true},
-     {"attention.head_count", "num_attention_heads", &ModelConfig::n_heads, nullptr, true},
+    {{"embedding_length", "hidden_size", &ModelConfig::dim, nullptr, true, true},
+     {"block_count", "num_hidden_layers", &ModelConfig::n_layers, nullptr, true, true},
+     {"feed_forward_length", "intermediate_size", &ModelConfig::hidden_dim, nullptr, true, true},
+     {"attention.head_count", "num_attention_heads", &ModelConfig::n_heads, nullptr, true, true},
      {"attention.head_count_kv", "num_key_value_heads", &ModelConfig::n_kv_heads},
-     {"context_length", "max_position_embeddings", &ModelConfig::max_seq_len, nullptr, true},
+     {"context_length", "max_position_embeddings", &ModelConfig::max_seq_len, nullptr, true, false},
      {"attention.layer_norm_rms_epsilon", "rms_norm_eps", nullptr, &ModelConfig::norm_eps},
      {"rope.freq_base", "rope_theta", nullptr, &ModelConfig::rope_theta},
      // Gemma-2's soft-capping keys (llama.cpp's and transformers' names).
-     {"attn_logit_softcapping", "attn_logit_softcapping", nullptr, &ModelConfig::attn_softcap, false, false},
-     {"final_logit_softcapping", "final_logit_softcapping", nullptr, &ModelConfig::final_softcap, false, false}},
+     {"attn_logit_softcapping", "attn_logit_softcapping", nullptr, &ModelConfig::attn_softcap, false, false, false},
+     {"final_logit_softcapping", "final_logit_softcapping", nullptr, &ModelConfig::final_softcap, false, false, false}},
 };
 
 }  // namespace tessera
