@@ -35,7 +35,7 @@
 #include "kernels/blas_env.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
-#include "kernels/measure.h"
+#include "measure/measure.h"
 #include "kernels/repack.h"
 
 using namespace tessera;

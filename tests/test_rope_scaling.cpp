@@ -17,7 +17,7 @@
 #include "formats/load.h"
 #include "formats/model_io.h"
 #include "model/model.h"
-#include "model/rope_scaling.h"
+#include "formats/rope_scaling.h"
 #include "ref_llama.h"
 #include "model_test_util.h"
 #include "test_util.h"

@@ -14,7 +14,7 @@
 #include "formats/load.h"
 #include "formats/model_io.h"
 #include "model/model.h"
-#include "model/rope_scaling.h"
+#include "formats/rope_scaling.h"
 #include "test_util.h"
 #include "train/params.h"
 #include "train/transformer.h"

@@ -9,7 +9,7 @@
 #include "core/error.h"
 #include "formats/load.h"
 #include "kernels/gemm_bf16.h"
-#include "kernels/measure.h"
+#include "measure/measure.h"
 #include "model/synthetic.h"
 #include "train/optim.h"
 #include "train/params.h"

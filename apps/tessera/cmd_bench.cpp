@@ -12,7 +12,7 @@
 #include "common.h"
 #include "core/error.h"
 #include "kernels/gemm_bf16.h"
-#include "kernels/measure.h"
+#include "measure/measure.h"
 #include "bench_train.h"
 
 namespace tessera::cli {

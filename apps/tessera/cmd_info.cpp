@@ -7,7 +7,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
-#include "model/rope_scaling.h"
+#include "formats/rope_scaling.h"
 
 namespace tessera::cli {
 

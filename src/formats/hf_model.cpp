@@ -12,7 +12,7 @@
 #include "formats/model_io.h"
 #include "kernels/kernels.h"
 #include "model/arch.h"
-#include "model/rope_scaling.h"
+#include "formats/rope_scaling.h"
 
 namespace tessera {
 

@@ -24,7 +24,7 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;
   ops::RopeStyle rope_style = ops::RopeStyle::Interleaved;
-  // RoPE frequency scaling (model/rope_scaling.h): frequency i is divided by
+  // RoPE frequency scaling (formats/rope_scaling.h): frequency i is divided by
   // rope_freq_factors[i], head_dim / 2 values; empty = unscaled. Llama 3.x's
   // "llama3" and linear position interpolation both take this form.
   std::vector<float> rope_freq_factors;

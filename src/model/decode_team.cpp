@@ -1,11 +1,11 @@
 // A decode step as one persistent thread team (kernels/team.h): the blocks of
-// llama.cpp's llama_layer and gpt2.cpp's gpt2_layer for one token, run SPMD by
-// every thread of one OpenMP region. Each thread keeps its own copy of the
-// residual stream, the normalised input and the FFN activation (computed
-// redundantly, identically), so the only barriers are the ones that make a
-// shared matrix-vector output complete: after q/k/v, attention, wo, gate/up
-// (GPT-2: up), down and the classifier. Bit for bit the same as the
-// region-per-matrix path (tests/test_team.cpp).
+// llama.cpp and gpt2.cpp on a TeamExec (model/exec.h), run SPMD by every
+// thread of one OpenMP region. Each thread keeps its own copy of the residual
+// stream, the normalised input and the FFN activation (computed redundantly,
+// identically), so the only barriers are the ones that make a shared
+// matrix-vector output complete: after q/k/v, attention, wo, gate/up (GPT-2:
+// up), down and the classifier. Bit for bit the same as the region-per-matrix
+// path (tests/test_team.cpp).
 #include <omp.h>
 
 #include <algorithm>
@@ -13,6 +13,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/ops.h"
+#include "model/exec.h"
 #include "model/model.h"
 
 namespace tessera {
@@ -39,22 +40,19 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
 // Per KV head (one item per thread in turn): its bias / QK-norm / RoPE and cache
 // store, then its query group's attention. With more threads than KV heads (MQA)
 // a head's group is split, and the heads are prepared first by one thread.
-void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos) {
+void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v) {
   const auto& c = w_.cfg;
   const int64_t group = c.n_heads / c.n_kv_heads;
   const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
-  // GPT-2's fused projection: q | k | v in one row.
-  float* k = c.arch == Arch::Llama ? a_.k : a_.q + c.dim;
-  float* v = c.arch == Arch::Llama ? a_.v : a_.q + 2 * c.dim;
   if (split > 1) {
-    if (tt.rank == 0) prep_heads(l, seq, pos, a_.q, k, v, 0, c.n_kv_heads);
+    if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, c.n_kv_heads);
     tt.barrier();
   }
   for (int64_t it = tt.rank; it < c.n_kv_heads * split; it += tt.size) {
     const int64_t kvh = it / split, g0 = it % split * sub;
-    if (split == 1) prep_heads(l, seq, pos, a_.q, k, v, kvh, kvh + 1);
-    const DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), a_.q, a_.att, tt.rank);
+    if (split == 1) prep_heads(l, seq, pos, q, k, v, kvh, kvh + 1);
+    const DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), q, a_.att, tt.rank);
     attend_decode(tt.isa, a);
   }
   tt.barrier();
@@ -62,7 +60,7 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos) 
 
 void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out) {
   const auto& c = w_.cfg;
-  const int64_t C = c.dim, H = c.hidden_dim;
+  const int64_t C = c.dim;
   const uint32_t gen0 = team_.gen_base;
   uint32_t calls = 0;
 #pragma omp parallel num_threads(std::min(ctx.n_threads, max_threads_))
@@ -78,50 +76,22 @@ void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t 
     float* xb = x + (C + 15) / 16 * 16;                                 // (C) normalised input
     float* hs = xb + (C + 15) / 16 * 16;                                // (H) FFN activation
     const bool llama = c.arch == Arch::Llama;
-    // LayerNorm (GPT-2, with its shift) or RMSNorm of x into xb.
-    const auto norm = [&](const TensorView& g, const TensorView& b) {
-      if (llama)
-        ops::rmsnorm(xb, x, g.f32(), C, c.norm_eps);
-      else
-        ops::layernorm(xb, x, g.f32(), b.f32(), C, c.norm_eps);
-    };
-    // x += y (+ bias, added to y first as the batched path does; xb is free here).
-    const auto residual = [&](const float* y, const TensorView& bias) {
-      if (bias.empty()) return ops::add(x, y, C);
-      std::copy(y, y + C, xb);
-      ops::add(xb, bias.f32(), C);
-      ops::add(x, xb, C);
-    };
     dequantize_row(w_.tok_embd, token, x);
     if (!llama) {
       dequantize_row(w_.pos_embd, pos, xb);
       ops::add(x, xb, C);
     }
+    TeamExec ex{*this, tt, seq, pos, x, xb, hs};
     for (int64_t l = 0; l < c.n_layers; ++l) {
-      const auto& L = w_.layers[size_t(l)];
-      norm(L.attn_norm, L.attn_norm_b);
       if (llama)
-        team_matmul(tt, xb, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});
+        llama_layer(ex, l);
       else
-        team_matmul(tt, xb, {{&L.wqkv, a_.q}});  // (3C): q | k | v
-      team_attention(tt, l, seq, pos);                 // -> a_.att (q_dim)
-      team_matmul(tt, a_.att, {{&L.wo, a_.xb}});  // (C)
-      residual(a_.xb, L.bo);
-      norm(L.ffn_norm, L.ffn_norm_b);
-      if (llama) {
-        team_matmul(tt, xb, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
-        std::copy(a_.hb, a_.hb + H, hs);
-        ops::swiglu(tt.isa, hs, a_.hb2, H);
-      } else {
-        team_matmul(tt, xb, {{&L.w_up, a_.hb}});  // (H)
-        std::copy(a_.hb, a_.hb + H, hs);
-        if (!L.b_up.empty()) ops::add(hs, L.b_up.f32(), H);
-        ops::gelu(tt.isa, hs, H);
-      }
-      team_matmul(tt, hs, {{&L.w_down, a_.xb}});  // (C)
-      residual(a_.xb, L.b_down);
+        gpt2_layer(ex, l);
     }
-    norm(w_.out_norm, w_.out_norm_b);
+    if (llama)
+      ex.rmsnorm(w_.out_norm);
+    else
+      ex.layernorm(w_.out_norm, w_.out_norm_b);
     team_matmul(tt, xb, {{&w_.output, out}});
     if (tt.rank == 0) {
       if (c.final_softcap > 0.f) ops::softcap(out, c.vocab_size, c.final_softcap);

@@ -1,31 +1,29 @@
 // Llama block: RMSNorm -> (q, k, v) projections (+ optional biases) -> RoPE ->
-// causal GQA attention -> output projection -> residual; RMSNorm -> SwiGLU FFN -> residual.
-#include "kernels/ops.h"
-#include "model/model.h"
+// causal GQA attention -> output projection -> residual; RMSNorm -> SwiGLU FFN
+// -> residual. Written once for both executors (model/exec.h).
+#include "model/exec.h"
 
 namespace tessera {
 
-void Model::llama_layer(KernelContext& ctx, int64_t l, int64_t n) {
+template <class Ex>
+void Model::llama_layer(Ex& ex, int64_t l) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
-  const int64_t C = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
-
   // Attention.
-  per_token(ctx, n, [&](int64_t t) { ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.attn_norm.f32(), C, c.norm_eps); });
-  matmul_multi(ctx, a_.xb, n, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});  // (n, qd), (n, kvd), (n, kvd)
-  per_token(ctx, n, [&](int64_t t) {  // bias, QK-norm, RoPE, then into the cache
-    prep_heads(l, cseq_[t], cpos_[t], a_.q + t * qd, a_.k + t * kvd, a_.v + t * kvd, 0, c.n_kv_heads);
-  });
-  attention(ctx, l, n, a_.q, qd);   // -> a_.att (n, qd)
-  matmul(ctx, L.wo, a_.att, n, a_.xb);   // (n, C)
-  per_token(ctx, n, [&](int64_t t) { ops::add(a_.x + t * C, a_.xb + t * C, C); });
-
+  ex.rmsnorm(L.attn_norm);
+  ex.matmul(ex.xn(), {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});  // (q_dim), (kv_dim), (kv_dim) per row
+  ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());            // -> a_.att (q_dim)
+  ex.matmul(a_.att, {{&L.wo, a_.xb}});                                 // (C)
+  ex.residual(a_.xb, L.bo);
   // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
-  per_token(ctx, n, [&](int64_t t) { ops::rmsnorm(a_.xb + t * C, a_.x + t * C, L.ffn_norm.f32(), C, c.norm_eps); });
-  matmul_multi(ctx, a_.xb, n, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (n, H) each
-  per_token(ctx, n, [&](int64_t t) { ops::swiglu(ctx.isa, a_.hb + t * H, a_.hb2 + t * H, H); });
-  matmul(ctx, L.w_down, a_.hb, n, a_.xb);  // (n, C)
-  per_token(ctx, n, [&](int64_t t) { ops::add(a_.x + t * C, a_.xb + t * C, C); });
+  ex.rmsnorm(L.ffn_norm);
+  ex.matmul(ex.xn(), {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
+  const float* h = ex.swiglu(a_.hb, a_.hb2);
+  ex.matmul(h, {{&L.w_down, a_.xb}});  // (C)
+  ex.residual(a_.xb, L.b_down);
 }
+
+template void Model::llama_layer<Model::RegionExec>(RegionExec&, int64_t);
+template void Model::llama_layer<Model::TeamExec>(TeamExec&, int64_t);
 
 }  // namespace tessera

@@ -13,6 +13,7 @@
 #include "core/fp16.h"
 #include "kernels/attention.h"
 #include "kernels/ops.h"
+#include "model/exec.h"
 
 namespace tessera {
 
@@ -186,11 +187,12 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
       ops::add(a_.x + t * C, a_.xb + t * C, C);
     }
   });
+  RegionExec ex{*this, ctx, n};
   for (int64_t l = 0; l < c.n_layers; ++l) {
     if (c.arch == Arch::Llama)
-      llama_layer(ctx, l, n);
+      llama_layer(ex, l);
     else
-      gpt2_layer(ctx, l, n);
+      gpt2_layer(ex, l);
   }
   // Final norm and classifier, for the wanted rows (packed into the first rows of xb).
   int64_t n_out = 0;

@@ -93,15 +93,23 @@ class Model {
   // the rows with want[t] (all when want is null) into out, in order.
   void chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n,
              const uint8_t* want, float* out);
-  void llama_layer(KernelContext& ctx, int64_t l, int64_t n);
-  void gpt2_layer(KernelContext& ctx, int64_t l, int64_t n);
+  // The blocks, written once over an executor (model/exec.h): RegionExec runs a
+  // chunk's rows with a parallel region per matrix, TeamExec one decode step
+  // on a thread of the persistent team.
+  struct RegionExec;
+  struct TeamExec;
+  template <class Ex>
+  void llama_layer(Ex& ex, int64_t l);  // model/llama.cpp
+  template <class Ex>
+  void gpt2_layer(Ex& ex, int64_t l);  // model/gpt2.cpp
   // Bias, QK-norm and RoPE (Llama; GPT-2: its fused bias only) of one token's
   // q / k / v rows (sequence seq, position pos) for the query heads of KV heads
   // [h0, h1) and those KV heads, then their k / v into the cache.
   void prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1);
   // One decode step (token at pos of seq) as a persistent team; logits (V) into out.
   void decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out);
-  void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos);
+  // prep_heads and attention of one decode step's q / k / v rows, over the team.
+  void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v);
   // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
   // at pos of seq (its q row and attention-output row) against layer l's cache,
   // with thread `rank`'s score scratch.

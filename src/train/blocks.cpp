@@ -107,14 +107,14 @@ void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* 
 }
 
 void linear_bwd_gemm(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
-                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate, bool f32,
-                     const uint32_t* wt_packed, bool dw_accumulate) {
+                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O,
+                     const LinearBwdOptions& o) {
   // dX(N, I) = dY(N, O) W(O, I): B(i, o) = W[o * I + i]
   GemmOperand B = weight(W, W16, 1, I);
-  B.packed = wt_packed, B.packed_n = I;
-  if (dX) gemm_fast(ctx, f32, GemmOperand{dY, false, O, 1}, B, N, I, O, dX, I, accumulate);
+  B.packed = o.wt_packed, B.packed_n = I;
+  if (dX) gemm_fast(ctx, o.f32, GemmOperand{dY, false, O, 1}, B, N, I, O, dX, I, o.accumulate);
   // dW(O, I) += (or =) dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
-  gemm_fast(ctx, f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, dw_accumulate);
+  gemm_fast(ctx, o.f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, o.dw_accumulate);
   if (db) bias_grad(db, dY, N, O);
 }
 

@@ -29,14 +29,19 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
 // bf16 (operands rounded to bf16, f32 accumulation): bf16 mixed precision with f32
 // master weights; W16, when not null, is W already rounded to bf16 (read instead of
 // W: half the bytes, no rounding). f32: gemm_f32 (W16 must be null), fp32 training on AVX-512.
-// w_packed: W (O, I) pre-packed by gemm_pack_b for the forward product; wt_packed:
-// W^T (I, O) for dX (null: packed in the products).
+// w_packed: W (O, I) pre-packed by gemm_pack_b for the forward product.
 void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
                      const float* b, int64_t N, int64_t I, int64_t O, bool f32 = false,
                      const uint32_t* w_packed = nullptr);
+struct LinearBwdOptions {
+  bool accumulate = false;             // dX += (else dX =)
+  bool dw_accumulate = true;           // dW += (else dW =: the first micro-batch writes the gradient)
+  bool f32 = false;                    // gemm_f32 instead of bf16 (W16 must then be null)
+  const uint32_t* wt_packed = nullptr; // W^T (I, O) pre-packed for dX (null: packed in the products)
+};
 void linear_bwd_gemm(KernelContext& ctx, float* dX, float* dW, float* db, const float* dY, const float* X,
-                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O, bool accumulate,
-                     bool f32 = false, const uint32_t* wt_packed = nullptr, bool dw_accumulate = true);
+                     const float* W, const uint16_t* W16, int64_t N, int64_t I, int64_t O,
+                     const LinearBwdOptions& o);
 
 // x(N, C) = E[tok] (+ P[t % T])   (P: GPT-2 learned positions, may be null)
 template <class T>

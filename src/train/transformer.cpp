@@ -142,12 +142,11 @@ template <class T>
 void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                              bool accumulate, bool dw_accumulate) {
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16_)
-      return blk::linear_bwd_gemm(*bf16_, dX, dW, db, dY, X, W, w16(W), N, I, O, accumulate, false, nullptr,
-                                  dw_accumulate);
-    if (f32_)
-      return blk::linear_bwd_gemm(*f32_, dX, dW, db, dY, X, W, nullptr, N, I, O, accumulate, true, nullptr,
-                                  dw_accumulate);
+    blk::LinearBwdOptions o;
+    o.accumulate = accumulate, o.dw_accumulate = dw_accumulate;
+    if (bf16_) return blk::linear_bwd_gemm(*bf16_, dX, dW, db, dY, X, W, w16(W), N, I, O, o);
+    o.f32 = true;
+    if (f32_) return blk::linear_bwd_gemm(*f32_, dX, dW, db, dY, X, W, nullptr, N, I, O, o);
   }
   blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
 }
@@ -170,8 +169,9 @@ void Transformer<T>::head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W,
   const int64_t C = c_.dim, V = c_.vocab_size;
   if constexpr (std::is_same_v<T, float>) {
     if (!head_dx_pk_.empty()) {
-      return blk::linear_bwd_gemm(gemm_ctx(), dX, dW, nullptr, dY, X, W, w16(W), n, C, V, false, !bf16_,
-                                  head_dx_pk_.data(), dw_accumulate);
+      blk::LinearBwdOptions o;
+      o.dw_accumulate = dw_accumulate, o.f32 = !bf16_, o.wt_packed = head_dx_pk_.data();
+      return blk::linear_bwd_gemm(gemm_ctx(), dX, dW, nullptr, dY, X, W, w16(W), n, C, V, o);
     }
   }
   lin_bwd(dX, dW, (T*)nullptr, dY, X, W, n, C, V, false, dw_accumulate);

@@ -1,4 +1,4 @@
-#include "kernels/measure.h"
+#include "measure/measure.h"
 
 #include "kernels/gemm_bf16.h"
 

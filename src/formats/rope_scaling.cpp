@@ -1,4 +1,4 @@
-#include "model/rope_scaling.h"
+#include "formats/rope_scaling.h"
 
 #include <algorithm>
 #include <cmath>

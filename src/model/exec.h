@@ -1,0 +1,116 @@
+// The two ways a block runs (model.h's RegionExec / TeamExec), so that each
+// block (model/llama.cpp, model/gpt2.cpp) is written once:
+//   RegionExec: the n rows of a chunk; norms, residuals and activations over
+//     the threads per row (Model::per_token), a parallel region per matrix product.
+//   TeamExec: one decode step on one thread of the persistent team
+//     (model/decode_team.cpp): the residual stream, the normalised input and the
+//     FFN activation are the thread's own copies (computed redundantly, the same
+//     on every thread), matrix products are shared (team_matmul, a barrier after each).
+// Both give the same logits bit for bit (tests/test_team.cpp).
+// A block sees: x() the residual stream, xn() the normalised input, and
+//   rmsnorm(g) / layernorm(g, b)   xn <- norm(x)
+//   matmul(X, {{&W, Y}, ...})      Y <- X W^T for each (rows of X: the executor's)
+//   attention(l, q, k, v, qs, kvs) bias / QK-norm / RoPE, cache write, causal attention -> Model::a_.att
+//   residual(y, b)                 x <- x + (y + b)
+//   swiglu(g, u) / gelu(h, b)      the FFN activation; returns where it is
+#pragma once
+#include <algorithm>
+
+#include "kernels/ops.h"
+#include "model/model.h"
+
+namespace tessera {
+
+struct Model::RegionExec {
+  Model& m;
+  KernelContext& ctx;
+  int64_t n;  // rows
+
+  float* x() const { return m.a_.x; }   // (n, C)
+  float* xn() const { return m.a_.xb; }  // (n, C)
+  void rmsnorm(const TensorView& g) {
+    const auto& c = m.w_.cfg;
+    m.per_token(ctx, n, [&](int64_t t) { ops::rmsnorm(xn() + t * c.dim, x() + t * c.dim, g.f32(), c.dim, c.norm_eps); });
+  }
+  void layernorm(const TensorView& g, const TensorView& b) {
+    const auto& c = m.w_.cfg;
+    m.per_token(ctx, n, [&](int64_t t) {
+      ops::layernorm(xn() + t * c.dim, x() + t * c.dim, g.f32(), b.f32(), c.dim, c.norm_eps);
+    });
+  }
+  void matmul(const float* X, std::initializer_list<MatmulOut> outs) {
+    if (outs.size() == 1) return tessera::matmul(ctx, *outs.begin()->W, X, n, outs.begin()->Y);
+    matmul_multi(ctx, X, n, outs);
+  }
+  void attention(int64_t l, float* q, float* k, float* v, int64_t q_stride, int64_t kv_stride) {
+    m.per_token(ctx, n, [&](int64_t t) {
+      m.prep_heads(l, m.cseq_[t], m.cpos_[t], q + t * q_stride, k + t * kv_stride, v + t * kv_stride, 0,
+                   m.w_.cfg.n_kv_heads);
+    });
+    m.attention(ctx, l, n, q, q_stride);
+  }
+  void residual(float* y, const TensorView& bias) {
+    const int64_t C = m.w_.cfg.dim;
+    m.add_bias(ctx, y, bias, n, C);
+    m.per_token(ctx, n, [&](int64_t t) { ops::add(x() + t * C, y + t * C, C); });
+  }
+  float* swiglu(float* g, const float* u) {
+    const int64_t H = m.w_.cfg.hidden_dim;
+    m.per_token(ctx, n, [&](int64_t t) { ops::swiglu(ctx.isa, g + t * H, u + t * H, H); });
+    return g;
+  }
+  float* gelu(float* h, const TensorView& bias) {
+    const int64_t H = m.w_.cfg.hidden_dim;
+    m.add_bias(ctx, h, bias, n, H);
+    m.per_token(ctx, n, [&](int64_t t) { ops::gelu(ctx.isa, h + t * H, H); });
+    return h;
+  }
+};
+
+struct Model::TeamExec {
+  Model& m;
+  TeamThread& tt;
+  int32_t seq;
+  int64_t pos;
+  float* xp;   // (C) this thread's residual stream
+  float* xbp;  // (C) this thread's normalised input (and residual scratch)
+  float* hs;   // (H) this thread's FFN activation
+
+  float* x() const { return xp; }
+  float* xn() const { return xbp; }
+  void rmsnorm(const TensorView& g) {
+    const auto& c = m.w_.cfg;
+    ops::rmsnorm(xbp, xp, g.f32(), c.dim, c.norm_eps);
+  }
+  void layernorm(const TensorView& g, const TensorView& b) {
+    const auto& c = m.w_.cfg;
+    ops::layernorm(xbp, xp, g.f32(), b.f32(), c.dim, c.norm_eps);
+  }
+  void matmul(const float* X, std::initializer_list<MatmulOut> outs) { team_matmul(tt, X, outs); }
+  void attention(int64_t l, float* q, float* k, float* v, int64_t, int64_t) {
+    m.team_attention(tt, l, seq, pos, q, k, v);
+  }
+  // x += y (+ bias, added to y first as the region path does; xbp is free here).
+  void residual(const float* y, const TensorView& bias) {
+    const int64_t C = m.w_.cfg.dim;
+    if (bias.empty()) return ops::add(xp, y, C);
+    std::copy(y, y + C, xbp);
+    ops::add(xbp, bias.f32(), C);
+    ops::add(xp, xbp, C);
+  }
+  float* swiglu(const float* g, const float* u) {
+    const int64_t H = m.w_.cfg.hidden_dim;
+    std::copy(g, g + H, hs);
+    ops::swiglu(tt.isa, hs, u, H);
+    return hs;
+  }
+  float* gelu(const float* h, const TensorView& bias) {
+    const int64_t H = m.w_.cfg.hidden_dim;
+    std::copy(h, h + H, hs);
+    if (!bias.empty()) ops::add(hs, bias.f32(), H);
+    ops::gelu(tt.isa, hs, H);
+    return hs;
+  }
+};
+
+}  // namespace tessera
