@@ -255,6 +255,20 @@ TEST(BatchForward, DecodeAttentionOnAShuffledBlockTable) {
     EXPECT_NEAR(o_paged[size_t(i)], o_ref[size_t(i)], 1e-5) << i;
     EXPECT_NEAR(o_paged[size_t(i)], o_flat[size_t(i)], 1e-5) << i;
   }
+  // A sliding window: keys [start, n) only, against the reference and against
+  // the contiguous layout cut to the same keys.
+  a.start = 37;
+  a.k = pool.data() + hd, a.v = vpool.data() + hd, a.blocks = table.data(), a.out = o_paged.data();
+  attend_decode(detect_isa(), a);
+  a.out = o_ref.data();
+  ref::attend_decode(a);
+  a.k = flat.data() + 37 * kvd + hd, a.v = vflat.data() + 37 * kvd + hd, a.blocks = nullptr, a.start = 0;
+  a.n = n - 37, a.out = o_flat.data();
+  attend_decode(detect_isa(), a);
+  for (int64_t i = 0; i < 2 * hd; ++i) {
+    EXPECT_NEAR(o_paged[size_t(i)], o_ref[size_t(i)], 1e-5) << "window " << i;
+    EXPECT_NEAR(o_paged[size_t(i)], o_flat[size_t(i)], 1e-5) << "window " << i;
+  }
 }
 
 }  // namespace

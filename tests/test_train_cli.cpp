@@ -451,3 +451,26 @@ TEST_F(TrainCli, TrainerStepsByHandMatchRun) {
   EXPECT_EQ(a.m, b.m);
   std::fclose(devnull);
 }
+
+// --sliding-window / --sliding-window-layers: the model slides where asked, the
+// run resumes with it, export keeps it and info says it.
+TEST_F(TrainCli, SlidingWindowLayersTrainResumeAndExport) {
+  const std::string run = dir_ + "/sliding";
+  auto r = run_cli(train_args(run, 6) + " --sliding-window 8 --sliding-window-layers even");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --resume " + q(run) + " --steps 8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto ck = train::load_checkpoint(train::latest_checkpoint(run));
+  ASSERT_EQ(ck.cfg.layer_cfg.size(), 2u);
+  EXPECT_EQ(ck.cfg.layer(0).attn, AttnKind::SlidingWindow);
+  EXPECT_EQ(ck.cfg.layer(0).window, 8);
+  EXPECT_EQ(ck.cfg.layer(1).attn, AttnKind::Full);
+  r = run_cli("export " + q(run) + " -o " + q(run + "/m.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("info -m " + q(run + "/m.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("sliding window on layers 0(8)"), std::string::npos) << r.out;
+  r = run_cli(train_args(dir_ + "/sliding_bad", 2) + " --sliding-window 8 --sliding-window-layers 5");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("sliding-window layer 5 does not exist (2 layers)"), std::string::npos) << r.err;
+}

@@ -43,6 +43,13 @@ int cmd_info(int argc, char** argv) {
     std::printf("rope scaling:   %s\n", describe_rope_scaling(c.rope_freq_factors, c.rope_theta, c.head_dim).c_str());
   std::printf("embeddings:     %s\n", c.tied_embeddings ? "tied" : "untied");
   if (c.qk_norm) std::printf("qk-norm:        yes (RMSNorm per query/key head)\n");
+  if (c.has_sliding_window()) {
+    std::string sl;
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      if (c.layer(l).attn == AttnKind::SlidingWindow)
+        sl += (sl.empty() ? "" : ",") + std::to_string(l) + "(" + std::to_string(c.layer(l).window) + ")";
+    std::printf("attention:      sliding window on layers %s (window in positions); full on the others\n", sl.c_str());
+  }
   if (c.attn_softcap > 0.f) std::printf("attn softcap:   %g\n", double(c.attn_softcap));
   if (c.final_softcap > 0.f) std::printf("logit softcap:  %g\n", double(c.final_softcap));
   std::printf("parameters:     %lld (%.2fM)\n", (long long)w.n_params(), double(w.n_params()) / 1e6);

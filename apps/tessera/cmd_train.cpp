@@ -15,7 +15,20 @@ namespace fs = std::filesystem;
 
 namespace tessera::cli {
 
-void add_train_options(CLI::App& app, train::TrainOptions& o, std::string& arch, bool& untied, std::string& sched) {
+// Model-shape options that are not ModelConfig fields as they are.
+struct ShapeArgs {
+  std::string arch = "llama", sched = "cosine";
+  bool untied = false;
+  int64_t sliding_window = 0;
+  std::string sliding_layers = "all";
+};
+
+void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
+  std::string& arch = sa.arch;
+  bool& untied = sa.untied;
+  std::string& sched = sa.sched;
+  int64_t& sliding_window = sa.sliding_window;
+  std::string& sliding_layers = sa.sliding_layers;
   auto& m = o.model;
   app.add_option("--data", o.data_dir, "token dataset directory (from 'tessera data prepare')");
   app.add_option("-o,--out", o.out_dir, "run directory: checkpoints, metrics.jsonl, loss.svg, run.json");
@@ -54,6 +67,11 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, std::string& arch,
   app.add_option("--attn-softcap", o.model.attn_softcap, "new model: attention score soft-cap cap*tanh(s/cap) (0: off)");
   app.add_option("--final-softcap", o.model.final_softcap, "new model: output logit soft-cap (0: off)");
   app.add_flag("--qk-norm", o.model.qk_norm, "new model: RMSNorm on every query and key head before RoPE");
+  app.add_option("--sliding-window", sliding_window,
+                 "new model: sliding-window attention of this many positions (0: full attention)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  app.add_option("--sliding-window-layers", sliding_layers,
+                 "new model: which layers slide: all, even (Gemma 2's alternate layers), odd, or a list like 0,2,5");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
   app.add_option("--dropout", o.mo.dropout, "dropout on the embedding and each block's residual branches (0: off)");
   app.add_option("--seed", o.seed, "seed of initialisation and data order");
@@ -71,8 +89,11 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, std::string& arch,
 }
 
 // Fills defaults that depend on other values (vocab from the dataset, hidden from dim).
-void finish_model_config(train::TrainOptions& o, const std::string& arch, bool untied) {
+void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
+  const std::string& arch = sa.arch;
+  const bool untied = sa.untied;
   auto& m = o.model;
+  if (sa.sliding_window > 0) m.layer_cfg = sliding_window_layers(m.n_layers, sa.sliding_window, sa.sliding_layers);
   m.arch = arch == "gpt2" ? Arch::GPT2 : Arch::Llama;
   if (m.n_kv_heads == 0) m.n_kv_heads = m.n_heads;
   if (m.max_seq_len == 0) m.max_seq_len = o.seq;
@@ -98,9 +119,9 @@ int cmd_train(int argc, char** argv) {
   o.model.dim = 256, o.model.n_layers = 4, o.model.n_heads = 8, o.model.n_kv_heads = 0;
   o.model.max_seq_len = 0, o.model.vocab_size = 0, o.model.hidden_dim = 0;
   o.sched.lr = 1e-3f, o.sched.min_lr = 1e-4f, o.sched.warmup = 50;
-  std::string arch = "llama", sched = "cosine", resume;
-  bool untied = false;
-  add_train_options(app, o, arch, untied, sched);
+  std::string resume;
+  ShapeArgs sa;
+  add_train_options(app, o, sa);
   app.add_option("--resume", resume, "continue the run in this directory from its newest checkpoint");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (!resume.empty()) {
@@ -116,10 +137,10 @@ int cmd_train(int argc, char** argv) {
     install_stop_handlers();  // a stop by signal exits 130 (run_training has said where it checkpointed)
     return train::run_training(r, true, stderr, stop_requested()).interrupted ? 130 : 0;
   }
-  o.sched.kind = train::parse_schedule_kind(sched);
+  o.sched.kind = train::parse_schedule_kind(sa.sched);
   o.sched.total = o.steps;
   if (!app.count("--warmup")) o.sched.warmup = std::min<int64_t>(o.sched.warmup, o.steps / 10);
-  finish_model_config(o, arch, untied);
+  finish_model_config(o, sa);
   install_stop_handlers();
   const auto s = train::run_training(o, false, stderr, stop_requested());
   if (s.interrupted) return 130;

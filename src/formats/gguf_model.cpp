@@ -86,6 +86,24 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
   if (c.n_heads <= 0) fail(path, ": ", p, "attention.head_count must be positive, got ", c.n_heads);
   c.head_dim = f->get_int_or(p + "attention.key_length", c.dim / c.n_heads);
+  // Sliding-window attention: attention.sliding_window (positions) on the layers
+  // attention.sliding_window_pattern marks (one value per layer, non-zero =
+  // sliding), or on every layer when there is no pattern.
+  if (f->find(p + "attention.sliding_window")) {
+    const int64_t win = f->get_int(p + "attention.sliding_window");
+    if (win < 1) fail(path, ": ", p, "attention.sliding_window must be >= 1, got ", win);
+    std::string which = "all";
+    if (f->find(p + "attention.sliding_window_pattern")) {
+      const auto pat = f->get_num_array(p + "attention.sliding_window_pattern");
+      if (int64_t(pat.size()) != c.n_layers)
+        fail(path, ": ", p, "attention.sliding_window_pattern has ", pat.size(), " values for ", c.n_layers, " layers");
+      which.clear();
+      for (size_t l = 0; l < pat.size(); ++l)
+        if (pat[l] != 0) which += (which.empty() ? "" : ",") + std::to_string(l);
+    }
+    c.layer_cfg = which.empty() ? std::vector<LayerConfig>(size_t(c.n_layers))
+                                : sliding_window_layers(c.n_layers, win, which);
+  }
   const auto& emb = f->tensor("token_embd.weight");
   if (emb.shape.size() != 2) fail(path, ": tensor token_embd.weight must be 2-D, has ", emb.shape.size(), " dims");
   c.vocab_size = emb.shape[0];
@@ -218,6 +236,12 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
       g.set_u32(p + "attention.key_length", uint32_t(c.head_dim));
       g.set_u32(p + "attention.value_length", uint32_t(c.head_dim));
     }
+  }
+  if (const int64_t win = c.common_window(path); win > 0) {
+    g.set_u32(p + "attention.sliding_window", uint32_t(win));
+    std::vector<int32_t> pat;
+    for (int64_t l = 0; l < c.n_layers; ++l) pat.push_back(c.layer(l).attn == AttnKind::SlidingWindow ? 1 : 0);
+    g.set_i32_array(p + "attention.sliding_window_pattern", pat);
   }
   g.set_u32(p + "vocab_size", uint32_t(c.vocab_size));
   if (tok) write_tokenizer(g, *tok, path);

@@ -163,11 +163,30 @@ Weights load_hf_weights(const std::string& dir) {
     if (c.head_dim > 0) c.rope_freq_factors = hf_rope_factors(cfg, cpath, c.rope_theta, c.head_dim);
     if (cfg.value("hidden_act", std::string("silu")) != "silu")
       fail(cpath, ": hidden_act '", cfg["hidden_act"].get<std::string>(), "' is not supported (silu only)");
-    if (cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer() &&
-        cfg.value("use_sliding_window", archname == "MistralForCausalLM") &&
-        cfg["sliding_window"].get<int64_t>() < c.max_seq_len) {
-      // Full attention equals sliding-window attention while the context fits in the window.
-      c.max_seq_len = cfg["sliding_window"].get<int64_t>();
+    // Sliding windows: transformers' per-layer "layer_types", else Mistral's
+    // every-layer window (use_sliding_window, on by default for Mistral), Qwen2's
+    // from layer max_window_layers on.
+    const bool has_win = cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer();
+    const int64_t win = has_win ? cfg["sliding_window"].get<int64_t>() : 0;
+    if (cfg.contains("layer_types") && cfg["layer_types"].is_array()) {
+      const json& lt = cfg["layer_types"];
+      if (int64_t(lt.size()) != c.n_layers)
+        fail(cpath, ": field 'layer_types' has ", lt.size(), " entries for ", c.n_layers, " layers");
+      std::string which;
+      for (size_t l = 0; l < lt.size(); ++l) {
+        const std::string t = lt[l].is_string() ? lt[l].get<std::string>() : "";
+        if (t == "sliding_attention") which += (which.empty() ? "" : ",") + std::to_string(l);
+        else if (t != "full_attention")
+          fail(cpath, ": layer_types[", l, "] '", lt[l].dump(), "' is not supported (full_attention, sliding_attention)");
+      }
+      if (!which.empty() && win < 1) fail(cpath, ": layer_types names sliding layers but 'sliding_window' is not set");
+      if (!which.empty()) c.layer_cfg = sliding_window_layers(c.n_layers, win, which);
+    } else if (has_win && win > 0 && cfg.value("use_sliding_window", archname == "MistralForCausalLM")) {
+      const int64_t from = archname == "Qwen2ForCausalLM" ? cfg.value("max_window_layers", int64_t(0)) : 0;
+      std::string which;
+      for (int64_t l = std::max<int64_t>(from, 0); l < c.n_layers; ++l)
+        which += (which.empty() ? "" : ",") + std::to_string(l);
+      if (!which.empty()) c.layer_cfg = sliding_window_layers(c.n_layers, win, which);
     }
   } else {
     c.head_dim = c.dim / c.n_heads;
@@ -228,6 +247,9 @@ void save_hf(const Weights& in, const std::string& dir) {
   const Weights w = with_rope_style(in, ops::RopeStyle::HalfSplit);
   const auto& c = w.cfg;
   const json rope_scaling = c.arch == Arch::Llama ? hf_rope_scaling(c, dir) : json();  // may fail: before any file
+  const int64_t window = c.common_window(dir);
+  if (window > 0 && c.arch != Arch::Llama)
+    fail(dir, ": config.json has no sliding-window keys for ", arch_name(c.arch), "; write GGUF instead");
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail(dir, ": cannot create directory: ", ec.message());
@@ -255,6 +277,14 @@ void save_hf(const Weights& in, const std::string& dir) {
     cfg["head_dim"] = c.head_dim;
     cfg["hidden_act"] = "silu";
     cfg["rope_scaling"] = rope_scaling;
+    if (window > 0) {
+      cfg["sliding_window"] = window;
+      cfg["use_sliding_window"] = true;
+      json lt = json::array();
+      for (int64_t l = 0; l < c.n_layers; ++l)
+        lt.push_back(c.layer(l).attn == AttnKind::SlidingWindow ? "sliding_attention" : "full_attention");
+      cfg["layer_types"] = lt;
+    }
   } else {
     cfg["architectures"] = {"GPT2LMHeadModel"};
     cfg["model_type"] = "gpt2";

@@ -32,6 +32,7 @@ struct DecodeAttnArgs {
   const int32_t* blocks = nullptr;
   int64_t block_size = 0;
   int64_t n = 0;             // positions (>= 1)
+  int64_t start = 0;         // first position attended (a sliding window); keys [start, n)
   float scale = 1.f;         // applied to q . k before the soft cap and the softmax
   float softcap = 0.f;       // > 0: s = softcap * tanh(s / softcap)
   float* scores = nullptr;   // scratch, G * n floats
@@ -39,7 +40,7 @@ struct DecodeAttnArgs {
   int64_t out_stride = 0;
 };
 
-// out[g] = sum_j softmax_j(cap(scale q[g] . k_j)) v_j for each of the G heads.
+// out[g] = sum_j softmax_j(cap(scale q[g] . k_j)) v_j over j in [start, n), for each of the G heads.
 // SIMD where the ISA has a kernel for this head size (a multiple of the vector
 // width, up to 256), else the scalar reference.
 void attend_decode(Isa isa, const DecodeAttnArgs& a);

@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
 
@@ -12,6 +13,59 @@ const char* arch_name(Arch a) {
     case Arch::GPT2: return "gpt2";
   }
   return "?";
+}
+
+const char* attn_kind_name(AttnKind k) {
+  switch (k) {
+    case AttnKind::Full: return "full";
+    case AttnKind::SlidingWindow: return "sliding";
+  }
+  return "?";
+}
+
+bool ModelConfig::has_sliding_window() const {
+  for (const auto& l : layer_cfg)
+    if (l.attn == AttnKind::SlidingWindow) return true;
+  return false;
+}
+
+int64_t ModelConfig::common_window(const std::string& where) const {
+  int64_t w = 0;
+  for (size_t l = 0; l < layer_cfg.size(); ++l) {
+    if (layer_cfg[l].attn != AttnKind::SlidingWindow) continue;
+    if (w != 0 && layer_cfg[l].window != w)
+      fail(where, ": layers use sliding windows of ", w, " and ", layer_cfg[l].window,
+           " positions; this format holds one window for the model");
+    w = layer_cfg[l].window;
+  }
+  return w;
+}
+
+std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which) {
+  if (window < 1) fail("sliding window must be at least 1 position, got ", window);
+  std::vector<LayerConfig> r(size_t(std::max<int64_t>(n_layers, 0)));
+  auto slide = [&](int64_t l) {
+    if (l < 0 || l >= n_layers) fail("sliding-window layer ", l, " does not exist (", n_layers, " layers)");
+    r[size_t(l)].attn = AttnKind::SlidingWindow, r[size_t(l)].window = window;
+  };
+  if (which == "all" || which == "even" || which == "odd") {
+    for (int64_t l = 0; l < n_layers; ++l)
+      if (which == "all" || (l % 2 == 0) == (which == "even")) slide(l);
+    return r;
+  }
+  size_t at = 0;
+  while (at <= which.size()) {
+    size_t comma = which.find(',', at);
+    if (comma == std::string::npos) comma = which.size();
+    const std::string item = which.substr(at, comma - at);
+    char* end = nullptr;
+    const long long l = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0')
+      fail("sliding-window layers '", which, "': expected all, even, odd or a comma-separated list of layer indices");
+    slide(l);
+    at = comma + 1;
+  }
+  return r;
 }
 
 void ModelConfig::validate(const std::string& where) const {
@@ -41,6 +95,11 @@ void ModelConfig::validate(const std::string& where) const {
   }
   if (attn_softcap < 0.f || final_softcap < 0.f) fail(where, ": soft-caps must be >= 0");
   if (qk_norm && arch != Arch::Llama) fail(where, ": qk_norm is supported for the llama family only");
+  if (!layer_cfg.empty() && int64_t(layer_cfg.size()) != n_layers)
+    fail(where, ": ", layer_cfg.size(), " per-layer configs for ", n_layers, " layers");
+  for (size_t l = 0; l < layer_cfg.size(); ++l)
+    if (layer_cfg[l].attn == AttnKind::SlidingWindow && layer_cfg[l].window < 1)
+      fail(where, ": layer ", l, ": the sliding window must be at least 1 position, got ", layer_cfg[l].window);
   if (arch == Arch::GPT2 && n_kv_heads != n_heads)
     fail(where, ": gpt2 has n_kv_heads == n_heads, got ", n_kv_heads, " vs ", n_heads);
 }

@@ -11,6 +11,31 @@ namespace tessera {
 enum class Arch { Llama, GPT2 };
 const char* arch_name(Arch a);
 
+// What one layer is: its attention kind and its feed-forward kind, with their
+// sizes. The kinds grow with the architectures (dilated / global attention and
+// MLA, mixture-of-experts feed-forward: the attention and MoE issues).
+enum class AttnKind : uint8_t {
+  Full,           // causal over every earlier position
+  SlidingWindow,  // causal over the last `window` positions (the query's own included)
+};
+enum class FfnKind : uint8_t { Dense };
+struct LayerConfig {
+  AttnKind attn = AttnKind::Full;
+  int64_t window = 0;  // SlidingWindow: positions a query sees, itself included (>= 1)
+  FfnKind ffn = FfnKind::Dense;
+  bool operator==(const LayerConfig&) const = default;
+  // First key position a query at position pos attends to.
+  int64_t first_key(int64_t pos) const {
+    return attn == AttnKind::SlidingWindow && pos >= window ? pos - window + 1 : 0;
+  }
+};
+const char* attn_kind_name(AttnKind k);
+// Per-layer configs with sliding-window attention of `window` positions on the
+// layers `which` names: "all", "even" (0, 2, ...: Gemma 2's), "odd", or a
+// comma-separated list of layer indices; full attention elsewhere. Error
+// naming the value on a bad one.
+std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which);
+
 struct ModelConfig {
   Arch arch = Arch::Llama;
   int64_t dim = 0;          // model width C
@@ -34,9 +59,20 @@ struct ModelConfig {
   float attn_softcap = 0.f;   // attention scores -> cap * tanh(s / cap) when > 0
   float final_softcap = 0.f;  // output logits -> cap * tanh(l / cap) when > 0
   std::string name;         // free-form (file's general.name)
+  // Per-layer configuration; empty: every layer is the default LayerConfig
+  // (full attention, dense feed-forward). Otherwise n_layers entries.
+  std::vector<LayerConfig> layer_cfg;
 
   // Throws Error naming the field when sizes are zero/negative or do not divide.
   void validate(const std::string& where) const;
+  const LayerConfig& layer(int64_t l) const {
+    static const LayerConfig kDefault;
+    return layer_cfg.empty() ? kDefault : layer_cfg[size_t(l)];
+  }
+  bool has_sliding_window() const;
+  // The one window every sliding-window layer uses (file formats hold one), 0
+  // when no layer slides; Error when the layers' windows differ.
+  int64_t common_window(const std::string& where) const;
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
   int64_t q_dim() const { return n_heads * head_dim; }
   // rope_freq_factors as the divisor array ops::rope_tables takes (null when unscaled).

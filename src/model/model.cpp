@@ -276,6 +276,7 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int6
   a.blocks = kv_->block_table(seq);
   a.block_size = kv_->block_size();
   a.n = pos + 1;  // causal: keys 0..pos
+  a.start = c.layer(l).first_key(pos);  // a sliding window: only the last `window` of them
   a.scale = 1.f / std::sqrt(float(hd));
   a.softcap = c.attn_softcap;
   a.scores = a_.scores + int64_t(rank) * score_rows() * n_ctx_;
@@ -328,6 +329,7 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
   const int nt = std::min(ctx.n_threads, max_threads_);
   const int32_t seq = cseq_[t0];
   const int64_t pos = cpos_[t0], n_vis = pos + rows;  // keys [0, n_vis) of seq
+  const LayerConfig& lc = c.layer(l);
   // Blocks of up to kQBlock query rows of one head against all the keys they may
   // see, as two single-threaded sgemm calls per task: S = Q K^T (the causal mask
   // applied row by row in the softmax), O = S V. The keys and values are read in
@@ -361,8 +363,12 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
     float* S = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;  // (nr, n_keys)
     const float* qb = q + (t0 + r0) * q_stride + h * hd;
     sgemm(false, true, nr, n_keys, hd, scale, qb, q_stride, K + kvh * hd, kvd, 0.f, S, n_keys);
-    for (int64_t r = 0; r < nr; ++r)
-      attend_softmax_row(ctx.isa, S + r * n_keys, pos + r0 + r + 1, n_keys, c.attn_softcap);
+    for (int64_t r = 0; r < nr; ++r) {  // row p sees keys [lo, p]: causal, and a sliding window's start
+      const int64_t p = pos + r0 + r, lo = lc.first_key(p);
+      float* row = S + r * n_keys;
+      std::fill(row, row + lo, 0.f);
+      attend_softmax_row(ctx.isa, row + lo, p + 1 - lo, n_keys - lo, c.attn_softcap);
+    }
     sgemm(false, false, nr, hd, n_keys, 1.f, S, n_keys, Vv + kvh * hd, kvd, 0.f,
           a_.att + (t0 + r0) * c.q_dim() + h * hd, c.q_dim());
   }

@@ -310,21 +310,23 @@ void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnS
                 Ph + i0 * Tn, Tn);  // S[i0:i1, 0:i1]
         for (int64_t i = i0; i < i1; ++i) {
           T* p = Ph + i * Tn;
+          const int64_t lo = s.window > 0 && i >= s.window ? i - s.window + 1 : 0;  // first key row i sees
+          for (int64_t j = 0; j < lo; ++j) p[j] = 0;
           if constexpr (std::is_same_v<T, float>) {
             if (vec) {
-              cpu::avx512::softmax_row(p, i + 1, i1);
+              cpu::avx512::softmax_row(p + lo, i + 1 - lo, i1 - lo);
               continue;
             }
           }
           T mx = -INFINITY;
-          for (int64_t j = 0; j <= i; ++j) {
+          for (int64_t j = lo; j <= i; ++j) {
             if (cap > 0) p[j] = cap * std::tanh(p[j] / cap);
             mx = std::max(mx, p[j]);
           }
           T sum = 0;
-          for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+          for (int64_t j = lo; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
           const T inv = T(1) / sum;
-          for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
+          for (int64_t j = lo; j <= i; ++j) p[j] *= inv;
           for (int64_t j = i + 1; j < i1; ++j) p[j] = 0;
         }
         gemm<T>(false, false, i1 - i0, hd, i1, T(1), Ph + i0 * Tn, Tn, Vv, s.kv_stride, T(0),

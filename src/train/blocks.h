@@ -80,10 +80,12 @@ struct AttnShape {
   int64_t q_stride, kv_stride;  // row strides of q and of k/v (elements)
   float softcap = 0.f;          // scores -> cap * tanh(scores / cap) when > 0
   Isa isa = Isa::Scalar;        // AVX512: float softmax rows (without soft-cap) on kernels/act.h
+  int64_t window = 0;           // > 0: a query at i sees keys [i - window + 1, i] only (sliding window)
 };
-// Causal GQA attention. q (B*T, q_stride) head h at column h*hd; k, v (B*T,
-// kv_stride). out (B*T, n_heads*hd). Saves probabilities P (B, n_heads, T, T)
-// (upper triangle unused).
+// Causal GQA attention (within s.window when set). q (B*T, q_stride) head h at
+// column h*hd; k, v (B*T, kv_stride). out (B*T, n_heads*hd). Saves probabilities
+// P (B, n_heads, T, T) (upper triangle unused; 0 left of a window). The backward
+// reads P, so masked keys get no gradient.
 template <class T>
 void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s);
 // dq, dk, dv written (=), same layouts as q, k, v. scratch: attention_scratch(T)

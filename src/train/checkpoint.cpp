@@ -61,6 +61,15 @@ nlohmann::json config_to_json(const ModelConfig& c) {
           {"final_softcap", c.final_softcap},
           {"name", c.name}};
   if (!c.rope_freq_factors.empty()) j["rope_freq_factors"] = c.rope_freq_factors;
+  if (!c.layer_cfg.empty()) {  // absent in older checkpoints: every layer the default
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& l : c.layer_cfg) {
+      nlohmann::json e = {{"attn", attn_kind_name(l.attn)}, {"ffn", "dense"}};
+      if (l.attn == AttnKind::SlidingWindow) e["window"] = l.window;
+      layers.push_back(e);
+    }
+    j["layers"] = layers;
+  }
   return j;
 }
 
@@ -94,6 +103,17 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.attn_softcap = j.value("attn_softcap", 0.f);
     c.final_softcap = j.value("final_softcap", 0.f);
     if (j.contains("rope_freq_factors")) c.rope_freq_factors = j["rope_freq_factors"].get<std::vector<float>>();
+    if (j.contains("layers")) {
+      for (const auto& e : j["layers"]) {
+        LayerConfig l;
+        const std::string attn = e.at("attn").get<std::string>();
+        if (attn == "sliding") l.attn = AttnKind::SlidingWindow, l.window = e.at("window").get<int64_t>();
+        else if (attn != "full") fail(where, ": layer ", c.layer_cfg.size(), ": unknown attention kind '", attn, "'");
+        if (e.value("ffn", std::string("dense")) != "dense")
+          fail(where, ": layer ", c.layer_cfg.size(), ": unknown feed-forward kind '", e["ffn"].dump(), "'");
+        c.layer_cfg.push_back(l);
+      }
+    }
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": bad model config: ", e.what());
   }

@@ -178,7 +178,7 @@ void Transformer<T>::head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W,
 }
 
 template <class T>
-blk::AttnShape Transformer<T>::attn_shape() const {
+blk::AttnShape Transformer<T>::attn_shape(int64_t l) const {
   blk::AttnShape s;
   s.B = B_, s.T = T_, s.n_heads = c_.n_heads, s.n_kv_heads = c_.n_kv_heads, s.hd = c_.head_dim;
   if (c_.arch == Arch::GPT2) {
@@ -188,6 +188,8 @@ blk::AttnShape Transformer<T>::attn_shape() const {
   }
   s.softcap = c_.attn_softcap;
   s.isa = isa_;
+  const LayerConfig& lc = c_.layer(l);
+  s.window = lc.attn == AttnKind::SlidingWindow ? lc.window : 0;
   return s;
 }
 
@@ -212,7 +214,7 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     }
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
-    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());  // (N, qd)
+    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));  // (N, qd)
     lin_fwd(a.x_mid, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
     drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
@@ -225,7 +227,7 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   } else {
     blk::layernorm_fwd(a.xn1, a.m1, a.r1, x, P(o.attn_norm), P(o.attn_norm_b), N, C, eps, isa_);
     lin_fwd(a.q, a.xn1, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
-    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape());
+    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));
     lin_fwd(a.x_mid, a.att, P(o.wo), P(o.bo), N, C, C);
     drop(a.x_mid, l, 0);
     blk::add(a.x_mid, x, N * C);
@@ -254,7 +256,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true, wa);
     blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true, isa_);  // dx = d x_mid
     lin_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
     if (c_.qk_norm) {  // in place: the rows of dq/dk become the gradients before the norm
@@ -272,7 +274,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true,
                        isa_);
     lin_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(), attn_scratch_.data());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
     lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false, wa);
     blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true,
                        isa_);

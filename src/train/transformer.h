@@ -58,7 +58,7 @@ class Transformer {
   void layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx);  // dx: d x_out in, d x_in out
   void head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r);
   LayerActs& acts_for(int64_t l) { return o_.recompute ? work_ : layers_[size_t(l)]; }
-  blk::AttnShape attn_shape() const;
+  blk::AttnShape attn_shape(int64_t l) const;  // layer l's (its sliding window)
   // Linear layers in the run's precision (fp32 sgemm, or bf16 products).
   void lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
   void lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,

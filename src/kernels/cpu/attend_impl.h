@@ -102,22 +102,23 @@ void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float
   for (int v = 0; v < NV; ++v) V::store(o + W * v, V::add(a0[v], a1[v]));
 }
 
-// The G heads, position block by position block (scores of head g in scores[g n, (g + 1) n)).
+// The G heads, position block by position block (scores of head g in scores[g n, (g + 1) n);
+// positions [start, n) only).
 // A block is at most kAttnBlock positions and, in a paged cache, ends where
 // the rows stop being consecutive.
 template <class V, int NV, bool F16>
 void attend_group(const tessera::DecodeAttnArgs& a) {
   const int64_t n = a.n;
-  for (int64_t j0 = 0, j1; j0 < n; j0 = j1) {
+  for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
     const void* k = attn_row(a.k, F16, a.row(j0) * a.kv_stride);
     for (int64_t g = 0; g < a.G; ++g) attend_scores<V, NV, F16>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
   }
   for (int64_t g = 0; g < a.G; ++g) {
-    attend_softmax<V>(a.scores + g * n, n, a.softcap);
+    attend_softmax<V>(a.scores + g * n + a.start, n - a.start, a.softcap);
     std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + a.hd, 0.f);
   }
-  for (int64_t j0 = 0, j1; j0 < n; j0 = j1) {
+  for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
     const void* v = attn_row(a.v, F16, a.row(j0) * a.kv_stride);
     for (int64_t g = 0; g < a.G; ++g)

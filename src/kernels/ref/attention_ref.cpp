@@ -26,18 +26,19 @@ void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
 }
 
 void attend_decode(const DecodeAttnArgs& a) {
+  const int64_t j0 = a.start, m = a.n - a.start;
   for (int64_t g = 0; g < a.G; ++g) {
     float* s = a.scores + g * a.n;
     const float* q = a.q + g * a.q_stride;
-    for (int64_t j = 0; j < a.n; ++j) {
+    for (int64_t j = j0; j < a.n; ++j) {
       float d = 0.f;
       for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.f16, a.row(j) * a.kv_stride + i);
       s[j] = d * a.scale;
     }
-    attend_softmax_row(s, a.n, a.n, a.softcap);
+    attend_softmax_row(s + j0, m, m, a.softcap);
     float* o = a.out + g * a.out_stride;
     std::fill(o, o + a.hd, 0.f);
-    for (int64_t j = 0; j < a.n; ++j)
+    for (int64_t j = j0; j < a.n; ++j)
       for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.f16, a.row(j) * a.kv_stride + i);
   }
 }
