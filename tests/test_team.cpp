@@ -76,6 +76,11 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
   gpt2.dim = 256, gpt2.head_dim = 64, gpt2.hidden_dim = 1024;
   cases.push_back({"GPT-2 f32", gpt2, DType::F32});
   cases.push_back({"GPT-2 q8_0", gpt2, DType::Q8_0});
+  ModelConfig geglu = small(256, 344, 8, 4), relu = gpt2;
+  geglu.ffn_act = FfnAct::GeGLU, relu.ffn_act = FfnAct::ReLU;
+  geglu.layer_cfg = sliding_window_layers(geglu.n_layers, 5, "even");  // decode past the window
+  cases.push_back({"GeGLU, sliding window", geglu, DType::F32});
+  cases.push_back({"GPT-2 ReLU", relu, DType::F32});
   for (const Case& c : cases) {
     ModelConfig plain = c.cfg;
     plain.qkv_bias = plain.qk_norm = false;  // the generator makes neither; added below

@@ -328,6 +328,17 @@ TEST(TrainGrad, WholeLlamaWithSlidingWindowLayersMatchesFiniteDifferences) {
   check_model(c, ModelOptions{});
 }
 
+TEST(TrainGrad, WholeLlamaGeGluAndGpt2ReluMatchFiniteDifferences) {
+  ModelConfig c = tiny_llama();
+  c.ffn_act = FfnAct::GeGLU;
+  check_model(c, ModelOptions{});
+  ModelConfig g;
+  g.arch = Arch::GPT2;
+  g.dim = 8, g.n_layers = 2, g.n_heads = 2, g.n_kv_heads = 2, g.head_dim = 4, g.hidden_dim = 12;
+  g.vocab_size = 11, g.max_seq_len = 8, g.tied_embeddings = true, g.ffn_act = FfnAct::ReLU;
+  check_model(g, ModelOptions{});
+}
+
 TEST(TrainGrad, WholeLlamaWithDropoutMatchesFiniteDifferences) {
   ModelOptions mo;
   mo.dropout = 0.3f;

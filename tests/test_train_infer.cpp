@@ -74,6 +74,7 @@ void check_agreement(const ModelConfig& c) {
     LoadedModel lm = load_model(path);
     EXPECT_EQ(lm.weights.cfg.qk_norm, c.qk_norm) << path;
     EXPECT_EQ(lm.weights.cfg.layer_cfg, c.layer_cfg) << path;
+    EXPECT_EQ(lm.weights.cfg.activation(), c.activation()) << path;
     EXPECT_EQ(lm.weights.cfg.attn_softcap, c.attn_softcap) << path;
     EXPECT_EQ(lm.weights.cfg.final_softcap, c.final_softcap) << path;
     ASSERT_EQ(lm.weights.cfg.rope_freq_factors.size(), c.rope_freq_factors.size()) << path;
@@ -126,6 +127,26 @@ TEST(TrainInfer, LlamaSlidingWindowLayersAgree) {
   }
   EXPECT_EQ(d_early, 0.0);  // positions 0..2 see at most 3 keys: the window changes nothing there
   EXPECT_GT(d_late, 1e-4);
+}
+
+TEST(TrainInfer, LlamaGeGluAgrees) {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8, c.hidden_dim = 48;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = true, c.ffn_act = FfnAct::GeGLU;
+  check_agreement(c);
+}
+
+// The original Transformer's ReLU MLP with biases, max(0, x W1 + b1) W2 + b2, on the GPT-2 block.
+TEST(TrainInfer, Gpt2ReluAgrees) {
+  ModelConfig c;
+  c.arch = Arch::GPT2;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 8, c.hidden_dim = 64;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = true, c.ffn_act = FfnAct::ReLU;
+  check_agreement(c);
+  ModelConfig bad = c;
+  bad.ffn_act = FfnAct::SwiGLU;  // GPT-2's MLP is not gated
+  EXPECT_THROW(bad.validate("test"), Error);
 }
 
 TEST(TrainInfer, Gpt2SlidingWindowAgreesThroughGguf) {

@@ -32,7 +32,8 @@ int cmd_info(int argc, char** argv) {
   std::printf("heads:          %lld query, %lld key/value (%s), head_dim %lld\n", (long long)c.n_heads,
               (long long)c.n_kv_heads,
               c.n_kv_heads == c.n_heads ? "MHA" : (c.n_kv_heads == 1 ? "MQA" : "GQA"), (long long)c.head_dim);
-  std::printf("ffn hidden:     %lld (%s)\n", (long long)c.hidden_dim, c.arch == Arch::Llama ? "SwiGLU" : "GELU");
+  static const char* kActs[] = {"", "SwiGLU", "GeGLU", "GELU", "ReLU"};
+  std::printf("ffn hidden:     %lld (%s)\n", (long long)c.hidden_dim, kActs[int(c.activation())]);
   std::printf("vocab:          %lld\n", (long long)c.vocab_size);
   std::printf("trained ctx:    %lld\n", (long long)c.max_seq_len);
   std::printf("norm:           %s, eps %g\n", c.arch == Arch::Llama ? "RMSNorm" : "LayerNorm", double(c.norm_eps));

@@ -21,6 +21,7 @@ struct ShapeArgs {
   bool untied = false;
   int64_t sliding_window = 0;
   std::string sliding_layers = "all";
+  std::string ffn_act;
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -67,6 +68,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
   app.add_option("--attn-softcap", o.model.attn_softcap, "new model: attention score soft-cap cap*tanh(s/cap) (0: off)");
   app.add_option("--final-softcap", o.model.final_softcap, "new model: output logit soft-cap (0: off)");
   app.add_flag("--qk-norm", o.model.qk_norm, "new model: RMSNorm on every query and key head before RoPE");
+  app.add_option("--ffn-act", sa.ffn_act,
+                 "new model: feed-forward activation: swiglu (llama default) or geglu; gelu (gpt2 default) or relu")
+      ->check(CLI::IsMember({"swiglu", "geglu", "gelu", "relu"}));
   app.add_option("--sliding-window", sliding_window,
                  "new model: sliding-window attention of this many positions (0: full attention)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
@@ -93,6 +97,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   const std::string& arch = sa.arch;
   const bool untied = sa.untied;
   auto& m = o.model;
+  if (!sa.ffn_act.empty()) m.ffn_act = parse_ffn_act(sa.ffn_act, "--ffn-act");
   if (sa.sliding_window > 0) m.layer_cfg = sliding_window_layers(m.n_layers, sa.sliding_window, sa.sliding_layers);
   m.arch = arch == "gpt2" ? Arch::GPT2 : Arch::Llama;
   if (m.n_kv_heads == 0) m.n_kv_heads = m.n_heads;

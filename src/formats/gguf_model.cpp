@@ -104,6 +104,9 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     c.layer_cfg = which.empty() ? std::vector<LayerConfig>(size_t(c.n_layers))
                                 : sliding_window_layers(c.n_layers, win, which);
   }
+  // The feed-forward activation when it is not the architecture's own (a Tessera key).
+  if (f->find(p + "feed_forward_activation"))
+    c.ffn_act = parse_ffn_act(f->get_string(p + "feed_forward_activation"), path + ": " + p + "feed_forward_activation");
   const auto& emb = f->tensor("token_embd.weight");
   if (emb.shape.size() != 2) fail(path, ": tensor token_embd.weight must be 2-D, has ", emb.shape.size(), " dims");
   c.vocab_size = emb.shape[0];
@@ -237,6 +240,7 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
       g.set_u32(p + "attention.value_length", uint32_t(c.head_dim));
     }
   }
+  if (c.ffn_act != FfnAct::Default) g.set_string(p + "feed_forward_activation", ffn_act_name(c.activation()));
   if (const int64_t win = c.common_window(path); win > 0) {
     g.set_u32(p + "attention.sliding_window", uint32_t(win));
     std::vector<int32_t> pat;

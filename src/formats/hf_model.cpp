@@ -161,8 +161,12 @@ Weights load_hf_weights(const std::string& dir) {
       c.rope_theta = cfg["rope_parameters"]["rope_theta"].get<float>();
     c.rope_style = ops::RopeStyle::HalfSplit;
     if (c.head_dim > 0) c.rope_freq_factors = hf_rope_factors(cfg, cpath, c.rope_theta, c.head_dim);
-    if (cfg.value("hidden_act", std::string("silu")) != "silu")
-      fail(cpath, ": hidden_act '", cfg["hidden_act"].get<std::string>(), "' is not supported (silu only)");
+    // hidden_act (Gemma: hidden_activation) of the gated MLP: silu = SwiGLU, tanh-GELU = GeGLU.
+    const char* act_key = cfg.contains("hidden_act") ? "hidden_act" : "hidden_activation";
+    const std::string act = cfg.contains(act_key) && cfg[act_key].is_string() ? cfg[act_key].get<std::string>() : "silu";
+    if (act == "gelu_pytorch_tanh" || act == "gelu_new") c.ffn_act = FfnAct::GeGLU;
+    else if (act != "silu")
+      fail(cpath, ": ", act_key, " '", act, "' is not supported (silu, gelu_pytorch_tanh)");
     // Sliding windows: transformers' per-layer "layer_types", else Mistral's
     // every-layer window (use_sliding_window, on by default for Mistral), Qwen2's
     // from layer max_window_layers on.
@@ -192,8 +196,9 @@ Weights load_hf_weights(const std::string& dir) {
     c.head_dim = c.dim / c.n_heads;
     if (c.hidden_dim == 0) c.hidden_dim = 4 * c.dim;  // n_inner null: 4 n_embd
     const std::string act = cfg.value("activation_function", std::string("gelu_new"));
-    if (act != "gelu_new" && act != "gelu_pytorch_tanh")
-      fail(cpath, ": activation_function '", act, "' is not supported (gelu_new only)");
+    if (act == "relu") c.ffn_act = FfnAct::ReLU;
+    else if (act != "gelu_new" && act != "gelu_pytorch_tanh")
+      fail(cpath, ": activation_function '", act, "' is not supported (gelu_new, relu)");
   }
   // The tensors of the architecture's table (conditional ones optional, turning
   // their config flag on); GPT-2 files may omit the "transformer." prefix.
@@ -275,7 +280,7 @@ void save_hf(const Weights& in, const std::string& dir) {
     cfg["architectures"] = {c.qkv_bias ? "Qwen2ForCausalLM" : c.qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM"};
     cfg["model_type"] = c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
     cfg["head_dim"] = c.head_dim;
-    cfg["hidden_act"] = "silu";
+    cfg["hidden_act"] = c.activation() == FfnAct::GeGLU ? "gelu_pytorch_tanh" : "silu";
     cfg["rope_scaling"] = rope_scaling;
     if (window > 0) {
       cfg["sliding_window"] = window;
@@ -289,7 +294,7 @@ void save_hf(const Weights& in, const std::string& dir) {
     cfg["architectures"] = {"GPT2LMHeadModel"};
     cfg["model_type"] = "gpt2";
     cfg["n_ctx"] = c.max_seq_len;
-    cfg["activation_function"] = "gelu_new";
+    cfg["activation_function"] = c.activation() == FfnAct::ReLU ? "relu" : "gelu_new";
   }
   // The architecture's tensors; GPT-2's Conv1D matrices go back to (in, out), f32.
   for_each_tensor_spec(d, c, [&](const TensorSpec& s, int64_t l) {

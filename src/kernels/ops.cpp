@@ -48,6 +48,15 @@ void gelu(Isa isa, float* x, int64_t n) {
   gelu(x, n);
 }
 
+void geglu(Isa isa, float* a, const float* b, int64_t n) {
+  gelu(isa, a, n);
+  for (int64_t i = 0; i < n; ++i) a[i] *= b[i];
+}
+
+void relu(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+
 void softcap(float* x, int64_t n, float cap) {
   for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
 }

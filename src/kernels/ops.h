@@ -19,6 +19,10 @@ void gelu(float* x, int64_t n);
 // polynomial exp; the loops above are the specification), Scalar: those loops.
 void swiglu(Isa isa, float* a, const float* b, int64_t n);
 void gelu(Isa isa, float* x, int64_t n);
+// a(n) = gelu_tanh(a) * b  (GeGLU), on the ISA's GELU kernel
+void geglu(Isa isa, float* a, const float* b, int64_t n);
+// x(n) = max(0, x)
+void relu(float* x, int64_t n);
 // x(n) = cap * tanh(x / cap)  (logit soft-capping)
 void softcap(float* x, int64_t n, float cap);
 // y(n) += x(n)

@@ -23,6 +23,23 @@ const char* attn_kind_name(AttnKind k) {
   return "?";
 }
 
+const char* ffn_act_name(FfnAct a) {
+  switch (a) {
+    case FfnAct::Default: return "default";
+    case FfnAct::SwiGLU: return "swiglu";
+    case FfnAct::GeGLU: return "geglu";
+    case FfnAct::GELU: return "gelu";
+    case FfnAct::ReLU: return "relu";
+  }
+  return "?";
+}
+
+FfnAct parse_ffn_act(const std::string& name, const std::string& where) {
+  for (FfnAct a : {FfnAct::SwiGLU, FfnAct::GeGLU, FfnAct::GELU, FfnAct::ReLU})
+    if (name == ffn_act_name(a)) return a;
+  fail(where, ": feed-forward activation '", name, "' is not one of swiglu, geglu, gelu, relu");
+}
+
 bool ModelConfig::has_sliding_window() const {
   for (const auto& l : layer_cfg)
     if (l.attn == AttnKind::SlidingWindow) return true;
@@ -100,6 +117,13 @@ void ModelConfig::validate(const std::string& where) const {
   for (size_t l = 0; l < layer_cfg.size(); ++l)
     if (layer_cfg[l].attn == AttnKind::SlidingWindow && layer_cfg[l].window < 1)
       fail(where, ": layer ", l, ": the sliding window must be at least 1 position, got ", layer_cfg[l].window);
+  {
+    const FfnAct a = activation();
+    const bool gated = a == FfnAct::SwiGLU || a == FfnAct::GeGLU;
+    if (gated != gated_ffn())
+      fail(where, ": ", arch_name(arch), " has a", gated_ffn() ? " gated feed-forward (swiglu, geglu)" : "n ungated feed-forward (gelu, relu)",
+           "; got ", ffn_act_name(a));
+  }
   if (arch == Arch::GPT2 && n_kv_heads != n_heads)
     fail(where, ": gpt2 has n_kv_heads == n_heads, got ", n_kv_heads, " vs ", n_heads);
 }

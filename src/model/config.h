@@ -19,6 +19,13 @@ enum class AttnKind : uint8_t {
   SlidingWindow,  // causal over the last `window` positions (the query's own included)
 };
 enum class FfnKind : uint8_t { Dense };
+// The feed-forward activation. Gated (Llama family: down(act(gate x) * up x)):
+// SwiGLU (silu), GeGLU (tanh-approximated GELU, Gemma's). Ungated with biases
+// (GPT-2 family: down(act(up x + b1)) + b2): GELU (tanh approximation), ReLU
+// (the original Transformer's max(0, .)). Default: the architecture's own.
+enum class FfnAct : uint8_t { Default, SwiGLU, GeGLU, GELU, ReLU };
+const char* ffn_act_name(FfnAct a);  // "swiglu", "geglu", "gelu", "relu"
+FfnAct parse_ffn_act(const std::string& name, const std::string& where);  // Error naming the value
 struct LayerConfig {
   AttnKind attn = AttnKind::Full;
   int64_t window = 0;  // SlidingWindow: positions a query sees, itself included (>= 1)
@@ -62,6 +69,7 @@ struct ModelConfig {
   // Per-layer configuration; empty: every layer is the default LayerConfig
   // (full attention, dense feed-forward). Otherwise n_layers entries.
   std::vector<LayerConfig> layer_cfg;
+  FfnAct ffn_act = FfnAct::Default;
 
   // Throws Error naming the field when sizes are zero/negative or do not divide.
   void validate(const std::string& where) const;
@@ -70,6 +78,11 @@ struct ModelConfig {
     return layer_cfg.empty() ? kDefault : layer_cfg[size_t(l)];
   }
   bool has_sliding_window() const;
+  // ffn_act with Default resolved: SwiGLU (Llama family), GELU (GPT-2).
+  FfnAct activation() const {
+    return ffn_act != FfnAct::Default ? ffn_act : arch == Arch::GPT2 ? FfnAct::GELU : FfnAct::SwiGLU;
+  }
+  bool gated_ffn() const { return arch != Arch::GPT2; }
   // The one window every sliding-window layer uses (file formats hold one), 0
   // when no layer slides; Error when the layers' windows differ.
   int64_t common_window(const std::string& where) const;

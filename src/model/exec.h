@@ -12,7 +12,7 @@
 //   matmul(X, {{&W, Y}, ...})      Y <- X W^T for each (rows of X: the executor's)
 //   attention(l, q, k, v, qs, kvs) bias / QK-norm / RoPE, cache write, causal attention -> Model::a_.att
 //   residual(y, b)                 x <- x + (y + b)
-//   swiglu(g, u) / gelu(h, b)      the FFN activation; returns where it is
+//   gated(g, u) / ungated(h, b)    the FFN activation (act(g) * u, act(h + b)); returns where it is
 #pragma once
 #include <algorithm>
 
@@ -20,6 +20,16 @@
 #include "model/model.h"
 
 namespace tessera {
+
+// g(H) = act(g) * u (gated, Llama family) / h(H) = act(h) (ungated, GPT-2 family), by the config's activation.
+inline void gated_row(const ModelConfig& c, Isa isa, float* g, const float* u, int64_t H) {
+  if (c.activation() == FfnAct::GeGLU) ops::geglu(isa, g, u, H);
+  else ops::swiglu(isa, g, u, H);
+}
+inline void ungated_row(const ModelConfig& c, Isa isa, float* h, int64_t H) {
+  if (c.activation() == FfnAct::ReLU) ops::relu(h, H);
+  else ops::gelu(isa, h, H);
+}
 
 struct Model::RegionExec {
   Model& m;
@@ -54,15 +64,15 @@ struct Model::RegionExec {
     m.add_bias(ctx, y, bias, n, C);
     m.per_token(ctx, n, [&](int64_t t) { ops::add(x() + t * C, y + t * C, C); });
   }
-  float* swiglu(float* g, const float* u) {
+  float* gated(float* g, const float* u) {
     const int64_t H = m.w_.cfg.hidden_dim;
-    m.per_token(ctx, n, [&](int64_t t) { ops::swiglu(ctx.isa, g + t * H, u + t * H, H); });
+    m.per_token(ctx, n, [&](int64_t t) { gated_row(m.w_.cfg, ctx.isa, g + t * H, u + t * H, H); });
     return g;
   }
-  float* gelu(float* h, const TensorView& bias) {
+  float* ungated(float* h, const TensorView& bias) {
     const int64_t H = m.w_.cfg.hidden_dim;
     m.add_bias(ctx, h, bias, n, H);
-    m.per_token(ctx, n, [&](int64_t t) { ops::gelu(ctx.isa, h + t * H, H); });
+    m.per_token(ctx, n, [&](int64_t t) { ungated_row(m.w_.cfg, ctx.isa, h + t * H, H); });
     return h;
   }
 };
@@ -98,17 +108,17 @@ struct Model::TeamExec {
     ops::add(xbp, bias.f32(), C);
     ops::add(xp, xbp, C);
   }
-  float* swiglu(const float* g, const float* u) {
+  float* gated(const float* g, const float* u) {
     const int64_t H = m.w_.cfg.hidden_dim;
     std::copy(g, g + H, hs);
-    ops::swiglu(tt.isa, hs, u, H);
+    gated_row(m.w_.cfg, tt.isa, hs, u, H);
     return hs;
   }
-  float* gelu(const float* h, const TensorView& bias) {
+  float* ungated(const float* h, const TensorView& bias) {
     const int64_t H = m.w_.cfg.hidden_dim;
     std::copy(h, h + H, hs);
     if (!bias.empty()) ops::add(hs, bias.f32(), H);
-    ops::gelu(tt.isa, hs, H);
+    ungated_row(m.w_.cfg, tt.isa, hs, H);
     return hs;
   }
 };

@@ -1,6 +1,6 @@
 // GPT-2 block: LayerNorm -> fused qkv projection (+bias) -> causal MHA (no RoPE;
 // learned positions were added at the embedding) -> output projection (+bias) ->
-// residual; LayerNorm -> GELU MLP (+biases) -> residual. Written once for both
+// residual; LayerNorm -> GELU (or ReLU) MLP (+biases) -> residual. Written once for both
 // executors (model/exec.h).
 #include "model/exec.h"
 
@@ -17,7 +17,7 @@ void Model::gpt2_layer(Ex& ex, int64_t l) {
   ex.residual(a_.xb, L.bo);
   ex.layernorm(L.ffn_norm, L.ffn_norm_b);
   ex.matmul(ex.xn(), {{&L.w_up, a_.hb}});  // (H)
-  const float* h = ex.gelu(a_.hb, L.b_up);
+  const float* h = ex.ungated(a_.hb, L.b_up);
   ex.matmul(h, {{&L.w_down, a_.xb}});  // (C)
   ex.residual(a_.xb, L.b_down);
 }

@@ -1,6 +1,6 @@
 // Llama block: RMSNorm -> (q, k, v) projections (+ optional biases) -> RoPE ->
-// causal GQA attention -> output projection -> residual; RMSNorm -> SwiGLU FFN
-// -> residual. Written once for both executors (model/exec.h).
+// causal GQA attention -> output projection -> residual; RMSNorm -> gated FFN
+// (SwiGLU, or GeGLU) -> residual. Written once for both executors (model/exec.h).
 #include "model/exec.h"
 
 namespace tessera {
@@ -15,10 +15,10 @@ void Model::llama_layer(Ex& ex, int64_t l) {
   ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());            // -> a_.att (q_dim)
   ex.matmul(a_.att, {{&L.wo, a_.xb}});                                 // (C)
   ex.residual(a_.xb, L.bo);
-  // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+  // Gated feed-forward: down(act(gate(x)) * up(x)), act = silu (SwiGLU) or GELU (GeGLU).
   ex.rmsnorm(L.ffn_norm);
   ex.matmul(ex.xn(), {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
-  const float* h = ex.swiglu(a_.hb, a_.hb2);
+  const float* h = ex.gated(a_.hb, a_.hb2);
   ex.matmul(h, {{&L.w_down, a_.xb}});  // (C)
   ex.residual(a_.xb, L.b_down);
 }

@@ -472,6 +472,34 @@ void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n, Isa isa) {
 }
 
 template <class T>
+void geglu_fwd(T* h, const T* g, const T* u, int64_t n, Isa isa) {
+  gelu_fwd(h, g, n, isa);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) h[i] *= u[i];
+}
+
+template <class T>
+void geglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n, Isa isa) {
+  // du = dh gelu(g); dg = gelu'(g) (dh u). dg holds gelu(g), then dh u, on the way.
+  gelu_fwd(dg, g, n, isa);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) du[i] = dh[i] * dg[i], dg[i] = dh[i] * u[i];
+  gelu_bwd(dg, dg, g, n, isa);
+}
+
+template <class T>
+void relu_fwd(T* y, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+template <class T>
+void relu_bwd(T* dx, const T* dy, const T* x, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : T(0);
+}
+
+template <class T>
 void add(T* y, const T* x, int64_t n) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
@@ -565,6 +593,10 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   template void swiglu_bwd<T>(T*, T*, const T*, const T*, const T*, int64_t, Isa);                               \
   template void gelu_fwd<T>(T*, const T*, int64_t, Isa);                                                         \
   template void gelu_bwd<T>(T*, const T*, const T*, int64_t, Isa);                                               \
+  template void geglu_fwd<T>(T*, const T*, const T*, int64_t, Isa);                                              \
+  template void geglu_bwd<T>(T*, T*, const T*, const T*, const T*, int64_t, Isa);                                \
+  template void relu_fwd<T>(T*, const T*, int64_t);                                                              \
+  template void relu_bwd<T>(T*, const T*, const T*, int64_t);                                                    \
   template void add<T>(T*, const T*, int64_t);                                                                   \
   template void dropout<T>(T*, int64_t, float, uint64_t);                                                        \
   template CeResult cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, const CeOptions&);

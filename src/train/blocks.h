@@ -102,6 +102,16 @@ void swiglu_fwd(T* h, const T* g, const T* u, int64_t n, Isa isa = Isa::Scalar);
 template <class T>
 void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n, Isa isa = Isa::Scalar);
 
+// h(n) = gelu_tanh(g) * u (GeGLU). The backward recomputes gelu(g).
+template <class T>
+void geglu_fwd(T* h, const T* g, const T* u, int64_t n, Isa isa = Isa::Scalar);
+template <class T>
+void geglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n, Isa isa = Isa::Scalar);
+// y(n) = max(0, x); dx = dy where x > 0.
+template <class T>
+void relu_fwd(T* y, const T* x, int64_t n);
+template <class T>
+void relu_bwd(T* dx, const T* dy, const T* x, int64_t n);
 // y(n) = gelu_tanh(x)
 template <class T>
 void gelu_fwd(T* y, const T* x, int64_t n, Isa isa = Isa::Scalar);

@@ -61,6 +61,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
           {"final_softcap", c.final_softcap},
           {"name", c.name}};
   if (!c.rope_freq_factors.empty()) j["rope_freq_factors"] = c.rope_freq_factors;
+  if (c.ffn_act != FfnAct::Default) j["ffn_act"] = ffn_act_name(c.ffn_act);  // absent: the arch's own
   if (!c.layer_cfg.empty()) {  // absent in older checkpoints: every layer the default
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : c.layer_cfg) {
@@ -103,6 +104,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.attn_softcap = j.value("attn_softcap", 0.f);
     c.final_softcap = j.value("final_softcap", 0.f);
     if (j.contains("rope_freq_factors")) c.rope_freq_factors = j["rope_freq_factors"].get<std::vector<float>>();
+    if (j.contains("ffn_act")) c.ffn_act = parse_ffn_act(j["ffn_act"].get<std::string>(), where);
     if (j.contains("layers")) {
       for (const auto& e : j["layers"]) {
         LayerConfig l;

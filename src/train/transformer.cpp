@@ -221,7 +221,10 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::rmsnorm_fwd(a.xn2, a.r2, a.x_mid, P(o.ffn_norm), N, C, eps, isa_);
     lin_fwd(a.g, a.xn2, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
     lin_fwd(a.u, a.xn2, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
-    blk::swiglu_fwd(a.h, a.g, a.u, N * H, isa_);
+    if (c_.activation() == FfnAct::GeGLU)
+      blk::geglu_fwd(a.h, a.g, a.u, N * H, isa_);
+    else
+      blk::swiglu_fwd(a.h, a.g, a.u, N * H, isa_);
     lin_fwd(x_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
     drop(x_out, l, 1);
   } else {
@@ -233,7 +236,10 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::add(a.x_mid, x, N * C);
     blk::layernorm_fwd(a.xn2, a.m2, a.r2, a.x_mid, P(o.ffn_norm), P(o.ffn_norm_b), N, C, eps, isa_);
     lin_fwd(a.g, a.xn2, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-GELU
-    blk::gelu_fwd(a.h, a.g, N * H, isa_);
+    if (c_.activation() == FfnAct::ReLU)
+      blk::relu_fwd(a.h, a.g, N * H);
+    else
+      blk::gelu_fwd(a.h, a.g, N * H, isa_);
     lin_fwd(x_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
     drop(x_out, l, 1);
   }
@@ -251,7 +257,10 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   if (c_.arch == Arch::Llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
     lin_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
-    blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
+    if (c_.activation() == FfnAct::GeGLU)
+      blk::geglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
+    else
+      blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
     lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false, wa);
     lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true, wa);
     blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true, isa_);  // dx = d x_mid
@@ -269,7 +278,10 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true, isa_);  // dx = d x_in
   } else {
     lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
-    blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
+    if (c_.activation() == FfnAct::ReLU)
+      blk::relu_bwd(dg_, dh_, a.g, N * H);
+    else
+      blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
     lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false, wa);
     blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true,
                        isa_);
