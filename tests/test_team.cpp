@@ -81,6 +81,10 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
   geglu.layer_cfg = sliding_window_layers(geglu.n_layers, 5, "even");  // decode past the window
   cases.push_back({"GeGLU, sliding window", geglu, DType::F32});
   cases.push_back({"GPT-2 ReLU", relu, DType::F32});
+  ModelConfig post = small(256, 344, 8, 2), post_gpt2 = relu;
+  post.norm_placement = post_gpt2.norm_placement = NormPlacement::Post;
+  cases.push_back({"post-norm", post, DType::F32});
+  cases.push_back({"GPT-2 post-norm ReLU", post_gpt2, DType::F32});
   for (const Case& c : cases) {
     ModelConfig plain = c.cfg;
     plain.qkv_bias = plain.qk_norm = false;  // the generator makes neither; added below

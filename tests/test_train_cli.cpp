@@ -452,11 +452,11 @@ TEST_F(TrainCli, TrainerStepsByHandMatchRun) {
   std::fclose(devnull);
 }
 
-// --sliding-window / --sliding-window-layers / --ffn-act: the model slides where asked, the
+// --sliding-window / --sliding-window-layers / --ffn-act / --norm-placement: the model is what was asked, the
 // run resumes with it, export keeps it and info says it.
 TEST_F(TrainCli, SlidingWindowLayersTrainResumeAndExport) {
   const std::string run = dir_ + "/sliding";
-  auto r = run_cli(train_args(run, 6) + " --sliding-window 8 --sliding-window-layers even --ffn-act geglu");
+  auto r = run_cli(train_args(run, 6) + " --sliding-window 8 --sliding-window-layers even --ffn-act geglu --norm-placement post");
   ASSERT_EQ(r.code, 0) << r.err;
   r = run_cli("train --resume " + q(run) + " --steps 8");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -471,6 +471,8 @@ TEST_F(TrainCli, SlidingWindowLayersTrainResumeAndExport) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("sliding window on layers 0(8)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("(GeGLU)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("post-norm"), std::string::npos) << r.out;
+  EXPECT_EQ(ck.cfg.norm_placement, NormPlacement::Post);
   EXPECT_EQ(ck.cfg.ffn_act, FfnAct::GeGLU);
   r = run_cli(train_args(dir_ + "/sliding_bad", 2) + " --sliding-window 8 --sliding-window-layers 5");
   EXPECT_EQ(r.code, 1);

@@ -339,6 +339,22 @@ TEST(TrainGrad, WholeLlamaGeGluAndGpt2ReluMatchFiniteDifferences) {
   check_model(g, ModelOptions{});
 }
 
+TEST(TrainGrad, PostNormModelsMatchFiniteDifferences) {
+  ModelConfig c = tiny_llama();
+  c.norm_placement = NormPlacement::Post;
+  ModelOptions mo;
+  mo.dropout = 0.2f;  // the residual dropout sites sit before the post-norms
+  check_model(c, mo, 777);
+  ModelConfig g;  // the original Transformer's block: LayerNorm after each residual, ReLU MLP with biases
+  g.arch = Arch::GPT2;
+  g.dim = 8, g.n_layers = 2, g.n_heads = 2, g.n_kv_heads = 2, g.head_dim = 4, g.hidden_dim = 12;
+  g.vocab_size = 11, g.max_seq_len = 8, g.tied_embeddings = true, g.ffn_act = FfnAct::ReLU;
+  g.norm_placement = NormPlacement::Post;
+  ModelOptions rc;
+  rc.recompute = true;
+  check_model(g, rc);
+}
+
 TEST(TrainGrad, WholeLlamaWithDropoutMatchesFiniteDifferences) {
   ModelOptions mo;
   mo.dropout = 0.3f;

@@ -48,7 +48,7 @@ double mean_nll(const std::vector<float>& logits, const std::vector<int32_t>& tg
   return s / double(tgt.size());
 }
 
-void check_agreement(const ModelConfig& c) {
+void check_agreement(const ModelConfig& c, bool hf_too = true) {
   train::Layout L(c);
   std::vector<float> p(L.total);
   train::init_params(L, p.data(), 11);
@@ -69,12 +69,14 @@ void check_agreement(const ModelConfig& c) {
 
   const std::string g = test::temp_path("agree.gguf"), hf = test::temp_path("agree_hf");
   save_gguf(w, nullptr, g);
-  save_hf(w, hf);
-  for (const std::string& path : {g, hf}) {
+  std::vector<std::string> paths = {g};
+  if (hf_too) save_hf(w, hf), paths.push_back(hf);
+  for (const std::string& path : paths) {
     LoadedModel lm = load_model(path);
     EXPECT_EQ(lm.weights.cfg.qk_norm, c.qk_norm) << path;
     EXPECT_EQ(lm.weights.cfg.layer_cfg, c.layer_cfg) << path;
     EXPECT_EQ(lm.weights.cfg.activation(), c.activation()) << path;
+    EXPECT_EQ(lm.weights.cfg.norm_placement, c.norm_placement) << path;
     EXPECT_EQ(lm.weights.cfg.attn_softcap, c.attn_softcap) << path;
     EXPECT_EQ(lm.weights.cfg.final_softcap, c.final_softcap) << path;
     ASSERT_EQ(lm.weights.cfg.rope_freq_factors.size(), c.rope_freq_factors.size()) << path;
@@ -147,6 +149,26 @@ TEST(TrainInfer, Gpt2ReluAgrees) {
   ModelConfig bad = c;
   bad.ffn_act = FfnAct::SwiGLU;  // GPT-2's MLP is not gated
   EXPECT_THROW(bad.validate("test"), Error);
+}
+
+// Post-norm blocks, norm(x + f(x)): the original Transformer's (GPT-2 block with
+// ReLU) and a Llama-family one; GGUF only (config.json has no key for it).
+TEST(TrainInfer, PostNormAgreesThroughGguf) {
+  ModelConfig t;
+  t.arch = Arch::GPT2;
+  t.dim = 32, t.n_layers = 2, t.n_heads = 4, t.n_kv_heads = 4, t.head_dim = 8, t.hidden_dim = 64;
+  t.vocab_size = 40, t.max_seq_len = 16, t.tied_embeddings = true, t.ffn_act = FfnAct::ReLU;
+  t.norm_placement = NormPlacement::Post;
+  check_agreement(t, false);
+  ModelConfig l;
+  l.arch = Arch::Llama;
+  l.dim = 32, l.n_layers = 2, l.n_heads = 4, l.n_kv_heads = 2, l.head_dim = 8, l.hidden_dim = 48;
+  l.vocab_size = 40, l.max_seq_len = 16, l.tied_embeddings = false, l.norm_placement = NormPlacement::Post;
+  check_agreement(l, false);
+  train::Layout L(l);
+  std::vector<float> p(L.total);
+  train::init_params(L, p.data(), 1);
+  EXPECT_THROW(save_hf(train::weights_view(L, p.data()), test::temp_path("post_hf")), Error);
 }
 
 TEST(TrainInfer, Gpt2SlidingWindowAgreesThroughGguf) {

@@ -36,7 +36,8 @@ int cmd_info(int argc, char** argv) {
   std::printf("ffn hidden:     %lld (%s)\n", (long long)c.hidden_dim, kActs[int(c.activation())]);
   std::printf("vocab:          %lld\n", (long long)c.vocab_size);
   std::printf("trained ctx:    %lld\n", (long long)c.max_seq_len);
-  std::printf("norm:           %s, eps %g\n", c.arch == Arch::Llama ? "RMSNorm" : "LayerNorm", double(c.norm_eps));
+  std::printf("norm:           %s, eps %g, %s\n", c.arch == Arch::Llama ? "RMSNorm" : "LayerNorm", double(c.norm_eps),
+              c.norm_placement == NormPlacement::Post ? "post-norm (norm(x + f(x)))" : "pre-norm");
   if (c.arch == Arch::Llama)
     std::printf("rope:           theta %g, %s\n", double(c.rope_theta),
                 c.rope_style == ops::RopeStyle::Interleaved ? "interleaved pairs" : "half-split (NeoX)");

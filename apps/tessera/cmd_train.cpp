@@ -21,7 +21,7 @@ struct ShapeArgs {
   bool untied = false;
   int64_t sliding_window = 0;
   std::string sliding_layers = "all";
-  std::string ffn_act;
+  std::string ffn_act, norm_placement = "pre";
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -71,6 +71,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
   app.add_option("--ffn-act", sa.ffn_act,
                  "new model: feed-forward activation: swiglu (llama default) or geglu; gelu (gpt2 default) or relu")
       ->check(CLI::IsMember({"swiglu", "geglu", "gelu", "relu"}));
+  app.add_option("--norm-placement", sa.norm_placement,
+                 "new model: pre (x + f(norm(x)), default) or post (norm(x + f(x)), the original Transformer's)")
+      ->check(CLI::IsMember({"pre", "post"}));
   app.add_option("--sliding-window", sliding_window,
                  "new model: sliding-window attention of this many positions (0: full attention)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
@@ -98,6 +101,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   const bool untied = sa.untied;
   auto& m = o.model;
   if (!sa.ffn_act.empty()) m.ffn_act = parse_ffn_act(sa.ffn_act, "--ffn-act");
+  m.norm_placement = sa.norm_placement == "post" ? NormPlacement::Post : NormPlacement::Pre;
   if (sa.sliding_window > 0) m.layer_cfg = sliding_window_layers(m.n_layers, sa.sliding_window, sa.sliding_layers);
   m.arch = arch == "gpt2" ? Arch::GPT2 : Arch::Llama;
   if (m.n_kv_heads == 0) m.n_kv_heads = m.n_heads;

@@ -107,6 +107,12 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   // The feed-forward activation when it is not the architecture's own (a Tessera key).
   if (f->find(p + "feed_forward_activation"))
     c.ffn_act = parse_ffn_act(f->get_string(p + "feed_forward_activation"), path + ": " + p + "feed_forward_activation");
+  // Post-norm blocks (a Tessera key; absent: pre-norm).
+  if (f->find(p + "norm_placement")) {
+    const std::string np = f->get_string(p + "norm_placement");
+    if (np != "pre" && np != "post") fail(path, ": ", p, "norm_placement must be pre or post, got '", np, "'");
+    c.norm_placement = np == "post" ? NormPlacement::Post : NormPlacement::Pre;
+  }
   const auto& emb = f->tensor("token_embd.weight");
   if (emb.shape.size() != 2) fail(path, ": tensor token_embd.weight must be 2-D, has ", emb.shape.size(), " dims");
   c.vocab_size = emb.shape[0];
@@ -241,6 +247,7 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
     }
   }
   if (c.ffn_act != FfnAct::Default) g.set_string(p + "feed_forward_activation", ffn_act_name(c.activation()));
+  if (c.norm_placement == NormPlacement::Post) g.set_string(p + "norm_placement", "post");
   if (const int64_t win = c.common_window(path); win > 0) {
     g.set_u32(p + "attention.sliding_window", uint32_t(win));
     std::vector<int32_t> pat;

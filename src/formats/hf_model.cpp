@@ -253,6 +253,8 @@ void save_hf(const Weights& in, const std::string& dir) {
   const auto& c = w.cfg;
   const json rope_scaling = c.arch == Arch::Llama ? hf_rope_scaling(c, dir) : json();  // may fail: before any file
   const int64_t window = c.common_window(dir);
+  if (c.norm_placement == NormPlacement::Post)
+    fail(dir, ": config.json has no key for post-norm blocks; write GGUF instead");
   if (window > 0 && c.arch != Arch::Llama)
     fail(dir, ": config.json has no sliding-window keys for ", arch_name(c.arch), "; write GGUF instead");
   std::error_code ec;

@@ -24,7 +24,11 @@ enum class FfnKind : uint8_t { Dense };
 // (GPT-2 family: down(act(up x + b1)) + b2): GELU (tanh approximation), ReLU
 // (the original Transformer's max(0, .)). Default: the architecture's own.
 enum class FfnAct : uint8_t { Default, SwiGLU, GeGLU, GELU, ReLU };
-const char* ffn_act_name(FfnAct a);  // "swiglu", "geglu", "gelu", "relu"
+const char* ffn_act_name(FfnAct a);
+// Where a block's norms sit. Pre (today's LLMs): x + sublayer(norm(x)). Post
+// (the original Transformer): norm(x + sublayer(x)), with the same norm
+// tensors (attn_norm after attention, ffn_norm after the feed-forward).
+enum class NormPlacement : uint8_t { Pre, Post };  // "swiglu", "geglu", "gelu", "relu"
 FfnAct parse_ffn_act(const std::string& name, const std::string& where);  // Error naming the value
 struct LayerConfig {
   AttnKind attn = AttnKind::Full;
@@ -70,6 +74,7 @@ struct ModelConfig {
   // (full attention, dense feed-forward). Otherwise n_layers entries.
   std::vector<LayerConfig> layer_cfg;
   FfnAct ffn_act = FfnAct::Default;
+  NormPlacement norm_placement = NormPlacement::Pre;
 
   // Throws Error naming the field when sizes are zero/negative or do not divide.
   void validate(const std::string& where) const;

@@ -9,6 +9,7 @@
 // Both give the same logits bit for bit (tests/test_team.cpp).
 // A block sees: x() the residual stream, xn() the normalised input, and
 //   rmsnorm(g) / layernorm(g, b)   xn <- norm(x)
+//   rmsnorm_x(g) / layernorm_x(g, b)  x <- norm(x) (post-norm)
 //   matmul(X, {{&W, Y}, ...})      Y <- X W^T for each (rows of X: the executor's)
 //   attention(l, q, k, v, qs, kvs) bias / QK-norm / RoPE, cache write, causal attention -> Model::a_.att
 //   residual(y, b)                 x <- x + (y + b)
@@ -47,6 +48,17 @@ struct Model::RegionExec {
     m.per_token(ctx, n, [&](int64_t t) {
       ops::layernorm(xn() + t * c.dim, x() + t * c.dim, g.f32(), b.f32(), c.dim, c.norm_eps);
     });
+  }
+  // x <- norm(x) (post-norm), through xn.
+  void rmsnorm_x(const TensorView& g) {
+    const int64_t C = m.w_.cfg.dim;
+    rmsnorm(g);
+    m.per_token(ctx, n, [&](int64_t t) { std::copy(xn() + t * C, xn() + (t + 1) * C, x() + t * C); });
+  }
+  void layernorm_x(const TensorView& g, const TensorView& b) {
+    const int64_t C = m.w_.cfg.dim;
+    layernorm(g, b);
+    m.per_token(ctx, n, [&](int64_t t) { std::copy(xn() + t * C, xn() + (t + 1) * C, x() + t * C); });
   }
   void matmul(const float* X, std::initializer_list<MatmulOut> outs) {
     if (outs.size() == 1) return tessera::matmul(ctx, *outs.begin()->W, X, n, outs.begin()->Y);
@@ -95,6 +107,14 @@ struct Model::TeamExec {
   void layernorm(const TensorView& g, const TensorView& b) {
     const auto& c = m.w_.cfg;
     ops::layernorm(xbp, xp, g.f32(), b.f32(), c.dim, c.norm_eps);
+  }
+  void rmsnorm_x(const TensorView& g) {
+    rmsnorm(g);
+    std::copy(xbp, xbp + m.w_.cfg.dim, xp);
+  }
+  void layernorm_x(const TensorView& g, const TensorView& b) {
+    layernorm(g, b);
+    std::copy(xbp, xbp + m.w_.cfg.dim, xp);
   }
   void matmul(const float* X, std::initializer_list<MatmulOut> outs) { team_matmul(tt, X, outs); }
   void attention(int64_t l, float* q, float* k, float* v, int64_t, int64_t) {

@@ -9,18 +9,23 @@ template <class Ex>
 void Model::llama_layer(Ex& ex, int64_t l) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
+  const bool post = c.norm_placement == NormPlacement::Post;  // norm(x + f(x)) instead of x + f(norm(x))
   // Attention.
-  ex.rmsnorm(L.attn_norm);
-  ex.matmul(ex.xn(), {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});  // (q_dim), (kv_dim), (kv_dim) per row
-  ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());            // -> a_.att (q_dim)
-  ex.matmul(a_.att, {{&L.wo, a_.xb}});                                 // (C)
+  if (!post) ex.rmsnorm(L.attn_norm);
+  const float* in = post ? ex.x() : ex.xn();
+  ex.matmul(in, {{&L.wq, a_.q}, {&L.wk, a_.k}, {&L.wv, a_.v}});  // (q_dim), (kv_dim), (kv_dim) per row
+  ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());       // -> a_.att (q_dim)
+  ex.matmul(a_.att, {{&L.wo, a_.xb}});                            // (C)
   ex.residual(a_.xb, L.bo);
+  if (post) ex.rmsnorm_x(L.attn_norm);
   // Gated feed-forward: down(act(gate(x)) * up(x)), act = silu (SwiGLU) or GELU (GeGLU).
-  ex.rmsnorm(L.ffn_norm);
-  ex.matmul(ex.xn(), {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
+  if (!post) ex.rmsnorm(L.ffn_norm);
+  in = post ? ex.x() : ex.xn();
+  ex.matmul(in, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
   const float* h = ex.gated(a_.hb, a_.hb2);
   ex.matmul(h, {{&L.w_down, a_.xb}});  // (C)
   ex.residual(a_.xb, L.b_down);
+  if (post) ex.rmsnorm_x(L.ffn_norm);
 }
 
 template void Model::llama_layer<Model::RegionExec>(RegionExec&, int64_t);

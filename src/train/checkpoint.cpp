@@ -62,6 +62,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
           {"name", c.name}};
   if (!c.rope_freq_factors.empty()) j["rope_freq_factors"] = c.rope_freq_factors;
   if (c.ffn_act != FfnAct::Default) j["ffn_act"] = ffn_act_name(c.ffn_act);  // absent: the arch's own
+  if (c.norm_placement == NormPlacement::Post) j["norm_placement"] = "post";  // absent: pre
   if (!c.layer_cfg.empty()) {  // absent in older checkpoints: every layer the default
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : c.layer_cfg) {
@@ -105,6 +106,11 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.final_softcap = j.value("final_softcap", 0.f);
     if (j.contains("rope_freq_factors")) c.rope_freq_factors = j["rope_freq_factors"].get<std::vector<float>>();
     if (j.contains("ffn_act")) c.ffn_act = parse_ffn_act(j["ffn_act"].get<std::string>(), where);
+    if (j.contains("norm_placement")) {
+      const std::string np = j["norm_placement"].get<std::string>();
+      if (np != "pre" && np != "post") fail(where, ": norm_placement must be pre or post, got '", np, "'");
+      c.norm_placement = np == "post" ? NormPlacement::Post : NormPlacement::Pre;
+    }
     if (j.contains("layers")) {
       for (const auto& e : j["layers"]) {
         LayerConfig l;

@@ -193,19 +193,33 @@ blk::AttnShape Transformer<T>::attn_shape(int64_t l) const {
   return s;
 }
 
+// Pre-norm (default): x_mid = x + attn(norm1(x)), out = x_mid + ffn(norm2(x_mid)),
+//   with xn1 = norm1(x) and xn2 = norm2(x_mid) saved.
+// Post-norm (the original Transformer): x_mid = norm1(x + attn(x)),
+//   out = norm2(x_mid + ffn(x_mid)), with the sums saved in xn1 and xn2 (the
+//   norms' inputs) and the sublayers reading x and x_mid directly.
 template <class T>
 void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   const auto& o = L_.layers[size_t(l)];
   const int64_t N = N_, C = c_.dim, H = c_.hidden_dim;
   const T eps = T(c_.norm_eps);
   auto P = [&](size_t off) { return off == kAbsent ? nullptr : p + off; };
+  const bool post = c_.norm_placement == NormPlacement::Post, llama = c_.arch == Arch::Llama;
+  // y = norm(x) with the layer's first (1) or second (2) norm, saving its statistics.
+  auto norm = [&](int k, T* y, const T* x) {
+    const size_t gw = k == 1 ? o.attn_norm : o.ffn_norm, gb = k == 1 ? o.attn_norm_b : o.ffn_norm_b;
+    if (llama) blk::rmsnorm_fwd(y, k == 1 ? a.r1 : a.r2, x, P(gw), N, C, eps, isa_);
+    else blk::layernorm_fwd(y, k == 1 ? a.m1 : a.m2, k == 1 ? a.r1 : a.r2, x, P(gw), P(gb), N, C, eps, isa_);
+  };
   const T* x = a.x_in;
-  if (c_.arch == Arch::Llama) {
+  const T* attn_in = x;
+  if (!post) norm(1, a.xn1, x), attn_in = a.xn1;
+  T* attn_out = post ? a.xn1 : a.x_mid;  // the attention sublayer's output, before the residual
+  if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    blk::rmsnorm_fwd(a.xn1, a.r1, x, P(o.attn_norm), N, C, eps, isa_);
-    lin_fwd(a.q, a.xn1, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
-    lin_fwd(a.k, a.xn1, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
-    lin_fwd(a.v, a.xn1, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
+    lin_fwd(a.q, attn_in, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
+    lin_fwd(a.k, attn_in, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
+    lin_fwd(a.v, attn_in, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
     if (c_.qk_norm) {  // RMSNorm over every head of q and k: rows of head_dim
       std::copy(a.q, a.q + N * qd, a.q0);
       std::copy(a.k, a.k + N * kvd, a.k0);
@@ -215,35 +229,37 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));  // (N, qd)
-    lin_fwd(a.x_mid, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
-    drop(a.x_mid, l, 0);
-    blk::add(a.x_mid, x, N * C);
-    blk::rmsnorm_fwd(a.xn2, a.r2, a.x_mid, P(o.ffn_norm), N, C, eps, isa_);
-    lin_fwd(a.g, a.xn2, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
-    lin_fwd(a.u, a.xn2, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
+    lin_fwd(attn_out, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
+  } else {
+    lin_fwd(a.q, attn_in, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
+    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));
+    lin_fwd(attn_out, a.att, P(o.wo), P(o.bo), N, C, C);
+  }
+  drop(attn_out, l, 0);
+  blk::add(attn_out, x, N * C);
+  if (post) norm(1, a.x_mid, a.xn1);
+  const T* ffn_in = a.x_mid;
+  if (!post) norm(2, a.xn2, a.x_mid), ffn_in = a.xn2;
+  T* ffn_out = post ? a.xn2 : x_out;
+  if (llama) {
+    lin_fwd(a.g, ffn_in, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
+    lin_fwd(a.u, ffn_in, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
     if (c_.activation() == FfnAct::GeGLU)
       blk::geglu_fwd(a.h, a.g, a.u, N * H, isa_);
     else
       blk::swiglu_fwd(a.h, a.g, a.u, N * H, isa_);
-    lin_fwd(x_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
-    drop(x_out, l, 1);
+    lin_fwd(ffn_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
   } else {
-    blk::layernorm_fwd(a.xn1, a.m1, a.r1, x, P(o.attn_norm), P(o.attn_norm_b), N, C, eps, isa_);
-    lin_fwd(a.q, a.xn1, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
-    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));
-    lin_fwd(a.x_mid, a.att, P(o.wo), P(o.bo), N, C, C);
-    drop(a.x_mid, l, 0);
-    blk::add(a.x_mid, x, N * C);
-    blk::layernorm_fwd(a.xn2, a.m2, a.r2, a.x_mid, P(o.ffn_norm), P(o.ffn_norm_b), N, C, eps, isa_);
-    lin_fwd(a.g, a.xn2, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-GELU
+    lin_fwd(a.g, ffn_in, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-activation
     if (c_.activation() == FfnAct::ReLU)
       blk::relu_fwd(a.h, a.g, N * H);
     else
       blk::gelu_fwd(a.h, a.g, N * H, isa_);
-    lin_fwd(x_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
-    drop(x_out, l, 1);
+    lin_fwd(ffn_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
   }
-  blk::add(x_out, a.x_mid, N * C);
+  drop(ffn_out, l, 1);
+  blk::add(ffn_out, a.x_mid, N * C);
+  if (post) norm(2, x_out, a.xn2);
 }
 
 template <class T>
@@ -253,17 +269,51 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   auto P = [&](size_t off) { return off == kAbsent ? nullptr : p + off; };
   auto G = [&](size_t off) { return off == kAbsent ? nullptr : g + off; };
   const bool wa = !fresh_;  // each weight's one product writes its gradient on a fresh buffer
-  // dx holds d x_out; the residual passes it on to x_mid and x_in unchanged.
-  if (c_.arch == Arch::Llama) {
-    const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
+  const bool post = c_.norm_placement == NormPlacement::Post, llama = c_.arch == Arch::Llama;
+  // dx (=, or += when accumulate) the backward of norm k at input x for dy.
+  auto norm_bwd = [&](int k, T* dxo, const T* dy, const T* x, bool accumulate) {
+    const size_t gw = k == 1 ? o.attn_norm : o.ffn_norm, gb = k == 1 ? o.attn_norm_b : o.ffn_norm_b;
+    if (llama)
+      blk::rmsnorm_bwd(dxo, G(gw), dy, x, P(gw), k == 1 ? a.r1 : a.r2, N, C, accumulate, isa_);
+    else
+      blk::layernorm_bwd(dxo, G(gw), G(gb), dy, x, P(gw), k == 1 ? a.m1 : a.m2, k == 1 ? a.r1 : a.r2, N, C,
+                         accumulate, isa_);
+  };
+  // dx holds d x_out. Pre-norm: the residual passes it on to x_mid and x_in unchanged,
+  // and each sublayer's input gradient goes back through its norm into dx (+=).
+  // Post-norm: dx goes back through norm 2 (=), then the sublayer's input gradient
+  // (x_mid's) is added; the same again through norm 1 and the attention.
+  if (post) {  // dx = d (x_mid + ffn(x_mid)); dxn_ is free here (layernorm_bwd may not alias dx and dy)
+    std::copy(dx, dx + N * C, dxn_);
+    norm_bwd(2, dx, dxn_, a.xn2, false);
+  }
+  const T* ffn_in = post ? a.x_mid : a.xn2;
+  if (llama) {
     lin_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
     if (c_.activation() == FfnAct::GeGLU)
       blk::geglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
     else
       blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
-    lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, a.xn2, P(o.w_gate), N, C, H, false, wa);
-    lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, a.xn2, P(o.w_up), N, C, H, true, wa);
-    blk::rmsnorm_bwd(dx, G(o.ffn_norm), dxn_, a.x_mid, P(o.ffn_norm), a.r2, N, C, true, isa_);  // dx = d x_mid
+    lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, ffn_in, P(o.w_gate), N, C, H, false, wa);
+    lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, ffn_in, P(o.w_up), N, C, H, true, wa);
+  } else {
+    lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
+    if (c_.activation() == FfnAct::ReLU)
+      blk::relu_bwd(dg_, dh_, a.g, N * H);
+    else
+      blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
+    lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, ffn_in, P(o.w_up), N, C, H, false, wa);
+  }
+  if (post) {
+    blk::add(dx, dxn_, N * C);                    // dx = d x_mid
+    std::copy(dx, dx + N * C, dxn_);
+    norm_bwd(1, dx, dxn_, a.xn1, false);          // dx = d (x_in + attn(x_in))
+  } else {
+    norm_bwd(2, dx, dxn_, a.x_mid, true);         // dx = d x_mid
+  }
+  const T* attn_in = post ? a.x_in : a.xn1;
+  if (llama) {
+    const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
     lin_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
@@ -272,25 +322,18 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
       blk::rmsnorm_bwd(dq_, G(o.q_norm), dq_, a.q0, P(o.q_norm), a.rq, N * c_.n_heads, c_.head_dim, false, isa_);
       blk::rmsnorm_bwd(dk_, G(o.k_norm), dk_, a.k0, P(o.k_norm), a.rk, N * c_.n_kv_heads, c_.head_dim, false, isa_);
     }
-    lin_bwd(dxn_, G(o.wq), G(o.bq), dq_, a.xn1, P(o.wq), N, C, qd, false, wa);
-    lin_bwd(dxn_, G(o.wk), G(o.bk), dk_, a.xn1, P(o.wk), N, C, kvd, true, wa);
-    lin_bwd(dxn_, G(o.wv), G(o.bv), dv_, a.xn1, P(o.wv), N, C, kvd, true, wa);
-    blk::rmsnorm_bwd(dx, G(o.attn_norm), dxn_, a.x_in, P(o.attn_norm), a.r1, N, C, true, isa_);  // dx = d x_in
+    lin_bwd(dxn_, G(o.wq), G(o.bq), dq_, attn_in, P(o.wq), N, C, qd, false, wa);
+    lin_bwd(dxn_, G(o.wk), G(o.bk), dk_, attn_in, P(o.wk), N, C, kvd, true, wa);
+    lin_bwd(dxn_, G(o.wv), G(o.bv), dv_, attn_in, P(o.wv), N, C, kvd, true, wa);
   } else {
-    lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
-    if (c_.activation() == FfnAct::ReLU)
-      blk::relu_bwd(dg_, dh_, a.g, N * H);
-    else
-      blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
-    lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, a.xn2, P(o.w_up), N, C, H, false, wa);
-    blk::layernorm_bwd(dx, G(o.ffn_norm), G(o.ffn_norm_b), dxn_, a.x_mid, P(o.ffn_norm), a.m2, a.r2, N, C, true,
-                       isa_);
     lin_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
-    lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, a.xn1, P(o.wqkv), N, C, 3 * C, false, wa);
-    blk::layernorm_bwd(dx, G(o.attn_norm), G(o.attn_norm_b), dxn_, a.x_in, P(o.attn_norm), a.m1, a.r1, N, C, true,
-                       isa_);
+    lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, attn_in, P(o.wqkv), N, C, 3 * C, false, wa);
   }
+  if (post)
+    blk::add(dx, dxn_, N * C);           // dx = d x_in
+  else
+    norm_bwd(1, dx, dxn_, a.x_in, true);  // dx = d x_in
 }
 
 template <class T>
