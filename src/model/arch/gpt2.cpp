@@ -2,23 +2,17 @@
 // with bias, multi-head attention, GELU MLP with biases, tied output. GGUF
 // "gpt2"; Hugging Face GPT2LMHeadModel (Conv1D weights stored (in, out)).
 // The block: model/gpt2.cpp (inference), train/blocks.cpp (training).
-#include "model/arch.h"
+#include "model/arch/shapes.h"
 
 namespace tessera {
 
 namespace {
-using Shape = std::vector<int64_t>;
-Shape vc(const ModelConfig& c, int64_t) { return {c.vocab_size, c.dim}; }
+using namespace arch_shapes;
 Shape tc(const ModelConfig& c, int64_t) { return {c.max_seq_len, c.dim}; }
-Shape c1(const ModelConfig& c, int64_t) { return {c.dim}; }
 Shape qkv(const ModelConfig& c, int64_t) { return {3 * c.dim, c.dim}; }
 Shape qkv1(const ModelConfig& c, int64_t) { return {3 * c.dim}; }
 Shape cc(const ModelConfig& c, int64_t) { return {c.dim, c.dim}; }
-Shape hc(const ModelConfig& c, int64_t) { return {c.hidden_dim, c.dim}; }
 Shape h1(const ModelConfig& c, int64_t) { return {c.hidden_dim}; }
-Shape ch(const ModelConfig& c, int64_t) { return {c.dim, c.hidden_dim}; }
-bool untied(const ModelConfig& c, int64_t) { return !c.tied_embeddings; }
-constexpr auto M = TensorKind::Matrix, E = TensorKind::Embedding, V = TensorKind::Vector;
 }  // namespace
 
 extern const ArchDesc kGpt2Arch;

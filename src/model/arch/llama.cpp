@@ -1,28 +1,22 @@
-// The Llama family: RMSNorm, RoPE, GQA/MQA attention, SwiGLU feed-forward.
+// The Llama family: RMSNorm, RoPE, GQA/MQA attention, gated feed-forward (SwiGLU / GeGLU).
 // Variants by tensors present: Qwen2 (q/k/v biases), Qwen3 (QK-norm gains),
 // untied output. GGUF "llama" / "qwen2" / "qwen3"; Hugging Face
 // LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM.
 // The block: model/llama.cpp (inference), train/blocks.cpp (training).
-#include "model/arch.h"
+#include "model/arch/shapes.h"
 
 namespace tessera {
 
 namespace {
-using Shape = std::vector<int64_t>;
-bool untied(const ModelConfig& c, int64_t) { return !c.tied_embeddings; }
+using namespace arch_shapes;
 bool biased(const ModelConfig& c, int64_t) { return c.qkv_bias; }
 bool normed(const ModelConfig& c, int64_t) { return c.qk_norm; }
-Shape vc(const ModelConfig& c, int64_t) { return {c.vocab_size, c.dim}; }
-Shape c1(const ModelConfig& c, int64_t) { return {c.dim}; }
 Shape qc(const ModelConfig& c, int64_t) { return {c.q_dim(), c.dim}; }
 Shape kvc(const ModelConfig& c, int64_t) { return {c.kv_dim(), c.dim}; }
 Shape q1(const ModelConfig& c, int64_t) { return {c.q_dim()}; }
 Shape kv1(const ModelConfig& c, int64_t) { return {c.kv_dim()}; }
 Shape hd1(const ModelConfig& c, int64_t) { return {c.head_dim}; }
 Shape cq(const ModelConfig& c, int64_t) { return {c.dim, c.q_dim()}; }
-Shape hc(const ModelConfig& c, int64_t) { return {c.hidden_dim, c.dim}; }
-Shape ch(const ModelConfig& c, int64_t) { return {c.dim, c.hidden_dim}; }
-constexpr auto M = TensorKind::Matrix, E = TensorKind::Embedding, V = TensorKind::Vector;
 }  // namespace
 
 extern const ArchDesc kLlamaArch;
