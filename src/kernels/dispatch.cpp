@@ -131,7 +131,16 @@ struct MatvecJob {
   const TensorView* W;
   float* Y;
   cpu::MatvecFn fn;
+  const float* bias = nullptr;  // (N), added to rows as they are computed
 };
+
+const float* bias_of(const TensorView* b) { return b && !b->empty() ? b->f32() : nullptr; }
+
+// Y[m, n] += b[n] for rows [n0, n1) of every m < M.
+void add_bias_rows(float* Y, const float* b, int64_t M, int64_t N, int64_t n0, int64_t n1) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) Y[m * N + n] += b[n];
+}
 
 // Hands out the rows of a call's matrices to its threads in ranges that are
 // multiples of 16 (tiles stay whole): a thread takes about 1 / (1.5 T) of the
@@ -223,11 +232,16 @@ void matvec_rows(const MatvecJob* jobs, int n_jobs, const float* X, int64_t M, c
     a.Y = jobs[j].Y;
     a.xq = xq;
     a.work = work;
+    const int64_t N = jobs[j].W->rows();
     if (!queue) {
-      jobs[j].fn(a, 0, jobs[j].W->rows());
+      jobs[j].fn(a, 0, N);
+      if (jobs[j].bias) add_bias_rows(jobs[j].Y, jobs[j].bias, M, N, 0, N);
       continue;
     }
-    for (int64_t n0, n1; queue->claim(j, n0, n1); a.x_ready = true) jobs[j].fn(a, n0, n1);
+    for (int64_t n0, n1; queue->claim(j, n0, n1); a.x_ready = true) {
+      jobs[j].fn(a, n0, n1);
+      if (jobs[j].bias) add_bias_rows(jobs[j].Y, jobs[j].bias, M, N, n0, n1);
+    }
   }
 }
 
@@ -357,6 +371,24 @@ void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, 
   matvec_scalar(ctx, W, X, M, Y);  // also the R4 layouts on an ISA without their kernels
 }
 
+void linear(KernelContext& ctx, const Linear& lin, const float* X, int64_t M, float* Y) {
+  const TensorView& W = *lin.W;
+  const float* b = bias_of(lin.b);
+  if (M <= 0 || W.rows() == 0) return;
+  if (b && !(W.dtype == DType::Q8_G && (!cpu::q8g_integer_path(W) || ctx.isa == Isa::Scalar))) {
+    const cpu::IsaKernels* k = kernels_for(ctx.isa);
+    if (const cpu::MatvecFn fn = k ? simd_matvec(*k, ctx.isa, W, M) : nullptr) {
+      const MatvecJob job{&W, Y, fn, b};  // the bias joins each range of rows
+      return matvec(ctx, *k, &job, 1, X, M);
+    }
+  }
+  matmul(ctx, W, X, M, Y);
+  if (!b) return;
+  const int64_t N = W.rows();
+#pragma omp parallel for num_threads(ctx.n_threads) schedule(static) if (M >= 8)
+  for (int64_t m = 0; m < M; ++m) add_bias_rows(Y + m * N, b, 1, N, 0, N);
+}
+
 void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs) {
   // Shared only where every matrix would take the SIMD matrix-vector kernels
   // (what matmul() picks below its GEMM thresholds) with the same K and the
@@ -371,10 +403,10 @@ void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initialize
     const cpu::MatvecFn fn = simd_matvec(*k, ctx.isa, W, M);
     shared = fn && W.rows() > 0 &&
              (n == 0 || (W.cols() == jobs[0].W->cols() && quant_block(W) == quant_block(*jobs[0].W)));
-    jobs[n++] = MatvecJob{&W, o.Y, fn};
+    jobs[n++] = MatvecJob{&W, o.Y, fn, bias_of(o.b)};
   }
   if (shared && n > 0) return matvec(ctx, *k, jobs, n, X, M);
-  for (const MatmulOut& o : outs) matmul(ctx, *o.W, X, M, o.Y);
+  for (const MatmulOut& o : outs) linear(ctx, Linear{o.W, o.b}, X, M, o.Y);
 }
 
 size_t team_scratch_bytes(int64_t K) {
@@ -395,7 +427,7 @@ void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut
   int n = 0;
   if (!k || outs.size() == 0 || outs.size() > size_t(Team::kMaxJobs)) fail("team_matmul: internal: bad call");
   for (const MatmulOut& o : outs) {
-    jobs[n] = MatvecJob{o.W, o.Y, simd_matvec(*k, tt.isa, *o.W, 1)};
+    jobs[n] = MatvecJob{o.W, o.Y, simd_matvec(*k, tt.isa, *o.W, 1), bias_of(o.b)};
     if (!jobs[n].fn || o.W->cols() != jobs[0].W->cols() || quant_block(*o.W) != quant_block(*jobs[0].W))
       fail("team_matmul: internal: matrices without a shared matrix-vector kernel");
     ++n;

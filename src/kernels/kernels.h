@@ -41,13 +41,25 @@ class KernelContext {
 // same groups as W and the products are integer (see ref::matmul).
 void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y);
 
-// Several matrices against one X: outs[i].Y = X . outs[i].W^T, exactly as
-// matmul() for each. When all of them take the matrix-vector path (decode) with
-// the same K, they share one parallel region and one quantization of X (e.g.
-// the q/k/v projections, gate and up). At most 4.
+// A linear layer as the model holds it: a weight and an optional bias, added
+// to every row of the product. linear() is the one entry point of the
+// inference model's matrix products (adapters such as LoRA attach here).
+struct Linear {
+  const TensorView* W = nullptr;  // (N, K), any DType
+  const TensorView* b = nullptr;  // (N) f32; null or empty: no bias
+};
+// Y(M, N) = X(M, K) . W(N, K)^T + b: matmul(), then the bias, which the
+// matrix-vector kernels add to each range of rows as they finish it.
+void linear(KernelContext& ctx, const Linear& lin, const float* X, int64_t M, float* Y);
+
+// Several matrices against one X: outs[i].Y = X . outs[i].W^T (+ outs[i].b),
+// exactly as linear() for each. When all of them take the matrix-vector path
+// (decode) with the same K, they share one parallel region and one
+// quantization of X (e.g. the q/k/v projections, gate and up). At most 4.
 struct MatmulOut {
   const TensorView* W;
   float* Y;
+  const TensorView* b = nullptr;  // optional bias (N)
 };
 void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs);
 

@@ -10,10 +10,10 @@
 // A block sees: x() the residual stream, xn() the normalised input, and
 //   rmsnorm(g) / layernorm(g, b)   xn <- norm(x)
 //   rmsnorm_x(g) / layernorm_x(g, b)  x <- norm(x) (post-norm)
-//   matmul(X, {{&W, Y}, ...})      Y <- X W^T for each (rows of X: the executor's)
-//   attention(l, q, k, v, qs, kvs) bias / QK-norm / RoPE, cache write, causal attention -> Model::a_.att
-//   residual(y, b)                 x <- x + (y + b)
-//   gated(g, u) / ungated(h, b)    the FFN activation (act(g) * u, act(h + b)); returns where it is
+//   matmul(X, {{&W, Y, &b}, ...})  Y <- X W^T + b for each (linear(); rows of X: the executor's)
+//   attention(l, q, k, v, qs, kvs) QK-norm / RoPE, cache write, causal attention -> Model::a_.att
+//   residual(y)                    x <- x + y
+//   gated(g, u) / ungated(h)       the FFN activation (act(g) * u, act(h)); returns where it is
 #pragma once
 #include <algorithm>
 
@@ -61,7 +61,7 @@ struct Model::RegionExec {
     m.per_token(ctx, n, [&](int64_t t) { std::copy(xn() + t * C, xn() + (t + 1) * C, x() + t * C); });
   }
   void matmul(const float* X, std::initializer_list<MatmulOut> outs) {
-    if (outs.size() == 1) return tessera::matmul(ctx, *outs.begin()->W, X, n, outs.begin()->Y);
+    if (outs.size() == 1) return linear(ctx, Linear{outs.begin()->W, outs.begin()->b}, X, n, outs.begin()->Y);
     matmul_multi(ctx, X, n, outs);
   }
   void attention(int64_t l, float* q, float* k, float* v, int64_t q_stride, int64_t kv_stride) {
@@ -71,9 +71,8 @@ struct Model::RegionExec {
     });
     m.attention(ctx, l, n, q, q_stride);
   }
-  void residual(float* y, const TensorView& bias) {
+  void residual(const float* y) {
     const int64_t C = m.w_.cfg.dim;
-    m.add_bias(ctx, y, bias, n, C);
     m.per_token(ctx, n, [&](int64_t t) { ops::add(x() + t * C, y + t * C, C); });
   }
   float* gated(float* g, const float* u) {
@@ -81,9 +80,8 @@ struct Model::RegionExec {
     m.per_token(ctx, n, [&](int64_t t) { gated_row(m.w_.cfg, ctx.isa, g + t * H, u + t * H, H); });
     return g;
   }
-  float* ungated(float* h, const TensorView& bias) {
+  float* ungated(float* h) {
     const int64_t H = m.w_.cfg.hidden_dim;
-    m.add_bias(ctx, h, bias, n, H);
     m.per_token(ctx, n, [&](int64_t t) { ungated_row(m.w_.cfg, ctx.isa, h + t * H, H); });
     return h;
   }
@@ -120,24 +118,16 @@ struct Model::TeamExec {
   void attention(int64_t l, float* q, float* k, float* v, int64_t, int64_t) {
     m.team_attention(tt, l, seq, pos, q, k, v);
   }
-  // x += y (+ bias, added to y first as the region path does; xbp is free here).
-  void residual(const float* y, const TensorView& bias) {
-    const int64_t C = m.w_.cfg.dim;
-    if (bias.empty()) return ops::add(xp, y, C);
-    std::copy(y, y + C, xbp);
-    ops::add(xbp, bias.f32(), C);
-    ops::add(xp, xbp, C);
-  }
+  void residual(const float* y) { ops::add(xp, y, m.w_.cfg.dim); }
   float* gated(const float* g, const float* u) {
     const int64_t H = m.w_.cfg.hidden_dim;
     std::copy(g, g + H, hs);
     gated_row(m.w_.cfg, tt.isa, hs, u, H);
     return hs;
   }
-  float* ungated(const float* h, const TensorView& bias) {
+  float* ungated(const float* h) {
     const int64_t H = m.w_.cfg.hidden_dim;
     std::copy(h, h + H, hs);
-    if (!bias.empty()) ops::add(hs, bias.f32(), H);
     ungated_row(m.w_.cfg, tt.isa, hs, H);
     return hs;
   }

@@ -212,34 +212,21 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
   if (c.final_softcap > 0.f) ops::softcap(out, n_out * c.vocab_size, c.final_softcap);
 }
 
-void Model::add_bias(KernelContext& ctx, float* y, const TensorView& b, int64_t n, int64_t width) {
-  if (b.empty()) return;
-  per_token(ctx, n, [&](int64_t t) { ops::add(y + t * width, b.f32(), width); });
-}
-
 void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
   const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, kvd = c.kv_dim();
-  const bool llama = c.arch == Arch::Llama;  // GPT-2: one fused bias (q | k | v), no RoPE
+  const bool llama = c.arch == Arch::Llama;  // GPT-2: no QK-norm, no RoPE
   const float* cr = llama ? rope_cos_.data() + pos * (hd / 2) : nullptr;
   const float* sr = llama ? rope_sin_.data() + pos * (hd / 2) : nullptr;
-  const auto bias = [&](const TensorView& b, int64_t part) -> const float* {
-    if (llama) return b.empty() ? nullptr : b.f32();
-    return L.bqkv.empty() ? nullptr : L.bqkv.f32() + part * c.dim;
-  };
-  const float *bq = bias(L.bq, 0), *bk = bias(L.bk, 1), *bv = bias(L.bv, 2);
-  const auto head = [&](float* x, const float* b, const TensorView* norm, int64_t h) {
-    if (b) ops::add(x, b + h * hd, hd);
-    if (!norm || !llama) return;                                    // values, GPT-2: bias only
+  // The projections' biases are in q / k / v already (linear()).
+  const auto head = [&](float* x, const TensorView* norm) {
+    if (!llama) return;
     if (c.qk_norm) ops::rmsnorm(x, x, norm->f32(), hd, c.norm_eps);  // RMSNorm over the head
     ops::rope_apply(x, cr, sr, hd, c.rope_style);
   };
-  for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, bq, &L.q_norm, h);
-  for (int64_t h = h0; h < h1; ++h) {
-    head(k + h * hd, bk, &L.k_norm, h);
-    head(v + h * hd, bv, nullptr, h);
-  }
+  for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, &L.q_norm);
+  for (int64_t h = h0; h < h1; ++h) head(k + h * hd, &L.k_norm);
   const size_t es = kv_->elem_bytes(), at = size_t(kv_->row(seq, pos) * kvd + h0 * hd) * es;
   const int64_t cnt = (h1 - h0) * hd;
   uint8_t* kc = kv_->k(l) + at;

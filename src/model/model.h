@@ -102,9 +102,10 @@ class Model {
   void llama_layer(Ex& ex, int64_t l);  // model/llama.cpp
   template <class Ex>
   void gpt2_layer(Ex& ex, int64_t l);  // model/gpt2.cpp
-  // Bias, QK-norm and RoPE (Llama; GPT-2: its fused bias only) of one token's
-  // q / k / v rows (sequence seq, position pos) for the query heads of KV heads
-  // [h0, h1) and those KV heads, then their k / v into the cache.
+  // QK-norm and RoPE (Llama; GPT-2: neither) of one token's q / k rows
+  // (sequence seq, position pos; the projections' biases are in already) for
+  // the query heads of KV heads [h0, h1) and those KV heads, then their k / v
+  // into the cache.
   void prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1);
   // One decode step (token at pos of seq) as a persistent team; logits (V) into out.
   void decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out);
@@ -119,7 +120,6 @@ class Model {
   void attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride);
   // A run of rows [t0, t0 + rows) of one sequence at consecutive positions, as GEMMs.
   void prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q, int64_t q_stride);
-  void add_bias(KernelContext& ctx, float* y, const TensorView& b, int64_t n, int64_t width);
   // f(t) for the n rows t of a chunk (norms, residuals, biases, RoPE: independent
   // per token), over the threads when n is a prefill's (so the GEMMs' other
   // threads do not wait on one).
