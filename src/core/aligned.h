@@ -1,6 +1,6 @@
 // 64-byte aligned storage for buffers that the kernels stream: rows that start
-// on a cache line are read and written without split lines (a misaligned
-// f32 C of an output layer's dW ran the bf16 GEMM at 466 instead of 636 GFLOP/s).
+// on a cache line are read and written without split lines (split lines in
+// the GEMMs' outputs cost them a quarter of their speed; docs/kernels.md).
 // Large buffers also get huge pages (below).
 #pragma once
 #include <cstddef>

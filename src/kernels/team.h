@@ -1,9 +1,9 @@
 // A persistent thread team for one decode step: the threads of one OpenMP
 // parallel region run the whole step (SPMD) and meet at a spinning barrier
-// between phases, instead of opening a region per matrix. On the 2-vCPU VM this
-// project is measured on, an OpenMP region costs ~3.4 us and this barrier about
-// one cross-core round trip (~0.6 us); a 15M-parameter decode step has ~31
-// phases in ~1.3 ms. See docs/kernels.md, "Synchronisation cost".
+// between phases, instead of opening a region per matrix: a barrier costs about
+// one cross-core round trip, several times less than opening an OpenMP region,
+// and a small model's decode step has dozens of phases (the measured costs:
+// docs/perf-log.md, "Synchronisation cost").
 //
 // Only for phases that every thread of the region reaches in the same order;
 // inside, no nested OpenMP regions (they would run on one thread each).

@@ -20,8 +20,8 @@ namespace tessera {
 
 bool Model::decodes_as_team(const KernelContext& ctx) const {
   // More threads than CPUs: a spinning team would wait for threads that are not
-  // running (stories260K at -t 4 on 2 cores: 510 tok/s against 3100 with
-  // libgomp's regions, which spin less when oversubscribed).
+  // running (several times slower than libgomp's regions, which spin less when
+  // oversubscribed).
   const int threads = std::min(ctx.n_threads, max_threads_);
   if (!persistent_team_ || threads < 2 || threads > omp_get_num_procs() || ctx.isa == Isa::Scalar) return false;
   // Layers too small to split (stories260K: 64 x 64) run one thread per matrix

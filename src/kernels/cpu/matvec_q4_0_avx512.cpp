@@ -20,9 +20,9 @@ namespace {
 
 // Software prefetch of the next tile: while this tile streams rows [n, n + R),
 // prefetch the same position in rows [n + R, n + 2R) (R row lengths ahead).
-// Rows are contiguous, so this runs one tile ahead of the demand stream;
-// measured at 2 threads on Zen 5, F16 +55%, Q8_0 +40%, Q4_0 +40%, F32 +6%
-// over no software prefetch (and better than any fixed distance).
+// Rows are contiguous, so this runs one tile ahead of the demand stream: the
+// hardware prefetcher alone does not keep up with several row streams (the
+// gain per weight type and the fixed distances tried: docs/perf-log.md).
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
