@@ -353,6 +353,15 @@ TEST(KernelsQuantize, FastDequantizeRowMatchesReference) {
         dequantize_row(w.view, r, got.data());
         ref::dequantize_row(w.view, r, want.data());
         EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4)) << dtype_name(t) << " row " << r;
+        // Each ISA's instantiation of dequant_impl.h, whichever dequantize_row() picks here.
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+          cpu::avx2::kernels().dequant_row(w.view, r, got.data());
+          EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4)) << dtype_name(t) << " avx2 row " << r;
+        }
+        if (detect_isa() == Isa::AVX512) {
+          cpu::avx512::kernels().dequant_row(w.view, r, got.data());
+          EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4)) << dtype_name(t) << " avx512 row " << r;
+        }
       }
     }
   }
