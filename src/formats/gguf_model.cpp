@@ -92,17 +92,14 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   if (f->find(p + "attention.sliding_window")) {
     const int64_t win = f->get_int(p + "attention.sliding_window");
     if (win < 1) fail(path, ": ", p, "attention.sliding_window must be >= 1, got ", win);
-    std::string which = "all";
+    std::vector<bool> slides(size_t(std::max<int64_t>(c.n_layers, 0)), true);
     if (f->find(p + "attention.sliding_window_pattern")) {
       const auto pat = f->get_num_array(p + "attention.sliding_window_pattern");
       if (int64_t(pat.size()) != c.n_layers)
         fail(path, ": ", p, "attention.sliding_window_pattern has ", pat.size(), " values for ", c.n_layers, " layers");
-      which.clear();
-      for (size_t l = 0; l < pat.size(); ++l)
-        if (pat[l] != 0) which += (which.empty() ? "" : ",") + std::to_string(l);
+      for (size_t l = 0; l < pat.size(); ++l) slides[l] = pat[l] != 0;
     }
-    c.layer_cfg = which.empty() ? std::vector<LayerConfig>(size_t(c.n_layers))
-                                : sliding_window_layers(c.n_layers, win, which);
+    c.layer_cfg = sliding_window_layers(win, slides);
   }
   // The feed-forward activation when it is not the architecture's own (a Tessera key).
   if (f->find(p + "feed_forward_activation"))

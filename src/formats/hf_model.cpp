@@ -1,6 +1,7 @@
 // Hugging Face directories: config.json + safetensors <-> Weights.
 // LlamaForCausalLM (and Mistral / Qwen2 / Qwen3, which only add a sliding
 // window, q/k/v biases or QK-norm) and GPT2LMHeadModel (Conv1D weights stored (in, out): transposed here).
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -172,26 +173,24 @@ Weights load_hf_weights(const std::string& dir) {
     // from layer max_window_layers on.
     const bool has_win = cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer();
     const int64_t win = has_win ? cfg["sliding_window"].get<int64_t>() : 0;
+    std::vector<bool> slides(size_t(std::max<int64_t>(c.n_layers, 0)), false);
     if (cfg.contains("layer_types") && cfg["layer_types"].is_array()) {
       const json& lt = cfg["layer_types"];
       if (int64_t(lt.size()) != c.n_layers)
         fail(cpath, ": field 'layer_types' has ", lt.size(), " entries for ", c.n_layers, " layers");
-      std::string which;
       for (size_t l = 0; l < lt.size(); ++l) {
         const std::string t = lt[l].is_string() ? lt[l].get<std::string>() : "";
-        if (t == "sliding_attention") which += (which.empty() ? "" : ",") + std::to_string(l);
-        else if (t != "full_attention")
+        if (t != "sliding_attention" && t != "full_attention")
           fail(cpath, ": layer_types[", l, "] '", lt[l].dump(), "' is not supported (full_attention, sliding_attention)");
+        slides[l] = t == "sliding_attention";
       }
-      if (!which.empty() && win < 1) fail(cpath, ": layer_types names sliding layers but 'sliding_window' is not set");
-      if (!which.empty()) c.layer_cfg = sliding_window_layers(c.n_layers, win, which);
+      if (win < 1 && std::find(slides.begin(), slides.end(), true) != slides.end())
+        fail(cpath, ": layer_types names sliding layers but 'sliding_window' is not set");
     } else if (has_win && win > 0 && cfg.value("use_sliding_window", archname == "MistralForCausalLM")) {
       const int64_t from = archname == "Qwen2ForCausalLM" ? cfg.value("max_window_layers", int64_t(0)) : 0;
-      std::string which;
-      for (int64_t l = std::max<int64_t>(from, 0); l < c.n_layers; ++l)
-        which += (which.empty() ? "" : ",") + std::to_string(l);
-      if (!which.empty()) c.layer_cfg = sliding_window_layers(c.n_layers, win, which);
+      for (int64_t l = std::max<int64_t>(from, 0); l < c.n_layers; ++l) slides[size_t(l)] = true;
     }
+    c.layer_cfg = sliding_window_layers(win, slides);
   } else {
     c.head_dim = c.dim / c.n_heads;
     if (c.hidden_dim == 0) c.hidden_dim = 4 * c.dim;  // n_inner null: 4 n_embd

@@ -349,44 +349,43 @@ cpu::MatvecFn simd_matvec(const cpu::IsaKernels& k, Isa isa, const TensorView& W
 
 }  // namespace
 
-void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
-  if (M <= 0 || W.rows() == 0) return;
-  // llama2.c int8 (Q8_G) follows runq: activations quantized per group of W. The
-  // SIMD integer path covers groups that are multiples of 32; smaller groups (the
-  // tiny models exported with group 4) and the forced-scalar ISA run the specification.
-  // Q8_G never takes the f32 BLAS path: its activations stay quantized.
-  if (W.dtype == DType::Q8_G && (!cpu::q8g_integer_path(W) || ctx.isa == Isa::Scalar)) return ref::matmul(W, X, M, Y);
-  const cpu::IsaKernels* k = kernels_for(ctx.isa);
-  if (const cpu::MatvecFn fn = k ? simd_matvec(*k, ctx.isa, W, M) : nullptr) {
-    const MatvecJob job{&W, Y, fn};
-    return matvec(ctx, *k, &job, 1, X, M);
-  }
-  if (W.dtype == DType::BF16 && M >= detail::bf16_gemm_min_rows(ctx.isa)) {
-    const int64_t K = W.cols();
-    return gemm_bf16(ctx, GemmOperand{X, false, K, 1}, GemmOperand{W.data, true, K, 1}, M, W.rows(), K, Y, W.rows(),
-                     false);
-  }
-  if (M >= detail::blas_min_rows(W, ctx.isa))
-    return detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
-  matvec_scalar(ctx, W, X, M, Y);  // also the R4 layouts on an ISA without their kernels
-}
-
+// The product Y = X W^T (+ b), one dispatch for matmul() and linear(): the
+// matrix-vector kernels add the bias to each range of rows as they finish it;
+// the other paths add it after the product.
 void linear(KernelContext& ctx, const Linear& lin, const float* X, int64_t M, float* Y) {
   const TensorView& W = *lin.W;
   const float* b = bias_of(lin.b);
   if (M <= 0 || W.rows() == 0) return;
-  if (b && !(W.dtype == DType::Q8_G && (!cpu::q8g_integer_path(W) || ctx.isa == Isa::Scalar))) {
-    const cpu::IsaKernels* k = kernels_for(ctx.isa);
-    if (const cpu::MatvecFn fn = k ? simd_matvec(*k, ctx.isa, W, M) : nullptr) {
-      const MatvecJob job{&W, Y, fn, b};  // the bias joins each range of rows
-      return matvec(ctx, *k, &job, 1, X, M);
-    }
-  }
-  matmul(ctx, W, X, M, Y);
-  if (!b) return;
-  const int64_t N = W.rows();
+  const int64_t N = W.rows(), K = W.cols();
+  auto add_bias = [&] {
+    if (!b) return;
 #pragma omp parallel for num_threads(ctx.n_threads) schedule(static) if (M >= 8)
-  for (int64_t m = 0; m < M; ++m) add_bias_rows(Y + m * N, b, 1, N, 0, N);
+    for (int64_t m = 0; m < M; ++m) add_bias_rows(Y + m * N, b, 1, N, 0, N);
+  };
+  // llama2.c int8 (Q8_G) follows runq: activations quantized per group of W. The
+  // SIMD integer path covers groups that are multiples of 32; smaller groups (the
+  // tiny models exported with group 4) and the forced-scalar ISA run the specification.
+  // Q8_G never takes the f32 BLAS path: its activations stay quantized.
+  if (W.dtype == DType::Q8_G && (!cpu::q8g_integer_path(W) || ctx.isa == Isa::Scalar)) {
+    ref::matmul(W, X, M, Y);
+    return add_bias();
+  }
+  const cpu::IsaKernels* k = kernels_for(ctx.isa);
+  if (const cpu::MatvecFn fn = k ? simd_matvec(*k, ctx.isa, W, M) : nullptr) {
+    const MatvecJob job{&W, Y, fn, b};
+    return matvec(ctx, *k, &job, 1, X, M);
+  }
+  if (W.dtype == DType::BF16 && M >= detail::bf16_gemm_min_rows(ctx.isa))
+    gemm_bf16(ctx, GemmOperand{X, false, K, 1}, GemmOperand{W.data, true, K, 1}, M, N, K, Y, N, false);
+  else if (M >= detail::blas_min_rows(W, ctx.isa))
+    detail::matmul_blas(ctx, W, X, M, Y, k ? k->dequant_row : ref::dequantize_row);
+  else
+    matvec_scalar(ctx, W, X, M, Y);  // also the R4 layouts on an ISA without their kernels
+  add_bias();
+}
+
+void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
+  linear(ctx, Linear{&W, nullptr}, X, M, Y);
 }
 
 void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs) {

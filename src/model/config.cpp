@@ -58,17 +58,23 @@ int64_t ModelConfig::common_window(const std::string& where) const {
   return w;
 }
 
+std::vector<LayerConfig> sliding_window_layers(int64_t window, const std::vector<bool>& slides) {
+  bool any = false;
+  for (bool x : slides) any = any || x;
+  if (!any) return {};
+  if (window < 1) fail("sliding window must be at least 1 position, got ", window);
+  std::vector<LayerConfig> r(slides.size());
+  for (size_t l = 0; l < slides.size(); ++l)
+    if (slides[l]) r[l].attn = AttnKind::SlidingWindow, r[l].window = window;
+  return r;
+}
+
 std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which) {
   if (window < 1) fail("sliding window must be at least 1 position, got ", window);
-  std::vector<LayerConfig> r(size_t(std::max<int64_t>(n_layers, 0)));
-  auto slide = [&](int64_t l) {
-    if (l < 0 || l >= n_layers) fail("sliding-window layer ", l, " does not exist (", n_layers, " layers)");
-    r[size_t(l)].attn = AttnKind::SlidingWindow, r[size_t(l)].window = window;
-  };
+  std::vector<bool> slides(size_t(std::max<int64_t>(n_layers, 0)), false);
   if (which == "all" || which == "even" || which == "odd") {
-    for (int64_t l = 0; l < n_layers; ++l)
-      if (which == "all" || (l % 2 == 0) == (which == "even")) slide(l);
-    return r;
+    for (int64_t l = 0; l < n_layers; ++l) slides[size_t(l)] = which == "all" || (l % 2 == 0) == (which == "even");
+    return sliding_window_layers(window, slides);
   }
   size_t at = 0;
   while (at <= which.size()) {
@@ -79,10 +85,11 @@ std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window,
     const long long l = std::strtoll(item.c_str(), &end, 10);
     if (item.empty() || *end != '\0')
       fail("sliding-window layers '", which, "': expected all, even, odd or a comma-separated list of layer indices");
-    slide(l);
+    if (l < 0 || l >= n_layers) fail("sliding-window layer ", l, " does not exist (", n_layers, " layers)");
+    slides[size_t(l)] = true;
     at = comma + 1;
   }
-  return r;
+  return sliding_window_layers(window, slides);
 }
 
 void ModelConfig::validate(const std::string& where) const {

@@ -46,6 +46,9 @@ const char* attn_kind_name(AttnKind k);
 // comma-separated list of layer indices; full attention elsewhere. Error
 // naming the value on a bad one.
 std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which);
+// The same from one flag per layer (true: sliding); all false gives an empty
+// list (every layer the default).
+std::vector<LayerConfig> sliding_window_layers(int64_t window, const std::vector<bool>& slides);
 
 struct ModelConfig {
   Arch arch = Arch::Llama;

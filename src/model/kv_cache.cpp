@@ -78,16 +78,6 @@ int32_t KVCache::n_live() const {
   return n;
 }
 
-int64_t KVCache::blocks_needed(int32_t seq, int64_t n) const {
-  check_seq(seq, "extend");
-  const Seq& s = seqs_[size_t(seq)];
-  if (n <= 0) return 0;
-  const int64_t have = int64_t(s.blocks.size()), need = (s.len + n + bs_ - 1) / bs_;
-  // The block holding position len is written: a copy when it is shared.
-  const bool cow = s.len % bs_ != 0 && refs_[size_t(s.blocks[size_t(s.len / bs_)])] > 1;
-  return need - have + (cow ? 1 : 0);
-}
-
 int64_t KVCache::rewind_need(int32_t seq, int64_t keep, int64_t n) const {
   check_seq(seq, "extend");
   const Seq& s = seqs_[size_t(seq)];
@@ -101,7 +91,8 @@ int64_t KVCache::rewind_need(int32_t seq, int64_t keep, int64_t n) const {
 }
 
 void KVCache::extend(int32_t seq, int64_t n) {
-  const int64_t need = blocks_needed(seq, n);
+  check_seq(seq, "extend");
+  const int64_t need = rewind_need(seq, seqs_[size_t(seq)].len, n);
   if (need > free_blocks())
     fail("KV cache full: sequence ", seq, " needs ", need, " more blocks of ", bs_, " positions, ", free_blocks(),
          " of ", n_blocks_, " are free (raise the context size or the number of KV blocks)");

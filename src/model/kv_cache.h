@@ -45,10 +45,10 @@ class KVCache {
   // copying a shared block about to be written) and sets its length to
   // length + n. Throws Error, changing nothing, when the pool runs out.
   void extend(int32_t seq, int64_t n);
-  // Blocks extend(seq, n) would take from the pool (so a caller can check a whole batch first).
-  int64_t blocks_needed(int32_t seq, int64_t n) const;
   // Net blocks truncate(seq, keep) then extend(seq, n) would take from the pool:
   // those taken less those the truncation frees (blocks no other sequence holds).
+  // keep = length(seq): what extend(seq, n) alone takes. Lets a caller check a
+  // whole batch before changing anything.
   int64_t rewind_need(int32_t seq, int64_t keep, int64_t n) const;
 
   // Row of position pos of seq in the pool (block_table[pos / bs] * bs + pos % bs).

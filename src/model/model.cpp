@@ -80,6 +80,11 @@ int64_t Model::score_rows() const {
   return std::max(std::min(kQBlock, max_batch_), w_.cfg.n_heads / w_.cfg.n_kv_heads);
 }
 
+void Model::check_token(int32_t id, int64_t pos) const {
+  if (id < 0 || id >= w_.cfg.vocab_size)
+    fail("token id ", id, " at position ", pos, " is outside the vocabulary (", w_.cfg.vocab_size, ")");
+}
+
 void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache) {
   const auto& c = w_.cfg;
   if (n <= 0) fail("forward: no tokens");
@@ -89,8 +94,7 @@ void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t*
   // First position and row count of each sequence in the batch (-1: absent).
   seq_first_.assign(seq_first_.size(), -1);
   for (int64_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
-      fail("token id ", tokens[i], " at position ", pos[i], " is outside the vocabulary (", c.vocab_size, ")");
+    check_token(tokens[i], pos[i]);
     const int32_t s = seq[i];
     if (!cache.live(s)) fail("forward: row ", i, " names sequence ", s, ", which the KV cache does not hold");
     if (pos[i] < 0 || pos[i] >= n_ctx_)
@@ -136,9 +140,7 @@ void Model::forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, in
   if (!own_) fail("forward: this model was built without its own KV cache (RunOptions::own_cache); pass a batch and a cache");
   if (n <= 0) fail("forward: no tokens");
   if (pos < 0 || pos + n > n_ctx_) fail("sequence of ", pos + n, " tokens exceeds the context size ", n_ctx_, " (-c)");
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= w_.cfg.vocab_size)
-      fail("token id ", tokens[i], " at position ", pos + i, " is outside the vocabulary (", w_.cfg.vocab_size, ")");
+  for (int64_t i = 0; i < n; ++i) check_token(tokens[i], pos + i);
   if (pos > own_->length(0))
     fail("forward: position ", pos, " is past the ", own_->length(0), " cached positions (a gap)");
   own_->truncate(0, pos);

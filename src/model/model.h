@@ -87,6 +87,7 @@ class Model {
   };
   // The legacy single-sequence call as a batch of sequence 0 of the own cache.
   void forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
+  void check_token(int32_t id, int64_t pos) const;  // Error naming the id and position when out of the vocabulary
   // Checks the rows and sets each sequence's length in cache to take them (see forward(batch)).
   void place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache);
   // Rows [0, n) of a chunk: their tokens, positions and sequences in kv_. Logits of

@@ -5,36 +5,10 @@
 #include <cmath>
 
 #include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/exp_avx2.h"
+#include "kernels/cpu/vec_avx2.h"
 
 namespace tessera::cpu::avx2 {
 namespace {
-
-struct V256 {
-  using reg = __m256;
-  static constexpr int W = 8;
-  static reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static reg load_h(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static void store(float* p, reg x) { _mm256_storeu_ps(p, x); }
-  static reg set1(float x) { return _mm256_set1_ps(x); }
-  static reg zero() { return _mm256_setzero_ps(); }
-  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
-  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
-  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
-  static float reduce_add(reg a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-  }
-  static float reduce_max(reg a) {
-    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
-  }
-  static reg exp(reg x) { return exp256(x); }
-};
 
 #include "kernels/cpu/attend_impl.h"
 

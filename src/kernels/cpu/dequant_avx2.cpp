@@ -6,32 +6,17 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/vec_avx2.h"
 #include "kernels/kernels.h"
 
 namespace tessera::cpu::avx2 {
 namespace {
 
-struct D256 {
-  using reg = __m256;
-  static constexpr int W = 8;
-  static void store(float* p, reg x) { _mm256_storeu_ps(p, x); }
-  static reg load_h(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static reg load_bf16(const uint16_t* p) {
-    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-  }
-  static reg set1(float x) { return _mm256_set1_ps(x); }
-  static void store_i8x16(float* out, __m128i q, reg d) {
-    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
-    _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d));
-  }
-};
-
 #include "kernels/cpu/dequant_impl.h"
 
 }  // namespace
 
-void dequant_row(const TensorView& W, int64_t r, float* out) { dequant_row_impl<D256>(W, r, out); }
+void dequant_row(const TensorView& W, int64_t r, float* out) { dequant_row_impl<V256>(W, r, out); }
 
 double stream_read_sum(const float* p, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;

@@ -6,31 +6,17 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/vec_avx512.h"
 #include "kernels/kernels.h"
 
 namespace tessera::cpu::avx512 {
 namespace {
 
-struct D512 {
-  using reg = __m512;
-  static constexpr int W = 16;
-  static void store(float* p, reg x) { _mm512_storeu_ps(p, x); }
-  static reg load_h(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static reg load_bf16(const uint16_t* p) {
-    const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-  }
-  static reg set1(float x) { return _mm512_set1_ps(x); }
-  static void store_i8x16(float* out, __m128i q, reg d) {
-    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d));
-  }
-};
-
 #include "kernels/cpu/dequant_impl.h"
 
 }  // namespace
 
-void dequant_row(const TensorView& W, int64_t r, float* out) { dequant_row_impl<D512>(W, r, out); }
+void dequant_row(const TensorView& W, int64_t r, float* out) { dequant_row_impl<V512>(W, r, out); }
 
 double stream_read_sum(const float* p, int64_t n) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;

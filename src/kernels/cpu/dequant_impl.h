@@ -1,7 +1,8 @@
 // Row dequantization (embeddings, prefill panels), written once over a vector
 // traits type and instantiated by dequant_avx2.cpp and dequant_avx512.cpp, each
 // compiled with its own flags. Include only from those files, inside their ISA
-// namespace's anonymous namespace, after defining the traits type D:
+// namespace's anonymous namespace; the traits type (V512 / V256 from
+// vec_avx512.h / vec_avx2.h) is passed as D and provides:
 //   D::W                          floats per register
 //   D::store(float*, reg)         unaligned store
 //   D::load_h(const uint16_t*)    W IEEE halves -> floats
