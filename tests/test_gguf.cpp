@@ -452,8 +452,9 @@ TEST(GgufBad, BadTensorInfos) {
 
 TEST(GgufBad, UnknownTensorType) {
   Raw r;
-  r.header(1, 0).tensor("blk.0.attn_q.weight", {256, 2}, 12, 0).pad().fill(288, 0);
-  expect_error(r.b, {"tensor 'blk.0.attn_q.weight'", "unsupported ggml type 12 (q4_K)", "supported: f32"});
+  r.header(1, 0).tensor("blk.0.attn_q.weight", {256, 2}, 16, 0).pad().fill(132, 0);
+  expect_error(r.b, {"tensor 'blk.0.attn_q.weight'", "unsupported ggml type 16 (iq2_xxs)", "supported: f32",
+                     "q4_k", "iq4_nl"});
   r = Raw();
   r.header(1, 0).tensor("w", {32}, 1000, 0).pad().fill(64, 0);
   expect_error(r.b, {"tensor 'w'", "unsupported ggml type 1000 (unknown)"});

@@ -39,6 +39,33 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.f, float
   return v;
 }
 
+// n elements of block type t as random bytes, with every f16 scale field set
+// to a small random value (so no block holds an inf or NaN scale).
+std::vector<uint8_t> random_blocks(DType t, int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> b(dtype_row_bytes(t, n));
+  for (auto& v : b) v = uint8_t(rng());
+  std::vector<size_t> halves;  // byte offsets of the f16 fields in a block
+  switch (t) {
+    case DType::Q4_1:
+    case DType::Q5_1:
+    case DType::Q4_K:
+    case DType::Q5_K: halves = {0, 2}; break;
+    case DType::Q2_K: halves = {80, 82}; break;
+    case DType::Q3_K: halves = {108}; break;
+    case DType::Q6_K: halves = {208}; break;
+    default: halves = {0}; break;  // Q5_0, IQ4_NL
+  }
+  std::uniform_real_distribution<float> u(0.001f, 0.01f);
+  const size_t bb = dtype_block_bytes(t);
+  for (size_t i = 0; i < b.size(); i += bb)
+    for (size_t off : halves) {
+      const uint16_t h = f32_to_f16(u(rng));
+      std::memcpy(&b[i + off], &h, 2);
+    }
+  return b;
+}
+
 // A weight matrix (N, K) of dtype t with random contents, owning its bytes.
 struct Weights {
   std::vector<uint8_t> bytes;
@@ -58,6 +85,8 @@ Weights make_weights(DType t, int64_t N, int64_t K, int group, uint32_t seed) {
     const Weights q = make_weights(t == DType::Q4_0_R4 ? DType::Q4_0 : DType::Q8_0, N, K, group, seed);
     w.bytes.resize(r4_bytes(q.view.dtype, N, K));
     repack_r4(q.view, w.bytes.data(), 2);
+  } else if (!dtype_can_quantize(t)) {  // random bytes with sane scales (random_blocks)
+    w.bytes = random_blocks(t, N * K, seed);
   } else {
     const auto f = random_floats(size_t(N * K), seed);
     w.bytes.resize(dtype_row_bytes(t, N * K));
@@ -87,13 +116,20 @@ std::vector<float> magnitudes(const TensorView& W, const float* X, int64_t M) {
   return mag;
 }
 
+// int_path_block() of the GGUF types: llama.cpp's Q8_K and Q8_0 (f16 scales) activations.
+constexpr int64_t kQ8KBlock = -1, kQ8_0Block = -2;
+
 // X with each row replaced by its int8 block quantization, dequantized: what the integer paths compute with.
 std::vector<float> quantized_activations(const std::vector<float>& X, int64_t M, int64_t K, int64_t block) {
+  const bool q8k = block == kQ8KBlock, f16 = block == kQ8_0Block;
+  if (q8k) block = kQKK;
+  if (f16) block = kQK;
   std::vector<float> out(X.size()), d(static_cast<size_t>(K / block));
   std::vector<int8_t> qs(static_cast<size_t>(K));
-  std::vector<int32_t> s(static_cast<size_t>(K / block));
+  std::vector<int32_t> s(static_cast<size_t>(K / 16));
   for (int64_t m = 0; m < M; ++m) {
-    cpu::quantize_x_scalar(X.data() + m * K, K, block, qs.data(), d.data(), s.data());
+    if (q8k) cpu::quantize_x_q8k(X.data() + m * K, K, qs.data(), d.data(), s.data());
+    else cpu::quantize_x_scalar(X.data() + m * K, K, block, f16, qs.data(), d.data(), s.data());
     for (int64_t k = 0; k < K; ++k) out[size_t(m * K + k)] = d[size_t(k / block)] * float(qs[size_t(k)]);
   }
   return out;
@@ -108,9 +144,10 @@ bool bf16_act_path(const TensorView& W, Isa isa, int64_t M) {
 
 int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
   if (isa == Isa::Scalar || M >= detail::blas_min_rows(W, isa)) return 0;
-  if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0) return kQK;
+  if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0) return kQ8_0Block;
+  if (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K) return kQ8KBlock;
   if ((W.dtype == DType::Q4_0_R4 || W.dtype == DType::Q8_0_R4) && isa == Isa::AVX512)
-    return kQK;  // other ISAs run the reference on the R4 layouts
+    return kQ8_0Block;  // other ISAs run the reference on the R4 layouts
   return 0;
 }
 
@@ -200,6 +237,16 @@ TEST(KernelsMatmul, BF16) { check_dtype(DType::BF16, kFloatKs, {0}); }
 TEST(KernelsMatmul, Q8_0) { check_dtype(DType::Q8_0, kBlockKs, {0}); }
 TEST(KernelsMatmul, Q4_0) { check_dtype(DType::Q4_0, kBlockKs, {0}); }
 // The repacked layouts need K % 512 == 0; N = 1, 7, 33, 257 leave partial tiles of padding rows.
+// K-quants against Q8_K activations (K a multiple of 256); the other block types on the reference path.
+const std::vector<int64_t> kSuperKs{256, 768, 4352};
+TEST(KernelsMatmul, Q2_K) { check_dtype(DType::Q2_K, kSuperKs, {0}); }
+TEST(KernelsMatmul, Q3_K) { check_dtype(DType::Q3_K, kSuperKs, {0}); }
+TEST(KernelsMatmul, Q4_K) { check_dtype(DType::Q4_K, kSuperKs, {0}); }
+TEST(KernelsMatmul, Q5_K) { check_dtype(DType::Q5_K, kSuperKs, {0}); }
+TEST(KernelsMatmul, Q6_K) { check_dtype(DType::Q6_K, kSuperKs, {0}); }
+TEST(KernelsMatmul, LegacyBlockTypes) {
+  for (DType t : {DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL}) check_dtype(t, kBlockKs, {0});
+}
 TEST(KernelsMatmul, Q4_0_R4) { check_dtype(DType::Q4_0_R4, {512, 1024, 4608}, {0}); }
 TEST(KernelsMatmul, Q8_0_R4) { check_dtype(DType::Q8_0_R4, {512, 1024, 4608}, {0}); }
 
@@ -372,19 +419,22 @@ TEST(KernelsQuantize, SimdActivationQuantizationMatchesScalar) {
   auto x = random_floats(size_t(K), 31, -5.f, 5.f);
   for (int j = 0; j < 96; ++j) x[size_t(j)] = 0.f;                     // zero blocks: d = 0
   for (int j = 96; j < 128; ++j) x[size_t(j)] = float(j - 112) * 0.5f;  // exact ties at .5 steps
-  for (int64_t block : {32, 96}) {
+  for (const auto& [block, f16] : std::vector<std::pair<int64_t, bool>>{{32, false}, {96, false}, {32, true}}) {
     std::vector<int8_t> qs0(static_cast<size_t>(K)), qs1(static_cast<size_t>(K));
     std::vector<float> d0(static_cast<size_t>(K / block)), d1(static_cast<size_t>(K / block));
     std::vector<int32_t> s0(static_cast<size_t>(K / block)), s1(static_cast<size_t>(K / block));
-    cpu::quantize_x_scalar(x.data(), K, block, qs0.data(), d0.data(), s0.data());
+    cpu::quantize_x_scalar(x.data(), K, block, f16, qs0.data(), d0.data(), s0.data());
+    if (f16) {  // llama.cpp's Q8_0 activations: scales are halves
+      for (float d : d0) ASSERT_EQ(d, f16_to_f32(f32_to_f16(d)));
+    }
     std::vector<cpu::QuantizeXFn> fns;
     if (detect_isa() >= Isa::AVX2) fns.push_back(cpu::avx2::quantize_x);
     if (detect_isa() >= Isa::AVX512) fns.push_back(cpu::avx512::quantize_x);
     for (auto fn : fns) {
-      fn(x.data(), K, block, qs1.data(), d1.data(), s1.data());
-      EXPECT_EQ(qs0, qs1) << "block " << block;
-      EXPECT_EQ(d0, d1) << "block " << block;
-      EXPECT_EQ(s0, s1) << "block " << block;
+      fn(x.data(), K, block, f16, qs1.data(), d1.data(), s1.data());
+      EXPECT_EQ(qs0, qs1) << "block " << block << " f16 " << f16;
+      EXPECT_EQ(d0, d1) << "block " << block << " f16 " << f16;
+      EXPECT_EQ(s0, s1) << "block " << block << " f16 " << f16;
     }
   }
 }

@@ -5,6 +5,8 @@
 #include <optional>
 #include <string_view>
 
+#include "core/quant_blocks.h"
+
 namespace tessera {
 
 enum class DType : uint8_t {
@@ -18,21 +20,26 @@ enum class DType : uint8_t {
          //   `group` elements; the scales live in a separate array (TensorView::scales)
   Q4_0_R4,  // internal, never in a file: Q4_0 / Q8_0 repacked at load for the AVX-512
   Q8_0_R4,  //   kernels (kernels/repack.h), the same bytes per row, rows in tiles of 4
+  // The rest of llama.cpp's block types (layouts and formulas in core/quant_blocks.h).
+  Q4_1,
+  Q5_0,
+  Q5_1,
+  IQ4_NL,
+  Q2_K,
+  Q3_K,
+  Q4_K,
+  Q5_K,
+  Q6_K,
+  Q8_K,  // the activation type of the K-quant dot products; loadable as a weight too
 };
 
-constexpr int kQK = 32;  // elements per Q8_0 / Q4_0 block
 
-struct BlockQ8_0 {
-  uint16_t d;  // f16 scale
-  int8_t qs[kQK];
-};
-struct BlockQ4_0 {
-  uint16_t d;
-  uint8_t qs[kQK / 2];
-};
-static_assert(sizeof(BlockQ8_0) == 34);
-static_assert(sizeof(BlockQ4_0) == 18);
-
+// Whether t is one of the 256-element K-quant types (Q2_K .. Q8_K).
+bool dtype_is_k_quant(DType t);
+// Bits per weight of a block type (f32: 32, q4_0: 4.5, q4_k: 4.5, ...).
+double dtype_bits_per_weight(DType t);
+// Whether quantize_row() can write type t (f32, f16, bf16, q8_0, q4_0, ...).
+bool dtype_can_quantize(DType t);
 // Elements per block (1 for plain types; Q8_G counts elements, scales are separate).
 int64_t dtype_block_elems(DType t);
 // Bytes per block in the main data array.

@@ -24,32 +24,34 @@ constexpr uint32_t kDefaultAlignment = 32;
 constexpr uint32_t kMaxDims = 4;
 constexpr uint32_t kValueTypeCount = 13;
 
-// ggml type ids Tessera reads.
-constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ8_0 = 8, kGgmlBF16 = 30;
+// ggml type ids (ggml.h) of the types Tessera reads and writes.
+struct GgmlType {
+  uint32_t id;
+  DType dtype;
+};
+constexpr GgmlType kGgmlTypes[] = {
+    {0, DType::F32},    {1, DType::F16},     {2, DType::Q4_0},  {3, DType::Q4_1},  {6, DType::Q5_0},
+    {7, DType::Q5_1},   {8, DType::Q8_0},    {10, DType::Q2_K}, {11, DType::Q3_K}, {12, DType::Q4_K},
+    {13, DType::Q5_K},  {14, DType::Q6_K},   {15, DType::Q8_K}, {20, DType::IQ4_NL}, {30, DType::BF16}};
 
 std::optional<DType> dtype_from_ggml(uint32_t t) {
-  switch (t) {
-    case kGgmlF32: return DType::F32;
-    case kGgmlF16: return DType::F16;
-    case kGgmlQ4_0: return DType::Q4_0;
-    case kGgmlQ8_0: return DType::Q8_0;
-    case kGgmlBF16: return DType::BF16;
-    default: return std::nullopt;
-  }
+  for (const GgmlType& g : kGgmlTypes)
+    if (g.id == t) return g.dtype;
+  return std::nullopt;
 }
 
+// Q8_G (llama2.c int8) and the R4 layouts have no ggml type: converted or repacked at load only.
 std::optional<uint32_t> ggml_from_dtype(DType t) {
-  switch (t) {
-    case DType::F32: return kGgmlF32;
-    case DType::F16: return kGgmlF16;
-    case DType::Q4_0: return kGgmlQ4_0;
-    case DType::Q8_0: return kGgmlQ8_0;
-    case DType::BF16: return kGgmlBF16;
-    case DType::Q8_G:
-    case DType::Q4_0_R4:
-    case DType::Q8_0_R4: return std::nullopt;  // no ggml type: converted or repacked at load only
-  }
+  for (const GgmlType& g : kGgmlTypes)
+    if (g.dtype == t) return g.id;
   return std::nullopt;
+}
+
+// "f32, f16, q4_0, ..." for error messages.
+std::string supported_types() {
+  std::string s;
+  for (const GgmlType& g : kGgmlTypes) s += std::string(s.empty() ? "" : ", ") + dtype_name(g.dtype);
+  return s;
 }
 
 // Names of ggml's tensor types (ggml.h), for error messages only.
@@ -290,7 +292,7 @@ struct Parser {
     const std::optional<DType> dt = dtype_from_ggml(t.ggml_type);
     if (!dt)
       fail(path, ": ", what, " has unsupported ggml type ", t.ggml_type, " (", ggml_type_name(t.ggml_type),
-           "); supported: f32, f16, bf16, q8_0, q4_0");
+           "); supported: ", supported_types());
     t.dtype = *dt;
     if (int64_t(ne[0]) % dtype_block_elems(t.dtype) != 0)
       fail(path, ": ", what, " of type ", dtype_name(t.dtype), " has row length ne[0] = ", ne[0],
@@ -320,7 +322,7 @@ struct Parser {
         fail(path, ": tensor '", t.name, "' data [", t.offset, ", +", nbytes, ") at file offset ",
              data_start, " + ", t.offset, " runs past the end of the file (size ", size, ")");
       const uint64_t abs = data_start + t.offset;
-      const uint64_t elem_align = t.dtype == DType::F32 ? 4 : 2;
+      const uint64_t elem_align = t.dtype == DType::F32 || t.dtype == DType::Q8_K ? 4 : 2;
       if (abs % elem_align != 0)
         fail(path, ": tensor '", t.name, "' data at file offset ", abs, " is not ", elem_align,
              "-byte aligned");
@@ -545,7 +547,7 @@ void Writer::set_i32_array(const std::string& key, const std::vector<int32_t>& v
 void Writer::add_tensor(const std::string& name, const TensorView& view) {
   if (!ggml_from_dtype(view.dtype))
     fail("gguf writer: tensor '", name, "' has dtype ", dtype_name(view.dtype),
-         ", which GGUF cannot store (supported: f32, f16, bf16, q8_0, q4_0)");
+         ", which GGUF cannot store (supported: ", supported_types(), ")");
   if (view.ndim < 1 || view.ndim > int(kMaxDims))
     fail("gguf writer: tensor '", name, "' has ", view.ndim, " dimensions (supported: 1..4)");
   for (int d = 0; d < view.ndim; ++d)

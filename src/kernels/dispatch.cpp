@@ -99,17 +99,28 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
     case DType::Q8_G: return k.q8_g;
     case DType::Q4_0_R4: return k.q4_0_r4;
     case DType::Q8_0_R4: return k.q8_0_r4;
+    case DType::Q2_K:
+    case DType::Q3_K:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K: return k.kquant;
+    default: return nullptr;
   }
-  return nullptr;
 }
 
-// Block size of the activation quantization, 0 when X stays f32.
+// quant_block() of the GGUF types: llama.cpp's activations, Q8_0 (blocks of 32,
+// f16 scales) or Q8_K (blocks of 256, f32 scales, sums per 16).
+constexpr int64_t kQ8_0 = -2, kQ8K = -1;
+
+// The activation quantization of W: kQ8_0, kQ8K, the group size of Q8_G
+// (f32 scales, llama2.c's runq), or 0 when X stays f32.
 int64_t quant_block(const TensorView& W) {
+  if (W.dtype != DType::Q8_K && dtype_is_k_quant(W.dtype)) return kQ8K;
   switch (W.dtype) {
     case DType::Q8_0:
     case DType::Q4_0:
     case DType::Q4_0_R4:
-    case DType::Q8_0_R4: return kQK;
+    case DType::Q8_0_R4: return kQ8_0;
     case DType::Q8_G: return cpu::q8g_integer_path(W) ? W.group : 0;
     default: return 0;
   }
@@ -193,24 +204,29 @@ class RowQueue {
   int64_t later_bytes_[kMaxJobs];
 };
 
-// Where one quantized copy of X(M, K) lives in scratch: qs (M*K) | d (M*K/qb) | s (M*K/qb).
+// Where one quantized copy of X(M, K) lives in scratch: qs (M*K) | d (M*K/qb) | s (M*K/qb;
+// Q8_K: M*K/16, one sum per 16 quants). code is quant_block()'s.
 struct XqLayout {
-  XqLayout(int64_t K, int64_t M, int64_t qb) : K(K), qb(qb) {
+  XqLayout(int64_t K, int64_t M, int64_t code)
+      : K(K), qb(code == kQ8K ? kQKK : code == kQ8_0 ? kQK : code), q8k(code == kQ8K), f16(code == kQ8_0) {
     const size_t nblk = qb ? size_t(M * (K / qb)) : 0;
     qs_bytes = qb ? align64(size_t(M * K)) : 0;
     d_bytes = align64(nblk * sizeof(float));
-    bytes = qs_bytes + d_bytes + align64(nblk * sizeof(int32_t));
+    bytes = qs_bytes + d_bytes + align64((q8k ? size_t(M * K / 16) : nblk) * sizeof(int32_t));
   }
   void quantize(const cpu::IsaKernels& k, uint8_t* b, const float* X, int64_t m) const {  // row m of X
-    k.quantize_x(X + m * K, K, qb, reinterpret_cast<int8_t*>(b) + m * K,
-                 reinterpret_cast<float*>(b + qs_bytes) + m * (K / qb),
-                 reinterpret_cast<int32_t*>(b + qs_bytes + d_bytes) + m * (K / qb));
+    auto* qs = reinterpret_cast<int8_t*>(b) + m * K;
+    auto* d = reinterpret_cast<float*>(b + qs_bytes) + m * (K / qb);
+    auto* s = reinterpret_cast<int32_t*>(b + qs_bytes + d_bytes) + m * (q8k ? K / 16 : K / qb);
+    if (q8k) return cpu::quantize_x_q8k(X + m * K, K, qs, d, s);
+    k.quantize_x(X + m * K, K, qb, f16, qs, d, s);
   }
   cpu::QuantX view(const uint8_t* b) const {
     return cpu::QuantX{reinterpret_cast<const int8_t*>(b), reinterpret_cast<const float*>(b + qs_bytes),
                        reinterpret_cast<const int32_t*>(b + qs_bytes + d_bytes), K, qb ? qb : kQK};
   }
   int64_t K, qb;
+  bool q8k, f16;
   size_t qs_bytes, d_bytes, bytes;
 };
 
@@ -409,8 +425,10 @@ void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initialize
 }
 
 size_t team_scratch_bytes(int64_t K) {
-  // Q8_0 / Q4_0 blocks of 32 are the finest activation quantization (Q8_G groups are multiples of 32).
-  return XqLayout(K, 1, kQK).bytes + align64(size_t(cpu::work_floats(K, 1)) * sizeof(float));
+  // Q8_0 / Q4_0 blocks of 32 are the finest activation quantization (Q8_G groups are multiples of
+  // 32); Q8_K keeps more sums.
+  return std::max(XqLayout(K, 1, kQ8_0).bytes, XqLayout(K, 1, kQ8K).bytes) +
+         align64(size_t(cpu::work_floats(K, 1)) * sizeof(float));
 }
 
 bool team_worthwhile(const TensorView& W) { return W.rows() * W.cols() >= kThreadedMacs; }
@@ -460,10 +478,8 @@ void quantize_row(DType t, const float* x, void* out, int64_t n) {
     case DType::Q4_0:
       ref::quantize_row_q4_0(x, static_cast<BlockQ4_0*>(out), n);
       break;
-    case DType::Q8_G:
-    case DType::Q4_0_R4:
-    case DType::Q8_0_R4:
-      std::abort();  // internal: Q8_G is a load-only format, the R4 types load-time layouts
+    default:
+      fail("quantize_row: no quantizer for ", dtype_name(t));  // Q8_G load-only, R4 load-time layouts
   }
 }
 

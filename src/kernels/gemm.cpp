@@ -16,7 +16,8 @@ int64_t blas_min_rows(const TensorView& W, Isa isa) {
   constexpr int64_t kNever = INT64_MAX;
   const bool int8_path = W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0 || W.dtype == DType::Q4_0_R4 ||
                          W.dtype == DType::Q8_0_R4 ||
-                         (W.dtype == DType::Q8_G && cpu::q8g_integer_path(W));
+                         (W.dtype == DType::Q8_G && cpu::q8g_integer_path(W)) ||
+                         (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K);
   switch (isa) {
     case Isa::Scalar: return 4;
     case Isa::AVX2:

@@ -76,6 +76,8 @@ namespace ref {
 // Scalar reference: the specification every fast path is tested against.
 void matmul(const TensorView& W, const float* X, int64_t M, float* Y);
 void dequantize_row(const TensorView& W, int64_t r, float* out);
+// K elements of a row of block type t (Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K .. Q8_K) at p.
+void dequantize_blocks(DType t, const void* p, int64_t K, float* out);
 // llama2.c runq: quantize n floats in groups (scale = max|x|/127 per group).
 void quantize_groups_q8(const float* x, int64_t n, int group, int8_t* q, float* s);
 // Quantize n floats (multiple of 32) into Q8_0 / Q4_0 blocks, llama.cpp's rounding.

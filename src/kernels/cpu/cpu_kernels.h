@@ -14,7 +14,9 @@ namespace tessera::cpu {
 // Activations X(M, K) quantized for the integer dot products of Q8_0 / Q4_0 /
 // Q8_G weights: per row, blocks of `block` elements (a multiple of 32) with
 //   qs[k]  int8 in [-127, 127],  x[k] ~= d[b] * qs[k]
-//   d[b]   f32 scale = amax / 127 of block b
+//   d[b]   scale = amax / 127 of block b: f32 for Q8_G (llama2.c's runq); for the
+//          GGUF types rounded to f16 and qs = round(x * 127 / amax), as
+//          llama.cpp's Q8_0 activations (f16_scale)
 //   s[b]   sum of the block's qs (used to undo the +128 / -8 offsets of the weights)
 // Row m of each array starts at m * K (qs) and m * (K / block) (d, s).
 struct QuantX {
@@ -47,8 +49,8 @@ inline int64_t work_floats(int64_t K, int64_t M) { return K + M * K / 2 + 64; }
 
 // Computes Y[m, n] for all m < M and n in [n0, n1).
 using MatvecFn = void (*)(const MatvecArgs& a, int64_t n0, int64_t n1);
-// Quantizes one row x(K) into qs(K), d(K / block), s(K / block).
-using QuantizeXFn = void (*)(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+// Quantizes one row x(K) into qs(K), d(K / block), s(K / block); f16_scale as in QuantX.
+using QuantizeXFn = void (*)(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
 // Dequantizes row r of W into out(K).
 using DequantRowFn = void (*)(const TensorView& W, int64_t r, float* out);
 // Decode attention (kernels/attention.h); false when the head size has no kernel.
@@ -64,6 +66,7 @@ struct IsaKernels {
   MatvecFn q4_0_r4 = nullptr, q8_0_r4 = nullptr;  // the repacked layouts (kernels/repack.h); AVX-512 only
   AttendFn attend = nullptr;
   SoftmaxRowFn softmax_row = nullptr;
+  MatvecFn kquant = nullptr;  // Q2_K .. Q6_K against Q8_K activations (matvec_kquant_*.cpp)
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -74,7 +77,11 @@ inline bool q8g_integer_path(const TensorView& W) {
 }
 
 // The scalar specification of the activation quantization (round half to even).
-void quantize_x_scalar(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+void quantize_x_scalar(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
+// The activations of the K-quant dot products: llama.cpp's Q8_K, one row x(K)
+// into qs(K), d(K / 256) and s(K / 16), the sums of each 16 quants (QuantX with
+// block 256, whose s then holds 16 sums per block).
+void quantize_x_q8k(const float* x, int64_t K, int8_t* qs, float* d, int32_t* s);
 
 namespace avx2 {
 const IsaKernels& kernels();
@@ -84,7 +91,8 @@ void matvec_bf16(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
-void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1);
+void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);  // any bytes (no float traps or slow paths)
@@ -103,7 +111,8 @@ void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
-void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s);
+void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1);
+void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);

@@ -83,7 +83,6 @@ void dequant_row_impl(const tessera::TensorView& W, int64_t r, float* out) {
     case DType::Q8_0: dequant_q8_0<D>(reinterpret_cast<const BlockQ8_0*>(W.row(r)), K / kQK, out); break;
     case DType::Q4_0: dequant_q4_0<D>(reinterpret_cast<const BlockQ4_0*>(W.row(r)), K / kQK, out); break;
     case DType::Q8_G: dequant_q8_g<D>(W, r, out); break;
-    case DType::Q4_0_R4:
-    case DType::Q8_0_R4: ref::dequantize_row(W, r, out); break;
+    default: ref::dequantize_row(W, r, out); break;  // R4 layouts, Q4_1 .. Q8_K
   }
 }

@@ -196,7 +196,7 @@ void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1) {
   });
 }
 
-void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s) {
+void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s) {
   const __m256 sign = _mm256_set1_ps(-0.f);
   const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t b = 0; b < K / block; ++b) {
@@ -206,8 +206,9 @@ void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, 
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float db = _mm_cvtss_f32(m4) / 127.f;
-    const float id = db != 0.f ? 1.f / db : 0.f;
+    const float mx = _mm_cvtss_f32(m4);
+    const float db = f16_scale ? _cvtsh_ss(_cvtss_sh(mx / 127.f, 0)) : mx / 127.f;
+    const float id = mx == 0.f ? 0.f : f16_scale ? 127.f / mx : 1.f / db;
     const __m256 vid = _mm256_set1_ps(id);
     __m256i sum = _mm256_setzero_si256();
     for (int64_t k = 0; k < block; k += 32) {

@@ -276,15 +276,15 @@ void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1) {
   });
 }
 
-void quantize_x(const float* x, int64_t K, int64_t block, int8_t* qs, float* d, int32_t* s) {
+void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s) {
   const __m512 sign = _mm512_set1_ps(-0.f);
   for (int64_t b = 0; b < K / block; ++b) {
     const float* xb = x + b * block;
     __m512 amax = _mm512_setzero_ps();
     for (int64_t k = 0; k < block; k += 16) amax = _mm512_max_ps(amax, _mm512_andnot_ps(sign, _mm512_loadu_ps(xb + k)));
     const float mx = _mm512_reduce_max_ps(amax);
-    const float db = mx / 127.f;
-    const float id = db != 0.f ? 1.f / db : 0.f;
+    const float db = f16_scale ? _cvtsh_ss(_cvtss_sh(mx / 127.f, 0)) : mx / 127.f;
+    const float id = mx == 0.f ? 0.f : f16_scale ? 127.f / mx : 1.f / db;
     const __m512 vid = _mm512_set1_ps(id);
     __m512i sum = _mm512_setzero_si512();
     for (int64_t k = 0; k < block; k += 16) {

@@ -78,6 +78,9 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
       }
       break;
     }
+    default:  // Q4_1 .. Q8_K (ref/dequant_ref.cpp)
+      dequantize_blocks(W.dtype, p, K, out);
+      break;
   }
 }
 

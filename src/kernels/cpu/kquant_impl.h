@@ -1,0 +1,109 @@
+// K-quant blocks in one common form, for the integer dot products against
+// Q8_K activations (matvec_kquant_avx2.cpp / _avx512.cpp include this inside
+// their ISA namespace's anonymous namespace, so it compiles with their flags).
+//
+// Every K-quant value is   x[e] = d * S[g] * (q[e] - o) - dmin * Mn[g],  g = e / 16,
+// with q unsigned (< 64), integer sub-block scales S (signed) and mins Mn,
+// and a per-type offset o (Q6_K 32, Q3_K 4, else 0). Against Q8_K activations
+// a[e] = da * qa[e] with group sums bs[g]:
+//   sum_e x[e] a[e] = da * ( d * sum_g S[g] * (sum_{e in g} q[e] qa[e])
+//                            - sum_g (d * o * S[g] + dmin * Mn[g]) * bs[g] )
+// The unpackers are plain loops over the layouts of core/quant_blocks.h
+// (ref/dequant_ref.cpp states the same mapping element by element).
+#pragma once
+
+struct KBlock {
+  alignas(64) uint8_t q[256];
+  alignas(32) int16_t S[16];
+  float c[16];  // d * o * S[g] + dmin * Mn[g]: the coefficient of the group sums
+  float d;
+};
+
+inline void kb_coeffs(KBlock& kb, const int16_t* Mn, int o, float d, float dmin) {
+  kb.d = d;
+  for (int g = 0; g < 16; ++g) kb.c[g] = d * float(o * kb.S[g]) + dmin * float(Mn[g]);
+}
+
+inline void unpack_q2_k(const tessera::BlockQ2_K& b, KBlock& kb) {
+  for (int hh = 0; hh < 2; ++hh)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; ++l) kb.q[128 * hh + 32 * j + l] = (b.qs[32 * hh + l] >> (2 * j)) & 3;
+  int16_t Mn[16];
+  for (int g = 0; g < 16; ++g) {
+    kb.S[g] = int16_t(b.scales[g] & 0xf);
+    Mn[g] = int16_t(b.scales[g] >> 4);
+  }
+  kb_coeffs(kb, Mn, 0, _cvtsh_ss(b.d), _cvtsh_ss(b.dmin));
+}
+
+inline void unpack_q3_k(const tessera::BlockQ3_K& b, KBlock& kb) {
+  for (int hh = 0; hh < 2; ++hh)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; ++l)
+        kb.q[128 * hh + 32 * j + l] =
+            uint8_t(((b.qs[32 * hh + l] >> (2 * j)) & 3) | (((b.hmask[l] >> (4 * hh + j)) & 1) << 2));
+  int8_t sc[16];
+  tessera::k3_scales(b.scales, sc);
+  const int16_t Mn[16] = {};
+  for (int g = 0; g < 16; ++g) kb.S[g] = int16_t(sc[g] - 32);
+  kb_coeffs(kb, Mn, 4, _cvtsh_ss(b.d), 0.f);
+}
+
+inline void k4_scales(const uint8_t* s, KBlock& kb, int16_t* Mn) {
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc, m;
+    tessera::k4_scale_min(j, s, sc, m);
+    kb.S[2 * j] = kb.S[2 * j + 1] = sc;
+    Mn[2 * j] = Mn[2 * j + 1] = m;
+  }
+}
+
+inline void unpack_q4_k(const tessera::BlockQ4_K& b, KBlock& kb) {
+  for (int p = 0; p < 4; ++p)
+    for (int l = 0; l < 32; ++l) {
+      kb.q[64 * p + l] = b.qs[32 * p + l] & 0xf;
+      kb.q[64 * p + 32 + l] = b.qs[32 * p + l] >> 4;
+    }
+  int16_t Mn[16];
+  k4_scales(b.scales, kb, Mn);
+  kb_coeffs(kb, Mn, 0, _cvtsh_ss(b.d), _cvtsh_ss(b.dmin));
+}
+
+inline void unpack_q5_k(const tessera::BlockQ5_K& b, KBlock& kb) {
+  for (int p = 0; p < 4; ++p)
+    for (int l = 0; l < 32; ++l) {
+      kb.q[64 * p + l] = uint8_t((b.qs[32 * p + l] & 0xf) | (((b.qh[l] >> (2 * p)) & 1) << 4));
+      kb.q[64 * p + 32 + l] = uint8_t((b.qs[32 * p + l] >> 4) | (((b.qh[l] >> (2 * p + 1)) & 1) << 4));
+    }
+  int16_t Mn[16];
+  k4_scales(b.scales, kb, Mn);
+  kb_coeffs(kb, Mn, 0, _cvtsh_ss(b.d), _cvtsh_ss(b.dmin));
+}
+
+inline void unpack_q6_k(const tessera::BlockQ6_K& b, KBlock& kb) {
+  for (int hh = 0; hh < 2; ++hh)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* ql = b.ql + 64 * hh;
+      const uint8_t qh = b.qh[32 * hh + l];
+      uint8_t* q = kb.q + 128 * hh;
+      q[l] = uint8_t((ql[l] & 0xf) | ((qh & 3) << 4));
+      q[l + 32] = uint8_t((ql[l + 32] & 0xf) | (((qh >> 2) & 3) << 4));
+      q[l + 64] = uint8_t((ql[l] >> 4) | (((qh >> 4) & 3) << 4));
+      q[l + 96] = uint8_t((ql[l + 32] >> 4) | (((qh >> 6) & 3) << 4));
+    }
+  const int16_t Mn[16] = {};
+  for (int g = 0; g < 16; ++g) kb.S[g] = b.scales[g];
+  kb_coeffs(kb, Mn, 32, _cvtsh_ss(b.d), 0.f);
+}
+
+// Unpacks block i of a row of type t (Q2_K .. Q6_K).
+inline void unpack_kblock(tessera::DType t, const uint8_t* row, int64_t i, KBlock& kb) {
+  using namespace tessera;
+  switch (t) {
+    case DType::Q2_K: return unpack_q2_k(reinterpret_cast<const BlockQ2_K*>(row)[i], kb);
+    case DType::Q3_K: return unpack_q3_k(reinterpret_cast<const BlockQ3_K*>(row)[i], kb);
+    case DType::Q4_K: return unpack_q4_k(reinterpret_cast<const BlockQ4_K*>(row)[i], kb);
+    case DType::Q5_K: return unpack_q5_k(reinterpret_cast<const BlockQ5_K*>(row)[i], kb);
+    default: return unpack_q6_k(reinterpret_cast<const BlockQ6_K*>(row)[i], kb);
+  }
+}
