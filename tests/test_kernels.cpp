@@ -144,7 +144,9 @@ bool bf16_act_path(const TensorView& W, Isa isa, int64_t M) {
 
 int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
   if (isa == Isa::Scalar || M >= detail::blas_min_rows(W, isa)) return 0;
-  if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0) return kQ8_0Block;
+  if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0 || W.dtype == DType::Q4_1 || W.dtype == DType::Q5_0 ||
+      W.dtype == DType::Q5_1 || W.dtype == DType::IQ4_NL)
+    return kQ8_0Block;
   if (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K) return kQ8KBlock;
   if ((W.dtype == DType::Q4_0_R4 || W.dtype == DType::Q8_0_R4) && isa == Isa::AVX512)
     return kQ8_0Block;  // other ISAs run the reference on the R4 layouts

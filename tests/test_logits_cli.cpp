@@ -2,6 +2,7 @@
 // reference files' layout, one batch and token by token, and bad id files.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -30,41 +31,61 @@ LogitsFile parse(const std::string& text) {
   return f;
 }
 
-// Largest |a - b| over the largest |b|.
-double rel_diff(const LogitsFile& a, const LogitsFile& b) {
-  double d = 0, m = 0;
-  for (size_t i = 0; i < b.v.size(); ++i) {
-    d = std::max(d, std::fabs(a.v[i] - b.v[i]));
-    m = std::max(m, std::fabs(b.v[i]));
+// Per position, the largest |a - b| over the largest |b| of the whole file; sorted.
+std::vector<double> rel_diffs(const LogitsFile& a, const LogitsFile& b) {
+  double m = 0;
+  for (double v : b.v) m = std::max(m, std::fabs(v));
+  std::vector<double> out;
+  for (int64_t i = 0; i < b.n; ++i) {
+    double d = 0;
+    for (int64_t j = 0; j < b.vocab; ++j) d = std::max(d, std::fabs(a.v[size_t(i * b.vocab + j)] - b.v[size_t(i * b.vocab + j)]));
+    out.push_back(d / m);
   }
-  return d / m;
+  std::sort(out.begin(), out.end());
+  return out;
 }
+
+// Every file of ../shared/reference/quant, as llama.cpp's llama-quantize wrote it, against
+// llama.cpp's logits. f32 computes what llama.cpp computes. The quantized types compute with
+// llama.cpp's 8-bit activations (Q8_0 with f16 scales, Q8_K for the K-quants), so the integer
+// products are the same and most positions agree to ~1e-6; but a float difference far upstream
+// (attention summation order) can move one activation across a rounding boundary, which changes
+// a position by ~1e-3 and, through the KV cache, the ones after it. Hence two bounds: the median
+// position (tight where the semantics match) and the worst. Q4_1 / Q5_1 are not matched yet
+// (their offset term differs from llama.cpp's by ~4e-3 relative; the issue's note says so).
+struct Expect {
+  std::string type;
+  double median, max;
+};
+const std::vector<Expect> kExpect{
+    {"f32", 1e-5, 1e-4},    {"q8_0", 1e-5, 2e-3},   {"q4_0", 1e-5, 2e-3},   {"q4_1", 1e-2, 2e-2},
+    {"q5_0", 1e-5, 1e-2},   {"q5_1", 1e-2, 2e-2},   {"iq4_nl", 1e-5, 2e-3}, {"q2_k", 5e-3, 1e-2},
+    {"q3_k_s", 1e-5, 5e-3}, {"q3_k_m", 1e-5, 5e-3}, {"q3_k_l", 1e-5, 5e-3}, {"q4_k_s", 3e-3, 1e-2},
+    {"q4_k_m", 1e-5, 5e-3}, {"q5_k_s", 1e-5, 5e-3}, {"q5_k_m", 1e-5, 5e-3}, {"q6_k", 1e-5, 5e-3}};
 
 TEST(LogitsCli, MatchesLlamaCppReference) {
   TESSERA_REQUIRE_SHARED("reference/quant/tinystories-f32.gguf");
   const std::string ids = test::shared_path("reference/quant/tinystories.tokens.txt");
-  // f32 computes what llama.cpp computes; the quantized types differ by llama.cpp's
-  // 8-bit activations (the README's "small differences of that order"). The q4_0 file keeps its
-  // embedding in Q6_K, which the engine does not read yet (the quantization issue).
-  for (const auto& [type, tol] : std::vector<std::pair<std::string, double>>{{"f32", 1e-4}, {"q8_0", 1e-2}}) {
+  for (const Expect& e : kExpect) {
+    const std::string& type = e.type;
     const std::string model = test::shared_path("reference/quant/tinystories-" + type + ".gguf");
     const LogitsFile ref = parse(test::slurp(test::shared_path("reference/quant/tinystories-" + type + ".logits.txt")));
     const std::string out = test::temp_path("logits_" + type + ".txt");
     auto r = run_cli("logits -m " + q(model) + " --ids " + q(ids) + " -o " + q(out) + " -t 2");
-    ASSERT_EQ(r.code, 0) << r.err;
+    ASSERT_EQ(r.code, 0) << type << ": " << r.err;
     const std::string text = test::slurp(out);
     EXPECT_EQ(text.substr(0, text.find('\n')), "37 512");
-    const LogitsFile got = parse(text);
-    ASSERT_EQ(got.n, ref.n);
-    ASSERT_EQ(got.vocab, ref.vocab);
-    ASSERT_EQ(got.v.size(), ref.v.size()) << type;
-    EXPECT_LE(rel_diff(got, ref), tol) << type;
-    // Token by token (decode path), to stdout.
+    // One batch (prefill kernels) and token by token (decode kernels, to stdout).
     r = run_cli("logits -m " + q(model) + " --ids " + q(ids) + " --sequential -t 2");
-    ASSERT_EQ(r.code, 0) << r.err;
-    const LogitsFile seq = parse(r.out);
-    ASSERT_EQ(seq.v.size(), ref.v.size()) << type;
-    EXPECT_LE(rel_diff(seq, ref), tol) << type << " --sequential";
+    ASSERT_EQ(r.code, 0) << type << ": " << r.err;
+    for (const auto& [got, how] : {std::pair{parse(text), "batch"}, std::pair{parse(r.out), "sequential"}}) {
+      ASSERT_EQ(got.n, ref.n);
+      ASSERT_EQ(got.vocab, ref.vocab);
+      ASSERT_EQ(got.v.size(), ref.v.size()) << type;
+      const std::vector<double> d = rel_diffs(got, ref);
+      EXPECT_LE(d[d.size() / 2], e.median) << type << " " << how << " (median position)";
+      EXPECT_LE(d.back(), e.max) << type << " " << how << " (worst position)";
+    }
     fs::remove(out);
   }
 }

@@ -104,6 +104,10 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
     case DType::Q4_K:
     case DType::Q5_K:
     case DType::Q6_K: return k.kquant;
+    case DType::Q4_1:
+    case DType::Q5_0:
+    case DType::Q5_1:
+    case DType::IQ4_NL: return k.legacy;
     default: return nullptr;
   }
 }
@@ -120,7 +124,11 @@ int64_t quant_block(const TensorView& W) {
     case DType::Q8_0:
     case DType::Q4_0:
     case DType::Q4_0_R4:
-    case DType::Q8_0_R4: return kQ8_0;
+    case DType::Q8_0_R4:
+    case DType::Q4_1:
+    case DType::Q5_0:
+    case DType::Q5_1:
+    case DType::IQ4_NL: return kQ8_0;
     case DType::Q8_G: return cpu::q8g_integer_path(W) ? W.group : 0;
     default: return 0;
   }

@@ -17,7 +17,8 @@ int64_t blas_min_rows(const TensorView& W, Isa isa) {
   const bool int8_path = W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0 || W.dtype == DType::Q4_0_R4 ||
                          W.dtype == DType::Q8_0_R4 ||
                          (W.dtype == DType::Q8_G && cpu::q8g_integer_path(W)) ||
-                         (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K);
+                         (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K) || W.dtype == DType::Q4_1 ||
+                         W.dtype == DType::Q5_0 || W.dtype == DType::Q5_1 || W.dtype == DType::IQ4_NL;
   switch (isa) {
     case Isa::Scalar: return 4;
     case Isa::AVX2:

@@ -67,6 +67,7 @@ struct IsaKernels {
   AttendFn attend = nullptr;
   SoftmaxRowFn softmax_row = nullptr;
   MatvecFn kquant = nullptr;  // Q2_K .. Q6_K against Q8_K activations (matvec_kquant_*.cpp)
+  MatvecFn legacy = nullptr;  // Q4_1, Q5_0, Q5_1, IQ4_NL against Q8_0 activations (legacy_impl.h)
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -92,6 +93,7 @@ void matvec_q8_0(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q4_0(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_legacy(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
@@ -112,6 +114,7 @@ void matvec_q8_g(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_legacy(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);

@@ -7,6 +7,7 @@
 #include "kernels/cpu/simd.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -15,6 +16,7 @@ namespace tessera::cpu::avx512 {
 namespace {
 
 #include "kernels/cpu/kquant_impl.h"
+#include "kernels/cpu/legacy_impl.h"
 
 constexpr int64_t kRowsPerPass = 4;  // activation rows sharing one unpacked block
 
@@ -86,5 +88,7 @@ void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1) {
     default: return kq_rows<BlockQ6_K, unpack_q6_k>(a, n0, n1);
   }
 }
+
+void matvec_legacy(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_legacy_impl(a, n0, n1); }
 
 }  // namespace tessera::cpu::avx512
