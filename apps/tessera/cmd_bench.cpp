@@ -62,7 +62,7 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("-m,--model", model, "model file or directory (or synthetic:NAME[:TYPE])");
   app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny, gpt2-124m");
   app.add_option("--type", type_name, "weight type for --synthetic")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"}));
   app.add_option("-p,--n-prompt", pp, "prompt tokens for the prefill test (0: skip)");
   app.add_option("-n,--n-gen", tg, "tokens for the decode test (0: skip)");
   app.add_option("-t,--threads", threads, "threads (default: all cores)");

@@ -58,8 +58,12 @@ int cmd_info(int argc, char** argv) {
 
   std::map<std::string, int> types;
   std::set<const void*> seen;
+  double elems = 0, bits = 0;  // over the distinct tensors
   auto count = [&](const TensorView& t) {
-    if (!t.empty() && seen.insert(t.data).second) types[dtype_name(t.dtype)]++;
+    if (t.empty() || !seen.insert(t.data).second) return;
+    types[dtype_name(t.dtype)]++;
+    elems += double(t.numel());
+    bits += double(t.numel()) * dtype_bits_per_weight(t.dtype);
   };
   count(w.tok_embd);
   count(w.pos_embd);
@@ -71,6 +75,7 @@ int cmd_info(int argc, char** argv) {
   std::printf("tensor types:  ");
   for (const auto& [name, n] : types) std::printf(" %s x%d", name.c_str(), n);
   std::printf("\n");
+  if (elems > 0) std::printf("bits per weight: %.2f\n", bits / elems);
   const double kv32 = 2.0 * double(c.n_layers) * double(ctx) * double(c.kv_dim()) * 4;
   std::printf("weights:        %s\n", human_bytes(double(w.weight_bytes())).c_str());
   std::printf("kv cache @%lld:  %s (f32), %s (f16)\n", (long long)ctx, human_bytes(kv32).c_str(),

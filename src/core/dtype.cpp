@@ -23,7 +23,9 @@ bool dtype_can_quantize(DType t) {
     case DType::F16:
     case DType::BF16:
     case DType::Q8_0:
-    case DType::Q4_0: return true;
+    case DType::Q4_0:
+    case DType::Q4_K:
+    case DType::Q6_K: return true;
     default: return false;
   }
 }

@@ -49,7 +49,8 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
         spec.resize(colon);
       }
       const auto dt = dtype_from_name(type);
-      if (!dt || *dt == DType::Q8_G) fail(path, ": unknown weight type '", type, "' (f32, f16, bf16, q8_0, q4_0)");
+      if (!dt || !dtype_can_quantize(*dt))
+        fail(path, ": unknown weight type '", type, "' (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k)");
       ModelConfig cfg = synthetic_config(spec);
       if (!tokenizer_path.empty()) {
         m.tokenizer = load_any_tokenizer(tokenizer_path);

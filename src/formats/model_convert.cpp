@@ -70,8 +70,8 @@ Weights convert_weights(const Weights& w, DType type, int* fallbacks) {
   Weights out = w;
   const bool tied = w.output.data == w.tok_embd.data;
   // As llama.cpp does for its 4-bit types, the classifier (and the embedding
-  // table when tied to it) keeps more precision: Q8_0 under Q4_0.
-  const DType out_type = type == DType::Q4_0 ? DType::Q8_0 : type;
+  // table when tied to it) keeps more precision: Q8_0 under Q4_0, Q6_K under Q4_K.
+  const DType out_type = type == DType::Q4_0 ? DType::Q8_0 : type == DType::Q4_K ? DType::Q6_K : type;
   const TensorView orig_out = w.output;
   for_each_view(out, [&](TensorView& t) {
     const bool classifier = t.data == orig_out.data;
