@@ -43,7 +43,8 @@ TEST(DType, RowBytes) {
   EXPECT_EQ(dtype_row_bytes(DType::Q4_0, 64), 36u);
   EXPECT_EQ(dtype_row_bytes(DType::BF16, 3), 6u);
   EXPECT_EQ(dtype_from_name("Q4_0"), DType::Q4_0);
-  EXPECT_FALSE(dtype_from_name("q5_k").has_value());
+  EXPECT_EQ(dtype_from_name("q5_k"), DType::Q5_K);
+  EXPECT_FALSE(dtype_from_name("iq2_xxs").has_value());
 }
 
 #include "kernels/ops.h"
