@@ -5,68 +5,54 @@
 
 namespace tessera {
 
-bool dtype_is_k_quant(DType t) {
-  switch (t) {
-    case DType::Q2_K:
-    case DType::Q3_K:
-    case DType::Q4_K:
-    case DType::Q5_K:
-    case DType::Q6_K:
-    case DType::Q8_K: return true;
-    default: return false;
-  }
-}
+namespace {
 
-bool dtype_can_quantize(DType t) {
-  switch (t) {
-    case DType::F32:
-    case DType::F16:
-    case DType::BF16:
-    case DType::Q8_0:
-    case DType::Q4_0:
-    case DType::Q4_K:
-    case DType::Q6_K: return true;
-    default: return false;
-  }
+// One row per DType, in enum order: what every query below reads.
+struct Traits {
+  DType t;
+  const char* name;
+  int64_t block_elems;  // 1 for plain types; Q8_G counts elements, its scales are separate
+  size_t block_bytes;
+  bool user_named;  // a type a user names (the R4 layouts are run-time only)
+  bool quantizer;   // quantize_row() writes it
+  bool k_quant;     // one of the 256-element K-quants
+};
+constexpr Traits kTraits[] = {
+    {DType::F32, "f32", 1, 4, true, true, false},
+    {DType::F16, "f16", 1, 2, true, true, false},
+    {DType::BF16, "bf16", 1, 2, true, true, false},
+    {DType::Q8_0, "q8_0", kQK, sizeof(BlockQ8_0), true, true, false},
+    {DType::Q4_0, "q4_0", kQK, sizeof(BlockQ4_0), true, true, false},
+    {DType::Q8_G, "q8_g", 1, 1, true, false, false},
+    {DType::Q4_0_R4, "q4_0_r4", kQK, sizeof(BlockQ4_0), false, false, false},
+    {DType::Q8_0_R4, "q8_0_r4", kQK, sizeof(BlockQ8_0), false, false, false},
+    {DType::Q4_1, "q4_1", kQK, sizeof(BlockQ4_1), true, false, false},
+    {DType::Q5_0, "q5_0", kQK, sizeof(BlockQ5_0), true, false, false},
+    {DType::Q5_1, "q5_1", kQK, sizeof(BlockQ5_1), true, false, false},
+    {DType::IQ4_NL, "iq4_nl", kQK, sizeof(BlockIQ4_NL), true, false, false},
+    {DType::Q2_K, "q2_k", kQKK, sizeof(BlockQ2_K), true, false, true},
+    {DType::Q3_K, "q3_k", kQKK, sizeof(BlockQ3_K), true, false, true},
+    {DType::Q4_K, "q4_k", kQKK, sizeof(BlockQ4_K), true, true, true},
+    {DType::Q5_K, "q5_k", kQKK, sizeof(BlockQ5_K), true, false, true},
+    {DType::Q6_K, "q6_k", kQKK, sizeof(BlockQ6_K), true, true, true},
+    {DType::Q8_K, "q8_k", kQKK, sizeof(BlockQ8_K), true, false, true},
+};
+constexpr bool in_enum_order() {
+  for (size_t i = 0; i < std::size(kTraits); ++i)
+    if (size_t(kTraits[i].t) != i) return false;
+  return true;
 }
+static_assert(in_enum_order() && std::size(kTraits) == size_t(DType::Q8_K) + 1, "kTraits: one row per DType, in order");
 
-int64_t dtype_block_elems(DType t) {
-  switch (t) {
-    case DType::Q8_0:
-    case DType::Q4_0:
-    case DType::Q4_0_R4:
-    case DType::Q8_0_R4:
-    case DType::Q4_1:
-    case DType::Q5_0:
-    case DType::Q5_1:
-    case DType::IQ4_NL: return kQK;
-    default: return dtype_is_k_quant(t) ? kQKK : 1;
-  }
-}
+const Traits& traits(DType t) { return kTraits[size_t(t)]; }
 
-size_t dtype_block_bytes(DType t) {
-  switch (t) {
-    case DType::F32: return 4;
-    case DType::F16: return 2;
-    case DType::BF16: return 2;
-    case DType::Q8_0:
-    case DType::Q8_0_R4: return sizeof(BlockQ8_0);
-    case DType::Q4_0:
-    case DType::Q4_0_R4: return sizeof(BlockQ4_0);
-    case DType::Q8_G: return 1;
-    case DType::Q4_1: return sizeof(BlockQ4_1);
-    case DType::Q5_0: return sizeof(BlockQ5_0);
-    case DType::Q5_1: return sizeof(BlockQ5_1);
-    case DType::IQ4_NL: return sizeof(BlockIQ4_NL);
-    case DType::Q2_K: return sizeof(BlockQ2_K);
-    case DType::Q3_K: return sizeof(BlockQ3_K);
-    case DType::Q4_K: return sizeof(BlockQ4_K);
-    case DType::Q5_K: return sizeof(BlockQ5_K);
-    case DType::Q6_K: return sizeof(BlockQ6_K);
-    case DType::Q8_K: return sizeof(BlockQ8_K);
-  }
-  return 0;
-}
+}  // namespace
+
+bool dtype_is_k_quant(DType t) { return traits(t).k_quant; }
+bool dtype_can_quantize(DType t) { return traits(t).quantizer; }
+int64_t dtype_block_elems(DType t) { return traits(t).block_elems; }
+size_t dtype_block_bytes(DType t) { return traits(t).block_bytes; }
+const char* dtype_name(DType t) { return traits(t).name; }
 
 double dtype_bits_per_weight(DType t) {
   if (t == DType::Q8_G) return 8.0;  // + one f32 scale per group, not counted here
@@ -77,38 +63,11 @@ size_t dtype_row_bytes(DType t, int64_t n) {
   return size_t(n / dtype_block_elems(t)) * dtype_block_bytes(t);
 }
 
-const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::F32: return "f32";
-    case DType::F16: return "f16";
-    case DType::BF16: return "bf16";
-    case DType::Q8_0: return "q8_0";
-    case DType::Q4_0: return "q4_0";
-    case DType::Q8_G: return "q8_g";
-    case DType::Q4_0_R4: return "q4_0_r4";
-    case DType::Q8_0_R4: return "q8_0_r4";
-    case DType::Q4_1: return "q4_1";
-    case DType::Q5_0: return "q5_0";
-    case DType::Q5_1: return "q5_1";
-    case DType::IQ4_NL: return "iq4_nl";
-    case DType::Q2_K: return "q2_k";
-    case DType::Q3_K: return "q3_k";
-    case DType::Q4_K: return "q4_k";
-    case DType::Q5_K: return "q5_k";
-    case DType::Q6_K: return "q6_k";
-    case DType::Q8_K: return "q8_k";
-  }
-  return "?";
-}
-
 std::optional<DType> dtype_from_name(std::string_view name) {
   std::string s(name);
   for (auto& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
-  // Q4_0_R4 / Q8_0_R4 are run-time layouts, not types a user names.
-  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q8_G, DType::Q4_1, DType::Q5_0,
-                  DType::Q5_1, DType::IQ4_NL, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
-                  DType::Q8_K})
-    if (s == dtype_name(t)) return t;
+  for (const Traits& r : kTraits)
+    if (r.user_named && s == r.name) return r.t;
   return std::nullopt;
 }
 

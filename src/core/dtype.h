@@ -9,6 +9,7 @@
 
 namespace tessera {
 
+// Adding a type: one row in dtype.cpp's table, plus its ggml id (formats/gguf.cpp) and kernels.
 enum class DType : uint8_t {
   F32,
   F16,

@@ -348,6 +348,8 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
   ref::dequantize_row(W, r, out);
 }
 
+bool detail::integer_activations(const TensorView& W) { return quant_block(W) != 0; }
+
 void detail::matmul_matvec(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y) {
   if (M <= 0 || W.rows() == 0) return;
   const cpu::IsaKernels* k = kernels_for(ctx.isa);

@@ -14,11 +14,7 @@ int64_t bf16_gemm_min_rows(Isa isa) { return isa == Isa::AVX512 ? 48 : INT64_MAX
 
 int64_t blas_min_rows(const TensorView& W, Isa isa) {
   constexpr int64_t kNever = INT64_MAX;
-  const bool int8_path = W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0 || W.dtype == DType::Q4_0_R4 ||
-                         W.dtype == DType::Q8_0_R4 ||
-                         (W.dtype == DType::Q8_G && cpu::q8g_integer_path(W)) ||
-                         (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K) || W.dtype == DType::Q4_1 ||
-                         W.dtype == DType::Q5_0 || W.dtype == DType::Q5_1 || W.dtype == DType::IQ4_NL;
+  const bool int8_path = integer_activations(W);
   switch (isa) {
     case Isa::Scalar: return 4;
     case Isa::AVX2:

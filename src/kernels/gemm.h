@@ -26,6 +26,11 @@ void sgemm_xwt(KernelContext& ctx, const float* X, int64_t M, const float* W, in
 // panel by panel.
 void matmul_blas(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y, cpu::DequantRowFn dq);
 
+// Whether W's matrix-vector kernels compute with integer (quantized) activations
+// (Q8_0 / Q4_0 and the other GGUF block types, Q8_G with groups of 32k); defined
+// in dispatch.cpp.
+bool integer_activations(const TensorView& W);
+
 // The matrix-vector path for any M (what matmul() takes below blas_min_rows);
 // defined in dispatch.cpp. For benchmarks and tests that compare the two paths.
 void matmul_matvec(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, float* Y);

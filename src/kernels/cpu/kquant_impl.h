@@ -49,36 +49,35 @@ inline void unpack_q3_k(const tessera::BlockQ3_K& b, KBlock& kb) {
   kb_coeffs(kb, Mn, 4, _cvtsh_ss(b.d), 0.f);
 }
 
-inline void k4_scales(const uint8_t* s, KBlock& kb, int16_t* Mn) {
+// Q4_K / Q5_K (qh null for Q4_K): sub-block 2 p + u is nibble u of qs[32 p ..],
+// its fifth bit bit 2 p + u of qh.
+inline void unpack_q45_k(uint16_t d, uint16_t dmin, const uint8_t* scales, const uint8_t* qs, const uint8_t* qh,
+                         KBlock& kb) {
+  for (int p = 0; p < 4; ++p)
+    for (int l = 0; l < 32; ++l) {
+      kb.q[64 * p + l] = qs[32 * p + l] & 0xf;
+      kb.q[64 * p + 32 + l] = qs[32 * p + l] >> 4;
+    }
+  if (qh)
+    for (int p = 0; p < 4; ++p)
+      for (int l = 0; l < 32; ++l) {
+        kb.q[64 * p + l] |= uint8_t(((qh[l] >> (2 * p)) & 1) << 4);
+        kb.q[64 * p + 32 + l] |= uint8_t(((qh[l] >> (2 * p + 1)) & 1) << 4);
+      }
+  int16_t Mn[16];
   for (int j = 0; j < 8; ++j) {
     uint8_t sc, m;
-    tessera::k4_scale_min(j, s, sc, m);
+    tessera::k4_scale_min(j, scales, sc, m);
     kb.S[2 * j] = kb.S[2 * j + 1] = sc;
     Mn[2 * j] = Mn[2 * j + 1] = m;
   }
+  kb_coeffs(kb, Mn, 0, _cvtsh_ss(d), _cvtsh_ss(dmin));
 }
 
 inline void unpack_q4_k(const tessera::BlockQ4_K& b, KBlock& kb) {
-  for (int p = 0; p < 4; ++p)
-    for (int l = 0; l < 32; ++l) {
-      kb.q[64 * p + l] = b.qs[32 * p + l] & 0xf;
-      kb.q[64 * p + 32 + l] = b.qs[32 * p + l] >> 4;
-    }
-  int16_t Mn[16];
-  k4_scales(b.scales, kb, Mn);
-  kb_coeffs(kb, Mn, 0, _cvtsh_ss(b.d), _cvtsh_ss(b.dmin));
+  unpack_q45_k(b.d, b.dmin, b.scales, b.qs, nullptr, kb);
 }
-
-inline void unpack_q5_k(const tessera::BlockQ5_K& b, KBlock& kb) {
-  for (int p = 0; p < 4; ++p)
-    for (int l = 0; l < 32; ++l) {
-      kb.q[64 * p + l] = uint8_t((b.qs[32 * p + l] & 0xf) | (((b.qh[l] >> (2 * p)) & 1) << 4));
-      kb.q[64 * p + 32 + l] = uint8_t((b.qs[32 * p + l] >> 4) | (((b.qh[l] >> (2 * p + 1)) & 1) << 4));
-    }
-  int16_t Mn[16];
-  k4_scales(b.scales, kb, Mn);
-  kb_coeffs(kb, Mn, 0, _cvtsh_ss(b.d), _cvtsh_ss(b.dmin));
-}
+inline void unpack_q5_k(const tessera::BlockQ5_K& b, KBlock& kb) { unpack_q45_k(b.d, b.dmin, b.scales, b.qs, b.qh, kb); }
 
 inline void unpack_q6_k(const tessera::BlockQ6_K& b, KBlock& kb) {
   for (int hh = 0; hh < 2; ++hh)
@@ -96,14 +95,23 @@ inline void unpack_q6_k(const tessera::BlockQ6_K& b, KBlock& kb) {
   kb_coeffs(kb, Mn, 32, _cvtsh_ss(b.d), 0.f);
 }
 
-// Unpacks block i of a row of type t (Q2_K .. Q6_K).
-inline void unpack_kblock(tessera::DType t, const uint8_t* row, int64_t i, KBlock& kb) {
+// The K-quant types as unpacker types: U::Block and U::unpack(block, kb).
+template <class B, void (*F)(const B&, KBlock&)>
+struct KUnpack {
+  using Block = B;
+  static void unpack(const B& b, KBlock& kb) { F(b, kb); }
+};
+
+// Calls f(U{}) with the unpacker of t (Q2_K .. Q6_K): each ISA's kernel
+// entry is one call of this with its row loop templated on U.
+template <class F>
+void with_kquant_unpacker(tessera::DType t, F&& f) {
   using namespace tessera;
   switch (t) {
-    case DType::Q2_K: return unpack_q2_k(reinterpret_cast<const BlockQ2_K*>(row)[i], kb);
-    case DType::Q3_K: return unpack_q3_k(reinterpret_cast<const BlockQ3_K*>(row)[i], kb);
-    case DType::Q4_K: return unpack_q4_k(reinterpret_cast<const BlockQ4_K*>(row)[i], kb);
-    case DType::Q5_K: return unpack_q5_k(reinterpret_cast<const BlockQ5_K*>(row)[i], kb);
-    default: return unpack_q6_k(reinterpret_cast<const BlockQ6_K*>(row)[i], kb);
+    case DType::Q2_K: return f(KUnpack<BlockQ2_K, unpack_q2_k>{});
+    case DType::Q3_K: return f(KUnpack<BlockQ3_K, unpack_q3_k>{});
+    case DType::Q4_K: return f(KUnpack<BlockQ4_K, unpack_q4_k>{});
+    case DType::Q5_K: return f(KUnpack<BlockQ5_K, unpack_q5_k>{});
+    default: return f(KUnpack<BlockQ6_K, unpack_q6_k>{});
   }
 }

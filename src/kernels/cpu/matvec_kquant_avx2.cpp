@@ -33,20 +33,20 @@ const float* expand_sums(const QuantX& xq, int64_t M, float* work, bool ready) {
   return bsf;
 }
 
-template <class B, void (*Unpack)(const B&, KBlock&)>
+template <class U>
 void kq_rows(const MatvecArgs& a, int64_t n0, int64_t n1) {
   const int64_t K = a.W->cols(), nb = K / kQKK, M = a.M, N = a.W->rows();
   const QuantX& xq = a.xq;
   const float* bsf = expand_sums(xq, M, a.work, a.x_ready);
   KBlock kb;
   for (int64_t n = n0; n < n1; ++n) {
-    const B* w = reinterpret_cast<const B*>(a.W->row(n));
+    const auto* w = reinterpret_cast<const typename U::Block*>(a.W->row(n));
     for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
       const int64_t mc = std::min(kRowsPerPass, M - m0);
       __m256 acc[kRowsPerPass], accc[kRowsPerPass];
       for (int r = 0; r < kRowsPerPass; ++r) acc[r] = accc[r] = _mm256_setzero_ps();
       for (int64_t i = 0; i < nb; ++i) {
-        Unpack(w[i], kb);
+        U::unpack(w[i], kb);
         // 32 quants per register: groups 2 c and 2 c + 1.
         __m256i sv[8];
         for (int c = 0; c < 8; ++c) sv[c] = _mm256_set_m128i(_mm_set1_epi16(kb.S[2 * c + 1]), _mm_set1_epi16(kb.S[2 * c]));
@@ -74,13 +74,7 @@ void kq_rows(const MatvecArgs& a, int64_t n0, int64_t n1) {
 }  // namespace
 
 void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  switch (a.W->dtype) {
-    case DType::Q2_K: return kq_rows<BlockQ2_K, unpack_q2_k>(a, n0, n1);
-    case DType::Q3_K: return kq_rows<BlockQ3_K, unpack_q3_k>(a, n0, n1);
-    case DType::Q4_K: return kq_rows<BlockQ4_K, unpack_q4_k>(a, n0, n1);
-    case DType::Q5_K: return kq_rows<BlockQ5_K, unpack_q5_k>(a, n0, n1);
-    default: return kq_rows<BlockQ6_K, unpack_q6_k>(a, n0, n1);
-  }
+  with_kquant_unpacker(a.W->dtype, [&](auto u) { kq_rows<decltype(u)>(a, n0, n1); });
 }
 
 void matvec_legacy(const MatvecArgs& a, int64_t n0, int64_t n1) { matvec_legacy_impl(a, n0, n1); }

@@ -87,31 +87,25 @@ void q3_k(const BlockQ3_K* b, int64_t nb, float* y) {
 
 // Q4_K / Q5_K: element e = 64 p + 32 u + l (p < 4, u < 2, l < 32) is the low
 // (u = 0) or high (u = 1) nibble of qs[32 p + l], sub-block 2 p + u; Q5_K's
-// fifth bit is bit 2 p + u of qh[l].
-void q4_k(const BlockQ4_K* b, int64_t nb, float* y) {
-  for (int64_t i = 0; i < nb; ++i, y += kQKK) {
-    const float d = h(b[i].d), dmin = h(b[i].dmin);
-    for (int e = 0; e < kQKK; ++e) {
-      const int p = e / 64, u = e % 64 / 32, l = e % 32;
-      uint8_t sc, m;
-      k4_scale_min(2 * p + u, b[i].scales, sc, m);
-      const int q = (b[i].qs[32 * p + l] >> (4 * u)) & 0xf;
-      y[e] = d * float(sc) * float(q) - dmin * float(m);
-    }
+// fifth bit is bit 2 p + u of qh[l] (qh null for Q4_K).
+void q45_k(uint16_t dh, uint16_t dminh, const uint8_t* scales, const uint8_t* qs, const uint8_t* qh, float* y) {
+  const float d = h(dh), dmin = h(dminh);
+  for (int e = 0; e < kQKK; ++e) {
+    const int p = e / 64, u = e % 64 / 32, l = e % 32;
+    uint8_t sc, m;
+    k4_scale_min(2 * p + u, scales, sc, m);
+    int q = (qs[32 * p + l] >> (4 * u)) & 0xf;
+    if (qh) q |= ((qh[l] >> (2 * p + u)) & 1) << 4;
+    y[e] = d * float(sc) * float(q) - dmin * float(m);
   }
 }
 
+void q4_k(const BlockQ4_K* b, int64_t nb, float* y) {
+  for (int64_t i = 0; i < nb; ++i, y += kQKK) q45_k(b[i].d, b[i].dmin, b[i].scales, b[i].qs, nullptr, y);
+}
+
 void q5_k(const BlockQ5_K* b, int64_t nb, float* y) {
-  for (int64_t i = 0; i < nb; ++i, y += kQKK) {
-    const float d = h(b[i].d), dmin = h(b[i].dmin);
-    for (int e = 0; e < kQKK; ++e) {
-      const int p = e / 64, u = e % 64 / 32, l = e % 32;
-      uint8_t sc, m;
-      k4_scale_min(2 * p + u, b[i].scales, sc, m);
-      const int q = ((b[i].qs[32 * p + l] >> (4 * u)) & 0xf) | ((b[i].qh[l] >> (2 * p + u)) & 1) << 4;
-      y[e] = d * float(sc) * float(q) - dmin * float(m);
-    }
-  }
+  for (int64_t i = 0; i < nb; ++i, y += kQKK) q45_k(b[i].d, b[i].dmin, b[i].scales, b[i].qs, b[i].qh, y);
 }
 
 // Q6_K: element e = 128 hh + 32 t + l (hh < 2, t < 4, l < 32): low 4 bits from
