@@ -102,8 +102,10 @@ void fill_weights(DType t, uint8_t* p, int64_t numel, float* scales, int group, 
       for (size_t i = 0; i < bytes; i += bb) std::memcpy(p + i, &d, 2);
       break;
     }
-    case DType::Q4_0_R4:  // made from Q4_0 / Q8_0 by add_matrix
+    case DType::Q4_0_R4:  // made from Q4_0 / Q8_0 / Q4_K / Q6_K by add_matrix
     case DType::Q8_0_R4:
+    case DType::Q4_K_R4:
+    case DType::Q6_K_R4:
       break;
     case DType::Q8_G:
       for (int64_t i = 0; i + 8 <= numel; i += 8) {
@@ -122,6 +124,13 @@ void fill_weights(DType t, uint8_t* p, int64_t numel, float* scales, int group, 
       break;
     }
   }
+}
+
+// The file type an R4 layout is made from (t itself for the others).
+DType r4_source(DType t) {
+  for (DType f : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K})
+    if (r4_type_of(f) == t) return f;
+  return t;
 }
 
 struct Shape {
@@ -154,9 +163,8 @@ TensorView add_matrix(Matrices& m, DType t, int group, const Shape& s, const Ten
   if (copy_of) {
     std::memcpy(p, copy_of->data, wbytes);
     if (scales) std::memcpy(scales, copy_of->scales, sbytes);
-  } else if (t == DType::Q4_0_R4 || t == DType::Q8_0_R4) {  // the load-time layout of random weights (N % 4 == 0)
-    const DType src = t == DType::Q4_0_R4 ? DType::Q4_0 : DType::Q8_0;
-    Buffer q(wbytes);
+  } else if (const DType src = r4_source(t); src != t) {  // the load-time layout of random weights (N % 4 == 0)
+    Buffer q(dtype_row_bytes(src, numel));
     fill_weights(src, q.data(), numel, nullptr, 0, seed);
     repack_r4(make_view(src, {s.N, s.K}, q.data()), p, 2);
   } else {
@@ -322,13 +330,14 @@ int main(int argc, char** argv) {
 
   std::vector<std::pair<DType, int>> types;
   for (auto [t, group] : {std::pair{DType::F32, 0}, {DType::F16, 0}, {DType::BF16, 0}, {DType::Q8_0, 0},
-                          {DType::Q8_0_R4, 0}, {DType::Q4_0, 0}, {DType::Q4_0_R4, 0}, {DType::Q8_G, 64}}) {
+                          {DType::Q8_0_R4, 0}, {DType::Q4_0, 0}, {DType::Q4_0_R4, 0}, {DType::Q8_G, 64},
+                          {DType::Q4_K, 0}, {DType::Q4_K_R4, 0}, {DType::Q6_K, 0}, {DType::Q6_K_R4, 0}}) {
     std::string name = dtype_name(t);
     for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
     if (only.empty() || only.find("," + name + ",") != std::string::npos) types.emplace_back(t, group);
   }
   if (types.empty()) {
-    std::fprintf(stderr, "bench_kernels: --types names no known dtype (f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g)\n");
+    std::fprintf(stderr, "bench_kernels: --types names no known dtype (f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g,q4_k,q4_k_r4,q6_k,q6_k_r4)\n");
     return 2;
   }
   for (auto [t, group] : types) {

@@ -73,6 +73,13 @@ struct Weights {
   TensorView view;
 };
 
+// The file type an R4 layout is repacked from; t itself for the other types.
+DType file_type_of(DType t) {
+  for (DType f : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
+    if (r4_type_of(f) == t) return f;
+  return t;
+}
+
 Weights make_weights(DType t, int64_t N, int64_t K, int group, uint32_t seed) {
   Weights w;
   if (t == DType::Q8_G) {
@@ -81,8 +88,8 @@ Weights make_weights(DType t, int64_t N, int64_t K, int group, uint32_t seed) {
     w.bytes.resize(static_cast<size_t>(N * K));
     for (auto& b : w.bytes) b = uint8_t(int8_t(q(rng)));
     w.scales = random_floats(size_t(N * K / group), seed + 1, 0.001f, 0.02f);
-  } else if (t == DType::Q4_0_R4 || t == DType::Q8_0_R4) {  // random Q4_0 / Q8_0, repacked as at load time
-    const Weights q = make_weights(t == DType::Q4_0_R4 ? DType::Q4_0 : DType::Q8_0, N, K, group, seed);
+  } else if (const DType f = file_type_of(t); f != t) {  // a random matrix of its file type, repacked as at load time
+    const Weights q = make_weights(f, N, K, group, seed);
     w.bytes.resize(r4_bytes(q.view.dtype, N, K));
     repack_r4(q.view, w.bytes.data(), 2);
   } else if (!dtype_can_quantize(t)) {  // random bytes with sane scales (random_blocks)
@@ -148,6 +155,7 @@ int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
       W.dtype == DType::Q5_1 || W.dtype == DType::IQ4_NL)
     return kQ8_0Block;
   if (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K) return kQ8KBlock;
+  if (r4_is_k(W.dtype) && isa == Isa::AVX512) return kQ8KBlock;
   if ((W.dtype == DType::Q4_0_R4 || W.dtype == DType::Q8_0_R4) && isa == Isa::AVX512)
     return kQ8_0Block;  // other ISAs run the reference on the R4 layouts
   return 0;
@@ -251,9 +259,12 @@ TEST(KernelsMatmul, LegacyBlockTypes) {
 }
 TEST(KernelsMatmul, Q4_0_R4) { check_dtype(DType::Q4_0_R4, {512, 1024, 4608}, {0}); }
 TEST(KernelsMatmul, Q8_0_R4) { check_dtype(DType::Q8_0_R4, {512, 1024, 4608}, {0}); }
+TEST(KernelsMatmul, Q4_K_R4) { check_dtype(DType::Q4_K_R4, {512, 1024, 4608}, {0}); }
+TEST(KernelsMatmul, Q5_K_R4) { check_dtype(DType::Q5_K_R4, {512, 1024, 4608}, {0}); }
+TEST(KernelsMatmul, Q6_K_R4) { check_dtype(DType::Q6_K_R4, {512, 1024, 4608}, {0}); }
 
 TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
-  for (DType t : {DType::Q4_0, DType::Q8_0})
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
     for (int64_t N : {1, 5, 12}) {
       const Weights q = make_weights(t, N, 1024, 0, 11);
       std::vector<uint8_t> r(r4_bytes(t, N, 1024), 0xff);
@@ -274,11 +285,19 @@ TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
       }
     }
   EXPECT_EQ(r4_bytes(DType::Q4_0, 5, 512), 8 * dtype_row_bytes(DType::Q4_0, 512));
+  EXPECT_EQ(r4_bytes(DType::Q4_K, 5, 512), 8 * (2 * dtype_row_bytes(DType::Q4_K, 256) + 8));  // + unpacked scales
+  EXPECT_EQ(r4_bytes(DType::Q6_K, 5, 512), 8 * 2 * dtype_row_bytes(DType::Q6_K, 256));
   EXPECT_EQ(r4_type_of(DType::Q8_0), DType::Q8_0_R4);
   EXPECT_EQ(r4_type_of(DType::F16), DType::F16);
 }
 
-TEST(KernelsRepack, AppliesOnlyToQ4_0AndQ8_0WithKMultipleOf512OnAvx512) {
+TEST(KernelsRepack, AppliesToQ4_0Q8_0AndK4K5K6WithKMultipleOf512OnAvx512) {
+  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    EXPECT_TRUE(r4_applies(make_weights(t, 4, 1024, 0, 3).view, Isa::AVX512)) << dtype_name(t);
+    EXPECT_FALSE(r4_applies(make_weights(t, 4, 768, 0, 3).view, Isa::AVX512)) << dtype_name(t);
+    EXPECT_FALSE(r4_applies(make_weights(t, 4, 1024, 0, 3).view, Isa::AVX2)) << dtype_name(t);
+  }
+  EXPECT_FALSE(r4_applies(make_weights(DType::Q3_K, 4, 1024, 0, 3).view, Isa::AVX512));
   const Weights q = make_weights(DType::Q4_0, 4, 512, 0, 3);
   EXPECT_TRUE(r4_applies(q.view, Isa::AVX512));
   EXPECT_TRUE(r4_applies(make_weights(DType::Q8_0, 4, 512, 0, 3).view, Isa::AVX512));

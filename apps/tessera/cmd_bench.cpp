@@ -73,7 +73,7 @@ int cmd_bench(int argc, char** argv) {
                  "also decode this many sequences at once, one batch per step (aggregate tok/s against -n's single sequence)")
       ->check(CLI::Range(int64_t(1), int64_t(1024)));
   bool no_repack = false;
-  app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 / Q8_0 repacking)");
+  app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 / Q8_0 / K-quant repacking)");
   TrainBenchArgs tb;
   app.add_flag("--train", tb.enabled, "benchmark training steps (forward + backward + AdamW) instead of inference");
   app.add_option("--batch", tb.batch, "--train: sequences per step");
@@ -224,7 +224,7 @@ int cmd_bench(int argc, char** argv) {
   } else {
     std::printf("model            %s (%.1fM params, %s read per decoded token)\n", lm.path.c_str(),
                 double(w.n_params()) / 1e6, human_bytes(bytes).c_str());
-    if (repacked) std::printf("layout           %d Q4_0 / Q8_0 matrices repacked at load (--no-repack: file layout)\n", repacked);
+    if (repacked) std::printf("layout           %d quantized matrices repacked at load (--no-repack: file layout)\n", repacked);
     std::printf("machine          %.1f GB/s read bandwidth, %.0f GFLOP/s %s peak (%d threads, %s)\n", bw, peak,
                 bf16_peak ? "bf16 GEMM" : "sgemm", threads, isa_name(ctx.isa));
     if (pp > 0)

@@ -24,7 +24,7 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("-b,--batch-size", a.batch, "prefill chunk size in tokens")->check(positive());
   app.add_option("--kv-type", a.kv_type, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
   app.add_flag("--no-repack", a.no_repack,
-               "keep weights in the file's layout (default: Q4_0 / Q8_0 matrices are repacked at load for the AVX-512 kernels)");
+               "keep weights in the file's layout (default: Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices are repacked at load for the AVX-512 kernels)");
 }
 
 Loaded load(const ModelArgs& a) {

@@ -36,13 +36,17 @@ constexpr Traits kTraits[] = {
     {DType::Q5_K, "q5_k", kQKK, sizeof(BlockQ5_K), true, false, true},
     {DType::Q6_K, "q6_k", kQKK, sizeof(BlockQ6_K), true, true, true},
     {DType::Q8_K, "q8_k", kQKK, sizeof(BlockQ8_K), true, false, true},
+    // bytes per 512 elements (kernels/repack.h): quants + high bits + scales
+    {DType::Q4_K_R4, "q4_k_r4", 512, 256 + 40, false, false, false},
+    {DType::Q5_K_R4, "q5_k_r4", 512, 256 + 64 + 40, false, false, false},
+    {DType::Q6_K_R4, "q6_k_r4", 512, 256 + 128 + 36, false, false, false},
 };
 constexpr bool in_enum_order() {
   for (size_t i = 0; i < std::size(kTraits); ++i)
     if (size_t(kTraits[i].t) != i) return false;
   return true;
 }
-static_assert(in_enum_order() && std::size(kTraits) == size_t(DType::Q8_K) + 1, "kTraits: one row per DType, in order");
+static_assert(in_enum_order() && std::size(kTraits) == size_t(DType::Q6_K_R4) + 1, "kTraits: one row per DType, in order");
 
 const Traits& traits(DType t) { return kTraits[size_t(t)]; }
 

@@ -32,6 +32,9 @@ enum class DType : uint8_t {
   Q5_K,
   Q6_K,
   Q8_K,  // the activation type of the K-quant dot products; loadable as a weight too
+  Q4_K_R4,  // internal, never in a file: Q4_K / Q5_K / Q6_K repacked at load for the
+  Q5_K_R4,  //   AVX-512 kernels (kernels/repack.h): rows in tiles of 4, blocks of 512
+  Q6_K_R4,  //   elements with the scales unpacked to one byte per 32 (16 for Q6_K)
 };
 
 

@@ -25,6 +25,7 @@
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/kernels.h"
+#include "kernels/repack.h"
 #include "kernels/team.h"
 
 namespace tessera {
@@ -99,6 +100,9 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
     case DType::Q8_G: return k.q8_g;
     case DType::Q4_0_R4: return k.q4_0_r4;
     case DType::Q8_0_R4: return k.q8_0_r4;
+    case DType::Q4_K_R4:
+    case DType::Q5_K_R4:
+    case DType::Q6_K_R4: return k.kquant_r4;
     case DType::Q2_K:
     case DType::Q3_K:
     case DType::Q4_K:
@@ -119,7 +123,7 @@ constexpr int64_t kQ8_0 = -2, kQ8K = -1;
 // The activation quantization of W: kQ8_0, kQ8K, the group size of Q8_G
 // (f32 scales, llama2.c's runq), or 0 when X stays f32.
 int64_t quant_block(const TensorView& W) {
-  if (W.dtype != DType::Q8_K && dtype_is_k_quant(W.dtype)) return kQ8K;
+  if ((W.dtype != DType::Q8_K && dtype_is_k_quant(W.dtype)) || r4_is_k(W.dtype)) return kQ8K;
   switch (W.dtype) {
     case DType::Q8_0:
     case DType::Q4_0:

@@ -17,6 +17,24 @@
 // one vcvtph2ps, and a tile is one sequential stream. Q4_0 element k of a block
 // is the low nibble of qs[k] (k < 16) or the high nibble of qs[k - 16], as in
 // Q4_0. Q8_0_R4 stores qs + 128 (qs ^ 0x80), the unsigned operand of vpdpbusd.
+//
+// Q4_K / Q5_K / Q6_K -> Q4_K_R4 / Q5_K_R4 / Q6_K_R4 (AVX-512 VNNI), the same
+// tiles of 4 rows and groups of 512 elements. The 16 32-bit lanes of a group
+// are 32-element sub-blocks: lane b is sub-block b % 8 of super-block 2 g + b / 8,
+// with unsigned quants q[b][k] (k < 32). Per (group g, row r), in three parts:
+//   quants:  256 bytes; byte 64 j + 4 b + i (j, i < 4) holds q[b][4 j + i] & 15
+//            in its low nibble and q[b][16 + 4 j + i] & 15 in its high nibble
+//            (the Q4_0_R4 arrangement, so the activations expand the same way);
+//   high:    Q5_K 64 bytes, byte 4 b + i bit j = bit 4 of q[b][4 j + i], bit
+//            4 + j = bit 4 of q[b][16 + 4 j + i]; Q6_K 128 bytes, byte 64 h + 4 b + i
+//            bits 2 t, 2 t + 1 = bits 4, 5 of q[b][16 h + 4 t + i]; Q4_K none;
+//   scales:  Q4_K / Q5_K 40 bytes: sc[16], m[16] (u8, lane b), f16 d and dmin of
+//            super-block 2 g, then of 2 g + 1: x = d sc q - dmin m;
+//            Q6_K 36 bytes: sc of elements 0..15 of lane b [16], of 16..31 [16]
+//            (i8), f16 d of 2 g and of 2 g + 1: x = d sc (q - 32).
+// A tile stores all groups' quants, then all high parts, then all scales, so
+// every 64-byte load of quants is aligned. The scales unpacked to a byte per
+// sub-block cost 8 bytes per 512 weights over the file (Q6_K: none).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -29,10 +47,13 @@ namespace tessera {
 constexpr int64_t kR4Rows = 4;     // rows per tile
 constexpr int64_t kR4Blocks = 16;  // blocks per group
 
-// The R4 layout of a file type (Q4_0 -> Q4_0_R4, Q8_0 -> Q8_0_R4); t itself otherwise.
+// The R4 layout of a file type (Q4_0 -> Q4_0_R4, Q8_0 -> Q8_0_R4, Q4_K ->
+// Q4_K_R4, ...); t itself otherwise.
 DType r4_type_of(DType t);
-// Whether W can take its R4 layout on this ISA: a 2-D Q4_0 or Q8_0 matrix,
-// AVX-512 (the only kernels for the layouts), K a multiple of 512.
+// Whether t is one of the K-quant R4 layouts (Q4_K_R4, Q5_K_R4, Q6_K_R4).
+bool r4_is_k(DType t);
+// Whether W can take its R4 layout on this ISA: a 2-D Q4_0, Q8_0, Q4_K, Q5_K or
+// Q6_K matrix, AVX-512 (the only kernels for the layouts), K a multiple of 512.
 bool r4_applies(const TensorView& W, Isa isa);
 // Bytes of the R4 form of an (N, K) matrix of type t: N rounded up to a whole tile.
 size_t r4_bytes(DType t, int64_t N, int64_t K);
@@ -47,6 +68,23 @@ inline size_t r4_qs_offset(DType t, int64_t r, int64_t g) { return size_t((g * k
 inline size_t r4_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
   return size_t(K / 512 * kR4Rows * r4_group_qs(t) + (g * kR4Rows + r) * kR4Blocks * 2);
 }
-inline size_t r4_tile_bytes(DType t, int64_t K) { return size_t(kR4Rows) * dtype_row_bytes(t, K); }
+inline size_t r4_tile_bytes(DType t, int64_t K) { return size_t(kR4Rows) * dtype_row_bytes(r4_type_of(t), K); }
+
+// Byte offsets inside a K-quant R4 tile (type t: the R4 layout or its file type).
+// (Inline without calls: the kernels compute them per group with every vector register live.)
+constexpr int64_t r4k_high_bytes(DType t) {
+  return t == DType::Q5_K_R4 || t == DType::Q5_K ? 64 : t == DType::Q6_K_R4 || t == DType::Q6_K ? 128 : 0;
+}
+constexpr int64_t r4k_scale_bytes(DType t) { return t == DType::Q6_K_R4 || t == DType::Q6_K ? 36 : 40; }
+inline size_t r4k_qs_offset(int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * 256); }
+inline size_t r4k_high_offset(DType t, int64_t K, int64_t r, int64_t g) {
+  return size_t(K / 512 * kR4Rows * 256 + (g * kR4Rows + r) * r4k_high_bytes(t));
+}
+inline size_t r4k_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
+  return size_t(K / 512 * kR4Rows * (256 + r4k_high_bytes(t)) + (g * kR4Rows + r) * r4k_scale_bytes(t));
+}
+
+// Row r of a K-quant R4 matrix W into out(K): the scalar reference of the layout.
+void r4k_dequantize_row(const TensorView& W, int64_t r, float* out);
 
 }  // namespace tessera

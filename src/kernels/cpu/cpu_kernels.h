@@ -44,7 +44,7 @@ struct MatvecArgs {
 
 // Per-thread workspace of the matrix-vector kernels: a dequantized row (Q8_G
 // fallback) or per-block activation vectors (AVX-512 Q8_0 / Q4_0; the R4 layouts
-// take 640 bytes per 512 activations, 1.25 M K bytes), + alignment.
+// take 640 bytes per 512 activations, 1.25 M K bytes, the K-quant R4 layouts 768), + alignment.
 inline int64_t work_floats(int64_t K, int64_t M) { return K + M * K / 2 + 64; }
 
 // Computes Y[m, n] for all m < M and n in [n0, n1).
@@ -68,6 +68,7 @@ struct IsaKernels {
   SoftmaxRowFn softmax_row = nullptr;
   MatvecFn kquant = nullptr;  // Q2_K .. Q6_K against Q8_K activations (matvec_kquant_*.cpp)
   MatvecFn legacy = nullptr;  // Q4_1, Q5_0, Q5_1, IQ4_NL against Q8_0 activations (legacy_impl.h)
+  MatvecFn kquant_r4 = nullptr;  // Q4_K_R4, Q5_K_R4, Q6_K_R4 against Q8_K activations; AVX-512 only
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -115,6 +116,7 @@ void matvec_q4_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_legacy(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_kquant_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);

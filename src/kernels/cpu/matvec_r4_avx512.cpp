@@ -21,6 +21,8 @@
 namespace tessera::cpu::avx512 {
 namespace {
 
+#include "kernels/cpu/r4_x_impl.h"
+
 // The activations of one row and one group of 16 blocks, in the weights' order.
 struct XGroup {
   __m512i lo[4];  // byte 4 b + i of lo[j] = x_b[4 j + i]
@@ -35,16 +37,10 @@ const XGroup* expand_groups(const QuantX& xq, int64_t M, int offset, float* work
   const int64_t G = xq.K / 512, nb = xq.nblocks();
   auto* out = reinterpret_cast<XGroup*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   if (ready) return out;
-  // Gathers dword b (b < 16) of each block's first / second 16 bytes: 4-byte steps of 32-byte blocks.
-  const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       XGroup& o = out[m * G + g];
-      const int8_t* x = xq.qs + m * xq.K + g * 512;
-      for (int j = 0; j < 4; ++j) {
-        o.lo[j] = _mm512_i32gather_epi32(idx, x + 4 * j, 4);
-        o.hi[j] = _mm512_i32gather_epi32(idx, x + 16 + 4 * j, 4);
-      }
+      r4_gather_x(xq.qs + m * xq.K + g * 512, o.lo, o.hi);
       const int64_t b0 = m * nb + g * kR4Blocks;
       o.init = _mm512_mullo_epi32(_mm512_loadu_si512(xq.s + b0), _mm512_set1_epi32(-offset));
       o.d = _mm512_loadu_ps(xq.d + b0);
@@ -106,34 +102,14 @@ void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int
       if (r < rows) y[c * N + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
-// Rows [n0, n1): n0 is a multiple of 4 (the dispatcher splits rows in 16s);
-// a partial last tile computes its padding rows and stores only the real ones.
 template <DType T>
 void matvec_r4(const MatvecArgs& a, int64_t n0, int64_t n1) {
-  const int64_t K = a.W->cols(), N = a.W->rows(), G = K / 512;
+  const int64_t K = a.W->cols(), N = a.W->rows();
   const XGroup* xg = expand_groups(a.xq, a.M, T == DType::Q4_0_R4 ? 8 : 128, a.work, a.x_ready);
-  const auto* w = static_cast<const uint8_t*>(a.W->data);
   const size_t tb = r4_tile_bytes(T, K);
-  // Weight rows per pass over the activation rows: about 256 KiB, so they stay in L2 (M > 4).
-  const int64_t block = rows_per_cache_block(dtype_row_bytes(T, K));
-  for (int64_t b0 = n0; b0 < n1; b0 += block) {
-    const int64_t b1 = std::min(n1, b0 + block);
-    for (int64_t m = 0; m < a.M; m += 4) {
-      const int64_t c = std::min<int64_t>(4, a.M - m);
-      for (int64_t n = b0; n < b1; n += kR4Rows) {
-        const uint8_t* t = w + size_t(n / kR4Rows) * tb;
-        const XGroup* x = xg + m * G;
-        float* y = a.Y + m * N + n;
-        const int64_t rows = std::min<int64_t>(kR4Rows, b1 - n);
-        switch (c) {
-          case 4: tile<T, 4>(t, K, x, y, N, rows, tb); break;
-          case 3: tile<T, 3>(t, K, x, y, N, rows, tb); break;
-          case 2: tile<T, 2>(t, K, x, y, N, rows, tb); break;
-          default: tile<T, 1>(t, K, x, y, N, rows, tb); break;
-        }
-      }
-    }
-  }
+  r4_for_each_tile<4>(a, n0, n1, xg, [&]<int C>(const uint8_t* t, const XGroup* x, float* y, int64_t rows) {
+    tile<T, C>(t, K, x, y, N, rows, tb);
+  });
 }
 
 }  // namespace
