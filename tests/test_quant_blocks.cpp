@@ -3,6 +3,7 @@
 // (core/quant_blocks.h), not produced by the code under test.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -126,6 +127,57 @@ TEST(QuantBlocks, SizesAndNames) {
   EXPECT_EQ(dtype_from_name("Q5_K"), DType::Q5_K);
   EXPECT_EQ(dtype_from_name("iq4_nl"), DType::IQ4_NL);
   EXPECT_FALSE(dtype_from_name("q4_k_m"));  // a mix, not a type
+}
+
+// quantize_row then dequantize: relative RMS error of Gaussian rows (with a
+// few outliers, as weights have) within the bound of each type's bits.
+// Measured: q8_0 0.83%, q6_k 2.5%, q5_k 4.4%, q5_1 4.6%, q5_0 6.5%, q4_k 8.8%,
+// q4_1 9.4%, iq4_nl 10.2%, q4_0 12.9%, q3_k 18.8%, q2_k 29.6%; bounds ~15% above.
+TEST(QuantBlocks, QuantizersRoundTrip) {
+  const int64_t K = 4096;
+  std::vector<float> x(K), y(K);
+  uint32_t s = 7;
+  auto gauss = [&] {
+    double u = 0;
+    for (int k = 0; k < 12; ++k) s = s * 1664525u + 1013904223u, u += (s >> 8) / double(1 << 24);
+    return float(u - 6);
+  };
+  for (int64_t i = 0; i < K; ++i) x[i] = 0.02f * gauss() * (i % 97 == 0 ? 8.f : 1.f);
+  for (auto [t, bound] : std::vector<std::pair<DType, double>>{
+           {DType::Q8_0, 0.0095}, {DType::Q6_K, 0.029}, {DType::Q5_K, 0.05}, {DType::Q5_0, 0.075},
+           {DType::Q5_1, 0.053}, {DType::Q4_K, 0.101}, {DType::Q4_0, 0.149}, {DType::Q4_1, 0.108},
+           {DType::IQ4_NL, 0.117}, {DType::Q3_K, 0.216}, {DType::Q2_K, 0.34}}) {
+    std::vector<uint8_t> q(dtype_row_bytes(t, K));
+    quantize_row(t, x.data(), q.data(), K);
+    ref::dequantize_row(make_view(t, {1, K}, q.data()), 0, y.data());
+    double e = 0, n = 0;
+    for (int64_t i = 0; i < K; ++i) e += double(y[i] - x[i]) * (y[i] - x[i]), n += double(x[i]) * x[i];
+    const double rel = std::sqrt(e / n);
+    EXPECT_LT(rel, bound) << dtype_name(t);
+    EXPECT_GT(rel, bound / 4) << dtype_name(t) << ": suspiciously exact";
+  }
+}
+
+// Values a block can hold exactly come back exactly.
+TEST(QuantBlocks, QuantizersKeepRepresentableBlocks) {
+  std::vector<float> x(kQK), y(kQK);
+  const float d = 0.125f;  // exact in f16
+  for (DType t : {DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL, DType::Q8_0, DType::Q4_0}) {
+    for (int j = 0; j < kQK; ++j) {
+      switch (t) {
+        case DType::Q4_1: x[j] = d * float(j % 16) - 1.f; break;   // min -1, q 0..15
+        case DType::Q5_1: x[j] = d * float(j % 32) - 1.f; break;   // q 0..31
+        case DType::Q5_0: x[j] = d * float(j % 32 - 16); break;    // largest magnitude -16 d
+        case DType::Q4_0: x[j] = d * float(j % 16 - 8); break;
+        case DType::IQ4_NL: x[j] = d * float(kIQ4NLValues[j % 16]); break;
+        default: x[j] = d * float(j * 4 - 64 - (j == 0 ? 63 : 0)); break;  // Q8_0: -127 d at j = 0
+      }
+    }
+    std::vector<uint8_t> q(dtype_row_bytes(t, kQK));
+    quantize_row(t, x.data(), q.data(), kQK);
+    ref::dequantize_row(make_view(t, {1, kQK}, q.data()), 0, y.data());
+    for (int j = 0; j < kQK; ++j) EXPECT_EQ(y[j], x[j]) << dtype_name(t) << " element " << j;
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "core/quant_mix.h"
 #include "kernels/gemm_bf16.h"
 #include "measure/measure.h"
 #include "bench_train.h"
@@ -61,8 +62,14 @@ int cmd_bench(int argc, char** argv) {
   bool json = false;
   app.add_option("-m,--model", model, "model file or directory (or synthetic:NAME[:TYPE])");
   app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny, gpt2-124m");
-  app.add_option("--type", type_name, "weight type for --synthetic")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"}));
+  app.add_option("--type", type_name, "weight type for --synthetic: a type (every matrix: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, "
+                 "iq4_nl, q2_k .. q6_k) or a llama.cpp mix (q4_k_m, q3_k_s, ...: its per-tensor types)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            const auto t = dtype_from_name(v);
+            return (t && dtype_can_quantize(*t)) || quant_mix_from_name(v) ? "" : "unknown weight type '" + v + "'";
+          },
+          "TYPE"));
   app.add_option("-p,--n-prompt", pp, "prompt tokens for the prefill test (0: skip)");
   app.add_option("-n,--n-gen", tg, "tokens for the decode test (0: skip)");
   app.add_option("-t,--threads", threads, "threads (default: all cores)");

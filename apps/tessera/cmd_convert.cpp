@@ -15,8 +15,10 @@ int cmd_convert(int argc, char** argv) {
   std::string in, out, type_name, tokenizer;
   app.add_option("IN", in, "input model (GGUF, HF directory, llama2.c .bin)")->required();
   app.add_option("OUT", out, "output: FILE.gguf, or a directory for Hugging Face safetensors")->required();
-  app.add_option("--type", type_name, "weight type of the 2-D matrices (default: keep; llama2.c int8 -> f32)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"}));
+  app.add_option("--type", type_name, "weight type: f32, f16, bf16, or a llama.cpp file type (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k, "
+                 "q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k) with llama-quantize's per-tensor choices (default: keep; "
+                 "llama2.c int8 -> f32)")
+      ->check(weight_type_validator());
   app.add_option("--tokenizer", tokenizer, "tokenizer to embed (GGUF output) for inputs that carry none");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
 

@@ -4,6 +4,7 @@
 #include <map>
 #include <set>
 
+#include "core/quant_mix.h"
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
@@ -76,6 +77,10 @@ int cmd_info(int argc, char** argv) {
   for (const auto& [name, n] : types) std::printf(" %s x%d", name.c_str(), n);
   std::printf("\n");
   if (elems > 0) std::printf("bits per weight: %.2f\n", bits / elems);
+  if (w.file_type >= 0) {
+    const auto mix = quant_mix_from_ftype(uint32_t(w.file_type));
+    std::printf("file type:      %s (llama.cpp file type %lld)\n", mix ? mix->name : "unknown", (long long)w.file_type);
+  }
   const double kv32 = 2.0 * double(c.n_layers) * double(ctx) * double(c.kv_dim()) * 4;
   std::printf("weights:        %s\n", human_bytes(double(w.weight_bytes())).c_str());
   std::printf("kv cache @%lld:  %s (f32), %s (f16)\n", (long long)ctx, human_bytes(kv32).c_str(),

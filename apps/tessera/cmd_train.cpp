@@ -209,8 +209,8 @@ int cmd_export(int argc, char** argv) {
   std::string in, out, type_name, tok_path;
   app.add_option("CHECKPOINT", in, "checkpoint file, or a run directory (its newest checkpoint)")->required();
   app.add_option("-o,--out", out, "FILE.gguf or a directory (safetensors)")->required();
-  app.add_option("--type", type_name, "weight type (default f32)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"}));
+  app.add_option("--type", type_name, "weight type: f32, f16, bf16 or a llama.cpp file type as in convert (default f32)")
+      ->check(weight_type_validator());
   app.add_option("--tokenizer", tok_path, "tokenizer to embed (default: the run's)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   std::string path = in;

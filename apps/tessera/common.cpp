@@ -89,6 +89,14 @@ void install_stop_handlers() {
 
 const volatile std::sig_atomic_t* stop_requested() { return &g_stop_requested; }
 
+CLI::Validator weight_type_validator() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        return quant_mix_from_name(v) ? "" : "unknown weight type '" + v + "' (one of " + quant_mix_names() + ")";
+      },
+      "TYPE");
+}
+
 CLI::Validator positive() {
   return CLI::Validator(
       [](std::string& v) -> std::string {
@@ -157,15 +165,27 @@ void write_model(Weights w, const Tokenizer* tok, const std::string& out, const 
     fail(out, ": Hugging Face output is a directory (config.json + model.safetensors are written in it); "
               "give a directory name, or FILE.gguf");
   const DType src = w.cfg.arch == Arch::GPT2 ? w.layers.at(0).wqkv.dtype : w.layers.at(0).wq.dtype;
-  DType type = type_name.empty() ? (src == DType::Q8_G ? DType::F32 : src) : *dtype_from_name(type_name);
-  if (!gguf_out && type != DType::F32 && type != DType::F16 && type != DType::BF16)
+  std::optional<QuantMix> mix;
+  if (!type_name.empty()) {
+    mix = quant_mix_from_name(type_name);
+    if (!mix) fail("--type ", type_name, ": unknown weight type (one of ", quant_mix_names(), ")");
+  } else if (src == DType::Q8_G) {
+    mix = quant_mix_from_name("f32");
+  }
+  const bool float_out = mix ? !quant_mix_quantizes(*mix) : src == DType::F32 || src == DType::F16 || src == DType::BF16;
+  if (!gguf_out && !float_out)
     fail(out, ": safetensors output supports f32, f16 and bf16; pass --type f32|f16|bf16 (source is ",
          dtype_name(src), ")");
-  int fallbacks = 0;
-  w = convert_weights(w, type, &fallbacks);
-  if (fallbacks > 0)
-    std::fprintf(stderr, "%s: %d matrices have rows that are not a multiple of %lld; stored as f16\n", who, fallbacks,
-                 (long long)dtype_block_elems(type));
+  if (mix) {
+    int fallbacks = 0;
+    w = convert_weights(w, *mix, &fallbacks);
+    if (fallbacks > 0)
+      std::fprintf(stderr,
+                   "%s: %d matrices have rows that are not a multiple of their block size; stored in llama.cpp's "
+                   "fallback types (tessera info lists them)\n",
+                   who, fallbacks);
+  }
+  const char* type_label = mix ? mix->name : dtype_name(src);
   if (gguf_out) {
     if (!tok) std::fprintf(stderr, "%s: warning: no tokenizer known; %s will have none (use --tokenizer)\n", who, out.c_str());
     save_gguf(w, tok, out);
@@ -180,7 +200,7 @@ void write_model(Weights w, const Tokenizer* tok, const std::string& out, const 
                    who, out.c_str());
     }
   }
-  std::fprintf(stderr, "%s: wrote %s (%s, %s)\n", who, out.c_str(), gguf_out ? "gguf" : "safetensors", dtype_name(type));
+  std::fprintf(stderr, "%s: wrote %s (%s, %s)\n", who, out.c_str(), gguf_out ? "gguf" : "safetensors", type_label);
 }
 
 }  // namespace tessera::cli

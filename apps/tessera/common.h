@@ -30,6 +30,8 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);
 // A check for options that must be > 0, with a short message ("must be positive, got 0")
 // instead of CLI::PositiveNumber's range up to DBL_MAX.
 CLI::Validator positive();
+// --type of convert / export: a llama.cpp file type (core/quant_mix.h).
+CLI::Validator weight_type_validator();
 // SIGINT / SIGTERM handlers that set the flag stop_requested() points to
 // (one-shot: a second signal kills; not installed where the signal is
 // ignored). Training polls it after every step (train::run_training).

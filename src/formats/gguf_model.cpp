@@ -75,6 +75,7 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   c.arch = d->arch;
   const std::string p = arch + ".";
   c.name = f->get_string_or("general.name", "");
+  w.file_type = f->find("general.file_type") ? f->get_int("general.file_type") : -1;
   // The architecture's plain keys; defaults first.
   c.n_kv_heads = 0, c.norm_eps = 1e-5f, c.rope_theta = 10000.f;
   for (const ConfigKey& k : d->keys) {
@@ -225,8 +226,10 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
   g.set_string("general.name", c.name.empty() ? "tessera" : c.name);
   const DType main_type = llama ? w.layers.empty() ? DType::F32 : w.layers[0].wq.dtype
                                 : w.layers.empty() ? DType::F32 : w.layers[0].wqkv.dtype;
-  g.set_u32("general.file_type", file_type_of(main_type));
-  if (main_type == DType::Q8_0 || main_type == DType::Q4_0) g.set_u32("general.quantization_version", 2);
+  g.set_u32("general.file_type", w.file_type >= 0 ? uint32_t(w.file_type) : file_type_of(main_type));
+  bool quantized = false;
+  for (const TensorView& t : w.tensors()) quantized |= dtype_block_elems(t.dtype) > 1;
+  if (quantized) g.set_u32("general.quantization_version", 2);
   for (const ConfigKey& k : arch_desc(c.arch).keys) {
     if (!k.gguf) continue;
     if (k.i64 && (k.write_if_zero || c.*k.i64 != 0)) g.set_u32(p + k.gguf, uint32_t(c.*k.i64));

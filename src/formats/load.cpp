@@ -48,15 +48,19 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
         type = spec.substr(colon + 1);
         spec.resize(colon);
       }
+      // A weight type puts every matrix in it; a llama.cpp mix name (q4_k_m, ...) applies its per-tensor types.
       const auto dt = dtype_from_name(type);
-      if (!dt || !dtype_can_quantize(*dt))
-        fail(path, ": unknown weight type '", type, "' (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k)");
+      const auto mix = quant_mix_from_name(type);
+      if ((!dt || !dtype_can_quantize(*dt)) && !mix)
+        fail(path, ": unknown weight type '", type, "' (a type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, ",
+             "q2_k, q3_k, q4_k, q5_k, q6_k; or a llama.cpp mix: ", quant_mix_names(), ")");
       ModelConfig cfg = synthetic_config(spec);
       if (!tokenizer_path.empty()) {
         m.tokenizer = load_any_tokenizer(tokenizer_path);
         cfg.vocab_size = m.tokenizer->n_vocab();
       }
-      m.weights = make_random_weights(cfg, *dt, 1234, 2);
+      m.weights = dt && dtype_can_quantize(*dt) ? make_random_weights(cfg, *dt, 1234, 2)
+                                               : make_random_weights(cfg, *mix, 1234, 2);
       m.format = "synthetic";
       return m;
     }

@@ -5,33 +5,26 @@
 
 #include "core/error.h"
 #include "formats/model_io.h"
+#include "model/arch.h"
 #include "kernels/kernels.h"
 
 namespace tessera {
 
 namespace {
 
-template <typename F>
-void for_each_view(Weights& w, F&& f) {
-  for (TensorView* t : {&w.tok_embd, &w.pos_embd, &w.out_norm, &w.out_norm_b, &w.output}) f(*t);
-  for (auto& L : w.layers)
-    for (TensorView* t : L.slots()) f(*t);
-}
-
-TensorView convert_view(Weights& out, const TensorView& t, DType type, int* fallbacks) {
-  if (t.empty()) return t;
-  const int64_t rows = t.rows(), K = t.cols();
-  DType dst = t.ndim == 1 ? DType::F32 : type;
-  if (K % dtype_block_elems(dst) != 0) {
-    dst = DType::F16;
-    if (fallbacks) ++*fallbacks;
-  }
-  if (dst == t.dtype) return t;  // already in the right type: keep the view
+// t converted to dst (a copy owned by out; t itself when already dst).
+TensorView convert_view(Weights& out, const TensorView& t, DType dst) {
+  if (t.empty() || dst == t.dtype) return t;
+  const int64_t rows = t.ndim == 1 ? 1 : t.rows(), K = t.ndim == 1 ? t.numel() : t.cols();
   std::vector<uint8_t> buf(dtype_row_bytes(dst, K) * size_t(rows));
-  std::vector<float> row(static_cast<size_t>(K));
-  for (int64_t r = 0; r < rows; ++r) {
-    dequantize_row(t, r, row.data());
-    quantize_row(dst, row.data(), buf.data() + size_t(r) * dtype_row_bytes(dst, K), K);
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(K));
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t r = 0; r < rows; ++r) {
+      dequantize_row(t, r, row.data());
+      quantize_row(dst, row.data(), buf.data() + size_t(r) * dtype_row_bytes(dst, K), K);
+    }
   }
   TensorView v = own_buffer(out, std::move(buf), dst, {1});
   v.ndim = t.ndim;
@@ -65,19 +58,29 @@ TensorView permute_rows(Weights& out, const TensorView& t, int64_t n_heads, int6
 
 }  // namespace
 
-Weights convert_weights(const Weights& w, DType type, int* fallbacks) {
-  if (type == DType::Q8_G) fail("q8_g (llama2.c int8) is a load-only format");
+Weights convert_weights(const Weights& w, const QuantMix& mix, int* fallbacks) {
   Weights out = w;
-  const bool tied = w.output.data == w.tok_embd.data;
-  // As llama.cpp does for its 4-bit types, the classifier (and the embedding
-  // table when tied to it) keeps more precision: Q8_0 under Q4_0, Q6_K under Q4_K.
-  const DType out_type = type == DType::Q4_0 ? DType::Q8_0 : type == DType::Q4_K ? DType::Q6_K : type;
-  const TensorView orig_out = w.output;
-  for_each_view(out, [&](TensorView& t) {
-    const bool classifier = t.data == orig_out.data;
-    t = convert_view(out, t, classifier ? out_type : type, fallbacks);
+  const ModelConfig& c = w.cfg;
+  const bool has_output = !w.output.empty() && w.output.data != w.tok_embd.data;
+  const bool quantizing = quant_mix_quantizes(mix);
+  for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t layer) {
+    TensorView& t = slot_ref(out, s.slot, layer);
+    if (t.empty()) return;
+    DType dst = DType::F32;
+    if (s.kind == TensorKind::Vector || t.ndim == 1) {
+      dst = DType::F32;
+    } else if (s.slot == Slot::PosEmbd && quantizing) {  // llama.cpp leaves position embeddings unquantized
+      dst = t.dtype == DType::F16 || t.dtype == DType::BF16 ? t.dtype : DType::F32;
+    } else {
+      bool fell_back = false;
+      dst = quant_mix_tensor_type(mix, s.gguf, layer, c.n_layers, t.cols(), c.n_heads / std::max<int64_t>(c.n_kv_heads, 1),
+                                  has_output, &fell_back);
+      if (fell_back && fallbacks) ++*fallbacks;
+    }
+    t = convert_view(out, t, dst);
   });
-  if (tied) out.output = out.tok_embd;
+  if (!has_output) out.output = out.tok_embd;
+  out.file_type = mix.ftype;
   return out;
 }
 

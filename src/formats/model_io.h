@@ -6,6 +6,7 @@
 #include <string>
 
 #include "formats/gguf.h"
+#include "core/quant_mix.h"
 #include "formats/safetensors.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
@@ -23,11 +24,14 @@ Weights load_hf_weights(const std::string& dir);
 // Writes DIR/config.json and DIR/model.safetensors (F32/F16/BF16 tensors only).
 void save_hf(const Weights& w, const std::string& dir);
 
-// Copies w with every 2-D matrix converted to `type` (1-D tensors stay f32);
-// matrices whose rows are not a multiple of the block size fall back to f16
-// (reported through `fallbacks`). Under Q4_0 the classifier (and the embedding
-// when tied to it) is stored as Q8_0, as llama.cpp keeps it at higher precision.
-Weights convert_weights(const Weights& w, DType type, int* fallbacks = nullptr);
+// Copies w with every matrix converted as llama-quantize stores it under `mix`
+// (core/quant_mix.h: the base type, the output matrix / tied embedding and
+// some attention-value and down-projection layers at more bits; f32 / f16 /
+// bf16 mixes: every matrix in that type). 1-D tensors become f32; GPT-2's
+// position embedding keeps its float type under the quantizing mixes, as
+// llama.cpp's. Matrices whose rows forced a fallback type are counted in
+// `fallbacks`. Sets the copy's file_type to the mix's.
+Weights convert_weights(const Weights& w, const QuantMix& mix, int* fallbacks = nullptr);
 
 // Returns a copy of w whose q/k projections (and biases) use `style`.
 Weights with_rope_style(const Weights& w, ops::RopeStyle style);

@@ -492,14 +492,10 @@ void quantize_row(DType t, const float* x, void* out, int64_t n) {
     case DType::Q4_0:
       ref::quantize_row_q4_0(x, static_cast<BlockQ4_0*>(out), n);
       break;
-    case DType::Q4_K:
-      ref::quantize_row_q4_k(x, static_cast<BlockQ4_K*>(out), n);
-      break;
-    case DType::Q6_K:
-      ref::quantize_row_q6_k(x, static_cast<BlockQ6_K*>(out), n);
-      break;
     default:
-      fail("quantize_row: no quantizer for ", dtype_name(t));  // Q8_G load-only, R4 load-time layouts
+      if (!dtype_can_quantize(t))  // Q8_G load-only, Q8_K activations only, R4 load-time layouts
+        fail("quantize_row: no quantizer for ", dtype_name(t));
+      ref::quantize_blocks(t, x, out, n);
   }
 }
 

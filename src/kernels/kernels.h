@@ -83,10 +83,11 @@ void quantize_groups_q8(const float* x, int64_t n, int group, int8_t* q, float* 
 // Quantize n floats (multiple of 32) into Q8_0 / Q4_0 blocks, llama.cpp's rounding.
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n);
-// Round-to-nearest Q4_K / Q6_K (n a multiple of 256; ref/quantize_k_ref.cpp):
-// llama.cpp's layouts, simpler scale choices than llama-quantize's.
-void quantize_row_q4_k(const float* x, BlockQ4_K* y, int64_t n);
-void quantize_row_q6_k(const float* x, BlockQ6_K* y, int64_t n);
+// n elements (a multiple of the block size) of x into blocks of t: the K-quants
+// Q2_K .. Q6_K (ref/quantize_k_ref.cpp) and, through quantize_legacy, Q4_1,
+// Q5_0, Q5_1, IQ4_NL (ref/quantize_legacy_ref.cpp).
+void quantize_blocks(DType t, const float* x, void* out, int64_t n);
+void quantize_legacy(DType t, const float* x, void* out, int64_t n);
 }  // namespace ref
 
 // Convert n f32 values into dtype t (dtype_can_quantize(t)), writing dtype_row_bytes(t, n) bytes.

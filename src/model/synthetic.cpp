@@ -1,5 +1,7 @@
 #include "model/synthetic.h"
 
+#include <algorithm>
+#include <functional>
 #include <cmath>
 #include <vector>
 
@@ -92,36 +94,64 @@ TensorView constant_vector(Weights& w, int64_t n, float v) {
   return own_buffer(w, std::move(buf), DType::F32, {n});
 }
 
+// The type of a matrix from its GGUF name (without "blk.N."), layer (-1 for globals) and row length.
+using TypeOf = std::function<DType(const char* name, int64_t layer, int64_t cols)>;
+
 // Every matrix of the model, in a fixed order (each draws the next seed):
 // once to size the arena, once to fill it.
-void random_matrices(Weights& w, MatrixArena& arena, DType type, uint64_t seed, int threads) {
+void random_matrices(Weights& w, MatrixArena& arena, const TypeOf& type_of, uint64_t seed, int threads) {
   const auto& c = w.cfg;
   const int64_t C = c.dim, H = c.hidden_dim;
   uint64_t s = seed;
   auto next = [&] { return s = mix(s); };
-  auto matrix = [&](int64_t rows, int64_t cols, DType t) { return random_matrix(arena, rows, cols, t, next(), threads); };
-  w.tok_embd = matrix(c.vocab_size, C, type);
-  w.output = c.tied_embeddings ? w.tok_embd : matrix(c.vocab_size, C, type);
-  if (c.arch == Arch::GPT2) w.pos_embd = matrix(c.max_seq_len, C, DType::F32);
+  int64_t layer = -1;
+  auto matrix = [&](const char* name, int64_t rows, int64_t cols) {
+    return random_matrix(arena, rows, cols, type_of(name, layer, cols), next(), threads);
+  };
+  w.tok_embd = matrix("token_embd.weight", c.vocab_size, C);
+  w.output = c.tied_embeddings ? w.tok_embd : matrix("output.weight", c.vocab_size, C);
+  if (c.arch == Arch::GPT2) w.pos_embd = random_matrix(arena, c.max_seq_len, C, DType::F32, next(), threads);
   w.layers.resize(size_t(c.n_layers));
   for (auto& L : w.layers) {
-    L.wo = matrix(C, c.q_dim(), type);
-    L.w_up = matrix(H, C, type);
-    L.w_down = matrix(C, H, type);
+    ++layer;
+    L.wo = matrix("attn_output.weight", C, c.q_dim());
+    L.w_up = matrix("ffn_up.weight", H, C);
+    L.w_down = matrix("ffn_down.weight", C, H);
     if (c.arch == Arch::Llama) {
-      L.wq = matrix(c.q_dim(), C, type);
-      L.wk = matrix(c.kv_dim(), C, type);
-      L.wv = matrix(c.kv_dim(), C, type);
-      L.w_gate = matrix(H, C, type);
+      L.wq = matrix("attn_q.weight", c.q_dim(), C);
+      L.wk = matrix("attn_k.weight", c.kv_dim(), C);
+      L.wv = matrix("attn_v.weight", c.kv_dim(), C);
+      L.w_gate = matrix("ffn_gate.weight", H, C);
     } else {
-      L.wqkv = matrix(3 * C, C, type);
+      L.wqkv = matrix("attn_qkv.weight", 3 * C, C);
     }
   }
 }
 
+Weights random_weights(const ModelConfig& cfg, const TypeOf& type_of, uint64_t seed, int threads);
+
 }  // namespace
 
 Weights make_random_weights(const ModelConfig& cfg, DType type, uint64_t seed, int threads) {
+  return random_weights(cfg, [type](const char*, int64_t, int64_t) { return type; }, seed, threads);
+}
+
+Weights make_random_weights(const ModelConfig& cfg, const QuantMix& m, uint64_t seed, int threads) {
+  const bool has_output = !cfg.tied_embeddings;
+  const int64_t gqa = cfg.n_heads / std::max<int64_t>(cfg.n_kv_heads, 1);
+  Weights w = random_weights(
+      cfg,
+      [&](const char* name, int64_t layer, int64_t cols) {
+        return quant_mix_tensor_type(m, name, layer, cfg.n_layers, cols, gqa, has_output);
+      },
+      seed, threads);
+  w.file_type = m.ftype;
+  return w;
+}
+
+namespace {
+
+Weights random_weights(const ModelConfig& cfg, const TypeOf& type, uint64_t seed, int threads) {
   Weights w;
   w.cfg = cfg;
   const auto& c = cfg;
@@ -142,5 +172,7 @@ Weights make_random_weights(const ModelConfig& cfg, DType type, uint64_t seed, i
   w.validate_shapes(c.name);
   return w;
 }
+
+}  // namespace
 
 }  // namespace tessera

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/quant_mix.h"
 #include "model/weights.h"
 
 namespace tessera {
@@ -18,5 +19,7 @@ ModelConfig synthetic_config(const std::string& name);
 // Matrices uniform in [-a, a] with a = 1/sqrt(in_features) * sqrt(3) (unit-variance
 // outputs), norms 1, biases small; tied embeddings as the config says.
 Weights make_random_weights(const ModelConfig& cfg, DType type, uint64_t seed, int threads);
+// The same with the per-tensor types llama-quantize gives mix m (core/quant_mix.h).
+Weights make_random_weights(const ModelConfig& cfg, const QuantMix& m, uint64_t seed, int threads);
 
 }  // namespace tessera

@@ -48,6 +48,9 @@ struct Weights {
   TensorView output;                // (V, C); == tok_embd when tied
   std::vector<LayerWeights> layers;
   std::vector<std::shared_ptr<const void>> owners;  // mapped files / converted buffers
+  // llama.cpp's general.file_type (core/quant_mix.h) when known: read from
+  // GGUF, set by convert_weights; -1: derived from the matrices' type on save.
+  int64_t file_type = -1;
 
   // Checks every present tensor's shape against cfg; throws Error naming the
   // tensor, by namer(role, layer) when given (roles are GGUF's names, e.g.
