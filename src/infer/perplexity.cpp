@@ -21,7 +21,8 @@ double token_nll(const float* lg, int64_t V, int32_t target) {
 
 PerplexityResult perplexity(Model& model, KernelContext& ctx, const std::vector<int32_t>& ids, int64_t n_ctx,
                             int32_t bos, int64_t max_windows,
-                            const std::function<void(int64_t, int64_t, double)>& progress) {
+                            const std::function<void(int64_t, int64_t, double)>& progress,
+                            const WindowFn& on_window) {
   if (n_ctx < 2) fail("perplexity: the window must hold at least 2 tokens, got ", n_ctx);
   if (n_ctx > model.n_ctx()) fail("perplexity: window ", n_ctx, " exceeds the model's context ", model.n_ctx());
   const int64_t V = model.config().vocab_size;
@@ -38,6 +39,7 @@ PerplexityResult perplexity(Model& model, KernelContext& ctx, const std::vector<
     if (bos >= 0) win[k++] = bos;
     for (int64_t i = 0; i < per; ++i) win[k++] = ids[size_t(w * per + i)];
     model.forward_all(ctx, win.data(), n_ctx, 0, logits.data());
+    if (on_window) on_window(logits.data(), n_ctx - 1, win.data() + 1);
     for (int64_t t = 0; t + 1 < n_ctx; ++t) {
       nll += token_nll(logits.data() + t * V, V, win[size_t(t + 1)]);
       ++r.n_scored;

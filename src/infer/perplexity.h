@@ -19,10 +19,15 @@ struct PerplexityResult {
   int64_t n_windows = 0;
 };
 
-// max_windows < 0: all windows. progress(done, total, running_ppl) after each window.
+// Called per window with its scored rows: logits (rows x vocab) and each row's next token.
+using WindowFn = std::function<void(const float* logits, int64_t rows, const int32_t* targets)>;
+
+// max_windows < 0: all windows. progress(done, total, running_ppl) after each window;
+// on_window (when given) sees every scored row (infer/kl_divergence.h uses it).
 PerplexityResult perplexity(Model& model, KernelContext& ctx, const std::vector<int32_t>& ids, int64_t n_ctx,
                             int32_t bos, int64_t max_windows,
-                            const std::function<void(int64_t, int64_t, double)>& progress = {});
+                            const std::function<void(int64_t, int64_t, double)>& progress = {},
+                            const WindowFn& on_window = {});
 
 // Summed NLL (nats) of tokens[1..] given their prefixes, in one pass from position 0.
 double sequence_nll(Model& model, KernelContext& ctx, const std::vector<int32_t>& tokens);
