@@ -175,6 +175,28 @@ int count_bad(const std::vector<float>& y, const std::vector<float>& want, const
   return bad;
 }
 
+// Q4_1 / Q5_1 take llama.cpp's Q8_1 activations: each block's min term uses the half
+// f16(amax / 127 * sum) instead of d * sum (cpu::q8_1_sums). Adds that difference to want.
+void add_q8_1_rounding(const TensorView& W, const std::vector<float>& X, int64_t M, std::vector<float>& want) {
+  const int64_t N = W.rows(), K = W.cols(), nb = K / kQK;
+  std::vector<int8_t> qs(static_cast<size_t>(K));
+  std::vector<float> d(static_cast<size_t>(nb));
+  std::vector<int32_t> s(static_cast<size_t>(nb)), sf(static_cast<size_t>(nb));
+  for (int64_t m = 0; m < M; ++m) {
+    cpu::quantize_x_scalar(X.data() + m * K, K, kQK, true, qs.data(), d.data(), s.data());
+    sf = s;
+    cpu::q8_1_sums(X.data() + m * K, K, sf.data());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t b = 0; b < nb; ++b) {
+        uint16_t mh;  // the block's m: bytes 2..3 of Q4_1 and Q5_1 blocks
+        std::memcpy(&mh, W.row(n) + b * dtype_block_bytes(W.dtype) + 2, 2);
+        float S;
+        std::memcpy(&S, &sf[size_t(b)], 4);
+        want[size_t(m * N + n)] += f16_to_f32(mh) * (S - d[size_t(b)] * float(s[size_t(b)]));
+      }
+  }
+}
+
 void check_dtype(DType t, const std::vector<int64_t>& Ks, const std::vector<int>& groups) {
   const float rtol = 1e-4f;  // f32 accumulation in another order (and BLAS)
   uint32_t seed = 1;
@@ -197,6 +219,7 @@ void check_dtype(DType t, const std::vector<int64_t>& Ks, const std::vector<int>
               const auto Xq = quantized_activations(X, M, K, qb);
               want_q.resize(want.size());
               ref::matmul(w.view, Xq.data(), M, want_q.data());
+              if (t == DType::Q4_1 || t == DType::Q5_1) add_q8_1_rounding(w.view, X, M, want_q);
             } else if (bf16_act_path(w.view, isa, M)) {
               qb = 1;  // compare like the integer paths: tightly on rounded activations, loosely on f32
               std::vector<float> Xb(X.size());

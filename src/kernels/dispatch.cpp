@@ -117,8 +117,9 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
 }
 
 // quant_block() of the GGUF types: llama.cpp's activations, Q8_0 (blocks of 32,
-// f16 scales) or Q8_K (blocks of 256, f32 scales, sums per 16).
-constexpr int64_t kQ8_0 = -2, kQ8K = -1;
+// f16 scales), Q8_1 (Q8_0 whose block sums are llama.cpp's half d * sum, for
+// the min term of Q4_1 / Q5_1) or Q8_K (blocks of 256, f32 scales, sums per 16).
+constexpr int64_t kQ8_1 = -3, kQ8_0 = -2, kQ8K = -1;
 
 // The activation quantization of W: kQ8_0, kQ8K, the group size of Q8_G
 // (f32 scales, llama2.c's runq), or 0 when X stays f32.
@@ -129,10 +130,10 @@ int64_t quant_block(const TensorView& W) {
     case DType::Q4_0:
     case DType::Q4_0_R4:
     case DType::Q8_0_R4:
-    case DType::Q4_1:
     case DType::Q5_0:
-    case DType::Q5_1:
     case DType::IQ4_NL: return kQ8_0;
+    case DType::Q4_1:
+    case DType::Q5_1: return kQ8_1;
     case DType::Q8_G: return cpu::q8g_integer_path(W) ? W.group : 0;
     default: return 0;
   }
@@ -220,7 +221,11 @@ class RowQueue {
 // Q8_K: M*K/16, one sum per 16 quants). code is quant_block()'s.
 struct XqLayout {
   XqLayout(int64_t K, int64_t M, int64_t code)
-      : K(K), qb(code == kQ8K ? kQKK : code == kQ8_0 ? kQK : code), q8k(code == kQ8K), f16(code == kQ8_0) {
+      : K(K),
+        qb(code == kQ8K ? kQKK : code == kQ8_0 || code == kQ8_1 ? kQK : code),
+        q8k(code == kQ8K),
+        q8_1(code == kQ8_1),
+        f16(code == kQ8_0 || code == kQ8_1) {
     const size_t nblk = qb ? size_t(M * (K / qb)) : 0;
     qs_bytes = qb ? align64(size_t(M * K)) : 0;
     d_bytes = align64(nblk * sizeof(float));
@@ -232,13 +237,14 @@ struct XqLayout {
     auto* s = reinterpret_cast<int32_t*>(b + qs_bytes + d_bytes) + m * (q8k ? K / 16 : K / qb);
     if (q8k) return cpu::quantize_x_q8k(X + m * K, K, qs, d, s);
     k.quantize_x(X + m * K, K, qb, f16, qs, d, s);
+    if (q8_1) cpu::q8_1_sums(X + m * K, K, s);
   }
   cpu::QuantX view(const uint8_t* b) const {
     return cpu::QuantX{reinterpret_cast<const int8_t*>(b), reinterpret_cast<const float*>(b + qs_bytes),
                        reinterpret_cast<const int32_t*>(b + qs_bytes + d_bytes), K, qb ? qb : kQK};
   }
   int64_t K, qb;
-  bool q8k, f16;
+  bool q8k, q8_1, f16;
   size_t qs_bytes, d_bytes, bytes;
 };
 

@@ -17,7 +17,9 @@ namespace tessera::cpu {
 //   d[b]   scale = amax / 127 of block b: f32 for Q8_G (llama2.c's runq); for the
 //          GGUF types rounded to f16 and qs = round(x * 127 / amax), as
 //          llama.cpp's Q8_0 activations (f16_scale)
-//   s[b]   sum of the block's qs (used to undo the +128 / -8 offsets of the weights)
+//   s[b]   sum of the block's qs (used to undo the +128 / -8 offsets of the weights);
+//          for Q4_1 / Q5_1 (llama.cpp's Q8_1) the bits of a float: the half
+//          f16(amax / 127 * sum), llama.cpp's block value of the min term
 // Row m of each array starts at m * K (qs) and m * (K / block) (d, s).
 struct QuantX {
   const int8_t* qs = nullptr;
@@ -84,6 +86,9 @@ void quantize_x_scalar(const float* x, int64_t K, int64_t block, bool f16_scale,
 // into qs(K), d(K / 256) and s(K / 16), the sums of each 16 quants (QuantX with
 // block 256, whose s then holds 16 sums per block).
 void quantize_x_q8k(const float* x, int64_t K, int8_t* qs, float* d, int32_t* s);
+// Q8_1: replaces the integer block sums s(K / 32) of x's Q8_0 quantization by
+// the bits of llama.cpp's f16(d * sum) with d = amax / 127 unrounded, as floats.
+void q8_1_sums(const float* x, int64_t K, int32_t* s);
 
 namespace avx2 {
 const IsaKernels& kernels();

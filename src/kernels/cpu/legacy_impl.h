@@ -9,8 +9,9 @@
 //   Q5_1 as Q5_0 with o = 0 and m;  IQ4_NL q = kIQ4NLValues[nibble] (signed), o = 0, m = 0.
 // Against a = da * qa with block sum sa:
 //   sum_j x[j] a[j] = d * da * (sum_j q[j] qa[j] - o * sa) + m * da * sa.
-// (llama.cpp's Q8_1 activations of Q4_1 / Q5_1 keep da * sa as a half; rounding
-// it here did not bring the reference logits closer, so it stays f32.)
+// The min term takes llama.cpp's Q8_1 block value f16(amax / 127 * sa), the
+// unrounded scale times the sum rounded to a half (QuantX.s holds its bits):
+// with da * sa in f32 instead, Q4_1 / Q5_1 files were 4e-3 from llama.cpp's logits.
 #pragma once
 
 struct LBlock {
@@ -102,7 +103,7 @@ void legacy_rows(const tessera::cpu::MatvecArgs& a, int64_t n0, int64_t n1) {
           if constexpr (L::kOffset != 0)
             isum = _mm256_add_epi32(isum, _mm256_setr_epi32(-L::kOffset * xq.s[xb], 0, 0, 0, 0, 0, 0, 0));
           acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(lb.d * xq.d[xb]), acc[r]);
-          if constexpr (L::kMin) accm[r] += lb.m * xq.d[xb] * float(xq.s[xb]);
+          if constexpr (L::kMin) accm[r] += lb.m * std::bit_cast<float>(xq.s[xb]);  // Q8_1: the half d * sum
         }
       }
       for (int64_t r = 0; r < mc; ++r) a.Y[(m0 + r) * N + n] = hsum8(acc[r]) + accm[r];

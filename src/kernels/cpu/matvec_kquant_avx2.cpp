@@ -4,6 +4,7 @@
 #include "kernels/cpu/simd.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "core/dtype.h"

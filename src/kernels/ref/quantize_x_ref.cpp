@@ -3,6 +3,7 @@
 // amax / 127, round half to even (what SIMD conversions do by default).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/fp16.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -54,6 +55,19 @@ void quantize_x_q8k(const float* x, int64_t K, int8_t* qs, float* d, int32_t* s)
       s[b * (kQKK / 16) + g] = sum;
     }
     d[b] = amax != 0.f ? 1.f / iscale : 0.f;
+  }
+}
+
+}  // namespace tessera::cpu
+
+namespace tessera::cpu {
+
+void q8_1_sums(const float* x, int64_t K, int32_t* s) {
+  for (int64_t b = 0; b < K / kQK; ++b) {
+    float amax = 0.f;
+    for (int k = 0; k < kQK; ++k) amax = std::max(amax, std::fabs(x[b * kQK + k]));
+    const float v = f16_to_f32(f32_to_f16(amax / 127.f * float(s[b])));
+    std::memcpy(&s[b], &v, 4);
   }
 }
 
