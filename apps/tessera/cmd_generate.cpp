@@ -67,6 +67,7 @@ int cmd_generate(int argc, char** argv) {
                "\ntessera: seed %llu | prompt %lld tokens, %.1f tok/s | generated %lld tokens, %.1f tok/s | stop: %s\n",
                (unsigned long long)sp.seed, (long long)st.n_prompt, st.n_prompt / std::max(st.prefill_s, 1e-9),
                (long long)st.n_generated, st.n_generated / std::max(st.decode_s, 1e-9), st.stop_reason.c_str());
+  report_verbose(ma, L);
   return 0;
 }
 

@@ -84,6 +84,7 @@ int cmd_logits(int argc, char** argv) {
   }
   std::fprintf(stderr, "logits: %lld positions x %lld (%s)%s%s\n", (long long)n, (long long)V,
                sequential ? "one token at a time" : "one batch", out_path.empty() ? "" : " -> ", out_path.c_str());
+  report_verbose(ma, L);
   return 0;
 }
 

@@ -154,6 +154,7 @@ int cmd_perplexity(int argc, char** argv) {
                   100 * k.rms_dp);
     }
   }
+  report_verbose(ma, L);
   return 0;
 }
 

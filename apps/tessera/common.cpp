@@ -25,6 +25,22 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("--kv-type", a.kv_type, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
   app.add_flag("--no-repack", a.no_repack,
                "keep weights in the file's layout (default: Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices are repacked at load for the AVX-512 kernels)");
+  app.add_option("--type", a.load_type,
+                 "convert the weights at load: int8 = LLM.int8() (f32/f16/bf16 models: int8 rows with absmax scales, "
+                 "per-token int8 activations, outlier feature columns in f32)")
+      ->check(CLI::IsMember({"int8"}));
+  app.add_option("--int8-threshold", a.int8_threshold,
+                 "--type int8: activation magnitude above which a feature column is multiplied in f32 (default 6; 0: "
+                 "plain int8)");
+  app.add_flag("--verbose", a.verbose, "report on stderr what the run did (LLM.int8() outlier columns)");
+}
+
+void report_verbose(const ModelArgs& a, const Loaded& L) {
+  if (!a.verbose || a.load_type != "int8") return;
+  const auto& s = L.ctx->int8_stats;
+  std::fprintf(stderr, "tessera: LLM.int8(): %lld decomposed products, %lld outlier columns (%.2f per product, at most %lld)\n",
+               (long long)s.products, (long long)s.outlier_cols,
+               s.products ? double(s.outlier_cols) / double(s.products) : 0.0, (long long)s.max_cols);
 }
 
 Loaded load(const ModelArgs& a) {
@@ -46,6 +62,11 @@ Loaded load(const ModelArgs& a) {
   const int threads = a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ro.max_threads = threads;
   L.ctx = std::make_unique<KernelContext>(threads);
+  if (a.load_type == "int8") {
+    const int n = to_llm_int8(L.lm.weights, a.int8_threshold);
+    std::fprintf(stderr, "tessera: LLM.int8(): %d matrices in int8 rows, outlier threshold %g%s\n", n,
+                 double(a.int8_threshold), a.int8_threshold > 0.f ? "" : " (no decomposition)");
+  }
   const int repacked = a.no_repack ? 0 : repack_weights(L.lm.weights, L.ctx->isa, threads);
   L.model = std::make_unique<Model>(L.lm.weights, ro);
   const auto& c = L.lm.weights.cfg;

@@ -24,6 +24,9 @@ struct ModelArgs {
   int64_t batch = 256;    // prefill chunk
   std::string kv_type = "f32";
   bool no_repack = false;  // keep matrices in their file layout (no load-time repacking)
+  std::string load_type;    // "int8": LLM.int8() at load (kernels/int8.h); "": as stored
+  float int8_threshold = 6.f;
+  bool verbose = false;
 };
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);
@@ -37,6 +40,10 @@ CLI::Validator weight_type_validator();
 // ignored). Training polls it after every step (train::run_training).
 void install_stop_handlers();
 const volatile std::sig_atomic_t* stop_requested();
+
+struct Loaded;
+// --verbose: what the run did beyond its output (LLM.int8() outlier columns), on stderr.
+void report_verbose(const ModelArgs& a, const Loaded& L);
 
 struct Loaded {
   LoadedModel lm;

@@ -17,6 +17,9 @@ struct TensorView {
   // Q8_G only: one f32 scale per `group` consecutive elements (row-major order).
   const float* scales = nullptr;
   int group = 0;
+  // LLM.int8() (kernels/int8.h): a Q8_G view with group == cols whose activation
+  // columns above this magnitude are multiplied in f32; 0: plain int8.
+  float outlier_threshold = 0.f;
 
   int64_t numel() const {
     int64_t n = 1;

@@ -24,6 +24,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
+#include "kernels/int8.h"
 #include "kernels/kernels.h"
 #include "kernels/repack.h"
 #include "kernels/team.h"
@@ -389,6 +390,7 @@ cpu::MatvecFn simd_matvec(const cpu::IsaKernels& k, Isa isa, const TensorView& W
 // matrix-vector kernels add the bias to each range of rows as they finish it;
 // the other paths add it after the product.
 void linear(KernelContext& ctx, const Linear& lin, const float* X, int64_t M, float* Y) {
+  if (is_llm_int8(*lin.W)) return detail::linear_int8_decomposed(ctx, lin, X, M, Y);
   const TensorView& W = *lin.W;
   const float* b = bias_of(lin.b);
   if (M <= 0 || W.rows() == 0) return;
@@ -436,7 +438,7 @@ void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initialize
     if (!shared) break;
     const TensorView& W = *o.W;
     const cpu::MatvecFn fn = simd_matvec(*k, ctx.isa, W, M);
-    shared = fn && W.rows() > 0 &&
+    shared = fn && W.rows() > 0 && !is_llm_int8(W) &&
              (n == 0 || (W.cols() == jobs[0].W->cols() && quant_block(W) == quant_block(*jobs[0].W)));
     jobs[n++] = MatvecJob{&W, o.Y, fn, bias_of(o.b)};
   }
@@ -455,7 +457,7 @@ bool team_worthwhile(const TensorView& W) { return W.rows() * W.cols() >= kThrea
 
 bool team_can_matmul(Isa isa, const TensorView& W) {
   const cpu::IsaKernels* k = kernels_for(isa);
-  return k && W.rows() > 0 && simd_matvec(*k, isa, W, 1) != nullptr;
+  return k && W.rows() > 0 && !is_llm_int8(W) && simd_matvec(*k, isa, W, 1) != nullptr;
 }
 
 void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs) {

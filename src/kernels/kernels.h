@@ -30,9 +30,20 @@ class KernelContext {
   bool amx;  // bf16 GEMMs on AMX tiles (gemm_bf16.h); false: on AVX-512 BF16
   // Returns at least n bytes, 64-byte aligned. Valid until the next call.
   void* scratch(size_t n);
+  // A second buffer, for the LLM.int8() decomposition (kernels/int8.h), whose
+  // products use scratch(): at least n floats, valid until its next call.
+  float* int8_buffer(size_t n) {
+    if (int8_buf_.size() < n) int8_buf_.resize(n);
+    return int8_buf_.data();
+  }
+  // LLM.int8(): decomposed products, outlier columns taken out (in total, most in one product).
+  struct Int8Stats {
+    int64_t products = 0, outlier_cols = 0, max_cols = 0;
+  } int8_stats;
 
  private:
   std::vector<uint8_t> scratch_;
+  std::vector<float> int8_buf_;
 };
 
 // Y(M, N) = X(M, K) . W(N, K)^T, with W of any DType, X and Y row-major f32.

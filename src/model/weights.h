@@ -77,4 +77,12 @@ void norms_to_f32(Weights& w);
 // were repacked. For inference only: the result cannot be written to a file.
 // The embedding table (rows looked up by token) and a tied output stay as they are.
 int repack_weights(Weights& w, Isa isa, int threads);
+
+// LLM.int8() (kernels/int8.h): every block matrix (q, k, v, qkv, o, gate, up,
+// down) of f32 / f16 / bf16 weights into int8 rows with absmax scales, their
+// activation columns above `threshold` multiplied in f32 at run time (0:
+// plain int8, no decomposition). The embedding and the output matrix stay as
+// they are. Returns how many matrices were converted; throws Error naming a
+// tensor of another type.
+int to_llm_int8(Weights& w, float threshold);
 }  // namespace tessera
