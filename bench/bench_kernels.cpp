@@ -11,7 +11,7 @@
 //
 // --attention times decode attention instead (kernels/attention.h): one token of
 // the 1B shape (32 query heads in 8 KV groups, head size 64) against 256 to 4096
-// cached positions, f32 and f16 caches, one thread, the scalar reference against
+// cached positions, f32, f16 and q8_0 caches, one thread, the scalar reference against
 // the ISA's kernel.
 //
 // --crossover also times, for a few M, the matrix-vector path against the
@@ -233,7 +233,16 @@ nlohmann::json bench_attention(Isa isa, int reps) {
     for (float& x : v) x = rand_unit(s);
     std::vector<uint16_t> kh(k.size()), vh(v.size());
     for (size_t i = 0; i < k.size(); ++i) kh[i] = f32_to_f16(k[i]), vh[i] = f32_to_f16(v[i]);
-    for (bool f16 : {false, true}) {
+    std::vector<uint8_t> kq(dtype_row_bytes(DType::Q8_0, int64_t(k.size()))), vq(kq.size());
+    quantize_row(DType::Q8_0, k.data(), kq.data(), int64_t(k.size()));
+    quantize_row(DType::Q8_0, v.data(), vq.data(), int64_t(v.size()));
+    for (DType kvt : {DType::F32, DType::F16, DType::Q8_0}) {
+      auto at = [&](const std::vector<float>& f, const std::vector<uint16_t>& h, const std::vector<uint8_t>& q8,
+                    int64_t e) -> const void* {
+        if (kvt == DType::F16) return h.data() + e;
+        if (kvt == DType::Q8_0) return q8.data() + dtype_row_bytes(DType::Q8_0, e);
+        return f.data() + e;
+      };
       auto pass = [&](bool reference) {
         for (int64_t g = 0; g < n_kv; ++g) {
           DecodeAttnArgs a;
@@ -241,9 +250,9 @@ nlohmann::json bench_attention(Isa isa, int reps) {
           a.q_stride = hd;
           a.G = group;
           a.hd = hd;
-          a.k = f16 ? static_cast<const void*>(kh.data() + g * hd) : static_cast<const void*>(k.data() + g * hd);
-          a.v = f16 ? static_cast<const void*>(vh.data() + g * hd) : static_cast<const void*>(v.data() + g * hd);
-          a.f16 = f16;
+          a.k = at(k, kh, kq, g * hd);
+          a.v = at(v, vh, vq, g * hd);
+          a.kv = kvt;
           a.kv_stride = kvd;
           a.n = n;
           a.scale = 0.125f;
@@ -264,8 +273,8 @@ nlohmann::json bench_attention(Isa isa, int reps) {
         return best * 1e6;
       };
       const double tr = best_us(true), tk = best_us(false);
-      const double kv_bytes = 2.0 * double(n * kvd) * (f16 ? 2 : 4);
-      out[std::string(f16 ? "f16_" : "f32_") + std::to_string(n)] = {
+      const double kv_bytes = 2.0 * double(dtype_row_bytes(kvt, n * kvd));
+      out[std::string(dtype_name(kvt)) + "_" + std::to_string(n)] = {
           {"reference_us", tr}, {"kernel_us", tk}, {"speedup", tr / tk}, {"kernel_kv_gbs", kv_bytes / tk / 1e3}};
     }
   }

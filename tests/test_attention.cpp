@@ -16,13 +16,15 @@ using namespace tessera;
 
 namespace {
 
-// A cache of n positions x n_kv heads x hd, keys then values, in f32 and f16
-// (the f16 copy rounds the same values), and G query heads.
+// A cache of n positions x n_kv heads x hd, keys then values, in f32, f16 and
+// (head sizes that are multiples of 32) Q8_0: the values are multiples of 1/128
+// below 1 in magnitude, exact in all three (Q8_0 blocks with d = 1/128). G query heads.
 struct Case {
   int64_t G, hd, n, n_kv = 3, kvh = 1;
   float scale, softcap;
   std::vector<float> q, k, v;
   std::vector<uint16_t> kh, vh;
+  std::vector<BlockQ8_0> kq, vq;
   Case(int64_t G_, int64_t hd_, int64_t n_, float softcap_, uint32_t seed, float logit_scale = 1.f)
       : G(G_), hd(hd_), n(n_), scale(logit_scale / std::sqrt(float(hd_))), softcap(softcap_) {
     std::mt19937 rng(seed);
@@ -31,21 +33,33 @@ struct Case {
     for (auto& x : q) x = u(rng);
     k.resize(size_t(n * n_kv * hd));
     v.resize(k.size());
-    for (auto& x : k) x = f16_to_f32(f32_to_f16(u(rng)));  // exactly representable in both caches
-    for (auto& x : v) x = f16_to_f32(f32_to_f16(u(rng)));
+    for (auto& x : k) x = std::round(u(rng) * 127.f) / 128.f;  // exactly representable in every cache
+    for (auto& x : v) x = std::round(u(rng) * 127.f) / 128.f;
     for (float x : k) kh.push_back(f32_to_f16(x));
     for (float x : v) vh.push_back(f32_to_f16(x));
+    if (hd % kQK == 0)
+      for (auto [src, dst] : {std::pair{&k, &kq}, std::pair{&v, &vq}})
+        for (size_t b = 0; b < src->size() / kQK; ++b) {
+          BlockQ8_0 blk;
+          blk.d = f32_to_f16(1.f / 128.f);
+          for (int i = 0; i < kQK; ++i) blk.qs[i] = int8_t(std::lround((*src)[b * kQK + size_t(i)] * 128.f));
+          dst->push_back(blk);
+        }
   }
-  DecodeAttnArgs args(bool f16, float* scores, float* out) const {
+  DecodeAttnArgs args(DType kv, float* scores, float* out) const {
     DecodeAttnArgs a;
     a.q = q.data();
     a.q_stride = hd;
     a.G = G;
     a.hd = hd;
     const size_t off = size_t(kvh * hd);
-    a.k = f16 ? static_cast<const void*>(kh.data() + off) : static_cast<const void*>(k.data() + off);
-    a.v = f16 ? static_cast<const void*>(vh.data() + off) : static_cast<const void*>(v.data() + off);
-    a.f16 = f16;
+    a.k = kv == DType::F16 ? static_cast<const void*>(kh.data() + off)
+          : kv == DType::Q8_0 ? static_cast<const void*>(kq.data() + off / kQK)
+                              : static_cast<const void*>(k.data() + off);
+    a.v = kv == DType::F16 ? static_cast<const void*>(vh.data() + off)
+          : kv == DType::Q8_0 ? static_cast<const void*>(vq.data() + off / kQK)
+                              : static_cast<const void*>(v.data() + off);
+    a.kv = kv;
     a.kv_stride = n_kv * hd;
     a.n = n;
     a.scale = scale;
@@ -78,9 +92,15 @@ struct Case {
   }
 };
 
-std::vector<float> run(const Case& c, bool f16, bool use_ref, Isa isa) {
+// The cache types a case has (Q8_0 only for head sizes that are whole blocks).
+std::vector<DType> kv_types(const Case& c) {
+  if (c.hd % kQK == 0) return {DType::F32, DType::F16, DType::Q8_0};
+  return {DType::F32, DType::F16};
+}
+
+std::vector<float> run(const Case& c, DType kv, bool use_ref, Isa isa) {
   std::vector<float> scores(size_t(c.G * c.n)), out(size_t(c.G * c.hd), NAN);
-  const DecodeAttnArgs a = c.args(f16, scores.data(), out.data());
+  const DecodeAttnArgs a = c.args(kv, scores.data(), out.data());
   if (use_ref) ref::attend_decode(a);
   else attend_decode(isa, a);
   return out;
@@ -93,13 +113,15 @@ TEST(KernelsAttention, ReferenceMatchesDoublePrecision) {
   for (int64_t hd : {8, 48, 64})
     for (int64_t n : {1, 5, 130})
       for (float cap : {0.f, 5.f})
-        for (bool f16 : {false, true}) {
-          const Case c(4, hd, n, cap, seed++, 4.f);
-          const auto want = c.expected();
-          const auto got = run(c, f16, true, Isa::Scalar);
+      {
+        const Case c(4, hd, n, cap, seed++, 4.f);
+        const auto want = c.expected();
+        for (DType kv : kv_types(c)) {
+          const auto got = run(c, kv, true, Isa::Scalar);
           for (size_t i = 0; i < want.size(); ++i)
-            ASSERT_NEAR(got[i], want[i], 2e-6) << "hd " << hd << " n " << n << " cap " << cap << " f16 " << f16;
+            ASSERT_NEAR(got[i], want[i], 2e-6) << "hd " << hd << " n " << n << " cap " << cap << " " << dtype_name(kv);
         }
+      }
 }
 
 TEST(KernelsAttention, SimdMatchesReference) {
@@ -113,14 +135,16 @@ TEST(KernelsAttention, SimdMatchesReference) {
       for (int64_t n : {1, 2, 3, 4, 5, 17, 64, 257})
         for (int64_t G : {1, 3, 4})
           for (float cap : {0.f, 20.f})
-            for (bool f16 : {false, true}) {
-              const Case c(G, hd, n, cap, seed++, n == 17 ? 40.f : 1.f);  // n 17: peaked softmax
-              const auto want = run(c, f16, true, isa);
-              const auto got = run(c, f16, false, isa);
+          {
+            const Case c(G, hd, n, cap, seed++, n == 17 ? 40.f : 1.f);  // n 17: peaked softmax
+            for (DType kv : kv_types(c)) {
+              const auto want = run(c, kv, true, isa);
+              const auto got = run(c, kv, false, isa);
               for (size_t i = 0; i < want.size(); ++i)
                 ASSERT_NEAR(got[i], want[i], 1e-5f) << isa_name(isa) << " hd " << hd << " n " << n << " G " << G
-                                                   << " cap " << cap << " f16 " << f16 << " at " << i;
+                                                   << " cap " << cap << " " << dtype_name(kv) << " at " << i;
             }
+          }
 }
 
 // The SIMD kernels take every head size that is 1..16 vectors and decline the rest
@@ -129,14 +153,14 @@ TEST(KernelsAttention, SimdHeadSizes) {
   const Case c64(2, 64, 9, 0.f, 7), c100(2, 100, 9, 0.f, 8), c8(1, 8, 9, 0.f, 9);
   std::vector<float> s(2 * 9), o(256);
   if (detect_isa() >= Isa::AVX512) {
-    EXPECT_TRUE(cpu::avx512::attend_decode(c64.args(false, s.data(), o.data())));
-    EXPECT_FALSE(cpu::avx512::attend_decode(c100.args(false, s.data(), o.data())));
-    EXPECT_FALSE(cpu::avx512::attend_decode(c8.args(false, s.data(), o.data())));
+    EXPECT_TRUE(cpu::avx512::attend_decode(c64.args(DType::F32, s.data(), o.data())));
+    EXPECT_FALSE(cpu::avx512::attend_decode(c100.args(DType::F32, s.data(), o.data())));
+    EXPECT_FALSE(cpu::avx512::attend_decode(c8.args(DType::F32, s.data(), o.data())));
   }
   if (detect_isa() >= Isa::AVX2) {
-    EXPECT_TRUE(cpu::avx2::attend_decode(c64.args(true, s.data(), o.data())));
-    EXPECT_FALSE(cpu::avx2::attend_decode(c100.args(true, s.data(), o.data())));
-    EXPECT_TRUE(cpu::avx2::attend_decode(c8.args(true, s.data(), o.data())));
+    EXPECT_TRUE(cpu::avx2::attend_decode(c64.args(DType::F16, s.data(), o.data())));
+    EXPECT_FALSE(cpu::avx2::attend_decode(c100.args(DType::F16, s.data(), o.data())));
+    EXPECT_TRUE(cpu::avx2::attend_decode(c8.args(DType::F16, s.data(), o.data())));
   }
   if (detect_isa() < Isa::AVX2) GTEST_SKIP() << "no SIMD ISA on this CPU";
 }

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "formats/llama2c.h"
+#include "formats/load.h"
 #include "model/model.h"
 #include "kernels/repack.h"
 #include "model/synthetic.h"
@@ -66,12 +67,45 @@ TEST(Model, PrefillEqualsTokenByTokenDecode) {
   }
 }
 
+// An 8-bit KV cache (llama.cpp's Q8_0 blocks, read directly by the attention
+// kernels): the reference model's logits stay close to the f32 cache's, and a
+// model whose heads are not whole blocks is refused by name.
+TEST(Model, Q8KvCacheStaysClose) {
+  TESSERA_REQUIRE_SHARED("reference/quant/tinystories-f32.gguf");
+  LoadedModel lm = load_model(test::shared_path("reference/quant/tinystories-f32.gguf"));
+  const Weights& w = lm.weights;
+  KernelContext ctx(2);
+  RunOptions a, b;
+  b.kv_type = DType::Q8_0;
+  Model m32(w, a), m8(w, b);
+  const int64_t n = int64_t(kTokens.size()), V = w.cfg.vocab_size;
+  std::vector<float> l32(size_t(n * V)), l8(size_t(n * V));
+  m32.forward_all(ctx, kTokens.data(), n, 0, l32.data());  // prefill: keys read back through dequantization
+  m8.forward_all(ctx, kTokens.data(), n, 0, l8.data());
+  double worst = 0, mag = 0;
+  for (size_t i = 0; i < l32.size(); ++i) worst = std::max(worst, double(std::fabs(l32[i] - l8[i]))), mag = std::max(mag, double(std::fabs(l32[i])));
+  EXPECT_LT(worst, 0.02 * mag);
+  EXPECT_GT(worst, 0.0);  // it is quantized
+  const int32_t next = 7;  // decode: the attention kernel on the Q8_0 cache
+  const float* d32 = m32.forward(ctx, &next, 1, n);
+  const std::vector<float> keep(d32, d32 + V);
+  const float* d8 = m8.forward(ctx, &next, 1, n);
+  for (int64_t i = 0; i < V; ++i) EXPECT_NEAR(d8[i], keep[size_t(i)], 0.02 * mag) << "decode logit " << i;
+  Weights small = load_llama2c(test::shared_path("models/stories260K.bin"));  // head size 8
+  try {
+    Model bad(small, b);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("head size is 8"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Model, F16KvCacheStaysClose) {
   TESSERA_REQUIRE_SHARED("models/stories260K.bin");
   Weights w = load_llama2c(test::shared_path("models/stories260K.bin"));
   KernelContext ctx(1);
   RunOptions a, b;
-  b.kv_f16 = true;
+  b.kv_type = DType::F16;
   Model m32(w, a), m16(w, b);
   const float* l32 = m32.forward(ctx, kTokens.data(), int64_t(kTokens.size()), 0);
   std::vector<float> keep(l32, l32 + w.cfg.vocab_size);
@@ -204,10 +238,10 @@ TEST(Model, RepackedQuantsMatchFileLayout) {
 
 // Decode attention (the kernels/attention.h kernel, per KV-head group; MQA splits
 // its one group across threads) against the prefill path (blocks of queries as
-// GEMMs) on head size 64: GQA groups of 4, MQA, f32 and f16 caches.
+// GEMMs) on head size 64: GQA groups of 4, MQA, f32, f16 and q8_0 caches.
 TEST(Model, DecodeAttentionMatchesPrefill) {
   for (int64_t kv_heads : {2, 1})
-    for (bool f16 : {false, true}) {
+    for (DType kvt : {DType::F32, DType::F16, DType::Q8_0}) {
       ModelConfig c = synthetic_config("260k");
       c.dim = 512, c.n_heads = 8, c.n_kv_heads = kv_heads, c.head_dim = 64;
       c.hidden_dim = 256, c.n_layers = 2;
@@ -217,7 +251,7 @@ TEST(Model, DecodeAttentionMatchesPrefill) {
       for (int64_t i = 0; i < n; ++i) toks[size_t(i)] = int32_t((i * 37 + 5) % V);
       KernelContext ctx(2);
       RunOptions ro;
-      ro.kv_f16 = f16;
+      ro.kv_type = kvt;
       Model batched(w, ro), step(w, ro);
       std::vector<float> all(size_t(n * V));
       batched.forward_all(ctx, toks.data(), n, 0, all.data());
@@ -228,9 +262,9 @@ TEST(Model, DecodeAttentionMatchesPrefill) {
           err = std::max(err, double(std::fabs(lg[i] - all[size_t(p * V + i)])));
           mag = std::max(mag, double(std::fabs(all[size_t(p * V + i)])));
         }
-        // f16 caches: prefill attends to the rounded keys too (stored before use), so the
-        // two paths differ only by summation order either way.
-        ASSERT_LT(err, 1e-4 * std::max(1.0, mag)) << "kv heads " << kv_heads << " f16 " << f16 << " pos " << p;
+        // f16 / q8_0 caches: prefill attends to the rounded keys too (stored before use), so
+        // the two paths differ only by summation order either way.
+        ASSERT_LT(err, 1e-4 * std::max(1.0, mag)) << "kv heads " << kv_heads << " " << dtype_name(kvt) << " pos " << p;
       }
     }
 }

@@ -33,7 +33,7 @@ ModelConfig small(int64_t dim, int64_t hidden, int64_t heads, int64_t kv_heads) 
 // Decodes 20 tokens with both paths and compares every step's logits.
 void expect_same_decode(const Weights& w, int threads, bool kv_f16, const std::string& what) {
   RunOptions team, plain;
-  team.kv_f16 = plain.kv_f16 = kv_f16;
+  team.kv_type = plain.kv_type = kv_f16 ? DType::F16 : DType::F32;
   team.max_threads = plain.max_threads = threads;
   plain.persistent_team = false;
   Model a(w, team), b(w, plain);

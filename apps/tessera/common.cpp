@@ -22,7 +22,8 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
                    "context size in tokens (default: the model's trained context, at most 4096; 0: the model's)");
   app.add_option("-t,--threads", a.threads, "threads (default: all cores)");
   app.add_option("-b,--batch-size", a.batch, "prefill chunk size in tokens")->check(positive());
-  app.add_option("--kv-type", a.kv_type, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
+  app.add_option("--kv-type", a.kv_type, "KV cache type: f32, f16, or q8_0 (llama.cpp's 8-bit blocks; head size a multiple of 32)")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}));
   app.add_flag("--no-repack", a.no_repack,
                "keep weights in the file's layout (default: Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices are repacked at load for the AVX-512 kernels)");
   app.add_option("--type", a.load_type,
@@ -58,7 +59,7 @@ Loaded load(const ModelArgs& a) {
     std::fprintf(stderr, "tessera: warning: context %lld exceeds the model's trained context %lld; quality may drop\n",
                  (long long)ro.n_ctx, (long long)cfg.max_seq_len);
   ro.max_batch = a.batch;
-  ro.kv_f16 = a.kv_type == "f16";
+  ro.kv_type = *dtype_from_name(a.kv_type);
   const int threads = a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ro.max_threads = threads;
   L.ctx = std::make_unique<KernelContext>(threads);

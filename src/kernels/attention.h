@@ -1,5 +1,5 @@
 // Decode attention: the query heads that share one KV head, against the cached
-// keys and values of n positions (f32 or f16 cache). Used by Model::attention
+// keys and values of n positions (f32, f16 or Q8_0 cache). Used by Model::attention
 // for decode steps and short prefills; longer prefills run as GEMMs there,
 // with attend_softmax_row between them.
 #pragma once
@@ -23,15 +23,17 @@ struct DecodeAttnArgs {
   const float* q = nullptr;  // (G, hd), row stride q_stride
   int64_t q_stride = 0;
   int64_t G = 1, hd = 0;
-  const void* k = nullptr;   // position j of this KV head at k + j * kv_stride elements, (n, hd)
+  const void* k = nullptr;   // position j of this KV head at k + j * kv_stride elements (bytes: kv_bytes), (n, hd)
   const void* v = nullptr;   // the same for values
-  bool f16 = false;          // cache elements are IEEE half, else f32
-  int64_t kv_stride = 0;     // elements between consecutive rows
+  DType kv = DType::F32;     // cache elements: F32, F16, or Q8_0 blocks of 32 (hd a multiple of 32)
+  int64_t kv_stride = 0;     // elements between consecutive rows (Q8_0: a multiple of 32)
   // Paged cache (model/kv_cache.h): position j is row blocks[j / block_size] *
   // block_size + j % block_size; null: position j is row j.
   const int32_t* blocks = nullptr;
   int64_t block_size = 0;
   int64_t n = 0;             // positions (>= 1)
+  // Bytes of `elems` elements of the cache (Q8_0: whole blocks of 34 bytes).
+  int64_t kv_bytes(int64_t elems) const { return int64_t(dtype_row_bytes(kv, elems)); }
   int64_t start = 0;         // first position attended (a sliding window); keys [start, n)
   float scale = 1.f;         // applied to q . k before the soft cap and the softmax
   float softcap = 0.f;       // > 0: s = softcap * tanh(s / softcap)

@@ -8,14 +8,19 @@
 namespace tessera {
 
 KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
-    : n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), bs_(opt.block_size), n_blocks_(opt.n_blocks), f16_(opt.f16) {
+    : n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), bs_(opt.block_size), n_blocks_(opt.n_blocks), type_(opt.type) {
   if (bs_ <= 0) fail("KV cache: block size must be > 0, got ", bs_);
   if (n_blocks_ <= 0) fail("KV cache: the pool needs at least one block, got ", n_blocks_);
   if (n_blocks_ > INT32_MAX) fail("KV cache: ", n_blocks_, " blocks is more than block ids can name");
-  const double bytes = 2.0 * double(n_layers_) * double(n_blocks_) * double(bs_) * double(kv_dim_) * (f16_ ? 2 : 4);
+  if (type_ != DType::F32 && type_ != DType::F16 && type_ != DType::Q8_0)
+    fail("KV cache: type ", dtype_name(type_), " is not supported (f32, f16, q8_0)");
+  if (kv_dim_ % dtype_block_elems(type_) != 0)
+    fail("KV cache: ", dtype_name(type_), " needs key/value rows that are a multiple of ", dtype_block_elems(type_),
+         " elements; this model's are ", kv_dim_);
+  const double bytes = 2.0 * double(n_layers_) * double(n_blocks_) * double(bs_) * double(row_bytes());
   require_memory(bytes, "KV cache of " + std::to_string(n_blocks_) + " blocks of " + std::to_string(bs_) +
                             " positions", "lower -c or the number of KV blocks");
-  layer_bytes_ = size_t(n_blocks_ * bs_ * kv_dim_) * elem_bytes();
+  layer_bytes_ = size_t(n_blocks_ * bs_) * row_bytes();
   data_.assign(size_t(bytes), 0);
   refs_.assign(size_t(n_blocks_), 0);
   free_.resize(size_t(n_blocks_));
@@ -125,7 +130,7 @@ void KVCache::release(int32_t b) {
 }
 
 void KVCache::copy_block(int32_t dst, int32_t src) {
-  const size_t blk = size_t(bs_ * kv_dim_) * elem_bytes();
+  const size_t blk = size_t(bs_) * row_bytes();
   for (int64_t l = 0; l < n_layers_; ++l) {
     std::memcpy(k(l) + size_t(dst) * blk, k(l) + size_t(src) * blk, blk);
     std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);

@@ -6,15 +6,16 @@
 // positions from the end (rejected speculative tokens, a rewound prompt).
 //
 // Storage, per layer: K then V, each (n_blocks * block_size, kv_dim) rows of
-// f32 or f16. A free block is always taken lowest id first, so a sequence that
-// grows alone gets consecutive blocks: its keys are one contiguous range and the
-// attention kernels read them as one array.
+// f32, f16 or Q8_0 blocks (row_bytes() each). A free block is always taken
+// lowest id first, so a sequence that grows alone gets consecutive blocks: its
+// keys are one contiguous range and the attention kernels read them as one array.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "core/aligned.h"
+#include "core/dtype.h"
 #include "model/config.h"
 
 namespace tessera {
@@ -22,7 +23,7 @@ namespace tessera {
 struct KVCacheOptions {
   int64_t n_blocks = 0;     // blocks in the pool
   int64_t block_size = 32;  // positions per block
-  bool f16 = false;         // store K/V as IEEE half instead of f32
+  DType type = DType::F32;  // F32, F16 or Q8_0 (rows of kv_dim in llama.cpp's 34-byte blocks of 32)
 };
 
 class KVCache {
@@ -57,7 +58,7 @@ class KVCache {
     return int64_t(t[size_t(pos / bs_)]) * bs_ + pos % bs_;
   }
   const int32_t* block_table(int32_t seq) const { return seqs_[size_t(seq)].blocks.data(); }
-  // Keys (then values) of layer l: (rows, kv_dim) elements of elem_bytes() each.
+  // Keys (then values) of layer l: (rows, kv_dim) elements, row_bytes() per row.
   uint8_t* k(int64_t l) { return data_.data() + size_t(l) * 2 * layer_bytes_; }
   uint8_t* v(int64_t l) { return k(l) + layer_bytes_; }
   const uint8_t* k(int64_t l) const { return data_.data() + size_t(l) * 2 * layer_bytes_; }
@@ -67,8 +68,8 @@ class KVCache {
   int64_t n_blocks() const { return n_blocks_; }
   int64_t free_blocks() const { return int64_t(free_.size()); }
   int64_t kv_dim() const { return kv_dim_; }
-  bool f16() const { return f16_; }
-  size_t elem_bytes() const { return f16_ ? 2 : 4; }
+  DType type() const { return type_; }
+  size_t row_bytes() const { return dtype_row_bytes(type_, kv_dim_); }
   size_t bytes() const { return data_.size(); }
 
  private:
@@ -83,7 +84,7 @@ class KVCache {
   void copy_block(int32_t dst, int32_t src);
 
   int64_t n_layers_, kv_dim_, bs_, n_blocks_;
-  bool f16_;
+  DType type_;
   size_t layer_bytes_;  // one of K / V of one layer
   huge_vector<uint8_t> data_;
   std::vector<int32_t> refs_;  // per block

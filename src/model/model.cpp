@@ -23,12 +23,14 @@ constexpr int64_t kPrefillGemmRows = 8;  // new tokens from which attention runs
 }  // namespace
 
 Model::Model(const Weights& w, const RunOptions& opt)
-    : w_(w), kv_f16_(opt.kv_f16), kv_block_size_(opt.kv_block_size), persistent_team_(opt.persistent_team) {
+    : w_(w), kv_type_(opt.kv_type), kv_block_size_(opt.kv_block_size), persistent_team_(opt.persistent_team) {
   const auto& c = w.cfg;
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
   if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
     fail("context size ", n_ctx_, " exceeds the ", c.max_seq_len, " learned positions of this GPT-2 model");
   max_batch_ = std::max<int64_t>(1, std::min(opt.max_batch, n_ctx_));
+  if (kv_type_ == DType::Q8_0 && c.head_dim % kQK != 0)
+    fail("--kv-type q8_0 stores each head in blocks of ", kQK, " values; this model's head size is ", c.head_dim);
   max_threads_ = opt.max_threads > 0 ? opt.max_threads : int(std::max(1u, std::thread::hardware_concurrency()));
   const int64_t B = max_batch_, C = c.dim, H = c.hidden_dim, V = c.vocab_size;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
@@ -40,7 +42,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
   const int64_t own_blocks = (n_ctx_ + kv_block_size_ - 1) / kv_block_size_;
   const double kv = opt.own_cache ? 2.0 * double(c.n_layers) * double(own_blocks * kv_block_size_) *
-                                        double(c.kv_dim()) * (kv_f16_ ? 2 : 4)
+                                        double(dtype_row_bytes(kv_type_, c.kv_dim()))
                                   : 0.0;
   require_memory(kv + 4.0 * double(total), "context " + std::to_string(n_ctx_) + ": the KV cache and buffers need",
                  "lower -c");
@@ -72,7 +74,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
 
 KVCache Model::make_cache(int64_t n_blocks) const {
   KVCacheOptions o;
-  o.n_blocks = n_blocks, o.block_size = kv_block_size_, o.f16 = kv_f16_;
+  o.n_blocks = n_blocks, o.block_size = kv_block_size_, o.type = kv_type_;
   return KVCache(w_.cfg, o);
 }
 
@@ -88,9 +90,9 @@ void Model::check_token(int32_t id, int64_t pos) const {
 void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache) {
   const auto& c = w_.cfg;
   if (n <= 0) fail("forward: no tokens");
-  if (cache.kv_dim() != c.kv_dim() || cache.f16() != kv_f16_ || cache.k(0) == nullptr)
-    fail("forward: the KV cache was made for another model (kv_dim ", cache.kv_dim(), ", ", cache.f16() ? "f16" : "f32",
-         "; this model: ", c.kv_dim(), ", ", kv_f16_ ? "f16" : "f32", ")");
+  if (cache.kv_dim() != c.kv_dim() || cache.type() != kv_type_ || cache.k(0) == nullptr)
+    fail("forward: the KV cache was made for another model (kv_dim ", cache.kv_dim(), ", ", dtype_name(cache.type()),
+         "; this model: ", c.kv_dim(), ", ", dtype_name(kv_type_), ")");
   // First position and row count of each sequence in the batch (-1: absent).
   seq_first_.assign(seq_first_.size(), -1);
   for (int64_t i = 0; i < n; ++i) {
@@ -217,7 +219,7 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
 void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
-  const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads, kvd = c.kv_dim();
+  const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   const bool llama = c.arch == Arch::Llama;  // GPT-2: no QK-norm, no RoPE
   const float* cr = llama ? rope_cos_.data() + pos * (hd / 2) : nullptr;
   const float* sr = llama ? rope_sin_.data() + pos * (hd / 2) : nullptr;
@@ -229,22 +231,18 @@ void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, 
   };
   for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, &L.q_norm);
   for (int64_t h = h0; h < h1; ++h) head(k + h * hd, &L.k_norm);
-  const size_t es = kv_->elem_bytes(), at = size_t(kv_->row(seq, pos) * kvd + h0 * hd) * es;
+  const size_t at = size_t(kv_->row(seq, pos)) * kv_->row_bytes() + dtype_row_bytes(kv_type_, h0 * hd);
   const int64_t cnt = (h1 - h0) * hd;
   uint8_t* kc = kv_->k(l) + at;
   uint8_t* vc = kv_->v(l) + at;
   const float* kt = k + h0 * hd;
   const float* vt = v + h0 * hd;
-  if (kv_f16_) {
-    auto* kd = reinterpret_cast<uint16_t*>(kc);
-    auto* vd = reinterpret_cast<uint16_t*>(vc);
-    for (int64_t i = 0; i < cnt; ++i) {
-      kd[i] = f32_to_f16(kt[i]);
-      vd[i] = f32_to_f16(vt[i]);
-    }
-  } else {
+  if (kv_type_ == DType::F32) {
     std::copy(kt, kt + cnt, reinterpret_cast<float*>(kc));
     std::copy(vt, vt + cnt, reinterpret_cast<float*>(vc));
+  } else {  // f16, or Q8_0 blocks (heads are whole blocks)
+    quantize_row(kv_type_, kt, kc, cnt);
+    quantize_row(kv_type_, vt, vc, cnt);
   }
 }
 
@@ -252,15 +250,14 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int6
                                        const float* q, float* out, int rank) const {
   const auto& c = w_.cfg;
   const int64_t hd = c.head_dim, kvd = c.kv_dim(), h = kvh * (c.n_heads / c.n_kv_heads) + g0;
-  const size_t es = kv_->elem_bytes();
   DecodeAttnArgs a;
   a.q = q + h * hd;
   a.q_stride = hd;
   a.G = G;
   a.hd = hd;
-  a.k = kv_->k(l) + size_t(kvh * hd) * es;
-  a.v = kv_->v(l) + size_t(kvh * hd) * es;
-  a.f16 = kv_f16_;
+  a.k = kv_->k(l) + dtype_row_bytes(kv_type_, kvh * hd);
+  a.v = kv_->v(l) + dtype_row_bytes(kv_type_, kvh * hd);
+  a.kv = kv_type_;
   a.kv_stride = kvd;
   a.blocks = kv_->block_table(seq);
   a.block_size = kv_->block_size();
@@ -323,19 +320,19 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
   // see, as two single-threaded sgemm calls per task: S = Q K^T (the causal mask
   // applied row by row in the softmax), O = S V. The keys and values are read in
   // place when they are f32 rows consecutive in the pool (a sequence grown
-  // alone), else first gathered (and widened from f16) into a_.kv32.
+  // alone), else first gathered (and widened from f16 or Q8_0) into a_.kv32.
   const float* K;
   const float* Vv;
   DecodeAttnArgs map;  // the sequence's block table, for its row mapping
   map.blocks = kv_->block_table(seq);
   map.block_size = kv_->block_size();
-  if (!kv_f16_ && map.run_end(0, n_vis) == n_vis) {
+  if (kv_type_ == DType::F32 && map.run_end(0, n_vis) == n_vis) {
     K = reinterpret_cast<const float*>(kv_->k(l)) + map.row(0) * kvd;
     Vv = reinterpret_cast<const float*>(kv_->v(l)) + map.row(0) * kvd;
   } else {
     const int64_t rows_all = kv_->n_blocks() * kv_->block_size();
-    const TensorView kh = make_view(kv_f16_ ? DType::F16 : DType::F32, {rows_all, kvd}, kv_->k(l)),
-                     vh = make_view(kv_f16_ ? DType::F16 : DType::F32, {rows_all, kvd}, kv_->v(l));
+    const TensorView kh = make_view(kv_type_, {rows_all, kvd}, kv_->k(l)),
+                     vh = make_view(kv_type_, {rows_all, kvd}, kv_->v(l));
     float* k32 = a_.kv32;
     float* v32 = a_.kv32 + n_ctx_ * kvd;
     per_token(ctx, n_vis, [&](int64_t p) {

@@ -27,7 +27,7 @@ namespace tessera {
 struct RunOptions {
   int64_t n_ctx = 0;        // KV cache positions; 0 = the model's max_seq_len
   int64_t max_batch = 256;  // tokens per internal forward chunk
-  bool kv_f16 = false;      // store K/V as f16 instead of f32
+  DType kv_type = DType::F32;  // KV cache elements: F32, F16 or Q8_0 (head size a multiple of 32)
   int max_threads = 0;      // 0 = all hardware threads
   // Decode steps (one token) run as one persistent thread team with a
   // spinning barrier between phases (kernels/team.h) instead of a parallel
@@ -48,7 +48,7 @@ class Model {
   int64_t n_ctx() const { return n_ctx_; }
   size_t kv_bytes() const { return own_ ? own_->bytes() : 0; }
   // A cache for forward(ctx, batch, ...) with this model's shapes: n_blocks blocks of
-  // RunOptions::kv_block_size positions, f16 when RunOptions::kv_f16.
+  // RunOptions::kv_block_size positions, of RunOptions::kv_type.
   KVCache make_cache(int64_t n_blocks) const;
   // Whether a decode step (one token) on ctx runs as one persistent thread team
   // (RunOptions::persistent_team, 2 threads up to the CPUs available, layers
@@ -137,7 +137,7 @@ class Model {
   const Weights& w_;
   int64_t n_ctx_, max_batch_;
   int max_threads_;
-  bool kv_f16_;
+  DType kv_type_;
   aligned_vector<float> arena_;
   std::vector<float> rope_cos_, rope_sin_;  // (n_ctx, head_dim / 2) angle tables
   int64_t kv_block_size_;

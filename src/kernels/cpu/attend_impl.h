@@ -11,10 +11,20 @@
 // The including file provides <algorithm>, <cmath> and kernels/attention.h.
 #pragma once
 
-template <class V, bool F16>
+// Cache element kinds: f32, f16, or Q8_0 blocks (34 bytes per 32 values: f16 d, int8 q).
+enum KvKind { kF32, kF16, kQ8 };
+
+// W elements from element i of a row run at base (i a multiple of W; a Q8_0 load stays in one block).
+template <class V, int KV>
 inline typename V::reg attn_load(const void* base, int64_t i) {
-  if constexpr (F16) return V::load_h(static_cast<const uint16_t*>(base) + i);
-  else return V::load(static_cast<const float*>(base) + i);
+  if constexpr (KV == kF16) {
+    return V::load_h(static_cast<const uint16_t*>(base) + i);
+  } else if constexpr (KV == kQ8) {
+    const auto* b = static_cast<const tessera::BlockQ8_0*>(base) + i / tessera::kQK;
+    return V::mul(V::load_i8(b->qs + i % tessera::kQK), V::set1(_cvtsh_ss(b->d)));
+  } else {
+    return V::load(static_cast<const float*>(base) + i);
+  }
 }
 
 // Positions per block: a block's keys (then values) are read from memory once
@@ -22,13 +32,13 @@ inline typename V::reg attn_load(const void* base, int64_t i) {
 constexpr int64_t kAttnBlock = 64;
 
 // Element offset of position j's row from k / v, for positions in one run.
-inline const void* attn_row(const void* base, bool f16, int64_t elems) {
-  return static_cast<const uint8_t*>(base) + elems * (f16 ? 2 : 4);
+inline const void* attn_row(const tessera::DecodeAttnArgs& a, const void* base, int64_t elems) {
+  return static_cast<const uint8_t*>(base) + a.kv_bytes(elems);
 }
 
 // Scores of head q for positions [j0, j1) into s (indexed by position); their
 // rows are consecutive, position j0's at kb.
-template <class V, int NV, bool F16>
+template <class V, int NV, int KV>
 void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float* q, int64_t j0, int64_t j1,
                    float* s) {
   using R = typename V::reg;
@@ -39,14 +49,14 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float
   int64_t j = j0;
   for (; j + 4 <= j1; j += 4) {
     R acc[4];
-    for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, F16>(kb, (j - j0 + r) * st));
+    for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0 + r) * st));
     for (int v = 1; v < NV; ++v)
-      for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, F16>(kb, (j - j0 + r) * st + W * v), acc[r]);
+      for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0 + r) * st + W * v), acc[r]);
     for (int r = 0; r < 4; ++r) s[j + r] = V::reduce_add(acc[r]) * a.scale;
   }
   for (; j < j1; ++j) {
-    R acc = V::mul(qv[0], attn_load<V, F16>(kb, (j - j0) * st));
-    for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, F16>(kb, (j - j0) * st + W * v), acc);
+    R acc = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0) * st));
+    for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0) * st + W * v), acc);
     s[j] = V::reduce_add(acc) * a.scale;
   }
 }
@@ -80,7 +90,7 @@ void attend_softmax(float* s, int64_t n, float softcap) {
 }
 
 // o += sum over positions [j0, j1) of p[j] v_j; their rows are consecutive, position j0's at vb.
-template <class V, int NV, bool F16>
+template <class V, int NV, int KV>
 void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float* p, int64_t j0, int64_t j1, float* o) {
   using R = typename V::reg;
   constexpr int W = V::W;
@@ -91,13 +101,13 @@ void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float
   for (; j + 2 <= j1; j += 2) {
     const R p0 = V::set1(p[j]), p1 = V::set1(p[j + 1]);
     for (int v = 0; v < NV; ++v) {
-      a0[v] = V::fmadd(p0, attn_load<V, F16>(vb, (j - j0) * st + W * v), a0[v]);
-      a1[v] = V::fmadd(p1, attn_load<V, F16>(vb, (j - j0 + 1) * st + W * v), a1[v]);
+      a0[v] = V::fmadd(p0, attn_load<V, KV>(vb, (j - j0) * st + W * v), a0[v]);
+      a1[v] = V::fmadd(p1, attn_load<V, KV>(vb, (j - j0 + 1) * st + W * v), a1[v]);
     }
   }
   if (j < j1) {
     const R p0 = V::set1(p[j]);
-    for (int v = 0; v < NV; ++v) a0[v] = V::fmadd(p0, attn_load<V, F16>(vb, (j - j0) * st + W * v), a0[v]);
+    for (int v = 0; v < NV; ++v) a0[v] = V::fmadd(p0, attn_load<V, KV>(vb, (j - j0) * st + W * v), a0[v]);
   }
   for (int v = 0; v < NV; ++v) V::store(o + W * v, V::add(a0[v], a1[v]));
 }
@@ -106,13 +116,13 @@ void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float
 // positions [start, n) only).
 // A block is at most kAttnBlock positions and, in a paged cache, ends where
 // the rows stop being consecutive.
-template <class V, int NV, bool F16>
+template <class V, int NV, int KV>
 void attend_group(const tessera::DecodeAttnArgs& a) {
   const int64_t n = a.n;
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
-    const void* k = attn_row(a.k, F16, a.row(j0) * a.kv_stride);
-    for (int64_t g = 0; g < a.G; ++g) attend_scores<V, NV, F16>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
+    const void* k = attn_row(a, a.k, a.row(j0) * a.kv_stride);
+    for (int64_t g = 0; g < a.G; ++g) attend_scores<V, NV, KV>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
   }
   for (int64_t g = 0; g < a.G; ++g) {
     attend_softmax<V>(a.scores + g * n + a.start, n - a.start, a.softcap);
@@ -120,16 +130,17 @@ void attend_group(const tessera::DecodeAttnArgs& a) {
   }
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
-    const void* v = attn_row(a.v, F16, a.row(j0) * a.kv_stride);
+    const void* v = attn_row(a, a.v, a.row(j0) * a.kv_stride);
     for (int64_t g = 0; g < a.G; ++g)
-      attend_values<V, NV, F16>(a, v, a.scores + g * n, j0, j1, a.out + g * a.out_stride);
+      attend_values<V, NV, KV>(a, v, a.scores + g * n, j0, j1, a.out + g * a.out_stride);
   }
 }
 
 template <class V, int NV>
 void attend_heads(const tessera::DecodeAttnArgs& a) {
-  if (a.f16) attend_group<V, NV, true>(a);
-  else attend_group<V, NV, false>(a);
+  if (a.kv == tessera::DType::F16) attend_group<V, NV, kF16>(a);
+  else if (a.kv == tessera::DType::Q8_0) attend_group<V, NV, kQ8>(a);
+  else attend_group<V, NV, kF32>(a);
 }
 
 // Head sizes of 1..16 vectors; false for any other (the caller falls back to the reference).

@@ -15,6 +15,9 @@ struct V512 {
   static constexpr int W = 16;
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
   static reg load_h(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static reg load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   static void store(float* p, reg x) { _mm512_storeu_ps(p, x); }
   static reg set1(float x) { return _mm512_set1_ps(x); }
   static reg zero() { return _mm512_setzero_ps(); }

@@ -7,8 +7,13 @@
 namespace tessera::ref {
 
 namespace {
-float elem(const void* base, bool f16, int64_t i) {
-  return f16 ? f16_to_f32(static_cast<const uint16_t*>(base)[i]) : static_cast<const float*>(base)[i];
+float elem(const void* base, DType t, int64_t i) {
+  if (t == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+  if (t == DType::Q8_0) {
+    const auto& b = static_cast<const BlockQ8_0*>(base)[i / kQK];
+    return f16_to_f32(b.d) * float(b.qs[i % kQK]);
+  }
+  return static_cast<const float*>(base)[i];
 }
 }  // namespace
 
@@ -32,14 +37,14 @@ void attend_decode(const DecodeAttnArgs& a) {
     const float* q = a.q + g * a.q_stride;
     for (int64_t j = j0; j < a.n; ++j) {
       float d = 0.f;
-      for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.f16, a.row(j) * a.kv_stride + i);
+      for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.kv, a.row(j) * a.kv_stride + i);
       s[j] = d * a.scale;
     }
     attend_softmax_row(s + j0, m, m, a.softcap);
     float* o = a.out + g * a.out_stride;
     std::fill(o, o + a.hd, 0.f);
     for (int64_t j = j0; j < a.n; ++j)
-      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.f16, a.row(j) * a.kv_stride + i);
+      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.kv, a.row(j) * a.kv_stride + i);
   }
 }
 
