@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "formats/llama2c.h"
 #include "formats/load.h"
 #include "model/model.h"
@@ -98,6 +99,31 @@ TEST(Model, Q8KvCacheStaysClose) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("head size is 8"), std::string::npos) << e.what();
   }
+}
+
+// --f16-as-bf16: F16 matrices become BF16 rounded from their f16 values (the
+// embedding table stays), and the model computes about the same logits.
+TEST(Model, F16AsBf16RoundsMatricesAndKeepsLogitsClose) {
+  ModelConfig c = synthetic_config("260k");
+  c.dim = 128, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 32, c.hidden_dim = 256, c.n_layers = 2;
+  c.tied_embeddings = false;
+  const Weights w = make_random_weights(c, DType::F16, 5, 2);
+  Weights b = w;
+  EXPECT_EQ(f16_to_bf16(b, 2), 2 * 7 + 1);  // 7 matrices a layer and the output
+  EXPECT_EQ(b.tok_embd.dtype, DType::F16);
+  ASSERT_EQ(b.layers[1].w_down.dtype, DType::BF16);
+  const auto* h = static_cast<const uint16_t*>(w.layers[1].w_down.data);
+  const auto* r = static_cast<const uint16_t*>(b.layers[1].w_down.data);
+  for (int64_t i = 0; i < w.layers[1].w_down.numel(); ++i) ASSERT_EQ(r[i], f32_to_bf16(f16_to_f32(h[i]))) << i;
+  KernelContext ctx(2);
+  Model ma(w, RunOptions{}), mb(b, RunOptions{});
+  const int64_t n = int64_t(kTokens.size()), V = c.vocab_size;
+  std::vector<float> la(size_t(n * V)), lb(size_t(n * V));
+  ma.forward_all(ctx, kTokens.data(), n, 0, la.data());
+  mb.forward_all(ctx, kTokens.data(), n, 0, lb.data());
+  double worst = 0, mag = 0;
+  for (size_t i = 0; i < la.size(); ++i) worst = std::max(worst, double(std::fabs(la[i] - lb[i]))), mag = std::max(mag, double(std::fabs(la[i])));
+  EXPECT_LT(worst, 0.02 * mag);
 }
 
 TEST(Model, F16KvCacheStaysClose) {

@@ -79,7 +79,8 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("--sequences", n_seq,
                  "also decode this many sequences at once, one batch per step (aggregate tok/s against -n's single sequence)")
       ->check(CLI::Range(int64_t(1), int64_t(1024)));
-  bool no_repack = false;
+  bool no_repack = false, f16_as_bf16 = false;
+  app.add_flag("--f16-as-bf16", f16_as_bf16, "round F16 matrices to BF16 at load (as generate / perplexity --f16-as-bf16)");
   app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 / Q8_0 / K-quant repacking)");
   TrainBenchArgs tb;
   app.add_flag("--train", tb.enabled, "benchmark training steps (forward + backward + AdamW) instead of inference");
@@ -106,6 +107,7 @@ int cmd_bench(int argc, char** argv) {
     model = "synthetic:" + synthetic + ":" + type_name;
   }
   LoadedModel lm = load_model(model);
+  if (f16_as_bf16) f16_to_bf16(lm.weights, threads);
   const int repacked = no_repack ? 0 : repack_weights(lm.weights, ctx.isa, threads);
   const Weights& w = lm.weights;
   const auto& c = w.cfg;

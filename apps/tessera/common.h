@@ -27,6 +27,7 @@ struct ModelArgs {
   std::string load_type;    // "int8": LLM.int8() at load (kernels/int8.h); "": as stored
   float int8_threshold = 6.f;
   bool verbose = false;
+  bool f16_as_bf16 = false;  // F16 matrices rounded to BF16 at load (prefill at the bf16 GEMM's rate)
 };
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);

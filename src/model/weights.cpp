@@ -85,6 +85,7 @@ TensorView own_buffer(Weights& w, std::vector<uint8_t> bytes, DType t, std::init
 }  // namespace tessera
 
 #include "core/aligned.h"
+#include "core/fp16.h"
 #include "kernels/kernels.h"
 #include "kernels/int8.h"
 #include "kernels/repack.h"
@@ -135,6 +136,27 @@ int to_llm_int8(Weights& w, float threshold) {
       ++n;
     }
   }
+  return n;
+}
+
+int f16_to_bf16(Weights& w, int threads) {
+  int n = 0;
+  auto convert = [&](TensorView& t) {
+    if (t.empty() || t.dtype != DType::F16 || t.ndim != 2) return;
+    const int64_t count = t.numel();
+    auto buf = std::make_shared<aligned_vector<uint8_t>>(size_t(count) * 2);
+    auto* dst = reinterpret_cast<uint16_t*>(buf->data());
+    const auto* src = static_cast<const uint16_t*>(t.data);
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
+    for (int64_t i = 0; i < count; ++i) dst[i] = f32_to_bf16(f16_to_f32(src[i]));
+    TensorView v = make_view(DType::BF16, {t.rows(), t.cols()}, dst);
+    w.owners.push_back(buf);
+    t = v;
+    ++n;
+  };
+  for (auto& L : w.layers)
+    for (TensorView* t : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) convert(*t);
+  if (w.output.data != w.tok_embd.data) convert(w.output);
   return n;
 }
 

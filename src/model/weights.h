@@ -85,4 +85,12 @@ int repack_weights(Weights& w, Isa isa, int threads);
 // they are. Returns how many matrices were converted; throws Error naming a
 // tensor of another type.
 int to_llm_int8(Weights& w, float threshold);
+
+// Every F16 matrix (block matrices, the output; not the embedding table,
+// which is looked up by row) rounded to BF16 at load (nearest even), so
+// prefill takes the bf16 GEMM (vdpbf16ps / AMX) at BF16's rate instead of
+// dequantizing to f32 for sgemm; decode reads the same bytes. Costs the
+// three low mantissa bits of each weight (--f16-as-bf16; docs/kernels.md has
+// the measured perplexity change). Returns how many were converted.
+int f16_to_bf16(Weights& w, int threads);
 }  // namespace tessera
