@@ -282,18 +282,20 @@ TEST(KernelsMatmul, LegacyBlockTypes) {
 }
 TEST(KernelsMatmul, Q4_0_R4) { check_dtype(DType::Q4_0_R4, {512, 1024, 4608}, {0}); }
 TEST(KernelsMatmul, Q8_0_R4) { check_dtype(DType::Q8_0_R4, {512, 1024, 4608}, {0}); }
-TEST(KernelsMatmul, Q4_K_R4) { check_dtype(DType::Q4_K_R4, {512, 1024, 4608}, {0}); }
-TEST(KernelsMatmul, Q5_K_R4) { check_dtype(DType::Q5_K_R4, {512, 1024, 4608}, {0}); }
-TEST(KernelsMatmul, Q6_K_R4) { check_dtype(DType::Q6_K_R4, {512, 1024, 4608}, {0}); }
+// K-quant R4 rows of 256 + 512 g elements end in a half group (a zero padding super-block).
+TEST(KernelsMatmul, Q4_K_R4) { check_dtype(DType::Q4_K_R4, {256, 512, 768, 4608}, {0}); }
+TEST(KernelsMatmul, Q5_K_R4) { check_dtype(DType::Q5_K_R4, {256, 1024, 1280}, {0}); }
+TEST(KernelsMatmul, Q6_K_R4) { check_dtype(DType::Q6_K_R4, {512, 768, 4608}, {0}); }
 
 TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
   for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
     for (int64_t N : {1, 5, 12}) {
-      const Weights q = make_weights(t, N, 1024, 0, 11);
-      std::vector<uint8_t> r(r4_bytes(t, N, 1024), 0xff);
+      const int64_t K = dtype_is_k_quant(t) && N == 5 ? 1280 : 1024;  // K-quants: also a half last group
+      const Weights q = make_weights(t, N, K, 0, 11);
+      std::vector<uint8_t> r(r4_bytes(t, N, K), 0xff);
       repack_r4(q.view, r.data(), 2);
-      const TensorView rv = make_view(r4_type_of(t), {N, 1024}, r.data());
-      std::vector<float> a(1024), b(1024);
+      const TensorView rv = make_view(r4_type_of(t), {N, K}, r.data());
+      std::vector<float> a(static_cast<size_t>(K)), b(static_cast<size_t>(K));
       for (int64_t n = 0; n < N; ++n) {
         ref::dequantize_row(q.view, n, a.data());
         ref::dequantize_row(rv, n, b.data());
@@ -314,10 +316,10 @@ TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
   EXPECT_EQ(r4_type_of(DType::F16), DType::F16);
 }
 
-TEST(KernelsRepack, AppliesToQ4_0Q8_0AndK4K5K6WithKMultipleOf512OnAvx512) {
+TEST(KernelsRepack, AppliesToQ4_0Q8_0WithKMultipleOf512AndK4K5K6OnAvx512) {
   for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     EXPECT_TRUE(r4_applies(make_weights(t, 4, 1024, 0, 3).view, Isa::AVX512)) << dtype_name(t);
-    EXPECT_FALSE(r4_applies(make_weights(t, 4, 768, 0, 3).view, Isa::AVX512)) << dtype_name(t);
+    EXPECT_TRUE(r4_applies(make_weights(t, 4, 768, 0, 3).view, Isa::AVX512)) << dtype_name(t);  // a half group
     EXPECT_FALSE(r4_applies(make_weights(t, 4, 1024, 0, 3).view, Isa::AVX2)) << dtype_name(t);
   }
   EXPECT_FALSE(r4_applies(make_weights(DType::Q3_K, 4, 1024, 0, 3).view, Isa::AVX512));

@@ -64,7 +64,9 @@ double dtype_bits_per_weight(DType t) {
 }
 
 size_t dtype_row_bytes(DType t, int64_t n) {
-  return size_t(n / dtype_block_elems(t)) * dtype_block_bytes(t);
+  // Whole blocks; a partial one counts whole (only the K-quant R4 layouts pad rows to 512).
+  const int64_t be = dtype_block_elems(t);
+  return size_t((n + be - 1) / be) * dtype_block_bytes(t);
 }
 
 std::optional<DType> dtype_from_name(std::string_view name) {

@@ -48,7 +48,8 @@ bool dtype_can_quantize(DType t);
 int64_t dtype_block_elems(DType t);
 // Bytes per block in the main data array.
 size_t dtype_block_bytes(DType t);
-// Bytes of a row of n elements; n must be a multiple of the block size.
+// Bytes of a row of n elements: whole blocks (n a multiple of the block size, except
+// the K-quant R4 layouts, whose rows are padded to whole groups of 512).
 size_t dtype_row_bytes(DType t, int64_t n);
 const char* dtype_name(DType t);
 std::optional<DType> dtype_from_name(std::string_view name);  // "f32", "q8_0", ... (case-insensitive)

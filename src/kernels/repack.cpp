@@ -20,8 +20,9 @@ DType r4_type_of(DType t) {
 bool r4_is_k(DType t) { return t == DType::Q4_K_R4 || t == DType::Q5_K_R4 || t == DType::Q6_K_R4; }
 
 bool r4_applies(const TensorView& W, Isa isa) {
-  return isa == Isa::AVX512 && r4_type_of(W.dtype) != W.dtype && W.ndim == 2 && W.cols() > 0 &&
-         W.cols() % 512 == 0 && W.rows() > 0;
+  const DType r = r4_type_of(W.dtype);
+  return isa == Isa::AVX512 && r != W.dtype && W.ndim == 2 && W.cols() > 0 && W.rows() > 0 &&
+         W.cols() % (r4_is_k(r) ? kQKK : 512) == 0;
 }
 
 size_t r4_bytes(DType t, int64_t N, int64_t K) { return size_t((N + kR4Rows - 1) / kR4Rows) * r4_tile_bytes(t, K); }
@@ -82,8 +83,8 @@ void k_elems(DType t, const uint8_t* blk, KElems& e) {
 
 // Row n (blocks at row) group g of a K-quant matrix of file type t into tile slot r.
 void put_kgroup(DType t, int64_t K, const uint8_t* row, int64_t r, int64_t g, uint8_t* tile) {
-  KElems e[2];
-  for (int bb = 0; bb < 2; ++bb) k_elems(t, row + size_t(2 * g + bb) * dtype_block_bytes(t), e[bb]);
+  KElems e[2] = {};  // a padding super-block past the row's end stays zero (scales 0)
+  for (int bb = 0; bb < 2 && (2 * g + bb) * kQKK < K; ++bb) k_elems(t, row + size_t(2 * g + bb) * dtype_block_bytes(t), e[bb]);
   auto q = [&](int b, int k) { return e[b / 8].q[32 * (b % 8) + k]; };
   uint8_t* qs = tile + r4k_qs_offset(r, g);
   uint8_t* hi = tile + r4k_high_offset(t, K, r, g);
@@ -127,7 +128,7 @@ void r4k_dequantize_row(const TensorView& W, int64_t r, float* out) {
   const DType t = W.dtype;
   const int64_t K = W.cols(), tr = r % kR4Rows;
   const uint8_t* tile = static_cast<const uint8_t*>(W.data) + size_t(r / kR4Rows) * r4_tile_bytes(t, K);
-  for (int64_t g = 0; g < K / 512; ++g) {
+  for (int64_t g = 0; g < r4_groups(K); ++g) {
     const uint8_t* qs = tile + r4k_qs_offset(tr, g);
     const uint8_t* hi = tile + r4k_high_offset(t, K, tr, g);
     const uint8_t* sc = tile + r4k_scales_offset(t, K, tr, g);
@@ -147,7 +148,7 @@ void r4k_dequantize_row(const TensorView& W, int64_t r, float* out) {
           const float d = f16_to_f32(dh[2 * (b / 8)]), dmin = f16_to_f32(dh[2 * (b / 8) + 1]);
           x = d * float(sc[b]) * float(q) - dmin * float(sc[16 + b]);
         }
-        out[g * 512 + 32 * b + k] = x;
+        if (g * 512 + 32 * b + k < K) out[g * 512 + 32 * b + k] = x;
       }
   }
 }
@@ -162,7 +163,7 @@ void repack_r4(const TensorView& W, uint8_t* out, int threads) {
       uint8_t* tile = out + size_t(ti) * tb;
       std::memset(tile, 0, tb);  // padding rows: zero scales, so they compute to zero
       for (int64_t r = 0; r < kR4Rows && ti * kR4Rows + r < N; ++r)
-        for (int64_t g = 0; g < K / 512; ++g)
+        for (int64_t g = 0; g < r4_groups(K); ++g)
           put_kgroup(t, K, static_cast<const uint8_t*>(W.row(ti * kR4Rows + r)), r, g, tile);
     }
     return;

@@ -52,8 +52,9 @@ constexpr int64_t kR4Blocks = 16;  // blocks per group
 DType r4_type_of(DType t);
 // Whether t is one of the K-quant R4 layouts (Q4_K_R4, Q5_K_R4, Q6_K_R4).
 bool r4_is_k(DType t);
-// Whether W can take its R4 layout on this ISA: a 2-D Q4_0, Q8_0, Q4_K, Q5_K or
-// Q6_K matrix, AVX-512 (the only kernels for the layouts), K a multiple of 512.
+// Whether W can take its R4 layout on this ISA: a 2-D Q4_0 or Q8_0 matrix with
+// K a multiple of 512, or a Q4_K, Q5_K or Q6_K one (K a multiple of 256), on
+// AVX-512 (the only kernels for the layouts).
 bool r4_applies(const TensorView& W, Isa isa);
 // Bytes of the R4 form of an (N, K) matrix of type t: N rounded up to a whole tile.
 size_t r4_bytes(DType t, int64_t N, int64_t K);
@@ -68,7 +69,12 @@ inline size_t r4_qs_offset(DType t, int64_t r, int64_t g) { return size_t((g * k
 inline size_t r4_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
   return size_t(K / 512 * kR4Rows * r4_group_qs(t) + (g * kR4Rows + r) * kR4Blocks * 2);
 }
-inline size_t r4_tile_bytes(DType t, int64_t K) { return size_t(kR4Rows) * dtype_row_bytes(r4_type_of(t), K); }
+// Groups of 512 in a row of K: the K-quant layouts pad a last half group (K % 512 == 256)
+// with a zero super-block (scales 0: it computes to 0); Q4_0 / Q8_0 need K % 512 == 0.
+inline int64_t r4_groups(int64_t K) { return (K + 511) / 512; }
+inline size_t r4_tile_bytes(DType t, int64_t K) {
+  return size_t(kR4Rows) * dtype_row_bytes(r4_type_of(t), 512 * r4_groups(K));
+}
 
 // Byte offsets inside a K-quant R4 tile (type t: the R4 layout or its file type).
 // (Inline without calls: the kernels compute them per group with every vector register live.)
@@ -78,10 +84,10 @@ constexpr int64_t r4k_high_bytes(DType t) {
 constexpr int64_t r4k_scale_bytes(DType t) { return t == DType::Q6_K_R4 || t == DType::Q6_K ? 36 : 40; }
 inline size_t r4k_qs_offset(int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * 256); }
 inline size_t r4k_high_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(K / 512 * kR4Rows * 256 + (g * kR4Rows + r) * r4k_high_bytes(t));
+  return size_t(r4_groups(K) * kR4Rows * 256 + (g * kR4Rows + r) * r4k_high_bytes(t));
 }
 inline size_t r4k_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(K / 512 * kR4Rows * (256 + r4k_high_bytes(t)) + (g * kR4Rows + r) * r4k_scale_bytes(t));
+  return size_t(r4_groups(K) * kR4Rows * (256 + r4k_high_bytes(t)) + (g * kR4Rows + r) * r4k_scale_bytes(t));
 }
 
 // Row r of a K-quant R4 matrix W into out(K): the scalar reference of the layout.

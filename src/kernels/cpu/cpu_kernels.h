@@ -47,7 +47,8 @@ struct MatvecArgs {
 // Per-thread workspace of the matrix-vector kernels: a dequantized row (Q8_G
 // fallback) or per-block activation vectors (AVX-512 Q8_0 / Q4_0; the R4 layouts
 // take 640 bytes per 512 activations, 1.25 M K bytes, the K-quant R4 layouts 768), + alignment.
-inline int64_t work_floats(int64_t K, int64_t M) { return K + M * K / 2 + 64; }
+// (A K-quant row whose last group of 512 is half padding still takes a whole group: + 192 per row.)
+inline int64_t work_floats(int64_t K, int64_t M) { return K + M * (K / 2 + 192) + 64; }
 
 // Computes Y[m, n] for all m < M and n in [n0, n1).
 using MatvecFn = void (*)(const MatvecArgs& a, int64_t n0, int64_t n1);

@@ -36,7 +36,7 @@ struct XGroupK {
 
 // (M, G) groups from the Q8_K activations, into work (64-byte aligned); when ready, work already holds them.
 const XGroupK* expand_groups_k(const QuantX& xq, int64_t M, float* work, bool ready) {
-  const int64_t G = xq.K / 512, nb = xq.K / kQKK;
+  const int64_t G = r4_groups(xq.K), nb = xq.K / kQKK;
   auto* out = reinterpret_cast<XGroupK*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   if (ready) return out;
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -44,11 +44,12 @@ const XGroupK* expand_groups_k(const QuantX& xq, int64_t M, float* work, bool re
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       XGroupK& o = out[m * G + g];
-      r4_gather_x(xq.qs + m * xq.K + g * 512, o.lo, o.hi);
+      const bool half = 2 * g + 1 >= nb;  // K % 512 == 256: the last group's second block is padding
+      r4_gather_x(xq.qs + m * xq.K + g * 512, o.lo, o.hi, half ? 0x00ff : 0xffff);
       const float* da = xq.d + m * nb + 2 * g;
-      o.d = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(da[0]), _mm512_set1_ps(da[1]));
+      o.d = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(da[0]), _mm512_set1_ps(half ? 0.f : da[1]));
       const int32_t* s = xq.s + m * (xq.K / 16) + 32 * g;  // sums per 16: lane b has 2 b and 2 b + 1
-      const __m512i s0 = _mm512_loadu_si512(s), s1 = _mm512_loadu_si512(s + 16);
+      const __m512i s0 = _mm512_loadu_si512(s), s1 = half ? _mm512_setzero_si512() : _mm512_loadu_si512(s + 16);
       const __m512i slo = _mm512_permutex2var_epi32(s0, even, s1), shi = _mm512_permutex2var_epi32(s0, odd, s1);
       o.sm = _mm512_mul_ps(o.d, _mm512_cvtepi32_ps(_mm512_add_epi32(slo, shi)));
       o.init_lo = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(slo, 5));
@@ -68,7 +69,7 @@ inline __m512 widen_i8(const uint8_t* p) {
 template <DType T, int C>
 __attribute__((always_inline)) inline void krow(const uint8_t* w, int64_t K, int64_t g, int r, const XGroupK* x,
                                                 __m512 (&acc)[C], size_t prefetch) {
-  const int64_t G = K / 512;
+  const int64_t G = r4_groups(K);
   const __m512i lo4 = _mm512_set1_epi8(0x0f);
   const uint8_t* p = w + r4k_qs_offset(r, g);
   __m512i lo[4], hi[4];  // unsigned quants against xg.lo / xg.hi
@@ -150,7 +151,7 @@ void ktile(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64_t N, i
   __m512 a0[C], a1[C], a2[C], a3[C];  // one array per tile row, so each stays in registers
 #pragma GCC unroll 4
   for (int c = 0; c < C; ++c) a0[c] = a1[c] = a2[c] = a3[c] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < K / 512; ++g) {
+  for (int64_t g = 0; g < r4_groups(K); ++g) {
     krow<T, C>(w, K, g, 0, x, a0, prefetch);
     krow<T, C>(w, K, g, 1, x, a1, prefetch);
     krow<T, C>(w, K, g, 2, x, a2, prefetch);

@@ -6,17 +6,18 @@
 
 // 512 quantized activations x in the weights' order: byte 4 b + i of lo[j] is
 // x[32 b + 4 j + i], of hi[j] x[32 b + 16 + 4 j + i] (b < 16, i, j < 4).
-inline void r4_gather_x(const int8_t* x, __m512i lo[4], __m512i hi[4]) {
+// Lanes outside `lanes` are zero and their bytes are not read (a half group).
+inline void r4_gather_x(const int8_t* x, __m512i lo[4], __m512i hi[4], __mmask16 lanes = 0xffff) {
   // dword b of each 32-byte block's first / second 16 bytes: 4-byte steps of 32 bytes
   const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
   for (int j = 0; j < 4; ++j) {
-    lo[j] = _mm512_i32gather_epi32(idx, x + 4 * j, 4);
-    hi[j] = _mm512_i32gather_epi32(idx, x + 16 + 4 * j, 4);
+    lo[j] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, idx, x + 4 * j, 4);
+    hi[j] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, idx, x + 16 + 4 * j, 4);
   }
 }
 
 // Rows [n0, n1) of the R4 matrix of a, with xg its activation groups (X's row m
-// at xg + m * K / 512): calls tile.template operator()<C>(tile bytes, groups,
+// at xg + m * r4_groups(K)): calls tile.template operator()<C>(tile bytes, groups,
 // y, rows) for passes of C <= CMax activation rows over each tile of 4 weight
 // rows, weight rows in blocks of about 256 KiB (they stay in L2 while the
 // passes go over them). n0 is a multiple of 4 (the dispatcher splits rows in
@@ -24,7 +25,7 @@ inline void r4_gather_x(const int8_t* x, __m512i lo[4], __m512i hi[4]) {
 template <int CMax, class XG, class Tile>
 void r4_for_each_tile(const MatvecArgs& a, int64_t n0, int64_t n1, const XG* xg, Tile&& tile) {
   const DType T = a.W->dtype;
-  const int64_t K = a.W->cols(), N = a.W->rows(), G = K / 512;
+  const int64_t K = a.W->cols(), N = a.W->rows(), G = r4_groups(K);
   const auto* w = static_cast<const uint8_t*>(a.W->data);
   const size_t tb = r4_tile_bytes(T, K);
   const int64_t block = rows_per_cache_block(dtype_row_bytes(T, K));
