@@ -122,8 +122,8 @@ __attribute__((always_inline)) inline void krow(const uint8_t* w, int64_t K, int
         a0 = _mm512_dpbusd_epi32(a0, lo[j], xg.lo[j]);
         a1 = _mm512_dpbusd_epi32(a1, hi[j], xg.hi[j]);
       }
-      acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(wlo, xg.d), acc[c]);
-      acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(whi, xg.d), acc[c]);
+      const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), wlo, _mm512_mul_ps(_mm512_cvtepi32_ps(a1), whi));
+      acc[c] = _mm512_fmadd_ps(t, xg.d, acc[c]);
     }
   } else {
     const __m512 dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 32))));
