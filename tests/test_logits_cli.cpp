@@ -93,10 +93,6 @@ TEST(LogitsCli, MatchesLlamaCppReference) {
   }
 }
 
-// tessera convert --type q4_k / q6_k (round-to-nearest scales): the file holds those
-// types (the classifier q6_k under q4_k), and its logits stay as close to the f32
-// model's as llama-quantize's q4_k_m / q6_k files do (measured 0.056 vs 0.072, 0.029 vs 0.024
-// of the largest logit).
 // tessera convert --type MIX on the f32 reference model writes the tensor types llama.cpp's
 // llama-quantize wrote for that mix (the reference files), with its general.file_type, and
 // quantizes about as well: perplexity on held-out text within a bound of the llama.cpp file's.
