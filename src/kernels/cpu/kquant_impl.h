@@ -19,15 +19,24 @@ struct KBlock {
   float d;
 };
 
+// 32 bytes: (v >> s) & m per byte (16-bit shifts; the mask drops what crosses bytes).
+inline __m256i kq_bits(__m256i v, int s, int m) {
+  return _mm256_and_si256(_mm256_srli_epi16(v, s), _mm256_set1_epi8(char(m)));
+}
+inline void kq_store(uint8_t* q, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(q), v); }
+inline __m256i kq_load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
 inline void kb_coeffs(KBlock& kb, const int16_t* Mn, int o, float d, float dmin) {
   kb.d = d;
   for (int g = 0; g < 16; ++g) kb.c[g] = d * float(o * kb.S[g]) + dmin * float(Mn[g]);
 }
 
+// The quants: 32 bytes at a time (element 128 hh + 32 j + l is bits 2 j of byte 32 hh + l).
 inline void unpack_q2_k(const tessera::BlockQ2_K& b, KBlock& kb) {
-  for (int hh = 0; hh < 2; ++hh)
-    for (int j = 0; j < 4; ++j)
-      for (int l = 0; l < 32; ++l) kb.q[128 * hh + 32 * j + l] = (b.qs[32 * hh + l] >> (2 * j)) & 3;
+  for (int hh = 0; hh < 2; ++hh) {
+    const __m256i v = kq_load(b.qs + 32 * hh);
+    for (int j = 0; j < 4; ++j) kq_store(kb.q + 128 * hh + 32 * j, kq_bits(v, 2 * j, 3));
+  }
   int16_t Mn[16];
   for (int g = 0; g < 16; ++g) {
     kb.S[g] = int16_t(b.scales[g] & 0xf);
@@ -37,11 +46,13 @@ inline void unpack_q2_k(const tessera::BlockQ2_K& b, KBlock& kb) {
 }
 
 inline void unpack_q3_k(const tessera::BlockQ3_K& b, KBlock& kb) {
-  for (int hh = 0; hh < 2; ++hh)
+  const __m256i h = kq_load(b.hmask);  // bit 4 hh + j of hmask[l]: bit 2 of element 128 hh + 32 j + l
+  for (int hh = 0; hh < 2; ++hh) {
+    const __m256i v = kq_load(b.qs + 32 * hh);
     for (int j = 0; j < 4; ++j)
-      for (int l = 0; l < 32; ++l)
-        kb.q[128 * hh + 32 * j + l] =
-            uint8_t(((b.qs[32 * hh + l] >> (2 * j)) & 3) | (((b.hmask[l] >> (4 * hh + j)) & 1) << 2));
+      kq_store(kb.q + 128 * hh + 32 * j,
+               _mm256_or_si256(kq_bits(v, 2 * j, 3), _mm256_slli_epi16(kq_bits(h, 4 * hh + j, 1), 2)));
+  }
   int8_t sc[16];
   tessera::k3_scales(b.scales, sc);
   const int16_t Mn[16] = {};
@@ -53,17 +64,17 @@ inline void unpack_q3_k(const tessera::BlockQ3_K& b, KBlock& kb) {
 // its fifth bit bit 2 p + u of qh.
 inline void unpack_q45_k(uint16_t d, uint16_t dmin, const uint8_t* scales, const uint8_t* qs, const uint8_t* qh,
                          KBlock& kb) {
-  for (int p = 0; p < 4; ++p)
-    for (int l = 0; l < 32; ++l) {
-      kb.q[64 * p + l] = qs[32 * p + l] & 0xf;
-      kb.q[64 * p + 32 + l] = qs[32 * p + l] >> 4;
+  const __m256i h = qh ? kq_load(qh) : _mm256_setzero_si256();
+  for (int p = 0; p < 4; ++p) {
+    const __m256i v = kq_load(qs + 32 * p);
+    __m256i lo = kq_bits(v, 0, 0xf), hi = kq_bits(v, 4, 0xf);
+    if (qh) {
+      lo = _mm256_or_si256(lo, _mm256_slli_epi16(kq_bits(h, 2 * p, 1), 4));
+      hi = _mm256_or_si256(hi, _mm256_slli_epi16(kq_bits(h, 2 * p + 1, 1), 4));
     }
-  if (qh)
-    for (int p = 0; p < 4; ++p)
-      for (int l = 0; l < 32; ++l) {
-        kb.q[64 * p + l] |= uint8_t(((qh[l] >> (2 * p)) & 1) << 4);
-        kb.q[64 * p + 32 + l] |= uint8_t(((qh[l] >> (2 * p + 1)) & 1) << 4);
-      }
+    kq_store(kb.q + 64 * p, lo);
+    kq_store(kb.q + 64 * p + 32, hi);
+  }
   int16_t Mn[16];
   for (int j = 0; j < 8; ++j) {
     uint8_t sc, m;
@@ -80,16 +91,14 @@ inline void unpack_q4_k(const tessera::BlockQ4_K& b, KBlock& kb) {
 inline void unpack_q5_k(const tessera::BlockQ5_K& b, KBlock& kb) { unpack_q45_k(b.d, b.dmin, b.scales, b.qs, b.qh, kb); }
 
 inline void unpack_q6_k(const tessera::BlockQ6_K& b, KBlock& kb) {
-  for (int hh = 0; hh < 2; ++hh)
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* ql = b.ql + 64 * hh;
-      const uint8_t qh = b.qh[32 * hh + l];
-      uint8_t* q = kb.q + 128 * hh;
-      q[l] = uint8_t((ql[l] & 0xf) | ((qh & 3) << 4));
-      q[l + 32] = uint8_t((ql[l + 32] & 0xf) | (((qh >> 2) & 3) << 4));
-      q[l + 64] = uint8_t((ql[l] >> 4) | (((qh >> 4) & 3) << 4));
-      q[l + 96] = uint8_t((ql[l + 32] >> 4) | (((qh >> 6) & 3) << 4));
-    }
+  for (int hh = 0; hh < 2; ++hh) {  // ref/dequant_ref.cpp's mapping, 32 elements at a time
+    const __m256i a = kq_load(b.ql + 64 * hh), c = kq_load(b.ql + 64 * hh + 32), h = kq_load(b.qh + 32 * hh);
+    uint8_t* q = kb.q + 128 * hh;
+    kq_store(q, _mm256_or_si256(kq_bits(a, 0, 0xf), _mm256_slli_epi16(kq_bits(h, 0, 3), 4)));
+    kq_store(q + 32, _mm256_or_si256(kq_bits(c, 0, 0xf), _mm256_slli_epi16(kq_bits(h, 2, 3), 4)));
+    kq_store(q + 64, _mm256_or_si256(kq_bits(a, 4, 0xf), _mm256_slli_epi16(kq_bits(h, 4, 3), 4)));
+    kq_store(q + 96, _mm256_or_si256(kq_bits(c, 4, 0xf), _mm256_slli_epi16(kq_bits(h, 6, 3), 4)));
+  }
   const int16_t Mn[16] = {};
   for (int g = 0; g < 16; ++g) kb.S[g] = b.scales[g];
   kb_coeffs(kb, Mn, 32, _cvtsh_ss(b.d), 0.f);
