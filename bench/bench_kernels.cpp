@@ -126,13 +126,6 @@ void fill_weights(DType t, uint8_t* p, int64_t numel, float* scales, int group, 
   }
 }
 
-// The file type an R4 layout is made from (t itself for the others).
-DType r4_source(DType t) {
-  for (DType f : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K})
-    if (r4_type_of(f) == t) return f;
-  return t;
-}
-
 struct Shape {
   const char* name;
   int64_t N, K;
@@ -163,7 +156,7 @@ TensorView add_matrix(Matrices& m, DType t, int group, const Shape& s, const Ten
   if (copy_of) {
     std::memcpy(p, copy_of->data, wbytes);
     if (scales) std::memcpy(scales, copy_of->scales, sbytes);
-  } else if (const DType src = r4_source(t); src != t) {  // the load-time layout of random weights (N % 4 == 0)
+  } else if (const DType src = r4_file_type(t); src != t) {  // the load-time layout of random weights (N % 4 == 0)
     Buffer q(dtype_row_bytes(src, numel));
     fill_weights(src, q.data(), numel, nullptr, 0, seed);
     repack_r4(make_view(src, {s.N, s.K}, q.data()), p, 2);

@@ -73,13 +73,6 @@ struct Weights {
   TensorView view;
 };
 
-// The file type an R4 layout is repacked from; t itself for the other types.
-DType file_type_of(DType t) {
-  for (DType f : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
-    if (r4_type_of(f) == t) return f;
-  return t;
-}
-
 Weights make_weights(DType t, int64_t N, int64_t K, int group, uint32_t seed) {
   Weights w;
   if (t == DType::Q8_G) {
@@ -88,7 +81,7 @@ Weights make_weights(DType t, int64_t N, int64_t K, int group, uint32_t seed) {
     w.bytes.resize(static_cast<size_t>(N * K));
     for (auto& b : w.bytes) b = uint8_t(int8_t(q(rng)));
     w.scales = random_floats(size_t(N * K / group), seed + 1, 0.001f, 0.02f);
-  } else if (const DType f = file_type_of(t); f != t) {  // a random matrix of its file type, repacked as at load time
+  } else if (const DType f = r4_file_type(t); f != t) {  // a random matrix of its file type, repacked as at load time
     const Weights q = make_weights(f, N, K, group, seed);
     w.bytes.resize(r4_bytes(q.view.dtype, N, K));
     repack_r4(q.view, w.bytes.data(), 2);
@@ -154,8 +147,8 @@ int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
   if (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_0 || W.dtype == DType::Q4_1 || W.dtype == DType::Q5_0 ||
       W.dtype == DType::Q5_1 || W.dtype == DType::IQ4_NL)
     return kQ8_0Block;
+  if (r4_is_k(W.dtype)) return isa == Isa::AVX512 ? kQ8KBlock : 0;  // other ISAs run the reference on R4
   if (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K) return kQ8KBlock;
-  if (r4_is_k(W.dtype) && isa == Isa::AVX512) return kQ8KBlock;
   if ((W.dtype == DType::Q4_0_R4 || W.dtype == DType::Q8_0_R4) && isa == Isa::AVX512)
     return kQ8_0Block;  // other ISAs run the reference on the R4 layouts
   return 0;

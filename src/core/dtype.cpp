@@ -15,7 +15,7 @@ struct Traits {
   size_t block_bytes;
   bool user_named;  // a type a user names (the R4 layouts are run-time only)
   bool quantizer;   // quantize_row() writes it
-  bool k_quant;     // one of the 256-element K-quants
+  bool k_quant;     // a K-quant (super-blocks of 256, Q8_K activations), file or R4 layout
 };
 constexpr Traits kTraits[] = {
     {DType::F32, "f32", 1, 4, true, true, false},
@@ -37,9 +37,9 @@ constexpr Traits kTraits[] = {
     {DType::Q6_K, "q6_k", kQKK, sizeof(BlockQ6_K), true, true, true},
     {DType::Q8_K, "q8_k", kQKK, sizeof(BlockQ8_K), true, false, true},
     // bytes per 512 elements (kernels/repack.h): quants + high bits + scales
-    {DType::Q4_K_R4, "q4_k_r4", 512, 256 + 40, false, false, false},
-    {DType::Q5_K_R4, "q5_k_r4", 512, 256 + 64 + 40, false, false, false},
-    {DType::Q6_K_R4, "q6_k_r4", 512, 256 + 128 + 36, false, false, false},
+    {DType::Q4_K_R4, "q4_k_r4", 512, 256 + 40, false, false, true},
+    {DType::Q5_K_R4, "q5_k_r4", 512, 256 + 64 + 40, false, false, true},
+    {DType::Q6_K_R4, "q6_k_r4", 512, 256 + 128 + 36, false, false, true},
 };
 constexpr bool in_enum_order() {
   for (size_t i = 0; i < std::size(kTraits); ++i)

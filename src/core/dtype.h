@@ -38,7 +38,7 @@ enum class DType : uint8_t {
 };
 
 
-// Whether t is one of the 256-element K-quant types (Q2_K .. Q8_K).
+// Whether t is a K-quant: Q2_K .. Q8_K (super-blocks of 256) or a K-quant R4 layout.
 bool dtype_is_k_quant(DType t);
 // Bits per weight of a block type (f32: 32, q4_0: 4.5, q4_k: 4.5, ...).
 double dtype_bits_per_weight(DType t);

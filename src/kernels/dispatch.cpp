@@ -125,7 +125,7 @@ constexpr int64_t kQ8_1 = -3, kQ8_0 = -2, kQ8K = -1;
 // The activation quantization of W: kQ8_0, kQ8K, the group size of Q8_G
 // (f32 scales, llama2.c's runq), or 0 when X stays f32.
 int64_t quant_block(const TensorView& W) {
-  if ((W.dtype != DType::Q8_K && dtype_is_k_quant(W.dtype)) || r4_is_k(W.dtype)) return kQ8K;
+  if (W.dtype != DType::Q8_K && dtype_is_k_quant(W.dtype)) return kQ8K;  // file and R4 layouts
   switch (W.dtype) {
     case DType::Q8_0:
     case DType::Q4_0:

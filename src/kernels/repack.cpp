@@ -17,6 +17,12 @@ DType r4_type_of(DType t) {
   }
 }
 
+DType r4_file_type(DType t) {
+  for (DType f : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
+    if (r4_type_of(f) == t) return f;
+  return t;
+}
+
 bool r4_is_k(DType t) { return t == DType::Q4_K_R4 || t == DType::Q5_K_R4 || t == DType::Q6_K_R4; }
 
 bool r4_applies(const TensorView& W, Isa isa) {

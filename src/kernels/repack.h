@@ -50,6 +50,8 @@ constexpr int64_t kR4Blocks = 16;  // blocks per group
 // The R4 layout of a file type (Q4_0 -> Q4_0_R4, Q8_0 -> Q8_0_R4, Q4_K ->
 // Q4_K_R4, ...); t itself otherwise.
 DType r4_type_of(DType t);
+// The file type an R4 layout is made from (Q4_0_R4 -> Q4_0, ...); t itself otherwise.
+DType r4_file_type(DType t);
 // Whether t is one of the K-quant R4 layouts (Q4_K_R4, Q5_K_R4, Q6_K_R4).
 bool r4_is_k(DType t);
 // Whether W can take its R4 layout on this ISA: a 2-D Q4_0 or Q8_0 matrix with
