@@ -179,7 +179,7 @@ TEST(Int8, OutlierFeaturesKeepPerplexityWhilePlainInt8Degrades) {
     to_llm_int8(q.weights, 6.f);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("blk.0.attn_q is q4_0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight is q4_0"), std::string::npos) << e.what();
   }
 }
 

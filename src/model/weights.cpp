@@ -92,6 +92,19 @@ TensorView own_buffer(Weights& w, std::vector<uint8_t> bytes, DType t, std::init
 
 namespace tessera {
 
+namespace {
+// f(view, spec, layer) for every matrix of a block the architecture table lists
+// (q, k, v, qkv, o, gate, up, down: what the load-time conversions rewrite).
+template <class F>
+void for_each_block_matrix(Weights& w, F&& f) {
+  for_each_tensor_spec(arch_desc(w.cfg.arch), w.cfg, [&](const TensorSpec& s, int64_t layer) {
+    if (s.kind != TensorKind::Matrix || !s.is_layer()) return;
+    TensorView& t = slot_ref(w, s.slot, layer);
+    if (!t.empty()) f(t, s, layer);
+  });
+}
+}  // namespace
+
 int repack_weights(Weights& w, Isa isa, int threads) {
   int n = 0;
   auto repack = [&](TensorView& t) {
@@ -103,8 +116,7 @@ int repack_weights(Weights& w, Isa isa, int threads) {
     t = r;
     ++n;
   };
-  for (auto& L : w.layers)
-    for (TensorView* t : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) repack(*t);
+  for_each_block_matrix(w, [&](TensorView& t, const TensorSpec&, int64_t) { repack(t); });
   if (w.output.data != w.tok_embd.data) repack(w.output);
   return n;
 }
@@ -112,30 +124,23 @@ int repack_weights(Weights& w, Isa isa, int threads) {
 int to_llm_int8(Weights& w, float threshold) {
   if (!(threshold >= 0.f)) fail("--int8-threshold must be >= 0, got ", threshold);
   int n = 0;
-  static const char* const kNames[] = {"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    auto& L = w.layers[l];
-    TensorView* ts[] = {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
-    for (size_t i = 0; i < std::size(ts); ++i) {
-      TensorView& t = *ts[i];
-      if (t.empty()) continue;
-      if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
-        fail("--type int8 (LLM.int8()) needs f32, f16 or bf16 weights; blk.", l, ".", kNames[i], " is ",
-             dtype_name(t.dtype));
-      const int64_t N = t.rows(), K = t.cols();
-      auto buf = std::make_shared<aligned_vector<uint8_t>>(size_t(N * K) + size_t(N) * sizeof(float) + 64);
-      auto* q = reinterpret_cast<int8_t*>(buf->data());
-      auto* scales = reinterpret_cast<float*>(buf->data() + ((size_t(N * K) + 63) & ~size_t(63)));
-      quantize_int8_rows(t, q, scales);
-      TensorView v = make_view(DType::Q8_G, {N, K}, q);
-      v.scales = scales;
-      v.group = int(K);
-      v.outlier_threshold = threshold;
-      w.owners.push_back(buf);
-      t = v;
-      ++n;
-    }
-  }
+  for_each_block_matrix(w, [&](TensorView& t, const TensorSpec& s, int64_t layer) {
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+      fail("--type int8 (LLM.int8()) needs f32, f16 or bf16 weights; ", gguf_tensor_name(s, layer), " is ",
+           dtype_name(t.dtype));
+    const int64_t N = t.rows(), K = t.cols();
+    auto buf = std::make_shared<aligned_vector<uint8_t>>(size_t(N * K) + size_t(N) * sizeof(float) + 64);
+    auto* q = reinterpret_cast<int8_t*>(buf->data());
+    auto* scales = reinterpret_cast<float*>(buf->data() + ((size_t(N * K) + 63) & ~size_t(63)));
+    quantize_int8_rows(t, q, scales);
+    TensorView v = make_view(DType::Q8_G, {N, K}, q);
+    v.scales = scales;
+    v.group = int(K);
+    v.outlier_threshold = threshold;
+    w.owners.push_back(buf);
+    t = v;
+    ++n;
+  });
   return n;
 }
 
@@ -154,8 +159,7 @@ int f16_to_bf16(Weights& w, int threads) {
     t = v;
     ++n;
   };
-  for (auto& L : w.layers)
-    for (TensorView* t : {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) convert(*t);
+  for_each_block_matrix(w, [&](TensorView& t, const TensorSpec&, int64_t) { convert(t); });
   if (w.output.data != w.tok_embd.data) convert(w.output);
   return n;
 }
