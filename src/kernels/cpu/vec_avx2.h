@@ -41,6 +41,26 @@ struct V256 {
     const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
   }
+  // The first n < 8 elements at p (the rest zero, nothing past them read).
+  template <class T>
+  static void copy_n(T (&buf)[8], const T* p, int n) {
+    for (int i = 0; i < 8; ++i) buf[i] = i < n ? p[i] : T(0);
+  }
+  static reg load_n(const float* p, int n) {
+    float b[8];
+    copy_n(b, p, n);
+    return load(b);
+  }
+  static reg load_h_n(const uint16_t* p, int n) {
+    uint16_t b[8];
+    copy_n(b, p, n);
+    return load_h(b);
+  }
+  static reg load_bf16_n(const uint16_t* p, int n) {
+    uint16_t b[8];
+    copy_n(b, p, n);
+    return load_bf16(b);
+  }
   // 16 signed bytes of q times d (two registers).
   static void store_i8x16(float* out, __m128i q, reg d) {
     store(out, mul(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));

@@ -33,6 +33,13 @@ struct V512 {
     const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
   }
+  // The first n < 16 elements at p (the rest zero, nothing past them read).
+  static __mmask16 first(int n) { return __mmask16((1u << n) - 1); }
+  static reg load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  static reg load_h_n(const uint16_t* p, int n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(n), p)); }
+  static reg load_bf16_n(const uint16_t* p, int n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first(n), p)), 16));
+  }
   // 16 signed bytes of q times d.
   static void store_i8x16(float* out, __m128i q, reg d) { store(out, mul(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d)); }
 };
