@@ -2,6 +2,9 @@
 // Q8_K activations (matvec_kquant_avx2.cpp / _avx512.cpp include this inside
 // their ISA namespace's anonymous namespace, so it compiles with their flags).
 //
+// kq_rows (at the end) is the matrix-vector kernel over these blocks, written
+// once over the including file's vector traits (V256 / V512).
+//
 // Every K-quant value is   x[e] = d * S[g] * (q[e] - o) - dmin * Mn[g],  g = e / 16,
 // with q unsigned (< 64), integer sub-block scales S (signed) and mins Mn,
 // and a per-type offset o (Q6_K 32, Q3_K 4, else 0). Against Q8_K activations
@@ -122,5 +125,64 @@ void with_kquant_unpacker(tessera::DType t, F&& f) {
     case DType::Q4_K: return f(KUnpack<BlockQ4_K, unpack_q4_k>{});
     case DType::Q5_K: return f(KUnpack<BlockQ5_K, unpack_q5_k>{});
     default: return f(KUnpack<BlockQ6_K, unpack_q6_k>{});
+  }
+}
+
+// The kernel: per weight block, unpack to 256 unsigned quants and 16 scales
+// once, then for each of up to kRowsPerPass activation rows: vpmaddubsw
+// (u8 x s8 -> pairs of i16), vpmaddwd with the group scales (-> i32), one f32
+// fma with d * da; the group-sum term is one fma per D::W groups with the
+// activation sums, scaled by da once per call. D (vec_avx2.h / vec_avx512.h)
+// gives the float ops and the integer ones: ireg (D::IB bytes), iload, izero,
+// iadd, maddubs, madd16, cvt and group_scales (the vpmaddwd factor of each
+// register of quants: word j of register c is S[c * IB / 16 + j / 8]).
+constexpr int64_t kRowsPerPass = 4;
+
+// bsf[(m * nb + i) * 16 + g] = da(m, i) * bs(m, i, g), the scaled group sums.
+template <class D>
+const float* expand_sums(const tessera::cpu::QuantX& xq, int64_t M, float* work, bool ready) {
+  auto* bsf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
+  const int64_t nb = xq.K / tessera::kQKK;
+  for (int64_t b = 0; b < M * nb && !ready; ++b)
+    for (int j = 0; j < 16; j += D::W)
+      D::store(bsf + 16 * b + j, D::mul(D::cvt(D::iload(xq.s + 16 * b + j)), D::set1(xq.d[b])));
+  return bsf;
+}
+
+template <class D, class U>
+void kq_rows(const tessera::cpu::MatvecArgs& a, int64_t n0, int64_t n1) {
+  using reg = typename D::reg;
+  using ireg = typename D::ireg;
+  constexpr int NQ = 256 / D::IB, NC = 16 / D::W;  // registers of quants, of group coefficients
+  const int64_t K = a.W->cols(), nb = K / tessera::kQKK, M = a.M, N = a.W->rows();
+  const tessera::cpu::QuantX& xq = a.xq;
+  const float* bsf = expand_sums<D>(xq, M, a.work, a.x_ready);
+  KBlock kb;
+  for (int64_t n = n0; n < n1; ++n) {
+    const auto* w = reinterpret_cast<const typename U::Block*>(a.W->row(n));
+    for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
+      const int64_t mc = std::min(kRowsPerPass, M - m0);
+      reg acc[kRowsPerPass], accc[kRowsPerPass];
+      for (int r = 0; r < kRowsPerPass; ++r) acc[r] = accc[r] = D::zero();
+      for (int64_t i = 0; i < nb; ++i) {
+        U::unpack(w[i], kb);
+        ireg sv[NQ];
+        D::group_scales(kb.S, sv);
+        reg cv[NC];
+        for (int j = 0; j < NC; ++j) cv[j] = D::load(kb.c + D::W * j);
+        for (int64_t r = 0; r < mc; ++r) {
+          const int64_t m = m0 + r;
+          const int8_t* ax = xq.qs + m * K + i * tessera::kQKK;
+          ireg isum = D::izero();
+#pragma GCC unroll 8
+          for (int c = 0; c < NQ; ++c)
+            isum = D::iadd(isum, D::madd16(D::maddubs(D::iload(kb.q + D::IB * c), D::iload(ax + D::IB * c)), sv[c]));
+          acc[r] = D::fmadd(D::cvt(isum), D::set1(kb.d * xq.d[m * nb + i]), acc[r]);
+          const float* bs = bsf + 16 * (m * nb + i);
+          for (int j = 0; j < NC; ++j) accc[r] = D::fmadd(D::load(bs + D::W * j), cv[j], accc[r]);
+        }
+      }
+      for (int64_t r = 0; r < mc; ++r) a.Y[(m0 + r) * N + n] = D::reduce_add(acc[r]) - D::reduce_add(accc[r]);
+    }
   }
 }

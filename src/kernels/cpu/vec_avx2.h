@@ -61,6 +61,19 @@ struct V256 {
     copy_n(b, p, n);
     return load_bf16(b);
   }
+  // Integers: 32 bytes, 8 int32 lanes (kquant_impl.h).
+  using ireg = __m256i;
+  static constexpr int IB = 32;
+  static ireg iload(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static ireg izero() { return _mm256_setzero_si256(); }
+  static ireg iadd(ireg a, ireg b) { return _mm256_add_epi32(a, b); }
+  static ireg maddubs(ireg u, ireg s) { return _mm256_maddubs_epi16(u, s); }
+  static ireg madd16(ireg a, ireg b) { return _mm256_madd_epi16(a, b); }
+  static reg cvt(ireg a) { return _mm256_cvtepi32_ps(a); }
+  // Word j of sv[c] = S[2 c + j / 8] (c < 8).
+  static void group_scales(const int16_t* S, ireg* sv) {
+    for (int c = 0; c < 8; ++c) sv[c] = _mm256_set_m128i(_mm_set1_epi16(S[2 * c + 1]), _mm_set1_epi16(S[2 * c]));
+  }
   // 16 signed bytes of q times d (two registers).
   static void store_i8x16(float* out, __m128i q, reg d) {
     store(out, mul(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));

@@ -40,6 +40,25 @@ struct V512 {
   static reg load_bf16_n(const uint16_t* p, int n) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first(n), p)), 16));
   }
+  // Integers: 64 bytes, 16 int32 lanes (kquant_impl.h).
+  using ireg = __m512i;
+  static constexpr int IB = 64;
+  static ireg iload(const void* p) { return _mm512_loadu_si512(p); }
+  static ireg izero() { return _mm512_setzero_si512(); }
+  static ireg iadd(ireg a, ireg b) { return _mm512_add_epi32(a, b); }
+  static ireg maddubs(ireg u, ireg s) { return _mm512_maddubs_epi16(u, s); }
+  static ireg madd16(ireg a, ireg b) { return _mm512_madd_epi16(a, b); }
+  static reg cvt(ireg a) { return _mm512_cvtepi32_ps(a); }
+  // Word j of sv[c] = S[4 c + j / 8] (c < 4).
+  static void group_scales(const int16_t* S, ireg* sv) {
+    const __m512i s = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(S)));
+    const __m512i idx = _mm512_srli_epi16(_mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00090008,
+                                                            0x000b000a, 0x000d000c, 0x000f000e, 0x00110010, 0x00130012,
+                                                            0x00150014, 0x00170016, 0x00190018, 0x001b001a, 0x001d001c,
+                                                            0x001f001e),
+                                          3);
+    for (int c = 0; c < 4; ++c) sv[c] = _mm512_permutexvar_epi16(_mm512_add_epi16(idx, _mm512_set1_epi16(int16_t(4 * c))), s);
+  }
   // 16 signed bytes of q times d.
   static void store_i8x16(float* out, __m128i q, reg d) { store(out, mul(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d)); }
 };
