@@ -8,6 +8,7 @@
 #include "common.h"
 #include "core/error.h"
 #include "infer/generate.h"
+#include "infer/speculative.h"
 
 namespace tessera::cli {
 
@@ -36,7 +37,19 @@ int cmd_generate(int argc, char** argv) {
   app.add_flag("--echo", echo, "print the prompt before the continuation");
   app.add_flag("--no-bos", no_bos, "do not add BOS to the prompt");
   app.add_flag("--no-parse-special", no_special, "treat special-token text in the prompt as plain text");
+  std::string draft_path;
+  SpeculativeParams spec;
+  app.add_option("--draft", draft_path,
+                 "speculative decoding with this smaller model (same tokenizer) drafting for the main one");
+  app.add_option("--draft-max", spec.draft_max, "speculative decoding: tokens drafted per target forward")
+      ->check(positive());
+  app.add_option("--draft-ngram", spec.ngram,
+                 "speculative decoding without a draft model: propose the tokens that followed the last N-gram's "
+                 "latest earlier occurrence (prompt lookup; N >= 1)")
+      ->check(positive());
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (!draft_path.empty() && spec.ngram > 0) fail("--draft and --draft-ngram are alternatives; give one");
+  const bool speculative = !draft_path.empty() || spec.ngram > 0;
 
   if (!prompt_file.empty()) {
     std::ifstream in(prompt_file, std::ios::binary);
@@ -58,10 +71,26 @@ int cmd_generate(int argc, char** argv) {
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     std::fflush(stdout);
   }
-  GenerateStats st = generate(*L.model, *L.ctx, tok, ids, gp, [](std::string_view s) {
+  const auto print = [](std::string_view s) {
     std::fwrite(s.data(), 1, s.size(), stdout);
     std::fflush(stdout);
-  });
+  };
+  GenerateStats st;
+  if (speculative) {
+    // The draft: the same run options, the context of the main model. (Built in
+    // place: a Model refers to the Weights of its Loaded, which must not move.)
+    ModelArgs da = ma;
+    da.model = draft_path, da.tokenizer.clear(), da.ctx = L.model->n_ctx(), da.load_type.clear();
+    const Loaded D = draft_path.empty() ? Loaded{} : load(da);
+    SpeculativeStats sst;
+    st = generate_speculative(*L.model, D.model.get(), *L.ctx, tok, ids, gp, spec, sst, print);
+    std::fprintf(stderr, "\ntessera: speculative (%s): %lld drafted, %lld accepted (%.1f%%), %lld target forwards, %.2f tokens per forward",
+                 draft_path.empty() ? ("n-gram " + std::to_string(spec.ngram)).c_str() : "draft model",
+                 (long long)sst.drafted, (long long)sst.accepted, 100.0 * sst.acceptance(),
+                 (long long)sst.target_forwards, sst.tokens_per_forward());
+  } else {
+    st = generate(*L.model, *L.ctx, tok, ids, gp, print);
+  }
   std::fputc('\n', stdout);
   std::fprintf(stderr,
                "\ntessera: seed %llu | prompt %lld tokens, %.1f tok/s | generated %lld tokens, %.1f tok/s | stop: %s\n",

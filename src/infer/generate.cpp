@@ -47,6 +47,41 @@ std::vector<int32_t> prompt_tokens(const Tokenizer& tok, std::string_view prompt
   return ids;
 }
 
+TokenEmitter::TokenEmitter(const Tokenizer& tok, const GenerateParams& p, GenerateStats& st,
+                           const std::function<void(std::string_view)>& on_text)
+    : tok_(tok), p_(p), st_(st), on_text_(on_text), stops_(std::make_unique<StopMatcher>(p.stop)),
+      dec_(std::make_unique<StreamDecoder>(tok)) {
+  for (int32_t id : st.tokens) dec_->push(id);  // prime the decoder's state (e.g. the leading-space rule); not emitted
+  st_.stop_reason = "length";
+}
+
+TokenEmitter::~TokenEmitter() = default;
+
+bool TokenEmitter::push(int32_t id) {
+  if (tok_.is_eog(id) || id == tok_.bos_id()) {
+    st_.stop_reason = "eos";
+    return false;
+  }
+  st_.tokens.push_back(id);
+  ++st_.n_generated;
+  bool hit = false;
+  const std::string text = stops_->push(dec_->push(id), hit);
+  if (!text.empty()) on_text_(text);
+  if (hit) {
+    st_.stop_reason = "stop";
+    return false;
+  }
+  return p_.n_predict < 0 || st_.n_generated < p_.n_predict;
+}
+
+void TokenEmitter::finish() {
+  if (st_.stop_reason == "stop") return;
+  bool hit = false;
+  std::string rest = stops_->push(dec_->flush(), hit);
+  if (!hit) rest += stops_->flush();
+  if (!rest.empty()) on_text_(rest);
+}
+
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text) {
   using clock = std::chrono::steady_clock;
@@ -59,9 +94,7 @@ GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, c
   st.tokens = prompt;
   st.tokens.reserve(size_t(model.n_ctx()));
   Sampler sampler(params.sampling, int32_t(model.config().vocab_size));
-  StopMatcher stops(params.stop);
-  StreamDecoder dec(tok);
-  for (int32_t id : prompt) dec.push(id);  // prime the decoder's state (e.g. the leading-space rule); not emitted
+  TokenEmitter emit(tok, params, st, on_text);
   std::vector<float> logits(size_t(model.config().vocab_size));
 
   auto t0 = clock::now();
@@ -70,37 +103,18 @@ GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, c
   st.prefill_s = std::chrono::duration<double>(t1 - t0).count();
 
   int64_t pos = int64_t(prompt.size());
-  st.stop_reason = "length";
-  while (params.n_predict < 0 || st.n_generated < params.n_predict) {
+  while (params.n_predict != 0) {
     std::copy(out, out + logits.size(), logits.begin());
     const int32_t next = sampler.sample(logits.data(), st.tokens);
-    if (tok.is_eog(next) || next == tok.bos_id()) {
-      st.stop_reason = "eos";
-      break;
-    }
-    st.tokens.push_back(next);
-    ++st.n_generated;
-    bool hit = false;
-    const std::string text = stops.push(dec.push(next), hit);
-    if (!text.empty()) on_text(text);
-    if (hit) {
-      st.stop_reason = "stop";
-      break;
-    }
+    if (!emit.push(next)) break;
     if (pos >= model.n_ctx()) {
       st.stop_reason = "context";
       break;
     }
-    if (params.n_predict >= 0 && st.n_generated >= params.n_predict) break;
     out = model.forward(ctx, &next, 1, pos);
     ++pos;
   }
-  if (st.stop_reason != "stop") {
-    bool hit = false;
-    std::string rest = stops.push(dec.flush(), hit);
-    if (!hit) rest += stops.flush();
-    if (!rest.empty()) on_text(rest);
-  }
+  emit.finish();
   st.decode_s = std::chrono::duration<double>(clock::now() - t1).count();
   return st;
 }

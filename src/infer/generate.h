@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,32 @@ std::vector<int32_t> prompt_tokens(const Tokenizer& tok, std::string_view prompt
 
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text);
+
+class StopMatcher;
+
+// What a generation loop does with each new token (generate() and the
+// speculative loop share it): end-of-generation and BOS tokens end it ("eos",
+// not added), the token is appended to st.tokens and streamed through on_text
+// with stop strings held back ("stop": nothing past the stop string is
+// emitted), and n_predict tokens end it ("length", the default reason).
+class TokenEmitter {
+ public:
+  TokenEmitter(const Tokenizer& tok, const GenerateParams& p, GenerateStats& st,
+               const std::function<void(std::string_view)>& on_text);
+  ~TokenEmitter();
+  // false: generation has ended (st.stop_reason says why).
+  bool push(int32_t id);
+  // Emits the text still held back, unless a stop string ended generation.
+  void finish();
+
+ private:
+  const Tokenizer& tok_;
+  const GenerateParams& p_;
+  GenerateStats& st_;
+  const std::function<void(std::string_view)>& on_text_;
+  std::unique_ptr<StopMatcher> stops_;
+  std::unique_ptr<StreamDecoder> dec_;
+};
 
 // Holds back text that could be the start of a stop string. push() returns what
 // can be emitted now and sets hit when a stop string was found (text before it

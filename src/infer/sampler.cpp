@@ -95,6 +95,37 @@ void Sampler::min_p(float p) {
   n_ = keep;
 }
 
+void Sampler::distribution(float* logits, const std::vector<int32_t>& history, float* probs) {
+  apply_penalties(logits, history);
+  std::fill(probs, probs + cands_.size(), 0.f);
+  if (p_.temp <= 0.f) {
+    probs[argmax(logits, int64_t(cands_.size()))] = 1.f;
+    return;
+  }
+  load_candidates(logits);
+  top_k(p_.top_k);
+  softmax_candidates(1.f);
+  top_p(p_.top_p);
+  min_p(p_.min_p);
+  softmax_candidates(p_.temp);
+  for (size_t i = 0; i < n_; ++i) probs[cands_[i].id] = cands_[i].p;
+}
+
+float Sampler::uniform() { return std::uniform_real_distribution<float>(0.f, 1.f)(rng_); }
+
+int32_t Sampler::draw(const float* probs) {
+  const float r = uniform();
+  float cum = 0.f;
+  int32_t last = 0;
+  for (size_t i = 0; i < cands_.size(); ++i) {
+    if (probs[i] <= 0.f) continue;
+    cum += probs[i];
+    last = int32_t(i);
+    if (r < cum) return last;
+  }
+  return last;  // rounding: the last token with mass
+}
+
 int32_t Sampler::sample(float* logits, const std::vector<int32_t>& history) {
   apply_penalties(logits, history);
   if (p_.temp <= 0.f) return argmax(logits, int64_t(cands_.size()));

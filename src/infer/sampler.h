@@ -36,6 +36,15 @@ class Sampler {
   // penalties) given the tokens so far. Does not allocate.
   int32_t sample(float* logits, const std::vector<int32_t>& history);
   const SamplerParams& params() const { return p_; }
+  // The distribution sample() draws from, as probabilities per token id in
+  // probs (n_vocab; zero for the tokens the filters removed): penalties, then
+  // top-k / top-p / min-p and temperature; temp <= 0 is one-hot on the argmax.
+  // logits are modified in place by the penalties.
+  void distribution(float* logits, const std::vector<int32_t>& history, float* probs);
+  // A draw from probs (n_vocab, summing to 1) with this sampler's generator.
+  int32_t draw(const float* probs);
+  // A uniform number in [0, 1) from this sampler's generator.
+  float uniform();
 
   // The filtering steps, exposed for tests. They operate on cands_ (sorted by
   // logit, descending, after sort_candidates) and shrink its active size.
