@@ -1,4 +1,5 @@
 // tessera generate: stream a continuation of a prompt to stdout; logs to stderr.
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -7,6 +8,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "infer/beam.h"
 #include "infer/generate.h"
 #include "infer/speculative.h"
 
@@ -47,7 +49,16 @@ int cmd_generate(int argc, char** argv) {
                  "speculative decoding without a draft model: propose the tokens that followed the last N-gram's "
                  "latest earlier occurrence (prompt lookup; N >= 1)")
       ->check(positive());
+  BeamParams beam;
+  beam.beams = 0;
+  app.add_option("--beams", beam.beams,
+                 "beam search with this many hypotheses (deterministic: the sampling flags are ignored; 1 = greedy)");
+  app.add_option("--length-penalty", beam.length_penalty,
+                 "beam search: scores are log-probability / length^this (0: raw log-probabilities)");
+  app.add_flag("--early-stopping", beam.early_stopping, "beam search: stop as soon as --beams hypotheses have ended");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (beam.beams != 0 && (!draft_path.empty() || spec.ngram > 0))
+    fail("--beams and speculative decoding (--draft, --draft-ngram) are alternatives; give one");
   if (!draft_path.empty() && spec.ngram > 0) fail("--draft and --draft-ngram are alternatives; give one");
   const bool speculative = !draft_path.empty() || spec.ngram > 0;
 
@@ -76,7 +87,23 @@ int cmd_generate(int argc, char** argv) {
     std::fflush(stdout);
   };
   GenerateStats st;
-  if (speculative) {
+  if (beam.beams != 0) {  // the best hypothesis, printed once found
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto hyps = beam_search(*L.model, *L.ctx, ids, gp.n_predict, beam,
+                                  [&](int32_t id) { return tok.is_eog(id) || id == tok.bos_id(); });
+    const BeamHypothesis& best = hyps.front();
+    st.n_prompt = int64_t(ids.size()), st.n_generated = int64_t(best.tokens.size());
+    st.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    st.stop_reason = best.finished ? "eos" : "length";
+    StreamDecoder dec(tok);
+    for (int32_t id : ids) dec.push(id);
+    std::string text;
+    for (int32_t id : best.tokens) text += dec.push(id);
+    text += dec.flush();
+    print(text);
+    std::fprintf(stderr, "\ntessera: beam search (%d beams): best of %zu hypotheses, log-probability %.4f, score %.4f",
+                 beam.beams, hyps.size(), best.logprob, best.score);
+  } else if (speculative) {
     // The draft: the same run options, the context of the main model. (Built in
     // place: a Model refers to the Weights of its Loaded, which must not move.)
     ModelArgs da = ma;
@@ -92,10 +119,11 @@ int cmd_generate(int argc, char** argv) {
     st = generate(*L.model, *L.ctx, tok, ids, gp, print);
   }
   std::fputc('\n', stdout);
-  std::fprintf(stderr,
-               "\ntessera: seed %llu | prompt %lld tokens, %.1f tok/s | generated %lld tokens, %.1f tok/s | stop: %s\n",
-               (unsigned long long)sp.seed, (long long)st.n_prompt, st.n_prompt / std::max(st.prefill_s, 1e-9),
-               (long long)st.n_generated, st.n_generated / std::max(st.decode_s, 1e-9), st.stop_reason.c_str());
+  const std::string prompt_rate =
+      st.prefill_s > 0 ? ", " + std::to_string(int64_t(st.n_prompt / st.prefill_s)) + " tok/s" : "";
+  std::fprintf(stderr, "\ntessera: seed %llu | prompt %lld tokens%s | generated %lld tokens, %.1f tok/s | stop: %s\n",
+               (unsigned long long)sp.seed, (long long)st.n_prompt, prompt_rate.c_str(), (long long)st.n_generated,
+               st.n_generated / std::max(st.decode_s, 1e-9), st.stop_reason.c_str());
   report_verbose(ma, L);
   return 0;
 }
