@@ -106,6 +106,8 @@ GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, c
   while (params.n_predict != 0) {
     std::copy(out, out + logits.size(), logits.begin());
     const int32_t next = sampler.sample(logits.data(), st.tokens);
+    if (params.logprobs >= 0 && !tok.is_eog(next) && next != tok.bos_id())
+      st.logprobs.push_back(token_logprob(out, int64_t(logits.size()), next, params.logprobs));
     if (!emit.push(next)) break;
     if (pos >= model.n_ctx()) {
       st.stop_reason = "context";

@@ -19,6 +19,7 @@ struct GenerateParams {
   int64_t n_predict = 256;  // < 0: until the context is full
   std::vector<std::string> stop;
   SamplerParams sampling;
+  int logprobs = -1;  // >= 0: record each generated token's log-probability and this many alternatives
 };
 
 struct GenerateStats {
@@ -26,6 +27,7 @@ struct GenerateStats {
   double prefill_s = 0, decode_s = 0;
   std::string stop_reason;  // "eos", "stop", "length", "context"
   std::vector<int32_t> tokens;  // prompt + generated
+  std::vector<TokenLogprob> logprobs;  // per generated token, when GenerateParams::logprobs >= 0
 };
 
 // Generation ends at an end-of-generation token, at BOS (a new document starts,

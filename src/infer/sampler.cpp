@@ -14,6 +14,27 @@ int32_t argmax(const float* x, int64_t n) {
   return int32_t(best);
 }
 
+TokenLogprob token_logprob(const float* logits, int64_t V, int32_t id, int top) {
+  float mx = logits[0];
+  for (int64_t i = 1; i < V; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += std::exp(double(logits[i]) - double(mx));
+  const double lse = double(mx) + std::log(sum);
+  TokenLogprob t;
+  t.id = id;
+  t.logprob = double(logits[id]) - lse;
+  top = int(std::min<int64_t>(std::max(top, 0), V));
+  if (top > 0) {
+    std::vector<int32_t> idx(static_cast<size_t>(V));
+    for (int64_t i = 0; i < V; ++i) idx[size_t(i)] = int32_t(i);
+    std::partial_sort(idx.begin(), idx.begin() + top, idx.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int i = 0; i < top; ++i) t.top.emplace_back(idx[size_t(i)], double(logits[idx[size_t(i)]]) - lse);
+  }
+  return t;
+}
+
 void SamplerParams::validate() const {
   auto finite = [](const char* name, float v) {
     if (!std::isfinite(v)) fail(name, " must be a finite number, got ", v);

@@ -67,4 +67,14 @@ class Sampler {
 
 int32_t argmax(const float* x, int64_t n);
 
+// A token's log-probability under the model's own distribution (log-softmax
+// of the raw logits, before penalties, filters and temperature) and the top
+// alternatives, most probable first (ties: lower id first).
+struct TokenLogprob {
+  int32_t id = 0;
+  double logprob = 0;
+  std::vector<std::pair<int32_t, double>> top;
+};
+TokenLogprob token_logprob(const float* logits, int64_t n_vocab, int32_t id, int top);
+
 }  // namespace tessera
