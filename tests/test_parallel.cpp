@@ -1,6 +1,6 @@
 // Parallel samples (infer/parallel.h): sample i of one batch is the sample a
 // single run with seed + i draws; majority voting; and the CLI's --n,
-// --self-consistency, --json and --logprobs.
+// --self-consistency, --json-output and --logprobs.
 #include <gtest/gtest.h>
 
 #include <set>
@@ -72,12 +72,12 @@ TEST(ParallelSamples, CliSamplesVotesAndLogprobs) {
   TESSERA_REQUIRE_SHARED("models/stories260K.bin");
   const std::string base = "generate -m " + q(shared_path("models/stories260K.bin")) + " --tokenizer " +
                            q(shared_path("models/tok512.bin")) + " -p 'Once upon a time' -t 2 ";
-  const CliResult n = run_cli(base + "-n 30 --n 4 --json -s 7");
+  const CliResult n = run_cli(base + "-n 30 --n 4 --json-output -s 7");
   ASSERT_EQ(n.code, 0) << n.err;
   const auto jn = nlohmann::json::parse(n.out);
   ASSERT_EQ(jn["samples"].size(), 4u);
   EXPECT_NE(jn["samples"][0]["text"], jn["samples"][1]["text"]);
-  const CliResult sc = run_cli(base + "-n 40 --self-consistency 8 --answer-regex 'named (\\w+)' --json -s 3");
+  const CliResult sc = run_cli(base + "-n 40 --self-consistency 8 --answer-regex 'named (\\w+)' --json-output -s 3");
   ASSERT_EQ(sc.code, 0) << sc.err;
   const auto js = nlohmann::json::parse(sc.out);
   ASSERT_EQ(js["samples"].size(), 8u);

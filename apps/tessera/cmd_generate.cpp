@@ -1,11 +1,13 @@
 // tessera generate: stream a continuation of a prompt to stdout; logs to stderr.
 // Modes: sampling (default), speculative decoding (--draft / --draft-ngram),
 // beam search (--beams), parallel samples (--n) and self-consistency voting
-// (--self-consistency); --json / --logprobs print one JSON object instead.
+// (--self-consistency); --json-output / --logprobs print one JSON object
+// instead; --grammar / --grammar-file / --json constrain the output.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -15,6 +17,7 @@
 #include "core/error.h"
 #include "infer/beam.h"
 #include "infer/generate.h"
+#include "infer/grammar.h"
 #include "infer/parallel.h"
 #include "infer/speculative.h"
 
@@ -114,9 +117,15 @@ int cmd_generate(int argc, char** argv) {
                  "this many samples; print the answer most of them give (--answer-regex) with its vote share");
   app.add_option("--answer-regex", md.answer_regex,
                  "--self-consistency: the answer is this regex's first match in a sample (its first group if it has one)");
-  app.add_flag("--json", md.json, "print one JSON object (text, counts, stop reason; samples and votes) instead of streaming");
+  app.add_flag("--json-output", md.json,
+               "print one JSON object (text, counts, stop reason; samples and votes) instead of streaming");
+  std::string grammar_text, grammar_file;
+  bool json_value = false;
+  app.add_option("--grammar", grammar_text, "constrain the output to this GBNF grammar (llama.cpp's format)");
+  app.add_option("--grammar-file", grammar_file, "constrain the output to the GBNF grammar in this file");
+  app.add_flag("--json", json_value, "constrain the output to one JSON value");
   app.add_option("--logprobs", gp.logprobs,
-                 "with the JSON output: each generated token's log-probability and this many most probable alternatives")
+                 "print one JSON object with each generated token's log-probability and this many most probable alternatives")
       ->check(CLI::Range(0, 100));
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   const bool speculative = !md.draft_path.empty() || md.spec.ngram > 0;
@@ -126,6 +135,23 @@ int cmd_generate(int argc, char** argv) {
     fail("speculative decoding (--draft, --draft-ngram), --beams, --n and --self-consistency are alternatives; give one");
   if (gp.logprobs >= 0 && n_modes > 0) fail("--logprobs works with plain sampling (not with ", speculative ? "speculative decoding" : md.beam.beams ? "--beams" : md.n != 1 ? "--n" : "--self-consistency", ")");
   if (gp.logprobs >= 0) md.json = true;
+  if (int(!grammar_text.empty()) + int(!grammar_file.empty()) + int(json_value) > 1)
+    fail("--grammar, --grammar-file and --json are alternatives; give one");
+  std::optional<Grammar> grammar;
+  if (!grammar_file.empty()) {
+    std::ifstream in(grammar_file, std::ios::binary);
+    if (!in) fail(grammar_file, ": cannot open grammar file");
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    grammar = Grammar::parse(ss.str(), grammar_file);
+  } else if (!grammar_text.empty()) {
+    grammar = Grammar::parse(grammar_text, "--grammar");
+  } else if (json_value) {
+    grammar = Grammar::parse(kJsonGrammar, "--json");
+  }
+  if (grammar && n_modes > 0)
+    fail("grammar-constrained output (--grammar, --grammar-file, --json) works with plain sampling (not with ",
+         speculative ? "speculative decoding" : md.beam.beams ? "--beams" : md.n != 1 ? "--n" : "--self-consistency", ")");
   if (md.self_consistency != 0 && md.answer_regex.empty()) fail("--self-consistency needs --answer-regex");
   std::regex answer_re;
   try {
@@ -151,6 +177,11 @@ int cmd_generate(int argc, char** argv) {
   eo.parse_special = !no_special;
   const std::vector<int32_t> ids = prompt_tokens(tok, prompt, eo);
   const auto is_end = [&](int32_t id) { return tok.is_eog(id) || id == tok.bos_id(); };
+  std::optional<TokenTrie> trie;
+  if (grammar) {
+    trie.emplace(tok);
+    gp.grammar = &*grammar, gp.trie = &*trie;
+  }
   if (echo && !md.json) print(prompt);
   const auto t0 = std::chrono::steady_clock::now();
   const auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };

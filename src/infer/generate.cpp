@@ -1,6 +1,8 @@
 #include "infer/generate.h"
 
 #include <chrono>
+#include <cmath>
+#include <optional>
 
 #include "core/error.h"
 
@@ -96,6 +98,31 @@ GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, c
   Sampler sampler(params.sampling, int32_t(model.config().vocab_size));
   TokenEmitter emit(tok, params, st, on_text);
   std::vector<float> logits(size_t(model.config().vocab_size));
+  if ((params.grammar != nullptr) != (params.trie != nullptr)) fail("generate: a grammar needs its token trie");
+  std::optional<GrammarState> gs;
+  if (params.grammar) gs.emplace(*params.grammar);
+  std::vector<uint8_t> allowed;
+  const auto is_end = [&](int32_t id) { return tok.is_eog(id) || id == tok.bos_id(); };
+  // The sampled token when the grammar allows it, else a draw from the logits
+  // with every token it does not allow removed (exactly the masked distribution
+  // when no filter cuts it); then the grammar moves past the token.
+  const auto constrain = [&](GrammarState& g, int32_t id, const float* raw) {
+    const auto ok = [&](int32_t t) { return is_end(t) ? g.can_end() : g.allows(tok.token_bytes(t)); };
+    if (!ok(id)) {
+      allowed.resize(logits.size());
+      g.allowed_tokens(*params.trie, allowed);
+      bool any = false;
+      for (size_t i = 0; i < logits.size(); ++i) {
+        const bool keep = is_end(int32_t(i)) ? g.can_end() : allowed[i] != 0;
+        logits[i] = keep ? raw[i] : -INFINITY;
+        any |= keep;
+      }
+      if (!any) fail("the grammar cannot be continued with any token of the vocabulary after: ", tok.decode(std::vector<int32_t>(st.tokens.begin() + std::ptrdiff_t(prompt.size()), st.tokens.end())));
+      id = sampler.sample(logits.data(), st.tokens);
+    }
+    if (!is_end(id)) g.accept(tok.token_bytes(id));
+    return id;
+  };
 
   auto t0 = clock::now();
   const float* out = model.forward(ctx, prompt.data(), int64_t(prompt.size()), 0);
@@ -105,7 +132,8 @@ GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, c
   int64_t pos = int64_t(prompt.size());
   while (params.n_predict != 0) {
     std::copy(out, out + logits.size(), logits.begin());
-    const int32_t next = sampler.sample(logits.data(), st.tokens);
+    int32_t next = sampler.sample(logits.data(), st.tokens);
+    if (gs) next = constrain(*gs, next, out);
     if (params.logprobs >= 0 && !tok.is_eog(next) && next != tok.bos_id())
       st.logprobs.push_back(token_logprob(out, int64_t(logits.size()), next, params.logprobs));
     if (!emit.push(next)) break;

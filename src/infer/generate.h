@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "infer/grammar.h"
 #include "infer/sampler.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -20,6 +21,11 @@ struct GenerateParams {
   std::vector<std::string> stop;
   SamplerParams sampling;
   int logprobs = -1;  // >= 0: record each generated token's log-probability and this many alternatives
+  // Constrained output (infer/grammar.h): every generated token keeps the text a
+  // prefix of the grammar's language; end-of-generation only where it can end.
+  // The trie is of the tokenizer's vocabulary. Both null: unconstrained.
+  const Grammar* grammar = nullptr;
+  const TokenTrie* trie = nullptr;
 };
 
 struct GenerateStats {

@@ -1,0 +1,99 @@
+// Grammar-constrained generation with llama.cpp's GBNF grammars
+// (../shared/grammars/GBNF.md): rules of alternatives over code-point sets
+// and rule references, with groups, *, +, ?, {m}, {m,}, {m,n} (expanded into
+// helper rules at parse time) and comments. The matcher is a pushdown
+// automaton kept as a set of stacks of grammar positions (each stack's top a
+// character set, an empty stack a complete parse), advanced one code point at
+// a time; multi-byte UTF-8 split across tokens is carried between tokens.
+//
+// Token masking walks a prefix tree of the vocabulary's byte strings with the
+// automaton, so tokens sharing a prefix share its work and a dead prefix
+// prunes its whole subtree. Generation samples first and only builds the mask
+// when the sampled token is not allowed; rejecting and redrawing from the
+// masked distribution gives exactly the masked distribution.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tessera {
+
+class Tokenizer;
+
+// Any JSON value (RFC 8259 syntax, whitespace limited as llama.cpp's json.gbnf does).
+extern const char* const kJsonGrammar;
+
+struct GrammarElem {
+  enum Kind : uint8_t { Chars, Rule } kind = Chars;
+  bool negated = false;
+  uint32_t rule = 0;                                // Rule
+  std::vector<std::pair<uint32_t, uint32_t>> ranges;  // Chars: inclusive code-point ranges
+  bool matches(uint32_t cp) const;
+};
+
+class Grammar {
+ public:
+  // Parses GBNF text; Error naming where (a file name) and the line on a syntax error, an
+  // undefined rule, a missing root rule or left recursion.
+  static Grammar parse(std::string_view text, const std::string& where);
+  size_t n_rules() const { return rules_.size(); }
+  // rules_[r]: alternatives; each a sequence of elements (empty: matches nothing more).
+  const std::vector<std::vector<GrammarElem>>& alts(uint32_t r) const { return rules_[r]; }
+  uint32_t root() const { return root_; }
+  const std::string& name(uint32_t r) const { return names_[r]; }
+
+ private:
+  friend class GbnfParser;
+  std::vector<std::vector<std::vector<GrammarElem>>> rules_;
+  std::vector<std::string> names_;
+  uint32_t root_ = 0;
+};
+
+// Prefix tree of a vocabulary's token byte strings.
+class TokenTrie {
+ public:
+  explicit TokenTrie(const Tokenizer& tok);
+  struct Node {
+    std::vector<std::pair<uint8_t, uint32_t>> children;  // byte -> node, by byte
+    std::vector<int32_t> ids;                            // tokens whose bytes end here
+  };
+  const std::vector<Node>& nodes() const { return nodes_; }
+
+ private:
+  std::vector<Node> nodes_;
+};
+
+class GrammarState {
+ public:
+  explicit GrammarState(const Grammar& g);
+  // Whether bytes can come next; accept() also moves past them (false: unchanged).
+  bool allows(std::string_view bytes) const;
+  bool accept(std::string_view bytes);
+  // The grammar can end here (an end-of-generation token is allowed).
+  bool can_end() const;
+  // Nothing but the end can follow.
+  bool finished() const;
+  // allowed[id] = 1 for every token of trie whose bytes can come next, else 0 (n_vocab entries).
+  void allowed_tokens(const TokenTrie& trie, std::vector<uint8_t>& allowed) const;
+
+  struct Pos {
+    uint32_t rule;
+    uint16_t alt, idx;
+    bool operator==(const Pos&) const = default;
+    auto operator<=>(const Pos&) const = default;
+  };
+  using Stack = std::vector<Pos>;
+
+ private:
+  const Grammar* g_;
+  std::vector<Stack> stacks_;  // each top: a Chars element (or empty: complete)
+  std::string pending_;        // bytes of an incomplete UTF-8 code point
+  // The stacks after code point cp from stacks (deduplicated, tops expanded).
+  std::vector<Stack> step(const std::vector<Stack>& stacks, uint32_t cp) const;
+  bool advance(std::vector<Stack>& stacks, std::string& pending, std::string_view bytes) const;
+  void walk(const TokenTrie& trie, uint32_t node, const std::vector<Stack>& stacks, std::string& pending,
+            std::vector<uint8_t>& allowed) const;
+};
+
+}  // namespace tessera
