@@ -1,8 +1,10 @@
 #include "infer/grammar.h"
 
 #include <algorithm>
+#include <array>
 #include <functional>
 #include <map>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
@@ -506,13 +508,8 @@ bool GrammarState::advance(std::vector<Stack>& stacks, std::string& pending, std
     pending.clear();
     if (stacks.empty()) return false;
   }
-  if (!pending.empty()) {  // an incomplete code point: some set must still be able to match it
-    const auto [lo, hi] = utf8_prefix_range(pending);
-    return std::any_of(stacks.begin(), stacks.end(), [&](const Stack& st) {
-      return !st.empty() && elem_may_match(g_->alts(st.back().rule)[st.back().alt][st.back().idx], lo, hi);
-    });
-  }
-  return true;
+  // An incomplete code point: some set must still be able to match it.
+  return pending.empty() || may_continue(stacks, pending);
 }
 
 bool GrammarState::allows(std::string_view bytes) const {
@@ -537,24 +534,66 @@ bool GrammarState::finished() const {
   return std::all_of(stacks_.begin(), stacks_.end(), [](const Stack& s) { return s.empty(); });
 }
 
-void GrammarState::walk(const TokenTrie& trie, uint32_t node, const std::vector<Stack>& stacks, std::string& pending,
-                        std::vector<uint8_t>& allowed) const {
-  const auto& n = trie.nodes()[node];
+struct GrammarState::Walk {
+  const TokenTrie& trie;
+  std::vector<uint8_t>& allowed;
+  std::map<std::vector<Stack>, int32_t> ids;
+  std::vector<std::vector<Stack>> sets;
+  std::vector<std::array<int32_t, 128>> ascii;  // per set: ASCII code point -> set (-1: dead, -2: not yet known)
+  std::unordered_map<uint64_t, int32_t> next;    // other code points: set << 21 | code point -> set
+
+  int32_t intern(std::vector<Stack>&& s) {
+    auto [it, fresh] = ids.try_emplace(std::move(s), int32_t(sets.size()));
+    if (fresh) {
+      sets.push_back(it->first);
+      ascii.emplace_back().fill(-2);
+    }
+    return it->second;
+  }
+};
+
+bool GrammarState::may_continue(const std::vector<Stack>& stacks, std::string_view partial) const {
+  const auto [lo, hi] = utf8_prefix_range(partial);
+  return std::any_of(stacks.begin(), stacks.end(), [&](const Stack& st) {
+    return !st.empty() && elem_may_match(g_->alts(st.back().rule)[st.back().alt][st.back().idx], lo, hi);
+  });
+}
+
+void GrammarState::walk(Walk& w, uint32_t node, int32_t set, const char* pending, size_t n_pending) const {
+  const auto& n = w.trie.nodes()[node];
   if (node != 0)
-    for (int32_t id : n.ids) allowed[size_t(id)] = 1;
+    for (int32_t id : n.ids) w.allowed[size_t(id)] = 1;
+  char buf[4];
+  std::copy(pending, pending + n_pending, buf);
   for (const auto& [byte, child] : n.children) {
-    std::vector<Stack> s = stacks;
-    std::string p = pending;
-    const char c = char(byte);
-    if (!advance(s, p, std::string_view(&c, 1))) continue;
-    walk(trie, child, s, p, allowed);
+    if (n_pending == 0 ? utf8_len(byte) == 0 : !utf8_next_ok(uint8_t(buf[0]), n_pending, byte)) continue;
+    buf[n_pending] = char(byte);
+    const size_t len = n_pending + 1;
+    if (int(len) < utf8_len(uint8_t(buf[0]))) {  // still inside a code point
+      if (may_continue(w.sets[size_t(set)], std::string_view(buf, len))) walk(w, child, set, buf, len);
+      continue;
+    }
+    const uint32_t cp = utf8_decode(std::string_view(buf, len));
+    int32_t to;
+    if (cp < 128 && (to = w.ascii[size_t(set)][cp]) != -2) {
+      // known
+    } else if (auto it = w.next.find(uint64_t(set) << 21 | cp); cp >= 128 && it != w.next.end()) {
+      to = it->second;
+    } else {
+      std::vector<Stack> s = step(w.sets[size_t(set)], cp);
+      to = s.empty() ? -1 : w.intern(std::move(s));
+      if (cp < 128) w.ascii[size_t(set)][cp] = to;  // (intern may grow ascii: index it afresh)
+      else w.next.emplace(uint64_t(set) << 21 | cp, to);
+    }
+    if (to >= 0) walk(w, child, to, buf, 0);
   }
 }
 
 void GrammarState::allowed_tokens(const TokenTrie& trie, std::vector<uint8_t>& allowed) const {
   std::fill(allowed.begin(), allowed.end(), 0);
-  std::string p = pending_;
-  walk(trie, 0, stacks_, p, allowed);
+  Walk w{trie, allowed, {}, {}, {}, {}};
+  const int32_t root = w.intern(std::vector<Stack>(stacks_));
+  walk(w, 0, root, pending_.data(), pending_.size());
 }
 
 }  // namespace tessera

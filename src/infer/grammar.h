@@ -92,8 +92,11 @@ class GrammarState {
   // The stacks after code point cp from stacks (deduplicated, tops expanded).
   std::vector<Stack> step(const std::vector<Stack>& stacks, uint32_t cp) const;
   bool advance(std::vector<Stack>& stacks, std::string& pending, std::string_view bytes) const;
-  void walk(const TokenTrie& trie, uint32_t node, const std::vector<Stack>& stacks, std::string& pending,
-            std::vector<uint8_t>& allowed) const;
+  // The mask's walk over the trie, with stack sets interned and their
+  // transitions by code point memoized (most nodes are then one lookup).
+  struct Walk;
+  void walk(Walk& w, uint32_t node, int32_t set, const char* pending, size_t n_pending) const;
+  bool may_continue(const std::vector<Stack>& stacks, std::string_view partial) const;
 };
 
 }  // namespace tessera
