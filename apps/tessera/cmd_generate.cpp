@@ -18,6 +18,7 @@
 #include "infer/beam.h"
 #include "infer/generate.h"
 #include "infer/grammar.h"
+#include "infer/json_schema.h"
 #include "infer/parallel.h"
 #include "infer/speculative.h"
 
@@ -124,6 +125,11 @@ int cmd_generate(int argc, char** argv) {
   app.add_option("--grammar", grammar_text, "constrain the output to this GBNF grammar (llama.cpp's format)");
   app.add_option("--grammar-file", grammar_file, "constrain the output to the GBNF grammar in this file");
   app.add_flag("--json", json_value, "constrain the output to one JSON value");
+  std::string json_schema;
+  app.add_option("--json-schema", json_schema,
+                 "constrain the output to JSON this schema accepts (a file, or the schema itself when it starts "
+                 "with '{'); supported: type, properties, required, additionalProperties, items, minItems, maxItems, "
+                 "minLength, maxLength, format (date, time, date-time, uuid), enum, const, anyOf, oneOf, $ref");
   app.add_option("--logprobs", gp.logprobs,
                  "print one JSON object with each generated token's log-probability and this many most probable alternatives")
       ->check(CLI::Range(0, 100));
@@ -135,8 +141,8 @@ int cmd_generate(int argc, char** argv) {
     fail("speculative decoding (--draft, --draft-ngram), --beams, --n and --self-consistency are alternatives; give one");
   if (gp.logprobs >= 0 && n_modes > 0) fail("--logprobs works with plain sampling (not with ", speculative ? "speculative decoding" : md.beam.beams ? "--beams" : md.n != 1 ? "--n" : "--self-consistency", ")");
   if (gp.logprobs >= 0) md.json = true;
-  if (int(!grammar_text.empty()) + int(!grammar_file.empty()) + int(json_value) > 1)
-    fail("--grammar, --grammar-file and --json are alternatives; give one");
+  if (int(!grammar_text.empty()) + int(!grammar_file.empty()) + int(json_value) + int(!json_schema.empty()) > 1)
+    fail("--grammar, --grammar-file, --json and --json-schema are alternatives; give one");
   std::optional<Grammar> grammar;
   if (!grammar_file.empty()) {
     std::ifstream in(grammar_file, std::ios::binary);
@@ -148,9 +154,19 @@ int cmd_generate(int argc, char** argv) {
     grammar = Grammar::parse(grammar_text, "--grammar");
   } else if (json_value) {
     grammar = Grammar::parse(kJsonGrammar, "--json");
+  } else if (!json_schema.empty()) {
+    std::string text = json_schema, where = "--json-schema";
+    if (json_schema.find_first_not_of(" \t\n") == std::string::npos || json_schema[json_schema.find_first_not_of(" \t\n")] != '{') {
+      std::ifstream in(json_schema, std::ios::binary);
+      if (!in) fail(json_schema, ": cannot open JSON schema file");
+      std::ostringstream ss;
+      ss << in.rdbuf();
+      text = ss.str(), where = json_schema;
+    }
+    grammar = Grammar::parse(json_schema_to_gbnf(text, where), where + " (as a grammar)");
   }
   if (grammar && n_modes > 0)
-    fail("grammar-constrained output (--grammar, --grammar-file, --json) works with plain sampling (not with ",
+    fail("grammar-constrained output (--grammar, --grammar-file, --json, --json-schema) works with plain sampling (not with ",
          speculative ? "speculative decoding" : md.beam.beams ? "--beams" : md.n != 1 ? "--n" : "--self-consistency", ")");
   if (md.self_consistency != 0 && md.answer_regex.empty()) fail("--self-consistency needs --answer-regex");
   std::regex answer_re;

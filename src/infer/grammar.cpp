@@ -113,7 +113,9 @@ class GbnfParser {
       defined_[r] = true;
       g_.rules_[r] = parse_alternatives(0);
       skip(false);
-      if (i_ < s_.size() && s_[i_] != '\n') error(i_, std::string("unexpected '") + s_[i_] + "'");
+      // A rule ends at a newline, or where the next "name ::=" starts (after an empty body).
+      if (i_ < s_.size() && s_[i_] != '\n' && !rule_starts_here())
+        error(i_, std::string("unexpected '") + s_[i_] + "'");
     }
     for (size_t r = 0; r < g_.rules_.size(); ++r)
       if (!defined_[r]) error(first_use_[r], "rule '" + g_.names_[r] + "' is used but not defined");
@@ -151,6 +153,14 @@ class GbnfParser {
     defined_[r] = false, first_use_[r] = at;
     ids_[name] = r;
     return r;
+  }
+  // "name ::=" at i_.
+  bool rule_starts_here() const {
+    size_t j = i_;
+    while (j < s_.size() && name_char(s_[j])) ++j;
+    if (j == i_) return false;
+    while (j < s_.size() && (s_[j] == ' ' || s_[j] == '\t')) ++j;
+    return s_.substr(j, 3) == "::=";
   }
   static bool name_char(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
@@ -228,15 +238,9 @@ class GbnfParser {
       const char c = s_[i_];
       if (c == '|' || c == ')' || c == '\n') break;
       // Rule definitions start a new rule: "name ::=" ends this sequence (at depth 0).
-      if (name_char(c)) {
-        size_t j = i_;
-        while (j < s_.size() && name_char(s_[j])) ++j;
-        size_t k = j;
-        while (k < s_.size() && (s_[k] == ' ' || s_[k] == '\t')) ++k;
-        if (s_.substr(k, 3) == "::=") {
-          if (depth > 0) error(i_, "missing ')' before the next rule");
-          break;
-        }
+      if (rule_starts_here()) {
+        if (depth > 0) error(i_, "missing ')' before the next rule");
+        break;
       }
       const size_t start = i_;
       if (c == '"') {
