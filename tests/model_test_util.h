@@ -4,6 +4,13 @@
 #include <cmath>
 #include <vector>
 
+#include <functional>
+
+#include "infer/grammar.h"
+#include "infer/sampler.h"
+#include "model/synthetic.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
 #include "model/model.h"
 
 namespace tessera::test {
@@ -22,5 +29,58 @@ inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>
   for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));
   return d;
 }
+
+struct PlainRun {
+  std::vector<int32_t> tokens;  // generated, an end token excluded
+  double logprob = 0;           // raw log-probabilities of the tokens (infer/sampler.h token_logprob)
+  bool ended = false;
+};
+
+// The plain decode loop, one token per forward: the reference that batched,
+// speculative and beam decoding are checked against.
+inline PlainRun plain_decode(Model& m, KernelContext& ctx, const std::vector<int32_t>& prompt, int n,
+                             const SamplerParams& sp, const std::function<bool(int32_t)>& is_end = nullptr) {
+  const int64_t V = m.config().vocab_size;
+  Sampler s(sp, int32_t(V));
+  std::vector<int32_t> h = prompt;
+  std::vector<float> l(static_cast<size_t>(V));
+  PlainRun r;
+  const float* p = m.forward(ctx, h.data(), int64_t(h.size()), 0);
+  for (int i = 0; i < n; ++i) {
+    std::copy(p, p + V, l.begin());
+    const int32_t id = s.sample(l.data(), h);
+    if (is_end && is_end(id)) {
+      r.ended = true;
+      break;
+    }
+    r.logprob += token_logprob(p, V, id, 0).logprob;
+    r.tokens.push_back(id);
+    h.push_back(id);
+    if (i + 1 < n) p = m.forward(ctx, &id, 1, int64_t(h.size()) - 1);
+  }
+  return r;
+}
+
+// A random-weight model of stories260K's shape with its tokenizer from
+// ../shared (check TESSERA_REQUIRE_SHARED("models/tok512.bin") first) and the
+// vocabulary trie: output that is garbage unless a grammar constrains it.
+struct RandomStories {
+  Tokenizer tok;
+  TokenTrie trie;
+  Weights w;
+  Model m;
+  KernelContext ctx;
+  explicit RandomStories(uint64_t seed)
+      : tok(load_llama2c_tokenizer(shared_path("models/tok512.bin"), 512)),
+        trie(tok),
+        w(make_random_weights(synthetic_config("260k"), DType::F32, seed, 1)),
+        m(w, one_thread()),
+        ctx(1) {}
+  static RunOptions one_thread() {
+    RunOptions ro;
+    ro.max_threads = 1;
+    return ro;
+  }
+};
 
 }  // namespace tessera::test

@@ -10,6 +10,7 @@
 #include "infer/beam.h"
 #include "infer/sampler.h"
 #include "model/synthetic.h"
+#include "model_test_util.h"
 
 using namespace tessera;
 
@@ -53,19 +54,9 @@ TEST(BeamSearch, OneBeamIsGreedy) {
   bp.beams = 1;
   const auto hyps = beam_search(m, ctx, prompt, 30, bp, [](int32_t) { return false; });
   ASSERT_EQ(hyps.size(), 1u);
-  // Greedy with the plain loop.
   SamplerParams sp;
   sp.temp = 0;
-  Sampler s(sp, 50);
-  std::vector<int32_t> h = prompt, want;
-  std::vector<float> l(50);
-  const float* p = m.forward(ctx, h.data(), int64_t(h.size()), 0);
-  for (int i = 0; i < 30; ++i) {
-    std::copy(p, p + 50, l.begin());
-    want.push_back(s.sample(l.data(), h));
-    h.push_back(want.back());
-    p = m.forward(ctx, &want.back(), 1, int64_t(h.size()) - 1);
-  }
+  const std::vector<int32_t> want = test::plain_decode(m, ctx, prompt, 30, sp).tokens;
   EXPECT_EQ(hyps[0].tokens, want);
   EXPECT_FALSE(hyps[0].finished);
   EXPECT_NEAR(hyps[0].logprob, seq_logprob(m, ctx, prompt, want), 1e-3);

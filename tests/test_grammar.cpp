@@ -11,6 +11,7 @@
 #include "infer/generate.h"
 #include "infer/grammar.h"
 #include "model/synthetic.h"
+#include "model_test_util.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace tessera;
@@ -142,13 +143,11 @@ TEST(Grammar, TrieMaskEqualsTryingEveryToken) {
 // a string of the language, and a whole one when generation ended by itself.
 TEST(Grammar, GenerationStaysInTheLanguage) {
   TESSERA_REQUIRE_SHARED("models/tok512.bin");
-  const Tokenizer tok = load_llama2c_tokenizer(shared_path("models/tok512.bin"), 512);
-  const TokenTrie trie(tok);
-  const Weights w = make_random_weights(synthetic_config("260k"), DType::F32, 77, 1);
-  RunOptions ro;
-  ro.max_threads = 1;
-  Model m(w, ro);
-  KernelContext ctx(1);
+  RandomStories rs(77);
+  const Tokenizer& tok = rs.tok;
+  const TokenTrie& trie = rs.trie;
+  Model& m = rs.m;
+  KernelContext& ctx = rs.ctx;
   std::vector<std::pair<std::string, std::string>> grammars{{"json-value", kJsonGrammar}};
   for (const char* name : kGrammars) {
     const std::string path = std::string("grammars/") + name + ".gbnf";

@@ -14,6 +14,7 @@
 #include "infer/grammar.h"
 #include "infer/json_schema.h"
 #include "model/synthetic.h"
+#include "model_test_util.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace tessera;
@@ -143,13 +144,11 @@ TEST(JsonSchema, UnsupportedKeywordsAreErrors) {
 
 TEST(JsonSchema, GenerationValidates) {
   TESSERA_REQUIRE_SHARED("models/tok512.bin");
-  const Tokenizer tok = load_llama2c_tokenizer(shared_path("models/tok512.bin"), 512);
-  const TokenTrie trie(tok);
-  const Weights w = make_random_weights(synthetic_config("260k"), DType::F32, 78, 1);
-  RunOptions ro;
-  ro.max_threads = 1;
-  Model m(w, ro);
-  KernelContext ctx(1);
+  RandomStories rs(78);
+  const Tokenizer& tok = rs.tok;
+  const TokenTrie& trie = rs.trie;
+  Model& m = rs.m;
+  KernelContext& ctx = rs.ctx;
   const ojson schema = ojson::parse(kPerson);
   const Grammar g = schema_grammar(kPerson);
   int complete = 0;

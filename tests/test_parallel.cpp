@@ -10,6 +10,7 @@
 #include "cli_util.h"
 #include "infer/parallel.h"
 #include "model/synthetic.h"
+#include "model_test_util.h"
 
 using namespace tessera;
 using namespace tessera::test;
@@ -33,24 +34,10 @@ TEST(ParallelSamples, EachSampleIsItsSeedsSingleRun) {
   for (int i = 0; i < 5; ++i) {
     SamplerParams one = sp;
     one.seed = sp.seed + uint64_t(i);
-    Sampler s(one, 40);
-    std::vector<int32_t> h = prompt, want;
-    std::vector<float> l(40);
-    const float* p = m.forward(ctx, h.data(), int64_t(h.size()), 0);
-    double lp = 0;
-    bool ended = false;
-    for (int t = 0; t < 20; ++t) {
-      std::copy(p, p + 40, l.begin());
-      const int32_t id = s.sample(l.data(), h);
-      if (is_end(id)) {
-        ended = true;
-        break;
-      }
-      lp += token_logprob(p, 40, id, 0).logprob;
-      want.push_back(id);
-      h.push_back(id);
-      p = m.forward(ctx, &id, 1, int64_t(h.size()) - 1);
-    }
+    const PlainRun run = plain_decode(m, ctx, prompt, 20, one, is_end);
+    const std::vector<int32_t>& want = run.tokens;
+    const bool ended = run.ended;
+    const double lp = run.logprob;
     EXPECT_EQ(samples[size_t(i)].tokens, want) << "sample " << i;
     EXPECT_EQ(samples[size_t(i)].ended, ended) << "sample " << i;
     EXPECT_NEAR(samples[size_t(i)].logprob, lp, 1e-3) << "sample " << i;

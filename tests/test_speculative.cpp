@@ -12,6 +12,7 @@
 #include "formats/load.h"
 #include "infer/speculative.h"
 #include "model/synthetic.h"
+#include "model_test_util.h"
 
 using namespace tessera;
 using namespace tessera::test;
@@ -152,27 +153,6 @@ TEST(Speculative, OutputDistributionIsTheTargets) {
   EXPECT_GT(stat_d, chi_square_critical_001(df_d)) << "df " << df_d;
 }
 
-namespace {
-
-// Greedy tokens of the plain decode loop.
-std::vector<int32_t> greedy(Model& m, KernelContext& ctx, const std::vector<int32_t>& prompt, int n) {
-  SamplerParams sp;
-  sp.temp = 0;
-  Sampler s(sp, int32_t(m.config().vocab_size));
-  std::vector<int32_t> h = prompt, out;
-  std::vector<float> l(size_t(m.config().vocab_size));
-  const float* p = m.forward(ctx, h.data(), int64_t(h.size()), 0);
-  for (int i = 0; i < n; ++i) {
-    std::copy(p, p + l.size(), l.begin());
-    out.push_back(s.sample(l.data(), h));
-    h.push_back(out.back());
-    p = m.forward(ctx, &out.back(), 1, int64_t(h.size()) - 1);
-  }
-  return out;
-}
-
-}  // namespace
-
 TEST(Speculative, GreedyIdentityOnSharedModels) {
   TESSERA_REQUIRE_SHARED("models/stories260K.bin");
   TESSERA_REQUIRE_SHARED("models/llama2xs.bin");
@@ -184,9 +164,9 @@ TEST(Speculative, GreedyIdentityOnSharedModels) {
   KernelContext ctx(2);
   const std::vector<int32_t> prompt{1, 403, 407, 261, 378};  // BOS "Once upon a time"
   const int n = 150;
-  const std::vector<int32_t> want = greedy(target, ctx, prompt, n);
   SamplerParams sp;
   sp.temp = 0;
+  const std::vector<int32_t> want = plain_decode(target, ctx, prompt, n, sp).tokens;
   for (int mode = 0; mode < 3; ++mode) {  // draft model with K = 4, K = 8; prompt lookup
     SpeculativeParams spec;
     spec.draft_max = mode == 1 ? 8 : 4;
