@@ -557,7 +557,8 @@ struct GrammarState::Walk {
 };
 
 bool GrammarState::may_continue(const std::vector<Stack>& stacks, std::string_view partial) const {
-  const auto [lo, hi] = utf8_prefix_range(partial);
+  const std::pair<uint32_t, uint32_t> range = utf8_prefix_range(partial);
+  const uint32_t lo = range.first, hi = range.second;  // (plain variables: lambdas may capture them)
   return std::any_of(stacks.begin(), stacks.end(), [&](const Stack& st) {
     return !st.empty() && elem_may_match(g_->alts(st.back().rule)[st.back().alt][st.back().idx], lo, hi);
   });
