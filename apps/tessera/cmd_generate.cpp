@@ -5,16 +5,15 @@
 // instead; --grammar / --grammar-file / --json constrain the output.
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <regex>
-#include <sstream>
 
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "core/mmap.h"
 #include "infer/beam.h"
 #include "infer/generate.h"
 #include "infer/grammar.h"
@@ -145,24 +144,15 @@ int cmd_generate(int argc, char** argv) {
     fail("--grammar, --grammar-file, --json and --json-schema are alternatives; give one");
   std::optional<Grammar> grammar;
   if (!grammar_file.empty()) {
-    std::ifstream in(grammar_file, std::ios::binary);
-    if (!in) fail(grammar_file, ": cannot open grammar file");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    grammar = Grammar::parse(ss.str(), grammar_file);
+    grammar = Grammar::parse(read_file(grammar_file), grammar_file);
   } else if (!grammar_text.empty()) {
     grammar = Grammar::parse(grammar_text, "--grammar");
   } else if (json_value) {
     grammar = Grammar::parse(kJsonGrammar, "--json");
   } else if (!json_schema.empty()) {
     std::string text = json_schema, where = "--json-schema";
-    if (json_schema.find_first_not_of(" \t\n") == std::string::npos || json_schema[json_schema.find_first_not_of(" \t\n")] != '{') {
-      std::ifstream in(json_schema, std::ios::binary);
-      if (!in) fail(json_schema, ": cannot open JSON schema file");
-      std::ostringstream ss;
-      ss << in.rdbuf();
-      text = ss.str(), where = json_schema;
-    }
+    const size_t first = json_schema.find_first_not_of(" \t\n");
+    if (first == std::string::npos || json_schema[first] != '{') text = read_file(json_schema), where = json_schema;
     grammar = Grammar::parse(json_schema_to_gbnf(text, where), where + " (as a grammar)");
   }
   if (grammar && n_modes > 0)
@@ -176,18 +166,12 @@ int cmd_generate(int argc, char** argv) {
     fail("--answer-regex '", md.answer_regex, "' is not a valid regular expression: ", e.what());
   }
 
-  if (!prompt_file.empty()) {
-    std::ifstream in(prompt_file, std::ios::binary);
-    if (!in) fail(prompt_file, ": cannot open prompt file");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    prompt = ss.str();
-  }
+  if (!prompt_file.empty()) prompt = read_file(prompt_file);
   sp.validate();
   sp.seed = seed >= 0 ? uint64_t(seed) : std::random_device{}();
 
   Loaded L = load(ma);
-  const Tokenizer& tok = require_tokenizer(L.lm);
+  const Tokenizer& tok = require_tokenizer(*L.lm);
   EncodeOptions eo;
   eo.add_special = !no_bos;
   eo.parse_special = !no_special;
@@ -266,11 +250,11 @@ int cmd_generate(int argc, char** argv) {
     std::fprintf(stderr, "tessera: beam search (%d beams): best of %zu hypotheses, log-probability %.4f, score %.4f\n",
                  md.beam.beams, hyps.size(), best.logprob, best.score);
   } else if (speculative) {
-    // The draft: the same run options, the context of the main model. (Built in
-    // place: a Model refers to the Weights of its Loaded, which must not move.)
+    // The draft: the same run options, the context of the main model.
     ModelArgs da = ma;
     da.model = md.draft_path, da.tokenizer.clear(), da.ctx = L.model->n_ctx(), da.load_type.clear();
-    const Loaded D = md.draft_path.empty() ? Loaded{} : load(da);
+    Loaded D;
+    if (!md.draft_path.empty()) D = load(da);
     SpeculativeStats sst;
     st = generate_speculative(*L.model, D.model.get(), *L.ctx, tok, ids, gp, md.spec, sst, out);
     std::fprintf(stderr,

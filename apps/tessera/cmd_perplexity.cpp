@@ -71,7 +71,7 @@ int cmd_perplexity(int argc, char** argv) {
                  (long long)L.model->n_ctx());
   }
   n_ctx = std::min(n_ctx, L.model->n_ctx());
-  const Tokenizer& tok = require_tokenizer(L.lm);
+  const Tokenizer& tok = require_tokenizer(*L.lm);
   const int64_t V = L.model->config().vocab_size;
   std::vector<int32_t> ids;
   if (!text.empty() || !base) {

@@ -49,9 +49,9 @@ void report_verbose(const ModelArgs& a, const Loaded& L) {
 
 Loaded load(const ModelArgs& a) {
   Loaded L;
-  L.lm = load_model(a.model, a.tokenizer);
+  L.lm = std::make_unique<LoadedModel>(load_model(a.model, a.tokenizer));
   if (a.ctx < -1) fail("-c/--ctx-size must be >= 0, got ", a.ctx);
-  const auto& cfg = L.lm.weights.cfg;
+  const auto& cfg = L.lm->weights.cfg;
   // As llama.cpp: a model's trained context can be 128K tokens (gigabytes of KV cache),
   // so the default is capped; -c 0 asks for all of it.
   constexpr int64_t kDefaultCtx = 4096;
@@ -67,20 +67,20 @@ Loaded load(const ModelArgs& a) {
   ro.max_threads = threads;
   L.ctx = std::make_unique<KernelContext>(threads);
   if (a.load_type == "int8") {
-    const int n = to_llm_int8(L.lm.weights, a.int8_threshold);
+    const int n = to_llm_int8(L.lm->weights, a.int8_threshold);
     std::fprintf(stderr, "tessera: LLM.int8(): %d matrices in int8 rows, outlier threshold %g%s\n", n,
                  double(a.int8_threshold), a.int8_threshold > 0.f ? "" : " (no decomposition)");
   }
   if (a.f16_as_bf16) {
-    const int n = f16_to_bf16(L.lm.weights, threads);
+    const int n = f16_to_bf16(L.lm->weights, threads);
     std::fprintf(stderr, "tessera: %d f16 matrices rounded to bf16 (--f16-as-bf16)\n", n);
   }
-  const int repacked = a.no_repack ? 0 : repack_weights(L.lm.weights, L.ctx->isa, threads);
-  L.model = std::make_unique<Model>(L.lm.weights, ro);
-  const auto& c = L.lm.weights.cfg;
+  const int repacked = a.no_repack ? 0 : repack_weights(L.lm->weights, L.ctx->isa, threads);
+  L.model = std::make_unique<Model>(L.lm->weights, ro);
+  const auto& c = L.lm->weights.cfg;
   std::fprintf(stderr, "tessera: %s (%s, %s) %lld layers, dim %lld, %s weights, ctx %lld, %d threads, %s%s\n",
-               a.model.c_str(), L.lm.format.c_str(), arch_name(c.arch), (long long)c.n_layers, (long long)c.dim,
-               human_bytes(double(L.lm.weights.weight_bytes())).c_str(), (long long)L.model->n_ctx(), threads,
+               a.model.c_str(), L.lm->format.c_str(), arch_name(c.arch), (long long)c.n_layers, (long long)c.dim,
+               human_bytes(double(L.lm->weights.weight_bytes())).c_str(), (long long)L.model->n_ctx(), threads,
                isa_name(L.ctx->isa), repacked ? (", " + std::to_string(repacked) + " matrices repacked").c_str() : "");
   return L;
 }

@@ -46,8 +46,9 @@ struct Loaded;
 // --verbose: what the run did beyond its output (LLM.int8() outlier columns), on stderr.
 void report_verbose(const ModelArgs& a, const Loaded& L);
 
+// The weights live behind a pointer: Model refers to them, and a Loaded may be moved.
 struct Loaded {
-  LoadedModel lm;
+  std::unique_ptr<LoadedModel> lm;
   std::unique_ptr<Model> model;
   std::unique_ptr<KernelContext> ctx;
 };

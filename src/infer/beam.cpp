@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "infer/sampler.h"
 #include "model/batch.h"
 
 namespace tessera {
@@ -24,21 +25,6 @@ struct Cand {
 
 double normalized(double logprob, int64_t len, float lp) {
   return lp == 0.f ? logprob : logprob / std::pow(double(std::max<int64_t>(len, 1)), double(lp));
-}
-
-// log_softmax(logits)[i] for the n_top largest i (n_top <= V), appended to out with the beam's log-probability.
-void top_logprobs(const float* logits, int64_t V, int n_top, int beam, double base, std::vector<Cand>& out,
-                  std::vector<int32_t>& idx) {
-  float mx = logits[0];
-  for (int64_t i = 1; i < V; ++i) mx = std::max(mx, logits[i]);
-  double sum = 0;
-  for (int64_t i = 0; i < V; ++i) sum += std::exp(double(logits[i] - mx));
-  const double lse = double(mx) + std::log(sum);
-  idx.resize(size_t(V));
-  for (int64_t i = 0; i < V; ++i) idx[size_t(i)] = int32_t(i);
-  const auto better = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  std::partial_sort(idx.begin(), idx.begin() + n_top, idx.end(), better);
-  for (int i = 0; i < n_top; ++i) out.push_back({base + double(logits[idx[size_t(i)]]) - lse, beam, idx[size_t(i)]});
 }
 
 }  // namespace
@@ -74,14 +60,14 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
     if (done.size() > size_t(B)) done.pop_back();
   };
   std::vector<Cand> cands;
-  std::vector<int32_t> idx;
   bool settled = false;  // stopped because no live beam can beat the finished ones
   for (int64_t step = 0; step < max_new && !live.empty(); ++step) {
     // The 2 B best continuations over all beams (enough for B live ones after ends).
     cands.clear();
     const int n_top = int(std::min<int64_t>(2 * B, V));
     for (size_t b = 0; b < live.size(); ++b)
-      top_logprobs(logits.data() + b * size_t(V), V, n_top, int(b), live[b].logprob, cands, idx);
+      for (const auto& [id, lp] : token_logprob(logits.data() + b * size_t(V), V, 0, n_top).top)
+        cands.push_back({live[b].logprob + lp, int(b), id});
     std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
       return a.logprob > b.logprob || (a.logprob == b.logprob && (a.beam < b.beam || (a.beam == b.beam && a.token < b.token)));
     });

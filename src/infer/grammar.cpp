@@ -11,14 +11,18 @@
 
 namespace tessera {
 
-const char* const kJsonGrammar = R"(root   ::= ws value
-value  ::= object | array | string | number | ("true" | "false" | "null") ws
+const char* const kJsonRules = R"(value  ::= object | array | string | number | boolean | null
 object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
 array  ::= "[" ws ( value ("," ws value)* )? "]" ws
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+char   ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
+string ::= "\"" char* "\"" ws
+integer ::= "-"? ("0" | [1-9] [0-9]{0,15}) ws
 number ::= "-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]+)? ([eE] [-+]? [0-9]+)? ws
+boolean ::= ("true" | "false") ws
+null   ::= "null" ws
 ws     ::= | " " | "\n" [ \t]{0,20}
 )";
+const std::string kJsonGrammar = std::string("root ::= ws value\n") + kJsonRules;
 
 bool GrammarElem::matches(uint32_t cp) const {
   bool in = false;

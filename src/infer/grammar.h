@@ -21,8 +21,11 @@ namespace tessera {
 
 class Tokenizer;
 
-// Any JSON value (RFC 8259 syntax, whitespace limited as llama.cpp's json.gbnf does).
-extern const char* const kJsonGrammar;
+// The rules of JSON (RFC 8259 syntax, whitespace limited as llama.cpp's
+// json.gbnf does): value, object, array, string (char), integer, number,
+// boolean, null, ws. kJsonGrammar: any JSON value (root ::= ws value).
+extern const char* const kJsonRules;
+extern const std::string kJsonGrammar;
 
 struct GrammarElem {
   enum Kind : uint8_t { Chars, Rule } kind = Chars;

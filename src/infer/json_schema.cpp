@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "infer/grammar.h"
 
 namespace tessera {
 
@@ -16,18 +17,8 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-// The shared rules every schema grammar may use.
-const char* kBase = R"(ws ::= | " " | "\n" [ \t]{0,20}
-char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
-string ::= "\"" char* "\"" ws
-integer ::= "-"? ("0" | [1-9] [0-9]{0,15}) ws
-number ::= "-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]+)? ([eE] [-+]? [0-9]+)? ws
-boolean ::= ("true" | "false") ws
-null ::= "null" ws
-value ::= object | array | string | number | boolean | null
-object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
-array ::= "[" ws ( value ("," ws value)* )? "]" ws
-date ::= [0-9]{4} "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [1-2] [0-9] | "3" [0-1])
+// The rules a schema grammar uses besides JSON's own (kJsonRules): string formats.
+const char* kFormats = R"(date ::= [0-9]{4} "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [1-2] [0-9] | "3" [0-1])
 time ::= ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]+)? ("Z" | [+-] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])
 hex ::= [0-9a-fA-F]
 )";
@@ -55,7 +46,7 @@ class Converter {
 
   std::string run() {
     rules_["root"] = visit(root_, "#", "root");
-    std::string out = kBase;
+    std::string out = std::string(kJsonRules) + kFormats;
     for (const auto& [name, body] : rules_) out += name + " ::= " + body + "\n";
     return out;
   }
@@ -75,7 +66,9 @@ class Converter {
     for (const char c : hint) n += (std::isalnum(static_cast<unsigned char>(c)) || c == '-') ? c : '-';
     if (n.empty() || !std::isalpha(static_cast<unsigned char>(n[0]))) n = "r-" + n;
     std::string name = n;
-    while (rules_.count(name) || name == "root" || name == "ws" || name == "value" || name == "string")
+    static const std::set<std::string> kTaken{"root", "value", "object", "array", "char", "string", "integer",
+                                              "number", "boolean", "null", "ws", "date", "time", "hex"};
+    while (rules_.count(name) || kTaken.count(name))
       name = n + "-" + std::to_string(++counter_);
     rules_[name] = "";  // reserved
     return name;

@@ -40,8 +40,10 @@ std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std:
   }
   std::vector<int> live(static_cast<size_t>(n));  // samples still going, in the order of their logits rows
   for (int i = 0; i < n; ++i) live[size_t(i)] = i;
+  std::vector<int> next;
+  next.reserve(size_t(n));
   for (int64_t step = 0; step < max_new && !live.empty(); ++step) {
-    std::vector<int> next;
+    next.clear();
     batch.clear();
     for (size_t r = 0; r < live.size(); ++r) {
       const int i = live[r];
@@ -62,7 +64,7 @@ std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std:
         next.push_back(i);
       }
     }
-    live = std::move(next);
+    live.swap(next);
     if (!live.empty()) model.forward(ctx, batch, cache, logits.data());
   }
   return out;

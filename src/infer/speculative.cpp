@@ -64,7 +64,10 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
   const int K = spec.draft_max;
   const size_t Vs = size_t(V);
   std::vector<float> pt(Vs), pd(size_t(K) * Vs), tl(size_t(K + 1) * Vs), dl(Vs);
-  std::vector<int32_t> hist = prompt, hx, x, rows;  // hist: the prompt and the tokens produced
+  // hist: the prompt and the tokens produced; while a round scores proposals they
+  // sit on its end (the penalties' history), taken off before the round's tokens go on.
+  std::vector<int32_t> hist = prompt, x, rows;
+  hist.reserve(size_t(n_ctx + K + 1)), x.reserve(size_t(K)), rows.reserve(size_t(K + 1));  // no allocation per round
 
   // All but the last prompt token; it is the first row of the first verification.
   const auto t0 = clock::now();
@@ -83,19 +86,19 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
     int64_t k = std::min<int64_t>(K, n_ctx - 1 - pos);
     if (max_tokens >= 0) k = std::min(k, max_tokens - st.produced - 1);
     x.clear();
-    hx = hist;  // the penalties' history: hist, then the proposals before the one scored
+    const size_t h0 = hist.size();
     if (k > 0 && draft) {
-      const float* l = draft->forward(ctx, hist.data() + dlen, int64_t(hist.size()) - dlen, dlen);
-      dlen = int64_t(hist.size());
+      const float* l = draft->forward(ctx, hist.data() + dlen, int64_t(h0) - dlen, dlen);
+      dlen = int64_t(h0);
       for (int64_t i = 0; i < k; ++i) {
         std::copy(l, l + V, dl.begin());
         float* p = pd.data() + i * V;
-        sampler.distribution(dl.data(), hx, p);
+        sampler.distribution(dl.data(), hist, p);
         x.push_back(sampler.draw(p));
-        hx.push_back(x.back());
+        hist.push_back(x.back());
         if (i + 1 < k) l = draft->forward(ctx, &x.back(), 1, dlen + i);
       }
-      hx.resize(hist.size());
+      hist.resize(h0);
     } else if (k > 0) {
       x = ngram_propose(hist, spec.ngram, int(k));
       for (size_t i = 0; i < x.size(); ++i) {
@@ -105,7 +108,7 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
       }
     }
     const int64_t kk = int64_t(x.size());
-    rows.assign(1, hist.back());
+    rows.assign(1, hist[h0 - 1]);
     rows.insert(rows.end(), x.begin(), x.end());
     target.forward_all(ctx, rows.data(), kk + 1, pos, tl.data());
     ++st.target_forwards;
@@ -115,7 +118,7 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
     int64_t n_acc = 0;
     int32_t next = -1;
     for (int64_t i = 0; i <= kk; ++i) {
-      sampler.distribution(tl.data() + i * V, hx, pt.data());
+      sampler.distribution(tl.data() + i * V, hist, pt.data());
       if (i == kk) {
         next = sampler.draw(pt.data());
         break;
@@ -123,13 +126,14 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
       const float* p = pd.data() + i * V;
       if (double(sampler.uniform()) < spec_accept_probability(pt[size_t(x[size_t(i)])], p[x[size_t(i)]])) {
         ++n_acc;
-        hx.push_back(x[size_t(i)]);
+        hist.push_back(x[size_t(i)]);
         continue;
       }
       next = spec_residual_draw(pt.data(), p, V, sampler.uniform());
       break;
     }
     st.accepted += n_acc;
+    hist.resize(h0);
     // The draft's cache holds hist and the proposals it ran (all but the last): keep the accepted ones.
     if (draft && kk > 0) dlen += std::min(n_acc, kk - 1);
     for (int64_t i = 0; i <= n_acc && go; ++i) {
