@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <cstdio>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -31,9 +32,7 @@ double median_us(const std::function<void()>& f, int reps) {
   return t[t.size() / 2];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   std::vector<std::string> paths;
   for (int i = 1; i < argc; ++i) paths.emplace_back(argv[i]);
   if (paths.empty())
@@ -66,4 +65,15 @@ int main(int argc, char** argv) {
   }
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {  // e.g. no ../shared: name the missing file
+    std::fprintf(stderr, "bench_grammar: %s\n", e.what());
+    return 1;
+  }
 }
