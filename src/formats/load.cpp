@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/mmap.h"
@@ -69,6 +70,7 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
       m.format = "safetensors";
       const std::string tj = (std::filesystem::path(path) / "tokenizer.json").string();
       if (tokenizer_path.empty() && std::filesystem::exists(tj)) m.tokenizer = load_tokenizer_file(tj);
+      m.chat_template = hf_chat_template(path);
       break;
     }
     case Kind::Gguf: {
@@ -76,6 +78,7 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
       m.weights = load_gguf_weights(f);
       m.format = "gguf";
       if (tokenizer_path.empty() && f->find("tokenizer.ggml.model")) m.tokenizer = load_gguf_tokenizer(*f);
+      m.chat_template = f->get_string_or("tokenizer.chat_template", "");
       break;
     }
     case Kind::Llama2c: {
@@ -94,6 +97,26 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer_pat
     fail(tokenizer_path.empty() ? path : tokenizer_path, ": tokenizer has ", m.tokenizer->n_vocab(),
          " tokens but the model ", path, " has vocab_size ", m.weights.cfg.vocab_size);
   return m;
+}
+
+std::string hf_chat_template(const std::string& dir) {
+  const auto path = std::filesystem::path(dir) / "tokenizer_config.json";
+  if (!std::filesystem::exists(path)) return {};
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path.string()));
+  } catch (const nlohmann::json::exception& e) {
+    fail(path.string(), ": not valid JSON: ", e.what());
+  }
+  if (!j.is_object() || !j.contains("chat_template") || j["chat_template"].is_null()) return {};
+  const auto& t = j["chat_template"];
+  if (t.is_string()) return t.get<std::string>();
+  // A list of named templates: the one named "default".
+  if (t.is_array())
+    for (const auto& e : t)
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+        return e["template"].get<std::string>();
+  fail(path.string(), ": field 'chat_template' is neither a string nor a list with a \"default\" template");
 }
 
 const Tokenizer& require_tokenizer(const LoadedModel& m) {

@@ -18,7 +18,11 @@ struct LoadedModel {
   std::optional<Tokenizer> tokenizer;  // when the file carries one or --tokenizer named one
   std::string format;                  // "gguf", "safetensors", "llama2c", "llama2c-ak42"
   std::string path;
+  std::string chat_template;  // Jinja source: GGUF tokenizer.chat_template or tokenizer_config.json's; "" when none
 };
+
+// The chat_template of DIR/tokenizer_config.json ("" when the file or field is absent).
+std::string hf_chat_template(const std::string& dir);
 
 // tokenizer_path: explicit tokenizer file ("" = the model's own, if it has one).
 LoadedModel load_model(const std::string& path, const std::string& tokenizer_path = "");

@@ -84,6 +84,29 @@ void TokenEmitter::finish() {
   if (!rest.empty()) on_text_(rest);
 }
 
+int32_t constrain_sample(Sampler& sampler, GrammarState& g, const TokenTrie& trie, const Tokenizer& tok, int32_t id,
+                         const float* raw, std::vector<float>& logits, std::vector<uint8_t>& allowed,
+                         const std::vector<int32_t>& history, size_t n_prompt) {
+  const auto is_end = [&](int32_t t) { return tok.is_eog(t) || t == tok.bos_id(); };
+  const auto ok = [&](int32_t t) { return is_end(t) ? g.can_end() : g.allows(tok.token_bytes(t)); };
+  if (!ok(id)) {
+    allowed.resize(logits.size());
+    g.allowed_tokens(trie, allowed);
+    bool any = false;
+    for (size_t i = 0; i < logits.size(); ++i) {
+      const bool keep = is_end(int32_t(i)) ? g.can_end() : allowed[i] != 0;
+      logits[i] = keep ? raw[i] : -INFINITY;
+      any |= keep;
+    }
+    if (!any)
+      fail("the grammar cannot be continued with any token of the vocabulary after: ",
+           tok.decode(std::vector<int32_t>(history.begin() + std::ptrdiff_t(std::min(n_prompt, history.size())), history.end())));
+    id = sampler.sample(logits.data(), history);
+  }
+  if (!is_end(id)) g.accept(tok.token_bytes(id));
+  return id;
+}
+
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text) {
   using clock = std::chrono::steady_clock;
@@ -102,27 +125,6 @@ GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, c
   std::optional<GrammarState> gs;
   if (params.grammar) gs.emplace(*params.grammar);
   std::vector<uint8_t> allowed;
-  const auto is_end = [&](int32_t id) { return tok.is_eog(id) || id == tok.bos_id(); };
-  // The sampled token when the grammar allows it, else a draw from the logits
-  // with every token it does not allow removed (exactly the masked distribution
-  // when no filter cuts it); then the grammar moves past the token.
-  const auto constrain = [&](GrammarState& g, int32_t id, const float* raw) {
-    const auto ok = [&](int32_t t) { return is_end(t) ? g.can_end() : g.allows(tok.token_bytes(t)); };
-    if (!ok(id)) {
-      allowed.resize(logits.size());
-      g.allowed_tokens(*params.trie, allowed);
-      bool any = false;
-      for (size_t i = 0; i < logits.size(); ++i) {
-        const bool keep = is_end(int32_t(i)) ? g.can_end() : allowed[i] != 0;
-        logits[i] = keep ? raw[i] : -INFINITY;
-        any |= keep;
-      }
-      if (!any) fail("the grammar cannot be continued with any token of the vocabulary after: ", tok.decode(std::vector<int32_t>(st.tokens.begin() + std::ptrdiff_t(prompt.size()), st.tokens.end())));
-      id = sampler.sample(logits.data(), st.tokens);
-    }
-    if (!is_end(id)) g.accept(tok.token_bytes(id));
-    return id;
-  };
 
   auto t0 = clock::now();
   const float* out = model.forward(ctx, prompt.data(), int64_t(prompt.size()), 0);
@@ -133,7 +135,7 @@ GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, c
   while (params.n_predict != 0) {
     std::copy(out, out + logits.size(), logits.begin());
     int32_t next = sampler.sample(logits.data(), st.tokens);
-    if (gs) next = constrain(*gs, next, out);
+    if (gs) next = constrain_sample(sampler, *gs, *params.trie, tok, next, out, logits, allowed, st.tokens, prompt.size());
     if (params.logprobs >= 0 && !tok.is_eog(next) && next != tok.bos_id())
       st.logprobs.push_back(token_logprob(out, int64_t(logits.size()), next, params.logprobs));
     if (!emit.push(next)) break;

@@ -47,6 +47,16 @@ std::vector<int32_t> prompt_tokens(const Tokenizer& tok, std::string_view prompt
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text);
 
+// Grammar-constrained sampling, one step: id (drawn by sampler from the
+// unconstrained logits) when grammar state g allows it, else a draw from raw
+// (n_vocab logits) with every token g does not allow removed (exactly the
+// masked distribution when no filter cuts it); then g moves past the token.
+// logits and allowed are scratch (n_vocab); history: prompt + generated so far
+// (n_prompt of them the prompt, for the error message). Error when no token fits.
+int32_t constrain_sample(Sampler& sampler, GrammarState& g, const TokenTrie& trie, const Tokenizer& tok, int32_t id,
+                         const float* raw, std::vector<float>& logits, std::vector<uint8_t>& allowed,
+                         const std::vector<int32_t>& history, size_t n_prompt);
+
 class StopMatcher;
 
 // What a generation loop does with each new token (generate() and the
