@@ -431,7 +431,7 @@ int cmd_serve(int argc, char** argv) {
   });
   int port = sa.port;
   if (port == 0) {
-    port = svr.bind_to_port(sa.host, 0);
+    port = svr.bind_to_any_port(sa.host);
     if (port <= 0) fail("cannot bind ", sa.host, " (any port)");
   } else if (!svr.bind_to_port(sa.host, port)) {
     fail("cannot bind ", sa.host, ":", port, " (in use, or not an address of this machine)");

@@ -1,0 +1,378 @@
+// tessera serve, driven over loopback by real HTTP clients (cpp-httplib's
+// client, curl, raw sockets): every endpoint, streaming and not, batching
+// equivalence, prefix caching, bad input, disconnects.
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli_util.h"
+#include "server_util.h"
+
+namespace tessera::test {
+namespace {
+
+using json = nlohmann::json;
+
+const char* kModel = "models/stories260K.bin";
+const char* kTok = "models/tok512.bin";
+
+std::vector<std::string> args(std::vector<std::string> extra = {}) {
+  std::vector<std::string> a = {"-m", shared_path(kModel), "--tokenizer", shared_path(kTok)};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+struct Reply {
+  int status = 0;
+  json body;
+  std::string raw;
+};
+
+Reply post(int port, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(120, 0);
+  auto r = c.Post(path, h, body, "application/json");
+  Reply out;
+  if (!r) return out;
+  out.status = r->status;
+  out.raw = r->body;
+  out.body = json::parse(r->body, nullptr, false);
+  return out;
+}
+Reply post(int port, const std::string& path, const json& body) { return post(port, path, body.dump()); }
+
+Reply get(int port, const std::string& path, const httplib::Headers& h = {}) {
+  httplib::Client c("127.0.0.1", port);
+  auto r = c.Get(path, h);
+  Reply out;
+  if (!r) return out;
+  out.status = r->status;
+  out.raw = r->body;
+  out.body = json::parse(r->body, nullptr, false);
+  return out;
+}
+
+std::string completion_text(int port, const json& body) {
+  const Reply r = post(port, "/v1/completions", body);
+  EXPECT_EQ(r.status, 200) << r.raw;
+  if (r.status != 200) return "<error>";
+  return r.body["choices"][0]["text"];
+}
+
+// A gauge or counter's value from /metrics.
+double metric(int port, const std::string& name) {
+  const Reply r = get(port, "/metrics");
+  const auto at = r.raw.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(r.raw.substr(at + name.size() + 2));
+}
+
+// The data: payloads of an SSE body.
+std::vector<std::string> sse_events(const std::string& body) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const size_t end = body.find("\n\n", at);
+    out.push_back(body.substr(at + 6, end - at - 6));
+    at = end;
+  }
+  return out;
+}
+
+#define START_SERVER(var, ...)                                       \
+  TESSERA_REQUIRE_SHARED(kModel);                                    \
+  ServerProcess var(__VA_ARGS__);                                    \
+  ASSERT_GT(var.port(), 0) << "the server did not start:\n" << var.log()
+
+TEST(Serve, CompletionMatchesGenerateAndEndpointsAnswer) {
+  START_SERVER(s, args());
+  const int p = s.port();
+  EXPECT_EQ(get(p, "/health").body["status"], "ok");
+  const Reply models = get(p, "/v1/models");
+  ASSERT_EQ(models.status, 200);
+  EXPECT_EQ(models.body["data"][0]["id"], "stories260K.bin");
+  // Greedy completion = tessera generate's greedy output.
+  const std::string text = completion_text(p, {{"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 0}});
+  const auto g = run_cli("generate -m " + q(shared_path(kModel)) + " --tokenizer " + q(shared_path(kTok)) +
+                         " -p 'Once upon a time' -n 40 --temp 0");
+  ASSERT_EQ(g.code, 0) << g.err;
+  EXPECT_EQ(text + "\n", g.out);  // generate ends its output with a newline
+  // tokenize / detokenize round trip.
+  const Reply t = post(p, "/tokenize", json{{"content", "Once upon a time"}});
+  ASSERT_EQ(t.status, 200) << t.raw;
+  EXPECT_GE(t.body["tokens"].size(), 3u);
+  const Reply d = post(p, "/detokenize", json{{"tokens", t.body["tokens"]}});
+  EXPECT_EQ(d.body["content"], "Once upon a time");
+  const Reply tp = post(p, "/tokenize", json{{"content", "Once"}, {"with_pieces", true}});
+  EXPECT_TRUE(tp.body["tokens"][0].contains("piece")) << tp.raw;
+  // apply-template: chatml.
+  const Reply at = post(p, "/apply-template", json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}}});
+  EXPECT_EQ(at.body["prompt"], "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  // The web page.
+  const Reply page = get(p, "/");
+  EXPECT_EQ(page.status, 200);
+  EXPECT_NE(page.raw.find("/v1/chat/completions"), std::string::npos);
+  // Metrics name what happened.
+  EXPECT_GE(metric(p, "tessera_generated_tokens_total"), 40);
+  EXPECT_EQ(metric(p, "tessera_sequences_running"), 0);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+// n concurrent requests return exactly what each returns alone (greedy, f32 KV),
+// with the prefix cache on (the second wave reuses the first's blocks) and off.
+void concurrent_equals_alone(bool prefix_cache) {
+  std::vector<std::string> extra = {"--parallel", "3"};
+  if (!prefix_cache) extra.push_back("--no-prefix-cache");
+  START_SERVER(s, args(extra));
+  const int p = s.port();
+  const std::string shared =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. "
+      "One day, she saw a big red ball under a tree and";
+  const std::vector<std::string> prompts = {shared + " she ran", shared + " her mom said", "The cat sat",
+                                            shared, "Tom had a dog", shared + " they went home"};
+  std::vector<std::string> alone;
+  for (const auto& pr : prompts) alone.push_back(completion_text(p, {{"prompt", pr}, {"max_tokens", 48}, {"temperature", 0}}));
+  for (int wave = 0; wave < 2; ++wave) {
+    std::vector<std::string> got(prompts.size());
+    std::vector<std::thread> ts;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      ts.emplace_back([&, i] { got[i] = completion_text(p, {{"prompt", prompts[i]}, {"max_tokens", 48}, {"temperature", 0}}); });
+    for (auto& t : ts) t.join();
+    for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(got[i], alone[i]) << "prompt " << i << ", wave " << wave;
+  }
+  const double hit = metric(p, "tessera_prompt_tokens_cached_total");
+  if (prefix_cache) {
+    EXPECT_GT(hit, 0);
+    const Reply r = post(p, "/v1/completions", json{{"prompt", shared}, {"max_tokens", 4}, {"temperature", 0}});
+    EXPECT_GE(r.body["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 32) << r.raw;
+  } else {
+    EXPECT_EQ(hit, 0);
+    EXPECT_EQ(metric(p, "tessera_kv_blocks_used"), 0);
+  }
+}
+TEST(Serve, ConcurrentRequestsEqualAloneWithPrefixCache) { concurrent_equals_alone(true); }
+TEST(Serve, ConcurrentRequestsEqualAloneWithoutPrefixCache) { concurrent_equals_alone(false); }
+
+TEST(Serve, StreamingMatchesNonStreaming) {
+  START_SERVER(s, args());
+  const int p = s.port();
+  const json body = {{"prompt", "Tom and Sue"}, {"max_tokens", 30}, {"temperature", 0}};
+  const std::string whole = completion_text(p, body);
+  json sb = body;
+  sb["stream"] = true;
+  sb["stream_options"] = {{"include_usage", true}};
+  const Reply r = post(p, "/v1/completions", sb.dump());
+  ASSERT_EQ(r.status, 200);
+  const auto evs = sse_events(r.raw);
+  ASSERT_GE(evs.size(), 3u) << r.raw;
+  EXPECT_EQ(evs.back(), "[DONE]");
+  std::string text, finish;
+  for (size_t i = 0; i + 2 < evs.size(); ++i) {
+    const json j = json::parse(evs[i]);
+    EXPECT_EQ(j["object"], "text_completion");
+    text += j["choices"][0]["text"].get<std::string>();
+    if (!j["choices"][0]["finish_reason"].is_null()) finish = j["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, whole);
+  EXPECT_EQ(finish, "length");
+  const json usage = json::parse(evs[evs.size() - 2]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 30);
+
+  // Chat streaming through curl: role first, then content deltas, then [DONE].
+  const std::string req = json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 12},
+                               {"temperature", 0}, {"stream", true}}.dump();
+  const std::string path = temp_path("chat_req.json");
+  std::ofstream(path) << req;
+  FILE* f = popen(("curl -sN -H 'Content-Type: application/json' --data-binary @" + path + " http://127.0.0.1:" +
+                   std::to_string(p) + "/v1/chat/completions").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  ASSERT_EQ(pclose(f), 0) << "curl failed";
+  std::remove(path.c_str());
+  const auto cev = sse_events(out);
+  ASSERT_GE(cev.size(), 3u) << out;
+  EXPECT_EQ(json::parse(cev[0])["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_EQ(json::parse(cev[0])["object"], "chat.completion.chunk");
+  EXPECT_EQ(cev.back(), "[DONE]");
+  std::string chat_stream;
+  for (size_t i = 0; i + 1 < cev.size(); ++i) {
+    const json d = json::parse(cev[i])["choices"][0]["delta"];
+    if (d.contains("content")) chat_stream += d["content"].get<std::string>();
+  }
+  json nb = json::parse(req);
+  nb.erase("stream");
+  const Reply whole_chat = post(p, "/v1/chat/completions", nb);
+  EXPECT_EQ(whole_chat.body["choices"][0]["message"]["content"], chat_stream);
+  EXPECT_EQ(whole_chat.body["object"], "chat.completion");
+}
+
+TEST(Serve, SamplingOptionsStopLogprobsAndN) {
+  START_SERVER(s, args());
+  const int p = s.port();
+  // Stop string: the text ends before it, finish_reason stop.
+  const std::string full = completion_text(p, {{"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 0}});
+  const Reply st = post(p, "/v1/completions", json{{"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 0}, {"stop", {"Lily"}}});
+  ASSERT_EQ(st.status, 200);
+  EXPECT_EQ(st.body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(st.body["choices"][0]["text"], full.substr(0, full.find("Lily")));
+  // n choices with a seed: reproducible, and as many as asked.
+  const json nb = {{"prompt", "Once upon a time"}, {"max_tokens", 20}, {"temperature", 1.0}, {"seed", 7}, {"n", 3}, {"logprobs", 2}};
+  const Reply a = post(p, "/v1/completions", nb), b = post(p, "/v1/completions", nb);
+  ASSERT_EQ(a.status, 200) << a.raw;
+  ASSERT_EQ(a.body["choices"].size(), 3u);
+  EXPECT_EQ(a.body["choices"], b.body["choices"]);
+  EXPECT_EQ(a.body["usage"]["completion_tokens"], 60);
+  const json lp = a.body["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"].size(), 20u);
+  EXPECT_EQ(lp["top_logprobs"][0].size(), 2u);
+  EXPECT_LE(lp["token_logprobs"][0].get<double>(), 0.0);
+  // Chat logprobs shape.
+  const Reply c = post(p, "/v1/chat/completions", json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 5},
+                                                       {"logprobs", true}, {"top_logprobs", 3}});
+  ASSERT_EQ(c.status, 200) << c.raw;
+  const json content = c.body["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 5u);
+  EXPECT_EQ(content[0]["top_logprobs"].size(), 3u);
+  EXPECT_TRUE(content[0].contains("bytes"));
+  // A JSON schema: the answer is one of the enum's values.
+  const Reply js = post(p, "/v1/chat/completions",
+                        json{{"messages", {{{"role", "user"}, {"content", "yes or no?"}}}},
+                             {"response_format", {{"type", "json_schema"},
+                                                  {"json_schema", {{"name", "a"}, {"schema", {{"type", "string"}, {"enum", {"yes", "no"}}}}}}}}});
+  ASSERT_EQ(js.status, 200) << js.raw;
+  std::string ans = js.body["choices"][0]["message"]["content"];
+  while (!ans.empty() && std::isspace(static_cast<unsigned char>(ans.back()))) ans.pop_back();  // JSON allows trailing space
+  EXPECT_TRUE(ans == "\"yes\"" || ans == "\"no\"") << ans;
+}
+
+TEST(Serve, BadInputGetsJsonErrorsAndTheServerKeepsServing) {
+  START_SERVER(s, args({"--max-body", "4096", "-c", "128"}));
+  const int p = s.port();
+  struct Case {
+    std::string path, body;
+    int status;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {"/v1/completions", "{\"prompt\": ", 400, "not valid JSON"},
+      {"/v1/completions", "[1, 2]", 400, "JSON object"},
+      {"/v1/completions", R"({"prompt": 5})", 400, "'prompt'"},
+      {"/v1/completions", R"({"prompt": "a", "temperature": "hot"})", 400, "'temperature' must be a number"},
+      {"/v1/completions", R"({"prompt": "a", "bogus": 1})", 400, "unrecognized request argument supplied: bogus"},
+      {"/v1/completions", R"({"prompt": "a", "max_tokens": -1})", 400, "'max_tokens'"},
+      {"/v1/completions", R"({"prompt": "a", "max_tokens": 100000000})", 400, "maximum context length"},
+      {"/v1/completions", R"({"prompt": "a", "max_tokens": 1e30})", 400, "'max_tokens' must be an integer"},
+      {"/v1/completions", R"({"prompt": "a", "n": 0})", 400, "'n'"},
+      {"/v1/completions", R"({"prompt": "a", "stop": [1]})", 400, "'stop'"},
+      {"/v1/completions", R"({"prompt": [99999]})", 400, "outside the vocabulary"},
+      {"/v1/completions", "{\"prompt\": \"a\xff\xfe\"}", 400, "not valid JSON"},
+      {"/v1/completions", R"({"prompt": "a", "grammar": "root ::= foo"})", 400, "foo"},
+      {"/v1/chat/completions", R"({"messages": []})", 400, "'messages'"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "wizard", "content": "x"}]})", 400, "role"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}})", 400, "response_format"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": true}})", 400, "stream_options"},
+      {"/tokenize", R"({"text": "a"})", 400, "'content'"},
+      {"/detokenize", R"({"tokens": [-1]})", 400, "'tokens'"},
+      {"/v1/completions", "{\"prompt\": \"" + std::string(5000, 'a') + "\"}", 413, "max-body"},
+      {"/v1/nothing", "{}", 404, "no such endpoint"},
+  };
+  for (const auto& c : cases) {
+    const Reply r = post(p, c.path, c.body);
+    EXPECT_EQ(r.status, c.status) << c.path << " " << c.body.substr(0, 80) << " -> " << r.raw;
+    ASSERT_TRUE(r.body.is_object() && r.body.contains("error")) << r.raw;
+    EXPECT_NE(r.body["error"]["message"].get<std::string>().find(c.says), std::string::npos)
+        << c.body.substr(0, 80) << " -> " << r.raw;
+  }
+  // A prompt longer than the context (128 tokens).
+  std::string lng;
+  for (int i = 0; i < 200; ++i) lng += "cat ";
+  const Reply r = post(p, "/v1/completions", json{{"prompt", lng}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.raw.find("maximum context length"), std::string::npos) << r.raw;
+  EXPECT_EQ(get(p, "/health").status, 200);
+  EXPECT_EQ(completion_text(p, {{"prompt", "Once"}, {"max_tokens", 3}}).empty(), false);
+}
+
+TEST(Serve, ApiKeyAndQueueLimit) {
+  START_SERVER(s, args({"--api-key", "sekrit", "--parallel", "1", "--max-queue", "2"}));
+  const int p = s.port();
+  const std::string body = json{{"prompt", "Once"}, {"max_tokens", 3}}.dump();
+  EXPECT_EQ(post(p, "/v1/completions", body).status, 401);
+  const Reply wrong = post(p, "/v1/completions", body, {{"Authorization", "Bearer nope"}});
+  EXPECT_EQ(wrong.status, 401);
+  EXPECT_EQ(wrong.body["error"]["type"], "authentication_error");
+  EXPECT_EQ(get(p, "/v1/models").status, 401);
+  EXPECT_EQ(get(p, "/health").status, 200);  // open, for load balancers
+  EXPECT_EQ(post(p, "/v1/completions", body, {{"Authorization", "Bearer sekrit"}}).status, 200);
+  // More choices than the queue holds: 429, and the server goes on.
+  const Reply busy = post(p, "/v1/completions", json{{"prompt", "Once"}, {"max_tokens", 3}, {"n", 3}}.dump(),
+                          {{"Authorization", "Bearer sekrit"}});
+  EXPECT_EQ(busy.status, 429) << busy.raw;
+  EXPECT_EQ(busy.body["error"]["type"], "rate_limit_error");
+  EXPECT_EQ(post(p, "/v1/completions", body, {{"Authorization", "Bearer sekrit"}}).status, 200);
+}
+
+// Opens a streaming request on a raw socket; reads until the first event (or
+// the end when read_all) and closes. Returns the bytes read.
+std::string raw_stream(int port, bool read_all) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(port));
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  std::string got;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", 60}, {"stream", true}}.dump();
+    const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) == ssize_t(req.size())) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = recv(fd, buf, sizeof buf, 0)) > 0) {
+        got.append(buf, size_t(n));
+        if (!read_all && got.find("data: ") != std::string::npos) break;
+      }
+    }
+  }
+  close(fd);
+  return got;
+}
+
+TEST(Serve, TwoHundredConnectionsHalfDisconnectingFreeEverything) {
+  START_SERVER(s, args({"--parallel", "4", "--max-queue", "256", "--no-prefix-cache"}));
+  const int p = s.port();
+  long rss_first = 0;
+  for (int wave = 0; wave < 2; ++wave) {
+    std::atomic<int> complete{0};
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 200; ++i)
+      ts.emplace_back([&, i] {
+        const std::string got = raw_stream(p, i % 2 == 0);
+        if (i % 2 == 0 && got.find("data: [DONE]") != std::string::npos) ++complete;
+      });
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(complete.load(), 100);
+    // Every sequence ends and every block returns to the pool.
+    for (int i = 0; i < 200 && (metric(p, "tessera_sequences_running") != 0 || metric(p, "tessera_sequences_queued") != 0); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(metric(p, "tessera_sequences_running"), 0);
+    EXPECT_EQ(metric(p, "tessera_sequences_queued"), 0);
+    EXPECT_EQ(metric(p, "tessera_kv_blocks_used"), 0);
+    if (wave == 0) rss_first = s.rss_kib();
+  }
+  EXPECT_LT(s.rss_kib() - rss_first, 16 * 1024) << "resident memory grew between two identical waves";
+  EXPECT_EQ(get(p, "/health").status, 200);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+}  // namespace
+}  // namespace tessera::test
