@@ -87,7 +87,8 @@ void Sampler::top_k(int32_t k) {
 }
 
 void Sampler::softmax_candidates(float temp) {
-  const float mx = cands_[0].logit;  // sorted: first is the max
+  float mx = cands_[0].logit;  // sorted: the first; filter() may leave them unsorted
+  for (size_t i = 1; i < n_; ++i) mx = std::max(mx, cands_[i].logit);
   float sum = 0.f;
   for (size_t i = 0; i < n_; ++i) {
     cands_[i].p = std::exp((cands_[i].logit - mx) / temp);
@@ -124,12 +125,57 @@ void Sampler::distribution(float* logits, const std::vector<int32_t>& history, f
     return;
   }
   load_candidates(logits);
-  top_k(p_.top_k);
-  softmax_candidates(1.f);
-  top_p(p_.top_p);
-  min_p(p_.min_p);
+  filter();
   softmax_candidates(p_.temp);
   for (size_t i = 0; i < n_; ++i) probs[cands_[i].id] = cands_[i].p;
+}
+
+void Sampler::filter() {
+  if (p_.top_k > 0 && size_t(p_.top_k) < n_) {
+    top_k(p_.top_k);
+    softmax_candidates(1.f);
+    top_p(p_.top_p);
+    min_p(p_.min_p);
+    return;
+  }
+  // No top-k: the kept set is a prefix of the sorted order, so only that prefix
+  // is sorted (growing it until top-p's mass is reached), not all V candidates.
+  float mx = cands_[0].logit;
+  for (size_t i = 1; i < n_; ++i) mx = std::max(mx, cands_[i].logit);
+  double sum = 0;
+  for (size_t i = 0; i < n_; ++i) sum += std::exp(double(cands_[i].logit - mx));
+  size_t keep = n_;
+  if (p_.min_p > 0.f) {  // p_i >= min_p * p_max  <=>  logit_i >= max + log(min_p)
+    const float thr = mx + std::log(p_.min_p);
+    keep = 0;
+    for (size_t i = 0; i < n_; ++i) keep += cands_[i].logit >= thr;
+    keep = std::max<size_t>(keep, 1);
+  }
+  if (p_.top_p >= 1.f) {
+    // Nothing to sort when every candidate stays (they are drawn in id order then).
+    if (keep < n_) std::partial_sort(cands_.begin(), cands_.begin() + long(keep), cands_.begin() + long(n_), by_logit);
+    n_ = keep;
+    for (size_t i = 0; i < n_; ++i) cands_[i].p = float(std::exp(double(cands_[i].logit - mx)) / sum);
+    return;
+  }
+  size_t k = std::min(n_, std::min<size_t>(keep, 64));
+  for (;;) {
+    std::partial_sort(cands_.begin(), cands_.begin() + long(k), cands_.begin() + long(n_), by_logit);
+    float cum = 0.f;
+    for (size_t i = 0; i < k; ++i) {
+      cands_[i].p = float(std::exp(double(cands_[i].logit - mx)) / sum);
+      cum += cands_[i].p;
+      if (cum >= p_.top_p) {
+        n_ = std::min(i + 1, keep);
+        return;
+      }
+    }
+    if (k >= keep) {
+      n_ = keep;
+      return;
+    }
+    k = std::min(keep, k * 8);
+  }
 }
 
 float Sampler::uniform() { return std::uniform_real_distribution<float>(0.f, 1.f)(rng_); }
@@ -151,10 +197,7 @@ int32_t Sampler::sample(float* logits, const std::vector<int32_t>& history) {
   apply_penalties(logits, history);
   if (p_.temp <= 0.f) return argmax(logits, int64_t(cands_.size()));
   load_candidates(logits);
-  top_k(p_.top_k);
-  softmax_candidates(1.f);  // filters see the untempered distribution (llama.cpp's chain order)
-  top_p(p_.top_p);
-  min_p(p_.min_p);
+  filter();  // the filters see the untempered distribution (llama.cpp's chain order)
   softmax_candidates(p_.temp);
   std::uniform_real_distribution<float> u(0.f, 1.f);
   const float r = u(rng_);

@@ -54,6 +54,11 @@ class Sampler {
   void softmax_candidates(float temp);
   void top_p(float p);
   void min_p(float p);
+  // top_k, then top_p and min_p on the untempered softmax: leaves the kept
+  // candidates in cands_[0, n_) with their probabilities, sorted by logit
+  // except when no filter removes any (then in id order). Without top-k it
+  // sorts only the prefix the filters keep.
+  void filter();
   const Candidate* candidates() const { return cands_.data(); }
   size_t n_candidates() const { return n_; }
 
