@@ -442,8 +442,7 @@ int cmd_serve(int argc, char** argv) {
     S.ma.own_cache = false;
     S.L = load(S.ma);
     S.tok = &require_tokenizer(*S.L.lm);
-    S.tmpl = std::make_unique<ChatTemplate>(
-        sa.chat_template.empty() ? ChatTemplate::for_model(S.L.lm->chat_template) : ChatTemplate::builtin(sa.chat_template));
+    S.tmpl = std::make_unique<ChatTemplate>(load_chat_template(sa.chat_template, *S.L.lm, *S.tok));
     serve::EngineOptions eo;
     eo.parallel = sa.parallel;
     eo.ctx_size = S.L.model->n_ctx();

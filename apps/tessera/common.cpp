@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "core/error.h"
@@ -84,6 +85,15 @@ Loaded load(const ModelArgs& a) {
                human_bytes(double(L.lm->weights.weight_bytes())).c_str(), (long long)L.model->n_ctx(), threads,
                isa_name(L.ctx->isa), repacked ? (", " + std::to_string(repacked) + " matrices repacked").c_str() : "");
   return L;
+}
+
+ChatTemplate load_chat_template(const std::string& arg, const LoadedModel& lm, const Tokenizer& tok) {
+  const std::string bos = tok.bos_id() >= 0 ? tok.piece(tok.bos_id()) : "";
+  const std::string eos = tok.eos_id() >= 0 ? tok.piece(tok.eos_id()) : "";
+  if (arg.empty()) return ChatTemplate::for_model(lm.chat_template, bos, eos);
+  if (arg == "chatml") return ChatTemplate::builtin(arg);
+  if (!std::filesystem::exists(arg)) fail("--chat-template: '", arg, "' is neither a built-in (chatml) nor a file");
+  return ChatTemplate::from_source(read_file(arg), bos, eos, arg);
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include "core/mmap.h"
 
 #include "formats/load.h"
+#include "infer/chat_template.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
 
@@ -55,6 +56,11 @@ struct Loaded {
 };
 // Loads the model and plans its buffers; logs a one-line summary to stderr.
 Loaded load(const ModelArgs& a);
+
+// The chat template for --chat-template ARG: "" the model's own (chatml when it
+// has none), a built-in name (chatml), or a Jinja file. bos_token / eos_token
+// are the tokenizer's.
+ChatTemplate load_chat_template(const std::string& arg, const LoadedModel& lm, const Tokenizer& tok);
 
 // Parses argv into app; returns -1 to continue, or the exit code to return.
 int parse(CLI::App& app, int argc, char** argv);
