@@ -374,5 +374,40 @@ TEST(Serve, TwoHundredConnectionsHalfDisconnectingFreeEverything) {
   EXPECT_EQ(s.stop(), 0) << s.log();
 }
 
+// tessera chat (stdin piped) answers as the server does for the same conversation;
+// chat-template prints what /apply-template returns.
+TEST(Serve, ChatCliAndTemplateCliAgreeWithTheServer) {
+  START_SERVER(s, args());
+  const int p = s.port();
+  const Reply r = post(p, "/v1/chat/completions", json{{"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
+                                                       {"max_tokens", 20}, {"temperature", 0}});
+  ASSERT_EQ(r.status, 200) << r.raw;
+  const std::string answer = r.body["choices"][0]["message"]["content"];
+  const std::string in = temp_path("chat_in.txt");
+  std::ofstream(in) << "Hello there\n/exit\n";
+  const std::string cmd = std::string(TESSERA_CLI) + " chat -m " + q(shared_path(kModel)) + " --tokenizer " +
+                          q(shared_path(kTok)) + " --temp 0 -n 20 < " + q(in) + " 2>/dev/null";
+  FILE* f = popen(cmd.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  EXPECT_EQ(pclose(f), 0);
+  std::remove(in.c_str());
+  EXPECT_EQ(out, answer + "\n");
+  // chat-template = /apply-template, byte for byte.
+  const std::string msgs = temp_path("msgs.json");
+  const json conv = {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Hi"}}};
+  std::ofstream(msgs) << conv.dump();
+  const auto t = run_cli("chat-template -m " + q(shared_path(kModel)) + " --tokenizer " + q(shared_path(kTok)) + " --messages " + q(msgs));
+  std::remove(msgs.c_str());
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_EQ(t.out, post(p, "/apply-template", json{{"messages", conv}}).body["prompt"].get<std::string>());
+  const auto bad = run_cli("chat-template --template /nonexistent.jinja --messages /nonexistent.json");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.err.find("nonexistent"), std::string::npos) << bad.err;
+}
+
 }  // namespace
 }  // namespace tessera::test

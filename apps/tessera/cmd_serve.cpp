@@ -105,7 +105,7 @@ void handle_completion(Server& S, const httplib::Request& req, httplib::Response
     } catch (const Error& e) {
       throw ApiError(400, std::string("the chat template failed: ") + e.what(), "messages");
     }
-    prompts.push_back(tokenize_prompt(S, text));
+    prompts.push_back(chat_tokens(*S.tok, text));
   } else {
     for (size_t i = 0; i < cr.prompts.size(); ++i) {
       if (!cr.prompt_ids[i].empty()) {

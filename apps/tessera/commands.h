@@ -6,6 +6,8 @@ namespace tessera::cli {
 
 int cmd_generate(int argc, char** argv);
 int cmd_serve(int argc, char** argv);
+int cmd_chat(int argc, char** argv);
+int cmd_chat_template(int argc, char** argv);
 int cmd_perplexity(int argc, char** argv);
 int cmd_info(int argc, char** argv);
 int cmd_bench(int argc, char** argv);

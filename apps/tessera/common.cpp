@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "formats/model_io.h"
+#include "infer/generate.h"
 #include "tokenizer/bpe_train.h"
 
 namespace tessera::cli {
@@ -128,6 +129,22 @@ void install_stop_handlers() {
 }
 
 const volatile std::sig_atomic_t* stop_requested() { return &g_stop_requested; }
+
+void install_interrupt_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = request_stop;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // persistent; no SA_RESTART: a blocked read returns
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+void clear_stop_request() { g_stop_requested = 0; }
+
+std::vector<int32_t> chat_tokens(const Tokenizer& tok, const std::string& text) {
+  std::vector<int32_t> ids = prompt_tokens(tok, text, EncodeOptions{true, true});
+  if (ids.size() >= 2 && tok.bos_id() >= 0 && ids[0] == tok.bos_id() && ids[1] == tok.bos_id()) ids.erase(ids.begin());
+  return ids;
+}
 
 CLI::Validator weight_type_validator() {
   return CLI::Validator(

@@ -43,6 +43,10 @@ CLI::Validator weight_type_validator();
 // ignored). Training polls it after every step (train::run_training).
 void install_stop_handlers();
 const volatile std::sig_atomic_t* stop_requested();
+// SIGINT sets the same flag every time (not one-shot), without restarting an
+// interrupted read: `tessera chat` stops a reply with Ctrl-C and goes on.
+void install_interrupt_handler();
+void clear_stop_request();
 
 struct Loaded;
 // --verbose: what the run did beyond its output (LLM.int8() outlier columns), on stderr.
@@ -61,6 +65,9 @@ Loaded load(const ModelArgs& a);
 // has none), a built-in name (chatml), or a Jinja file. bos_token / eos_token
 // are the tokenizer's.
 ChatTemplate load_chat_template(const std::string& arg, const LoadedModel& lm, const Tokenizer& tok);
+// A rendered conversation as token ids: BOS as the tokenizer's rules say, once
+// (a template that writes the BOS text itself does not get a second one).
+std::vector<int32_t> chat_tokens(const Tokenizer& tok, const std::string& text);
 
 // Parses argv into app; returns -1 to continue, or the exit code to return.
 int parse(CLI::App& app, int argc, char** argv);

@@ -21,6 +21,8 @@ struct Command {
 const Command kCommands[] = {
     {"generate", tessera::cli::cmd_generate, "generate text from a prompt (streams to stdout)"},
     {"serve", tessera::cli::cmd_serve, "OpenAI-compatible HTTP server with continuous batching and a web chat page"},
+    {"chat", tessera::cli::cmd_chat, "multi-turn chat in the terminal through the model's chat template"},
+    {"chat-template", tessera::cli::cmd_chat_template, "print a conversation rendered by a chat template"},
     {"perplexity", tessera::cli::cmd_perplexity, "NLL and perplexity of a text file"},
     {"info", tessera::cli::cmd_info, "architecture, sizes and memory of a model"},
     {"bench", tessera::cli::cmd_bench, "prefill/decode speed vs the machine's measured limits"},
