@@ -7,7 +7,7 @@ PKGS=(
   build-essential g++ cmake ninja-build pkg-config
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libopenblas-openmp-dev
-  nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev curl
+  nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev curl chromium
   clang libclang-rt-14-dev
   fortunes-min fortunes
 )

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -372,6 +373,40 @@ TEST(Serve, TwoHundredConnectionsHalfDisconnectingFreeEverything) {
   EXPECT_LT(s.rss_kib() - rss_first, 16 * 1024) << "resident memory grew between two identical waves";
   EXPECT_EQ(get(p, "/health").status, 200);
   EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+// The web page in headless Chromium: type a message, click Send, the streamed
+// answer appears, equal to the API's greedy answer. The screenshot is kept as a
+// CI artifact (build/artifacts/serve_chat.png).
+TEST(Serve, WebChatPageInHeadlessChromium) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  const char* chromium = "/usr/bin/chromium";
+  if (!std::filesystem::exists(chromium) || std::system("node --experimental-websocket -e 'process.exit(typeof WebSocket === \"function\" ? 0 : 1)' 2>/dev/null") != 0)
+    GTEST_SKIP() << "needs Debian's chromium and node >= 20.10 (scripts/install-deps.sh installs chromium)";
+  START_SERVER(s, args());
+  const int p = s.port();
+  std::filesystem::create_directories(TESSERA_ARTIFACT_DIR);
+  const std::string shot = std::string(TESSERA_ARTIFACT_DIR) + "/serve_chat.png";
+  std::filesystem::remove(shot);
+  const std::string cmd = "node --experimental-websocket " + q(std::string(TESSERA_SOURCE_DIR) + "/tests/web/chat_page.mjs") + " " +
+                          chromium + " " + std::to_string(p) + " 'Hello there' " + q(shot);
+  FILE* f = popen(cmd.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  ASSERT_EQ(pclose(f), 0) << out;
+  const json page = json::parse(out, nullptr, false);
+  ASSERT_TRUE(page.is_object()) << out;
+  const Reply r = post(p, "/v1/chat/completions", json{{"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
+                                                       {"max_tokens", 24}, {"temperature", 0}});
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(page["user"], "Hello there");
+  EXPECT_EQ(page["answer"], r.body["choices"][0]["message"]["content"]);
+  EXPECT_TRUE(page["errors"].empty()) << page.dump();
+  EXPECT_NE(page["stats"].get<std::string>().find("tokens/s"), std::string::npos) << page.dump();
+  EXPECT_GT(std::filesystem::file_size(shot), 1000u);
 }
 
 // tessera chat (stdin piped) answers as the server does for the same conversation;

@@ -398,6 +398,7 @@ int cmd_serve(int argc, char** argv) {
   httplib::Server svr;
   routes(svr, S);
   svr.set_payload_max_length(sa.max_body);
+  svr.set_tcp_nodelay(true);  // streamed chunks go out at once (no Nagle / delayed-ACK stalls)
   svr.set_read_timeout(sa.timeout, 0);
   svr.set_write_timeout(sa.timeout, 0);
   const size_t n_threads = size_t(std::min<int64_t>(1024, sa.parallel + sa.max_queue + 16));
