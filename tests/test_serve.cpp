@@ -409,6 +409,37 @@ TEST(Serve, WebChatPageInHeadlessChromium) {
   EXPECT_GT(std::filesystem::file_size(shot), 1000u);
 }
 
+// The official OpenAI Node client: models, completions, chats, streaming with
+// usage, and a 400 surfaced as the client's APIError.
+TEST(Serve, OfficialOpenAINodeClient) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  const std::string npm = TESSERA_NPM_DIR;
+  if (!std::filesystem::exists(npm + "/node_modules/openai/index.mjs"))
+    GTEST_SKIP() << "the openai npm package is not installed under " << npm << " (scripts/test.sh installs it)";
+  START_SERVER(s, args());
+  const int p = s.port();
+  FILE* f = popen(("node " + q(std::string(TESSERA_SOURCE_DIR) + "/tests/web/openai_client.mjs") + " " + q(npm) + " " +
+                   std::to_string(p) + " 2>&1").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  ASSERT_EQ(pclose(f), 0) << out;
+  const json j = json::parse(out, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << out;
+  EXPECT_EQ(j["model"], "stories260K.bin");
+  EXPECT_EQ(j["completion"], completion_text(p, {{"prompt", "Once upon a time"}, {"max_tokens", 16}, {"temperature", 0}}));
+  EXPECT_EQ(j["completion_usage"]["completion_tokens"], 16);
+  const Reply chat = post(p, "/v1/chat/completions", json{{"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
+                                                          {"max_tokens", 16}, {"temperature", 0}});
+  EXPECT_EQ(j["chat"], chat.body["choices"][0]["message"]["content"]);
+  EXPECT_EQ(j["chat_stream"], j["chat"]);
+  EXPECT_EQ(j["chat_finish"], "length");
+  EXPECT_EQ(j["stream_usage"]["completion_tokens"], 16);
+  EXPECT_EQ(j["bad_request"]["status"], 400) << out;
+}
+
 // tessera chat (stdin piped) answers as the server does for the same conversation;
 // chat-template prints what /apply-template returns.
 TEST(Serve, ChatCliAndTemplateCliAgreeWithTheServer) {
