@@ -4,6 +4,7 @@
 // the right status; streaming is Server-Sent Events.
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -428,7 +429,11 @@ int cmd_serve(int argc, char** argv) {
     send_error(res, 500, what, "", "server_error");
   });
   svr.set_logger([&S](const httplib::Request& req, const httplib::Response& res) {
-    if (S.metrics) S.metrics->count_request(req.path, res.status);
+    // Unknown paths share one label, so a client cannot grow the metric set without bound.
+    static const char* known[] = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
+                                  "/tokenize", "/detokenize", "/apply-template"};
+    const bool is_known = std::any_of(std::begin(known), std::end(known), [&](const char* k) { return req.path == k; });
+    if (S.metrics) S.metrics->count_request(is_known ? req.path : "other", res.status);
   });
   int port = sa.port;
   if (port == 0) {
