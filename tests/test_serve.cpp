@@ -85,6 +85,21 @@ std::vector<std::string> sse_events(const std::string& body) {
   return out;
 }
 
+// Runs a shell command; its stdout, and its exit status in *status.
+std::string shell(const std::string& cmd, int* status) {
+  FILE* f = popen(cmd.c_str(), "r");
+  std::string out;
+  if (!f) {
+    *status = -1;
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  *status = pclose(f);
+  return out;
+}
+
 #define START_SERVER(var, ...)                                       \
   TESSERA_REQUIRE_SHARED(kModel);                                    \
   ServerProcess var(__VA_ARGS__);                                    \
@@ -190,14 +205,11 @@ TEST(Serve, StreamingMatchesNonStreaming) {
                                {"temperature", 0}, {"stream", true}}.dump();
   const std::string path = temp_path("chat_req.json");
   std::ofstream(path) << req;
-  FILE* f = popen(("curl -sN -H 'Content-Type: application/json' --data-binary @" + path + " http://127.0.0.1:" +
-                   std::to_string(p) + "/v1/chat/completions").c_str(), "r");
-  ASSERT_NE(f, nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  ASSERT_EQ(pclose(f), 0) << "curl failed";
+  int status = 0;
+  const std::string out = shell("curl -sN -H 'Content-Type: application/json' --data-binary @" + path + " http://127.0.0.1:" +
+                                    std::to_string(p) + "/v1/chat/completions",
+                                &status);
+  ASSERT_EQ(status, 0) << "curl failed";
   std::remove(path.c_str());
   const auto cev = sse_events(out);
   ASSERT_GE(cev.size(), 3u) << out;
@@ -390,13 +402,9 @@ TEST(Serve, WebChatPageInHeadlessChromium) {
   std::filesystem::remove(shot);
   const std::string cmd = "node --experimental-websocket " + q(std::string(TESSERA_SOURCE_DIR) + "/tests/web/chat_page.mjs") + " " +
                           chromium + " " + std::to_string(p) + " 'Hello there' " + q(shot);
-  FILE* f = popen(cmd.c_str(), "r");
-  ASSERT_NE(f, nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  ASSERT_EQ(pclose(f), 0) << out;
+  int status = 0;
+  const std::string out = shell(cmd, &status);
+  ASSERT_EQ(status, 0) << out;
   const json page = json::parse(out, nullptr, false);
   ASSERT_TRUE(page.is_object()) << out;
   const Reply r = post(p, "/v1/chat/completions", json{{"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
@@ -418,14 +426,11 @@ TEST(Serve, OfficialOpenAINodeClient) {
     GTEST_SKIP() << "the openai npm package is not installed under " << npm << " (scripts/test.sh installs it)";
   START_SERVER(s, args());
   const int p = s.port();
-  FILE* f = popen(("node " + q(std::string(TESSERA_SOURCE_DIR) + "/tests/web/openai_client.mjs") + " " + q(npm) + " " +
-                   std::to_string(p) + " 2>&1").c_str(), "r");
-  ASSERT_NE(f, nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  ASSERT_EQ(pclose(f), 0) << out;
+  int status = 0;
+  const std::string out = shell("node " + q(std::string(TESSERA_SOURCE_DIR) + "/tests/web/openai_client.mjs") + " " + q(npm) +
+                                    " " + std::to_string(p) + " 2>&1",
+                                &status);
+  ASSERT_EQ(status, 0) << out;
   const json j = json::parse(out, nullptr, false);
   ASSERT_TRUE(j.is_object()) << out;
   EXPECT_EQ(j["model"], "stories260K.bin");
@@ -453,13 +458,9 @@ TEST(Serve, ChatCliAndTemplateCliAgreeWithTheServer) {
   std::ofstream(in) << "Hello there\n/exit\n";
   const std::string cmd = std::string(TESSERA_CLI) + " chat -m " + q(shared_path(kModel)) + " --tokenizer " +
                           q(shared_path(kTok)) + " --temp 0 -n 20 < " + q(in) + " 2>/dev/null";
-  FILE* f = popen(cmd.c_str(), "r");
-  ASSERT_NE(f, nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  EXPECT_EQ(pclose(f), 0);
+  int status = 0;
+  const std::string out = shell(cmd, &status);
+  EXPECT_EQ(status, 0);
   std::remove(in.c_str());
   EXPECT_EQ(out, answer + "\n");
   // chat-template = /apply-template, byte for byte.

@@ -153,8 +153,10 @@ void Engine::loop() {
     }
     step();
     publish_gauges();
+    flush_done();
   }
   for (auto& s : running_) finish(*s, "error", "the server is shutting down");
+  flush_done();
   std::lock_guard<std::mutex> lk(mu_);
   for (auto& p : queue_) {
     Event e;
@@ -311,7 +313,12 @@ void Engine::finish(Seq& s, const std::string& reason, const std::string& error)
   e.error = error;
   e.n_prompt = s.n_prompt(), e.n_generated = s.st.n_generated, e.n_cached = s.n_cached;
   metrics_.add_tokens(e.n_prompt, e.n_cached, e.n_generated);
-  s.stream->push(std::move(e));
+  done_.emplace_back(s.stream, std::move(e));  // sent after the sequence is retired and the gauges say so
+}
+
+void Engine::flush_done() {
+  for (auto& [stream, e] : done_) stream->push(std::move(e));
+  done_.clear();
 }
 
 void Engine::retire(std::unique_ptr<Seq> s) {

@@ -130,6 +130,7 @@ class Engine {
   void step();    // one batched forward and the sampling after it
   void finish(Seq& s, const std::string& reason, const std::string& error = {});
   void retire(std::unique_ptr<Seq> s);  // frees or caches a finished sequence's KV
+  void flush_done();                     // sends the final events finish() collected
   int64_t blocks_for(int64_t positions) const { return (positions + bs_ - 1) / bs_; }
   // Prefix cache.
   struct Match {
@@ -171,6 +172,7 @@ class Engine {
   std::vector<const std::vector<int32_t>*> seq_tokens_;      // per sequence id: its KV tokens (running or cached)
   Batch batch_;
   std::vector<Seq*> row_seq_;  // logits row -> sequence
+  std::vector<std::pair<std::shared_ptr<Stream>, Event>> done_;  // final events of this step
   std::vector<float> logits_;  // (parallel, V)
   std::vector<float> work_;    // (V) the sampler's copy of a row
   std::vector<uint8_t> allowed_;  // (V) grammar mask
