@@ -23,7 +23,8 @@ class ServerProcess {
  public:
   // args: the serve options (model, sizes); --port 0 is added. Waits until the
   // model is loaded ("ready" on stderr); port() is 0 if it never got there.
-  explicit ServerProcess(const std::vector<std::string>& args, double timeout_s = 60) {
+  // wait_ready false: return as soon as the port is bound (the model may still be loading).
+  explicit ServerProcess(const std::vector<std::string>& args, double timeout_s = 60, bool wait_ready = true) {
     static int counter = 0;
     log_ = temp_path("serve_" + std::to_string(++counter) + ".log");
     std::vector<std::string> argv = {TESSERA_CLI, "serve", "--port", "0"};
@@ -44,6 +45,7 @@ class ServerProcess {
       const std::string s = log();
       std::smatch m;
       if (std::regex_search(s, m, re)) listen_port_ = std::stoi(m[1]);
+      if (!wait_ready && listen_port_ > 0) break;
       if (s.find("tessera: ready") != std::string::npos) {
         port_ = listen_port_;
         break;

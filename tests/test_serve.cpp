@@ -139,6 +139,24 @@ TEST(Serve, CompletionMatchesGenerateAndEndpointsAnswer) {
   EXPECT_EQ(s.stop(), 0) << s.log();
 }
 
+// /health says 503 while the model loads (a 1B random-weight model takes seconds), then 200.
+TEST(Serve, HealthIs503WhileLoading) {
+  TESSERA_REQUIRE_SHARED("models/tokenizer.bin");
+  ServerProcess s({"-m", "synthetic:1b:q4_0", "--tokenizer", shared_path("models/tokenizer.bin"), "-c", "256"}, 120, false);
+  ASSERT_GT(s.listen_port(), 0) << s.log();
+  const Reply loading = get(s.listen_port(), "/health");
+  const Reply api = post(s.listen_port(), "/v1/completions", json{{"prompt", "a"}});
+  int ok = 0;
+  for (int i = 0; i < 1200 && ok != 200; ++i) {
+    ok = get(s.listen_port(), "/health").status;
+    if (ok != 200) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(loading.status, 503) << loading.raw;
+  EXPECT_EQ(loading.body["error"]["type"], "unavailable_error");
+  EXPECT_EQ(api.status, 503);
+  EXPECT_EQ(ok, 200) << s.log();
+}
+
 // n concurrent requests return exactly what each returns alone (greedy, f32 KV),
 // with the prefix cache on (the second wave reuses the first's blocks) and off.
 void concurrent_equals_alone(bool prefix_cache) {
