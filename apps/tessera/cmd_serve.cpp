@@ -387,7 +387,7 @@ int cmd_serve(int argc, char** argv) {
   app.add_option("--parallel", sa.parallel, "sequences generated at once (default 4)")->check(positive());
   app.add_option("--kv-blocks", sa.kv_blocks, "KV cache blocks of 32 positions in the pool (default: --parallel full contexts)")->check(positive());
   app.add_option("--api-key", sa.api_key, "require 'Authorization: Bearer KEY' on the API endpoints");
-  app.add_option("--chat-template", sa.chat_template, "chat template: a built-in name (chatml) (default: the model's, else chatml)");
+  app.add_option("--chat-template", sa.chat_template, "chat template: chatml, or a Jinja file (default: the model's own, else chatml)");
   app.add_option("--max-queue", sa.max_queue, "requests that may wait for a slot; more get 429 (default 64)")->check(positive());
   app.add_option("--timeout", sa.timeout, "seconds a connection may stay silent while reading or writing (default 600)")->check(positive());
   app.add_option("--alias", sa.alias, "model name reported by the API (default: the model file's name)");

@@ -10,7 +10,7 @@ import path from "node:path";
 
 const [chromium, port, message, shot] = process.argv.slice(2);
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), "tessera-chromium-"));
-const browser = spawn(chromium, ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+const browser = spawn(chromium, ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
   "--remote-debugging-port=0", `--user-data-dir=${profile}`, "--window-size=1100,720", "about:blank"],
   { stdio: ["ignore", "ignore", "pipe"] });
 const fail = (msg) => { console.error("chat_page: " + msg); cleanup(); process.exit(1); };
