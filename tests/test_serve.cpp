@@ -400,7 +400,11 @@ TEST(Serve, TwoHundredConnectionsHalfDisconnectingFreeEverything) {
     EXPECT_EQ(metric(p, "tessera_kv_blocks_used"), 0);
     if (wave == 0) rss_first = s.rss_kib();
   }
+#if !defined(__SANITIZE_ADDRESS__)  // ASan's quarantine keeps freed memory resident by design (LSan checks leaks there)
   EXPECT_LT(s.rss_kib() - rss_first, 16 * 1024) << "resident memory grew between two identical waves";
+#else
+  (void)rss_first;
+#endif
   EXPECT_EQ(get(p, "/health").status, 200);
   EXPECT_EQ(s.stop(), 0) << s.log();
 }

@@ -303,8 +303,11 @@ class Renderer {
       }
       case Node::Macro: {
         const Node* mn = &n;
-        ScopeP def_scope = sc;
-        sc->vars[n.s] = Value::func([this, mn, def_scope](Args& a) {
+        // The macro lives in the scope it reads: a weak reference, or the two would keep each other alive.
+        std::weak_ptr<Scope> weak = sc;
+        sc->vars[n.s] = Value::func([this, mn, weak](Args& a) {
+          ScopeP def_scope = weak.lock();
+          if (!def_scope) def_scope = globals_;
           auto s = std::make_shared<Scope>();
           s->parent = def_scope;
           for (size_t k = 0; k < mn->names.size(); ++k) {
