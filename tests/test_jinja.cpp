@@ -164,6 +164,38 @@ TEST(Jinja, RealChatTemplatesMatchTheReferenceImplementation) {
               rejected.c_str());
 }
 
+// A template in tokenizer_config.json beside a safetensors model (a string, or
+// a list whose "default" entry is used) is the model's; convert carries it to
+// GGUF tokenizer.chat_template and back.
+TEST(ChatTemplate, FromTokenizerConfigJsonAndThroughConvert) {
+  TESSERA_REQUIRE_SHARED("models/stories260K.bin");
+  const std::string model = shared_path("models/stories260K.bin"), tok = shared_path("models/tok512.bin");
+  const std::string dir = temp_path("hf_chat"), gguf = temp_path("hf_chat.gguf"), msgs = temp_path("hf_msgs.json");
+  std::filesystem::remove_all(dir);
+  auto r = run_cli("convert " + q(model) + " " + q(dir) + " --tokenizer " + q(tok));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ofstream(msgs) << R"([{"role": "user", "content": "Hi"}])";
+  const std::string tmpl = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+  std::ofstream(dir + "/tokenizer_config.json") << ojson{{"chat_template", ojson::array({{{"name", "tool_use"}, {"template", "x"}},
+                                                                                      {{"name", "default"}, {"template", tmpl}}})}}.dump();
+  r = run_cli("chat-template -m " + q(dir) + " --tokenizer " + q(tok) + " --messages " + q(msgs));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "[user]Hi[assistant]");
+  std::ofstream(dir + "/tokenizer_config.json") << ojson{{"chat_template", tmpl}}.dump();
+  r = run_cli("convert " + q(dir) + " " + q(gguf) + " --tokenizer " + q(tok));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("chat-template -m " + q(gguf) + " --messages " + q(msgs) + " --no-generation-prompt");
+  EXPECT_EQ(r.out, "[user]Hi");
+  EXPECT_NE(run_cli("info -m " + q(gguf)).out.find("chat template:  Jinja"), std::string::npos);
+  std::ofstream(dir + "/tokenizer_config.json") << "{ not json";
+  r = run_cli("chat-template -m " + q(dir) + " --tokenizer " + q(tok) + " --messages " + q(msgs));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("tokenizer_config.json"), std::string::npos) << r.err;
+  std::filesystem::remove_all(dir);
+  std::remove(gguf.c_str());
+  std::remove(msgs.c_str());
+}
+
 TEST(ChatTemplate, SystemMessageMergedWhereTheTemplateRejectsIt) {
   TESSERA_REQUIRE_SHARED("chat-templates/google-gemma-2-2b-it.jinja");
   const ChatTemplate t = ChatTemplate::from_source(slurp(shared_path("chat-templates/google-gemma-2-2b-it.jinja")), "<bos>", "<eos>");

@@ -362,7 +362,7 @@ std::string raw_stream(int port, bool read_all) {
   inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
   std::string got;
   if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-    const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", 60}, {"stream", true}}.dump();
+    const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", 24}, {"stream", true}}.dump();
     const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
                             "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
     if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) == ssize_t(req.size())) {

@@ -23,7 +23,7 @@ int cmd_convert(int argc, char** argv) {
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
 
   LoadedModel m = load_model(in, tokenizer);
-  write_model(m.weights, m.tokenizer ? &*m.tokenizer : nullptr, out, type_name, "convert");
+  write_model(m.weights, m.tokenizer ? &*m.tokenizer : nullptr, out, type_name, "convert", m.chat_template);
   std::fprintf(stderr, "convert: %s (%s) -> %s\n", in.c_str(), m.format.c_str(), out.c_str());
   return 0;
 }

@@ -45,6 +45,8 @@ int cmd_info(int argc, char** argv) {
   if (!c.rope_freq_factors.empty())
     std::printf("rope scaling:   %s\n", describe_rope_scaling(c.rope_freq_factors, c.rope_theta, c.head_dim).c_str());
   std::printf("embeddings:     %s\n", c.tied_embeddings ? "tied" : "untied");
+  std::printf("chat template:  %s\n", lm.chat_template.empty() ? "none (serve / chat use chatml)"
+                                                               : ("Jinja, " + std::to_string(lm.chat_template.size()) + " bytes").c_str());
   if (c.qk_norm) std::printf("qk-norm:        yes (RMSNorm per query/key head)\n");
   if (c.has_sliding_window()) {
     std::string sl;

@@ -3,11 +3,14 @@
 // loaded (/health answers 503 until it is); every error is a JSON body with
 // the right status; streaming is Server-Sent Events.
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -435,6 +438,15 @@ int cmd_serve(int argc, char** argv) {
     const bool is_known = std::any_of(std::begin(known), std::end(known), [&](const char* k) { return req.path == k; });
     if (S.metrics) S.metrics->count_request(is_known ? req.path : "other", res.status);
   });
+  // The listening socket: SO_REUSEADDR (not httplib's SO_REUSEPORT, which lets a second server bind the same
+  // port silently), and a deep accept queue (the library listens with a backlog of 5, so a burst of clients
+  // overflowed it and waited out SYN retransmits of seconds).
+  int listen_fd = -1;
+  svr.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd = sock;
+  });
   int port = sa.port;
   if (port == 0) {
     port = svr.bind_to_any_port(sa.host);
@@ -442,6 +454,8 @@ int cmd_serve(int argc, char** argv) {
   } else if (!svr.bind_to_port(sa.host, port)) {
     fail("cannot bind ", sa.host, ":", port, " (in use, or not an address of this machine)");
   }
+  if (listen_fd >= 0 && ::listen(listen_fd, 1024) != 0)
+    std::fprintf(stderr, "tessera: warning: cannot deepen the accept queue: %s\n", std::strerror(errno));
   std::thread http([&] { svr.listen_after_bind(); });
   std::fprintf(stderr, "tessera: listening on http://%s:%d (loading the model)\n", sa.host.c_str(), port);
   try {

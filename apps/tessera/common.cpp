@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "formats/model_io.h"
 #include "infer/generate.h"
@@ -210,7 +212,7 @@ std::string human_bytes(double b) {
 }
 
 void write_model(Weights w, const Tokenizer* tok, const std::string& out, const std::string& type_name,
-                 const char* who) {
+                 const char* who, const std::string& chat_template) {
   auto ends = [&](std::string_view suf) {
     return out.size() > suf.size() && out.compare(out.size() - suf.size(), suf.size(), suf) == 0;
   };
@@ -245,9 +247,15 @@ void write_model(Weights w, const Tokenizer* tok, const std::string& out, const 
   const char* type_label = mix ? mix->name : dtype_name(src);
   if (gguf_out) {
     if (!tok) std::fprintf(stderr, "%s: warning: no tokenizer known; %s will have none (use --tokenizer)\n", who, out.c_str());
-    save_gguf(w, tok, out);
+    save_gguf(w, tok, out, chat_template);
   } else {
     save_hf(w, out);
+    if (!chat_template.empty()) {
+      const std::string cfg = nlohmann::json{{"chat_template", chat_template}}.dump(2) + "\n";
+      AtomicFileWriter f(out + "/tokenizer_config.json");
+      f.write(cfg.data(), cfg.size());
+      f.commit();
+    }
     if (tok && tok->kind() == TokenizerKind::ByteLevelBPE) {
       save_hf_tokenizer_json(tok->data(), out + "/tokenizer.json");
     } else if (tok) {

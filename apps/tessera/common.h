@@ -86,7 +86,9 @@ MappedTexts map_texts(const std::vector<std::string>& files);
 // given) or a Hugging Face directory (config.json + model.safetensors, and
 // tokenizer.json for byte-level tokenizers). type_name: "" keeps the source
 // type (llama2.c int8 -> f32), else f32|f16|bf16|q8_0|q4_0. who prefixes notes.
+// chat_template (Jinja source, "" for none) goes to GGUF tokenizer.chat_template or
+// the directory's tokenizer_config.json.
 void write_model(Weights w, const Tokenizer* tok, const std::string& out, const std::string& type_name,
-                 const char* who);
+                 const char* who, const std::string& chat_template = "");
 
 }  // namespace tessera::cli

@@ -208,7 +208,7 @@ void write_tokenizer(gguf::Writer& g, const Tokenizer& tok, const std::string& p
 
 }  // namespace
 
-void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path) {
+void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path, const std::string& chat_template) {
   // llama.cpp runs "llama" with interleaved-pair RoPE rows, "qwen2" (biases) and "qwen3" (QK-norm) with half-split.
   const bool qwen = in.cfg.qkv_bias || in.cfg.qk_norm;
   const Weights w = with_rope_style(in, qwen ? ops::RopeStyle::HalfSplit : ops::RopeStyle::Interleaved);
@@ -256,6 +256,7 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path)
   }
   g.set_u32(p + "vocab_size", uint32_t(c.vocab_size));
   if (tok) write_tokenizer(g, *tok, path);
+  if (!chat_template.empty()) g.set_string("tokenizer.chat_template", chat_template);
 
   // The architecture's tensors in its table's order; rope_freqs (llama3-style divisors) after the embedding.
   for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {

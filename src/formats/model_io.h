@@ -17,7 +17,8 @@ namespace tessera {
 Weights load_gguf_weights(std::shared_ptr<gguf::File> f);
 // Writes llama.cpp-compatible GGUF (same tensor names and metadata keys as its
 // converter). Llama weights are permuted to interleaved RoPE if needed.
-void save_gguf(const Weights& w, const Tokenizer* tok, const std::string& path);
+// chat_template: Jinja source written as tokenizer.chat_template ("" writes none).
+void save_gguf(const Weights& w, const Tokenizer* tok, const std::string& path, const std::string& chat_template = "");
 
 // Hugging Face directory: config.json + model.safetensors (or sharded).
 Weights load_hf_weights(const std::string& dir);
