@@ -34,10 +34,8 @@ struct Reply {
   std::string raw;
 };
 
-Reply post(int port, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
-  httplib::Client c("127.0.0.1", port);
-  c.set_read_timeout(120, 0);
-  auto r = c.Post(path, h, body, "application/json");
+// Status 0 when the request got no response.
+Reply reply_of(const httplib::Result& r) {
   Reply out;
   if (!r) return out;
   out.status = r->status;
@@ -45,17 +43,17 @@ Reply post(int port, const std::string& path, const std::string& body, const htt
   out.body = json::parse(r->body, nullptr, false);
   return out;
 }
+
+Reply post(int port, const std::string& path, const std::string& body, const httplib::Headers& h = {}) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(120, 0);
+  return reply_of(c.Post(path, h, body, "application/json"));
+}
 Reply post(int port, const std::string& path, const json& body) { return post(port, path, body.dump()); }
 
 Reply get(int port, const std::string& path, const httplib::Headers& h = {}) {
   httplib::Client c("127.0.0.1", port);
-  auto r = c.Get(path, h);
-  Reply out;
-  if (!r) return out;
-  out.status = r->status;
-  out.raw = r->body;
-  out.body = json::parse(r->body, nullptr, false);
-  return out;
+  return reply_of(c.Get(path, h));
 }
 
 std::string completion_text(int port, const json& body) {
