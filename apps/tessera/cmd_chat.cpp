@@ -86,12 +86,7 @@ int cmd_chat(int argc, char** argv) {
   app.add_option("--chat-template", tmpl_arg, "chatml, or a Jinja file (default: the model's own, else chatml)");
   app.add_option("--system", system, "system message");
   app.add_option("-n,--n-predict", gp.n_predict, "most tokens per reply (-1: until the context is full)");
-  app.add_option("--temp", sp.temp, "temperature (0: greedy)");
-  app.add_option("--top-k", sp.top_k, "top-k (0: off)");
-  app.add_option("--top-p", sp.top_p, "top-p (1: off)");
-  app.add_option("--min-p", sp.min_p, "min-p (0: off)");
-  app.add_option("--repeat-penalty", sp.repeat_penalty, "repetition penalty (1: off)");
-  app.add_option("-s,--seed", seed, "RNG seed (-1: random)");
+  add_sampling_options(app, sp, seed);
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   sp.seed = seed < 0 ? std::random_device{}() : uint64_t(seed);
   sp.validate();

@@ -86,15 +86,7 @@ int cmd_generate(int argc, char** argv) {
   app.add_option("-p,--prompt", prompt, "prompt text");
   app.add_option("-f,--file", prompt_file, "read the prompt from a file");
   app.add_option("-n,--n-predict", gp.n_predict, "tokens to generate (-1: until the context is full)");
-  app.add_option("--temp", sp.temp, "temperature (0: greedy)");
-  app.add_option("--top-k", sp.top_k, "top-k (0: off)");
-  app.add_option("--top-p", sp.top_p, "top-p / nucleus (1: off)");
-  app.add_option("--min-p", sp.min_p, "min-p relative to the top token (0: off)");
-  app.add_option("--repeat-penalty", sp.repeat_penalty, "repetition penalty (1: off)");
-  app.add_option("--repeat-last-n", sp.repeat_last_n, "tokens the penalties look back over (-1: all)");
-  app.add_option("--presence-penalty", sp.presence_penalty, "presence penalty (0: off)");
-  app.add_option("--frequency-penalty", sp.frequency_penalty, "frequency penalty (0: off)");
-  app.add_option("-s,--seed", seed, "RNG seed (-1: random; the same seed gives the same text)");
+  add_sampling_options(app, sp, seed);
   app.add_option("--stop", gp.stop, "stop when this string is generated (repeatable; not printed)");
   app.add_flag("--echo", echo, "print the prompt before the continuation");
   app.add_flag("--no-bos", no_bos, "do not add BOS to the prompt");

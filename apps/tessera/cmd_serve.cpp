@@ -90,11 +90,6 @@ json parse_body(const httplib::Request& req) {
   }
 }
 
-// The prompt's ids, the text each choice starts from (echo), and whether BOS was added.
-std::vector<int32_t> tokenize_prompt(const Server& S, const std::string& text) {
-  return prompt_tokens(*S.tok, text, EncodeOptions{true, true});
-}
-
 void handle_completion(Server& S, const httplib::Request& req, httplib::Response& res, bool chat) {
   const json body = parse_body(req);
   serve::CompletionRequest cr = serve::parse_completion(body, chat, S.sa.max_n);
@@ -120,7 +115,7 @@ void handle_completion(Server& S, const httplib::Request& req, httplib::Response
         prompts.push_back(cr.prompt_ids[i]);
         echo_text.push_back(S.tok->decode(cr.prompt_ids[i]));
       } else {
-        prompts.push_back(tokenize_prompt(S, cr.prompts[i]));
+        prompts.push_back(prompt_tokens(*S.tok, cr.prompts[i], EncodeOptions{true, true}));
         echo_text.push_back(cr.prompts[i]);
       }
     }

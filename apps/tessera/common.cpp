@@ -43,6 +43,18 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
                "its 3 low mantissa bits");
 }
 
+void add_sampling_options(CLI::App& app, SamplerParams& sp, int64_t& seed) {
+  app.add_option("--temp", sp.temp, "temperature (0: greedy)");
+  app.add_option("--top-k", sp.top_k, "top-k (0: off)");
+  app.add_option("--top-p", sp.top_p, "top-p / nucleus (1: off)");
+  app.add_option("--min-p", sp.min_p, "min-p relative to the top token (0: off)");
+  app.add_option("--repeat-penalty", sp.repeat_penalty, "repetition penalty (1: off)");
+  app.add_option("--repeat-last-n", sp.repeat_last_n, "tokens the penalties look back over (-1: all)");
+  app.add_option("--presence-penalty", sp.presence_penalty, "presence penalty (0: off)");
+  app.add_option("--frequency-penalty", sp.frequency_penalty, "frequency penalty (0: off)");
+  app.add_option("-s,--seed", seed, "RNG seed (-1: random; the same seed gives the same text)");
+}
+
 void report_verbose(const ModelArgs& a, const Loaded& L) {
   if (!a.verbose || a.load_type != "int8") return;
   const auto& s = L.ctx->int8_stats;

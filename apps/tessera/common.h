@@ -11,6 +11,7 @@
 
 #include "formats/load.h"
 #include "infer/chat_template.h"
+#include "infer/sampler.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
 
@@ -33,6 +34,9 @@ struct ModelArgs {
 };
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);
+// --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n --presence-penalty
+// --frequency-penalty -s/--seed (seed: -1 random), shared by generate and chat.
+void add_sampling_options(CLI::App& app, SamplerParams& sp, int64_t& seed);
 // A check for options that must be > 0, with a short message ("must be positive, got 0")
 // instead of CLI::PositiveNumber's range up to DBL_MAX.
 CLI::Validator positive();

@@ -810,7 +810,7 @@ Value Renderer::filter(const std::string& f, const Value& v, Args& a, int line) 
     const std::string s = to_string(v);
     std::string o;
     size_t k = 0;
-    bool line_start = true, is_first = true;
+    bool is_first = true;
     while (k <= s.size()) {
       const size_t e = std::min(s.find('\n', k), s.size());
       const std::string ln = s.substr(k, e - k);
@@ -818,10 +818,8 @@ Value Renderer::filter(const std::string& f, const Value& v, Args& a, int line) 
       o += ln;
       if (e < s.size()) o += '\n';
       is_first = false;
-      line_start = true;
       k = e + 1;
     }
-    (void)line_start;
     return Value(o);
   }
   if (f == "selectattr" || f == "rejectattr" || f == "select" || f == "reject") {

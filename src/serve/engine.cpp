@@ -343,7 +343,8 @@ void Engine::step() {
   batch_.clear();
   row_seq_.clear();
   int64_t room = opt_.step_tokens;
-  std::vector<std::pair<Seq*, int64_t>> rows;  // sequence, rows it adds
+  auto& rows = step_rows_;  // sequence, rows it adds
+  rows.clear();
   for (auto& s : running_)
     if (!s->done && s->prefilled()) {
       batch_.add(s->last, int64_t(s->kv_tokens.size()), s->id, true);

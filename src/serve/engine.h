@@ -172,6 +172,7 @@ class Engine {
   std::vector<const std::vector<int32_t>*> seq_tokens_;      // per sequence id: its KV tokens (running or cached)
   Batch batch_;
   std::vector<Seq*> row_seq_;  // logits row -> sequence
+  std::vector<std::pair<Seq*, int64_t>> step_rows_;  // per step: sequence, rows it adds (reused, no allocation)
   std::vector<std::pair<std::shared_ptr<Stream>, Event>> done_;  // final events of this step
   std::vector<float> logits_;  // (parallel, V)
   std::vector<float> work_;    // (V) the sampler's copy of a row

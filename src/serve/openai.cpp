@@ -101,7 +101,6 @@ CompletionRequest parse_completion(const json& body, bool chat, int64_t max_n) {
       r.messages.push_back({role == "developer" ? "system" : role,
                             message_content(m[i].contains("content") ? m[i]["content"] : json(nullptr), k + ".content")});
     }
-    r.raw_messages = m;
   } else {
     if (!body.contains("prompt")) bad("prompt", "'prompt' is required");
     const auto& p = body["prompt"];

@@ -33,7 +33,6 @@ struct CompletionRequest {
   std::vector<std::string> prompts;
   std::vector<std::vector<int32_t>> prompt_ids;  // parallel to prompts: given ids (else empty)
   std::vector<ChatMessage> messages;
-  nlohmann::json raw_messages;  // as sent (for templates that read more than role and content)
   int64_t max_tokens = -1;      // -1: until the context is full
   int32_t n = 1;
   bool stream = false, include_usage = false;
