@@ -85,6 +85,14 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
   post.norm_placement = post_gpt2.norm_placement = NormPlacement::Post;
   cases.push_back({"post-norm", post, DType::F32});
   cases.push_back({"GPT-2 post-norm ReLU", post_gpt2, DType::F32});
+  // Mixture-of-experts layers: the selected experts' products over the team.
+  cases.push_back({"MoE f32", synthetic_config("moe-tiny"), DType::F32});
+  cases.push_back({"MoE shared expert, sigmoid router, dense first layer", synthetic_config("moe-tiny-shared"),
+                   DType::F32});
+  ModelConfig moe512 = synthetic_config("moe-tiny");
+  moe512.dim = 512, moe512.head_dim = 64, moe512.moe_hidden = moe512.hidden_dim = 512;
+  cases.push_back({"MoE q8_0", moe512, DType::Q8_0});
+  cases.push_back({"MoE q4_0", moe512, DType::Q4_0});
   for (const Case& c : cases) {
     ModelConfig plain = c.cfg;
     plain.qkv_bias = plain.qk_norm = false;  // the generator makes neither; added below

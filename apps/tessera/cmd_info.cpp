@@ -9,6 +9,7 @@
 #include "common.h"
 #include "core/error.h"
 #include "formats/rope_scaling.h"
+#include "model/arch.h"
 
 namespace tessera::cli {
 
@@ -34,7 +35,18 @@ int cmd_info(int argc, char** argv) {
               (long long)c.n_kv_heads,
               c.n_kv_heads == c.n_heads ? "MHA" : (c.n_kv_heads == 1 ? "MQA" : "GQA"), (long long)c.head_dim);
   static const char* kActs[] = {"", "SwiGLU", "GeGLU", "GELU", "ReLU"};
-  std::printf("ffn hidden:     %lld (%s)\n", (long long)c.hidden_dim, kActs[int(c.activation())]);
+  if (!c.is_moe() || c.moe_first_dense > 0)
+    std::printf("ffn hidden:     %lld (%s)%s\n", (long long)c.hidden_dim, kActs[int(c.activation())],
+                c.is_moe() ? " in the dense layers" : "");
+  if (c.is_moe()) {
+    std::printf("experts:        %lld routed, %lld active per token, width %lld (%s); MoE layers %lld..%lld\n",
+                (long long)c.moe_experts, (long long)c.moe_used, (long long)c.moe_hidden, kActs[int(c.activation())],
+                (long long)c.moe_first_dense, (long long)c.n_layers - 1);
+    if (c.moe_shared_hidden > 0)
+      std::printf("shared expert:  width %lld%s\n", (long long)c.moe_shared_hidden,
+                  c.moe_shared_gate ? ", gated by sigmoid(g . x)" : ", ungated");
+    std::printf("router:         %s\n", c.router_desc().c_str());
+  }
   std::printf("vocab:          %lld\n", (long long)c.vocab_size);
   std::printf("trained ctx:    %lld\n", (long long)c.max_seq_len);
   std::printf("norm:           %s, eps %g, %s\n", c.arch == Arch::Llama ? "RMSNorm" : "LayerNorm", double(c.norm_eps),
@@ -58,6 +70,11 @@ int cmd_info(int argc, char** argv) {
   if (c.attn_softcap > 0.f) std::printf("attn softcap:   %g\n", double(c.attn_softcap));
   if (c.final_softcap > 0.f) std::printf("logit softcap:  %g\n", double(c.final_softcap));
   std::printf("parameters:     %lld (%.2fM)\n", (long long)w.n_params(), double(w.n_params()) / 1e6);
+  if (c.is_moe()) {
+    // Less the unselected routed experts (a tied output counts once, as above).
+    const int64_t inactive = count_params(c) - count_active_params(c), active = w.n_params() - inactive;
+    std::printf("active params:  %lld (%.2fM) per token\n", (long long)active, double(active) / 1e6);
+  }
 
   std::map<std::string, int> types;
   std::set<const void*> seen;

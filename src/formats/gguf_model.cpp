@@ -55,6 +55,58 @@ std::vector<float> gguf_rope_factors(const gguf::File& f, const std::string& p, 
   return div;
 }
 
+// Mixture-of-experts keys as llama.cpp names them: expert_count (absent or 0:
+// dense), expert_used_count, expert_feed_forward_length (default: the dense
+// feed_forward_length, Mixtral's "llama"), expert_shared_feed_forward_length
+// (Qwen2-MoE) or expert_shared_count x the expert width (DeepSeek),
+// leading_dense_block_count, expert_gating_func (1 softmax, 2 sigmoid),
+// expert_weights_norm (default: true for "llama", false otherwise, as llama.cpp
+// runs them), expert_weights_scale.
+void read_moe_keys(const gguf::File& f, const std::string& arch, const std::string& p, ModelConfig& c) {
+  const std::string& path = f.path();
+  c.moe_experts = f.get_int_or(p + "expert_count", 0);
+  if (c.moe_experts < 0) fail(path, ": ", p, "expert_count must be >= 0, got ", c.moe_experts);
+  if (c.moe_experts == 0) return;
+  c.moe_used = f.get_int(p + "expert_used_count");
+  c.moe_hidden = f.get_int_or(p + "expert_feed_forward_length", c.hidden_dim);
+  c.moe_shared_hidden = f.get_int_or(p + "expert_shared_feed_forward_length", 0);
+  if (f.find(p + "expert_shared_count")) c.moe_shared_hidden = c.moe_hidden * f.get_int(p + "expert_shared_count");
+  c.moe_first_dense = f.get_int_or(p + "leading_dense_block_count", 0);
+  const int64_t gating = f.get_int_or(p + "expert_gating_func", 1);
+  if (gating != 1 && gating != 2)
+    fail(path, ": ", p, "expert_gating_func = ", gating, " is not supported (1 softmax, 2 sigmoid)");
+  c.moe_gate = gating == 2 ? MoeGate::Sigmoid : MoeGate::Softmax;
+  c.moe_norm_topk = f.get_bool_or(p + "expert_weights_norm", arch == "llama");
+  c.moe_scale = float(f.get_float_or(p + "expert_weights_scale", 1.0));
+}
+
+// The keys read_moe_keys reads back to c, for the GGUF architecture `arch`.
+void write_moe_keys(gguf::Writer& g, const std::string& arch, const std::string& p, const ModelConfig& c) {
+  if (!c.is_moe()) return;
+  g.set_u32(p + "expert_count", uint32_t(c.moe_experts));
+  g.set_u32(p + "expert_used_count", uint32_t(c.moe_used));
+  g.set_u32(p + "expert_feed_forward_length", uint32_t(c.moe_hidden));
+  if (c.moe_shared_hidden > 0) g.set_u32(p + "expert_shared_feed_forward_length", uint32_t(c.moe_shared_hidden));
+  if (c.moe_first_dense > 0) g.set_u32(p + "leading_dense_block_count", uint32_t(c.moe_first_dense));
+  if (c.moe_gate != MoeGate::Softmax) g.set_u32(p + "expert_gating_func", 2);
+  if (c.moe_norm_topk != (arch == "llama")) g.set_bool(p + "expert_weights_norm", c.moe_norm_topk);
+  if (c.moe_scale != 1.f) g.set_f32(p + "expert_weights_scale", c.moe_scale);
+}
+
+// The GGUF architecture llama.cpp runs this llama-family config as: "qwen2moe"
+// (experts with a gated shared expert), "llama" (Mixtral: experts without a
+// shared one), "qwen2" (q/k/v biases), "qwen3" (QK-norm), "llama".
+std::string gguf_llama_arch(const ModelConfig& c, const std::string& path) {
+  if (c.is_moe()) {
+    if (c.moe_shared_hidden > 0 && !c.moe_shared_gate)
+      fail(path, ": this model's ungated shared expert (DeepSeek's) has no GGUF architecture Tessera writes yet");
+    if (c.moe_shared_hidden > 0) return "qwen2moe";
+    if (c.qk_norm) fail(path, ": a mixture-of-experts model with QK-norm has no GGUF architecture Tessera writes yet");
+    return "llama";
+  }
+  return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
+}
+
 }  // namespace
 
 // Every general.architecture value a registered architecture reads.
@@ -102,6 +154,8 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     }
     c.layer_cfg = sliding_window_layers(win, slides);
   }
+  if (c.arch == Arch::Llama) read_moe_keys(*f, arch, p, c);
+  c.set_moe_layers();  // before the tensors: which layers have experts
   // The feed-forward activation when it is not the architecture's own (a Tessera key).
   if (f->find(p + "feed_forward_activation"))
     c.ffn_act = parse_ffn_act(f->get_string(p + "feed_forward_activation"), path + ": " + p + "feed_forward_activation");
@@ -209,16 +263,16 @@ void write_tokenizer(gguf::Writer& g, const Tokenizer& tok, const std::string& p
 }  // namespace
 
 void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path, const std::string& chat_template) {
-  // llama.cpp runs "llama" with interleaved-pair RoPE rows, "qwen2" (biases) and "qwen3" (QK-norm) with half-split.
-  const bool qwen = in.cfg.qkv_bias || in.cfg.qk_norm;
-  const Weights w = with_rope_style(in, qwen ? ops::RopeStyle::HalfSplit : ops::RopeStyle::Interleaved);
+  // llama.cpp runs "llama" with interleaved-pair RoPE rows, "qwen2" (biases), "qwen3" (QK-norm)
+  // and "qwen2moe" with half-split.
+  const bool llama = in.cfg.arch == Arch::Llama;
+  const std::string arch = llama ? gguf_llama_arch(in.cfg, path) : "gpt2";
+  const Weights w = with_rope_style(in, arch == "llama" ? ops::RopeStyle::Interleaved : ops::RopeStyle::HalfSplit);
   const auto& c = w.cfg;
   for (const auto& L : w.layers)
     if (L.wq.dtype == DType::Q8_G || w.tok_embd.dtype == DType::Q8_G)
       fail(path, ": llama2.c int8 (q8_g) tensors cannot be written to GGUF; pick --type");
   gguf::Writer g;
-  const bool llama = c.arch == Arch::Llama;
-  const std::string arch = llama ? (c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama") : "gpt2";
   if (arch != "llama" && arch != "gpt2" && !c.rope_freq_factors.empty() && !uniform_rope_factor(c.rope_freq_factors))
     fail(path, ": llama.cpp's ", arch, " architecture has no rope_freqs tensor for this model's RoPE scaling");
   const std::string p = arch + ".";
@@ -246,6 +300,7 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path,
       g.set_u32(p + "attention.value_length", uint32_t(c.head_dim));
     }
   }
+  write_moe_keys(g, arch, p, c);
   if (c.ffn_act != FfnAct::Default) g.set_string(p + "feed_forward_activation", ffn_act_name(c.activation()));
   if (c.norm_placement == NormPlacement::Post) g.set_string(p + "norm_placement", "post");
   if (const int64_t win = c.common_window(path); win > 0) {

@@ -120,6 +120,37 @@ const TensorSpec* spec_by_role(const ArchDesc& d, const std::string& role) {
   return nullptr;
 }
 
+// The name of expert e's tensor from a "{e}" pattern.
+std::string expert_name(std::string pattern, int64_t e) {
+  const size_t at = pattern.find("{e}");
+  return at == std::string::npos ? pattern : pattern.replace(at, 3, std::to_string(e));
+}
+
+// Mixture-of-experts fields of config.json: Mixtral's num_local_experts (the
+// expert width is intermediate_size, weights renormalised), Qwen2-MoE's
+// num_experts, moe_intermediate_size, shared_expert_intermediate_size (a
+// sigmoid-gated shared expert) and norm_topk_prob.
+void read_hf_moe(const json& cfg, const std::string& path, const std::string& arch, ModelConfig& c) {
+  if (arch == "MixtralForCausalLM") {
+    c.moe_experts = get_int(cfg, path, "num_local_experts");
+    c.moe_used = get_int(cfg, path, "num_experts_per_tok");
+    c.moe_hidden = c.hidden_dim;
+    c.moe_norm_topk = true;
+  } else if (arch == "Qwen2MoeForCausalLM") {
+    c.moe_experts = get_int(cfg, path, "num_experts");
+    c.moe_used = get_int(cfg, path, "num_experts_per_tok");
+    c.moe_hidden = get_int(cfg, path, "moe_intermediate_size");
+    c.moe_shared_hidden = cfg.contains("shared_expert_intermediate_size")
+                              ? get_int(cfg, path, "shared_expert_intermediate_size") : 0;
+    c.moe_shared_gate = c.moe_shared_hidden > 0;
+    c.moe_norm_topk = cfg.value("norm_topk_prob", false);
+    if (cfg.value("decoder_sparse_step", int64_t(1)) != 1)
+      fail(path, ": decoder_sparse_step ", cfg["decoder_sparse_step"].dump(), " (MoE on every n-th layer) is not supported");
+    if (cfg.contains("mlp_only_layers") && cfg["mlp_only_layers"].is_array() && !cfg["mlp_only_layers"].empty())
+      fail(path, ": mlp_only_layers (dense layers among MoE ones) is not supported");
+  }
+}
+
 }  // namespace
 
 Weights load_hf_weights(const std::string& dir) {
@@ -191,6 +222,8 @@ Weights load_hf_weights(const std::string& dir) {
       for (int64_t l = std::max<int64_t>(from, 0); l < c.n_layers; ++l) slides[size_t(l)] = true;
     }
     c.layer_cfg = sliding_window_layers(win, slides);
+    read_hf_moe(cfg, cpath, archname, c);
+    c.set_moe_layers();
   } else {
     c.head_dim = c.dim / c.n_heads;
     if (c.hidden_dim == 0) c.hidden_dim = 4 * c.dim;  // n_inner null: 4 n_embd
@@ -204,8 +237,34 @@ Weights load_hf_weights(const std::string& dir) {
   const bool bare = d->hf_optional_prefix[0] && !st.find(hf_tensor_name(*d, d->head[0], -1));
   std::set<std::string> used;  // every tensor the model reads
   w.layers.resize(size_t(std::max<int64_t>(0, c.n_layers)));
+  // A per-expert tensor's name: the spec's own, else Mixtral's (hf_alt) when the file has that.
+  auto expert_pattern = [&](const TensorSpec& s, int64_t l) {
+    const std::string a = hf_tensor_name(*d, s, l, bare);
+    if (!s.hf_alt) return a;
+    TensorSpec alt = s;
+    alt.hf = s.hf_alt;
+    const std::string b = hf_tensor_name(*d, alt, l, bare);
+    return st.find(expert_name(b, 0)) && !st.find(expert_name(a, 0)) ? b : a;
+  };
   auto load = [&](const TensorSpec& s, int64_t l) {
-    const std::string name = hf_tensor_name(*d, s, l, bare);
+    const std::string name = expert_pattern(s, l);
+    if (is_expert_slot(s.slot)) {  // E tensors (N, K) stacked into (E, N, K), one owned copy
+      const auto want = s.shape(c, l);
+      const TensorView first = st.tensor(expert_name(name, 0)).view;
+      const size_t bytes = first.nbytes();
+      std::vector<uint8_t> buf(bytes * size_t(want[0]));
+      for (int64_t e = 0; e < want[0]; ++e) {
+        const std::string en = expert_name(name, e);
+        used.insert(en);
+        const TensorView t = st.tensor(en).view;
+        if (t.ndim != 2 || t.shape[0] != want[1] || t.shape[1] != want[2] || t.dtype != first.dtype)
+          fail(dir, ": tensor ", en, " is ", dtype_name(t.dtype), " ", shape_str(t), ", expert ", e, " needs ",
+               dtype_name(first.dtype), " [", want[1], ", ", want[2], "]");
+        std::memcpy(buf.data() + size_t(e) * bytes, t.data, bytes);
+      }
+      slot_ref(w, s.slot, l) = own_buffer(w, std::move(buf), first.dtype, {want[0], want[1], want[2]});
+      return;
+    }
     used.insert(name);
     if (!st.find(name) && s.present) return;
     TensorView t = st.tensor(name).view;  // a missing required tensor: the reader's error names it
@@ -216,6 +275,7 @@ Weights load_hf_weights(const std::string& dir) {
              "] (Conv1D)");
       t = transpose_owned(w, t);
     }
+    if (s.slot == Slot::ShGate && t.ndim == 2 && t.shape[0] == 1) t = make_view(t.dtype, {t.shape[1]}, t.data);  // (1, C)
     slot_ref(w, s.slot, l) = t;
     if (s.flag) c.*s.flag = true;
   };
@@ -256,6 +316,19 @@ void save_hf(const Weights& in, const std::string& dir) {
     fail(dir, ": config.json has no key for post-norm blocks; write GGUF instead");
   if (window > 0 && c.arch != Arch::Llama)
     fail(dir, ": config.json has no sliding-window keys for ", arch_name(c.arch), "; write GGUF instead");
+  // Mixture-of-experts models transformers runs: Mixtral (softmax, renormalised, no shared
+  // expert), Qwen2-MoE (softmax, a gated shared expert, q/k/v biases).
+  const bool mixtral = c.is_moe() && c.moe_shared_hidden == 0;
+  if (c.is_moe()) {
+    std::string why;
+    if (c.moe_gate != MoeGate::Softmax || c.moe_score_bias || c.moe_scale != 1.f) why = "its router (" + c.router_desc() + ")";
+    else if (c.moe_first_dense > 0) why = "its leading dense layers";
+    else if (mixtral && (!c.moe_norm_topk || c.qkv_bias || c.qk_norm || c.moe_hidden != c.hidden_dim))
+      why = "a Mixtral with unrenormalised weights, biases, QK-norm or an expert width other than intermediate_size";
+    else if (!mixtral && (!c.moe_shared_gate || !c.qkv_bias || c.qk_norm)) why = "a shared expert without Qwen2-MoE's gate and q/k/v biases";
+    if (!why.empty())
+      fail(dir, ": no transformers mixture-of-experts class computes this model (", why, "); write GGUF instead");
+  }
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail(dir, ": cannot create directory: ", ec.message());
@@ -278,8 +351,21 @@ void save_hf(const Weights& in, const std::string& dir) {
   cfg["tie_word_embeddings"] = c.tied_embeddings;
   if (c.arch == Arch::Llama) {
     // Transformers' classes for the variants: Qwen2 adds q/k/v biases, Qwen3 QK-norm.
-    cfg["architectures"] = {c.qkv_bias ? "Qwen2ForCausalLM" : c.qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM"};
-    cfg["model_type"] = c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
+    cfg["architectures"] = {c.is_moe() ? (mixtral ? "MixtralForCausalLM" : "Qwen2MoeForCausalLM")
+                            : c.qkv_bias ? "Qwen2ForCausalLM" : c.qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM"};
+    cfg["model_type"] = c.is_moe() ? (mixtral ? "mixtral" : "qwen2_moe") : c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
+    if (mixtral) {
+      cfg["num_local_experts"] = c.moe_experts;
+      cfg["num_experts_per_tok"] = c.moe_used;
+    } else if (c.is_moe()) {
+      cfg["num_experts"] = c.moe_experts;
+      cfg["num_experts_per_tok"] = c.moe_used;
+      cfg["moe_intermediate_size"] = c.moe_hidden;
+      cfg["shared_expert_intermediate_size"] = c.moe_shared_hidden;
+      cfg["norm_topk_prob"] = c.moe_norm_topk;
+      cfg["decoder_sparse_step"] = 1;
+      cfg["mlp_only_layers"] = json::array();
+    }
     cfg["head_dim"] = c.head_dim;
     cfg["hidden_act"] = c.activation() == FfnAct::GeGLU ? "gelu_pytorch_tanh" : "silu";
     cfg["rope_scaling"] = rope_scaling;
@@ -300,7 +386,16 @@ void save_hf(const Weights& in, const std::string& dir) {
   // The architecture's tensors; GPT-2's Conv1D matrices go back to (in, out), f32.
   for_each_tensor_spec(d, c, [&](const TensorSpec& s, int64_t l) {
     const TensorView& t = slot_ref(w, s.slot, l);
-    check(hf_tensor_name(d, s, l), s.hf_conv1d ? transpose_owned(tmp, t) : t);
+    TensorSpec named = s;
+    if (mixtral && s.hf_alt) named.hf = s.hf_alt;
+    const std::string name = hf_tensor_name(d, named, l);
+    if (is_expert_slot(s.slot)) {  // (E, N, K) -> E tensors (N, K)
+      for (int64_t e = 0; e < t.shape[0]; ++e) check(expert_name(name, e), expert_matrix(t, e));
+    } else if (s.slot == Slot::ShGate) {  // transformers' shared_expert_gate is a Linear(C, 1)
+      check(name, make_view(t.dtype, {1, t.shape[0]}, t.data));
+    } else {
+      check(name, s.hf_conv1d ? transpose_owned(tmp, t) : t);
+    }
   });
   const DType t = w.tok_embd.dtype;
   cfg["torch_dtype"] = t == DType::F16 ? "float16" : t == DType::BF16 ? "bfloat16" : "float32";

@@ -67,8 +67,8 @@ Weights convert_weights(const Weights& w, const QuantMix& mix, int* fallbacks) {
     TensorView& t = slot_ref(out, s.slot, layer);
     if (t.empty()) return;
     DType dst = DType::F32;
-    if (s.kind == TensorKind::Vector || t.ndim == 1) {
-      dst = DType::F32;
+    if (s.kind == TensorKind::Vector || t.ndim == 1 || (s.slot == Slot::Router && quantizing)) {
+      dst = DType::F32;  // llama.cpp keeps MoE routers (ffn_gate_inp) unquantized
     } else if (s.slot == Slot::PosEmbd && quantizing) {  // llama.cpp leaves position embeddings unquantized
       dst = t.dtype == DType::F16 || t.dtype == DType::BF16 ? t.dtype : DType::F32;
     } else {

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <span>
 
 #include "core/error.h"
 #include "core/fp16.h"
@@ -427,6 +428,11 @@ void matmul(KernelContext& ctx, const TensorView& W, const float* X, int64_t M, 
 }
 
 void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs) {
+  matmul_multi(ctx, X, M, outs.begin(), outs.size());
+}
+
+void matmul_multi(KernelContext& ctx, const float* X, int64_t M, const MatmulOut* outs_p, size_t n_outs) {
+  const std::span<const MatmulOut> outs(outs_p, n_outs);
   // Shared only where every matrix would take the SIMD matrix-vector kernels
   // (what matmul() picks below its GEMM thresholds) with the same K and the
   // same activation quantization; otherwise one matmul() each.
@@ -461,6 +467,11 @@ bool team_can_matmul(Isa isa, const TensorView& W) {
 }
 
 void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs) {
+  team_matmul(tt, x, outs.begin(), outs.size());
+}
+
+void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs_p, size_t n_outs) {
+  const std::span<const MatmulOut> outs(outs_p, n_outs);
   const cpu::IsaKernels* k = kernels_for(tt.isa);
   MatvecJob jobs[Team::kMaxJobs];
   int n = 0;

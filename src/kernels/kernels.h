@@ -73,6 +73,7 @@ struct MatmulOut {
   const TensorView* b = nullptr;  // optional bias (N)
 };
 void matmul_multi(KernelContext& ctx, const float* X, int64_t M, std::initializer_list<MatmulOut> outs);
+void matmul_multi(KernelContext& ctx, const float* X, int64_t M, const MatmulOut* outs, size_t n_outs);
 
 // C(M, N) = alpha op(A) op(B) + beta C, f32 row-major (OpenBLAS sgemm). Called
 // inside an OpenMP parallel region it runs on the calling thread only; outside,

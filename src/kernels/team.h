@@ -59,5 +59,6 @@ bool team_worthwhile(const TensorView& W);
 // of x (or the same one). Ends with a barrier, so Y is complete on return.
 // All W must pass team_can_matmul and have the same K and activation blocks.
 void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs);
+void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs, size_t n_outs);
 
 }  // namespace tessera

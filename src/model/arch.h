@@ -22,6 +22,7 @@ enum class Slot : uint8_t {
   TokEmbd, PosEmbd, OutNorm, OutNormB, Output,
   AttnNorm, AttnNormB, Wq, Wk, Wv, Bq, Bk, Bv, Wqkv, Bqkv, Wo, Bo,
   FfnNorm, FfnNormB, WGate, WUp, WDown, BUp, BDown, QNorm, KNorm,
+  Router, RouterBias, WGateExps, WUpExps, WDownExps, WGateSh, WUpSh, WDownSh, ShGate,
 };
 constexpr int kGlobalSlots = 5;
 inline bool is_layer_slot(Slot s) { return int(s) >= kGlobalSlots; }
@@ -47,6 +48,11 @@ struct TensorSpec {
   // q/k/v biases -> qkv_bias); present() must then say c.*flag.
   bool ModelConfig::* flag = nullptr;
   bool hf_conv1d = false;  // stored transposed, (in, out), in Hugging Face files (GPT-2's Conv1D)
+  // Mixture-of-experts tensors (E, N, K): Hugging Face files hold one (N, K)
+  // tensor per expert, named with "{e}" in hf replaced by the expert index.
+  // hf_alt: Mixtral's name for the same tensor (read as well; written for
+  // models without a shared expert, which are saved as MixtralForCausalLM).
+  const char* hf_alt = nullptr;
   bool is_layer() const { return is_layer_slot(slot); }
 };
 
@@ -93,5 +99,9 @@ std::string gguf_tensor_name(const TensorSpec& s, int64_t layer);
 std::string hf_tensor_name(const ArchDesc& d, const TensorSpec& s, int64_t layer, bool without_prefix = false);
 // Parameters of the model c describes: the sum of its present tensors' sizes.
 int64_t count_params(const ModelConfig& c);
+// Parameters one token reaches: count_params less the unselected routed experts.
+int64_t count_active_params(const ModelConfig& c);
+// Whether s is a routed-experts tensor (E, N, K).
+inline bool is_expert_slot(Slot s) { return s == Slot::WGateExps || s == Slot::WUpExps || s == Slot::WDownExps; }
 
 }  // namespace tessera

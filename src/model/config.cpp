@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -38,6 +39,28 @@ FfnAct parse_ffn_act(const std::string& name, const std::string& where) {
   for (FfnAct a : {FfnAct::SwiGLU, FfnAct::GeGLU, FfnAct::GELU, FfnAct::ReLU})
     if (name == ffn_act_name(a)) return a;
   fail(where, ": feed-forward activation '", name, "' is not one of swiglu, geglu, gelu, relu");
+}
+
+const char* moe_gate_name(MoeGate g) { return g == MoeGate::Sigmoid ? "sigmoid" : "softmax"; }
+
+void ModelConfig::set_moe_layers() {
+  if (moe_experts <= 0) return;
+  if (layer_cfg.empty()) layer_cfg.resize(size_t(std::max<int64_t>(n_layers, 0)));
+  for (int64_t l = 0; l < int64_t(layer_cfg.size()); ++l)
+    layer_cfg[size_t(l)].ffn = l >= moe_first_dense ? FfnKind::MoE : FfnKind::Dense;
+}
+
+std::string ModelConfig::router_desc() const {
+  if (!is_moe()) return "";
+  std::string s = std::string(moe_gate_name(moe_gate)) + " -> top-" + std::to_string(moe_used) +
+                  (moe_score_bias ? " by score + bias" : "") +
+                  (moe_norm_topk ? " -> renormalise" : " -> no renormalisation");
+  if (moe_scale != 1.f) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, " -> x%g", double(moe_scale));
+    s += buf;
+  }
+  return s;
 }
 
 bool ModelConfig::has_sliding_window() const {
@@ -131,6 +154,22 @@ void ModelConfig::validate(const std::string& where) const {
       fail(where, ": ", arch_name(arch), " has a", gated_ffn() ? " gated feed-forward (swiglu, geglu)" : "n ungated feed-forward (gelu, relu)",
            "; got ", ffn_act_name(a));
   }
+  if (is_moe()) {
+    if (arch != Arch::Llama) fail(where, ": mixture-of-experts is supported for the llama family only");
+    pos("moe_used (expert_used_count)", moe_used);
+    pos("moe_hidden (expert feed-forward width)", moe_hidden);
+    if (moe_used > moe_experts)
+      fail(where, ": expert_used_count (", moe_used, ") exceeds expert_count (", moe_experts, ")");
+    if (moe_shared_hidden < 0) fail(where, ": shared expert width must be >= 0, got ", moe_shared_hidden);
+    if (moe_first_dense < 0 || moe_first_dense > n_layers)
+      fail(where, ": leading dense layers (", moe_first_dense, ") must be in [0, ", n_layers, "]");
+    if (!(moe_scale > 0.f) || !std::isfinite(moe_scale))
+      fail(where, ": expert_weights_scale must be positive, got ", moe_scale);
+    if (moe_shared_gate && moe_shared_hidden == 0) fail(where, ": a shared-expert gate without a shared expert");
+  }
+  for (size_t l = 0; l < layer_cfg.size(); ++l)
+    if (layer_cfg[l].ffn == FfnKind::MoE && !is_moe())
+      fail(where, ": layer ", l, " is mixture-of-experts but the model has no experts");
   if (arch == Arch::GPT2 && n_kv_heads != n_heads)
     fail(where, ": gpt2 has n_kv_heads == n_heads, got ", n_kv_heads, " vs ", n_heads);
 }

@@ -18,7 +18,19 @@ enum class AttnKind : uint8_t {
   Full,           // causal over every earlier position
   SlidingWindow,  // causal over the last `window` positions (the query's own included)
 };
-enum class FfnKind : uint8_t { Dense };
+enum class FfnKind : uint8_t {
+  Dense,  // one feed-forward of hidden_dim
+  MoE,    // mixture of experts: a router picks moe_used of moe_experts (+ shared experts); model/moe.cpp
+};
+// How a mixture-of-experts router turns its logits r(E) into expert weights:
+// p = softmax(r) or sigmoid(r) elementwise; the moe_used experts of largest
+// p (+ the per-expert selection bias when the layer has one) are selected;
+// their weights are the unbiased p, divided by their sum when moe_norm_topk,
+// times moe_scale. Mixtral = softmax + norm (== softmax over the selected
+// logits: "topk-softmax"), Qwen2-MoE / DeepSeek-V2 = softmax without norm
+// ("softmax-topk"), DeepSeek-V3 = sigmoid + bias + norm.
+enum class MoeGate : uint8_t { Softmax, Sigmoid };
+const char* moe_gate_name(MoeGate g);
 // The feed-forward activation. Gated (Llama family: down(act(gate x) * up x)):
 // SwiGLU (silu), GeGLU (tanh-approximated GELU, Gemma's). Ungated with biases
 // (GPT-2 family: down(act(up x + b1)) + b2): GELU (tanh approximation), ReLU
@@ -78,6 +90,17 @@ struct ModelConfig {
   std::vector<LayerConfig> layer_cfg;
   FfnAct ffn_act = FfnAct::Default;
   NormPlacement norm_placement = NormPlacement::Pre;
+  // Mixture-of-experts (layers whose LayerConfig::ffn is MoE; set_moe_layers()).
+  int64_t moe_experts = 0;       // routed experts E (0: a dense model)
+  int64_t moe_used = 0;          // experts selected per token k
+  int64_t moe_hidden = 0;        // each routed expert's feed-forward width
+  int64_t moe_shared_hidden = 0; // the shared expert's width (0: none)
+  int64_t moe_first_dense = 0;   // leading layers that stay dense (DeepSeek)
+  MoeGate moe_gate = MoeGate::Softmax;
+  bool moe_norm_topk = false;    // selected weights divided by their sum
+  float moe_scale = 1.f;         // selected weights multiplied by this
+  bool moe_shared_gate = false;  // the shared expert's output times sigmoid(g . x) (Qwen2-MoE)
+  bool moe_score_bias = false;   // a per-expert bias added to the scores for selection only (DeepSeek-V3)
 
   // Throws Error naming the field when sizes are zero/negative or do not divide.
   void validate(const std::string& where) const;
@@ -86,6 +109,15 @@ struct ModelConfig {
     return layer_cfg.empty() ? kDefault : layer_cfg[size_t(l)];
   }
   bool has_sliding_window() const;
+  bool is_moe() const { return moe_experts > 0; }
+  bool moe_layer(int64_t l) const { return layer(l).ffn == FfnKind::MoE; }
+  // Marks layers [moe_first_dense, n_layers) MoE when moe_experts > 0 (layer_cfg
+  // grows to n_layers entries); call after the attention kinds are set.
+  void set_moe_layers();
+  // Parameters a token reaches: every tensor except the unselected routed experts.
+  int64_t active_params() const;
+  // "softmax -> top-2 -> renormalise", the router's order of operations.
+  std::string router_desc() const;
   // ffn_act with Default resolved: SwiGLU (Llama family), GELU (GPT-2).
   FfnAct activation() const {
     return ffn_act != FfnAct::Default ? ffn_act : arch == Arch::GPT2 ? FfnAct::GELU : FfnAct::SwiGLU;

@@ -29,9 +29,14 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
   if (w_.layers.empty() || !team_worthwhile(w_.layers[0].wo)) return false;
   const auto ok = [&](const TensorView& W) { return team_can_matmul(ctx.isa, W); };
   const bool llama = w_.cfg.arch == Arch::Llama;
-  for (const auto& L : w_.layers) {
+  for (int64_t l = 0; l < w_.cfg.n_layers; ++l) {
+    const auto& L = w_.layers[size_t(l)];
     const bool attn = llama ? ok(L.wq) && ok(L.wk) && ok(L.wv) : ok(L.wqkv);
-    const bool ffn = ok(L.w_up) && ok(L.w_down) && (!llama || ok(L.w_gate));
+    const bool ffn =
+        w_.cfg.moe_layer(l)
+            ? ok(L.router) && ok(expert_matrix(L.gate_exps, 0)) && ok(expert_matrix(L.up_exps, 0)) &&
+                  ok(expert_matrix(L.down_exps, 0)) && (L.up_sh.empty() || (ok(L.gate_sh) && ok(L.up_sh) && ok(L.down_sh)))
+            : ok(L.w_up) && ok(L.w_down) && (!llama || ok(L.w_gate));
     if (!attn || !ffn || !ok(L.wo)) return false;
   }
   return ok(w_.output);

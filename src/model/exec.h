@@ -14,6 +14,7 @@
 //   attention(l, q, k, v, qs, kvs) QK-norm / RoPE, cache write, causal attention -> Model::a_.att
 //   residual(y)                    x <- x + y
 //   gated(g, u) / ungated(h)       the FFN activation (act(g) * u, act(h)); returns where it is
+//   moe(l, in)                     x <- x + the mixture-of-experts feed-forward of in (model/moe.cpp)
 #pragma once
 #include <algorithm>
 
@@ -85,6 +86,7 @@ struct Model::RegionExec {
     m.per_token(ctx, n, [&](int64_t t) { ungated_row(m.w_.cfg, ctx.isa, h + t * H, H); });
     return h;
   }
+  void moe(int64_t l, const float* in) { m.moe_rows(ctx, l, in, n); }
 };
 
 struct Model::TeamExec {
@@ -131,6 +133,7 @@ struct Model::TeamExec {
     ungated_row(m.w_.cfg, tt.isa, hs, H);
     return hs;
   }
+  void moe(int64_t l, const float* in) { m.moe_team(tt, l, in, xp, hs); }
 };
 
 }  // namespace tessera

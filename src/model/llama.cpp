@@ -21,10 +21,14 @@ void Model::llama_layer(Ex& ex, int64_t l) {
   // Gated feed-forward: down(act(gate(x)) * up(x)), act = silu (SwiGLU) or GELU (GeGLU).
   if (!post) ex.rmsnorm(L.ffn_norm);
   in = post ? ex.x() : ex.xn();
-  ex.matmul(in, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
-  const float* h = ex.gated(a_.hb, a_.hb2);
-  ex.matmul(h, {{&L.w_down, a_.xb, &L.b_down}});  // (C)
-  ex.residual(a_.xb);
+  if (c.moe_layer(l)) {
+    ex.moe(l, in);  // x += router-weighted experts (+ shared expert)
+  } else {
+    ex.matmul(in, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
+    const float* h = ex.gated(a_.hb, a_.hb2);
+    ex.matmul(h, {{&L.w_down, a_.xb, &L.b_down}});  // (C)
+    ex.residual(a_.xb);
+  }
   if (post) ex.rmsnorm_x(L.ffn_norm);
 }
 

@@ -32,11 +32,17 @@ Model::Model(const Weights& w, const RunOptions& opt)
   if (kv_type_ == DType::Q8_0 && c.head_dim % kQK != 0)
     fail("--kv-type q8_0 stores each head in blocks of ", kQK, " values; this model's head size is ", c.head_dim);
   max_threads_ = opt.max_threads > 0 ? opt.max_threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  const int64_t B = max_batch_, C = c.dim, H = c.hidden_dim, V = c.vocab_size;
+  if (c.moe_used > kMaxMoeUsed)
+    fail("this model selects ", c.moe_used, " experts per token; Tessera runs at most ", kMaxMoeUsed);
+  // H: the widest feed-forward activation (dense, shared expert); the MoE
+  // buffers hold B k gathered rows of the expert width He.
+  const int64_t B = max_batch_, C = c.dim, H = std::max(c.hidden_dim, c.moe_shared_hidden), V = c.vocab_size;
+  const int64_t E = c.moe_experts, Bk = B * c.moe_used, He = c.moe_hidden;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
   const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
                            int64_t(max_threads_) * score_rows() * n_ctx_, B * V,
-                           max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0};
+                           max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0,
+                           B * E, Bk, Bk * C, Bk * He, Bk * He, Bk * C, E > 0 ? B * C : 0};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
@@ -48,10 +54,17 @@ Model::Model(const Weights& w, const RunOptions& opt)
                  "lower -c");
   arena_.assign(total, 0.f);  // zero-filled: pages are touched now
   float* p = arena_.data();
-  float** slots[] = {&a_.x, &a_.xb, &a_.q, &a_.k, &a_.v, &a_.att, &a_.hb, &a_.hb2, &a_.scores, &a_.logits, &a_.kv32};
+  float** slots[] = {&a_.x,      &a_.xb,     &a_.q,     &a_.k,     &a_.v,     &a_.att,    &a_.hb,
+                     &a_.hb2,    &a_.scores, &a_.logits, &a_.kv32, &a_.router, &a_.moe_w, &a_.moe_x,
+                     &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
+  }
+  if (E > 0) {
+    moe_sel_.assign(size_t(Bk), 0);
+    moe_inv_.assign(size_t(Bk), 0);
+    moe_off_.assign(size_t(E + 1), 0);
   }
   if (c.arch == Arch::Llama) {
     rope_cos_.resize(size_t(n_ctx_ * c.head_dim / 2));
@@ -59,9 +72,12 @@ Model::Model(const Weights& w, const RunOptions& opt)
     ops::rope_tables(rope_cos_.data(), rope_sin_.data(), n_ctx_, c.head_dim, c.rope_theta, c.rope_freq_div());
   }
   if (persistent_team_ && max_threads_ > 1) {
-    team_act_stride_ = size_t(2 * C + H + 47) / 16 * 16;  // three 64-byte-aligned pieces
+    const int64_t Ht = std::max(H, He);  // a thread's activation copy
+    team_act_stride_ = size_t(2 * C + Ht + 47) / 16 * 16;  // three 64-byte-aligned pieces
     team_act_.assign(size_t(max_threads_) * team_act_stride_, 0.f);
-    team_scratch_stride_ = team_scratch_bytes(std::max({C, H, c.q_dim()}));
+    team_scratch_stride_ = team_scratch_bytes(std::max({C, Ht, c.q_dim()}));
+    team_route_stride_ = size_t(E + 2 * c.moe_used + 15) / 16 * 16;
+    team_route_.assign(size_t(max_threads_) * team_route_stride_, 0.f);
     team_scratch_.assign(size_t(max_threads_) * team_scratch_stride_, 0);
   }
   if (opt.own_cache) {

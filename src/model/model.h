@@ -82,6 +82,13 @@ class Model {
     float* hb;      // (B, H)
     float* hb2;     // (B, H)
     float* scores;  // (threads, score_rows(), n_ctx)
+    float* router;  // (B, E) router logits, then probabilities (MoE layers)
+    float* moe_w;   // (B, k) weights of the selected experts
+    float* moe_x;   // (B k, C) rows gathered by expert
+    float* moe_g;   // (B k, He) gate products, then the activations
+    float* moe_u;   // (B k, He) up products
+    float* moe_d;   // (B k, C) expert outputs
+    float* moe_s;   // (B, C) shared expert output
     float* kv32;    // one sequence's keys then values of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, kv_dim)
     float* logits;  // (B, V)
   };
@@ -103,6 +110,13 @@ class Model {
   void llama_layer(Ex& ex, int64_t l);  // model/llama.cpp
   template <class Ex>
   void gpt2_layer(Ex& ex, int64_t l);  // model/gpt2.cpp
+  // Mixture-of-experts feed-forward of layer l on the normalised input xn,
+  // added to the residual stream (model/moe.cpp): the chunk's n rows grouped
+  // by expert (a_.x), or one decode step on a team thread (its own x, and hs:
+  // its activation scratch).
+  static constexpr int64_t kMaxMoeUsed = 16;  // experts per token
+  void moe_rows(KernelContext& ctx, int64_t l, const float* xn, int64_t n);
+  void moe_team(TeamThread& tt, int64_t l, const float* xn, float* x, float* hs);
   // QK-norm and RoPE (Llama; GPT-2: neither) of one token's q / k rows
   // (sequence seq, position pos; the projections' biases are in already) for
   // the query heads of KV heads [h0, h1) and those KV heads, then their k / v
@@ -153,6 +167,10 @@ class Model {
   std::vector<int32_t> own_seq_;
   std::vector<uint8_t> own_want_;
   std::vector<int64_t> short_rows_, out_rows_, seq_first_, seq_count_;
+  // MoE routing of a chunk: selected expert per (row, slot) (B k), each slot's
+  // place among the rows gathered by expert (B k), and each expert's first row (E + 1).
+  std::vector<int32_t> moe_sel_;
+  std::vector<int64_t> moe_inv_, moe_off_;
   Acts a_{};
   // Persistent-team decode: per thread the residual stream x (C), the normalised
   // input (C) and the SwiGLU product (H), floats, team_act_stride_ apart; and the
@@ -162,6 +180,9 @@ class Model {
   aligned_vector<float> team_act_;
   aligned_vector<uint8_t> team_scratch_;
   size_t team_act_stride_ = 0, team_scratch_stride_ = 0;
+  // Per team thread: MoE routing scratch (probabilities (E), weights (k), selection (k)).
+  aligned_vector<float> team_route_;
+  size_t team_route_stride_ = 0;
 };
 
 }  // namespace tessera

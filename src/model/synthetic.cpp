@@ -39,9 +39,26 @@ ModelConfig synthetic_config(const std::string& name) {
     c.dim = 768, c.n_layers = 12, c.n_heads = 12, c.n_kv_heads = 12, c.hidden_dim = 3072, c.vocab_size = 50257;
     c.max_seq_len = 1024;
     c.tied_embeddings = true;
+  } else if (name == "moe-1b") {  // Mixtral-shaped: 8 experts, top-2, the active parameters of "1b"
+    c.dim = 2048, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8, c.hidden_dim = 2816, c.vocab_size = 32000;
+    c.max_seq_len = 2048;
+    c.moe_experts = 8, c.moe_used = 2, c.moe_hidden = 2816, c.moe_norm_topk = true;
+  } else if (name == "moe-tiny") {  // Mixtral-shaped, small: 4 experts, top-2
+    c.dim = 256, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 4, c.hidden_dim = 384, c.vocab_size = 512;
+    c.max_seq_len = 256;
+    c.moe_experts = 4, c.moe_used = 2, c.moe_hidden = 384, c.moe_norm_topk = true;
+  } else if (name == "moe-tiny-shared") {
+    // DeepSeek-V3's router (sigmoid, selection bias, renormalised, x2.5) with a leading
+    // dense layer and Qwen2-MoE's gated shared expert: 8 fine-grained experts, top-3.
+    c.dim = 256, c.n_layers = 3, c.n_heads = 8, c.n_kv_heads = 2, c.hidden_dim = 512, c.vocab_size = 512;
+    c.max_seq_len = 256;
+    c.moe_experts = 8, c.moe_used = 3, c.moe_hidden = 128, c.moe_shared_hidden = 256, c.moe_first_dense = 1;
+    c.moe_gate = MoeGate::Sigmoid, c.moe_norm_topk = true, c.moe_scale = 2.5f;
+    c.moe_shared_gate = c.moe_score_bias = true;
   } else {
-    fail("unknown synthetic model '", name, "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m)");
+    fail("unknown synthetic model '", name, "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b, moe-tiny, moe-tiny-shared)");
   }
+  c.set_moe_layers();
   c.head_dim = c.dim / c.n_heads;
   c.name = "synthetic-" + name;
   c.validate("synthetic " + name);
@@ -111,17 +128,37 @@ void random_matrices(Weights& w, MatrixArena& arena, const TypeOf& type_of, uint
   w.tok_embd = matrix("token_embd.weight", c.vocab_size, C);
   w.output = c.tied_embeddings ? w.tok_embd : matrix("output.weight", c.vocab_size, C);
   if (c.arch == Arch::GPT2) w.pos_embd = random_matrix(arena, c.max_seq_len, C, DType::F32, next(), threads);
+  // (E, N, K) experts: E matrices of (N, K) back to back.
+  auto experts = [&](const char* name, int64_t N, int64_t K) {
+    TensorView t = matrix(name, c.moe_experts * N, K);
+    t.ndim = 3, t.shape = {c.moe_experts, N, K, 1};
+    return t;
+  };
   w.layers.resize(size_t(c.n_layers));
   for (auto& L : w.layers) {
     ++layer;
     L.wo = matrix("attn_output.weight", C, c.q_dim());
-    L.w_up = matrix("ffn_up.weight", H, C);
-    L.w_down = matrix("ffn_down.weight", C, H);
+    if (c.moe_layer(layer)) {
+      const int64_t He = c.moe_hidden, Hs = c.moe_shared_hidden;
+      // Routers stay f32 (llama.cpp does not quantize them).
+      L.router = random_matrix(arena, c.moe_experts, C, DType::F32, next(), threads);
+      L.gate_exps = experts("ffn_gate_exps.weight", He, C);
+      L.up_exps = experts("ffn_up_exps.weight", He, C);
+      L.down_exps = experts("ffn_down_exps.weight", C, He);
+      if (Hs > 0) {
+        L.gate_sh = matrix("ffn_gate_shexp.weight", Hs, C);
+        L.up_sh = matrix("ffn_up_shexp.weight", Hs, C);
+        L.down_sh = matrix("ffn_down_shexp.weight", C, Hs);
+      }
+    } else {
+      L.w_up = matrix("ffn_up.weight", H, C);
+      L.w_down = matrix("ffn_down.weight", C, H);
+    }
     if (c.arch == Arch::Llama) {
       L.wq = matrix("attn_q.weight", c.q_dim(), C);
       L.wk = matrix("attn_k.weight", c.kv_dim(), C);
       L.wv = matrix("attn_v.weight", c.kv_dim(), C);
-      L.w_gate = matrix("ffn_gate.weight", H, C);
+      if (!c.moe_layer(layer)) L.w_gate = matrix("ffn_gate.weight", H, C);
     } else {
       L.wqkv = matrix("attn_qkv.weight", 3 * C, C);
     }

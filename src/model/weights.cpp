@@ -105,10 +105,30 @@ void for_each_block_matrix(Weights& w, F&& f) {
 }
 }  // namespace
 
+TensorView expert_matrix(const TensorView& W, int64_t e) {
+  const int64_t N = W.shape[1], K = W.shape[2];
+  const DType file = r4_file_type(W.dtype);
+  const size_t bytes = file != W.dtype ? r4_bytes(file, N, K) : dtype_row_bytes(W.dtype, K) * size_t(N);
+  return make_view(W.dtype, {N, K}, static_cast<const uint8_t*>(W.data) + size_t(e) * bytes);
+}
+
 int repack_weights(Weights& w, Isa isa, int threads) {
   int n = 0;
   auto repack = [&](TensorView& t) {
-    if (t.empty() || !r4_applies(t, isa)) return;
+    if (t.empty()) return;
+    if (t.ndim == 3) {  // experts (E, N, K): each expert's (N, K) matrix on its own, back to back
+      const int64_t E = t.shape[0], N = t.shape[1], K = t.shape[2];
+      if (!r4_applies(expert_matrix(t, 0), isa)) return;
+      const size_t per = r4_bytes(t.dtype, N, K);
+      auto buf = std::make_shared<aligned_vector<uint8_t>>(per * size_t(E));
+      for (int64_t e = 0; e < E; ++e) repack_r4(expert_matrix(t, e), buf->data() + size_t(e) * per, threads);
+      TensorView r = make_view(r4_type_of(t.dtype), {E, N, K}, buf->data());
+      w.owners.push_back(buf);
+      t = r;
+      ++n;
+      return;
+    }
+    if (!r4_applies(t, isa)) return;
     auto buf = std::make_shared<aligned_vector<uint8_t>>(r4_bytes(t.dtype, t.rows(), t.cols()));
     repack_r4(t, buf->data(), threads);
     TensorView r = make_view(r4_type_of(t.dtype), {t.rows(), t.cols()}, buf->data());
@@ -125,6 +145,7 @@ int to_llm_int8(Weights& w, float threshold) {
   if (!(threshold >= 0.f)) fail("--int8-threshold must be >= 0, got ", threshold);
   int n = 0;
   for_each_block_matrix(w, [&](TensorView& t, const TensorSpec& s, int64_t layer) {
+    if (s.slot == Slot::Router || is_expert_slot(s.slot)) return;  // routers and experts stay as they are
     if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
       fail("--type int8 (LLM.int8()) needs f32, f16 or bf16 weights; ", gguf_tensor_name(s, layer), " is ",
            dtype_name(t.dtype));
@@ -147,14 +168,15 @@ int to_llm_int8(Weights& w, float threshold) {
 int f16_to_bf16(Weights& w, int threads) {
   int n = 0;
   auto convert = [&](TensorView& t) {
-    if (t.empty() || t.dtype != DType::F16 || t.ndim != 2) return;
+    if (t.empty() || t.dtype != DType::F16 || (t.ndim != 2 && t.ndim != 3)) return;
     const int64_t count = t.numel();
     auto buf = std::make_shared<aligned_vector<uint8_t>>(size_t(count) * 2);
     auto* dst = reinterpret_cast<uint16_t*>(buf->data());
     const auto* src = static_cast<const uint16_t*>(t.data);
 #pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
     for (int64_t i = 0; i < count; ++i) dst[i] = f32_to_bf16(f16_to_f32(src[i]));
-    TensorView v = make_view(DType::BF16, {t.rows(), t.cols()}, dst);
+    TensorView v = t;
+    v.dtype = DType::BF16, v.data = dst;
     w.owners.push_back(buf);
     t = v;
     ++n;

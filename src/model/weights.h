@@ -24,15 +24,23 @@ struct LayerWeights {
   TensorView w_gate, w_up, w_down;    // Llama: (H, C), (H, C), (C, H); GPT-2 uses w_up / w_down
   TensorView b_up, b_down;            // GPT-2 MLP biases (H), (C)
   TensorView q_norm, k_norm;          // QK-norm gains (head_dim), when cfg.qk_norm
+  // Mixture-of-experts layers (E experts of width He, shared expert of width Hs):
+  TensorView router, router_bias;     // (E, C) f32, (E) selection bias (DeepSeek-V3)
+  TensorView gate_exps, up_exps;      // (E, He, C)
+  TensorView down_exps;               // (E, C, He)
+  TensorView gate_sh, up_sh, down_sh; // (Hs, C), (Hs, C), (C, Hs)
+  TensorView sh_gate;                 // (C): shared output times sigmoid(sh_gate . x) (Qwen2-MoE)
 
+  static constexpr size_t kSlots = 30;
   // Every slot, for code that visits all tensors of a layer (absent ones are empty views).
-  std::array<TensorView*, 21> slots() {
+  std::array<TensorView*, kSlots> slots() {
     return {&attn_norm, &attn_norm_b, &wq, &wk, &wv, &bq, &bk, &bv, &wqkv, &bqkv, &wo, &bo, &ffn_norm, &ffn_norm_b,
-            &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm};
+            &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm, &router, &router_bias, &gate_exps, &up_exps,
+            &down_exps, &gate_sh, &up_sh, &down_sh, &sh_gate};
   }
-  std::array<const TensorView*, 21> slots() const {
+  std::array<const TensorView*, kSlots> slots() const {
     auto s = const_cast<LayerWeights*>(this)->slots();
-    std::array<const TensorView*, 21> r;
+    std::array<const TensorView*, kSlots> r;
     for (size_t i = 0; i < s.size(); ++i) r[i] = s[i];
     return r;
   }
@@ -60,6 +68,10 @@ struct Weights {
   std::vector<TensorView> tensors() const;  // every distinct tensor once
   int64_t n_params() const;
 };
+
+// Expert e of a (E, N, K) experts tensor as an (N, K) matrix (any DType,
+// R4 layouts included: each expert is repacked on its own).
+TensorView expert_matrix(const TensorView& W, int64_t e);
 
 // Keep a converted buffer alive with the weights and return a view over it.
 TensorView own_buffer(Weights& w, std::vector<uint8_t> bytes, DType t, std::initializer_list<int64_t> shape);

@@ -28,6 +28,9 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
     return p.offset;
   };
   // The architecture's tensors in its table's order (the checkpoint layout).
+  if (c.is_moe())
+    fail("training mixture-of-experts models is not supported yet (", c.moe_experts,
+         " experts); the MoE issue adds it");
   layers.resize(size_t(c.n_layers));
   for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
     const size_t off = add(gguf_tensor_name(s, l), s.shape(c, l), s.kind == TensorKind::Embedding);

@@ -1,7 +1,9 @@
 // The Llama family: RMSNorm, RoPE, GQA/MQA attention, gated feed-forward (SwiGLU / GeGLU).
 // Variants by tensors present: Qwen2 (q/k/v biases), Qwen3 (QK-norm gains),
-// untied output. GGUF "llama" / "qwen2" / "qwen3"; Hugging Face
-// LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM.
+// untied output, mixture-of-experts layers (Mixtral, Qwen2-MoE). GGUF "llama" /
+// "qwen2" / "qwen3" / "qwen2moe"; Hugging Face LlamaForCausalLM,
+// MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM,
+// Qwen2MoeForCausalLM. The MoE keys are read in formats/ (moe_keys.cpp).
 // The block: model/llama.cpp (inference), train/blocks.cpp (training).
 #include "model/arch/shapes.h"
 
@@ -17,14 +19,27 @@ Shape q1(const ModelConfig& c, int64_t) { return {c.q_dim()}; }
 Shape kv1(const ModelConfig& c, int64_t) { return {c.kv_dim()}; }
 Shape hd1(const ModelConfig& c, int64_t) { return {c.head_dim}; }
 Shape cq(const ModelConfig& c, int64_t) { return {c.dim, c.q_dim()}; }
+// Mixture-of-experts layers (model/moe.cpp) and the dense ones around them.
+bool dense(const ModelConfig& c, int64_t l) { return !c.moe_layer(l); }
+bool moe(const ModelConfig& c, int64_t l) { return c.moe_layer(l); }
+bool shared(const ModelConfig& c, int64_t l) { return c.moe_layer(l) && c.moe_shared_hidden > 0; }
+bool shared_gated(const ModelConfig& c, int64_t l) { return c.moe_layer(l) && c.moe_shared_gate; }
+bool score_bias(const ModelConfig& c, int64_t l) { return c.moe_layer(l) && c.moe_score_bias; }
+Shape ec(const ModelConfig& c, int64_t) { return {c.moe_experts, c.dim}; }
+Shape e1(const ModelConfig& c, int64_t) { return {c.moe_experts}; }
+Shape ehc(const ModelConfig& c, int64_t) { return {c.moe_experts, c.moe_hidden, c.dim}; }
+Shape ech(const ModelConfig& c, int64_t) { return {c.moe_experts, c.dim, c.moe_hidden}; }
+Shape sc(const ModelConfig& c, int64_t) { return {c.moe_shared_hidden, c.dim}; }
+Shape cs(const ModelConfig& c, int64_t) { return {c.dim, c.moe_shared_hidden}; }
 }  // namespace
 
 extern const ArchDesc kLlamaArch;
 const ArchDesc kLlamaArch{
     Arch::Llama,
     "llama",
-    {"llama", "qwen2", "qwen3"},
-    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"},
+    {"llama", "qwen2", "qwen3", "qwen2moe"},
+    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
+     "Qwen2MoeForCausalLM"},
     // head
     {{Slot::TokEmbd, "token_embd.weight", "model.embed_tokens.weight", E, vc}},
     // layer
@@ -39,9 +54,29 @@ const ArchDesc kLlamaArch{
      {Slot::Bv, "attn_v.bias", "self_attn.v_proj.bias", V, kv1, biased, &ModelConfig::qkv_bias},
      {Slot::Wo, "attn_output.weight", "self_attn.o_proj.weight", M, cq},
      {Slot::FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", V, c1},
-     {Slot::WGate, "ffn_gate.weight", "mlp.gate_proj.weight", M, hc},
-     {Slot::WUp, "ffn_up.weight", "mlp.up_proj.weight", M, hc},
-     {Slot::WDown, "ffn_down.weight", "mlp.down_proj.weight", M, ch}},
+     {Slot::WGate, "ffn_gate.weight", "mlp.gate_proj.weight", M, hc, dense},
+     {Slot::WUp, "ffn_up.weight", "mlp.up_proj.weight", M, hc, dense},
+     {Slot::WDown, "ffn_down.weight", "mlp.down_proj.weight", M, ch, dense},
+     // Mixture-of-experts layers: router, routed experts, shared expert (Qwen2-MoE's gated one,
+     // DeepSeek's ungated ones as one matrix of their summed width).
+     {Slot::Router, "ffn_gate_inp.weight", "mlp.gate.weight", M, ec, moe, nullptr, false,
+      "block_sparse_moe.gate.weight"},
+     {Slot::RouterBias, "exp_probs_b.bias", "mlp.gate.e_score_correction_bias", V, e1, score_bias,
+      &ModelConfig::moe_score_bias},
+     {Slot::WGateExps, "ffn_gate_exps.weight", "mlp.experts.{e}.gate_proj.weight", M, ehc, moe, nullptr, false,
+      "block_sparse_moe.experts.{e}.w1.weight"},
+     {Slot::WUpExps, "ffn_up_exps.weight", "mlp.experts.{e}.up_proj.weight", M, ehc, moe, nullptr, false,
+      "block_sparse_moe.experts.{e}.w3.weight"},
+     {Slot::WDownExps, "ffn_down_exps.weight", "mlp.experts.{e}.down_proj.weight", M, ech, moe, nullptr, false,
+      "block_sparse_moe.experts.{e}.w2.weight"},
+     {Slot::ShGate, "ffn_gate_inp_shexp.weight", "mlp.shared_expert_gate.weight", V, c1, shared_gated,
+      &ModelConfig::moe_shared_gate},
+     {Slot::WGateSh, "ffn_gate_shexp.weight", "mlp.shared_expert.gate_proj.weight", M, sc, shared, nullptr, false,
+      "mlp.shared_experts.gate_proj.weight"},
+     {Slot::WUpSh, "ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight", M, sc, shared, nullptr, false,
+      "mlp.shared_experts.up_proj.weight"},
+     {Slot::WDownSh, "ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight", M, cs, shared, nullptr, false,
+      "mlp.shared_experts.down_proj.weight"}},
     // tail
     {{Slot::OutNorm, "output_norm.weight", "model.norm.weight", V, c1},
      {Slot::Output, "output.weight", "lm_head.weight", M, vc, untied}},

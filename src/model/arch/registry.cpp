@@ -81,4 +81,16 @@ int64_t count_params(const ModelConfig& c) {
   return n;
 }
 
+int64_t count_active_params(const ModelConfig& c) {
+  int64_t n = 0;
+  for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
+    int64_t k = 1;
+    for (int64_t d : s.shape(c, l)) k *= d;
+    n += is_expert_slot(s.slot) ? k / c.moe_experts * c.moe_used : k;
+  });
+  return n;
+}
+
+int64_t ModelConfig::active_params() const { return count_active_params(*this); }
+
 }  // namespace tessera
