@@ -1,0 +1,327 @@
+// Mixture-of-experts inference (model/moe.cpp): logits against llama.cpp's on
+// the Mixtral- and Qwen2-MoE-shaped fixtures of ../shared/reference/arch (one
+// batch, token by token, odd chunks), the same models through safetensors and
+// back, the router's semantics (sigmoid, selection bias, renormalisation,
+// scale, gated shared expert, leading dense layer) against a float64
+// reference written here, quantized and repacked experts, and bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cli_util.h"
+#include "core/error.h"
+#include "formats/load.h"
+#include "formats/model_io.h"
+#include "model/arch.h"
+#include "model/model.h"
+#include "model/synthetic.h"
+#include "test_util.h"
+#include "train/params.h"
+
+using namespace tessera;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int32_t> read_ids(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<int32_t> ids;
+  int32_t x;
+  while (in >> x) ids.push_back(x);
+  return ids;
+}
+
+// (n, V) logits of a reference file.
+std::vector<float> read_logits(const std::string& path, int64_t& n, int64_t& V) {
+  std::ifstream in(path);
+  in >> n >> V;
+  std::vector<float> v(size_t(n * V));
+  for (float& x : v) in >> x;
+  return v;
+}
+
+// Every position's logits, running the ids in chunks of `chunk` (1: token by token).
+std::vector<float> run(const Weights& w, const std::vector<int32_t>& ids, int64_t chunk, int threads = 2) {
+  RunOptions o;
+  o.n_ctx = 64;
+  o.max_batch = chunk;
+  Model m(w, o);
+  KernelContext ctx(threads);
+  const int64_t V = w.cfg.vocab_size, n = int64_t(ids.size());
+  std::vector<float> out(size_t(n * V));
+  for (int64_t p = 0; p < n; p += chunk) {
+    const int64_t k = std::min(chunk, n - p);
+    m.forward_all(ctx, ids.data() + p, k, p, out.data() + p * V);
+  }
+  return out;
+}
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));
+  return d;
+}
+
+}  // namespace
+
+TEST(MoE, MatchesLlamaCppLogits) {
+  TESSERA_REQUIRE_SHARED("reference/arch/mixtral.gguf");
+  for (const std::string name : {"mixtral", "qwen2moe"}) {
+    const LoadedModel lm = load_model(test::shared_path("reference/arch/" + name + ".gguf"));
+    ASSERT_TRUE(lm.weights.cfg.is_moe()) << name;
+    const auto ids = read_ids(test::shared_path("reference/arch/" + name + ".tokens.txt"));
+    int64_t n = 0, V = 0;
+    const auto ref = read_logits(test::shared_path("reference/arch/" + name + ".logits.txt"), n, V);
+    ASSERT_EQ(n, int64_t(ids.size()));
+    ASSERT_EQ(V, lm.weights.cfg.vocab_size);
+    // The reference's 6 significant digits leave up to 5e-5 of rounding at |x| >= 10.
+    for (int64_t chunk : {int64_t(40), int64_t(1), int64_t(7)})
+      EXPECT_LT(max_diff(run(lm.weights, ids, chunk), ref), 1e-4) << name << ", chunks of " << chunk;
+    EXPECT_LT(max_diff(run(lm.weights, ids, 40, 1), ref), 1e-4) << name << ", one thread";
+  }
+}
+
+TEST(MoE, SafetensorsRoundTrip) {
+  TESSERA_REQUIRE_SHARED("reference/arch/mixtral.gguf");
+  for (const std::string name : {"mixtral", "qwen2moe"}) {
+    const LoadedModel lm = load_model(test::shared_path("reference/arch/" + name + ".gguf"));
+    const auto ids = read_ids(test::shared_path("reference/arch/" + name + ".tokens.txt"));
+    const std::string dir = test::temp_path("moe_hf_" + name), back = dir + ".gguf";
+    fs::remove_all(dir);
+    save_hf(lm.weights, dir);
+    const Weights hf = load_hf_weights(dir);
+    EXPECT_EQ(hf.cfg.moe_experts, lm.weights.cfg.moe_experts);
+    EXPECT_EQ(hf.cfg.moe_norm_topk, lm.weights.cfg.moe_norm_topk) << name;
+    EXPECT_EQ(hf.cfg.moe_shared_hidden, lm.weights.cfg.moe_shared_hidden) << name;
+    const auto a = run(lm.weights, ids, 40), b = run(hf, ids, 40);
+    // Mixtral's GGUF q/k rows are in llama.cpp's interleaved RoPE order, the HF ones half-split:
+    // the same math in another order. Qwen2-MoE is half-split in both: identical.
+    if (name == "mixtral") EXPECT_LT(max_diff(a, b), 1e-4);
+    else EXPECT_EQ(max_diff(a, b), 0.0);
+    save_gguf(hf, nullptr, back);
+    const LoadedModel again = load_model(back, test::shared_path("reference/arch/" + name + ".gguf"));
+    EXPECT_EQ(max_diff(run(again.weights, ids, 40), a), 0.0) << name << ": GGUF -> safetensors -> GGUF";
+    fs::remove_all(dir);
+    fs::remove(back);
+  }
+}
+
+namespace {
+
+// Float64 reference of a one-layer model whose attention output is zero (wo = 0), so the
+// layer is x + moe(rms(x)): written from the router description in model/config.h.
+std::vector<double> ref_moe_logits(const Weights& w, int32_t token) {
+  const auto& c = w.cfg;
+  const int64_t C = c.dim, E = c.moe_experts, He = c.moe_hidden, Hs = c.moe_shared_hidden;
+  const auto& L = w.layers[0];
+  auto row = [](const TensorView& t, int64_t r) {
+    std::vector<float> f(size_t(t.cols()));
+    dequantize_row(t, r, f.data());
+    return std::vector<double>(f.begin(), f.end());
+  };
+  auto rms = [&](const std::vector<double>& x, const TensorView& g) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double s = 1.0 / std::sqrt(ss / double(C) + double(c.norm_eps));
+    std::vector<double> o(x.size());
+    for (int64_t i = 0; i < C; ++i) o[size_t(i)] = x[size_t(i)] * s * double(g.f32()[i]);
+    return o;
+  };
+  auto dot = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+    return s;
+  };
+  auto silu = [](double z) { return z / (1 + std::exp(-z)); };
+  // swiglu of an (H, C) gate / up and a (C, H) down, given as row readers.
+  auto ffn = [&](const std::vector<double>& h, int64_t H, auto gate_row, auto up_row, auto down_row) {
+    std::vector<double> a(static_cast<size_t>(H)), y(static_cast<size_t>(C));
+    for (int64_t j = 0; j < H; ++j) a[size_t(j)] = silu(dot(gate_row(j), h)) * dot(up_row(j), h);
+    for (int64_t i = 0; i < C; ++i) y[size_t(i)] = dot(down_row(i), a);
+    return y;
+  };
+  std::vector<double> x = row(w.tok_embd, token);
+  const std::vector<double> h = rms(x, L.ffn_norm);
+  std::vector<double> p(static_cast<size_t>(E)), score(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    const double r = dot(row(L.router, e), h);
+    p[size_t(e)] = 1 / (1 + std::exp(-r));  // sigmoid gate
+    score[size_t(e)] = p[size_t(e)] + (L.router_bias.empty() ? 0.0 : double(L.router_bias.f32()[e]));
+  }
+  std::vector<int64_t> order(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return score[size_t(a)] > score[size_t(b)]; });
+  double sum = 0;
+  for (int64_t i = 0; i < c.moe_used; ++i) sum += p[size_t(order[size_t(i)])];
+  for (int64_t i = 0; i < c.moe_used; ++i) {
+    const int64_t e = order[size_t(i)];
+    const double wt = p[size_t(e)] / sum * double(c.moe_scale);
+    const auto y = ffn(
+        h, He, [&](int64_t j) { return row(L.gate_exps, e * He + j); }, [&](int64_t j) { return row(L.up_exps, e * He + j); },
+        [&](int64_t j) { return row(L.down_exps, e * C + j); });
+    for (int64_t j = 0; j < C; ++j) x[size_t(j)] += wt * y[size_t(j)];
+  }
+  const double g = 1 / (1 + std::exp(-dot(row(L.sh_gate, 0), h)));
+  const auto s = ffn(
+      h, Hs, [&](int64_t j) { return row(L.gate_sh, j); }, [&](int64_t j) { return row(L.up_sh, j); },
+      [&](int64_t j) { return row(L.down_sh, j); });
+  for (int64_t j = 0; j < C; ++j) x[size_t(j)] += g * s[size_t(j)];
+  const auto xo = rms(x, w.out_norm);
+  std::vector<double> logits(static_cast<size_t>(c.vocab_size));
+  for (int64_t v = 0; v < c.vocab_size; ++v) logits[size_t(v)] = dot(row(w.output, v), xo);
+  return logits;
+}
+
+}  // namespace
+
+TEST(MoE, RouterSemanticsAgainstFloat64) {
+  // DeepSeek-V3's router (sigmoid, selection bias, renormalised, x2.5) with a gated shared expert.
+  ModelConfig c = synthetic_config("moe-tiny-shared");
+  c.n_layers = 1, c.moe_first_dense = 0, c.vocab_size = 64;
+  c.layer_cfg.clear();
+  c.set_moe_layers();
+  Weights w = make_random_weights(c, DType::F32, 3, 1);
+  auto& L = w.layers[0];
+  std::vector<uint8_t> zero(size_t(L.wo.nbytes()), 0);
+  L.wo = own_buffer(w, std::move(zero), DType::F32, {L.wo.shape[0], L.wo.shape[1]});
+  // A router scaled up (decisive scores) and a selection bias large enough to change which experts win.
+  std::vector<uint8_t> rb(size_t(L.router.nbytes()));
+  for (int64_t i = 0; i < L.router.numel(); ++i) reinterpret_cast<float*>(rb.data())[i] = 8.f * L.router.f32()[i];
+  L.router = own_buffer(w, std::move(rb), DType::F32, {c.moe_experts, c.dim});
+  std::vector<uint8_t> bias(size_t(c.moe_experts) * 4), gate(size_t(c.dim) * 4);
+  for (int64_t e = 0; e < c.moe_experts; ++e) reinterpret_cast<float*>(bias.data())[e] = e % 2 ? 0.4f : -0.3f;
+  for (int64_t i = 0; i < c.dim; ++i) reinterpret_cast<float*>(gate.data())[i] = 0.05f * float(i % 5) - 0.1f;
+  L.router_bias = own_buffer(w, std::move(bias), DType::F32, {c.moe_experts});
+  L.sh_gate = own_buffer(w, std::move(gate), DType::F32, {c.dim});
+  int changed = 0;  // tokens whose experts the bias changes (else the test would not see it)
+  Model m(w, RunOptions{});
+  KernelContext ctx(2);
+  for (int32_t tok = 0; tok < 24; ++tok) {
+    const float* got = m.forward(ctx, &tok, 1, 0);
+    const auto want = ref_moe_logits(w, tok);
+    double d = 0, mx = 0;
+    for (int64_t v = 0; v < c.vocab_size; ++v) {
+      d = std::max(d, std::fabs(double(got[v]) - want[size_t(v)]));
+      mx = std::max(mx, std::fabs(want[size_t(v)]));
+    }
+    EXPECT_LT(d, 1e-4 * std::max(1.0, mx)) << "token " << tok;
+    // Without the bias: do the selections differ?
+    Weights nb = w;
+    nb.layers[0].router_bias = {};
+    nb.cfg.moe_score_bias = false;
+    const auto plain = ref_moe_logits(nb, tok);
+    double dp = 0;
+    for (size_t v = 0; v < plain.size(); ++v) dp = std::max(dp, std::fabs(plain[v] - want[v]));
+    changed += dp > 1e-3;
+  }
+  EXPECT_GT(changed, 3) << "the selection bias should change some tokens' experts";
+}
+
+namespace {
+// Router rows times `f` (f32 routers): larger gaps between expert scores, so that
+// float-level differences between two paths cannot flip a selection.
+void scale_routers(Weights& w, float f) {
+  for (auto& L : w.layers) {
+    if (L.router.empty()) continue;
+    std::vector<uint8_t> b(size_t(L.router.nbytes()));
+    for (int64_t i = 0; i < L.router.numel(); ++i) reinterpret_cast<float*>(b.data())[i] = f * L.router.f32()[i];
+    L.router = own_buffer(w, std::move(b), DType::F32, {L.router.shape[0], L.router.shape[1]});
+  }
+}
+}  // namespace
+
+TEST(MoE, QuantizedAndRepackedExperts) {
+  ModelConfig c = synthetic_config("moe-tiny");
+  c.dim = 512, c.head_dim = 64, c.moe_hidden = c.hidden_dim = 512;
+  const std::vector<int32_t> ids{3, 17, 250, 9, 77, 401, 12, 5, 88, 300, 41};
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::F16, DType::BF16}) {
+    Weights w = make_random_weights(c, t, 11, 2);
+    scale_routers(w, 6.f);
+    EXPECT_EQ(w.layers[0].gate_exps.dtype, t);
+    EXPECT_EQ(w.layers[0].router.dtype, DType::F32);
+    const auto plain = run(w, ids, 11), steps = run(w, ids, 1);
+    EXPECT_LT(max_diff(plain, steps), 2e-3) << dtype_name(t) << ": prefill vs decode";
+    Weights r = w;
+    const int n = repack_weights(r, detect_isa(), 2);
+    if (n > 0) {
+      EXPECT_NE(r.layers[0].gate_exps.dtype, t) << "the experts were not repacked";
+      EXPECT_EQ(r.layers[0].gate_exps.ndim, 3);
+      const auto rp = run(r, ids, 11), rs = run(r, ids, 1);
+      EXPECT_LT(max_diff(rp, rs), 2e-3) << dtype_name(t) << " repacked: prefill vs decode";
+      // The R4 kernels round the activations their own way (dense models move as much).
+      EXPECT_LT(max_diff(rp, plain), 6e-2) << dtype_name(t) << " repacked vs as stored";
+    }
+  }
+}
+
+TEST(MoE, ConvertKeepsRoutersAndCountsActiveParameters) {
+  TESSERA_REQUIRE_SHARED("reference/arch/mixtral.gguf");
+  const std::string out = test::temp_path("moe_q8.gguf");
+  const auto r = test::run_cli("convert " + test::q(test::shared_path("reference/arch/qwen2moe.gguf")) + " " +
+                               test::q(out) + " --type q8_0");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const LoadedModel lm = load_model(out);
+  EXPECT_EQ(lm.weights.layers[0].router.dtype, DType::F32);
+  EXPECT_TRUE(lm.weights.cfg.moe_shared_gate);
+  const auto info = test::run_cli("info -m " + test::q(out));
+  ASSERT_EQ(info.code, 0) << info.err;
+  EXPECT_NE(info.out.find("experts:        4 routed, 2 active per token, width 64"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("router:         softmax -> top-2 -> no renormalisation"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("shared expert:  width 96, gated"), std::string::npos) << info.out;
+  // Two of four experts of width 64 per MoE layer are idle: 2 layers x 2 x 3 x 48 x 64 fewer.
+  EXPECT_NE(info.out.find("active params:  " + std::to_string(3186544 - 2 * 2 * 3 * 48 * 64)), std::string::npos)
+      << info.out;
+  fs::remove(out);
+}
+
+TEST(MoE, BadInput) {
+  Weights w = make_random_weights(synthetic_config("moe-tiny"), DType::F32, 1, 1);
+  w.cfg.moe_used = 5;  // of 4 experts
+  const std::string path = test::temp_path("moe_bad.gguf");
+  save_gguf(w, nullptr, path);
+  try {
+    load_model(path);
+    ADD_FAILURE() << "a model selecting 5 of 4 experts loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expert_used_count (5) exceeds expert_count (4)"), std::string::npos) << e.what();
+  }
+  // No transformers class computes DeepSeek-V3's router: safetensors output refuses it.
+  Weights ds = make_random_weights(synthetic_config("moe-tiny-shared"), DType::F32, 1, 1);
+  try {
+    save_hf(ds, test::temp_path("moe_bad_hf"));
+    ADD_FAILURE() << "saved a sigmoid-routed model as safetensors";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("write GGUF instead"), std::string::npos) << e.what();
+  }
+  // Training mixture-of-experts models is not there yet: a clear refusal.
+  try {
+    train::Layout layout(synthetic_config("moe-tiny"));
+    ADD_FAILURE() << "a training layout for a mixture-of-experts model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mixture-of-experts"), std::string::npos) << e.what();
+  }
+  fs::remove(path);
+}
+
+TEST(MoE, GgufRoundTripKeepsTheRouter) {
+  // Sigmoid router with a selection bias, renormalised and scaled; gated shared expert; a dense first layer.
+  const Weights w = make_random_weights(synthetic_config("moe-tiny-shared"), DType::F32, 5, 1);
+  const std::string path = test::temp_path("moe_rt.gguf");
+  save_gguf(w, nullptr, path);
+  const LoadedModel lm = load_model(path);
+  const auto& c = lm.weights.cfg;
+  EXPECT_EQ(c.moe_gate, MoeGate::Sigmoid);
+  EXPECT_TRUE(c.moe_norm_topk && c.moe_score_bias && c.moe_shared_gate);
+  EXPECT_EQ(c.moe_scale, 2.5f);
+  EXPECT_EQ(c.moe_first_dense, 1);
+  EXPECT_FALSE(c.moe_layer(0));
+  EXPECT_TRUE(c.moe_layer(1));
+  const std::vector<int32_t> ids{1, 2, 3, 100, 200, 300, 400};
+  // Written as "qwen2moe" (a gated shared expert), whose q/k rows llama.cpp rotates half-split:
+  // the synthetic model's interleaved rows are permuted, the same math in another order.
+  EXPECT_LT(max_diff(run(w, ids, 7), run(lm.weights, ids, 7)), 1e-4);
+  fs::remove(path);
+}
