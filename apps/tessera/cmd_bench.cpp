@@ -24,32 +24,51 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Bytes of weights one decode step streams: every matrix once; the embedding
-// table only as one row unless it doubles as the classifier.
+// Whether t is a (E, N, K) routed-experts tensor of w: a decode step reads k of its E matrices.
+bool is_experts(const Weights& w, const TensorView& t) { return w.cfg.is_moe() && t.ndim == 3; }
+
+// Bytes of weights one decode step streams: every matrix once (of the routed
+// experts, the k selected); the embedding table only as one row unless it
+// doubles as the classifier.
 double decode_bytes(const Weights& w) {
   double b = double(w.weight_bytes());
   if (w.output.data != w.tok_embd.data) b -= double(w.tok_embd.nbytes()) - double(w.tok_embd.row_bytes());
+  for (const TensorView& t : w.tensors())
+    if (is_experts(w, t)) b -= double(t.nbytes()) * double(w.cfg.moe_experts - w.cfg.moe_used) / double(w.cfg.moe_experts);
   return b;
 }
 
-// The bytes decode_bytes() counts, for reading them in place.
+// The bytes decode_bytes() counts, for reading them in place (of each experts
+// tensor, its first k experts).
 std::vector<ByteSpan> decode_spans(const Weights& w) {
   std::vector<ByteSpan> spans;
   for (const TensorView& t : w.tensors()) {
     if (t.data == w.tok_embd.data && w.output.data != w.tok_embd.data) continue;
+    if (is_experts(w, t)) {
+      spans.push_back({t.data, t.nbytes() / size_t(w.cfg.moe_experts) * size_t(w.cfg.moe_used)});
+      continue;
+    }
     spans.push_back({t.data, t.nbytes()});
     if (t.dtype == DType::Q8_G) spans.push_back({t.scales, size_t(t.numel() / t.group) * sizeof(float)});
   }
   return spans;
 }
 
-// Multiply-accumulates per token in the matrices (2 FLOPs each).
+// Multiply-accumulates per token in the matrices (2 FLOPs each); of a
+// mixture-of-experts layer the router, the k selected experts and the shared one.
 double matmul_flops_per_token(const Weights& w) {
   const auto& c = w.cfg;
-  double per_layer = c.arch == Arch::Llama
-                         ? double(c.dim) * (c.q_dim() + 2 * c.kv_dim()) + double(c.q_dim()) * c.dim + 3.0 * c.dim * c.hidden_dim
-                         : double(c.dim) * 4 * c.dim + 2.0 * c.dim * c.hidden_dim;
-  return 2.0 * (per_layer * double(c.n_layers) + double(c.dim) * double(c.vocab_size));
+  double macs = double(c.dim) * double(c.vocab_size);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    if (c.arch != Arch::Llama) {
+      macs += double(c.dim) * 4 * c.dim + 2.0 * c.dim * c.hidden_dim;
+      continue;
+    }
+    macs += double(c.dim) * (c.q_dim() + 2 * c.kv_dim()) + double(c.q_dim()) * c.dim;
+    macs += c.moe_layer(l) ? double(c.dim) * (c.moe_experts + 3.0 * (c.moe_used * c.moe_hidden + c.moe_shared_hidden))
+                           : 3.0 * c.dim * c.hidden_dim;
+  }
+  return 2.0 * macs;
 }
 
 }  // namespace
@@ -61,7 +80,8 @@ int cmd_bench(int argc, char** argv) {
   int threads = 0, reps = 2;
   bool json = false;
   app.add_option("-m,--model", model, "model file or directory (or synthetic:NAME[:TYPE])");
-  app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny, gpt2-124m");
+  app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b (8 experts, top-2: "
+                 "1b's active parameters), moe-tiny, moe-tiny-shared");
   app.add_option("--type", type_name, "weight type for --synthetic: a type (every matrix: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, "
                  "iq4_nl, q2_k .. q6_k) or a llama.cpp mix (q4_k_m, q3_k_s, ...: its per-tensor types)")
       ->check(CLI::Validator(

@@ -39,10 +39,10 @@ ModelConfig synthetic_config(const std::string& name) {
     c.dim = 768, c.n_layers = 12, c.n_heads = 12, c.n_kv_heads = 12, c.hidden_dim = 3072, c.vocab_size = 50257;
     c.max_seq_len = 1024;
     c.tied_embeddings = true;
-  } else if (name == "moe-1b") {  // Mixtral-shaped: 8 experts, top-2, the active parameters of "1b"
-    c.dim = 2048, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8, c.hidden_dim = 2816, c.vocab_size = 32000;
+  } else if (name == "moe-1b") {  // Mixtral-shaped: 8 experts of 2560 (5 x 512: R4 layouts), top-2: about "1b"'s active parameters
+    c.dim = 2048, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8, c.hidden_dim = 2560, c.vocab_size = 32000;
     c.max_seq_len = 2048;
-    c.moe_experts = 8, c.moe_used = 2, c.moe_hidden = 2816, c.moe_norm_topk = true;
+    c.moe_experts = 8, c.moe_used = 2, c.moe_hidden = 2560, c.moe_norm_topk = true;
   } else if (name == "moe-tiny") {  // Mixtral-shaped, small: 4 experts, top-2
     c.dim = 256, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 4, c.hidden_dim = 384, c.vocab_size = 512;
     c.max_seq_len = 256;
