@@ -325,3 +325,22 @@ TEST(MoE, GgufRoundTripKeepsTheRouter) {
   EXPECT_LT(max_diff(run(w, ids, 7), run(lm.weights, ids, 7)), 1e-4);
   fs::remove(path);
 }
+
+TEST(MoE, LlamaCppQuantMixRules) {
+  const auto m = quant_mix_from_name("q4_k_m"), q40 = quant_mix_from_name("q4_0");
+  ASSERT_TRUE(m && q40);
+  const MoeMixInfo eight{8, 32}, four{4, 32};
+  // llama_tensor_get_type: 8-expert models keep attention k / v in Q8_0 (every mix) and the
+  // attention output in Q5_K (the low-bit K mixes); routers are never quantized.
+  EXPECT_EQ(quant_mix_tensor_type(*m, "attn_v.weight", 3, 32, 4096, 4, true, nullptr, eight), DType::Q8_0);
+  EXPECT_EQ(quant_mix_tensor_type(*q40, "attn_k.weight", 3, 32, 4096, 4, true, nullptr, eight), DType::Q8_0);
+  EXPECT_EQ(quant_mix_tensor_type(*m, "attn_output.weight", 3, 32, 4096, 4, true, nullptr, eight), DType::Q5_K);
+  EXPECT_EQ(quant_mix_tensor_type(*q40, "attn_output.weight", 3, 32, 4096, 4, true, nullptr, eight), DType::Q4_0);
+  EXPECT_EQ(quant_mix_tensor_type(*m, "attn_k.weight", 3, 32, 4096, 4, true, nullptr, four), DType::Q4_K);
+  EXPECT_EQ(quant_mix_tensor_type(*m, "ffn_gate_inp.weight", 3, 32, 4096, 4, true, nullptr, eight), DType::F32);
+  // ffn_down_exps of layer 3 among 32 down projections (16 layers, routed + shared): more_bits(3, 32)
+  // (the first eighth) -> Q6_K; among 16 it is not (3 >= 16 / 8 and (3 - 2) % 3 != 2) -> Q4_K.
+  EXPECT_EQ(quant_mix_tensor_type(*m, "ffn_down_exps.weight", 3, 16, 4096, 4, true, nullptr, {4, 32}), DType::Q6_K);
+  EXPECT_EQ(quant_mix_tensor_type(*m, "ffn_down_exps.weight", 3, 16, 4096, 4, true, nullptr, {4, 16}), DType::Q4_K);
+  EXPECT_EQ(moe_mix_info(synthetic_config("moe-tiny-shared")).n_ffn_down, 1 + 2 * 2);  // dense + (routed, shared) x 2
+}

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/quant_mix.h"
 #include "model/model.h"
 #include "model/synthetic.h"
 
@@ -116,6 +117,20 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
       if (repack_weights(w, detect_isa(), 2) > 0) expect_same_decode(w, 2, false, c.name + " repacked");
     }
   }
+}
+
+// A llama.cpp mix whose matrices quantize the activations differently within one
+// product group (an 8-expert model's Q8_0 k / v beside Q4_K q): split team calls.
+TEST(TeamDecode, MixedActivationQuantization) {
+  if (detect_isa() == Isa::Scalar) GTEST_SKIP() << "no SIMD matrix-vector kernels on this CPU";
+  ModelConfig c = synthetic_config("moe-tiny");
+  c.dim = 512, c.head_dim = 64, c.moe_hidden = c.hidden_dim = 512, c.moe_experts = 8;
+  const auto mix = quant_mix_from_name("q4_k_m");
+  ASSERT_TRUE(mix);
+  const Weights w = make_random_weights(c, *mix, 7, 2);
+  ASSERT_EQ(w.layers[0].wk.dtype, DType::Q8_0);
+  ASSERT_EQ(w.layers[0].wq.dtype, DType::Q4_K);
+  expect_same_decode(w, 2, false, "q4_k_m, 8 experts");
 }
 
 TEST(TeamDecode, NotUsedWhereItCannotRun) {

@@ -25,8 +25,12 @@ bool more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i 
 
 // The rules of llama_tensor_get_type for the mixes above (dense models).
 DType rule_type(const QuantMix& m, std::string_view name, int64_t i, int64_t n, int64_t cols, int64_t n_gqa,
-                bool has_output) {
+                bool has_output, const MoeMixInfo& moe) {
   const DType base = m.base;
+  if (contains(name, "ffn_gate_inp")) return DType::F32;  // routers stay as they are
+  const bool eight = moe.n_expert == 8;  // llama.cpp's Mixtral-8x7B rules
+  if (eight && (contains(name, "attn_v.weight") || contains(name, "attn_k.weight")) && name != "output.weight")
+    return DType::Q8_0;
   if (name == "output.weight" || (!has_output && name == "token_embd.weight")) {
     if (cols % dtype_block_elems(base) != 0) return DType::Q8_0;
     return base == DType::Q8_0 ? DType::Q8_0 : DType::Q6_K;
@@ -42,6 +46,7 @@ DType rule_type(const QuantMix& m, std::string_view name, int64_t i, int64_t n, 
     return base;
   }
   if (contains(name, "ffn_down")) {
+    if (moe.n_ffn_down > 0) n = moe.n_ffn_down;
     if (is(m, "q2_k")) return DType::Q3_K;
     if (is(m, "q3_k_m")) return i < n / 16 ? DType::Q5_K : DType::Q4_K;
     if (is(m, "q3_k_l")) return DType::Q5_K;
@@ -52,6 +57,10 @@ DType rule_type(const QuantMix& m, std::string_view name, int64_t i, int64_t n, 
     return base;
   }
   if (contains(name, "attn_output.weight")) {
+    if (eight)
+      return is(m, "q2_k") || is(m, "q3_k_s") || is(m, "q3_k_m") || is(m, "iq4_nl") || is(m, "q4_k_s") || is(m, "q4_k_m")
+                 ? DType::Q5_K
+                 : base;
     if (is(m, "q2_k")) return DType::Q3_K;
     if (is(m, "q3_k_m")) return DType::Q4_K;
     if (is(m, "q3_k_l")) return DType::Q5_K;
@@ -94,10 +103,11 @@ bool quant_mix_quantizes(const QuantMix& m) {
 }
 
 DType quant_mix_tensor_type(const QuantMix& m, std::string_view name, int64_t layer, int64_t n_layers, int64_t cols,
-                            int64_t n_gqa, bool has_output, bool* fallback) {
+                            int64_t n_gqa, bool has_output, bool* fallback, MoeMixInfo moe) {
   if (fallback) *fallback = false;
   if (!quant_mix_quantizes(m)) return m.base;
-  DType t = rule_type(m, name, layer, n_layers, cols, n_gqa, has_output);
+  DType t = rule_type(m, name, layer, n_layers, cols, n_gqa, has_output, moe);
+  if (t == DType::F32) return t;
   if (cols % dtype_block_elems(t) == 0) return t;
   // llama.cpp's fallbacks for rows that are not a multiple of 256, then f16 (where
   // llama.cpp refuses the legacy types, this keeps the matrix in f16).

@@ -36,7 +36,17 @@ bool quant_mix_quantizes(const QuantMix& m);
 // row; n_gqa: query heads per key/value head; has_output: an untied output
 // matrix exists (else the token embedding is the output). *fallback is set
 // when the row length forced another type than the rules chose.
+// Mixture-of-experts models: n_expert routed experts (llama.cpp stores the
+// attention k / v of 8-expert models in Q8_0 and their attention output in
+// Q5_K under the low-bit K mixes), and n_ffn_down, the number of matrices
+// whose name holds "ffn_down" (routed and shared experts count apart: llama.cpp
+// places a down projection's layer among that many); 0: n_layers. Routers
+// (ffn_gate_inp) are not quantized.
+struct MoeMixInfo {
+  int64_t n_expert = 0;
+  int64_t n_ffn_down = 0;
+};
 DType quant_mix_tensor_type(const QuantMix& m, std::string_view name, int64_t layer, int64_t n_layers, int64_t cols,
-                            int64_t n_gqa, bool has_output, bool* fallback = nullptr);
+                            int64_t n_gqa, bool has_output, bool* fallback = nullptr, MoeMixInfo moe = {});
 
 }  // namespace tessera

@@ -63,18 +63,19 @@ Weights convert_weights(const Weights& w, const QuantMix& mix, int* fallbacks) {
   const ModelConfig& c = w.cfg;
   const bool has_output = !w.output.empty() && w.output.data != w.tok_embd.data;
   const bool quantizing = quant_mix_quantizes(mix);
+  const MoeMixInfo moe = moe_mix_info(c);
   for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t layer) {
     TensorView& t = slot_ref(out, s.slot, layer);
     if (t.empty()) return;
     DType dst = DType::F32;
-    if (s.kind == TensorKind::Vector || t.ndim == 1 || (s.slot == Slot::Router && quantizing)) {
-      dst = DType::F32;  // llama.cpp keeps MoE routers (ffn_gate_inp) unquantized
+    if (s.kind == TensorKind::Vector || t.ndim == 1) {
+      dst = DType::F32;
     } else if (s.slot == Slot::PosEmbd && quantizing) {  // llama.cpp leaves position embeddings unquantized
       dst = t.dtype == DType::F16 || t.dtype == DType::BF16 ? t.dtype : DType::F32;
     } else {
       bool fell_back = false;
       dst = quant_mix_tensor_type(mix, s.gguf, layer, c.n_layers, t.cols(), c.n_heads / std::max<int64_t>(c.n_kv_heads, 1),
-                                  has_output, &fell_back);
+                                  has_output, &fell_back, moe);
       if (fell_back && fallbacks) ++*fallbacks;
     }
     t = convert_view(out, t, dst);

@@ -473,21 +473,30 @@ void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut
 void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs_p, size_t n_outs) {
   const std::span<const MatmulOut> outs(outs_p, n_outs);
   const cpu::IsaKernels* k = kernels_for(tt.isa);
-  MatvecJob jobs[Team::kMaxJobs];
-  int n = 0;
   if (!k || outs.size() == 0 || outs.size() > size_t(Team::kMaxJobs)) fail("team_matmul: internal: bad call");
-  for (const MatmulOut& o : outs) {
-    jobs[n] = MatvecJob{o.W, o.Y, simd_matvec(*k, tt.isa, *o.W, 1), bias_of(o.b)};
-    if (!jobs[n].fn || o.W->cols() != jobs[0].W->cols() || quant_block(*o.W) != quant_block(*jobs[0].W))
-      fail("team_matmul: internal: matrices without a shared matrix-vector kernel");
-    ++n;
+  // Matrices that quantize the activations another way (a mix's Q8_0 k / v beside
+  // Q4_K q, say) go in a call of their own: one barrier more each, in order.
+  bool done[Team::kMaxJobs] = {};
+  for (size_t first = 0; first < outs.size(); ++first) {
+    if (done[first]) continue;
+    MatvecJob jobs[Team::kMaxJobs];
+    int n = 0;
+    const TensorView& W0 = *outs[first].W;
+    for (size_t i = first; i < outs.size(); ++i) {
+      const MatmulOut& o = outs[i];
+      if (done[i] || o.W->cols() != W0.cols() || quant_block(*o.W) != quant_block(W0)) continue;
+      jobs[n] = MatvecJob{o.W, o.Y, simd_matvec(*k, tt.isa, *o.W, 1), bias_of(o.b)};
+      if (!jobs[n].fn) fail("team_matmul: internal: a matrix without a matrix-vector kernel");
+      done[i] = true;
+      ++n;
+    }
+    const XqLayout xl(W0.cols(), 1, quant_block(W0));
+    uint8_t* xq = tt.scratch;
+    if (xl.qb) xl.quantize(*k, xq, x, 0);
+    RowQueue queue(jobs, n, tt.size, tt.team->next, tt.gen++);
+    matvec_rows(jobs, n, x, 1, xl.view(xq), reinterpret_cast<float*>(xq + xl.bytes), &queue);
+    tt.barrier();
   }
-  const XqLayout xl(jobs[0].W->cols(), 1, quant_block(*jobs[0].W));
-  uint8_t* xq = tt.scratch;
-  if (xl.qb) xl.quantize(*k, xq, x, 0);
-  RowQueue queue(jobs, n, tt.size, tt.team->next, tt.gen++);
-  matvec_rows(jobs, n, x, 1, xl.view(xq), reinterpret_cast<float*>(xq + xl.bytes), &queue);
-  tt.barrier();
 }
 
 void quantize_row(DType t, const float* x, void* out, int64_t n) {

@@ -57,7 +57,8 @@ bool team_worthwhile(const TensorView& W);
 // outs[i].Y = x . outs[i].W^T for one activation row x(K), rows shared by the
 // team as matmul_multi() shares them; every thread calls it with its own copy
 // of x (or the same one). Ends with a barrier, so Y is complete on return.
-// All W must pass team_can_matmul and have the same K and activation blocks.
+// All W must pass team_can_matmul; those with another K or activation
+// quantization than the first run as a call of their own (one more barrier).
 void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs);
 void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs, size_t n_outs);
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/quant_mix.h"
 #include "model/weights.h"
 
 namespace tessera {
@@ -101,6 +102,8 @@ std::string hf_tensor_name(const ArchDesc& d, const TensorSpec& s, int64_t layer
 int64_t count_params(const ModelConfig& c);
 // Parameters one token reaches: count_params less the unselected routed experts.
 int64_t count_active_params(const ModelConfig& c);
+// What llama.cpp's quantization rules need to know of a mixture-of-experts model (core/quant_mix.h).
+MoeMixInfo moe_mix_info(const ModelConfig& c);
 // Whether s is a routed-experts tensor (E, N, K).
 inline bool is_expert_slot(Slot s) { return s == Slot::WGateExps || s == Slot::WUpExps || s == Slot::WDownExps; }
 

@@ -179,7 +179,8 @@ Weights make_random_weights(const ModelConfig& cfg, const QuantMix& m, uint64_t 
   Weights w = random_weights(
       cfg,
       [&](const char* name, int64_t layer, int64_t cols) {
-        return quant_mix_tensor_type(m, name, layer, cfg.n_layers, cols, gqa, has_output);
+        return quant_mix_tensor_type(m, name, layer, cfg.n_layers, cols, gqa, has_output, nullptr,
+                                     moe_mix_info(cfg));
       },
       seed, threads);
   w.file_type = m.ftype;

@@ -91,6 +91,15 @@ int64_t count_active_params(const ModelConfig& c) {
   return n;
 }
 
+MoeMixInfo moe_mix_info(const ModelConfig& c) {
+  MoeMixInfo m{c.moe_experts, 0};
+  if (c.is_moe())
+    for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t) {
+      m.n_ffn_down += std::string_view(s.gguf).find("ffn_down") != std::string_view::npos;
+    });
+  return m;
+}
+
 int64_t ModelConfig::active_params() const { return count_active_params(*this); }
 
 }  // namespace tessera
