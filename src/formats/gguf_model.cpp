@@ -97,9 +97,10 @@ void write_moe_keys(gguf::Writer& g, const std::string& arch, const std::string&
 // (experts with a gated shared expert), "llama" (Mixtral: experts without a
 // shared one), "qwen2" (q/k/v biases), "qwen3" (QK-norm), "llama".
 std::string gguf_llama_arch(const ModelConfig& c, const std::string& path) {
+  if (c.mla()) return "deepseek2";
   if (c.is_moe()) {
     if (c.moe_shared_hidden > 0 && !c.moe_shared_gate)
-      fail(path, ": this model's ungated shared expert (DeepSeek's) has no GGUF architecture Tessera writes yet");
+      fail(path, ": this model's ungated shared expert (DeepSeek's) needs latent attention (deepseek2) in GGUF");
     if (c.moe_shared_hidden > 0) return "qwen2moe";
     if (c.qk_norm) fail(path, ": a mixture-of-experts model with QK-norm has no GGUF architecture Tessera writes yet");
     return "llama";
@@ -169,13 +170,21 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   if (emb.shape.size() != 2) fail(path, ": tensor token_embd.weight must be 2-D, has ", emb.shape.size(), " dims");
   c.vocab_size = emb.shape[0];
   if (c.arch == Arch::Llama) {
-    // llama.cpp runs "llama" with adjacent-pair RoPE (its converter permutes HF weights), "qwen2" and
-    // "qwen3" (QK-norm) with NeoX style.
-    c.rope_style = arch == "llama" ? ops::RopeStyle::Interleaved : ops::RopeStyle::HalfSplit;
+    // llama.cpp runs "llama" and "deepseek2" with adjacent-pair RoPE (its converter permutes HF
+    // weights), "qwen2", "qwen3" (QK-norm) and "qwen2moe" with NeoX style.
+    c.rope_style = arch == "llama" || arch == "deepseek2" ? ops::RopeStyle::Interleaved : ops::RopeStyle::HalfSplit;
     const int64_t rot = f->get_int_or(p + "rope.dimension_count", c.head_dim);
-    if (rot != c.head_dim)
+    if (f->find(p + "attention.kv_lora_rank")) {  // latent attention: RoPE on each head's last `rot` dims
+      c.mla_kv_lora = f->get_int(p + "attention.kv_lora_rank");
+      c.mla_q_lora = f->get_int_or(p + "attention.q_lora_rank", 0);
+      c.mla_v_dim = f->get_int(p + "attention.value_length");
+      c.mla_rope = rot;
+      if (c.mla_kv_lora <= 0) fail(path, ": ", p, "attention.kv_lora_rank must be positive, got ", c.mla_kv_lora);
+      // rope.scaling.yarn_log_multiplier (required by llama.cpp) acts only with YaRN, which is refused below.
+    } else if (rot != c.head_dim) {
       fail(path, ": ", p, "rope.dimension_count = ", rot, " (partial rotary) is not supported; head_dim is ", c.head_dim);
-    c.rope_freq_factors = gguf_rope_factors(*f, p, c.head_dim);
+    }
+    c.rope_freq_factors = gguf_rope_factors(*f, p, c.rope_dims());
   }
   // The tensors of the architecture's table. Conditional ones are optional in
   // the file; finding one turns its config flag on (Qwen2's biases, QK-norm).
@@ -267,7 +276,8 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path,
   // and "qwen2moe" with half-split.
   const bool llama = in.cfg.arch == Arch::Llama;
   const std::string arch = llama ? gguf_llama_arch(in.cfg, path) : "gpt2";
-  const Weights w = with_rope_style(in, arch == "llama" ? ops::RopeStyle::Interleaved : ops::RopeStyle::HalfSplit);
+  const Weights w = with_rope_style(
+      in, arch == "llama" || arch == "deepseek2" ? ops::RopeStyle::Interleaved : ops::RopeStyle::HalfSplit);
   const auto& c = w.cfg;
   for (const auto& L : w.layers)
     if (L.wq.dtype == DType::Q8_G || w.tok_embd.dtype == DType::Q8_G)
@@ -290,12 +300,19 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path,
     if (k.f32 && (k.write_if_zero || c.*k.f32 != 0.f)) g.set_f32(p + k.gguf, c.*k.f32);
   }
   if (llama) {
-    g.set_u32(p + "rope.dimension_count", uint32_t(c.head_dim));
+    g.set_u32(p + "rope.dimension_count", uint32_t(c.rope_dims()));
+    if (c.mla()) {
+      if (c.mla_q_lora > 0) g.set_u32(p + "attention.q_lora_rank", uint32_t(c.mla_q_lora));
+      g.set_u32(p + "attention.kv_lora_rank", uint32_t(c.mla_kv_lora));
+      g.set_u32(p + "attention.key_length", uint32_t(c.head_dim));
+      g.set_u32(p + "attention.value_length", uint32_t(c.mla_v_dim));
+      g.set_f32(p + "rope.scaling.yarn_log_multiplier", 0.f);  // required by llama.cpp's deepseek2; no YaRN here
+    }
     if (auto u = uniform_rope_factor(c.rope_freq_factors); u && *u != 1.f) {  // llama.cpp's linear keys
       g.set_string(p + "rope.scaling.type", "linear");
       g.set_f32(p + "rope.scaling.factor", *u);
     }
-    if (c.head_dim * c.n_heads != c.dim) {
+    if (c.head_dim * c.n_heads != c.dim && !c.mla()) {
       g.set_u32(p + "attention.key_length", uint32_t(c.head_dim));
       g.set_u32(p + "attention.value_length", uint32_t(c.head_dim));
     }

@@ -249,6 +249,7 @@ Weights load_hf_weights(const std::string& dir) {
   auto load = [&](const TensorSpec& s, int64_t l) {
     const std::string name = expert_pattern(s, l);
     if (is_expert_slot(s.slot)) {  // E tensors (N, K) stacked into (E, N, K), one owned copy
+      if (!s.present(c, l)) return;  // config.json says whether a layer has experts
       const auto want = s.shape(c, l);
       const TensorView first = st.tensor(expert_name(name, 0)).view;
       const size_t bytes = first.nbytes();
@@ -314,6 +315,7 @@ void save_hf(const Weights& in, const std::string& dir) {
   const int64_t window = c.common_window(dir);
   if (c.norm_placement == NormPlacement::Post)
     fail(dir, ": config.json has no key for post-norm blocks; write GGUF instead");
+  if (c.mla()) fail(dir, ": Hugging Face output of latent-attention (DeepSeek) models is not supported yet; write GGUF instead");
   if (window > 0 && c.arch != Arch::Llama)
     fail(dir, ": config.json has no sliding-window keys for ", arch_name(c.arch), "; write GGUF instead");
   // Mixture-of-experts models transformers runs: Mixtral (softmax, renormalised, no shared

@@ -134,8 +134,9 @@ void ModelConfig::validate(const std::string& where) const {
   if (arch == Arch::Llama && !(rope_theta > 0.f)) fail(where, ": rope_theta must be positive, got ", rope_theta);
   if (!rope_freq_factors.empty()) {
     if (arch != Arch::Llama) fail(where, ": RoPE frequency scaling is supported for the llama family only");
-    if (int64_t(rope_freq_factors.size()) != head_dim / 2)
-      fail(where, ": RoPE frequency scaling has ", rope_freq_factors.size(), " divisors, head_dim / 2 = ", head_dim / 2);
+    if (int64_t(rope_freq_factors.size()) != rope_dims() / 2)
+      fail(where, ": RoPE frequency scaling has ", rope_freq_factors.size(), " divisors, rotary dims / 2 = ",
+           rope_dims() / 2);
     for (size_t i = 0; i < rope_freq_factors.size(); ++i)
       if (!(rope_freq_factors[i] > 0.f) || !std::isfinite(rope_freq_factors[i]))
         fail(where, ": RoPE frequency divisor ", i, " must be positive and finite, got ", rope_freq_factors[i]);
@@ -153,6 +154,19 @@ void ModelConfig::validate(const std::string& where) const {
     if (gated != gated_ffn())
       fail(where, ": ", arch_name(arch), " has a", gated_ffn() ? " gated feed-forward (swiglu, geglu)" : "n ungated feed-forward (gelu, relu)",
            "; got ", ffn_act_name(a));
+  }
+  if (mla()) {
+    if (arch != Arch::Llama) fail(where, ": latent attention (MLA) is supported for the llama family only");
+    if (mla_rope <= 0 || mla_rope % 2 != 0 || mla_rope >= head_dim)
+      fail(where, ": MLA rotary dims (rope.dimension_count) must be even and below the key length ", head_dim,
+           ", got ", mla_rope);
+    pos("MLA value_length", mla_v_dim);
+    if (mla_v_dim > head_dim)
+      fail(where, ": MLA value_length (", mla_v_dim, ") above the key length (", head_dim, ") is not supported");
+    if (mla_q_lora < 0) fail(where, ": MLA q_lora_rank must be >= 0, got ", mla_q_lora);
+    if (n_kv_heads != n_heads) fail(where, ": MLA has one K/V head per query head (head_count_kv ", n_kv_heads,
+                                    ", head_count ", n_heads, ")");
+    if (qk_norm || qkv_bias) fail(where, ": MLA with QK-norm or q/k/v biases is not supported");
   }
   if (is_moe()) {
     if (arch != Arch::Llama) fail(where, ": mixture-of-experts is supported for the llama family only");

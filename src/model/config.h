@@ -90,6 +90,15 @@ struct ModelConfig {
   std::vector<LayerConfig> layer_cfg;
   FfnAct ffn_act = FfnAct::Default;
   NormPlacement norm_placement = NormPlacement::Pre;
+  // Multi-head latent attention (DeepSeek-V2/V3, when mla_kv_lora > 0; model/mla.cpp):
+  // q = q_b(rms(q_a x)) (or attn_q x without a q LoRA), [c | k_pe] = kv_a x,
+  // [k_nope | v] per head = kv_b(rms(c)); head_dim = key length (nope + rope), RoPE on
+  // each head's last mla_rope dims and on the k_pe all heads share. The KV cache holds
+  // the decompressed per-head K and V (V zero-padded to head_dim).
+  int64_t mla_q_lora = 0;   // q LoRA rank (0: a plain attn_q)
+  int64_t mla_kv_lora = 0;  // compressed KV width
+  int64_t mla_rope = 0;     // rotary dims per head (qk_rope_head_dim)
+  int64_t mla_v_dim = 0;    // value dims per head (v_head_dim)
   // Mixture-of-experts (layers whose LayerConfig::ffn is MoE; set_moe_layers()).
   int64_t moe_experts = 0;       // routed experts E (0: a dense model)
   int64_t moe_used = 0;          // experts selected per token k
@@ -110,6 +119,11 @@ struct ModelConfig {
   }
   bool has_sliding_window() const;
   bool is_moe() const { return moe_experts > 0; }
+  bool mla() const { return mla_kv_lora > 0; }
+  // Dims of a head that RoPE rotates: its last rope_dims() (all but MLA's nope part).
+  int64_t rope_dims() const { return mla() ? mla_rope : head_dim; }
+  // Width of the attention output the output projection reads (MLA: n_heads x v_head_dim).
+  int64_t attn_out_dim() const { return mla() ? n_heads * mla_v_dim : q_dim(); }
   bool moe_layer(int64_t l) const { return layer(l).ffn == FfnKind::MoE; }
   // Marks layers [moe_first_dense, n_layers) MoE when moe_experts > 0 (layer_cfg
   // grows to n_layers entries); call after the attention kinds are set.

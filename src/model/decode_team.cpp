@@ -31,7 +31,9 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
   const bool llama = w_.cfg.arch == Arch::Llama;
   for (int64_t l = 0; l < w_.cfg.n_layers; ++l) {
     const auto& L = w_.layers[size_t(l)];
-    const bool attn = llama ? ok(L.wq) && ok(L.wk) && ok(L.wv) : ok(L.wqkv);
+    const bool attn = w_.cfg.mla() ? (L.wq_a.empty() ? ok(L.wq) : ok(L.wq_a) && ok(L.wq_b)) && ok(L.wkv_a) && ok(L.wkv_b)
+                      : llama     ? ok(L.wq) && ok(L.wk) && ok(L.wv)
+                                  : ok(L.wqkv);
     const bool ffn =
         w_.cfg.moe_layer(l)
             ? ok(L.router) && ok(expert_matrix(L.gate_exps, 0)) && ok(expert_matrix(L.up_exps, 0)) &&

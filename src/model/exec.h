@@ -15,6 +15,7 @@
 //   residual(y)                    x <- x + y
 //   gated(g, u) / ungated(h)       the FFN activation (act(g) * u, act(h)); returns where it is
 //   moe(l, in)                     x <- x + the mixture-of-experts feed-forward of in (model/moe.cpp)
+//   rows(f)                        f(t) for each row t, on buffers every thread shares (complete on return)
 #pragma once
 #include <algorithm>
 
@@ -87,6 +88,8 @@ struct Model::RegionExec {
     return h;
   }
   void moe(int64_t l, const float* in) { m.moe_rows(ctx, l, in, n); }
+  template <class F>
+  void rows(F&& f) { m.per_token(ctx, n, f); }
 };
 
 struct Model::TeamExec {
@@ -134,6 +137,12 @@ struct Model::TeamExec {
     return hs;
   }
   void moe(int64_t l, const float* in) { m.moe_team(tt, l, in, xp, hs); }
+  // Per-row work on shared buffers: thread 0 does it, the others wait.
+  template <class F>
+  void rows(F&& f) {
+    if (tt.rank == 0) f(0);
+    tt.barrier();
+  }
 };
 
 }  // namespace tessera

@@ -13,10 +13,14 @@ void Model::llama_layer(Ex& ex, int64_t l) {
   // Attention.
   if (!post) ex.rmsnorm(L.attn_norm);
   const float* in = post ? ex.x() : ex.xn();
-  ex.matmul(in, {{&L.wq, a_.q, &L.bq}, {&L.wk, a_.k, &L.bk}, {&L.wv, a_.v, &L.bv}});  // (q_dim), (kv_dim), (kv_dim)
-  ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());       // -> a_.att (q_dim)
-  ex.matmul(a_.att, {{&L.wo, a_.xb, &L.bo}});                     // (C)
-  ex.residual(a_.xb);
+  if (c.mla()) {
+    mla_attention(ex, l, in);  // latent attention (model/mla.cpp), x += its output
+  } else {
+    ex.matmul(in, {{&L.wq, a_.q, &L.bq}, {&L.wk, a_.k, &L.bk}, {&L.wv, a_.v, &L.bv}});  // (q_dim), (kv_dim), (kv_dim)
+    ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());       // -> a_.att (q_dim)
+    ex.matmul(a_.att, {{&L.wo, a_.xb, &L.bo}});                     // (C)
+    ex.residual(a_.xb);
+  }
   if (post) ex.rmsnorm_x(L.attn_norm);
   // Gated feed-forward: down(act(gate(x)) * up(x)), act = silu (SwiGLU) or GELU (GeGLU).
   if (!post) ex.rmsnorm(L.ffn_norm);

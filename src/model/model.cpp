@@ -42,7 +42,10 @@ Model::Model(const Weights& w, const RunOptions& opt)
   const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
                            int64_t(max_threads_) * score_rows() * n_ctx_, B * V,
                            max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0,
-                           B * E, Bk, Bk * C, Bk * He, Bk * He, Bk * C, E > 0 ? B * C : 0};
+                           B * E, Bk, Bk * C, Bk * He, Bk * He, Bk * C, E > 0 ? B * C : 0,
+                           B * c.mla_q_lora, B * (c.mla_kv_lora + c.mla_rope), B * c.mla_kv_lora,
+                           c.mla() ? B * c.n_heads * (c.head_dim - c.mla_rope + c.mla_v_dim) : 0,
+                           B * c.n_heads * c.mla_v_dim};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
@@ -56,7 +59,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
   float* p = arena_.data();
   float** slots[] = {&a_.x,      &a_.xb,     &a_.q,     &a_.k,     &a_.v,     &a_.att,    &a_.hb,
                      &a_.hb2,    &a_.scores, &a_.logits, &a_.kv32, &a_.router, &a_.moe_w, &a_.moe_x,
-                     &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s};
+                     &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s, &a_.mla_q, &a_.mla_kva, &a_.mla_c,
+                     &a_.mla_kvb, &a_.mla_att};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
@@ -67,9 +71,9 @@ Model::Model(const Weights& w, const RunOptions& opt)
     moe_off_.assign(size_t(E + 1), 0);
   }
   if (c.arch == Arch::Llama) {
-    rope_cos_.resize(size_t(n_ctx_ * c.head_dim / 2));
+    rope_cos_.resize(size_t(n_ctx_ * c.rope_dims() / 2));
     rope_sin_.resize(rope_cos_.size());
-    ops::rope_tables(rope_cos_.data(), rope_sin_.data(), n_ctx_, c.head_dim, c.rope_theta, c.rope_freq_div());
+    ops::rope_tables(rope_cos_.data(), rope_sin_.data(), n_ctx_, c.rope_dims(), c.rope_theta, c.rope_freq_div());
   }
   if (persistent_team_ && max_threads_ > 1) {
     const int64_t Ht = std::max(H, He);  // a thread's activation copy
@@ -237,13 +241,14 @@ void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, 
   const auto& L = w_.layers[size_t(l)];
   const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   const bool llama = c.arch == Arch::Llama;  // GPT-2: no QK-norm, no RoPE
-  const float* cr = llama ? rope_cos_.data() + pos * (hd / 2) : nullptr;
-  const float* sr = llama ? rope_sin_.data() + pos * (hd / 2) : nullptr;
+  const int64_t nr = c.rope_dims();  // RoPE on each head's last nr dims (all of them but MLA's)
+  const float* cr = llama ? rope_cos_.data() + pos * (nr / 2) : nullptr;
+  const float* sr = llama ? rope_sin_.data() + pos * (nr / 2) : nullptr;
   // The projections' biases are in q / k / v already (linear()).
   const auto head = [&](float* x, const TensorView* norm) {
     if (!llama) return;
     if (c.qk_norm) ops::rmsnorm(x, x, norm->f32(), hd, c.norm_eps);  // RMSNorm over the head
-    ops::rope_apply(x, cr, sr, hd, c.rope_style);
+    ops::rope_apply(x + (hd - nr), cr, sr, nr, c.rope_style);
   };
   for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, &L.q_norm);
   for (int64_t h = h0; h < h1; ++h) head(k + h * hd, &L.k_norm);

@@ -89,6 +89,11 @@ class Model {
     float* moe_u;   // (B k, He) up products
     float* moe_d;   // (B k, C) expert outputs
     float* moe_s;   // (B, C) shared expert output
+    float* mla_q;   // (B, q LoRA rank)            latent attention (MLA)
+    float* mla_kva; // (B, kv LoRA rank + rope)
+    float* mla_c;   // (B, kv LoRA rank) normalised latent
+    float* mla_kvb; // (B, n_heads (nope + v))
+    float* mla_att; // (B, n_heads v) attention output without the V padding
     float* kv32;    // one sequence's keys then values of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, kv_dim)
     float* logits;  // (B, V)
   };
@@ -115,6 +120,9 @@ class Model {
   // by expert (a_.x), or one decode step on a team thread (its own x, and hs:
   // its activation scratch).
   static constexpr int64_t kMaxMoeUsed = 16;  // experts per token
+  // Latent attention of layer l on the normalised input, added to x (model/mla.cpp).
+  template <class Ex>
+  void mla_attention(Ex& ex, int64_t l, const float* in);
   void moe_rows(KernelContext& ctx, int64_t l, const float* xn, int64_t n);
   void moe_team(TeamThread& tt, int64_t l, const float* xn, float* x, float* hs);
   // QK-norm and RoPE (Llama; GPT-2: neither) of one token's q / k rows

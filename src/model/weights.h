@@ -30,13 +30,16 @@ struct LayerWeights {
   TensorView down_exps;               // (E, C, He)
   TensorView gate_sh, up_sh, down_sh; // (Hs, C), (Hs, C), (C, Hs)
   TensorView sh_gate;                 // (C): shared output times sigmoid(sh_gate . x) (Qwen2-MoE)
+  // Latent attention (cfg.mla(); r = q LoRA rank, ckv = kv LoRA rank, nope = head_dim - rope):
+  TensorView wq_a, q_a_norm, wq_b;    // (r, C), (r), (n_heads head_dim, r); wq instead without a q LoRA
+  TensorView wkv_a, kv_a_norm, wkv_b; // (ckv + rope, C), (ckv), (n_heads (nope + v), ckv)
 
-  static constexpr size_t kSlots = 30;
+  static constexpr size_t kSlots = 36;
   // Every slot, for code that visits all tensors of a layer (absent ones are empty views).
   std::array<TensorView*, kSlots> slots() {
     return {&attn_norm, &attn_norm_b, &wq, &wk, &wv, &bq, &bk, &bv, &wqkv, &bqkv, &wo, &bo, &ffn_norm, &ffn_norm_b,
             &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm, &router, &router_bias, &gate_exps, &up_exps,
-            &down_exps, &gate_sh, &up_sh, &down_sh, &sh_gate};
+            &down_exps, &gate_sh, &up_sh, &down_sh, &sh_gate, &wq_a, &q_a_norm, &wq_b, &wkv_a, &kv_a_norm, &wkv_b};
   }
   std::array<const TensorView*, kSlots> slots() const {
     auto s = const_cast<LayerWeights*>(this)->slots();

@@ -12,13 +12,25 @@ namespace tessera {
 namespace {
 using namespace arch_shapes;
 bool biased(const ModelConfig& c, int64_t) { return c.qkv_bias; }
+bool plain_kv(const ModelConfig& c, int64_t) { return !c.mla(); }
+bool plain_q(const ModelConfig& c, int64_t) { return !c.mla() || c.mla_q_lora == 0; }
+bool mla(const ModelConfig& c, int64_t) { return c.mla(); }
+bool mla_q(const ModelConfig& c, int64_t) { return c.mla() && c.mla_q_lora > 0; }
+Shape qa(const ModelConfig& c, int64_t) { return {c.mla_q_lora, c.dim}; }
+Shape qa1(const ModelConfig& c, int64_t) { return {c.mla_q_lora}; }
+Shape qb(const ModelConfig& c, int64_t) { return {c.q_dim(), c.mla_q_lora}; }
+Shape kva(const ModelConfig& c, int64_t) { return {c.mla_kv_lora + c.mla_rope, c.dim}; }
+Shape kva1(const ModelConfig& c, int64_t) { return {c.mla_kv_lora}; }
+Shape kvb(const ModelConfig& c, int64_t) {
+  return {c.n_heads * (c.head_dim - c.mla_rope + c.mla_v_dim), c.mla_kv_lora};
+}
 bool normed(const ModelConfig& c, int64_t) { return c.qk_norm; }
 Shape qc(const ModelConfig& c, int64_t) { return {c.q_dim(), c.dim}; }
 Shape kvc(const ModelConfig& c, int64_t) { return {c.kv_dim(), c.dim}; }
 Shape q1(const ModelConfig& c, int64_t) { return {c.q_dim()}; }
 Shape kv1(const ModelConfig& c, int64_t) { return {c.kv_dim()}; }
 Shape hd1(const ModelConfig& c, int64_t) { return {c.head_dim}; }
-Shape cq(const ModelConfig& c, int64_t) { return {c.dim, c.q_dim()}; }
+Shape cq(const ModelConfig& c, int64_t) { return {c.dim, c.attn_out_dim()}; }
 // Mixture-of-experts layers (model/moe.cpp) and the dense ones around them.
 bool dense(const ModelConfig& c, int64_t l) { return !c.moe_layer(l); }
 bool moe(const ModelConfig& c, int64_t l) { return c.moe_layer(l); }
@@ -37,16 +49,23 @@ extern const ArchDesc kLlamaArch;
 const ArchDesc kLlamaArch{
     Arch::Llama,
     "llama",
-    {"llama", "qwen2", "qwen3", "qwen2moe"},
+    {"llama", "qwen2", "qwen3", "qwen2moe", "deepseek2"},
     {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
      "Qwen2MoeForCausalLM"},
     // head
     {{Slot::TokEmbd, "token_embd.weight", "model.embed_tokens.weight", E, vc}},
     // layer
     {{Slot::AttnNorm, "attn_norm.weight", "input_layernorm.weight", V, c1},
-     {Slot::Wq, "attn_q.weight", "self_attn.q_proj.weight", M, qc},
-     {Slot::Wk, "attn_k.weight", "self_attn.k_proj.weight", M, kvc},
-     {Slot::Wv, "attn_v.weight", "self_attn.v_proj.weight", M, kvc},
+     {Slot::Wq, "attn_q.weight", "self_attn.q_proj.weight", M, qc, plain_q},
+     {Slot::Wk, "attn_k.weight", "self_attn.k_proj.weight", M, kvc, plain_kv},
+     {Slot::Wv, "attn_v.weight", "self_attn.v_proj.weight", M, kvc, plain_kv},
+     // Latent attention (DeepSeek-V2/V3): GGUF only so far.
+     {Slot::WqA, "attn_q_a.weight", "self_attn.q_a_proj.weight", M, qa, mla_q},
+     {Slot::QANorm, "attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight", V, qa1, mla_q},
+     {Slot::WqB, "attn_q_b.weight", "self_attn.q_b_proj.weight", M, qb, mla_q},
+     {Slot::WkvA, "attn_kv_a_mqa.weight", "self_attn.kv_a_proj_with_mqa.weight", M, kva, mla},
+     {Slot::KvANorm, "attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight", V, kva1, mla},
+     {Slot::WkvB, "attn_kv_b.weight", "self_attn.kv_b_proj.weight", M, kvb, mla},
      {Slot::QNorm, "attn_q_norm.weight", "self_attn.q_norm.weight", V, hd1, normed, &ModelConfig::qk_norm},
      {Slot::KNorm, "attn_k_norm.weight", "self_attn.k_norm.weight", V, hd1, normed, &ModelConfig::qk_norm},
      {Slot::Bq, "attn_q.bias", "self_attn.q_proj.bias", V, q1, biased, &ModelConfig::qkv_bias},
