@@ -90,6 +90,8 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
   cases.push_back({"MoE f32", synthetic_config("moe-tiny"), DType::F32});
   cases.push_back({"MoE shared expert, sigmoid router, dense first layer", synthetic_config("moe-tiny-shared"),
                    DType::F32});
+  cases.push_back({"MLA + MoE (DeepSeek-V3 shape)", synthetic_config("mla-tiny"), DType::F32});
+  cases.push_back({"MLA + MoE q8_0", synthetic_config("mla-tiny"), DType::Q8_0});
   ModelConfig moe512 = synthetic_config("moe-tiny");
   moe512.dim = 512, moe512.head_dim = 64, moe512.moe_hidden = moe512.hidden_dim = 512;
   cases.push_back({"MoE q8_0", moe512, DType::Q8_0});

@@ -35,6 +35,11 @@ int cmd_info(int argc, char** argv) {
               (long long)c.n_kv_heads,
               c.n_kv_heads == c.n_heads ? "MHA" : (c.n_kv_heads == 1 ? "MQA" : "GQA"), (long long)c.head_dim);
   static const char* kActs[] = {"", "SwiGLU", "GeGLU", "GELU", "ReLU"};
+  if (c.mla())
+    std::printf("attention:      latent (MLA): q LoRA rank %lld, kv LoRA rank %lld, key %lld (%lld + %lld RoPE), value %lld; "
+                "the KV cache holds decompressed heads\n",
+                (long long)c.mla_q_lora, (long long)c.mla_kv_lora, (long long)c.head_dim,
+                (long long)(c.head_dim - c.mla_rope), (long long)c.mla_rope, (long long)c.mla_v_dim);
   if (!c.is_moe() || c.moe_first_dense > 0)
     std::printf("ffn hidden:     %lld (%s)%s\n", (long long)c.hidden_dim, kActs[int(c.activation())],
                 c.is_moe() ? " in the dense layers" : "");

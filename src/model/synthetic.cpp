@@ -55,11 +55,18 @@ ModelConfig synthetic_config(const std::string& name) {
     c.moe_experts = 8, c.moe_used = 3, c.moe_hidden = 128, c.moe_shared_hidden = 256, c.moe_first_dense = 1;
     c.moe_gate = MoeGate::Sigmoid, c.moe_norm_topk = true, c.moe_scale = 2.5f;
     c.moe_shared_gate = c.moe_score_bias = true;
+  } else if (name == "mla-tiny") {  // DeepSeek-V3-shaped: latent attention, a dense layer, then MoE
+    c.dim = 256, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 4, c.hidden_dim = 512, c.vocab_size = 512;
+    c.max_seq_len = 256;
+    c.mla_q_lora = 192, c.mla_kv_lora = 128, c.mla_rope = 32, c.mla_v_dim = 64;
+    c.moe_experts = 8, c.moe_used = 2, c.moe_hidden = 128, c.moe_shared_hidden = 128, c.moe_first_dense = 1;
+    c.moe_gate = MoeGate::Sigmoid, c.moe_norm_topk = true, c.moe_scale = 2.5f;
   } else {
-    fail("unknown synthetic model '", name, "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b, moe-tiny, moe-tiny-shared)");
+    fail("unknown synthetic model '", name,
+         "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b, moe-tiny, moe-tiny-shared, mla-tiny)");
   }
   c.set_moe_layers();
-  c.head_dim = c.dim / c.n_heads;
+  c.head_dim = c.mla() ? 96 : c.dim / c.n_heads;  // MLA: key length 64 nope + 32 rope
   c.name = "synthetic-" + name;
   c.validate("synthetic " + name);
   return c;
@@ -137,7 +144,7 @@ void random_matrices(Weights& w, MatrixArena& arena, const TypeOf& type_of, uint
   w.layers.resize(size_t(c.n_layers));
   for (auto& L : w.layers) {
     ++layer;
-    L.wo = matrix("attn_output.weight", C, c.q_dim());
+    L.wo = matrix("attn_output.weight", C, c.attn_out_dim());
     if (c.moe_layer(layer)) {
       const int64_t He = c.moe_hidden, Hs = c.moe_shared_hidden;
       // Routers stay f32 (llama.cpp does not quantize them).
@@ -154,7 +161,18 @@ void random_matrices(Weights& w, MatrixArena& arena, const TypeOf& type_of, uint
       L.w_up = matrix("ffn_up.weight", H, C);
       L.w_down = matrix("ffn_down.weight", C, H);
     }
-    if (c.arch == Arch::Llama) {
+    if (c.mla()) {
+      const int64_t r = c.mla_q_lora;
+      if (r > 0) {
+        L.wq_a = matrix("attn_q_a.weight", r, C);
+        L.wq_b = matrix("attn_q_b.weight", c.q_dim(), r);
+      } else {
+        L.wq = matrix("attn_q.weight", c.q_dim(), C);
+      }
+      L.wkv_a = matrix("attn_kv_a_mqa.weight", c.mla_kv_lora + c.mla_rope, C);
+      L.wkv_b = matrix("attn_kv_b.weight", c.n_heads * (c.head_dim - c.mla_rope + c.mla_v_dim), c.mla_kv_lora);
+      if (!c.moe_layer(layer)) L.w_gate = matrix("ffn_gate.weight", H, C);
+    } else if (c.arch == Arch::Llama) {
       L.wq = matrix("attn_q.weight", c.q_dim(), C);
       L.wk = matrix("attn_k.weight", c.kv_dim(), C);
       L.wv = matrix("attn_v.weight", c.kv_dim(), C);
