@@ -328,7 +328,7 @@ TEST(Serve, BadInputGetsJsonErrorsAndTheServerKeepsServing) {
   EXPECT_EQ(r.status, 400);
   EXPECT_NE(r.raw.find("maximum context length"), std::string::npos) << r.raw;
   EXPECT_EQ(get(p, "/health").status, 200);
-  EXPECT_EQ(completion_text(p, {{"prompt", "Once"}, {"max_tokens", 3}}).empty(), false);
+  EXPECT_EQ(completion_text(p, {{"prompt", "Once"}, {"max_tokens", 3}}).empty(), false) << "server log:\n" << s.log();
 }
 
 TEST(Serve, ApiKeyAndQueueLimit) {

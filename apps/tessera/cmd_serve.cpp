@@ -480,7 +480,8 @@ int cmd_serve(int argc, char** argv) {
                sa.parallel, (long long)S.engine->options().ctx_size, (long long)g.kv_blocks_total, S.tmpl->name().c_str());
   install_stop_handlers();
   while (!*stop_requested() && svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  std::fprintf(stderr, "tessera: shutting down\n");
+  std::fprintf(stderr, "tessera: shutting down (%s)\n",
+               *stop_requested() ? "signal" : "the HTTP listener stopped: cpp-httplib's accept loop ended");
   S.engine->shutdown();  // open streams end with an error event, so their handlers return
   svr.stop();
   http.join();

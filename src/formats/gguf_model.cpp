@@ -98,6 +98,16 @@ void write_moe_keys(gguf::Writer& g, const std::string& arch, const std::string&
 // shared one), "qwen2" (q/k/v biases), "qwen3" (QK-norm), "llama".
 std::string gguf_llama_arch(const ModelConfig& c, const std::string& path) {
   if (c.mla()) return "deepseek2";
+  if (c.post_norms) {
+    // Gemma 2: what llama.cpp's gemma2 implies (tested on read) must be what the model computes.
+    if (c.embed_scale != std::sqrt(float(c.dim)) || c.activation() != FfnAct::GeGLU || c.is_moe() || c.qkv_bias ||
+        c.qk_norm || !c.tied_embeddings || c.attn_scale != (c.n_layers == 46 ? 1.f / std::sqrt(float(c.dim / c.n_heads)) : 0.f))
+      fail(path, ": a model with sandwich norms is written as llama.cpp's gemma2, which implies an embedding scale "
+                 "of sqrt(dim), GeGLU, tied embeddings and its query scale; this model differs");
+    return "gemma2";
+  }
+  if (c.embed_scale > 0.f || c.attn_scale > 0.f)
+    fail(path, ": an embedding or attention scale outside Gemma 2 has no GGUF key Tessera writes yet");
   if (c.is_moe()) {
     if (c.moe_shared_hidden > 0 && !c.moe_shared_gate)
       fail(path, ": this model's ungated shared expert (DeepSeek's) needs latent attention (deepseek2) in GGUF");
@@ -154,6 +164,17 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
       for (size_t l = 0; l < pat.size(); ++l) slides[l] = pat[l] != 0;
     }
     c.layer_cfg = sliding_window_layers(win, slides);
+  }
+  if (arch == "gemma2") {
+    // llama.cpp's gemma2: embeddings times sqrt(n_embd), GeGLU (tanh GELU), sandwich norms
+    // (tensors), sliding window on the even layers when the file names no pattern, and the
+    // query scale it picks by layer count: 1 / sqrt(n_embd / n_head) for the 46-layer 27B,
+    // else 1 / sqrt(head_dim).
+    c.embed_scale = std::sqrt(float(c.dim));
+    c.ffn_act = FfnAct::GeGLU;
+    if (c.n_layers == 46) c.attn_scale = 1.f / std::sqrt(float(c.dim / c.n_heads));
+    if (c.has_sliding_window() && !f->find(p + "attention.sliding_window_pattern"))
+      c.layer_cfg = sliding_window_layers(c.n_layers, c.common_window(path), "even");
   }
   if (c.arch == Arch::Llama) read_moe_keys(*f, arch, p, c);
   c.set_moe_layers();  // before the tensors: which layers have experts

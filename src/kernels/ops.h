@@ -27,6 +27,8 @@ void relu(float* x, int64_t n);
 void softcap(float* x, int64_t n, float cap);
 // y(n) += x(n)
 void add(float* y, const float* x, int64_t n);
+// x(n) *= s
+void scale(float* x, float s, int64_t n);
 
 enum class RopeStyle { Interleaved, HalfSplit };
 // Rotates one head vector x(head_dim) at position pos, over the first rot_dim dims.

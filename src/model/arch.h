@@ -24,7 +24,7 @@ enum class Slot : uint8_t {
   AttnNorm, AttnNormB, Wq, Wk, Wv, Bq, Bk, Bv, Wqkv, Bqkv, Wo, Bo,
   FfnNorm, FfnNormB, WGate, WUp, WDown, BUp, BDown, QNorm, KNorm,
   Router, RouterBias, WGateExps, WUpExps, WDownExps, WGateSh, WUpSh, WDownSh, ShGate,
-  WqA, QANorm, WqB, WkvA, KvANorm, WkvB,
+  WqA, QANorm, WqB, WkvA, KvANorm, WkvB, PostAttnNorm, PostFfnNorm,
 };
 constexpr int kGlobalSlots = 5;
 inline bool is_layer_slot(Slot s) { return int(s) >= kGlobalSlots; }

@@ -1,5 +1,6 @@
 // One runtime config for every supported architecture, read from the weights file.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -83,6 +84,11 @@ struct ModelConfig {
   bool qkv_bias = false;    // Qwen2-style biases on q/k/v projections (Llama family)
   bool qk_norm = false;     // RMSNorm (gains of head_dim) on each query and key head before RoPE
   float attn_softcap = 0.f;   // attention scores -> cap * tanh(s / cap) when > 0
+  float attn_scale = 0.f;     // q . k scale; 0: 1 / sqrt(head_dim)
+  float embed_scale = 0.f;    // token embeddings times this when > 0 (Gemma: sqrt(dim))
+  // Sandwich norms (Gemma 2): RMSNorm of the attention output and of the feed-forward
+  // output before each is added to the residual stream (post_attn_norm / post_ffn_norm).
+  bool post_norms = false;
   float final_softcap = 0.f;  // output logits -> cap * tanh(l / cap) when > 0
   std::string name;         // free-form (file's general.name)
   // Per-layer configuration; empty: every layer is the default LayerConfig
@@ -141,6 +147,7 @@ struct ModelConfig {
   // when no layer slides; Error when the layers' windows differ.
   int64_t common_window(const std::string& where) const;
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
+  float attention_scale() const { return attn_scale > 0.f ? attn_scale : 1.f / std::sqrt(float(head_dim)); }
   int64_t q_dim() const { return n_heads * head_dim; }
   // rope_freq_factors as the divisor array ops::rope_tables takes (null when unscaled).
   const float* rope_freq_div() const { return rope_freq_factors.empty() ? nullptr : rope_freq_factors.data(); }

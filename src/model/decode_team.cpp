@@ -84,6 +84,7 @@ void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t 
     float* hs = xb + (C + 15) / 16 * 16;                                // (H) FFN activation
     const bool llama = c.arch == Arch::Llama;
     dequantize_row(w_.tok_embd, token, x);
+    if (c.embed_scale > 0.f) ops::scale(x, c.embed_scale, C);
     if (!llama) {
       dequantize_row(w_.pos_embd, pos, xb);
       ops::add(x, xb, C);

@@ -1,9 +1,18 @@
 // Llama block: RMSNorm -> (q, k, v) projections (+ optional biases) -> RoPE ->
 // causal GQA attention -> output projection -> residual; RMSNorm -> gated FFN
-// (SwiGLU, or GeGLU) -> residual. Written once for both executors (model/exec.h).
+// (SwiGLU, or GeGLU) -> residual. Variants: latent attention (model/mla.cpp),
+// mixture-of-experts feed-forward (model/moe.cpp), Gemma 2's sandwich norms on
+// both sublayers' outputs. Written once for both executors (model/exec.h).
 #include "model/exec.h"
 
 namespace tessera {
+
+// Gemma 2's sandwich norm: the sublayer output in a_.xb, RMS-normalised before the residual add.
+template <class Ex>
+void Model::post_norm(Ex& ex, const TensorView& g) {
+  const int64_t C = w_.cfg.dim;
+  ex.rows([&](int64_t t) { ops::rmsnorm(a_.xb + t * C, a_.xb + t * C, g.f32(), C, w_.cfg.norm_eps); });
+}
 
 template <class Ex>
 void Model::llama_layer(Ex& ex, int64_t l) {
@@ -19,6 +28,7 @@ void Model::llama_layer(Ex& ex, int64_t l) {
     ex.matmul(in, {{&L.wq, a_.q, &L.bq}, {&L.wk, a_.k, &L.bk}, {&L.wv, a_.v, &L.bv}});  // (q_dim), (kv_dim), (kv_dim)
     ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());       // -> a_.att (q_dim)
     ex.matmul(a_.att, {{&L.wo, a_.xb, &L.bo}});                     // (C)
+    if (c.post_norms) post_norm(ex, L.post_attn_norm);
     ex.residual(a_.xb);
   }
   if (post) ex.rmsnorm_x(L.attn_norm);
@@ -31,6 +41,7 @@ void Model::llama_layer(Ex& ex, int64_t l) {
     ex.matmul(in, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
     const float* h = ex.gated(a_.hb, a_.hb2);
     ex.matmul(h, {{&L.w_down, a_.xb, &L.b_down}});  // (C)
+    if (c.post_norms) post_norm(ex, L.post_ffn_norm);
     ex.residual(a_.xb);
   }
   if (post) ex.rmsnorm_x(L.ffn_norm);

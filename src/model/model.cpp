@@ -206,6 +206,7 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
   // Embedding lookup: x(t) = E[token] (+ P[pos] for GPT-2).
   per_token(ctx, n, [&](int64_t t) {
     dequantize_row(w_.tok_embd, tokens[t], a_.x + t * C);
+    if (c.embed_scale > 0.f) ops::scale(a_.x + t * C, c.embed_scale, C);
     if (c.arch == Arch::GPT2) {
       dequantize_row(w_.pos_embd, pos[t], a_.xb + t * C);
       ops::add(a_.x + t * C, a_.xb + t * C, C);
@@ -284,7 +285,7 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int6
   a.block_size = kv_->block_size();
   a.n = pos + 1;  // causal: keys 0..pos
   a.start = c.layer(l).first_key(pos);  // a sliding window: only the last `window` of them
-  a.scale = 1.f / std::sqrt(float(hd));
+  a.scale = c.attention_scale();
   a.softcap = c.attn_softcap;
   a.scores = a_.scores + int64_t(rank) * score_rows() * n_ctx_;
   a.out = out + h * hd;
@@ -332,7 +333,7 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
                               int64_t q_stride) {
   const auto& c = w_.cfg;
   const int64_t hd = c.head_dim, kvd = c.kv_dim(), group = c.n_heads / c.n_kv_heads;
-  const float scale = 1.f / std::sqrt(float(hd));
+  const float scale = c.attention_scale();
   const int nt = std::min(ctx.n_threads, max_threads_);
   const int32_t seq = cseq_[t0];
   const int64_t pos = cpos_[t0], n_vis = pos + rows;  // keys [0, n_vis) of seq

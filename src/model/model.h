@@ -123,6 +123,8 @@ class Model {
   // Latent attention of layer l on the normalised input, added to x (model/mla.cpp).
   template <class Ex>
   void mla_attention(Ex& ex, int64_t l, const float* in);
+  template <class Ex>
+  void post_norm(Ex& ex, const TensorView& g);  // a_.xb <- rmsnorm(a_.xb, g) (Gemma 2's sandwich norms)
   void moe_rows(KernelContext& ctx, int64_t l, const float* xn, int64_t n);
   void moe_team(TeamThread& tt, int64_t l, const float* xn, float* x, float* hs);
   // QK-norm and RoPE (Llama; GPT-2: neither) of one token's q / k rows

@@ -12,6 +12,7 @@ namespace tessera {
 namespace {
 using namespace arch_shapes;
 bool biased(const ModelConfig& c, int64_t) { return c.qkv_bias; }
+bool sandwich(const ModelConfig& c, int64_t) { return c.post_norms; }
 bool plain_kv(const ModelConfig& c, int64_t) { return !c.mla(); }
 bool plain_q(const ModelConfig& c, int64_t) { return !c.mla() || c.mla_q_lora == 0; }
 bool mla(const ModelConfig& c, int64_t) { return c.mla(); }
@@ -49,7 +50,7 @@ extern const ArchDesc kLlamaArch;
 const ArchDesc kLlamaArch{
     Arch::Llama,
     "llama",
-    {"llama", "qwen2", "qwen3", "qwen2moe", "deepseek2"},
+    {"llama", "qwen2", "qwen3", "qwen2moe", "deepseek2", "gemma2"},
     {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
      "Qwen2MoeForCausalLM"},
     // head
@@ -72,10 +73,14 @@ const ArchDesc kLlamaArch{
      {Slot::Bk, "attn_k.bias", "self_attn.k_proj.bias", V, kv1, biased, &ModelConfig::qkv_bias},
      {Slot::Bv, "attn_v.bias", "self_attn.v_proj.bias", V, kv1, biased, &ModelConfig::qkv_bias},
      {Slot::Wo, "attn_output.weight", "self_attn.o_proj.weight", M, cq},
+     {Slot::PostAttnNorm, "post_attention_norm.weight", "post_attention_norm.weight", V, c1, sandwich,
+      &ModelConfig::post_norms},
      {Slot::FfnNorm, "ffn_norm.weight", "post_attention_layernorm.weight", V, c1},
      {Slot::WGate, "ffn_gate.weight", "mlp.gate_proj.weight", M, hc, dense},
      {Slot::WUp, "ffn_up.weight", "mlp.up_proj.weight", M, hc, dense},
      {Slot::WDown, "ffn_down.weight", "mlp.down_proj.weight", M, ch, dense},
+     {Slot::PostFfnNorm, "post_ffw_norm.weight", "post_feedforward_layernorm.weight", V, c1, sandwich,
+      &ModelConfig::post_norms},
      // Mixture-of-experts layers: router, routed experts, shared expert (Qwen2-MoE's gated one,
      // DeepSeek's ungated ones as one matrix of their summed width).
      {Slot::Router, "ffn_gate_inp.weight", "mlp.gate.weight", M, ec, moe, nullptr, false,
