@@ -90,6 +90,11 @@ TEST(TeamDecode, SameLogitsAsRegionPerMatrix) {
   cases.push_back({"MoE f32", synthetic_config("moe-tiny"), DType::F32});
   cases.push_back({"MoE shared expert, sigmoid router, dense first layer", synthetic_config("moe-tiny-shared"),
                    DType::F32});
+  ModelConfig gemma = small(256, 344, 8, 4);  // Gemma 2's block: sandwich norms, scales, GeGLU, window, caps
+  gemma.post_norms = true, gemma.embed_scale = 16.f, gemma.attn_scale = 0.1f, gemma.ffn_act = FfnAct::GeGLU;
+  gemma.layer_cfg = sliding_window_layers(gemma.n_layers, 6, "even");
+  gemma.attn_softcap = 30.f, gemma.final_softcap = 20.f;
+  cases.push_back({"Gemma 2 block", gemma, DType::F32});
   cases.push_back({"MLA + MoE (DeepSeek-V3 shape)", synthetic_config("mla-tiny"), DType::F32});
   cases.push_back({"MLA + MoE q8_0", synthetic_config("mla-tiny"), DType::Q8_0});
   ModelConfig moe512 = synthetic_config("moe-tiny");

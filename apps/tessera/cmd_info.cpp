@@ -72,6 +72,9 @@ int cmd_info(int argc, char** argv) {
         sl += (sl.empty() ? "" : ",") + std::to_string(l) + "(" + std::to_string(c.layer(l).window) + ")";
     std::printf("attention:      sliding window on layers %s (window in positions); full on the others\n", sl.c_str());
   }
+  if (c.post_norms) std::printf("sandwich norms: yes (RMSNorm of each sublayer's output before the residual add)\n");
+  if (c.embed_scale > 0.f) std::printf("embed scale:    %g\n", double(c.embed_scale));
+  if (c.attn_scale > 0.f) std::printf("attn scale:     %g (q . k)\n", double(c.attn_scale));
   if (c.attn_softcap > 0.f) std::printf("attn softcap:   %g\n", double(c.attn_softcap));
   if (c.final_softcap > 0.f) std::printf("logit softcap:  %g\n", double(c.final_softcap));
   std::printf("parameters:     %lld (%.2fM)\n", (long long)w.n_params(), double(w.n_params()) / 1e6);

@@ -1,0 +1,111 @@
+// Gemma 2 (GGUF "gemma2") against llama.cpp's logits on ../shared/reference/arch/gemma2:
+// embedding scale, sandwich norms, even-layer sliding window, attention and final
+// soft-caps, GeGLU with the tanh GELU. llama.cpp evaluates GELU through an F16 table
+// (README there), Tessera exactly, so the bound is the fixture's exact-GELU one; the
+// GELU flavour is checked on its own below, and the window and caps by ablation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "formats/load.h"
+#include "formats/model_io.h"
+#include "kernels/ops.h"
+#include "model/model.h"
+#include "test_util.h"
+
+using namespace tessera;
+
+namespace {
+
+std::vector<int32_t> read_ids(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<int32_t> ids;
+  int32_t x;
+  while (in >> x) ids.push_back(x);
+  return ids;
+}
+
+std::vector<float> run(const Weights& w, const std::vector<int32_t>& ids, int64_t chunk) {
+  RunOptions o;
+  o.n_ctx = 64;
+  o.max_batch = chunk;
+  Model m(w, o);
+  KernelContext ctx(2);
+  const int64_t V = w.cfg.vocab_size, n = int64_t(ids.size());
+  std::vector<float> out(size_t(n * V));
+  for (int64_t p = 0; p < n; p += chunk) m.forward_all(ctx, ids.data() + p, std::min(chunk, n - p), p, out.data() + p * V);
+  return out;
+}
+
+struct Diff {
+  double max = 0, mean = 0;
+};
+Diff diff(const std::vector<float>& a, const std::vector<float>& b) {
+  Diff d;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double e = std::fabs(double(a[i]) - double(b[i]));
+    d.max = std::max(d.max, e);
+    d.mean += e;
+  }
+  d.mean /= double(a.size());
+  return d;
+}
+
+}  // namespace
+
+TEST(Gemma2, MatchesLlamaCppLogits) {
+  TESSERA_REQUIRE_SHARED("reference/arch/gemma2.gguf");
+  const std::string src = test::shared_path("reference/arch/gemma2.gguf");
+  const LoadedModel lm = load_model(src);
+  const auto& c = lm.weights.cfg;
+  EXPECT_TRUE(c.post_norms);
+  EXPECT_FLOAT_EQ(c.embed_scale, std::sqrt(56.f));
+  EXPECT_EQ(c.layer(0).attn, AttnKind::SlidingWindow);
+  EXPECT_EQ(c.layer(1).attn, AttnKind::Full);
+  const auto ids = read_ids(test::shared_path("reference/arch/gemma2.tokens.txt"));
+  std::ifstream in(test::shared_path("reference/arch/gemma2.logits.txt"));
+  int64_t n = 0, V = 0;
+  in >> n >> V;
+  std::vector<float> ref(size_t(n * V));
+  for (float& x : ref) in >> x;
+  // Measured: max 2.68e-2, mean 2.55e-3 (the fixture's float64 exact-GELU reference: 2.679e-2 / 2.548e-3).
+  for (int64_t chunk : {int64_t(40), int64_t(1), int64_t(7)}) {
+    const Diff d = diff(run(lm.weights, ids, chunk), ref);
+    EXPECT_LT(d.max, 0.05) << "chunks of " << chunk;
+    EXPECT_LT(d.mean, 5e-3) << "chunks of " << chunk;
+  }
+  // Ablations move the logits far past that bound: no window, no soft-caps.
+  Weights full = lm.weights;
+  full.cfg.layer_cfg.clear();
+  EXPECT_GT(diff(run(full, ids, 40), ref).max, 0.2) << "the sliding window had no effect";
+  Weights nocap = lm.weights;
+  nocap.cfg.attn_softcap = nocap.cfg.final_softcap = 0.f;
+  EXPECT_GT(diff(run(nocap, ids, 40), ref).max, 0.2) << "the soft-caps had no effect";
+  // GGUF round trip: the same model.
+  const std::string path = test::temp_path("gemma2_rt.gguf");
+  save_gguf(lm.weights, nullptr, path);
+  const LoadedModel back = load_model(path, src);
+  EXPECT_EQ(diff(run(back.weights, ids, 40), run(lm.weights, ids, 40)).max, 0.0);
+  std::filesystem::remove(path);
+}
+
+TEST(Gemma2, GeluIsTheTanhApproximation) {
+  // Gemma's GELU is 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))), not the erf form.
+  std::vector<float> x, y;
+  for (float z = -6.f; z <= 6.f; z += 0.01f) x.push_back(z);
+  double worst_erf = 0;
+  for (Isa isa : {Isa::Scalar, detect_isa()}) {
+    y = x;
+    ops::gelu(isa, y.data(), int64_t(y.size()));
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double z = x[i];
+      const double t = 0.5 * z * (1 + std::tanh(std::sqrt(2 / M_PI) * (z + 0.044715 * z * z * z)));
+      const double e = 0.5 * z * (1 + std::erf(z / std::sqrt(2.0)));
+      EXPECT_NEAR(y[i], t, 2e-6 * std::max(1.0, std::fabs(t))) << isa_name(isa) << " at " << z;
+      worst_erf = std::max(worst_erf, std::fabs(t - e));
+    }
+  }
+  EXPECT_GT(worst_erf, 1e-4);  // the two forms are told apart at this tolerance
+}
