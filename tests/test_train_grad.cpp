@@ -257,7 +257,9 @@ void check_model(ModelConfig c, const ModelOptions& mo, uint64_t dropout_key = 0
   Transformer<double> m(L, B, T, mo);
   auto f = [&] {
     const auto r = m.forward(p.data(), tok.data(), tgt.data(), dropout_key);
-    return (r.loss_sum + double(mo.z_loss) * r.z_sum) / double(r.count);
+    return (r.loss_sum + double(mo.z_loss) * r.z_sum + double(mo.moe_balance) * r.moe_balance_sum +
+            double(mo.moe_router_z) * r.moe_z_sum) /
+           double(r.count);
   };
   const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
   Vec g(L.total, 0.0);
@@ -337,6 +339,33 @@ TEST(TrainGrad, WholeLlamaWithDropoutMatchesFiniteDifferences) {
   check_model(tiny_llama(), mo, 12345);
   mo.recompute = true;  // recomputation repeats the same masks
   check_model(tiny_llama(), mo, 12345);
+}
+
+// Mixture-of-experts blocks (train/moe_train.cpp): the router through softmax or
+// sigmoid (top-k selection held fixed: the step is far below every routing margin),
+// renormalised or not, scaled, plain or gated shared experts, a leading dense layer,
+// the balance loss and the router z-loss, with recomputation and dropout.
+TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
+  ModelConfig mix = tiny_llama();  // Mixtral: softmax, top-2 of 4, renormalised
+  mix.qkv_bias = false;
+  mix.moe_experts = 4, mix.moe_used = 2, mix.moe_hidden = 6, mix.moe_norm_topk = true;
+  mix.set_moe_layers();
+  ModelOptions mo;
+  mo.moe_balance = 0.3f, mo.moe_router_z = 0.2f;
+  check_model(mix, mo);
+  ModelConfig qwen = tiny_llama();  // Qwen2-MoE: not renormalised, gated shared expert, dense first layer
+  qwen.moe_experts = 5, qwen.moe_used = 2, qwen.moe_hidden = 4, qwen.moe_shared_hidden = 6;
+  qwen.moe_shared_gate = true, qwen.moe_first_dense = 1;
+  qwen.set_moe_layers();
+  check_model(qwen, mo);
+  ModelConfig ds = tiny_llama();  // sigmoid, renormalised, x2.5, ungated shared expert, top-3
+  ds.moe_experts = 6, ds.moe_used = 3, ds.moe_hidden = 4, ds.moe_shared_hidden = 4;
+  ds.moe_gate = MoeGate::Sigmoid, ds.moe_norm_topk = true, ds.moe_scale = 2.5f;
+  ds.ffn_act = FfnAct::GeGLU;
+  ds.set_moe_layers();
+  ModelOptions rc = mo;
+  rc.recompute = true, rc.dropout = 0.2f;
+  check_model(ds, rc, 99);
 }
 
 TEST(TrainGrad, DropoutMasksFollowTheKey) {

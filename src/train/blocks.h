@@ -139,6 +139,11 @@ struct CeResult {
   double loss_sum = 0;  // sum of -log p(target) over rows with target >= 0
   double z_sum = 0;     // sum of log(Z)^2 over the same rows
   int64_t count = 0;
+  // Mixture-of-experts router losses of the batch (Transformer), each times the
+  // batch's rows N, so that (loss_sum + a * moe_balance_sum + b * moe_z_sum) / count
+  // is the objective: balance E sum_e f_e P_e, router z mean_t logsumexp(r_t)^2,
+  // summed over the MoE layers.
+  double moe_balance_sum = 0, moe_z_sum = 0;
 };
 // Cross-entropy fused with the softmax, in place over logits(N, V): returns the
 // sums and replaces the row by d(total)/d(logits) * scale, where total =

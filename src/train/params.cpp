@@ -20,7 +20,7 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
     p.numel = 1;
     for (int64_t s : p.shape) p.numel *= size_t(s);
     p.offset = (total + kAlign - 1) / kAlign * kAlign;
-    p.matrix = p.shape.size() == 2 && !emb;
+    p.matrix = p.shape.size() >= 2 && !emb;  // (E, N, K) experts too
     p.embedding = emb;
     total = p.offset + p.numel;
     n_params += p.numel;
@@ -28,9 +28,11 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
     return p.offset;
   };
   // The architecture's tensors in its table's order (the checkpoint layout).
-  if (c.is_moe())
-    fail("training mixture-of-experts models is not supported yet (", c.moe_experts,
-         " experts); the MoE issue adds it");
+  // What the training blocks do not compute yet: refused rather than trained as another model.
+  if (c.mla()) fail("training latent-attention (MLA, DeepSeek) models is not supported yet");
+  if (c.post_norms || c.embed_scale > 0.f || c.attn_scale > 0.f)
+    fail("training Gemma 2's block (sandwich norms, embedding / attention scales) is not supported yet");
+  if (c.moe_score_bias) fail("training a mixture-of-experts router with a selection bias (DeepSeek-V3) is not supported yet");
   layers.resize(size_t(c.n_layers));
   for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
     const size_t off = add(gguf_tensor_name(s, l), s.shape(c, l), s.kind == TensorKind::Embedding);
@@ -80,7 +82,8 @@ void init_params(const Layout& L, float* p, uint64_t seed) {
       for (size_t i = 0; i < t.numel; ++i) d[i] = v;
       continue;
     }
-    const bool is_resid = ends_with(t.name, "attn_output.weight") || ends_with(t.name, "ffn_down.weight");
+    const bool is_resid = ends_with(t.name, "attn_output.weight") || ends_with(t.name, "ffn_down.weight") ||
+                          ends_with(t.name, "ffn_down_exps.weight") || ends_with(t.name, "ffn_down_shexp.weight");
     const double sd = is_resid ? resid : 0.02;
     uint64_t s = tensor_seed;
     for (size_t i = 0; i < t.numel; i += 2) {  // Box-Muller: two normals per pair of uniforms
@@ -100,16 +103,10 @@ const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& 
   if (t.offset == L.out_norm_b) return &w.out_norm_b;
   if (t.offset == L.output) return &w.output;
   for (size_t l = 0; l < L.layers.size(); ++l) {
-    const auto& o = L.layers[l];
-    const auto& W = w.layers[l];
-    const std::pair<size_t, const TensorView*> slots[] = {
-        {o.attn_norm, &W.attn_norm}, {o.attn_norm_b, &W.attn_norm_b}, {o.wq, &W.wq}, {o.wk, &W.wk},
-        {o.wv, &W.wv}, {o.bq, &W.bq}, {o.bk, &W.bk}, {o.bv, &W.bv}, {o.wqkv, &W.wqkv}, {o.bqkv, &W.bqkv},
-        {o.wo, &W.wo}, {o.bo, &W.bo}, {o.ffn_norm, &W.ffn_norm}, {o.ffn_norm_b, &W.ffn_norm_b},
-        {o.w_gate, &W.w_gate}, {o.w_up, &W.w_up}, {o.w_down, &W.w_down}, {o.b_up, &W.b_up},
-        {o.b_down, &W.b_down}, {o.q_norm, &W.q_norm}, {o.k_norm, &W.k_norm}};
-    for (const auto& [off, tv] : slots)
-      if (off == t.offset) return tv;
+    auto offs = const_cast<LayerOffsets&>(L.layers[l]).slots();
+    const auto views = w.layers[l].slots();
+    for (size_t i = 0; i < offs.size(); ++i)
+      if (*offs[i] == t.offset) return views[i];
   }
   return nullptr;
 }
@@ -151,17 +148,9 @@ Weights weights_view(const Layout& L, const float* p) {
   w.output = view(L.output);
   w.layers.resize(L.layers.size());
   for (size_t l = 0; l < L.layers.size(); ++l) {
-    const auto& o = L.layers[l];
-    auto& W = w.layers[l];
-    W.attn_norm = view(o.attn_norm), W.attn_norm_b = view(o.attn_norm_b);
-    W.wq = view(o.wq), W.wk = view(o.wk), W.wv = view(o.wv);
-    W.bq = view(o.bq), W.bk = view(o.bk), W.bv = view(o.bv);
-    W.wqkv = view(o.wqkv), W.bqkv = view(o.bqkv);
-    W.wo = view(o.wo), W.bo = view(o.bo);
-    W.ffn_norm = view(o.ffn_norm), W.ffn_norm_b = view(o.ffn_norm_b);
-    W.w_gate = view(o.w_gate), W.w_up = view(o.w_up), W.w_down = view(o.w_down);
-    W.b_up = view(o.b_up), W.b_down = view(o.b_down);
-    W.q_norm = view(o.q_norm), W.k_norm = view(o.k_norm);
+    auto offs = const_cast<LayerOffsets&>(L.layers[l]).slots();
+    auto views = w.layers[l].slots();
+    for (size_t i = 0; i < offs.size(); ++i) *views[i] = view(*offs[i]);
   }
   w.validate_shapes("training parameters");
   return w;

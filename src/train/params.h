@@ -32,11 +32,19 @@ struct LayerOffsets {
   size_t ffn_norm = kAbsent, ffn_norm_b = kAbsent;
   size_t w_gate = kAbsent, w_up = kAbsent, w_down = kAbsent, b_up = kAbsent, b_down = kAbsent;
   size_t q_norm = kAbsent, k_norm = kAbsent;  // QK-norm gains (head_dim)
+  // Mixture-of-experts layers: router (E, C), experts (E, He, C) / (E, C, He), shared expert.
+  size_t router = kAbsent, router_bias = kAbsent, gate_exps = kAbsent, up_exps = kAbsent, down_exps = kAbsent;
+  size_t gate_sh = kAbsent, up_sh = kAbsent, down_sh = kAbsent, sh_gate = kAbsent;
+  // Not trained (Layout refuses these configs): latent attention, sandwich norms.
+  size_t wq_a = kAbsent, q_a_norm = kAbsent, wq_b = kAbsent, wkv_a = kAbsent, kv_a_norm = kAbsent, wkv_b = kAbsent;
+  size_t post_attn_norm = kAbsent, post_ffn_norm = kAbsent;
 
   // Every slot, in LayerWeights::slots() order (model/arch.h's Slot enum).
-  std::array<size_t*, 21> slots() {
+  std::array<size_t*, LayerWeights::kSlots> slots() {
     return {&attn_norm, &attn_norm_b, &wq, &wk, &wv, &bq, &bk, &bv, &wqkv, &bqkv, &wo, &bo, &ffn_norm, &ffn_norm_b,
-            &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm};
+            &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm, &router, &router_bias, &gate_exps, &up_exps,
+            &down_exps, &gate_sh, &up_sh, &down_sh, &sh_gate, &wq_a, &q_a_norm, &wq_b, &wkv_a, &kv_a_norm, &wkv_b,
+            &post_attn_norm, &post_ffn_norm};
   }
 };
 

@@ -37,7 +37,13 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
   constexpr int64_t kAlign = 64 / sizeof(T);
   const int64_t slack = kAlign * (19 * n_stored + c_.n_layers + 15);
-  const int64_t total = per_layer * n_stored + N * C * (c_.n_layers + 1) + N * C + 2 * N + o_.logit_rows * V + grads;
+  // Mixture-of-experts layers: their routing buffers per stored MoE layer, and one gradient scratch.
+  int64_t moe_stored = 0;
+  for (int64_t l = 0; l < c_.n_layers; ++l) moe_stored += c_.moe_layer(l);
+  if (o_.recompute) moe_stored = std::min<int64_t>(moe_stored, 1);
+  const int64_t moe_total = moe_stored * moe_act_floats() + (moe_stored > 0 ? moe_grad_floats() : 0);
+  const int64_t total = per_layer * n_stored + N * C * (c_.n_layers + 1) + N * C + 2 * N + o_.logit_rows * V + grads +
+                        moe_total + kAlign * 24 * moe_stored + kAlign * 12;
   require_memory(double(sizeof(T)) * double(total + slack), mem_what, mem_hint);
   acts_.assign(size_t(total + slack), T(0));
   T* cur = acts_.data();
@@ -46,7 +52,18 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     cur += (n + kAlign - 1) / kAlign * kAlign;
     return r;
   };
-  auto plan = [&](LayerActs& a) {
+  const int64_t E = c_.moe_experts, k = c_.moe_used, Nk = N * k, He = c_.moe_hidden, Hs = c_.moe_shared_hidden;
+  iacts_.assign(size_t(moe_stored * (2 * Nk + E + 1)), 0);
+  int32_t* icur = iacts_.data();
+  auto plan_moe = [&](LayerActs& a) {
+    a.rl = take(N * E), a.rp = take(N * E), a.mw = take(Nk);
+    a.xg = take(Nk * C), a.eg = take(Nk * He), a.eu = take(Nk * He), a.eh = take(Nk * He), a.ed = take(Nk * C);
+    if (Hs > 0) a.sg = take(N * Hs), a.su = take(N * Hs), a.sh = take(N * Hs), a.so = take(N * C), a.sgate = take(N);
+    a.sel = icur, a.inv = icur + Nk, a.off = icur + 2 * Nk;
+    icur += 2 * Nk + E + 1;
+  };
+  auto plan = [&](LayerActs& a, int64_t l) {
+    if (l < 0 ? moe_stored > 0 : c_.moe_layer(l)) plan_moe(a);
     a.xn1 = take(N * C), a.m1 = take(N), a.r1 = take(N);
     a.q = take(N * qbuf);
     if (gpt2) {
@@ -60,10 +77,10 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     a.g = take(N * H), a.u = take(N * H), a.h = take(N * H);
   };
   if (o_.recompute) {
-    plan(work_);
+    plan(work_, -1);
   } else {
     layers_.resize(size_t(c_.n_layers));
-    for (auto& a : layers_) plan(a);
+    for (int64_t l = 0; l < c_.n_layers; ++l) plan(layers_[size_t(l)], l);
   }
   x_in_.resize(size_t(c_.n_layers + 1));
   for (auto& x : x_in_) x = take(N * C);
@@ -78,6 +95,12 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     dk_ = take(N * kbuf), dv_ = take(N * kbuf);
   }
   datt_ = take(N * qd), dg_ = take(N * H), du_ = take(N * H), dh_ = take(N * H);
+  if (moe_stored > 0) {
+    dmd_ = take(Nk * C), deh_ = take(Nk * He), deg_ = take(Nk * He), deu_ = take(Nk * He);
+    dr_ = take(N * E), dmw_ = take(Nk);
+    if (Hs > 0) dsh_ = take(N * Hs), dsg_ = take(N * Hs), dsu_ = take(N * Hs), dso_ = take(N * C);
+    expert_counts_.assign(size_t(c_.n_layers * E), 0);
+  }
   if (cur > acts_.data() + acts_.size()) fail("internal: training arena overflow");
   // With forward_backward(overwrite), the first product of each weight matrix writes its gradient; every
   // other element of the buffer (norm gains, biases, embeddings, padding) is zeroed first.
@@ -241,7 +264,9 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   const T* ffn_in = a.x_mid;
   if (!post) norm(2, a.xn2, a.x_mid), ffn_in = a.xn2;
   T* ffn_out = post ? a.xn2 : x_out;
-  if (llama) {
+  if (c_.moe_layer(l)) {
+    moe_fwd(p, l, a, ffn_in, ffn_out);
+  } else if (llama) {
     lin_fwd(a.g, ffn_in, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
     lin_fwd(a.u, ffn_in, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
     if (c_.activation() == FfnAct::GeGLU)
@@ -288,7 +313,9 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     norm_bwd(2, dx, dxn_, a.xn2, false);
   }
   const T* ffn_in = post ? a.x_mid : a.xn2;
-  if (llama) {
+  if (c_.moe_layer(l)) {
+    moe_bwd(p, g, l, a, dropped(dx, l, 1), ffn_in);
+  } else if (llama) {
     lin_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
     if (c_.activation() == FfnAct::GeGLU)
       blk::geglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
@@ -389,11 +416,13 @@ template <class T>
 void Transformer<T>::layers_fwd(const T* p, const int32_t* tokens, uint64_t dropout_key) {
   drop_key_ = o_.dropout > 0.f ? dropout_key : 0;
   embed(p, tokens);
+  counting_ = true, moe_bal_ = moe_z_ = 0;  // router losses and counts of this pass (not of recomputation)
   for (int64_t l = 0; l < c_.n_layers; ++l) {
     LayerActs& a = acts_for(l);
     a.x_in = x_in_[size_t(l)];
     layer_fwd(p, l, a, x_in_[size_t(l + 1)]);
   }
+  counting_ = false;
 }
 
 template <class T>
@@ -421,6 +450,7 @@ blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const i
   layers_fwd(p, tokens, dropout_key);
   blk::CeResult r;
   head(p, nullptr, targets, 1.f, false, r);
+  r.moe_balance_sum = moe_bal_, r.moe_z_sum = moe_z_;
   return r;
 }
 
@@ -430,10 +460,12 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
   round_weights(p);
   layers_fwd(p, tokens, dropout_key);
   fresh_ = overwrite;
+  grad_scale_ = grad_scale;
   if (overwrite)  // everything the weights' first products do not write: zero, in parallel
     for (const auto& [b, e] : zero_ranges_) fill_zero(g + b, int64_t(e - b));
   blk::CeResult r;
   head(p, g, targets, grad_scale, true, r);
+  r.moe_balance_sum = moe_bal_, r.moe_z_sum = moe_z_;
   for (int64_t l = c_.n_layers - 1; l >= 0; --l) {
     LayerActs& a = acts_for(l);
     if (o_.recompute) {  // rebuild this block's activations from its saved input

@@ -20,6 +20,8 @@ struct ModelOptions {
   float dropout = 0.f;        // residual and embedding dropout probability (training steps only)
   bool bf16 = false;          // matrix products in bf16 (f32 accumulation, f32 master weights); float only
   int64_t logit_rows = 256;   // rows of the (rows, V) logits buffer of the fused output + loss
+  float moe_balance = 0.f;    // alpha of the MoE load-balance loss alpha E sum_e f_e P_e (per MoE layer)
+  float moe_router_z = 0.f;   // beta of the router z-loss beta mean_t logsumexp(r_t)^2 (per MoE layer)
 };
 
 template <class T>
@@ -42,6 +44,9 @@ class Transformer {
   blk::CeResult forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key = 0);
 
   size_t activation_bytes() const { return acts_.size() * sizeof(T); }
+  // Rows routed to each expert (n_layers x E, zero for dense layers) by the forward passes
+  // since the last call; then zeroed.
+  std::vector<int64_t> take_expert_counts();
   int64_t batch() const { return B_; }
   int64_t seq() const { return T_; }
 
@@ -53,8 +58,20 @@ class Transformer {
     T *P, *att, *x_mid;       // (B, nh, T, T), (N, qd), (N, C)
     T *xn2, *m2, *r2;         // (N, C), (N), (N)
     T *g, *u, *h;             // (N, H) each (GPT-2: g = pre-GELU, u unused)
+    // Mixture-of-experts layers (train/moe_train.cpp); k = experts per row, Nk = N k:
+    T *rl, *rp, *mw;          // (N, E) router logits, probabilities; (N, k) expert weights
+    T *xg, *eg, *eu, *eh, *ed;  // (Nk, C) rows gathered by expert; (Nk, He) x3; (Nk, C) expert outputs
+    T *sg, *su, *sh, *so, *sgate;  // shared expert (N, Hs) x3, (N, C) output, (N) gate
+    int32_t *sel, *inv, *off;  // (Nk) expert of each slot, its gathered row, (E + 1) experts' first rows
   };
   void layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out);
+  // The MoE feed-forward of layer l: ffn_out = sum_i w_i expert_i(ffn_in) (+ shared),
+  // and its backward into dxn_ (=) from dy = d ffn_out (train/moe_train.cpp).
+  void moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_in, T* ffn_out);
+  void moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T* dy, const T* ffn_in);
+  // Sizes of one stored layer's MoE activations (floats, ints) and of the MoE gradient scratch.
+  int64_t moe_act_floats() const;
+  int64_t moe_grad_floats() const;
   void layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx);  // dx: d x_out in, d x_in out
   void head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r);
   LayerActs& acts_for(int64_t l) { return o_.recompute ? work_ : layers_[size_t(l)]; }
@@ -84,6 +101,14 @@ class Transformer {
   std::vector<T*> x_in_;          // (n_layers + 1) residual inputs; the last is the final stream
   T *xf_, *mf_, *rf_, *logits_;   // (N, C), (N), (N), (logit_rows, V)
   T *dx_, *dxn_, *dq_, *dk_, *dv_, *datt_, *dg_, *du_, *dh_, *dxf_;
+  // MoE gradient scratch: (Nk, C), (Nk, He) x3, (N, E), (N, k), shared (N, Hs) x3, (N, C).
+  T *dmd_ = nullptr, *deh_ = nullptr, *deg_ = nullptr, *deu_ = nullptr, *dr_ = nullptr, *dmw_ = nullptr;
+  T *dsh_ = nullptr, *dsg_ = nullptr, *dsu_ = nullptr, *dso_ = nullptr;
+  std::vector<int32_t> iacts_;         // the layers' MoE routing indices
+  std::vector<int64_t> expert_counts_;  // (n_layers, E) rows routed, since take_expert_counts()
+  bool counting_ = false;              // in layers_fwd: router losses and counts are taken
+  double moe_bal_ = 0, moe_z_ = 0;     // this pass's router losses (sums over layers, times N)
+  float grad_scale_ = 0.f;             // this backward's grad_scale
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
   std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
