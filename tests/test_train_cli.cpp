@@ -478,3 +478,44 @@ TEST_F(TrainCli, SlidingWindowLayersTrainResumeAndExport) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("sliding-window layer 5 does not exist (2 layers)"), std::string::npos) << r.err;
 }
+
+// A mixture-of-experts model from the command line: trains (the loss falls), logs the router
+// losses and each expert's tokens, resumes bit-identically, exports to GGUF, and the engine
+// loads the export with the same logits as the training parameters.
+TEST_F(TrainCli, MixtureOfExpertsTrainsResumesAndExports) {
+  const std::string a = dir_ + "/run_moe_a", b = dir_ + "/run_moe_b";
+  const std::string moe = " --moe-experts 4 --moe-top-k 2 --moe-expert-hidden 48 --moe-shared 1 --moe-first-dense 1"
+                          " --moe-balance 0.01 --moe-router-z 0.001 --schedule constant --warmup 2";
+  auto r = run_cli(train_args(a, 30) + moe);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("experts: 4 per MoE layer (layers 1..1), 2 active, width 48, shared 48"), std::string::npos)
+      << r.err;
+  std::ifstream in(a + "/metrics.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 30u);
+  EXPECT_LT(lines.back()["loss"].get<double>(), lines.front()["loss"].get<double>() - 0.5);
+  const auto& load = lines.back()["expert_tokens"];
+  ASSERT_EQ(load.size(), 1u);  // one MoE layer
+  int64_t total = 0;
+  for (const auto& n : load[0]) total += n.get<int64_t>();
+  EXPECT_EQ(total, 4 * 32 * 2);  // batch x seq x top-k
+  EXPECT_GT(lines.back()["moe_balance"].get<double>(), 0.9);  // E sum_i f_i P_i: 1 when perfectly balanced
+  EXPECT_GT(lines.back()["moe_router_z"].get<double>(), 0.0);
+  // Stopped at step 20 (a --steps 20 run on a constant schedule), extended to 30: the same trajectory.
+  r = run_cli(train_args(b, 20) + moe);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --resume " + q(b) + " --steps 30");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(trajectory(a), trajectory(b));
+  // Export and load with the engine.
+  const std::string gguf = dir_ + "/moe.gguf";
+  r = run_cli("export " + q(a) + " -o " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("info -m " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("router:         softmax -> top-2 -> renormalise"), std::string::npos) << r.out;
+  r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 8 --temp 0 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+}

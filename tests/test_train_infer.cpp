@@ -15,6 +15,7 @@
 #include "formats/load.h"
 #include "formats/model_io.h"
 #include "model/model.h"
+#include "model/synthetic.h"
 #include "formats/rope_scaling.h"
 #include "test_util.h"
 #include "train/params.h"
@@ -105,6 +106,24 @@ TEST(TrainInfer, LlamaGqaBiasQkNormSoftcapsAgree) {
 // Sliding-window attention on alternate layers (Gemma 2's pattern), with a window
 // shorter than the sequence: the training forward, the inference prefill (GEMM
 // rows and one-at-a-time rows) and the GGUF / safetensors round trips agree.
+// Mixture-of-experts models: the training forward, the inference engine and the files agree.
+TEST(TrainInfer, MixtureOfExpertsAgree) {
+  ModelConfig mix = synthetic_config("260k");  // Mixtral-shaped: also through safetensors
+  mix.moe_experts = 4, mix.moe_used = 2, mix.moe_hidden = mix.hidden_dim, mix.moe_norm_topk = true;
+  mix.set_moe_layers();
+  check_agreement(mix);
+  ModelConfig qwen = synthetic_config("260k");  // gated shared expert, leading dense layer, not renormalised
+  qwen.moe_experts = 6, qwen.moe_used = 2, qwen.moe_hidden = 48, qwen.moe_shared_hidden = 96;
+  qwen.moe_shared_gate = true, qwen.moe_first_dense = 1;
+  qwen.set_moe_layers();
+  check_agreement(qwen, false);
+  ModelConfig sig = synthetic_config("260k");  // sigmoid router, renormalised, scaled
+  sig.moe_experts = 8, sig.moe_used = 3, sig.moe_hidden = 32;
+  sig.moe_gate = MoeGate::Sigmoid, sig.moe_norm_topk = true, sig.moe_scale = 2.f;
+  sig.set_moe_layers();
+  check_agreement(sig, false);
+}
+
 TEST(TrainInfer, LlamaSlidingWindowLayersAgree) {
   ModelConfig c;
   c.arch = Arch::Llama;

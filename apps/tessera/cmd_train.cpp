@@ -22,6 +22,9 @@ struct ShapeArgs {
   int64_t sliding_window = 0;
   std::string sliding_layers = "all";
   std::string ffn_act, norm_placement = "pre";
+  // Mixture-of-experts feed-forward (new models).
+  int64_t moe_experts = 0, moe_top_k = 2, moe_shared = 0, moe_hidden = 0, moe_first_dense = 0;
+  std::string moe_gate = "topk-softmax";
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -79,6 +82,20 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   app.add_option("--sliding-window-layers", sliding_layers,
                  "new model: which layers slide: all, even (Gemma 2's alternate layers), odd, or a list like 0,2,5");
+  app.add_option("--moe-experts", sa.moe_experts, "new model: mixture-of-experts feed-forward with this many experts (0: dense)")
+      ->check(CLI::Range(int64_t(0), int64_t(1024)));
+  app.add_option("--moe-top-k", sa.moe_top_k, "experts per token (default 2)")->check(CLI::Range(int64_t(1), int64_t(16)));
+  app.add_option("--moe-expert-hidden", sa.moe_hidden, "width of each expert (default: --hidden)");
+  app.add_option("--moe-shared", sa.moe_shared,
+                 "shared experts, always on, as one sigmoid-gated expert of this many times the expert width (Qwen2-MoE)")
+      ->check(CLI::Range(int64_t(0), int64_t(64)));
+  app.add_option("--moe-first-dense", sa.moe_first_dense, "leading layers that stay dense (DeepSeek)");
+  app.add_option("--moe-gate", sa.moe_gate,
+                 "router: topk-softmax (Mixtral: softmax over the selected, default), softmax-topk (Qwen2-MoE / "
+                 "DeepSeek-V2: softmax over all, not renormalised) or sigmoid (renormalised)")
+      ->check(CLI::IsMember({"topk-softmax", "softmax-topk", "sigmoid"}));
+  app.add_option("--moe-balance", o.mo.moe_balance, "load-balance loss coefficient alpha (alpha E sum f_i P_i per MoE layer)");
+  app.add_option("--moe-router-z", o.mo.moe_router_z, "router z-loss coefficient (mean logsumexp(router logits)^2)");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
   app.add_option("--dropout", o.mo.dropout, "dropout on the embedding and each block's residual branches (0: off)");
   app.add_option("--seed", o.seed, "seed of initialisation and data order");
@@ -113,6 +130,16 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   if (m.n_heads > 0) m.head_dim = m.dim / m.n_heads;
   m.tied_embeddings = !untied;
   m.rope_style = ops::RopeStyle::Interleaved;
+  if (sa.moe_experts > 0) {
+    m.moe_experts = sa.moe_experts, m.moe_used = sa.moe_top_k;
+    m.moe_hidden = sa.moe_hidden > 0 ? sa.moe_hidden : m.hidden_dim;
+    m.moe_shared_hidden = sa.moe_shared * m.moe_hidden, m.moe_shared_gate = sa.moe_shared > 0;
+    m.moe_first_dense = sa.moe_first_dense;
+    m.moe_gate = sa.moe_gate == "sigmoid" ? MoeGate::Sigmoid : MoeGate::Softmax;
+    m.moe_norm_topk = sa.moe_gate != "softmax-topk";
+    if (m.arch != Arch::Llama) fail("--moe-experts: mixture-of-experts models are llama-family (--arch llama)");
+    m.set_moe_layers();
+  }
   if (m.vocab_size == 0 && !o.data_dir.empty() && o.init_model.empty())
     m.vocab_size = train::open_dataset(o.data_dir).vocab_size;
   m.name = "tessera-" + std::string(arch_name(m.arch));

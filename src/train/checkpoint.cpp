@@ -63,10 +63,16 @@ nlohmann::json config_to_json(const ModelConfig& c) {
   if (!c.rope_freq_factors.empty()) j["rope_freq_factors"] = c.rope_freq_factors;
   if (c.ffn_act != FfnAct::Default) j["ffn_act"] = ffn_act_name(c.ffn_act);  // absent: the arch's own
   if (c.norm_placement == NormPlacement::Post) j["norm_placement"] = "post";  // absent: pre
+  if (c.is_moe())  // absent: dense
+    j["moe"] = {{"experts", c.moe_experts},         {"used", c.moe_used},
+                {"hidden", c.moe_hidden},           {"shared_hidden", c.moe_shared_hidden},
+                {"first_dense", c.moe_first_dense}, {"gate", moe_gate_name(c.moe_gate)},
+                {"norm_topk", c.moe_norm_topk},     {"scale", c.moe_scale},
+                {"shared_gate", c.moe_shared_gate}};
   if (!c.layer_cfg.empty()) {  // absent in older checkpoints: every layer the default
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : c.layer_cfg) {
-      nlohmann::json e = {{"attn", attn_kind_name(l.attn)}, {"ffn", "dense"}};
+      nlohmann::json e = {{"attn", attn_kind_name(l.attn)}, {"ffn", l.ffn == FfnKind::MoE ? "moe" : "dense"}};
       if (l.attn == AttnKind::SlidingWindow) e["window"] = l.window;
       layers.push_back(e);
     }
@@ -111,13 +117,24 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
       if (np != "pre" && np != "post") fail(where, ": norm_placement must be pre or post, got '", np, "'");
       c.norm_placement = np == "post" ? NormPlacement::Post : NormPlacement::Pre;
     }
+    if (j.contains("moe")) {
+      const auto& m = j["moe"];
+      c.moe_experts = m.at("experts").get<int64_t>(), c.moe_used = m.at("used").get<int64_t>();
+      c.moe_hidden = m.at("hidden").get<int64_t>(), c.moe_shared_hidden = m.at("shared_hidden").get<int64_t>();
+      c.moe_first_dense = m.at("first_dense").get<int64_t>();
+      c.moe_gate = m.at("gate").get<std::string>() == "sigmoid" ? MoeGate::Sigmoid : MoeGate::Softmax;
+      c.moe_norm_topk = m.at("norm_topk").get<bool>(), c.moe_scale = m.at("scale").get<float>();
+      c.moe_shared_gate = m.at("shared_gate").get<bool>();
+    }
     if (j.contains("layers")) {
       for (const auto& e : j["layers"]) {
         LayerConfig l;
         const std::string attn = e.at("attn").get<std::string>();
         if (attn == "sliding") l.attn = AttnKind::SlidingWindow, l.window = e.at("window").get<int64_t>();
         else if (attn != "full") fail(where, ": layer ", c.layer_cfg.size(), ": unknown attention kind '", attn, "'");
-        if (e.value("ffn", std::string("dense")) != "dense")
+        const std::string ffn = e.value("ffn", std::string("dense"));
+        if (ffn == "moe") l.ffn = FfnKind::MoE;
+        else if (ffn != "dense")
           fail(where, ": layer ", c.layer_cfg.size(), ": unknown feed-forward kind '", e["ffn"].dump(), "'");
         c.layer_cfg.push_back(l);
       }

@@ -43,6 +43,8 @@ void TrainOptions::validate() const {
   if (out_dir.empty()) fail("-o/--out is required (the run directory)");
   if (clip < 0) fail("--clip must be >= 0, got ", clip);
   if (mo.z_loss < 0) fail("--z-loss must be >= 0, got ", mo.z_loss);
+  if (!(mo.moe_balance >= 0)) fail("--moe-balance must be >= 0, got ", mo.moe_balance);
+  if (!(mo.moe_router_z >= 0)) fail("--moe-router-z must be >= 0, got ", mo.moe_router_z);
   if (!(mo.dropout >= 0 && mo.dropout < 1)) fail("--dropout must be in [0, 1), got ", mo.dropout);
   if (!(adam.beta1 >= 0 && adam.beta1 < 1)) fail("--beta1 must be in [0, 1), got ", adam.beta1);
   if (!(adam.beta2 >= 0 && adam.beta2 < 1)) fail("--beta2 must be in [0, 1), got ", adam.beta2);
@@ -71,6 +73,8 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"z_loss", o.mo.z_loss},
           {"recompute", o.mo.recompute},
           {"dropout", o.mo.dropout},
+          {"moe_balance", o.mo.moe_balance},
+          {"moe_router_z", o.mo.moe_router_z},
           {"seed", o.seed},
           {"threads", o.threads},
           {"eval_interval", o.eval_interval},
@@ -101,6 +105,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.clip = j.at("clip"), o.mo.z_loss = j.at("z_loss");
     o.mo.recompute = j.at("recompute");
     o.mo.dropout = j.value("dropout", 0.f);
+    o.mo.moe_balance = j.value("moe_balance", 0.f), o.mo.moe_router_z = j.value("moe_router_z", 0.f);
     o.seed = j.at("seed"), o.threads = j.at("threads");
     o.eval_interval = j.at("eval_interval"), o.eval_batches = j.at("eval_batches");
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
@@ -310,6 +315,12 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
+  if (cfg.is_moe())
+    std::fprintf(log_, "experts: %lld per MoE layer (layers %lld..%lld), %lld active, width %lld%s; router %s; %.2fM active params\n",
+                 (long long)cfg.moe_experts, (long long)cfg.moe_first_dense, (long long)cfg.n_layers - 1,
+                 (long long)cfg.moe_used, (long long)cfg.moe_hidden,
+                 cfg.moe_shared_hidden > 0 ? (", shared " + std::to_string(cfg.moe_shared_hidden)).c_str() : "",
+                 cfg.router_desc().c_str(), double(cfg.active_params()) / 1e6);
   std::fprintf(log_, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
                (long long)data_.train->size(), (long long)data_.val->size(), (long long)o_.batch, (long long)o_.seq,
                (long long)o_.grad_accum, (long long)(o_.batch * o_.seq * o_.grad_accum * comm_.size()), st.threads);
@@ -320,7 +331,7 @@ Trainer::~Trainer() = default;
 Trainer::StepStats Trainer::train_step() {
   const int64_t s = step_;
   const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * comm_.size();
-  double loss_count[2] = {0, 0};  // summed over micro-batches, then over ranks
+  double loss_count[4] = {0, 0, 0, 0};  // loss, count, router losses: summed over micro-batches, then ranks
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
     const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
@@ -331,11 +342,16 @@ Trainer::StepStats Trainer::train_step() {
     const auto r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(),
                                             1.f / float(tokens_per_step), key, micro == 0);
     loss_count[0] += r.loss_sum, loss_count[1] += double(r.count);
+    loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum;
   }
   comm_.all_reduce_sum(g_.data(), g_.size());
-  comm_.all_reduce_sum(loss_count, 2);
+  comm_.all_reduce_sum(loss_count, 4);
   StepStats out;
   out.loss = loss_count[0] / loss_count[1];
+  if (L_->cfg.is_moe()) {  // per token of the step (this rank's counts)
+    out.moe_balance = loss_count[2] / double(tokens_per_step), out.moe_z = loss_count[3] / double(tokens_per_step);
+    out.expert_tokens = model_->take_expert_counts();
+  }
   out.grad_norm = grad_norm(g_.data(), g_.size());
   out.lr = o_.sched.at(s);
   if (!std::isfinite(out.loss) || !std::isfinite(out.grad_norm)) {
@@ -400,6 +416,15 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
       nlohmann::json rec = {{"step", done}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                             {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
       if (eval_now) rec["val_loss"] = val;
+      if (L_->cfg.is_moe()) {  // the router losses and each MoE layer's tokens per expert
+        rec["moe_balance"] = r.moe_balance, rec["moe_router_z"] = r.moe_z;
+        nlohmann::json load = nlohmann::json::array();
+        const int64_t E = L_->cfg.moe_experts;
+        for (int64_t l = 0; l < L_->cfg.n_layers; ++l)
+          if (L_->cfg.moe_layer(l))
+            load.push_back(std::vector<int64_t>(r.expert_tokens.begin() + l * E, r.expert_tokens.begin() + (l + 1) * E));
+        rec["expert_tokens"] = load;
+      }
       std::fprintf(st.metrics.get(), "%s\n", rec.dump().c_str());
       std::fflush(st.metrics.get());
       st.hist.step.push_back(double(done)), st.hist.loss.push_back(r.loss);

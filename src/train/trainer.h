@@ -70,6 +70,10 @@ class Trainer {
     double loss = 0, grad_norm = 0;
     float lr = 0;
     bool skipped = false;  // non-finite loss or gradient, skipped (--skip-nonfinite)
+    // Mixture-of-experts models: the router losses (per token, summed over the MoE
+    // layers, before their coefficients) and the rows each expert took, (layers, E).
+    double moe_balance = 0, moe_z = 0;
+    std::vector<int64_t> expert_tokens;
   };
   // One optimizer step: grad_accum micro-batches of forward + backward, the
   // gradient all-reduce, clipping and AdamW. Error on a non-finite loss unless skipping.
