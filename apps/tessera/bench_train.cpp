@@ -39,7 +39,8 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   // Parameters that take part in matrix products: 2-D weights, the classifier once, no embedding gather.
   double n_mm = 0;
   for (const auto& t : L.tensors)
-    if (t.matrix) n_mm += double(t.numel);
+    if (t.matrix)  // of a routed-experts tensor (E, N, K), the k experts a token uses
+      n_mm += t.shape.size() == 3 ? double(t.numel) / double(cfg.moe_experts) * double(cfg.moe_used) : double(t.numel);
   if (cfg.tied_embeddings) n_mm += double(cfg.vocab_size * cfg.dim);  // the classifier is the embedding table
 
   KernelContext ctx(threads);

@@ -43,6 +43,11 @@ ModelConfig synthetic_config(const std::string& name) {
     c.dim = 2048, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8, c.hidden_dim = 2560, c.vocab_size = 32000;
     c.max_seq_len = 2048;
     c.moe_experts = 8, c.moe_used = 2, c.moe_hidden = 2560, c.moe_norm_topk = true;
+  } else if (name == "moe-15m") {  // "15m" with 8 experts of half its width, top-2: the same active FLOPs
+    c.dim = 288, c.n_layers = 6, c.n_heads = 6, c.n_kv_heads = 6, c.hidden_dim = 384, c.vocab_size = 32000;
+    c.max_seq_len = 256;
+    c.tied_embeddings = true;
+    c.moe_experts = 8, c.moe_used = 2, c.moe_hidden = 384, c.moe_norm_topk = true;
   } else if (name == "moe-tiny") {  // Mixtral-shaped, small: 4 experts, top-2
     c.dim = 256, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 4, c.hidden_dim = 384, c.vocab_size = 512;
     c.max_seq_len = 256;
@@ -63,7 +68,7 @@ ModelConfig synthetic_config(const std::string& name) {
     c.moe_gate = MoeGate::Sigmoid, c.moe_norm_topk = true, c.moe_scale = 2.5f;
   } else {
     fail("unknown synthetic model '", name,
-         "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b, moe-tiny, moe-tiny-shared, mla-tiny)");
+         "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b, moe-15m, moe-tiny, moe-tiny-shared, mla-tiny)");
   }
   c.set_moe_layers();
   c.head_dim = c.mla() ? 96 : c.dim / c.n_heads;  // MLA: key length 64 nope + 32 rope
