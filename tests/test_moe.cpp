@@ -371,3 +371,28 @@ TEST(MoE, LlamaCppQuantMixRules) {
   EXPECT_EQ(quant_mix_tensor_type(*m, "ffn_down_exps.weight", 3, 16, 4096, 4, true, nullptr, {4, 16}), DType::Q4_K);
   EXPECT_EQ(moe_mix_info(synthetic_config("moe-tiny-shared")).n_ffn_down, 1 + 2 * 2);  // dense + (routed, shared) x 2
 }
+
+TEST(MoE, UpcyclingStartsAsTheDenseModel) {
+  // Sparse upcycling: E copies of each dense FFN and a fresh router; the renormalised top-k
+  // weights sum to 1, so without noise the MoE model computes the dense one.
+  const Weights dense = make_random_weights(synthetic_config("260k"), DType::F32, 4, 1);
+  const Weights up = train::upcycle_weights(dense, 4, 2, 0.f, 1);
+  EXPECT_EQ(up.cfg.moe_experts, 4);
+  EXPECT_TRUE(up.cfg.moe_layer(0));
+  EXPECT_EQ(up.layers[0].gate_exps.shape[0], 4);
+  const std::vector<int32_t> ids{1, 5, 9, 100, 200, 300, 33, 77};
+  EXPECT_LT(max_diff(run(dense, ids, 8), run(up, ids, 8)), 2e-5);
+  const Weights noisy = train::upcycle_weights(dense, 4, 2, 0.1f, 1);
+  EXPECT_GT(max_diff(run(dense, ids, 8), run(noisy, ids, 8)), 1e-3);
+  // It trains: the layout takes it, and the parameters copy over.
+  train::Layout L(up.cfg);
+  std::vector<float> p(L.total);
+  train::params_from_weights(L, up, p.data());
+  EXPECT_EQ(max_diff(run(train::weights_view(L, p.data()), ids, 8), run(up, ids, 8)), 0.0);
+  try {
+    train::upcycle_weights(up, 4, 2, 0.f, 1);
+    ADD_FAILURE() << "upcycled an MoE model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already MoE"), std::string::npos) << e.what();
+  }
+}

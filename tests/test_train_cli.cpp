@@ -519,3 +519,23 @@ TEST_F(TrainCli, MixtureOfExpertsTrainsResumesAndExports) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_FALSE(r.out.empty());
 }
+
+// Sparse upcycling from the command line: a dense run's export becomes a 4-expert model that trains;
+// a top-k above the expert count is refused (the exactness at step 0 is MoE.UpcyclingStartsAsTheDenseModel).
+TEST_F(TrainCli, UpcyclingADenseModel) {
+  const std::string dense = dir_ + "/run_up_dense", up = dir_ + "/run_up_moe", gguf = dir_ + "/up_dense.gguf";
+  auto r = run_cli(train_args(dense, 10));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("export " + q(dense) + " -o " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --init " + q(gguf) + " --data " + q(dir_ + "/data") + " -o " + q(up) +
+              " --upcycle-experts 4 --moe-top-k 2 --batch 4 --seq 32 --steps 5 --eval-interval 5 --eval-batches 2"
+              " -t 2 --seed 7 --lr 1e-3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("upcycled"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("experts: 4 per MoE layer"), std::string::npos) << r.err;
+  r = run_cli("train --init " + q(gguf) + " --data " + q(dir_ + "/data") + " -o " + q(dir_ + "/run_up_bad") +
+              " --upcycle-experts 4 --moe-top-k 5 --steps 5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--moe-top-k must be in [1, 4]"), std::string::npos) << r.err;
+}

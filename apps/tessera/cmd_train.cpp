@@ -94,6 +94,10 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "router: topk-softmax (Mixtral: softmax over the selected, default), softmax-topk (Qwen2-MoE / "
                  "DeepSeek-V2: softmax over all, not renormalised) or sigmoid (renormalised)")
       ->check(CLI::IsMember({"topk-softmax", "softmax-topk", "sigmoid"}));
+  app.add_option("--upcycle-experts", o.upcycle_experts,
+                 "with --init: sparse upcycling, every dense feed-forward copied into this many experts + a new router "
+                 "(top --moe-top-k)");
+  app.add_option("--upcycle-noise", o.upcycle_noise, "--upcycle-experts: noise on each copy, times the matrix's RMS (default 0)");
   app.add_option("--moe-balance", o.mo.moe_balance, "load-balance loss coefficient alpha (alpha E sum f_i P_i per MoE layer)");
   app.add_option("--moe-router-z", o.mo.moe_router_z, "router z-loss coefficient (mean logsumexp(router logits)^2)");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
@@ -143,6 +147,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   if (m.vocab_size == 0 && !o.data_dir.empty() && o.init_model.empty())
     m.vocab_size = train::open_dataset(o.data_dir).vocab_size;
   m.name = "tessera-" + std::string(arch_name(m.arch));
+  if (o.upcycle_experts > 0) m.moe_used = sa.moe_top_k;  // the upcycled router's k (the rest comes from --init)
 }
 
 int cmd_train(int argc, char** argv) {

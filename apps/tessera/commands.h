@@ -17,6 +17,7 @@ int cmd_tokenizer(int argc, char** argv);  // "tokenizer train ..."
 int cmd_train(int argc, char** argv);
 int cmd_data(int argc, char** argv);       // "data prepare ..."
 int cmd_export(int argc, char** argv);
+int cmd_plot(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
 int cmd_memory(int argc, char** argv);
 int cmd_logits(int argc, char** argv);

@@ -32,6 +32,7 @@ const Command kCommands[] = {
     {"data", tessera::cli::cmd_data, "training data: 'data prepare' tokenizes text into shards"},
     {"train", tessera::cli::cmd_train, "train a model (from scratch, --init MODEL, or --resume DIR)"},
     {"export", tessera::cli::cmd_export, "write a training checkpoint as GGUF or safetensors"},
+    {"plot", tessera::cli::cmd_plot, "loss curves of several training runs in one SVG"},
     {"demo", tessera::cli::cmd_demo, "train a tokenizer and a small model on fortunes, then sample"},
     {"logits", tessera::cli::cmd_logits, "logits at every position of a token-id file (reference layout)"},
     {"memory", tessera::cli::cmd_memory, "training memory per device: weights, grads, Adam states, ZeRO, activations"},

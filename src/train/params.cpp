@@ -156,4 +156,46 @@ Weights weights_view(const Layout& L, const float* p) {
   return w;
 }
 
+Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uint64_t seed) {
+  const ModelConfig& c0 = w.cfg;
+  if (c0.arch != Arch::Llama || c0.is_moe() || c0.mla())
+    fail("--upcycle-experts needs a dense llama-family model (this one is ", c0.is_moe() ? "already MoE" : arch_name(c0.arch), ")");
+  if (k < 1 || k > E) fail("--moe-top-k must be in [1, ", E, "] to upcycle into ", E, " experts, got ", k);
+  Weights out = w;
+  ModelConfig& c = out.cfg;
+  c.moe_experts = E, c.moe_used = k, c.moe_hidden = c.hidden_dim, c.moe_norm_topk = true;
+  c.moe_gate = MoeGate::Softmax, c.moe_scale = 1.f;
+  c.set_moe_layers();
+  uint64_t s = mix(seed ^ 0x75706379636c65ull);  // "upcycle"
+  auto normal = [&] {
+    const double u1 = uniform01(s), u2 = uniform01(s);
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2 * M_PI * u2);
+  };
+  // (E, N, K) f32: E noisy copies of the (N, K) matrix m.
+  auto stack = [&](const TensorView& m) {
+    const int64_t N = m.rows(), K = m.cols();
+    std::vector<float> one(size_t(N * K));
+    for (int64_t r = 0; r < N; ++r) dequantize_row(m, r, one.data() + r * K);
+    double ss = 0;
+    for (float x : one) ss += double(x) * x;
+    const double rms = std::sqrt(ss / double(one.size()));
+    std::vector<uint8_t> buf(size_t(E * N * K) * 4);
+    auto* d = reinterpret_cast<float*>(buf.data());
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t i = 0; i < N * K; ++i)
+        d[e * N * K + i] = one[size_t(i)] + (noise > 0.f ? float(double(noise) * rms * normal()) : 0.f);
+    return own_buffer(out, std::move(buf), DType::F32, {E, N, K});
+  };
+  for (auto& L : out.layers) {
+    L.gate_exps = stack(L.w_gate), L.up_exps = stack(L.w_up), L.down_exps = stack(L.w_down);
+    std::vector<uint8_t> r(size_t(E * c.dim) * 4);
+    for (int64_t i = 0; i < E * c.dim; ++i) reinterpret_cast<float*>(r.data())[i] = float(0.02 * normal());
+    L.router = own_buffer(out, std::move(r), DType::F32, {E, c.dim});
+    L.w_gate = L.w_up = L.w_down = TensorView{};
+  }
+  c.validate("upcycled model");
+  out.validate_shapes("upcycled model");
+  return out;
+}
+
 }  // namespace tessera::train

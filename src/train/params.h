@@ -84,6 +84,13 @@ void init_params(const Layout& L, float* p, uint64_t seed);
 // Throws Error naming the tensor on a shape mismatch.
 void params_from_weights(const Layout& L, const Weights& w, float* p);
 
+// Sparse upcycling (Komatsuzaki et al.): the dense Llama-family model w with each
+// layer's feed-forward copied into E experts (f32; each copy plus noise x N(0, 1) x
+// that matrix's RMS), a router N(0, 0.02) choosing k of them, renormalised (Mixtral's
+// router). Without noise the result computes the dense model exactly: the selected
+// weights sum to 1 and every expert is the same FFN. Error naming what is not dense.
+Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uint64_t seed);
+
 // f32 Weights viewing p (no copy): feeds the inference Model and the GGUF /
 // safetensors writers. p must outlive the result.
 Weights weights_view(const Layout& L, const float* p);

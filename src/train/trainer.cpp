@@ -52,12 +52,18 @@ void TrainOptions::validate() const {
   if (precision != "fp32" && precision != "bf16") fail("--precision must be fp32 or bf16, got '", precision, "'");
   sched.validate();
   if (init_model.empty()) model.validate("model config (--dim/--layers/--heads/...)");
+  if (upcycle_experts != 0 && init_model.empty()) fail("--upcycle-experts needs --init (the dense model to upcycle)");
+  if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
+  if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);
 }
 
 nlohmann::json options_to_json(const TrainOptions& o) {
   return {{"data_dir", o.data_dir},
           {"init_model", o.init_model},
           {"init_tokenizer", o.init_tokenizer},
+          {"upcycle_experts", o.upcycle_experts},
+          {"upcycle_noise", o.upcycle_noise},
+          {"upcycle_top_k", o.model.moe_used},
           {"model", config_to_json(o.model)},
           {"batch", o.batch},
           {"seq", o.seq},
@@ -92,6 +98,8 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.data_dir = j.at("data_dir");
     o.init_model = j.at("init_model");
     o.init_tokenizer = j.value("init_tokenizer", std::string());
+    o.upcycle_experts = j.value("upcycle_experts", int64_t(0)), o.upcycle_noise = j.value("upcycle_noise", 0.f);
+    o.model.moe_used = j.value("upcycle_top_k", int64_t(0));
     if (o.init_model.empty()) o.model = config_from_json(j.at("model"), where);
     o.batch = j.at("batch"), o.seq = j.at("seq"), o.grad_accum = j.at("grad_accum"), o.steps = j.at("steps");
     const auto& s = j.at("schedule");
@@ -252,6 +260,13 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     cfg = st.ck.cfg;
   } else if (!o_.init_model.empty()) {
     init = load_model(o_.init_model, o_.init_tokenizer);
+    if (o_.upcycle_experts > 0) {
+      init->weights = upcycle_weights(init->weights, o_.upcycle_experts, o_.model.moe_used, o_.upcycle_noise, o_.seed);
+      if (comm_.is_root())
+        std::fprintf(log_, "upcycled %s: every feed-forward into %lld experts, top-%lld, noise %g\n",
+                     o_.init_model.c_str(), (long long)o_.upcycle_experts, (long long)o_.model.moe_used,
+                     double(o_.upcycle_noise));
+    }
     cfg = init->weights.cfg;
     o_.model = cfg;
   }

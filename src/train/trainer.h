@@ -27,6 +27,11 @@ struct TrainOptions {
   std::string init_model;     // start from this model (any loadable format); "" = random init
   std::string init_tokenizer; // tokenizer for init_model when it carries none (recorded for export)
   ModelConfig model;          // used when init_model is empty
+  // Sparse upcycling of init_model (a dense Llama-family model): every feed-forward copied
+  // into this many experts (+ upcycle_noise x N(0, 1) x each matrix's RMS), a fresh router
+  // choosing model.moe_used of them (train/params.h upcycle_weights).
+  int64_t upcycle_experts = 0;
+  float upcycle_noise = 0.f;
   int64_t batch = 8, seq = 256, grad_accum = 1, steps = 1000;
   Schedule sched;
   AdamWConfig adam;
