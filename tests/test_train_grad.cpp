@@ -366,6 +366,20 @@ TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
   ModelOptions rc = mo;
   rc.recompute = true, rc.dropout = 0.2f;
   check_model(ds, rc, 99);
+  // A capacity factor that drops slots: 10 rows x 2 slots over 4 experts, at most ceil(0.5 x 20 / 4) = 3 each.
+  ModelOptions cap = mo;
+  cap.moe_capacity = 0.5f;
+  check_model(mix, cap);
+  Layout L(mix);
+  std::vector<double> p(L.total, 0.0);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> nd(0.0, 0.5);
+  for (auto& x : p) x = nd(rng);
+  Transformer<double> m(L, 2, 5, cap);
+  std::vector<int32_t> tok(10, 3), tgt(10, 4);
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(i % 11);
+  m.forward(p.data(), tok.data(), tgt.data());
+  EXPECT_GE(m.take_dropped(), 2 * (20 - 12)) << "two MoE layers, each keeping at most 4 x 3 of 20 slots";
 }
 
 TEST(TrainGrad, DropoutMasksFollowTheKey) {

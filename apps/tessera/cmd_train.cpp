@@ -99,6 +99,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "(top --moe-top-k)");
   app.add_option("--upcycle-noise", o.upcycle_noise, "--upcycle-experts: noise on each copy, times the matrix's RMS (default 0)");
   app.add_option("--moe-balance", o.mo.moe_balance, "load-balance loss coefficient alpha (alpha E sum f_i P_i per MoE layer)");
+  app.add_option("--moe-capacity", o.mo.moe_capacity,
+                 "capacity factor: each expert takes at most C N k / E of a batch's slots, the rest are dropped and "
+                 "counted (training only; 0: no limit)");
   app.add_option("--moe-router-z", o.mo.moe_router_z, "router z-loss coefficient (mean logsumexp(router logits)^2)");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
   app.add_option("--dropout", o.mo.dropout, "dropout on the embedding and each block's residual branches (0: off)");

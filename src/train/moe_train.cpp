@@ -6,7 +6,9 @@
 //   w = p (/ sum) x scale; y = sum_i w_i down_i(act(gate_i x) * up_i x)
 //   [+ g(x) shared(x), g = sigmoid(sh_gate . x) or 1].
 // Rows are counting-sorted by expert so that each expert is one product over
-// its rows, forward and backward. Router losses (their gradients scaled like
+// its rows, forward and backward. With a capacity factor, the slots past an
+// expert's capacity (in row order) are dropped: inv = -1, no compute, no gradient.
+// The balance loss counts the slots as routed, before dropping. Router losses (their gradients scaled like
 // the loss, by grad_scale x N):
 //   balance  E sum_e f_e P_e, f_e = share of the N k slots routed to e
 //            (a constant), P_e = mean_t p_te;
@@ -96,17 +98,28 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
     }
     for (int64_t i = 0; i < k; ++i) w[i] = c_.moe_norm_topk ? w[i] / sum * scale : w[i] * scale;
   }
-  // Counting sort of the N k slots by expert: slot s goes to gathered row inv[s].
+  // Counting sort of the N k slots by expert: slot s goes to gathered row inv[s]
+  // (-1: dropped, past its expert's capacity).
+  const int64_t cap = o_.moe_capacity > 0.f
+                          ? std::max<int64_t>(1, int64_t(std::ceil(double(o_.moe_capacity) * double(N * k) / double(E))))
+                          : N * k;
   int32_t* off = a.off;
   std::fill(off, off + E + 1, 0);
-  for (int64_t s = 0; s < N * k; ++s) ++off[a.sel[s] + 1];
+  int64_t dropped = 0;
+  for (int64_t s = 0; s < N * k; ++s) {
+    int32_t& n = off[a.sel[s] + 1];
+    if (n < cap) ++n, a.inv[s] = 0;
+    else a.inv[s] = -1, ++dropped;
+  }
   for (int64_t e = 0; e < E; ++e) off[e + 1] += off[e];
   {
     std::vector<int32_t> next(off, off + E);
-    for (int64_t s = 0; s < N * k; ++s) a.inv[s] = next[size_t(a.sel[s])]++;
+    for (int64_t s = 0; s < N * k; ++s)
+      if (a.inv[s] >= 0) a.inv[s] = next[size_t(a.sel[s])]++;
   }
 #pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < N * k; ++s) std::copy(ffn_in + s / k * C, ffn_in + (s / k + 1) * C, a.xg + a.inv[s] * C);
+  for (int64_t s = 0; s < N * k; ++s)
+    if (a.inv[s] >= 0) std::copy(ffn_in + s / k * C, ffn_in + (s / k + 1) * C, a.xg + a.inv[s] * C);
   for (int64_t e = 0; e < E; ++e) {  // (m, C) -> (m, He) -> (m, C)
     const int64_t r0 = off[e], m = off[e + 1] - r0;
     if (m == 0) continue;
@@ -132,6 +145,7 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
     T* y = ffn_out + t * C;
     std::fill(y, y + C, T(0));
     for (int64_t i = 0; i < k; ++i) {
+      if (a.inv[t * k + i] < 0) continue;  // dropped
       const T w = a.mw[t * k + i];
       const T* d = a.ed + a.inv[t * k + i] * C;
       for (int64_t j = 0; j < C; ++j) y[j] += w * d[j];
@@ -151,12 +165,14 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
     const double lse = double(softmax(a.rl + t * E, sm.data(), E));
     z += lse * lse;
   }
+  std::vector<int64_t> routed(static_cast<size_t>(E), 0);  // before dropping
+  for (int64_t s = 0; s < N * k; ++s) ++routed[size_t(a.sel[s])];
   double bal = 0;
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t cnt = off[e + 1] - off[e];
-    expert_counts_[size_t(l * E + e)] += cnt;
-    bal += double(cnt) / double(N * k) * P[size_t(e)] / double(N);
+    expert_counts_[size_t(l * E + e)] += off[e + 1] - off[e];
+    bal += double(routed[size_t(e)]) / double(N * k) * P[size_t(e)] / double(N);
   }
+  dropped_ += dropped;
   moe_bal_ += double(E) * bal * double(N);  // times N: see CeResult
   moe_z_ += z;                              // mean_t lse^2, times N
 }
@@ -172,6 +188,10 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
   for (int64_t s = 0; s < N * k; ++s) {
     const T* dyt = dy + s / k * C;
     const int64_t r = a.inv[s];
+    if (r < 0) {  // dropped: no output, no gradient through it
+      dmw_[s] = T(0);
+      continue;
+    }
     dmw_[s] = dot(dyt, a.ed + r * C, C);
     for (int64_t j = 0; j < C; ++j) dmd_[r * C + j] = a.mw[s] * dyt[j];
   }
@@ -195,6 +215,7 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
     T* dxt = dxn_ + t * C;
     std::fill(dxt, dxt + C, T(0));
     for (int64_t i = 0; i < k; ++i) {
+      if (a.inv[t * k + i] < 0) continue;
       const T* d = dmd_ + a.inv[t * k + i] * C;
       for (int64_t j = 0; j < C; ++j) dxt[j] += d[j];
     }
@@ -222,8 +243,8 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
   // The router: d p from the weights (selection fixed) and the balance loss, through
   // softmax / sigmoid; the z-loss on the logits directly.
   const T aux = T(grad_scale_) * T(N);
-  std::vector<T> f(static_cast<size_t>(E));
-  for (int64_t e = 0; e < E; ++e) f[size_t(e)] = T(a.off[e + 1] - a.off[e]) / T(N * k);
+  std::vector<T> f(static_cast<size_t>(E), T(0));  // share of the slots routed to e (before dropping)
+  for (int64_t s = 0; s < N * k; ++s) f[size_t(a.sel[s])] += T(1) / T(N * k);
   const T bal = T(o_.moe_balance) * aux * T(E) / T(N), rz = T(o_.moe_router_z) * aux * T(2) / T(N);
 #pragma omp parallel
   {

@@ -45,6 +45,7 @@ void TrainOptions::validate() const {
   if (mo.z_loss < 0) fail("--z-loss must be >= 0, got ", mo.z_loss);
   if (!(mo.moe_balance >= 0)) fail("--moe-balance must be >= 0, got ", mo.moe_balance);
   if (!(mo.moe_router_z >= 0)) fail("--moe-router-z must be >= 0, got ", mo.moe_router_z);
+  if (!(mo.moe_capacity >= 0)) fail("--moe-capacity must be >= 0, got ", mo.moe_capacity);
   if (!(mo.dropout >= 0 && mo.dropout < 1)) fail("--dropout must be in [0, 1), got ", mo.dropout);
   if (!(adam.beta1 >= 0 && adam.beta1 < 1)) fail("--beta1 must be in [0, 1), got ", adam.beta1);
   if (!(adam.beta2 >= 0 && adam.beta2 < 1)) fail("--beta2 must be in [0, 1), got ", adam.beta2);
@@ -81,6 +82,7 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"dropout", o.mo.dropout},
           {"moe_balance", o.mo.moe_balance},
           {"moe_router_z", o.mo.moe_router_z},
+          {"moe_capacity", o.mo.moe_capacity},
           {"seed", o.seed},
           {"threads", o.threads},
           {"eval_interval", o.eval_interval},
@@ -114,6 +116,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.mo.recompute = j.at("recompute");
     o.mo.dropout = j.value("dropout", 0.f);
     o.mo.moe_balance = j.value("moe_balance", 0.f), o.mo.moe_router_z = j.value("moe_router_z", 0.f);
+    o.mo.moe_capacity = j.value("moe_capacity", 0.f);
     o.seed = j.at("seed"), o.threads = j.at("threads");
     o.eval_interval = j.at("eval_interval"), o.eval_batches = j.at("eval_batches");
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
@@ -366,6 +369,7 @@ Trainer::StepStats Trainer::train_step() {
   if (L_->cfg.is_moe()) {  // per token of the step (this rank's counts)
     out.moe_balance = loss_count[2] / double(tokens_per_step), out.moe_z = loss_count[3] / double(tokens_per_step);
     out.expert_tokens = model_->take_expert_counts();
+    out.moe_dropped = model_->take_dropped();
   }
   out.grad_norm = grad_norm(g_.data(), g_.size());
   out.lr = o_.sched.at(s);
@@ -439,6 +443,7 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
           if (L_->cfg.moe_layer(l))
             load.push_back(std::vector<int64_t>(r.expert_tokens.begin() + l * E, r.expert_tokens.begin() + (l + 1) * E));
         rec["expert_tokens"] = load;
+        if (o_.mo.moe_capacity > 0.f) rec["moe_dropped"] = r.moe_dropped;
       }
       std::fprintf(st.metrics.get(), "%s\n", rec.dump().c_str());
       std::fflush(st.metrics.get());

@@ -79,6 +79,7 @@ class Trainer {
     // layers, before their coefficients) and the rows each expert took, (layers, E).
     double moe_balance = 0, moe_z = 0;
     std::vector<int64_t> expert_tokens;
+    int64_t moe_dropped = 0;  // slots dropped by --moe-capacity
   };
   // One optimizer step: grad_accum micro-batches of forward + backward, the
   // gradient all-reduce, clipping and AdamW. Error on a non-finite loss unless skipping.

@@ -22,6 +22,10 @@ struct ModelOptions {
   int64_t logit_rows = 256;   // rows of the (rows, V) logits buffer of the fused output + loss
   float moe_balance = 0.f;    // alpha of the MoE load-balance loss alpha E sum_e f_e P_e (per MoE layer)
   float moe_router_z = 0.f;   // beta of the router z-loss beta mean_t logsumexp(r_t)^2 (per MoE layer)
+  // Capacity factor: each expert takes at most ceil(moe_capacity N k / E) of a batch's slots,
+  // first come (row order) first served; the rest are dropped (that row gets fewer experts).
+  // 0: no limit. Training only: inference never drops.
+  float moe_capacity = 0.f;
 };
 
 template <class T>
@@ -47,6 +51,8 @@ class Transformer {
   // Rows routed to each expert (n_layers x E, zero for dense layers) by the forward passes
   // since the last call; then zeroed.
   std::vector<int64_t> take_expert_counts();
+  // Slots dropped by the capacity limit in the forward passes since the last call; then zeroed.
+  int64_t take_dropped() { return std::exchange(dropped_, 0); }
   int64_t batch() const { return B_; }
   int64_t seq() const { return T_; }
 
@@ -108,6 +114,7 @@ class Transformer {
   std::vector<int64_t> expert_counts_;  // (n_layers, E) rows routed, since take_expert_counts()
   bool counting_ = false;              // in layers_fwd: router losses and counts are taken
   double moe_bal_ = 0, moe_z_ = 0;     // this pass's router losses (sums over layers, times N)
+  int64_t dropped_ = 0;                // slots dropped by the capacity limit, since take_dropped()
   float grad_scale_ = 0.f;             // this backward's grad_scale
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
   std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
