@@ -508,6 +508,21 @@ TEST_F(TrainCli, MixtureOfExpertsTrainsResumesAndExports) {
   r = run_cli("train --resume " + q(b) + " --steps 30");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(trajectory(a), trajectory(b));
+  // Plots: the expert load of the run, and two runs' losses against time in one SVG.
+  const std::string svg = dir_ + "/moe_load.svg", cmp = dir_ + "/moe_cmp.svg";
+  r = run_cli("plot " + q(a) + " --experts -o " + q(svg));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string load_svg = test::slurp(svg);
+  EXPECT_NE(load_svg.find("share of routed slots"), std::string::npos);
+  EXPECT_NE(load_svg.find("run_moe_a expert 3"), std::string::npos);
+  r = run_cli("plot first=" + q(a) + " second=" + q(b) + " --x time -o " + q(cmp));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string cmp_svg = test::slurp(cmp);
+  EXPECT_NE(cmp_svg.find("first val"), std::string::npos);
+  EXPECT_NE(cmp_svg.find(">seconds<"), std::string::npos);
+  r = run_cli("plot " + q(dir_ + "/nowhere") + " -o " + q(cmp));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("metrics.jsonl: cannot open"), std::string::npos) << r.err;
   // Export and load with the engine.
   const std::string gguf = dir_ + "/moe.gguf";
   r = run_cli("export " + q(a) + " -o " + q(gguf));
@@ -528,6 +543,9 @@ TEST_F(TrainCli, UpcyclingADenseModel) {
   ASSERT_EQ(r.code, 0) << r.err;
   r = run_cli("export " + q(dense) + " -o " + q(gguf));
   ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("plot " + q(dense) + " --experts -o " + q(dir_ + "/dense_load.svg"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("not a mixture-of-experts run"), std::string::npos) << r.err;
   r = run_cli("train --init " + q(gguf) + " --data " + q(dir_ + "/data") + " -o " + q(up) +
               " --upcycle-experts 4 --moe-top-k 2 --batch 4 --seq 32 --steps 5 --eval-interval 5 --eval-batches 2"
               " -t 2 --seed 7 --lr 1e-3");

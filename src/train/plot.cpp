@@ -81,7 +81,8 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
   return t;
 }
 
-std::string loss_svg(const std::vector<Series>& series, const std::string& title) {
+std::string loss_svg(const std::vector<Series>& series, const std::string& title, const std::string& x_label,
+                     const std::string& y_label) {
   Range xr, yr;
   for (const Series& s : series) {
     if (s.x.size() != s.y.size())
@@ -133,9 +134,9 @@ std::string loss_svg(const std::vector<Series>& series, const std::string& title
   o += "<rect x=\"" + fmt("%.1f", kLeft) + "\" y=\"" + fmt("%.1f", kTop) + "\" width=\"" + fmt("%.1f", pw) +
        "\" height=\"" + fmt("%.1f", ph) + "\" fill=\"none\" stroke=\"black\"/>\n";
   o += "<text x=\"" + fmt("%.1f", kLeft + pw / 2) + "\" y=\"" + fmt("%.1f", kHeight - 14) +
-       "\" text-anchor=\"middle\" font-size=\"13\">step</text>\n";
+       "\" text-anchor=\"middle\" font-size=\"13\">" + escape(x_label) + "</text>\n";
   o += "<text x=\"18\" y=\"" + fmt("%.1f", kTop + ph / 2) + "\" text-anchor=\"middle\" font-size=\"13\" " +
-       "transform=\"rotate(-90 18 " + fmt("%.1f", kTop + ph / 2) + ")\">loss</text>\n";
+       "transform=\"rotate(-90 18 " + fmt("%.1f", kTop + ph / 2) + ")\">" + escape(y_label) + "</text>\n";
   if (no_data)
     o += "<text x=\"" + fmt("%.1f", kLeft + pw / 2) + "\" y=\"" + fmt("%.1f", kTop + ph / 2) +
          "\" text-anchor=\"middle\" fill=\"#888\">no data</text>\n";
@@ -184,10 +185,11 @@ std::string loss_svg(const std::vector<Series>& series, const std::string& title
   return o;
 }
 
-void write_loss_svg(const std::string& path, const std::vector<Series>& series, const std::string& title) {
+void write_loss_svg(const std::string& path, const std::vector<Series>& series, const std::string& title,
+                    const std::string& x_label, const std::string& y_label) {
   std::string svg;
   try {
-    svg = loss_svg(series, title);
+    svg = loss_svg(series, title, x_label, y_label);
   } catch (const Error& e) {
     fail(path, ": ", e.what());
   }

@@ -20,10 +20,13 @@ std::vector<double> nice_ticks(double lo, double hi, int target = 6);
 // The SVG text (starts with "<svg", ends with "</svg>\n"). Series without finite
 // points get a legend entry and no polyline; no data at all gives empty axes
 // marked "no data". Throws Error naming the series when x and y lengths differ.
-std::string loss_svg(const std::vector<Series>& series, const std::string& title);
+// x_label / y_label name the axes.
+std::string loss_svg(const std::vector<Series>& series, const std::string& title, const std::string& x_label = "step",
+                     const std::string& y_label = "loss");
 
 // Writes loss_svg() to path through AtomicFileWriter (temporary + rename);
 // throws Error naming the path when it cannot be written.
-void write_loss_svg(const std::string& path, const std::vector<Series>& series, const std::string& title);
+void write_loss_svg(const std::string& path, const std::vector<Series>& series, const std::string& title,
+                    const std::string& x_label = "step", const std::string& y_label = "loss");
 
 }  // namespace tessera::train
