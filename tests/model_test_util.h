@@ -2,6 +2,8 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include <functional>
@@ -22,6 +24,30 @@ inline std::vector<float> all_logits(const Weights& w, const std::vector<int32_t
   std::vector<float> out(toks.size() * size_t(w.cfg.vocab_size));
   m.forward_all(ctx, toks.data(), int64_t(toks.size()), 0, out.data());
   return out;
+}
+
+// Every position's logits, the ids run in chunks of `chunk` (1: token by token) through
+// a model of context 64 with max_batch = chunk.
+inline std::vector<float> chunked_logits(const Weights& w, const std::vector<int32_t>& ids, int64_t chunk,
+                                         int threads = 2) {
+  RunOptions o;
+  o.n_ctx = 64;
+  o.max_batch = chunk;
+  Model m(w, o);
+  KernelContext ctx(threads);
+  const int64_t V = w.cfg.vocab_size, n = int64_t(ids.size());
+  std::vector<float> out(size_t(n * V));
+  for (int64_t p = 0; p < n; p += chunk) m.forward_all(ctx, ids.data() + p, std::min(chunk, n - p), p, out.data() + p * V);
+  return out;
+}
+
+// Whitespace-separated token ids of a file (the ../shared/reference layout).
+inline std::vector<int32_t> read_token_ids(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<int32_t> ids;
+  int32_t x;
+  while (in >> x) ids.push_back(x);
+  return ids;
 }
 
 inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {

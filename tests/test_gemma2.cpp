@@ -13,30 +13,17 @@
 #include "formats/model_io.h"
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 using namespace tessera;
 
 namespace {
 
-std::vector<int32_t> read_ids(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<int32_t> ids;
-  int32_t x;
-  while (in >> x) ids.push_back(x);
-  return ids;
-}
+std::vector<int32_t> read_ids(const std::string& path) { return test::read_token_ids(path); }
 
 std::vector<float> run(const Weights& w, const std::vector<int32_t>& ids, int64_t chunk) {
-  RunOptions o;
-  o.n_ctx = 64;
-  o.max_batch = chunk;
-  Model m(w, o);
-  KernelContext ctx(2);
-  const int64_t V = w.cfg.vocab_size, n = int64_t(ids.size());
-  std::vector<float> out(size_t(n * V));
-  for (int64_t p = 0; p < n; p += chunk) m.forward_all(ctx, ids.data() + p, std::min(chunk, n - p), p, out.data() + p * V);
-  return out;
+  return test::chunked_logits(w, ids, chunk);
 }
 
 struct Diff {
