@@ -79,7 +79,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
     const int64_t Ht = std::max(H, He);  // a thread's activation copy
     team_act_stride_ = size_t(2 * C + Ht + 47) / 16 * 16;  // three 64-byte-aligned pieces
     team_act_.assign(size_t(max_threads_) * team_act_stride_, 0.f);
-    team_scratch_stride_ = team_scratch_bytes(std::max({C, Ht, c.q_dim()}));
+    // The widest activation a team product reads (MLA's LoRA inputs and compact attention output too).
+    team_scratch_stride_ = team_scratch_bytes(std::max({C, Ht, c.q_dim(), c.mla_q_lora, c.mla_kv_lora, c.attn_out_dim()}));
     team_route_stride_ = size_t(E + 2 * c.moe_used + 15) / 16 * 16;
     team_route_.assign(size_t(max_threads_) * team_route_stride_, 0.f);
     team_scratch_.assign(size_t(max_threads_) * team_scratch_stride_, 0);
