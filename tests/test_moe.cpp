@@ -377,3 +377,38 @@ TEST(MoE, UpcyclingStartsAsTheDenseModel) {
     EXPECT_NE(std::string(e.what()).find("already MoE"), std::string::npos) << e.what();
   }
 }
+
+TEST(MoE, EveryNthLayer) {
+  // --moe-every 2 (Qwen2-MoE's decoder_sparse_step): layers 1 and 3 of 4 have experts.
+  ModelConfig c = synthetic_config("moe-tiny");
+  c.n_layers = 4, c.moe_every = 2;
+  c.layer_cfg.clear();
+  c.set_moe_layers();
+  EXPECT_FALSE(c.moe_layer(0));
+  EXPECT_TRUE(c.moe_layer(1));
+  EXPECT_FALSE(c.moe_layer(2));
+  EXPECT_TRUE(c.moe_layer(3));
+  const Weights w = make_random_weights(c, DType::F32, 2, 1);
+  EXPECT_FALSE(w.layers[0].w_up.empty());
+  EXPECT_FALSE(w.layers[1].up_exps.empty());
+  const std::string path = test::temp_path("moe_every.gguf");
+  save_gguf(w, nullptr, path);
+  const LoadedModel lm = load_model(path);
+  EXPECT_EQ(lm.weights.cfg.moe_every, 2);
+  EXPECT_EQ(lm.weights.cfg.layer_cfg, c.layer_cfg);
+  const std::vector<int32_t> ids{1, 2, 3, 4, 5, 6};
+  EXPECT_EQ(max_diff(run(w, ids, 6), run(lm.weights, ids, 6)), 0.0);
+  const auto info = test::run_cli("info -m " + test::q(path));
+  EXPECT_NE(info.out.find("MoE layers 1,3"), std::string::npos) << info.out;
+  // A training layout and its checkpoint config keep it.
+  const train::Layout L(c);
+  EXPECT_NE(L.layers[1].up_exps, train::kAbsent);
+  EXPECT_EQ(L.layers[2].up_exps, train::kAbsent);
+  try {
+    save_hf(w, test::temp_path("moe_every_hf"));
+    ADD_FAILURE() << "wrote a Mixtral with dense layers between MoE ones";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dense layers between"), std::string::npos) << e.what();
+  }
+  fs::remove(path);
+}

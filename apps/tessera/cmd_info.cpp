@@ -44,9 +44,13 @@ int cmd_info(int argc, char** argv) {
     std::printf("ffn hidden:     %lld (%s)%s\n", (long long)c.hidden_dim, kActs[int(c.activation())],
                 c.is_moe() ? " in the dense layers" : "");
   if (c.is_moe()) {
-    std::printf("experts:        %lld routed, %lld active per token, width %lld (%s); MoE layers %lld..%lld\n",
+    std::string layers;
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      if (c.moe_layer(l)) layers += (layers.empty() ? "" : ",") + std::to_string(l);
+    if (c.moe_every == 1) layers = std::to_string(c.moe_first_dense) + ".." + std::to_string(c.n_layers - 1);
+    std::printf("experts:        %lld routed, %lld active per token, width %lld (%s); MoE layers %s\n",
                 (long long)c.moe_experts, (long long)c.moe_used, (long long)c.moe_hidden, kActs[int(c.activation())],
-                (long long)c.moe_first_dense, (long long)c.n_layers - 1);
+                layers.c_str());
     if (c.moe_shared_hidden > 0)
       std::printf("shared expert:  width %lld%s\n", (long long)c.moe_shared_hidden,
                   c.moe_shared_gate ? ", gated by sigmoid(g . x)" : ", ungated");

@@ -23,7 +23,7 @@ struct ShapeArgs {
   std::string sliding_layers = "all";
   std::string ffn_act, norm_placement = "pre";
   // Mixture-of-experts feed-forward (new models).
-  int64_t moe_experts = 0, moe_top_k = 2, moe_shared = 0, moe_hidden = 0, moe_first_dense = 0;
+  int64_t moe_experts = 0, moe_top_k = 2, moe_shared = 0, moe_hidden = 0, moe_first_dense = 0, moe_every = 1;
   std::string moe_gate = "topk-softmax";
 };
 
@@ -90,6 +90,8 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "shared experts, always on, as one sigmoid-gated expert of this many times the expert width (Qwen2-MoE)")
       ->check(CLI::Range(int64_t(0), int64_t(64)));
   app.add_option("--moe-first-dense", sa.moe_first_dense, "leading layers that stay dense (DeepSeek)");
+  app.add_option("--moe-every", sa.moe_every, "MoE on every N-th layer: layers l with (l + 1) % N == 0 (default 1: all)")
+      ->check(CLI::Range(int64_t(1), int64_t(1024)));
   app.add_option("--moe-gate", sa.moe_gate,
                  "router: topk-softmax (Mixtral: softmax over the selected, default), softmax-topk (Qwen2-MoE / "
                  "DeepSeek-V2: softmax over all, not renormalised) or sigmoid (renormalised)")
@@ -141,7 +143,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
     m.moe_experts = sa.moe_experts, m.moe_used = sa.moe_top_k;
     m.moe_hidden = sa.moe_hidden > 0 ? sa.moe_hidden : m.hidden_dim;
     m.moe_shared_hidden = sa.moe_shared * m.moe_hidden, m.moe_shared_gate = sa.moe_shared > 0;
-    m.moe_first_dense = sa.moe_first_dense;
+    m.moe_first_dense = sa.moe_first_dense, m.moe_every = sa.moe_every;
     m.moe_gate = sa.moe_gate == "sigmoid" ? MoeGate::Sigmoid : MoeGate::Softmax;
     m.moe_norm_topk = sa.moe_gate != "softmax-topk";
     if (m.arch != Arch::Llama) fail("--moe-experts: mixture-of-experts models are llama-family (--arch llama)");

@@ -72,6 +72,7 @@ void read_moe_keys(const gguf::File& f, const std::string& arch, const std::stri
   c.moe_shared_hidden = f.get_int_or(p + "expert_shared_feed_forward_length", 0);
   if (f.find(p + "expert_shared_count")) c.moe_shared_hidden = c.moe_hidden * f.get_int(p + "expert_shared_count");
   c.moe_first_dense = f.get_int_or(p + "leading_dense_block_count", 0);
+  c.moe_every = f.get_int_or(p + "expert_layer_step", 1);  // a Tessera key (llama.cpp: every layer)
   const int64_t gating = f.get_int_or(p + "expert_gating_func", 1);
   if (gating != 1 && gating != 2)
     fail(path, ": ", p, "expert_gating_func = ", gating, " is not supported (1 softmax, 2 sigmoid)");
@@ -88,6 +89,7 @@ void write_moe_keys(gguf::Writer& g, const std::string& arch, const std::string&
   g.set_u32(p + "expert_feed_forward_length", uint32_t(c.moe_hidden));
   if (c.moe_shared_hidden > 0) g.set_u32(p + "expert_shared_feed_forward_length", uint32_t(c.moe_shared_hidden));
   if (c.moe_first_dense > 0) g.set_u32(p + "leading_dense_block_count", uint32_t(c.moe_first_dense));
+  if (c.moe_every != 1) g.set_u32(p + "expert_layer_step", uint32_t(c.moe_every));
   if (c.moe_gate != MoeGate::Softmax) g.set_u32(p + "expert_gating_func", 2);
   if (c.moe_norm_topk != (arch == "llama")) g.set_bool(p + "expert_weights_norm", c.moe_norm_topk);
   if (c.moe_scale != 1.f) g.set_f32(p + "expert_weights_scale", c.moe_scale);

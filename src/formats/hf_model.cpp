@@ -144,8 +144,7 @@ void read_hf_moe(const json& cfg, const std::string& path, const std::string& ar
                               ? get_int(cfg, path, "shared_expert_intermediate_size") : 0;
     c.moe_shared_gate = c.moe_shared_hidden > 0;
     c.moe_norm_topk = cfg.value("norm_topk_prob", false);
-    if (cfg.value("decoder_sparse_step", int64_t(1)) != 1)
-      fail(path, ": decoder_sparse_step ", cfg["decoder_sparse_step"].dump(), " (MoE on every n-th layer) is not supported");
+    c.moe_every = cfg.value("decoder_sparse_step", int64_t(1));
     if (cfg.contains("mlp_only_layers") && cfg["mlp_only_layers"].is_array() && !cfg["mlp_only_layers"].empty())
       fail(path, ": mlp_only_layers (dense layers among MoE ones) is not supported");
   }
@@ -325,6 +324,7 @@ void save_hf(const Weights& in, const std::string& dir) {
     std::string why;
     if (c.moe_gate != MoeGate::Softmax || c.moe_score_bias || c.moe_scale != 1.f) why = "its router (" + c.router_desc() + ")";
     else if (c.moe_first_dense > 0) why = "its leading dense layers";
+    else if (mixtral && c.moe_every != 1) why = "a Mixtral with dense layers between the MoE ones";
     else if (mixtral && (!c.moe_norm_topk || c.qkv_bias || c.qk_norm || c.moe_hidden != c.hidden_dim))
       why = "a Mixtral with unrenormalised weights, biases, QK-norm or an expert width other than intermediate_size";
     else if (!mixtral && (!c.moe_shared_gate || !c.qkv_bias || c.qk_norm)) why = "a shared expert without Qwen2-MoE's gate and q/k/v biases";
@@ -365,7 +365,7 @@ void save_hf(const Weights& in, const std::string& dir) {
       cfg["moe_intermediate_size"] = c.moe_hidden;
       cfg["shared_expert_intermediate_size"] = c.moe_shared_hidden;
       cfg["norm_topk_prob"] = c.moe_norm_topk;
-      cfg["decoder_sparse_step"] = 1;
+      cfg["decoder_sparse_step"] = c.moe_every;
       cfg["mlp_only_layers"] = json::array();
     }
     cfg["head_dim"] = c.head_dim;

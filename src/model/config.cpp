@@ -47,7 +47,8 @@ void ModelConfig::set_moe_layers() {
   if (moe_experts <= 0) return;
   if (layer_cfg.empty()) layer_cfg.resize(size_t(std::max<int64_t>(n_layers, 0)));
   for (int64_t l = 0; l < int64_t(layer_cfg.size()); ++l)
-    layer_cfg[size_t(l)].ffn = l >= moe_first_dense ? FfnKind::MoE : FfnKind::Dense;
+    layer_cfg[size_t(l)].ffn =
+        l >= moe_first_dense && moe_every > 0 && (l + 1) % moe_every == 0 ? FfnKind::MoE : FfnKind::Dense;
 }
 
 std::string ModelConfig::router_desc() const {
@@ -180,6 +181,7 @@ void ModelConfig::validate(const std::string& where) const {
     if (!(moe_scale > 0.f) || !std::isfinite(moe_scale))
       fail(where, ": expert_weights_scale must be positive, got ", moe_scale);
     if (moe_shared_gate && moe_shared_hidden == 0) fail(where, ": a shared-expert gate without a shared expert");
+    if (moe_every < 1) fail(where, ": MoE layer step (moe_every) must be >= 1, got ", moe_every);
   }
   for (size_t l = 0; l < layer_cfg.size(); ++l)
     if (layer_cfg[l].ffn == FfnKind::MoE && !is_moe())

@@ -111,6 +111,7 @@ struct ModelConfig {
   int64_t moe_hidden = 0;        // each routed expert's feed-forward width
   int64_t moe_shared_hidden = 0; // the shared expert's width (0: none)
   int64_t moe_first_dense = 0;   // leading layers that stay dense (DeepSeek)
+  int64_t moe_every = 1;         // of the rest, layers l with (l + 1) % moe_every == 0 are MoE (Qwen2-MoE's decoder_sparse_step)
   MoeGate moe_gate = MoeGate::Softmax;
   bool moe_norm_topk = false;    // selected weights divided by their sum
   float moe_scale = 1.f;         // selected weights multiplied by this
@@ -131,8 +132,8 @@ struct ModelConfig {
   // Width of the attention output the output projection reads (MLA: n_heads x v_head_dim).
   int64_t attn_out_dim() const { return mla() ? n_heads * mla_v_dim : q_dim(); }
   bool moe_layer(int64_t l) const { return layer(l).ffn == FfnKind::MoE; }
-  // Marks layers [moe_first_dense, n_layers) MoE when moe_experts > 0 (layer_cfg
-  // grows to n_layers entries); call after the attention kinds are set.
+  // Marks layers l >= moe_first_dense with (l + 1) % moe_every == 0 MoE when
+  // moe_experts > 0 (layer_cfg grows to n_layers entries); call after the attention kinds are set.
   void set_moe_layers();
   // Parameters a token reaches: every tensor except the unselected routed experts.
   int64_t active_params() const;

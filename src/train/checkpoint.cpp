@@ -68,7 +68,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
                 {"hidden", c.moe_hidden},           {"shared_hidden", c.moe_shared_hidden},
                 {"first_dense", c.moe_first_dense}, {"gate", moe_gate_name(c.moe_gate)},
                 {"norm_topk", c.moe_norm_topk},     {"scale", c.moe_scale},
-                {"shared_gate", c.moe_shared_gate}};
+                {"shared_gate", c.moe_shared_gate}, {"every", c.moe_every}};
   if (!c.layer_cfg.empty()) {  // absent in older checkpoints: every layer the default
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : c.layer_cfg) {
@@ -125,6 +125,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
       c.moe_gate = m.at("gate").get<std::string>() == "sigmoid" ? MoeGate::Sigmoid : MoeGate::Softmax;
       c.moe_norm_topk = m.at("norm_topk").get<bool>(), c.moe_scale = m.at("scale").get<float>();
       c.moe_shared_gate = m.at("shared_gate").get<bool>();
+      c.moe_every = m.value("every", int64_t(1));
     }
     if (j.contains("layers")) {
       for (const auto& e : j["layers"]) {

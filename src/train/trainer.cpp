@@ -334,8 +334,9 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
   if (cfg.is_moe())
-    std::fprintf(log_, "experts: %lld per MoE layer (layers %lld..%lld), %lld active, width %lld%s; router %s; %.2fM active params\n",
+    std::fprintf(log_, "experts: %lld per MoE layer (layers %lld..%lld%s), %lld active, width %lld%s; router %s; %.2fM active params\n",
                  (long long)cfg.moe_experts, (long long)cfg.moe_first_dense, (long long)cfg.n_layers - 1,
+                 cfg.moe_every > 1 ? (", every " + std::to_string(cfg.moe_every) + "th").c_str() : "",
                  (long long)cfg.moe_used, (long long)cfg.moe_hidden,
                  cfg.moe_shared_hidden > 0 ? (", shared " + std::to_string(cfg.moe_shared_hidden)).c_str() : "",
                  cfg.router_desc().c_str(), double(cfg.active_params()) / 1e6);
