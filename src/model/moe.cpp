@@ -13,45 +13,11 @@
 
 #include "kernels/ops.h"
 #include "model/exec.h"
+#include "model/moe_route.h"
 
 namespace tessera {
 
 namespace {
-
-// One row's routing: logits r(E) -> the k selected experts sel (best first)
-// and their weights w; p(E) is scratch.
-void route_row(const ModelConfig& c, const float* r, const float* bias, float* p, int32_t* sel, float* w) {
-  const int64_t E = c.moe_experts, k = c.moe_used;
-  if (c.moe_gate == MoeGate::Softmax) {
-    float mx = r[0];
-    for (int64_t e = 1; e < E; ++e) mx = std::max(mx, r[e]);
-    float sum = 0.f;
-    for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(r[e] - mx);
-    for (int64_t e = 0; e < E; ++e) p[e] /= sum;
-  } else {
-    for (int64_t e = 0; e < E; ++e) p[e] = 1.f / (1.f + std::exp(-r[e]));
-  }
-  // Top-k by score (p + bias): k passes of an argmax; ties go to the lower index.
-  for (int64_t i = 0; i < k; ++i) {
-    int32_t best = -1;
-    float bs = 0.f;
-    for (int64_t e = 0; e < E; ++e) {
-      bool taken = false;
-      for (int64_t j = 0; j < i; ++j) taken = taken || sel[j] == int32_t(e);
-      const float s = p[e] + (bias ? bias[e] : 0.f);
-      if (!taken && (best < 0 || s > bs)) best = int32_t(e), bs = s;
-    }
-    sel[i] = best;
-    w[i] = p[best];
-  }
-  float norm = c.moe_scale;
-  if (c.moe_norm_topk) {
-    float sum = 0.f;
-    for (int64_t i = 0; i < k; ++i) sum += w[i];
-    norm /= sum;
-  }
-  for (int64_t i = 0; i < k; ++i) w[i] *= norm;
-}
 
 // sigmoid(g . h): the shared expert's gate (Qwen2-MoE); 1 without one.
 float shared_gate(const LayerWeights& L, const float* h, int64_t C) {
@@ -80,7 +46,7 @@ void Model::moe_rows(KernelContext& ctx, int64_t l, const float* xn, int64_t n) 
   linear(ctx, Linear{&L.router}, xn, n, a_.router);  // (n, E)
   const float* bias = L.router_bias.empty() ? nullptr : L.router_bias.f32();
   per_token(ctx, n, [&](int64_t t) {
-    route_row(c, a_.router + t * E, bias, a_.router + t * E, moe_sel_.data() + t * k, a_.moe_w + t * k);
+    moe_route_row(c, a_.router + t * E, bias, a_.router + t * E, moe_sel_.data() + t * k, a_.moe_w + t * k);
   });
   // Counting sort of the n k (row, expert) slots by expert: slot s = t k + i
   // goes to position inv[s] of the gathered rows; expert e owns [off[e], off[e + 1]).
@@ -127,7 +93,7 @@ void Model::moe_team(TeamThread& tt, int64_t l, const float* xn, float* x, float
   float* p = team_route_.data() + size_t(tt.rank) * team_route_stride_;
   float* w = p + E;
   auto* sel = reinterpret_cast<int32_t*>(w + k);
-  route_row(c, a_.router, L.router_bias.empty() ? nullptr : L.router_bias.f32(), p, sel, w);
+  moe_route_row(c, a_.router, L.router_bias.empty() ? nullptr : L.router_bias.f32(), p, sel, w);
   // gate / up of the selected experts and the shared one, up to 4 matrices a call.
   TensorView views[2 * kMaxMoeUsed + 2];
   MatmulOut outs[2 * kMaxMoeUsed + 2];

@@ -16,6 +16,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include <omp.h>
+
+#include "model/moe_route.h"
 #include "train/transformer.h"
 
 namespace tessera::train {
@@ -55,17 +58,6 @@ T sigmoid(T z) {
   return T(1) / (T(1) + std::exp(-z));
 }
 
-// softmax(r) into p (E); returns logsumexp(r).
-template <class T>
-T softmax(const T* r, T* p, int64_t E) {
-  T mx = r[0];
-  for (int64_t e = 1; e < E; ++e) mx = std::max(mx, r[e]);
-  T sum = 0;
-  for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(r[e] - mx);
-  for (int64_t e = 0; e < E; ++e) p[e] /= sum;
-  return mx + std::log(sum);
-}
-
 }  // namespace
 
 template <class T>
@@ -73,30 +65,10 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
   const auto& o = L_.layers[size_t(l)];
   const int64_t N = N_, C = c_.dim, E = c_.moe_experts, k = c_.moe_used, He = c_.moe_hidden, Hs = c_.moe_shared_hidden;
   const bool geglu = c_.activation() == FfnAct::GeGLU;
-  const T scale = T(c_.moe_scale);
   lin_fwd(a.rl, ffn_in, p + o.router, (const T*)nullptr, N, C, E);  // (N, E)
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < N; ++t) {
-    const T* r = a.rl + t * E;
-    T* pr = a.rp + t * E;
-    if (c_.moe_gate == MoeGate::Softmax)
-      softmax(r, pr, E);
-    else
-      for (int64_t e = 0; e < E; ++e) pr[e] = sigmoid(r[e]);
-    int32_t* sel = a.sel + t * k;
-    T* w = a.mw + t * k;
-    T sum = 0;
-    for (int64_t i = 0; i < k; ++i) {  // top-k by p, ties to the lower index
-      int32_t best = -1;
-      for (int64_t e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int64_t j = 0; j < i; ++j) taken = taken || sel[j] == int32_t(e);
-        if (!taken && (best < 0 || pr[e] > pr[best])) best = int32_t(e);
-      }
-      sel[i] = best;
-      sum += w[i] = pr[best];
-    }
-    for (int64_t i = 0; i < k; ++i) w[i] = c_.moe_norm_topk ? w[i] / sum * scale : w[i] * scale;
+    moe_route_row<T>(c_, a.rl + t * E, nullptr, a.rp + t * E, a.sel + t * k, a.mw + t * k);  // model/moe_route.h
   }
   // Counting sort of the N k slots by expert: slot s goes to gathered row inv[s]
   // (-1: dropped, past its expert's capacity).
@@ -112,11 +84,10 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
     else a.inv[s] = -1, ++dropped;
   }
   for (int64_t e = 0; e < E; ++e) off[e + 1] += off[e];
-  {
-    std::vector<int32_t> next(off, off + E);
-    for (int64_t s = 0; s < N * k; ++s)
-      if (a.inv[s] >= 0) a.inv[s] = next[size_t(a.sel[s])]++;
-  }
+  int32_t* next = moe_next_.data();  // (E) each expert's next gathered row
+  std::copy(off, off + E, next);
+  for (int64_t s = 0; s < N * k; ++s)
+    if (a.inv[s] >= 0) a.inv[s] = next[a.sel[s]]++;
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < N * k; ++s)
     if (a.inv[s] >= 0) std::copy(ffn_in + s / k * C, ffn_in + (s / k + 1) * C, a.xg + a.inv[s] * C);
@@ -157,20 +128,22 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
     }
   }
   if (!counting_) return;  // a recomputation in the backward: counted already
-  std::vector<double> P(static_cast<size_t>(E), 0.0);
+  // Scratch planned in the constructor: P (E), slots routed (E, before dropping), a softmax row (E).
+  double* P = moe_stat_.data();
+  double* routed = P + E;
+  T* sm = moe_row_.data();
+  std::fill(P, P + 2 * E, 0.0);
   double z = 0;
-  std::vector<T> sm(static_cast<size_t>(E));
   for (int64_t t = 0; t < N; ++t) {
-    for (int64_t e = 0; e < E; ++e) P[size_t(e)] += double(a.rp[t * E + e]);
-    const double lse = double(softmax(a.rl + t * E, sm.data(), E));
+    for (int64_t e = 0; e < E; ++e) P[e] += double(a.rp[t * E + e]);
+    const double lse = double(moe_softmax(a.rl + t * E, sm, E));
     z += lse * lse;
   }
-  std::vector<int64_t> routed(static_cast<size_t>(E), 0);  // before dropping
-  for (int64_t s = 0; s < N * k; ++s) ++routed[size_t(a.sel[s])];
+  for (int64_t s = 0; s < N * k; ++s) routed[a.sel[s]] += 1;
   double bal = 0;
   for (int64_t e = 0; e < E; ++e) {
     expert_counts_[size_t(l * E + e)] += off[e + 1] - off[e];
-    bal += double(routed[size_t(e)]) / double(N * k) * P[size_t(e)] / double(N);
+    bal += routed[e] / double(N * k) * P[e] / double(N);
   }
   dropped_ += dropped;
   moe_bal_ += double(E) * bal * double(N);  // times N: see CeResult
@@ -243,36 +216,39 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
   // The router: d p from the weights (selection fixed) and the balance loss, through
   // softmax / sigmoid; the z-loss on the logits directly.
   const T aux = T(grad_scale_) * T(N);
-  std::vector<T> f(static_cast<size_t>(E), T(0));  // share of the slots routed to e (before dropping)
-  for (int64_t s = 0; s < N * k; ++s) f[size_t(a.sel[s])] += T(1) / T(N * k);
+  T* f = moe_row_.data();  // (E) share of the slots routed to e (before dropping)
+  std::fill(f, f + E, T(0));
+  for (int64_t s = 0; s < N * k; ++s) f[a.sel[s]] += T(1) / T(N * k);
   const T bal = T(o_.moe_balance) * aux * T(E) / T(N), rz = T(o_.moe_router_z) * aux * T(2) / T(N);
-#pragma omp parallel
+  const int row_threads = int((moe_row_.size() / size_t(E) - 1) / 2);  // the rows planned for
+#pragma omp parallel num_threads(row_threads)
   {
-    std::vector<T> dp(static_cast<size_t>(E)), sm(static_cast<size_t>(E));
+    T* dp = moe_row_.data() + size_t(1 + 2 * omp_get_thread_num()) * size_t(E);  // (E) x 2 per thread
+    T* sm = dp + E;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < N; ++t) {
       const T* pr = a.rp + t * E;
       const int32_t* sel = a.sel + t * k;
       const T* dw = dmw_ + t * k;
-      for (int64_t e = 0; e < E; ++e) dp[size_t(e)] = bal * f[size_t(e)];
+      for (int64_t e = 0; e < E; ++e) dp[e] = bal * f[e];
       if (c_.moe_norm_topk) {  // w_i = scale p_i / S, S = sum_j p_j
         T S = 0, q = 0;
         for (int64_t i = 0; i < k; ++i) S += pr[sel[i]], q += dw[i] * pr[sel[i]];
-        for (int64_t i = 0; i < k; ++i) dp[size_t(sel[i])] += scale * (dw[i] / S - q / (S * S));
+        for (int64_t i = 0; i < k; ++i) dp[sel[i]] += scale * (dw[i] / S - q / (S * S));
       } else {
-        for (int64_t i = 0; i < k; ++i) dp[size_t(sel[i])] += scale * dw[i];
+        for (int64_t i = 0; i < k; ++i) dp[sel[i]] += scale * dw[i];
       }
       T* dr = dr_ + t * E;
       if (c_.moe_gate == MoeGate::Softmax) {
         T s = 0;
-        for (int64_t e = 0; e < E; ++e) s += pr[e] * dp[size_t(e)];
-        for (int64_t e = 0; e < E; ++e) dr[e] = pr[e] * (dp[size_t(e)] - s);
+        for (int64_t e = 0; e < E; ++e) s += pr[e] * dp[e];
+        for (int64_t e = 0; e < E; ++e) dr[e] = pr[e] * (dp[e] - s);
       } else {
-        for (int64_t e = 0; e < E; ++e) dr[e] = dp[size_t(e)] * pr[e] * (T(1) - pr[e]);
+        for (int64_t e = 0; e < E; ++e) dr[e] = dp[e] * pr[e] * (T(1) - pr[e]);
       }
       if (rz != T(0)) {
-        const T lse = softmax(a.rl + t * E, sm.data(), E);
-        for (int64_t e = 0; e < E; ++e) dr[e] += rz * lse * sm[size_t(e)];
+        const T lse = moe_softmax(a.rl + t * E, sm, E);
+        for (int64_t e = 0; e < E; ++e) dr[e] += rz * lse * sm[e];
       }
     }
   }

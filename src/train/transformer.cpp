@@ -100,6 +100,8 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     dr_ = take(N * E), dmw_ = take(Nk);
     if (Hs > 0) dsh_ = take(N * Hs), dsg_ = take(N * Hs), dsu_ = take(N * Hs), dso_ = take(N * C);
     expert_counts_.assign(size_t(c_.n_layers * E), 0);
+    moe_next_.assign(size_t(E), 0), moe_stat_.assign(size_t(2 * E), 0.0);
+    moe_row_.assign(size_t(E) * size_t(1 + 2 * omp_get_max_threads()), T(0));
   }
   if (cur > acts_.data() + acts_.size()) fail("internal: training arena overflow");
   // With forward_backward(overwrite), the first product of each weight matrix writes its gradient; every

@@ -112,6 +112,11 @@ class Transformer {
   T *dsh_ = nullptr, *dsg_ = nullptr, *dsu_ = nullptr, *dso_ = nullptr;
   std::vector<int32_t> iacts_;         // the layers' MoE routing indices
   std::vector<int64_t> expert_counts_;  // (n_layers, E) rows routed, since take_expert_counts()
+  // Routing scratch, sized once: next gathered row per expert (E); P and routed counts (2E);
+  // a row of E, then two rows of E per thread (the router backward).
+  std::vector<int32_t> moe_next_;
+  std::vector<double> moe_stat_;
+  std::vector<T> moe_row_;
   bool counting_ = false;              // in layers_fwd: router losses and counts are taken
   double moe_bal_ = 0, moe_z_ = 0;     // this pass's router losses (sums over layers, times N)
   int64_t dropped_ = 0;                // slots dropped by the capacity limit, since take_dropped()
