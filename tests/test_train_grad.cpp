@@ -14,6 +14,7 @@
 
 #include "formats/any_tokenizer.h"
 #include "formats/llama2c.h"
+#include "core/error.h"
 #include "ref_llama.h"
 #include "test_util.h"
 #include "train/blocks.h"
@@ -380,6 +381,99 @@ TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
   for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(i % 11);
   m.forward(p.data(), tok.data(), tgt.data());
   EXPECT_GE(m.take_dropped(), 2 * (20 - 12)) << "two MoE layers, each keeping at most 4 x 3 of 20 slots";
+}
+
+// LoRA (train/lora.h): the adapter's gradients with the base frozen (no base gradient
+// formed; a throw-away one on MoE models), through dropout on the adapter input and
+// recomputation, for Llama (every target) and GPT-2 (its fused qkv).
+void check_lora(ModelConfig c, LoraConfig lc, const ModelOptions& mo, uint64_t key = 0) {
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  struct Restore {
+    int n;
+    ~Restore() { omp_set_num_threads(n); }
+  } restore{threads};
+  Layout L(c);
+  LoraLayout LL(L, lc);
+  std::mt19937_64 rng(21);
+  Vec p = randn(L.total, rng, 0.3), a = randn(LL.total, rng, 0.3);
+  const int64_t B = 2, T = 5;
+  std::vector<int32_t> tok(B * T), tgt(B * T);
+  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng() % uint64_t(c.vocab_size));
+  for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
+  Transformer<double> m(L, B, T, mo);
+  m.attach_lora(LL);
+  Vec ga(LL.total, 0.0), gbase(c.is_moe() ? L.total : 0, 0.0);
+  m.set_lora_params(a.data(), ga.data());
+  auto f = [&] {
+    const auto r = m.forward(p.data(), tok.data(), tgt.data(), key);
+    return r.loss_sum / double(r.count);
+  };
+  const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
+  m.forward_backward(p.data(), gbase.empty() ? nullptr : gbase.data(), tok.data(), tgt.data(), 1.f / float(count),
+                     key, true);
+  const Vec num = numgrad(a, f);
+  for (const auto& t : LL.tensors) {
+    Vec x(ga.begin() + long(t.offset), ga.begin() + long(t.offset + t.numel));
+    Vec y(num.begin() + long(t.offset), num.begin() + long(t.offset + t.numel));
+    EXPECT_LT(rel_err(x, y), kTol) << t.name;
+    EXPECT_GT(*std::max_element(y.begin(), y.end()), 0.0) << t.name << ": a gradient that cannot fail";
+  }
+}
+
+TEST(TrainGrad, LoraAdaptersMatchFiniteDifferences) {
+  LoraConfig lc;
+  lc.rank = 2, lc.alpha = 3.f, lc.targets = parse_lora_targets("all");
+  check_lora(tiny_llama(), lc, ModelOptions{});
+  ModelOptions rc;
+  rc.recompute = true;
+  lc.dropout = 0.3f;
+  check_lora(tiny_llama(), lc, rc, 4242);
+  ModelConfig g;
+  g.arch = Arch::GPT2;
+  g.dim = 8, g.n_layers = 2, g.n_heads = 2, g.n_kv_heads = 2, g.head_dim = 4, g.hidden_dim = 12;
+  g.vocab_size = 11, g.max_seq_len = 8, g.tied_embeddings = true;
+  LoraConfig gl;
+  gl.rank = 3, gl.targets = parse_lora_targets("q,o,up,down");
+  EXPECT_TRUE(LoraLayout(Layout(g), gl).lora.targets_site(LoraSite::Qkv));
+  check_lora(g, gl, ModelOptions{});
+  ModelConfig mix = tiny_llama();  // MoE: the attention adapted, experts untouched
+  mix.moe_experts = 4, mix.moe_used = 2, mix.moe_hidden = 6, mix.moe_first_dense = 1;
+  mix.set_moe_layers();
+  check_lora(mix, lc, ModelOptions{});
+  gl.targets = parse_lora_targets("gate");
+  EXPECT_THROW(LoraLayout(Layout(g), gl), Error);
+  EXPECT_THROW(parse_lora_targets("q,ffn"), Error);
+}
+
+// A fresh adapter (B = 0) computes the base model exactly; a merged adapter
+// (W + (alpha/r) B A) computes what the adapter does.
+TEST(TrainGrad, LoraZeroBIsTheBaseAndMergingIsExact) {
+  ModelConfig c = tiny_llama();
+  Layout L(c);
+  LoraConfig lc;
+  lc.rank = 4, lc.alpha = 8.f, lc.targets = parse_lora_targets("all");
+  LoraLayout LL(L, lc);
+  ParamVec pf(L.total), af(LL.total);
+  init_params(L, pf.data(), 5);
+  init_lora(LL, af.data(), 6);
+  const std::vector<int32_t> tok = {1, 2, 3, 4, 5, 6}, tgt = {2, 3, 4, 5, 6, 7};
+  Transformer<float> base(L, 1, 6, ModelOptions{}), ad(L, 1, 6, ModelOptions{});
+  ad.attach_lora(LL);
+  ad.set_lora_params(af.data(), nullptr);
+  EXPECT_EQ(base.forward(pf.data(), tok.data(), tgt.data()).loss_sum,
+            ad.forward(pf.data(), tok.data(), tgt.data()).loss_sum);
+  std::mt19937_64 rng(8);
+  Vec p = randn(L.total, rng, 0.3), a = randn(LL.total, rng, 0.3);
+  Transformer<double> bd(L, 1, 6, ModelOptions{}), md(L, 1, 6, ModelOptions{});
+  md.attach_lora(LL);
+  md.set_lora_params(a.data(), nullptr);
+  const double with_adapter = md.forward(p.data(), tok.data(), tgt.data()).loss_sum;
+  std::vector<float> p32(p.begin(), p.end()), a32(a.begin(), a.end());
+  merge_lora(L, LL, a32.data(), p32.data());
+  const Vec merged(p32.begin(), p32.end());
+  EXPECT_NEAR(bd.forward(merged.data(), tok.data(), tgt.data()).loss_sum, with_adapter, 1e-5 * std::abs(with_adapter));
+  EXPECT_NE(bd.forward(p.data(), tok.data(), tgt.data()).loss_sum, with_adapter);
 }
 
 TEST(TrainGrad, DropoutMasksFollowTheKey) {

@@ -6,8 +6,10 @@
 #include "common.h"
 #include "core/error.h"
 #include "formats/any_tokenizer.h"
+#include "formats/lora_adapter.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/lora.h"
 #include "train/params.h"
 #include "train/trainer.h"
 
@@ -155,9 +157,13 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   if (o.upcycle_experts > 0) m.moe_used = sa.moe_top_k;  // the upcycled router's k (the rest comes from --init)
 }
 
-int cmd_train(int argc, char** argv) {
-  CLI::App app{"Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
-               "tessera train"};
+namespace {
+// tessera train, or (finetune) the same loop with a LoRA adapter on a frozen --init model.
+int train_cli(int argc, char** argv, bool finetune) {
+  CLI::App app{finetune ? "Fine-tune a model with a LoRA adapter (--init MODEL frozen; only the adapter trains), or "
+                          "--resume DIR."
+                        : "Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
+               finetune ? "tessera finetune" : "tessera train"};
   app.set_config("--config", "", "read options from a TOML file (keys are the long option names)");
   app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
@@ -168,6 +174,16 @@ int cmd_train(int argc, char** argv) {
   std::string resume;
   ShapeArgs sa;
   add_train_options(app, o, sa);
+  std::string targets = "all";
+  if (finetune) {
+    o.lora.rank = 8, o.lora.alpha = 16.f, o.sched.lr = 2e-4f, o.sched.min_lr = 2e-5f, o.adam.weight_decay = 0.f;
+    app.add_option("--lora-rank", o.lora.rank, "adapter rank r (default 8)")->check(CLI::Range(int64_t(1), int64_t(4096)));
+    app.add_option("--lora-alpha", o.lora.alpha, "adapter scale numerator: updates are scaled by alpha / r (default 16)");
+    app.add_option("--lora-dropout", o.lora.dropout, "dropout on the adapter's input (default 0)");
+    app.add_option("--lora-targets", targets,
+                   "layers adapted: q,k,v,o,gate,up,down (GPT-2: q/k/v select its fused qkv), attn, mlp or all "
+                   "(default all)");
+  }
   app.add_option("--resume", resume, "continue the run in this directory from its newest checkpoint");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (!resume.empty()) {
@@ -183,6 +199,10 @@ int cmd_train(int argc, char** argv) {
     install_stop_handlers();  // a stop by signal exits 130 (run_training has said where it checkpointed)
     return train::run_training(r, true, stderr, stop_requested()).interrupted ? 130 : 0;
   }
+  if (finetune) {
+    if (o.init_model.empty()) fail("tessera finetune: --init MODEL is required (the base model to adapt)");
+    o.lora.targets = train::parse_lora_targets(targets);
+  }
   o.sched.kind = train::parse_schedule_kind(sa.sched);
   o.sched.total = o.steps;
   if (!app.count("--warmup")) o.sched.warmup = std::min<int64_t>(o.sched.warmup, o.steps / 10);
@@ -194,6 +214,10 @@ int cmd_train(int argc, char** argv) {
                (long long)s.steps, s.last_loss, s.val_loss, std::exp(s.val_loss), s.tok_per_s, s.checkpoint.c_str());
   return 0;
 }
+}  // namespace
+
+int cmd_train(int argc, char** argv) { return train_cli(argc, argv, false); }
+int cmd_finetune(int argc, char** argv) { return train_cli(argc, argv, true); }
 
 int cmd_data(int argc, char** argv) {
   CLI::App app{"Training data tools.", "tessera data"};
@@ -242,13 +266,17 @@ std::optional<Tokenizer> run_tokenizer(const nlohmann::json& opts) {
 }
 
 int cmd_export(int argc, char** argv) {
-  CLI::App app{"Write a training checkpoint as a model (GGUF file or Hugging Face directory).", "tessera export"};
+  CLI::App app{"Write a training checkpoint as a model (GGUF file or Hugging Face directory); a LoRA run's as its "
+               "adapter (GGUF LoRA file or PEFT directory) or, with --merge-lora, as the merged model.",
+               "tessera export"};
   std::string in, out, type_name, tok_path;
+  bool merge = false;
   app.add_option("CHECKPOINT", in, "checkpoint file, or a run directory (its newest checkpoint)")->required();
-  app.add_option("-o,--out", out, "FILE.gguf or a directory (safetensors)")->required();
+  app.add_option("-o,--out", out, "FILE.gguf or a directory (safetensors; PEFT files for an adapter)")->required();
   app.add_option("--type", type_name, "weight type: f32, f16, bf16 or a llama.cpp file type as in convert (default f32)")
       ->check(weight_type_validator());
   app.add_option("--tokenizer", tok_path, "tokenizer to embed (default: the run's)");
+  app.add_flag("--merge-lora", merge, "LoRA runs: write the base model with the adapter merged into its weights");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   std::string path = in;
   if (fs::is_directory(in)) {
@@ -257,10 +285,35 @@ int cmd_export(int argc, char** argv) {
   }
   const train::Checkpoint ck = train::load_checkpoint(path);
   const train::Layout L(ck.cfg);
-  const Weights w = train::weights_view(L, ck.params.data());
+  if (merge && !ck.lora.enabled()) fail("--merge-lora: ", path, " is not a LoRA run's checkpoint");
+  if (ck.lora.enabled() && !merge) {  // the adapter itself
+    if (!type_name.empty()) fail("--type: an adapter is written in f32 (use --merge-lora to write a typed model)");
+    const train::LoraLayout LL(L, ck.lora);
+    const LoraAdapter ad = train::to_adapter(LL, ck.params.data());
+    const bool gguf = out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0;
+    if (gguf) write_lora_gguf(ad, ck.cfg, out);
+    else write_lora_peft(ad, ck.cfg, out, ck.extra.value("init_model", std::string()));
+    std::fprintf(stderr, "export: LoRA adapter of %s (step %lld, rank %lld, %zu matrices) -> %s (%s)\n", path.c_str(),
+                 (long long)ck.step, (long long)ad.rank, ad.pairs.size(), out.c_str(), gguf ? "GGUF LoRA" : "PEFT");
+    return 0;
+  }
+  train::ParamVec p;
+  if (ck.lora.enabled()) {  // base + adapter
+    const std::string base = ck.extra.value("init_model", std::string());
+    if (base.empty() || !fs::exists(base)) fail(path, ": the run's base model '", base, "' is not there to merge into");
+    const LoadedModel lm = load_model(base, ck.extra.value("init_tokenizer", std::string()));
+    if (train::config_to_json(lm.weights.cfg) != train::config_to_json(ck.cfg))
+      fail(base, ": the base model differs from the one the adapter was trained on");
+    p.assign(L.total, 0.f);
+    train::params_from_weights(L, lm.weights, p.data());
+    const train::LoraLayout LL(L, ck.lora);
+    train::merge_lora(L, LL, ck.params.data(), p.data());
+  }
+  const Weights w = train::weights_view(L, ck.lora.enabled() ? p.data() : ck.params.data());
   std::optional<Tokenizer> tok = tok_path.empty() ? run_tokenizer(ck.extra) : load_any_tokenizer(tok_path);
   write_model(w, tok ? &*tok : nullptr, out, type_name, "export");
-  std::fprintf(stderr, "export: %s (step %lld) -> %s\n", path.c_str(), (long long)ck.step, out.c_str());
+  std::fprintf(stderr, "export: %s (step %lld%s) -> %s\n", path.c_str(), (long long)ck.step,
+               ck.lora.enabled() ? ", LoRA merged" : "", out.c_str());
   return 0;
 }
 

@@ -1,4 +1,5 @@
 #include "common.h"
+#include "formats/lora_adapter.h"
 
 #include <signal.h>
 
@@ -41,6 +42,9 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_flag("--f16-as-bf16", a.f16_as_bf16,
                "round F16 matrices to BF16 at load: prefill at the bf16 GEMM's rate (about 2x), each weight loses "
                "its 3 low mantissa bits");
+  app.add_option("--lora", a.lora,
+                 "LoRA adapter FILE[:SCALE] (GGUF LoRA or PEFT directory; repeatable), merged into the weights at load")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
 void add_sampling_options(CLI::App& app, SamplerParams& sp, int64_t& seed) {
@@ -66,6 +70,13 @@ void report_verbose(const ModelArgs& a, const Loaded& L) {
 Loaded load(const ModelArgs& a) {
   Loaded L;
   L.lm = std::make_unique<LoadedModel>(load_model(a.model, a.tokenizer));
+  for (const std::string& arg : a.lora) {
+    const auto [path, scale] = parse_lora_arg(arg);
+    const LoraAdapter ad = read_lora_adapter(path, L.lm->weights.cfg);
+    apply_lora(L.lm->weights, ad, scale, path);
+    std::fprintf(stderr, "tessera: LoRA %s: rank %lld, %zu matrices, scale %g x alpha/r %g\n", path.c_str(),
+                 (long long)ad.rank, ad.pairs.size(), double(scale), double(ad.scale()));
+  }
   if (a.ctx < -1) fail("-c/--ctx-size must be >= 0, got ", a.ctx);
   const auto& cfg = L.lm->weights.cfg;
   // As llama.cpp: a model's trained context can be 128K tokens (gigabytes of KV cache),

@@ -122,6 +122,8 @@ std::string gguf_llama_arch(const ModelConfig& c, const std::string& path) {
 
 }  // namespace
 
+std::string gguf_arch_name(const ModelConfig& c) { return c.arch == Arch::GPT2 ? "gpt2" : gguf_llama_arch(c, "GGUF"); }
+
 // Every general.architecture value a registered architecture reads.
 std::string supported_gguf_archs() {
   std::string r;

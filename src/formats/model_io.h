@@ -34,6 +34,9 @@ void save_hf(const Weights& w, const std::string& dir);
 // `fallbacks`. Sets the copy's file_type to the mix's.
 Weights convert_weights(const Weights& w, const QuantMix& mix, int* fallbacks = nullptr);
 
+// The general.architecture llama.cpp runs this config as ("llama", "qwen2", "gpt2", ...).
+std::string gguf_arch_name(const ModelConfig& c);
+
 // Returns a copy of w whose q/k projections (and biases) use `style`.
 Weights with_rope_style(const Weights& w, ops::RopeStyle style);
 

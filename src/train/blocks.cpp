@@ -83,7 +83,7 @@ template <class T>
 void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                 bool accumulate, bool dw_accumulate) {
   if (dX) gemm<T>(false, false, N, I, O, T(1), dY, O, W, I, accumulate ? T(1) : T(0), dX, I);  // (N,O)x(O,I)
-  gemm<T>(true, false, O, I, N, T(1), dY, O, X, I, dw_accumulate ? T(1) : T(0), dW, I);       // (O,N)x(N,I)
+  if (dW) gemm<T>(true, false, O, I, N, T(1), dY, O, X, I, dw_accumulate ? T(1) : T(0), dW, I);  // (O,N)x(N,I)
   if (db) bias_grad(db, dY, N, O);
 }
 
@@ -114,7 +114,8 @@ void linear_bwd_gemm(KernelContext& ctx, float* dX, float* dW, float* db, const 
   B.packed = o.wt_packed, B.packed_n = I;
   if (dX) gemm_fast(ctx, o.f32, GemmOperand{dY, false, O, 1}, B, N, I, O, dX, I, o.accumulate);
   // dW(O, I) += (or =) dY^T X: A(o, n) = dY[n * O + o], B(i, n) = X[n * I + i]
-  gemm_fast(ctx, o.f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, o.dw_accumulate);
+  if (dW)
+    gemm_fast(ctx, o.f32, GemmOperand{dY, false, 1, O}, GemmOperand{X, false, 1, I}, O, I, N, dW, I, o.dw_accumulate);
   if (db) bias_grad(db, dY, N, O);
 }
 
@@ -170,17 +171,19 @@ void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rst
   // dw first: dx may alias dy (each row of dy is read before that row of dx is written).
   if constexpr (std::is_same_v<T, float>) {
     if (isa == Isa::AVX512) {
-      for_vector_column_blocks(C, [&](int64_t a, int64_t b) { cpu::avx512::rmsnorm_dw(dw, dy, x, rstd, N, C, a, b); });
+      if (dw)
+        for_vector_column_blocks(C, [&](int64_t a, int64_t b) { cpu::avx512::rmsnorm_dw(dw, dy, x, rstd, N, C, a, b); });
 #pragma omp parallel for schedule(static)
       for (int64_t n = 0; n < N; ++n)
         cpu::avx512::rmsnorm_bwd_row(dx + n * C, dy + n * C, x + n * C, w, rstd[n], C, accumulate);
       return;
     }
   }
-  for_column_blocks(C, [&](int64_t c0, int64_t c1) {
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = c0; c < c1; ++c) dw[c] += dy[n * C + c] * x[n * C + c] * rstd[n];
-  });
+  if (dw)
+    for_column_blocks(C, [&](int64_t c0, int64_t c1) {
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = c0; c < c1; ++c) dw[c] += dy[n * C + c] * x[n * C + c] * rstd[n];
+    });
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const T *xr = x + n * C, *g = dy + n * C;
@@ -230,8 +233,9 @@ void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, con
 #pragma omp parallel for schedule(static)
       for (int64_t n = 0; n < N; ++n)
         cpu::avx512::layernorm_bwd_row(dx + n * C, dy + n * C, x + n * C, w, mean[n], rstd[n], C, accumulate);
-      for_vector_column_blocks(
-          C, [&](int64_t a, int64_t b) { cpu::avx512::layernorm_dwdb(dw, db, dy, x, mean, rstd, N, C, a, b); });
+      if (dw)
+        for_vector_column_blocks(
+            C, [&](int64_t a, int64_t b) { cpu::avx512::layernorm_dwdb(dw, db, dy, x, mean, rstd, N, C, a, b); });
       return;
     }
   }
@@ -252,6 +256,7 @@ void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, con
       o[c] = accumulate ? o[c] + v : v;
     }
   }
+  if (!dw) return;
   for_column_blocks(C, [&](int64_t c0, int64_t c1) {
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = c0; c < c1; ++c) {

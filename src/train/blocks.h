@@ -20,7 +20,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 template <class T>
 void linear_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
 // dX(N, I) (= or += when accumulate) dY W;  dW(O, I) (+= or, with dw_accumulate false, =) dY^T X;
-// db(O) += colsum(dY). dX/db may be null.
+// db(O) += colsum(dY). dX, dW and db may each be null (not computed: a frozen weight).
 template <class T>
 void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                 bool accumulate, bool dw_accumulate = true);
@@ -54,7 +54,7 @@ void embed_bwd(T* dE, T* dP, const T* dx, const int32_t* tok, int64_t N, int64_t
 // on kernels/norm.h.
 template <class T>
 void rmsnorm_fwd(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, T eps, Isa isa = Isa::Scalar);
-// dx (= or +=) ; dw += (per column, rows summed in order). dx may alias dy.
+// dx (= or +=) ; dw += (per column, rows summed in order; null: frozen). dx may alias dy.
 template <class T>
 void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
                  bool accumulate, Isa isa = Isa::Scalar);
@@ -63,7 +63,7 @@ void rmsnorm_bwd(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rst
 template <class T>
 void layernorm_fwd(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t N, int64_t C, T eps,
                    Isa isa = Isa::Scalar);
-// dx (= or +=); dw, db += (per column, rows summed in order). dx must not alias dy.
+// dx (= or +=); dw, db += (per column, rows summed in order; both null: frozen). dx must not alias dy.
 template <class T>
 void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* mean, const T* rstd,
                    int64_t N, int64_t C, bool accumulate, Isa isa = Isa::Scalar);

@@ -147,12 +147,27 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
   return c;
 }
 
-void save_checkpoint(const std::string& path, const Checkpoint& ck) {
+namespace {
+// The tensors stored: the model's, or an adapter checkpoint's.
+struct Stored {
+  std::vector<ParamInfo> tensors;
+  size_t total = 0, n_params = 0;
+};
+Stored stored_tensors(const Checkpoint& ck) {
   const Layout L(ck.cfg);
+  if (!ck.lora.enabled()) return {L.tensors, L.total, L.n_params};
+  const LoraLayout LL(L, ck.lora);
+  return {LL.tensors, LL.total, LL.n_params};
+}
+}  // namespace
+
+void save_checkpoint(const std::string& path, const Checkpoint& ck) {
+  const Stored L = stored_tensors(ck);
   if (ck.params.size() != L.total || ck.m.size() != L.total || ck.v.size() != L.total)
     fail(path, ": internal: checkpoint arrays do not match the layout");
   nlohmann::json j = {{"config", config_to_json(ck.cfg)}, {"step", ck.step}, {"n_params", L.n_params},
                       {"options", ck.extra}};
+  if (ck.lora.enabled()) j["lora"] = lora_to_json(ck.lora);
   const std::string js = j.dump();
   const uint64_t len = js.size();
   HashedWriter w(path);
@@ -192,7 +207,8 @@ Checkpoint load_checkpoint(const std::string& path) {
   ck.cfg = config_from_json(j["config"], path);
   ck.step = j["step"].get<int64_t>();
   ck.extra = j.value("options", nlohmann::json::object());
-  const Layout L(ck.cfg);
+  if (j.contains("lora")) ck.lora = lora_from_json(j["lora"], path);
+  const Stored L = stored_tensors(ck);
   size_t off = 16 + len;
   for (auto* a : {&ck.params, &ck.m, &ck.v}) {
     off = (off + 63) / 64 * 64;

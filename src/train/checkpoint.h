@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
+#include "train/lora.h"
 #include "train/params.h"
 
 namespace tessera::train {
@@ -26,7 +27,8 @@ struct Checkpoint {
   ModelConfig cfg;
   int64_t step = 0;      // optimizer steps completed
   nlohmann::json extra;  // run options (free-form, stored as given)
-  ParamVec params, m, v;  // Layout(cfg).total elements each (the in-memory layout)
+  LoraConfig lora;       // enabled: an adapter checkpoint (params, m, v are the adapter's; cfg is the base's)
+  ParamVec params, m, v;  // Layout(cfg).total (or LoraLayout total) elements each (the in-memory layout)
 };
 
 void save_checkpoint(const std::string& path, const Checkpoint& ck);

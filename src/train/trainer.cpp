@@ -56,6 +56,12 @@ void TrainOptions::validate() const {
   if (upcycle_experts != 0 && init_model.empty()) fail("--upcycle-experts needs --init (the dense model to upcycle)");
   if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
   if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);
+  if (lora.enabled()) {
+    if (init_model.empty()) fail("LoRA fine-tuning needs --init (the base model to adapt)");
+    if (upcycle_experts > 0) fail("--upcycle-experts and LoRA cannot be combined (upcycle first, then fine-tune)");
+    if (!(lora.alpha >= 0)) fail("--lora-alpha must be >= 0, got ", lora.alpha);
+    if (!(lora.dropout >= 0 && lora.dropout < 1)) fail("--lora-dropout must be in [0, 1), got ", lora.dropout);
+  }
 }
 
 nlohmann::json options_to_json(const TrainOptions& o) {
@@ -91,7 +97,8 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"keep", o.keep},
           {"log_interval", o.log_interval},
           {"skip_nonfinite", o.skip_nonfinite},
-          {"precision", o.precision}};
+          {"precision", o.precision},
+          {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()}};
 }
 
 TrainOptions options_from_json(const nlohmann::json& j, const std::string& where) {
@@ -121,6 +128,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.eval_interval = j.at("eval_interval"), o.eval_batches = j.at("eval_batches");
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
     o.skip_nonfinite = j.at("skip_nonfinite"), o.precision = j.at("precision");
+    if (j.contains("lora") && !j["lora"].is_null()) o.lora = lora_from_json(j["lora"], where);
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": bad run options: ", e.what());
   }
@@ -259,7 +267,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   data_ = open_dataset(o_.data_dir);
   ModelConfig cfg = o_.model;
   std::optional<LoadedModel> init;
-  if (resume) {
+  if (resume && !o_.lora.enabled()) {
     cfg = st.ck.cfg;
   } else if (!o_.init_model.empty()) {
     init = load_model(o_.init_model, o_.init_tokenizer);
@@ -272,6 +280,8 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     }
     cfg = init->weights.cfg;
     o_.model = cfg;
+    if (resume && config_to_json(cfg) != config_to_json(st.ck.cfg))
+      fail(o_.init_model, ": the base model differs from the one this LoRA run started from (", st.resumed_from, ")");
   }
   if (data_.vocab_size > cfg.vocab_size)
     fail(o_.data_dir, ": tokens use a vocabulary of ", data_.vocab_size, ", the model has only ", cfg.vocab_size);
@@ -282,10 +292,21 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
 
   L_ = std::make_unique<Layout>(cfg);
   const Layout& L = *L_;
-  p_.assign(L.total, 0.f), g_.assign(L.total, 0.f), m_.assign(L.total, 0.f), v_.assign(L.total, 0.f);
+  if (o_.lora.enabled()) {  // the base frozen in base_; the adapter is what p_ trains
+    lora_ = std::make_unique<LoraLayout>(L, o_.lora);
+    o_.lora = lora_->lora;  // targets as resolved for this architecture
+    base_.assign(L.total, 0.f);
+    params_from_weights(L, init->weights, base_.data());
+    if (cfg.is_moe()) gbase_.assign(L.total, 0.f);
+  }
+  n_train_ = lora_ ? lora_->total : L.total;
+  p_.assign(n_train_, 0.f), g_.assign(n_train_, 0.f), m_.assign(n_train_, 0.f), v_.assign(n_train_, 0.f);
   if (resume) {
+    if (st.ck.lora.enabled() != bool(lora_)) fail(st.resumed_from, ": the checkpoint does not match run.json's LoRA setting");
     p_ = std::move(st.ck.params), m_ = std::move(st.ck.m), v_ = std::move(st.ck.v);
     st.start = st.ck.step;
+  } else if (lora_) {
+    init_lora(*lora_, p_.data(), o_.seed);
   } else if (init) {
     params_from_weights(L, init->weights, p_.data());
   } else {
@@ -294,9 +315,10 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   init.reset();
   comm_.broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
   step_ = st.start;
-  mask_ = decay_mask(L, o_.adam);
+  mask_ = lora_ ? std::vector<uint8_t>(n_train_, 1) : decay_mask(L, o_.adam);
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
+  if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
   x_.resize(size_t(o_.batch * o_.seq)), y_.resize(size_t(o_.batch * o_.seq));
 
   st.opts = options_to_json(o_);
@@ -333,6 +355,16 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
+  if (lora_) {
+    const double mb = 1.0 / (1 << 20);
+    std::fprintf(log_,
+                 "LoRA: rank %lld, alpha %g (scale %g), dropout %g on %s: %.3fM trainable params (%.2f%% of the base)\n"
+                 "memory: base %.1f MiB (frozen f32), adapter + gradient + Adam %.1f MiB, activations %.1f MiB\n",
+                 (long long)o_.lora.rank, double(o_.lora.alpha), double(o_.lora.scale()), double(o_.lora.dropout),
+                 lora_targets_string(o_.lora.targets).c_str(), double(lora_->n_params) / 1e6,
+                 100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
+                 double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
+  }
   if (cfg.is_moe())
     std::fprintf(log_, "experts: %lld per MoE layer (layers %lld..%lld%s), %lld active, width %lld%s; router %s; %.2fM active params\n",
                  (long long)cfg.moe_experts, (long long)cfg.moe_first_dense, (long long)cfg.n_layers - 1,
@@ -358,8 +390,15 @@ Trainer::StepStats Trainer::train_step() {
     // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
     const uint64_t key = (o_.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(mb + 1)) | 1;
     // The first micro-batch writes g (no zeroing pass); the others add to it.
-    const auto r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(),
-                                            1.f / float(tokens_per_step), key, micro == 0);
+    blk::CeResult r;
+    if (lora_) {  // the base frozen (its gradient not formed); the adapter's accumulates in g_
+      if (micro == 0) std::fill(g_.begin(), g_.end(), 0.f);
+      r = model_->forward_backward(base_.data(), gbase_.empty() ? nullptr : gbase_.data(), x_.data(), y_.data(),
+                                   1.f / float(tokens_per_step), key, true);
+    } else {
+      r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), 1.f / float(tokens_per_step), key,
+                                   micro == 0);
+    }
     loss_count[0] += r.loss_sum, loss_count[1] += double(r.count);
     loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum;
   }
@@ -383,7 +422,7 @@ Trainer::StepStats Trainer::train_step() {
   } else {
     // Clipping scales g inside the update (no separate pass over g).
     const float gs = o_.clip > 0 && out.grad_norm > o_.clip ? float(o_.clip / out.grad_norm) : 1.f;
-    adamw_step(p_.data(), g_.data(), m_.data(), v_.data(), mask_.data(), L_->total, s + 1, out.lr, o_.adam,
+    adamw_step(p_.data(), g_.data(), m_.data(), v_.data(), mask_.data(), n_train_, s + 1, out.lr, o_.adam,
                detect_isa(), gs);
   }
   ++step_;
@@ -391,7 +430,7 @@ Trainer::StepStats Trainer::train_step() {
 }
 
 double Trainer::evaluate() {
-  st_->val = train::evaluate(*model_, p_.data(), *data_.val, o_.eval_batches * o_.batch);
+  st_->val = train::evaluate(*model_, base_params(), *data_.val, o_.eval_batches * o_.batch);
   return st_->val;
 }
 
@@ -400,6 +439,7 @@ std::string Trainer::save() {
   State& st = *st_;
   Checkpoint c;
   c.cfg = L_->cfg, c.step = step_, c.extra = st.opts;
+  if (lora_) c.lora = lora_->lora;
   c.params = p_, c.m = m_, c.v = v_;
   const std::string path = checkpoint_path(st.dir, step_);
   try {

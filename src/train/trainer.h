@@ -15,6 +15,7 @@
 #include "model/config.h"
 #include "train/communicator.h"
 #include "train/data.h"
+#include "train/lora.h"
 #include "train/optim.h"
 #include "train/params.h"
 #include "train/transformer.h"
@@ -32,6 +33,9 @@ struct TrainOptions {
   // choosing model.moe_used of them (train/params.h upcycle_weights).
   int64_t upcycle_experts = 0;
   float upcycle_noise = 0.f;
+  // Fine-tuning with LoRA (tessera finetune): init_model frozen, only the adapter trained;
+  // checkpoints hold the adapter and its optimizer states, and a resume reloads init_model.
+  LoraConfig lora;
   int64_t batch = 8, seq = 256, grad_accum = 1, steps = 1000;
   Schedule sched;
   AdamWConfig adam;
@@ -95,7 +99,10 @@ class Trainer {
   int64_t step() const { return step_; }  // optimizer steps done
   const TrainOptions& options() const { return o_; }
   const Layout& layout() const { return *L_; }
+  // The trained parameters: the model's (Layout), or with LoRA the adapter's (LoraLayout).
   const float* params() const { return p_.data(); }
+  const float* base_params() const { return lora_ ? base_.data() : p_.data(); }
+  const LoraLayout* lora_layout() const { return lora_.get(); }
 
  private:
   struct State;  // files and history (trainer.cpp)
@@ -105,7 +112,10 @@ class Trainer {
   std::unique_ptr<State> st_;
   Dataset data_;
   std::unique_ptr<Layout> L_;
-  ParamVec p_, g_, m_, v_;
+  ParamVec p_, g_, m_, v_;  // what is trained: the model, or the LoRA adapter
+  std::unique_ptr<LoraLayout> lora_;
+  ParamVec base_, gbase_;   // LoRA: the frozen model; a throw-away gradient for MoE models
+  size_t n_train_ = 0;      // elements of p_ (Layout or LoraLayout total)
   std::vector<uint8_t> mask_;
   std::unique_ptr<Transformer<float>> model_;
   std::vector<int32_t> x_, y_;

@@ -176,6 +176,78 @@ void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const
   blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
 }
 
+template <class T>
+void Transformer<T>::attach_lora(const LoraLayout& LL) {
+  if (LL.cfg.n_layers != c_.n_layers || LL.cfg.dim != c_.dim) fail("internal: LoRA layout of another model");
+  lora_ = &LL;
+  const int64_t r = LL.lora.rank;
+  int64_t max_in = 0, max_out = 0;
+  for (const auto& layer : LL.layers)
+    for (const auto& st : layer)
+      if (st.a != kAbsent) max_in = std::max(max_in, st.in), max_out = std::max(max_out, st.out);
+  require_memory(double(sizeof(T)) * double(N_) * double(r) * double(c_.n_layers * kLoraSites),
+                 "LoRA rank " + std::to_string(r) + ": the adapters' activations need", "lower --lora-rank or --batch");
+  lora_acts_.assign(size_t(N_ * r * c_.n_layers * kLoraSites), T(0));
+  lora_y_.assign(size_t(N_ * max_out), T(0));
+  lora_x_.assign(LL.lora.dropout > 0.f ? size_t(N_ * max_in) : 0, T(0));
+  lora_du_.assign(size_t(N_ * r), T(0));
+}
+
+template <class T>
+const T* Transformer<T>::lora_input(int64_t l, LoraSite s, const T* X, int64_t I) {
+  if (lora_key_ == 0) return X;
+  std::copy(X, X + N_ * I, lora_x_.data());
+  blk::dropout(lora_x_.data(), N_ * I, lora_->lora.dropout, lora_key_ ^ (uint64_t(l + 1) * 0x2545f4914f6cdd1dull + uint64_t(s)));
+  return lora_x_.data();
+}
+
+// Y = X W^T + b, then Y += (alpha / r) (X A^T) B^T with U = X A^T (N, r) saved.
+template <class T>
+void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T* W, const T* b, int64_t N,
+                               int64_t I, int64_t O) {
+  lin_fwd(Y, X, W, b, N, I, O);
+  if (!lora_) return;
+  const auto& st = lora_->site(l, s);
+  if (st.a == kAbsent) return;
+  const int64_t r = lora_->lora.rank;
+  T* U = lora_acts_.data() + (l * kLoraSites + int(s)) * N * r;
+  blk::linear_fwd(U, lora_input(l, s, X, I), la_ + st.a, (const T*)nullptr, N, I, r);  // (N, r)
+  blk::linear_fwd(lora_y_.data(), U, la_ + st.b, (const T*)nullptr, N, r, O);          // (N, O)
+  const T sc = T(lora_->lora.scale());
+  const T* z = lora_y_.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N * O; ++i) Y[i] += sc * z[i];
+}
+
+// The base product's backward (dW skipped when null: frozen), then the adapter's:
+// dB += s dY^T U, dU = s dY B, dA += dU^T x, dX += dU A (through the dropout mask).
+template <class T>
+void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W,
+                               int64_t N, int64_t I, int64_t O, bool accumulate, bool dw_accumulate) {
+  lin_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
+  if (!lora_) return;
+  const auto& st = lora_->site(l, s);
+  if (st.a == kAbsent) return;
+  const int64_t r = lora_->lora.rank;
+  const T* U = lora_acts_.data() + (l * kLoraSites + int(s)) * N * r;
+  const T sc = T(lora_->lora.scale());
+  T* dYs = lora_y_.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N * O; ++i) dYs[i] = sc * dY[i];
+  blk::linear_bwd(lora_du_.data(), lga_ + st.b, (T*)nullptr, dYs, U, la_ + st.b, N, r, O, false, true);
+  const T* xa = lora_input(l, s, X, I);
+  blk::linear_bwd((T*)nullptr, lga_ + st.a, (T*)nullptr, lora_du_.data(), xa, la_ + st.a, N, I, r, false, true);
+  if (lora_key_ == 0) {
+    blk::linear_bwd(dX, (T*)nullptr, (T*)nullptr, lora_du_.data(), xa, la_ + st.a, N, I, r, true, true);
+    return;
+  }
+  T* t = lora_x_.data();  // dU A, masked and scaled as the input was
+  blk::linear_bwd(t, (T*)nullptr, (T*)nullptr, lora_du_.data(), xa, la_ + st.a, N, I, r, false, true);
+  blk::dropout(t, N * I, lora_->lora.dropout, lora_key_ ^ (uint64_t(l + 1) * 0x2545f4914f6cdd1dull + uint64_t(s)));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N * I; ++i) dX[i] += t[i];
+}
+
 // The output layer's products: with its weight pre-packed (once per pass, in
 // round_weights) where our GEMM runs them; otherwise as any linear layer.
 template <class T>
@@ -242,9 +314,9 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   T* attn_out = post ? a.xn1 : a.x_mid;  // the attention sublayer's output, before the residual
   if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    lin_fwd(a.q, attn_in, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
-    lin_fwd(a.k, attn_in, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
-    lin_fwd(a.v, attn_in, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
+    lin_fwd_a(l, LoraSite::Q, a.q, attn_in, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
+    lin_fwd_a(l, LoraSite::K, a.k, attn_in, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
+    lin_fwd_a(l, LoraSite::V, a.v, attn_in, P(o.wv), P(o.bv), N, C, kvd);   // (N, kvd)
     if (c_.qk_norm) {  // RMSNorm over every head of q and k: rows of head_dim
       std::copy(a.q, a.q + N * qd, a.q0);
       std::copy(a.k, a.k + N * kvd, a.k0);
@@ -254,11 +326,11 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));  // (N, qd)
-    lin_fwd(attn_out, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
+    lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
   } else {
-    lin_fwd(a.q, attn_in, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
+    lin_fwd_a(l, LoraSite::Qkv, a.q, attn_in, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
     blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));
-    lin_fwd(attn_out, a.att, P(o.wo), P(o.bo), N, C, C);
+    lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), P(o.bo), N, C, C);
   }
   drop(attn_out, l, 0);
   blk::add(attn_out, x, N * C);
@@ -269,20 +341,20 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   if (c_.moe_layer(l)) {
     moe_fwd(p, l, a, ffn_in, ffn_out);
   } else if (llama) {
-    lin_fwd(a.g, ffn_in, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
-    lin_fwd(a.u, ffn_in, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
+    lin_fwd_a(l, LoraSite::Gate, a.g, ffn_in, P(o.w_gate), (const T*)nullptr, N, C, H);  // (N, H)
+    lin_fwd_a(l, LoraSite::Up, a.u, ffn_in, P(o.w_up), (const T*)nullptr, N, C, H);    // (N, H)
     if (c_.activation() == FfnAct::GeGLU)
       blk::geglu_fwd(a.h, a.g, a.u, N * H, isa_);
     else
       blk::swiglu_fwd(a.h, a.g, a.u, N * H, isa_);
-    lin_fwd(ffn_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
+    lin_fwd_a(l, LoraSite::Down, ffn_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
   } else {
-    lin_fwd(a.g, ffn_in, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-activation
+    lin_fwd_a(l, LoraSite::Up, a.g, ffn_in, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-activation
     if (c_.activation() == FfnAct::ReLU)
       blk::relu_fwd(a.h, a.g, N * H);
     else
       blk::gelu_fwd(a.h, a.g, N * H, isa_);
-    lin_fwd(ffn_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
+    lin_fwd_a(l, LoraSite::Down, ffn_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
   }
   drop(ffn_out, l, 1);
   blk::add(ffn_out, a.x_mid, N * C);
@@ -294,7 +366,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   const auto& o = L_.layers[size_t(l)];
   const int64_t N = N_, C = c_.dim, H = c_.hidden_dim;
   auto P = [&](size_t off) { return off == kAbsent ? nullptr : p + off; };
-  auto G = [&](size_t off) { return off == kAbsent ? nullptr : g + off; };
+  auto G = [&](size_t off) { return off == kAbsent || !g ? nullptr : g + off; };  // null g: frozen
   const bool wa = !fresh_;  // each weight's one product writes its gradient on a fresh buffer
   const bool post = c_.norm_placement == NormPlacement::Post, llama = c_.arch == Arch::Llama;
   // dx (=, or += when accumulate) the backward of norm k at input x for dy.
@@ -318,20 +390,20 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   if (c_.moe_layer(l)) {
     moe_bwd(p, g, l, a, dropped(dx, l, 1), ffn_in);
   } else if (llama) {
-    lin_bwd(dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
+    lin_bwd_a(l, LoraSite::Down, dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
     if (c_.activation() == FfnAct::GeGLU)
       blk::geglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
     else
       blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
-    lin_bwd(dxn_, G(o.w_gate), (T*)nullptr, dg_, ffn_in, P(o.w_gate), N, C, H, false, wa);
-    lin_bwd(dxn_, G(o.w_up), (T*)nullptr, du_, ffn_in, P(o.w_up), N, C, H, true, wa);
+    lin_bwd_a(l, LoraSite::Gate, dxn_, G(o.w_gate), (T*)nullptr, dg_, ffn_in, P(o.w_gate), N, C, H, false, wa);
+    lin_bwd_a(l, LoraSite::Up, dxn_, G(o.w_up), (T*)nullptr, du_, ffn_in, P(o.w_up), N, C, H, true, wa);
   } else {
-    lin_bwd(dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
+    lin_bwd_a(l, LoraSite::Down, dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
     if (c_.activation() == FfnAct::ReLU)
       blk::relu_bwd(dg_, dh_, a.g, N * H);
     else
       blk::gelu_bwd(dg_, dh_, a.g, N * H, isa_);
-    lin_bwd(dxn_, G(o.w_up), G(o.b_up), dg_, ffn_in, P(o.w_up), N, C, H, false, wa);
+    lin_bwd_a(l, LoraSite::Up, dxn_, G(o.w_up), G(o.b_up), dg_, ffn_in, P(o.w_up), N, C, H, false, wa);
   }
   if (post) {
     blk::add(dx, dxn_, N * C);                    // dx = d x_mid
@@ -343,7 +415,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   const T* attn_in = post ? a.x_in : a.xn1;
   if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    lin_bwd(datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
+    lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
@@ -351,13 +423,13 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
       blk::rmsnorm_bwd(dq_, G(o.q_norm), dq_, a.q0, P(o.q_norm), a.rq, N * c_.n_heads, c_.head_dim, false, isa_);
       blk::rmsnorm_bwd(dk_, G(o.k_norm), dk_, a.k0, P(o.k_norm), a.rk, N * c_.n_kv_heads, c_.head_dim, false, isa_);
     }
-    lin_bwd(dxn_, G(o.wq), G(o.bq), dq_, attn_in, P(o.wq), N, C, qd, false, wa);
-    lin_bwd(dxn_, G(o.wk), G(o.bk), dk_, attn_in, P(o.wk), N, C, kvd, true, wa);
-    lin_bwd(dxn_, G(o.wv), G(o.bv), dv_, attn_in, P(o.wv), N, C, kvd, true, wa);
+    lin_bwd_a(l, LoraSite::Q, dxn_, G(o.wq), G(o.bq), dq_, attn_in, P(o.wq), N, C, qd, false, wa);
+    lin_bwd_a(l, LoraSite::K, dxn_, G(o.wk), G(o.bk), dk_, attn_in, P(o.wk), N, C, kvd, true, wa);
+    lin_bwd_a(l, LoraSite::V, dxn_, G(o.wv), G(o.bv), dv_, attn_in, P(o.wv), N, C, kvd, true, wa);
   } else {
-    lin_bwd(datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
+    lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
-    lin_bwd(dxn_, G(o.wqkv), G(o.bqkv), dq_, attn_in, P(o.wqkv), N, C, 3 * C, false, wa);
+    lin_bwd_a(l, LoraSite::Qkv, dxn_, G(o.wqkv), G(o.bqkv), dq_, attn_in, P(o.wqkv), N, C, 3 * C, false, wa);
   }
   if (post)
     blk::add(dx, dxn_, N * C);           // dx = d x_in
@@ -385,14 +457,15 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
     const blk::CeResult cr = blk::cross_entropy(logits_, targets + r0, n, V, ce);
     r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.count += cr.count;
     if (backward)  // on a fresh buffer the first chunk writes the output weight's gradient
-      head_bwd(dxf_ + r0 * C, g + L_.output, logits_, xf_ + r0 * C, p + L_.output, n, !(fresh_ && r0 == 0));
+      head_bwd(dxf_ + r0 * C, g ? g + L_.output : nullptr, logits_, xf_ + r0 * C, p + L_.output, n,
+               !(fresh_ && r0 == 0));
   }
   if (!backward) return;
   if (c_.arch == Arch::Llama) {
-    blk::rmsnorm_bwd(dx_, g + L_.out_norm, dxf_, xL, p + L_.out_norm, rf_, N, C, false, isa_);
+    blk::rmsnorm_bwd(dx_, g ? g + L_.out_norm : nullptr, dxf_, xL, p + L_.out_norm, rf_, N, C, false, isa_);
   } else {
-    blk::layernorm_bwd(dx_, g + L_.out_norm, g + L_.out_norm_b, dxf_, xL, p + L_.out_norm, mf_, rf_, N, C, false,
-                       isa_);
+    blk::layernorm_bwd(dx_, g ? g + L_.out_norm : nullptr, g ? g + L_.out_norm_b : nullptr, dxf_, xL,
+                       p + L_.out_norm, mf_, rf_, N, C, false, isa_);
   }
 }
 
@@ -417,6 +490,7 @@ const T* Transformer<T>::dropped(const T* dx, int64_t l, int site) {
 template <class T>
 void Transformer<T>::layers_fwd(const T* p, const int32_t* tokens, uint64_t dropout_key) {
   drop_key_ = o_.dropout > 0.f ? dropout_key : 0;
+  lora_key_ = lora_ && lora_->lora.dropout > 0.f ? dropout_key : 0;
   embed(p, tokens);
   counting_ = true, moe_bal_ = moe_z_ = 0;  // router losses and counts of this pass (not of recomputation)
   for (int64_t l = 0; l < c_.n_layers; ++l) {
@@ -461,9 +535,10 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
                                                float grad_scale, uint64_t dropout_key, bool overwrite) {
   round_weights(p);
   layers_fwd(p, tokens, dropout_key);
-  fresh_ = overwrite;
+  if (!g && (!lora_ || c_.is_moe())) fail("internal: a frozen base needs LoRA and a dense model");
+  fresh_ = overwrite && g;
   grad_scale_ = grad_scale;
-  if (overwrite)  // everything the weights' first products do not write: zero, in parallel
+  if (fresh_)  // everything the weights' first products do not write: zero, in parallel
     for (const auto& [b, e] : zero_ranges_) fill_zero(g + b, int64_t(e - b));
   blk::CeResult r;
   head(p, g, targets, grad_scale, true, r);
@@ -477,6 +552,7 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
     layer_bwd(p, g, l, a, dx_);
   }
   fresh_ = false;
+  if (!g) return r;  // frozen base: no embedding gradient
   blk::embed_bwd(g + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : g + L_.pos_embd, dropped(dx_, -1, 2), tokens,
                  N_, T_, c_.dim);
   return r;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "train/blocks.h"
+#include "train/lora.h"
 #include "train/params.h"
 
 namespace tessera::train {
@@ -44,10 +45,18 @@ class Transformer {
   // read of every weight gradient. Bit-identical to zeroing g and accumulating.
   blk::CeResult forward_backward(const T* p, T* g, const int32_t* tokens, const int32_t* targets, float grad_scale,
                                  uint64_t dropout_key = 0, bool overwrite = false);
+  // With LoRA attached, g may be null: the base is frozen and only the adapter's gradient
+  // (set_lora_params' ga, +=) is computed (not on mixture-of-experts models: pass a g there).
   // Forward only: evaluation (no dropout), or with a dropout key the training forward.
   blk::CeResult forward(const T* p, const int32_t* tokens, const int32_t* targets, uint64_t dropout_key = 0);
 
-  size_t activation_bytes() const { return acts_.size() * sizeof(T); }
+  // LoRA adapters (train/lora.h) on the linear layers LL targets: called once, before the
+  // first pass (allocates the adapters' activations); LL must outlive this model.
+  void attach_lora(const LoraLayout& LL);
+  // The adapter's parameters (LL.total) and its gradient buffer (+=; may be null in forward()).
+  void set_lora_params(const T* a, T* ga) { la_ = a, lga_ = ga; }
+
+  size_t activation_bytes() const { return (acts_.size() + lora_acts_.size()) * sizeof(T); }
   // Rows routed to each expert (n_layers x E, zero for dense layers) by the forward passes
   // since the last call; then zeroed.
   std::vector<int64_t> take_expert_counts();
@@ -86,6 +95,11 @@ class Transformer {
   void lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
   void lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                bool accumulate, bool dw_accumulate);
+  // The same, plus layer l's adapter at site s when it has one (train/lora.h).
+  void lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
+  void lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N,
+                 int64_t I, int64_t O, bool accumulate, bool dw_accumulate);
+  const T* lora_input(int64_t l, LoraSite s, const T* X, int64_t I);  // X, or X dropped (adapter dropout)
   void embed(const T* p, const int32_t* tokens);
   void layers_fwd(const T* p, const int32_t* tokens, uint64_t dropout_key);  // embedding + every block
   // Dropout key of (layer, site); 0 (no dropout) outside training steps.
@@ -139,6 +153,13 @@ class Transformer {
   const T* p16_of_ = nullptr;            // the parameters w16_ was made from (this pass)
   void round_weights(const T* p);        // bf16 runs: w16_ = bf16(p)
   const uint16_t* w16(const T* W) const { return bf16_ ? w16_.data() + (W - p16_of_) : nullptr; }
+  // LoRA: the layout, this pass's adapter parameters and gradient, U = A x per layer and site
+  // (n_layers, kLoraSites, N, r), scratch (N, max out), (N, max in), (N, r).
+  const LoraLayout* lora_ = nullptr;
+  const T* la_ = nullptr;
+  T* lga_ = nullptr;
+  uint64_t lora_key_ = 0;  // this pass's adapter-dropout key (0: none)
+  std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
 };
 
 extern template class Transformer<float>;

@@ -1,0 +1,175 @@
+#include "train/lora.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace tessera::train {
+
+namespace {
+constexpr const char* kNames[kLoraSites] = {"q", "k", "v", "qkv", "o", "gate", "up", "down"};
+constexpr const char* kRoles[kLoraSites] = {"attn_q",      "attn_k",   "attn_v", "attn_qkv",
+                                            "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+uint32_t bit(LoraSite s) { return 1u << int(s); }
+}  // namespace
+
+const char* lora_site_name(LoraSite s) { return kNames[int(s)]; }
+
+uint32_t parse_lora_targets(const std::string& list) {
+  uint32_t t = 0;
+  std::stringstream ss(list);
+  for (std::string name; std::getline(ss, name, ',');) {
+    if (name.empty()) continue;
+    if (name == "all") {
+      t |= bit(LoraSite::Q) | bit(LoraSite::K) | bit(LoraSite::V) | bit(LoraSite::O) | bit(LoraSite::Gate) |
+           bit(LoraSite::Up) | bit(LoraSite::Down);
+    } else if (name == "attn") {
+      t |= bit(LoraSite::Q) | bit(LoraSite::K) | bit(LoraSite::V) | bit(LoraSite::O);
+    } else if (name == "mlp") {
+      t |= bit(LoraSite::Gate) | bit(LoraSite::Up) | bit(LoraSite::Down);
+    } else {
+      bool found = false;
+      for (int s = 0; s < kLoraSites; ++s)
+        if (name == kNames[s]) t |= 1u << s, found = true;
+      if (!found)
+        fail("--lora-targets: unknown target '", name, "' (choose from q, k, v, qkv, o, gate, up, down, attn, mlp, all)");
+    }
+  }
+  if (t == 0) fail("--lora-targets: no target given");
+  return t;
+}
+
+std::string lora_targets_string(uint32_t targets) {
+  std::string s;
+  for (int i = 0; i < kLoraSites; ++i)
+    if ((targets >> i) & 1u) s += (s.empty() ? "" : ",") + std::string(kNames[i]);
+  return s;
+}
+
+nlohmann::json lora_to_json(const LoraConfig& c) {
+  return {{"rank", c.rank}, {"alpha", c.alpha}, {"dropout", c.dropout}, {"targets", lora_targets_string(c.targets)}};
+}
+
+LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where) {
+  LoraConfig c;
+  try {
+    c.rank = j.at("rank"), c.alpha = j.at("alpha"), c.dropout = j.value("dropout", 0.f);
+    c.targets = parse_lora_targets(j.at("targets").get<std::string>());
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": bad LoRA settings: ", e.what());
+  }
+  if (c.rank <= 0) fail(where, ": LoRA rank must be positive, got ", c.rank);
+  return c;
+}
+
+LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg), lora(lc) {
+  const ModelConfig& c = cfg;
+  if (lc.rank <= 0) fail("--lora-rank must be positive, got ", lc.rank);
+  if (!(lc.alpha >= 0.f)) fail("--lora-alpha must be >= 0, got ", lc.alpha);
+  if (!(lc.dropout >= 0.f && lc.dropout < 1.f)) fail("--lora-dropout must be in [0, 1), got ", lc.dropout);
+  const bool gpt2 = c.arch == Arch::GPT2;
+  uint32_t t = lc.targets;
+  if (gpt2) {  // one fused projection holds q, k and v
+    if (t & (bit(LoraSite::Q) | bit(LoraSite::K) | bit(LoraSite::V))) t |= bit(LoraSite::Qkv);
+    t &= ~(bit(LoraSite::Q) | bit(LoraSite::K) | bit(LoraSite::V));
+    if (lc.targets & bit(LoraSite::Gate)) {
+      // "all" / "mlp" name the gate too; only an explicit request for a gate on GPT-2 is an error.
+      if (!(lc.targets & bit(LoraSite::Up))) fail("--lora-targets: gate: GPT-2-family models have no gate projection");
+      t &= ~bit(LoraSite::Gate);
+    }
+  } else if (t & bit(LoraSite::Qkv)) {
+    fail("--lora-targets: qkv: this model has separate q, k and v projections (name them instead)");
+  }
+  lora.targets = t;
+  const int64_t r = lc.rank;
+  auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
+    ParamInfo p;
+    p.name = name, p.shape = {rows, cols}, p.numel = size_t(rows * cols), p.matrix = true;
+    p.offset = (total + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
+    total = p.offset + p.numel, n_params += p.numel;
+    tensors.push_back(p);
+    return p.offset;
+  };
+  layers.resize(size_t(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int64_t C = c.dim, H = c.hidden_dim;
+    const int64_t qd = gpt2 ? C : c.q_dim(), kvd = gpt2 ? C : c.kv_dim();
+    const bool dense = !c.moe_layer(l);
+    struct Shape {
+      LoraSite s;
+      int64_t in, out;
+      bool exists;
+    };
+    const Shape shapes[] = {{LoraSite::Q, C, qd, !gpt2},         {LoraSite::K, C, kvd, !gpt2},
+                            {LoraSite::V, C, kvd, !gpt2},        {LoraSite::Qkv, C, 3 * C, gpt2},
+                            {LoraSite::O, qd, C, true},          {LoraSite::Gate, C, H, !gpt2 && dense},
+                            {LoraSite::Up, C, H, dense},         {LoraSite::Down, H, C, dense}};
+    for (const auto& sh : shapes) {
+      if (!sh.exists || !(t & bit(sh.s))) continue;
+      Site& st = layers[size_t(l)][size_t(sh.s)];
+      st.in = sh.in, st.out = sh.out;
+      st.base = "blk." + std::to_string(l) + "." + kRoles[int(sh.s)] + ".weight";
+      st.a = add(st.base + ".lora_a", r, sh.in);
+      st.b = add(st.base + ".lora_b", sh.out, r);
+    }
+  }
+  if (tensors.empty()) fail("--lora-targets ", lora_targets_string(lc.targets), ": no such layer in this model");
+}
+
+void init_lora(const LoraLayout& LL, float* a, uint64_t seed) {
+  const double sd = 1.0 / double(LL.lora.rank);
+  uint64_t s = splitmix64(seed ^ 0x10a10a10a10aull);
+  auto u01 = [&] { return (double((s = splitmix64(s)) >> 11) + 0.5) * (1.0 / 9007199254740992.0); };
+  for (size_t i = 0; i < LL.total; ++i) a[i] = 0.f;
+  for (const auto& t : LL.tensors) {
+    if (t.name.back() != 'a') continue;  // ".lora_b" stays zero
+    float* d = a + t.offset;
+    for (size_t i = 0; i < t.numel; i += 2) {  // Box-Muller
+      const double r = std::sqrt(-2.0 * std::log(u01())), th = 2 * M_PI * u01();
+      d[i] = float(sd * r * std::cos(th));
+      if (i + 1 < t.numel) d[i + 1] = float(sd * r * std::sin(th));
+    }
+  }
+}
+
+void merge_lora(const Layout& L, const LoraLayout& LL, const float* a, float* p, float mult) {
+  const double s = double(mult) * double(LL.lora.scale());
+  const int64_t r = LL.lora.rank;
+  for (const auto& layer : LL.layers)
+    for (const auto& st : layer) {
+      if (st.a == kAbsent) continue;
+      const ParamInfo* w = L.find(st.base);
+      if (!w) fail("internal: LoRA base tensor ", st.base, " missing");
+      const float* A = a + st.a;  // (r, in)
+      const float* B = a + st.b;  // (out, r)
+      float* W = p + w->offset;   // (out, in)
+#pragma omp parallel for schedule(static)
+      for (int64_t o = 0; o < st.out; ++o)
+        for (int64_t i = 0; i < st.in; ++i) {
+          double acc = 0;
+          for (int64_t k = 0; k < r; ++k) acc += double(B[o * r + k]) * double(A[k * st.in + i]);
+          W[o * st.in + i] += float(s * acc);
+        }
+    }
+}
+
+LoraAdapter to_adapter(const LoraLayout& LL, const float* a) {
+  LoraAdapter ad;
+  ad.rank = LL.lora.rank;
+  ad.alpha = LL.lora.alpha > 0.f ? LL.lora.alpha : float(LL.lora.rank);
+  for (int64_t l = 0; l < int64_t(LL.layers.size()); ++l)
+    for (int s = 0; s < kLoraSites; ++s) {
+      const auto& st = LL.layers[size_t(l)][size_t(s)];
+      if (st.a == kAbsent) continue;
+      LoraAdapter::Pair p;
+      p.base = st.base, p.layer = l, p.in = st.in, p.out = st.out, p.role = kRoles[s];
+      p.a.assign(a + st.a, a + st.a + ad.rank * st.in);
+      p.b.assign(a + st.b, a + st.b + st.out * ad.rank);
+      ad.pairs.push_back(std::move(p));
+    }
+  return ad;
+}
+
+}  // namespace tessera::train

@@ -1,0 +1,74 @@
+// LoRA adapters (Hu et al., 2021) on a frozen base model:
+//   h = W0 x + (alpha / r) B (A x),   A (r, in) Gaussian, B (out, r) zero,
+// so a fresh adapter computes the base model exactly and only A and B train.
+// The adapter's parameters live in their own flat buffer (LoraLayout), apart
+// from the base's (train/params.h Layout); train/transformer.h applies them
+// to the linear layers they target. Tensor names follow llama.cpp's GGUF LoRA
+// adapters ("blk.3.attn_q.weight.lora_a"); the PEFT (Hugging Face) names are
+// lora_hf_name's.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/lora_adapter.h"
+#include "train/params.h"
+
+namespace tessera::train {
+
+// The linear layers an adapter can target. Llama family: q k v o gate up down;
+// GPT-2 family: its fused qkv projection (any of q, k, v selects it), o, up, down.
+enum class LoraSite : int { Q, K, V, Qkv, O, Gate, Up, Down };
+constexpr int kLoraSites = 8;
+
+struct LoraConfig {
+  int64_t rank = 0;        // r (0: no adapter)
+  float alpha = 0.f;       // the update is scaled by alpha / r (alpha 0: alpha = r, scale 1)
+  float dropout = 0.f;     // dropout on the adapter's input (training steps only)
+  uint32_t targets = 0;    // bit (1 << LoraSite) per targeted layer
+  bool enabled() const { return rank > 0; }
+  float scale() const { return (alpha > 0.f ? alpha : float(rank)) / float(rank); }
+  bool targets_site(LoraSite s) const { return (targets >> int(s)) & 1u; }
+};
+
+// "q,k,v,o,gate,up,down" (or "all", or "attn" = q,k,v,o, "mlp" = gate,up,down) -> target bits.
+// Error naming the unknown name.
+uint32_t parse_lora_targets(const std::string& list);
+std::string lora_targets_string(uint32_t targets);
+const char* lora_site_name(LoraSite s);  // "q", ..., "qkv", ...
+nlohmann::json lora_to_json(const LoraConfig& c);
+LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where);  // Error naming the field
+
+struct LoraLayout {
+  struct Site {
+    size_t a = kAbsent, b = kAbsent;  // offsets of A (r, in) and B (out, r); kAbsent: not adapted
+    int64_t in = 0, out = 0;
+    std::string base;                 // the base tensor's GGUF name ("blk.3.attn_q.weight")
+  };
+  ModelConfig cfg;
+  LoraConfig lora;
+  std::vector<std::array<Site, kLoraSites>> layers;
+  std::vector<ParamInfo> tensors;  // "<base>.lora_a" (r, in), "<base>.lora_b" (out, r), in layer order
+  size_t total = 0;                // elements of the adapter buffer (tensors on kAlign boundaries)
+  size_t n_params = 0;
+
+  // Error when a target does not exist in this architecture (gate on GPT-2) or
+  // nothing is targeted. Mixture-of-experts layers take the attention targets only.
+  LoraLayout(const Layout& base, const LoraConfig& lora);
+  const Site& site(int64_t layer, LoraSite s) const { return layers[size_t(layer)][size_t(s)]; }
+};
+
+// A ~ N(0, 1 / r^2) (PEFT's "gaussian" initialisation), B = 0: deterministic from seed.
+void init_lora(const LoraLayout& LL, float* a, uint64_t seed);
+
+// W += mult * (alpha / r) B A for every adapted matrix of the f32 base buffer p (layout L).
+void merge_lora(const Layout& L, const LoraLayout& LL, const float* a, float* p, float mult = 1.f);
+
+// The adapter as a file-format-neutral LoraAdapter (formats/lora_adapter.h), to write
+// as a GGUF LoRA or PEFT directory; the inverse fills a (LL.total) from one.
+LoraAdapter to_adapter(const LoraLayout& LL, const float* a);
+
+}  // namespace tessera::train
