@@ -105,6 +105,15 @@ void check_pair(const LoraAdapter::Pair& p, const ModelConfig& c, int64_t rank, 
     fail(where, ": ", name, ": lora_a / lora_b do not share the rank ", rank);
 }
 
+std::string read_file_prefix(const std::string& path, size_t n) {
+  std::string s(n, '\0');
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) fail(path, ": cannot open");
+  s.resize(std::fread(s.data(), 1, n, f));
+  std::fclose(f);
+  return s;
+}
+
 }  // namespace
 
 std::pair<std::string, float> parse_lora_arg(const std::string& arg) {
@@ -232,6 +241,9 @@ LoraAdapter read_lora_adapter(const std::string& path, const ModelConfig& c) {
     permute_b(ad, c, ops::RopeStyle::HalfSplit, c.rope_style);
     return ad;
   }
+  if (!fs::exists(path)) fail(path, ": no such LoRA adapter file or directory");
+  if (read_file_prefix(path, 4) != "GGUF")
+    fail(path, ": not a LoRA adapter (expected a GGUF LoRA file or a PEFT directory with adapter_config.json)");
   const auto f = gguf::File::open(path);
   if (f->get_string_or("general.type", "") != "adapter" || f->get_string_or("adapter.type", "") != "lora")
     fail(path, ": not a LoRA adapter (general.type must be 'adapter' and adapter.type 'lora')");
