@@ -11,6 +11,7 @@
 #include "kernels/gemm_bf16.h"
 #include "measure/measure.h"
 #include "model/synthetic.h"
+#include "train/lora.h"
 #include "train/optim.h"
 #include "train/params.h"
 #include "train/transformer.h"
@@ -70,12 +71,34 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   mo.bf16 = a.precision == "bf16";
   train::Transformer<float> tm(L, a.batch, a.seq, mo);
   train::AdamWConfig ac;
-  const auto mask = train::decay_mask(L, ac);
+  auto mask = train::decay_mask(L, ac);
+  // LoRA: the adapter is what the step trains (p, g, m, v become the adapter's); the base stays in base.
+  std::unique_ptr<train::LoraLayout> LL;
+  train::ParamVec base;
+  size_t n_train = L.total;
+  if (a.lora_rank > 0) {
+    train::LoraConfig lc;
+    lc.rank = a.lora_rank, lc.alpha = float(2 * a.lora_rank), lc.targets = train::parse_lora_targets("all");
+    LL = std::make_unique<train::LoraLayout>(L, lc);
+    base = std::move(p);
+    n_train = LL->total;
+    p.assign(n_train, 0.f), g.assign(n_train, 0.f), m.assign(n_train, 0.f), v.assign(n_train, 0.f);
+    train::init_lora(*LL, p.data(), 2);
+    mask.assign(n_train, 1);
+    tm.attach_lora(*LL);
+    tm.set_lora_params(p.data(), g.data());
+    if (cfg.is_moe()) fail("bench --train --lora-rank: dense models only");
+  }
   std::vector<int32_t> x(size_t(a.batch * a.seq)), y(x.size());
   for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t((i * 7919 + 13) % size_t(cfg.vocab_size)), y[i] = x[(i + 1) % x.size()];
   auto step = [&](int64_t s) {
-    tm.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(x.size()), 0, true);  // writes g
-    train::adamw_step(p.data(), g.data(), m.data(), v.data(), mask.data(), L.total, s + 1, 1e-4f, ac);
+    if (LL) {
+      std::fill(g.begin(), g.end(), 0.f);
+      tm.forward_backward(base.data(), nullptr, x.data(), y.data(), 1.f / float(x.size()), 0, true);
+    } else {
+      tm.forward_backward(p.data(), g.data(), x.data(), y.data(), 1.f / float(x.size()), 0, true);  // writes g
+    }
+    train::adamw_step(p.data(), g.data(), m.data(), v.data(), mask.data(), n_train, s + 1, 1e-4f, ac);
   };
   step(0);  // warm-up
   double best = 1e30;
@@ -88,7 +111,7 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
   // higher value is the denominator (the conservative choice).
   measure_peak();
   const double tok_s = double(a.batch * a.seq) / best;
-  const double gflops = 6.0 * n_mm * tok_s / 1e9;
+  const double gflops = (LL ? 4.0 : 6.0) * n_mm * tok_s / 1e9;
   const double frac = gflops / peak;
   char fma_json[96] = "\"fma_peak_gflops\": null, \"fma_peak_fraction\": null";
   if (fma_peak > 0)
@@ -98,13 +121,15 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
     std::printf("{\"model\": \"%s\", \"params\": %zu, \"matmul_params\": %.0f, \"batch\": %lld, \"seq\": %lld, "
                 "\"threads\": %d, \"precision\": \"%s\", \"recompute\": %s, \"step_s\": %.4f, \"train_tok_s\": %.1f, "
                 "\"train_gflops\": %.1f, \"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"peak_fraction\": %.4f, "
-                "%s, \"activation_bytes\": %zu}\n",
+                "%s, \"activation_bytes\": %zu, \"lora_rank\": %lld}\n",
                 model.c_str(), L.n_params, n_mm, (long long)a.batch, (long long)a.seq, threads, a.precision.c_str(),
-                a.recompute ? "true" : "false", best, tok_s, gflops, peak_kind.c_str(), peak, frac, fma_json, tm.activation_bytes());
+                a.recompute ? "true" : "false", best, tok_s, gflops, peak_kind.c_str(), peak, frac, fma_json, tm.activation_bytes(),
+                (long long)a.lora_rank);
   } else {
-    std::printf("train %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (6*N*T) = %.1f%% of %.0f GFLOP/s "
+    std::printf("train%s %s: batch %lld x %lld, %.3f s/step, %.0f tok/s, %.1f GFLOP/s (%s) = %.1f%% of %.0f GFLOP/s "
                 "%s peak (%.1f%% of the %.0f GFLOP/s multiply-add ceiling); activations %.1f MB\n",
-                model.c_str(), (long long)a.batch, (long long)a.seq, best, tok_s, gflops, 100 * frac, peak,
+                LL ? (" (LoRA rank " + std::to_string(a.lora_rank) + ")").c_str() : "", model.c_str(), (long long)a.batch,
+                (long long)a.seq, best, tok_s, gflops, LL ? "4*N*T, base frozen" : "6*N*T", 100 * frac, peak,
                 bf16 ? "bf16 GEMM" : peak_kind.c_str(), fma_peak > 0 ? 100 * gflops / fma_peak : 0.0, fma_peak,
                 double(tm.activation_bytes()) / 1e6);
   }

@@ -1,6 +1,7 @@
 // tessera bench --train: training throughput (tokens/s of full steps: forward,
 // backward, AdamW) and the fraction of this machine's measured sgemm peak that
-// 6 * N * tokens FLOPs represent (N = parameters in matrix products).
+// 6 * N * tokens FLOPs represent (N = parameters in matrix products; 4 * N * tokens
+// for a LoRA step, whose frozen weights take no gradient product).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -13,6 +14,7 @@ struct TrainBenchArgs {
   bool recompute = false;
   int64_t logit_rows = 256;
   std::string precision = "fp32";
+  int64_t lora_rank = 0;  // > 0: a LoRA step (rank r on every linear layer, alpha 2r, base frozen)
 };
 
 int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, bool json);

@@ -109,6 +109,8 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("--steps", tb.steps, "--train: timed steps (after one warm-up step)");
   app.add_flag("--recompute", tb.recompute, "--train: per-block activation recomputation");
   app.add_option("--logit-rows", tb.logit_rows, "--train: rows of the fused output + loss chunk");
+  app.add_option("--lora-rank", tb.lora_rank, "--train: a LoRA fine-tuning step (rank r on every linear layer, base frozen)")
+      ->check(CLI::Range(int64_t(0), int64_t(4096)));
   app.add_option("--precision", tb.precision, "--train: fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
   app.set_config("--config", "", "read these options from a TOML file (keys are the long option names)");
   app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored

@@ -62,6 +62,30 @@ def causal_attention(q, k, v, mask):
     return att @ v
 
 
+class LoRALinear(nn.Module):
+    """PEFT's LoRA on a frozen nn.Linear: base(x) + (alpha / r) B(A(x)), A Gaussian, B zero."""
+
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base, self.scale = base, alpha / r
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features) / r)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+    def forward(self, x):
+        return self.base(x) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+
+def add_lora(model, r):
+    """Freezes every base parameter and wraps each linear layer of the blocks in LoRALinear."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in model.blocks:
+        for name, child in list(block.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(block, name, LoRALinear(child, r, 2 * r))
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
 class LlamaBlock(nn.Module):
     def __init__(self, dim, heads, kv_heads, hidden):
         super().__init__()
@@ -158,6 +182,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--lora-rank", type=int, default=0, help="LoRA step: rank r on every linear layer, base frozen")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if min(a.batch, a.seq, a.steps, a.threads) <= 0:
@@ -165,19 +190,22 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
     model = Model(a.shape, a.seq)
-    # Decay on matrices only (as Tessera's default), foreach AdamW (PyTorch's faster CPU path).
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=1e-4, foreach=True)
+    # Parameters in matrix products, as tessera counts them: 2-D weights with the
+    # tied classifier once, not the embedding gathers (token and position tables).
+    n_mm = sum(p.numel() for n_, p in model.named_parameters() if p.dim() >= 2 and not n_.startswith("pos."))
+    if a.lora_rank > 0:  # only the adapters train (as `tessera bench --train --lora-rank`)
+        opt = torch.optim.AdamW(add_lora(model, a.lora_rank), lr=1e-4, weight_decay=0.0, foreach=True)
+    else:
+        # Decay on matrices only (as Tessera's default), foreach AdamW (PyTorch's faster CPU path).
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        other = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                                lr=1e-4, foreach=True)
     vocab = SHAPES[a.shape][6]
     n = a.batch * a.seq
     idx = (torch.arange(n) * 7919 + 13) % vocab
     x = idx.view(a.batch, a.seq)
     y = torch.roll(idx, -1).view(a.batch, a.seq)
-    # Parameters in matrix products, as tessera counts them: 2-D weights with the
-    # tied classifier once, not the embedding gathers (token and position tables).
-    n_mm = sum(p.numel() for n_, p in model.named_parameters() if p.dim() >= 2 and not n_.startswith("pos."))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -196,7 +224,8 @@ def main():
     tok_s = n / best
     res = {"peer": "pytorch", "version": torch.__version__, "shape": a.shape, "precision": a.precision,
            "batch": a.batch, "seq": a.seq, "threads": a.threads, "step_s": round(best, 4),
-           "train_tok_s": round(tok_s, 1), "train_gflops": round(6.0 * n_mm * tok_s / 1e9, 1)}
+           "train_tok_s": round(tok_s, 1), "lora_rank": a.lora_rank,
+           "train_gflops": round((4.0 if a.lora_rank else 6.0) * n_mm * tok_s / 1e9, 1)}
     if a.json:
         print(json.dumps(res))
     else:

@@ -6,6 +6,7 @@
 #
 #   bash bench/peer/train_vs_pytorch.sh [BUILD_DIR] [ROUNDS] [SHAPES...]
 #   SHAPES: 15m:fp32 15m:bf16 gpt2-124m:fp32 gpt2-124m:bf16 260k:fp32 (default: all but gpt2-124m:bf16)
+#   LORA=16: LoRA steps instead (rank 16 adapters on every linear layer, base frozen, on both sides)
 #
 # Needs Debian's python3-torch (apt-get install python3-torch); not part of CI.
 #
@@ -54,13 +55,13 @@ for sp in "${shapes[@]}"; do
   best_t=0 best_p=0 frac=0 cfrac=
   for _ in $(seq "$rounds"); do
     j=$("$tessera" bench --train --synthetic "$shape" --precision "$prec" --batch "$batch" --seq 256 \
-         --steps "$steps" -t "$threads" --json 2>/dev/null)
+         --steps "$steps" -t "$threads" --lora-rank "${LORA:-0}" --json 2>/dev/null)
     t=$(field train_tok_s <<<"$j")
     if awk -v a="$t" -v b="$best_t" 'BEGIN { exit !(a > b) }'; then
       best_t=$t frac=$(field peak_fraction <<<"$j") cfrac=$(field fma_peak_fraction <<<"$j")
     fi
     p=$(env "${peer_env[@]}" "$py" "$here/pytorch_train.py" --shape "$shape" --precision "$prec" --batch "$batch" --seq 256 \
-         --steps "$steps" --threads "$threads" --json | field train_tok_s)
+         --steps "$steps" --threads "$threads" --lora-rank "${LORA:-0}" --json | field train_tok_s)
     best_p=$(max "$p" "$best_p")
   done
   ratio=$(awk -v a="$best_t" -v b="$best_p" 'BEGIN { printf "%.2f", a / b }')

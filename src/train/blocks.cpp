@@ -99,10 +99,11 @@ void gemm_fast(KernelContext& ctx, bool f32, const GemmOperand& A, const GemmOpe
 }  // namespace
 
 void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
-                     const float* b, int64_t N, int64_t I, int64_t O, bool f32, const uint32_t* w_packed) {
+                     const float* b, int64_t N, int64_t I, int64_t O, bool f32, const uint32_t* w_packed,
+                     bool accumulate) {
   GemmOperand B = weight(W, W16, I, 1);
   B.packed = w_packed, B.packed_n = O;
-  gemm_fast(ctx, f32, GemmOperand{X, false, I, 1}, B, N, O, I, Y, O, false);
+  gemm_fast(ctx, f32, GemmOperand{X, false, I, 1}, B, N, O, I, Y, O, accumulate);
   if (b) add_bias(Y, b, N, O);
 }
 

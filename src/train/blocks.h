@@ -30,9 +30,10 @@ void linear_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_
 // master weights; W16, when not null, is W already rounded to bf16 (read instead of
 // W: half the bytes, no rounding). f32: gemm_f32 (W16 must be null), fp32 training on AVX-512.
 // w_packed: W (O, I) pre-packed by gemm_pack_b for the forward product.
+// accumulate: Y += X W^T (+ b) instead of =.
 void linear_fwd_gemm(KernelContext& ctx, float* Y, const float* X, const float* W, const uint16_t* W16,
                      const float* b, int64_t N, int64_t I, int64_t O, bool f32 = false,
-                     const uint32_t* w_packed = nullptr);
+                     const uint32_t* w_packed = nullptr, bool accumulate = false);
 struct LinearBwdOptions {
   bool accumulate = false;             // dX += (else dX =)
   bool dw_accumulate = true;           // dW += (else dW =: the first micro-batch writes the gradient)

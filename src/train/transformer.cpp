@@ -188,9 +188,38 @@ void Transformer<T>::attach_lora(const LoraLayout& LL) {
   require_memory(double(sizeof(T)) * double(N_) * double(r) * double(c_.n_layers * kLoraSites),
                  "LoRA rank " + std::to_string(r) + ": the adapters' activations need", "lower --lora-rank or --batch");
   lora_acts_.assign(size_t(N_ * r * c_.n_layers * kLoraSites), T(0));
-  lora_y_.assign(size_t(N_ * max_out), T(0));
+  const bool gemm = std::is_same_v<T, float> && (f32_ || bf16_);
+  lora_y_.assign(gemm ? 0 : size_t(N_ * max_out), T(0));  // the reference path's Y scratch
   lora_x_.assign(LL.lora.dropout > 0.f ? size_t(N_ * max_in) : 0, T(0));
   lora_du_.assign(size_t(N_ * r), T(0));
+}
+
+// The adapter's products (f32 weights, never the bf16 copy): on our GEMM where a run has one
+// (OpenBLAS threads beside OpenMP's would spin against each other), else the reference.
+// accumulate: Y += X W^T.
+template <class T>
+void Transformer<T>::small_fwd(T* Y, const T* X, const T* W, int64_t N, int64_t I, int64_t O, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (f32_ || bf16_)
+      return blk::linear_fwd_gemm(gemm_ctx(), Y, X, W, nullptr, nullptr, N, I, O, true, nullptr, accumulate);
+  }
+  if (!accumulate) return blk::linear_fwd(Y, X, W, (const T*)nullptr, N, I, O);
+  T* z = lora_y_.data();
+  blk::linear_fwd(z, X, W, (const T*)nullptr, N, I, O);
+  for (int64_t i = 0; i < N * O; ++i) Y[i] += z[i];
+}
+
+template <class T>
+void Transformer<T>::small_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
+                               bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (f32_ || bf16_) {
+      blk::LinearBwdOptions o;
+      o.accumulate = accumulate, o.dw_accumulate = true, o.f32 = true;
+      return blk::linear_bwd_gemm(gemm_ctx(), dX, dW, nullptr, dY, X, W, nullptr, N, I, O, o);
+    }
+  }
+  blk::linear_bwd(dX, dW, (T*)nullptr, dY, X, W, N, I, O, accumulate, true);
 }
 
 template <class T>
@@ -201,7 +230,7 @@ const T* Transformer<T>::lora_input(int64_t l, LoraSite s, const T* X, int64_t I
   return lora_x_.data();
 }
 
-// Y = X W^T + b, then Y += (alpha / r) (X A^T) B^T with U = X A^T (N, r) saved.
+// Y = X W^T + b, then Y += Us B^T with Us = (alpha / r) X A^T (N, r) saved.
 template <class T>
 void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T* W, const T* b, int64_t N,
                                int64_t I, int64_t O) {
@@ -211,16 +240,14 @@ void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T*
   if (st.a == kAbsent) return;
   const int64_t r = lora_->lora.rank;
   T* U = lora_acts_.data() + (l * kLoraSites + int(s)) * N * r;
-  blk::linear_fwd(U, lora_input(l, s, X, I), la_ + st.a, (const T*)nullptr, N, I, r);  // (N, r)
-  blk::linear_fwd(lora_y_.data(), U, la_ + st.b, (const T*)nullptr, N, r, O);          // (N, O)
+  small_fwd(U, lora_input(l, s, X, I), la_ + st.a, N, I, r, false);  // (N, r)
   const T sc = T(lora_->lora.scale());
-  const T* z = lora_y_.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N * O; ++i) Y[i] += sc * z[i];
+  for (int64_t i = 0; i < N * r; ++i) U[i] *= sc;
+  small_fwd(Y, U, la_ + st.b, N, r, O, true);  // Y (N, O) +=
 }
 
 // The base product's backward (dW skipped when null: frozen), then the adapter's:
-// dB += s dY^T U, dU = s dY B, dA += dU^T x, dX += dU A (through the dropout mask).
+// dB += dY^T Us, dU = s dY B, dA += dU^T x, dX += dU A (through the dropout mask).
 template <class T>
 void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W,
                                int64_t N, int64_t I, int64_t O, bool accumulate, bool dw_accumulate) {
@@ -229,20 +256,16 @@ void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const
   const auto& st = lora_->site(l, s);
   if (st.a == kAbsent) return;
   const int64_t r = lora_->lora.rank;
-  const T* U = lora_acts_.data() + (l * kLoraSites + int(s)) * N * r;
+  const T* Us = lora_acts_.data() + (l * kLoraSites + int(s)) * N * r;
   const T sc = T(lora_->lora.scale());
-  T* dYs = lora_y_.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N * O; ++i) dYs[i] = sc * dY[i];
-  blk::linear_bwd(lora_du_.data(), lga_ + st.b, (T*)nullptr, dYs, U, la_ + st.b, N, r, O, false, true);
+  T* dU = lora_du_.data();
+  small_bwd(dU, lga_ + st.b, dY, Us, la_ + st.b, N, r, O, false);
+  for (int64_t i = 0; i < N * r; ++i) dU[i] *= sc;
   const T* xa = lora_input(l, s, X, I);
-  blk::linear_bwd((T*)nullptr, lga_ + st.a, (T*)nullptr, lora_du_.data(), xa, la_ + st.a, N, I, r, false, true);
-  if (lora_key_ == 0) {
-    blk::linear_bwd(dX, (T*)nullptr, (T*)nullptr, lora_du_.data(), xa, la_ + st.a, N, I, r, true, true);
-    return;
-  }
+  small_bwd(nullptr, lga_ + st.a, dU, xa, la_ + st.a, N, I, r, false);
+  if (lora_key_ == 0) return small_bwd(dX, nullptr, dU, xa, la_ + st.a, N, I, r, true);
   T* t = lora_x_.data();  // dU A, masked and scaled as the input was
-  blk::linear_bwd(t, (T*)nullptr, (T*)nullptr, lora_du_.data(), xa, la_ + st.a, N, I, r, false, true);
+  small_bwd(t, nullptr, dU, xa, la_ + st.a, N, I, r, false);
   blk::dropout(t, N * I, lora_->lora.dropout, lora_key_ ^ (uint64_t(l + 1) * 0x2545f4914f6cdd1dull + uint64_t(s)));
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N * I; ++i) dX[i] += t[i];

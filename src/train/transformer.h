@@ -100,6 +100,9 @@ class Transformer {
   void lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N,
                  int64_t I, int64_t O, bool accumulate, bool dw_accumulate);
   const T* lora_input(int64_t l, LoraSite s, const T* X, int64_t I);  // X, or X dropped (adapter dropout)
+  // Y (= or +=) X W^T and its backward (dW +=; dX = or +=), for the adapters' f32 products.
+  void small_fwd(T* Y, const T* X, const T* W, int64_t N, int64_t I, int64_t O, bool accumulate);
+  void small_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O, bool accumulate);
   void embed(const T* p, const int32_t* tokens);
   void layers_fwd(const T* p, const int32_t* tokens, uint64_t dropout_key);  // embedding + every block
   // Dropout key of (layer, site); 0 (no dropout) outside training steps.
@@ -154,7 +157,8 @@ class Transformer {
   void round_weights(const T* p);        // bf16 runs: w16_ = bf16(p)
   const uint16_t* w16(const T* W) const { return bf16_ ? w16_.data() + (W - p16_of_) : nullptr; }
   // LoRA: the layout, this pass's adapter parameters and gradient, U = A x per layer and site
-  // (n_layers, kLoraSites, N, r), scratch (N, max out), (N, max in), (N, r).
+  // (n_layers, kLoraSites, N, r) (scaled by alpha / r), scratch (N, max out) (reference path only),
+  // (N, max in) (adapter dropout), (N, r).
   const LoraLayout* lora_ = nullptr;
   const T* la_ = nullptr;
   T* lga_ = nullptr;
