@@ -240,7 +240,7 @@ TEST(TrainGrad, CrossEntropyZLossSoftcap) {
 namespace {
 
 // Whole-model check: every parameter of a tiny model against central differences.
-void check_model(ModelConfig c, const ModelOptions& mo, uint64_t dropout_key = 0) {
+void check_model(ModelConfig c, const ModelOptions& mo, uint64_t dropout_key = 0, const int32_t* seg = nullptr) {
   // Thousands of tiny forward passes: one thread avoids OpenMP start-up costs.
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
@@ -256,6 +256,7 @@ void check_model(ModelConfig c, const ModelOptions& mo, uint64_t dropout_key = 0
   for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng() % uint64_t(c.vocab_size));
   for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
   Transformer<double> m(L, B, T, mo);
+  m.set_segments(seg);
   auto f = [&] {
     const auto r = m.forward(p.data(), tok.data(), tgt.data(), dropout_key);
     return (r.loss_sum + double(mo.z_loss) * r.z_sum + double(mo.moe_balance) * r.moe_balance_sum +
@@ -305,6 +306,12 @@ TEST(TrainGrad, WholeLlamaWithSlidingWindowLayersMatchesFiniteDifferences) {
   c.layer_cfg.resize(2);
   c.layer_cfg[0].attn = AttnKind::SlidingWindow, c.layer_cfg[0].window = 2;
   check_model(c, ModelOptions{});
+}
+
+// Packed examples (SFT --pack): attention confined to each example's span of its row.
+TEST(TrainGrad, PackedExamplesMatchFiniteDifferences) {
+  const int32_t seg[10] = {0, 0, 2, 2, 2, 0, 1, 1, 3, 3};  // rows of 5: examples [0,2) [2,5); [0,1) [1,3) [3,5)
+  check_model(tiny_llama(), ModelOptions{}, 0, seg);
 }
 
 TEST(TrainGrad, WholeLlamaGeGluAndGpt2ReluMatchFiniteDifferences) {

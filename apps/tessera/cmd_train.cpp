@@ -11,6 +11,7 @@
 #include "train/data.h"
 #include "train/lora.h"
 #include "train/params.h"
+#include "train/sft.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -107,6 +108,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "capacity factor: each expert takes at most C N k / E of a batch's slots, the rest are dropped and "
                  "counted (training only; 0: no limit)");
   app.add_option("--moe-router-z", o.mo.moe_router_z, "router z-loss coefficient (mean logsumexp(router logits)^2)");
+  app.add_flag("--pack", o.pack,
+               "SFT data: pack several examples into each sequence (attention kept inside each example) instead of "
+               "one padded example per sequence");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
   app.add_option("--dropout", o.mo.dropout, "dropout on the embedding and each block's residual branches (0: off)");
   app.add_option("--seed", o.seed, "seed of initialisation and data order");
@@ -238,7 +242,35 @@ int cmd_data(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1.0));
   prep->add_option("files", files, "text files, or .jsonl files with one {\"text\": ...} document per line")
       ->required();
+  auto* sft = app.add_subcommand("prepare-sft",
+                                  "tokenize JSONL chat / prompt-completion examples for fine-tuning (loss on the "
+                                  "responses only)");
+  std::string s_tok, s_out, s_template, s_model;
+  std::vector<std::string> s_files;
+  double s_val = 0.05;
+  sft->add_option("--tokenizer", s_tok, "tokenizer (tokenizer.json, tokenizer.model, tokenizer.bin, GGUF...)")
+      ->required();
+  sft->add_option("-o,--out", s_out, "output directory")->required();
+  sft->add_option("--chat-template", s_template,
+                  "template for {\"messages\": [...]} examples: chatml, or a Jinja file (default: --model's, else chatml)");
+  sft->add_option("--model", s_model, "take the chat template of this model");
+  sft->add_option("--val-fraction", s_val, "fraction of each file's examples held out (its last ones)");
+  sft->add_option("files", s_files,
+                  ".jsonl files: {\"messages\": [{\"role\", \"content\"}...]} or {\"prompt\", \"completion\"} per line")
+      ->required();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (sft->parsed()) {
+    const Tokenizer t = load_any_tokenizer(s_tok);
+    LoadedModel none;
+    const LoadedModel lm = s_model.empty() ? std::move(none) : load_model(s_model);
+    const ChatTemplate tmpl = load_chat_template(s_template, lm, t);
+    const auto st = train::prepare_sft(t, s_tok, tmpl, s_files, s_out, s_val);
+    std::fprintf(stderr,
+                 "data: %lld train + %lld val examples (%lld + %lld tokens, %lld learned), template %s -> %s\n",
+                 (long long)st.train_examples, (long long)st.val_examples, (long long)st.train_tokens,
+                 (long long)st.val_tokens, (long long)st.learned_tokens, tmpl.name().c_str(), s_out.c_str());
+    return 0;
+  }
   const Tokenizer tok = load_any_tokenizer(tok_path);
   const auto st = train::prepare_data(tok, tok_path, files, out, po);
   std::fprintf(stderr, "data: %.2f MB, %lld documents", double(st.bytes) / 1e6, (long long)st.documents);

@@ -316,7 +316,8 @@ void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnS
                 Ph + i0 * Tn, Tn);  // S[i0:i1, 0:i1]
         for (int64_t i = i0; i < i1; ++i) {
           T* p = Ph + i * Tn;
-          const int64_t lo = s.window > 0 && i >= s.window ? i - s.window + 1 : 0;  // first key row i sees
+          int64_t lo = s.window > 0 && i >= s.window ? i - s.window + 1 : 0;  // first key row i sees
+          if (s.seg) lo = std::max<int64_t>(lo, s.seg[b * Tn + i]);
           for (int64_t j = 0; j < lo; ++j) p[j] = 0;
           if constexpr (std::is_same_v<T, float>) {
             if (vec) {

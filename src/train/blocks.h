@@ -82,6 +82,9 @@ struct AttnShape {
   float softcap = 0.f;          // scores -> cap * tanh(scores / cap) when > 0
   Isa isa = Isa::Scalar;        // AVX512: float softmax rows (without soft-cap) on kernels/act.h
   int64_t window = 0;           // > 0: a query at i sees keys [i - window + 1, i] only (sliding window)
+  // Packed sequences: seg (B*T), when set, is the first key position (within its row) each query
+  // may see, so examples packed into one row do not attend to each other.
+  const int32_t* seg = nullptr;
 };
 // Causal GQA attention (within s.window when set). q (B*T, q_stride) head h at
 // column h*hd; k, v (B*T, kv_stride). out (B*T, n_heads*hd). Saves probabilities

@@ -220,28 +220,35 @@ PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_pat
   fs::create_directories(dir);
   write_token_shard(dir + "/train.bin", train, V);
   write_token_shard(dir + "/val.bin", val, V);
-  std::string tok_name;
-  if (!tokenizer_path.empty()) {
-    tok_name = fs::path(tokenizer_path).filename().string();
-    const std::string dst = dir + "/" + tok_name;
-    if (!fs::exists(dst) || !fs::equivalent(tokenizer_path, dst)) {
-      const std::string bytes = read_file(tokenizer_path);
-      AtomicFileWriter w(dst);
-      w.write(bytes.data(), bytes.size());
-      w.commit();
-    }
-  }
+  const std::string tok_name = copy_tokenizer(tokenizer_path, dir);
   nlohmann::json meta = {{"format", "tessera-tokens"}, {"version", 1},           {"vocab_size", V},
                          {"tokenizer", tok_name},      {"train_tokens", train.size()}, {"val_tokens", val.size()},
                          {"files", files},             {"val_fraction", o.val_fraction},
                          {"documents", st.documents},  {"dropped_documents", st.dropped_documents},
                          {"doc_sep", o.docs.doc_sep}};
+  write_meta(dir, meta);
+  st.train_tokens = int64_t(train.size()), st.val_tokens = int64_t(val.size());
+  return st;
+}
+
+std::string copy_tokenizer(const std::string& tokenizer_path, const std::string& dir) {
+  if (tokenizer_path.empty()) return "";
+  const std::string name = fs::path(tokenizer_path).filename().string();
+  const std::string dst = dir + "/" + name;
+  if (!fs::exists(dst) || !fs::equivalent(tokenizer_path, dst)) {
+    const std::string bytes = read_file(tokenizer_path);
+    AtomicFileWriter w(dst);
+    w.write(bytes.data(), bytes.size());
+    w.commit();
+  }
+  return name;
+}
+
+void write_meta(const std::string& dir, const nlohmann::json& meta) {
   const std::string ms = meta.dump(2) + "\n";
   AtomicFileWriter w(dir + "/meta.json");
   w.write(ms.data(), ms.size());
   w.commit();
-  st.train_tokens = int64_t(train.size()), st.val_tokens = int64_t(val.size());
-  return st;
 }
 
 Dataset open_dataset(const std::string& dir) {
@@ -260,6 +267,21 @@ Dataset open_dataset(const std::string& dir) {
     d.tokenizer_path = dir + "/" + meta["tokenizer"].get<std::string>();
   d.train = std::make_unique<TokenShard>(dir + "/train.bin");
   d.val = std::make_unique<TokenShard>(dir + "/val.bin");
+  if (meta.contains("sft")) {  // train/sft.h
+    d.sft = true;
+    d.train_mask = std::make_unique<TokenShard>(dir + "/train.mask.bin");
+    d.val_mask = std::make_unique<TokenShard>(dir + "/val.mask.bin");
+    d.train_idx = std::make_unique<TokenShard>(dir + "/train.idx.bin");
+    d.val_idx = std::make_unique<TokenShard>(dir + "/val.idx.bin");
+    auto check = [](const TokenShard& toks, const TokenShard& mask, const TokenShard& idx) {
+      if (mask.size() != toks.size())
+        fail(mask.path(), ": ", mask.size(), " mask entries for ", toks.size(), " tokens");
+      if (idx.size() < 1 || idx[idx.size() - 1] != toks.size())
+        fail(idx.path(), ": example offsets do not end at the shard's ", toks.size(), " tokens");
+    };
+    check(*d.train, *d.train_mask, *d.train_idx);
+    check(*d.val, *d.val_mask, *d.val_idx);
+  }
   return d;
 }
 

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/mmap.h"
 #include "tokenizer/tokenizer.h"
 
@@ -72,10 +74,18 @@ PrepareStats prepare_data(const Tokenizer& tok, const std::string& tokenizer_pat
 
 struct Dataset {
   std::unique_ptr<TokenShard> train, val;
+  // Supervised fine-tuning data (train/sft.h): loss masks and example offsets per split.
+  bool sft = false;
+  std::unique_ptr<TokenShard> train_mask, val_mask, train_idx, val_idx;
   std::string tokenizer_path;  // DIR/<tokenizer file> ("" when absent)
   int64_t vocab_size = 0;
 };
 Dataset open_dataset(const std::string& dir);
+
+// Copies the tokenizer file into DIR (unless it is already there); its file name ("" for none).
+std::string copy_tokenizer(const std::string& tokenizer_path, const std::string& dir);
+// DIR/meta.json, atomically.
+void write_meta(const std::string& dir, const nlohmann::json& meta);
 
 // Fills x(B, T) and y(B, T) (next tokens) with the training windows of
 // (seed, step, micro): B random windows of T + 1 tokens.

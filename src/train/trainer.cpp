@@ -19,6 +19,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/plot.h"
+#include "train/sft.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -98,6 +99,7 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"log_interval", o.log_interval},
           {"skip_nonfinite", o.skip_nonfinite},
           {"precision", o.precision},
+          {"pack", o.pack},
           {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()}};
 }
 
@@ -128,6 +130,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.eval_interval = j.at("eval_interval"), o.eval_batches = j.at("eval_batches");
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
     o.skip_nonfinite = j.at("skip_nonfinite"), o.precision = j.at("precision");
+    o.pack = j.value("pack", false);
     if (j.contains("lora") && !j["lora"].is_null()) o.lora = lora_from_json(j["lora"], where);
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": bad run options: ", e.what());
@@ -155,8 +158,24 @@ double evaluate(Transformer<float>& m, const float* p, const TokenShard& val, in
   return count ? sum / double(count) : NAN;
 }
 
-namespace {
+double evaluate(Transformer<float>& m, const float* p, const SftSplit& val, int64_t n_examples) {
+  const int64_t B = m.batch(), T = m.seq();
+  n_examples = std::min(n_examples, val.examples());
+  std::vector<int32_t> x(size_t(B * T)), y(size_t(B * T));
+  double sum = 0;
+  int64_t count = 0;
+  for (int64_t e0 = 0; e0 < n_examples; e0 += B) {
+    for (int64_t b = 0; b < B; ++b) {
+      sft_eval_row(val, e0 + b, T, x.data() + b * T, y.data() + b * T);
+      if (e0 + b >= n_examples) std::fill(y.begin() + b * T, y.begin() + (b + 1) * T, -1);
+    }
+    const auto r = m.forward(p, x.data(), y.data());
+    sum += r.loss_sum, count += r.count;
+  }
+  return count ? sum / double(count) : NAN;
+}
 
+namespace {
 
 void write_text(const std::string& path, const std::string& s) {
   AtomicFileWriter w(path);
@@ -286,7 +305,18 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   if (data_.vocab_size > cfg.vocab_size)
     fail(o_.data_dir, ": tokens use a vocabulary of ", data_.vocab_size, ", the model has only ", cfg.vocab_size);
   if (o_.seq > cfg.max_seq_len) fail("--seq ", o_.seq, " exceeds the model's context ", cfg.max_seq_len);
-  if (data_.train->size() < o_.seq + 1)
+  if (data_.sft) {
+    const SftSplit tr = sft_split(data_, false);
+    if (tr.examples() == 0) fail(o_.data_dir, ": no training examples");
+    int64_t cut = 0;
+    for (int64_t e = 0; e < tr.examples(); ++e) cut += (*tr.idx)[e + 1] - (*tr.idx)[e] > o_.seq;
+    if (cut > 0 && comm_.is_root())
+      std::fprintf(log_, "warning: %lld of %lld training examples are longer than --seq %lld and are cut there "
+                         "(their later tokens do not train)\n",
+                   (long long)cut, (long long)tr.examples(), (long long)o_.seq);
+  } else if (o_.pack) {
+    fail("--pack: ", o_.data_dir, " is not an SFT dataset (make one with 'tessera data prepare-sft')");
+  } else if (data_.train->size() < o_.seq + 1)
     fail(data_.train->path(), ": has ", data_.train->size(), " tokens, fewer than one sequence of ", o_.seq + 1,
          " (use more text or a smaller --seq)");
 
@@ -320,6 +350,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
   if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
   x_.resize(size_t(o_.batch * o_.seq)), y_.resize(size_t(o_.batch * o_.seq));
+  if (o_.pack) seg_.resize(size_t(o_.batch * o_.seq)), model_->set_segments(seg_.data());
 
   st.opts = options_to_json(o_);
   if (!comm_.is_root()) return;
@@ -379,25 +410,50 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
 
 Trainer::~Trainer() = default;
 
+void Trainer::fill_batch(int64_t step, int64_t mb) {
+  if (data_.sft)
+    sft_batch(sft_split(data_, false), o_.seed, step, mb, o_.batch, o_.seq, o_.pack, x_.data(), y_.data(),
+              o_.pack ? seg_.data() : nullptr);
+  else
+    train_batch(*data_.train, o_.seed, step, mb, o_.batch, o_.seq, x_.data(), y_.data());
+}
+
 Trainer::StepStats Trainer::train_step() {
   const int64_t s = step_;
   const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * comm_.size();
+  // The loss is a mean over the step's targets: every token of a pretraining batch, the
+  // response tokens of SFT batches (counted first, over all micro-batches and ranks).
+  double targets = double(tokens_per_step);
+  if (data_.sft) {
+    targets = 0;
+    for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
+      fill_batch(s, int64_t(comm_.rank()) * o_.grad_accum + micro);
+      targets += double(std::count_if(y_.begin(), y_.end(), [](int32_t t) { return t >= 0; }));
+    }
+    comm_.all_reduce_sum(&targets, 1);
+    if (targets == 0) {  // every response was cut off by --seq: nothing to learn from this step
+      StepStats out;
+      out.loss = out.grad_norm = NAN, out.lr = o_.sched.at(s), out.skipped = out.no_targets = true;
+      ++step_;
+      return out;
+    }
+  }
+  const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
   double loss_count[4] = {0, 0, 0, 0};  // loss, count, router losses: summed over micro-batches, then ranks
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
     const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
-    train_batch(*data_.train, o_.seed, s, mb, o_.batch, o_.seq, x_.data(), y_.data());
+    fill_batch(s, mb);
     // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
     const uint64_t key = (o_.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(mb + 1)) | 1;
     // The first micro-batch writes g (no zeroing pass); the others add to it.
     blk::CeResult r;
     if (lora_) {  // the base frozen (its gradient not formed); the adapter's accumulates in g_
       if (micro == 0) std::fill(g_.begin(), g_.end(), 0.f);
-      r = model_->forward_backward(base_.data(), gbase_.empty() ? nullptr : gbase_.data(), x_.data(), y_.data(),
-                                   1.f / float(tokens_per_step), key, true);
+      r = model_->forward_backward(base_.data(), gbase_.empty() ? nullptr : gbase_.data(), x_.data(), y_.data(), scale,
+                                   key, true);
     } else {
-      r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), 1.f / float(tokens_per_step), key,
-                                   micro == 0);
+      r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
     }
     loss_count[0] += r.loss_sum, loss_count[1] += double(r.count);
     loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum;
@@ -430,6 +486,12 @@ Trainer::StepStats Trainer::train_step() {
 }
 
 double Trainer::evaluate() {
+  if (data_.sft) {  // validation rows are padded examples: no packing segments
+    model_->set_segments(nullptr);
+    st_->val = train::evaluate(*model_, base_params(), sft_split(data_, true), o_.eval_batches * o_.batch);
+    if (o_.pack) model_->set_segments(seg_.data());
+    return st_->val;
+  }
   st_->val = train::evaluate(*model_, base_params(), *data_.val, o_.eval_batches * o_.batch);
   return st_->val;
 }
@@ -464,7 +526,11 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
   int64_t timed_steps = 0;
   while (step_ < o_.steps) {
     const StepStats r = train_step();
-    if (r.skipped && root) std::fprintf(log_, "step %lld: non-finite loss or gradient, batch skipped\n", (long long)step_);
+    if (r.no_targets && root)
+      std::fprintf(log_, "step %lld: no response tokens in this step's examples (cut off at --seq %lld?); skipped\n",
+                   (long long)step_, (long long)o_.seq);
+    else if (r.skipped && root)
+      std::fprintf(log_, "step %lld: non-finite loss or gradient, batch skipped\n", (long long)step_);
     const int64_t done = step_;
     ++timed_steps;
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -37,6 +37,9 @@ struct TrainOptions {
   // checkpoints hold the adapter and its optimizer states, and a resume reloads init_model.
   LoraConfig lora;
   int64_t batch = 8, seq = 256, grad_accum = 1, steps = 1000;
+  // SFT datasets (train/sft.h): pack several examples into a row (attention kept inside each)
+  // instead of one padded example per row.
+  bool pack = false;
   Schedule sched;
   AdamWConfig adam;
   float clip = 1.f;           // max global gradient norm (0: off)
@@ -79,6 +82,7 @@ class Trainer {
     double loss = 0, grad_norm = 0;
     float lr = 0;
     bool skipped = false;  // non-finite loss or gradient, skipped (--skip-nonfinite)
+    bool no_targets = false;  // SFT: no response token in the step's batches (skipped)
     // Mixture-of-experts models: the router losses (per token, summed over the MoE
     // layers, before their coefficients) and the rows each expert took, (layers, E).
     double moe_balance = 0, moe_z = 0;
@@ -118,7 +122,8 @@ class Trainer {
   size_t n_train_ = 0;      // elements of p_ (Layout or LoraLayout total)
   std::vector<uint8_t> mask_;
   std::unique_ptr<Transformer<float>> model_;
-  std::vector<int32_t> x_, y_;
+  std::vector<int32_t> x_, y_, seg_;  // a micro-batch: inputs, targets, packed examples' first positions
+  void fill_batch(int64_t step, int64_t mb);  // x_, y_ (and seg_) of micro-batch mb of the global batch
   int64_t step_ = 0;
 };
 
@@ -127,7 +132,9 @@ class Trainer {
 TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log,
                           const volatile std::sig_atomic_t* stop = nullptr);
 
-// Mean next-token loss of the parameters over n windows of the validation shard.
+// Mean next-token loss of the parameters over n windows of the validation shard
+// (an SFT dataset's: over its first n validation examples, response tokens only).
 double evaluate(Transformer<float>& m, const float* p, const class TokenShard& val, int64_t n_windows);
+double evaluate(Transformer<float>& m, const float* p, const struct SftSplit& val, int64_t n_examples);
 
 }  // namespace tessera::train

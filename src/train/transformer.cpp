@@ -310,6 +310,7 @@ blk::AttnShape Transformer<T>::attn_shape(int64_t l) const {
   s.isa = isa_;
   const LayerConfig& lc = c_.layer(l);
   s.window = lc.attn == AttnKind::SlidingWindow ? lc.window : 0;
+  s.seg = seg_;
   return s;
 }
 

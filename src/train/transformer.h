@@ -56,6 +56,10 @@ class Transformer {
   // The adapter's parameters (LL.total) and its gradient buffer (+=; may be null in forward()).
   void set_lora_params(const T* a, T* ga) { la_ = a, lga_ = ga; }
 
+  // Packed examples: seg (B*T), the first position of each token's example in its row (the
+  // attention stays inside examples); null: plain causal rows. Kept until changed.
+  void set_segments(const int32_t* seg) { seg_ = seg; }
+
   size_t activation_bytes() const { return (acts_.size() + lora_acts_.size()) * sizeof(T); }
   // Rows routed to each expert (n_layers x E, zero for dense layers) by the forward passes
   // since the last call; then zeroed.
@@ -163,6 +167,7 @@ class Transformer {
   const T* la_ = nullptr;
   T* lga_ = nullptr;
   uint64_t lora_key_ = 0;  // this pass's adapter-dropout key (0: none)
+  const int32_t* seg_ = nullptr;  // set_segments
   std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
 };
 
