@@ -10,6 +10,7 @@ PKGS=(
   nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev curl chromium
   clang libclang-rt-14-dev
   fortunes-min fortunes
+  openmpi-bin libopenmpi-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -111,6 +111,10 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
   app.add_flag("--pack", o.pack,
                "SFT data: pack several examples into each sequence (attention kept inside each example) instead of "
                "one padded example per sequence");
+  app.add_option("--zero", o.zero,
+                 "under mpirun: ZeRO stage 0 (replicas), 1 (Adam moments sharded over the ranks), 2 (gradients "
+                 "too)")
+      ->check(CLI::Range(0, 3));
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
   app.add_option("--dropout", o.mo.dropout, "dropout on the embedding and each block's residual branches (0: off)");
   app.add_option("--seed", o.seed, "seed of initialisation and data order");
@@ -162,6 +166,21 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
 }
 
 namespace {
+// The run on this process, or on this rank of an MPI job (mpirun -np N tessera train ...):
+// a rank's error is printed with its rank and ends the whole job.
+train::TrainSummary run_on_ranks(const train::TrainOptions& o, bool resume) {
+  if (!train::launched_by_mpi()) return train::run_training(o, resume, stderr, stop_requested());
+  auto comm = train::make_mpi_communicator();
+  try {
+    return train::run_training(o, resume, stderr, stop_requested(), *comm);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: rank %d of %d: %s\n", comm->rank(), comm->size(), e.what());
+    std::fflush(stderr);
+    train::mpi_abort(1);
+    throw;
+  }
+}
+
 // tessera train, or (finetune) the same loop with a LoRA adapter on a frozen --init model.
 int train_cli(int argc, char** argv, bool finetune) {
   CLI::App app{finetune ? "Fine-tune a model with a LoRA adapter (--init MODEL frozen; only the adapter trains), or "
@@ -201,7 +220,7 @@ int train_cli(int argc, char** argv, bool finetune) {
     r.out_dir = resume;
     r.steps = app.count("--steps") ? o.steps : 0;
     install_stop_handlers();  // a stop by signal exits 130 (run_training has said where it checkpointed)
-    return train::run_training(r, true, stderr, stop_requested()).interrupted ? 130 : 0;
+    return run_on_ranks(r, true).interrupted ? 130 : 0;
   }
   if (finetune) {
     if (o.init_model.empty()) fail("tessera finetune: --init MODEL is required (the base model to adapt)");
@@ -212,7 +231,7 @@ int train_cli(int argc, char** argv, bool finetune) {
   if (!app.count("--warmup")) o.sched.warmup = std::min<int64_t>(o.sched.warmup, o.steps / 10);
   finish_model_config(o, sa);
   install_stop_handlers();
-  const auto s = train::run_training(o, false, stderr, stop_requested());
+  const auto s = run_on_ranks(o, false);
   if (s.interrupted) return 130;
   std::fprintf(stderr, "done: %lld steps, loss %.4f, val loss %.4f (ppl %.2f), %.0f tok/s; checkpoint %s\n",
                (long long)s.steps, s.last_loss, s.val_loss, std::exp(s.val_loss), s.tok_per_s, s.checkpoint.c_str());

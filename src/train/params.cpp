@@ -49,7 +49,10 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
   total = (total + kAlign - 1) / kAlign * kAlign;
 }
 
-Layout::Shard Layout::shard(int r, int n) const {
+Layout::Shard Layout::shard(int r, int n) const { return shard_range(total, r, n); }
+
+Layout::Shard shard_range(size_t total, int r, int n) {
+  constexpr size_t kAlign = Layout::kAlign;
   if (n <= 0 || r < 0 || r >= n) fail("parameter shard ", r, " of ", n, " does not exist");
   const size_t blocks = (total + kAlign - 1) / kAlign;  // kAlign-element units
   const auto edge = [&](int k) { return std::min(total, blocks * size_t(k) / size_t(n) * kAlign); };

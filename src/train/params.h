@@ -72,6 +72,10 @@ struct Layout {
   Shard shard(int r, int n) const;
 };
 
+// Rank r's contiguous share [begin, end) of a flat buffer of `total` elements over n
+// ranks: near-equal, boundaries on Layout::kAlign elements (Layout::shard for its total).
+Layout::Shard shard_range(size_t total, int r, int n);
+
 // A parameter-shaped buffer (params, gradients, moments): 64-byte aligned.
 using ParamVec = aligned_vector<float>;
 

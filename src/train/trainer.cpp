@@ -57,6 +57,8 @@ void TrainOptions::validate() const {
   if (upcycle_experts != 0 && init_model.empty()) fail("--upcycle-experts needs --init (the dense model to upcycle)");
   if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
   if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);
+  if (zero < 0 || zero > 2)
+    fail("--zero ", zero, ": stages 0, 1 and 2 are supported (3, sharded weights, is not built yet)");
   if (lora.enabled()) {
     if (init_model.empty()) fail("LoRA fine-tuning needs --init (the base model to adapt)");
     if (upcycle_experts > 0) fail("--upcycle-experts and LoRA cannot be combined (upcycle first, then fine-tune)");
@@ -100,6 +102,8 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"skip_nonfinite", o.skip_nonfinite},
           {"precision", o.precision},
           {"pack", o.pack},
+          {"zero", o.zero},
+          {"ranks", o.ranks},
           {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()}};
 }
 
@@ -131,6 +135,8 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
     o.skip_nonfinite = j.at("skip_nonfinite"), o.precision = j.at("precision");
     o.pack = j.value("pack", false);
+    o.zero = j.value("zero", 0);
+    o.ranks = j.value("ranks", int64_t(1));
     if (j.contains("lora") && !j["lora"].is_null()) o.lora = lora_from_json(j["lora"], where);
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": bad run options: ", e.what());
@@ -274,8 +280,20 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
       fail(dir, ": the run is complete (step ", st.ck.step, "); give --steps N (N > ", st.ck.step, ") to extend it");
     if (comm_.is_root())
       std::fprintf(log_, "resuming %s from %s (step %lld)\n", dir.c_str(), last.c_str(), (long long)st.ck.step);
+    if (o_.ranks != comm_.size()) {  // another rank count: the same global batch through gradient accumulation
+      const int64_t micro = o_.ranks * o_.grad_accum;
+      if (micro % comm_.size() != 0)
+        fail(dir, ": the run's global batch is ", micro, " micro-batches (", o_.ranks, " ranks x grad-accum ",
+             o_.grad_accum, "), which ", comm_.size(), " ranks cannot split evenly; resume on a divisor of ", micro);
+      o_.grad_accum = micro / comm_.size(), o_.ranks = comm_.size();
+      extended = true;  // run.json records the new layout
+      if (comm_.is_root())
+        std::fprintf(log_, "resuming on %d rank(s) with --grad-accum %lld (the same global batch)\n", comm_.size(),
+                     (long long)o_.grad_accum);
+    }
   } else {
     o_.validate();
+    o_.ranks = comm_.size();
     if (!latest_checkpoint(dir).empty())
       fail(dir, ": already holds checkpoints of a run (continue it with --resume ", dir, ", or choose another -o)");
   }
@@ -345,6 +363,16 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   init.reset();
   comm_.broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
   step_ = st.start;
+  // ZeRO shards: this rank keeps (and updates) only its part of the moments.
+  const int N = comm_.size();
+  shard_off_.assign(size_t(N) + 1, n_train_);
+  for (int r = 0; r < N; ++r) shard_off_[size_t(r)] = shard_range(n_train_, r, N).begin;
+  sb_ = sharded() ? shard_off_[size_t(comm_.rank())] : 0, se_ = sharded() ? shard_off_[size_t(comm_.rank()) + 1] : n_train_;
+  if (sharded()) {  // a resumed (full) checkpoint's moments: this rank's part, whatever the rank count was
+    m_ = ParamVec(m_.begin() + long(sb_), m_.begin() + long(se_));
+    v_ = ParamVec(v_.begin() + long(sb_), v_.begin() + long(se_));
+    gs_.assign(se_ - sb_, 0.f);
+  }
   mask_ = lora_ ? std::vector<uint8_t>(n_train_, 1) : decay_mask(L, o_.adam);
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
@@ -403,6 +431,14 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                  (long long)cfg.moe_used, (long long)cfg.moe_hidden,
                  cfg.moe_shared_hidden > 0 ? (", shared " + std::to_string(cfg.moe_shared_hidden)).c_str() : "",
                  cfg.router_desc().c_str(), double(cfg.active_params()) / 1e6);
+  if (comm_.size() > 1) {
+    const double mib = 4.0 / (1 << 20);
+    std::fprintf(log_,
+                 "data parallel: %d ranks, ZeRO stage %d; per rank: parameters %.1f MiB, gradients %.1f MiB, Adam "
+                 "moments %.1f MiB\n",
+                 comm_.size(), o_.zero, double(p_.size()) * mib, double(g_.size() + gs_.size()) * mib,
+                 double(m_.size() + v_.size()) * mib);
+  }
   std::fprintf(log_, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
                (long long)data_.train->size(), (long long)data_.val->size(), (long long)o_.batch, (long long)o_.seq,
                (long long)o_.grad_accum, (long long)(o_.batch * o_.seq * o_.grad_accum * comm_.size()), st.threads);
@@ -458,7 +494,22 @@ Trainer::StepStats Trainer::train_step() {
     loss_count[0] += r.loss_sum, loss_count[1] += double(r.count);
     loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum;
   }
-  comm_.all_reduce_sum(g_.data(), g_.size());
+  // The gradient this rank's update reads: the all-reduced buffer (stage 0), or its
+  // reduce-scattered part (stages 1, 2: each rank updates only its part); the norm over
+  // all of it for clipping.
+  const float* gsh = g_.data() + sb_;
+  double gnorm = 0;
+  if (sharded()) {
+    comm_.reduce_scatter_sum(g_.data(), gs_.data(), shard_off_);
+    gsh = gs_.data();
+    const double part = grad_norm(gs_.data(), gs_.size());
+    double sq = part * part;
+    comm_.all_reduce_sum(&sq, 1);
+    gnorm = std::sqrt(sq);
+  } else {
+    comm_.all_reduce_sum(g_.data(), g_.size());
+    gnorm = grad_norm(g_.data(), g_.size());
+  }
   comm_.all_reduce_sum(loss_count, 4);
   StepStats out;
   out.loss = loss_count[0] / loss_count[1];
@@ -467,7 +518,7 @@ Trainer::StepStats Trainer::train_step() {
     out.expert_tokens = model_->take_expert_counts();
     out.moe_dropped = model_->take_dropped();
   }
-  out.grad_norm = grad_norm(g_.data(), g_.size());
+  out.grad_norm = gnorm;
   out.lr = o_.sched.at(s);
   if (!std::isfinite(out.loss) || !std::isfinite(out.grad_norm)) {
     if (!o_.skip_nonfinite) {
@@ -478,10 +529,12 @@ Trainer::StepStats Trainer::train_step() {
   } else {
     // Clipping scales g inside the update (no separate pass over g).
     const float gs = o_.clip > 0 && out.grad_norm > o_.clip ? float(o_.clip / out.grad_norm) : 1.f;
-    adamw_step(p_.data(), g_.data(), m_.data(), v_.data(), mask_.data(), n_train_, s + 1, out.lr, o_.adam,
+    adamw_step(p_.data() + sb_, gsh, m_.data(), v_.data(), mask_.data() + sb_, se_ - sb_, s + 1, out.lr, o_.adam,
                detect_isa(), gs);
+    if (sharded()) comm_.all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
   }
   ++step_;
+  out.traffic = comm_.take_traffic();
   return out;
 }
 
@@ -497,12 +550,23 @@ double Trainer::evaluate() {
 }
 
 std::string Trainer::save() {
+  // ZeRO: the moments' parts gathered first (every rank takes part), so the checkpoint is
+  // whole and resumes on any number of ranks.
+  ParamVec m_full, v_full;
+  if (sharded()) {
+    m_full.assign(n_train_, 0.f), v_full.assign(n_train_, 0.f);
+    std::copy(m_.begin(), m_.end(), m_full.begin() + long(sb_));
+    std::copy(v_.begin(), v_.end(), v_full.begin() + long(sb_));
+    comm_.all_gather(m_full.data(), shard_off_);
+    comm_.all_gather(v_full.data(), shard_off_);
+  }
   if (!comm_.is_root()) return "";
   State& st = *st_;
   Checkpoint c;
   c.cfg = L_->cfg, c.step = step_, c.extra = st.opts;
   if (lora_) c.lora = lora_->lora;
-  c.params = p_, c.m = m_, c.v = v_;
+  c.params = p_;
+  c.m = sharded() ? std::move(m_full) : m_, c.v = sharded() ? std::move(v_full) : v_;
   const std::string path = checkpoint_path(st.dir, step_);
   try {
     save_checkpoint(path, c);
@@ -542,6 +606,11 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
       nlohmann::json rec = {{"step", done}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                             {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
       if (eval_now) rec["val_loss"] = val;
+      if (comm_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)
+        const auto t = r.traffic;
+        rec["comm_bytes"] = {{"all_reduce", t.all_reduce}, {"reduce_scatter", t.reduce_scatter},
+                             {"all_gather", t.all_gather}};
+      }
       if (L_->cfg.is_moe()) {  // the router losses and each MoE layer's tokens per expert
         rec["moe_balance"] = r.moe_balance, rec["moe_router_z"] = r.moe_z;
         nlohmann::json load = nlohmann::json::array();
@@ -567,8 +636,13 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
       }
       if (eval_now) plot(st.dir, st.hist);
     }
-    const bool out_of_time = o_.max_seconds > 0 && el >= o_.max_seconds;
-    const bool interrupted = stop && *stop && done < o_.steps;
+    bool out_of_time = o_.max_seconds > 0 && el >= o_.max_seconds;
+    bool interrupted = stop && *stop && done < o_.steps;
+    if (comm_.size() > 1) {  // every rank stops at the same step: a signal seen anywhere, the root's clock
+      double flags[2] = {interrupted ? 1.0 : 0.0, root && out_of_time ? 1.0 : 0.0};
+      comm_.all_reduce_sum(flags, 2);
+      interrupted = flags[0] > 0, out_of_time = flags[1] > 0;
+    }
     if (done % o_.ckpt_interval == 0 || done == o_.steps || out_of_time || interrupted) save();
     sum.steps = done, sum.last_loss = r.loss, sum.val_loss = val, sum.tok_per_s = tok_s;
     sum.checkpoint = st.last_checkpoint;
@@ -595,6 +669,11 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
 
 TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const volatile std::sig_atomic_t* stop) {
   LocalCommunicator comm;
+  return run_training(std::move(o), resume, log, stop, comm);
+}
+
+TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const volatile std::sig_atomic_t* stop,
+                          Communicator& comm) {
   Trainer t(std::move(o), resume, log, comm);
   return t.run(stop);
 }

@@ -40,6 +40,11 @@ struct TrainOptions {
   // SFT datasets (train/sft.h): pack several examples into a row (attention kept inside each)
   // instead of one padded example per row.
   bool pack = false;
+  // Data parallelism over the Communicator's ranks (mpirun): ZeRO stage 0 (replicas,
+  // gradients all-reduced), 1 (AdamW moments sharded: each rank updates its shard of the
+  // flat buffer, the weights are all-gathered), 2 (gradients reduce-scattered too).
+  int zero = 0;
+  int64_t ranks = 1;  // the ranks the global batch was laid out for (set by the Trainer; kept by resumes)
   Schedule sched;
   AdamWConfig adam;
   float clip = 1.f;           // max global gradient norm (0: off)
@@ -83,6 +88,7 @@ class Trainer {
     float lr = 0;
     bool skipped = false;  // non-finite loss or gradient, skipped (--skip-nonfinite)
     bool no_targets = false;  // SFT: no response token in the step's batches (skipped)
+    Communicator::Traffic traffic;  // this rank's bytes sent in the step's collectives
     // Mixture-of-experts models: the router losses (per token, summed over the MoE
     // layers, before their coefficients) and the rows each expert took, (layers, E).
     double moe_balance = 0, moe_z = 0;
@@ -120,6 +126,12 @@ class Trainer {
   std::unique_ptr<LoraLayout> lora_;
   ParamVec base_, gbase_;   // LoRA: the frozen model; a throw-away gradient for MoE models
   size_t n_train_ = 0;      // elements of p_ (Layout or LoraLayout total)
+  // ZeRO: the ranks' parts of the flat buffer (size() + 1 offsets), this rank's [sb_, se_)
+  // (everything without sharding); m_ and v_ hold that part only; gs_ its reduced gradient (stage 2).
+  std::vector<size_t> shard_off_;
+  size_t sb_ = 0, se_ = 0;
+  ParamVec gs_;
+  bool sharded() const { return o_.zero >= 1 && comm_.size() > 1; }
   std::vector<uint8_t> mask_;
   std::unique_ptr<Transformer<float>> model_;
   std::vector<int32_t> x_, y_, seg_;  // a micro-batch: inputs, targets, packed examples' first positions
@@ -131,6 +143,9 @@ class Trainer {
 // LocalCommunicator; progress goes to log (stderr in the CLI).
 TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log,
                           const volatile std::sig_atomic_t* stop = nullptr);
+// The same on the given communicator (one rank of an MPI job).
+TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const volatile std::sig_atomic_t* stop,
+                          Communicator& comm);
 
 // Mean next-token loss of the parameters over n windows of the validation shard
 // (an SFT dataset's: over its first n validation examples, response tokens only).

@@ -1,0 +1,97 @@
+// MPI_COMM_WORLD as the training Communicator (Debian's OpenMPI).
+#include <mpi.h>
+
+#include <climits>
+#include <cstdlib>
+#include <exception>
+
+#include "core/error.h"
+#include "train/communicator.h"
+
+namespace tessera::train {
+
+namespace {
+
+int count(size_t n, const char* what) {
+  if (n > size_t(INT_MAX)) fail("MPI ", what, ": ", n, " elements exceed one message (2^31 - 1); use more ranks");
+  return int(n);
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator() {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+      int provided = 0;
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    // Errors come back as codes (named in our message) instead of MPI's default abort.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  }
+  ~MpiCommunicator() override {
+    if (std::uncaught_exceptions() > 0) {
+      MPI_Abort(MPI_COMM_WORLD, 1);  // a failing rank must not leave the others waiting
+    } else {
+      MPI_Finalize();
+    }
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(float* x, size_t n) override {
+    check(MPI_Allreduce(MPI_IN_PLACE, x, count(n, "all-reduce"), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "all-reduce");
+    traffic_.all_reduce += ring(n * sizeof(float)) * 2;
+  }
+  void all_reduce_sum(double* x, size_t n) override {
+    check(MPI_Allreduce(MPI_IN_PLACE, x, count(n, "all-reduce"), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "all-reduce");
+    traffic_.all_reduce += ring(n * sizeof(double)) * 2;
+  }
+  void broadcast(float* x, size_t n, int root) override {
+    check(MPI_Bcast(x, count(n, "broadcast"), MPI_FLOAT, root, MPI_COMM_WORLD), "broadcast");
+    traffic_.broadcast += rank_ == root ? double(n * sizeof(float)) : 0.0;
+  }
+  void reduce_scatter_sum(const float* x, float* out, const std::vector<size_t>& off) override {
+    std::vector<int> counts(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) counts[size_t(r)] = count(off[size_t(r) + 1] - off[size_t(r)], "reduce-scatter");
+    check(MPI_Reduce_scatter(x + off[0], out, counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "reduce-scatter");
+    traffic_.reduce_scatter += ring((off.back() - off[0]) * sizeof(float));
+  }
+  void all_gather(float* x, const std::vector<size_t>& off) override {
+    std::vector<int> counts(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r)
+      counts[size_t(r)] = count(off[size_t(r) + 1] - off[size_t(r)], "all-gather"),
+      displs[size_t(r)] = count(off[size_t(r)] - off[0], "all-gather");
+    check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x + off[0], counts.data(), displs.data(), MPI_FLOAT,
+                         MPI_COMM_WORLD),
+          "all-gather");
+    traffic_.all_gather += ring((off.back() - off[0]) * sizeof(float));
+  }
+  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "barrier"); }
+
+ private:
+  int rank_ = 0, size_ = 1;
+  double ring(size_t bytes) const { return double(bytes) * double(size_ - 1) / double(size_); }
+  void check(int rc, const char* what) const {
+    if (rc == MPI_SUCCESS) return;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    fail("rank ", rank_, ": MPI ", what, " failed: ", std::string(msg, size_t(len)));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<MpiCommunicator>(); }
+
+void mpi_abort(int code) {
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  if (inited && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+}  // namespace tessera::train

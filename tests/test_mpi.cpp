@@ -1,0 +1,159 @@
+// Data-parallel training over MPI (`mpirun -np 2 tessera train --zero S`): the
+// same loss trajectory as one process with gradient accumulation, weights bit
+// for bit the same across ZeRO stages, the traffic per step, resuming on
+// another number of ranks, and a killed rank ending the job. Skips when Tessera
+// was built without MPI or mpirun is missing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "cli_util.h"
+#include "nlohmann/json.hpp"
+#include "train/checkpoint.h"
+
+using namespace tessera;
+using tessera::test::q;
+using tessera::test::run_cli;
+namespace fs = std::filesystem;
+
+namespace {
+
+class Mpi : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+#ifndef TESSERA_HAVE_MPI
+    return;
+#endif
+    if (std::system("command -v mpirun >/dev/null 2>&1") != 0 ||
+        !fs::exists(test::shared_path("data/tinyshakespeare.txt")))
+      return;
+    dir_ = test::temp_path("mpi");
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ifstream in(test::shared_path("data/tinyshakespeare.txt"));
+    std::string text(100000, '\0');
+    in.read(text.data(), std::streamsize(text.size()));
+    std::ofstream(dir_ + "/corpus.txt") << text;
+    auto r = run_cli("tokenizer train --vocab-size 300 -o " + q(dir_ + "/tok.json") + " " + q(dir_ + "/corpus.txt"));
+    ASSERT_EQ(r.code, 0) << r.err;
+    r = run_cli("data prepare --tokenizer " + q(dir_ + "/tok.json") + " -o " + q(dir_ + "/data") + " " +
+                q(dir_ + "/corpus.txt"));
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  static void TearDownTestSuite() {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  void SetUp() override {
+#ifndef TESSERA_HAVE_MPI
+    GTEST_SKIP() << "built without MPI (libopenmpi-dev)";
+#endif
+    if (dir_.empty()) GTEST_SKIP() << "mpirun or ../shared/data/tinyshakespeare.txt missing";
+  }
+  static std::string args(const std::string& out, int steps) {
+    return "train --data " + q(dir_ + "/data") + " -o " + q(out) +
+           " --dim 32 --layers 2 --heads 4 --kv-heads 2 --batch 4 --seq 32 --eval-interval 10 --eval-batches 2"
+           " --log-interval 100 -t 1 --seed 11 --lr 3e-3 --ckpt-interval 5 --steps " +
+           std::to_string(steps);
+  }
+  // mpirun -np 2 tessera ARGS; its exit status, stderr in err.
+  static int mpirun(const std::string& a, std::string* err = nullptr) {
+    const std::string log = dir_ + "/mpirun.log";
+    const int rc = std::system(("mpirun --allow-run-as-root --oversubscribe -np 2 " + std::string(TESSERA_CLI) + " " +
+                                a + " >/dev/null 2>" + q(log))
+                                   .c_str());
+    if (err) *err = test::slurp(log);
+    return rc;
+  }
+  static std::vector<nlohmann::json> metrics(const std::string& run) {
+    std::vector<nlohmann::json> r;
+    std::ifstream in(run + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) r.push_back(nlohmann::json::parse(line));
+    return r;
+  }
+  static void expect_same_losses(const std::string& a, const std::string& b, double tol) {
+    const auto ma = metrics(a), mb = metrics(b);
+    ASSERT_EQ(ma.size(), mb.size());
+    for (size_t i = 0; i < ma.size(); ++i) {
+      const double x = ma[i]["loss"], y = mb[i]["loss"];
+      EXPECT_NEAR(x, y, tol * std::abs(x)) << a << " vs " << b << " at step " << ma[i]["step"];
+    }
+  }
+  static inline std::string dir_;
+};
+
+}  // namespace
+
+TEST_F(Mpi, TwoRanksFollowOneProcessAndZeroStagesAgreeBitForBit) {
+  const std::string one = dir_ + "/one";
+  auto r = run_cli(args(one, 30) + " --grad-accum 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::string err;
+  for (int stage : {0, 1, 2}) {
+    const std::string run = dir_ + "/z" + std::to_string(stage);
+    ASSERT_EQ(mpirun(args(run, 30) + " --zero " + std::to_string(stage), &err), 0) << err;
+    // 2 ranks x batch 4 = one process x batch 4 x 2 micro-batches: the same batches, summed in another order.
+    expect_same_losses(one, run, 1e-6);
+    const auto m = metrics(run);
+    const auto& t = m.back()["comm_bytes"];
+    const double params = double(train::load_checkpoint(train::latest_checkpoint(run)).params.size()) * 4;
+    // Per step and rank, the ring algorithms move the parameter bytes: 2 (N-1)/N x P for the
+    // gradient all-reduce (stage 0), or (N-1)/N x P reduce-scattered + (N-1)/N x P all-gathered.
+    if (stage == 0) {
+      EXPECT_NEAR(double(t["all_reduce"]), params, 64.0);
+      EXPECT_EQ(double(t["all_gather"]), 0.0);
+    } else {
+      EXPECT_NEAR(double(t["reduce_scatter"]), params / 2, 64.0);
+      EXPECT_NEAR(double(t["all_gather"]), params / 2, 64.0);
+      EXPECT_LT(double(t["all_reduce"]), 128.0) << "only the loss and the norm";
+    }
+  }
+  // With 2 ranks the sums are the same whichever collective forms them: identical weights and moments.
+  for (int stage : {1, 2}) {
+    const auto a = train::load_checkpoint(train::latest_checkpoint(dir_ + "/z0"));
+    const auto b = train::load_checkpoint(train::latest_checkpoint(dir_ + "/z" + std::to_string(stage)));
+    EXPECT_TRUE(a.params == b.params && a.m == b.m && a.v == b.v) << "stage " << stage;
+  }
+}
+
+TEST_F(Mpi, ResumeOnAnotherNumberOfRanksKeepsTheGlobalBatch) {
+  const std::string full = dir_ + "/full", a = dir_ + "/a", b = dir_ + "/b";
+  std::string err;
+  ASSERT_EQ(mpirun(args(full, 20) + " --zero 1", &err), 0) << err;
+  // Stopped at step 10 of 20 on 2 ranks (the cosine runs to --steps 20 from the start), continued on 1.
+  ASSERT_EQ(mpirun(args(a, 20) + " --zero 1 --max-time 1e-9", &err), 0) << err;
+  const int64_t stopped = train::load_checkpoint(train::latest_checkpoint(a)).step;
+  ASSERT_LT(stopped, 20);
+  auto r = run_cli("train --resume " + q(a));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming on 1 rank(s) with --grad-accum 2"), std::string::npos) << r.err;
+  expect_same_losses(full, a, 1e-6);
+  // One process with 2 micro-batches, continued on 2 ranks.
+  r = run_cli(args(b, 20) + " --grad-accum 2 --max-time 1e-9");
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(mpirun("train --resume " + q(b), &err), 0) << err;
+  expect_same_losses(full, b, 1e-6);
+}
+
+TEST_F(Mpi, AKilledRankEndsTheJobAndResumeFinishesTheRun) {
+  const std::string full = dir_ + "/kfull", k = dir_ + "/killed";
+  std::string err;
+  ASSERT_EQ(mpirun(args(full, 400), &err), 0) << err;
+  // Kill rank 1 (a child of mpirun) once checkpoint 10 exists.
+  const std::string script = dir_ + "/kill.sh";
+  std::ofstream(script) << "mpirun --allow-run-as-root --oversubscribe -np 2 " << TESSERA_CLI << " " << args(k, 400)
+                        << " >/dev/null 2>" << q(dir_ + "/kill.log") << " & pid=$!\n"
+                        << "while [ ! -f " << q(train::checkpoint_path(k, 10)) << " ]; do sleep 0.01; done\n"
+                        << "kill -9 $(pgrep -P $pid | tail -1)\n"
+                        << "wait $pid; echo $? > " << q(dir_ + "/kill.rc") << "\n";
+  ASSERT_EQ(std::system(("bash " + q(script)).c_str()), 0);
+  EXPECT_NE(test::slurp(dir_ + "/kill.rc"), "0\n") << "the job must fail when a rank dies";
+  EXPECT_FALSE(fs::exists(train::checkpoint_path(k, 400))) << "the run finished before the kill; make it longer";
+  const std::string log = test::slurp(dir_ + "/kill.log");
+  EXPECT_NE(log.find("rank 1"), std::string::npos) << "mpirun names the rank that died:\n" << log;
+  ASSERT_EQ(mpirun("train --resume " + q(k), &err), 0) << err;
+  const double a = metrics(full).back()["loss"], b = metrics(k).back()["loss"];
+  EXPECT_NEAR(a, b, 1e-6 * std::abs(a));
+}
