@@ -233,6 +233,7 @@ int train_cli(int argc, char** argv, bool finetune) {
   install_stop_handlers();
   const auto s = run_on_ranks(o, false);
   if (s.interrupted) return 130;
+  if (!s.root) return 0;
   std::fprintf(stderr, "done: %lld steps, loss %.4f, val loss %.4f (ppl %.2f), %.0f tok/s; checkpoint %s\n",
                (long long)s.steps, s.last_loss, s.val_loss, std::exp(s.val_loss), s.tok_per_s, s.checkpoint.c_str());
   return 0;

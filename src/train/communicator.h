@@ -35,6 +35,7 @@ class Communicator {
   // all-gather (N-1)/N, broadcast the buffer), as the ZeRO paper counts them.
   struct Traffic {
     double all_reduce = 0, reduce_scatter = 0, all_gather = 0, broadcast = 0;
+    double seconds = 0;  // wall time inside the collectives (waiting for other ranks included)
   };
   Traffic take_traffic() {
     Traffic t = traffic_;

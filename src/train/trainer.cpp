@@ -610,6 +610,7 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
         const auto t = r.traffic;
         rec["comm_bytes"] = {{"all_reduce", t.all_reduce}, {"reduce_scatter", t.reduce_scatter},
                              {"all_gather", t.all_gather}};
+        rec["comm_s"] = t.seconds;
       }
       if (L_->cfg.is_moe()) {  // the router losses and each MoE layer's tokens per expert
         rec["moe_balance"] = r.moe_balance, rec["moe_router_z"] = r.moe_z;
@@ -675,7 +676,9 @@ TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const vol
 TrainSummary run_training(TrainOptions o, bool resume, std::FILE* log, const volatile std::sig_atomic_t* stop,
                           Communicator& comm) {
   Trainer t(std::move(o), resume, log, comm);
-  return t.run(stop);
+  TrainSummary s = t.run(stop);
+  s.root = comm.is_root();
+  return s;
 }
 
 }  // namespace tessera::train

@@ -66,6 +66,7 @@ struct TrainSummary {
   double last_loss = 0, val_loss = 0, tok_per_s = 0;
   std::string checkpoint;     // the last checkpoint written
   bool interrupted = false;   // stopped early by *stop (a checkpoint of the last step was written)
+  bool root = true;           // rank 0 (the one that reports)
 };
 
 // One training run: set up (a new run, or a resume from out_dir's newest

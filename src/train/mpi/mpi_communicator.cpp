@@ -1,6 +1,7 @@
 // MPI_COMM_WORLD as the training Communicator (Debian's OpenMPI).
 #include <mpi.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <exception>
@@ -18,6 +19,13 @@ int count(size_t n, const char* what) {
 }
 
 class MpiCommunicator final : public Communicator {
+  // Adds the scope's wall time to traffic_.seconds.
+  struct Timed {
+    Traffic& t;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    ~Timed() { t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+  };
+
  public:
   MpiCommunicator() {
     int inited = 0;
@@ -42,24 +50,29 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
 
   void all_reduce_sum(float* x, size_t n) override {
+    Timed timed{traffic_};
     check(MPI_Allreduce(MPI_IN_PLACE, x, count(n, "all-reduce"), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "all-reduce");
     traffic_.all_reduce += ring(n * sizeof(float)) * 2;
   }
   void all_reduce_sum(double* x, size_t n) override {
+    Timed timed{traffic_};
     check(MPI_Allreduce(MPI_IN_PLACE, x, count(n, "all-reduce"), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "all-reduce");
     traffic_.all_reduce += ring(n * sizeof(double)) * 2;
   }
   void broadcast(float* x, size_t n, int root) override {
+    Timed timed{traffic_};
     check(MPI_Bcast(x, count(n, "broadcast"), MPI_FLOAT, root, MPI_COMM_WORLD), "broadcast");
     traffic_.broadcast += rank_ == root ? double(n * sizeof(float)) : 0.0;
   }
   void reduce_scatter_sum(const float* x, float* out, const std::vector<size_t>& off) override {
+    Timed timed{traffic_};
     std::vector<int> counts(static_cast<size_t>(size_));
     for (int r = 0; r < size_; ++r) counts[size_t(r)] = count(off[size_t(r) + 1] - off[size_t(r)], "reduce-scatter");
     check(MPI_Reduce_scatter(x + off[0], out, counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "reduce-scatter");
     traffic_.reduce_scatter += ring((off.back() - off[0]) * sizeof(float));
   }
   void all_gather(float* x, const std::vector<size_t>& off) override {
+    Timed timed{traffic_};
     std::vector<int> counts(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
     for (int r = 0; r < size_; ++r)
       counts[size_t(r)] = count(off[size_t(r) + 1] - off[size_t(r)], "all-gather"),
