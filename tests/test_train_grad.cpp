@@ -18,6 +18,7 @@
 #include "ref_llama.h"
 #include "test_util.h"
 #include "train/blocks.h"
+#include "train/distill.h"
 #include "train/optim.h"
 #include "train/transformer.h"
 
@@ -481,6 +482,45 @@ TEST(TrainGrad, LoraZeroBIsTheBaseAndMergingIsExact) {
   const Vec merged(p32.begin(), p32.end());
   EXPECT_NEAR(bd.forward(merged.data(), tok.data(), tgt.data()).loss_sum, with_adapter, 1e-5 * std::abs(with_adapter));
   EXPECT_NE(bd.forward(p.data(), tok.data(), tgt.data()).loss_sum, with_adapter);
+}
+
+// Distillation (train/distill.h): (1 - alpha) CE + alpha tau^2 KL, forward and reverse,
+// against central differences of the whole model.
+TEST(TrainGrad, DistillationLossMatchesFiniteDifferences) {
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  ModelConfig c = tiny_llama();
+  Layout L(c);
+  std::mt19937_64 rng(17);
+  Vec p = randn(L.total, rng, 0.3);
+  const int64_t B = 2, T = 5, N = B * T, V = c.vocab_size;
+  std::vector<int32_t> tok(N), tgt(N);
+  for (int64_t i = 0; i < N; ++i) tok[i] = int32_t(rng() % uint64_t(V)), tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(V));
+  std::vector<float> tl(size_t(N * V));  // a teacher: log softmax of random logits / tau
+  for (const float temp : {1.f, 2.5f})
+    for (const bool reverse : {false, true}) {
+      KdOptions kd;
+      kd.teacher = "t", kd.alpha = 0.7f, kd.temp = temp, kd.reverse = reverse;
+      for (int64_t n = 0; n < N; ++n) {
+        double s = 0;
+        std::vector<double> z(static_cast<size_t>(V));
+        for (auto& x : z) s += std::exp(x = 2.0 * std::normal_distribution<double>(0, 1)(rng) / temp);
+        for (int64_t v = 0; v < V; ++v) tl[size_t(n * V + v)] = float(z[size_t(v)] - std::log(s));
+      }
+      Transformer<double> m(L, B, T, ModelOptions{});
+      m.set_teacher(tl.data(), kd);
+      auto f = [&] {
+        const auto r = m.forward(p.data(), tok.data(), tgt.data());
+        return ((1 - double(kd.alpha)) * r.loss_sum + double(kd.alpha) * r.kd_sum) / double(r.count);
+      };
+      const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
+      Vec g(L.total, 0.0);
+      m.forward_backward(p.data(), g.data(), tok.data(), tgt.data(), 1.f / float(count));
+      const Vec num = numgrad(p, f);
+      EXPECT_LT(rel_err(g, num), kTol) << "tau " << temp << (reverse ? " reverse" : " forward");
+      EXPECT_GT(m.forward(p.data(), tok.data(), tgt.data()).kd_sum, 0.0);
+    }
+  omp_set_num_threads(threads);
 }
 
 TEST(TrainGrad, DropoutMasksFollowTheKey) {

@@ -181,12 +181,18 @@ train::TrainSummary run_on_ranks(const train::TrainOptions& o, bool resume) {
   }
 }
 
-// tessera train, or (finetune) the same loop with a LoRA adapter on a frozen --init model.
-int train_cli(int argc, char** argv, bool finetune) {
-  CLI::App app{finetune ? "Fine-tune a model with a LoRA adapter (--init MODEL frozen; only the adapter trains), or "
-                          "--resume DIR."
-                        : "Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
-               finetune ? "tessera finetune" : "tessera train"};
+enum class Mode { Train, Finetune, Distill };
+
+// tessera train, (finetune) the same loop with a LoRA adapter on a frozen --init model, or
+// (distill) with a teacher's distribution as a second target.
+int train_cli(int argc, char** argv, Mode mode) {
+  const bool finetune = mode == Mode::Finetune, distill = mode == Mode::Distill;
+  CLI::App app{finetune  ? "Fine-tune a model with a LoRA adapter (--init MODEL frozen; only the adapter trains), or "
+                           "--resume DIR."
+               : distill ? "Train a student (new, or --init MODEL) on data and a teacher model's distribution (word-level "
+                           "knowledge distillation), or --resume DIR."
+                         : "Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
+               finetune ? "tessera finetune" : distill ? "tessera distill" : "tessera train"};
   app.set_config("--config", "", "read options from a TOML file (keys are the long option names)");
   app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
@@ -207,6 +213,13 @@ int train_cli(int argc, char** argv, bool finetune) {
                    "layers adapted: q,k,v,o,gate,up,down (GPT-2: q/k/v select its fused qkv), attn, mlp or all "
                    "(default all)");
   }
+  if (distill) {
+    app.add_option("--teacher", o.kd.teacher, "the teacher model (any format and type the engine loads)");
+    app.add_option("--teacher-tokenizer", o.kd.teacher_tokenizer, "tokenizer of --teacher when its file has none");
+    app.add_option("--kd-alpha", o.kd.alpha, "weight of the distillation term (1 - it: the data term; default 0.5)");
+    app.add_option("--kd-temp", o.kd.temp, "temperature tau of both distributions (the term is scaled by tau^2; default 1)");
+    app.add_flag("--kd-reverse", o.kd.reverse, "reverse KL(student || teacher) (MiniLLM) instead of the forward KL");
+  }
   app.add_option("--resume", resume, "continue the run in this directory from its newest checkpoint");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (!resume.empty()) {
@@ -222,6 +235,7 @@ int train_cli(int argc, char** argv, bool finetune) {
     install_stop_handlers();  // a stop by signal exits 130 (run_training has said where it checkpointed)
     return run_on_ranks(r, true).interrupted ? 130 : 0;
   }
+  if (distill && o.kd.teacher.empty()) fail("tessera distill: --teacher MODEL is required");
   if (finetune) {
     if (o.init_model.empty()) fail("tessera finetune: --init MODEL is required (the base model to adapt)");
     o.lora.targets = train::parse_lora_targets(targets);
@@ -240,8 +254,9 @@ int train_cli(int argc, char** argv, bool finetune) {
 }
 }  // namespace
 
-int cmd_train(int argc, char** argv) { return train_cli(argc, argv, false); }
-int cmd_finetune(int argc, char** argv) { return train_cli(argc, argv, true); }
+int cmd_train(int argc, char** argv) { return train_cli(argc, argv, Mode::Train); }
+int cmd_finetune(int argc, char** argv) { return train_cli(argc, argv, Mode::Finetune); }
+int cmd_distill(int argc, char** argv) { return train_cli(argc, argv, Mode::Distill); }
 
 int cmd_data(int argc, char** argv) {
   CLI::App app{"Training data tools.", "tessera data"};

@@ -16,6 +16,7 @@ int cmd_tokenize(int argc, char** argv);
 int cmd_tokenizer(int argc, char** argv);  // "tokenizer train ..."
 int cmd_train(int argc, char** argv);
 int cmd_finetune(int argc, char** argv);  // train with a LoRA adapter
+int cmd_distill(int argc, char** argv);   // train with a teacher's distribution
 int cmd_data(int argc, char** argv);       // "data prepare ..."
 int cmd_export(int argc, char** argv);
 int cmd_plot(int argc, char** argv);

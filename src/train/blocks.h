@@ -148,6 +148,7 @@ struct CeResult {
   // is the objective: balance E sum_e f_e P_e, router z mean_t logsumexp(r_t)^2,
   // summed over the MoE layers.
   double moe_balance_sum = 0, moe_z_sum = 0;
+  double kd_sum = 0;  // distillation (train/distill.h): sum of tau^2 KL over the rows with a target
 };
 // Cross-entropy fused with the softmax, in place over logits(N, V): returns the
 // sums and replaces the row by d(total)/d(logits) * scale, where total =

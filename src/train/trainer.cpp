@@ -57,6 +57,12 @@ void TrainOptions::validate() const {
   if (upcycle_experts != 0 && init_model.empty()) fail("--upcycle-experts needs --init (the dense model to upcycle)");
   if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
   if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);
+  if (kd.enabled()) {
+    kd.validate();
+    if (pack) fail("--pack and --teacher cannot be combined (the teacher would see the packed neighbours)");
+    if (mo.z_loss > 0) fail("--z-loss and --teacher cannot be combined yet");
+    if (!init_model.empty() && model.final_softcap > 0) fail("--teacher: students with a logit soft-cap are not supported");
+  }
   if (zero < 0 || zero > 2)
     fail("--zero ", zero, ": stages 0, 1 and 2 are supported (3, sharded weights, is not built yet)");
   if (lora.enabled()) {
@@ -104,7 +110,10 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"pack", o.pack},
           {"zero", o.zero},
           {"ranks", o.ranks},
-          {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()}};
+          {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()},
+          {"kd", o.kd.enabled() ? nlohmann::json{{"teacher", o.kd.teacher}, {"teacher_tokenizer", o.kd.teacher_tokenizer},
+                                                  {"alpha", o.kd.alpha}, {"temp", o.kd.temp}, {"reverse", o.kd.reverse}}
+                                : nlohmann::json()}};
 }
 
 TrainOptions options_from_json(const nlohmann::json& j, const std::string& where) {
@@ -138,6 +147,11 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.zero = j.value("zero", 0);
     o.ranks = j.value("ranks", int64_t(1));
     if (j.contains("lora") && !j["lora"].is_null()) o.lora = lora_from_json(j["lora"], where);
+    if (j.contains("kd") && !j["kd"].is_null()) {
+      const auto& k = j["kd"];
+      o.kd.teacher = k.at("teacher"), o.kd.teacher_tokenizer = k.value("teacher_tokenizer", std::string());
+      o.kd.alpha = k.at("alpha"), o.kd.temp = k.at("temp"), o.kd.reverse = k.at("reverse");
+    }
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": bad run options: ", e.what());
   }
@@ -377,6 +391,10 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
   if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
+  if (o_.kd.enabled()) {
+    if (cfg.final_softcap > 0) fail("--teacher: students with a logit soft-cap are not supported");
+    teacher_ = std::make_unique<Teacher>(o_.kd, cfg.vocab_size, o_.batch, o_.seq, st.threads);
+  }
   x_.resize(size_t(o_.batch * o_.seq)), y_.resize(size_t(o_.batch * o_.seq));
   if (o_.pack) seg_.resize(size_t(o_.batch * o_.seq)), model_->set_segments(seg_.data());
 
@@ -475,11 +493,12 @@ Trainer::StepStats Trainer::train_step() {
     }
   }
   const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
-  double loss_count[4] = {0, 0, 0, 0};  // loss, count, router losses: summed over micro-batches, then ranks
+  double loss_count[5] = {0, 0, 0, 0, 0};  // loss, count, router losses, KD: over micro-batches, then ranks
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
     const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
     fill_batch(s, mb);
+    if (teacher_) model_->set_teacher(teacher_->logprobs(x_.data()), o_.kd);
     // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
     const uint64_t key = (o_.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(mb + 1)) | 1;
     // The first micro-batch writes g (no zeroing pass); the others add to it.
@@ -492,7 +511,7 @@ Trainer::StepStats Trainer::train_step() {
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
     }
     loss_count[0] += r.loss_sum, loss_count[1] += double(r.count);
-    loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum;
+    loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum, loss_count[4] += r.kd_sum;
   }
   // The gradient this rank's update reads: the all-reduced buffer (stage 0), or its
   // reduce-scattered part (stages 1, 2: each rank updates only its part); the norm over
@@ -510,9 +529,10 @@ Trainer::StepStats Trainer::train_step() {
     comm_.all_reduce_sum(g_.data(), g_.size());
     gnorm = grad_norm(g_.data(), g_.size());
   }
-  comm_.all_reduce_sum(loss_count, 4);
+  comm_.all_reduce_sum(loss_count, 5);
   StepStats out;
   out.loss = loss_count[0] / loss_count[1];
+  out.kd = loss_count[4] / loss_count[1];
   if (L_->cfg.is_moe()) {  // per token of the step (this rank's counts)
     out.moe_balance = loss_count[2] / double(tokens_per_step), out.moe_z = loss_count[3] / double(tokens_per_step);
     out.expert_tokens = model_->take_expert_counts();
@@ -539,6 +559,7 @@ Trainer::StepStats Trainer::train_step() {
 }
 
 double Trainer::evaluate() {
+  if (teacher_) model_->set_teacher(nullptr, o_.kd);  // validation is the data loss
   if (data_.sft) {  // validation rows are padded examples: no packing segments
     model_->set_segments(nullptr);
     st_->val = train::evaluate(*model_, base_params(), sft_split(data_, true), o_.eval_batches * o_.batch);
@@ -606,6 +627,7 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
       nlohmann::json rec = {{"step", done}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                             {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
       if (eval_now) rec["val_loss"] = val;
+      if (teacher_) rec["kd_loss"] = r.kd;
       if (comm_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)
         const auto t = r.traffic;
         rec["comm_bytes"] = {{"all_reduce", t.all_reduce}, {"reduce_scatter", t.reduce_scatter},
@@ -630,8 +652,10 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
         const double eta = double(o_.steps - done) * el / double(timed_steps);
         char vbuf[32] = "-";
         if (std::isfinite(val)) std::snprintf(vbuf, sizeof vbuf, "%.4f", val);
-        std::fprintf(log_, "step %6lld/%lld | loss %.4f | val %s | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s\n",
-                     (long long)done, (long long)o_.steps, r.loss, vbuf, double(r.lr), r.grad_norm, tok_s,
+        char kbuf[32] = "";
+        if (teacher_) std::snprintf(kbuf, sizeof kbuf, " | kd %.4f", r.kd);
+        std::fprintf(log_, "step %6lld/%lld | loss %.4f%s | val %s | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s\n",
+                     (long long)done, (long long)o_.steps, r.loss, kbuf, vbuf, double(r.lr), r.grad_norm, tok_s,
                      fmt_time(eta).c_str());
         std::fflush(log_);
       }

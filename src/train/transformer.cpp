@@ -478,8 +478,10 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {
     const int64_t n = std::min(o_.logit_rows, N - r0);
     head_fwd(logits_, xf_ + r0 * C, p + L_.output, n);  // (n, V)
-    const blk::CeResult cr = blk::cross_entropy(logits_, targets + r0, n, V, ce);
-    r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.count += cr.count;
+    const blk::CeResult cr =
+        teacher_ ? kd_cross_entropy(logits_, targets + r0, teacher_ + r0 * V, n, V, kd_, scale)
+                 : blk::cross_entropy(logits_, targets + r0, n, V, ce);
+    r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.kd_sum += cr.kd_sum, r.count += cr.count;
     if (backward)  // on a fresh buffer the first chunk writes the output weight's gradient
       head_bwd(dxf_ + r0 * C, g ? g + L_.output : nullptr, logits_, xf_ + r0 * C, p + L_.output, n,
                !(fresh_ && r0 == 0));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "train/blocks.h"
+#include "train/distill.h"
 #include "train/lora.h"
 #include "train/params.h"
 
@@ -56,6 +57,9 @@ class Transformer {
   // The adapter's parameters (LL.total) and its gradient buffer (+=; may be null in forward()).
   void set_lora_params(const T* a, T* ga) { la_ = a, lga_ = ga; }
 
+  // Distillation: the teacher's log softmax(logits / tau) of this batch's rows (B*T, V) for the
+  // next passes (the loss is kd_cross_entropy's: CeResult::kd_sum); null: plain cross-entropy.
+  void set_teacher(const float* logp, const KdOptions& kd) { teacher_ = logp, kd_ = kd; }
   // Packed examples: seg (B*T), the first position of each token's example in its row (the
   // attention stays inside examples); null: plain causal rows. Kept until changed.
   void set_segments(const int32_t* seg) { seg_ = seg; }
@@ -168,6 +172,8 @@ class Transformer {
   T* lga_ = nullptr;
   uint64_t lora_key_ = 0;  // this pass's adapter-dropout key (0: none)
   const int32_t* seg_ = nullptr;  // set_segments
+  const float* teacher_ = nullptr;  // set_teacher
+  KdOptions kd_;
   std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
 };
 
