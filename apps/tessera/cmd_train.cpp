@@ -115,6 +115,8 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "under mpirun: ZeRO stage 0 (replicas), 1 (Adam moments sharded over the ranks), 2 (gradients "
                  "too)")
       ->check(CLI::Range(0, 3));
+  app.add_flag("--keep-sparsity", o.keep_sparsity,
+               "with --init: weights of the blocks that are zero at the start stay zero (recovery after tessera prune)");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
   app.add_option("--dropout", o.mo.dropout, "dropout on the embedding and each block's residual branches (0: off)");
   app.add_option("--seed", o.seed, "seed of initialisation and data order");

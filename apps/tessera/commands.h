@@ -17,6 +17,7 @@ int cmd_tokenizer(int argc, char** argv);  // "tokenizer train ..."
 int cmd_train(int argc, char** argv);
 int cmd_finetune(int argc, char** argv);  // train with a LoRA adapter
 int cmd_distill(int argc, char** argv);   // train with a teacher's distribution
+int cmd_prune(int argc, char** argv);
 int cmd_data(int argc, char** argv);       // "data prepare ..."
 int cmd_export(int argc, char** argv);
 int cmd_plot(int argc, char** argv);

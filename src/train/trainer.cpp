@@ -19,6 +19,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/plot.h"
+#include "train/prune.h"
 #include "train/sft.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -108,6 +109,7 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"skip_nonfinite", o.skip_nonfinite},
           {"precision", o.precision},
           {"pack", o.pack},
+          {"keep_sparsity", o.keep_sparsity},
           {"zero", o.zero},
           {"ranks", o.ranks},
           {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()},
@@ -144,6 +146,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
     o.skip_nonfinite = j.at("skip_nonfinite"), o.precision = j.at("precision");
     o.pack = j.value("pack", false);
+    o.keep_sparsity = j.value("keep_sparsity", false);
     o.zero = j.value("zero", 0);
     o.ranks = j.value("ranks", int64_t(1));
     if (j.contains("lora") && !j["lora"].is_null()) o.lora = lora_from_json(j["lora"], where);
@@ -388,6 +391,14 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     gs_.assign(se_ - sb_, 0.f);
   }
   mask_ = lora_ ? std::vector<uint8_t>(n_train_, 1) : decay_mask(L, o_.adam);
+  if (o_.keep_sparsity) {
+    if (lora_) fail("--keep-sparsity applies to full training, not to a LoRA adapter");
+    keep_ = sparsity_mask(L, p_.data());
+    if (comm_.is_root()) {
+      const int64_t zeros = std::count(keep_.begin(), keep_.end(), uint8_t(0));
+      std::fprintf(log_, "keep-sparsity: %lld zero weights held at zero\n", (long long)zeros);
+    }
+  }
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
   if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
@@ -551,6 +562,9 @@ Trainer::StepStats Trainer::train_step() {
     const float gs = o_.clip > 0 && out.grad_norm > o_.clip ? float(o_.clip / out.grad_norm) : 1.f;
     adamw_step(p_.data() + sb_, gsh, m_.data(), v_.data(), mask_.data() + sb_, se_ - sb_, s + 1, out.lr, o_.adam,
                detect_isa(), gs);
+    if (!keep_.empty())  // pruned weights stay pruned
+      for (size_t i = sb_; i < se_; ++i)
+        if (!keep_[i]) p_[i] = 0.f;
     if (sharded()) comm_.all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
   }
   ++step_;

@@ -46,6 +46,9 @@ struct TrainOptions {
   // gradients all-reduced), 1 (AdamW moments sharded: each rank updates its shard of the
   // flat buffer, the weights are all-gathered), 2 (gradients reduce-scattered too).
   int zero = 0;
+  // Recovery fine-tuning of a pruned model: the blocks' weights that are zero at the start
+  // stay zero (train/prune.h sparsity_mask).
+  bool keep_sparsity = false;
   int64_t ranks = 1;  // the ranks the global batch was laid out for (set by the Trainer; kept by resumes)
   Schedule sched;
   AdamWConfig adam;
@@ -138,6 +141,7 @@ class Trainer {
   ParamVec gs_;
   bool sharded() const { return o_.zero >= 1 && comm_.size() > 1; }
   std::vector<uint8_t> mask_;
+  std::vector<uint8_t> keep_;  // --keep-sparsity: 1 where a weight may be non-zero
   std::unique_ptr<Transformer<float>> model_;
   std::vector<int32_t> x_, y_, seg_;  // a micro-batch: inputs, targets, packed examples' first positions
   void fill_batch(int64_t step, int64_t mb);  // x_, y_ (and seg_) of micro-batch mb of the global batch
