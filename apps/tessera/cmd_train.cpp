@@ -11,6 +11,7 @@
 #include "train/data.h"
 #include "train/lora.h"
 #include "train/params.h"
+#include "train/dpo.h"
 #include "train/sft.h"
 #include "train/trainer.h"
 
@@ -115,6 +116,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "under mpirun: ZeRO stage 0 (replicas), 1 (Adam moments sharded over the ranks), 2 (gradients "
                  "too)")
       ->check(CLI::Range(0, 3));
+  app.add_option("--dpo-beta", o.dpo_beta,
+                 "with --init and data from 'data prepare-pref': direct preference optimisation with this beta (e.g. "
+                 "0.1); the reference is --init (with finetune: the base without the adapter)");
   app.add_flag("--keep-sparsity", o.keep_sparsity,
                "with --init: weights of the blocks that are zero at the start stay zero (recovery after tessera prune)");
   app.add_flag("--recompute", o.mo.recompute, "recompute each block in backward (saves activation memory)");
@@ -295,7 +299,29 @@ int cmd_data(int argc, char** argv) {
   sft->add_option("files", s_files,
                   ".jsonl files: {\"messages\": [{\"role\", \"content\"}...]} or {\"prompt\", \"completion\"} per line")
       ->required();
+  auto* pref = app.add_subcommand("prepare-pref",
+                                   "tokenize JSONL preference pairs {prompt | messages, chosen, rejected} for DPO");
+  std::string p_tok, p_out, p_template, p_model;
+  std::vector<std::string> p_files;
+  double p_val = 0.05;
+  pref->add_option("--tokenizer", p_tok, "tokenizer")->required();
+  pref->add_option("-o,--out", p_out, "output directory")->required();
+  pref->add_option("--chat-template", p_template, "template for \"messages\" prompts: chatml or a Jinja file");
+  pref->add_option("--model", p_model, "take the chat template of this model");
+  pref->add_option("--val-fraction", p_val, "fraction of each file's pairs held out");
+  pref->add_option("files", p_files, ".jsonl files, one {\"prompt\", \"chosen\", \"rejected\"} per line")->required();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (pref->parsed()) {
+    const Tokenizer t = load_any_tokenizer(p_tok);
+    LoadedModel none;
+    const LoadedModel lm = p_model.empty() ? std::move(none) : load_model(p_model);
+    const ChatTemplate tmpl = load_chat_template(p_template, lm, t);
+    const auto st = train::prepare_pref(t, p_tok, tmpl, p_files, p_out, p_val);
+    std::fprintf(stderr, "data: %lld train + %lld val preference pairs (%lld + %lld tokens) -> %s\n",
+                 (long long)st.train_examples / 2, (long long)st.val_examples / 2, (long long)st.train_tokens,
+                 (long long)st.val_tokens, p_out.c_str());
+    return 0;
+  }
   if (sft->parsed()) {
     const Tokenizer t = load_any_tokenizer(s_tok);
     LoadedModel none;

@@ -530,19 +530,22 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   std::vector<double> own(o.row_scratch ? 0 : size_t(2 * N));
   double* nll = o.row_scratch ? o.row_scratch : own.data();
   double* zz = nll + N;
-  const T cap = T(o.softcap), alpha = T(o.z_loss), scale = T(o.scale);
+  const T cap = T(o.softcap), alpha = T(o.z_loss);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     T* z = logits + n * V;
     const int32_t t = targets[n];
     if (t < 0) {
       for (int64_t v = 0; v < V; ++v) z[v] = 0;
+      nll[n] = zz[n] = 0;
       continue;
     }
+    const float row_scale = o.row_weight ? o.scale * o.row_weight[n] : o.scale;
+    const T scale = T(row_scale);
     if constexpr (std::is_same_v<T, float>) {
       if (o.isa != Isa::Scalar && !(cap > 0)) {  // vectorised row (kernels/xent.h)
         const double zt0 = z[t];
-        const float lse = xent_row(o.isa, z, V, t, o.z_loss, o.scale);
+        const float lse = xent_row(o.isa, z, V, t, o.z_loss, row_scale);
         nll[n] = double(lse) - zt0, zz[n] = double(lse) * double(lse);
         continue;
       }

@@ -138,6 +138,7 @@ struct CeOptions {
   float scale = 1.f;    // multiplies the gradient (1 / number of target tokens)
   Isa isa = Isa::Scalar;  // float rows without soft-cap use kernels/xent.h on this ISA
   double* row_scratch = nullptr;  // 2 N doubles for the per-row terms (null: allocated per call)
+  const float* row_weight = nullptr;  // (N): row n's gradient also times row_weight[n] (DPO); null: 1
 };
 struct CeResult {
   double loss_sum = 0;  // sum of -log p(target) over rows with target >= 0
@@ -152,7 +153,8 @@ struct CeResult {
 };
 // Cross-entropy fused with the softmax, in place over logits(N, V): returns the
 // sums and replaces the row by d(total)/d(logits) * scale, where total =
-// sum(nll + z_loss * logZ^2). Rows with target < 0 get zero gradient.
+// sum(nll + z_loss * logZ^2). Rows with target < 0 get zero gradient. The per-row
+// nll is left in row_scratch[0, N) when given (0 for rows without a target).
 template <class T>
 CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, const CeOptions& o);
 

@@ -269,6 +269,7 @@ Dataset open_dataset(const std::string& dir) {
   d.val = std::make_unique<TokenShard>(dir + "/val.bin");
   if (meta.contains("sft")) {  // train/sft.h
     d.sft = true;
+    d.preference = meta.contains("preference");
     d.train_mask = std::make_unique<TokenShard>(dir + "/train.mask.bin");
     d.val_mask = std::make_unique<TokenShard>(dir + "/val.mask.bin");
     d.train_idx = std::make_unique<TokenShard>(dir + "/train.idx.bin");

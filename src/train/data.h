@@ -76,6 +76,7 @@ struct Dataset {
   std::unique_ptr<TokenShard> train, val;
   // Supervised fine-tuning data (train/sft.h): loss masks and example offsets per split.
   bool sft = false;
+  bool preference = false;  // examples in (chosen, rejected) pairs (train/dpo.h)
   std::unique_ptr<TokenShard> train_mask, val_mask, train_idx, val_idx;
   std::string tokenizer_path;  // DIR/<tokenizer file> ("" when absent)
   int64_t vocab_size = 0;

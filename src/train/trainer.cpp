@@ -19,6 +19,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/plot.h"
+#include "train/dpo.h"
 #include "train/prune.h"
 #include "train/sft.h"
 
@@ -27,139 +28,6 @@ extern "C" void openblas_set_num_threads(int);
 namespace fs = std::filesystem;
 
 namespace tessera::train {
-
-void TrainOptions::validate() const {
-  auto pos = [](const char* flag, int64_t v) {
-    if (v <= 0) fail(flag, " must be positive, got ", v);
-  };
-  pos("--batch", batch);
-  pos("--seq", seq);
-  pos("--grad-accum", grad_accum);
-  pos("--steps", steps);
-  pos("--eval-interval", eval_interval);
-  pos("--eval-batches", eval_batches);
-  pos("--ckpt-interval", ckpt_interval);
-  pos("--keep", keep);
-  pos("--log-interval", log_interval);
-  if (data_dir.empty()) fail("--data is required (a directory from 'tessera data prepare')");
-  if (out_dir.empty()) fail("-o/--out is required (the run directory)");
-  if (clip < 0) fail("--clip must be >= 0, got ", clip);
-  if (mo.z_loss < 0) fail("--z-loss must be >= 0, got ", mo.z_loss);
-  if (!(mo.moe_balance >= 0)) fail("--moe-balance must be >= 0, got ", mo.moe_balance);
-  if (!(mo.moe_router_z >= 0)) fail("--moe-router-z must be >= 0, got ", mo.moe_router_z);
-  if (!(mo.moe_capacity >= 0)) fail("--moe-capacity must be >= 0, got ", mo.moe_capacity);
-  if (!(mo.dropout >= 0 && mo.dropout < 1)) fail("--dropout must be in [0, 1), got ", mo.dropout);
-  if (!(adam.beta1 >= 0 && adam.beta1 < 1)) fail("--beta1 must be in [0, 1), got ", adam.beta1);
-  if (!(adam.beta2 >= 0 && adam.beta2 < 1)) fail("--beta2 must be in [0, 1), got ", adam.beta2);
-  if (adam.weight_decay < 0) fail("--weight-decay must be >= 0, got ", adam.weight_decay);
-  if (precision != "fp32" && precision != "bf16") fail("--precision must be fp32 or bf16, got '", precision, "'");
-  sched.validate();
-  if (init_model.empty()) model.validate("model config (--dim/--layers/--heads/...)");
-  if (upcycle_experts != 0 && init_model.empty()) fail("--upcycle-experts needs --init (the dense model to upcycle)");
-  if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
-  if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);
-  if (kd.enabled()) {
-    kd.validate();
-    if (pack) fail("--pack and --teacher cannot be combined (the teacher would see the packed neighbours)");
-    if (mo.z_loss > 0) fail("--z-loss and --teacher cannot be combined yet");
-    if (!init_model.empty() && model.final_softcap > 0) fail("--teacher: students with a logit soft-cap are not supported");
-  }
-  if (zero < 0 || zero > 2)
-    fail("--zero ", zero, ": stages 0, 1 and 2 are supported (3, sharded weights, is not built yet)");
-  if (lora.enabled()) {
-    if (init_model.empty()) fail("LoRA fine-tuning needs --init (the base model to adapt)");
-    if (upcycle_experts > 0) fail("--upcycle-experts and LoRA cannot be combined (upcycle first, then fine-tune)");
-    if (!(lora.alpha >= 0)) fail("--lora-alpha must be >= 0, got ", lora.alpha);
-    if (!(lora.dropout >= 0 && lora.dropout < 1)) fail("--lora-dropout must be in [0, 1), got ", lora.dropout);
-  }
-}
-
-nlohmann::json options_to_json(const TrainOptions& o) {
-  return {{"data_dir", o.data_dir},
-          {"init_model", o.init_model},
-          {"init_tokenizer", o.init_tokenizer},
-          {"upcycle_experts", o.upcycle_experts},
-          {"upcycle_noise", o.upcycle_noise},
-          {"upcycle_top_k", o.model.moe_used},
-          {"model", config_to_json(o.model)},
-          {"batch", o.batch},
-          {"seq", o.seq},
-          {"grad_accum", o.grad_accum},
-          {"steps", o.steps},
-          {"schedule", {{"kind", int(o.sched.kind)}, {"lr", o.sched.lr}, {"min_lr", o.sched.min_lr},
-                        {"warmup", o.sched.warmup}, {"total", o.sched.total}, {"period", o.sched.period},
-                        {"period_mult", o.sched.period_mult}}},
-          {"adam", {{"beta1", o.adam.beta1}, {"beta2", o.adam.beta2}, {"eps", o.adam.eps},
-                    {"weight_decay", o.adam.weight_decay}, {"decay_embeddings", o.adam.decay_embeddings},
-                    {"decay_norms", o.adam.decay_norms}}},
-          {"clip", o.clip},
-          {"z_loss", o.mo.z_loss},
-          {"recompute", o.mo.recompute},
-          {"dropout", o.mo.dropout},
-          {"moe_balance", o.mo.moe_balance},
-          {"moe_router_z", o.mo.moe_router_z},
-          {"moe_capacity", o.mo.moe_capacity},
-          {"seed", o.seed},
-          {"threads", o.threads},
-          {"eval_interval", o.eval_interval},
-          {"eval_batches", o.eval_batches},
-          {"ckpt_interval", o.ckpt_interval},
-          {"keep", o.keep},
-          {"log_interval", o.log_interval},
-          {"skip_nonfinite", o.skip_nonfinite},
-          {"precision", o.precision},
-          {"pack", o.pack},
-          {"keep_sparsity", o.keep_sparsity},
-          {"zero", o.zero},
-          {"ranks", o.ranks},
-          {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()},
-          {"kd", o.kd.enabled() ? nlohmann::json{{"teacher", o.kd.teacher}, {"teacher_tokenizer", o.kd.teacher_tokenizer},
-                                                  {"alpha", o.kd.alpha}, {"temp", o.kd.temp}, {"reverse", o.kd.reverse}}
-                                : nlohmann::json()}};
-}
-
-TrainOptions options_from_json(const nlohmann::json& j, const std::string& where) {
-  TrainOptions o;
-  try {
-    o.data_dir = j.at("data_dir");
-    o.init_model = j.at("init_model");
-    o.init_tokenizer = j.value("init_tokenizer", std::string());
-    o.upcycle_experts = j.value("upcycle_experts", int64_t(0)), o.upcycle_noise = j.value("upcycle_noise", 0.f);
-    o.model.moe_used = j.value("upcycle_top_k", int64_t(0));
-    if (o.init_model.empty()) o.model = config_from_json(j.at("model"), where);
-    o.batch = j.at("batch"), o.seq = j.at("seq"), o.grad_accum = j.at("grad_accum"), o.steps = j.at("steps");
-    const auto& s = j.at("schedule");
-    o.sched.kind = Schedule::Kind(s.at("kind").get<int>());
-    o.sched.lr = s.at("lr"), o.sched.min_lr = s.at("min_lr"), o.sched.warmup = s.at("warmup");
-    o.sched.total = s.at("total"), o.sched.period = s.at("period"), o.sched.period_mult = s.at("period_mult");
-    const auto& a = j.at("adam");
-    o.adam.beta1 = a.at("beta1"), o.adam.beta2 = a.at("beta2"), o.adam.eps = a.at("eps");
-    o.adam.weight_decay = a.at("weight_decay");
-    o.adam.decay_embeddings = a.at("decay_embeddings"), o.adam.decay_norms = a.at("decay_norms");
-    o.clip = j.at("clip"), o.mo.z_loss = j.at("z_loss");
-    o.mo.recompute = j.at("recompute");
-    o.mo.dropout = j.value("dropout", 0.f);
-    o.mo.moe_balance = j.value("moe_balance", 0.f), o.mo.moe_router_z = j.value("moe_router_z", 0.f);
-    o.mo.moe_capacity = j.value("moe_capacity", 0.f);
-    o.seed = j.at("seed"), o.threads = j.at("threads");
-    o.eval_interval = j.at("eval_interval"), o.eval_batches = j.at("eval_batches");
-    o.ckpt_interval = j.at("ckpt_interval"), o.keep = j.at("keep"), o.log_interval = j.at("log_interval");
-    o.skip_nonfinite = j.at("skip_nonfinite"), o.precision = j.at("precision");
-    o.pack = j.value("pack", false);
-    o.keep_sparsity = j.value("keep_sparsity", false);
-    o.zero = j.value("zero", 0);
-    o.ranks = j.value("ranks", int64_t(1));
-    if (j.contains("lora") && !j["lora"].is_null()) o.lora = lora_from_json(j["lora"], where);
-    if (j.contains("kd") && !j["kd"].is_null()) {
-      const auto& k = j["kd"];
-      o.kd.teacher = k.at("teacher"), o.kd.teacher_tokenizer = k.value("teacher_tokenizer", std::string());
-      o.kd.alpha = k.at("alpha"), o.kd.temp = k.at("temp"), o.kd.reverse = k.at("reverse");
-    }
-  } catch (const nlohmann::json::exception& e) {
-    fail(where, ": bad run options: ", e.what());
-  }
-  return o;
-}
 
 double evaluate(Transformer<float>& m, const float* p, const TokenShard& val, int64_t n_windows) {
   const int64_t B = m.batch(), T = m.seq();
@@ -263,6 +131,7 @@ struct Trainer::State {
   int threads = 1;
   int64_t start = 0;         // the step the run (or resume) started from
   double val = NAN;          // the last validation loss
+  double val_accuracy = NAN; // DPO: the last validation pairwise accuracy
   std::string last_checkpoint;
 };
 
@@ -321,7 +190,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   data_ = open_dataset(o_.data_dir);
   ModelConfig cfg = o_.model;
   std::optional<LoadedModel> init;
-  if (resume && !o_.lora.enabled()) {
+  if (resume && !o_.lora.enabled() && !(o_.dpo_beta > 0)) {
     cfg = st.ck.cfg;
   } else if (!o_.init_model.empty()) {
     init = load_model(o_.init_model, o_.init_tokenizer);
@@ -377,6 +246,10 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   } else {
     init_params(L, p_.data(), o_.seed);
   }
+  if (o_.dpo_beta > 0 && !lora_ && init) {  // DPO's reference: the starting model, frozen
+    ref_.assign(L.total, 0.f);
+    params_from_weights(L, init->weights, ref_.data());
+  }
   init.reset();
   comm_.broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
   step_ = st.start;
@@ -402,6 +275,13 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
   if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
+  if (o_.dpo_beta > 0) {
+    if (!data_.preference)
+      fail("--dpo-beta: ", o_.data_dir, " holds no preference pairs (make them with 'tessera data prepare-pref')");
+    if (o_.batch % 2 != 0) fail("--dpo-beta: --batch ", o_.batch, " must be even (a chosen and a rejected row per pair)");
+    if (!lora_ && ref_.empty()) fail("--dpo-beta needs --init (the model to tune, also the frozen reference)");
+    dpo_ = std::make_unique<DpoStep>(o_.batch, o_.seq, o_.dpo_beta);
+  }
   if (o_.kd.enabled()) {
     if (cfg.final_softcap > 0) fail("--teacher: students with a logit soft-cap are not supported");
     teacher_ = std::make_unique<Teacher>(o_.kd, cfg.vocab_size, o_.batch, o_.seq, st.threads);
@@ -476,7 +356,9 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
 Trainer::~Trainer() = default;
 
 void Trainer::fill_batch(int64_t step, int64_t mb) {
-  if (data_.sft)
+  if (dpo_)
+    pref_batch(sft_split(data_, false), o_.seed, step, mb, o_.batch, o_.seq, x_.data(), y_.data());
+  else if (data_.sft)
     sft_batch(sft_split(data_, false), o_.seed, step, mb, o_.batch, o_.seq, o_.pack, x_.data(), y_.data(),
               o_.pack ? seg_.data() : nullptr);
   else
@@ -489,7 +371,9 @@ Trainer::StepStats Trainer::train_step() {
   // The loss is a mean over the step's targets: every token of a pretraining batch, the
   // response tokens of SFT batches (counted first, over all micro-batches and ranks).
   double targets = double(tokens_per_step);
-  if (data_.sft) {
+  if (dpo_) {  // DPO: the mean over the step's pairs
+    targets = double(o_.batch / 2 * o_.grad_accum * comm_.size());
+  } else if (data_.sft) {
     targets = 0;
     for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
       fill_batch(s, int64_t(comm_.rank()) * o_.grad_accum + micro);
@@ -504,7 +388,8 @@ Trainer::StepStats Trainer::train_step() {
     }
   }
   const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
-  double loss_count[5] = {0, 0, 0, 0, 0};  // loss, count, router losses, KD: over micro-batches, then ranks
+  // loss, count, router losses, KD, DPO margin and correct pairs: over micro-batches, then ranks
+  double loss_count[7] = {0, 0, 0, 0, 0, 0, 0};
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
     const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
@@ -514,8 +399,15 @@ Trainer::StepStats Trainer::train_step() {
     const uint64_t key = (o_.seed * 0x9e3779b97f4a7c15ull ^ uint64_t(s) * 0xbf58476d1ce4e5b9ull ^ uint64_t(mb + 1)) | 1;
     // The first micro-batch writes g (no zeroing pass); the others add to it.
     blk::CeResult r;
-    if (lora_) {  // the base frozen (its gradient not formed); the adapter's accumulates in g_
-      if (micro == 0) std::fill(g_.begin(), g_.end(), 0.f);
+    if (lora_ && micro == 0) std::fill(g_.begin(), g_.end(), 0.f);
+    if (dpo_) {  // reference and policy log-probabilities, then the pair-weighted backward
+      const DpoStats d = lora_ ? dpo_->run(*model_, base_.data(), nullptr, gbase_.empty() ? nullptr : gbase_.data(),
+                                           x_.data(), y_.data(), scale, key, true)
+                               : dpo_->run(*model_, p_.data(), ref_.data(), g_.data(), x_.data(), y_.data(), scale,
+                                           key, micro == 0);
+      r.loss_sum = d.loss, r.count = d.pairs;
+      loss_count[5] += d.margin, loss_count[6] += d.correct;
+    } else if (lora_) {  // the base frozen (its gradient not formed); the adapter's accumulates in g_
       r = model_->forward_backward(base_.data(), gbase_.empty() ? nullptr : gbase_.data(), x_.data(), y_.data(), scale,
                                    key, true);
     } else {
@@ -540,10 +432,11 @@ Trainer::StepStats Trainer::train_step() {
     comm_.all_reduce_sum(g_.data(), g_.size());
     gnorm = grad_norm(g_.data(), g_.size());
   }
-  comm_.all_reduce_sum(loss_count, 5);
+  comm_.all_reduce_sum(loss_count, 7);
   StepStats out;
   out.loss = loss_count[0] / loss_count[1];
   out.kd = loss_count[4] / loss_count[1];
+  out.dpo_margin = loss_count[5] / loss_count[1], out.dpo_accuracy = loss_count[6] / loss_count[1];
   if (L_->cfg.is_moe()) {  // per token of the step (this rank's counts)
     out.moe_balance = loss_count[2] / double(tokens_per_step), out.moe_z = loss_count[3] / double(tokens_per_step);
     out.expert_tokens = model_->take_expert_counts();
@@ -574,6 +467,22 @@ Trainer::StepStats Trainer::train_step() {
 
 double Trainer::evaluate() {
   if (teacher_) model_->set_teacher(nullptr, o_.kd);  // validation is the data loss
+  if (dpo_) {  // the DPO loss and pairwise accuracy over the validation pairs
+    const SftSplit val = sft_split(data_, true);
+    const int64_t pairs = std::min(val.examples() / 2, o_.eval_batches * o_.batch / 2);
+    DpoStats sum;
+    for (int64_t e0 = 0; e0 < pairs; e0 += o_.batch / 2) {
+      for (int64_t b = 0; b < o_.batch; ++b)
+        sft_eval_row(val, 2 * std::min(e0 + b / 2, pairs - 1) + b % 2, o_.seq, x_.data() + b * o_.seq, y_.data() + b * o_.seq);
+      const DpoStats d = dpo_->eval(*model_, lora_ ? base_.data() : p_.data(), lora_ ? nullptr : ref_.data(),
+                                    x_.data(), y_.data());
+      const int64_t n = std::min(o_.batch / 2, pairs - e0);  // a partial last batch repeats the last pair
+      sum.loss += d.loss * double(n) / double(d.pairs), sum.correct += d.correct * double(n) / double(d.pairs);
+      sum.pairs += n;
+    }
+    st_->val_accuracy = sum.correct / double(std::max<int64_t>(1, sum.pairs));
+    return st_->val = sum.loss / double(std::max<int64_t>(1, sum.pairs));
+  }
   if (data_.sft) {  // validation rows are padded examples: no packing segments
     model_->set_segments(nullptr);
     st_->val = train::evaluate(*model_, base_params(), sft_split(data_, true), o_.eval_batches * o_.batch);
@@ -642,6 +551,10 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
                             {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
       if (eval_now) rec["val_loss"] = val;
       if (teacher_) rec["kd_loss"] = r.kd;
+      if (dpo_) {
+        rec["dpo_margin"] = r.dpo_margin, rec["dpo_accuracy"] = r.dpo_accuracy;
+        if (eval_now) rec["val_accuracy"] = st.val_accuracy;
+      }
       if (comm_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)
         const auto t = r.traffic;
         rec["comm_bytes"] = {{"all_reduce", t.all_reduce}, {"reduce_scatter", t.reduce_scatter},

@@ -38,6 +38,8 @@ struct TrainOptions {
   LoraConfig lora;
   // Distillation (tessera distill): the teacher's distribution as a second target (train/distill.h).
   KdOptions kd;
+  // Direct preference optimisation on a preference dataset (train/dpo.h): beta > 0 enables it.
+  float dpo_beta = 0.f;
   int64_t batch = 8, seq = 256, grad_accum = 1, steps = 1000;
   // SFT datasets (train/sft.h): pack several examples into a row (attention kept inside each)
   // instead of one padded example per row.
@@ -96,6 +98,7 @@ class Trainer {
     bool no_targets = false;  // SFT: no response token in the step's batches (skipped)
     Communicator::Traffic traffic;  // this rank's bytes sent in the step's collectives
     double kd = 0;                  // distillation: tau^2 KL per target token
+    double dpo_margin = 0, dpo_accuracy = 0;  // DPO: mean beta-scaled reward margin, fraction of pairs ranked right
     // Mixture-of-experts models: the router losses (per token, summed over the MoE
     // layers, before their coefficients) and the rows each expert took, (layers, E).
     double moe_balance = 0, moe_z = 0;
@@ -132,6 +135,8 @@ class Trainer {
   ParamVec p_, g_, m_, v_;  // what is trained: the model, or the LoRA adapter
   std::unique_ptr<LoraLayout> lora_;
   std::unique_ptr<Teacher> teacher_;  // distillation
+  std::unique_ptr<class DpoStep> dpo_;  // preference tuning
+  ParamVec ref_;                      // full-parameter DPO: the frozen reference
   ParamVec base_, gbase_;   // LoRA: the frozen model; a throw-away gradient for MoE models
   size_t n_train_ = 0;      // elements of p_ (Layout or LoraLayout total)
   // ZeRO: the ranks' parts of the flat buffer (size() + 1 offsets), this rank's [sb_, se_)

@@ -235,7 +235,7 @@ template <class T>
 void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T* W, const T* b, int64_t N,
                                int64_t I, int64_t O) {
   lin_fwd(Y, X, W, b, N, I, O);
-  if (!lora_) return;
+  if (!lora_ || !lora_on_) return;
   const auto& st = lora_->site(l, s);
   if (st.a == kAbsent) return;
   const int64_t r = lora_->lora.rank;
@@ -252,7 +252,7 @@ template <class T>
 void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W,
                                int64_t N, int64_t I, int64_t O, bool accumulate, bool dw_accumulate) {
   lin_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
-  if (!lora_) return;
+  if (!lora_ || !lora_on_) return;
   const auto& st = lora_->site(l, s);
   if (st.a == kAbsent) return;
   const int64_t r = lora_->lora.rank;
@@ -473,15 +473,18 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   blk::CeOptions ce;
   ce.z_loss = o_.z_loss, ce.softcap = c_.final_softcap, ce.scale = scale, ce.isa = isa_;
   ce.row_scratch = ce_rows_.data();
+  const float* weights = row_weight_;
   // The logits exist for logit_rows rows at a time: forward, loss and its
   // gradient in place, then the two backward products.
   for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {
     const int64_t n = std::min(o_.logit_rows, N - r0);
     head_fwd(logits_, xf_ + r0 * C, p + L_.output, n);  // (n, V)
+    ce.row_weight = weights ? weights + r0 : nullptr;
     const blk::CeResult cr =
         teacher_ ? kd_cross_entropy(logits_, targets + r0, teacher_ + r0 * V, n, V, kd_, scale)
                  : blk::cross_entropy(logits_, targets + r0, n, V, ce);
     r.loss_sum += cr.loss_sum, r.z_sum += cr.z_sum, r.kd_sum += cr.kd_sum, r.count += cr.count;
+    if (row_nll_ && !teacher_) std::copy(ce_rows_.begin(), ce_rows_.begin() + n, row_nll_ + r0);
     if (backward)  // on a fresh buffer the first chunk writes the output weight's gradient
       head_bwd(dxf_ + r0 * C, g ? g + L_.output : nullptr, logits_, xf_ + r0 * C, p + L_.output, n,
                !(fresh_ && r0 == 0));

@@ -57,6 +57,12 @@ class Transformer {
   // The adapter's parameters (LL.total) and its gradient buffer (+=; may be null in forward()).
   void set_lora_params(const T* a, T* ga) { la_ = a, lga_ = ga; }
 
+  // Preference tuning (train/dpo.h): the passes leave each row's nll (0 without a target) in
+  // row_nll (N) when set, and scale row n's gradient by row_weight[n] when set. Kept until changed.
+  void set_row_nll(double* row_nll) { row_nll_ = row_nll; }
+  void set_row_weights(const float* row_weight) { row_weight_ = row_weight; }
+  // LoRA off: the passes compute the base model (DPO's reference); on again by default.
+  void enable_lora(bool on) { lora_on_ = on; }
   // Distillation: the teacher's log softmax(logits / tau) of this batch's rows (B*T, V) for the
   // next passes (the loss is kd_cross_entropy's: CeResult::kd_sum); null: plain cross-entropy.
   void set_teacher(const float* logp, const KdOptions& kd) { teacher_ = logp, kd_ = kd; }
@@ -173,6 +179,9 @@ class Transformer {
   uint64_t lora_key_ = 0;  // this pass's adapter-dropout key (0: none)
   const int32_t* seg_ = nullptr;  // set_segments
   const float* teacher_ = nullptr;  // set_teacher
+  double* row_nll_ = nullptr;       // set_row_nll
+  const float* row_weight_ = nullptr;  // set_row_weights
+  bool lora_on_ = true;             // enable_lora
   KdOptions kd_;
   std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
 };
