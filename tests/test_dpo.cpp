@@ -23,22 +23,23 @@ namespace fs = std::filesystem;
 
 TEST(Dpo, PairLossAndWeightsMatchTheFormula) {
   // Pair 0: policy gains 1 nat on chosen and loses 1 on rejected against the reference: z = 0.1 * 2.
-  // Pair 1: the other way round, beta 0.1: z = -0.3.
+  // Pair 1: the other way round: z = -0.2.
   const double pol[4] = {-5, -7, -9, -2}, ref[4] = {-6, -6, -8, -3};
   float w[4];
   const DpoStats st = dpo_pairs(pol, ref, 2, 0.1f, w);
-  const double z0 = 0.1 * ((-5 + 6) - (-7 + 6)), z1 = 0.1 * ((-9 + 8) - (-2 + 3));
-  EXPECT_NEAR(z0, 0.2, 1e-12);
-  EXPECT_NEAR(z1, -0.2, 1e-12);
+  const double b = double(0.1f);  // beta as the float it is passed as
+  const double z0 = b * ((-5 + 6) - (-7 + 6)), z1 = b * ((-9 + 8) - (-2 + 3));
+  EXPECT_NEAR(z0, 0.2, 1e-8);
+  EXPECT_NEAR(z1, -0.2, 1e-8);
   auto softplus = [](double x) { return std::log(1 + std::exp(x)); };
   auto sigmoid = [](double x) { return 1 / (1 + std::exp(-x)); };
   EXPECT_NEAR(st.loss, softplus(-z0) + softplus(-z1), 1e-12);  // 0.598139 + 0.798139
   EXPECT_NEAR(st.margin, z0 + z1, 1e-12);
   EXPECT_EQ(st.correct, 1);
   EXPECT_EQ(st.pairs, 2);
-  EXPECT_NEAR(w[0], 0.1 * sigmoid(-z0), 1e-7);
-  EXPECT_NEAR(w[1], -0.1 * sigmoid(-z0), 1e-7);
-  EXPECT_NEAR(w[2], 0.1 * sigmoid(-z1), 1e-7);
+  EXPECT_NEAR(w[0], b * sigmoid(-z0), 1e-8);
+  EXPECT_NEAR(w[1], -b * sigmoid(-z0), 1e-8);
+  EXPECT_NEAR(w[2], b * sigmoid(-z1), 1e-8);
   // Far from zero the loss stays finite and exact: softplus(1000) = 1000, softplus(-1000) = 0.
   const double big_pol[2] = {0, -1e4}, big_ref[2] = {0, 0};
   EXPECT_NEAR(dpo_pairs(big_pol, big_ref, 1, 0.1f, w).loss, 0.0, 1e-300);
