@@ -33,12 +33,7 @@ TEST(Distill, AStudentLearnsFromTheTeacher) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const std::string tok = test::shared_path("models/tok512.bin"), teacher = test::shared_path("models/stories260K.bin");
-  {
-    std::ifstream in(test::shared_path("data/tinystories_val.txt"));
-    std::string text(150000, '\0');
-    in.read(text.data(), std::streamsize(text.size()));
-    std::ofstream(dir + "/ts.txt") << text;
-  }
+  test::copy_shared_prefix("data/tinystories_val.txt", 150000, dir + "/ts.txt");
   auto r = run_cli("data prepare --tokenizer " + q(tok) + " -o " + q(dir + "/data") + " " + q(dir + "/ts.txt"));
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string S = "--data " + q(dir + "/data") +

@@ -145,12 +145,7 @@ TEST(Prune, CommandLinePruneThenRecoverWithTheZerosHeld) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const std::string tok = test::shared_path("models/tok512.bin"), base = test::shared_path("models/stories260K.bin");
-  {
-    std::ifstream in(test::shared_path("data/tinystories_val.txt"));
-    std::string text(120000, '\0');
-    in.read(text.data(), std::streamsize(text.size()));
-    std::ofstream(dir + "/ts.txt") << text;
-  }
+  test::copy_shared_prefix("data/tinystories_val.txt", 120000, dir + "/ts.txt");
   ASSERT_EQ(run_cli("data prepare --tokenizer " + q(tok) + " -o " + q(dir + "/data") + " " + q(dir + "/ts.txt")).code, 0);
   auto r = run_cli("prune " + q(base) + " --tokenizer " + q(tok) + " -o " + q(dir + "/small.gguf") +
                    " --kv-heads 2 --hidden 128 --layers 4 --score taylor --data " + q(dir + "/data"));

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <unistd.h>
 
@@ -19,6 +20,15 @@ inline std::string shared_path(const std::string& rel) { return std::string(TESS
 
 inline std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("tessera_test_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
+// Writes the first `bytes` bytes of ../shared/REL to path (a small corpus for a test).
+inline void copy_shared_prefix(const std::string& rel, size_t bytes, const std::string& path) {
+  std::ifstream in(shared_path(rel));
+  std::string text(bytes, '\0');
+  in.read(text.data(), std::streamsize(text.size()));
+  text.resize(size_t(in.gcount()));
+  std::ofstream(path) << text;
 }
 
 }  // namespace tessera::test

@@ -34,21 +34,7 @@ SftStats prepare_pref(const Tokenizer& tok, const std::string& tokenizer_path, c
   std::string lines;
   int64_t pairs = 0;
   for (const auto& f : files) {
-    const std::string text = read_file(f);
-    size_t at = 0, line_no = 0;
-    while (at < text.size()) {
-      size_t nl = text.find('\n', at);
-      if (nl == std::string::npos) nl = text.size();
-      const std::string line = text.substr(at, nl - at);
-      at = nl + 1, ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      const std::string where = f + ":" + std::to_string(line_no);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        fail(where, ": invalid JSON: ", e.what());
-      }
+    for_each_jsonl(f, [&](const nlohmann::json& j, const std::string& where) {
       for (const char* k : {"chosen", "rejected"})
         if (!j.is_object() || !j.contains(k) || !j[k].is_string()) fail(where, ": missing string field \"", k, "\"");
       for (const char* k : {"chosen", "rejected"}) {
@@ -65,7 +51,7 @@ SftStats prepare_pref(const Tokenizer& tok, const std::string& tokenizer_path, c
         lines += ex.dump() + "\n";
       }
       ++pairs;
-    }
+    });
   }
   if (pairs < 2) fail("data prepare-pref: ", pairs, " preference pair(s); need at least 2 (training and validation)");
   {

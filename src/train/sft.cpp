@@ -93,6 +93,26 @@ SftExample sft_example(const nlohmann::json& j, const Tokenizer& tok, const Chat
   return tokenize_pieces(pieces, tok, false);
 }
 
+void for_each_jsonl(const std::string& path, const std::function<void(const nlohmann::json&, const std::string&)>& f) {
+  const std::string text = read_file(path);
+  size_t at = 0, line_no = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    const std::string line = text.substr(at, nl - at);
+    at = nl + 1, ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(line_no);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      fail(where, ": invalid JSON: ", e.what());
+    }
+    f(j, where);
+  }
+}
+
 SftStats prepare_sft(const Tokenizer& tok, const std::string& tokenizer_path, const ChatTemplate& tmpl,
                      const std::vector<std::string>& files, const std::string& dir, double val_fraction) {
   if (files.empty()) fail("data prepare-sft: no input files");
@@ -102,24 +122,8 @@ SftStats prepare_sft(const Tokenizer& tok, const std::string& tokenizer_path, co
   } split[2];
   SftStats st;
   for (const auto& f : files) {
-    const std::string text = read_file(f);
     std::vector<SftExample> ex;
-    size_t at = 0, line_no = 0;
-    while (at < text.size()) {
-      size_t nl = text.find('\n', at);
-      if (nl == std::string::npos) nl = text.size();
-      const std::string line = text.substr(at, nl - at);
-      at = nl + 1, ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      const std::string where = f + ":" + std::to_string(line_no);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        fail(where, ": invalid JSON: ", e.what());
-      }
-      ex.push_back(sft_example(j, tok, tmpl, where));
-    }
+    for_each_jsonl(f, [&](const nlohmann::json& j, const std::string& where) { ex.push_back(sft_example(j, tok, tmpl, where)); });
     if (ex.empty()) fail(f, ": no examples");
     // The last examples of each file are held out (at least one stays for training).
     const size_t n_val = std::min(ex.size() - 1, size_t(double(ex.size()) * val_fraction + 0.5));

@@ -10,6 +10,7 @@
 // shards (train/data.h), and meta.json's "sft" block.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ struct SftExample {
 // conversation as a growing prefix (the assistant spans could not be found).
 SftExample sft_example(const nlohmann::json& j, const Tokenizer& tok, const ChatTemplate& tmpl,
                        const std::string& where);
+
+// Calls f(object, "FILE:LINE") for every non-blank line of a JSONL file; Error naming
+// FILE:LINE on invalid JSON.
+void for_each_jsonl(const std::string& path, const std::function<void(const nlohmann::json&, const std::string&)>& f);
 
 struct SftStats {
   int64_t train_examples = 0, val_examples = 0, train_tokens = 0, val_tokens = 0, learned_tokens = 0;
