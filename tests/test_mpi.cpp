@@ -101,13 +101,15 @@ TEST_F(Mpi, TwoRanksFollowOneProcessAndZeroStagesAgreeBitForBit) {
     const double params = double(train::load_checkpoint(train::latest_checkpoint(run)).params.size()) * 4;
     // Per step and rank, the ring algorithms move the parameter bytes: 2 (N-1)/N x P for the
     // gradient all-reduce (stage 0), or (N-1)/N x P reduce-scattered + (N-1)/N x P all-gathered.
+    // Besides, a few doubles are all-reduced (the loss sums, the norm, the stop flags): < 256 bytes.
     if (stage == 0) {
-      EXPECT_NEAR(double(t["all_reduce"]), params, 64.0);
+      EXPECT_GE(double(t["all_reduce"]), params);
+      EXPECT_LT(double(t["all_reduce"]), params + 256);
       EXPECT_EQ(double(t["all_gather"]), 0.0);
     } else {
       EXPECT_NEAR(double(t["reduce_scatter"]), params / 2, 64.0);
       EXPECT_NEAR(double(t["all_gather"]), params / 2, 64.0);
-      EXPECT_LT(double(t["all_reduce"]), 128.0) << "only the loss and the norm";
+      EXPECT_LT(double(t["all_reduce"]), 256.0) << "only the loss sums, the norm and the flags";
     }
   }
   // With 2 ranks the sums are the same whichever collective forms them: identical weights and moments.

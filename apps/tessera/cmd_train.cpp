@@ -11,6 +11,7 @@
 #include "train/data.h"
 #include "train/lora.h"
 #include "train/params.h"
+#include "train/reward.h"
 #include "train/dpo.h"
 #include "train/sft.h"
 #include "train/trainer.h"
@@ -187,18 +188,23 @@ train::TrainSummary run_on_ranks(const train::TrainOptions& o, bool resume) {
   }
 }
 
-enum class Mode { Train, Finetune, Distill };
+enum class Mode { Train, Finetune, Distill, Reward };
 
 // tessera train, (finetune) the same loop with a LoRA adapter on a frozen --init model, or
 // (distill) with a teacher's distribution as a second target.
 int train_cli(int argc, char** argv, Mode mode) {
-  const bool finetune = mode == Mode::Finetune, distill = mode == Mode::Distill;
+  const bool finetune = mode == Mode::Finetune, distill = mode == Mode::Distill, reward = mode == Mode::Reward;
   CLI::App app{finetune  ? "Fine-tune a model with a LoRA adapter (--init MODEL frozen; only the adapter trains), or "
                            "--resume DIR."
                : distill ? "Train a student (new, or --init MODEL) on data and a teacher model's distribution (word-level "
                            "knowledge distillation), or --resume DIR."
+               : reward  ? "Train a reward model: --init MODEL with a scalar head, on preference pairs from 'data "
+                           "prepare-pref' (Bradley-Terry loss), or --resume DIR."
                          : "Train a Llama- or GPT-2-family model (from scratch, from --init MODEL, or --resume DIR).",
-               finetune ? "tessera finetune" : distill ? "tessera distill" : "tessera train"};
+               finetune  ? "tessera finetune"
+               : distill ? "tessera distill"
+               : reward  ? "tessera train-reward"
+                         : "tessera train"};
   app.set_config("--config", "", "read options from a TOML file (keys are the long option names)");
   app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
@@ -242,6 +248,7 @@ int train_cli(int argc, char** argv, Mode mode) {
     return run_on_ranks(r, true).interrupted ? 130 : 0;
   }
   if (distill && o.kd.teacher.empty()) fail("tessera distill: --teacher MODEL is required");
+  o.reward = reward;
   if (finetune) {
     if (o.init_model.empty()) fail("tessera finetune: --init MODEL is required (the base model to adapt)");
     o.lora.targets = train::parse_lora_targets(targets);
@@ -263,6 +270,7 @@ int train_cli(int argc, char** argv, Mode mode) {
 int cmd_train(int argc, char** argv) { return train_cli(argc, argv, Mode::Train); }
 int cmd_finetune(int argc, char** argv) { return train_cli(argc, argv, Mode::Finetune); }
 int cmd_distill(int argc, char** argv) { return train_cli(argc, argv, Mode::Distill); }
+int cmd_train_reward(int argc, char** argv) { return train_cli(argc, argv, Mode::Reward); }
 
 int cmd_data(int argc, char** argv) {
   CLI::App app{"Training data tools.", "tessera data"};
@@ -380,6 +388,9 @@ int cmd_export(int argc, char** argv) {
   }
   const train::Checkpoint ck = train::load_checkpoint(path);
   const train::Layout L(ck.cfg);
+  if (ck.reward_head)
+    std::fprintf(stderr, "export: %s is a reward model: the language model is written, its head is not (score with "
+                         "'tessera reward')\n", path.c_str());
   if (merge && !ck.lora.enabled()) fail("--merge-lora: ", path, " is not a LoRA run's checkpoint");
   if (ck.lora.enabled() && !merge) {  // the adapter itself
     if (!type_name.empty()) fail("--type: an adapter is written in f32 (use --merge-lora to write a typed model)");
@@ -409,6 +420,37 @@ int cmd_export(int argc, char** argv) {
   write_model(w, tok ? &*tok : nullptr, out, type_name, "export");
   std::fprintf(stderr, "export: %s (step %lld%s) -> %s\n", path.c_str(), (long long)ck.step,
                ck.lora.enabled() ? ", LoRA merged" : "", out.c_str());
+  return 0;
+}
+
+// tessera reward RUN -p TEXT...: a reward model's score of each text.
+int cmd_reward(int argc, char** argv) {
+  CLI::App app{"Score texts with a reward model trained by 'tessera train-reward'.", "tessera reward"};
+  std::string in, tok_path;
+  std::vector<std::string> texts;
+  app.add_option("RUN", in, "checkpoint file, or a train-reward run directory (its newest checkpoint)")->required();
+  app.add_option("-p,--prompt", texts, "a text to score (repeatable)")->required();
+  app.add_option("--tokenizer", tok_path, "tokenizer (default: the run's)");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  const std::string path = fs::is_directory(in) ? train::latest_checkpoint(in) : in;
+  if (path.empty()) fail(in, ": no checkpoint (ckpt_*.bin) in this directory");
+  const train::Checkpoint ck = train::load_checkpoint(path);
+  if (!ck.reward_head) fail(path, ": not a reward model (train one with 'tessera train-reward')");
+  std::optional<Tokenizer> tok = tok_path.empty() ? run_tokenizer(ck.extra) : load_any_tokenizer(tok_path);
+  if (!tok) fail(path, ": the run's tokenizer is not found; pass --tokenizer");
+  const train::Layout L(ck.cfg);
+  for (const std::string& text : texts) {
+    std::vector<int32_t> x = tok->encode(text);
+    if (x.size() < 2) x.insert(x.begin(), tok->bos_id() >= 0 ? tok->bos_id() : 0);
+    if (int64_t(x.size()) > ck.cfg.max_seq_len) x.erase(x.begin(), x.end() - long(ck.cfg.max_seq_len));
+    const int64_t T = int64_t(x.size());
+    std::vector<int32_t> y(x.begin() + 1, x.end());
+    y.push_back(-1);  // the head reads the last token's state
+    train::Transformer<float> m(L, 1, T, train::ModelOptions{});
+    train::RewardStep rs(1, T);
+    const double r = rs.score(m, ck.params.data(), ck.params.data() + L.total, x.data(), y.data())[0];
+    std::printf("%.6f\t%s\n", r, text.c_str());
+  }
   return 0;
 }
 

@@ -18,6 +18,8 @@ int cmd_train(int argc, char** argv);
 int cmd_finetune(int argc, char** argv);  // train with a LoRA adapter
 int cmd_distill(int argc, char** argv);   // train with a teacher's distribution
 int cmd_prune(int argc, char** argv);
+int cmd_train_reward(int argc, char** argv);
+int cmd_reward(int argc, char** argv);
 int cmd_data(int argc, char** argv);       // "data prepare ..."
 int cmd_export(int argc, char** argv);
 int cmd_plot(int argc, char** argv);

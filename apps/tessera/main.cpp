@@ -34,6 +34,8 @@ const Command kCommands[] = {
     {"finetune", tessera::cli::cmd_finetune, "fine-tune a model with a LoRA adapter (--init MODEL; only the adapter trains)"},
     {"distill", tessera::cli::cmd_distill, "train a student on data and a teacher model's distribution (KD)"},
     {"prune", tessera::cli::cmd_prune, "prune a model: sparsity, 2:4, or heads / FFN channels / layers removed"},
+    {"train-reward", tessera::cli::cmd_train_reward, "train a reward model (scalar head, Bradley-Terry) on preference pairs"},
+    {"reward", tessera::cli::cmd_reward, "score texts with a reward model"},
     {"export", tessera::cli::cmd_export, "write a training checkpoint as GGUF or safetensors"},
     {"plot", tessera::cli::cmd_plot, "loss curves of several training runs in one SVG"},
     {"demo", tessera::cli::cmd_demo, "train a tokenizer and a small model on fortunes, then sample"},

@@ -1,5 +1,7 @@
 #include "train/checkpoint.h"
 
+#include "train/reward.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -155,6 +157,14 @@ struct Stored {
 };
 Stored stored_tensors(const Checkpoint& ck) {
   const Layout L(ck.cfg);
+  if (ck.reward_head) {
+    Stored s{L.tensors, L.total + reward_head_padded(ck.cfg), L.n_params + reward_head_size(ck.cfg)};
+    ParamInfo h;
+    h.name = "reward_head", h.shape = {int64_t(reward_head_size(ck.cfg))}, h.offset = L.total;
+    h.numel = reward_head_size(ck.cfg);
+    s.tensors.push_back(h);
+    return s;
+  }
   if (!ck.lora.enabled()) return {L.tensors, L.total, L.n_params};
   const LoraLayout LL(L, ck.lora);
   return {LL.tensors, LL.total, LL.n_params};
@@ -168,6 +178,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   nlohmann::json j = {{"config", config_to_json(ck.cfg)}, {"step", ck.step}, {"n_params", L.n_params},
                       {"options", ck.extra}};
   if (ck.lora.enabled()) j["lora"] = lora_to_json(ck.lora);
+  if (ck.reward_head) j["reward_head"] = true;
   const std::string js = j.dump();
   const uint64_t len = js.size();
   HashedWriter w(path);
@@ -208,6 +219,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   ck.step = j["step"].get<int64_t>();
   ck.extra = j.value("options", nlohmann::json::object());
   if (j.contains("lora")) ck.lora = lora_from_json(j["lora"], path);
+  ck.reward_head = j.value("reward_head", false);
   const Stored L = stored_tensors(ck);
   size_t off = 16 + len;
   for (auto* a : {&ck.params, &ck.m, &ck.v}) {

@@ -28,6 +28,7 @@ struct Checkpoint {
   int64_t step = 0;      // optimizer steps completed
   nlohmann::json extra;  // run options (free-form, stored as given)
   LoraConfig lora;       // enabled: an adapter checkpoint (params, m, v are the adapter's; cfg is the base's)
+  bool reward_head = false;  // a reward model: the head's C + 1 parameters follow the model's (train/reward.h)
   ParamVec params, m, v;  // Layout(cfg).total (or LoraLayout total) elements each (the in-memory layout)
 };
 

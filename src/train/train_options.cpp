@@ -44,6 +44,9 @@ void TrainOptions::validate() const {
   if (!(dpo_beta >= 0)) fail("--dpo-beta must be >= 0, got ", dpo_beta);
   if (dpo_beta > 0 && init_model.empty()) fail("--dpo-beta needs --init (the model to tune, also the frozen reference)");
   if (dpo_beta > 0 && (kd.enabled() || pack)) fail("--dpo-beta cannot be combined with --teacher or --pack");
+  if (reward && init_model.empty()) fail("tessera train-reward: --init MODEL is required (the model under the head)");
+  if (reward && (dpo_beta > 0 || kd.enabled() || lora.enabled() || pack))
+    fail("a reward model trains on its own: no --dpo-beta, --teacher, LoRA or --pack");
   if (zero < 0 || zero > 2)
     fail("--zero ", zero, ": stages 0, 1 and 2 are supported (3, sharded weights, is not built yet)");
   if (lora.enabled()) {
@@ -92,6 +95,7 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"keep_sparsity", o.keep_sparsity},
           {"zero", o.zero},
           {"dpo_beta", o.dpo_beta},
+          {"reward", o.reward},
           {"ranks", o.ranks},
           {"lora", o.lora.enabled() ? lora_to_json(o.lora) : nlohmann::json()},
           {"kd", o.kd.enabled() ? nlohmann::json{{"teacher", o.kd.teacher}, {"teacher_tokenizer", o.kd.teacher_tokenizer},
@@ -130,6 +134,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.keep_sparsity = j.value("keep_sparsity", false);
     o.zero = j.value("zero", 0);
     o.dpo_beta = j.value("dpo_beta", 0.f);
+    o.reward = j.value("reward", false);
     o.ranks = j.value("ranks", int64_t(1));
     if (j.contains("lora") && !j["lora"].is_null()) o.lora = lora_from_json(j["lora"], where);
     if (j.contains("kd") && !j["kd"].is_null()) {

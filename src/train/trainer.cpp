@@ -21,6 +21,7 @@
 #include "train/plot.h"
 #include "train/dpo.h"
 #include "train/prune.h"
+#include "train/reward.h"
 #include "train/sft.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -233,16 +234,17 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     params_from_weights(L, init->weights, base_.data());
     if (cfg.is_moe()) gbase_.assign(L.total, 0.f);
   }
-  n_train_ = lora_ ? lora_->total : L.total;
+  n_train_ = lora_ ? lora_->total : o_.reward ? L.total + reward_head_padded(cfg) : L.total;
   p_.assign(n_train_, 0.f), g_.assign(n_train_, 0.f), m_.assign(n_train_, 0.f), v_.assign(n_train_, 0.f);
   if (resume) {
     if (st.ck.lora.enabled() != bool(lora_)) fail(st.resumed_from, ": the checkpoint does not match run.json's LoRA setting");
+    if (st.ck.reward_head != o_.reward) fail(st.resumed_from, ": the checkpoint does not match run.json's reward setting");
     p_ = std::move(st.ck.params), m_ = std::move(st.ck.m), v_ = std::move(st.ck.v);
     st.start = st.ck.step;
   } else if (lora_) {
     init_lora(*lora_, p_.data(), o_.seed);
   } else if (init) {
-    params_from_weights(L, init->weights, p_.data());
+    params_from_weights(L, init->weights, p_.data());  // (a reward head after it starts at zero)
   } else {
     init_params(L, p_.data(), o_.seed);
   }
@@ -264,6 +266,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     gs_.assign(se_ - sb_, 0.f);
   }
   mask_ = lora_ ? std::vector<uint8_t>(n_train_, 1) : decay_mask(L, o_.adam);
+  mask_.resize(n_train_, 0);  // a reward head: not decayed
   if (o_.keep_sparsity) {
     if (lora_) fail("--keep-sparsity applies to full training, not to a LoRA adapter");
     keep_ = sparsity_mask(L, p_.data());
@@ -281,6 +284,12 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     if (o_.batch % 2 != 0) fail("--dpo-beta: --batch ", o_.batch, " must be even (a chosen and a rejected row per pair)");
     if (!lora_ && ref_.empty()) fail("--dpo-beta needs --init (the model to tune, also the frozen reference)");
     dpo_ = std::make_unique<DpoStep>(o_.batch, o_.seq, o_.dpo_beta);
+  }
+  if (o_.reward) {
+    if (!data_.preference)
+      fail("train-reward: ", o_.data_dir, " holds no preference pairs (make them with 'tessera data prepare-pref')");
+    if (o_.batch % 2 != 0) fail("train-reward: --batch ", o_.batch, " must be even (a chosen and a rejected row per pair)");
+    reward_ = std::make_unique<RewardStep>(o_.batch, o_.seq);
   }
   if (o_.kd.enabled()) {
     if (cfg.final_softcap > 0) fail("--teacher: students with a logit soft-cap are not supported");
@@ -356,7 +365,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
 Trainer::~Trainer() = default;
 
 void Trainer::fill_batch(int64_t step, int64_t mb) {
-  if (dpo_)
+  if (dpo_ || reward_)
     pref_batch(sft_split(data_, false), o_.seed, step, mb, o_.batch, o_.seq, x_.data(), y_.data());
   else if (data_.sft)
     sft_batch(sft_split(data_, false), o_.seed, step, mb, o_.batch, o_.seq, o_.pack, x_.data(), y_.data(),
@@ -371,7 +380,7 @@ Trainer::StepStats Trainer::train_step() {
   // The loss is a mean over the step's targets: every token of a pretraining batch, the
   // response tokens of SFT batches (counted first, over all micro-batches and ranks).
   double targets = double(tokens_per_step);
-  if (dpo_) {  // DPO: the mean over the step's pairs
+  if (dpo_ || reward_) {  // DPO, reward model: the mean over the step's pairs
     targets = double(o_.batch / 2 * o_.grad_accum * comm_.size());
   } else if (data_.sft) {
     targets = 0;
@@ -400,7 +409,14 @@ Trainer::StepStats Trainer::train_step() {
     // The first micro-batch writes g (no zeroing pass); the others add to it.
     blk::CeResult r;
     if (lora_ && micro == 0) std::fill(g_.begin(), g_.end(), 0.f);
-    if (dpo_) {  // reference and policy log-probabilities, then the pair-weighted backward
+    if (reward_) {  // the pairs' rewards, then the Bradley-Terry gradient through the head
+      if (micro == 0) std::fill(g_.begin(), g_.end(), 0.f);
+      const size_t h = L_->total;
+      const DpoStats d = reward_->run(*model_, p_.data(), p_.data() + h, g_.data(), g_.data() + h, x_.data(),
+                                      y_.data(), scale, key);
+      r.loss_sum = d.loss, r.count = d.pairs;
+      loss_count[5] += d.margin, loss_count[6] += d.correct;
+    } else if (dpo_) {  // reference and policy log-probabilities, then the pair-weighted backward
       const DpoStats d = lora_ ? dpo_->run(*model_, base_.data(), nullptr, gbase_.empty() ? nullptr : gbase_.data(),
                                            x_.data(), y_.data(), scale, key, true)
                                : dpo_->run(*model_, p_.data(), ref_.data(), g_.data(), x_.data(), y_.data(), scale,
@@ -456,7 +472,7 @@ Trainer::StepStats Trainer::train_step() {
     adamw_step(p_.data() + sb_, gsh, m_.data(), v_.data(), mask_.data() + sb_, se_ - sb_, s + 1, out.lr, o_.adam,
                detect_isa(), gs);
     if (!keep_.empty())  // pruned weights stay pruned
-      for (size_t i = sb_; i < se_; ++i)
+      for (size_t i = sb_; i < std::min(se_, keep_.size()); ++i)
         if (!keep_[i]) p_[i] = 0.f;
     if (sharded()) comm_.all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
   }
@@ -467,15 +483,16 @@ Trainer::StepStats Trainer::train_step() {
 
 double Trainer::evaluate() {
   if (teacher_) model_->set_teacher(nullptr, o_.kd);  // validation is the data loss
-  if (dpo_) {  // the DPO loss and pairwise accuracy over the validation pairs
+  if (dpo_ || reward_) {  // the pair loss and pairwise accuracy over the validation pairs
     const SftSplit val = sft_split(data_, true);
     const int64_t pairs = std::min(val.examples() / 2, o_.eval_batches * o_.batch / 2);
     DpoStats sum;
     for (int64_t e0 = 0; e0 < pairs; e0 += o_.batch / 2) {
       for (int64_t b = 0; b < o_.batch; ++b)
         sft_eval_row(val, 2 * std::min(e0 + b / 2, pairs - 1) + b % 2, o_.seq, x_.data() + b * o_.seq, y_.data() + b * o_.seq);
-      const DpoStats d = dpo_->eval(*model_, lora_ ? base_.data() : p_.data(), lora_ ? nullptr : ref_.data(),
-                                    x_.data(), y_.data());
+      const DpoStats d = reward_ ? reward_->eval(*model_, p_.data(), p_.data() + L_->total, x_.data(), y_.data())
+                                 : dpo_->eval(*model_, lora_ ? base_.data() : p_.data(),
+                                              lora_ ? nullptr : ref_.data(), x_.data(), y_.data());
       const int64_t n = std::min(o_.batch / 2, pairs - e0);  // a partial last batch repeats the last pair
       sum.loss += d.loss * double(n) / double(d.pairs), sum.correct += d.correct * double(n) / double(d.pairs);
       sum.pairs += n;
@@ -509,6 +526,7 @@ std::string Trainer::save() {
   Checkpoint c;
   c.cfg = L_->cfg, c.step = step_, c.extra = st.opts;
   if (lora_) c.lora = lora_->lora;
+  c.reward_head = o_.reward;
   c.params = p_;
   c.m = sharded() ? std::move(m_full) : m_, c.v = sharded() ? std::move(v_full) : v_;
   const std::string path = checkpoint_path(st.dir, step_);
@@ -551,8 +569,9 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
                             {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
       if (eval_now) rec["val_loss"] = val;
       if (teacher_) rec["kd_loss"] = r.kd;
-      if (dpo_) {
-        rec["dpo_margin"] = r.dpo_margin, rec["dpo_accuracy"] = r.dpo_accuracy;
+      if (dpo_ || reward_) {  // the pairs' mean margin (beta z for DPO, r_c - r_r for rewards) and accuracy
+        const std::string k = reward_ ? "reward" : "dpo";
+        rec[k + "_margin"] = r.dpo_margin, rec[k + "_accuracy"] = r.dpo_accuracy;
         if (eval_now) rec["val_accuracy"] = st.val_accuracy;
       }
       if (comm_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)

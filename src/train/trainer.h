@@ -40,6 +40,8 @@ struct TrainOptions {
   KdOptions kd;
   // Direct preference optimisation on a preference dataset (train/dpo.h): beta > 0 enables it.
   float dpo_beta = 0.f;
+  // A reward model on a preference dataset (tessera train-reward, train/reward.h).
+  bool reward = false;
   int64_t batch = 8, seq = 256, grad_accum = 1, steps = 1000;
   // SFT datasets (train/sft.h): pack several examples into a row (attention kept inside each)
   // instead of one padded example per row.
@@ -136,6 +138,7 @@ class Trainer {
   std::unique_ptr<LoraLayout> lora_;
   std::unique_ptr<Teacher> teacher_;  // distillation
   std::unique_ptr<class DpoStep> dpo_;  // preference tuning
+  std::unique_ptr<class RewardStep> reward_;  // reward model
   ParamVec ref_;                      // full-parameter DPO: the frozen reference
   ParamVec base_, gbase_;   // LoRA: the frozen model; a throw-away gradient for MoE models
   size_t n_train_ = 0;      // elements of p_ (Layout or LoraLayout total)

@@ -474,9 +474,13 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   ce.z_loss = o_.z_loss, ce.softcap = c_.final_softcap, ce.scale = scale, ce.isa = isa_;
   ce.row_scratch = ce_rows_.data();
   const float* weights = row_weight_;
+  if (reward_w_) {  // a reward model: one scalar per row from the final state at its last token
+    reward_head(g, scale, backward);
+    if (!backward) return;
+  }
   // The logits exist for logit_rows rows at a time: forward, loss and its
   // gradient in place, then the two backward products.
-  for (int64_t r0 = 0; r0 < N; r0 += o_.logit_rows) {
+  for (int64_t r0 = 0; r0 < (reward_w_ ? 0 : N); r0 += o_.logit_rows) {
     const int64_t n = std::min(o_.logit_rows, N - r0);
     head_fwd(logits_, xf_ + r0 * C, p + L_.output, n);  // (n, V)
     ce.row_weight = weights ? weights + r0 : nullptr;
@@ -495,6 +499,28 @@ void Transformer<T>::head(const T* p, T* g, const int32_t* targets, float scale,
   } else {
     blk::layernorm_bwd(dx_, g ? g + L_.out_norm : nullptr, g ? g + L_.out_norm_b : nullptr, dxf_, xL,
                        p + L_.out_norm, mf_, rf_, N, C, false, isa_);
+  }
+}
+
+// r_b = xf[last_b] . w + w[C]; backward: d xf (zero but at the last rows) and gw, times dr_b * scale.
+template <class T>
+void Transformer<T>::reward_head(T* g, float scale, bool backward) {
+  const int64_t C = c_.dim, V = c_.vocab_size;
+  for (int64_t b = 0; b < B_; ++b) {
+    const T* h = xf_ + (b * T_ + reward_last_[b]) * C;
+    T r = reward_w_[C];
+    for (int64_t c = 0; c < C; ++c) r += h[c] * reward_w_[c];
+    reward_out_[b] = double(r);
+  }
+  if (!backward) return;
+  if (fresh_ && g) fill_zero(g + L_.output, V * C);  // the output layer takes no product here
+  fill_zero(dxf_, N_ * C);
+  for (int64_t b = 0; b < B_; ++b) {
+    const T d = T(reward_dr_[b]) * T(scale);
+    const T* h = xf_ + (b * T_ + reward_last_[b]) * C;
+    T* dh = dxf_ + (b * T_ + reward_last_[b]) * C;
+    for (int64_t c = 0; c < C; ++c) dh[c] = d * reward_w_[c], reward_gw_[c] += d * h[c];
+    reward_gw_[C] += d;
   }
 }
 

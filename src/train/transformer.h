@@ -61,6 +61,13 @@ class Transformer {
   // row_nll (N) when set, and scale row n's gradient by row_weight[n] when set. Kept until changed.
   void set_row_nll(double* row_nll) { row_nll_ = row_nll; }
   void set_row_weights(const float* row_weight) { row_weight_ = row_weight; }
+  // A reward model (train/reward.h): instead of the language-model loss, the passes write
+  // r_b = xf[last_b] . w + w[C] for each row b (xf: the final-norm state; last (B): a row's
+  // last token) into rewards (B); a forward_backward adds d r_b = dr[b] (times grad_scale)
+  // into the model's gradient and into gw (C + 1). w null: the language-model loss again.
+  void set_reward(const T* w, T* gw, const int32_t* last, const float* dr, double* rewards) {
+    reward_w_ = w, reward_gw_ = gw, reward_last_ = last, reward_dr_ = dr, reward_out_ = rewards;
+  }
   // LoRA off: the passes compute the base model (DPO's reference); on again by default.
   void enable_lora(bool on) { lora_on_ = on; }
   // Distillation: the teacher's log softmax(logits / tau) of this batch's rows (B*T, V) for the
@@ -182,6 +189,12 @@ class Transformer {
   double* row_nll_ = nullptr;       // set_row_nll
   const float* row_weight_ = nullptr;  // set_row_weights
   bool lora_on_ = true;             // enable_lora
+  const T* reward_w_ = nullptr;     // set_reward
+  T* reward_gw_ = nullptr;
+  const int32_t* reward_last_ = nullptr;
+  const float* reward_dr_ = nullptr;
+  double* reward_out_ = nullptr;
+  void reward_head(T* g, float scale, bool backward);
   KdOptions kd_;
   std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
 };
