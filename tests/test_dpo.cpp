@@ -12,6 +12,7 @@
 #include <random>
 
 #include "cli_util.h"
+#include "pref_test_util.h"
 #include "nlohmann/json.hpp"
 #include "train/dpo.h"
 
@@ -89,20 +90,11 @@ TEST(Dpo, WholeModelGradientMatchesFiniteDifferences) {
   m.set_row_weights(w.data());
   m.forward_backward(p.data(), g.data(), x.data(), y.data(), 0.5f);  // mean over the 2 pairs
   m.set_row_weights(nullptr);
-  double err = 0, mag = 0;
-  for (size_t i = 0; i < L.total; i += 7) {  // a sample of the parameters
-    const double x0 = p[i];
-    p[i] = x0 + 1e-5;
-    const double fp = f();
-    p[i] = x0 - 1e-5;
-    const double fm = f();
-    p[i] = x0;
-    const double num = (fp - fm) / 2e-5;
-    err = std::max(err, std::abs(num - g[i])), mag = std::max(mag, std::abs(num));
-  }
+  double mag = 0;
+  const double rel = test::fd_rel_error(p, g, f, L.total, [](size_t i) { return i + 7; }, &mag);
   omp_set_num_threads(threads);
   EXPECT_GT(mag, 1e-4);
-  EXPECT_LT(err / mag, 1e-4);
+  EXPECT_LT(rel, 1e-4);
 }
 
 TEST(Dpo, PreferencePairsFromTheCommandLine) {
@@ -111,13 +103,7 @@ TEST(Dpo, PreferencePairsFromTheCommandLine) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   {
-    std::ofstream f(dir + "/pref.jsonl");
-    const char* names[] = {"Tom", "Lily", "Ben", "Sue"};
-    const char* good[] = {"shared the toy.", "helped the bird.", "hugged mom."};
-    const char* bad[] = {"broke the toy.", "hit the bird.", "yelled at mom."};
-    for (int i = 0; i < 80; ++i)
-      f << R"({"prompt": "Once upon a time, )" << names[i % 4] << R"(", "chosen": " )" << good[i % 3]
-        << R"(", "rejected": " )" << bad[i % 3] << R"("})" << "\n";
+    test::write_kindness_pairs(dir + "/pref.jsonl");
     std::ofstream(dir + "/bad.jsonl") << R"({"prompt": "x", "chosen": "y"})" << "\n";
   }
   const std::string tok = test::shared_path("models/tok512.bin"), base = test::shared_path("models/stories260K.bin");

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cli_util.h"
+#include "pref_test_util.h"
 #include "nlohmann/json.hpp"
 #include "train/reward.h"
 
@@ -68,20 +69,12 @@ TEST(Reward, ModelAndHeadGradientsMatchFiniteDifferences) {
   std::vector<double> g(p.size(), 0.0);
   m.set_reward(p.data() + L.total, g.data() + L.total, last, dr, r);
   m.forward_backward(p.data(), g.data(), x.data(), y.data(), 0.5f);
-  double err = 0, mag = 0;
-  for (size_t i = 0; i < L.total + reward_head_size(c); i += (i < L.total ? 5 : 1)) {
-    const double x0 = p[i];
-    p[i] = x0 + 1e-5;
-    const double fp = f();
-    p[i] = x0 - 1e-5;
-    const double fm = f();
-    p[i] = x0;
-    const double num = (fp - fm) / 2e-5;
-    err = std::max(err, std::abs(num - g[i])), mag = std::max(mag, std::abs(num));
-  }
+  double mag = 0;
+  const double rel = test::fd_rel_error(p, g, f, L.total + reward_head_size(c),
+                                        [&](size_t i) { return i + (i < L.total ? 5 : 1); }, &mag);  // all of the head
   omp_set_num_threads(threads);
   EXPECT_GT(mag, 1e-4);
-  EXPECT_LT(err / mag, 1e-4);
+  EXPECT_LT(rel, 1e-4);
 }
 
 TEST(Reward, TrainAndScoreFromTheCommandLine) {
@@ -89,15 +82,7 @@ TEST(Reward, TrainAndScoreFromTheCommandLine) {
   const std::string dir = test::temp_path("reward_cli");
   fs::remove_all(dir);
   fs::create_directories(dir);
-  {
-    std::ofstream f(dir + "/pref.jsonl");
-    const char* names[] = {"Tom", "Lily", "Ben", "Sue"};
-    const char* good[] = {"shared the toy.", "helped the bird.", "hugged mom."};
-    const char* bad[] = {"broke the toy.", "hit the bird.", "yelled at mom."};
-    for (int i = 0; i < 80; ++i)
-      f << R"({"prompt": "Once upon a time, )" << names[i % 4] << R"(", "chosen": " )" << good[i % 3]
-        << R"(", "rejected": " )" << bad[i % 3] << R"("})" << "\n";
-  }
+  test::write_kindness_pairs(dir + "/pref.jsonl");
   const std::string tok = test::shared_path("models/tok512.bin"), base = test::shared_path("models/stories260K.bin");
   ASSERT_EQ(run_cli("data prepare-pref --tokenizer " + q(tok) + " -o " + q(dir + "/pref") + " " + q(dir + "/pref.jsonl")).code, 0);
   auto r = run_cli("train-reward --init " + q(base) + " --tokenizer " + q(tok) + " --data " + q(dir + "/pref") +
