@@ -50,8 +50,7 @@ TEST(Dpo, PairLossAndWeightsMatchTheFormula) {
 // The DPO gradient of a whole model: per-row nll summed per sequence, the pair
 // weights, then the weighted backward, against central differences of the loss.
 TEST(Dpo, WholeModelGradientMatchesFiniteDifferences) {
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
+  const test::OneThread one_thread;
   ModelConfig c;
   c.arch = Arch::Llama;
   c.dim = 8, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 2, c.hidden_dim = 12;
@@ -92,7 +91,6 @@ TEST(Dpo, WholeModelGradientMatchesFiniteDifferences) {
   m.set_row_weights(nullptr);
   double mag = 0;
   const double rel = test::fd_rel_error(p, g, f, L.total, [](size_t i) { return i + 7; }, &mag);
-  omp_set_num_threads(threads);
   EXPECT_GT(mag, 1e-4);
   EXPECT_LT(rel, 1e-4);
 }

@@ -40,8 +40,7 @@ TEST(Reward, BradleyTerryLossMatchesTheFormula) {
 }
 
 TEST(Reward, ModelAndHeadGradientsMatchFiniteDifferences) {
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
+  const test::OneThread one_thread;
   ModelConfig c;
   c.arch = Arch::Llama;
   c.dim = 8, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 2, c.hidden_dim = 12;
@@ -72,7 +71,6 @@ TEST(Reward, ModelAndHeadGradientsMatchFiniteDifferences) {
   double mag = 0;
   const double rel = test::fd_rel_error(p, g, f, L.total + reward_head_size(c),
                                         [&](size_t i) { return i + (i < L.total ? 5 : 1); }, &mag);  // all of the head
-  omp_set_num_threads(threads);
   EXPECT_GT(mag, 1e-4);
   EXPECT_LT(rel, 1e-4);
 }

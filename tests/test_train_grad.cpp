@@ -242,13 +242,7 @@ namespace {
 
 // Whole-model check: every parameter of a tiny model against central differences.
 void check_model(ModelConfig c, const ModelOptions& mo, uint64_t dropout_key = 0, const int32_t* seg = nullptr) {
-  // Thousands of tiny forward passes: one thread avoids OpenMP start-up costs.
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
-  struct Restore {
-    int n;
-    ~Restore() { omp_set_num_threads(n); }
-  } restore{threads};
+  const test::OneThread one_thread;
   Layout L(c);
   std::mt19937_64 rng(9);
   Vec p = randn(L.total, rng, 0.3);
@@ -395,12 +389,7 @@ TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
 // formed; a throw-away one on MoE models), through dropout on the adapter input and
 // recomputation, for Llama (every target) and GPT-2 (its fused qkv).
 void check_lora(ModelConfig c, LoraConfig lc, const ModelOptions& mo, uint64_t key = 0) {
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
-  struct Restore {
-    int n;
-    ~Restore() { omp_set_num_threads(n); }
-  } restore{threads};
+  const test::OneThread one_thread;
   Layout L(c);
   LoraLayout LL(L, lc);
   std::mt19937_64 rng(21);
@@ -487,8 +476,7 @@ TEST(TrainGrad, LoraZeroBIsTheBaseAndMergingIsExact) {
 // Distillation (train/distill.h): (1 - alpha) CE + alpha tau^2 KL, forward and reverse,
 // against central differences of the whole model.
 TEST(TrainGrad, DistillationLossMatchesFiniteDifferences) {
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
+  const test::OneThread one_thread;
   ModelConfig c = tiny_llama();
   Layout L(c);
   std::mt19937_64 rng(17);
@@ -520,7 +508,6 @@ TEST(TrainGrad, DistillationLossMatchesFiniteDifferences) {
       EXPECT_LT(rel_err(g, num), kTol) << "tau " << temp << (reverse ? " reverse" : " forward");
       EXPECT_GT(m.forward(p.data(), tok.data(), tgt.data()).kd_sum, 0.0);
     }
-  omp_set_num_threads(threads);
 }
 
 TEST(TrainGrad, DropoutMasksFollowTheKey) {

@@ -1,6 +1,7 @@
 // Helpers shared by the tests: locating ../shared and skipping without it.
 #pragma once
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <filesystem>
 #include <fstream>
@@ -30,5 +31,18 @@ inline void copy_shared_prefix(const std::string& rel, size_t bytes, const std::
   text.resize(size_t(in.gcount()));
   std::ofstream(path) << text;
 }
+
+// One OpenMP thread for the scope (thousands of tiny passes in finite-difference
+// checks: no thread start-up per pass); the previous count comes back after it.
+class OneThread {
+ public:
+  OneThread() : n_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~OneThread() { omp_set_num_threads(n_); }
+  OneThread(const OneThread&) = delete;
+  OneThread& operator=(const OneThread&) = delete;
+
+ private:
+  int n_;
+};
 
 }  // namespace tessera::test
