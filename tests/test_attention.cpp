@@ -200,3 +200,89 @@ TEST(KernelsAttention, SoftmaxRowMatchesReference) {
           }
         }
 }
+
+// The merge rule of two attentions over disjoint key sets, against double
+// precision: random splits of a key set into two parts, each part attended
+// by the kernel of every ISA with its log-sum-exp (DecodeAttnArgs::lse), then
+// merge_attention; the result equals attention over the whole set. Also the
+// attend_decode log-sum-exp itself, and an empty side (s = -inf) leaving the other.
+TEST(KernelsAttention, MergeOfSplitKeySetsMatchesWholeSet) {
+  std::vector<Isa> isas{Isa::Scalar};
+  if (detect_isa() >= Isa::AVX2) isas.push_back(Isa::AVX2);
+  if (detect_isa() >= Isa::AVX512) isas.push_back(Isa::AVX512);
+  std::mt19937 rng(21);
+  uint32_t seed = 300;
+  for (Isa isa : isas)
+    for (int64_t n : {2, 9, 130, 700})
+      for (float cap : {0.f, 8.f}) {
+        const Case c(3, 64, n, cap, seed++, 6.f);
+        const auto want = c.expected();
+        const int64_t cut = std::uniform_int_distribution<int64_t>(1, n - 1)(rng);
+        std::vector<float> scores(size_t(c.G * n)), o1(size_t(c.G * c.hd)), o2(o1.size()), s1(3), s2(3);
+        DecodeAttnArgs a = c.args(DType::F32, scores.data(), o1.data());
+        a.n = cut, a.lse = s1.data();  // keys [0, cut)
+        attend_decode(isa, a);
+        a = c.args(DType::F32, scores.data(), o2.data());
+        a.start = cut, a.lse = s2.data();  // keys [cut, n)
+        attend_decode(isa, a);
+        for (int64_t g = 0; g < c.G; ++g) {
+          // The log-sum-exp of the first part, in double.
+          double mx = -1e300, z = 0;
+          std::vector<double> sc;
+          for (int64_t j = 0; j < cut; ++j) {
+            double d = 0;
+            for (int64_t i = 0; i < c.hd; ++i) d += double(c.q[size_t(g * c.hd + i)]) * c.k[size_t((j * c.n_kv + c.kvh) * c.hd + i)];
+            d *= double(c.scale);
+            if (cap > 0) d = cap * std::tanh(d / cap);
+            sc.push_back(d), mx = std::max(mx, d);
+          }
+          for (double d : sc) z += std::exp(d - mx);
+          ASSERT_NEAR(s1[size_t(g)], mx + std::log(z), 1e-4) << isa_name(isa) << " n " << n;
+          merge_attention(o1.data() + g * c.hd, s1[size_t(g)], o2.data() + g * c.hd, s2[size_t(g)], c.hd);
+          for (int64_t i = 0; i < c.hd; ++i)
+            ASSERT_NEAR(o1[size_t(g * c.hd + i)], want[size_t(g * c.hd + i)], 2e-6)
+                << isa_name(isa) << " n " << n << " cut " << cut << " cap " << cap;
+        }
+      }
+  std::vector<float> v1{1.f, 2.f}, v2{5.f, 6.f};
+  float s1 = 0.5f;
+  merge_attention(v1.data(), s1, v2.data(), -INFINITY, 2);
+  EXPECT_EQ(v1, (std::vector<float>{1.f, 2.f}));
+  EXPECT_FLOAT_EQ(s1, 0.5f);
+  float e = -INFINITY;
+  merge_attention(v2.data(), e, v1.data(), 0.5f, 2);
+  EXPECT_EQ(v2, (std::vector<float>{1.f, 2.f}));
+}
+
+// One online-softmax tile on every ISA against the reference and double
+// precision: the running max carried in, the rescaled sum returned.
+TEST(KernelsAttention, OnlineRowMatchesReference) {
+  std::vector<Isa> isas{Isa::Scalar};
+  if (detect_isa() >= Isa::AVX2) isas.push_back(Isa::AVX2);
+  if (detect_isa() >= Isa::AVX512) isas.push_back(Isa::AVX512);
+  std::mt19937 rng(8);
+  for (Isa isa : isas)
+    for (int64_t n : {1, 7, 16, 33, 257})
+      for (float cap : {0.f, 10.f})
+        for (float m_in : {-INFINITY, 3.f, 50.f}) {
+          std::uniform_real_distribution<float> u(-20.f, 20.f);
+          std::vector<float> x(static_cast<size_t>(n + 4)), got(x.size(), 9.f);
+          for (int64_t j = 0; j < n; ++j) got[size_t(j)] = x[size_t(j)] = u(rng);
+          float m = m_in;
+          const float sum = attend_online_row(isa, got.data(), n, n + 4, cap, m);
+          double mx = m_in, z = 0;
+          std::vector<double> e(static_cast<size_t>(n));
+          for (int64_t j = 0; j < n; ++j) {
+            e[size_t(j)] = cap > 0 ? cap * std::tanh(double(x[size_t(j)]) / cap) : double(x[size_t(j)]);
+            mx = std::max(mx, e[size_t(j)]);
+          }
+          ASSERT_FLOAT_EQ(m, float(mx)) << isa_name(isa) << " n " << n;
+          for (int64_t j = 0; j < n; ++j) {
+            const double want = std::exp(e[size_t(j)] - mx);
+            z += want;
+            ASSERT_NEAR(got[size_t(j)], want, 2e-6 * std::max(1.0, want)) << isa_name(isa) << " n " << n << " at " << j;
+          }
+          for (int64_t j = n; j < n + 4; ++j) ASSERT_EQ(got[size_t(j)], 0.f);
+          ASSERT_NEAR(sum, z, 1e-5 * std::max(1.0, z)) << isa_name(isa) << " n " << n;
+        }
+}

@@ -256,9 +256,10 @@ TEST(KernelsAct, OpsIsaFormsMatchScalar) {
   }
 }
 
-// The AVX-512 causal softmax rows inside float attention (forward and
-// backward) against the scalar rows: T = 150 spans three row blocks, with
-// row lengths that are not multiples of 16.
+// The AVX-512 causal softmax rows inside float attention (forward, its
+// log-sum-exp, and the recomputing backward) against the scalar rows: T = 150
+// spans three row blocks, with row lengths that are not multiples of 16; with
+// and without a soft-cap and a sliding window.
 TEST(KernelsAct, Avx512AttentionSoftmaxMatchesScalar) {
   if (detect_isa() != Isa::AVX512) GTEST_SKIP() << "no AVX-512 on this CPU";
   namespace blk = tessera::train::blk;
@@ -275,26 +276,30 @@ TEST(KernelsAct, Avx512AttentionSoftmaxMatchesScalar) {
   const auto q = randv(N * s.q_stride, 2.f), k = randv(N * s.kv_stride, 2.f), v = randv(N * s.kv_stride, 1.f);
   const auto dout = randv(N * od, 1.f);
   struct Out {
-    std::vector<float> o, P, dq, dk, dv;
+    std::vector<float> o, lse, dq, dk, dv;
   };
-  auto run = [&](Isa isa) {
-    blk::AttnShape t = s;
-    t.isa = isa;
-    Out r{std::vector<float>(size_t(N * od)), std::vector<float>(size_t(s.B * s.n_heads * s.T * s.T)),
-          std::vector<float>(q.size()), std::vector<float>(k.size()), std::vector<float>(v.size())};
-    std::vector<float> scratch(size_t(omp_get_max_threads() * blk::attention_scratch(s.T)));
-    blk::attention_fwd(r.o.data(), r.P.data(), q.data(), k.data(), v.data(), t);
-    blk::attention_bwd(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), r.P.data(), q.data(), k.data(), v.data(), t,
-                       scratch.data());
-    return r;
-  };
-  const Out a = run(Isa::Scalar), b = run(Isa::AVX512);
-  auto close = [](const std::vector<float>& x, const std::vector<float>& y, const char* what) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < x.size(); ++i) num += double(x[i] - y[i]) * (x[i] - y[i]), den += double(x[i]) * x[i];
-    EXPECT_LT(std::sqrt(num / den), 1e-5) << what;
-  };
-  close(a.o, b.o, "out"), close(a.P, b.P, "P"), close(a.dq, b.dq, "dq"), close(a.dk, b.dk, "dk"), close(a.dv, b.dv, "dv");
+  for (float cap : {0.f, 3.f})
+    for (int64_t window : {0, 37}) {
+      auto run = [&](Isa isa) {
+        blk::AttnShape t = s;
+        t.isa = isa, t.softcap = cap, t.window = window;
+        Out r{std::vector<float>(size_t(N * od)), std::vector<float>(size_t(s.B * s.n_heads * s.T)),
+              std::vector<float>(q.size()), std::vector<float>(k.size()), std::vector<float>(v.size())};
+        std::vector<float> scratch(size_t(omp_get_max_threads() * blk::attention_scratch(s.T)));
+        blk::attention_fwd(r.o.data(), r.lse.data(), q.data(), k.data(), v.data(), t, scratch.data());
+        blk::attention_bwd(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), r.lse.data(), q.data(), k.data(),
+                           v.data(), t, scratch.data());
+        return r;
+      };
+      const Out a = run(Isa::Scalar), b = run(Isa::AVX512);
+      auto close = [&](const std::vector<float>& x, const std::vector<float>& y, const char* what) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < x.size(); ++i) num += double(x[i] - y[i]) * (x[i] - y[i]), den += double(x[i]) * x[i];
+        EXPECT_LT(std::sqrt(num / den), 1e-5) << what << " cap " << cap << " window " << window;
+      };
+      close(a.o, b.o, "out"), close(a.lse, b.lse, "lse"), close(a.dq, b.dq, "dq"), close(a.dk, b.dk, "dk");
+      close(a.dv, b.dv, "dv");
+    }
 }
 
 #include "train/optim.h"

@@ -220,9 +220,9 @@ TEST_F(TrainCli, BadConfigsAndDataGetClearErrors) {
   r = run_cli("train --data " + q(dir_ + "/nowhere") + " -o " + q(dir_ + "/bad4") + " --steps 3");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("meta.json"), std::string::npos) << r.err;
-  // Activations that cannot fit in memory (attention probabilities alone: 4 x 4 heads x 150000^2 floats x 2
-  // layers, 2.6 TiB) are refused up front with the flags to change, not std::bad_alloc.
-  r = run_cli(train_args(dir_ + "/bad6", 3) + " --seq 150000");
+  // Activations that cannot fit in memory (2 layers x 3e10 tokens x a few hundred floats: ~100 TiB)
+  // are refused up front with the flags to change, not std::bad_alloc.
+  r = run_cli(train_args(dir_ + "/bad6", 3) + " --seq 150000 --batch 200000");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("lower --batch or --seq"), std::string::npos) << r.err;
   // An empty corpus: an error naming the file, and no dataset directory.

@@ -154,44 +154,99 @@ TEST(TrainGrad, RopeBothStyles) {
   }
 }
 
-// Causal GQA attention (strided rows; soft-cap on and off; full and a sliding
-// window of 2, keys [i - 1, i]) against central differences.
+// Causal GQA attention (strided rows; soft-cap on and off; full, a sliding
+// window of 2 (keys [i - 1, i]) and packed segments; one row block and blocks
+// of 4 rows, so the recomputed probabilities cross block edges) against
+// central differences.
 TEST(TrainGrad, AttentionGqaCausalSoftcapAndSlidingWindow) {
   std::mt19937_64 rng(6);
-  for (int64_t window : {0, 2})
-    for (float cap : {0.f, 1.5f}) {
-      blk::AttnShape s;
-      s.B = 2, s.T = 6, s.n_heads = 4, s.n_kv_heads = 2, s.hd = 3, s.softcap = cap, s.window = window;
-      s.q_stride = 13, s.kv_stride = 7;  // strided rows
-      const int64_t N = s.B * s.T, od = s.n_heads * s.hd;
-      Vec q = randn(N * s.q_stride, rng), k = randn(N * s.kv_stride, rng), v = randn(N * s.kv_stride, rng);
-      Vec R = randn(N * od, rng);
-      Vec P(s.B * s.n_heads * s.T * s.T);
-      auto out = [&] {
-        Vec o(N * od);
-        blk::attention_fwd(o.data(), P.data(), q.data(), k.data(), v.data(), s);
-        return o;
-      };
-      auto f = [&] { return dot(out(), R); };
-      if (window > 0) {  // queries 2.. of the first sequence do not see its first key
-        const Vec o1 = out();
-        for (int64_t e = 0; e < s.kv_stride; ++e) k[size_t(e)] += 1.0, v[size_t(e)] += 1.0;
-        const Vec o2 = out();
-        for (int64_t e = 0; e < s.kv_stride; ++e) k[size_t(e)] -= 1.0, v[size_t(e)] -= 1.0;
-        for (int64_t i = window; i < s.T; ++i)
-          for (int64_t e = 0; e < od; ++e) EXPECT_EQ(o1[size_t(i * od + e)], o2[size_t(i * od + e)]) << i;
+  const std::vector<int32_t> seg = {0, 0, 0, 3, 3, 3, 3, 3, 8, 0, 1, 1, 1, 1, 1, 1, 1, 1};  // (B, T) first keys
+  for (int64_t rows : {64, 4})
+    for (int64_t window : {0, 2, -1})  // -1: packed segments, no window
+      for (float cap : {0.f, 1.5f}) {
+        blk::AttnShape s;
+        s.B = 2, s.T = 9, s.n_heads = 4, s.n_kv_heads = 2, s.hd = 3, s.softcap = cap, s.window = std::max<int64_t>(window, 0);
+        s.q_stride = 13, s.kv_stride = 7;  // strided rows
+        s.block_rows = rows;
+        if (window < 0) s.seg = seg.data();
+        const int64_t N = s.B * s.T, od = s.n_heads * s.hd;
+        Vec q = randn(N * s.q_stride, rng), k = randn(N * s.kv_stride, rng), v = randn(N * s.kv_stride, rng);
+        Vec R = randn(N * od, rng);
+        Vec lse(s.B * s.n_heads * s.T);
+        Vec scratch(size_t(omp_get_max_threads() * blk::attention_scratch(s.T, rows)));
+        auto out = [&] {
+          Vec o(N * od);
+          blk::attention_fwd(o.data(), lse.data(), q.data(), k.data(), v.data(), s, scratch.data());
+          return o;
+        };
+        auto f = [&] { return dot(out(), R); };
+        if (window > 0) {  // queries 2.. of the first sequence do not see its first key
+          const Vec o1 = out();
+          for (int64_t e = 0; e < s.kv_stride; ++e) k[size_t(e)] += 1.0, v[size_t(e)] += 1.0;
+          const Vec o2 = out();
+          for (int64_t e = 0; e < s.kv_stride; ++e) k[size_t(e)] -= 1.0, v[size_t(e)] -= 1.0;
+          for (int64_t i = window; i < s.T; ++i)
+            for (int64_t e = 0; e < od; ++e) EXPECT_EQ(o1[size_t(i * od + e)], o2[size_t(i * od + e)]) << i;
+        }
+        f();
+        Vec dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+        blk::attention_bwd(dq.data(), dk.data(), dv.data(), R.data(), lse.data(), q.data(), k.data(), v.data(), s,
+                           scratch.data());
+        // Spare columns of the strided layouts carry no gradient; the backward leaves them untouched (zero here).
+        const std::string what = "cap " + std::to_string(cap) + " window " + std::to_string(window) + " rows " +
+                                 std::to_string(rows);
+        EXPECT_LT(rel_err(dq, numgrad(q, f)), kTol) << what;
+        EXPECT_LT(rel_err(dk, numgrad(k, f)), kTol) << what;
+        EXPECT_LT(rel_err(dv, numgrad(v, f)), kTol) << what;
       }
-      f();
-      Vec dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
-      Vec scratch(size_t(omp_get_max_threads() * blk::attention_scratch(s.T)));
-      blk::attention_bwd(dq.data(), dk.data(), dv.data(), R.data(), P.data(), q.data(), k.data(), v.data(), s,
-                         scratch.data());
-      // Spare columns of the strided layouts carry no gradient; the backward leaves them untouched (zero here).
-      const std::string what = "cap " + std::to_string(cap) + " window " + std::to_string(window);
-      EXPECT_LT(rel_err(dq, numgrad(q, f)), kTol) << what;
-      EXPECT_LT(rel_err(dk, numgrad(k, f)), kTol) << what;
-      EXPECT_LT(rel_err(dv, numgrad(v, f)), kTol) << what;
-    }
+}
+
+// The blocked forward against attention written out directly (double): the
+// output and the saved log-sum-exp of every row, T = 23 in blocks of 5, GQA,
+// soft-cap, window 7 and segments.
+TEST(TrainGrad, AttentionForwardMatchesDirectFormula) {
+  std::mt19937_64 rng(16);
+  std::vector<int32_t> seg(46);
+  for (int64_t i = 0; i < 46; ++i) seg[size_t(i)] = int32_t(i % 23 < 11 ? 0 : 11);
+  for (int pass = 0; pass < 3; ++pass) {
+    blk::AttnShape s;
+    s.B = 2, s.T = 23, s.n_heads = 6, s.n_kv_heads = 2, s.hd = 4, s.q_stride = 24, s.kv_stride = 8, s.block_rows = 5;
+    s.softcap = pass == 1 ? 2.f : 0.f;
+    s.window = pass == 1 ? 7 : 0;
+    s.seg = pass == 2 ? seg.data() : nullptr;
+    const int64_t N = s.B * s.T, od = s.n_heads * s.hd;
+    Vec q = randn(N * s.q_stride, rng, 2.0), k = randn(N * s.kv_stride, rng), v = randn(N * s.kv_stride, rng);
+    Vec o(N * od), lse(s.B * s.n_heads * s.T), scratch(size_t(omp_get_max_threads() * blk::attention_scratch(s.T, 5)));
+    blk::attention_fwd(o.data(), lse.data(), q.data(), k.data(), v.data(), s, scratch.data());
+    double worst = 0;
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.n_heads; ++h)
+        for (int64_t i = 0; i < s.T; ++i) {
+          int64_t lo = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
+          if (s.seg) lo = std::max<int64_t>(lo, s.seg[size_t(b * s.T + i)]);
+          std::vector<double> sc;
+          const double* qi = &q[size_t((b * s.T + i) * s.q_stride + h * s.hd)];
+          for (int64_t j = lo; j <= i; ++j) {
+            const double* kj = &k[size_t((b * s.T + j) * s.kv_stride + h / 3 * s.hd)];
+            double d = 0;
+            for (int64_t e = 0; e < s.hd; ++e) d += qi[e] * kj[e];
+            d /= std::sqrt(double(s.hd));
+            if (s.softcap > 0) d = s.softcap * std::tanh(d / s.softcap);
+            sc.push_back(d);
+          }
+          const double mx = *std::max_element(sc.begin(), sc.end());
+          double z = 0;
+          for (double x : sc) z += std::exp(x - mx);
+          worst = std::max(worst, std::fabs(lse[size_t((b * s.n_heads + h) * s.T + i)] - (mx + std::log(z))));
+          for (int64_t e = 0; e < s.hd; ++e) {
+            double acc = 0;
+            for (int64_t j = lo; j <= i; ++j)
+              acc += std::exp(sc[size_t(j - lo)] - mx) / z * v[size_t((b * s.T + j) * s.kv_stride + h / 3 * s.hd + e)];
+            worst = std::max(worst, std::fabs(o[size_t((b * s.T + i) * od + h * s.hd + e)] - acc));
+          }
+        }
+    EXPECT_LT(worst, 1e-12) << "pass " << pass;
+  }
 }
 
 TEST(TrainGrad, SwiGluAndGelu) {

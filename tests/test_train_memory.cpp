@@ -181,3 +181,20 @@ TEST(TrainMemory, FusedLogitsKeepOnlyTheirRows) {
   EXPECT_DOUBLE_EQ(s.recompute - f.recompute, dropped);
   EXPECT_THROW(activation_memory(c, 8, 256, Precision::FP32, -1), tessera::Error);
 }
+
+// --attention flash: the (T, T) probabilities (n_heads x T per token, activation bytes)
+// become one fp32 log-sum-exp per head, so the per-token cost no longer grows with T.
+TEST(TrainMemory, FlashAttentionKeepsALogSumExpPerHead) {
+  const ModelConfig c = synthetic_config("15m");
+  const ActivationEstimate s = activation_memory(c, 1, 256, Precision::Mixed);
+  const ActivationEstimate f = activation_memory(c, 1, 256, Precision::Mixed, 0, true);
+  EXPECT_DOUBLE_EQ(s.per_token_layer - f.per_token_layer, 2.0 * 6 * 256 - 4.0 * 6);
+  const ActivationEstimate f2 = activation_memory(c, 1, 2048, Precision::Mixed, 0, true);
+  EXPECT_DOUBLE_EQ(f2.per_token_layer, f.per_token_layer);
+  using namespace tessera::test;
+  CliResult r = run_cli("memory -m synthetic:15m --batch 32 --seq 2048 --attention flash --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"attention\": \"flash\""), std::string::npos) << r.out;
+  EXPECT_NE(run_cli("memory --params 1e9 --attention flash").code, 0);
+  EXPECT_NE(run_cli("memory -m synthetic:15m --attention tiled").code, 0);
+}

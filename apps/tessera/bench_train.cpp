@@ -32,6 +32,8 @@ int bench_train(const std::string& model, const TrainBenchArgs& a, int threads, 
     std::string name = model.substr(10);
     name = name.substr(0, name.find(':'));
     cfg = synthetic_config(name);
+    // A synthetic RoPE shape has no trained context: its max_seq_len is only a default.
+    if (cfg.arch == Arch::Llama) cfg.max_seq_len = std::max(cfg.max_seq_len, a.seq);
   } else {
     cfg = load_model(model).weights.cfg;
   }

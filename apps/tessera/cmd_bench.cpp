@@ -92,6 +92,10 @@ int cmd_bench(int argc, char** argv) {
           "TYPE"));
   app.add_option("-p,--n-prompt", pp, "prompt tokens for the prefill test (0: skip)");
   app.add_option("-n,--n-gen", tg, "tokens for the decode test (0: skip)");
+  int64_t depth = 0;
+  app.add_option("-d,--depth", depth,
+                 "decode at positions [D, D + n) after filling the cache with D tokens (untimed): decode speed "
+                 "at a long context (the bound counts the weights only, not the cached keys and values read)");
   app.add_option("-t,--threads", threads, "threads (default: all cores)");
   app.add_option("-r,--repetitions", reps, "repetitions; the best is reported")->check(positive());
   app.add_flag("--json", json, "print one JSON object");
@@ -120,7 +124,7 @@ int cmd_bench(int argc, char** argv) {
     return bench_train(model.empty() ? "synthetic:" + synthetic : model, tb, threads, json);
   }
   if (model.empty() == synthetic.empty()) fail("bench: give exactly one of -m MODEL or --synthetic SHAPE");
-  if (pp < 0 || tg < 0) fail("bench: -p and -n must be >= 0");
+  if (pp < 0 || tg < 0 || depth < 0) fail("bench: -p, -n and -d must be >= 0");
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
 
   KernelContext ctx(threads);
@@ -135,8 +139,9 @@ int cmd_bench(int argc, char** argv) {
   const auto& c = w.cfg;
   RunOptions ro;
   ro.n_ctx = std::min<int64_t>(std::max<int64_t>(pp, tg) + 1, c.max_seq_len > 0 ? std::max(c.max_seq_len, pp + 1) : pp + 1);
-  if (c.arch == Arch::GPT2 && ro.n_ctx > c.max_seq_len) fail("bench: -p/-n exceed the model's ", c.max_seq_len, " positions");
-  ro.max_batch = std::max<int64_t>(pp, 1);
+  if (depth > 0) ro.n_ctx = std::max(ro.n_ctx, depth + tg + 1);
+  if (c.arch == Arch::GPT2 && ro.n_ctx > c.max_seq_len) fail("bench: -p/-n/-d exceed the model's ", c.max_seq_len, " positions");
+  ro.max_batch = std::max<int64_t>({pp, std::min<int64_t>(depth, 512), 1});
   ro.max_threads = threads;
   Model m(w, ro);
 
@@ -156,7 +161,7 @@ int cmd_bench(int argc, char** argv) {
   std::vector<double> pk_fracs;  // per prefill repetition
   const double flops = matmul_flops_per_token(w);
 
-  std::vector<int32_t> toks(size_t(std::max<int64_t>(pp, tg)));
+  std::vector<int32_t> toks(size_t(std::max<int64_t>(pp, depth + tg)));
   for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 7919 + 13) % size_t(c.vocab_size));
   double prefill_tok_s = 0, decode_tok_s = 0;
   // Decode runs in segments of kSegment tokens, each right after a plain read
@@ -172,6 +177,11 @@ int cmd_bench(int argc, char** argv) {
   const double bytes = decode_bytes(w);
   const double bytes_per_read = span_bytes > 0 ? bytes / span_bytes : 1.0;  // the read skips the one embedding row
   std::vector<double> read_s, seg_frac;  // per segment
+  const auto fill_depth = [&] {  // the cache holds positions [0, depth) before each decode test
+    for (int64_t i0 = 0; i0 < depth; i0 += ro.max_batch)
+      m.forward(ctx, toks.data() + i0, std::min(ro.max_batch, depth - i0), i0);
+  };
+  if (pp == 0) fill_depth();
   for (int r = 0; r < reps; ++r) {
     if (pp > 0) {
       const double before = measure_peak();
@@ -184,12 +194,13 @@ int cmd_bench(int argc, char** argv) {
       pk_fracs.push_back(tok_s * flops / 1e9 / rep_peak);
     }
     if (tg > 0) {
+      if (pp > 0 && depth > 0) fill_depth();  // the prefill test overwrote positions [0, pp)
       double rep_s = 0;
       for (int64_t i0 = 0; i0 < tg; i0 += kSegment) {
         const int64_t i1 = std::min(tg, i0 + kSegment);
         const double rs = stream_read_seconds(ctx, spans);
         auto t0 = std::chrono::steady_clock::now();
-        for (int64_t i = i0; i < i1; ++i) m.forward(ctx, &toks[size_t(i)], 1, i);
+        for (int64_t i = i0; i < i1; ++i) m.forward(ctx, &toks[size_t(depth + i)], 1, depth + i);
         const double ds = seconds_since(t0);
         rep_s += ds;
         read_s.push_back(rs);
@@ -242,13 +253,13 @@ int cmd_bench(int argc, char** argv) {
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"params\": %lld, \"weight_bytes\": %.0f, \"threads\": %d, \"isa\": \"%s\", "
-        "\"n_prompt\": %lld, \"n_gen\": %lld, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
+        "\"n_prompt\": %lld, \"n_gen\": %lld, \"depth\": %lld, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
         "\"bandwidth_gbs\": %.2f, \"decode_bound_tok_s\": %.2f, \"decode_bw_fraction\": %.4f, "
         "\"decode_window_bandwidth_gbs\": %.2f, \"decode_bw_fraction_best_probe\": %.4f, "
         "\"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f, "
         "\"prefill_peak_fraction_best_probe\": %.4f, \"repacked_matrices\": %d, \"decode_path\": \"%s\", "
         "\"sequences\": %lld, \"batched_decode_tok_s\": %.2f, \"batched_speedup\": %.3f}\n",
-        lm.path.c_str(), (long long)w.n_params(), bytes, threads, isa_name(ctx.isa), (long long)pp, (long long)tg,
+        lm.path.c_str(), (long long)w.n_params(), bytes, threads, isa_name(ctx.isa), (long long)pp, (long long)tg, (long long)depth,
         prefill_tok_s, decode_tok_s, bw, bound, bw_frac, window_gbs, bw_frac_best, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac,
         pk_frac_best, repacked, decode_path, (long long)n_seq, batched_tok_s,
         decode_tok_s > 0 ? batched_tok_s / decode_tok_s : 0.0);
@@ -265,6 +276,11 @@ int cmd_bench(int argc, char** argv) {
     if (tg > 0) {
       std::printf("decode  tg%-5lld %9.1f tok/s  bound %7.1f tok/s  = %5.1f%% of the best-probe bandwidth (%s)\n",
                   (long long)tg, decode_tok_s, bound, 100 * bw_frac_best, decode_path);
+      if (depth > 0)
+        std::printf("                 at depth %lld: positions %lld..%lld (the bound counts the weights, not the %s of "
+                    "keys and values read per token)\n",
+                    (long long)depth, (long long)depth, (long long)(depth + tg - 1),
+                    human_bytes(double(depth) * 2.0 * double(c.n_layers) * double(dtype_row_bytes(ro.kv_type, c.kv_dim()))).c_str());
       std::printf("                 %.1f GB/s: a plain read of the same weights before every %lld tokens; "
                   "decode = %5.1f%% of its speed (median)\n",
                   window_gbs, (long long)kSegment, 100 * bw_frac);

@@ -55,6 +55,7 @@ int cmd_memory(int argc, char** argv) {
   int zero = 0;
   std::string precision = "mixed", model;
   bool table = false, json = false, recompute = false;
+  std::string attention = "standard";
   int64_t logit_rows = 0;
   app.add_option("--params", params, "number of parameters (7.5e9 is accepted)");
   app.add_option("--dp", dp, "data-parallel ranks sharing the ZeRO shards (default 1)");
@@ -72,14 +73,18 @@ int cmd_memory(int argc, char** argv) {
   app.add_option("--logit-rows", logit_rows,
                  "fused output + loss holding the logits of N tokens at a time (Tessera's trainer: 256); "
                  "0 (default): all tokens' logits, as a standard implementation");
+  app.add_option("--attention", attention,
+                 "standard (default): the (T, T) attention probabilities are kept, n_heads x T per token; "
+                 "flash: one log-sum-exp per head and token, as Tessera's trainer keeps")
+      ->check(CLI::IsMember({"standard", "flash"}));
   app.add_flag("--json", json, "print one JSON object (bytes and GB)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
 
   const bool have_params = app.count("--params") > 0, have_model = !model.empty();
   if (have_params && have_model) fail("--params and -m both give the parameter count: use one");
   if (!have_params && !have_model) fail("--params N or -m MODEL is required");
-  if (!have_model && (app.count("--batch") || app.count("--seq") || recompute))
-    fail("--batch, --seq and --recompute need -m MODEL (the activation estimate needs a config)");
+  if (!have_model && (app.count("--batch") || app.count("--seq") || recompute || app.count("--attention")))
+    fail("--batch, --seq, --recompute and --attention need -m MODEL (the activation estimate needs a config)");
   const train::Precision prec = train::parse_precision(precision);
   std::vector<int> stages = {0, 1, 2, 3};
   if (app.count("--zero")) stages = {zero};
@@ -92,7 +97,8 @@ int cmd_memory(int argc, char** argv) {
   }
   train::ActivationEstimate act;
   if (have_model)
-    act = train::activation_memory(shape.cfg, batch, app.count("--seq") ? seq : shape.cfg.max_seq_len, prec, logit_rows);
+    act = train::activation_memory(shape.cfg, batch, app.count("--seq") ? seq : shape.cfg.max_seq_len, prec, logit_rows,
+                                   attention == "flash");
   const double act_bytes = !have_model ? 0 : (recompute ? act.recompute : act.full);
   const train::BytesPerParam bpp = train::bytes_per_param(prec);
 
@@ -116,6 +122,7 @@ int cmd_memory(int argc, char** argv) {
                           {"full_gb", gb3(act.full)},
                           {"recompute_bytes", act.recompute},
                           {"recompute_gb", gb3(act.recompute)},
+                          {"attention", attention},
                           {"counted", recompute ? "recompute" : "full"}};
     }
     j["stages"] = nlohmann::json::array();
@@ -158,8 +165,8 @@ int cmd_memory(int argc, char** argv) {
               train::precision_name(prec), bpp.weights, bpp.grads, bpp.optimizer, bpp.total());
   std::printf("data parallel:  %lld\n", (long long)dp);
   if (have_model) {
-    std::printf("activations:    batch %lld x seq %lld = %lld tokens per device (not sharded by ZeRO)\n",
-                (long long)batch, (long long)(act.tokens / batch), (long long)act.tokens);
+    std::printf("activations:    batch %lld x seq %lld = %lld tokens per device (not sharded by ZeRO), %s attention\n",
+                (long long)batch, (long long)(act.tokens / batch), (long long)act.tokens, attention.c_str());
     std::printf("  full storage:            %s GB  (%.0f bytes/token/layer)\n", train::format_gb(act.full).c_str(),
                 act.per_token_layer);
     std::printf("  per-block recomputation: %s GB\n", train::format_gb(act.recompute).c_str());

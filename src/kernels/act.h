@@ -14,8 +14,11 @@ void gelu_bwd(float* dx, const float* dy, const float* x, int64_t n);
 void swiglu_fwd(float* h, const float* g, const float* u, int64_t n);
 void swiglu_bwd(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n);
 // A causal attention row (training): p[0, n) = softmax(p[0, n)) in place, n >= 1;
-// p[n, n_zero) = 0.
-void softmax_row(float* p, int64_t n, int64_t n_zero);
+// p[n, n_zero) = 0. Returns the row's log-sum-exp, max + log(sum exp(p - max)).
+float softmax_row(float* p, int64_t n, int64_t n_zero);
+// p[0, n) = exp(p[0, n) - shift) in place (the probabilities again from a saved
+// log-sum-exp); p[n, n_zero) = 0.
+void exp_shift_row(float* p, int64_t n, int64_t n_zero, float shift);
 // Its backward, in place over d = dL/dp: d[j] = scale p[j] (d[j] - sum_k p[k] d[k])
 // for j < n; d[n, n_zero) = 0.
 void softmax_bwd_row(const float* p, float* d, int64_t n, int64_t n_zero, float scale);

@@ -38,6 +38,7 @@ struct DecodeAttnArgs {
   float scale = 1.f;         // applied to q . k before the soft cap and the softmax
   float softcap = 0.f;       // > 0: s = softcap * tanh(s / softcap)
   float* scores = nullptr;   // scratch, G * n floats
+  float* lse = nullptr;      // optional (G): each head's log-sum-exp of its capped scores (split-K merging)
   float* out = nullptr;      // (G, hd), row stride out_stride
   int64_t out_stride = 0;
 };
@@ -52,12 +53,26 @@ void attend_decode(Isa isa, const DecodeAttnArgs& a);
 // s[n, n_zero) = 0. SIMD with a polynomial exp where the ISA has one.
 void attend_softmax_row(Isa isa, float* s, int64_t n, int64_t n_zero, float softcap);
 
+// One key tile of an online (FlashAttention) softmax row: with m the running
+// max of the row's earlier tiles (-inf before the first), s[0, n) =
+// exp(cap(s) - m') in place where m' = max(m, max cap(s[0, n))); m = m';
+// s[n, n_zero) = 0. Returns sum s[0, n). The caller rescales what it
+// accumulated before by exp(m - m').
+float attend_online_row(Isa isa, float* s, int64_t n, int64_t n_zero, float softcap, float& m);
+
+// Merges two attentions of one query over disjoint key sets: (v1, s1) and (v2, s2)
+// with s = log sum exp of the scores and v the softmax-weighted values (hd).
+// v1 = exp(s1 - s) v1 + exp(s2 - s) v2, s1 = s = logaddexp(s1, s2). An empty set
+// has s = -inf (two empty sets leave v1 as it is).
+void merge_attention(float* v1, float& s1, const float* v2, float s2, int64_t hd);
+
 namespace ref {
 // The specification: scores in order, max-subtracted softmax normalised before
 // the weighted sum of the values in order.
 void attend_decode(const DecodeAttnArgs& a);
-// The same softmax as attend_decode's, on one row.
-void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap);
+// The same softmax as attend_decode's, on one row; returns its log-sum-exp.
+float attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap);
+float attend_online_row(float* s, int64_t n, int64_t n_zero, float softcap, float& m);
 }  // namespace ref
 
 }  // namespace tessera

@@ -10,6 +10,8 @@
 //   Isa::Scalar         -> the reference row loop (threaded), the specification.
 #include <omp.h>
 
+#include <cmath>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -353,6 +355,24 @@ void attend_softmax_row(Isa isa, float* s, int64_t n, int64_t n_zero, float soft
     return;
   }
   ref::attend_softmax_row(s, n, n_zero, softcap);
+}
+
+float attend_online_row(Isa isa, float* s, int64_t n, int64_t n_zero, float softcap, float& m) {
+  float sum;
+  if (const cpu::IsaKernels* k = kernels_for(isa); k && k->online_row) {
+    sum = k->online_row(s, n, softcap, m);
+    std::fill(s + n, s + std::max(n, n_zero), 0.f);
+    return sum;
+  }
+  return ref::attend_online_row(s, n, n_zero, softcap, m);
+}
+
+void merge_attention(float* v1, float& s1, const float* v2, float s2, int64_t hd) {
+  const float s = s1 > s2 ? s1 + std::log1p(std::exp(s2 - s1)) : s2 + std::log1p(std::exp(s1 - s2));
+  if (!std::isfinite(s)) return;  // both empty (-inf): nothing to merge
+  const float w1 = std::exp(s1 - s), w2 = std::exp(s2 - s);
+  for (int64_t i = 0; i < hd; ++i) v1[i] = w1 * v1[i] + w2 * v2[i];
+  s1 = s;
 }
 
 void dequantize_row(const TensorView& W, int64_t r, float* out) {

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "kernels/attention.h"
 #include "kernels/ops.h"
@@ -44,14 +45,26 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
   return ok(w_.output);
 }
 
+namespace {
+constexpr int64_t kSplitKMin = 512;  // keys per split-K chunk, at least
+}  // namespace
+
 // Per KV head (one item per thread in turn): its bias / QK-norm / RoPE and cache
 // store, then its query group's attention. With more threads than KV heads (MQA)
 // a head's group is split, and the heads are prepared first by one thread.
+// When the (KV head, query sub-group) items do not divide evenly over the team
+// and the context is long, each item's keys are cut into ks chunks as well
+// (split-K): every chunk is attended with its log-sum-exp, and the chunks are
+// merged exactly (merge_attention, kernels/attention.h).
 void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v) {
   const auto& c = w_.cfg;
   const int64_t group = c.n_heads / c.n_kv_heads;
   const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
+  const int64_t items = c.n_kv_heads * split, k0 = c.layer(l).first_key(pos), n_keys = pos + 1 - k0;
+  int64_t ks = 1;
+  if (items % tt.size != 0) ks = std::min<int64_t>(tt.size / std::gcd<int64_t>(items, tt.size), n_keys / kSplitKMin);
+  if (ks > 1) return team_attention_split(tt, l, seq, pos, q, k, v, ks);
   if (split > 1) {
     if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, c.n_kv_heads);
     tt.barrier();
@@ -61,6 +74,40 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, 
     if (split == 1) prep_heads(l, seq, pos, q, k, v, kvh, kvh + 1);
     const DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), q, a_.att, tt.rank);
     attend_decode(tt.isa, a);
+  }
+  tt.barrier();
+}
+
+void Model::team_attention_split(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v,
+                                 int64_t ks) {
+  const auto& c = w_.cfg;
+  const int64_t group = c.n_heads / c.n_kv_heads, hd = c.head_dim;
+  const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
+  const int64_t sub = (group + split - 1) / split, items = c.n_kv_heads * split;
+  const int64_t k0 = c.layer(l).first_key(pos), n_keys = pos + 1 - k0;
+  float* part = team_part_.data();                     // (items, ks, sub, hd) partial outputs
+  float* part_lse = part + items * ks * sub * hd;      // (items, ks, sub)
+  if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, c.n_kv_heads);
+  tt.barrier();
+  for (int64_t it = tt.rank; it < items * ks; it += tt.size) {
+    const int64_t hi = it / ks, chunk = it % ks, kvh = hi / split, g0 = hi % split * sub;
+    DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), q, a_.att, tt.rank);
+    a.start = k0 + n_keys * chunk / ks;  // keys [start, n) of this chunk
+    a.n = k0 + n_keys * (chunk + 1) / ks;
+    a.out = part + it * sub * hd;
+    a.lse = part_lse + it * sub;
+    attend_decode(tt.isa, a);
+  }
+  tt.barrier();
+  for (int64_t hi = tt.rank; hi < items; hi += tt.size) {  // merge the chunks of each query head
+    const int64_t kvh = hi / split, g0 = hi % split * sub, G = std::min(sub, group - g0);
+    for (int64_t g = 0; g < G; ++g) {
+      float* o = part + (hi * ks * sub + g) * hd;
+      float s = part_lse[hi * ks * sub + g];
+      for (int64_t chunk = 1; chunk < ks; ++chunk)
+        merge_attention(o, s, part + ((hi * ks + chunk) * sub + g) * hd, part_lse[(hi * ks + chunk) * sub + g], hd);
+      std::copy(o, o + hd, a_.att + (kvh * group + g0 + g) * hd);
+    }
   }
   tt.barrier();
 }

@@ -19,6 +19,7 @@ namespace tessera {
 
 namespace {
 constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
+constexpr int64_t kKTile = 256;  // keys per prefill attention tile (online softmax)
 constexpr int64_t kPrefillGemmRows = 8;  // new tokens from which attention runs as GEMMs
 }  // namespace
 
@@ -40,7 +41,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   const int64_t E = c.moe_experts, Bk = B * c.moe_used, He = c.moe_hidden;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
   const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
-                           int64_t(max_threads_) * score_rows() * n_ctx_, B * V,
+                           int64_t(max_threads_) * score_floats(), B * V,
                            max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0,
                            B * E, Bk, Bk * C, Bk * He, Bk * He, Bk * C, E > 0 ? B * C : 0,
                            B * c.mla_q_lora, B * (c.mla_kv_lora + c.mla_rope), B * c.mla_kv_lora,
@@ -84,6 +85,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
     team_route_stride_ = size_t(E + 2 * c.moe_used + 15) / 16 * 16;
     team_route_.assign(size_t(max_threads_) * team_route_stride_, 0.f);
     team_scratch_.assign(size_t(max_threads_) * team_scratch_stride_, 0);
+    // Split-K partial outputs and log-sum-exps: at most 2 n_heads (KV head, query sub-group) rows per key chunk.
+    team_part_.assign(size_t(2 * c.n_heads * max_threads_ * (c.head_dim + 1)), 0.f);
   }
   if (opt.own_cache) {
     own_ = std::make_unique<KVCache>(make_cache(own_blocks));
@@ -101,6 +104,12 @@ KVCache Model::make_cache(int64_t n_blocks) const {
 
 int64_t Model::score_rows() const {
   return std::max(std::min(kQBlock, max_batch_), w_.cfg.n_heads / w_.cfg.n_kv_heads);
+}
+
+int64_t Model::score_floats() const {
+  const int64_t decode = score_rows() * n_ctx_;  // G heads x n positions (attend_decode)
+  const int64_t tile = max_batch_ >= kPrefillGemmRows ? kQBlock * (std::min(kKTile, n_ctx_) + w_.cfg.head_dim + 2) : 0;
+  return (std::max(decode, tile) + 15) / 16 * 16;
 }
 
 void Model::check_token(int32_t id, int64_t pos) const {
@@ -288,7 +297,7 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int6
   a.start = c.layer(l).first_key(pos);  // a sliding window: only the last `window` of them
   a.scale = c.attention_scale();
   a.softcap = c.attn_softcap;
-  a.scores = a_.scores + int64_t(rank) * score_rows() * n_ctx_;
+  a.scores = a_.scores + int64_t(rank) * score_floats();
   a.out = out + h * hd;
   a.out_stride = hd;
   return a;
@@ -358,28 +367,60 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
                      vh = make_view(kv_type_, {rows_all, kvd}, kv_->v(l));
     float* k32 = a_.kv32;
     float* v32 = a_.kv32 + n_ctx_ * kvd;
-    per_token(ctx, n_vis, [&](int64_t p) {
-      dequantize_row(kh, map.row(p), k32 + p * kvd);
-      dequantize_row(vh, map.row(p), v32 + p * kvd);
+    const int64_t k0 = lc.first_key(pos);  // keys before a sliding window's start are never read
+    per_token(ctx, n_vis - k0, [&](int64_t p) {
+      dequantize_row(kh, map.row(k0 + p), k32 + (k0 + p) * kvd);
+      dequantize_row(vh, map.row(k0 + p), v32 + (k0 + p) * kvd);
     });
     K = k32, Vv = v32;
   }
-  const int64_t nb = (rows + kQBlock - 1) / kQBlock;
+  // FlashAttention's forward: each block of query rows meets the keys in tiles
+  // of kKTile; a row keeps its running max M and sum L, and its unnormalised
+  // output O is rescaled by exp(M_old - M_new) whenever the max grows, so the
+  // scores never exceed one (kQBlock, kKTile) tile per thread. Tiles wholly
+  // before a sliding window's start are never visited (cost O(rows x window)).
+  const int64_t nb = (rows + kQBlock - 1) / kQBlock, kt = std::min(kKTile, n_ctx_);
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
   for (int64_t it = 0; it < nb * c.n_heads; ++it) {
     const int64_t b = it / c.n_heads, h = it % c.n_heads, kvh = h / group;
     const int64_t r0 = b * kQBlock, nr = std::min(kQBlock, rows - r0), n_keys = pos + r0 + nr;
-    float* S = a_.scores + int64_t(omp_get_thread_num()) * score_rows() * n_ctx_;  // (nr, n_keys)
+    float* S = a_.scores + int64_t(omp_get_thread_num()) * score_floats();  // (nr, <= kt) one tile
+    float* O = S + kQBlock * kt;                                            // (nr, hd) unnormalised output
+    float* M = O + kQBlock * hd;                                            // (nr) running max
+    float* L = M + kQBlock;                                                 // (nr) running sum
+    std::fill(O, O + nr * hd, 0.f);
+    std::fill(M, M + nr, -INFINITY);
+    std::fill(L, L + nr, 0.f);
     const float* qb = q + (t0 + r0) * q_stride + h * hd;
-    sgemm(false, true, nr, n_keys, hd, scale, qb, q_stride, K + kvh * hd, kvd, 0.f, S, n_keys);
-    for (int64_t r = 0; r < nr; ++r) {  // row p sees keys [lo, p]: causal, and a sliding window's start
-      const int64_t p = pos + r0 + r, lo = lc.first_key(p);
-      float* row = S + r * n_keys;
-      std::fill(row, row + lo, 0.f);
-      attend_softmax_row(ctx.isa, row + lo, p + 1 - lo, n_keys - lo, c.attn_softcap);
+    for (int64_t j0 = lc.first_key(pos + r0); j0 < n_keys; j0 += kt) {
+      const int64_t j1 = std::min(n_keys, j0 + kt), w = j1 - j0;
+      sgemm(false, true, nr, w, hd, scale, qb, q_stride, K + j0 * kvd + kvh * hd, kvd, 0.f, S, w);
+      for (int64_t r = 0; r < nr; ++r) {  // row p sees keys [lo, p]: causal, and a sliding window's start
+        const int64_t p = pos + r0 + r, a = std::max(lc.first_key(p), j0) - j0, e = std::min(p + 1, j1) - j0;
+        float* row = S + r * w;
+        if (a >= e) {  // no key of this tile (its own keys all came before)
+          std::fill(row, row + w, 0.f);
+          if (j1 == n_keys)
+            for (int64_t i = 0; i < hd; ++i) O[r * hd + i] /= L[r];
+          continue;
+        }
+        std::fill(row, row + a, 0.f);
+        const float m_old = M[r];
+        const float sum = attend_online_row(ctx.isa, row + a, e - a, w - a, c.attn_softcap, M[r]);
+        float alpha = std::exp(m_old - M[r]);  // 0 on the row's first tile
+        L[r] = L[r] * alpha + sum;
+        if (j1 == n_keys) {  // the last tile: normalise P and O now (one tile = the plain softmax's bits)
+          const float inv = 1.f / L[r];
+          for (int64_t j = a; j < e; ++j) row[j] *= inv;
+          alpha *= inv;
+        }
+        if (alpha != 1.f)
+          for (int64_t i = 0; i < hd; ++i) O[r * hd + i] *= alpha;
+      }
+      sgemm(false, false, nr, hd, w, 1.f, S, w, Vv + j0 * kvd + kvh * hd, kvd, 1.f, O, hd);  // O += P V
     }
-    sgemm(false, false, nr, hd, n_keys, 1.f, S, n_keys, Vv + kvh * hd, kvd, 0.f,
-          a_.att + (t0 + r0) * c.q_dim() + h * hd, c.q_dim());
+    for (int64_t r = 0; r < nr; ++r)
+      std::copy(O + r * hd, O + (r + 1) * hd, a_.att + (t0 + r0 + r) * c.q_dim() + h * hd);
   }
 }
 

@@ -81,7 +81,7 @@ class Model {
     float* att;     // (B, q_dim) attention output
     float* hb;      // (B, H)
     float* hb2;     // (B, H)
-    float* scores;  // (threads, score_rows(), n_ctx)
+    float* scores;  // (threads, score_floats()): decode scores (score_rows(), n_ctx) or a prefill tile
     float* router;  // (B, E) router logits, then probabilities (MoE layers)
     float* moe_w;   // (B, k) weights of the selected experts
     float* moe_x;   // (B k, C) rows gathered by expert
@@ -136,6 +136,9 @@ class Model {
   void decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out);
   // prep_heads and attention of one decode step's q / k / v rows, over the team.
   void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v);
+  // The same with each item's keys cut into ks chunks over the team, merged by log-sum-exp (split-K).
+  void team_attention_split(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v,
+                            int64_t ks);
   // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
   // at pos of seq (its q row and attention-output row) against layer l's cache,
   // with thread `rank`'s score scratch.
@@ -157,6 +160,7 @@ class Model {
   }
   // Score rows per thread: a prefill block of queries, or one query-head group.
   int64_t score_rows() const;
+  int64_t score_floats() const;  // per-thread attention scratch (a_.scores), floats
 
   const Weights& w_;
   int64_t n_ctx_, max_batch_;
@@ -192,6 +196,7 @@ class Model {
   size_t team_act_stride_ = 0, team_scratch_stride_ = 0;
   // Per team thread: MoE routing scratch (probabilities (E), weights (k), selection (k)).
   aligned_vector<float> team_route_;
+  aligned_vector<float> team_part_;  // split-K partial attention outputs (team_attention)
   size_t team_route_stride_ = 0;
 };
 

@@ -291,95 +291,85 @@ void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stri
 }
 
 // Attention runs per (batch, head) on single-threaded BLAS calls inside the
-// OpenMP loop (OpenBLAS does not nest), in causal row blocks of kAttnRows
-// queries: block [i0, i1) needs keys [0, i1) only, so S = Q K^T and O = P V
-// skip most of the masked half (T = 256: 62% of the full square's products).
-// The causal softmax runs row by row; P keeps zeros above the diagonal.
-constexpr int64_t kAttnRows = 64;
-
+// OpenMP loop (OpenBLAS does not nest), in causal row blocks of s.block_rows
+// queries: block [i0, i1) needs keys [klo, i1) only (klo: the first key any of
+// its rows sees), so S = Q K^T and O = P V skip the masked part. Only each
+// row's log-sum-exp is saved (FlashAttention): the probabilities of a block
+// live in per-thread scratch, and the backward recomputes them from q, k and
+// the log-sum-exp, so attention memory grows with T, not T^2.
+namespace {
 template <class T>
-void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s) {
-  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd;
-  const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
-  const bool vec = s.isa == Isa::AVX512 && !(cap > 0);  // float rows on the AVX-512 kernel (kernels/act.h)
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t b = 0; b < s.B; ++b)
-    for (int64_t h = 0; h < s.n_heads; ++h) {
-      const int64_t kh = h / grp;
-      const T* Q = q + b * Tn * s.q_stride + h * hd;    // (T, hd) rows of q_stride
-      const T* K = k + b * Tn * s.kv_stride + kh * hd;  // (T, hd) rows of kv_stride
-      const T* Vv = v + b * Tn * s.kv_stride + kh * hd;
-      T* Ph = P + (b * s.n_heads + h) * Tn * Tn;        // (T, T)
-      for (int64_t i0 = 0; i0 < Tn; i0 += kAttnRows) {
-        const int64_t i1 = std::min(Tn, i0 + kAttnRows);
-        gemm<T>(false, true, i1 - i0, i1, hd, scale, Q + i0 * s.q_stride, s.q_stride, K, s.kv_stride, T(0),
-                Ph + i0 * Tn, Tn);  // S[i0:i1, 0:i1]
-        for (int64_t i = i0; i < i1; ++i) {
-          T* p = Ph + i * Tn;
-          int64_t lo = s.window > 0 && i >= s.window ? i - s.window + 1 : 0;  // first key row i sees
-          if (s.seg) lo = std::max<int64_t>(lo, s.seg[b * Tn + i]);
-          for (int64_t j = 0; j < lo; ++j) p[j] = 0;
-          if constexpr (std::is_same_v<T, float>) {
-            if (vec) {
-              cpu::avx512::softmax_row(p + lo, i + 1 - lo, i1 - lo);
-              continue;
-            }
-          }
-          T mx = -INFINITY;
-          for (int64_t j = lo; j <= i; ++j) {
-            if (cap > 0) p[j] = cap * std::tanh(p[j] / cap);
-            mx = std::max(mx, p[j]);
-          }
-          T sum = 0;
-          for (int64_t j = lo; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
-          const T inv = T(1) / sum;
-          for (int64_t j = lo; j <= i; ++j) p[j] *= inv;
-          for (int64_t j = i + 1; j < i1; ++j) p[j] = 0;
-        }
-        gemm<T>(false, false, i1 - i0, hd, i1, T(1), Ph + i0 * Tn, Tn, Vv, s.kv_stride, T(0),
-                out + (b * Tn + i0) * od + h * hd, od);  // O[i0:i1] = P[i0:i1, 0:i1] V[0:i1]
-      }
-    }
+int64_t first_key(const AttnShape& s, int64_t b, int64_t i) {
+  int64_t lo = s.window > 0 && i >= s.window ? i - s.window + 1 : 0;
+  if (s.seg) lo = std::max<int64_t>(lo, s.seg[b * s.T + i]);
+  return lo;
 }
-
-// Rows [i0, i1) of dS: the softmax (and soft-cap) backward of the causal row,
-// in place over dP, scaled by 1 / sqrt(hd); zero above the diagonal (to i1).
+// Row i's raw scores, soft-capped in place: x -> cap tanh(x / cap).
 template <class T>
-void attention_softmax_bwd(const T* Ph, T* dS, const T* raw, int64_t i0, int64_t i1, int64_t Tn, T scale, T cap,
-                           bool vec) {
-  for (int64_t i = i0; i < i1; ++i) {
-    const T* p = Ph + i * Tn;
-    T* d = dS + i * Tn;
-    if constexpr (std::is_same_v<T, float>) {
-      if (vec && !(cap > 0)) {
-        cpu::avx512::softmax_bwd_row(p, d, i + 1, i1, scale);
-        continue;
+void cap_row(T* p, int64_t n, T cap) {
+  for (int64_t j = 0; j < n; ++j) p[j] = cap * std::tanh(p[j] / cap);
+}
+}  // namespace
+
+template <class T>
+void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const AttnShape& s, T* scratch) {
+  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd, R = s.block_rows;
+  const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
+  const bool vec = s.isa == Isa::AVX512;  // float rows on the AVX-512 kernel (kernels/act.h)
+#pragma omp parallel
+  {
+    T* S = scratch + int64_t(omp_get_thread_num()) * attention_scratch(Tn, R);  // (R, <= T)
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.n_heads; ++h) {
+        const int64_t kh = h / grp;
+        const T* Q = q + b * Tn * s.q_stride + h * hd;    // (T, hd) rows of q_stride
+        const T* K = k + b * Tn * s.kv_stride + kh * hd;  // (T, hd) rows of kv_stride
+        const T* Vv = v + b * Tn * s.kv_stride + kh * hd;
+        T* L = lse + (b * s.n_heads + h) * Tn;            // (T)
+        for (int64_t i0 = 0; i0 < Tn; i0 += R) {
+          const int64_t i1 = std::min(Tn, i0 + R), klo = first_key<T>(s, b, i0), m = i1 - klo;
+          gemm<T>(false, true, i1 - i0, m, hd, scale, Q + i0 * s.q_stride, s.q_stride, K + klo * s.kv_stride,
+                  s.kv_stride, T(0), S, m);  // S[i0:i1, klo:i1]
+          for (int64_t i = i0; i < i1; ++i) {
+            T* p = S + (i - i0) * m;
+            const int64_t lo = first_key<T>(s, b, i) - klo, n = i + 1 - klo;  // row i sees columns [lo, n)
+            for (int64_t j = 0; j < lo; ++j) p[j] = 0;
+            if (cap > 0) cap_row(p + lo, n - lo, cap);
+            if constexpr (std::is_same_v<T, float>) {
+              if (vec) {
+                L[i] = cpu::avx512::softmax_row(p + lo, n - lo, m - lo);
+                continue;
+              }
+            }
+            T mx = -INFINITY;
+            for (int64_t j = lo; j < n; ++j) mx = std::max(mx, p[j]);
+            T sum = 0;
+            for (int64_t j = lo; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+            const T inv = T(1) / sum;
+            for (int64_t j = lo; j < n; ++j) p[j] *= inv;
+            for (int64_t j = n; j < m; ++j) p[j] = 0;
+            L[i] = mx + std::log(sum);
+          }
+          gemm<T>(false, false, i1 - i0, hd, m, T(1), S, m, Vv + klo * s.kv_stride, s.kv_stride, T(0),
+                  out + (b * Tn + i0) * od + h * hd, od);  // O[i0:i1] = P V[klo:i1]
+        }
       }
-    }
-    T dot_sum = 0;
-    for (int64_t j = 0; j <= i; ++j) dot_sum += p[j] * d[j];
-    for (int64_t j = 0; j <= i; ++j) {
-      T g = p[j] * (d[j] - dot_sum);  // d loss / d (capped) score
-      if (cap > 0) {
-        const T t = std::tanh(raw[i * Tn + j] / cap);
-        g *= T(1) - t * t;
-      }
-      d[j] = g * scale;
-    }
-    for (int64_t j = i + 1; j < i1; ++j) d[j] = 0;
   }
 }
 
 template <class T>
-void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, const T* k, const T* v,
+void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q, const T* k, const T* v,
                    const AttnShape& s, T* scratch) {
-  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd;
+  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd, R = s.block_rows;
   const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
+  const bool vec = s.isa == Isa::AVX512;
   // One task per (batch, kv head): it owns dk/dv of that head, and dq of its query heads.
 #pragma omp parallel
   {
-    T* dS = scratch + int64_t(omp_get_thread_num()) * attention_scratch(s.T);  // (T, T)
-    T* raw = dS + Tn * Tn;                                                       // (T, T) when capped
+    T* Pb = scratch + int64_t(omp_get_thread_num()) * attention_scratch(Tn, R);  // (R, <= T) probabilities
+    T* dS = Pb + R * Tn;                                                          // (R, <= T) dP, then dS
+    T* raw = dS + R * Tn;                                                         // (R, <= T) capped: tanh(S/cap)
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < s.B; ++b)
       for (int64_t kh = 0; kh < s.n_kv_heads; ++kh) {
@@ -390,29 +380,66 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, c
         for (int64_t j = 0; j < Tn; ++j)
           for (int64_t e = 0; e < hd; ++e) dK[j * s.kv_stride + e] = 0, dV[j * s.kv_stride + e] = 0;
         for (int64_t h = kh * grp; h < (kh + 1) * grp; ++h) {
-          const T* Ph = P + (b * s.n_heads + h) * Tn * Tn;
+          const T* L = lse + (b * s.n_heads + h) * Tn;
           const T* dO = dout + b * Tn * od + h * hd;
           const T* Q = q + b * Tn * s.q_stride + h * hd;
           T* dQ = dq + b * Tn * s.q_stride + h * hd;
-          // Per causal row block [i0, i1) (keys [0, i1)), as in attention_fwd.
-          for (int64_t i0 = 0; i0 < Tn; i0 += kAttnRows) {
-            const int64_t i1 = std::min(Tn, i0 + kAttnRows), n = i1 - i0;
-            const T* Pb = Ph + i0 * Tn;
+          for (int64_t i0 = 0; i0 < Tn; i0 += R) {
+            const int64_t i1 = std::min(Tn, i0 + R), n = i1 - i0, klo = first_key<T>(s, b, i0), m = i1 - klo;
             const T* dOb = dO + i0 * od;
             const T* Qb = Q + i0 * s.q_stride;
-            T* dSb = dS + i0 * Tn;
-            gemm<T>(true, false, i1, hd, n, T(1), Pb, Tn, dOb, od, T(1), dV, s.kv_stride);    // dV += P^T dO
-            gemm<T>(false, true, n, i1, hd, T(1), dOb, od, Vv, s.kv_stride, T(0), dSb, Tn);  // dP = dO V^T
-            if (cap > 0) gemm<T>(false, true, n, i1, hd, scale, Qb, s.q_stride, K, s.kv_stride, T(0), raw + i0 * Tn, Tn);
-            attention_softmax_bwd(Ph, dS, raw, i0, i1, Tn, scale, cap, s.isa == Isa::AVX512);
-            gemm<T>(false, false, n, hd, i1, T(1), dSb, Tn, K, s.kv_stride, T(0), dQ + i0 * s.q_stride, s.q_stride);  // dQ = dS K
-            gemm<T>(true, false, i1, hd, n, T(1), dSb, Tn, Qb, s.q_stride, T(1), dK, s.kv_stride);  // dK += dS^T Q
+            const T* Kb = K + klo * s.kv_stride;
+            // P = exp(cap(scale Q K^T) - lse), recomputed; the raw tanh kept for the soft-cap's derivative.
+            gemm<T>(false, true, n, m, hd, scale, Qb, s.q_stride, Kb, s.kv_stride, T(0), Pb, m);
+            for (int64_t i = i0; i < i1; ++i) {
+              T* p = Pb + (i - i0) * m;
+              const int64_t lo = first_key<T>(s, b, i) - klo, e = i + 1 - klo;
+              for (int64_t j = 0; j < lo; ++j) p[j] = 0;
+              if (cap > 0) {
+                T* t = raw + (i - i0) * m;
+                for (int64_t j = lo; j < e; ++j) t[j] = std::tanh(p[j] / cap), p[j] = cap * t[j];
+              }
+              if constexpr (std::is_same_v<T, float>) {
+                if (vec) {
+                  cpu::avx512::exp_shift_row(p + lo, e - lo, m - lo, L[i]);
+                  continue;
+                }
+              }
+              for (int64_t j = lo; j < e; ++j) p[j] = std::exp(p[j] - L[i]);
+              for (int64_t j = e; j < m; ++j) p[j] = 0;
+            }
+            gemm<T>(true, false, m, hd, n, T(1), Pb, m, dOb, od, T(1), dV + klo * s.kv_stride, s.kv_stride);  // dV += P^T dO
+            gemm<T>(false, true, n, m, hd, T(1), dOb, od, Vv + klo * s.kv_stride, s.kv_stride, T(0), dS, m);  // dP = dO V^T
+            for (int64_t i = i0; i < i1; ++i) {  // dS = softmax backward (and the soft-cap's), times scale
+              const T* p = Pb + (i - i0) * m;
+              T* d = dS + (i - i0) * m;
+              const int64_t lo = first_key<T>(s, b, i) - klo, e = i + 1 - klo;
+              for (int64_t j = 0; j < lo; ++j) d[j] = 0;
+              if constexpr (std::is_same_v<T, float>) {
+                if (vec && !(cap > 0)) {
+                  cpu::avx512::softmax_bwd_row(p + lo, d + lo, e - lo, m - lo, scale);
+                  continue;
+                }
+              }
+              T dot_sum = 0;
+              for (int64_t j = lo; j < e; ++j) dot_sum += p[j] * d[j];
+              for (int64_t j = lo; j < e; ++j) {
+                T g = p[j] * (d[j] - dot_sum);  // d loss / d (capped) score
+                if (cap > 0) {
+                  const T t = raw[(i - i0) * m + j];
+                  g *= T(1) - t * t;
+                }
+                d[j] = g * scale;
+              }
+              for (int64_t j = e; j < m; ++j) d[j] = 0;
+            }
+            gemm<T>(false, false, n, hd, m, T(1), dS, m, Kb, s.kv_stride, T(0), dQ + i0 * s.q_stride, s.q_stride);  // dQ = dS K
+            gemm<T>(true, false, m, hd, n, T(1), dS, m, Qb, s.q_stride, T(1), dK + klo * s.kv_stride, s.kv_stride);  // dK += dS^T Q
           }
         }
       }
   }
 }
-
 
 namespace {
 // Runs f(i0, i1) over chunks of [0, n) in parallel (for the per-ISA kernels).
@@ -596,7 +623,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
                                  bool, Isa);                                                                     \
   template void rope<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*,             \
                         ops::RopeStyle, bool);                                                                   \
-  template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&);                        \
+  template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&, T*);                    \
   template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttnShape&, \
                                    T*);                                                                          \
   template void swiglu_fwd<T>(T*, const T*, const T*, int64_t, Isa);                                             \

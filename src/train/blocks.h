@@ -80,24 +80,27 @@ struct AttnShape {
   int64_t B, T, n_heads, n_kv_heads, hd;
   int64_t q_stride, kv_stride;  // row strides of q and of k/v (elements)
   float softcap = 0.f;          // scores -> cap * tanh(scores / cap) when > 0
-  Isa isa = Isa::Scalar;        // AVX512: float softmax rows (without soft-cap) on kernels/act.h
+  Isa isa = Isa::Scalar;        // AVX512: float softmax rows on kernels/act.h
   int64_t window = 0;           // > 0: a query at i sees keys [i - window + 1, i] only (sliding window)
   // Packed sequences: seg (B*T), when set, is the first key position (within its row) each query
-  // may see, so examples packed into one row do not attend to each other.
+  // may see, so examples packed into one row do not attend to each other (non-decreasing in i).
   const int32_t* seg = nullptr;
+  int64_t block_rows = 64;      // query rows per block (tests use small blocks to cross their edges)
 };
-// Causal GQA attention (within s.window when set). q (B*T, q_stride) head h at
-// column h*hd; k, v (B*T, kv_stride). out (B*T, n_heads*hd). Saves probabilities
-// P (B, n_heads, T, T) (upper triangle unused; 0 left of a window). The backward
-// reads P, so masked keys get no gradient.
+// Causal GQA attention (within s.window / s.seg when set), FlashAttention-style:
+// q (B*T, q_stride) head h at column h*hd; k, v (B*T, kv_stride). out (B*T,
+// n_heads*hd). Saves only lse (B, n_heads, T), each row's log-sum-exp of its
+// (capped, scaled) scores; the probabilities of one block of block_rows queries
+// live in scratch, so memory grows with T, not T^2. The backward recomputes them
+// block by block from q, k and lse; masked keys get no gradient. scratch:
+// attention_scratch(T, block_rows) elements for each OpenMP thread (omp_get_max_threads()).
 template <class T>
-void attention_fwd(T* out, T* P, const T* q, const T* k, const T* v, const AttnShape& s);
-// dq, dk, dv written (=), same layouts as q, k, v. scratch: attention_scratch(T)
-// elements for each OpenMP thread (omp_get_max_threads()).
+void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const AttnShape& s, T* scratch);
+// dq, dk, dv written (=), same layouts as q, k, v.
 template <class T>
-void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* P, const T* q, const T* k, const T* v,
+void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q, const T* k, const T* v,
                    const AttnShape& s, T* scratch);
-inline int64_t attention_scratch(int64_t T_) { return 2 * T_ * T_; }
+inline int64_t attention_scratch(int64_t T_, int64_t block_rows = 64) { return 3 * block_rows * T_; }
 
 // h(n) = silu(g) * u. With isa AVX512 (float only) the AVX-512 kernels of
 // kernels/act.h run; the loops here are their specification.

@@ -61,8 +61,8 @@ int64_t count_params(const ModelConfig& c) { return tessera::count_params(c); } 
 //   RMSNorm-1 output                   C          LayerNorm-1 output           C
 //   q, k, v after RoPE         q + 2*kv           q, k, v (fused qkv output)   3C
 //   attention probabilities    n_heads*T          attention probabilities      n_heads*T
-//     (softmax of the (T, T) scores: one row of T per head per token; FlashAttention
-//      would keep only a logsumexp per head instead)
+//     (softmax of the (T, T) scores: one row of T per head per token; with flash,
+//      FlashAttention as Tessera's trainer runs it, one fp32 log-sum-exp per head: n_heads x 4B)
 //   attention output (wo input)        q          attention output (wo input)  C
 //   residual after attention           C          residual after attention     C
 //     (= norm-2 input)                              (= LayerNorm-2 input)
@@ -82,7 +82,7 @@ int64_t count_params(const ModelConfig& c) { return tessera::count_params(c); } 
 // a block's backward runs, that one block's recomputed activations (whose input
 // is the checkpoint already counted):  tokens * (L * C*a + (layer - C*a) + head).
 ActivationEstimate activation_memory(const ModelConfig& c, int64_t batch, int64_t seq, Precision p,
-                                     int64_t logit_rows) {
+                                     int64_t logit_rows, bool flash) {
   if (logit_rows < 0) fail("--logit-rows must be >= 0, got ", logit_rows);
   if (batch < 1) fail("--batch must be at least 1, got ", batch);
   if (seq < 1) fail("--seq must be at least 1, got ", seq);
@@ -98,7 +98,8 @@ ActivationEstimate activation_memory(const ModelConfig& c, int64_t batch, int64_
   ActivationEstimate e;
   e.tokens = batch * seq;
   const double ffn = llama ? 3 * H : 2 * H;
-  e.per_token_layer = a * (2 * C + (q + 2 * kv) + nh * T + q + 2 * C + ffn) + 2 * stats;
+  const double attn = flash ? nh * 4.0 : a * nh * T;
+  e.per_token_layer = a * (2 * C + (q + 2 * kv) + q + 2 * C + ffn) + attn + 2 * stats;
   e.per_token_checkpoint = a * C;
   const bool fused = logit_rows > 0;
   e.per_token_head = a * (2 * C + (fused ? 0 : V)) + stats;

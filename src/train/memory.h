@@ -62,8 +62,10 @@ struct ActivationEstimate {
 // Throws Error naming --batch / --seq when not positive, or the config field when invalid.
 // logit_rows > 0 models a fused output + loss (Tessera's trainer: 256) that holds
 // the logits of at most logit_rows tokens at a time instead of all of them.
+// flash models FlashAttention-style attention (Tessera's trainer): one fp32
+// log-sum-exp per head and token instead of the (T, T) probabilities.
 ActivationEstimate activation_memory(const ModelConfig& cfg, int64_t batch, int64_t seq, Precision p,
-                                     int64_t logit_rows = 0);
+                                     int64_t logit_rows = 0, bool flash = false);
 
 // Formats bytes as GB (1e9) to 3 significant digits, rounding halves away from
 // zero as the ZeRO paper prints them: 41.25e9 -> "41.3", 1.875e9 -> "1.88", 120e9 -> "120".

@@ -23,15 +23,16 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.kv_dim();
   const int64_t qbuf = gpt2 ? 3 * C : qd, kbuf = gpt2 ? 0 : kvd;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
-  // The attention probabilities (B, heads, T, T) per stored layer dominate; checked in double before the
-  // int64 sizes below are formed, then the whole plan.
+  // The stored layers' activations dominate (attention keeps a log-sum-exp per row and head, not the
+  // (T, T) probabilities); checked in double before the int64 sizes below are formed, then the whole plan.
   const std::string mem_what = "batch " + std::to_string(B) + " x seq " + std::to_string(T_) +
                                ": the training activations need",
                     mem_hint = "lower --batch or --seq, or use --recompute";
-  require_memory(double(sizeof(T)) * double(n_stored) * double(B) * double(c_.n_heads) * double(T_) * double(T_),
+  require_memory(double(sizeof(T)) * double(n_stored) * double(B) * double(T_) *
+                     double(4 * C + qbuf + 2 * kbuf + c_.n_heads + qd + 3 * H),
                  mem_what, mem_hint);
   const int64_t qkn = c_.qk_norm ? N * qd + N * kvd + N * c_.n_heads + N * c_.n_kv_heads : 0;
-  const int64_t per_layer = qkn + N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ * T_ + N * qd +
+  const int64_t per_layer = qkn + N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ + N * qd +
                             N * H * 3;
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
   // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
@@ -72,7 +73,7 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
       a.k = take(N * kbuf), a.v = take(N * kbuf);
     }
     if (c_.qk_norm) a.q0 = take(N * qd), a.k0 = take(N * kvd), a.rq = take(N * c_.n_heads), a.rk = take(N * c_.n_kv_heads);
-    a.P = take(B * c_.n_heads * T_ * T_), a.att = take(N * qd), a.x_mid = take(N * C);
+    a.lse = take(B * c_.n_heads * T_), a.att = take(N * qd), a.x_mid = take(N * C);
     a.xn2 = take(N * C), a.m2 = take(N), a.r2 = take(N);
     a.g = take(N * H), a.u = take(N * H), a.h = take(N * H);
   };
@@ -349,11 +350,11 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     }
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
-    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));  // (N, qd)
+    blk::attention_fwd(a.att, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());  // (N, qd)
     lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
   } else {
     lin_fwd_a(l, LoraSite::Qkv, a.q, attn_in, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
-    blk::attention_fwd(a.att, a.P, a.q, a.k, a.v, attn_shape(l));
+    blk::attention_fwd(a.att, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
     lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), P(o.bo), N, C, C);
   }
   drop(attn_out, l, 0);
@@ -440,7 +441,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
     lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
     if (c_.qk_norm) {  // in place: the rows of dq/dk become the gradients before the norm
@@ -452,7 +453,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     lin_bwd_a(l, LoraSite::V, dxn_, G(o.wv), G(o.bv), dv_, attn_in, P(o.wv), N, C, kvd, true, wa);
   } else {
     lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.P, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
     lin_bwd_a(l, LoraSite::Qkv, dxn_, G(o.wqkv), G(o.bqkv), dq_, attn_in, P(o.wqkv), N, C, 3 * C, false, wa);
   }
   if (post)

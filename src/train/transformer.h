@@ -91,7 +91,7 @@ class Transformer {
     T *x_in, *xn1, *m1, *r1;  // (N, C), (N, C), (N), (N)
     T *q, *k, *v;             // (N, qd), (N, kvd), (N, kvd); GPT-2: q is (N, 3C) fused, k/v point into it
     T *q0, *k0, *rq, *rk;     // QK-norm: q, k before the norm (N, qd), (N, kvd); rstd (N * nh), (N * nkv)
-    T *P, *att, *x_mid;       // (B, nh, T, T), (N, qd), (N, C)
+    T *lse, *att, *x_mid;     // (B, nh, T) attention log-sum-exp, (N, qd), (N, C)
     T *xn2, *m2, *r2;         // (N, C), (N), (N)
     T *g, *u, *h;             // (N, H) each (GPT-2: g = pre-GELU, u unused)
     // Mixture-of-experts layers (train/moe_train.cpp); k = experts per row, Nk = N k:
@@ -160,7 +160,7 @@ class Transformer {
   int64_t dropped_ = 0;                // slots dropped by the capacity limit, since take_dropped()
   float grad_scale_ = 0.f;             // this backward's grad_scale
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
-  std::vector<T> attn_scratch_;   // (threads, 2 T^2) for attention_bwd
+  std::vector<T> attn_scratch_;   // (threads, attention_scratch(T)) for attention_fwd/bwd
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
   bool fresh_ = false;            // in an overwrite backward: the weight products write their gradients
   std::vector<std::pair<size_t, size_t>> zero_ranges_;  // [begin, end) of g not written by those products

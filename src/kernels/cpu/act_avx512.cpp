@@ -88,10 +88,11 @@ void swiglu_bwd(float* dg, float* du, const float* dh, const float* g, const flo
   }
 }
 
-void softmax_row(float* p, int64_t n, int64_t n_zero) {
+float softmax_row(float* p, int64_t n, int64_t n_zero) {
   __m512 mx = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < n; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, mask_of(n - j), p + j));
-  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  const float row_max = _mm512_reduce_max_ps(mx);
+  const __m512 m = _mm512_set1_ps(row_max);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 k = mask_of(n - j);
@@ -99,10 +100,21 @@ void softmax_row(float* p, int64_t n, int64_t n_zero) {
     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
     _mm512_mask_storeu_ps(p + j, k, e);
   }
-  const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+  const float total = _mm512_reduce_add_ps(sum);
+  const __m512 inv = _mm512_set1_ps(1.f / total);
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 k = mask_of(n - j);
     _mm512_mask_storeu_ps(p + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + j), inv));
+  }
+  for (int64_t j = n; j < n_zero; j += 16) _mm512_mask_storeu_ps(p + j, mask_of(n_zero - j), _mm512_setzero_ps());
+  return row_max + std::log(total);
+}
+
+void exp_shift_row(float* p, int64_t n, int64_t n_zero, float shift) {
+  const __m512 m = _mm512_set1_ps(shift);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = mask_of(n - j);
+    _mm512_mask_storeu_ps(p + j, k, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + j), m)));
   }
   for (int64_t j = n; j < n_zero; j += 16) _mm512_mask_storeu_ps(p + j, mask_of(n_zero - j), _mm512_setzero_ps());
 }

@@ -16,5 +16,6 @@ namespace {
 
 bool attend_decode(const DecodeAttnArgs& a) { return attend_dispatch<V256>(a); }
 void attend_softmax_row(float* s, int64_t n, float softcap) { attend_softmax<V256>(s, n, softcap); }
+float attend_online_row(float* s, int64_t n, float softcap, float& m) { return attend_online<V256>(s, n, softcap, m); }
 
 }  // namespace tessera::cpu::avx2

@@ -61,9 +61,9 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float
   }
 }
 
-// s[0, n) = softmax(cap(s)) in place.
+// s[0, n) = softmax(cap(s)) in place; returns the log-sum-exp of cap(s).
 template <class V>
-void attend_softmax(float* s, int64_t n, float softcap) {
+float attend_softmax(float* s, int64_t n, float softcap) {
   using R = typename V::reg;
   constexpr int W = V::W;
   const int64_t nv = n / W * W;
@@ -87,6 +87,34 @@ void attend_softmax(float* s, int64_t n, float softcap) {
   const R invv = V::set1(inv);
   for (j = 0; j < nv; j += W) V::store(s + j, V::mul(V::load(s + j), invv));
   for (j = nv; j < n; ++j) s[j] *= inv;
+  return mx + std::log(sum);
+}
+
+// One tile of an online softmax: s[0, n) = exp(cap(s) - m') in place with
+// m' = max(m, max cap(s)); m = m'; returns the sum of the new s.
+template <class V>
+float attend_online(float* s, int64_t n, float softcap, float& m) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  const int64_t nv = n / W * W;
+  int64_t j;
+  if (softcap > 0.f)
+    for (j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] / softcap);
+  R mv = V::set1(m);
+  for (j = 0; j < nv; j += W) mv = V::max(mv, V::load(s + j));
+  float mx = nv ? std::max(m, V::reduce_max(mv)) : m;
+  for (j = nv; j < n; ++j) mx = std::max(mx, s[j]);
+  const R mxv = V::set1(mx);
+  R sv = V::zero();
+  for (j = 0; j < nv; j += W) {
+    const R e = V::exp(V::sub(V::load(s + j), mxv));
+    V::store(s + j, e);
+    sv = V::add(sv, e);
+  }
+  float sum = V::reduce_add(sv);
+  for (j = nv; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+  m = mx;
+  return sum;
 }
 
 // o += sum over positions [j0, j1) of p[j] v_j; their rows are consecutive, position j0's at vb.
@@ -125,7 +153,8 @@ void attend_group(const tessera::DecodeAttnArgs& a) {
     for (int64_t g = 0; g < a.G; ++g) attend_scores<V, NV, KV>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
   }
   for (int64_t g = 0; g < a.G; ++g) {
-    attend_softmax<V>(a.scores + g * n + a.start, n - a.start, a.softcap);
+    const float lse = attend_softmax<V>(a.scores + g * n + a.start, n - a.start, a.softcap);
+    if (a.lse) a.lse[g] = lse;
     std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + a.hd, 0.f);
   }
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {

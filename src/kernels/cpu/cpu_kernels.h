@@ -60,6 +60,8 @@ using DequantRowFn = void (*)(const TensorView& W, int64_t r, float* out);
 using AttendFn = bool (*)(const DecodeAttnArgs& a);
 // s[0, n) = softmax(cap(s)) in place (kernels/attention.h, attend_softmax_row).
 using SoftmaxRowFn = void (*)(float* s, int64_t n, float softcap);
+// One online-softmax tile (kernels/attention.h, attend_online_row): s = exp(cap(s) - m'), returns the sum.
+using OnlineRowFn = float (*)(float* s, int64_t n, float softcap, float& m);
 
 // One ISA's kernels. Tables are immutable and returned by reference.
 struct IsaKernels {
@@ -72,6 +74,7 @@ struct IsaKernels {
   MatvecFn kquant = nullptr;  // Q2_K .. Q6_K against Q8_K activations (matvec_kquant_*.cpp)
   MatvecFn legacy = nullptr;  // Q4_1, Q5_0, Q5_1, IQ4_NL against Q8_0 activations (legacy_impl.h)
   MatvecFn kquant_r4 = nullptr;  // Q4_K_R4, Q5_K_R4, Q6_K_R4 against Q8_K activations; AVX-512 only
+  OnlineRowFn online_row = nullptr;
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -107,6 +110,7 @@ double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);  // any bytes (no float traps or slow paths)
 bool attend_decode(const DecodeAttnArgs& a);
 void attend_softmax_row(float* s, int64_t n, float softcap);
+float attend_online_row(float* s, int64_t n, float softcap, float& m);
 double fma_loop_f32(int64_t iters);  // 12 x 8 lanes x 2 FLOPs per iteration; returns a sink
 }  // namespace avx2
 
@@ -129,6 +133,7 @@ double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);
 bool attend_decode(const DecodeAttnArgs& a);
 void attend_softmax_row(float* s, int64_t n, float softcap);
+float attend_online_row(float* s, int64_t n, float softcap, float& m);
 double fma_loop_f32(int64_t iters);  // 12 x 16 lanes x 2 FLOPs per iteration; returns a sink
 double dpbf16_loop(int64_t iters);   // 12 x 16 lanes x 4 FLOPs (two bf16 products) per iteration
 }  // namespace avx512

@@ -54,7 +54,8 @@ uint64_t stream_read_xor(const uint8_t* p, int64_t n) {
 const IsaKernels& kernels() {
   static constexpr IsaKernels k{matvec_f32,  matvec_f16, matvec_bf16, matvec_q8_0,
                                 matvec_q4_0, matvec_q8_g, quantize_x,  dequant_row, matvec_q4_0_r4, matvec_q8_0_r4,
-                                attend_decode, attend_softmax_row, matvec_kquant, matvec_legacy, matvec_kquant_r4};
+                                attend_decode, attend_softmax_row, matvec_kquant, matvec_legacy, matvec_kquant_r4,
+                                attend_online_row};
   return k;
 }
 

@@ -17,7 +17,7 @@ float elem(const void* base, DType t, int64_t i) {
 }
 }  // namespace
 
-void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
+float attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
   float mx = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
     if (softcap > 0.f) s[j] = softcap * std::tanh(s[j] / softcap);
@@ -28,6 +28,20 @@ void attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
   const float inv = 1.f / sum;
   for (int64_t j = 0; j < n; ++j) s[j] *= inv;
   std::fill(s + n, s + std::max(n, n_zero), 0.f);
+  return mx + std::log(sum);
+}
+
+float attend_online_row(float* s, int64_t n, int64_t n_zero, float softcap, float& m) {
+  float mx = m;
+  for (int64_t j = 0; j < n; ++j) {
+    if (softcap > 0.f) s[j] = softcap * std::tanh(s[j] / softcap);
+    mx = std::max(mx, s[j]);
+  }
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+  std::fill(s + n, s + std::max(n, n_zero), 0.f);
+  m = mx;
+  return sum;
 }
 
 void attend_decode(const DecodeAttnArgs& a) {
@@ -40,7 +54,8 @@ void attend_decode(const DecodeAttnArgs& a) {
       for (int64_t i = 0; i < a.hd; ++i) d += q[i] * elem(a.k, a.kv, a.row(j) * a.kv_stride + i);
       s[j] = d * a.scale;
     }
-    attend_softmax_row(s + j0, m, m, a.softcap);
+    const float lse = attend_softmax_row(s + j0, m, m, a.softcap);
+    if (a.lse) a.lse[g] = lse;
     float* o = a.out + g * a.out_stride;
     std::fill(o, o + a.hd, 0.f);
     for (int64_t j = j0; j < a.n; ++j)
