@@ -52,7 +52,7 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float
     for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0 + r) * st));
     for (int v = 1; v < NV; ++v)
       for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0 + r) * st + W * v), acc[r]);
-    for (int r = 0; r < 4; ++r) s[j + r] = V::reduce_add(acc[r]) * a.scale;
+    _mm_storeu_ps(s + j, _mm_mul_ps(V::hsum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(a.scale)));
   }
   for (; j < j1; ++j) {
     R acc = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0) * st));

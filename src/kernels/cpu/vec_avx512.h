@@ -27,6 +27,16 @@ struct V512 {
   static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static float reduce_add(reg a) { return _mm512_reduce_add_ps(a); }
+  // The four horizontal sums [sum a, sum b, sum c, sum d] in one transposing add tree.
+  static __m128 hsum4(reg a, reg b, reg c, reg d) {
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));  // per 128-bit lane
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  // lane: [a b c d]
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  }
   static float reduce_max(reg a) { return _mm512_reduce_max_ps(a); }
   static reg exp(reg x) { return exp_ps(x); }
   static reg load_bf16(const uint16_t* p) {
