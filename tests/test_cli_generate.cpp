@@ -208,6 +208,15 @@ TEST(CliBench, SyntheticDecodeAndPrefillReportLimitsAndRatios) {
   CliResult bad = run_cli("bench --synthetic 260k -n -3");
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.err.find("-n"), std::string::npos) << bad.err;
+  // Decode at depth: positions 300.. after a 300-token fill (past the model's 256 positions of context:
+  // RoPE has no learned table), with and without a prefill test first.
+  for (const char* pp : {"0", "16"}) {
+    CliResult d = run_cli(std::string("bench --synthetic 260k -p ") + pp + " -n 8 -d 300 -r 2 -t 2 --json");
+    ASSERT_EQ(d.code, 0) << d.err;
+    EXPECT_EQ(json_number(d.out, "depth"), 300) << d.out;
+    EXPECT_GT(json_number(d.out, "decode_tok_s"), 0) << d.out;
+  }
+  EXPECT_NE(run_cli("bench --synthetic 260k -n 4 -d -1").code, 0);
 }
 
 TEST(CliGenerate, ContextDefaultIsCappedAndLongerContextsWarn) {

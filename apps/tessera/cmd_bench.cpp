@@ -276,14 +276,14 @@ int cmd_bench(int argc, char** argv) {
     if (tg > 0) {
       std::printf("decode  tg%-5lld %9.1f tok/s  bound %7.1f tok/s  = %5.1f%% of the best-probe bandwidth (%s)\n",
                   (long long)tg, decode_tok_s, bound, 100 * bw_frac_best, decode_path);
+      std::printf("                 %.1f GB/s: a plain read of the same weights before every %lld tokens; "
+                  "decode = %5.1f%% of its speed (median)\n",
+                  window_gbs, (long long)kSegment, 100 * bw_frac);
       if (depth > 0)
         std::printf("                 at depth %lld: positions %lld..%lld (the bound counts the weights, not the %s of "
                     "keys and values read per token)\n",
                     (long long)depth, (long long)depth, (long long)(depth + tg - 1),
                     human_bytes(double(depth) * 2.0 * double(c.n_layers) * double(dtype_row_bytes(ro.kv_type, c.kv_dim()))).c_str());
-      std::printf("                 %.1f GB/s: a plain read of the same weights before every %lld tokens; "
-                  "decode = %5.1f%% of its speed (median)\n",
-                  window_gbs, (long long)kSegment, 100 * bw_frac);
     }
     if (batched_tok_s > 0)
       std::printf("decode  x%-6lld %9.1f tok/s  aggregate, %lld sequences one batch per step = %.2fx one sequence's "
