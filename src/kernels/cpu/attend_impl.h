@@ -61,35 +61,6 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float
   }
 }
 
-// s[0, n) = softmax(cap(s)) in place; returns the log-sum-exp of cap(s).
-template <class V>
-float attend_softmax(float* s, int64_t n, float softcap) {
-  using R = typename V::reg;
-  constexpr int W = V::W;
-  const int64_t nv = n / W * W;
-  int64_t j;
-  if (softcap > 0.f)
-    for (j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] / softcap);
-  R mv = V::set1(-INFINITY);
-  for (j = 0; j < nv; j += W) mv = V::max(mv, V::load(s + j));
-  float mx = nv ? V::reduce_max(mv) : -INFINITY;
-  for (j = nv; j < n; ++j) mx = std::max(mx, s[j]);
-  const R mxv = V::set1(mx);
-  R sv = V::zero();
-  for (j = 0; j < nv; j += W) {
-    const R e = V::exp(V::sub(V::load(s + j), mxv));
-    V::store(s + j, e);
-    sv = V::add(sv, e);
-  }
-  float sum = V::reduce_add(sv);
-  for (j = nv; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
-  const float inv = 1.f / sum;
-  const R invv = V::set1(inv);
-  for (j = 0; j < nv; j += W) V::store(s + j, V::mul(V::load(s + j), invv));
-  for (j = nv; j < n; ++j) s[j] *= inv;
-  return mx + std::log(sum);
-}
-
 // One tile of an online softmax: s[0, n) = exp(cap(s) - m') in place with
 // m' = max(m, max cap(s)); m = m'; returns the sum of the new s.
 template <class V>
@@ -115,6 +86,22 @@ float attend_online(float* s, int64_t n, float softcap, float& m) {
   for (j = nv; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
   m = mx;
   return sum;
+}
+
+// s[0, n) = softmax(cap(s)) in place; returns the log-sum-exp of cap(s).
+template <class V>
+float attend_softmax(float* s, int64_t n, float softcap) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  const int64_t nv = n / W * W;
+  float mx = -INFINITY;
+  const float sum = attend_online<V>(s, n, softcap, mx);
+  const float inv = 1.f / sum;
+  const R invv = V::set1(inv);
+  int64_t j;
+  for (j = 0; j < nv; j += W) V::store(s + j, V::mul(V::load(s + j), invv));
+  for (j = nv; j < n; ++j) s[j] *= inv;
+  return mx + std::log(sum);
 }
 
 // o += sum over positions [j0, j1) of p[j] v_j; their rows are consecutive, position j0's at vb.

@@ -17,20 +17,6 @@ float elem(const void* base, DType t, int64_t i) {
 }
 }  // namespace
 
-float attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {
-    if (softcap > 0.f) s[j] = softcap * std::tanh(s[j] / softcap);
-    mx = std::max(mx, s[j]);
-  }
-  float sum = 0.f;
-  for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
-  const float inv = 1.f / sum;
-  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
-  std::fill(s + n, s + std::max(n, n_zero), 0.f);
-  return mx + std::log(sum);
-}
-
 float attend_online_row(float* s, int64_t n, int64_t n_zero, float softcap, float& m) {
   float mx = m;
   for (int64_t j = 0; j < n; ++j) {
@@ -42,6 +28,14 @@ float attend_online_row(float* s, int64_t n, int64_t n_zero, float softcap, floa
   std::fill(s + n, s + std::max(n, n_zero), 0.f);
   m = mx;
   return sum;
+}
+
+float attend_softmax_row(float* s, int64_t n, int64_t n_zero, float softcap) {
+  float mx = -INFINITY;
+  const float sum = attend_online_row(s, n, n_zero, softcap, mx);
+  const float inv = 1.f / sum;
+  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+  return mx + std::log(sum);
 }
 
 void attend_decode(const DecodeAttnArgs& a) {
