@@ -116,6 +116,22 @@ int cmd_info(int argc, char** argv) {
   std::printf("weights:        %s\n", human_bytes(double(w.weight_bytes())).c_str());
   std::printf("kv cache @%lld:  %s (f32), %s (f16)\n", (long long)ctx, human_bytes(kv32).c_str(),
               human_bytes(kv32 / 2).c_str());
+  // Per token, all layers, f16 elements: what this engine caches, and the alternatives the
+  // architecture admits (MLA: the latent c plus the RoPE key, (d_c + d_rope) x layers).
+  const double per_tok = 2.0 * double(c.n_layers) * double(c.kv_dim()) * 2;
+  if (c.mla())
+    std::printf("kv per token:   %s (f16, decompressed heads); a latent cache would hold %s "
+                "((kv LoRA rank %lld + RoPE %lld) x %lld layers), MHA of these heads %s\n",
+                human_bytes(per_tok).c_str(),
+                human_bytes(double(c.mla_kv_lora + c.mla_rope) * double(c.n_layers) * 2).c_str(),
+                (long long)c.mla_kv_lora, (long long)c.mla_rope, (long long)c.n_layers,
+                human_bytes(double(c.n_layers) * double(c.n_heads) * double(c.head_dim + c.mla_v_dim) * 2).c_str());
+  else
+    std::printf("kv per token:   %s (f16)%s\n", human_bytes(per_tok).c_str(),
+                c.n_kv_heads == c.n_heads ? ""
+                                          : (", MHA of these heads would need " +
+                                             human_bytes(2.0 * double(c.n_layers) * double(c.q_dim()) * 2))
+                                                .c_str());
   if (lm.tokenizer) std::printf("tokenizer:      %d tokens\n", lm.tokenizer->n_vocab());
   return 0;
 }
