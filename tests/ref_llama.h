@@ -17,6 +17,7 @@ struct RefLlama {
   std::vector<double> emb, att_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3, final_norm;
   std::vector<std::vector<double>> kcache, vcache;  // per layer (seq, kv_dim)
   std::vector<double> freq_div;  // RoPE scaling: frequency j / 2 divided by freq_div[j / 2]; empty = none
+  std::vector<int> window;       // per layer: > 0 attends to the last window positions only (a band mask); empty = none
 
   explicit RefLlama(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -81,21 +82,23 @@ struct RefLlama {
       rot(k, kvd);
       std::copy(k.begin(), k.end(), kcache[size_t(l)].begin() + long(pos) * kvd);
       std::copy(v.begin(), v.end(), vcache[size_t(l)].begin() + long(pos) * kvd);
+      // Keys [lo, pos]: the band of a sliding window, else all of them.
+      const int lo = !window.empty() && window[size_t(l)] > 0 ? std::max(0, pos - window[size_t(l)] + 1) : 0;
       for (int h = 0; h < heads; ++h) {
         const int kh = h / (heads / kv_heads);
-        std::vector<double> s(static_cast<size_t>(pos + 1));
+        std::vector<double> s(static_cast<size_t>(pos + 1), -1e300);
         double mx = -1e300;
-        for (int t = 0; t <= pos; ++t) {
+        for (int t = lo; t <= pos; ++t) {
           double d = 0;
           for (int i = 0; i < hd; ++i) d += q[size_t(h * hd + i)] * kcache[size_t(l)][size_t(t) * kvd + kh * hd + i];
           s[size_t(t)] = d / std::sqrt(double(hd));
           mx = std::max(mx, s[size_t(t)]);
         }
         double sum = 0;
-        for (auto& e : s) sum += (e = std::exp(e - mx));
+        for (auto& e : s) sum += (e = std::exp(e - mx));  // masked keys: exp(-1e300 - mx) = 0
         for (int i = 0; i < hd; ++i) {
           double a = 0;
-          for (int t = 0; t <= pos; ++t) a += s[size_t(t)] / sum * vcache[size_t(l)][size_t(t) * kvd + kh * hd + i];
+          for (int t = lo; t <= pos; ++t) a += s[size_t(t)] / sum * vcache[size_t(l)][size_t(t) * kvd + kh * hd + i];
           att[size_t(h * hd + i)] = a;
         }
       }
