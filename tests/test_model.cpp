@@ -26,6 +26,17 @@ namespace {
 
 const std::vector<int32_t> kTokens = {1, 403, 407, 261, 378, 395, 342, 263, 289, 260, 381, 500, 301, 282, 265, 30};
 
+// max |a - b| over V logits, relative to max(1, max |b|).
+template <class R>
+double rel_logit_diff(const float* a, const R* b, int64_t V) {
+  double err = 0, mag = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    err = std::max(err, std::fabs(double(a[i]) - double(b[i])));
+    mag = std::max(mag, std::fabs(double(b[i])));
+  }
+  return err / std::max(1.0, mag);
+}
+
 }  // namespace
 
 TEST(Model, Stories260KMatchesFloat64Reference) {
@@ -283,14 +294,10 @@ TEST(Model, DecodeAttentionMatchesPrefill) {
       batched.forward_all(ctx, toks.data(), n, 0, all.data());
       for (int64_t p = 0; p < n; ++p) {
         const float* lg = step.forward(ctx, &toks[size_t(p)], 1, p);
-        double err = 0, mag = 0;
-        for (int64_t i = 0; i < V; ++i) {
-          err = std::max(err, double(std::fabs(lg[i] - all[size_t(p * V + i)])));
-          mag = std::max(mag, double(std::fabs(all[size_t(p * V + i)])));
-        }
         // f16 / q8_0 caches: prefill attends to the rounded keys too (stored before use), so
         // the two paths differ only by summation order either way.
-        ASSERT_LT(err, 1e-4 * std::max(1.0, mag)) << "kv heads " << kv_heads << " " << dtype_name(kvt) << " pos " << p;
+        ASSERT_LT(rel_logit_diff(lg, all.data() + p * V, V), 1e-4)
+            << "kv heads " << kv_heads << " " << dtype_name(kvt) << " pos " << p;
       }
     }
 }
@@ -321,12 +328,7 @@ TEST(Model, TiledPrefillMatchesDecodeAtLongContext) {
     double worst = 0;
     for (int64_t p = 0; p < n; ++p) {
       const float* lg = step.forward(ctx, &toks[size_t(p)], 1, p);
-      double err = 0, mag = 0;
-      for (int64_t i = 0; i < V; ++i) {
-        err = std::max(err, double(std::fabs(lg[i] - all[size_t(p * V + i)])));
-        mag = std::max(mag, double(std::fabs(all[size_t(p * V + i)])));
-      }
-      worst = std::max(worst, err / std::max(1.0, mag));
+      worst = std::max(worst, rel_logit_diff(lg, all.data() + p * V, V));
     }
     // Q8_0: the two paths' k / v rows differ in the last bit (GEMM vs matrix-vector products), which
     // can move one cache value across a rounding boundary of its 8-bit block (~1e-3 from there on).
@@ -353,13 +355,9 @@ TEST(Model, SlidingWindowFarPastTheWindowMatchesFloat64BandMask) {
   KernelContext ctx(2);
   // f32 cache: within 1e-4 of the float64 logits' scale; f16: keys and values rounded to 11 bits, 1e-2.
   auto check = [&](const float* lg, int64_t p, double tol, const std::string& how) {
-    double err = 0, mag = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      err = std::max(err, std::fabs(double(lg[i]) - want[size_t(p)][size_t(i)]));
-      mag = std::max(mag, std::fabs(want[size_t(p)][size_t(i)]));
-    }
-    return err < tol * std::max(1.0, mag) ? ::testing::AssertionSuccess()
-                                          : ::testing::AssertionFailure() << how << " position " << p << " err " << err;
+    const double rel = rel_logit_diff(lg, want[size_t(p)].data(), V);
+    return rel < tol ? ::testing::AssertionSuccess()
+                     : ::testing::AssertionFailure() << how << " position " << p << " relative error " << rel;
   };
   for (DType kvt : {DType::F32, DType::F16}) {
     RunOptions ro;

@@ -58,47 +58,34 @@ constexpr int64_t kSplitKMin = 512;  // keys per split-K chunk, at least
 // merged exactly (merge_attention, kernels/attention.h).
 void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v) {
   const auto& c = w_.cfg;
-  const int64_t group = c.n_heads / c.n_kv_heads;
+  const int64_t group = c.n_heads / c.n_kv_heads, hd = c.head_dim;
   const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
   const int64_t items = c.n_kv_heads * split, k0 = c.layer(l).first_key(pos), n_keys = pos + 1 - k0;
-  int64_t ks = 1;
-  if (items % tt.size != 0) ks = std::min<int64_t>(tt.size / std::gcd<int64_t>(items, tt.size), n_keys / kSplitKMin);
-  if (ks > 1) return team_attention_split(tt, l, seq, pos, q, k, v, ks);
-  if (split > 1) {
+  int64_t ks = 1;  // key chunks per item
+  if (items % tt.size != 0)
+    ks = std::max<int64_t>(1, std::min<int64_t>(tt.size / std::gcd<int64_t>(items, tt.size), n_keys / kSplitKMin));
+  const bool prep_per_item = split == 1 && ks == 1;  // else every head is prepared before any item reads it
+  if (!prep_per_item) {
     if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, c.n_kv_heads);
     tt.barrier();
   }
-  for (int64_t it = tt.rank; it < c.n_kv_heads * split; it += tt.size) {
-    const int64_t kvh = it / split, g0 = it % split * sub;
-    if (split == 1) prep_heads(l, seq, pos, q, k, v, kvh, kvh + 1);
-    const DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), q, a_.att, tt.rank);
-    attend_decode(tt.isa, a);
-  }
-  tt.barrier();
-}
-
-void Model::team_attention_split(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v,
-                                 int64_t ks) {
-  const auto& c = w_.cfg;
-  const int64_t group = c.n_heads / c.n_kv_heads, hd = c.head_dim;
-  const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
-  const int64_t sub = (group + split - 1) / split, items = c.n_kv_heads * split;
-  const int64_t k0 = c.layer(l).first_key(pos), n_keys = pos + 1 - k0;
-  float* part = team_part_.data();                     // (items, ks, sub, hd) partial outputs
-  float* part_lse = part + items * ks * sub * hd;      // (items, ks, sub)
-  if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, c.n_kv_heads);
-  tt.barrier();
+  float* part = team_part_.data();                 // split-K: (items, ks, sub, hd) partial outputs
+  float* part_lse = part + items * ks * sub * hd;  // and (items, ks, sub) log-sum-exps
   for (int64_t it = tt.rank; it < items * ks; it += tt.size) {
     const int64_t hi = it / ks, chunk = it % ks, kvh = hi / split, g0 = hi % split * sub;
+    if (prep_per_item) prep_heads(l, seq, pos, q, k, v, kvh, kvh + 1);
     DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), q, a_.att, tt.rank);
-    a.start = k0 + n_keys * chunk / ks;  // keys [start, n) of this chunk
-    a.n = k0 + n_keys * (chunk + 1) / ks;
-    a.out = part + it * sub * hd;
-    a.lse = part_lse + it * sub;
+    if (ks > 1) {
+      a.start = k0 + n_keys * chunk / ks;  // keys [start, n) of this chunk
+      a.n = k0 + n_keys * (chunk + 1) / ks;
+      a.out = part + it * sub * hd;
+      a.lse = part_lse + it * sub;
+    }
     attend_decode(tt.isa, a);
   }
   tt.barrier();
+  if (ks == 1) return;
   for (int64_t hi = tt.rank; hi < items; hi += tt.size) {  // merge the chunks of each query head
     const int64_t kvh = hi / split, g0 = hi % split * sub, G = std::min(sub, group - g0);
     for (int64_t g = 0; g < G; ++g) {

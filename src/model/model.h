@@ -136,9 +136,6 @@ class Model {
   void decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out);
   // prep_heads and attention of one decode step's q / k / v rows, over the team.
   void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v);
-  // The same with each item's keys cut into ks chunks over the team, merged by log-sum-exp (split-K).
-  void team_attention_split(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v,
-                            int64_t ks);
   // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
   // at pos of seq (its q row and attention-output row) against layer l's cache,
   // with thread `rank`'s score scratch.

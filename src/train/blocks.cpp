@@ -298,7 +298,7 @@ void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stri
 // live in per-thread scratch, and the backward recomputes them from q, k and
 // the log-sum-exp, so attention memory grows with T, not T^2.
 namespace {
-template <class T>
+// The first key query i of sequence b sees (a sliding window's start, its packed segment's).
 int64_t first_key(const AttnShape& s, int64_t b, int64_t i) {
   int64_t lo = s.window > 0 && i >= s.window ? i - s.window + 1 : 0;
   if (s.seg) lo = std::max<int64_t>(lo, s.seg[b * s.T + i]);
@@ -328,12 +328,12 @@ void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const Att
         const T* Vv = v + b * Tn * s.kv_stride + kh * hd;
         T* L = lse + (b * s.n_heads + h) * Tn;            // (T)
         for (int64_t i0 = 0; i0 < Tn; i0 += R) {
-          const int64_t i1 = std::min(Tn, i0 + R), klo = first_key<T>(s, b, i0), m = i1 - klo;
+          const int64_t i1 = std::min(Tn, i0 + R), klo = first_key(s, b, i0), m = i1 - klo;
           gemm<T>(false, true, i1 - i0, m, hd, scale, Q + i0 * s.q_stride, s.q_stride, K + klo * s.kv_stride,
                   s.kv_stride, T(0), S, m);  // S[i0:i1, klo:i1]
           for (int64_t i = i0; i < i1; ++i) {
             T* p = S + (i - i0) * m;
-            const int64_t lo = first_key<T>(s, b, i) - klo, n = i + 1 - klo;  // row i sees columns [lo, n)
+            const int64_t lo = first_key(s, b, i) - klo, n = i + 1 - klo;  // row i sees columns [lo, n)
             for (int64_t j = 0; j < lo; ++j) p[j] = 0;
             if (cap > 0) cap_row(p + lo, n - lo, cap);
             if constexpr (std::is_same_v<T, float>) {
@@ -385,7 +385,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
           const T* Q = q + b * Tn * s.q_stride + h * hd;
           T* dQ = dq + b * Tn * s.q_stride + h * hd;
           for (int64_t i0 = 0; i0 < Tn; i0 += R) {
-            const int64_t i1 = std::min(Tn, i0 + R), n = i1 - i0, klo = first_key<T>(s, b, i0), m = i1 - klo;
+            const int64_t i1 = std::min(Tn, i0 + R), n = i1 - i0, klo = first_key(s, b, i0), m = i1 - klo;
             const T* dOb = dO + i0 * od;
             const T* Qb = Q + i0 * s.q_stride;
             const T* Kb = K + klo * s.kv_stride;
@@ -393,7 +393,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
             gemm<T>(false, true, n, m, hd, scale, Qb, s.q_stride, Kb, s.kv_stride, T(0), Pb, m);
             for (int64_t i = i0; i < i1; ++i) {
               T* p = Pb + (i - i0) * m;
-              const int64_t lo = first_key<T>(s, b, i) - klo, e = i + 1 - klo;
+              const int64_t lo = first_key(s, b, i) - klo, e = i + 1 - klo;
               for (int64_t j = 0; j < lo; ++j) p[j] = 0;
               if (cap > 0) {
                 T* t = raw + (i - i0) * m;
@@ -413,7 +413,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
             for (int64_t i = i0; i < i1; ++i) {  // dS = softmax backward (and the soft-cap's), times scale
               const T* p = Pb + (i - i0) * m;
               T* d = dS + (i - i0) * m;
-              const int64_t lo = first_key<T>(s, b, i) - klo, e = i + 1 - klo;
+              const int64_t lo = first_key(s, b, i) - klo, e = i + 1 - klo;
               for (int64_t j = 0; j < lo; ++j) d[j] = 0;
               if constexpr (std::is_same_v<T, float>) {
                 if (vec && !(cap > 0)) {

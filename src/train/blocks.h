@@ -76,6 +76,7 @@ template <class T>
 void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stride, const float* cos_t,
           const float* sin_t, ops::RopeStyle style, bool inverse);
 
+constexpr int64_t kAttnRows = 64;  // query rows per attention block
 struct AttnShape {
   int64_t B, T, n_heads, n_kv_heads, hd;
   int64_t q_stride, kv_stride;  // row strides of q and of k/v (elements)
@@ -85,7 +86,7 @@ struct AttnShape {
   // Packed sequences: seg (B*T), when set, is the first key position (within its row) each query
   // may see, so examples packed into one row do not attend to each other (non-decreasing in i).
   const int32_t* seg = nullptr;
-  int64_t block_rows = 64;      // query rows per block (tests use small blocks to cross their edges)
+  int64_t block_rows = kAttnRows;  // query rows per block (tests use small blocks to cross their edges)
 };
 // Causal GQA attention (within s.window / s.seg when set), FlashAttention-style:
 // q (B*T, q_stride) head h at column h*hd; k, v (B*T, kv_stride). out (B*T,
@@ -100,7 +101,7 @@ void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const Att
 template <class T>
 void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q, const T* k, const T* v,
                    const AttnShape& s, T* scratch);
-inline int64_t attention_scratch(int64_t T_, int64_t block_rows = 64) { return 3 * block_rows * T_; }
+inline int64_t attention_scratch(int64_t T_, int64_t block_rows = kAttnRows) { return 3 * block_rows * T_; }
 
 // h(n) = silu(g) * u. With isa AVX512 (float only) the AVX-512 kernels of
 // kernels/act.h run; the loops here are their specification.

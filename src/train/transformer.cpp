@@ -23,17 +23,16 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.kv_dim();
   const int64_t qbuf = gpt2 ? 3 * C : qd, kbuf = gpt2 ? 0 : kvd;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
-  // The stored layers' activations dominate (attention keeps a log-sum-exp per row and head, not the
-  // (T, T) probabilities); checked in double before the int64 sizes below are formed, then the whole plan.
+  // Elements per token of a stored layer, which dominate (attention keeps a log-sum-exp per head, not
+  // the (T, T) probabilities); checked in double before the int64 sizes below are formed, then the whole plan.
+  const int64_t qkn_tok = c_.qk_norm ? qd + kvd + c_.n_heads + c_.n_kv_heads : 0;
+  const int64_t layer_tok = qkn_tok + 3 * C + 4 + qbuf + 2 * kbuf + c_.n_heads + qd + 3 * H;
   const std::string mem_what = "batch " + std::to_string(B) + " x seq " + std::to_string(T_) +
                                ": the training activations need",
                     mem_hint = "lower --batch or --seq, or use --recompute";
-  require_memory(double(sizeof(T)) * double(n_stored) * double(B) * double(T_) *
-                     double(4 * C + qbuf + 2 * kbuf + c_.n_heads + qd + 3 * H),
-                 mem_what, mem_hint);
-  const int64_t qkn = c_.qk_norm ? N * qd + N * kvd + N * c_.n_heads + N * c_.n_kv_heads : 0;
-  const int64_t per_layer = qkn + N * C * 3 + N * 4 + N * qbuf + 2 * N * kbuf + B * c_.n_heads * T_ + N * qd +
-                            N * H * 3;
+  require_memory(double(sizeof(T)) * double(n_stored) * double(B) * double(T_) * double(layer_tok), mem_what,
+                 mem_hint);
+  const int64_t per_layer = N * layer_tok;
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
   // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
   constexpr int64_t kAlign = 64 / sizeof(T);
