@@ -19,8 +19,11 @@ namespace {
 // A cache of n positions x n_kv heads x hd, keys then values, in f32, f16 and
 // (head sizes that are multiples of 32) Q8_0: the values are multiples of 1/128
 // below 1 in magnitude, exact in all three (Q8_0 blocks with d = 1/128). G query heads.
+// vd > 0: values of vd elements (MLA's absorbed form: with v_in_k, the first vd
+// elements of the key rows, as DecodeAttnArgs::vd says).
 struct Case {
-  int64_t G, hd, n, n_kv = 3, kvh = 1;
+  int64_t G, hd, n, n_kv = 3, kvh = 1, vd = 0;
+  bool v_in_k = false;
   float scale, softcap;
   std::vector<float> q, k, v;
   std::vector<uint16_t> kh, vh;
@@ -52,6 +55,7 @@ struct Case {
     a.q_stride = hd;
     a.G = G;
     a.hd = hd;
+    a.vd = vd;
     const size_t off = size_t(kvh * hd);
     a.k = kv == DType::F16 ? static_cast<const void*>(kh.data() + off)
           : kv == DType::Q8_0 ? static_cast<const void*>(kq.data() + off / kQK)
@@ -59,6 +63,7 @@ struct Case {
     a.v = kv == DType::F16 ? static_cast<const void*>(vh.data() + off)
           : kv == DType::Q8_0 ? static_cast<const void*>(vq.data() + off / kQK)
                               : static_cast<const void*>(v.data() + off);
+    if (v_in_k) a.v = a.k;
     a.kv = kv;
     a.kv_stride = n_kv * hd;
     a.n = n;
@@ -66,12 +71,14 @@ struct Case {
     a.softcap = softcap;
     a.scores = scores;
     a.out = out;
-    a.out_stride = hd;
+    a.out_stride = a.v_dim();
     return a;
   }
   // The same attention in double precision, written from the definition.
   std::vector<double> expected() const {
-    std::vector<double> o(size_t(G * hd), 0.0);
+    const int64_t od = vd > 0 ? vd : hd;
+    const std::vector<float>& vals = v_in_k ? k : v;
+    std::vector<double> o(size_t(G * od), 0.0);
     std::vector<double> s(static_cast<size_t>(n));
     for (int64_t g = 0; g < G; ++g) {
       double mx = -1e300, sum = 0;
@@ -85,8 +92,8 @@ struct Case {
       }
       for (auto& x : s) sum += (x = std::exp(x - mx));
       for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < hd; ++i)
-          o[size_t(g * hd + i)] += s[size_t(j)] / sum * v[size_t((j * n_kv + kvh) * hd + i)];
+        for (int64_t i = 0; i < od; ++i)
+          o[size_t(g * od + i)] += s[size_t(j)] / sum * vals[size_t((j * n_kv + kvh) * hd + i)];
     }
     return o;
   }
@@ -99,7 +106,7 @@ std::vector<DType> kv_types(const Case& c) {
 }
 
 std::vector<float> run(const Case& c, DType kv, bool use_ref, Isa isa) {
-  std::vector<float> scores(size_t(c.G * c.n)), out(size_t(c.G * c.hd), NAN);
+  std::vector<float> scores(size_t(c.G * c.n)), out(size_t(c.G * (c.vd > 0 ? c.vd : c.hd)), NAN);
   const DecodeAttnArgs a = c.args(kv, scores.data(), out.data());
   if (use_ref) ref::attend_decode(a);
   else attend_decode(isa, a);
@@ -145,6 +152,44 @@ TEST(KernelsAttention, SimdMatchesReference) {
                                                    << " cap " << cap << " " << dtype_name(kv) << " at " << i;
             }
           }
+}
+
+// Heads wider than 16 vectors, and values narrower than the keys read from the
+// key rows (MLA's absorbed latent: keys [c | k_pe] of 512 + 64, values c), in
+// slices of 4 vectors: the reference against double precision, every ISA against
+// the reference, with soft caps and a peaked softmax.
+TEST(KernelsAttention, WideAndLatentHeadsMatchDoublePrecision) {
+  std::vector<Isa> isas{Isa::Scalar};
+  if (detect_isa() >= Isa::AVX2) isas.push_back(Isa::AVX2);
+  if (detect_isa() >= Isa::AVX512) isas.push_back(Isa::AVX512);
+  struct Shape { int64_t hd, vd; bool v_in_k; };
+  uint32_t seed = 300;
+  for (const Shape sh : {Shape{576, 512, true}, Shape{160, 128, true}, Shape{32, 24, true}, Shape{320, 320, false},
+                         Shape{384, 128, false}})
+    for (int64_t n : {1, 5, 70})
+      for (float cap : {0.f, 20.f}) {
+        Case c(3, sh.hd, n, cap, seed++, n == 5 ? 40.f : 1.f);
+        c.n_kv = 1, c.kvh = 0, c.vd = sh.vd, c.v_in_k = sh.v_in_k;
+        const auto want = c.expected();
+        for (DType kv : kv_types(c)) {
+          const auto ref = run(c, kv, true, Isa::Scalar);
+          for (size_t i = 0; i < want.size(); ++i)
+            ASSERT_NEAR(ref[i], want[i], 1e-5) << "ref hd " << sh.hd << " vd " << sh.vd << " n " << n << " "
+                                               << dtype_name(kv) << " at " << i;
+          for (Isa isa : isas) {
+            const auto got = run(c, kv, false, isa);
+            for (size_t i = 0; i < want.size(); ++i)
+              ASSERT_NEAR(got[i], ref[i], 1e-5f) << isa_name(isa) << " hd " << sh.hd << " vd " << sh.vd << " n " << n
+                                                 << " cap " << cap << " " << dtype_name(kv) << " at " << i;
+          }
+        }
+      }
+  // The latent shape takes the SIMD path (slices), not the reference.
+  Case c(2, 576, 9, 0.f, 11);
+  c.n_kv = 1, c.kvh = 0, c.vd = 512, c.v_in_k = true;
+  std::vector<float> s(2 * 9), o(2 * 512);
+  if (detect_isa() >= Isa::AVX512) EXPECT_TRUE(cpu::avx512::attend_decode(c.args(DType::Q8_0, s.data(), o.data())));
+  if (detect_isa() >= Isa::AVX2) EXPECT_TRUE(cpu::avx2::attend_decode(c.args(DType::F16, s.data(), o.data())));
 }
 
 // The SIMD kernels take every head size that is 1..16 vectors and decline the rest

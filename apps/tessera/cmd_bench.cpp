@@ -283,7 +283,7 @@ int cmd_bench(int argc, char** argv) {
         std::printf("                 at depth %lld: positions %lld..%lld (the bound counts the weights, not the %s of "
                     "keys and values read per token)\n",
                     (long long)depth, (long long)depth, (long long)(depth + tg - 1),
-                    human_bytes(double(depth) * 2.0 * double(c.n_layers) * double(dtype_row_bytes(ro.kv_type, c.kv_dim()))).c_str());
+                    human_bytes(double(depth) * c.kv_bytes_per_token(ro.kv_type)).c_str());
     }
     if (batched_tok_s > 0)
       std::printf("decode  x%-6lld %9.1f tok/s  aggregate, %lld sequences one batch per step = %.2fx one sequence's "

@@ -37,7 +37,7 @@ int cmd_info(int argc, char** argv) {
   static const char* kActs[] = {"", "SwiGLU", "GeGLU", "GELU", "ReLU"};
   if (c.mla())
     std::printf("attention:      latent (MLA): q LoRA rank %lld, kv LoRA rank %lld, key %lld (%lld + %lld RoPE), value %lld; "
-                "the KV cache holds decompressed heads\n",
+                "the KV cache holds the latent (absorbed)\n",
                 (long long)c.mla_q_lora, (long long)c.mla_kv_lora, (long long)c.head_dim,
                 (long long)(c.head_dim - c.mla_rope), (long long)c.mla_rope, (long long)c.mla_v_dim);
   if (!c.is_moe() || c.moe_first_dense > 0)
@@ -112,20 +112,18 @@ int cmd_info(int argc, char** argv) {
     const auto mix = quant_mix_from_ftype(uint32_t(w.file_type));
     std::printf("file type:      %s (llama.cpp file type %lld)\n", mix ? mix->name : "unknown", (long long)w.file_type);
   }
-  const double kv32 = 2.0 * double(c.n_layers) * double(ctx) * double(c.kv_dim()) * 4;
+  const double per_tok = c.kv_bytes_per_token(DType::F16);  // all layers, f16 elements
   std::printf("weights:        %s\n", human_bytes(double(w.weight_bytes())).c_str());
-  std::printf("kv cache @%lld:  %s (f32), %s (f16)\n", (long long)ctx, human_bytes(kv32).c_str(),
-              human_bytes(kv32 / 2).c_str());
-  // Per token, all layers, f16 elements: what this engine caches, and the alternatives the
-  // architecture admits (MLA: the latent c plus the RoPE key, (d_c + d_rope) x layers).
-  const double per_tok = 2.0 * double(c.n_layers) * double(c.kv_dim()) * 2;
+  std::printf("kv cache @%lld:  %s (f32), %s (f16)\n", (long long)ctx,
+              human_bytes(double(ctx) * c.kv_bytes_per_token(DType::F32)).c_str(), human_bytes(double(ctx) * per_tok).c_str());
+  // What this engine caches per token, beside what the alternatives would (MLA: the
+  // latent c plus the RoPE key, (d_c + d_rope) x layers, against per-head K and V).
   if (c.mla())
-    std::printf("kv per token:   %s (f16, decompressed heads); a latent cache would hold %s "
-                "((kv LoRA rank %lld + RoPE %lld) x %lld layers), MHA of these heads %s\n",
-                human_bytes(per_tok).c_str(),
-                human_bytes(double(c.mla_kv_lora + c.mla_rope) * double(c.n_layers) * 2).c_str(),
-                (long long)c.mla_kv_lora, (long long)c.mla_rope, (long long)c.n_layers,
-                human_bytes(double(c.n_layers) * double(c.n_heads) * double(c.head_dim + c.mla_v_dim) * 2).c_str());
+    std::printf("kv per token:   %s (f16, latent: (kv LoRA rank %lld + RoPE %lld) x %lld layers); "
+                "MHA of these heads would need %s (%.1fx)\n",
+                human_bytes(per_tok).c_str(), (long long)c.mla_kv_lora, (long long)c.mla_rope, (long long)c.n_layers,
+                human_bytes(double(c.n_layers) * double(c.n_heads) * double(c.head_dim + c.mla_v_dim) * 2).c_str(),
+                double(c.n_heads) * double(c.head_dim + c.mla_v_dim) / double(c.cache_kv_dim()));
   else
     std::printf("kv per token:   %s (f16)%s\n", human_bytes(per_tok).c_str(),
                 c.n_kv_heads == c.n_heads ? ""

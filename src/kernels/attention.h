@@ -23,8 +23,12 @@ struct DecodeAttnArgs {
   const float* q = nullptr;  // (G, hd), row stride q_stride
   int64_t q_stride = 0;
   int64_t G = 1, hd = 0;
+  // Value elements per head (0: hd). MLA's absorbed form reads its values as the
+  // first vd elements of the key rows (v == k, vd < hd).
+  int64_t vd = 0;
+  int64_t v_dim() const { return vd > 0 ? vd : hd; }
   const void* k = nullptr;   // position j of this KV head at k + j * kv_stride elements (bytes: kv_bytes), (n, hd)
-  const void* v = nullptr;   // the same for values
+  const void* v = nullptr;   // the same for values, (n, v_dim())
   DType kv = DType::F32;     // cache elements: F32, F16, or Q8_0 blocks of 32 (hd a multiple of 32)
   int64_t kv_stride = 0;     // elements between consecutive rows (Q8_0: a multiple of 32)
   // Paged cache (model/kv_cache.h): position j is row blocks[j / block_size] *
@@ -39,13 +43,14 @@ struct DecodeAttnArgs {
   float softcap = 0.f;       // > 0: s = softcap * tanh(s / softcap)
   float* scores = nullptr;   // scratch, G * n floats
   float* lse = nullptr;      // optional (G): each head's log-sum-exp of its capped scores (split-K merging)
-  float* out = nullptr;      // (G, hd), row stride out_stride
+  float* out = nullptr;      // (G, v_dim()), row stride out_stride
   int64_t out_stride = 0;
 };
 
 // out[g] = sum_j softmax_j(cap(scale q[g] . k_j)) v_j over j in [start, n), for each of the G heads.
-// SIMD where the ISA has a kernel for this head size (a multiple of the vector
-// width, up to 256), else the scalar reference.
+// SIMD where the ISA has a kernel for these head sizes (hd == vd, a multiple of
+// the vector width up to 16 vectors; or both multiples of 4 vectors, taken in
+// slices of 4: MLA's 576 / 512), else the scalar reference.
 void attend_decode(Isa isa, const DecodeAttnArgs& a);
 
 // One causal row of a prefill's score matrix, in place: s[0, n) =

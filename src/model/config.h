@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "kernels/ops.h"
 
 namespace tessera {
@@ -100,7 +101,7 @@ struct ModelConfig {
   // q = q_b(rms(q_a x)) (or attn_q x without a q LoRA), [c | k_pe] = kv_a x,
   // [k_nope | v] per head = kv_b(rms(c)); head_dim = key length (nope + rope), RoPE on
   // each head's last mla_rope dims and on the k_pe all heads share. The KV cache holds
-  // the decompressed per-head K and V (V zero-padded to head_dim).
+  // only [c | k_pe] per token (the absorbed form: cache_k_dim() below).
   int64_t mla_q_lora = 0;   // q LoRA rank (0: a plain attn_q)
   int64_t mla_kv_lora = 0;  // compressed KV width
   int64_t mla_rope = 0;     // rotary dims per head (qk_rope_head_dim)
@@ -148,6 +149,24 @@ struct ModelConfig {
   // when no layer slides; Error when the layers' windows differ.
   int64_t common_window(const std::string& where) const;
   int64_t kv_dim() const { return n_kv_heads * head_dim; }
+  // What a layer's KV cache rows hold and the attention kernels see: cache_kv_heads()
+  // heads of cache_k_dim() key elements, whose values are cache_v_dim() elements,
+  // read from separate value rows, or (cache_v_in_k()) from the first cache_v_dim()
+  // elements of the key rows, no value rows stored. Plain: n_kv_heads heads of
+  // head_dim. MLA, absorbed (model/mla.cpp): one head shared by every query head,
+  // key [c | k_pe] (kv LoRA rank + rope), value c: (d_c + d_h^R) per token and layer.
+  int64_t cache_kv_heads() const { return mla() ? 1 : n_kv_heads; }
+  int64_t cache_k_dim() const { return mla() ? mla_kv_lora + mla_rope : head_dim; }
+  int64_t cache_v_dim() const { return mla() ? mla_kv_lora : head_dim; }
+  bool cache_v_in_k() const { return mla(); }
+  int64_t cache_kv_dim() const { return cache_kv_heads() * cache_k_dim(); }  // elements of a cached key row
+  // Elements of the query rows and of the output rows of attention (n_heads of each).
+  int64_t cache_q_dim() const { return n_heads * cache_k_dim(); }
+  int64_t cache_out_dim() const { return n_heads * cache_v_dim(); }
+  // KV cache bytes one token takes over all layers, with elements of type t.
+  double kv_bytes_per_token(DType t) const {
+    return double(cache_v_in_k() ? 1 : 2) * double(n_layers) * double(dtype_row_bytes(t, cache_kv_dim()));
+  }
   float attention_scale() const { return attn_scale > 0.f ? attn_scale : 1.f / std::sqrt(float(head_dim)); }
   int64_t q_dim() const { return n_heads * head_dim; }
   // rope_freq_factors as the divisor array ops::rope_tables takes (null when unscaled).

@@ -58,20 +58,20 @@ constexpr int64_t kSplitKMin = 512;  // keys per split-K chunk, at least
 // merged exactly (merge_attention, kernels/attention.h).
 void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v) {
   const auto& c = w_.cfg;
-  const int64_t group = c.n_heads / c.n_kv_heads, hd = c.head_dim;
-  const int64_t split = std::min<int64_t>(group, (tt.size + c.n_kv_heads - 1) / c.n_kv_heads);
+  const int64_t nkv = c.cache_kv_heads(), group = c.n_heads / nkv, vd = c.cache_v_dim();  // vd: output per head
+  const int64_t split = std::min<int64_t>(group, (tt.size + nkv - 1) / nkv);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
-  const int64_t items = c.n_kv_heads * split, k0 = c.layer(l).first_key(pos), n_keys = pos + 1 - k0;
+  const int64_t items = nkv * split, k0 = c.layer(l).first_key(pos), n_keys = pos + 1 - k0;
   int64_t ks = 1;  // key chunks per item
   if (items % tt.size != 0)
     ks = std::max<int64_t>(1, std::min<int64_t>(tt.size / std::gcd<int64_t>(items, tt.size), n_keys / kSplitKMin));
   const bool prep_per_item = split == 1 && ks == 1;  // else every head is prepared before any item reads it
   if (!prep_per_item) {
-    if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, c.n_kv_heads);
+    if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, nkv);
     tt.barrier();
   }
-  float* part = team_part_.data();                 // split-K: (items, ks, sub, hd) partial outputs
-  float* part_lse = part + items * ks * sub * hd;  // and (items, ks, sub) log-sum-exps
+  float* part = team_part_.data();                 // split-K: (items, ks, sub, vd) partial outputs
+  float* part_lse = part + items * ks * sub * vd;  // and (items, ks, sub) log-sum-exps
   for (int64_t it = tt.rank; it < items * ks; it += tt.size) {
     const int64_t hi = it / ks, chunk = it % ks, kvh = hi / split, g0 = hi % split * sub;
     if (prep_per_item) prep_heads(l, seq, pos, q, k, v, kvh, kvh + 1);
@@ -79,7 +79,7 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, 
     if (ks > 1) {
       a.start = k0 + n_keys * chunk / ks;  // keys [start, n) of this chunk
       a.n = k0 + n_keys * (chunk + 1) / ks;
-      a.out = part + it * sub * hd;
+      a.out = part + it * sub * vd;
       a.lse = part_lse + it * sub;
     }
     attend_decode(tt.isa, a);
@@ -89,11 +89,11 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, 
   for (int64_t hi = tt.rank; hi < items; hi += tt.size) {  // merge the chunks of each query head
     const int64_t kvh = hi / split, g0 = hi % split * sub, G = std::min(sub, group - g0);
     for (int64_t g = 0; g < G; ++g) {
-      float* o = part + (hi * ks * sub + g) * hd;
+      float* o = part + (hi * ks * sub + g) * vd;
       float s = part_lse[hi * ks * sub + g];
       for (int64_t chunk = 1; chunk < ks; ++chunk)
-        merge_attention(o, s, part + ((hi * ks + chunk) * sub + g) * hd, part_lse[(hi * ks + chunk) * sub + g], hd);
-      std::copy(o, o + hd, a_.att + (kvh * group + g0 + g) * hd);
+        merge_attention(o, s, part + ((hi * ks + chunk) * sub + g) * vd, part_lse[(hi * ks + chunk) * sub + g], vd);
+      std::copy(o, o + vd, a_.att + (kvh * group + g0 + g) * vd);
     }
   }
   tt.barrier();

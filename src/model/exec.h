@@ -7,7 +7,7 @@
 //     FFN activation are the thread's own copies (computed redundantly, the same
 //     on every thread), matrix products are shared (team_matmul, a barrier after each).
 // Both give the same logits bit for bit (tests/test_team.cpp).
-// A block sees: x() the residual stream, xn() the normalised input, and
+// A block sees: x() the residual stream, xn() the normalised input, n_rows() the rows, and
 //   rmsnorm(g) / layernorm(g, b)   xn <- norm(x)
 //   rmsnorm_x(g) / layernorm_x(g, b)  x <- norm(x) (post-norm)
 //   matmul(X, {{&W, Y, &b}, ...})  Y <- X W^T + b for each (linear(); rows of X: the executor's)
@@ -16,6 +16,7 @@
 //   gated(g, u) / ungated(h)       the FFN activation (act(g) * u, act(h)); returns where it is
 //   moe(l, in)                     x <- x + the mixture-of-experts feed-forward of in (model/moe.cpp)
 //   rows(f)                        f(t) for each row t, on buffers every thread shares (complete on return)
+//   items(n, f)                    f(i) for i in [0, n) (each for all rows: per-head products), over the threads
 #pragma once
 #include <algorithm>
 
@@ -39,6 +40,7 @@ struct Model::RegionExec {
   KernelContext& ctx;
   int64_t n;  // rows
 
+  int64_t n_rows() const { return n; }
   float* x() const { return m.a_.x; }   // (n, C)
   float* xn() const { return m.a_.xb; }  // (n, C)
   void rmsnorm(const TensorView& g) {
@@ -69,7 +71,7 @@ struct Model::RegionExec {
   void attention(int64_t l, float* q, float* k, float* v, int64_t q_stride, int64_t kv_stride) {
     m.per_token(ctx, n, [&](int64_t t) {
       m.prep_heads(l, m.cseq_[t], m.cpos_[t], q + t * q_stride, k + t * kv_stride, v + t * kv_stride, 0,
-                   m.w_.cfg.n_kv_heads);
+                   m.w_.cfg.cache_kv_heads());
     });
     m.attention(ctx, l, n, q, q_stride);
   }
@@ -90,6 +92,12 @@ struct Model::RegionExec {
   void moe(int64_t l, const float* in) { m.moe_rows(ctx, l, in, n); }
   template <class F>
   void rows(F&& f) { m.per_token(ctx, n, f); }
+  template <class F>
+  void items(int64_t cnt, F&& f) {
+    const int nt = std::min(ctx.n_threads, m.max_threads_);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t i = 0; i < cnt; ++i) f(i);
+  }
 };
 
 struct Model::TeamExec {
@@ -101,6 +109,7 @@ struct Model::TeamExec {
   float* xbp;  // (C) this thread's normalised input (and residual scratch)
   float* hs;   // (H) this thread's FFN activation
 
+  int64_t n_rows() const { return 1; }
   float* x() const { return xp; }
   float* xn() const { return xbp; }
   void rmsnorm(const TensorView& g) {
@@ -141,6 +150,11 @@ struct Model::TeamExec {
   template <class F>
   void rows(F&& f) {
     if (tt.rank == 0) f(0);
+    tt.barrier();
+  }
+  template <class F>
+  void items(int64_t cnt, F&& f) {
+    for (int64_t i = tt.rank; i < cnt; i += tt.size) f(i);
     tt.barrier();
   }
 };

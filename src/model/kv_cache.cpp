@@ -8,7 +8,12 @@
 namespace tessera {
 
 KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
-    : n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), bs_(opt.block_size), n_blocks_(opt.n_blocks), type_(opt.type) {
+    : n_layers_(cfg.n_layers),
+      kv_dim_(cfg.cache_kv_dim()),
+      bs_(opt.block_size),
+      n_blocks_(opt.n_blocks),
+      n_kv_(cfg.cache_v_in_k() ? 1 : 2),
+      type_(opt.type) {
   if (bs_ <= 0) fail("KV cache: block size must be > 0, got ", bs_);
   if (n_blocks_ <= 0) fail("KV cache: the pool needs at least one block, got ", n_blocks_);
   if (n_blocks_ > INT32_MAX) fail("KV cache: ", n_blocks_, " blocks is more than block ids can name");
@@ -17,7 +22,7 @@ KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
   if (kv_dim_ % dtype_block_elems(type_) != 0)
     fail("KV cache: ", dtype_name(type_), " needs key/value rows that are a multiple of ", dtype_block_elems(type_),
          " elements; this model's are ", kv_dim_);
-  const double bytes = 2.0 * double(n_layers_) * double(n_blocks_) * double(bs_) * double(row_bytes());
+  const double bytes = double(n_kv_) * double(n_layers_) * double(n_blocks_) * double(bs_) * double(row_bytes());
   require_memory(bytes, "KV cache of " + std::to_string(n_blocks_) + " blocks of " + std::to_string(bs_) +
                             " positions", "lower -c or the number of KV blocks");
   layer_bytes_ = size_t(n_blocks_ * bs_) * row_bytes();
@@ -133,7 +138,7 @@ void KVCache::copy_block(int32_t dst, int32_t src) {
   const size_t blk = size_t(bs_) * row_bytes();
   for (int64_t l = 0; l < n_layers_; ++l) {
     std::memcpy(k(l) + size_t(dst) * blk, k(l) + size_t(src) * blk, blk);
-    std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);
+    if (!v_in_k()) std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);
   }
 }
 

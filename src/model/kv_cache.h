@@ -6,7 +6,8 @@
 // positions from the end (rejected speculative tokens, a rewound prompt).
 //
 // Storage, per layer: K then V, each (n_blocks * block_size, kv_dim) rows of
-// f32, f16 or Q8_0 blocks (row_bytes() each). A free block is always taken
+// f32, f16 or Q8_0 blocks (row_bytes() each); K only when the model reads its
+// values from the key rows (MLA's latent: ModelConfig::cache_v_in_k, v(l) == k(l)). A free block is always taken
 // lowest id first, so a sequence that grows alone gets consecutive blocks: its
 // keys are one contiguous range and the attention kernels read them as one array.
 #pragma once
@@ -59,10 +60,11 @@ class KVCache {
   }
   const int32_t* block_table(int32_t seq) const { return seqs_[size_t(seq)].blocks.data(); }
   // Keys (then values) of layer l: (rows, kv_dim) elements, row_bytes() per row.
-  uint8_t* k(int64_t l) { return data_.data() + size_t(l) * 2 * layer_bytes_; }
-  uint8_t* v(int64_t l) { return k(l) + layer_bytes_; }
-  const uint8_t* k(int64_t l) const { return data_.data() + size_t(l) * 2 * layer_bytes_; }
-  const uint8_t* v(int64_t l) const { return k(l) + layer_bytes_; }
+  uint8_t* k(int64_t l) { return data_.data() + size_t(l) * n_kv_ * layer_bytes_; }
+  uint8_t* v(int64_t l) { return k(l) + (n_kv_ - 1) * layer_bytes_; }
+  const uint8_t* k(int64_t l) const { return data_.data() + size_t(l) * n_kv_ * layer_bytes_; }
+  const uint8_t* v(int64_t l) const { return k(l) + (n_kv_ - 1) * layer_bytes_; }
+  bool v_in_k() const { return n_kv_ == 1; }
 
   int64_t block_size() const { return bs_; }
   int64_t n_blocks() const { return n_blocks_; }
@@ -84,6 +86,7 @@ class KVCache {
   void copy_block(int32_t dst, int32_t src);
 
   int64_t n_layers_, kv_dim_, bs_, n_blocks_;
+  size_t n_kv_;  // arrays per layer: 2 (K, V), or 1 (values read from the keys)
   DType type_;
   size_t layer_bytes_;  // one of K / V of one layer
   huge_vector<uint8_t> data_;

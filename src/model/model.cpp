@@ -30,8 +30,9 @@ Model::Model(const Weights& w, const RunOptions& opt)
   if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
     fail("context size ", n_ctx_, " exceeds the ", c.max_seq_len, " learned positions of this GPT-2 model");
   max_batch_ = std::max<int64_t>(1, std::min(opt.max_batch, n_ctx_));
-  if (kv_type_ == DType::Q8_0 && c.head_dim % kQK != 0)
-    fail("--kv-type q8_0 stores each head in blocks of ", kQK, " values; this model's head size is ", c.head_dim);
+  if (kv_type_ == DType::Q8_0 && c.cache_k_dim() % kQK != 0)
+    fail("--kv-type q8_0 stores each head in blocks of ", kQK, " values; this model's cached head size is ",
+         c.cache_k_dim());
   max_threads_ = opt.max_threads > 0 ? opt.max_threads : int(std::max(1u, std::thread::hardware_concurrency()));
   if (c.moe_used > kMaxMoeUsed)
     fail("this model selects ", c.moe_used, " experts per token; Tessera runs at most ", kMaxMoeUsed);
@@ -40,28 +41,27 @@ Model::Model(const Weights& w, const RunOptions& opt)
   const int64_t B = max_batch_, C = c.dim, H = std::max(c.hidden_dim, c.moe_shared_hidden), V = c.vocab_size;
   const int64_t E = c.moe_experts, Bk = B * c.moe_used, He = c.moe_hidden;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
-  const int64_t sizes[] = {B * C, B * C, B * qw, B * c.kv_dim(), B * c.kv_dim(), B * c.q_dim(), B * H, B * H,
+  const int64_t kv_arrays = c.cache_v_in_k() ? 1 : 2;  // K and V, or K alone (MLA's latent)
+  const int64_t sizes[] = {B * C, B * C, B * qw, B * std::max(c.kv_dim(), c.cache_kv_dim()),
+                           c.mla() ? 0 : B * c.kv_dim(), B * std::max(c.q_dim(), c.cache_out_dim()), B * H, B * H,
                            int64_t(max_threads_) * score_floats(), B * V,
-                           max_batch_ >= kPrefillGemmRows ? 2 * n_ctx_ * c.kv_dim() : 0,
+                           max_batch_ >= kPrefillGemmRows ? kv_arrays * n_ctx_ * c.cache_kv_dim() : 0,
                            B * E, Bk, Bk * C, Bk * He, Bk * He, Bk * C, E > 0 ? B * C : 0,
-                           B * c.mla_q_lora, B * (c.mla_kv_lora + c.mla_rope), B * c.mla_kv_lora,
-                           c.mla() ? B * c.n_heads * (c.head_dim - c.mla_rope + c.mla_v_dim) : 0,
-                           B * c.n_heads * c.mla_v_dim};
+                           B * c.mla_q_lora, B * (c.mla_kv_lora + c.mla_rope),
+                           c.mla() ? B * c.cache_q_dim() : 0, B * c.n_heads * c.mla_v_dim};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
   const int64_t own_blocks = (n_ctx_ + kv_block_size_ - 1) / kv_block_size_;
-  const double kv = opt.own_cache ? 2.0 * double(c.n_layers) * double(own_blocks * kv_block_size_) *
-                                        double(dtype_row_bytes(kv_type_, c.kv_dim()))
-                                  : 0.0;
+  const double kv = opt.own_cache ? double(own_blocks * kv_block_size_) * c.kv_bytes_per_token(kv_type_) : 0.0;
   require_memory(kv + 4.0 * double(total), "context " + std::to_string(n_ctx_) + ": the KV cache and buffers need",
                  "lower -c");
   arena_.assign(total, 0.f);  // zero-filled: pages are touched now
   float* p = arena_.data();
   float** slots[] = {&a_.x,      &a_.xb,     &a_.q,     &a_.k,     &a_.v,     &a_.att,    &a_.hb,
                      &a_.hb2,    &a_.scores, &a_.logits, &a_.kv32, &a_.router, &a_.moe_w, &a_.moe_x,
-                     &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s, &a_.mla_q, &a_.mla_kva, &a_.mla_c,
-                     &a_.mla_kvb, &a_.mla_att};
+                     &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s, &a_.mla_q, &a_.mla_kva,
+                     &a_.mla_qa, &a_.mla_att};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
@@ -86,7 +86,23 @@ Model::Model(const Weights& w, const RunOptions& opt)
     team_route_.assign(size_t(max_threads_) * team_route_stride_, 0.f);
     team_scratch_.assign(size_t(max_threads_) * team_scratch_stride_, 0);
     // Split-K partial outputs and log-sum-exps: at most 2 n_heads (KV head, query sub-group) rows per key chunk.
-    team_part_.assign(size_t(2 * c.n_heads * max_threads_ * (c.head_dim + 1)), 0.f);
+    team_part_.assign(size_t(2 * c.n_heads * max_threads_ * (c.cache_v_dim() + 1)), 0.f);
+  }
+  if (c.mla()) {  // attn_kv_b as f32 rows for the absorbed products (model/mla.cpp)
+    const int64_t kvb_rows = c.n_heads * (c.head_dim - c.mla_rope + c.mla_v_dim), ckv = c.mla_kv_lora;
+    int64_t n_conv = 0;
+    for (const auto& L : w.layers) n_conv += L.wkv_b.dtype != DType::F32;
+    mla_kvb32_.assign(size_t(n_conv * kvb_rows * ckv), 0.f);
+    float* dst = mla_kvb32_.data();
+    for (const auto& L : w.layers) {
+      if (L.wkv_b.dtype == DType::F32) {
+        mla_kvb_.push_back(L.wkv_b.f32());
+        continue;
+      }
+      for (int64_t r = 0; r < kvb_rows; ++r) dequantize_row(L.wkv_b, r, dst + r * ckv);
+      mla_kvb_.push_back(dst);
+      dst += kvb_rows * ckv;
+    }
   }
   if (opt.own_cache) {
     own_ = std::make_unique<KVCache>(make_cache(own_blocks));
@@ -103,12 +119,13 @@ KVCache Model::make_cache(int64_t n_blocks) const {
 }
 
 int64_t Model::score_rows() const {
-  return std::max(std::min(kQBlock, max_batch_), w_.cfg.n_heads / w_.cfg.n_kv_heads);
+  return std::max(std::min(kQBlock, max_batch_), w_.cfg.n_heads / w_.cfg.cache_kv_heads());
 }
 
 int64_t Model::score_floats() const {
   const int64_t decode = score_rows() * n_ctx_;  // G heads x n positions (attend_decode)
-  const int64_t tile = max_batch_ >= kPrefillGemmRows ? kQBlock * (std::min(kKTile, n_ctx_) + w_.cfg.head_dim + 2) : 0;
+  const int64_t tile =
+      max_batch_ >= kPrefillGemmRows ? kQBlock * (std::min(kKTile, n_ctx_) + w_.cfg.cache_v_dim() + 2) : 0;
   return (std::max(decode, tile) + 15) / 16 * 16;
 }
 
@@ -120,9 +137,10 @@ void Model::check_token(int32_t id, int64_t pos) const {
 void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache) {
   const auto& c = w_.cfg;
   if (n <= 0) fail("forward: no tokens");
-  if (cache.kv_dim() != c.kv_dim() || cache.type() != kv_type_ || cache.k(0) == nullptr)
+  if (cache.kv_dim() != c.cache_kv_dim() || cache.v_in_k() != c.cache_v_in_k() || cache.type() != kv_type_ ||
+      cache.k(0) == nullptr)
     fail("forward: the KV cache was made for another model (kv_dim ", cache.kv_dim(), ", ", dtype_name(cache.type()),
-         "; this model: ", c.kv_dim(), ", ", dtype_name(kv_type_), ")");
+         "; this model: ", c.cache_kv_dim(), ", ", dtype_name(kv_type_), ")");
   // First position and row count of each sequence in the batch (-1: absent).
   seq_first_.assign(seq_first_.size(), -1);
   for (int64_t i = 0; i < n; ++i) {
@@ -250,7 +268,7 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
 void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
-  const int64_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  const int64_t hd = c.cache_k_dim(), group = c.n_heads / c.cache_kv_heads();
   const bool llama = c.arch == Arch::Llama;  // GPT-2: no QK-norm, no RoPE
   const int64_t nr = c.rope_dims();  // RoPE on each head's last nr dims (all of them but MLA's)
   const float* cr = llama ? rope_cos_.data() + pos * (nr / 2) : nullptr;
@@ -265,30 +283,27 @@ void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, 
   for (int64_t h = h0; h < h1; ++h) head(k + h * hd, &L.k_norm);
   const size_t at = size_t(kv_->row(seq, pos)) * kv_->row_bytes() + dtype_row_bytes(kv_type_, h0 * hd);
   const int64_t cnt = (h1 - h0) * hd;
-  uint8_t* kc = kv_->k(l) + at;
-  uint8_t* vc = kv_->v(l) + at;
-  const float* kt = k + h0 * hd;
-  const float* vt = v + h0 * hd;
-  if (kv_type_ == DType::F32) {
-    std::copy(kt, kt + cnt, reinterpret_cast<float*>(kc));
-    std::copy(vt, vt + cnt, reinterpret_cast<float*>(vc));
-  } else {  // f16, or Q8_0 blocks (heads are whole blocks)
-    quantize_row(kv_type_, kt, kc, cnt);
-    quantize_row(kv_type_, vt, vc, cnt);
-  }
+  const auto store = [&](const float* x, uint8_t* dst) {
+    if (kv_type_ == DType::F32) std::copy(x, x + cnt, reinterpret_cast<float*>(dst));
+    else quantize_row(kv_type_, x, dst, cnt);  // f16, or Q8_0 blocks (heads are whole blocks)
+  };
+  store(k + h0 * hd, kv_->k(l) + at);
+  if (!c.cache_v_in_k()) store(v + h0 * hd, kv_->v(l) + at);  // MLA: the values are the keys' latent
 }
 
 DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int64_t kvh, int64_t g0, int64_t G,
                                        const float* q, float* out, int rank) const {
   const auto& c = w_.cfg;
-  const int64_t hd = c.head_dim, kvd = c.kv_dim(), h = kvh * (c.n_heads / c.n_kv_heads) + g0;
+  const int64_t hd = c.cache_k_dim(), vd = c.cache_v_dim(), kvd = c.cache_kv_dim();
+  const int64_t h = kvh * (c.n_heads / c.cache_kv_heads()) + g0;
   DecodeAttnArgs a;
   a.q = q + h * hd;
   a.q_stride = hd;
   a.G = G;
   a.hd = hd;
+  a.vd = vd;
   a.k = kv_->k(l) + dtype_row_bytes(kv_type_, kvh * hd);
-  a.v = kv_->v(l) + dtype_row_bytes(kv_type_, kvh * hd);
+  a.v = kv_->v(l) + dtype_row_bytes(kv_type_, kvh * hd);  // MLA: the key rows (their first vd elements)
   a.kv = kv_type_;
   a.kv_stride = kvd;
   a.blocks = kv_->block_table(seq);
@@ -298,8 +313,8 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int6
   a.scale = c.attention_scale();
   a.softcap = c.attn_softcap;
   a.scores = a_.scores + int64_t(rank) * score_floats();
-  a.out = out + h * hd;
-  a.out_stride = hd;
+  a.out = out + h * vd;
+  a.out_stride = vd;
   return a;
 }
 
@@ -324,17 +339,16 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, 
   // kernel call (the keys and values are read once per group). With fewer
   // (row, KV head) pairs than threads (MQA decode) the groups are split.
   const int nt = std::min(ctx.n_threads, max_threads_);
-  const int64_t group = c.n_heads / c.n_kv_heads;
-  const int64_t pairs = n_short * c.n_kv_heads;
+  const int64_t nkv = c.cache_kv_heads(), group = c.n_heads / nkv;
+  const int64_t pairs = n_short * nkv;
   const int64_t split = std::min<int64_t>(group, (nt + pairs - 1) / pairs);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
   const int64_t items = pairs * split;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t t = short_rows_[size_t(it / (c.n_kv_heads * split))], kvh = it / split % c.n_kv_heads,
-                  g0 = it % split * sub;
+    const int64_t t = short_rows_[size_t(it / (nkv * split))], kvh = it / split % nkv, g0 = it % split * sub;
     const DecodeAttnArgs a = decode_attn_args(l, cseq_[t], cpos_[t], kvh, g0, std::min(sub, group - g0),
-                                              q + t * q_stride, a_.att + t * c.q_dim(), omp_get_thread_num());
+                                              q + t * q_stride, a_.att + t * c.cache_out_dim(), omp_get_thread_num());
     attend_decode(ctx.isa, a);
   }
 }
@@ -342,7 +356,9 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, 
 void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q,
                               int64_t q_stride) {
   const auto& c = w_.cfg;
-  const int64_t hd = c.head_dim, kvd = c.kv_dim(), group = c.n_heads / c.n_kv_heads;
+  const int64_t hd = c.cache_k_dim(), vd = c.cache_v_dim(), kvd = c.cache_kv_dim();
+  const int64_t group = c.n_heads / c.cache_kv_heads();
+  const bool v_in_k = c.cache_v_in_k();  // MLA: the values are the first vd elements of the key rows
   const float scale = c.attention_scale();
   const int nt = std::min(ctx.n_threads, max_threads_);
   const int32_t seq = cseq_[t0];
@@ -360,7 +376,7 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
   map.block_size = kv_->block_size();
   if (kv_type_ == DType::F32 && map.run_end(0, n_vis) == n_vis) {
     K = reinterpret_cast<const float*>(kv_->k(l)) + map.row(0) * kvd;
-    Vv = reinterpret_cast<const float*>(kv_->v(l)) + map.row(0) * kvd;
+    Vv = v_in_k ? K : reinterpret_cast<const float*>(kv_->v(l)) + map.row(0) * kvd;
   } else {
     const int64_t rows_all = kv_->n_blocks() * kv_->block_size();
     const TensorView kh = make_view(kv_type_, {rows_all, kvd}, kv_->k(l)),
@@ -370,9 +386,9 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
     const int64_t k0 = lc.first_key(pos);  // keys before a sliding window's start are never read
     per_token(ctx, n_vis - k0, [&](int64_t p) {
       dequantize_row(kh, map.row(k0 + p), k32 + (k0 + p) * kvd);
-      dequantize_row(vh, map.row(k0 + p), v32 + (k0 + p) * kvd);
+      if (!v_in_k) dequantize_row(vh, map.row(k0 + p), v32 + (k0 + p) * kvd);
     });
-    K = k32, Vv = v32;
+    K = k32, Vv = v_in_k ? k32 : v32;
   }
   // FlashAttention's forward: each block of query rows meets the keys in tiles
   // of kKTile; a row keeps its running max M and sum L, and its unnormalised
@@ -385,10 +401,10 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
     const int64_t b = it / c.n_heads, h = it % c.n_heads, kvh = h / group;
     const int64_t r0 = b * kQBlock, nr = std::min(kQBlock, rows - r0), n_keys = pos + r0 + nr;
     float* S = a_.scores + int64_t(omp_get_thread_num()) * score_floats();  // (nr, <= kt) one tile
-    float* O = S + kQBlock * kt;                                            // (nr, hd) unnormalised output
-    float* M = O + kQBlock * hd;                                            // (nr) running max
+    float* O = S + kQBlock * kt;                                            // (nr, vd) unnormalised output
+    float* M = O + kQBlock * vd;                                            // (nr) running max
     float* L = M + kQBlock;                                                 // (nr) running sum
-    std::fill(O, O + nr * hd, 0.f);
+    std::fill(O, O + nr * vd, 0.f);
     std::fill(M, M + nr, -INFINITY);
     std::fill(L, L + nr, 0.f);
     const float* qb = q + (t0 + r0) * q_stride + h * hd;
@@ -401,7 +417,7 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
         if (a >= e) {  // no key of this tile (its own keys all came before)
           std::fill(row, row + w, 0.f);
           if (j1 == n_keys)
-            for (int64_t i = 0; i < hd; ++i) O[r * hd + i] /= L[r];
+            for (int64_t i = 0; i < vd; ++i) O[r * vd + i] /= L[r];
           continue;
         }
         std::fill(row, row + a, 0.f);
@@ -415,12 +431,12 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
           alpha *= inv;
         }
         if (alpha != 1.f)
-          for (int64_t i = 0; i < hd; ++i) O[r * hd + i] *= alpha;
+          for (int64_t i = 0; i < vd; ++i) O[r * vd + i] *= alpha;
       }
-      sgemm(false, false, nr, hd, w, 1.f, S, w, Vv + j0 * kvd + kvh * hd, kvd, 1.f, O, hd);  // O += P V
+      sgemm(false, false, nr, vd, w, 1.f, S, w, Vv + j0 * kvd + kvh * hd, kvd, 1.f, O, vd);  // O += P V
     }
     for (int64_t r = 0; r < nr; ++r)
-      std::copy(O + r * hd, O + (r + 1) * hd, a_.att + (t0 + r0 + r) * c.q_dim() + h * hd);
+      std::copy(O + r * vd, O + (r + 1) * vd, a_.att + (t0 + r0 + r) * c.cache_out_dim() + h * vd);
   }
 }
 

@@ -76,9 +76,9 @@ class Model {
     float* x;       // (B, C) residual stream
     float* xb;      // (B, C) normalised input
     float* q;       // (B, q_dim)   (GPT-2: (B, 3C) fused qkv)
-    float* k;       // (B, kv_dim)
+    float* k;       // (B, kv_dim) (MLA: (B, cache_kv_dim) latent rows [c | k_pe])
     float* v;       // (B, kv_dim)
-    float* att;     // (B, q_dim) attention output
+    float* att;     // (B, max(q_dim, cache_out_dim)) attention output
     float* hb;      // (B, H)
     float* hb2;     // (B, H)
     float* scores;  // (threads, score_floats()): decode scores (score_rows(), n_ctx) or a prefill tile
@@ -91,10 +91,9 @@ class Model {
     float* moe_s;   // (B, C) shared expert output
     float* mla_q;   // (B, q LoRA rank)            latent attention (MLA)
     float* mla_kva; // (B, kv LoRA rank + rope)
-    float* mla_c;   // (B, kv LoRA rank) normalised latent
-    float* mla_kvb; // (B, n_heads (nope + v))
-    float* mla_att; // (B, n_heads v) attention output without the V padding
-    float* kv32;    // one sequence's keys then values of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, kv_dim)
+    float* mla_qa;  // (B, n_heads (kv LoRA rank + rope)) absorbed queries
+    float* mla_att; // (B, n_heads v) value up-projection of the attention output
+    float* kv32;    // one sequence's keys (then values) of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, cache_kv_dim)
     float* logits;  // (B, V)
   };
   // The legacy single-sequence call as a batch of sequence 0 of the own cache.
@@ -194,6 +193,11 @@ class Model {
   // Per team thread: MoE routing scratch (probabilities (E), weights (k), selection (k)).
   aligned_vector<float> team_route_;
   aligned_vector<float> team_part_;  // split-K partial attention outputs (team_attention)
+  // MLA: each layer's attn_kv_b as f32 rows (n_heads (nope + v), kv LoRA rank), for
+  // the absorbed products: the file's own data when it is f32, else dequantized
+  // once into mla_kvb32_.
+  std::vector<const float*> mla_kvb_;
+  aligned_vector<float> mla_kvb32_;
   size_t team_route_stride_ = 0;
 };
 

@@ -37,8 +37,9 @@ inline const void* attn_row(const tessera::DecodeAttnArgs& a, const void* base, 
 }
 
 // Scores of head q for positions [j0, j1) into s (indexed by position); their
-// rows are consecutive, position j0's at kb.
-template <class V, int NV, int KV>
+// rows are consecutive, position j0's at kb. ADD: added to s (a later slice of
+// a head wider than NV vectors).
+template <class V, int NV, int KV, bool ADD = false>
 void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float* q, int64_t j0, int64_t j1,
                    float* s) {
   using R = typename V::reg;
@@ -52,12 +53,13 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float
     for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0 + r) * st));
     for (int v = 1; v < NV; ++v)
       for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0 + r) * st + W * v), acc[r]);
-    _mm_storeu_ps(s + j, _mm_mul_ps(V::hsum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(a.scale)));
+    const __m128 d = _mm_mul_ps(V::hsum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(a.scale));
+    _mm_storeu_ps(s + j, ADD ? _mm_add_ps(_mm_loadu_ps(s + j), d) : d);
   }
   for (; j < j1; ++j) {
     R acc = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0) * st));
     for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0) * st + W * v), acc);
-    s[j] = V::reduce_add(acc) * a.scale;
+    s[j] = ADD ? s[j] + V::reduce_add(acc) * a.scale : V::reduce_add(acc) * a.scale;
   }
 }
 
@@ -133,22 +135,28 @@ void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float
 // the rows stop being consecutive.
 template <class V, int NV, int KV>
 void attend_group(const tessera::DecodeAttnArgs& a) {
-  const int64_t n = a.n;
+  const int64_t n = a.n, sw = int64_t(NV) * V::W;  // slice width: heads wider than NV vectors go in slices
+  const int64_t vd = a.v_dim();
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
     const void* k = attn_row(a, a.k, a.row(j0) * a.kv_stride);
-    for (int64_t g = 0; g < a.G; ++g) attend_scores<V, NV, KV>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
+    for (int64_t g = 0; g < a.G; ++g) {
+      attend_scores<V, NV, KV>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
+      for (int64_t i = sw; i < a.hd; i += sw)
+        attend_scores<V, NV, KV, true>(a, attn_row(a, k, i), a.q + g * a.q_stride + i, j0, j1, a.scores + g * n);
+    }
   }
   for (int64_t g = 0; g < a.G; ++g) {
     const float lse = attend_softmax<V>(a.scores + g * n + a.start, n - a.start, a.softcap);
     if (a.lse) a.lse[g] = lse;
-    std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + a.hd, 0.f);
+    std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + vd, 0.f);
   }
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
     const void* v = attn_row(a, a.v, a.row(j0) * a.kv_stride);
     for (int64_t g = 0; g < a.G; ++g)
-      attend_values<V, NV, KV>(a, v, a.scores + g * n, j0, j1, a.out + g * a.out_stride);
+      for (int64_t i = 0; i < vd; i += sw)
+        attend_values<V, NV, KV>(a, attn_row(a, v, i), a.scores + g * n, j0, j1, a.out + g * a.out_stride + i);
   }
 }
 
@@ -159,13 +167,18 @@ void attend_heads(const tessera::DecodeAttnArgs& a) {
   else attend_group<V, NV, kF32>(a);
 }
 
-// Head sizes of 1..16 vectors; false for any other (the caller falls back to the reference).
+// Head sizes (hd == vd) of 1..16 vectors; or hd and vd multiples of 4 vectors
+// (slices of 4, whole Q8_0 blocks at 8 and 16 lanes); false for any other (the
+// caller falls back to the reference).
 template <class V, int NV = 1>
 bool attend_dispatch(const tessera::DecodeAttnArgs& a) {
   if constexpr (NV > 16) {
-    return false;
+    constexpr int64_t sw = 4 * V::W;
+    if (a.hd % sw != 0 || a.v_dim() % sw != 0) return false;
+    attend_heads<V, 4>(a);
+    return true;
   } else {
-    if (a.hd == int64_t(NV) * V::W) {
+    if (a.hd == int64_t(NV) * V::W && a.v_dim() == a.hd) {
       attend_heads<V, NV>(a);
       return true;
     }

@@ -51,9 +51,10 @@ void attend_decode(const DecodeAttnArgs& a) {
     const float lse = attend_softmax_row(s + j0, m, m, a.softcap);
     if (a.lse) a.lse[g] = lse;
     float* o = a.out + g * a.out_stride;
-    std::fill(o, o + a.hd, 0.f);
+    const int64_t vd = a.v_dim();
+    std::fill(o, o + vd, 0.f);
     for (int64_t j = j0; j < a.n; ++j)
-      for (int64_t i = 0; i < a.hd; ++i) o[i] += s[j] * elem(a.v, a.kv, a.row(j) * a.kv_stride + i);
+      for (int64_t i = 0; i < vd; ++i) o[i] += s[j] * elem(a.v, a.kv, a.row(j) * a.kv_stride + i);
   }
 }
 
