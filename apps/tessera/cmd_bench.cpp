@@ -81,7 +81,7 @@ int cmd_bench(int argc, char** argv) {
   bool json = false;
   app.add_option("-m,--model", model, "model file or directory (or synthetic:NAME[:TYPE])");
   app.add_option("--synthetic", synthetic, "random-weight model instead of a file: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b (8 experts, top-2: "
-                 "1b's active parameters), moe-tiny, moe-tiny-shared");
+                 "1b's active parameters), moe-tiny, moe-tiny-shared, mla-tiny, mla-1b (1b with DeepSeek-V2-Lite's latent attention)");
   app.add_option("--type", type_name, "weight type for --synthetic: a type (every matrix: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, "
                  "iq4_nl, q2_k .. q6_k) or a llama.cpp mix (q4_k_m, q3_k_s, ...: its per-tensor types)")
       ->check(CLI::Validator(

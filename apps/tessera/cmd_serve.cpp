@@ -451,7 +451,14 @@ int cmd_serve(int argc, char** argv) {
   }
   if (listen_fd >= 0 && ::listen(listen_fd, 1024) != 0)
     std::fprintf(stderr, "tessera: warning: cannot deepen the accept queue: %s\n", std::strerror(errno));
-  std::thread http([&] { svr.listen_after_bind(); });
+  // The accept loop on its own thread; wait until it runs, so that the watch below (and svr.stop() on a
+  // failed load) never mistake a thread not yet scheduled for a listener that ended.
+  std::atomic<bool> http_ended{false};
+  std::thread http([&] {
+    svr.listen_after_bind();
+    http_ended = true;
+  });
+  while (!svr.is_running() && !http_ended) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::fprintf(stderr, "tessera: listening on http://%s:%d (loading the model)\n", sa.host.c_str(), port);
   try {
     S.ma.own_cache = false;
@@ -479,7 +486,7 @@ int cmd_serve(int argc, char** argv) {
   std::fprintf(stderr, "tessera: ready: %d parallel sequences, context %lld, %lld KV blocks, chat template %s\n",
                sa.parallel, (long long)S.engine->options().ctx_size, (long long)g.kv_blocks_total, S.tmpl->name().c_str());
   install_stop_handlers();
-  while (!*stop_requested() && svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  while (!*stop_requested() && !http_ended) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::fprintf(stderr, "tessera: shutting down (%s)\n",
                *stop_requested() ? "signal" : "the HTTP listener stopped: cpp-httplib's accept loop ended");
   S.engine->shutdown();  // open streams end with an error event, so their handlers return

@@ -66,12 +66,18 @@ ModelConfig synthetic_config(const std::string& name) {
     c.mla_q_lora = 192, c.mla_kv_lora = 128, c.mla_rope = 32, c.mla_v_dim = 64;
     c.moe_experts = 8, c.moe_used = 2, c.moe_hidden = 128, c.moe_shared_hidden = 128, c.moe_first_dense = 1;
     c.moe_gate = MoeGate::Sigmoid, c.moe_norm_topk = true, c.moe_scale = 2.5f;
+    c.head_dim = 96;  // key length: 64 nope + 32 rope
+  } else if (name == "mla-1b") {  // "1b" with DeepSeek-V2-Lite's latent attention (no q LoRA, d_c 512, heads 128 + 64 RoPE)
+    c.dim = 2048, c.n_layers = 16, c.n_heads = 16, c.n_kv_heads = 16, c.hidden_dim = 5632, c.vocab_size = 32000;
+    c.max_seq_len = 2048;
+    c.mla_kv_lora = 512, c.mla_rope = 64, c.mla_v_dim = 128;
+    c.head_dim = 192;
   } else {
     fail("unknown synthetic model '", name,
-         "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b, moe-15m, moe-tiny, moe-tiny-shared, mla-tiny)");
+         "' (known: 1b, 15m, 260k, gpt2-tiny, gpt2-124m, moe-1b, moe-15m, moe-tiny, moe-tiny-shared, mla-tiny, mla-1b)");
   }
   c.set_moe_layers();
-  c.head_dim = c.mla() ? 96 : c.dim / c.n_heads;  // MLA: key length 64 nope + 32 rope
+  if (c.head_dim == 0) c.head_dim = c.dim / c.n_heads;
   c.name = "synthetic-" + name;
   c.validate("synthetic " + name);
   return c;
