@@ -2,15 +2,20 @@
 // model against a float64 reference written here from the expanded definition
 // (per-head keys and values decompressed from the latent, no absorption), past
 // one prefill key tile, token by token and in chunks, with f32, f16 and Q8_0
-// latent caches; and the cache holding only [c | k_pe] per token and layer.
+// latent caches; the cache holding only [c | k_pe] per token and layer; and
+// dense latent-attention models through Hugging Face's DeepseekV2ForCausalLM.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <vector>
 
+#include "formats/model_io.h"
 #include "model/model.h"
 #include "model/synthetic.h"
+#include "model_test_util.h"
+#include "test_util.h"
 
 using namespace tessera;
 
@@ -164,4 +169,28 @@ TEST(Mla, CacheHoldsOnlyTheLatent) {
   KVCache pc(plain, o);
   EXPECT_FALSE(pc.v_in_k());
   EXPECT_EQ(pc.bytes(), size_t(plain.n_layers * 10 * 32 * plain.kv_dim() * 2 * 2));
+}
+
+// A dense latent-attention model, with and without a q LoRA, as DeepseekV2ForCausalLM
+// (n_routed_experts null) and back: the same config and the same logits bit for bit.
+TEST(Mla, HuggingFaceRoundTripOfDenseModels) {
+  for (int64_t q_lora : {int64_t(192), int64_t(0)}) {
+    ModelConfig cfg = dense_mla_config();
+    cfg.mla_q_lora = q_lora;
+    const Weights w = make_random_weights(cfg, DType::F32, 3, 2);
+    const std::string dir = test::temp_path("mla_hf_" + std::to_string(q_lora));
+    save_hf(w, dir);
+    const Weights back = load_hf_weights(dir);
+    EXPECT_EQ(back.cfg.mla_q_lora, q_lora);
+    EXPECT_EQ(back.cfg.mla_kv_lora, cfg.mla_kv_lora);
+    EXPECT_EQ(back.cfg.mla_rope, cfg.mla_rope);
+    EXPECT_EQ(back.cfg.mla_v_dim, cfg.mla_v_dim);
+    EXPECT_EQ(back.cfg.head_dim, cfg.head_dim);
+    EXPECT_FALSE(back.cfg.is_moe());
+    std::vector<int32_t> ids;
+    for (int32_t i = 0; i < 40; ++i) ids.push_back((i * 53 + 11) % int32_t(cfg.vocab_size));
+    EXPECT_EQ(test::max_abs_diff(test::chunked_logits(w, ids, 40, 2), test::chunked_logits(back, ids, 40, 2)), 0.0)
+        << "q LoRA " << q_lora;
+    std::filesystem::remove_all(dir);
+  }
 }

@@ -10,6 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
+
+#include <nlohmann/json.hpp>
 
 #include "cli_util.h"
 #include "model_test_util.h"
@@ -67,16 +70,24 @@ TEST(MoE, MatchesLlamaCppLogits) {
 
 TEST(MoE, SafetensorsRoundTrip) {
   TESSERA_REQUIRE_SHARED("reference/arch/mixtral.gguf");
-  for (const std::string name : {"mixtral", "qwen2moe"}) {
+  // DeepSeek-V2 (softmax, x scale) and -V3 (sigmoid, selection bias, renormalised, x scale) with
+  // latent attention and a leading dense layer: DeepseekV2ForCausalLM / DeepseekV3ForCausalLM.
+  for (const std::string name : {"mixtral", "qwen2moe", "deepseek2", "deepseek2_v3"}) {
     const LoadedModel lm = load_model(test::shared_path("reference/arch/" + name + ".gguf"));
     const auto ids = read_ids(test::shared_path("reference/arch/" + name + ".tokens.txt"));
     const std::string dir = test::temp_path("moe_hf_" + name), back = dir + ".gguf";
     fs::remove_all(dir);
     save_hf(lm.weights, dir);
     const Weights hf = load_hf_weights(dir);
-    EXPECT_EQ(hf.cfg.moe_experts, lm.weights.cfg.moe_experts);
-    EXPECT_EQ(hf.cfg.moe_norm_topk, lm.weights.cfg.moe_norm_topk) << name;
-    EXPECT_EQ(hf.cfg.moe_shared_hidden, lm.weights.cfg.moe_shared_hidden) << name;
+    const ModelConfig &hc = hf.cfg, &gc = lm.weights.cfg;
+    EXPECT_EQ(hc.moe_experts, gc.moe_experts);
+    EXPECT_EQ(hc.moe_norm_topk, gc.moe_norm_topk) << name;
+    EXPECT_EQ(hc.moe_shared_hidden, gc.moe_shared_hidden) << name;
+    EXPECT_EQ(hc.router_desc(), gc.router_desc()) << name;
+    EXPECT_EQ(hc.moe_first_dense, gc.moe_first_dense) << name;
+    EXPECT_EQ(hc.mla_kv_lora, gc.mla_kv_lora) << name;
+    EXPECT_EQ(hc.mla_q_lora, gc.mla_q_lora) << name;
+    EXPECT_EQ(hc.head_dim, gc.head_dim) << name;
     const auto a = run(lm.weights, ids, 40), b = run(hf, ids, 40);
     // Mixtral's GGUF q/k rows are in llama.cpp's interleaved RoPE order, the HF ones half-split:
     // the same math in another order. Qwen2-MoE is half-split in both: identical.
@@ -310,13 +321,39 @@ TEST(MoE, DeepSeekGgufRoundTrip) {
                           "MHA of these heads would need 960 B (5.0x)"),
             std::string::npos)
       << info.out;
-  // Hugging Face output of MLA models is not there yet: refused, not written wrong.
+  // What no transformers DeepSeek class computes is refused, not written wrong.
+  Weights capped = lm.weights;
+  capped.cfg.attn_softcap = 30.f;
   try {
-    save_hf(lm.weights, test::temp_path("ds_hf"));
-    ADD_FAILURE() << "wrote an MLA model as safetensors";
+    save_hf(capped, test::temp_path("ds_hf"));
+    ADD_FAILURE() << "wrote a soft-capped MLA model as safetensors";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("latent-attention"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no transformers DeepSeek class"), std::string::npos) << e.what();
   }
+  // config.json routing this engine does not compute: refused, naming the field.
+  const std::string dir = test::temp_path("ds_hf_cfg");
+  fs::remove_all(dir);
+  save_hf(lm.weights, dir);
+  const std::string cfg_path = dir + "/config.json";
+  std::ifstream in(cfg_path);
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  in.close();
+  for (const auto& [key, value, want] :
+       {std::tuple{"topk_group", nlohmann::json(1), std::string("topk_group 1 of n_group 8")},
+        std::tuple{"scoring_func", nlohmann::json("tanh"), std::string("scoring_func 'tanh'")},
+        std::tuple{"moe_layer_freq", nlohmann::json(2), std::string("moe_layer_freq")}}) {
+    nlohmann::json bad = cfg;
+    bad[key] = value;
+    if (std::string(key) == "topk_group") bad["n_group"] = 8;
+    std::ofstream(cfg_path) << bad.dump();
+    try {
+      load_hf_weights(dir);
+      ADD_FAILURE() << "loaded config.json with " << key << " = " << value.dump();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  }
+  fs::remove_all(dir);
   fs::remove(path);
 }
 

@@ -81,7 +81,7 @@ json hf_rope_scaling(const ModelConfig& c, const std::string& dir) {
     if (*u == 1.f) return nullptr;
     return {{"rope_type", "linear"}, {"factor", *u}};
   }
-  if (auto s = fit_llama3_rope(f, c.rope_theta, c.head_dim))
+  if (auto s = fit_llama3_rope(f, c.rope_theta, c.rope_dims()))
     return {{"rope_type", "llama3"},
             {"factor", s->factor},
             {"low_freq_factor", s->low_freq_factor},
@@ -126,6 +126,57 @@ std::string expert_name(std::string pattern, int64_t e) {
   return at == std::string::npos ? pattern : pattern.replace(at, 3, std::to_string(e));
 }
 
+bool is_deepseek(const std::string& arch) { return arch == "DeepseekV2ForCausalLM" || arch == "DeepseekV3ForCausalLM"; }
+
+// An integer field that may be null or absent (then `def`).
+int64_t get_int_or(const json& j, const std::string& path, const char* key, int64_t def) {
+  return j.contains(key) && !j[key].is_null() ? get_int(j, path, key) : def;
+}
+
+// DeepSeek-V2/V3 latent attention: q_lora_rank (null: a plain q_proj), kv_lora_rank,
+// qk_nope_head_dim + qk_rope_head_dim (the key length), v_head_dim. RoPE on
+// interleaved pairs of the stored layout (transformers' DeepSeek code regroups
+// them itself), so the weights load unpermuted.
+void read_hf_mla(const json& cfg, const std::string& path, ModelConfig& c) {
+  c.mla_q_lora = get_int_or(cfg, path, "q_lora_rank", 0);
+  c.mla_kv_lora = get_int(cfg, path, "kv_lora_rank");
+  c.mla_rope = get_int(cfg, path, "qk_rope_head_dim");
+  c.mla_v_dim = get_int(cfg, path, "v_head_dim");
+  c.head_dim = get_int(cfg, path, "qk_nope_head_dim") + c.mla_rope;
+  c.rope_style = ops::RopeStyle::Interleaved;
+  if (cfg.value("attention_bias", false)) fail(path, ": attention_bias true is not supported for latent attention");
+}
+
+// DeepSeek's experts: n_routed_experts (null: a dense model), num_experts_per_tok,
+// moe_intermediate_size, n_shared_experts of that width (one matrix of their summed
+// width), first_k_dense_replace, scoring_func softmax | sigmoid, topk_method greedy |
+// noaux_tc (DeepSeek-V3's selection bias e_score_correction_bias), norm_topk_prob,
+// routed_scaling_factor (V2's code scales only unrenormalised weights, V3's always).
+void read_hf_deepseek_moe(const json& cfg, const std::string& path, const std::string& arch, ModelConfig& c) {
+  c.moe_experts = get_int_or(cfg, path, "n_routed_experts", 0);
+  if (c.moe_experts == 0) return;
+  c.moe_used = get_int(cfg, path, "num_experts_per_tok");
+  c.moe_hidden = get_int(cfg, path, "moe_intermediate_size");
+  c.moe_shared_hidden = get_int_or(cfg, path, "n_shared_experts", 0) * c.moe_hidden;
+  c.moe_first_dense = get_int_or(cfg, path, "first_k_dense_replace", 0);
+  if (get_int_or(cfg, path, "moe_layer_freq", 1) != 1)
+    fail(path, ": moe_layer_freq other than 1 (dense layers among MoE ones) is not supported");
+  const std::string score = cfg.value("scoring_func", std::string("softmax"));
+  if (score == "sigmoid") c.moe_gate = MoeGate::Sigmoid;
+  else if (score != "softmax") fail(path, ": scoring_func '", score, "' is not supported (softmax, sigmoid)");
+  const std::string method = cfg.value("topk_method", std::string("greedy"));
+  if (method != "greedy" && method != "noaux_tc" && method != "group_limited_greedy")
+    fail(path, ": topk_method '", method, "' is not supported (greedy, group_limited_greedy, noaux_tc)");
+  const int64_t groups = get_int_or(cfg, path, "n_group", 1), topk_groups = get_int_or(cfg, path, "topk_group", groups);
+  if (method != "greedy" && topk_groups < groups)
+    fail(path, ": group-limited routing (topk_group ", topk_groups, " of n_group ", groups,
+         ") is not supported: experts would be chosen from all groups");
+  c.moe_norm_topk = cfg.value("norm_topk_prob", false);
+  const float scale = cfg.contains("routed_scaling_factor") && cfg["routed_scaling_factor"].is_number()
+                          ? cfg["routed_scaling_factor"].get<float>() : 1.f;
+  c.moe_scale = arch == "DeepseekV2ForCausalLM" && c.moe_norm_topk ? 1.f : scale;
+}
+
 // Mixture-of-experts fields of config.json: Mixtral's num_local_experts (the
 // expert width is intermediate_size, weights renormalised), Qwen2-MoE's
 // num_experts, moe_intermediate_size, shared_expert_intermediate_size (a
@@ -147,6 +198,8 @@ void read_hf_moe(const json& cfg, const std::string& path, const std::string& ar
     c.moe_every = cfg.value("decoder_sparse_step", int64_t(1));
     if (cfg.contains("mlp_only_layers") && cfg["mlp_only_layers"].is_array() && !cfg["mlp_only_layers"].empty())
       fail(path, ": mlp_only_layers (dense layers among MoE ones) is not supported");
+  } else if (is_deepseek(arch)) {
+    read_hf_deepseek_moe(cfg, path, arch, c);
   }
 }
 
@@ -191,7 +244,8 @@ Weights load_hf_weights(const std::string& dir) {
         cfg["rope_parameters"].contains("rope_theta") && cfg["rope_parameters"]["rope_theta"].is_number())
       c.rope_theta = cfg["rope_parameters"]["rope_theta"].get<float>();
     c.rope_style = ops::RopeStyle::HalfSplit;
-    if (c.head_dim > 0) c.rope_freq_factors = hf_rope_factors(cfg, cpath, c.rope_theta, c.head_dim);
+    if (is_deepseek(archname)) read_hf_mla(cfg, cpath, c);
+    if (c.rope_dims() > 0) c.rope_freq_factors = hf_rope_factors(cfg, cpath, c.rope_theta, c.rope_dims());
     // hidden_act (Gemma: hidden_activation) of the gated MLP: silu = SwiGLU, tanh-GELU = GeGLU.
     const char* act_key = cfg.contains("hidden_act") ? "hidden_act" : "hidden_activation";
     const std::string act = cfg.contains(act_key) && cfg[act_key].is_string() ? cfg[act_key].get<std::string>() : "silu";
@@ -297,6 +351,8 @@ Weights load_hf_weights(const std::string& dir) {
     if (used.count(name) || ends(".attn.bias") || ends(".attn.masked_bias") || ends(".rotary_emb.inv_freq")) continue;
     fail(dir, ": tensor ", name, " is not part of the ", archname, " model as Tessera runs it (unsupported feature)");
   }
+  if (c.is_moe() && cfg.value("topk_method", std::string()) == "noaux_tc" && !c.moe_score_bias)
+    fail(dir, ": topk_method noaux_tc needs each MoE layer's mlp.gate.e_score_correction_bias; the file has none");
   c.validate(cpath);
   w.owners.push_back(shared);
   norms_to_f32(w);
@@ -308,19 +364,34 @@ Weights load_hf_weights(const std::string& dir) {
 }
 
 void save_hf(const Weights& in, const std::string& dir) {
-  const Weights w = with_rope_style(in, ops::RopeStyle::HalfSplit);
+  // transformers' Llama family rotates half-split heads; its DeepSeek code takes the interleaved layout.
+  const Weights w = in.cfg.mla() ? in : with_rope_style(in, ops::RopeStyle::HalfSplit);
   const auto& c = w.cfg;
   const json rope_scaling = c.arch == Arch::Llama ? hf_rope_scaling(c, dir) : json();  // may fail: before any file
   const int64_t window = c.common_window(dir);
   if (c.norm_placement == NormPlacement::Post)
     fail(dir, ": config.json has no key for post-norm blocks; write GGUF instead");
-  if (c.mla()) fail(dir, ": Hugging Face output of latent-attention (DeepSeek) models is not supported yet; write GGUF instead");
+  if (c.mla() && (c.rope_style != ops::RopeStyle::Interleaved || c.qkv_bias || c.qk_norm || window > 0 ||
+                  c.post_norms || c.attn_softcap > 0.f || c.final_softcap > 0.f || c.embed_scale > 0.f ||
+                  c.attn_scale > 0.f || c.activation() != FfnAct::SwiGLU))
+    fail(dir, ": no transformers DeepSeek class computes this latent-attention model (half-split RoPE, biases, "
+              "QK-norm, windows, soft-caps, scales or a non-SwiGLU feed-forward); write GGUF instead");
   if (window > 0 && c.arch != Arch::Llama)
     fail(dir, ": config.json has no sliding-window keys for ", arch_name(c.arch), "; write GGUF instead");
   // Mixture-of-experts models transformers runs: Mixtral (softmax, renormalised, no shared
   // expert), Qwen2-MoE (softmax, a gated shared expert, q/k/v biases).
-  const bool mixtral = c.is_moe() && c.moe_shared_hidden == 0;
-  if (c.is_moe()) {
+  const bool mixtral = c.is_moe() && c.moe_shared_hidden == 0 && !c.mla();
+  // DeepSeek (latent attention; experts optional): V3's class when the router is sigmoid + selection bias.
+  const bool v3 = c.mla() && c.is_moe() && c.moe_gate == MoeGate::Sigmoid;
+  if (c.mla() && c.is_moe()) {
+    std::string why;
+    if (c.moe_every != 1) why = "dense layers between the MoE ones";
+    else if (c.moe_shared_gate) why = "a gated shared expert";
+    else if (c.moe_shared_hidden % c.moe_hidden != 0) why = "a shared width that is not a whole number of experts";
+    else if (v3 != c.moe_score_bias) why = "its router (" + c.router_desc() + "): V2 is softmax without bias, V3 sigmoid with one";
+    else if (!v3 && c.moe_norm_topk && c.moe_scale != 1.f) why = "renormalised weights with a scale (V2 scales only unrenormalised ones)";
+    if (!why.empty()) fail(dir, ": no transformers DeepSeek class computes this model (", why, "); write GGUF instead");
+  } else if (c.is_moe()) {
     std::string why;
     if (c.moe_gate != MoeGate::Softmax || c.moe_score_bias || c.moe_scale != 1.f) why = "its router (" + c.router_desc() + ")";
     else if (c.moe_first_dense > 0) why = "its leading dense layers";
@@ -351,7 +422,32 @@ void save_hf(const Weights& in, const std::string& dir) {
   }
   cfg["vocab_size"] = c.vocab_size;
   cfg["tie_word_embeddings"] = c.tied_embeddings;
-  if (c.arch == Arch::Llama) {
+  if (c.mla()) {
+    cfg["architectures"] = {v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
+    cfg["model_type"] = v3 ? "deepseek_v3" : "deepseek_v2";
+    cfg["q_lora_rank"] = c.mla_q_lora > 0 ? json(c.mla_q_lora) : json(nullptr);
+    cfg["kv_lora_rank"] = c.mla_kv_lora;
+    cfg["qk_nope_head_dim"] = c.head_dim - c.mla_rope;
+    cfg["qk_rope_head_dim"] = c.mla_rope;
+    cfg["v_head_dim"] = c.mla_v_dim;
+    cfg["attention_bias"] = false;
+    cfg["hidden_act"] = "silu";
+    cfg["rope_scaling"] = rope_scaling;
+    cfg["n_routed_experts"] = c.is_moe() ? json(c.moe_experts) : json(nullptr);
+    cfg["first_k_dense_replace"] = c.is_moe() ? c.moe_first_dense : c.n_layers;
+    if (c.is_moe()) {
+      cfg["num_experts_per_tok"] = c.moe_used;
+      cfg["moe_intermediate_size"] = c.moe_hidden;
+      cfg["n_shared_experts"] = c.moe_shared_hidden / c.moe_hidden;
+      cfg["moe_layer_freq"] = 1;
+      cfg["scoring_func"] = v3 ? "sigmoid" : "softmax";
+      cfg["topk_method"] = v3 ? "noaux_tc" : "greedy";
+      cfg["n_group"] = 1;
+      cfg["topk_group"] = 1;
+      cfg["norm_topk_prob"] = c.moe_norm_topk;
+      cfg["routed_scaling_factor"] = c.moe_scale;
+    }
+  } else if (c.arch == Arch::Llama) {
     // Transformers' classes for the variants: Qwen2 adds q/k/v biases, Qwen3 QK-norm.
     cfg["architectures"] = {c.is_moe() ? (mixtral ? "MixtralForCausalLM" : "Qwen2MoeForCausalLM")
                             : c.qkv_bias ? "Qwen2ForCausalLM" : c.qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM"};
@@ -390,6 +486,8 @@ void save_hf(const Weights& in, const std::string& dir) {
     const TensorView& t = slot_ref(w, s.slot, l);
     TensorSpec named = s;
     if (mixtral && s.hf_alt) named.hf = s.hf_alt;
+    const bool shexp = s.slot == Slot::WGateSh || s.slot == Slot::WUpSh || s.slot == Slot::WDownSh;
+    if (c.mla() && shexp) named.hf = s.hf_alt;  // DeepSeek's "mlp.shared_experts.*"
     const std::string name = hf_tensor_name(d, named, l);
     if (is_expert_slot(s.slot)) {  // (E, N, K) -> E tensors (N, K)
       for (int64_t e = 0; e < t.shape[0]; ++e) check(expert_name(name, e), expert_matrix(t, e));

@@ -88,6 +88,7 @@ Weights convert_weights(const Weights& w, const QuantMix& mix, int* fallbacks) {
 Weights with_rope_style(const Weights& w, ops::RopeStyle style) {
   Weights out = w;
   if (w.cfg.arch != Arch::Llama || w.cfg.rope_style == style) return out;
+  if (w.cfg.mla()) fail("latent-attention models keep interleaved RoPE pairs; their layout cannot be changed");
   const bool to_inter = style == ops::RopeStyle::Interleaved;
   const auto& c = w.cfg;
   for (auto& L : out.layers) {

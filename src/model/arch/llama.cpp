@@ -52,7 +52,7 @@ const ArchDesc kLlamaArch{
     "llama",
     {"llama", "qwen2", "qwen3", "qwen2moe", "deepseek2", "gemma2"},
     {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
-     "Qwen2MoeForCausalLM"},
+     "Qwen2MoeForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"},
     // head
     {{Slot::TokEmbd, "token_embd.weight", "model.embed_tokens.weight", E, vc}},
     // layer
@@ -60,7 +60,7 @@ const ArchDesc kLlamaArch{
      {Slot::Wq, "attn_q.weight", "self_attn.q_proj.weight", M, qc, plain_q},
      {Slot::Wk, "attn_k.weight", "self_attn.k_proj.weight", M, kvc, plain_kv},
      {Slot::Wv, "attn_v.weight", "self_attn.v_proj.weight", M, kvc, plain_kv},
-     // Latent attention (DeepSeek-V2/V3): GGUF only so far.
+     // Latent attention (DeepSeek-V2/V3).
      {Slot::WqA, "attn_q_a.weight", "self_attn.q_a_proj.weight", M, qa, mla_q},
      {Slot::QANorm, "attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight", V, qa1, mla_q},
      {Slot::WqB, "attn_q_b.weight", "self_attn.q_b_proj.weight", M, qb, mla_q},
