@@ -133,17 +133,19 @@ void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float
 // positions [start, n) only).
 // A block is at most kAttnBlock positions and, in a paged cache, ends where
 // the rows stop being consecutive.
-template <class V, int NV, int KV>
+// Keys are scored in slices of NK vectors, values summed in slices of NV (one
+// slice each when the head fits in 16 vectors).
+template <class V, int NK, int NV, int KV>
 void attend_group(const tessera::DecodeAttnArgs& a) {
-  const int64_t n = a.n, sw = int64_t(NV) * V::W;  // slice width: heads wider than NV vectors go in slices
+  const int64_t n = a.n, sk = int64_t(NK) * V::W, sw = int64_t(NV) * V::W;  // slice widths
   const int64_t vd = a.v_dim();
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
     const void* k = attn_row(a, a.k, a.row(j0) * a.kv_stride);
     for (int64_t g = 0; g < a.G; ++g) {
-      attend_scores<V, NV, KV>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
-      for (int64_t i = sw; i < a.hd; i += sw)
-        attend_scores<V, NV, KV, true>(a, attn_row(a, k, i), a.q + g * a.q_stride + i, j0, j1, a.scores + g * n);
+      attend_scores<V, NK, KV>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
+      for (int64_t i = sk; i < a.hd; i += sk)
+        attend_scores<V, NK, KV, true>(a, attn_row(a, k, i), a.q + g * a.q_stride + i, j0, j1, a.scores + g * n);
     }
   }
   for (int64_t g = 0; g < a.G; ++g) {
@@ -160,19 +162,26 @@ void attend_group(const tessera::DecodeAttnArgs& a) {
   }
 }
 
-template <class V, int NV>
+template <class V, int NK, int NV = NK>
 void attend_heads(const tessera::DecodeAttnArgs& a) {
-  if (a.kv == tessera::DType::F16) attend_group<V, NV, kF16>(a);
-  else if (a.kv == tessera::DType::Q8_0) attend_group<V, NV, kQ8>(a);
-  else attend_group<V, NV, kF32>(a);
+  if (a.kv == tessera::DType::F16) attend_group<V, NK, NV, kF16>(a);
+  else if (a.kv == tessera::DType::Q8_0) attend_group<V, NK, NV, kQ8>(a);
+  else attend_group<V, NK, NV, kF32>(a);
 }
 
-// Head sizes (hd == vd) of 1..16 vectors; or hd and vd multiples of 4 vectors
-// (slices of 4, whole Q8_0 blocks at 8 and 16 lanes); false for any other (the
-// caller falls back to the reference).
+// Head sizes (hd == vd) of 1..16 vectors; or wider / unequal ones in slices:
+// MLA's latent (keys 576 = 36 x 16, values 512) scores 12-vector slices and sums
+// 16-vector ones at 16 lanes, 8 and 8 at 8 lanes; any multiples of 4 vectors
+// in slices of 4 (all whole Q8_0 blocks). False for any other (the caller falls
+// back to the reference).
 template <class V, int NV = 1>
 bool attend_dispatch(const tessera::DecodeAttnArgs& a) {
   if constexpr (NV > 16) {
+    constexpr int WK = V::W == 16 ? 12 : 8, WV = V::W == 16 ? 16 : 8;
+    if (a.hd % (WK * V::W) == 0 && a.v_dim() % (WV * V::W) == 0) {
+      attend_heads<V, WK, WV>(a);
+      return true;
+    }
     constexpr int64_t sw = 4 * V::W;
     if (a.hd % sw != 0 || a.v_dim() % sw != 0) return false;
     attend_heads<V, 4>(a);
