@@ -64,7 +64,14 @@ double matmul_flops_per_token(const Weights& w) {
       macs += double(c.dim) * 4 * c.dim + 2.0 * c.dim * c.hidden_dim;
       continue;
     }
-    macs += double(c.dim) * (c.q_dim() + 2 * c.kv_dim()) + double(c.q_dim()) * c.dim;
+    if (c.mla()) {  // q (through its LoRA), kv_a, the absorbed per-head products (model/mla.cpp), attn_output
+      const double nope = double(c.head_dim - c.mla_rope), ckv = double(c.mla_kv_lora);
+      macs += c.mla_q_lora > 0 ? double(c.mla_q_lora) * (double(c.dim) + double(c.q_dim())) : double(c.dim) * c.q_dim();
+      macs += double(c.dim) * (ckv + c.mla_rope) + double(c.n_heads) * ckv * (nope + c.mla_v_dim) +
+              double(c.attn_out_dim()) * c.dim;
+    } else {
+      macs += double(c.dim) * (c.q_dim() + 2 * c.kv_dim()) + double(c.q_dim()) * c.dim;
+    }
     macs += c.moe_layer(l) ? double(c.dim) * (c.moe_experts + 3.0 * (c.moe_used * c.moe_hidden + c.moe_shared_hidden))
                            : 3.0 * c.dim * c.hidden_dim;
   }
