@@ -32,7 +32,9 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
   const bool llama = w_.cfg.arch == Arch::Llama;
   for (int64_t l = 0; l < w_.cfg.n_layers; ++l) {
     const auto& L = w_.layers[size_t(l)];
-    const bool attn = w_.cfg.mla() ? (L.wq_a.empty() ? ok(L.wq) : ok(L.wq_a) && ok(L.wq_b)) && ok(L.wkv_a) && ok(L.wkv_b)
+    const size_t h0 = size_t(l * w_.cfg.n_heads);  // MLA: the absorbed products' matrices of layer l
+    const bool attn = w_.cfg.mla() ? (L.wq_a.empty() ? ok(L.wq) : ok(L.wq_a) && ok(L.wq_b)) && ok(L.wkv_a) &&
+                                         ok(mla_wk_[h0]) && ok(mla_wv_[h0])
                       : llama     ? ok(L.wq) && ok(L.wk) && ok(L.wv)
                                   : ok(L.wqkv);
     const bool ffn =

@@ -16,8 +16,10 @@
 //   gated(g, u) / ungated(h)       the FFN activation (act(g) * u, act(h)); returns where it is
 //   moe(l, in)                     x <- x + the mixture-of-experts feed-forward of in (model/moe.cpp)
 //   rows(f)                        f(t) for each row t, on buffers every thread shares (complete on return)
-//   items(n, f)                    f(i) for i in [0, n) (each for all rows: per-head products), over the threads
+//   items(n, f)                    f(i, rank) for i in [0, n) (each for all rows: per-head products), over the threads
 #pragma once
+#include <omp.h>
+
 #include <algorithm>
 
 #include "kernels/ops.h"
@@ -95,8 +97,8 @@ struct Model::RegionExec {
   template <class F>
   void items(int64_t cnt, F&& f) {
     const int nt = std::min(ctx.n_threads, m.max_threads_);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t i = 0; i < cnt; ++i) f(i);
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
+    for (int64_t i = 0; i < cnt; ++i) f(i, omp_get_thread_num());
   }
 };
 
@@ -154,7 +156,7 @@ struct Model::TeamExec {
   }
   template <class F>
   void items(int64_t cnt, F&& f) {
-    for (int64_t i = tt.rank; i < cnt; i += tt.size) f(i);
+    for (int64_t i = tt.rank; i < cnt; i += tt.size) f(i, tt.rank);
     tt.barrier();
   }
 };

@@ -12,9 +12,11 @@
 // The scale stays 1 / sqrt(nope + rope), the key length the model was trained
 // with. Decode and prefill both read only the latent cache; neither expands
 // per-head keys or values. Written once over both executors (model/exec.h):
-// rows(f) runs per-row work, items(n, f) one product per head.
+// rows(f) runs per-row work, items(n, f) per-head work; prepare_mla() builds the
+// per-head matrices once.
 #include <algorithm>
 
+#include "core/dtype.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
 #include "model/exec.h"
@@ -26,7 +28,7 @@ void Model::mla_attention(Ex& ex, int64_t l, const float* in) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
   const int64_t hd = c.head_dim, rope = c.mla_rope, nope = hd - rope, vd = c.mla_v_dim, nh = c.n_heads;
-  const int64_t r = c.mla_q_lora, ckv = c.mla_kv_lora, kvb_w = nope + vd, kd = c.cache_k_dim();  // kd = ckv + rope
+  const int64_t r = c.mla_q_lora, ckv = c.mla_kv_lora, kd = c.cache_k_dim();  // kd = ckv + rope
   const int64_t n = ex.n_rows();
   if (r > 0)
     ex.matmul(in, {{&L.wq_a, a_.mla_q}, {&L.wkv_a, a_.mla_kva}});  // (r), (ckv + rope)
@@ -39,20 +41,67 @@ void Model::mla_attention(Ex& ex, int64_t l, const float* in) {
     std::copy(kva + ckv, kva + ckv + rope, a_.k + t * kd + ckv);
   });
   if (r > 0) ex.matmul(a_.mla_q, {{&L.wq_b, a_.q}});  // (nh hd)
-  const float* kvb = mla_kvb_[size_t(l)];              // (nh (nope + vd), ckv) f32
-  ex.items(nh, [&](int64_t h) {  // qa_h = [q_nope_h Wk_h | q_pe_h]: (n, nope) x (nope, ckv)
-    sgemm(false, false, n, ckv, nope, 1.f, a_.q + h * hd, nh * hd, kvb + h * kvb_w * ckv, ckv, 0.f,
-          a_.mla_qa + h * kd, nh * kd);
-    for (int64_t t = 0; t < n; ++t)
+  const TensorView* wk = &mla_wk_[size_t(l * nh)];     // per head (ckv, nope)
+  const TensorView* wv = &mla_wv_[size_t(l * nh)];     // per head (vd, ckv)
+  // One product per head, Y_h = X_h W_h^T: X_h (W_h.cols()) starts at X + h xh in each
+  // row (rows xs apart), Y_h (W_h.rows()) at Y + h yh (rows ys apart). A decode
+  // step's row goes to the matrix-vector kernels; a chunk's rows, per head over
+  // the threads, to sgemm against W_h widened to f32 in the thread's mla_w32 scratch.
+  const auto per_head = [&](const TensorView* W, const float* X, int64_t xs, int64_t xh, float* Y, int64_t ys,
+                            int64_t yh) {
+    if (n == 1) {
+      for (int64_t h = 0; h < nh; ++h) ex.matmul(X + h * xh, {{&W[h], Y + h * yh}});
+      return;
+    }
+    ex.items(nh, [&](int64_t h, int rank) {
+      const int64_t ni = W[h].cols(), no = W[h].rows();
+      float* w32 = a_.mla_w32 + int64_t(rank) * mla_w32_floats_;
+      for (int64_t r = 0; r < no; ++r) dequantize_row(W[h], r, w32 + r * ni);
+      sgemm(false, true, n, no, ni, 1.f, X + h * xh, xs, w32, ni, 0.f, Y + h * yh, ys);
+    });
+  };
+  per_head(wk, a_.q, nh * hd, hd, a_.mla_qa, nh * kd, kd);  // qa_h[:ckv] = Wk_h^T q_nope_h
+  ex.rows([&](int64_t t) {                                // qa_h[ckv:] = q_pe_h
+    for (int64_t h = 0; h < nh; ++h)
       std::copy(a_.q + t * nh * hd + h * hd + nope, a_.q + t * nh * hd + (h + 1) * hd, a_.mla_qa + t * nh * kd + h * kd + ckv);
   });
   ex.attention(l, a_.mla_qa, a_.k, a_.k, nh * kd, kd);  // -> a_.att (nh ckv); no value rows
-  ex.items(nh, [&](int64_t h) {  // out_h = o_h Wv_h^T: (n, ckv) x (ckv, vd)
-    sgemm(false, true, n, vd, ckv, 1.f, a_.att + h * ckv, nh * ckv, kvb + (h * kvb_w + nope) * ckv, ckv, 0.f,
-          a_.mla_att + h * vd, nh * vd);
-  });
+  per_head(wv, a_.att, nh * ckv, ckv, a_.mla_att, nh * vd, vd);  // out_h = Wv_h o_h
   ex.matmul(a_.mla_att, {{&L.wo, a_.xb}});  // (C)
   ex.residual(a_.xb);
+}
+
+void Model::prepare_mla() {
+  const auto& c = w_.cfg;
+  const int64_t nh = c.n_heads, nope = c.head_dim - c.mla_rope, vd = c.mla_v_dim, ckv = c.mla_kv_lora;
+  const int64_t kvb_w = nope + vd;
+  const DType src = w_.layers.empty() ? DType::F32 : w_.layers[0].wkv_b.dtype;
+  const auto pick = [&](int64_t cols) {
+    DType t = src == DType::F32 || src == DType::F16 || src == DType::BF16 || src == DType::Q8_0 ? src : DType::Q8_0;
+    return cols % dtype_block_elems(t) == 0 ? t : DType::F32;
+  };
+  const DType tk = pick(nope), tv = pick(ckv);
+  const size_t kb = dtype_row_bytes(tk, nope) * size_t(ckv), vb = dtype_row_bytes(tv, ckv) * size_t(vd);  // per head
+  const size_t kb64 = (kb + 63) / 64 * 64, vb64 = (vb + 63) / 64 * 64;
+  mla_mats_.assign((kb64 + vb64) * size_t(nh * c.n_layers), 0);
+  mla_wk_.clear(), mla_wv_.clear();
+  std::vector<float> kvb(static_cast<size_t>(nh * kvb_w * ckv)), col(static_cast<size_t>(nope));
+  uint8_t* p = mla_mats_.data();
+  for (const auto& L : w_.layers) {
+    for (int64_t r = 0; r < nh * kvb_w; ++r) dequantize_row(L.wkv_b, r, kvb.data() + r * ckv);
+    for (int64_t h = 0; h < nh; ++h) {
+      const float* wk = kvb.data() + h * kvb_w * ckv;  // (nope, ckv): row i is Wk_h's row i
+      for (int64_t j = 0; j < ckv; ++j) {              // Wk_h^T row j = column j of Wk_h
+        for (int64_t i = 0; i < nope; ++i) col[size_t(i)] = wk[i * ckv + j];
+        quantize_row(tk, col.data(), p + size_t(j) * dtype_row_bytes(tk, nope), nope);
+      }
+      mla_wk_.push_back(make_view(tk, {ckv, nope}, p));
+      p += kb64;
+      for (int64_t v = 0; v < vd; ++v) quantize_row(tv, wk + (nope + v) * ckv, p + size_t(v) * dtype_row_bytes(tv, ckv), ckv);
+      mla_wv_.push_back(make_view(tv, {vd, ckv}, p));
+      p += vb64;
+    }
+  }
 }
 
 template void Model::mla_attention<Model::RegionExec>(RegionExec&, int64_t, const float*);

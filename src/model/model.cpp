@@ -41,6 +41,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
   const int64_t B = max_batch_, C = c.dim, H = std::max(c.hidden_dim, c.moe_shared_hidden), V = c.vocab_size;
   const int64_t E = c.moe_experts, Bk = B * c.moe_used, He = c.moe_hidden;
   const int64_t qw = c.arch == Arch::GPT2 ? 3 * C : c.q_dim();
+  if (c.mla() && max_batch_ > 1)
+    mla_w32_floats_ = (c.mla_kv_lora * std::max(c.head_dim - c.mla_rope, c.mla_v_dim) + 15) / 16 * 16;
   const int64_t kv_arrays = c.cache_v_in_k() ? 1 : 2;  // K and V, or K alone (MLA's latent)
   const int64_t sizes[] = {B * C, B * C, B * qw, B * std::max(c.kv_dim(), c.cache_kv_dim()),
                            c.mla() ? 0 : B * c.kv_dim(), B * std::max(c.q_dim(), c.cache_out_dim()), B * H, B * H,
@@ -48,7 +50,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
                            max_batch_ >= kPrefillGemmRows ? kv_arrays * n_ctx_ * c.cache_kv_dim() : 0,
                            B * E, Bk, Bk * C, Bk * He, Bk * He, Bk * C, E > 0 ? B * C : 0,
                            B * c.mla_q_lora, B * (c.mla_kv_lora + c.mla_rope),
-                           c.mla() ? B * c.cache_q_dim() : 0, B * c.n_heads * c.mla_v_dim};
+                           c.mla() ? B * c.cache_q_dim() : 0,
+                           int64_t(max_threads_) * mla_w32_floats_, B * c.n_heads * c.mla_v_dim};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
@@ -61,7 +64,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   float** slots[] = {&a_.x,      &a_.xb,     &a_.q,     &a_.k,     &a_.v,     &a_.att,    &a_.hb,
                      &a_.hb2,    &a_.scores, &a_.logits, &a_.kv32, &a_.router, &a_.moe_w, &a_.moe_x,
                      &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s, &a_.mla_q, &a_.mla_kva,
-                     &a_.mla_qa, &a_.mla_att};
+                     &a_.mla_qa, &a_.mla_w32, &a_.mla_att};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
@@ -88,22 +91,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
     // Split-K partial outputs and log-sum-exps: at most 2 n_heads (KV head, query sub-group) rows per key chunk.
     team_part_.assign(size_t(2 * c.n_heads * max_threads_ * (c.cache_v_dim() + 1)), 0.f);
   }
-  if (c.mla()) {  // attn_kv_b as f32 rows for the absorbed products (model/mla.cpp)
-    const int64_t kvb_rows = c.n_heads * (c.head_dim - c.mla_rope + c.mla_v_dim), ckv = c.mla_kv_lora;
-    int64_t n_conv = 0;
-    for (const auto& L : w.layers) n_conv += L.wkv_b.dtype != DType::F32;
-    mla_kvb32_.assign(size_t(n_conv * kvb_rows * ckv), 0.f);
-    float* dst = mla_kvb32_.data();
-    for (const auto& L : w.layers) {
-      if (L.wkv_b.dtype == DType::F32) {
-        mla_kvb_.push_back(L.wkv_b.f32());
-        continue;
-      }
-      for (int64_t r = 0; r < kvb_rows; ++r) dequantize_row(L.wkv_b, r, dst + r * ckv);
-      mla_kvb_.push_back(dst);
-      dst += kvb_rows * ckv;
-    }
-  }
+  if (c.mla()) prepare_mla();  // the absorbed products' matrices (model/mla.cpp)
   if (opt.own_cache) {
     own_ = std::make_unique<KVCache>(make_cache(own_blocks));
     own_->add_seq();

@@ -92,6 +92,7 @@ class Model {
     float* mla_q;   // (B, q LoRA rank)            latent attention (MLA)
     float* mla_kva; // (B, kv LoRA rank + rope)
     float* mla_qa;  // (B, n_heads (kv LoRA rank + rope)) absorbed queries
+    float* mla_w32; // (threads, mla_w32_floats_) one head's absorbed matrix as f32 (prefill)
     float* mla_att; // (B, n_heads v) value up-projection of the attention output
     float* kv32;    // one sequence's keys (then values) of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, cache_kv_dim)
     float* logits;  // (B, V)
@@ -193,11 +194,14 @@ class Model {
   // Per team thread: MoE routing scratch (probabilities (E), weights (k), selection (k)).
   aligned_vector<float> team_route_;
   aligned_vector<float> team_part_;  // split-K partial attention outputs (team_attention)
-  // MLA: each layer's attn_kv_b as f32 rows (n_heads (nope + v), kv LoRA rank), for
-  // the absorbed products: the file's own data when it is f32, else dequantized
-  // once into mla_kvb32_.
-  std::vector<const float*> mla_kvb_;
-  aligned_vector<float> mla_kvb32_;
+  // MLA's absorbed products (model/mla.cpp), per (layer, head): Wk_h^T (kv LoRA
+  // rank, nope) and Wv_h (v, kv LoRA rank) from attn_kv_b, in its own type
+  // where that is f32 / f16 / bf16 / Q8_0, else Q8_0 (f32 where rows are not
+  // whole blocks), built once in mla_mats_; run by the same kernels as any matrix.
+  void prepare_mla();
+  std::vector<TensorView> mla_wk_, mla_wv_;
+  int64_t mla_w32_floats_ = 0;  // kv LoRA rank x max(nope, v), rounded to 16
+  aligned_vector<uint8_t> mla_mats_;
   size_t team_route_stride_ = 0;
 };
 
