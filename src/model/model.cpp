@@ -378,54 +378,63 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
     });
     K = k32, Vv = v_in_k ? k32 : v32;
   }
-  // FlashAttention's forward: each block of query rows meets the keys in tiles
-  // of kKTile; a row keeps its running max M and sum L, and its unnormalised
-  // output O is rescaled by exp(M_old - M_new) whenever the max grows, so the
-  // scores never exceed one (kQBlock, kKTile) tile per thread. Tiles wholly
-  // before a sliding window's start are never visited (cost O(rows x window)).
-  const int64_t nb = (rows + kQBlock - 1) / kQBlock, kt = std::min(kKTile, n_ctx_);
+  // Each (query block, head) is one task of attend_tiles.
+  const int64_t nb = (rows + kQBlock - 1) / kQBlock;
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
   for (int64_t it = 0; it < nb * c.n_heads; ++it) {
     const int64_t b = it / c.n_heads, h = it % c.n_heads, kvh = h / group;
-    const int64_t r0 = b * kQBlock, nr = std::min(kQBlock, rows - r0), n_keys = pos + r0 + nr;
-    float* S = a_.scores + int64_t(omp_get_thread_num()) * score_floats();  // (nr, <= kt) one tile
-    float* O = S + kQBlock * kt;                                            // (nr, vd) unnormalised output
-    float* M = O + kQBlock * vd;                                            // (nr) running max
-    float* L = M + kQBlock;                                                 // (nr) running sum
-    std::fill(O, O + nr * vd, 0.f);
-    std::fill(M, M + nr, -INFINITY);
-    std::fill(L, L + nr, 0.f);
-    const float* qb = q + (t0 + r0) * q_stride + h * hd;
-    for (int64_t j0 = lc.first_key(pos + r0); j0 < n_keys; j0 += kt) {
-      const int64_t j1 = std::min(n_keys, j0 + kt), w = j1 - j0;
-      sgemm(false, true, nr, w, hd, scale, qb, q_stride, K + j0 * kvd + kvh * hd, kvd, 0.f, S, w);
-      for (int64_t r = 0; r < nr; ++r) {  // row p sees keys [lo, p]: causal, and a sliding window's start
-        const int64_t p = pos + r0 + r, a = std::max(lc.first_key(p), j0) - j0, e = std::min(p + 1, j1) - j0;
-        float* row = S + r * w;
-        if (a >= e) {  // no key of this tile (its own keys all came before)
-          std::fill(row, row + w, 0.f);
-          if (j1 == n_keys)
-            for (int64_t i = 0; i < vd; ++i) O[r * vd + i] /= L[r];
-          continue;
-        }
-        std::fill(row, row + a, 0.f);
-        const float m_old = M[r];
-        const float sum = attend_online_row(ctx.isa, row + a, e - a, w - a, c.attn_softcap, M[r]);
-        float alpha = std::exp(m_old - M[r]);  // 0 on the row's first tile
-        L[r] = L[r] * alpha + sum;
-        if (j1 == n_keys) {  // the last tile: normalise P and O now (one tile = the plain softmax's bits)
-          const float inv = 1.f / L[r];
-          for (int64_t j = a; j < e; ++j) row[j] *= inv;
-          alpha *= inv;
-        }
-        if (alpha != 1.f)
-          for (int64_t i = 0; i < vd; ++i) O[r * vd + i] *= alpha;
-      }
-      sgemm(false, false, nr, vd, w, 1.f, S, w, Vv + j0 * kvd + kvh * hd, kvd, 1.f, O, vd);  // O += P V
-    }
-    for (int64_t r = 0; r < nr; ++r)
-      std::copy(O + r * vd, O + (r + 1) * vd, a_.att + (t0 + r0 + r) * c.cache_out_dim() + h * vd);
+    const int64_t r0 = b * kQBlock, nr = std::min(kQBlock, rows - r0);
+    attend_tiles(ctx.isa, lc, pos + r0, nr, q + (t0 + r0) * q_stride + h * hd, q_stride, K + kvh * hd, kvd,
+                 Vv + kvh * hd, kvd, hd, vd, scale, a_.att + (t0 + r0) * c.cache_out_dim() + h * vd, c.cache_out_dim(),
+                 a_.scores + int64_t(omp_get_thread_num()) * score_floats());
   }
+}
+
+// FlashAttention's forward: each block of query rows meets the keys in tiles
+// of kKTile; a row keeps its running max M and sum L, and its unnormalised
+// output O is rescaled by exp(M_old - M_new) whenever the max grows, so the
+// scores never exceed one (kQBlock, kKTile) tile per thread. Tiles wholly
+// before a sliding window's start are never visited (cost O(rows x window)).
+void Model::attend_tiles(Isa isa, const LayerConfig& lc, int64_t p0, int64_t nr, const float* qb, int64_t q_stride,
+                         const float* K, int64_t k_stride, const float* Vv, int64_t v_stride, int64_t hd, int64_t vd,
+                         float scale, float* out, int64_t out_stride, float* scratch) const {
+  const int64_t kt = std::min(kKTile, n_ctx_), n_keys = p0 + nr;
+  const float softcap = w_.cfg.attn_softcap;
+  float* S = scratch;            // (nr, <= kt) one tile
+  float* O = S + kQBlock * kt;   // (nr, vd) unnormalised output
+  float* M = O + kQBlock * vd;   // (nr) running max
+  float* L = M + kQBlock;        // (nr) running sum
+  std::fill(O, O + nr * vd, 0.f);
+  std::fill(M, M + nr, -INFINITY);
+  std::fill(L, L + nr, 0.f);
+  for (int64_t j0 = lc.first_key(p0); j0 < n_keys; j0 += kt) {
+    const int64_t j1 = std::min(n_keys, j0 + kt), w = j1 - j0;
+    sgemm(false, true, nr, w, hd, scale, qb, q_stride, K + j0 * k_stride, k_stride, 0.f, S, w);
+    for (int64_t r = 0; r < nr; ++r) {  // row p sees keys [lo, p]: causal, and a sliding window's start
+      const int64_t p = p0 + r, a = std::max(lc.first_key(p), j0) - j0, e = std::min(p + 1, j1) - j0;
+      float* row = S + r * w;
+      if (a >= e) {  // no key of this tile (its own keys all came before)
+        std::fill(row, row + w, 0.f);
+        if (j1 == n_keys)
+          for (int64_t i = 0; i < vd; ++i) O[r * vd + i] /= L[r];
+        continue;
+      }
+      std::fill(row, row + a, 0.f);
+      const float m_old = M[r];
+      const float sum = attend_online_row(isa, row + a, e - a, w - a, softcap, M[r]);
+      float alpha = std::exp(m_old - M[r]);  // 0 on the row's first tile
+      L[r] = L[r] * alpha + sum;
+      if (j1 == n_keys) {  // the last tile: normalise P and O now (one tile = the plain softmax's bits)
+        const float inv = 1.f / L[r];
+        for (int64_t j = a; j < e; ++j) row[j] *= inv;
+        alpha *= inv;
+      }
+      if (alpha != 1.f)
+        for (int64_t i = 0; i < vd; ++i) O[r * vd + i] *= alpha;
+    }
+    sgemm(false, false, nr, vd, w, 1.f, S, w, Vv + j0 * v_stride, v_stride, 1.f, O, vd);  // O += P V
+  }
+  for (int64_t r = 0; r < nr; ++r) std::copy(O + r * vd, O + (r + 1) * vd, out + r * out_stride);
 }
 
 }  // namespace tessera

@@ -145,6 +145,13 @@ class Model {
   void attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride);
   // A run of rows [t0, t0 + rows) of one sequence at consecutive positions, as GEMMs.
   void prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q, int64_t q_stride);
+  // Causal attention of nr query rows (positions p0.., q rows q_stride apart, hd
+  // wide) of one head over keys [lc.first_key(p0), p0 + nr): K rows k_stride
+  // apart (hd), V rows v_stride apart (vd), in key tiles with an online softmax;
+  // out rows (vd) out_stride apart. scratch: kQBlock (min(kKTile, n_ctx) + vd + 2) floats.
+  void attend_tiles(Isa isa, const LayerConfig& lc, int64_t p0, int64_t nr, const float* q, int64_t q_stride,
+                    const float* K, int64_t k_stride, const float* V, int64_t v_stride, int64_t hd, int64_t vd,
+                    float scale, float* out, int64_t out_stride, float* scratch) const;
   // f(t) for the n rows t of a chunk (norms, residuals, biases, RoPE: independent
   // per token), over the threads when n is a prefill's (so the GEMMs' other
   // threads do not wait on one).
