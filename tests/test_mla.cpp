@@ -122,8 +122,9 @@ double rel_diff(const float* a, const std::vector<double>& b) {
 
 }  // namespace
 
-// 300 positions: a prefill's keys span two tiles of 256; decode reads the latent
-// rows of every earlier position.
+// 300 positions: a prefill's keys span two tiles of 256; decode (absorbed) reads
+// the latent rows of every earlier position; chunks of 128 run expanded (keys and
+// values decompressed from the cached latents), chunks of 20 absorbed.
 TEST(Mla, AbsorbedLatentCacheMatchesFloat64ExpandedAttention) {
   const ModelConfig cfg = dense_mla_config();
   const Weights w = make_random_weights(cfg, DType::F32, 7, 2);
@@ -140,15 +141,20 @@ TEST(Mla, AbsorbedLatentCacheMatchesFloat64ExpandedAttention) {
     ro.kv_type = kvt;
     ro.max_batch = 128;
     Model step(w, ro), chunked(w, ro);
-    std::vector<float> all(size_t(n * V));
+    ro.max_batch = 20;  // below Model::kMlaExpandRows: absorbed chunks
+    Model small(w, ro);
+    std::vector<float> all(size_t(n * V)), all_small(all.size());
     chunked.forward_all(ctx, toks.data(), n, 0, all.data());
-    double worst_step = 0, worst_chunk = 0;
+    small.forward_all(ctx, toks.data(), n, 0, all_small.data());
+    double worst_step = 0, worst_chunk = 0, worst_small = 0;
     for (int64_t p = 0; p < n; ++p) {
       worst_step = std::max(worst_step, rel_diff(step.forward(ctx, &toks[size_t(p)], 1, p), want[size_t(p)]));
       worst_chunk = std::max(worst_chunk, rel_diff(all.data() + p * V, want[size_t(p)]));
+      worst_small = std::max(worst_small, rel_diff(all_small.data() + p * V, want[size_t(p)]));
     }
-    EXPECT_LT(worst_step, tol) << "decode, " << dtype_name(kvt) << " cache";
-    EXPECT_LT(worst_chunk, tol) << "prefill in chunks of 128, " << dtype_name(kvt) << " cache";
+    EXPECT_LT(worst_step, tol) << "decode (absorbed), " << dtype_name(kvt) << " cache";
+    EXPECT_LT(worst_chunk, tol) << "prefill in chunks of 128 (expanded), " << dtype_name(kvt) << " cache";
+    EXPECT_LT(worst_small, tol) << "prefill in chunks of 20 (absorbed), " << dtype_name(kvt) << " cache";
   }
 }
 

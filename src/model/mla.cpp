@@ -14,10 +14,14 @@
 // per-head keys or values. Written once over both executors (model/exec.h):
 // rows(f) runs per-row work, items(n, f) per-head work; prepare_mla() builds the
 // per-head matrices once.
+#include <omp.h>
+
 #include <algorithm>
+#include <type_traits>
 
 #include "core/dtype.h"
 #include "kernels/kernels.h"
+#include "kernels/repack.h"
 #include "kernels/ops.h"
 #include "model/exec.h"
 
@@ -41,6 +45,20 @@ void Model::mla_attention(Ex& ex, int64_t l, const float* in) {
     std::copy(kva + ckv, kva + ckv + rope, a_.k + t * kd + ckv);
   });
   if (r > 0) ex.matmul(a_.mla_q, {{&L.wq_b, a_.q}});  // (nh hd)
+  if constexpr (std::is_same_v<Ex, RegionExec>) {
+    if (mla_expands(n)) {  // a long run of one sequence: expanded keys and values (mla_prefill_expanded)
+      ex.rows([&](int64_t t) {
+        prep_heads(l, cseq_[t], cpos_[t], nullptr, a_.k + t * kd, a_.k + t * kd, 0, 1);  // RoPE on k_pe, cache store
+        const float* cr = rope_cos_.data() + cpos_[t] * (rope / 2);
+        const float* sr = rope_sin_.data() + cpos_[t] * (rope / 2);
+        for (int64_t h = 0; h < nh; ++h) ops::rope_apply(a_.q + (t * nh + h) * hd + nope, cr, sr, rope, c.rope_style);
+      });
+      mla_prefill_expanded(ex.ctx, l, n);
+      ex.matmul(a_.mla_att, {{&L.wo, a_.xb}});
+      ex.residual(a_.xb);
+      return;
+    }
+  }
   const TensorView* wk = &mla_wk_[size_t(l * nh)];     // per head (ckv, nope)
   const TensorView* wv = &mla_wv_[size_t(l * nh)];     // per head (vd, ckv)
   // One product per head, Y_h = X_h W_h^T: X_h (W_h.cols()) starts at X + h xh in each
@@ -71,6 +89,64 @@ void Model::mla_attention(Ex& ex, int64_t l, const float* in) {
   ex.residual(a_.xb);
 }
 
+namespace {
+// Rows [r0, r0 + m) of W as a matrix (R4 layouts: r0 and m whole tiles).
+TensorView rows_view(const TensorView& W, int64_t r0, int64_t m) {
+  const DType file = r4_file_type(W.dtype);
+  const size_t off = file != W.dtype ? size_t(r0 / kR4Rows) * r4_bytes(file, kR4Rows, W.cols())
+                                     : size_t(r0) * W.row_bytes();
+  return make_view(W.dtype, {m, W.cols()}, static_cast<const uint8_t*>(W.data) + off);
+}
+}  // namespace
+
+bool Model::mla_expands(int64_t n) const {
+  if (n < kMlaExpandRows || !mla_expandable_ || max_batch_ < kMlaExpandRows) return false;
+  for (int64_t t = 1; t < n; ++t)
+    if (cseq_[t] != cseq_[0] || cpos_[t] != cpos_[0] + t) return false;
+  return true;
+}
+
+void Model::mla_prefill_expanded(KernelContext& ctx, int64_t l, int64_t n) {
+  const auto& c = w_.cfg;
+  const auto& L = w_.layers[size_t(l)];
+  const int64_t nh = c.n_heads, hd = c.head_dim, rope = c.mla_rope, nope = hd - rope, vd = c.mla_v_dim;
+  const int64_t ckv = c.mla_kv_lora, kd = c.cache_k_dim(), kvb_w = nope + vd;
+  const int32_t seq = cseq_[0];
+  const int64_t pos = cpos_[0], n_vis = pos + n;  // keys [k0, n_vis) of seq
+  const LayerConfig& lc = c.layer(l);
+  const int64_t k0 = lc.first_key(pos), nk = n_vis - k0;
+  float* lat = a_.kv32;                  // (n_vis, kd) the cached rows [c | k_pe] as f32
+  float* C = a_.mla_exp;                 // (n_vis, ckv) their latents, contiguous for the product
+  float* KV = C + n_ctx_ * ckv;          // (n_vis, nope + vd) one head's [k_nope | v]
+  float* K = KV + n_ctx_ * kvb_w;        // (n_vis, hd) its keys [k_nope | k_pe]
+  DecodeAttnArgs map;  // the sequence's block table, for its row mapping
+  map.blocks = kv_->block_table(seq);
+  map.block_size = kv_->block_size();
+  const TensorView cache = make_view(kv_type_, {kv_->n_blocks() * kv_->block_size(), kd}, kv_->k(l));
+  per_token(ctx, nk, [&](int64_t i) {
+    const int64_t p = k0 + i;
+    dequantize_row(cache, map.row(p), lat + p * kd);
+    std::copy(lat + p * kd, lat + p * kd + ckv, C + p * ckv);
+  });
+  const int nt = std::min(ctx.n_threads, max_threads_);
+  const int64_t nb = (n + kQBlock - 1) / kQBlock;
+  for (int64_t h = 0; h < nh; ++h) {
+    matmul(ctx, rows_view(L.wkv_b, h * kvb_w, kvb_w), C + k0 * ckv, nk, KV + k0 * kvb_w);
+    per_token(ctx, nk, [&](int64_t i) {
+      const int64_t p = k0 + i;
+      std::copy(KV + p * kvb_w, KV + p * kvb_w + nope, K + p * hd);
+      std::copy(lat + p * kd + ckv, lat + (p + 1) * kd, K + p * hd + nope);
+    });
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t r0 = b * kQBlock, nr = std::min(kQBlock, n - r0);
+      attend_tiles(ctx.isa, lc, pos + r0, nr, a_.q + r0 * nh * hd + h * hd, nh * hd, K, hd, KV + nope, kvb_w, hd, vd,
+                   c.attention_scale(), a_.mla_att + r0 * nh * vd + h * vd, nh * vd,
+                   a_.scores + int64_t(omp_get_thread_num()) * score_floats());
+    }
+  }
+}
+
 void Model::prepare_mla() {
   const auto& c = w_.cfg;
   const int64_t nh = c.n_heads, nope = c.head_dim - c.mla_rope, vd = c.mla_v_dim, ckv = c.mla_kv_lora;
@@ -84,6 +160,10 @@ void Model::prepare_mla() {
   const size_t kb = dtype_row_bytes(tk, nope) * size_t(ckv), vb = dtype_row_bytes(tv, ckv) * size_t(vd);  // per head
   const size_t kb64 = (kb + 63) / 64 * 64, vb64 = (vb + 63) / 64 * 64;
   mla_mats_.assign((kb64 + vb64) * size_t(nh * c.n_layers), 0);
+  mla_expandable_ = true;  // kv_b's per-head rows as views (mla_prefill_expanded)
+  for (const auto& L : w_.layers)
+    if (L.wkv_b.dtype == DType::Q8_G || (r4_file_type(L.wkv_b.dtype) != L.wkv_b.dtype && kvb_w % kR4Rows != 0))
+      mla_expandable_ = false;
   mla_wk_.clear(), mla_wv_.clear();
   std::vector<float> kvb(static_cast<size_t>(nh * kvb_w * ckv)), col(static_cast<size_t>(nope));
   uint8_t* p = mla_mats_.data();

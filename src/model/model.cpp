@@ -18,8 +18,6 @@
 namespace tessera {
 
 namespace {
-constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
-constexpr int64_t kKTile = 256;  // keys per prefill attention tile (online softmax)
 constexpr int64_t kPrefillGemmRows = 8;  // new tokens from which attention runs as GEMMs
 }  // namespace
 
@@ -51,7 +49,10 @@ Model::Model(const Weights& w, const RunOptions& opt)
                            B * E, Bk, Bk * C, Bk * He, Bk * He, Bk * C, E > 0 ? B * C : 0,
                            B * c.mla_q_lora, B * (c.mla_kv_lora + c.mla_rope),
                            c.mla() ? B * c.cache_q_dim() : 0,
-                           int64_t(max_threads_) * mla_w32_floats_, B * c.n_heads * c.mla_v_dim};
+                           int64_t(max_threads_) * mla_w32_floats_, B * c.n_heads * c.mla_v_dim,
+                           c.mla() && max_batch_ >= kMlaExpandRows
+                               ? n_ctx_ * (c.mla_kv_lora + c.head_dim - c.mla_rope + c.mla_v_dim + c.head_dim)
+                               : 0};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
@@ -64,7 +65,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   float** slots[] = {&a_.x,      &a_.xb,     &a_.q,     &a_.k,     &a_.v,     &a_.att,    &a_.hb,
                      &a_.hb2,    &a_.scores, &a_.logits, &a_.kv32, &a_.router, &a_.moe_w, &a_.moe_x,
                      &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s, &a_.mla_q, &a_.mla_kva,
-                     &a_.mla_qa, &a_.mla_w32, &a_.mla_att};
+                     &a_.mla_qa, &a_.mla_w32, &a_.mla_att, &a_.mla_exp};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
@@ -113,7 +114,9 @@ int64_t Model::score_rows() const {
 int64_t Model::score_floats() const {
   const int64_t decode = score_rows() * n_ctx_;  // G heads x n positions (attend_decode)
   const int64_t tile =
-      max_batch_ >= kPrefillGemmRows ? kQBlock * (std::min(kKTile, n_ctx_) + w_.cfg.cache_v_dim() + 2) : 0;
+      max_batch_ >= kPrefillGemmRows
+          ? kQBlock * (std::min(kKTile, n_ctx_) + std::max(w_.cfg.cache_v_dim(), w_.cfg.mla_v_dim) + 2)
+          : 0;
   return (std::max(decode, tile) + 15) / 16 * 16;
 }
 
@@ -267,7 +270,8 @@ void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, 
     if (c.qk_norm) ops::rmsnorm(x, x, norm->f32(), hd, c.norm_eps);  // RMSNorm over the head
     ops::rope_apply(x + (hd - nr), cr, sr, nr, c.rope_style);
   };
-  for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, &L.q_norm);
+  if (q)
+    for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, &L.q_norm);
   for (int64_t h = h0; h < h1; ++h) head(k + h * hd, &L.k_norm);
   const size_t at = size_t(kv_->row(seq, pos)) * kv_->row_bytes() + dtype_row_bytes(kv_type_, h0 * hd);
   const int64_t cnt = (h1 - h0) * hd;

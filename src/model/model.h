@@ -93,6 +93,7 @@ class Model {
     float* mla_kva; // (B, kv LoRA rank + rope)
     float* mla_qa;  // (B, n_heads (kv LoRA rank + rope)) absorbed queries
     float* mla_w32; // (threads, mla_w32_floats_) one head's absorbed matrix as f32 (prefill)
+    float* mla_exp; // (n_ctx, d_c + nope + v + head_dim): an expanded prefill's latents, one head's [k_nope | v], its keys
     float* mla_att; // (B, n_heads v) value up-projection of the attention output
     float* kv32;    // one sequence's keys (then values) of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, cache_kv_dim)
     float* logits;  // (B, V)
@@ -145,6 +146,8 @@ class Model {
   void attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride);
   // A run of rows [t0, t0 + rows) of one sequence at consecutive positions, as GEMMs.
   void prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q, int64_t q_stride);
+  static constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
+  static constexpr int64_t kKTile = 256;  // keys per prefill attention tile (online softmax)
   // Causal attention of nr query rows (positions p0.., q rows q_stride apart, hd
   // wide) of one head over keys [lc.first_key(p0), p0 + nr): K rows k_stride
   // apart (hd), V rows v_stride apart (vd), in key tiles with an online softmax;
@@ -206,6 +209,15 @@ class Model {
   // where that is f32 / f16 / bf16 / Q8_0, else Q8_0 (f32 where rows are not
   // whole blocks), built once in mla_mats_; run by the same kernels as any matrix.
   void prepare_mla();
+  // A chunk of n rows that is one run of positions of one sequence, of at least
+  // kMlaExpandRows rows: its attention runs expanded (mla_prefill_expanded), not absorbed.
+  static constexpr int64_t kMlaExpandRows = 32;
+  bool mla_expands(int64_t n) const;
+  // Latent attention of such a chunk (its cache rows stored, its queries roped) into
+  // a_.mla_att: per head, the visible keys' [k_nope | v] = kv_b_h c from the latent
+  // cache (one product over every key), then tiled attention at the head's own sizes.
+  void mla_prefill_expanded(KernelContext& ctx, int64_t l, int64_t n);
+  bool mla_expandable_ = false;  // attn_kv_b's per-head rows can be viewed (not Q8_G; R4 tiles whole)
   std::vector<TensorView> mla_wk_, mla_wv_;
   int64_t mla_w32_floats_ = 0;  // kv LoRA rank x max(nope, v), rounded to 16
   aligned_vector<uint8_t> mla_mats_;
