@@ -9,6 +9,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
 #include "formats/load.h"
 #include "formats/model_io.h"
 #include "kernels/ops.h"
@@ -95,4 +98,59 @@ TEST(Gemma2, GeluIsTheTanhApproximation) {
     }
   }
   EXPECT_GT(worst_erf, 1e-4);  // the two forms are told apart at this tolerance
+}
+
+// Gemma2ForCausalLM both ways: config.json's keys (query_pre_attn_scalar, the caps,
+// layer_types), the sandwich norms under transformers' names, gains stored as
+// w - 1 (Gemma's RMSNorm multiplies by 1 + w); the same logits bit for bit, and
+// back to GGUF. Then transformers' defaults for absent keys, and refusals.
+TEST(Gemma2, SafetensorsRoundTrip) {
+  TESSERA_REQUIRE_SHARED("reference/arch/gemma2.gguf");
+  const std::string src = test::shared_path("reference/arch/gemma2.gguf");
+  const LoadedModel lm = load_model(src);
+  const auto ids = read_ids(test::shared_path("reference/arch/gemma2.tokens.txt"));
+  const std::string dir = test::temp_path("gemma2_hf"), back = dir + ".gguf";
+  std::filesystem::remove_all(dir);
+  save_hf(lm.weights, dir);
+  std::ifstream in(dir + "/config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  in.close();
+  EXPECT_EQ(cfg["architectures"][0], "Gemma2ForCausalLM");
+  EXPECT_EQ(cfg["query_pre_attn_scalar"], lm.weights.cfg.head_dim);
+  EXPECT_EQ(cfg["layer_types"][0], "sliding_attention");
+  EXPECT_EQ(cfg["layer_types"][1], "full_attention");
+  EXPECT_FLOAT_EQ(cfg["attn_logit_softcapping"].get<float>(), lm.weights.cfg.attn_softcap);
+  const Weights hf = load_hf_weights(dir);
+  EXPECT_TRUE(hf.cfg.post_norms);
+  EXPECT_EQ(hf.cfg.embed_scale, lm.weights.cfg.embed_scale);
+  EXPECT_EQ(hf.cfg.attn_scale, lm.weights.cfg.attn_scale);
+  EXPECT_EQ(hf.cfg.final_softcap, lm.weights.cfg.final_softcap);
+  EXPECT_EQ(hf.layers[3].post_ffn_norm.f32()[5], lm.weights.layers[3].post_ffn_norm.f32()[5]);
+  const auto a = run(lm.weights, ids, 40);
+  EXPECT_EQ(diff(run(hf, ids, 40), a).max, 0.0);
+  save_gguf(hf, nullptr, back);
+  EXPECT_EQ(diff(run(load_model(back, src).weights, ids, 40), a).max, 0.0) << "GGUF -> safetensors -> GGUF";
+  // Absent soft-cap keys and layer_types: transformers' defaults (50, 30; the even layers slide).
+  nlohmann::json bare = cfg;
+  bare.erase("attn_logit_softcapping");
+  bare.erase("final_logit_softcapping");
+  bare.erase("layer_types");
+  std::ofstream(dir + "/config.json") << bare.dump();
+  const Weights d = load_hf_weights(dir);
+  EXPECT_EQ(d.cfg.attn_softcap, 50.f);
+  EXPECT_EQ(d.cfg.final_softcap, 30.f);
+  EXPECT_EQ(d.cfg.layer(0).attn, AttnKind::SlidingWindow);
+  EXPECT_EQ(d.cfg.layer(1).attn, AttnKind::Full);
+  // What transformers would run differently is refused, not written wrong.
+  Weights noscale = lm.weights;
+  noscale.cfg.post_norms = false;
+  for (auto& L : noscale.layers) L.post_attn_norm = L.post_ffn_norm = TensorView{};
+  try {
+    save_hf(noscale, test::temp_path("gemma2_bad"));
+    ADD_FAILURE() << "wrote an embedding scale and soft-caps as a plain Llama";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no transformers class"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(back);
 }

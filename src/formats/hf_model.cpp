@@ -126,6 +126,28 @@ std::string expert_name(std::string pattern, int64_t e) {
   return at == std::string::npos ? pattern : pattern.replace(at, 3, std::to_string(e));
 }
 
+// Gemma 2 (Gemma2ForCausalLM) names its sandwich norms like this; the spec table
+// carries Llama's meaning of post_attention_layernorm (the feed-forward's pre-norm).
+TensorSpec gemma_named(const TensorSpec& s) {
+  TensorSpec n = s;
+  if (s.slot == Slot::PostAttnNorm) n.hf = "post_attention_layernorm.weight";
+  if (s.slot == Slot::FfnNorm) n.hf = "pre_feedforward_layernorm.weight";
+  return n;
+}
+
+// Gemma's RMSNorm multiplies by (1 + w): the gains shifted by delta into an owned f32 copy.
+TensorView shifted(Weights& owner, const TensorView& t, float delta) {
+  std::vector<uint8_t> buf(size_t(t.numel()) * 4);
+  auto* f = reinterpret_cast<float*>(buf.data());
+  dequantize_row(t, 0, f);
+  for (int64_t i = 0; i < t.numel(); ++i) f[i] += delta;
+  return own_buffer(owner, std::move(buf), DType::F32, {t.numel()});
+}
+bool is_gemma_norm(Slot s) {
+  return s == Slot::AttnNorm || s == Slot::PostAttnNorm || s == Slot::FfnNorm || s == Slot::PostFfnNorm ||
+         s == Slot::OutNorm;
+}
+
 bool is_deepseek(const std::string& arch) { return arch == "DeepseekV2ForCausalLM" || arch == "DeepseekV3ForCausalLM"; }
 
 // An integer field that may be null or absent (then `def`).
@@ -214,6 +236,7 @@ Weights load_hf_weights(const std::string& dir) {
                              : "";
   const ArchDesc* d = find_arch_hf(archname);
   if (!d) fail(cpath, ": architectures[0] '", archname, "' is not supported (", supported_hf_archs(), ")");
+  const bool gemma = archname == "Gemma2ForCausalLM";
   auto shared = std::make_shared<safetensors::Collection>(safetensors::Collection::open(dir));
   const auto& st = *shared;
   Weights w;
@@ -245,6 +268,15 @@ Weights load_hf_weights(const std::string& dir) {
       c.rope_theta = cfg["rope_parameters"]["rope_theta"].get<float>();
     c.rope_style = ops::RopeStyle::HalfSplit;
     if (is_deepseek(archname)) read_hf_mla(cfg, cpath, c);
+    if (gemma) {  // embeddings x sqrt(hidden_size), q x query_pre_attn_scalar^-1/2 (the default scale when it is head_dim)
+      c.embed_scale = std::sqrt(float(c.dim));
+      const int64_t qpas = get_int_or(cfg, cpath, "query_pre_attn_scalar", c.head_dim);
+      if (qpas <= 0) fail(cpath, ": query_pre_attn_scalar must be positive, got ", qpas);
+      if (qpas != c.head_dim) c.attn_scale = 1.f / std::sqrt(float(qpas));
+      // transformers' Gemma 2 defaults when the keys are absent
+      if (!cfg.contains("final_logit_softcapping")) c.final_softcap = 30.f;
+      if (!cfg.contains("attn_logit_softcapping")) c.attn_softcap = 50.f;
+    }
     if (c.rope_dims() > 0) c.rope_freq_factors = hf_rope_factors(cfg, cpath, c.rope_theta, c.rope_dims());
     // hidden_act (Gemma: hidden_activation) of the gated MLP: silu = SwiGLU, tanh-GELU = GeGLU.
     const char* act_key = cfg.contains("hidden_act") ? "hidden_act" : "hidden_activation";
@@ -270,6 +302,8 @@ Weights load_hf_weights(const std::string& dir) {
       }
       if (win < 1 && std::find(slides.begin(), slides.end(), true) != slides.end())
         fail(cpath, ": layer_types names sliding layers but 'sliding_window' is not set");
+    } else if (gemma && has_win && win > 0) {  // Gemma 2 without layer_types: the even layers slide
+      for (int64_t l = 0; l < c.n_layers; l += 2) slides[size_t(l)] = true;
     } else if (has_win && win > 0 && cfg.value("use_sliding_window", archname == "MistralForCausalLM")) {
       const int64_t from = archname == "Qwen2ForCausalLM" ? cfg.value("max_window_layers", int64_t(0)) : 0;
       for (int64_t l = std::max<int64_t>(from, 0); l < c.n_layers; ++l) slides[size_t(l)] = true;
@@ -291,7 +325,8 @@ Weights load_hf_weights(const std::string& dir) {
   std::set<std::string> used;  // every tensor the model reads
   w.layers.resize(size_t(std::max<int64_t>(0, c.n_layers)));
   // A per-expert tensor's name: the spec's own, else Mixtral's (hf_alt) when the file has that.
-  auto expert_pattern = [&](const TensorSpec& s, int64_t l) {
+  auto expert_pattern = [&](const TensorSpec& s0, int64_t l) {
+    const TensorSpec s = gemma ? gemma_named(s0) : s0;
     const std::string a = hf_tensor_name(*d, s, l, bare);
     if (!s.hf_alt) return a;
     TensorSpec alt = s;
@@ -356,9 +391,15 @@ Weights load_hf_weights(const std::string& dir) {
   c.validate(cpath);
   w.owners.push_back(shared);
   norms_to_f32(w);
+  if (gemma) {  // (1 + w) gains
+    w.out_norm = shifted(w, w.out_norm, 1.f);
+    for (auto& L : w.layers)
+      for (TensorView* t : {&L.attn_norm, &L.post_attn_norm, &L.ffn_norm, &L.post_ffn_norm})
+        if (!t->empty()) *t = shifted(w, *t, 1.f);
+  }
   w.validate_shapes(dir, [&](const std::string& role, int64_t l) {
     const TensorSpec* s = spec_by_role(*d, role);
-    return s ? hf_tensor_name(*d, *s, l, bare) : role;
+    return s ? hf_tensor_name(*d, gemma ? gemma_named(*s) : *s, l, bare) : role;
   });
   return w;
 }
@@ -371,6 +412,17 @@ void save_hf(const Weights& in, const std::string& dir) {
   const int64_t window = c.common_window(dir);
   if (c.norm_placement == NormPlacement::Post)
     fail(dir, ": config.json has no key for post-norm blocks; write GGUF instead");
+  // Gemma 2 (sandwich norms): what Gemma2ForCausalLM computes must be what the model does; any
+  // other Llama-family class has no embedding / query scale, soft-caps or sandwich norms.
+  const bool gemma = c.post_norms;
+  if (gemma && (c.embed_scale != std::sqrt(float(c.dim)) || c.activation() != FfnAct::GeGLU || c.is_moe() ||
+                c.qkv_bias || c.qk_norm || c.mla()))
+    fail(dir, ": a model with sandwich norms is written as Gemma2ForCausalLM, which implies an embedding scale of "
+              "sqrt(hidden_size), GeGLU and no experts, biases or QK-norm; this model differs (write GGUF instead)");
+  if (!gemma && c.arch == Arch::Llama &&
+      (c.embed_scale > 0.f || (c.attn_scale > 0.f && !c.mla()) || c.attn_softcap > 0.f || c.final_softcap > 0.f))
+    fail(dir, ": an embedding or query scale or soft-caps without Gemma 2's sandwich norms: no transformers class "
+              "computes this model (write GGUF instead)");
   if (c.mla() && (c.rope_style != ops::RopeStyle::Interleaved || c.qkv_bias || c.qk_norm || window > 0 ||
                   c.post_norms || c.attn_softcap > 0.f || c.final_softcap > 0.f || c.embed_scale > 0.f ||
                   c.attn_scale > 0.f || c.activation() != FfnAct::SwiGLU))
@@ -447,6 +499,27 @@ void save_hf(const Weights& in, const std::string& dir) {
       cfg["norm_topk_prob"] = c.moe_norm_topk;
       cfg["routed_scaling_factor"] = c.moe_scale;
     }
+  } else if (gemma) {
+    cfg["architectures"] = {"Gemma2ForCausalLM"};
+    cfg["model_type"] = "gemma2";
+    cfg["head_dim"] = c.head_dim;
+    cfg["hidden_activation"] = "gelu_pytorch_tanh";
+    cfg["hidden_act"] = "gelu_pytorch_tanh";
+    cfg["attention_bias"] = false;
+    cfg["rope_scaling"] = rope_scaling;
+    const double qpas = c.attn_scale > 0.f ? 1.0 / (double(c.attn_scale) * double(c.attn_scale)) : double(c.head_dim);
+    if (std::abs(qpas - std::round(qpas)) < 1e-3 * qpas) cfg["query_pre_attn_scalar"] = int64_t(std::llround(qpas));
+    else cfg["query_pre_attn_scalar"] = qpas;
+    // null, not absent: absent means transformers' defaults (50 and 30)
+    cfg["attn_logit_softcapping"] = c.attn_softcap > 0.f ? json(c.attn_softcap) : json(nullptr);
+    cfg["final_logit_softcapping"] = c.final_softcap > 0.f ? json(c.final_softcap) : json(nullptr);
+    if (window > 0) {
+      cfg["sliding_window"] = window;
+      json lt = json::array();
+      for (int64_t l = 0; l < c.n_layers; ++l)
+        lt.push_back(c.layer(l).attn == AttnKind::SlidingWindow ? "sliding_attention" : "full_attention");
+      cfg["layer_types"] = lt;
+    }
   } else if (c.arch == Arch::Llama) {
     // Transformers' classes for the variants: Qwen2 adds q/k/v biases, Qwen3 QK-norm.
     cfg["architectures"] = {c.is_moe() ? (mixtral ? "MixtralForCausalLM" : "Qwen2MoeForCausalLM")
@@ -483,8 +556,9 @@ void save_hf(const Weights& in, const std::string& dir) {
   }
   // The architecture's tensors; GPT-2's Conv1D matrices go back to (in, out), f32.
   for_each_tensor_spec(d, c, [&](const TensorSpec& s, int64_t l) {
-    const TensorView& t = slot_ref(w, s.slot, l);
-    TensorSpec named = s;
+    const TensorView& t0 = slot_ref(w, s.slot, l);
+    const TensorView& t = gemma && is_gemma_norm(s.slot) ? shifted(tmp, t0, -1.f) : t0;  // stored as w - 1
+    TensorSpec named = gemma ? gemma_named(s) : s;
     if (mixtral && s.hf_alt) named.hf = s.hf_alt;
     const bool shexp = s.slot == Slot::WGateSh || s.slot == Slot::WUpSh || s.slot == Slot::WDownSh;
     if (c.mla() && shexp) named.hf = s.hf_alt;  // DeepSeek's "mlp.shared_experts.*"

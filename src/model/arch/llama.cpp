@@ -52,7 +52,7 @@ const ArchDesc kLlamaArch{
     "llama",
     {"llama", "qwen2", "qwen3", "qwen2moe", "deepseek2", "gemma2"},
     {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
-     "Qwen2MoeForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"},
+     "Qwen2MoeForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "Gemma2ForCausalLM"},
     // head
     {{Slot::TokEmbd, "token_embd.weight", "model.embed_tokens.weight", E, vc}},
     // layer
