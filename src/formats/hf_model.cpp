@@ -419,8 +419,8 @@ void save_hf(const Weights& in, const std::string& dir) {
                 c.qkv_bias || c.qk_norm || c.mla()))
     fail(dir, ": a model with sandwich norms is written as Gemma2ForCausalLM, which implies an embedding scale of "
               "sqrt(hidden_size), GeGLU and no experts, biases or QK-norm; this model differs (write GGUF instead)");
-  if (!gemma && c.arch == Arch::Llama &&
-      (c.embed_scale > 0.f || (c.attn_scale > 0.f && !c.mla()) || c.attn_softcap > 0.f || c.final_softcap > 0.f))
+  if (!gemma && c.arch == Arch::Llama && !c.mla() &&
+      (c.embed_scale > 0.f || c.attn_scale > 0.f || c.attn_softcap > 0.f || c.final_softcap > 0.f))
     fail(dir, ": an embedding or query scale or soft-caps without Gemma 2's sandwich norms: no transformers class "
               "computes this model (write GGUF instead)");
   if (c.mla() && (c.rope_style != ops::RopeStyle::Interleaved || c.qkv_bias || c.qk_norm || window > 0 ||
