@@ -102,8 +102,7 @@ std::string gguf_llama_arch(const ModelConfig& c, const std::string& path) {
   if (c.mla()) return "deepseek2";
   if (c.post_norms) {
     // Gemma 2: what llama.cpp's gemma2 implies (tested on read) must be what the model computes.
-    if (c.embed_scale != std::sqrt(float(c.dim)) || c.activation() != FfnAct::GeGLU || c.is_moe() || c.qkv_bias ||
-        c.qk_norm || !c.tied_embeddings || c.attn_scale != (c.n_layers == 46 ? 1.f / std::sqrt(float(c.dim / c.n_heads)) : 0.f))
+    if (!c.gemma2_block() || !c.tied_embeddings || c.attn_scale != (c.n_layers == 46 ? 1.f / std::sqrt(float(c.dim / c.n_heads)) : 0.f))
       fail(path, ": a model with sandwich norms is written as llama.cpp's gemma2, which implies an embedding scale "
                  "of sqrt(dim), GeGLU, tied embeddings and its query scale; this model differs");
     return "gemma2";

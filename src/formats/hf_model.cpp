@@ -415,8 +415,7 @@ void save_hf(const Weights& in, const std::string& dir) {
   // Gemma 2 (sandwich norms): what Gemma2ForCausalLM computes must be what the model does; any
   // other Llama-family class has no embedding / query scale, soft-caps or sandwich norms.
   const bool gemma = c.post_norms;
-  if (gemma && (c.embed_scale != std::sqrt(float(c.dim)) || c.activation() != FfnAct::GeGLU || c.is_moe() ||
-                c.qkv_bias || c.qk_norm || c.mla()))
+  if (gemma && !c.gemma2_block())
     fail(dir, ": a model with sandwich norms is written as Gemma2ForCausalLM, which implies an embedding scale of "
               "sqrt(hidden_size), GeGLU and no experts, biases or QK-norm; this model differs (write GGUF instead)");
   if (!gemma && c.arch == Arch::Llama && !c.mla() &&
@@ -513,13 +512,6 @@ void save_hf(const Weights& in, const std::string& dir) {
     // null, not absent: absent means transformers' defaults (50 and 30)
     cfg["attn_logit_softcapping"] = c.attn_softcap > 0.f ? json(c.attn_softcap) : json(nullptr);
     cfg["final_logit_softcapping"] = c.final_softcap > 0.f ? json(c.final_softcap) : json(nullptr);
-    if (window > 0) {
-      cfg["sliding_window"] = window;
-      json lt = json::array();
-      for (int64_t l = 0; l < c.n_layers; ++l)
-        lt.push_back(c.layer(l).attn == AttnKind::SlidingWindow ? "sliding_attention" : "full_attention");
-      cfg["layer_types"] = lt;
-    }
   } else if (c.arch == Arch::Llama) {
     // Transformers' classes for the variants: Qwen2 adds q/k/v biases, Qwen3 QK-norm.
     cfg["architectures"] = {c.is_moe() ? (mixtral ? "MixtralForCausalLM" : "Qwen2MoeForCausalLM")
@@ -540,19 +532,19 @@ void save_hf(const Weights& in, const std::string& dir) {
     cfg["head_dim"] = c.head_dim;
     cfg["hidden_act"] = c.activation() == FfnAct::GeGLU ? "gelu_pytorch_tanh" : "silu";
     cfg["rope_scaling"] = rope_scaling;
-    if (window > 0) {
-      cfg["sliding_window"] = window;
-      cfg["use_sliding_window"] = true;
-      json lt = json::array();
-      for (int64_t l = 0; l < c.n_layers; ++l)
-        lt.push_back(c.layer(l).attn == AttnKind::SlidingWindow ? "sliding_attention" : "full_attention");
-      cfg["layer_types"] = lt;
-    }
   } else {
     cfg["architectures"] = {"GPT2LMHeadModel"};
     cfg["model_type"] = "gpt2";
     cfg["n_ctx"] = c.max_seq_len;
     cfg["activation_function"] = c.activation() == FfnAct::ReLU ? "relu" : "gelu_new";
+  }
+  if (window > 0) {  // sliding layers (Llama family only: refused above otherwise)
+    cfg["sliding_window"] = window;
+    if (!gemma) cfg["use_sliding_window"] = true;
+    json lt = json::array();
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      lt.push_back(c.layer(l).attn == AttnKind::SlidingWindow ? "sliding_attention" : "full_attention");
+    cfg["layer_types"] = lt;
   }
   // The architecture's tensors; GPT-2's Conv1D matrices go back to (in, out), f32.
   for_each_tensor_spec(d, c, [&](const TensorSpec& s, int64_t l) {

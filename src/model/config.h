@@ -126,6 +126,12 @@ struct ModelConfig {
     return layer_cfg.empty() ? kDefault : layer_cfg[size_t(l)];
   }
   bool has_sliding_window() const;
+  // Whether the blocks are Gemma 2's: sandwich norms, embeddings x sqrt(dim), GeGLU,
+  // no experts, biases, QK-norm or latent attention (what gemma2 / Gemma2ForCausalLM imply).
+  bool gemma2_block() const {
+    return post_norms && embed_scale == std::sqrt(float(dim)) && activation() == FfnAct::GeGLU && !is_moe() &&
+           !qkv_bias && !qk_norm && !mla();
+  }
   bool is_moe() const { return moe_experts > 0; }
   bool mla() const { return mla_kv_lora > 0; }
   // Dims of a head that RoPE rotates: its last rope_dims() (all but MLA's nope part).

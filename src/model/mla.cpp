@@ -10,8 +10,9 @@
 // one shared head, over the cached rows [c_j | k_pe_j] as keys and their c_j as
 // values (ModelConfig::cache_v_in_k); its output o_h (d_c) goes through Wv_h.
 // The scale stays 1 / sqrt(nope + rope), the key length the model was trained
-// with. Decode and prefill both read only the latent cache; neither expands
-// per-head keys or values. Written once over both executors (model/exec.h):
+// with. That is how decode steps and short chunks run; a long run of one
+// sequence's positions expands instead (mla_prefill_expanded: per head, the
+// visible keys' [k_nope | v] from the cached latents). Written once over both executors (model/exec.h):
 // rows(f) runs per-row work, items(n, f) per-head work; prepare_mla() builds the
 // per-head matrices once.
 #include <omp.h>
