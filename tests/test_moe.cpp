@@ -21,8 +21,10 @@
 #include "formats/model_io.h"
 #include "model/arch.h"
 #include "model/model.h"
+#include "model/moe_hash.h"
 #include "model/synthetic.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 #include "train/params.h"
 
 using namespace tessera;
@@ -454,4 +456,131 @@ TEST(MoE, EveryNthLayer) {
     EXPECT_NE(std::string(e.what()).find("dense layers between"), std::string::npos) << e.what();
   }
   fs::remove(path);
+}
+
+// Hash routing (model/moe_hash.h) in the engine: one prefill, token by token, odd
+// chunks and a batch of two interleaved sequences, one forked from the other, give
+// the same logits (the previous token of a chunk's first row comes from the KV
+// cache, shared blocks included); the GGUF round trip keeps the rule and the
+// hash-balanced table; safetensors refuses them; a bad table is named.
+TEST(MoE, HashRoutingAcrossChunksSequencesAndFiles) {
+  const std::vector<int32_t> ids = {1, 17, 300, 42, 42, 9, 511, 3, 77, 150, 2, 8, 64, 5};
+  const int64_t n = int64_t(ids.size());
+  for (MoeRouting r : {MoeRouting::HashBigram, MoeRouting::HashPrevToken, MoeRouting::HashBalanced}) {
+    SCOPED_TRACE(moe_routing_name(r));
+    ModelConfig c = synthetic_config("moe-tiny");
+    c.moe_routing = r;
+    if (r == MoeRouting::HashBalanced) {
+      std::vector<int64_t> counts(size_t(c.vocab_size));
+      for (size_t t = 0; t < counts.size(); ++t) counts[t] = int64_t(1000 / (t + 1));  // Zipf-like
+      c.moe_hash_table = moe_balanced_table(c, counts);
+    }
+    const Weights w = make_random_weights(c, DType::F32, 3, 1);
+    EXPECT_TRUE(w.layers[0].router.empty());
+    const std::vector<float> ref = run(w, ids, n);
+    EXPECT_LT(max_diff(run(w, ids, 1), ref), 1e-4);
+    EXPECT_LT(max_diff(run(w, ids, 5), ref), 1e-4);
+    // Sequence a: ids; sequence b: forks a after 6 tokens, then its own tokens. Rows interleaved.
+    std::vector<int32_t> b_ids(ids.begin(), ids.begin() + 6);
+    for (int32_t t : {400, 12, 12, 99}) b_ids.push_back(t);
+    const std::vector<float> ref_b = run(w, b_ids, int64_t(b_ids.size()));
+    RunOptions o;
+    o.n_ctx = 64, o.max_batch = 7, o.own_cache = false, o.kv_block_size = 4;
+    Model m(w, o);
+    KVCache cache = m.make_cache(16);
+    KernelContext ctx(2);
+    const int64_t V = c.vocab_size;
+    const int32_t a = cache.add_seq();
+    std::vector<float> out(size_t(n * V));
+    Batch bt;
+    for (int64_t p = 0; p < 6; ++p) bt.add(ids[size_t(p)], p, a, true);
+    m.forward(ctx, bt, cache, out.data());
+    const int32_t b = cache.fork(a);
+    bt.clear();
+    for (int64_t p = 6; p < n; ++p) {
+      bt.add(ids[size_t(p)], p, a, true);
+      if (p < int64_t(b_ids.size())) bt.add(b_ids[size_t(p)], p, b, true);
+    }
+    std::vector<float> out2(size_t(bt.size() * V));
+    m.forward(ctx, bt, cache, out2.data());
+    double worst = 0;
+    for (int64_t i = 0, p = 6; p < n; ++p) {
+      for (int64_t v = 0; v < V; ++v)
+        worst = std::max(worst, double(std::abs(out2[size_t(i * V + v)] - ref[size_t(p * V + v)])));
+      ++i;
+      if (p < int64_t(b_ids.size())) {
+        for (int64_t v = 0; v < V; ++v)
+          worst = std::max(worst, double(std::abs(out2[size_t(i * V + v)] - ref_b[size_t(p * V + v)])));
+        ++i;
+      }
+    }
+    EXPECT_LT(worst, 1e-4);
+    // Files.
+    const std::string g = test::temp_path("moe_hash.gguf");
+    save_gguf(w, nullptr, g);
+    {
+      const LoadedModel lm = load_model(g);
+      EXPECT_EQ(lm.weights.cfg.moe_routing, r);
+      EXPECT_EQ(lm.weights.cfg.moe_hash_table, c.moe_hash_table);
+      EXPECT_EQ(max_diff(run(lm.weights, ids, n), ref), 0.0);
+      EXPECT_NE(lm.weights.cfg.router_desc().find(std::string(moe_routing_name(r)) + " -> 2 experts -> weights 0.5 each"),
+                std::string::npos)
+          << lm.weights.cfg.router_desc();
+    }
+    fs::remove(g);
+    try {
+      save_hf(w, test::temp_path("moe_hash_hf"));
+      ADD_FAILURE() << "saved a hash-routed model as safetensors";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no transformers class routes experts by a hash"), std::string::npos) << e.what();
+    }
+  }
+  ModelConfig bad = synthetic_config("moe-tiny");
+  bad.moe_routing = MoeRouting::HashBalanced;
+  bad.moe_hash_table.assign(size_t(bad.vocab_size * bad.moe_used), 0);  // every token to expert 0 twice
+  try {
+    bad.validate("bad.gguf");
+    ADD_FAILURE() << "a table routing to one expert twice validated";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.gguf: the expert hash table sends token 0 to expert 0 twice"),
+              std::string::npos)
+        << e.what();
+  }
+  bad.moe_hash_table.pop_back();
+  EXPECT_THROW(bad.validate("bad.gguf"), Error);
+}
+
+// Hash-balanced routing spreads the training tokens evenly: the table built from
+// TinyStories' token counts (the 260K model's tokenizer) gives every expert a load
+// within 10% of the others', where hashing token ids at random does not.
+TEST(MoE, HashBalancedTableEvensTheLoads) {
+  TESSERA_REQUIRE_SHARED("data/tinystories_val.txt");
+  TESSERA_REQUIRE_SHARED("models/tok512.bin");
+  const Tokenizer tok = load_llama2c_tokenizer(test::shared_path("models/tok512.bin"), 512);
+  const std::vector<int32_t> ids = tok.encode(test::slurp(test::shared_path("data/tinystories_val.txt")));
+  ASSERT_GT(ids.size(), 100000u);
+  ModelConfig c = synthetic_config("moe-tiny");
+  std::vector<int64_t> counts(size_t(c.vocab_size), 0);
+  for (int32_t t : ids) ++counts[size_t(t)];
+  for (auto [E, k] : {std::pair<int64_t, int64_t>{8, 2}, {8, 1}, {16, 2}}) {
+    c.moe_experts = E, c.moe_used = k;
+    c.moe_routing = MoeRouting::HashBalanced;
+    c.moe_hash_table = moe_balanced_table(c, counts);
+    c.validate("balanced");
+    std::vector<int64_t> load = moe_hash_loads(c, counts);
+    auto [lo, hi] = std::minmax_element(load.begin(), load.end());
+    EXPECT_LE(double(*hi), 1.10 * double(*lo)) << "E " << E << " k " << k;
+    // The same loads when the engine's rule routes every token of the text.
+    std::vector<int64_t> routed(size_t(E), 0);
+    std::vector<int32_t> sel(static_cast<size_t>(k));
+    for (int32_t t : ids) {
+      moe_hash_select(c, t, -1, 0, sel.data());
+      for (int32_t e : sel) ++routed[size_t(e)];
+    }
+    EXPECT_EQ(routed, load);
+    c.moe_routing = MoeRouting::HashRandom, c.moe_hash_table.clear();
+    load = moe_hash_loads(c, counts);
+    std::tie(lo, hi) = std::minmax_element(load.begin(), load.end());
+    EXPECT_GT(double(*hi), 1.10 * double(*lo)) << "random hashing is this uneven, E " << E << " k " << k;
+  }
 }

@@ -535,6 +535,50 @@ TEST_F(TrainCli, MixtureOfExpertsTrainsResumesAndExports) {
   EXPECT_FALSE(r.out.empty());
 }
 
+// Hash routing from the command line (model/moe_hash.h): hash-balanced builds its table
+// from the training tokens (the log reports expert loads within 10%), trains without a
+// router, resumes bit-identically (the table is in the checkpoint), exports with the
+// rule and table, and runs; the router losses and a dense model are refused with it.
+TEST_F(TrainCli, HashRoutedMixtureOfExperts) {
+  const std::string a = dir_ + "/run_hash_a", b = dir_ + "/run_hash_b";
+  const std::string moe = " --moe-experts 4 --moe-top-k 2 --moe-expert-hidden 48 --moe-routing hash-balanced"
+                          " --schedule constant --warmup 2";
+  auto r = run_cli(train_args(a, 12) + moe);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const size_t at = r.err.find("hash-balanced routing: 320 token ids over 4 experts");
+  ASSERT_NE(at, std::string::npos) << r.err;
+  const size_t mm = r.err.find("(max/min ", at);
+  ASSERT_NE(mm, std::string::npos) << r.err;
+  EXPECT_LE(std::stod(r.err.substr(mm + 9)), 1.10) << r.err.substr(at, 200);
+  EXPECT_NE(r.err.find("router hash-balanced -> 2 experts -> weights 0.5 each"), std::string::npos) << r.err;
+  std::ifstream in(a + "/metrics.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 12u);
+  EXPECT_LT(lines.back()["loss"].get<double>(), lines.front()["loss"].get<double>());
+  EXPECT_FALSE(lines.back().contains("moe_balance"));
+  ASSERT_EQ(lines.back()["expert_tokens"].size(), 2u);
+  r = run_cli(train_args(b, 10) + moe);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --resume " + q(b) + " --steps 12");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(trajectory(a), trajectory(b));
+  const std::string gguf = dir_ + "/hash.gguf";
+  r = run_cli("export " + q(a) + " -o " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("info -m " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("router:         hash-balanced -> 2 experts -> weights 0.5 each"), std::string::npos) << r.out;
+  r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 8 --temp 0 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli(train_args(dir_ + "/run_hash_bad", 2) + moe + " --moe-balance 0.01");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("without a router to balance"), std::string::npos) << r.err;
+  r = run_cli(train_args(dir_ + "/run_hash_bad2", 2) + " --moe-routing hash-random");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("needs a mixture-of-experts model"), std::string::npos) << r.err;
+}
+
 // Sparse upcycling from the command line: a dense run's export becomes a 4-expert model that trains;
 // a top-k above the expert count is refused (the exactness at step 0 is MoE.UpcyclingStartsAsTheDenseModel).
 TEST_F(TrainCli, UpcyclingADenseModel) {

@@ -424,6 +424,10 @@ TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
   ModelOptions rc = mo;
   rc.recompute = true, rc.dropout = 0.2f;
   check_model(ds, rc, 99);
+  // Hash routing (no router; each of k experts weighs 1/k) by (previous token, token).
+  ModelConfig hash = mix;
+  hash.moe_routing = MoeRouting::HashBigram;
+  check_model(hash, ModelOptions{});
   // A capacity factor that drops slots: 10 rows x 2 slots over 4 experts, at most ceil(0.5 x 20 / 4) = 3 each.
   ModelOptions cap = mo;
   cap.moe_capacity = 0.5f;

@@ -15,6 +15,7 @@
 #include "formats/load.h"
 #include "formats/model_io.h"
 #include "model/model.h"
+#include "model/moe_hash.h"
 #include "model/synthetic.h"
 #include "formats/rope_scaling.h"
 #include "test_util.h"
@@ -125,6 +126,38 @@ TEST(TrainInfer, MixtureOfExpertsAgree) {
   sig.moe_gate = MoeGate::Sigmoid, sig.moe_norm_topk = true, sig.moe_scale = 2.f;
   sig.set_moe_layers();
   check_agreement(sig, false);
+}
+
+// Hash routing (model/moe_hash.h), every rule: the training forward routes each token
+// as the engine does (prefill in two chunks: the previous token of a chunk's first
+// row comes from the KV cache) and as the GGUF export does; the rules route differently.
+TEST(TrainInfer, HashRoutedMixtureOfExpertsAgree) {
+  ModelConfig c = synthetic_config("260k");
+  c.moe_experts = 6, c.moe_used = 2, c.moe_hidden = 32, c.moe_shared_hidden = 32, c.moe_shared_gate = true;
+  c.set_moe_layers();
+  std::vector<double> losses;
+  for (MoeRouting r : {MoeRouting::HashRandom, MoeRouting::HashBalanced, MoeRouting::HashBigram,
+                       MoeRouting::HashPrevToken, MoeRouting::HashPosition}) {
+    SCOPED_TRACE(moe_routing_name(r));
+    ModelConfig h = c;
+    h.moe_routing = r;
+    if (r == MoeRouting::HashBalanced) {
+      std::vector<int64_t> counts(size_t(h.vocab_size));
+      for (size_t t = 0; t < counts.size(); ++t) counts[t] = int64_t((t * 7919) % 101);
+      h.moe_hash_table = moe_balanced_table(h, counts);
+    }
+    check_agreement(h, false);
+    train::Layout L(h);
+    EXPECT_EQ(L.total, train::Layout(c).total - h.n_layers * h.moe_experts * h.dim) << "no router tensors";
+    std::vector<float> p(L.total);
+    train::init_params(L, p.data(), 11);
+    const std::vector<int32_t> tok = {1, 5, 9, 2, 7, 3, 8, 4, 6, 10, 12, 11}, tgt = {5, 9, 2, 7, 3, 8, 4, 6, 10, 12, 11, 1};
+    train::Transformer<float> tm(L, 1, int64_t(tok.size()), train::ModelOptions{});
+    const auto res = tm.forward(p.data(), tok.data(), tgt.data());
+    losses.push_back(res.loss_sum);
+  }
+  for (size_t i = 0; i < losses.size(); ++i)
+    for (size_t j = 0; j < i; ++j) EXPECT_NE(losses[i], losses[j]) << i << " " << j;
 }
 
 TEST(TrainInfer, LlamaSlidingWindowLayersAgree) {

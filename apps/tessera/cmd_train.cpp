@@ -29,7 +29,7 @@ struct ShapeArgs {
   std::string ffn_act, norm_placement = "pre";
   // Mixture-of-experts feed-forward (new models).
   int64_t moe_experts = 0, moe_top_k = 2, moe_shared = 0, moe_hidden = 0, moe_first_dense = 0, moe_every = 1;
-  std::string moe_gate = "topk-softmax";
+  std::string moe_gate = "topk-softmax", moe_routing = "learned";
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -101,6 +101,11 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "router: topk-softmax (Mixtral: softmax over the selected, default), softmax-topk (Qwen2-MoE / "
                  "DeepSeek-V2: softmax over all, not renormalised) or sigmoid (renormalised)")
       ->check(CLI::IsMember({"topk-softmax", "softmax-topk", "sigmoid"}));
+  app.add_option("--moe-routing", sa.moe_routing,
+                 "learned (a router, default) or hash routing without a router (Hash Layers): hash-random (token id), "
+                 "hash-balanced (token ids spread over the experts by their frequency in the training data), "
+                 "hash-bigram, hash-prev-token, hash-position; each of the --moe-top-k experts weighs 1/k")
+      ->check(CLI::IsMember({"learned", "hash-random", "hash-balanced", "hash-bigram", "hash-prev-token", "hash-position"}));
   app.add_option("--upcycle-experts", o.upcycle_experts,
                  "with --init: sparse upcycling, every dense feed-forward copied into this many experts + a new router "
                  "(top --moe-top-k)");
@@ -170,6 +175,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
     m.vocab_size = train::open_dataset(o.data_dir).vocab_size;
   m.name = "tessera-" + std::string(arch_name(m.arch));
   if (o.upcycle_experts > 0) m.moe_used = sa.moe_top_k;  // the upcycled router's k (the rest comes from --init)
+  m.moe_routing = parse_moe_routing(sa.moe_routing, "--moe-routing");
 }
 
 namespace {

@@ -79,6 +79,17 @@ void read_moe_keys(const gguf::File& f, const std::string& arch, const std::stri
   c.moe_gate = gating == 2 ? MoeGate::Sigmoid : MoeGate::Softmax;
   c.moe_norm_topk = f.get_bool_or(p + "expert_weights_norm", arch == "llama");
   c.moe_scale = float(f.get_float_or(p + "expert_weights_scale", 1.0));
+  // Hash routing (model/moe_hash.h; Tessera keys): the rule, and hash-balanced's table.
+  c.moe_routing = parse_moe_routing(f.get_string_or(p + "expert_routing", "learned"), path + ": " + p + "expert_routing");
+  if (f.find(p + "expert_hash_table")) {
+    const std::vector<double> t = f.get_num_array(p + "expert_hash_table");
+    c.moe_hash_table.resize(t.size());
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (!(t[i] >= 0 && t[i] < double(c.moe_experts)) || t[i] != std::floor(t[i]))
+        fail(path, ": ", p, "expert_hash_table[", i, "] = ", t[i], " is not an expert index below ", c.moe_experts);
+      c.moe_hash_table[i] = int32_t(t[i]);
+    }
+  }
 }
 
 // The keys read_moe_keys reads back to c, for the GGUF architecture `arch`.
@@ -93,6 +104,8 @@ void write_moe_keys(gguf::Writer& g, const std::string& arch, const std::string&
   if (c.moe_gate != MoeGate::Softmax) g.set_u32(p + "expert_gating_func", 2);
   if (c.moe_norm_topk != (arch == "llama")) g.set_bool(p + "expert_weights_norm", c.moe_norm_topk);
   if (c.moe_scale != 1.f) g.set_f32(p + "expert_weights_scale", c.moe_scale);
+  if (c.moe_hashed()) g.set_string(p + "expert_routing", moe_routing_name(c.moe_routing));
+  if (!c.moe_hash_table.empty()) g.set_i32_array(p + "expert_hash_table", c.moe_hash_table);
 }
 
 // The GGUF architecture llama.cpp runs this llama-family config as: "qwen2moe"

@@ -412,6 +412,9 @@ void save_hf(const Weights& in, const std::string& dir) {
   const int64_t window = c.common_window(dir);
   if (c.norm_placement == NormPlacement::Post)
     fail(dir, ": config.json has no key for post-norm blocks; write GGUF instead");
+  if (c.moe_hashed())
+    fail(dir, ": no transformers class routes experts by a hash (", moe_routing_name(c.moe_routing),
+         "); write GGUF instead");
   // Gemma 2 (sandwich norms): what Gemma2ForCausalLM computes must be what the model does; any
   // other Llama-family class has no embedding / query scale, soft-caps or sandwich norms.
   const bool gemma = c.post_norms;

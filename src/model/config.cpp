@@ -43,6 +43,26 @@ FfnAct parse_ffn_act(const std::string& name, const std::string& where) {
 
 const char* moe_gate_name(MoeGate g) { return g == MoeGate::Sigmoid ? "sigmoid" : "softmax"; }
 
+const char* moe_routing_name(MoeRouting r) {
+  switch (r) {
+    case MoeRouting::Learned: return "learned";
+    case MoeRouting::HashRandom: return "hash-random";
+    case MoeRouting::HashBalanced: return "hash-balanced";
+    case MoeRouting::HashBigram: return "hash-bigram";
+    case MoeRouting::HashPrevToken: return "hash-prev-token";
+    case MoeRouting::HashPosition: return "hash-position";
+  }
+  return "?";
+}
+
+MoeRouting parse_moe_routing(const std::string& name, const std::string& where) {
+  for (MoeRouting r : {MoeRouting::Learned, MoeRouting::HashRandom, MoeRouting::HashBalanced, MoeRouting::HashBigram,
+                       MoeRouting::HashPrevToken, MoeRouting::HashPosition})
+    if (name == moe_routing_name(r)) return r;
+  fail(where, ": expert routing '", name,
+       "' is not one of learned, hash-random, hash-balanced, hash-bigram, hash-prev-token, hash-position");
+}
+
 void ModelConfig::set_moe_layers() {
   if (moe_experts <= 0) return;
   if (layer_cfg.empty()) layer_cfg.resize(size_t(std::max<int64_t>(n_layers, 0)));
@@ -53,6 +73,11 @@ void ModelConfig::set_moe_layers() {
 
 std::string ModelConfig::router_desc() const {
   if (!is_moe()) return "";
+  if (moe_hashed()) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, " -> weights %g each", double(moe_scale) / double(moe_used));
+    return std::string(moe_routing_name(moe_routing)) + " -> " + std::to_string(moe_used) + " experts" + buf;
+  }
   std::string s = std::string(moe_gate_name(moe_gate)) + " -> top-" + std::to_string(moe_used) +
                   (moe_score_bias ? " by score + bias" : "") +
                   (moe_norm_topk ? " -> renormalise" : " -> no renormalisation");
@@ -182,6 +207,24 @@ void ModelConfig::validate(const std::string& where) const {
       fail(where, ": expert_weights_scale must be positive, got ", moe_scale);
     if (moe_shared_gate && moe_shared_hidden == 0) fail(where, ": a shared-expert gate without a shared expert");
     if (moe_every < 1) fail(where, ": MoE layer step (moe_every) must be >= 1, got ", moe_every);
+    if (moe_hashed() && moe_score_bias) fail(where, ": a hash-routed model has no router, so no selection bias");
+    const bool table = moe_routing == MoeRouting::HashBalanced;
+    if (!table && !moe_hash_table.empty())
+      fail(where, ": an expert hash table is given but the routing is ", moe_routing_name(moe_routing));
+    if (table) {
+      if (int64_t(moe_hash_table.size()) != vocab_size * moe_used)
+        fail(where, ": the hash-balanced expert table holds ", moe_hash_table.size(), " entries; vocab_size x top-k is ",
+             vocab_size * moe_used);
+      for (int64_t t = 0; t < vocab_size; ++t)
+        for (int64_t i = 0; i < moe_used; ++i) {
+          const int32_t e = moe_hash_table[size_t(t * moe_used + i)];
+          if (e < 0 || e >= moe_experts)
+            fail(where, ": the expert hash table sends token ", t, " to expert ", e, " (experts are 0..", moe_experts - 1, ")");
+          for (int64_t j = 0; j < i; ++j)
+            if (moe_hash_table[size_t(t * moe_used + j)] == e)
+              fail(where, ": the expert hash table sends token ", t, " to expert ", e, " twice");
+        }
+    }
   }
   for (size_t l = 0; l < layer_cfg.size(); ++l)
     if (layer_cfg[l].ffn == FfnKind::MoE && !is_moe())

@@ -33,6 +33,17 @@ enum class FfnKind : uint8_t {
 // ("softmax-topk"), DeepSeek-V3 = sigmoid + bias + norm.
 enum class MoeGate : uint8_t { Softmax, Sigmoid };
 const char* moe_gate_name(MoeGate g);
+// Which experts a token goes to. Learned: the router above. Hash routing (Roller
+// et al., "Hash Layers"; no router tensor, no router losses): the k experts come
+// from a fixed function of the token (model/moe_hash.h) and each weighs
+// moe_scale / k. HashRandom: a hash of the token id; HashBalanced: a table
+// (ModelConfig::moe_hash_table) that gives token ids to experts by their
+// frequency in the training data, so expert loads are even; HashBigram: a hash
+// of (previous token, token); HashPrevToken: of the previous token; HashPosition:
+// of the position. The previous token of position 0 is "none".
+enum class MoeRouting : uint8_t { Learned, HashRandom, HashBalanced, HashBigram, HashPrevToken, HashPosition };
+const char* moe_routing_name(MoeRouting r);  // "learned", "hash-random", ...
+MoeRouting parse_moe_routing(const std::string& name, const std::string& where);  // Error naming the value
 // The feed-forward activation. Gated (Llama family: down(act(gate x) * up x)):
 // SwiGLU (silu), GeGLU (tanh-approximated GELU, Gemma's). Ungated with biases
 // (GPT-2 family: down(act(up x + b1)) + b2): GELU (tanh approximation), ReLU
@@ -118,6 +129,9 @@ struct ModelConfig {
   float moe_scale = 1.f;         // selected weights multiplied by this
   bool moe_shared_gate = false;  // the shared expert's output times sigmoid(g . x) (Qwen2-MoE)
   bool moe_score_bias = false;   // a per-expert bias added to the scores for selection only (DeepSeek-V3)
+  MoeRouting moe_routing = MoeRouting::Learned;
+  // HashBalanced: token id t goes to experts moe_hash_table[t k .. t k + k) (vocab_size x k, distinct per token).
+  std::vector<int32_t> moe_hash_table;
 
   // Throws Error naming the field when sizes are zero/negative or do not divide.
   void validate(const std::string& where) const;
@@ -133,6 +147,7 @@ struct ModelConfig {
            !qkv_bias && !qk_norm && !mla();
   }
   bool is_moe() const { return moe_experts > 0; }
+  bool moe_hashed() const { return is_moe() && moe_routing != MoeRouting::Learned; }  // no router tensor
   bool mla() const { return mla_kv_lora > 0; }
   // Dims of a head that RoPE rotates: its last rope_dims() (all but MLA's nope part).
   int64_t rope_dims() const { return mla() ? mla_rope : head_dim; }

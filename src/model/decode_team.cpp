@@ -39,7 +39,7 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
                                   : ok(L.wqkv);
     const bool ffn =
         w_.cfg.moe_layer(l)
-            ? ok(L.router) && ok(expert_matrix(L.gate_exps, 0)) && ok(expert_matrix(L.up_exps, 0)) &&
+            ? (L.router.empty() || ok(L.router)) && ok(expert_matrix(L.gate_exps, 0)) && ok(expert_matrix(L.up_exps, 0)) &&
                   ok(expert_matrix(L.down_exps, 0)) && (L.up_sh.empty() || (ok(L.gate_sh) && ok(L.up_sh) && ok(L.down_sh)))
             : ok(L.w_up) && ok(L.w_down) && (!llama || ok(L.w_gate));
     if (!attn || !ffn || !ok(L.wo)) return false;

@@ -28,6 +28,7 @@ KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
   layer_bytes_ = size_t(n_blocks_ * bs_) * row_bytes();
   data_.assign(size_t(bytes), 0);
   refs_.assign(size_t(n_blocks_), 0);
+  tok_.assign(size_t(n_blocks_ * bs_), -1);
   free_.resize(size_t(n_blocks_));
   for (int64_t i = 0; i < n_blocks_; ++i) free_[size_t(i)] = int32_t(n_blocks_ - 1 - i);
 }
@@ -140,6 +141,7 @@ void KVCache::copy_block(int32_t dst, int32_t src) {
     std::memcpy(k(l) + size_t(dst) * blk, k(l) + size_t(src) * blk, blk);
     if (!v_in_k()) std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);
   }
+  std::copy_n(tok_.begin() + ptrdiff_t(src) * bs_, bs_, tok_.begin() + ptrdiff_t(dst) * bs_);
 }
 
 }  // namespace tessera

@@ -58,6 +58,10 @@ class KVCache {
     const auto& t = seqs_[size_t(seq)].blocks;
     return int64_t(t[size_t(pos / bs_)]) * bs_ + pos % bs_;
   }
+  // The token id at each cached position (hash routing by the previous token:
+  // model/moe_hash.h); written by Model::forward with the position's K/V.
+  int32_t token(int32_t seq, int64_t pos) const { return tok_[size_t(row(seq, pos))]; }
+  void set_token(int32_t seq, int64_t pos, int32_t t) { tok_[size_t(row(seq, pos))] = t; }
   const int32_t* block_table(int32_t seq) const { return seqs_[size_t(seq)].blocks.data(); }
   // Keys (then values) of layer l: (rows, kv_dim) elements, row_bytes() per row.
   uint8_t* k(int64_t l) { return data_.data() + size_t(l) * n_kv_ * layer_bytes_; }
@@ -90,6 +94,7 @@ class KVCache {
   DType type_;
   size_t layer_bytes_;  // one of K / V of one layer
   huge_vector<uint8_t> data_;
+  std::vector<int32_t> tok_;   // (n_blocks * block_size) token ids, by row
   std::vector<int32_t> refs_;  // per block
   std::vector<int32_t> free_;  // free block ids, highest first (the lowest is taken from the back)
   std::vector<Seq> seqs_;

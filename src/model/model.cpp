@@ -218,7 +218,8 @@ void Model::forward(KernelContext& ctx, const Batch& b, KVCache& cache, float* o
 
 void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n,
                   const uint8_t* want, float* out) {
-  cpos_ = pos, cseq_ = seq;
+  cpos_ = pos, cseq_ = seq, ctok_ = tokens;
+  for (int64_t t = 0; t < n; ++t) kv_->set_token(seq[t], pos[t], tokens[t]);
   if (n == 1 && decodes_as_team(ctx)) return decode_team(ctx, tokens[0], pos[0], seq[0], want && !want[0] ? a_.logits : out);
   const auto& c = w_.cfg;
   const int64_t C = c.dim;

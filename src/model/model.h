@@ -127,6 +127,8 @@ class Model {
   template <class Ex>
   void post_norm(Ex& ex, const TensorView& g);  // a_.xb <- rmsnorm(a_.xb, g) (Gemma 2's sandwich norms)
   void moe_rows(KernelContext& ctx, int64_t l, const float* xn, int64_t n);
+  // Hash routing (model/moe_hash.h) of the chunk's row t: its k experts and weights.
+  void moe_hash_row(int64_t t, int32_t* sel, float* w) const;
   void moe_team(TeamThread& tt, int64_t l, const float* xn, float* x, float* hs);
   // QK-norm and RoPE (Llama; GPT-2: neither) of one token's q / k rows
   // (sequence seq, position pos; the projections' biases are in already) for
@@ -181,6 +183,7 @@ class Model {
   KVCache* kv_ = nullptr;
   const int64_t* cpos_ = nullptr;
   const int32_t* cseq_ = nullptr;
+  const int32_t* ctok_ = nullptr;
   // Scratch reused across calls (sized on first use): the legacy call's row
   // positions / sequences, the rows that attend one at a time, the rows whose
   // logits are wanted, per-sequence first positions and counts of a batch.

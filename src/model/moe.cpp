@@ -1,7 +1,8 @@
 // Mixture-of-experts feed-forward (a layer with LayerConfig::ffn == MoE), for
 // both executors of model/exec.h:
 //   router logits r = router h (E); p = softmax(r) or sigmoid(r); the k experts
-//   of largest p (+ the selection bias) are chosen; weights w = p (/ sum, x scale);
+//   of largest p (+ the selection bias) are chosen; weights w = p (/ sum, x scale)
+//   (hash routing: the k experts of model/moe_hash.h, weights scale / k);
 //   y = sum_i w_i down_i(act(gate_i h) * up_i h) [+ g * shared(h)]; x += y.
 // Prefill (moe_rows) routes every row, sorts the (row, expert) pairs by expert
 // and runs each expert once as a matrix product over its rows; decode
@@ -13,6 +14,7 @@
 
 #include "kernels/ops.h"
 #include "model/exec.h"
+#include "model/moe_hash.h"
 #include "model/moe_route.h"
 
 namespace tessera {
@@ -38,16 +40,27 @@ void combine_row(int64_t C, int64_t k, const float* w, const float* const* d, fl
 
 }  // namespace
 
+void Model::moe_hash_row(int64_t t, int32_t* sel, float* w) const {
+  const auto& c = w_.cfg;
+  const int64_t pos = cpos_[t];
+  moe_hash_select(c, ctok_[t], pos > 0 ? kv_->token(cseq_[t], pos - 1) : -1, pos, sel);
+  for (int64_t i = 0; i < c.moe_used; ++i) w[i] = c.moe_scale / float(c.moe_used);
+}
+
 void Model::moe_rows(KernelContext& ctx, int64_t l, const float* xn, int64_t n) {
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
   const int64_t C = c.dim, E = c.moe_experts, k = c.moe_used, He = c.moe_hidden, Hs = c.moe_shared_hidden;
   float* x = a_.x;
-  linear(ctx, Linear{&L.router}, xn, n, a_.router);  // (n, E)
-  const float* bias = L.router_bias.empty() ? nullptr : L.router_bias.f32();
-  per_token(ctx, n, [&](int64_t t) {
-    moe_route_row(c, a_.router + t * E, bias, a_.router + t * E, moe_sel_.data() + t * k, a_.moe_w + t * k);
-  });
+  if (c.moe_hashed()) {
+    for (int64_t t = 0; t < n; ++t) moe_hash_row(t, moe_sel_.data() + t * k, a_.moe_w + t * k);
+  } else {
+    linear(ctx, Linear{&L.router}, xn, n, a_.router);  // (n, E)
+    const float* bias = L.router_bias.empty() ? nullptr : L.router_bias.f32();
+    per_token(ctx, n, [&](int64_t t) {
+      moe_route_row(c, a_.router + t * E, bias, a_.router + t * E, moe_sel_.data() + t * k, a_.moe_w + t * k);
+    });
+  }
   // Counting sort of the n k (row, expert) slots by expert: slot s = t k + i
   // goes to position inv[s] of the gathered rows; expert e owns [off[e], off[e + 1]).
   std::fill(moe_off_.begin(), moe_off_.end(), 0);
@@ -88,12 +101,16 @@ void Model::moe_team(TeamThread& tt, int64_t l, const float* xn, float* x, float
   const auto& c = w_.cfg;
   const auto& L = w_.layers[size_t(l)];
   const int64_t C = c.dim, E = c.moe_experts, k = c.moe_used, He = c.moe_hidden, Hs = c.moe_shared_hidden;
-  team_matmul(tt, xn, {{&L.router, a_.router}});  // (E), shared
-  // Every thread routes the same logits the same way into its own scratch.
+  // Every thread routes the same way into its own scratch.
   float* p = team_route_.data() + size_t(tt.rank) * team_route_stride_;
   float* w = p + E;
   auto* sel = reinterpret_cast<int32_t*>(w + k);
-  moe_route_row(c, a_.router, L.router_bias.empty() ? nullptr : L.router_bias.f32(), p, sel, w);
+  if (c.moe_hashed()) {
+    moe_hash_row(0, sel, w);
+  } else {
+    team_matmul(tt, xn, {{&L.router, a_.router}});  // (E), shared
+    moe_route_row(c, a_.router, L.router_bias.empty() ? nullptr : L.router_bias.f32(), p, sel, w);
+  }
   // gate / up of the selected experts and the shared one, up to 4 matrices a call.
   TensorView views[2 * kMaxMoeUsed + 2];
   MatmulOut outs[2 * kMaxMoeUsed + 2];

@@ -159,7 +159,7 @@ void random_matrices(Weights& w, MatrixArena& arena, const TypeOf& type_of, uint
     if (c.moe_layer(layer)) {
       const int64_t He = c.moe_hidden, Hs = c.moe_shared_hidden;
       // Routers stay f32 (llama.cpp does not quantize them).
-      L.router = random_matrix(arena, c.moe_experts, C, DType::F32, next(), threads);
+      if (!c.moe_hashed()) L.router = random_matrix(arena, c.moe_experts, C, DType::F32, next(), threads);
       L.gate_exps = experts("ffn_gate_exps.weight", He, C);
       L.up_exps = experts("ffn_up_exps.weight", He, C);
       L.down_exps = experts("ffn_down_exps.weight", C, He);

@@ -1,6 +1,6 @@
 // The mixture-of-experts feed-forward of the training Transformer, forward and
 // backward (the inference twin is model/moe.cpp; the router's semantics are
-// model/config.h's MoeGate):
+// model/config.h's MoeGate; hash routing, without a router: model/moe_hash.h):
 //   r = router x (E); p = softmax(r) or sigmoid(r); the k largest p are
 //   selected (held fixed in the backward, as every MoE trainer does); weights
 //   w = p (/ sum) x scale; y = sum_i w_i down_i(act(gate_i x) * up_i x)
@@ -18,6 +18,7 @@
 
 #include <omp.h>
 
+#include "model/moe_hash.h"
 #include "model/moe_route.h"
 #include "train/transformer.h"
 
@@ -65,10 +66,21 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
   const auto& o = L_.layers[size_t(l)];
   const int64_t N = N_, C = c_.dim, E = c_.moe_experts, k = c_.moe_used, He = c_.moe_hidden, Hs = c_.moe_shared_hidden;
   const bool geglu = c_.activation() == FfnAct::GeGLU;
-  lin_fwd(a.rl, ffn_in, p + o.router, (const T*)nullptr, N, C, E);  // (N, E)
+  if (c_.moe_hashed()) {  // model/moe_hash.h: by token / previous token / position; weights scale / k
+    const int64_t Tn = T_;
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < N; ++t) {
-    moe_route_row<T>(c_, a.rl + t * E, nullptr, a.rp + t * E, a.sel + t * k, a.mw + t * k);  // model/moe_route.h
+    for (int64_t t = 0; t < N; ++t) {
+      const int64_t pos = t % Tn;
+      const bool first = pos == 0 || (seg_ && seg_[t] == pos);  // no previous token (a packed segment's start)
+      moe_hash_select(c_, tokens_[t], first ? -1 : tokens_[t - 1], pos, a.sel + t * k);
+      for (int64_t i = 0; i < k; ++i) a.mw[t * k + i] = T(c_.moe_scale) / T(k);
+    }
+  } else {
+    lin_fwd(a.rl, ffn_in, p + o.router, (const T*)nullptr, N, C, E);  // (N, E)
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < N; ++t) {
+      moe_route_row<T>(c_, a.rl + t * E, nullptr, a.rp + t * E, a.sel + t * k, a.mw + t * k);  // model/moe_route.h
+    }
   }
   // Counting sort of the N k slots by expert: slot s goes to gathered row inv[s]
   // (-1: dropped, past its expert's capacity).
@@ -128,6 +140,11 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
     }
   }
   if (!counting_) return;  // a recomputation in the backward: counted already
+  if (c_.moe_hashed()) {  // no router: counts only
+    for (int64_t e = 0; e < E; ++e) expert_counts_[size_t(l * E + e)] += off[e + 1] - off[e];
+    dropped_ += dropped;
+    return;
+  }
   // Scratch planned in the constructor: P (E), slots routed (E, before dropping), a softmax row (E).
   double* P = moe_stat_.data();
   double* routed = P + E;
@@ -213,6 +230,7 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
     lin_bwd(dxn_, g + o.gate_sh, (T*)nullptr, dsg_, ffn_in, p + o.gate_sh, N, C, Hs, true, true);
     lin_bwd(dxn_, g + o.up_sh, (T*)nullptr, dsu_, ffn_in, p + o.up_sh, N, C, Hs, true, true);
   }
+  if (c_.moe_hashed()) return;  // fixed routing: no router to train
   // The router: d p from the weights (selection fixed) and the balance loss, through
   // softmax / sigmoid; the z-loss on the logits directly.
   const T aux = T(grad_scale_) * T(N);

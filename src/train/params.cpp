@@ -159,7 +159,8 @@ Weights weights_view(const Layout& L, const float* p) {
   return w;
 }
 
-Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uint64_t seed) {
+Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uint64_t seed, MoeRouting routing,
+                        const std::vector<int32_t>& hash_table) {
   const ModelConfig& c0 = w.cfg;
   if (c0.arch != Arch::Llama || c0.is_moe() || c0.mla())
     fail("--upcycle-experts needs a dense llama-family model (this one is ", c0.is_moe() ? "already MoE" : arch_name(c0.arch), ")");
@@ -168,6 +169,7 @@ Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uin
   ModelConfig& c = out.cfg;
   c.moe_experts = E, c.moe_used = k, c.moe_hidden = c.hidden_dim, c.moe_norm_topk = true;
   c.moe_gate = MoeGate::Softmax, c.moe_scale = 1.f;
+  c.moe_routing = routing, c.moe_hash_table = hash_table;
   c.set_moe_layers();
   uint64_t s = mix(seed ^ 0x75706379636c65ull);  // "upcycle"
   auto normal = [&] {
@@ -191,9 +193,11 @@ Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uin
   };
   for (auto& L : out.layers) {
     L.gate_exps = stack(L.w_gate), L.up_exps = stack(L.w_up), L.down_exps = stack(L.w_down);
-    std::vector<uint8_t> r(size_t(E * c.dim) * 4);
-    for (int64_t i = 0; i < E * c.dim; ++i) reinterpret_cast<float*>(r.data())[i] = float(0.02 * normal());
-    L.router = own_buffer(out, std::move(r), DType::F32, {E, c.dim});
+    if (!c.moe_hashed()) {
+      std::vector<uint8_t> r(size_t(E * c.dim) * 4);
+      for (int64_t i = 0; i < E * c.dim; ++i) reinterpret_cast<float*>(r.data())[i] = float(0.02 * normal());
+      L.router = own_buffer(out, std::move(r), DType::F32, {E, c.dim});
+    }
     L.w_gate = L.w_up = L.w_down = TensorView{};
   }
   c.validate("upcycled model");

@@ -93,7 +93,9 @@ void params_from_weights(const Layout& L, const Weights& w, float* p);
 // that matrix's RMS), a router N(0, 0.02) choosing k of them, renormalised (Mixtral's
 // router). Without noise the result computes the dense model exactly: the selected
 // weights sum to 1 and every expert is the same FFN. Error naming what is not dense.
-Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uint64_t seed);
+// routing: a hash rule (model/moe_hash.h) instead of a fresh router; hash_table: hash-balanced's.
+Weights upcycle_weights(const Weights& w, int64_t E, int64_t k, float noise, uint64_t seed,
+                        MoeRouting routing = MoeRouting::Learned, const std::vector<int32_t>& hash_table = {});
 
 // f32 Weights viewing p (no copy): feeds the inference Model and the GGUF /
 // safetensors writers. p must outlive the result.

@@ -31,7 +31,13 @@ void TrainOptions::validate() const {
   if (adam.weight_decay < 0) fail("--weight-decay must be >= 0, got ", adam.weight_decay);
   if (precision != "fp32" && precision != "bf16") fail("--precision must be fp32 or bf16, got '", precision, "'");
   sched.validate();
-  if (init_model.empty()) model.validate("model config (--dim/--layers/--heads/...)");
+  if (init_model.empty()) {
+    ModelConfig m = model;  // hash-balanced's table is built from the data later (Trainer)
+    if (m.moe_routing == MoeRouting::HashBalanced && m.moe_hash_table.empty()) m.moe_routing = MoeRouting::HashRandom;
+    m.validate("model config (--dim/--layers/--heads/...)");
+  }
+  if (model.moe_routing != MoeRouting::Learned && model.moe_experts == 0 && upcycle_experts == 0)
+    fail("--moe-routing ", moe_routing_name(model.moe_routing), " needs a mixture-of-experts model (--moe-experts or --upcycle-experts)");
   if (upcycle_experts != 0 && init_model.empty()) fail("--upcycle-experts needs --init (the dense model to upcycle)");
   if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
   if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -16,6 +17,7 @@
 #include "core/error.h"
 #include "core/mmap.h"
 #include "formats/load.h"
+#include "model/moe_hash.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/plot.h"
@@ -190,13 +192,38 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
 
   data_ = open_dataset(o_.data_dir);
   ModelConfig cfg = o_.model;
+  // Hash-balanced routing of a new MoE (model/moe_hash.h): its table from the training tokens' counts.
+  const auto balanced_table = [&](ModelConfig c) {
+    std::vector<int64_t> counts(size_t(c.vocab_size), 0);
+    const TokenShard& tr = *data_.train;
+    for (int64_t i = 0; i < tr.size(); ++i) {
+      const int32_t t = tr[i];
+      if (t >= 0 && t < c.vocab_size) ++counts[size_t(t)];
+    }
+    c.moe_hash_table = moe_balanced_table(c, counts);
+    const std::vector<int64_t> load = moe_hash_loads(c, counts);
+    const auto [lo, hi] = std::minmax_element(load.begin(), load.end());
+    if (comm_.is_root())
+      std::fprintf(log_, "hash-balanced routing: %lld token ids over %lld experts from %lld training tokens; "
+                         "loads %lld..%lld tokens per expert (max/min %.3f)\n",
+                   (long long)c.vocab_size, (long long)c.moe_experts, (long long)tr.size(), (long long)*lo,
+                   (long long)*hi, *lo > 0 ? double(*hi) / double(*lo) : 0.0);
+    return c.moe_hash_table;
+  };
   std::optional<LoadedModel> init;
   if (resume && !o_.lora.enabled() && !(o_.dpo_beta > 0)) {
     cfg = st.ck.cfg;
   } else if (!o_.init_model.empty()) {
     init = load_model(o_.init_model, o_.init_tokenizer);
     if (o_.upcycle_experts > 0) {
-      init->weights = upcycle_weights(init->weights, o_.upcycle_experts, o_.model.moe_used, o_.upcycle_noise, o_.seed);
+      std::vector<int32_t> table;
+      if (o_.model.moe_routing == MoeRouting::HashBalanced) {
+        ModelConfig c = init->weights.cfg;
+        c.moe_experts = o_.upcycle_experts, c.moe_used = o_.model.moe_used, c.moe_routing = MoeRouting::HashBalanced;
+        table = balanced_table(c);
+      }
+      init->weights = upcycle_weights(init->weights, o_.upcycle_experts, o_.model.moe_used, o_.upcycle_noise, o_.seed,
+                                      o_.model.moe_routing, table);
       if (comm_.is_root())
         std::fprintf(log_, "upcycled %s: every feed-forward into %lld experts, top-%lld, noise %g\n",
                      o_.init_model.c_str(), (long long)o_.upcycle_experts, (long long)o_.model.moe_used,
@@ -209,6 +236,13 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   }
   if (data_.vocab_size > cfg.vocab_size)
     fail(o_.data_dir, ": tokens use a vocabulary of ", data_.vocab_size, ", the model has only ", cfg.vocab_size);
+  if (cfg.moe_hashed()) {
+    if (o_.mo.moe_balance > 0 || o_.mo.moe_router_z > 0)
+      fail("--moe-balance / --moe-router-z: this model routes its experts by ", moe_routing_name(cfg.moe_routing),
+           ", without a router to balance");
+    if (cfg.moe_routing == MoeRouting::HashBalanced && cfg.moe_hash_table.empty())
+      o_.model.moe_hash_table = cfg.moe_hash_table = balanced_table(cfg);
+  }
   if (o_.seq > cfg.max_seq_len) fail("--seq ", o_.seq, " exceeds the model's context ", cfg.max_seq_len);
   if (data_.sft) {
     const SftSplit tr = sft_split(data_, false);
@@ -581,7 +615,7 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
         rec["comm_s"] = t.seconds;
       }
       if (L_->cfg.is_moe()) {  // the router losses and each MoE layer's tokens per expert
-        rec["moe_balance"] = r.moe_balance, rec["moe_router_z"] = r.moe_z;
+        if (!L_->cfg.moe_hashed()) rec["moe_balance"] = r.moe_balance, rec["moe_router_z"] = r.moe_z;
         nlohmann::json load = nlohmann::json::array();
         const int64_t E = L_->cfg.moe_experts;
         for (int64_t l = 0; l < L_->cfg.n_layers; ++l)

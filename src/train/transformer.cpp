@@ -547,6 +547,7 @@ void Transformer<T>::layers_fwd(const T* p, const int32_t* tokens, uint64_t drop
   drop_key_ = o_.dropout > 0.f ? dropout_key : 0;
   lora_key_ = lora_ && lora_->lora.dropout > 0.f ? dropout_key : 0;
   embed(p, tokens);
+  tokens_ = tokens;  // hash routing (moe_fwd)
   counting_ = true, moe_bal_ = moe_z_ = 0;  // router losses and counts of this pass (not of recomputation)
   for (int64_t l = 0; l < c_.n_layers; ++l) {
     LayerActs& a = acts_for(l);

@@ -155,6 +155,7 @@ class Transformer {
   std::vector<int32_t> moe_next_;
   std::vector<double> moe_stat_;
   std::vector<T> moe_row_;
+  const int32_t* tokens_ = nullptr;    // the pass's tokens (B, T): hash routing's keys (moe_fwd)
   bool counting_ = false;              // in layers_fwd: router losses and counts are taken
   double moe_bal_ = 0, moe_z_ = 0;     // this pass's router losses (sums over layers, times N)
   int64_t dropped_ = 0;                // slots dropped by the capacity limit, since take_dropped()

@@ -35,6 +35,7 @@ Shape cq(const ModelConfig& c, int64_t) { return {c.dim, c.attn_out_dim()}; }
 // Mixture-of-experts layers (model/moe.cpp) and the dense ones around them.
 bool dense(const ModelConfig& c, int64_t l) { return !c.moe_layer(l); }
 bool moe(const ModelConfig& c, int64_t l) { return c.moe_layer(l); }
+bool routed(const ModelConfig& c, int64_t l) { return c.moe_layer(l) && !c.moe_hashed(); }  // a learned router
 bool shared(const ModelConfig& c, int64_t l) { return c.moe_layer(l) && c.moe_shared_hidden > 0; }
 bool shared_gated(const ModelConfig& c, int64_t l) { return c.moe_layer(l) && c.moe_shared_gate; }
 bool score_bias(const ModelConfig& c, int64_t l) { return c.moe_layer(l) && c.moe_score_bias; }
@@ -83,7 +84,7 @@ const ArchDesc kLlamaArch{
       &ModelConfig::post_norms},
      // Mixture-of-experts layers: router, routed experts, shared expert (Qwen2-MoE's gated one,
      // DeepSeek's ungated ones as one matrix of their summed width).
-     {Slot::Router, "ffn_gate_inp.weight", "mlp.gate.weight", M, ec, moe, nullptr, false,
+     {Slot::Router, "ffn_gate_inp.weight", "mlp.gate.weight", M, ec, routed, nullptr, false,
       "block_sparse_moe.gate.weight"},
      {Slot::RouterBias, "exp_probs_b.bias", "mlp.gate.e_score_correction_bias", V, e1, score_bias,
       &ModelConfig::moe_score_bias},
