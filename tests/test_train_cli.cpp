@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,7 @@
 #include "core/error.h"
 #include "formats/any_tokenizer.h"
 #include "formats/llama2c.h"
+#include "formats/load.h"
 #include "nlohmann/json.hpp"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -577,6 +579,42 @@ TEST_F(TrainCli, HashRoutedMixtureOfExperts) {
   r = run_cli(train_args(dir_ + "/run_hash_bad2", 2) + " --moe-routing hash-random");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("needs a mixture-of-experts model"), std::string::npos) << r.err;
+}
+
+// DeepSeek-V3's router from the command line: sigmoid with a selection bias that moves
+// by --moe-bias-rate after every step (auxiliary-loss-free balancing); resumes
+// bit-identically and exports the bias, whose values are whole steps of the rate.
+TEST_F(TrainCli, SelectionBiasBalancing) {
+  const std::string a = dir_ + "/run_bias_a", b = dir_ + "/run_bias_b";
+  const std::string moe = " --moe-experts 4 --moe-top-k 2 --moe-expert-hidden 48 --moe-gate sigmoid --moe-score-bias"
+                          " --moe-bias-rate 0.01 --schedule constant --warmup 2";
+  auto r = run_cli(train_args(a, 12) + moe);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("router sigmoid -> top-2 by score + bias -> renormalise"), std::string::npos) << r.err;
+  r = run_cli(train_args(b, 10) + moe);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --resume " + q(b) + " --steps 12");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(trajectory(a), trajectory(b));
+  const std::string gguf = dir_ + "/bias.gguf";
+  r = run_cli("export " + q(a) + " -o " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const LoadedModel lm = load_model(gguf);
+  ASSERT_TRUE(lm.weights.cfg.moe_score_bias);
+  double moved = 0;
+  for (const auto& L : lm.weights.layers) {
+    ASSERT_EQ(L.router_bias.numel(), 4);
+    for (int64_t e = 0; e < 4; ++e) {
+      const double v = L.router_bias.f32()[e] / 0.01;
+      EXPECT_NEAR(v, std::round(v), 1e-3) << "whole steps of the rate";
+      EXPECT_LE(std::abs(v), 12.5);
+      moved += std::abs(v);
+    }
+  }
+  EXPECT_GT(moved, 0.0);
+  r = run_cli(train_args(dir_ + "/run_bias_bad", 2) + moe + " --moe-bias-rate -1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--moe-bias-rate must be >= 0"), std::string::npos) << r.err;
 }
 
 // Sparse upcycling from the command line: a dense run's export becomes a 4-expert model that trains;

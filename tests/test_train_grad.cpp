@@ -424,6 +424,10 @@ TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
   ModelOptions rc = mo;
   rc.recompute = true, rc.dropout = 0.2f;
   check_model(ds, rc, 99);
+  // DeepSeek-V3's router: sigmoid, a selection bias (no gradient: it only chooses), renormalised.
+  ModelConfig v3 = ds;
+  v3.moe_score_bias = true, v3.ffn_act = FfnAct::Default;
+  check_model(v3, mo, 5);
   // Hash routing (no router; each of k experts weighs 1/k) by (previous token, token).
   ModelConfig hash = mix;
   hash.moe_routing = MoeRouting::HashBigram;

@@ -19,6 +19,7 @@
 #include "model/synthetic.h"
 #include "formats/rope_scaling.h"
 #include "test_util.h"
+#include "train/optim.h"
 #include "train/params.h"
 #include "train/transformer.h"
 
@@ -126,6 +127,35 @@ TEST(TrainInfer, MixtureOfExpertsAgree) {
   sig.moe_gate = MoeGate::Sigmoid, sig.moe_norm_topk = true, sig.moe_scale = 2.f;
   sig.set_moe_layers();
   check_agreement(sig, false);
+  sig.moe_score_bias = true;  // DeepSeek-V3's selection bias (random values here: it changes the choices)
+  check_agreement(sig, false);
+}
+
+// DeepSeek-V3's auxiliary-loss-free balancing (train/optim.h): each bias moves by the
+// rate toward the layer's mean load; layers without a bias and equal loads stay put.
+TEST(TrainInfer, SelectionBiasMovesTowardEvenLoads) {
+  ModelConfig c = synthetic_config("260k");
+  c.moe_experts = 4, c.moe_used = 2, c.moe_hidden = 32, c.moe_gate = MoeGate::Sigmoid, c.moe_norm_topk = true;
+  c.moe_score_bias = true, c.moe_first_dense = 1;
+  c.set_moe_layers();
+  train::Layout L(c);
+  ASSERT_EQ(L.layers[0].router_bias, train::kAbsent);
+  ASSERT_NE(L.layers[1].router_bias, train::kAbsent);
+  std::vector<float> p(L.total, 0.f);
+  std::vector<double> counts(size_t(c.n_layers * 4), 0.0);
+  const double l1[4] = {10, 30, 20, 20}, l2[4] = {5, 5, 5, 5};  // layer 1: mean 20; layer 2: even
+  std::copy(l1, l1 + 4, counts.begin() + 4), std::copy(l2, l2 + 4, counts.begin() + 8);
+  train::moe_bias_update(L, p.data(), counts, 0.25f);
+  const float* b1 = p.data() + L.layers[1].router_bias;
+  EXPECT_EQ(std::vector<float>(b1, b1 + 4), std::vector<float>({0.25f, -0.25f, 0.f, 0.f}));
+  const float* b2 = p.data() + L.layers[2].router_bias;
+  EXPECT_EQ(std::vector<float>(b2, b2 + 4), std::vector<float>(4, 0.f));
+  // Never decayed by AdamW, even with --decay-norms.
+  train::AdamWConfig a;
+  a.decay_norms = true;
+  const std::vector<uint8_t> m = train::decay_mask(L, a);
+  EXPECT_EQ(m[L.layers[1].router_bias], 0);
+  EXPECT_EQ(m[L.layers[1].ffn_norm], 1);
 }
 
 // Hash routing (model/moe_hash.h), every rule: the training forward routes each token

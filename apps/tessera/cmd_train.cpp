@@ -30,6 +30,7 @@ struct ShapeArgs {
   // Mixture-of-experts feed-forward (new models).
   int64_t moe_experts = 0, moe_top_k = 2, moe_shared = 0, moe_hidden = 0, moe_first_dense = 0, moe_every = 1;
   std::string moe_gate = "topk-softmax", moe_routing = "learned";
+  bool moe_score_bias = false;
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -101,6 +102,11 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "router: topk-softmax (Mixtral: softmax over the selected, default), softmax-topk (Qwen2-MoE / "
                  "DeepSeek-V2: softmax over all, not renormalised) or sigmoid (renormalised)")
       ->check(CLI::IsMember({"topk-softmax", "softmax-topk", "sigmoid"}));
+  app.add_flag("--moe-score-bias", sa.moe_score_bias,
+               "new model: DeepSeek-V3's per-expert selection bias (added to the scores to choose experts, not to "
+               "weigh them), moved toward even loads after every step by --moe-bias-rate (no balance loss needed)");
+  app.add_option("--moe-bias-rate", o.moe_bias_rate,
+                 "how far each selection bias moves per step, toward the experts' mean load (default 0.001; 0: fixed)");
   app.add_option("--moe-routing", sa.moe_routing,
                  "learned (a router, default) or hash routing without a router (Hash Layers): hash-random (token id), "
                  "hash-balanced (token ids spread over the experts by their frequency in the training data), "
@@ -168,6 +174,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
     m.moe_first_dense = sa.moe_first_dense, m.moe_every = sa.moe_every;
     m.moe_gate = sa.moe_gate == "sigmoid" ? MoeGate::Sigmoid : MoeGate::Softmax;
     m.moe_norm_topk = sa.moe_gate != "softmax-topk";
+    m.moe_score_bias = sa.moe_score_bias;
     if (m.arch != Arch::Llama) fail("--moe-experts: mixture-of-experts models are llama-family (--arch llama)");
     m.set_moe_layers();
   }

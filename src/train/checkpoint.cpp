@@ -71,6 +71,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
                 {"first_dense", c.moe_first_dense}, {"gate", moe_gate_name(c.moe_gate)},
                 {"norm_topk", c.moe_norm_topk},     {"scale", c.moe_scale},
                 {"shared_gate", c.moe_shared_gate}, {"every", c.moe_every}};
+  if (c.moe_score_bias) j["moe"]["score_bias"] = true;
   if (c.moe_hashed()) j["moe"]["routing"] = moe_routing_name(c.moe_routing);
   if (!c.moe_hash_table.empty()) j["moe"]["hash_table"] = c.moe_hash_table;
   if (!c.layer_cfg.empty()) {  // absent in older checkpoints: every layer the default
@@ -130,6 +131,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
       c.moe_norm_topk = m.at("norm_topk").get<bool>(), c.moe_scale = m.at("scale").get<float>();
       c.moe_shared_gate = m.at("shared_gate").get<bool>();
       c.moe_every = m.value("every", int64_t(1));
+      c.moe_score_bias = m.value("score_bias", false);
       c.moe_routing = parse_moe_routing(m.value("routing", std::string("learned")), where + ": moe.routing");
       c.moe_hash_table = m.value("hash_table", std::vector<int32_t>());
     }

@@ -1,8 +1,10 @@
 // The mixture-of-experts feed-forward of the training Transformer, forward and
 // backward (the inference twin is model/moe.cpp; the router's semantics are
 // model/config.h's MoeGate; hash routing, without a router: model/moe_hash.h):
-//   r = router x (E); p = softmax(r) or sigmoid(r); the k largest p are
-//   selected (held fixed in the backward, as every MoE trainer does); weights
+//   r = router x (E); p = softmax(r) or sigmoid(r); the k largest p (+ the
+//   selection bias, DeepSeek-V3's, when the layer has one: it gets no gradient,
+//   the Trainer moves it by the loads, moe_bias_update) are selected (held
+//   fixed in the backward, as every MoE trainer does); weights
 //   w = p (/ sum) x scale; y = sum_i w_i down_i(act(gate_i x) * up_i x)
 //   [+ g(x) shared(x), g = sigmoid(sh_gate . x) or 1].
 // Rows are counting-sorted by expert so that each expert is one product over
@@ -77,9 +79,10 @@ void Transformer<T>::moe_fwd(const T* p, int64_t l, LayerActs& a, const T* ffn_i
     }
   } else {
     lin_fwd(a.rl, ffn_in, p + o.router, (const T*)nullptr, N, C, E);  // (N, E)
+    const T* bias = o.router_bias == kAbsent ? nullptr : p + o.router_bias;  // selection only: no gradient
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < N; ++t) {
-      moe_route_row<T>(c_, a.rl + t * E, nullptr, a.rp + t * E, a.sel + t * k, a.mw + t * k);  // model/moe_route.h
+      moe_route_row<T>(c_, a.rl + t * E, bias, a.rp + t * E, a.sel + t * k, a.mw + t * k);  // model/moe_route.h
     }
   }
   // Counting sort of the N k slots by expert: slot s goes to gathered row inv[s]

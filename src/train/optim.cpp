@@ -15,7 +15,24 @@ std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg) {
     const bool d = t.embedding ? cfg.decay_embeddings : (t.matrix || cfg.decay_norms);
     for (size_t i = 0; i < t.numel; ++i) m[t.offset + i] = d;
   }
+  for (const auto& l : L.layers)  // a router's selection bias moves by the loads only (moe_bias_update)
+    if (l.router_bias != kAbsent) std::fill_n(m.begin() + ptrdiff_t(l.router_bias), L.cfg.moe_experts, uint8_t(0));
   return m;
+}
+
+void moe_bias_update(const Layout& L, float* p, const std::vector<double>& counts, float rate) {
+  const int64_t E = L.cfg.moe_experts;
+  if (int64_t(counts.size()) != L.cfg.n_layers * E)
+    fail("moe_bias_update: ", counts.size(), " counts for ", L.cfg.n_layers, " layers of ", E, " experts");
+  for (int64_t l = 0; l < L.cfg.n_layers; ++l) {
+    const size_t off = L.layers[size_t(l)].router_bias;
+    if (off == kAbsent) continue;
+    const double* c = counts.data() + l * E;
+    double mean = 0;
+    for (int64_t e = 0; e < E; ++e) mean += c[e];
+    mean /= double(E);
+    for (int64_t e = 0; e < E; ++e) p[off + size_t(e)] += rate * float((c[e] < mean) - (c[e] > mean));
+  }
 }
 
 template <class T>

@@ -17,8 +17,13 @@ struct AdamWConfig {
   bool decay_norms = false;       // norm gains and biases
 };
 
-// Per-element decay mask (1 = decayed) for the layout under cfg.
+// Per-element decay mask (1 = decayed) for the layout under cfg (routers' selection biases: never).
 std::vector<uint8_t> decay_mask(const Layout& L, const AdamWConfig& cfg);
+
+// DeepSeek-V3's auxiliary-loss-free load balancing: each MoE layer's selection
+// bias b (E, in p) moves toward even loads, b_e += rate x sign(mean - c_e), where
+// c (n_layers, E) holds the tokens routed to each expert in the step (every rank's).
+void moe_bias_update(const Layout& L, float* p, const std::vector<double>& counts, float rate);
 
 // One AdamW step (PyTorch's torch.optim.AdamW semantics) at step t (1-based):
 //   p *= 1 - lr * wd * mask;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;

@@ -32,7 +32,6 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
   if (c.mla()) fail("training latent-attention (MLA, DeepSeek) models is not supported yet");
   if (c.post_norms || c.embed_scale > 0.f || c.attn_scale > 0.f)
     fail("training Gemma 2's block (sandwich norms, embedding / attention scales) is not supported yet");
-  if (c.moe_score_bias) fail("training a mixture-of-experts router with a selection bias (DeepSeek-V3) is not supported yet");
   layers.resize(size_t(c.n_layers));
   for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
     const size_t off = add(gguf_tensor_name(s, l), s.shape(c, l), s.kind == TensorKind::Embedding);

@@ -41,6 +41,7 @@ void TrainOptions::validate() const {
   if (upcycle_experts != 0 && init_model.empty()) fail("--upcycle-experts needs --init (the dense model to upcycle)");
   if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
   if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);
+  if (!(moe_bias_rate >= 0)) fail("--moe-bias-rate must be >= 0, got ", moe_bias_rate);
   if (kd.enabled()) {
     kd.validate();
     if (pack) fail("--pack and --teacher cannot be combined (the teacher would see the packed neighbours)");
@@ -70,6 +71,7 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"upcycle_experts", o.upcycle_experts},
           {"upcycle_noise", o.upcycle_noise},
           {"upcycle_top_k", o.model.moe_used},
+          {"moe_bias_rate", o.moe_bias_rate},
           {"model", config_to_json(o.model)},
           {"batch", o.batch},
           {"seq", o.seq},
@@ -117,6 +119,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.init_tokenizer = j.value("init_tokenizer", std::string());
     o.upcycle_experts = j.value("upcycle_experts", int64_t(0)), o.upcycle_noise = j.value("upcycle_noise", 0.f);
     o.model.moe_used = j.value("upcycle_top_k", int64_t(0));
+    o.moe_bias_rate = j.value("moe_bias_rate", 0.001f);
     if (o.init_model.empty()) o.model = config_from_json(j.at("model"), where);
     o.batch = j.at("batch"), o.seq = j.at("seq"), o.grad_accum = j.at("grad_accum"), o.steps = j.at("steps");
     const auto& s = j.at("schedule");

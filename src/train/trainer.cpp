@@ -433,6 +433,7 @@ Trainer::StepStats Trainer::train_step() {
   const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
   // loss, count, router losses, KD, DPO margin and correct pairs: over micro-batches, then ranks
   double loss_count[7] = {0, 0, 0, 0, 0, 0, 0};
+  if (L_->cfg.is_moe()) model_->take_expert_counts(), model_->take_dropped();  // not the evaluation's passes
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
     const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
@@ -509,6 +510,11 @@ Trainer::StepStats Trainer::train_step() {
       for (size_t i = sb_; i < std::min(se_, keep_.size()); ++i)
         if (!keep_[i]) p_[i] = 0.f;
     if (sharded()) comm_.all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
+    if (L_->cfg.moe_score_bias && o_.moe_bias_rate > 0 && !lora_) {  // the same loads, so the same move, on every rank
+      std::vector<double> c(out.expert_tokens.begin(), out.expert_tokens.end());
+      comm_.all_reduce_sum(c.data(), c.size());
+      moe_bias_update(*L_, p_.data(), c, o_.moe_bias_rate);
+    }
   }
   ++step_;
   out.traffic = comm_.take_traffic();

@@ -33,6 +33,10 @@ struct TrainOptions {
   // choosing model.moe_used of them (train/params.h upcycle_weights).
   int64_t upcycle_experts = 0;
   float upcycle_noise = 0.f;
+  // DeepSeek-V3's auxiliary-loss-free balancing of a router with a selection bias
+  // (ModelConfig::moe_score_bias): after each step every bias moves by this much
+  // toward even loads (train/optim.h moe_bias_update); 0 keeps the biases as they are.
+  float moe_bias_rate = 0.001f;
   // Fine-tuning with LoRA (tessera finetune): init_model frozen, only the adapter trained;
   // checkpoints hold the adapter and its optimizer states, and a resume reloads init_model.
   LoraConfig lora;
