@@ -617,6 +617,53 @@ TEST_F(TrainCli, SelectionBiasBalancing) {
   EXPECT_NE(r.err.find("--moe-bias-rate must be >= 0"), std::string::npos) << r.err;
 }
 
+// Multi-token prediction from the command line: two modules train beside the model (their
+// loss in metrics.jsonl falls), resume bit-identically, export to GGUF (info names them),
+// the export generates and quantizes; an --init model without modules gets fresh ones.
+TEST_F(TrainCli, MultiTokenPredictionModules) {
+  const std::string a = dir_ + "/run_mtp_a", b = dir_ + "/run_mtp_b";
+  const std::string mtp = " --mtp 2 --mtp-weight 0.5 --schedule constant --warmup 2";
+  auto r = run_cli(train_args(a, 12) + mtp);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("multi-token prediction: 2 module(s) predicting up to 3 tokens ahead, loss weight 0.5 / 2"),
+            std::string::npos)
+      << r.err;
+  std::ifstream in(a + "/metrics.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 12u);
+  ASSERT_TRUE(lines.back().contains("mtp_loss"));
+  EXPECT_LT(lines.back()["mtp_loss"].get<double>(), lines.front()["mtp_loss"].get<double>());
+  r = run_cli(train_args(b, 10) + mtp);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --resume " + q(b) + " --steps 12");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(trajectory(a), trajectory(b));
+  const std::string gguf = dir_ + "/mtp.gguf", q8 = dir_ + "/mtp_q8.gguf";
+  r = run_cli("export " + q(a) + " -o " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("info -m " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("mtp modules:    2 (multi-token prediction: blocks 2..3"), std::string::npos) << r.out;
+  r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 8 --temp 0 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("convert " + q(gguf) + " " + q(q8) + " --type q8_0");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(load_model(q8).weights.cfg.mtp_depth, 2);
+  // A dense export plus --mtp 1: the model's tensors from the file, the module fresh.
+  const std::string dense = dir_ + "/run_mtp_dense", dense_gguf = dir_ + "/mtp_dense.gguf";
+  r = run_cli(train_args(dense, 4));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("export " + q(dense) + " -o " + q(dense_gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --init " + q(dense_gguf) + " --data " + q(dir_ + "/data") + " -o " + q(dir_ + "/run_mtp_init") +
+              " --mtp 1 --batch 4 --seq 32 --steps 3 --eval-interval 3 --eval-batches 2 -t 2 --seed 7 --lr 1e-3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("multi-token prediction: 1 module(s)"), std::string::npos) << r.err;
+  r = run_cli(train_args(dir_ + "/run_mtp_bad", 2) + " --mtp 1 --pack");
+  EXPECT_NE(r.code, 0);
+}
+
 // Sparse upcycling from the command line: a dense run's export becomes a 4-expert model that trains;
 // a top-k above the expert count is refused (the exactness at step 0 is MoE.UpcyclingStartsAsTheDenseModel).
 TEST_F(TrainCli, UpcyclingADenseModel) {

@@ -309,8 +309,9 @@ void check_model(ModelConfig c, const ModelOptions& mo, uint64_t dropout_key = 0
   m.set_segments(seg);
   auto f = [&] {
     const auto r = m.forward(p.data(), tok.data(), tgt.data(), dropout_key);
+    const double mtp = c.mtp_depth > 0 ? double(mo.mtp_weight) / double(c.mtp_depth) * r.mtp_sum : 0.0;
     return (r.loss_sum + double(mo.z_loss) * r.z_sum + double(mo.moe_balance) * r.moe_balance_sum +
-            double(mo.moe_router_z) * r.moe_z_sum) /
+            double(mo.moe_router_z) * r.moe_z_sum + mtp) /
            double(r.count);
   };
   const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
@@ -389,6 +390,26 @@ TEST(TrainGrad, PostNormModelsMatchFiniteDifferences) {
   ModelOptions rc;
   rc.recompute = true;
   check_model(g, rc);
+}
+
+// Multi-token prediction modules (train/mtp.cpp): two depths, their blocks, projections and
+// norms, the shared output head and embedding, the gradient into the main model; untied and
+// tied, with recomputation and dropout, and on a mixture-of-experts model.
+TEST(TrainGrad, MultiTokenPredictionMatchesFiniteDifferences) {
+  ModelConfig c = tiny_llama();
+  c.mtp_depth = 2;
+  ModelOptions mo;
+  mo.mtp_weight = 0.7f, mo.logit_rows = 4;
+  check_model(c, mo);
+  c.tied_embeddings = true, c.qkv_bias = false;
+  ModelOptions rc = mo;
+  rc.recompute = true, rc.dropout = 0.2f;
+  check_model(c, rc, 4242);
+  ModelConfig moe = tiny_llama();
+  moe.mtp_depth = 1, moe.qkv_bias = false;
+  moe.moe_experts = 4, moe.moe_used = 2, moe.moe_hidden = 6, moe.moe_norm_topk = true;
+  moe.set_moe_layers();
+  check_model(moe, mo);
 }
 
 TEST(TrainGrad, WholeLlamaWithDropoutMatchesFiniteDifferences) {

@@ -131,6 +131,41 @@ TEST(TrainInfer, MixtureOfExpertsAgree) {
   check_agreement(sig, false);
 }
 
+// Multi-token prediction modules ride along: the main model's loss is the engine's (which
+// runs the n_layers only), the GGUF export keeps the modules (llama.cpp's nextn names,
+// block_count counting them) and loads with the same logits; safetensors refuses them.
+TEST(TrainInfer, MultiTokenPredictionModulesRideAlong) {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8, c.hidden_dim = 48;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = false, c.mtp_depth = 2;
+  check_agreement(c, false);
+  train::Layout L(c);
+  std::vector<float> p(L.total);
+  train::init_params(L, p.data(), 3);
+  const Weights w = train::weights_view(L, p.data());
+  const std::string g = test::temp_path("mtp.gguf");
+  save_gguf(w, nullptr, g);
+  {
+    const auto f = gguf::File::open(g);
+    EXPECT_EQ(f->get_int("llama.block_count"), 4);
+    EXPECT_EQ(f->get_int("llama.nextn_predict_layers"), 2);
+    EXPECT_NE(f->find_tensor("blk.3.nextn.eh_proj.weight"), nullptr);
+    EXPECT_NE(f->find_tensor("blk.3.attn_q.weight"), nullptr);
+    const LoadedModel lm = load_model(g);
+    EXPECT_EQ(lm.weights.cfg.n_layers, 2);
+    EXPECT_EQ(lm.weights.cfg.mtp_depth, 2);
+    EXPECT_EQ(lm.weights.layers[2].mtp_eh_proj.shape[1], 64);
+  }
+  fs::remove(g);
+  try {
+    save_hf(w, test::temp_path("mtp_hf"));
+    ADD_FAILURE() << "saved multi-token prediction modules as safetensors";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("GGUF only"), std::string::npos) << e.what();
+  }
+}
+
 // DeepSeek-V3's auxiliary-loss-free balancing (train/optim.h): each bias moves by the
 // rate toward the layer's mean load; layers without a bias and equal loads stay put.
 TEST(TrainInfer, SelectionBiasMovesTowardEvenLoads) {

@@ -31,6 +31,11 @@ int cmd_info(int argc, char** argv) {
   std::printf("architecture:   %s%s\n", arch_name(c.arch), c.name.empty() ? "" : (" (" + c.name + ")").c_str());
   std::printf("dim:            %lld\n", (long long)c.dim);
   std::printf("layers:         %lld\n", (long long)c.n_layers);
+  if (c.mtp_depth > 0)
+    std::printf("mtp modules:    %lld (multi-token prediction: blocks %lld..%lld, tokens up to %lld ahead; "
+                "generation runs the %lld layers)\n",
+                (long long)c.mtp_depth, (long long)c.n_layers, (long long)c.n_blocks() - 1, (long long)c.mtp_depth + 1,
+                (long long)c.n_layers);
   std::printf("heads:          %lld query, %lld key/value (%s), head_dim %lld\n", (long long)c.n_heads,
               (long long)c.n_kv_heads,
               c.n_kv_heads == c.n_heads ? "MHA" : (c.n_kv_heads == 1 ? "MQA" : "GQA"), (long long)c.head_dim);

@@ -107,6 +107,15 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                "weigh them), moved toward even loads after every step by --moe-bias-rate (no balance loss needed)");
   app.add_option("--moe-bias-rate", o.moe_bias_rate,
                  "how far each selection bias moves per step, toward the experts' mean load (default 0.001; 0: fixed)");
+  app.add_option("--mtp", o.mtp,
+                 "multi-token prediction (DeepSeek-V3): this many sequential modules, each one block that predicts one "
+                 "token further ahead from the previous depth's state and the next token's embedding, through the "
+                 "shared output head; saved with the model (GGUF nextn tensors) for drafting; an --init model without "
+                 "modules gets fresh ones")
+      ->check(CLI::Range(int64_t(0), int64_t(8)));
+  app.add_option("--mtp-weight", o.mo.mtp_weight,
+                 "weight of the modules' losses: the objective adds weight / depth x their summed cross-entropies "
+                 "(default 0.3)");
   app.add_option("--moe-routing", sa.moe_routing,
                  "learned (a router, default) or hash routing without a router (Hash Layers): hash-random (token id), "
                  "hash-balanced (token ids spread over the experts by their frequency in the training data), "
@@ -183,6 +192,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   m.name = "tessera-" + std::string(arch_name(m.arch));
   if (o.upcycle_experts > 0) m.moe_used = sa.moe_top_k;  // the upcycled router's k (the rest comes from --init)
   m.moe_routing = parse_moe_routing(sa.moe_routing, "--moe-routing");
+  if (o.init_model.empty()) m.mtp_depth = o.mtp;
 }
 
 namespace {

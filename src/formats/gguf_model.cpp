@@ -165,6 +165,11 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   }
   if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
   if (c.n_heads <= 0) fail(path, ": ", p, "attention.head_count must be positive, got ", c.n_heads);
+  // Multi-token prediction modules (llama.cpp's nextn layers): the last nextn_predict_layers of block_count.
+  c.mtp_depth = f->get_int_or(p + "nextn_predict_layers", 0);
+  if (c.mtp_depth < 0 || c.mtp_depth >= c.n_layers)
+    fail(path, ": ", p, "nextn_predict_layers = ", c.mtp_depth, " must be in [0, block_count = ", c.n_layers, ")");
+  c.n_layers -= c.mtp_depth;
   c.head_dim = f->get_int_or(p + "attention.key_length", c.dim / c.n_heads);
   // Sliding-window attention: attention.sliding_window (positions) on the layers
   // attention.sliding_window_pattern marks (one value per layer, non-zero =
@@ -227,7 +232,7 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
   // the file; finding one turns its config flag on (Qwen2's biases, QK-norm).
   std::set<std::string> used;  // every tensor the model reads
   if (c.arch == Arch::Llama) used.insert("rope_freqs.weight");  // read above
-  w.layers.resize(size_t(std::max<int64_t>(c.n_layers, 0)));
+  w.layers.resize(size_t(std::max<int64_t>(c.n_blocks(), 0)));
   auto load = [&](const TensorSpec& s, int64_t l) {
     const std::string name = gguf_tensor_name(s, l);
     used.insert(name);
@@ -238,7 +243,7 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     if (s.flag) c.*s.flag = true;
   };
   for (const auto& s : d->head) load(s, -1);
-  for (int64_t l = 0; l < c.n_layers; ++l)
+  for (int64_t l = 0; l < c.n_blocks(); ++l)
     for (const auto& s : d->layer) load(s, l);
   for (const auto& s : d->tail) load(s, -1);
   c.tied_embeddings = w.output.empty();
@@ -333,7 +338,9 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path,
   if (quantized) g.set_u32("general.quantization_version", 2);
   for (const ConfigKey& k : arch_desc(c.arch).keys) {
     if (!k.gguf) continue;
-    if (k.i64 && (k.write_if_zero || c.*k.i64 != 0)) g.set_u32(p + k.gguf, uint32_t(c.*k.i64));
+    // block_count counts the multi-token prediction modules too (llama.cpp's nextn layers).
+    const int64_t extra = k.i64 == &ModelConfig::n_layers ? c.mtp_depth : 0;
+    if (k.i64 && (k.write_if_zero || c.*k.i64 != 0)) g.set_u32(p + k.gguf, uint32_t(c.*k.i64 + extra));
     if (k.f32 && (k.write_if_zero || c.*k.f32 != 0.f)) g.set_f32(p + k.gguf, c.*k.f32);
   }
   if (llama) {
@@ -355,6 +362,7 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path,
     }
   }
   write_moe_keys(g, arch, p, c);
+  if (c.mtp_depth > 0) g.set_u32(p + "nextn_predict_layers", uint32_t(c.mtp_depth));
   if (c.ffn_act != FfnAct::Default) g.set_string(p + "feed_forward_activation", ffn_act_name(c.activation()));
   if (c.norm_placement == NormPlacement::Post) g.set_string(p + "norm_placement", "post");
   if (const int64_t win = c.common_window(path); win > 0) {

@@ -74,7 +74,7 @@ Weights convert_weights(const Weights& w, const QuantMix& mix, int* fallbacks) {
       dst = t.dtype == DType::F16 || t.dtype == DType::BF16 ? t.dtype : DType::F32;
     } else {
       bool fell_back = false;
-      dst = quant_mix_tensor_type(mix, s.gguf, layer, c.n_layers, t.cols(), c.n_heads / std::max<int64_t>(c.n_kv_heads, 1),
+      dst = quant_mix_tensor_type(mix, s.gguf, layer, c.n_blocks(), t.cols(), c.n_heads / std::max<int64_t>(c.n_kv_heads, 1),
                                   has_output, &fell_back, moe);
       if (fell_back && fallbacks) ++*fallbacks;
     }

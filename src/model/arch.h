@@ -25,6 +25,7 @@ enum class Slot : uint8_t {
   FfnNorm, FfnNormB, WGate, WUp, WDown, BUp, BDown, QNorm, KNorm,
   Router, RouterBias, WGateExps, WUpExps, WDownExps, WGateSh, WUpSh, WDownSh, ShGate,
   WqA, QANorm, WqB, WkvA, KvANorm, WkvB, PostAttnNorm, PostFfnNorm,
+  MtpENorm, MtpHNorm, MtpEhProj, MtpHeadNorm,
 };
 constexpr int kGlobalSlots = 5;
 inline bool is_layer_slot(Slot s) { return int(s) >= kGlobalSlots; }

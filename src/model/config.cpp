@@ -194,6 +194,10 @@ void ModelConfig::validate(const std::string& where) const {
                                     ", head_count ", n_heads, ")");
     if (qk_norm || qkv_bias) fail(where, ": MLA with QK-norm or q/k/v biases is not supported");
   }
+  if (mtp_depth < 0) fail(where, ": multi-token prediction depth must be >= 0, got ", mtp_depth);
+  if (mtp_depth > 0 && (arch != Arch::Llama || mla() || post_norms || norm_placement != NormPlacement::Pre))
+    fail(where, ": multi-token prediction modules are supported on pre-norm llama-family blocks without latent "
+                "attention or sandwich norms");
   if (is_moe()) {
     if (arch != Arch::Llama) fail(where, ": mixture-of-experts is supported for the llama family only");
     pos("moe_used (expert_used_count)", moe_used);

@@ -130,15 +130,24 @@ struct ModelConfig {
   bool moe_shared_gate = false;  // the shared expert's output times sigmoid(g . x) (Qwen2-MoE)
   bool moe_score_bias = false;   // a per-expert bias added to the scores for selection only (DeepSeek-V3)
   MoeRouting moe_routing = MoeRouting::Learned;
+  // Multi-token prediction (DeepSeek-V3's sequential MTP modules; training: train/mtp.cpp):
+  // mtp_depth extra blocks after the n_layers of the model, each a plain dense block
+  // (layers n_layers .. n_blocks() - 1). Module k maps the previous depth's hidden state h
+  // and the embedding of the token k ahead to W_k [enorm(emb); hnorm(h)], runs its block,
+  // and predicts the token k + 1 ahead through its own norm and the shared output head.
+  // The engine's forward runs the first n_layers only.
+  int64_t mtp_depth = 0;
   // HashBalanced: token id t goes to experts moe_hash_table[t k .. t k + k) (vocab_size x k, distinct per token).
   std::vector<int32_t> moe_hash_table;
 
   // Throws Error naming the field when sizes are zero/negative or do not divide.
   void validate(const std::string& where) const;
-  const LayerConfig& layer(int64_t l) const {
+  const LayerConfig& layer(int64_t l) const {  // layers past layer_cfg (MTP blocks): full attention, dense
     static const LayerConfig kDefault;
-    return layer_cfg.empty() ? kDefault : layer_cfg[size_t(l)];
+    return l < int64_t(layer_cfg.size()) ? layer_cfg[size_t(l)] : kDefault;
   }
+  int64_t n_blocks() const { return n_layers + mtp_depth; }  // blocks with tensors: the layers, then the MTP modules
+  bool mtp_block(int64_t l) const { return l >= n_layers; }
   bool has_sliding_window() const;
   // Whether the blocks are Gemma 2's: sandwich norms, embeddings x sqrt(dim), GeGLU,
   // no experts, biases, QK-norm or latent attention (what gemma2 / Gemma2ForCausalLM imply).

@@ -27,8 +27,9 @@ void expect_shape(const std::string& where, const std::string& name, const Tenso
 }  // namespace
 
 void Weights::validate_shapes(const std::string& where, const TensorNamer& namer) const {
-  if (int64_t(layers.size()) != cfg.n_layers)
-    fail(where, ": has ", layers.size(), " layers of tensors, config says n_layers = ", cfg.n_layers);
+  if (int64_t(layers.size()) != cfg.n_blocks())
+    fail(where, ": has ", layers.size(), " layers of tensors, config says ", cfg.n_layers, " layers",
+         cfg.mtp_depth > 0 ? " + " + std::to_string(cfg.mtp_depth) + " multi-token prediction modules" : std::string());
   // Every tensor the architecture's table says this config has (an untied
   // output is checked as the output; a tied one is the embedding).
   for_each_tensor_spec(arch_desc(cfg.arch), cfg, [&](const TensorSpec& s, int64_t l) {

@@ -35,14 +35,18 @@ struct LayerWeights {
   TensorView wkv_a, kv_a_norm, wkv_b; // (ckv + rope, C), (ckv), (n_heads (nope + v), ckv)
 
   TensorView post_attn_norm, post_ffn_norm;  // (C) sandwich norms (Gemma 2), when cfg.post_norms
+  // A multi-token prediction module's own tensors (blocks n_layers.. of cfg.mtp_depth):
+  TensorView mtp_enorm, mtp_hnorm;    // (C) norms of the embedding and of the previous hidden state
+  TensorView mtp_eh_proj;             // (C, 2C) of [enorm(emb); hnorm(h)]
+  TensorView mtp_head_norm;           // (C) before the shared output head
 
-  static constexpr size_t kSlots = 38;
+  static constexpr size_t kSlots = 42;
   // Every slot, for code that visits all tensors of a layer (absent ones are empty views).
   std::array<TensorView*, kSlots> slots() {
     return {&attn_norm, &attn_norm_b, &wq, &wk, &wv, &bq, &bk, &bv, &wqkv, &bqkv, &wo, &bo, &ffn_norm, &ffn_norm_b,
             &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm, &router, &router_bias, &gate_exps, &up_exps,
             &down_exps, &gate_sh, &up_sh, &down_sh, &sh_gate, &wq_a, &q_a_norm, &wq_b, &wkv_a, &kv_a_norm, &wkv_b,
-            &post_attn_norm, &post_ffn_norm};
+            &post_attn_norm, &post_ffn_norm, &mtp_enorm, &mtp_hnorm, &mtp_eh_proj, &mtp_head_norm};
   }
   std::array<const TensorView*, kSlots> slots() const {
     auto s = const_cast<LayerWeights*>(this)->slots();

@@ -154,6 +154,9 @@ struct CeResult {
   // summed over the MoE layers.
   double moe_balance_sum = 0, moe_z_sum = 0;
   double kd_sum = 0;  // distillation (train/distill.h): sum of tau^2 KL over the rows with a target
+  // Multi-token prediction (train/mtp.cpp): the modules' -log p sums over their targets, all depths.
+  double mtp_sum = 0;
+  int64_t mtp_count = 0;
 };
 // Cross-entropy fused with the softmax, in place over logits(N, V): returns the
 // sums and replaces the row by d(total)/d(logits) * scale, where total =

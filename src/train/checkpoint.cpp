@@ -65,6 +65,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
   if (!c.rope_freq_factors.empty()) j["rope_freq_factors"] = c.rope_freq_factors;
   if (c.ffn_act != FfnAct::Default) j["ffn_act"] = ffn_act_name(c.ffn_act);  // absent: the arch's own
   if (c.norm_placement == NormPlacement::Post) j["norm_placement"] = "post";  // absent: pre
+  if (c.mtp_depth > 0) j["mtp_depth"] = c.mtp_depth;  // absent: none
   if (c.is_moe())  // absent: dense
     j["moe"] = {{"experts", c.moe_experts},         {"used", c.moe_used},
                 {"hidden", c.moe_hidden},           {"shared_hidden", c.moe_shared_hidden},
@@ -115,6 +116,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
     c.qk_norm = j.value("qk_norm", false);
     c.attn_softcap = j.value("attn_softcap", 0.f);
     c.final_softcap = j.value("final_softcap", 0.f);
+    c.mtp_depth = j.value("mtp_depth", int64_t(0));
     if (j.contains("rope_freq_factors")) c.rope_freq_factors = j["rope_freq_factors"].get<std::vector<float>>();
     if (j.contains("ffn_act")) c.ffn_act = parse_ffn_act(j["ffn_act"].get<std::string>(), where);
     if (j.contains("norm_placement")) {

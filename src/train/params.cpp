@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -32,7 +33,7 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
   if (c.mla()) fail("training latent-attention (MLA, DeepSeek) models is not supported yet");
   if (c.post_norms || c.embed_scale > 0.f || c.attn_scale > 0.f)
     fail("training Gemma 2's block (sandwich norms, embedding / attention scales) is not supported yet");
-  layers.resize(size_t(c.n_layers));
+  layers.resize(size_t(c.n_blocks()));
   for_each_tensor_spec(arch_desc(c.arch), c, [&](const TensorSpec& s, int64_t l) {
     const size_t off = add(gguf_tensor_name(s, l), s.shape(c, l), s.kind == TensorKind::Embedding);
     switch (s.slot) {
@@ -104,7 +105,7 @@ const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& 
   if (t.offset == L.out_norm) return &w.out_norm;
   if (t.offset == L.out_norm_b) return &w.out_norm_b;
   if (t.offset == L.output) return &w.output;
-  for (size_t l = 0; l < L.layers.size(); ++l) {
+  for (size_t l = 0; l < std::min(L.layers.size(), w.layers.size()); ++l) {
     auto offs = const_cast<LayerOffsets&>(L.layers[l]).slots();
     const auto views = w.layers[l].slots();
     for (size_t i = 0; i < offs.size(); ++i)
@@ -115,9 +116,16 @@ const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& 
 }  // namespace
 
 void params_from_weights(const Layout& L, const Weights& w, float* p) {
-  if (int64_t(w.layers.size()) != L.cfg.n_layers)
-    fail("initial model has ", w.layers.size(), " layers, config says ", L.cfg.n_layers);
+  // The model's layers must all be there; multi-token prediction modules it lacks keep p's values.
+  const bool new_mtp = w.cfg.n_layers == L.cfg.n_layers && w.cfg.mtp_depth == 0 && w.layers.size() == size_t(w.cfg.n_layers);
+  if (w.layers.size() != L.layers.size() && !new_mtp)
+    fail("initial model has ", w.layers.size(), " blocks of tensors, config says ", L.layers.size());
+  std::set<size_t> fresh;  // offsets of the new modules' tensors
+  for (size_t l = w.layers.size(); l < L.layers.size(); ++l)
+    for (size_t* off : const_cast<LayerOffsets&>(L.layers[l]).slots())
+      if (*off != kAbsent) fresh.insert(*off);
   for (const auto& t : L.tensors) {
+    if (fresh.count(t.offset)) continue;
     const TensorView* v = tensor_of(w, L, t);
     if (!v || v->empty()) fail("initial model has no tensor ", t.name);
     if (size_t(v->numel()) != t.numel || v->cols() != t.shape.back())

@@ -38,13 +38,15 @@ struct LayerOffsets {
   // Not trained (Layout refuses these configs): latent attention, sandwich norms.
   size_t wq_a = kAbsent, q_a_norm = kAbsent, wq_b = kAbsent, wkv_a = kAbsent, kv_a_norm = kAbsent, wkv_b = kAbsent;
   size_t post_attn_norm = kAbsent, post_ffn_norm = kAbsent;
+  // Multi-token prediction modules (layers n_layers..): norms (C), projection (C, 2C), head norm (C).
+  size_t mtp_enorm = kAbsent, mtp_hnorm = kAbsent, mtp_eh_proj = kAbsent, mtp_head_norm = kAbsent;
 
   // Every slot, in LayerWeights::slots() order (model/arch.h's Slot enum).
   std::array<size_t*, LayerWeights::kSlots> slots() {
     return {&attn_norm, &attn_norm_b, &wq, &wk, &wv, &bq, &bk, &bv, &wqkv, &bqkv, &wo, &bo, &ffn_norm, &ffn_norm_b,
             &w_gate, &w_up, &w_down, &b_up, &b_down, &q_norm, &k_norm, &router, &router_bias, &gate_exps, &up_exps,
             &down_exps, &gate_sh, &up_sh, &down_sh, &sh_gate, &wq_a, &q_a_norm, &wq_b, &wkv_a, &kv_a_norm, &wkv_b,
-            &post_attn_norm, &post_ffn_norm};
+            &post_attn_norm, &post_ffn_norm, &mtp_enorm, &mtp_hnorm, &mtp_eh_proj, &mtp_head_norm};
   }
 };
 

@@ -42,6 +42,11 @@ void TrainOptions::validate() const {
   if (upcycle_experts < 0 || upcycle_experts == 1) fail("--upcycle-experts must be >= 2, got ", upcycle_experts);
   if (!(upcycle_noise >= 0)) fail("--upcycle-noise must be >= 0, got ", upcycle_noise);
   if (!(moe_bias_rate >= 0)) fail("--moe-bias-rate must be >= 0, got ", moe_bias_rate);
+  if (mtp < 0 || mtp > 8) fail("--mtp must be in [0, 8], got ", mtp);
+  if (!(mo.mtp_weight >= 0)) fail("--mtp-weight must be >= 0, got ", mo.mtp_weight);
+  if (mtp > 0 && (kd.enabled() || dpo_beta > 0 || reward || lora.enabled() || pack))
+    fail("--mtp trains multi-token prediction modules in plain or SFT training; not with --teacher, DPO, a reward "
+         "model, LoRA or --pack");
   if (kd.enabled()) {
     kd.validate();
     if (pack) fail("--pack and --teacher cannot be combined (the teacher would see the packed neighbours)");
@@ -72,6 +77,8 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"upcycle_noise", o.upcycle_noise},
           {"upcycle_top_k", o.model.moe_used},
           {"moe_bias_rate", o.moe_bias_rate},
+          {"mtp", o.mtp},
+          {"mtp_weight", o.mo.mtp_weight},
           {"model", config_to_json(o.model)},
           {"batch", o.batch},
           {"seq", o.seq},
@@ -120,6 +127,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.upcycle_experts = j.value("upcycle_experts", int64_t(0)), o.upcycle_noise = j.value("upcycle_noise", 0.f);
     o.model.moe_used = j.value("upcycle_top_k", int64_t(0));
     o.moe_bias_rate = j.value("moe_bias_rate", 0.001f);
+    o.mtp = j.value("mtp", int64_t(0)), o.mo.mtp_weight = j.value("mtp_weight", 0.3f);
     if (o.init_model.empty()) o.model = config_from_json(j.at("model"), where);
     o.batch = j.at("batch"), o.seq = j.at("seq"), o.grad_accum = j.at("grad_accum"), o.steps = j.at("steps");
     const auto& s = j.at("schedule");

@@ -230,6 +230,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                      double(o_.upcycle_noise));
     }
     cfg = init->weights.cfg;
+    if (o_.mtp > 0 && cfg.mtp_depth == 0 && !resume) cfg.mtp_depth = o_.mtp;  // fresh modules (init_params below)
     o_.model = cfg;
     if (resume && config_to_json(cfg) != config_to_json(st.ck.cfg))
       fail(o_.init_model, ": the base model differs from the one this LoRA run started from (", st.resumed_from, ")");
@@ -278,6 +279,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   } else if (lora_) {
     init_lora(*lora_, p_.data(), o_.seed);
   } else if (init) {
+    if (init->weights.cfg.mtp_depth < cfg.mtp_depth) init_params(L, p_.data(), o_.seed);  // the new MTP modules
     params_from_weights(L, init->weights, p_.data());  // (a reward head after it starts at zero)
   } else {
     init_params(L, p_.data(), o_.seed);
@@ -376,6 +378,9 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                  100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
                  double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
   }
+  if (cfg.mtp_depth > 0)
+    std::fprintf(log_, "multi-token prediction: %lld module(s) predicting up to %lld tokens ahead, loss weight %g / %lld\n",
+                 (long long)cfg.mtp_depth, (long long)cfg.mtp_depth + 1, double(o_.mo.mtp_weight), (long long)cfg.mtp_depth);
   if (cfg.is_moe())
     std::fprintf(log_, "experts: %lld per MoE layer (layers %lld..%lld%s), %lld active, width %lld%s; router %s; %.2fM active params\n",
                  (long long)cfg.moe_experts, (long long)cfg.moe_first_dense, (long long)cfg.n_layers - 1,
@@ -432,7 +437,7 @@ Trainer::StepStats Trainer::train_step() {
   }
   const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
   // loss, count, router losses, KD, DPO margin and correct pairs: over micro-batches, then ranks
-  double loss_count[7] = {0, 0, 0, 0, 0, 0, 0};
+  double loss_count[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // ..., MTP loss and targets
   if (L_->cfg.is_moe()) model_->take_expert_counts(), model_->take_dropped();  // not the evaluation's passes
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
@@ -466,6 +471,7 @@ Trainer::StepStats Trainer::train_step() {
     }
     loss_count[0] += r.loss_sum, loss_count[1] += double(r.count);
     loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum, loss_count[4] += r.kd_sum;
+    loss_count[7] += r.mtp_sum, loss_count[8] += double(r.mtp_count);
   }
   // The gradient this rank's update reads: the all-reduced buffer (stage 0), or its
   // reduce-scattered part (stages 1, 2: each rank updates only its part); the norm over
@@ -483,10 +489,11 @@ Trainer::StepStats Trainer::train_step() {
     comm_.all_reduce_sum(g_.data(), g_.size());
     gnorm = grad_norm(g_.data(), g_.size());
   }
-  comm_.all_reduce_sum(loss_count, 7);
+  comm_.all_reduce_sum(loss_count, 9);
   StepStats out;
   out.loss = loss_count[0] / loss_count[1];
   out.kd = loss_count[4] / loss_count[1];
+  out.mtp = loss_count[8] > 0 ? loss_count[7] / loss_count[8] : 0.0;
   out.dpo_margin = loss_count[5] / loss_count[1], out.dpo_accuracy = loss_count[6] / loss_count[1];
   if (L_->cfg.is_moe()) {  // per token of the step (this rank's counts)
     out.moe_balance = loss_count[2] / double(tokens_per_step), out.moe_z = loss_count[3] / double(tokens_per_step);
@@ -609,6 +616,7 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
                             {"tokens", done * tokens_per_step}, {"tok_s", tok_s}, {"elapsed_s", el}};
       if (eval_now) rec["val_loss"] = val;
       if (teacher_) rec["kd_loss"] = r.kd;
+      if (L_->cfg.mtp_depth > 0) rec["mtp_loss"] = r.mtp;
       if (dpo_ || reward_) {  // the pairs' mean margin (beta z for DPO, r_c - r_r for rewards) and accuracy
         const std::string k = reward_ ? "reward" : "dpo";
         rec[k + "_margin"] = r.dpo_margin, rec[k + "_accuracy"] = r.dpo_accuracy;

@@ -37,6 +37,9 @@ struct TrainOptions {
   // (ModelConfig::moe_score_bias): after each step every bias moves by this much
   // toward even loads (train/optim.h moe_bias_update); 0 keeps the biases as they are.
   float moe_bias_rate = 0.001f;
+  // Multi-token prediction modules to add (DeepSeek-V3's MTP; train/mtp.cpp): a new model gets
+  // this depth; an --init model without modules gets fresh ones (one with modules keeps its own).
+  int64_t mtp = 0;
   // Fine-tuning with LoRA (tessera finetune): init_model frozen, only the adapter trained;
   // checkpoints hold the adapter and its optimizer states, and a resume reloads init_model.
   LoraConfig lora;
@@ -110,6 +113,7 @@ class Trainer {
     double moe_balance = 0, moe_z = 0;
     std::vector<int64_t> expert_tokens;
     int64_t moe_dropped = 0;  // slots dropped by --moe-capacity
+    double mtp = 0;           // multi-token prediction: the modules' mean cross-entropy per target
   };
   // One optimizer step: grad_accum micro-batches of forward + backward, the
   // gradient all-reduce, clipping and AdamW. Error on a non-finite loss unless skipping.

@@ -22,7 +22,8 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   const bool gpt2 = c_.arch == Arch::GPT2;
   const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.kv_dim();
   const int64_t qbuf = gpt2 ? 3 * C : qd, kbuf = gpt2 ? 0 : kvd;
-  const int64_t n_stored = o_.recompute ? 1 : c_.n_layers;
+  const int64_t n_stored = o_.recompute ? 1 : c_.n_blocks();  // the MTP modules' blocks too
+  const int64_t D = c_.mtp_depth;
   // Elements per token of a stored layer, which dominate (attention keeps a log-sum-exp per head, not
   // the (T, T) probabilities); checked in double before the int64 sizes below are formed, then the whole plan.
   const int64_t qkn_tok = c_.qk_norm ? qd + kvd + c_.n_heads + c_.n_kv_heads : 0;
@@ -36,14 +37,15 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
   // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
   constexpr int64_t kAlign = 64 / sizeof(T);
-  const int64_t slack = kAlign * (19 * n_stored + c_.n_layers + 15);
+  const int64_t slack = kAlign * (19 * n_stored + c_.n_layers + 15 + 5 * D + 5);
   // Mixture-of-experts layers: their routing buffers per stored MoE layer, and one gradient scratch.
   int64_t moe_stored = 0;
   for (int64_t l = 0; l < c_.n_layers; ++l) moe_stored += c_.moe_layer(l);
   if (o_.recompute) moe_stored = std::min<int64_t>(moe_stored, 1);
   const int64_t moe_total = moe_stored * moe_act_floats() + (moe_stored > 0 ? moe_grad_floats() : 0);
+  const int64_t mtp_total = D > 0 ? D * N * (5 * C + 2) + 6 * N * C : 0;  // mtp_fwd's per depth, mtp_bwd's scratch
   const int64_t total = per_layer * n_stored + N * C * (c_.n_layers + 1) + N * C + 2 * N + o_.logit_rows * V + grads +
-                        moe_total + kAlign * 24 * moe_stored + kAlign * 12;
+                        moe_total + kAlign * 24 * moe_stored + kAlign * 12 + mtp_total;
   require_memory(double(sizeof(T)) * double(total + slack), mem_what, mem_hint);
   acts_.assign(size_t(total + slack), T(0));
   T* cur = acts_.data();
@@ -79,8 +81,19 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   if (o_.recompute) {
     plan(work_, -1);
   } else {
-    layers_.resize(size_t(c_.n_layers));
-    for (int64_t l = 0; l < c_.n_layers; ++l) plan(layers_[size_t(l)], l);
+    layers_.resize(size_t(c_.n_blocks()));
+    for (int64_t l = 0; l < c_.n_blocks(); ++l) plan(layers_[size_t(l)], l);
+  }
+  if (D > 0) {
+    mtp_.resize(size_t(D));
+    mtp_ints_.assign(size_t(2 * D * N), 0);
+    for (int64_t k = 0; k < D; ++k) {
+      MtpActs& m = mtp_[size_t(k)];
+      m.cat = take(2 * N * C), m.u = take(N * C), m.h = take(N * C), m.emb = take(N * C), m.r = take(2 * N);
+      m.tok = mtp_ints_.data() + 2 * k * N, m.tgt = m.tok + N;
+    }
+    mtp_dh_ = take(N * C), mtp_dhp_ = take(N * C), mtp_t1_ = take(N * C), mtp_t2_ = take(N * C);
+    mtp_dcat_ = take(2 * N * C);
   }
   x_in_.resize(size_t(c_.n_layers + 1));
   for (auto& x : x_in_) x = take(N * C);
@@ -583,6 +596,10 @@ blk::CeResult Transformer<T>::forward(const T* p, const int32_t* tokens, const i
   blk::CeResult r;
   head(p, nullptr, targets, 1.f, false, r);
   r.moe_balance_sum = moe_bal_, r.moe_z_sum = moe_z_;
+  if (c_.mtp_depth > 0 && !reward_w_) {  // the modules' losses, for the metrics
+    mtp_fwd(p, tokens, targets);
+    for (int64_t k = 1; k <= c_.mtp_depth; ++k) mtp_head(p, nullptr, k, 1.f, false, r, nullptr);
+  }
   return r;
 }
 
@@ -597,8 +614,13 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
   if (fresh_)  // everything the weights' first products do not write: zero, in parallel
     for (const auto& [b, e] : zero_ranges_) fill_zero(g + b, int64_t(e - b));
   blk::CeResult r;
+  if (c_.mtp_depth > 0) {
+    if (reward_w_ || teacher_ || row_weight_ || !g) fail("internal: multi-token prediction with a reward, teacher, DPO or LoRA pass");
+    mtp_fwd(p, tokens, targets);
+  }
   head(p, g, targets, grad_scale, true, r);
   r.moe_balance_sum = moe_bal_, r.moe_z_sum = moe_z_;
+  if (c_.mtp_depth > 0) mtp_bwd(p, g, grad_scale * o_.mtp_weight / float(c_.mtp_depth), r);  // += into dx_
   for (int64_t l = c_.n_layers - 1; l >= 0; --l) {
     LayerActs& a = acts_for(l);
     if (o_.recompute) {  // rebuild this block's activations from its saved input

@@ -28,6 +28,9 @@ struct ModelOptions {
   // first come (row order) first served; the rest are dropped (that row gets fewer experts).
   // 0: no limit. Training only: inference never drops.
   float moe_capacity = 0.f;
+  // Multi-token prediction (ModelConfig::mtp_depth > 0; train/mtp.cpp): the objective adds
+  // mtp_weight / depth x the sum of the modules' cross-entropies (DeepSeek-V3's lambda / D).
+  float mtp_weight = 0.3f;
 };
 
 template <class T>
@@ -109,6 +112,16 @@ class Transformer {
   int64_t moe_act_floats() const;
   int64_t moe_grad_floats() const;
   void layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx);  // dx: d x_out in, d x_in out
+  // Multi-token prediction modules (train/mtp.cpp): the blocks of every depth after the
+  // main layers; depth k's loss (and, backward, its gradients) into r; the backward of all
+  // depths, adding d (final hidden state) into dx_.
+  struct MtpActs {  // per depth; shapes with N = B * T
+    T *cat, *u, *h, *emb, *r;  // (N, 2C) [enorm(emb); hnorm(h)], (N, C) block input, output, embeddings; (2N) rstd
+    int32_t *tok, *tgt;        // (N) the token k ahead (embedded), the target k + 1 ahead (-1: none)
+  };
+  void mtp_fwd(const T* p, const int32_t* tokens, const int32_t* targets);
+  void mtp_head(const T* p, T* g, int64_t k, float scale, bool backward, blk::CeResult& r, T* dh);
+  void mtp_bwd(const T* p, T* g, float scale, blk::CeResult& r);
   void head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r);
   LayerActs& acts_for(int64_t l) { return o_.recompute ? work_ : layers_[size_t(l)]; }
   blk::AttnShape attn_shape(int64_t l) const;  // layer l's (its sliding window)
@@ -145,6 +158,10 @@ class Transformer {
   std::vector<T*> x_in_;          // (n_layers + 1) residual inputs; the last is the final stream
   T *xf_, *mf_, *rf_, *logits_;   // (N, C), (N), (N), (logit_rows, V)
   T *dx_, *dxn_, *dq_, *dk_, *dv_, *datt_, *dg_, *du_, *dh_, *dxf_;
+  std::vector<MtpActs> mtp_;                 // per depth
+  std::vector<int32_t> mtp_ints_;            // their tok / tgt
+  T *mtp_dh_ = nullptr, *mtp_dhp_ = nullptr;  // (N, C) d h of the depth in hand, d h from the next depth
+  T *mtp_t1_ = nullptr, *mtp_t2_ = nullptr, *mtp_dcat_ = nullptr;  // (N, C) x2, (N, 2C) scratch
   // MoE gradient scratch: (Nk, C), (Nk, He) x3, (N, E), (N, k), shared (N, Hs) x3, (N, C).
   T *dmd_ = nullptr, *deh_ = nullptr, *deg_ = nullptr, *deu_ = nullptr, *dr_ = nullptr, *dmw_ = nullptr;
   T *dsh_ = nullptr, *dsg_ = nullptr, *dsu_ = nullptr, *dso_ = nullptr;

@@ -44,6 +44,9 @@ Shape e1(const ModelConfig& c, int64_t) { return {c.moe_experts}; }
 Shape ehc(const ModelConfig& c, int64_t) { return {c.moe_experts, c.moe_hidden, c.dim}; }
 Shape ech(const ModelConfig& c, int64_t) { return {c.moe_experts, c.dim, c.moe_hidden}; }
 Shape sc(const ModelConfig& c, int64_t) { return {c.moe_shared_hidden, c.dim}; }
+// Multi-token prediction modules (blocks n_layers..; train/mtp.cpp): llama.cpp's "nextn" names.
+bool mtp(const ModelConfig& c, int64_t l) { return c.mtp_block(l); }
+Shape c2c(const ModelConfig& c, int64_t) { return {c.dim, 2 * c.dim}; }
 Shape cs(const ModelConfig& c, int64_t) { return {c.dim, c.moe_shared_hidden}; }
 }  // namespace
 
@@ -101,7 +104,11 @@ const ArchDesc kLlamaArch{
      {Slot::WUpSh, "ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight", M, sc, shared, nullptr, false,
       "mlp.shared_experts.up_proj.weight"},
      {Slot::WDownSh, "ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight", M, cs, shared, nullptr, false,
-      "mlp.shared_experts.down_proj.weight"}},
+      "mlp.shared_experts.down_proj.weight"},
+     {Slot::MtpENorm, "nextn.enorm.weight", "enorm.weight", V, c1, mtp},
+     {Slot::MtpHNorm, "nextn.hnorm.weight", "hnorm.weight", V, c1, mtp},
+     {Slot::MtpEhProj, "nextn.eh_proj.weight", "eh_proj.weight", M, c2c, mtp},
+     {Slot::MtpHeadNorm, "nextn.shared_head_norm.weight", "shared_head.norm.weight", V, c1, mtp}},
     // tail
     {{Slot::OutNorm, "output_norm.weight", "model.norm.weight", V, c1},
      {Slot::Output, "output.weight", "lm_head.weight", M, vc, untied}},

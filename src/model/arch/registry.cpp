@@ -55,7 +55,7 @@ void for_each_tensor_spec(const ArchDesc& d, const ModelConfig& c,
     if (!s.present || s.present(c, l)) f(s, l);
   };
   for (const auto& s : d.head) visit(s, -1);
-  for (int64_t l = 0; l < c.n_layers; ++l)
+  for (int64_t l = 0; l < c.n_blocks(); ++l)  // the layers, then the multi-token prediction modules
     for (const auto& s : d.layer) visit(s, l);
   for (const auto& s : d.tail) visit(s, -1);
 }
