@@ -647,6 +647,16 @@ TEST_F(TrainCli, MultiTokenPredictionModules) {
   EXPECT_NE(r.out.find("mtp modules:    2 (multi-token prediction: blocks 2..3"), std::string::npos) << r.out;
   r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 8 --temp 0 -t 2");
   ASSERT_EQ(r.code, 0) << r.err;
+  // Self-speculative decoding with the first module: at temperature 0 the model's own greedy text.
+  r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 24 --temp 0 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string greedy = r.out;
+  r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 24 --temp 0 -t 2 --draft-mtp");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, greedy);
+  EXPECT_NE(r.err.find("speculative (MTP module)"), std::string::npos) << r.err;
+  r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 24 --temp 0.8 -s 3 -t 2 --draft-mtp");
+  ASSERT_EQ(r.code, 0) << r.err;
   r = run_cli("convert " + q(gguf) + " " + q(q8) + " --type q8_0");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(load_model(q8).weights.cfg.mtp_depth, 2);

@@ -166,6 +166,58 @@ TEST(TrainInfer, MultiTokenPredictionModulesRideAlong) {
   }
 }
 
+// Drafting with the first MTP module (Model::mtp_draft): the engine's module logits at every
+// position give the training forward's depth-1 loss, after a chunked prefill and after a
+// rewind that replaced a token (the module's K/V of the dropped position is written again).
+TEST(TrainInfer, MtpDraftMatchesTheTrainedModule) {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8, c.hidden_dim = 48;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = false, c.mtp_depth = 1;
+  train::Layout L(c);
+  std::vector<float> p(L.total);
+  train::init_params(L, p.data(), 11);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 0.3f);
+  for (auto& x : p) x += nd(rng);
+  const int64_t T = 12;
+  std::vector<int32_t> tok(T), tgt(T);
+  for (auto& t : tok) t = int32_t(rng() % uint32_t(c.vocab_size));
+  for (int64_t i = 0; i < T; ++i) tgt[size_t(i)] = i + 1 < T ? tok[size_t(i + 1)] : -1;
+  train::Transformer<float> tm(L, 1, T, train::ModelOptions{});
+  const auto r = tm.forward(p.data(), tok.data(), tgt.data());
+  ASSERT_EQ(r.mtp_count, T - 2);
+  const Weights w = train::weights_view(L, p.data());
+  for (bool rewind : {false, true}) {
+    RunOptions ro;
+    ro.n_ctx = T, ro.max_batch = 5, ro.mtp_draft = true;
+    Model m(w, ro);
+    KernelContext ctx(2);
+    std::vector<float> out(size_t(T * c.vocab_size));
+    if (rewind) {
+      m.forward_all(ctx, tok.data(), 7, 0, out.data());
+      const int32_t other = (tok[7] + 1) % int32_t(c.vocab_size);
+      m.forward(ctx, &other, 1, 7);  // a token later rejected...
+      m.forward_all(ctx, tok.data() + 7, T - 7, 7, out.data());  // ...rewound and replaced
+    } else {
+      m.forward_all(ctx, tok.data(), T, 0, out.data());
+    }
+    double nll = 0;
+    for (int64_t i = 0; i + 2 < T; ++i) {
+      const float* z = m.mtp_draft(ctx, tok[size_t(i + 1)], i + 1);
+      double mx = z[0], s = 0;
+      for (int64_t v = 1; v < c.vocab_size; ++v) mx = std::max(mx, double(z[v]));
+      for (int64_t v = 0; v < c.vocab_size; ++v) s += std::exp(double(z[v]) - mx);
+      nll += mx + std::log(s) - z[tok[size_t(i + 2)]];
+    }
+    EXPECT_NEAR(nll, r.mtp_sum, 1e-4 * std::abs(r.mtp_sum)) << "rewind " << rewind;
+  }
+  RunOptions plain;
+  Model m(w, plain);
+  KernelContext ctx(1);
+  EXPECT_THROW(m.mtp_draft(ctx, 1, 1), Error);
+}
+
 // DeepSeek-V3's auxiliary-loss-free balancing (train/optim.h): each bias moves by the
 // rate toward the layer's mean load; layers without a bias and equal loads stay put.
 TEST(TrainInfer, SelectionBiasMovesTowardEvenLoads) {

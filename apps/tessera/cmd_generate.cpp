@@ -95,6 +95,9 @@ int cmd_generate(int argc, char** argv) {
                  "speculative decoding with this smaller model (same tokenizer) drafting for the main one");
   app.add_option("--draft-max", md.spec.draft_max, "speculative decoding: tokens drafted per target forward")
       ->check(positive());
+  app.add_flag("--draft-mtp", md.spec.mtp,
+               "speculative decoding with the model's own first multi-token prediction module (a model trained with "
+               "'tessera train --mtp N'): one token drafted from the last hidden state per forward");
   app.add_option("--draft-ngram", md.spec.ngram,
                  "speculative decoding without a draft model: propose the tokens that followed the last N-gram's "
                  "latest earlier occurrence (prompt lookup; N >= 1)")
@@ -125,7 +128,10 @@ int cmd_generate(int argc, char** argv) {
                  "print one JSON object with each generated token's log-probability and this many most probable alternatives")
       ->check(CLI::Range(0, 100));
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  const bool speculative = !md.draft_path.empty() || md.spec.ngram > 0;
+  const bool speculative = !md.draft_path.empty() || md.spec.ngram > 0 || md.spec.mtp;
+  if (md.spec.mtp && (!md.draft_path.empty() || md.spec.ngram > 0))
+    fail("--draft-mtp drafts with the model itself: no --draft or --draft-ngram");
+  ma.mtp_draft = md.spec.mtp;
   const int n_modes = int(speculative) + int(md.beam.beams != 0) + int(md.n != 1) + int(md.self_consistency != 0);
   if (!md.draft_path.empty() && md.spec.ngram > 0) fail("--draft and --draft-ngram are alternatives; give one");
   if (n_modes > 1)
@@ -253,7 +259,9 @@ int cmd_generate(int argc, char** argv) {
     std::fprintf(stderr,
                  "\ntessera: speculative (%s): %lld drafted, %lld accepted (%.1f%%), %lld target forwards, %.2f tokens "
                  "per forward",
-                 md.draft_path.empty() ? ("n-gram " + std::to_string(md.spec.ngram)).c_str() : "draft model",
+                 md.spec.mtp ? "MTP module"
+                 : md.draft_path.empty() ? ("n-gram " + std::to_string(md.spec.ngram)).c_str()
+                                         : "draft model",
                  (long long)sst.drafted, (long long)sst.accepted, 100.0 * sst.acceptance(),
                  (long long)sst.target_forwards, sst.tokens_per_forward());
   } else {

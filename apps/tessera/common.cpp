@@ -90,6 +90,7 @@ Loaded load(const ModelArgs& a) {
                  (long long)ro.n_ctx, (long long)cfg.max_seq_len);
   ro.max_batch = a.batch;
   ro.own_cache = a.own_cache;
+  ro.mtp_draft = a.mtp_draft;
   ro.kv_type = *dtype_from_name(a.kv_type);
   const int threads = a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ro.max_threads = threads;

@@ -31,6 +31,7 @@ struct ModelArgs {
   bool verbose = false;
   bool f16_as_bf16 = false;  // F16 matrices rounded to BF16 at load (prefill at the bf16 GEMM's rate)
   bool own_cache = true;     // plan the single-sequence KV cache (false: the caller makes its own pool)
+  bool mtp_draft = false;    // run the first MTP module beside the model (RunOptions::mtp_draft)
   std::vector<std::string> lora;  // --lora FILE[:SCALE]: adapters merged into the weights at load
 };
 

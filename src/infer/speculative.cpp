@@ -51,7 +51,11 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
   const int64_t V = target.config().vocab_size;
   if (prompt.empty()) fail("speculative decoding: the prompt has no tokens");
   if (spec.draft_max < 1) fail("--draft-max must be >= 1, got ", spec.draft_max);
-  if (!draft && spec.ngram < 1) fail("speculative decoding needs a draft model (--draft) or --draft-ngram N >= 1");
+  if (!draft && spec.ngram < 1 && !spec.mtp)
+    fail("speculative decoding needs a draft model (--draft), --draft-ngram N >= 1 or --draft-mtp");
+  if (spec.mtp && (draft || spec.ngram > 0)) fail("--draft-mtp drafts with the model itself: no --draft or --draft-ngram");
+  if (spec.mtp && !target.drafts_mtp())
+    fail("--draft-mtp: the model was loaded without its multi-token prediction module set up for drafting");
   if (draft && draft->config().vocab_size != V)
     fail("the draft model's vocabulary has ", draft->config().vocab_size, " tokens, the target's ", V,
          "; speculative decoding needs the same tokenizer");
@@ -61,7 +65,7 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
          " (raise -c or shorten the prompt)");
   SpeculativeStats st;
   Sampler sampler(sampling, int32_t(V));
-  const int K = spec.draft_max;
+  const int K = spec.mtp ? 1 : spec.draft_max;  // one MTP module: one proposal
   const size_t Vs = size_t(V);
   std::vector<float> pt(Vs), pd(size_t(K) * Vs), tl(size_t(K + 1) * Vs), dl(Vs);
   // hist: the prompt and the tokens produced; while a round scores proposals they
@@ -87,7 +91,14 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
     if (max_tokens >= 0) k = std::min(k, max_tokens - st.produced - 1);
     x.clear();
     const size_t h0 = hist.size();
-    if (k > 0 && draft) {
+    if (k > 0 && spec.mtp) {
+      if (pos >= 1) {  // the module reads the hidden state of pos - 1 (a one-token prompt has none yet)
+        const float* l = target.mtp_draft(ctx, hist[h0 - 1], pos);
+        std::copy(l, l + V, dl.begin());
+        sampler.distribution(dl.data(), hist, pd.data());
+        x.push_back(sampler.draw(pd.data()));
+      }
+    } else if (k > 0 && draft) {
       const float* l = draft->forward(ctx, hist.data() + dlen, int64_t(h0) - dlen, dlen);
       dlen = int64_t(h0);
       for (int64_t i = 0; i < k; ++i) {

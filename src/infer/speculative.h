@@ -11,9 +11,11 @@
 // the top-k / top-p / min-p / temperature filters (infer/sampler.h) shape both
 // distributions identically before the test.
 //
-// Drafters: a smaller model with the same vocabulary (--draft), or prompt
+// Drafters: a smaller model with the same vocabulary (--draft), prompt
 // lookup (--draft-ngram N): the tokens that followed the latest earlier
-// occurrence of the last n <= N tokens, proposed with a one-hot p_d.
+// occurrence of the last n <= N tokens, proposed with a one-hot p_d, or the
+// target's own multi-token prediction module (--draft-mtp): one token drawn
+// from the module's distribution, from the last position's hidden state.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -29,6 +31,9 @@ namespace tessera {
 struct SpeculativeParams {
   int draft_max = 8;  // K: proposals per target forward (>= 1)
   int ngram = 0;      // > 0: prompt-lookup drafting with n-grams of up to this many tokens (no draft model)
+  // Self-drafting with the target's first multi-token prediction module (Model::mtp_draft;
+  // the target made with RunOptions::mtp_draft): one proposal per target forward.
+  bool mtp = false;
 };
 
 struct SpeculativeStats {

@@ -132,6 +132,7 @@ void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t 
       else
         gpt2_layer(ex, l);
     }
+    if (tt.rank == 0 && mtp_) std::copy(x, x + C, kv_->hidden(seq, pos));  // for the MTP module (model/mtp.cpp)
     if (llama)
       ex.rmsnorm(w_.out_norm);
     else

@@ -8,7 +8,7 @@
 namespace tessera {
 
 KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
-    : n_layers_(cfg.n_layers),
+    : n_layers_(cfg.n_layers + std::max<int64_t>(opt.extra_layers, 0)),
       kv_dim_(cfg.cache_kv_dim()),
       bs_(opt.block_size),
       n_blocks_(opt.n_blocks),
@@ -29,6 +29,12 @@ KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
   data_.assign(size_t(bytes), 0);
   refs_.assign(size_t(n_blocks_), 0);
   tok_.assign(size_t(n_blocks_ * bs_), -1);
+  if (opt.hidden > 0) {
+    const double hb = 4.0 * double(n_blocks_) * double(bs_) * double(opt.hidden);
+    require_memory(hb, "KV cache hidden states", "lower -c");
+    hidden_ = opt.hidden;
+    hid_.assign(size_t(n_blocks_ * bs_ * hidden_), 0.f);
+  }
   free_.resize(size_t(n_blocks_));
   for (int64_t i = 0; i < n_blocks_; ++i) free_[size_t(i)] = int32_t(n_blocks_ - 1 - i);
 }
@@ -142,6 +148,8 @@ void KVCache::copy_block(int32_t dst, int32_t src) {
     if (!v_in_k()) std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);
   }
   std::copy_n(tok_.begin() + ptrdiff_t(src) * bs_, bs_, tok_.begin() + ptrdiff_t(dst) * bs_);
+  if (hidden_ > 0)
+    std::copy_n(hid_.begin() + ptrdiff_t(src * bs_ * hidden_), bs_ * hidden_, hid_.begin() + ptrdiff_t(dst * bs_ * hidden_));
 }
 
 }  // namespace tessera

@@ -25,6 +25,10 @@ struct KVCacheOptions {
   int64_t n_blocks = 0;     // blocks in the pool
   int64_t block_size = 32;  // positions per block
   DType type = DType::F32;  // F32, F16 or Q8_0 (rows of kv_dim in llama.cpp's 34-byte blocks of 32)
+  // Drafting with a multi-token prediction module (Model, RunOptions::mtp_draft): K/V layers
+  // after the model's (the module's block), and each position's final hidden state (f32, this wide).
+  int64_t extra_layers = 0;
+  int64_t hidden = 0;
 };
 
 class KVCache {
@@ -62,6 +66,12 @@ class KVCache {
   // model/moe_hash.h); written by Model::forward with the position's K/V.
   int32_t token(int32_t seq, int64_t pos) const { return tok_[size_t(row(seq, pos))]; }
   void set_token(int32_t seq, int64_t pos, int32_t t) { tok_[size_t(row(seq, pos))] = t; }
+  // The final hidden state (KVCacheOptions::hidden floats) kept for position pos of seq; null without.
+  float* hidden(int32_t seq, int64_t pos) {
+    return hid_.empty() ? nullptr : hid_.data() + size_t(row(seq, pos)) * size_t(hidden_);
+  }
+  bool has_hidden() const { return !hid_.empty(); }
+  int64_t n_layers() const { return n_layers_; }  // K/V layers (the model's, then extra_layers)
   const int32_t* block_table(int32_t seq) const { return seqs_[size_t(seq)].blocks.data(); }
   // Keys (then values) of layer l: (rows, kv_dim) elements, row_bytes() per row.
   uint8_t* k(int64_t l) { return data_.data() + size_t(l) * n_kv_ * layer_bytes_; }
@@ -95,6 +105,8 @@ class KVCache {
   size_t layer_bytes_;  // one of K / V of one layer
   huge_vector<uint8_t> data_;
   std::vector<int32_t> tok_;   // (n_blocks * block_size) token ids, by row
+  int64_t hidden_ = 0;
+  huge_vector<float> hid_;     // (n_blocks * block_size, hidden_) final hidden states, by row
   std::vector<int32_t> refs_;  // per block
   std::vector<int32_t> free_;  // free block ids, highest first (the lowest is taken from the back)
   std::vector<Seq> seqs_;

@@ -24,6 +24,10 @@ constexpr int64_t kPrefillGemmRows = 8;  // new tokens from which attention runs
 Model::Model(const Weights& w, const RunOptions& opt)
     : w_(w), kv_type_(opt.kv_type), kv_block_size_(opt.kv_block_size), persistent_team_(opt.persistent_team) {
   const auto& c = w.cfg;
+  mtp_ = opt.mtp_draft;
+  if (mtp_ && c.mtp_depth < 1)
+    fail("drafting with multi-token prediction needs a model with MTP modules (train one with 'tessera train --mtp "
+         "N'); this one has none");
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
   if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
     fail("context size ", n_ctx_, " exceeds the ", c.max_seq_len, " learned positions of this GPT-2 model");
@@ -52,7 +56,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
                            int64_t(max_threads_) * mla_w32_floats_, B * c.n_heads * c.mla_v_dim,
                            c.mla() && max_batch_ >= kMlaExpandRows
                                ? n_ctx_ * (c.mla_kv_lora + c.head_dim - c.mla_rope + c.mla_v_dim + c.head_dim)
-                               : 0};
+                               : 0,
+                           mtp_ ? 2 * B * C : 0};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
@@ -65,11 +70,12 @@ Model::Model(const Weights& w, const RunOptions& opt)
   float** slots[] = {&a_.x,      &a_.xb,     &a_.q,     &a_.k,     &a_.v,     &a_.att,    &a_.hb,
                      &a_.hb2,    &a_.scores, &a_.logits, &a_.kv32, &a_.router, &a_.moe_w, &a_.moe_x,
                      &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s, &a_.mla_q, &a_.mla_kva,
-                     &a_.mla_qa, &a_.mla_w32, &a_.mla_att, &a_.mla_exp};
+                     &a_.mla_qa, &a_.mla_w32, &a_.mla_att, &a_.mla_exp, &a_.mtp_cat};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
   }
+  if (mtp_) mtp_pos_.assign(size_t(B), 0), mtp_seq_.assign(size_t(B), 0), mtp_tok_.assign(size_t(B), 0);
   if (E > 0) {
     moe_sel_.assign(size_t(Bk), 0);
     moe_inv_.assign(size_t(Bk), 0);
@@ -104,6 +110,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
 KVCache Model::make_cache(int64_t n_blocks) const {
   KVCacheOptions o;
   o.n_blocks = n_blocks, o.block_size = kv_block_size_, o.type = kv_type_;
+  if (mtp_) o.extra_layers = 1, o.hidden = w_.cfg.dim;  // the MTP module's K/V, the states it reads
   return KVCache(w_.cfg, o);
 }
 
@@ -129,7 +136,7 @@ void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t*
   const auto& c = w_.cfg;
   if (n <= 0) fail("forward: no tokens");
   if (cache.kv_dim() != c.cache_kv_dim() || cache.v_in_k() != c.cache_v_in_k() || cache.type() != kv_type_ ||
-      cache.k(0) == nullptr)
+      cache.k(0) == nullptr || (mtp_ && (!cache.has_hidden() || cache.n_layers() <= c.n_layers)))
     fail("forward: the KV cache was made for another model (kv_dim ", cache.kv_dim(), ", ", dtype_name(cache.type()),
          "; this model: ", c.cache_kv_dim(), ", ", dtype_name(kv_type_), ")");
   // First position and row count of each sequence in the batch (-1: absent).
@@ -220,7 +227,11 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
                   const uint8_t* want, float* out) {
   cpos_ = pos, cseq_ = seq, ctok_ = tokens;
   for (int64_t t = 0; t < n; ++t) kv_->set_token(seq[t], pos[t], tokens[t]);
-  if (n == 1 && decodes_as_team(ctx)) return decode_team(ctx, tokens[0], pos[0], seq[0], want && !want[0] ? a_.logits : out);
+  if (n == 1 && decodes_as_team(ctx)) {
+    decode_team(ctx, tokens[0], pos[0], seq[0], want && !want[0] ? a_.logits : out);  // keeps its hidden state
+    if (mtp_) mtp_rows(ctx, tokens, pos, seq, n);
+    return;
+  }
   const auto& c = w_.cfg;
   const int64_t C = c.dim;
   // Embedding lookup: x(t) = E[token] (+ P[pos] for GPT-2).
@@ -239,13 +250,21 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
     else
       gpt2_layer(ex, l);
   }
+  if (mtp_)  // each position's final state, for the MTP module (mtp_rows, mtp_draft)
+    per_token(ctx, n, [&](int64_t t) { std::copy(a_.x + t * C, a_.x + (t + 1) * C, kv_->hidden(seq[t], pos[t])); });
   // Final norm and classifier, for the wanted rows (packed into the first rows of xb).
   int64_t n_out = 0;
   out_rows_.resize(size_t(max_batch_));
   for (int64_t t = 0; t < n; ++t)
     if (!want || want[t]) out_rows_[size_t(n_out++)] = t;
-  if (n_out == 0) return;
-  if (!out) fail("forward: rows want logits but no output buffer was given");
+  if (n_out > 0 && !out) fail("forward: rows want logits but no output buffer was given");
+  if (n_out > 0) logits_rows(ctx, n_out, out);
+  if (mtp_) mtp_rows(ctx, tokens, pos, seq, n);
+}
+
+void Model::logits_rows(KernelContext& ctx, int64_t n_out, float* out) {
+  const auto& c = w_.cfg;
+  const int64_t C = c.dim;
   per_token(ctx, n_out, [&](int64_t i) {
     const int64_t t = out_rows_[size_t(i)];
     if (c.arch == Arch::Llama)

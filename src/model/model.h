@@ -37,6 +37,10 @@ struct RunOptions {
   // n_ctx positions); false when only forward(ctx, batch, cache, out) is used.
   bool own_cache = true;
   int64_t kv_block_size = 32;  // positions per KV block
+  // Self-speculative drafting with the model's first multi-token prediction module
+  // (ModelConfig::mtp_depth >= 1; mtp_draft()): every forward also runs the module over
+  // its rows, keeping its K/V and each position's final hidden state in the cache.
+  bool mtp_draft = false;
 };
 
 class Model {
@@ -69,6 +73,13 @@ class Model {
   // the cache, on a bad token, sequence or position, or when the cache's pool
   // cannot hold the new positions.
   void forward(KernelContext& ctx, const Batch& batch, KVCache& cache, float* out);
+  // RunOptions::mtp_draft: the first multi-token prediction module's logits (V) for the token
+  // after `token` at position pos of the own cache's sequence (which holds [0, pos), pos >= 1):
+  // the module at position pos - 1 on that position's hidden state and token's embedding
+  // (DeepSeek-V3's depth 1, as train/mtp.cpp trains it). Its K/V at pos - 1 is what the
+  // forward of `token` at pos writes again. Throws Error without a module or out of range.
+  const float* mtp_draft(KernelContext& ctx, int32_t token, int64_t pos);
+  bool drafts_mtp() const { return mtp_; }
 
  private:
   // Buffers for one chunk of B <= max_batch tokens (shape comments use B).
@@ -97,7 +108,16 @@ class Model {
     float* mla_att; // (B, n_heads v) value up-projection of the attention output
     float* kv32;    // one sequence's keys (then values) of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, cache_kv_dim)
     float* logits;  // (B, V)
+    float* mtp_cat; // (B, 2C) [enorm(embedding); hnorm(previous hidden state)] (mtp_draft)
   };
+  // The first MTP module over the rows with pos >= 1 of a chunk whose final hidden states are
+  // in the cache: the module at position pos - 1 on (hidden(pos - 1), token); its output in a_.x.
+  int64_t mtp_rows(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n);
+  // Final norm and classifier of the chunk rows out_rows_[0, n_out) of a_.x into out (n_out, V).
+  void logits_rows(KernelContext& ctx, int64_t n_out, float* out);
+  bool mtp_ = false;
+  std::vector<int64_t> mtp_pos_;
+  std::vector<int32_t> mtp_seq_, mtp_tok_;
   // The legacy single-sequence call as a batch of sequence 0 of the own cache.
   void forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
   void check_token(int32_t id, int64_t pos) const;  // Error naming the id and position when out of the vocabulary
