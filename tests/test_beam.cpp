@@ -147,4 +147,15 @@ TEST(BeamSearch, CliOneBeamIsGreedyAndBeamsDiffer) {
   EXPECT_NE(bad.err.find("--beams"), std::string::npos) << bad.err;
   const CliResult both = run_cli(base + "--beams 2 --draft-ngram 2");
   EXPECT_NE(both.code, 0);
+  // Under a grammar: the best hypothesis is in the language (here a finished one: the grammar ends after a word).
+  const CliResult yes_no =
+      run_cli("generate -m " + q(shared_path("models/stories260K.bin")) + " --tokenizer " +
+              q(shared_path("models/tok512.bin")) + " -p 'Is the sky blue? Answer:' -n 10 -t 2 --beams 3 --grammar " +
+              q("root ::= \" \" (\"yes\" | \"no\") \".\""));
+  ASSERT_EQ(yes_no.code, 0) << yes_no.err;
+  EXPECT_TRUE(yes_no.out.find(" yes.") != std::string::npos || yes_no.out.find(" no.") != std::string::npos)
+      << yes_no.out;
+  const CliResult n_grammar = run_cli(base + "--n 2 --json");
+  EXPECT_NE(n_grammar.code, 0);
+  EXPECT_NE(n_grammar.err.find("works with plain sampling and --beams"), std::string::npos) << n_grammar.err;
 }

@@ -8,6 +8,7 @@
 #include "cli_util.h"
 #include "core/error.h"
 #include "formats/load.h"
+#include "infer/beam.h"
 #include "infer/generate.h"
 #include "infer/grammar.h"
 #include "model/synthetic.h"
@@ -177,4 +178,61 @@ TEST(Grammar, GenerationStaysInTheLanguage) {
     }
   }
   EXPECT_GT(ended, 0);  // some runs ended where their grammar may end
+}
+
+// Beam search under a grammar (infer/beam.h): every hypothesis of every grammar is a
+// prefix of its language and a finished one a member, with a random-weight model that
+// unconstrained produces garbage; one constrained beam is constrained greedy decoding.
+TEST(Grammar, BeamSearchStaysInTheLanguage) {
+  TESSERA_REQUIRE_SHARED("models/tok512.bin");
+  RandomStories rs(78);
+  const Tokenizer& tok = rs.tok;
+  // (a short language, whose hypotheses must finish: only an end token can follow it)
+  std::vector<std::pair<std::string, std::string>> grammars{{"json-value", kJsonGrammar},
+                                                            {"yes-no", "root ::= (\"yes\" | \"no\") \".\"\n"}};
+  for (const char* name : kGrammars) {
+    const std::string path = std::string("grammars/") + name + ".gbnf";
+    if (std::filesystem::exists(shared_path(path))) grammars.emplace_back(name, slurp(shared_path(path)));
+  }
+  const auto is_end = [&](int32_t id) { return tok.is_eog(id) || id == tok.bos_id(); };
+  const auto bytes_of = [&](const std::vector<int32_t>& ids) {
+    std::string s;
+    for (int32_t id : ids) s += tok.token_bytes(id);
+    return s;
+  };
+  int finished = 0;
+  for (const auto& [name, text] : grammars) {
+    const Grammar g = Grammar::parse(text, name);
+    const BeamGrammar bg{&g, &rs.trie, [&](int32_t id) { return tok.token_bytes(id); }};
+    BeamParams bp;
+    bp.beams = 3;
+    const auto hyps = beam_search(rs.m, rs.ctx, {1}, 40, bp, is_end, &bg);
+    ASSERT_FALSE(hyps.empty()) << name;
+    for (const BeamHypothesis& h : hyps) {
+      GrammarState gs(g);
+      const std::string s = bytes_of(h.tokens);
+      EXPECT_TRUE(gs.accept(s)) << name << ": '" << s << "'";
+      if (h.finished) {
+        EXPECT_TRUE(gs.can_end()) << name << ": '" << s << "'";
+        ++finished;
+      }
+    }
+    // One beam: the constrained greedy tokens.
+    bp.beams = 1;
+    const auto one = beam_search(rs.m, rs.ctx, {1}, 30, bp, is_end, &bg);
+    GenerateParams gp;
+    gp.n_predict = 30, gp.sampling.temp = 0.f, gp.grammar = &g, gp.trie = &rs.trie;
+    const GenerateStats st = generate(rs.m, rs.ctx, tok, {1}, gp, [](std::string_view) {});
+    std::vector<int32_t> greedy(st.tokens.begin() + 1, st.tokens.end());
+    if (!greedy.empty() && is_end(greedy.back())) greedy.pop_back();
+    EXPECT_EQ(one.front().tokens, greedy) << name;
+  }
+  EXPECT_GT(finished, 0);
+  // Unconstrained, the same search leaves the JSON language at once.
+  BeamParams bp;
+  bp.beams = 3;
+  const auto free = beam_search(rs.m, rs.ctx, {1}, 20, bp, is_end);
+  const Grammar json = Grammar::parse(kJsonGrammar, "json");
+  GrammarState gs(json);
+  EXPECT_FALSE(gs.accept(bytes_of(free.front().tokens)));
 }

@@ -153,9 +153,9 @@ int cmd_generate(int argc, char** argv) {
     if (first == std::string::npos || json_schema[first] != '{') text = read_file(json_schema), where = json_schema;
     grammar = Grammar::parse(json_schema_to_gbnf(text, where), where + " (as a grammar)");
   }
-  if (grammar && n_modes > 0)
-    fail("grammar-constrained output (--grammar, --grammar-file, --json, --json-schema) works with plain sampling (not with ",
-         speculative ? "speculative decoding" : md.beam.beams ? "--beams" : md.n != 1 ? "--n" : "--self-consistency", ")");
+  if (grammar && n_modes > 0 && md.beam.beams == 0)
+    fail("grammar-constrained output (--grammar, --grammar-file, --json, --json-schema) works with plain sampling and "
+         "--beams (not with ", speculative ? "speculative decoding" : md.n != 1 ? "--n" : "--self-consistency", ")");
   if (md.self_consistency != 0 && md.answer_regex.empty()) fail("--self-consistency needs --answer-regex");
   std::regex answer_re;
   try {
@@ -238,7 +238,8 @@ int cmd_generate(int argc, char** argv) {
   std::string collected;  // the text, when printed as JSON
   const auto out = [&](std::string_view s) { md.json ? void(collected.append(s)) : print(s); };
   if (md.beam.beams != 0) {  // the best hypothesis, printed once found
-    const auto hyps = beam_search(*L.model, *L.ctx, ids, gp.n_predict, md.beam, is_end);
+    BeamGrammar bg{gp.grammar, gp.trie, [&](int32_t id) { return tok.token_bytes(id); }};
+    const auto hyps = beam_search(*L.model, *L.ctx, ids, gp.n_predict, md.beam, is_end, grammar ? &bg : nullptr);
     const BeamHypothesis& best = hyps.front();
     st.n_prompt = int64_t(ids.size()), st.n_generated = int64_t(best.tokens.size());
     st.decode_s = seconds();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "core/error.h"
 #include "infer/sampler.h"
@@ -15,6 +16,7 @@ struct Live {
   int32_t seq;
   std::vector<int32_t> tokens;
   double logprob;
+  std::optional<GrammarState> gs;  // with a grammar: where this hypothesis stands in it
 };
 
 struct Cand {
@@ -31,7 +33,7 @@ double normalized(double logprob, int64_t len, float lp) {
 
 std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const std::vector<int32_t>& prompt,
                                         int64_t max_new, const BeamParams& p,
-                                        const std::function<bool(int32_t)>& is_end) {
+                                        const std::function<bool(int32_t)>& is_end, const BeamGrammar* g) {
   const int64_t V = model.config().vocab_size, P = int64_t(prompt.size());
   if (p.beams < 1 || p.beams > 256) fail("--beams must be in [1, 256], got ", p.beams);
   if (!std::isfinite(p.length_penalty)) fail("--length-penalty must be a finite number, got ", p.length_penalty);
@@ -46,7 +48,11 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
   KVCache cache(model.config(), KVCacheOptions{int64_t(B) * per_seq + 1, bs, DType::F32});
   std::vector<float> logits(size_t(B) * size_t(V));
   Batch batch;
-  std::vector<Live> live{{cache.add_seq(), {}, 0.0}};
+  if (g && (!g->grammar || !g->trie || !g->bytes)) fail("beam search: a grammar needs its token trie and token bytes");
+  std::vector<Live> live{{cache.add_seq(), {}, 0.0, std::nullopt}};
+  if (g) live[0].gs.emplace(*g->grammar);
+  std::vector<float> masked(g ? size_t(V) : 0);
+  std::vector<uint8_t> allowed(g ? size_t(V) : 0);
   for (int64_t i = 0; i < P; ++i) batch.add(prompt[size_t(i)], i, live[0].seq, i == P - 1);
   model.forward(ctx, batch, cache, logits.data());
 
@@ -65,9 +71,23 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
     // The 2 B best continuations over all beams (enough for B live ones after ends).
     cands.clear();
     const int n_top = int(std::min<int64_t>(2 * B, V));
-    for (size_t b = 0; b < live.size(); ++b)
-      for (const auto& [id, lp] : token_logprob(logits.data() + b * size_t(V), V, 0, n_top).top)
-        cands.push_back({live[b].logprob + lp, int(b), id});
+    for (size_t b = 0; b < live.size(); ++b) {
+      const float* row = logits.data() + b * size_t(V);
+      if (g) {  // the tokens this hypothesis's grammar state allows; the others at -inf
+        const GrammarState& gs = *live[b].gs;
+        gs.allowed_tokens(*g->trie, allowed);
+        bool any = false;
+        for (int64_t i = 0; i < V; ++i) {
+          const bool keep = is_end(int32_t(i)) ? gs.can_end() : allowed[size_t(i)] != 0;
+          masked[size_t(i)] = keep ? row[i] : -INFINITY;
+          any |= keep;
+        }
+        if (!any) continue;  // a dead end of the grammar: this hypothesis has no successor
+        row = masked.data();
+      }
+      for (const auto& [id, lp] : token_logprob(row, V, 0, n_top).top)
+        if (std::isfinite(lp)) cands.push_back({live[b].logprob + lp, int(b), id});
+    }
     std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
       return a.logprob > b.logprob || (a.logprob == b.logprob && (a.beam < b.beam || (a.beam == b.beam && a.token < b.token)));
     });
@@ -81,7 +101,8 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
         add_done({parent.tokens, c.logprob, normalized(c.logprob, len, p.length_penalty), true});
         continue;
       }
-      Live n{-1, parent.tokens, c.logprob};
+      Live n{-1, parent.tokens, c.logprob, parent.gs};
+      if (n.gs) n.gs->accept(g->bytes(c.token));
       n.tokens.push_back(c.token);
       n.seq = c.beam;  // the parent's index until sequences are assigned below
       ++children[size_t(c.beam)];
@@ -125,6 +146,7 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
     const int64_t len = int64_t(l.tokens.size());
     add_done({std::move(l.tokens), l.logprob, normalized(l.logprob, len, p.length_penalty), false});
   }
+  if (done.empty()) fail("beam search: the grammar cannot be continued with any token of the vocabulary");
   return done;
 }
 

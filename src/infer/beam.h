@@ -7,11 +7,17 @@
 // included). A hypothesis ends at an end token; finished ones are kept (the
 // best B) until no live beam can beat the worst of them (early_stopping: as
 // soon as B have finished), or max_new tokens. B = 1 is greedy decoding.
+// With a grammar (infer/grammar.h) each hypothesis keeps its own grammar state:
+// its next-token distribution is masked to the tokens the state allows (end
+// tokens only where the grammar can end) and renormalised, as constrained
+// sampling does, so every hypothesis is a prefix of the language and a finished
+// one a member; a hypothesis no token can continue is dropped.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <vector>
 
+#include "infer/grammar.h"
 #include "model/model.h"
 
 namespace tessera {
@@ -20,6 +26,12 @@ struct BeamParams {
   int beams = 4;               // B (1 .. the model's max batch)
   float length_penalty = 1.f;  // exponent of the length normalization (0: raw log-probabilities)
   bool early_stopping = false;
+};
+
+struct BeamGrammar {
+  const Grammar* grammar = nullptr;
+  const TokenTrie* trie = nullptr;            // the vocabulary's trie (the mask's walk)
+  std::function<std::string(int32_t)> bytes;  // a token's bytes
 };
 
 struct BeamHypothesis {
@@ -33,6 +45,7 @@ struct BeamHypothesis {
 // Throws Error on bad parameters or a prompt that does not fit the context.
 std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const std::vector<int32_t>& prompt,
                                         int64_t max_new, const BeamParams& params,
-                                        const std::function<bool(int32_t)>& is_end);
+                                        const std::function<bool(int32_t)>& is_end,
+                                        const BeamGrammar* grammar = nullptr);
 
 }  // namespace tessera
