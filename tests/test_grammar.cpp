@@ -10,6 +10,7 @@
 #include "formats/load.h"
 #include "infer/beam.h"
 #include "infer/generate.h"
+#include "infer/parallel.h"
 #include "infer/grammar.h"
 #include "model/synthetic.h"
 #include "model_test_util.h"
@@ -235,4 +236,34 @@ TEST(Grammar, BeamSearchStaysInTheLanguage) {
   const Grammar json = Grammar::parse(kJsonGrammar, "json");
   GrammarState gs(json);
   EXPECT_FALSE(gs.accept(bytes_of(free.front().tokens)));
+}
+
+// Parallel samples under a grammar (infer/parallel.h): sample i is its seed's single
+// constrained run (generate() with the grammar), so every sample stays in the language.
+TEST(Grammar, ParallelSamplesAreTheirSeedsConstrainedRuns) {
+  TESSERA_REQUIRE_SHARED("models/tok512.bin");
+  RandomStories rs(79);
+  const Tokenizer& tok = rs.tok;
+  const Grammar g = Grammar::parse(kJsonGrammar, "json");
+  const auto is_end = [&](int32_t id) { return tok.is_eog(id) || id == tok.bos_id(); };
+  SamplerParams sp;
+  sp.temp = 1.f, sp.seed = 40;
+  const SampleGrammar sg{&g, &rs.trie, &tok};
+  const auto samples = sample_parallel(rs.m, rs.ctx, {1}, 4, 30, sp, is_end, &sg);
+  ASSERT_EQ(samples.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    GenerateParams gp;
+    gp.n_predict = 30, gp.sampling = sp, gp.sampling.seed = sp.seed + uint64_t(i), gp.grammar = &g, gp.trie = &rs.trie;
+    const GenerateStats st = generate(rs.m, rs.ctx, tok, {1}, gp, [](std::string_view) {});
+    std::vector<int32_t> one(st.tokens.begin() + 1, st.tokens.end());
+    if (!one.empty() && is_end(one.back())) one.pop_back();
+    EXPECT_EQ(samples[size_t(i)].tokens, one) << "sample " << i;
+    std::string s;
+    for (int32_t id : samples[size_t(i)].tokens) s += tok.token_bytes(id);
+    GrammarState gs(g);
+    EXPECT_TRUE(gs.accept(s)) << "sample " << i << ": '" << s << "'";
+    if (samples[size_t(i)].ended) {
+      EXPECT_TRUE(gs.can_end()) << "sample " << i;
+    }
+  }
 }

@@ -3,13 +3,14 @@
 #include <map>
 
 #include "core/error.h"
+#include "infer/generate.h"
 #include "model/batch.h"
 
 namespace tessera {
 
 std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std::vector<int32_t>& prompt, int n,
                                     int64_t max_new, const SamplerParams& sp,
-                                    const std::function<bool(int32_t)>& is_end) {
+                                    const std::function<bool(int32_t)>& is_end, const SampleGrammar* g) {
   const int64_t V = model.config().vocab_size, P = int64_t(prompt.size());
   if (n < 1 || n > 256) fail("--n must be in [1, 256], got ", n);
   if (prompt.empty()) fail("parallel sampling: the prompt has no tokens");
@@ -38,6 +39,10 @@ std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std:
     p.seed = sp.seed + uint64_t(i);
     samplers.emplace_back(p, int32_t(V));
   }
+  if (g && (!g->grammar || !g->trie || !g->tok)) fail("parallel sampling: a grammar needs its token trie and tokenizer");
+  std::vector<GrammarState> gs;
+  if (g) gs.assign(static_cast<size_t>(n), GrammarState(*g->grammar));
+  std::vector<uint8_t> allowed;
   std::vector<int> live(static_cast<size_t>(n));  // samples still going, in the order of their logits rows
   for (int i = 0; i < n; ++i) live[size_t(i)] = i;
   std::vector<int> next;
@@ -49,7 +54,10 @@ std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std:
       const int i = live[r];
       const float* l = logits.data() + r * size_t(V);
       std::copy(l, l + V, work.begin());
-      const int32_t id = samplers[size_t(i)].sample(work.data(), hist[size_t(i)]);
+      int32_t id = samplers[size_t(i)].sample(work.data(), hist[size_t(i)]);
+      if (g)
+        id = constrain_sample(samplers[size_t(i)], gs[size_t(i)], *g->trie, *g->tok, id, l, work, allowed,
+                              hist[size_t(i)], prompt.size());
       Sample& s = out[size_t(i)];
       if (is_end(id)) {
         s.ended = true;
