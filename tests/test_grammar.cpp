@@ -248,7 +248,7 @@ TEST(Grammar, ParallelSamplesAreTheirSeedsConstrainedRuns) {
   const auto is_end = [&](int32_t id) { return tok.is_eog(id) || id == tok.bos_id(); };
   SamplerParams sp;
   sp.temp = 1.f, sp.seed = 40;
-  const SampleGrammar sg{&g, &rs.trie, &tok};
+  const GrammarConstraint sg{&g, &rs.trie, &tok};
   const auto samples = sample_parallel(rs.m, rs.ctx, {1}, 4, 30, sp, is_end, &sg);
   ASSERT_EQ(samples.size(), 4u);
   for (int i = 0; i < 4; ++i) {

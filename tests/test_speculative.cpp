@@ -204,4 +204,133 @@ TEST(Speculative, CliGreedyIdentityAndErrors) {
   const CliResult both = run_cli(base + "--draft-ngram 2 --draft " + q(shared_path("models/llama2xs.bin")));
   EXPECT_NE(both.code, 0);
   EXPECT_NE(both.err.find("alternatives"), std::string::npos) << both.err;
+  // Under a grammar: the constrained greedy text.
+  const CliResult json = run_cli(base + "--json");
+  ASSERT_EQ(json.code, 0) << json.err;
+  const CliResult json_d = run_cli(base + "--json --draft " + q(shared_path("models/llama2xs.bin")));
+  ASSERT_EQ(json_d.code, 0) << json_d.err;
+  EXPECT_EQ(json_d.out, json.out);
+}
+
+// Under a grammar (infer/generate.h constrained_distribution): the distribution
+// speculative decoding tests against is the one constrained sampling draws from
+// (checked against constrain_sample's draws), its output over two tokens follows
+// that distribution (chi-square), and at temperature 0 it is the constrained greedy text.
+namespace {
+
+// The draft: the target's weights with the final norm's gains x 4 (sharper
+// distributions, mostly the same ranking), so proposals are often but not always accepted.
+Weights sharpened(uint64_t seed) {
+  Weights w = make_random_weights(synthetic_config("260k"), DType::F32, seed, 1);
+  float* g = const_cast<float*>(w.out_norm.f32());
+  for (int64_t i = 0; i < w.out_norm.numel(); ++i) g[i] *= 4.f;
+  return w;
+}
+
+struct GrammarRig {
+  RandomStories target{77};
+  Weights wd = sharpened(77);
+  Model draft{wd, RandomStories::one_thread()};
+  Grammar g = Grammar::parse(kJsonGrammar, "json");
+  GrammarConstraint gc{&g, &target.trie, &target.tok};
+};
+
+}  // namespace
+
+TEST(Speculative, GrammarDistributionIsConstrainedSampling) {
+  TESSERA_REQUIRE_SHARED("models/tok512.bin");
+  GrammarRig r;
+  const int64_t V = 512;
+  SamplerParams sp;
+  sp.temp = 1.f, sp.top_k = 6, sp.seed = 9;
+  const std::vector<int32_t> prompt{1};
+  const float* l = r.target.m.forward(r.target.ctx, prompt.data(), 1, 0);
+  const std::vector<float> raw(l, l + V);
+  Sampler s(sp, int32_t(V));
+  GrammarState st(r.g);
+  std::vector<float> p(static_cast<size_t>(V)), work(static_cast<size_t>(V)), q, scratch(static_cast<size_t>(V));
+  std::vector<uint8_t> allowed;
+  constrained_distribution(s, st, r.gc, raw.data(), prompt, p.data(), work, allowed, q);
+  double sum = 0;
+  for (float x : p) sum += x;
+  EXPECT_NEAR(sum, 1.0, 1e-5);
+  const int64_t n = 40000;
+  std::vector<int64_t> counts(size_t(V), 0);
+  int64_t redrawn = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    GrammarState g = st;
+    std::copy(raw.begin(), raw.end(), scratch.begin());
+    const int32_t first = s.sample(scratch.data(), prompt);
+    const int32_t id = constrain_sample(s, g, r.target.trie, r.target.tok, first, raw.data(), scratch, allowed, prompt, 1);
+    redrawn += id != first;
+    ++counts[size_t(id)];
+  }
+  EXPECT_GT(redrawn, n / 10) << "the grammar refuses some of what the sampler draws";
+  std::vector<double> pd(p.begin(), p.end());
+  const auto [stat, df] = chi_square(counts, pd, n);
+  EXPECT_LT(stat, chi_square_critical_001(df)) << "df " << df;
+}
+
+TEST(Speculative, GrammarOutputFollowsConstrainedSampling) {
+  TESSERA_REQUIRE_SHARED("models/tok512.bin");
+  GrammarRig r;
+  const int64_t V = 512;
+  SamplerParams sp;
+  sp.temp = 1.f, sp.top_k = 3;
+  const std::vector<int32_t> prompt{1};
+  // The exact distribution of the first two constrained tokens.
+  Sampler s(sp, int32_t(V));
+  std::vector<float> p1(static_cast<size_t>(V)), p2(static_cast<size_t>(V)), work(static_cast<size_t>(V)), q;
+  std::vector<uint8_t> allowed;
+  const GrammarState s0(r.g);
+  const float* l = r.target.m.forward(r.target.ctx, prompt.data(), 1, 0);
+  constrained_distribution(s, s0, r.gc, l, prompt, p1.data(), work, allowed, q);
+  std::vector<double> exact(size_t(V * V), 0.0);
+  for (int32_t a = 0; a < V; ++a) {
+    if (p1[size_t(a)] <= 0.f || r.target.tok.is_eog(a)) continue;
+    GrammarState s1 = s0;
+    s1.accept(r.target.tok.token_bytes(a));
+    const std::vector<int32_t> seq{1, a};
+    l = r.target.m.forward(r.target.ctx, seq.data(), 2, 0);
+    constrained_distribution(s, s1, r.gc, l, seq, p2.data(), work, allowed, q);
+    for (int32_t b = 0; b < V; ++b) exact[size_t(a * V + b)] = double(p1[size_t(a)]) * p2[size_t(b)];
+  }
+  const int64_t runs = 8000;
+  std::vector<int64_t> counts(size_t(V * V), 0);
+  SpeculativeParams spec;
+  spec.draft_max = 2;
+  SpeculativeStats total;
+  for (int64_t i = 0; i < runs; ++i) {
+    sp.seed = uint64_t(i) + 1;
+    std::vector<int32_t> got;
+    const SpeculativeStats st = speculative_decode(r.target.m, &r.draft, r.target.ctx, prompt, sp, spec, 2,
+                                                   [&](int32_t id) {
+                                                     got.push_back(id);
+                                                     return true;
+                                                   },
+                                                   &r.gc);
+    ASSERT_EQ(got.size(), 2u);
+    ++counts[size_t(got[0] * V + got[1])];
+    total.drafted += st.drafted, total.accepted += st.accepted;
+  }
+  EXPECT_GT(total.acceptance(), 0.05);
+  EXPECT_LT(total.acceptance(), 0.95);
+  const auto [stat, df] = chi_square(counts, exact, runs);
+  EXPECT_LT(stat, chi_square_critical_001(df)) << "df " << df;
+}
+
+TEST(Speculative, GrammarGreedyIdentity) {
+  TESSERA_REQUIRE_SHARED("models/tok512.bin");
+  GrammarRig r;
+  GenerateParams gp;
+  gp.n_predict = 40, gp.sampling.temp = 0.f, gp.grammar = &r.g, gp.trie = &r.target.trie;
+  const GenerateStats plain = generate(r.target.m, r.target.ctx, r.target.tok, {1}, gp, [](std::string_view) {});
+  for (int mode = 0; mode < 2; ++mode) {  // a draft model; prompt lookup
+    SpeculativeParams spec;
+    spec.draft_max = 4, spec.ngram = mode == 1 ? 2 : 0;
+    SpeculativeStats sst;
+    const GenerateStats st = generate_speculative(r.target.m, mode == 0 ? &r.draft : nullptr, r.target.ctx,
+                                                  r.target.tok, {1}, gp, spec, sst, [](std::string_view) {});
+    EXPECT_EQ(st.tokens, plain.tokens) << "mode " << mode;
+  }
 }

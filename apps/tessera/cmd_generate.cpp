@@ -153,9 +153,6 @@ int cmd_generate(int argc, char** argv) {
     if (first == std::string::npos || json_schema[first] != '{') text = read_file(json_schema), where = json_schema;
     grammar = Grammar::parse(json_schema_to_gbnf(text, where), where + " (as a grammar)");
   }
-  if (grammar && speculative)
-    fail("grammar-constrained output (--grammar, --grammar-file, --json, --json-schema) works with plain sampling, "
-         "--beams, --n and --self-consistency (not with speculative decoding)");
   if (md.self_consistency != 0 && md.answer_regex.empty()) fail("--self-consistency needs --answer-regex");
   std::regex answer_re;
   try {
@@ -186,7 +183,7 @@ int cmd_generate(int argc, char** argv) {
 
   if (md.n != 1 || md.self_consistency != 0) {  // several samples in one batch
     const int n = md.self_consistency != 0 ? md.self_consistency : md.n;
-    const SampleGrammar sg{gp.grammar, gp.trie, &tok};
+    const GrammarConstraint sg{gp.grammar, gp.trie, &tok};
     const std::vector<Sample> samples =
         sample_parallel(*L.model, *L.ctx, ids, n, gp.n_predict, sp, is_end, grammar ? &sg : nullptr);
     const double s = seconds();

@@ -107,6 +107,34 @@ int32_t constrain_sample(Sampler& sampler, GrammarState& g, const TokenTrie& tri
   return id;
 }
 
+void constrained_distribution(Sampler& sampler, const GrammarState& g, const GrammarConstraint& gc, const float* raw,
+                              const std::vector<int32_t>& history, float* p, std::vector<float>& work,
+                              std::vector<uint8_t>& allowed, std::vector<float>& q) {
+  const size_t V = work.size();
+  const Tokenizer& tok = *gc.tok;
+  std::copy(raw, raw + V, work.begin());
+  sampler.distribution(work.data(), history, p);
+  allowed.resize(V);
+  g.allowed_tokens(*gc.trie, allowed);
+  const bool can_end = g.can_end();
+  double in = 0;  // f's mass on the allowed tokens
+  bool any = false;
+  for (size_t i = 0; i < V; ++i) {
+    const bool end = tok.is_eog(int32_t(i)) || int32_t(i) == tok.bos_id();
+    allowed[i] = end ? can_end : allowed[i] != 0;
+    any |= allowed[i] != 0;
+    if (allowed[i]) in += double(p[i]);
+    else p[i] = 0.f;
+  }
+  if (!any) fail("the grammar cannot be continued with any token of the vocabulary");
+  if (in >= 1.0) return;  // every token f can draw is allowed: no redraw
+  for (size_t i = 0; i < V; ++i) work[i] = allowed[i] ? raw[i] : -INFINITY;
+  q.resize(V);
+  sampler.distribution(work.data(), history, q.data());
+  const float rest = float(1.0 - in);
+  for (size_t i = 0; i < V; ++i) p[i] += rest * q[i];
+}
+
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text) {
   using clock = std::chrono::steady_clock;

@@ -57,6 +57,21 @@ int32_t constrain_sample(Sampler& sampler, GrammarState& g, const TokenTrie& tri
                          const float* raw, std::vector<float>& logits, std::vector<uint8_t>& allowed,
                          const std::vector<int32_t>& history, size_t n_prompt);
 
+// A grammar with what applying it needs: the vocabulary's trie and the tokenizer
+// (token bytes; its end-of-generation and BOS tokens are the end tokens).
+struct GrammarConstraint {
+  const Grammar* grammar = nullptr;
+  const TokenTrie* trie = nullptr;
+  const Tokenizer* tok = nullptr;
+};
+// The distribution constrain_sample draws from, into p (n_vocab): with f the
+// sampler's distribution of raw (penalties, filters, temperature) and A the tokens
+// state g allows (end tokens where it can end), p = f A + (1 - sum f A) x the
+// sampler's distribution of raw with every other token removed. work, allowed, q: scratch.
+void constrained_distribution(Sampler& sampler, const GrammarState& g, const GrammarConstraint& gc, const float* raw,
+                              const std::vector<int32_t>& history, float* p, std::vector<float>& work,
+                              std::vector<uint8_t>& allowed, std::vector<float>& q);
+
 class StopMatcher;
 
 // What a generation loop does with each new token (generate() and the

@@ -10,7 +10,7 @@ namespace tessera {
 
 std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std::vector<int32_t>& prompt, int n,
                                     int64_t max_new, const SamplerParams& sp,
-                                    const std::function<bool(int32_t)>& is_end, const SampleGrammar* g) {
+                                    const std::function<bool(int32_t)>& is_end, const GrammarConstraint* g) {
   const int64_t V = model.config().vocab_size, P = int64_t(prompt.size());
   if (n < 1 || n > 256) fail("--n must be in [1, 256], got ", n);
   if (prompt.empty()) fail("parallel sampling: the prompt has no tokens");

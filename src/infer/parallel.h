@@ -9,10 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "infer/grammar.h"
+#include "infer/generate.h"
 #include "infer/sampler.h"
 #include "model/model.h"
-#include "tokenizer/tokenizer.h"
 
 namespace tessera {
 
@@ -22,19 +21,15 @@ struct Sample {
   bool ended = false;           // by an end token (else by max_new or the context)
 };
 
-// Grammar-constrained samples: each keeps its own grammar state and draws as
-// generate() does under a grammar (infer/generate.h constrain_sample), so sample i
-// is still its seed's single constrained run. The end tokens are the tokenizer's.
-struct SampleGrammar {
-  const Grammar* grammar = nullptr;
-  const TokenTrie* trie = nullptr;
-  const Tokenizer* tok = nullptr;
-};
+// Grammar-constrained samples (infer/generate.h GrammarConstraint): each keeps its
+// own grammar state and draws as generate() does under a grammar (constrain_sample),
+// so sample i is still its seed's single constrained run.
 
 // Throws Error when n is not in [1, 256] or the prompt does not fit the context.
 std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std::vector<int32_t>& prompt, int n,
                                     int64_t max_new, const SamplerParams& sampling,
-                                    const std::function<bool(int32_t)>& is_end, const SampleGrammar* grammar = nullptr);
+                                    const std::function<bool(int32_t)>& is_end,
+                                    const GrammarConstraint* grammar = nullptr);
 
 // Majority vote over answers ("" = none extracted, never a winner): the answer
 // given most often; ties go to the highest mean of score among its voters

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "core/error.h"
 
@@ -46,7 +47,7 @@ std::vector<int32_t> ngram_propose(const std::vector<int32_t>& h, int max_n, int
 SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& ctx,
                                     const std::vector<int32_t>& prompt, const SamplerParams& sampling,
                                     const SpeculativeParams& spec, int64_t max_tokens,
-                                    const std::function<bool(int32_t)>& on_token) {
+                                    const std::function<bool(int32_t)>& on_token, const GrammarConstraint* gc) {
   using clock = std::chrono::steady_clock;
   const int64_t V = target.config().vocab_size;
   if (prompt.empty()) fail("speculative decoding: the prompt has no tokens");
@@ -71,6 +72,29 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
   // hist: the prompt and the tokens produced; while a round scores proposals they
   // sit on its end (the penalties' history), taken off before the round's tokens go on.
   std::vector<int32_t> hist = prompt, x, rows;
+  // Under a grammar: the state after hist, and per proposal the state it is drawn in.
+  std::optional<GrammarState> gs;
+  std::vector<GrammarState> gst;
+  std::vector<float> work(gc ? Vs : 0), q;
+  std::vector<uint8_t> allowed;
+  if (gc) gs.emplace(*gc->grammar), gst.reserve(size_t(K) + 1);
+  const auto is_end = [&](int32_t t) { return gc->tok->is_eog(t) || t == gc->tok->bos_id(); };
+  // p (V): the distribution of position i of the round from raw logits (grammar state gst[i]).
+  const auto dist = [&](const float* raw, size_t i, float* p) {
+    if (gc) return constrained_distribution(sampler, gst[i], *gc, raw, hist, p, work, allowed, q);
+    std::copy(raw, raw + V, dl.begin());
+    sampler.distribution(dl.data(), hist, p);
+  };
+  // gst[i + 1] from gst[i] and proposal t; false when t ends the text (no state after it).
+  const auto advance = [&](size_t i, int32_t t) {
+    if (!gc) return true;
+    if (is_end(t)) return false;
+    GrammarState s = gst[i];
+    s.accept(gc->tok->token_bytes(t));
+    if (gst.size() > i + 1) gst[i + 1] = std::move(s);
+    else gst.push_back(std::move(s));
+    return true;
+  };
   hist.reserve(size_t(n_ctx + K + 1)), x.reserve(size_t(K)), rows.reserve(size_t(K + 1));  // no allocation per round
 
   // All but the last prompt token; it is the first row of the first verification.
@@ -91,28 +115,38 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
     if (max_tokens >= 0) k = std::min(k, max_tokens - st.produced - 1);
     x.clear();
     const size_t h0 = hist.size();
+    if (gc) gst.assign(1, *gs);
     if (k > 0 && spec.mtp) {
       if (pos >= 1) {  // the module reads the hidden state of pos - 1 (a one-token prompt has none yet)
-        const float* l = target.mtp_draft(ctx, hist[h0 - 1], pos);
-        std::copy(l, l + V, dl.begin());
-        sampler.distribution(dl.data(), hist, pd.data());
+        dist(target.mtp_draft(ctx, hist[h0 - 1], pos), 0, pd.data());
         x.push_back(sampler.draw(pd.data()));
+        advance(0, x.back());
       }
     } else if (k > 0 && draft) {
       const float* l = draft->forward(ctx, hist.data() + dlen, int64_t(h0) - dlen, dlen);
       dlen = int64_t(h0);
       for (int64_t i = 0; i < k; ++i) {
-        std::copy(l, l + V, dl.begin());
         float* p = pd.data() + i * V;
-        sampler.distribution(dl.data(), hist, p);
+        dist(l, size_t(i), p);
         x.push_back(sampler.draw(p));
         hist.push_back(x.back());
+        if (!advance(size_t(i), x.back())) break;  // an end token: nothing follows it
         if (i + 1 < k) l = draft->forward(ctx, &x.back(), 1, dlen + i);
       }
       hist.resize(h0);
     } else if (k > 0) {
       x = ngram_propose(hist, spec.ngram, int(k));
       for (size_t i = 0; i < x.size(); ++i) {
+        if (gc) {  // the proposals the grammar lets through, up to the first it refuses or an end
+          const bool ok = is_end(x[i]) ? gst[i].can_end() : gst[i].allows(gc->tok->token_bytes(x[i]));
+          if (!ok) {
+            x.resize(i);
+            break;
+          }
+          if (!advance(i, x[i])) {
+            x.resize(i + 1);
+          }
+        }
         float* p = pd.data() + int64_t(i) * V;
         std::fill(p, p + V, 0.f);
         p[x[i]] = 1.f;
@@ -128,8 +162,9 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
     // the residual, all accepted draws the bonus token from the last row.
     int64_t n_acc = 0;
     int32_t next = -1;
+    bool ended = false;  // under a grammar: an accepted end token closes the text (no token after it)
     for (int64_t i = 0; i <= kk; ++i) {
-      sampler.distribution(tl.data() + i * V, hist, pt.data());
+      dist(tl.data() + i * V, size_t(i), pt.data());
       if (i == kk) {
         next = sampler.draw(pt.data());
         break;
@@ -138,6 +173,10 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
       if (double(sampler.uniform()) < spec_accept_probability(pt[size_t(x[size_t(i)])], p[x[size_t(i)]])) {
         ++n_acc;
         hist.push_back(x[size_t(i)]);
+        if (gc && is_end(x[size_t(i)])) {
+          ended = true;
+          break;
+        }
         continue;
       }
       next = spec_residual_draw(pt.data(), p, V, sampler.uniform());
@@ -145,9 +184,13 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
     }
     st.accepted += n_acc;
     hist.resize(h0);
+    if (gc && !ended && !is_end(next)) {  // the state after the accepted proposals and the drawn token
+      *gs = gst[size_t(n_acc)];
+      gs->accept(gc->tok->token_bytes(next));
+    }
     // The draft's cache holds hist and the proposals it ran (all but the last): keep the accepted ones.
     if (draft && kk > 0) dlen += std::min(n_acc, kk - 1);
-    for (int64_t i = 0; i <= n_acc && go; ++i) {
+    for (int64_t i = 0; i < n_acc + (ended ? 0 : 1) && go; ++i) {
       const int32_t id = i < n_acc ? x[size_t(i)] : next;
       hist.push_back(id);
       ++st.produced;
@@ -167,8 +210,9 @@ GenerateStats generate_speculative(Model& target, Model* draft, KernelContext& c
   st.tokens = prompt;
   TokenEmitter emit(tok, params, st, on_text);
   const auto t0 = clock::now();
+  const GrammarConstraint gc{params.grammar, params.trie, &tok};
   sst = speculative_decode(target, draft, ctx, prompt, params.sampling, spec, params.n_predict,
-                           [&](int32_t id) { return emit.push(id); });
+                           [&](int32_t id) { return emit.push(id); }, params.grammar ? &gc : nullptr);
   // Ended neither by a token nor by the count: the context is full.
   if (st.stop_reason == "length" && (params.n_predict < 0 || st.n_generated < params.n_predict))
     st.stop_reason = "context";

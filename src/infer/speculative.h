@@ -63,10 +63,16 @@ std::vector<int32_t> ngram_propose(const std::vector<int32_t>& history, int max_
 // returns false, n_ctx of either model is reached, or max_tokens (< 0: no
 // limit) are produced. Both models start empty (their own caches are
 // overwritten from position 0). The target's and the draft's vocabulary sizes must agree.
+// With a grammar both distributions of every position are the ones grammar-
+// constrained sampling draws from in that position's grammar state
+// (constrained_distribution: the proposals' states follow the proposals), so the
+// output is distributed as generate() under the grammar; prompt-lookup proposals
+// stop at the first the grammar refuses.
 SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& ctx,
                                     const std::vector<int32_t>& prompt, const SamplerParams& sampling,
                                     const SpeculativeParams& spec, int64_t max_tokens,
-                                    const std::function<bool(int32_t)>& on_token);
+                                    const std::function<bool(int32_t)>& on_token,
+                                    const GrammarConstraint* grammar = nullptr);
 
 // generate() (infer/generate.h) with speculative decoding.
 GenerateStats generate_speculative(Model& target, Model* draft, KernelContext& ctx, const Tokenizer& tok,
