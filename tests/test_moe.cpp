@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "formats/load.h"
 #include "formats/model_io.h"
+#include "formats/safetensors.h"
 #include "model/arch.h"
 #include "model/model.h"
 #include "model/moe_hash.h"
@@ -101,6 +102,39 @@ TEST(MoE, SafetensorsRoundTrip) {
     fs::remove_all(dir);
     fs::remove(back);
   }
+}
+
+// A DeepSeek-V3 directory with its multi-token prediction layer (num_nextn_predict_layers,
+// layer num_hidden_layers in the files): the layer is skipped, the model loads as without
+// it; the same tensor without the key is refused by name.
+TEST(MoE, DeepSeekV3DirectorySkipsItsMtpLayer) {
+  TESSERA_REQUIRE_SHARED("reference/arch/deepseek2_v3.gguf");
+  const LoadedModel lm = load_model(test::shared_path("reference/arch/deepseek2_v3.gguf"));
+  const std::string dir = test::temp_path("moe_hf_v3_mtp");
+  fs::remove_all(dir);
+  save_hf(lm.weights, dir);
+  const std::vector<float> ref = run(load_hf_weights(dir), {1, 2, 3, 4}, 4);
+  const std::string mtp = "model.layers." + std::to_string(lm.weights.cfg.n_layers) + ".eh_proj.weight";
+  const std::vector<float> data(4, 0.5f);
+  safetensors::Writer w;
+  w.add_tensor(mtp, make_view(DType::F32, {2, 2}, data.data()));
+  w.write(dir + "/mtp.safetensors");
+  nlohmann::json index;
+  for (const std::string& name : safetensors::Collection::open(dir + "/model.safetensors").names())
+    index["weight_map"][name] = "model.safetensors";
+  index["weight_map"][mtp] = "mtp.safetensors";
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
+  try {
+    load_hf_weights(dir);
+    ADD_FAILURE() << "an unexpected layer loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(mtp), std::string::npos) << e.what();
+  }
+  nlohmann::json cfg = nlohmann::json::parse(test::slurp(dir + "/config.json"));
+  cfg["num_nextn_predict_layers"] = 1;
+  std::ofstream(dir + "/config.json") << cfg.dump();
+  EXPECT_EQ(max_diff(run(load_hf_weights(dir), {1, 2, 3, 4}, 4), ref), 0.0);
+  fs::remove_all(dir);
 }
 
 namespace {

@@ -381,11 +381,29 @@ Weights load_hf_weights(const std::string& dir) {
   if (c.tied_embeddings) w.output = w.tok_embd;
   // A tensor the model does not read is a feature it would silently drop (MLP biases, MoE
   // experts, extra norms...): refuse. Buffers some checkpoints carry are not weights.
+  // DeepSeek-V3's multi-token prediction layers (num_nextn_predict_layers after the
+  // num_hidden_layers) are skipped with a note: generation does not run them, and
+  // their block (MoE) is not the dense one Tessera's drafting modules use.
+  const int64_t nextn = cfg.value("num_nextn_predict_layers", int64_t(0));
+  const auto mtp_layer = [&](const std::string& name) {
+    const std::string pre = d->hf_layer_prefix;
+    if (nextn <= 0 || name.rfind(pre, 0) != 0) return false;
+    const int64_t l = std::atoll(name.c_str() + pre.size());
+    return l >= c.n_layers && l < c.n_layers + nextn;
+  };
+  int64_t skipped = 0;
   for (const std::string& name : st.names()) {
     auto ends = [&](std::string_view suf) { return name.size() >= suf.size() && name.ends_with(suf); };
     if (used.count(name) || ends(".attn.bias") || ends(".attn.masked_bias") || ends(".rotary_emb.inv_freq")) continue;
+    if (mtp_layer(name)) {
+      ++skipped;
+      continue;
+    }
     fail(dir, ": tensor ", name, " is not part of the ", archname, " model as Tessera runs it (unsupported feature)");
   }
+  if (skipped > 0)
+    std::fprintf(stderr, "tessera: %s: %lld tensors of the %lld multi-token prediction layer(s) skipped (not run by "
+                         "generation)\n", dir.c_str(), (long long)skipped, (long long)nextn);
   if (c.is_moe() && cfg.value("topk_method", std::string()) == "noaux_tc" && !c.moe_score_bias)
     fail(dir, ": topk_method noaux_tc needs each MoE layer's mlp.gate.e_score_correction_bias; the file has none");
   c.validate(cpath);
