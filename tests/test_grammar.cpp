@@ -204,7 +204,7 @@ TEST(Grammar, BeamSearchStaysInTheLanguage) {
   int finished = 0;
   for (const auto& [name, text] : grammars) {
     const Grammar g = Grammar::parse(text, name);
-    const BeamGrammar bg{&g, &rs.trie, [&](int32_t id) { return tok.token_bytes(id); }};
+    const GrammarConstraint bg{&g, &rs.trie, &tok};
     BeamParams bp;
     bp.beams = 3;
     const auto hyps = beam_search(rs.m, rs.ctx, {1}, 40, bp, is_end, &bg);

@@ -237,7 +237,7 @@ int cmd_generate(int argc, char** argv) {
   std::string collected;  // the text, when printed as JSON
   const auto out = [&](std::string_view s) { md.json ? void(collected.append(s)) : print(s); };
   if (md.beam.beams != 0) {  // the best hypothesis, printed once found
-    BeamGrammar bg{gp.grammar, gp.trie, [&](int32_t id) { return tok.token_bytes(id); }};
+    const GrammarConstraint bg{gp.grammar, gp.trie, &tok};
     const auto hyps = beam_search(*L.model, *L.ctx, ids, gp.n_predict, md.beam, is_end, grammar ? &bg : nullptr);
     const BeamHypothesis& best = hyps.front();
     st.n_prompt = int64_t(ids.size()), st.n_generated = int64_t(best.tokens.size());

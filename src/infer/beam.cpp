@@ -33,7 +33,7 @@ double normalized(double logprob, int64_t len, float lp) {
 
 std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const std::vector<int32_t>& prompt,
                                         int64_t max_new, const BeamParams& p,
-                                        const std::function<bool(int32_t)>& is_end, const BeamGrammar* g) {
+                                        const std::function<bool(int32_t)>& is_end, const GrammarConstraint* g) {
   const int64_t V = model.config().vocab_size, P = int64_t(prompt.size());
   if (p.beams < 1 || p.beams > 256) fail("--beams must be in [1, 256], got ", p.beams);
   if (!std::isfinite(p.length_penalty)) fail("--length-penalty must be a finite number, got ", p.length_penalty);
@@ -48,7 +48,7 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
   KVCache cache(model.config(), KVCacheOptions{int64_t(B) * per_seq + 1, bs, DType::F32});
   std::vector<float> logits(size_t(B) * size_t(V));
   Batch batch;
-  if (g && (!g->grammar || !g->trie || !g->bytes)) fail("beam search: a grammar needs its token trie and token bytes");
+  if (g && (!g->grammar || !g->trie || !g->tok)) fail("beam search: a grammar needs its token trie and tokenizer");
   std::vector<Live> live{{cache.add_seq(), {}, 0.0, std::nullopt}};
   if (g) live[0].gs.emplace(*g->grammar);
   std::vector<float> masked(g ? size_t(V) : 0);
@@ -74,15 +74,8 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
     for (size_t b = 0; b < live.size(); ++b) {
       const float* row = logits.data() + b * size_t(V);
       if (g) {  // the tokens this hypothesis's grammar state allows; the others at -inf
-        const GrammarState& gs = *live[b].gs;
-        gs.allowed_tokens(*g->trie, allowed);
-        bool any = false;
-        for (int64_t i = 0; i < V; ++i) {
-          const bool keep = is_end(int32_t(i)) ? gs.can_end() : allowed[size_t(i)] != 0;
-          masked[size_t(i)] = keep ? row[i] : -INFINITY;
-          any |= keep;
-        }
-        if (!any) continue;  // a dead end of the grammar: this hypothesis has no successor
+        if (!grammar_allowed(*live[b].gs, *g->trie, *g->tok, allowed)) continue;
+        for (int64_t i = 0; i < V; ++i) masked[size_t(i)] = allowed[size_t(i)] ? row[i] : -INFINITY;  // a dead end of the grammar: this hypothesis has no successor
         row = masked.data();
       }
       for (const auto& [id, lp] : token_logprob(row, V, 0, n_top).top)
@@ -102,7 +95,7 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
         continue;
       }
       Live n{-1, parent.tokens, c.logprob, parent.gs};
-      if (n.gs) n.gs->accept(g->bytes(c.token));
+      if (n.gs) n.gs->accept(g->tok->token_bytes(c.token));
       n.tokens.push_back(c.token);
       n.seq = c.beam;  // the parent's index until sequences are assigned below
       ++children[size_t(c.beam)];

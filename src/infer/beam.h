@@ -11,13 +11,14 @@
 // its next-token distribution is masked to the tokens the state allows (end
 // tokens only where the grammar can end) and renormalised, as constrained
 // sampling does, so every hypothesis is a prefix of the language and a finished
-// one a member; a hypothesis no token can continue is dropped.
+// one a member; a hypothesis no token can continue is dropped. The end tokens
+// are then the grammar's tokenizer's (as is_end should say).
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <vector>
 
-#include "infer/grammar.h"
+#include "infer/generate.h"
 #include "model/model.h"
 
 namespace tessera {
@@ -26,12 +27,6 @@ struct BeamParams {
   int beams = 4;               // B (1 .. the model's max batch)
   float length_penalty = 1.f;  // exponent of the length normalization (0: raw log-probabilities)
   bool early_stopping = false;
-};
-
-struct BeamGrammar {
-  const Grammar* grammar = nullptr;
-  const TokenTrie* trie = nullptr;            // the vocabulary's trie (the mask's walk)
-  std::function<std::string(int32_t)> bytes;  // a token's bytes
 };
 
 struct BeamHypothesis {
@@ -46,6 +41,6 @@ struct BeamHypothesis {
 std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const std::vector<int32_t>& prompt,
                                         int64_t max_new, const BeamParams& params,
                                         const std::function<bool(int32_t)>& is_end,
-                                        const BeamGrammar* grammar = nullptr);
+                                        const GrammarConstraint* grammar = nullptr);
 
 }  // namespace tessera

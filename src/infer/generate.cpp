@@ -84,6 +84,18 @@ void TokenEmitter::finish() {
   if (!rest.empty()) on_text_(rest);
 }
 
+bool grammar_allowed(const GrammarState& g, const TokenTrie& trie, const Tokenizer& tok, std::vector<uint8_t>& allowed) {
+  g.allowed_tokens(trie, allowed);
+  const bool can_end = g.can_end();
+  bool any = false;
+  for (size_t i = 0; i < allowed.size(); ++i) {
+    const int32_t id = int32_t(i);
+    if (tok.is_eog(id) || id == tok.bos_id()) allowed[i] = can_end;
+    any |= allowed[i] != 0;
+  }
+  return any;
+}
+
 int32_t constrain_sample(Sampler& sampler, GrammarState& g, const TokenTrie& trie, const Tokenizer& tok, int32_t id,
                          const float* raw, std::vector<float>& logits, std::vector<uint8_t>& allowed,
                          const std::vector<int32_t>& history, size_t n_prompt) {
@@ -91,13 +103,8 @@ int32_t constrain_sample(Sampler& sampler, GrammarState& g, const TokenTrie& tri
   const auto ok = [&](int32_t t) { return is_end(t) ? g.can_end() : g.allows(tok.token_bytes(t)); };
   if (!ok(id)) {
     allowed.resize(logits.size());
-    g.allowed_tokens(trie, allowed);
-    bool any = false;
-    for (size_t i = 0; i < logits.size(); ++i) {
-      const bool keep = is_end(int32_t(i)) ? g.can_end() : allowed[i] != 0;
-      logits[i] = keep ? raw[i] : -INFINITY;
-      any |= keep;
-    }
+    const bool any = grammar_allowed(g, trie, tok, allowed);
+    for (size_t i = 0; i < logits.size(); ++i) logits[i] = allowed[i] ? raw[i] : -INFINITY;
     if (!any)
       fail("the grammar cannot be continued with any token of the vocabulary after: ",
            tok.decode(std::vector<int32_t>(history.begin() + std::ptrdiff_t(std::min(n_prompt, history.size())), history.end())));
@@ -111,18 +118,12 @@ void constrained_distribution(Sampler& sampler, const GrammarState& g, const Gra
                               const std::vector<int32_t>& history, float* p, std::vector<float>& work,
                               std::vector<uint8_t>& allowed, std::vector<float>& q) {
   const size_t V = work.size();
-  const Tokenizer& tok = *gc.tok;
   std::copy(raw, raw + V, work.begin());
   sampler.distribution(work.data(), history, p);
   allowed.resize(V);
-  g.allowed_tokens(*gc.trie, allowed);
-  const bool can_end = g.can_end();
+  const bool any = grammar_allowed(g, *gc.trie, *gc.tok, allowed);
   double in = 0;  // f's mass on the allowed tokens
-  bool any = false;
   for (size_t i = 0; i < V; ++i) {
-    const bool end = tok.is_eog(int32_t(i)) || int32_t(i) == tok.bos_id();
-    allowed[i] = end ? can_end : allowed[i] != 0;
-    any |= allowed[i] != 0;
     if (allowed[i]) in += double(p[i]);
     else p[i] = 0.f;
   }

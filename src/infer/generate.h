@@ -47,6 +47,17 @@ std::vector<int32_t> prompt_tokens(const Tokenizer& tok, std::string_view prompt
 GenerateStats generate(Model& model, KernelContext& ctx, const Tokenizer& tok, const std::vector<int32_t>& prompt,
                        const GenerateParams& params, const std::function<void(std::string_view)>& on_text);
 
+// A grammar with what applying it needs: the vocabulary's trie and the tokenizer
+// (token bytes; its end-of-generation and BOS tokens are the end tokens).
+struct GrammarConstraint {
+  const Grammar* grammar = nullptr;
+  const TokenTrie* trie = nullptr;
+  const Tokenizer* tok = nullptr;
+};
+// allowed[id] (allowed.size() tokens) = 1 for the tokens state g allows next, the
+// end tokens where it can end; false when none is allowed.
+bool grammar_allowed(const GrammarState& g, const TokenTrie& trie, const Tokenizer& tok, std::vector<uint8_t>& allowed);
+
 // Grammar-constrained sampling, one step: id (drawn by sampler from the
 // unconstrained logits) when grammar state g allows it, else a draw from raw
 // (n_vocab logits) with every token g does not allow removed (exactly the
@@ -57,13 +68,6 @@ int32_t constrain_sample(Sampler& sampler, GrammarState& g, const TokenTrie& tri
                          const float* raw, std::vector<float>& logits, std::vector<uint8_t>& allowed,
                          const std::vector<int32_t>& history, size_t n_prompt);
 
-// A grammar with what applying it needs: the vocabulary's trie and the tokenizer
-// (token bytes; its end-of-generation and BOS tokens are the end tokens).
-struct GrammarConstraint {
-  const Grammar* grammar = nullptr;
-  const TokenTrie* trie = nullptr;
-  const Tokenizer* tok = nullptr;
-};
 // The distribution constrain_sample draws from, into p (n_vocab): with f the
 // sampler's distribution of raw (penalties, filters, temperature) and A the tokens
 // state g allows (end tokens where it can end), p = f A + (1 - sum f A) x the

@@ -185,7 +185,7 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
       dmw_[s] = T(0);
       continue;
     }
-    dmw_[s] = dot(dyt, a.ed + r * C, C);
+    dmw_[s] = c_.moe_hashed() ? T(0) : dot(dyt, a.ed + r * C, C);  // fixed weights under hash routing
     for (int64_t j = 0; j < C; ++j) dmd_[r * C + j] = a.mw[s] * dyt[j];
   }
   // Each expert over its rows; its input gradient overwrites its rows of dmd_.
