@@ -247,6 +247,10 @@ int train_cli(int argc, char** argv, Mode mode) {
     app.add_option("--lora-targets", targets,
                    "layers adapted: q,k,v,o,gate,up,down (GPT-2: q/k/v select its fused qkv), attn, mlp or all "
                    "(default all)");
+    app.add_option("--prefix-len", o.lora.prefix_len,
+                   "prefix tuning instead of LoRA: P learned key/value rows per layer that every token attends to, "
+                   "initialised from the base model's keys and values of the training data's first P tokens")
+        ->check(CLI::Range(int64_t(1), int64_t(4096)));
   }
   if (distill) {
     app.add_option("--teacher", o.kd.teacher, "the teacher model (any format and type the engine loads)");
@@ -274,7 +278,13 @@ int train_cli(int argc, char** argv, Mode mode) {
   o.reward = reward;
   if (finetune) {
     if (o.init_model.empty()) fail("tessera finetune: --init MODEL is required (the base model to adapt)");
-    o.lora.targets = train::parse_lora_targets(targets);
+    if (o.lora.prefix()) {
+      for (const char* f : {"--lora-rank", "--lora-alpha", "--lora-dropout", "--lora-targets"})
+        if (app.count(f)) fail(f, ": prefix tuning (--prefix-len) and LoRA are separate adapters; choose one per run");
+      o.lora.rank = 0, o.lora.alpha = 0.f;
+    } else {
+      o.lora.targets = train::parse_lora_targets(targets);
+    }
   }
   o.sched.kind = train::parse_schedule_kind(sa.sched);
   o.sched.total = o.steps;
@@ -415,6 +425,17 @@ int cmd_export(int argc, char** argv) {
     std::fprintf(stderr, "export: %s is a reward model: the language model is written, its head is not (score with "
                          "'tessera reward')\n", path.c_str());
   if (merge && !ck.lora.enabled()) fail("--merge-lora: ", path, " is not a LoRA run's checkpoint");
+  if (ck.lora.prefix()) {  // a prefix: PEFT's PREFIX_TUNING directory (no GGUF form, nothing to merge)
+    if (merge) fail("--merge-lora: ", path, " is a prefix-tuning run; a prefix is not merged into weights (run it with --prefix-adapter)");
+    if (!type_name.empty()) fail("--type: an adapter is written in f32");
+    if (out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0)
+      fail("-o ", out, ": llama.cpp has no prefix-tuning adapter format; give a directory (PEFT files)");
+    const train::LoraLayout LL(L, ck.lora);
+    write_prefix_peft(train::to_prefix(LL, ck.params.data()), ck.cfg, out, ck.extra.value("init_model", std::string()));
+    std::fprintf(stderr, "export: prefix of %s (step %lld, %lld positions x %lld layers) -> %s (PEFT PREFIX_TUNING)\n",
+                 path.c_str(), (long long)ck.step, (long long)ck.lora.prefix_len, (long long)ck.cfg.n_layers, out.c_str());
+    return 0;
+  }
   if (ck.lora.enabled() && !merge) {  // the adapter itself
     if (!type_name.empty()) fail("--type: an adapter is written in f32 (use --merge-lora to write a typed model)");
     const train::LoraLayout LL(L, ck.lora);

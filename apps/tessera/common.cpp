@@ -45,6 +45,9 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("--lora", a.lora,
                  "LoRA adapter FILE[:SCALE] (GGUF LoRA or PEFT directory; repeatable), merged into the weights at load")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--prefix-adapter", a.prefix_adapter,
+                 "prefix-tuning adapter DIR (PEFT PREFIX_TUNING, as 'tessera export' writes for a --prefix-len run): "
+                 "its key/value rows precede every sequence (single-sequence generation and perplexity)");
 }
 
 void add_sampling_options(CLI::App& app, SamplerParams& sp, int64_t& seed) {
@@ -92,6 +95,11 @@ Loaded load(const ModelArgs& a) {
   ro.own_cache = a.own_cache;
   ro.mtp_draft = a.mtp_draft;
   ro.kv_type = *dtype_from_name(a.kv_type);
+  if (!a.prefix_adapter.empty()) {
+    ro.prefix = std::make_shared<KvPrefix>(read_prefix_adapter(a.prefix_adapter, cfg));
+    std::fprintf(stderr, "tessera: prefix adapter %s: %lld positions x %lld layers\n", a.prefix_adapter.c_str(),
+                 (long long)ro.prefix->len, (long long)ro.prefix->n_layers);
+  }
   const int threads = a.threads > 0 ? a.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ro.max_threads = threads;
   L.ctx = std::make_unique<KernelContext>(threads);

@@ -192,6 +192,8 @@ LoraAdapter read_lora_adapter(const std::string& path, const ModelConfig& c) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(read_file(cfg_path));
+      if (j.value("peft_type", std::string("LORA")) == "PREFIX_TUNING")
+        fail(path, ": a prefix-tuning adapter (peft_type PREFIX_TUNING): pass it with --prefix-adapter");
       if (j.value("peft_type", std::string("LORA")) != "LORA")
         fail(cfg_path, ": peft_type ", j["peft_type"].dump(), " is not LORA");
       ad.rank = j.at("r").get<int64_t>();
@@ -315,6 +317,126 @@ void apply_lora(Weights& w, const LoraAdapter& ad, float mult, const std::string
     }
     *t = own_buffer(w, std::move(buf), dst, {p.out, p.in});
   }
+}
+
+namespace {
+// Each key row's heads (head_dim each) from one RoPE order to the other (Llama family).
+void permute_keys(KvPrefix& px, const ModelConfig& c, ops::RopeStyle from, ops::RopeStyle to) {
+  if (from == to || c.arch != Arch::Llama) return;
+  const bool to_inter = to == ops::RopeStyle::Interleaved;
+  const int64_t hd = c.head_dim, half = hd / 2, heads = px.kv_dim / hd;
+  std::vector<float> row(size_t(px.kv_dim));
+  for (int64_t l = 0; l < px.n_layers; ++l)
+    for (int64_t p = 0; p < px.len; ++p) {
+      float* k = px.kv.data() + size_t((l * 2 * px.len + p) * px.kv_dim);
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t i = 0; i < half; ++i)
+          for (int64_t s = 0; s < 2; ++s) {
+            const int64_t inter = h * hd + 2 * i + s, split = h * hd + s * half + i;
+            row[size_t(to_inter ? inter : split)] = k[to_inter ? split : inter];
+          }
+      std::copy(row.begin(), row.end(), k);
+    }
+}
+}  // namespace
+
+bool is_prefix_adapter(const std::string& path) {
+  const std::string cfg_path = path + "/adapter_config.json";
+  if (!fs::is_directory(path) || !fs::exists(cfg_path)) return false;
+  try {
+    return nlohmann::json::parse(read_file(cfg_path)).value("peft_type", std::string()) == "PREFIX_TUNING";
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
+// PEFT's layout: "prompt_embeddings" (P, n_layers * 2 * token_dim), each virtual token's row
+// [layer 0 keys, layer 0 values, layer 1 keys, ...], heads of head_dim in Hugging Face's
+// (half-split) RoPE order; token_dim = num_key_value_heads * head_dim (peft's GQA rule).
+void write_prefix_peft(const KvPrefix& in, const ModelConfig& c, const std::string& dir,
+                       const std::string& base_model_name) {
+  KvPrefix px = in;
+  permute_keys(px, c, c.rope_style, ops::RopeStyle::HalfSplit);
+  const int64_t P = px.len, D = px.kv_dim, Lr = px.n_layers;
+  std::vector<float> emb(size_t(P * Lr * 2 * D));
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t l = 0; l < Lr; ++l)
+      for (int64_t kv = 0; kv < 2; ++kv) {
+        const float* src = (kv ? px.v(l) : px.k(l)) + p * D;
+        std::copy(src, src + D, emb.begin() + ((p * Lr + l) * 2 + kv) * D);
+      }
+  fs::create_directories(dir);
+  safetensors::Writer w;
+  w.add_tensor("prompt_embeddings", make_view(DType::F32, {P, Lr * 2 * D}, emb.data()));
+  w.set_metadata("format", "pt");
+  w.write(dir + "/adapter_model.safetensors");
+  const int64_t heads = c.arch == Arch::GPT2 ? c.n_heads : c.n_kv_heads;
+  const nlohmann::json cfg = {{"peft_type", "PREFIX_TUNING"},
+                              {"task_type", "CAUSAL_LM"},
+                              {"base_model_name_or_path", base_model_name},
+                              {"num_virtual_tokens", P},
+                              {"token_dim", D},
+                              {"num_transformer_submodules", 1},
+                              {"num_attention_heads", heads},
+                              {"num_layers", Lr},
+                              {"encoder_hidden_size", D},
+                              {"prefix_projection", false},
+                              {"inference_mode", true}};
+  const std::string js = cfg.dump(2) + "\n";
+  AtomicFileWriter f(dir + "/adapter_config.json");
+  f.write(js.data(), js.size());
+  f.commit();
+}
+
+KvPrefix read_prefix_adapter(const std::string& dir, const ModelConfig& c) {
+  const std::string cfg_path = dir + "/adapter_config.json", st_path = dir + "/adapter_model.safetensors";
+  if (!fs::is_directory(dir) || !fs::exists(cfg_path))
+    fail(dir, ": not a PEFT adapter directory (no adapter_config.json)");
+  KvPrefix px;
+  int64_t heads = 0, token_dim = 0, subs = 1;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(read_file(cfg_path));
+    if (j.value("peft_type", std::string()) != "PREFIX_TUNING")
+      fail(cfg_path, ": peft_type ", j.value("peft_type", nlohmann::json()).dump(), " is not PREFIX_TUNING");
+    if (j.value("prefix_projection", false))
+      fail(cfg_path, ": prefix_projection (an MLP re-parameterisation) is not supported; save the projected prefix");
+    px.len = j.at("num_virtual_tokens").get<int64_t>();
+    px.n_layers = j.at("num_layers").get<int64_t>();
+    token_dim = j.at("token_dim").get<int64_t>();
+    heads = j.value("num_attention_heads", int64_t(0));
+    subs = j.value("num_transformer_submodules", int64_t(1));
+  } catch (const nlohmann::json::exception& e) {
+    fail(cfg_path, ": ", e.what());
+  }
+  const int64_t want_heads = c.arch == Arch::GPT2 ? c.n_heads : c.n_kv_heads;
+  if (subs != 1) fail(cfg_path, ": num_transformer_submodules ", subs, " (an encoder-decoder adapter); expected 1");
+  if (px.n_layers != c.n_layers) fail(cfg_path, ": num_layers ", px.n_layers, ", the model has ", c.n_layers);
+  if (token_dim != c.cache_kv_dim() || (heads != 0 && heads != want_heads))
+    fail(cfg_path, ": token_dim ", token_dim, " in ", heads, " heads; the model's keys are ", c.cache_kv_dim(),
+         " wide in ", want_heads, " heads");
+  if (px.len <= 0) fail(cfg_path, ": num_virtual_tokens must be positive, got ", px.len);
+  px.kv_dim = token_dim;
+  const auto f = safetensors::File::open(st_path);
+  const safetensors::TensorInfo* t = nullptr;
+  for (const auto& x : f->tensors())
+    if (x.name == "prompt_embeddings") t = &x;
+  if (!t) fail(st_path, ": no prompt_embeddings tensor");
+  if (!t->supported) fail(st_path, ": prompt_embeddings: ", t->why_unsupported);
+  const int64_t P = px.len, D = px.kv_dim, Lr = px.n_layers;
+  if (t->shape.size() != 2 || t->shape[0] != P || t->shape[1] != Lr * 2 * D)
+    fail(st_path, ": prompt_embeddings should be (", P, ", ", Lr * 2 * D, ")");
+  const std::vector<float> emb = to_f32(t->view);
+  px.kv.assign(size_t(Lr * 2 * P * D), 0.f);
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t l = 0; l < Lr; ++l)
+      for (int64_t kv = 0; kv < 2; ++kv) {
+        const float* src = emb.data() + ((p * Lr + l) * 2 + kv) * D;
+        std::copy(src, src + D, px.kv.begin() + ((l * 2 + kv) * P + p) * D);
+      }
+  for (float x : px.kv)
+    if (!std::isfinite(x)) fail(st_path, ": prompt_embeddings holds a non-finite value");
+  permute_keys(px, c, ops::RopeStyle::HalfSplit, c.rope_style);
+  return px;
 }
 
 }  // namespace tessera

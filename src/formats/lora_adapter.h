@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/model.h"
 #include "model/weights.h"
 
 namespace tessera {
@@ -44,6 +45,16 @@ LoraAdapter read_lora_adapter(const std::string& path, const ModelConfig& c);
 // stored quantized is dequantized, updated and quantized again to its type when
 // Tessera writes that type, else kept in f32). Call before the Model is built.
 void apply_lora(Weights& w, const LoraAdapter& ad, float mult, const std::string& where);
+
+// Prefix tuning adapters (model/model.h KvPrefix) as PEFT writes them: DIR/adapter_config.json
+// (peft_type PREFIX_TUNING, num_virtual_tokens, token_dim, num_layers) and
+// DIR/adapter_model.safetensors "prompt_embeddings" (P, num_layers * 2 * token_dim), each row
+// [layer 0 keys, layer 0 values, layer 1 keys, ...], keys in Hugging Face's RoPE order.
+bool is_prefix_adapter(const std::string& path);  // a directory whose adapter_config.json says PREFIX_TUNING
+void write_prefix_peft(const KvPrefix& px, const ModelConfig& c, const std::string& dir,
+                       const std::string& base_model_name = "");
+// Error naming the file and field when it is not such an adapter or does not fit model c.
+KvPrefix read_prefix_adapter(const std::string& dir, const ModelConfig& c);
 
 // "FILE" or "FILE:SCALE" (--lora); scale 1 when absent. Error naming the value.
 std::pair<std::string, float> parse_lora_arg(const std::string& arg);

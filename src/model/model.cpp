@@ -29,6 +29,21 @@ Model::Model(const Weights& w, const RunOptions& opt)
     fail("drafting with multi-token prediction needs a model with MTP modules (train one with 'tessera train --mtp "
          "N'); this one has none");
   n_ctx_ = opt.n_ctx > 0 ? opt.n_ctx : c.max_seq_len;
+  if (opt.prefix) {  // prefix tuning: positions [0, P) hold the prefix, the tokens follow
+    const KvPrefix& px = *opt.prefix;
+    if (px.n_layers != c.n_layers || px.kv_dim != c.cache_kv_dim() || px.len <= 0 ||
+        px.kv.size() != size_t(2 * px.n_layers * px.len * px.kv_dim))
+      fail("prefix adapter: ", px.n_layers, " layers of ", px.len, " x ", px.kv_dim, " keys and values; this model has ",
+           c.n_layers, " layers of K/V width ", c.cache_kv_dim());
+    if (c.mla() || mtp_ || c.moe_hashed() || !opt.own_cache)
+      fail("prefix adapter: not supported with latent attention, --draft-mtp, hash routing or batched decoding");
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      if (c.layer(l).attn == AttnKind::SlidingWindow) fail("prefix adapter: layer ", l, " has a sliding window; not supported");
+    prefix_len_ = px.len;
+    n_ctx_ += prefix_len_;
+    if (c.arch == Arch::GPT2) n_ctx_ = std::min(n_ctx_, c.max_seq_len);  // the learned positions end there
+    if (n_ctx_ <= prefix_len_) fail("prefix adapter: its ", prefix_len_, " positions fill the context");
+  }
   if (c.arch == Arch::GPT2 && n_ctx_ > c.max_seq_len)
     fail("context size ", n_ctx_, " exceeds the ", c.max_seq_len, " learned positions of this GPT-2 model");
   max_batch_ = std::max<int64_t>(1, std::min(opt.max_batch, n_ctx_));
@@ -102,6 +117,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   if (opt.own_cache) {
     own_ = std::make_unique<KVCache>(make_cache(own_blocks));
     own_->add_seq();
+    if (opt.prefix) write_prefix(*opt.prefix);
     own_pos_.resize(size_t(max_batch_));
     own_seq_.assign(size_t(max_batch_), 0);
   }
@@ -184,13 +200,31 @@ void Model::forward_all(KernelContext& ctx, const int32_t* tokens, int64_t n, in
   forward_own(ctx, tokens, n, pos, true, out);
 }
 
+void Model::write_prefix(const KvPrefix& px) {
+  const auto& c = w_.cfg;
+  const int64_t kvd = c.cache_kv_dim();
+  own_->extend(0, px.len);
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    for (int64_t p = 0; p < px.len; ++p) {
+      const size_t at = size_t(own_->row(0, p)) * own_->row_bytes();
+      const float* src[2] = {px.k(l) + p * kvd, px.v(l) + p * kvd};
+      uint8_t* dst[2] = {own_->k(l) + at, own_->v(l) + at};
+      for (int i = 0; i < 2; ++i) {
+        if (kv_type_ == DType::F32) std::copy(src[i], src[i] + kvd, reinterpret_cast<float*>(dst[i]));
+        else quantize_row(kv_type_, src[i], dst[i], kvd);
+      }
+    }
+  for (int64_t p = 0; p < px.len; ++p) own_->set_token(0, p, -1);
+}
+
 void Model::forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out) {
   if (!own_) fail("forward: this model was built without its own KV cache (RunOptions::own_cache); pass a batch and a cache");
   if (n <= 0) fail("forward: no tokens");
-  if (pos < 0 || pos + n > n_ctx_) fail("sequence of ", pos + n, " tokens exceeds the context size ", n_ctx_, " (-c)");
+  if (pos < 0 || pos + n > n_ctx()) fail("sequence of ", pos + n, " tokens exceeds the context size ", n_ctx(), " (-c)");
   for (int64_t i = 0; i < n; ++i) check_token(tokens[i], pos + i);
+  pos += prefix_len_;  // from here on, positions in the cache (the prefix first)
   if (pos > own_->length(0))
-    fail("forward: position ", pos, " is past the ", own_->length(0), " cached positions (a gap)");
+    fail("forward: position ", pos - prefix_len_, " is past the ", own_->length(0) - prefix_len_, " cached positions (a gap)");
   own_->truncate(0, pos);
   own_->extend(0, n);  // the own cache holds n_ctx positions: always room
   kv_ = own_.get();
@@ -212,6 +246,9 @@ void Model::forward(KernelContext& ctx, const Batch& b, KVCache& cache, float* o
   const int64_t n = b.size();
   if (int64_t(b.pos.size()) != n || int64_t(b.seq.size()) != n || int64_t(b.want_logits.size()) != n)
     fail("forward: the batch's token, pos, seq and want_logits lists differ in length");
+  if (prefix_len_ > 0)
+    fail("forward: a model with a prefix adapter runs one sequence (generate, perplexity); batched decoding, "
+         "beams, parallel samples and the server do not take one yet");
   place_rows(b.token.data(), b.pos.data(), b.seq.data(), n, cache);
   kv_ = &cache;
   int64_t done = 0;  // logits rows written

@@ -24,6 +24,16 @@
 
 namespace tessera {
 
+// Prefix tuning's learned keys and values (train/lora.h LoraConfig::prefix_len; PEFT's
+// PREFIX_TUNING adapters, formats/lora_adapter.h): per layer, len rows at positions [0, len)
+// of the sequence, before its tokens, which sit at positions len, len + 1, ...
+struct KvPrefix {
+  int64_t len = 0, kv_dim = 0, n_layers = 0;
+  std::vector<float> kv;  // (n_layers, 2, len, kv_dim): keys (after RoPE, the model's row order), then values
+  const float* k(int64_t l) const { return kv.data() + size_t(l * 2 * len * kv_dim); }
+  const float* v(int64_t l) const { return k(l) + len * kv_dim; }
+};
+
 struct RunOptions {
   int64_t n_ctx = 0;        // KV cache positions; 0 = the model's max_seq_len
   int64_t max_batch = 256;  // tokens per internal forward chunk
@@ -41,6 +51,9 @@ struct RunOptions {
   // (ModelConfig::mtp_depth >= 1; mtp_draft()): every forward also runs the module over
   // its rows, keeping its K/V and each position's final hidden state in the cache.
   bool mtp_draft = false;
+  // A prefix adapter in the own cache's sequence (single-sequence forward only): the tokens'
+  // positions start at its length. n_ctx counts the tokens (the cache holds n_ctx + len).
+  std::shared_ptr<const KvPrefix> prefix;
 };
 
 class Model {
@@ -49,7 +62,7 @@ class Model {
 
   const ModelConfig& config() const { return w_.cfg; }
   const Weights& weights() const { return w_; }
-  int64_t n_ctx() const { return n_ctx_; }
+  int64_t n_ctx() const { return n_ctx_ - prefix_len_; }  // tokens a sequence may hold
   size_t kv_bytes() const { return own_ ? own_->bytes() : 0; }
   // A cache for forward(ctx, batch, ...) with this model's shapes: n_blocks blocks of
   // RunOptions::kv_block_size positions, of RunOptions::kv_type.
@@ -120,6 +133,8 @@ class Model {
   std::vector<int32_t> mtp_seq_, mtp_tok_;
   // The legacy single-sequence call as a batch of sequence 0 of the own cache.
   void forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
+  void write_prefix(const KvPrefix& px);  // its rows into the own cache's sequence, positions [0, len)
+  int64_t prefix_len_ = 0;
   void check_token(int32_t id, int64_t pos) const;  // Error naming the id and position when out of the vocabulary
   // Checks the rows and sets each sequence's length in cache to take them (see forward(batch)).
   void place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache);

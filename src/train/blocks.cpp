@@ -360,7 +360,7 @@ void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const Att
 
 template <class T>
 void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q, const T* k, const T* v,
-                   const AttnShape& s, T* scratch) {
+                   const AttnShape& s, T* scratch, const T* delta) {
   const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd, R = s.block_rows;
   const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
   const bool vec = s.isa == Isa::AVX512;
@@ -381,6 +381,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
           for (int64_t e = 0; e < hd; ++e) dK[j * s.kv_stride + e] = 0, dV[j * s.kv_stride + e] = 0;
         for (int64_t h = kh * grp; h < (kh + 1) * grp; ++h) {
           const T* L = lse + (b * s.n_heads + h) * Tn;
+          const T* D = delta ? delta + (b * s.n_heads + h) * Tn : nullptr;  // rowsum(dO o) given: keys beyond these too
           const T* dO = dout + b * Tn * od + h * hd;
           const T* Q = q + b * Tn * s.q_stride + h * hd;
           T* dQ = dq + b * Tn * s.q_stride + h * hd;
@@ -416,13 +417,17 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
               const int64_t lo = first_key(s, b, i) - klo, e = i + 1 - klo;
               for (int64_t j = 0; j < lo; ++j) d[j] = 0;
               if constexpr (std::is_same_v<T, float>) {
-                if (vec && !(cap > 0)) {
+                if (vec && !(cap > 0) && !D) {
                   cpu::avx512::softmax_bwd_row(p + lo, d + lo, e - lo, m - lo, scale);
                   continue;
                 }
               }
               T dot_sum = 0;
-              for (int64_t j = lo; j < e; ++j) dot_sum += p[j] * d[j];
+              if (D) {
+                dot_sum = D[i];
+              } else {
+                for (int64_t j = lo; j < e; ++j) dot_sum += p[j] * d[j];
+              }
               for (int64_t j = lo; j < e; ++j) {
                 T g = p[j] * (d[j] - dot_sum);  // d loss / d (capped) score
                 if (cap > 0) {
@@ -438,6 +443,120 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
           }
         }
       }
+  }
+}
+
+template <class T>
+void attention_delta(T* delta, const T* dout, const T* out, const AttnShape& s) {
+  const int64_t Tn = s.T, hd = s.hd, od = s.n_heads * hd;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.n_heads; ++h)
+      for (int64_t i = 0; i < Tn; ++i) {
+        const T* a = dout + (b * Tn + i) * od + h * hd;
+        const T* o = out + (b * Tn + i) * od + h * hd;
+        T d = 0;
+        for (int64_t e = 0; e < hd; ++e) d += a[e] * o[e];
+        delta[(b * s.n_heads + h) * Tn + i] = d;
+      }
+}
+
+// The prefix keys in blocks of block_rows queries per (sequence, head): S = scale Q Pk^T
+// (rows, P), capped, its own log-sum-exp l2 and output o2 = softmax(S) Pv, merged into the
+// causal part's (out, lse) by the log-sum-exp rule.
+template <class T>
+void prefix_attention_fwd(T* out, T* lse, const T* q, const T* pk, const T* pv, int64_t P, const AttnShape& s,
+                          T* scratch) {
+  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd, R = s.block_rows;
+  const int64_t pstride = s.n_kv_heads * hd;
+  const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
+#pragma omp parallel
+  {
+    T* S = scratch + int64_t(omp_get_thread_num()) * attention_scratch(std::max(Tn, P), R);  // (R, P)
+    T* A = S + R * P;                                                                     // (R, 2) merge weights
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.n_heads; ++h) {
+        const int64_t kh = h / grp;
+        const T* Q = q + b * Tn * s.q_stride + h * hd;
+        T* L = lse + (b * s.n_heads + h) * Tn;
+        for (int64_t i0 = 0; i0 < Tn; i0 += R) {
+          const int64_t n = std::min(Tn, i0 + R) - i0;
+          gemm<T>(false, true, n, P, hd, scale, Q + i0 * s.q_stride, s.q_stride, pk + kh * hd, pstride, T(0), S, P);
+          for (int64_t i = 0; i < n; ++i) {
+            T* p = S + i * P;
+            if (cap > 0) cap_row(p, P, cap);
+            T mx = -INFINITY;
+            for (int64_t j = 0; j < P; ++j) mx = std::max(mx, p[j]);
+            T sum = 0;
+            for (int64_t j = 0; j < P; ++j) sum += (p[j] = std::exp(p[j] - mx));
+            for (int64_t j = 0; j < P; ++j) p[j] /= sum;
+            const T l2 = mx + std::log(sum), l1 = L[i0 + i];
+            const T l = std::max(l1, l2) + std::log1p(std::exp(-std::abs(l1 - l2)));
+            L[i0 + i] = l;
+            A[2 * i] = std::exp(l2 - l), A[2 * i + 1] = std::exp(l1 - l);  // the two parts' weights
+          }
+          for (int64_t i = 0; i < n; ++i) {  // o = a1 o1 + a2 (P Pv)
+            const T a2 = A[2 * i], a1 = A[2 * i + 1];
+            T* o = out + (b * Tn + i0 + i) * od + h * hd;
+            for (int64_t e = 0; e < hd; ++e) o[e] *= a1;
+            const T* p = S + i * P;
+            for (int64_t j = 0; j < P; ++j) {
+              const T w = a2 * p[j];
+              const T* vr = pv + j * pstride + kh * hd;
+              for (int64_t e = 0; e < hd; ++e) o[e] += w * vr[e];
+            }
+          }
+        }
+      }
+  }
+}
+
+// The prefix part's backward with the merged lse and delta: P = exp(cap(S) - lse),
+// dPv += P^T dO, dS = P (dO Pv^T - delta) (times the cap's derivative and the scale),
+// dq += dS Pk, dPk += dS^T Q. One task per KV head (it owns dPk / dPv of that head's columns).
+template <class T>
+void prefix_attention_bwd(T* dq, T* dpk, T* dpv, const T* dout, const T* lse, const T* delta, const T* q,
+                          const T* pk, const T* pv, int64_t P, const AttnShape& s, T* scratch) {
+  const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd, R = s.block_rows;
+  const int64_t pstride = s.n_kv_heads * hd;
+  const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
+#pragma omp parallel
+  {
+    T* Pb = scratch + int64_t(omp_get_thread_num()) * attention_scratch(std::max(Tn, P), R);  // (R, P)
+    T* dS = Pb + R * P;
+    T* raw = dS + R * P;
+#pragma omp for schedule(static)
+    for (int64_t kh = 0; kh < s.n_kv_heads; ++kh)
+      for (int64_t b = 0; b < s.B; ++b)
+        for (int64_t h = kh * grp; h < (kh + 1) * grp; ++h) {
+          const T* L = lse + (b * s.n_heads + h) * Tn;
+          const T* D = delta + (b * s.n_heads + h) * Tn;
+          const T* Q = q + b * Tn * s.q_stride + h * hd;
+          T* dQ = dq + b * Tn * s.q_stride + h * hd;
+          const T* dO = dout + b * Tn * od + h * hd;
+          for (int64_t i0 = 0; i0 < Tn; i0 += R) {
+            const int64_t n = std::min(Tn, i0 + R) - i0;
+            gemm<T>(false, true, n, P, hd, scale, Q + i0 * s.q_stride, s.q_stride, pk + kh * hd, pstride, T(0), Pb, P);
+            for (int64_t i = 0; i < n; ++i) {
+              T* p = Pb + i * P;
+              for (int64_t j = 0; j < P; ++j) {
+                if (cap > 0) raw[i * P + j] = std::tanh(p[j] / cap), p[j] = cap * raw[i * P + j];
+                p[j] = std::exp(p[j] - L[i0 + i]);
+              }
+            }
+            gemm<T>(true, false, P, hd, n, T(1), Pb, P, dO + i0 * od, od, T(1), dpv + kh * hd, pstride);  // dPv += P^T dO
+            gemm<T>(false, true, n, P, hd, T(1), dO + i0 * od, od, pv + kh * hd, pstride, T(0), dS, P);   // dP = dO Pv^T
+            for (int64_t i = 0; i < n; ++i)
+              for (int64_t j = 0; j < P; ++j) {
+                T g = Pb[i * P + j] * (dS[i * P + j] - D[i0 + i]);
+                if (cap > 0) g *= T(1) - raw[i * P + j] * raw[i * P + j];
+                dS[i * P + j] = g * scale;
+              }
+            gemm<T>(false, false, n, hd, P, T(1), dS, P, pk + kh * hd, pstride, T(1), dQ + i0 * s.q_stride, s.q_stride);  // dq += dS Pk
+            gemm<T>(true, false, P, hd, n, T(1), dS, P, Q + i0 * s.q_stride, s.q_stride, T(1), dpk + kh * hd, pstride);  // dPk += dS^T Q
+          }
+        }
   }
 }
 
@@ -625,7 +744,11 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
                         ops::RopeStyle, bool);                                                                   \
   template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&, T*);                    \
   template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttnShape&, \
-                                   T*);                                                                          \
+                                   T*, const T*);                                                                \
+  template void attention_delta<T>(T*, const T*, const T*, const AttnShape&);                                   \
+  template void prefix_attention_fwd<T>(T*, T*, const T*, const T*, const T*, int64_t, const AttnShape&, T*);    \
+  template void prefix_attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                        int64_t, const AttnShape&, T*);                                         \
   template void swiglu_fwd<T>(T*, const T*, const T*, int64_t, Isa);                                             \
   template void swiglu_bwd<T>(T*, T*, const T*, const T*, const T*, int64_t, Isa);                               \
   template void gelu_fwd<T>(T*, const T*, int64_t, Isa);                                                         \

@@ -97,11 +97,31 @@ struct AttnShape {
 // attention_scratch(T, block_rows) elements for each OpenMP thread (omp_get_max_threads()).
 template <class T>
 void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const AttnShape& s, T* scratch);
-// dq, dk, dv written (=), same layouts as q, k, v.
+// dq, dk, dv written (=), same layouts as q, k, v. delta (B, n_heads, T), when given, is each
+// row's sum(dout * out) over the whole attention (attention_delta): needed when the softmax
+// also ran over keys outside these (a prefix), and lse is then the merged one.
 template <class T>
 void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q, const T* k, const T* v,
-                   const AttnShape& s, T* scratch);
+                   const AttnShape& s, T* scratch, const T* delta = nullptr);
 inline int64_t attention_scratch(int64_t T_, int64_t block_rows = kAttnRows) { return 3 * block_rows * T_; }
+// delta (B, n_heads, T) = per head and row, dout . out (out: the attention's output).
+template <class T>
+void attention_delta(T* delta, const T* dout, const T* out, const AttnShape& s);
+
+// Prefix tuning (train/lora.h): every query also sees P learned key/value rows pk, pv
+// (P, n_kv_heads * hd), shared by the batch, before position 0 and without RoPE (soft-capped
+// like the rest; not windowed). The two key sets merge exactly by their log-sum-exps:
+// after attention_fwd, prefix_attention_fwd turns (out, lse) of the causal keys into those of
+// all keys, lse = logaddexp(l1, l2), out = e^(l1 - lse) o1 + e^(l2 - lse) o2.
+// Backward: attention_bwd with delta (and the merged lse) for the causal keys, then
+// prefix_attention_bwd: dq +=, dpk += and dpv += (summed over the batch).
+// scratch: attention_scratch(max(T, P), block_rows) per OpenMP thread.
+template <class T>
+void prefix_attention_fwd(T* out, T* lse, const T* q, const T* pk, const T* pv, int64_t P, const AttnShape& s,
+                          T* scratch);
+template <class T>
+void prefix_attention_bwd(T* dq, T* dpk, T* dpv, const T* dout, const T* lse, const T* delta, const T* q,
+                          const T* pk, const T* pv, int64_t P, const AttnShape& s, T* scratch);
 
 // h(n) = silu(g) * u. With isa AVX512 (float only) the AVX-512 kernels of
 // kernels/act.h run; the loops here are their specification.

@@ -49,12 +49,18 @@ std::string lora_targets_string(uint32_t targets) {
 }
 
 nlohmann::json lora_to_json(const LoraConfig& c) {
+  if (c.prefix()) return {{"prefix_len", c.prefix_len}};
   return {{"rank", c.rank}, {"alpha", c.alpha}, {"dropout", c.dropout}, {"targets", lora_targets_string(c.targets)}};
 }
 
 LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where) {
   LoraConfig c;
   try {
+    if (j.contains("prefix_len")) {
+      c.prefix_len = j.at("prefix_len");
+      if (c.prefix_len <= 0) fail(where, ": prefix_len must be positive, got ", c.prefix_len);
+      return c;
+    }
     c.rank = j.at("rank"), c.alpha = j.at("alpha"), c.dropout = j.value("dropout", 0.f);
     c.targets = parse_lora_targets(j.at("targets").get<std::string>());
   } catch (const nlohmann::json::exception& e) {
@@ -66,6 +72,32 @@ LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where) {
 
 LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg), lora(lc) {
   const ModelConfig& c = cfg;
+  if (lc.prefix()) {
+    if (lc.rank > 0) fail("--prefix-len: prefix tuning and LoRA are separate adapters; choose one per run");
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      if (c.layer(l).attn == AttnKind::SlidingWindow)
+        fail("--prefix-len: layer ", l, " has a sliding window (prefix keys would leave it); not supported");
+    if (c.mla()) fail("--prefix-len: latent attention (MLA) caches no per-head keys; not supported");
+    if (c.moe_hashed()) fail("--prefix-len: hash routing keys on positions and previous tokens; not supported");
+    if (c.mtp_depth > 0) fail("--prefix-len: multi-token prediction modules are not supported with a prefix");
+    prefix_dim = c.arch == Arch::GPT2 ? c.dim : c.kv_dim();
+    const int64_t P = lc.prefix_len;
+    auto add = [&](const std::string& name) {
+      ParamInfo p;
+      p.name = name, p.shape = {P, prefix_dim}, p.numel = size_t(P * prefix_dim), p.matrix = true;
+      p.offset = (total + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
+      total = p.offset + p.numel, n_params += p.numel;
+      tensors.push_back(p);
+      return p.offset;
+    };
+    layers.resize(size_t(c.n_layers));
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string b = "blk." + std::to_string(l) + ".attn_";
+      const size_t k = add(b + "k_prefix");
+      prefix.emplace_back(k, add(b + "v_prefix"));
+    }
+    return;
+  }
   if (lc.rank <= 0) fail("--lora-rank must be positive, got ", lc.rank);
   if (!(lc.alpha >= 0.f)) fail("--lora-alpha must be >= 0, got ", lc.alpha);
   if (!(lc.dropout >= 0.f && lc.dropout < 1.f)) fail("--lora-dropout must be in [0, 1), got ", lc.dropout);
@@ -124,7 +156,7 @@ void init_lora(const LoraLayout& LL, float* a, uint64_t seed) {
   auto u01 = [&] { return (double((s = splitmix64(s)) >> 11) + 0.5) * (1.0 / 9007199254740992.0); };
   for (size_t i = 0; i < LL.total; ++i) a[i] = 0.f;
   for (const auto& t : LL.tensors) {
-    if (t.name.back() != 'a') continue;  // ".lora_b" stays zero
+    if (t.name.back() != 'a') continue;  // ".lora_b" and prefix rows stay zero
     float* d = a + t.offset;
     for (size_t i = 0; i < t.numel; i += 2) {  // Box-Muller
       const double r = std::sqrt(-2.0 * std::log(u01())), th = 2 * M_PI * u01();
@@ -170,6 +202,18 @@ LoraAdapter to_adapter(const LoraLayout& LL, const float* a) {
       ad.pairs.push_back(std::move(p));
     }
   return ad;
+}
+
+KvPrefix to_prefix(const LoraLayout& LL, const float* a) {
+  KvPrefix px;
+  px.len = LL.lora.prefix_len, px.kv_dim = LL.prefix_dim, px.n_layers = int64_t(LL.prefix.size());
+  const size_t n = size_t(px.len * px.kv_dim);
+  px.kv.resize(2 * n * LL.prefix.size());
+  for (size_t l = 0; l < LL.prefix.size(); ++l) {
+    std::copy(a + LL.prefix[l].first, a + LL.prefix[l].first + n, px.kv.begin() + long(2 * l * n));
+    std::copy(a + LL.prefix[l].second, a + LL.prefix[l].second + n, px.kv.begin() + long((2 * l + 1) * n));
+  }
+  return px;
 }
 
 }  // namespace tessera::train

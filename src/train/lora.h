@@ -24,12 +24,18 @@ namespace tessera::train {
 enum class LoraSite : int { Q, K, V, Qkv, O, Gate, Up, Down };
 constexpr int kLoraSites = 8;
 
+// The adapter of a fine-tuning run: LoRA (rank > 0) or prefix tuning (prefix_len > 0; Li &
+// Liang, 2021): per layer, prefix_len learned key and value rows that every query attends to,
+// before position 0 and without RoPE; the tokens then sit at positions prefix_len, ... (as
+// Hugging Face PEFT runs them). One kind per run.
 struct LoraConfig {
-  int64_t rank = 0;        // r (0: no adapter)
+  int64_t rank = 0;        // r (0: no LoRA)
   float alpha = 0.f;       // the update is scaled by alpha / r (alpha 0: alpha = r, scale 1)
   float dropout = 0.f;     // dropout on the adapter's input (training steps only)
   uint32_t targets = 0;    // bit (1 << LoraSite) per targeted layer
-  bool enabled() const { return rank > 0; }
+  int64_t prefix_len = 0;  // prefix tuning: learned K/V rows per layer (0: none)
+  bool enabled() const { return rank > 0 || prefix_len > 0; }
+  bool prefix() const { return prefix_len > 0; }
   float scale() const { return (alpha > 0.f ? alpha : float(rank)) / float(rank); }
   bool targets_site(LoraSite s) const { return (targets >> int(s)) & 1u; }
 };
@@ -51,17 +57,24 @@ struct LoraLayout {
   ModelConfig cfg;
   LoraConfig lora;
   std::vector<std::array<Site, kLoraSites>> layers;
+  // Prefix tuning: per layer the offsets of its keys and values, (prefix_len, prefix_dim) each
+  // ("blk.N.attn_k_prefix", "blk.N.attn_v_prefix"); prefix_dim = the model's K/V width.
+  std::vector<std::pair<size_t, size_t>> prefix;
+  int64_t prefix_dim = 0;
   std::vector<ParamInfo> tensors;  // "<base>.lora_a" (r, in), "<base>.lora_b" (out, r), in layer order
   size_t total = 0;                // elements of the adapter buffer (tensors on kAlign boundaries)
   size_t n_params = 0;
 
   // Error when a target does not exist in this architecture (gate on GPT-2) or
   // nothing is targeted. Mixture-of-experts layers take the attention targets only.
+  // Prefix tuning: Error for models it cannot run on (sliding windows, latent attention,
+  // hash routing, multi-token prediction), or with LoRA in the same run.
   LoraLayout(const Layout& base, const LoraConfig& lora);
   const Site& site(int64_t layer, LoraSite s) const { return layers[size_t(layer)][size_t(s)]; }
 };
 
 // A ~ N(0, 1 / r^2) (PEFT's "gaussian" initialisation), B = 0: deterministic from seed.
+// Prefix rows are zeroed (the Trainer sets them: init_prefix).
 void init_lora(const LoraLayout& LL, float* a, uint64_t seed);
 
 // W += mult * (alpha / r) B A for every adapted matrix of the f32 base buffer p (layout L).
@@ -70,5 +83,7 @@ void merge_lora(const Layout& L, const LoraLayout& LL, const float* a, float* p,
 // The adapter as a file-format-neutral LoraAdapter (formats/lora_adapter.h), to write
 // as a GGUF LoRA or PEFT directory; the inverse fills a (LL.total) from one.
 LoraAdapter to_adapter(const LoraLayout& LL, const float* a);
+// A prefix-tuning run's prefix (LL.lora.prefix_len > 0) as the engine's KvPrefix.
+KvPrefix to_prefix(const LoraLayout& LL, const float* a);
 
 }  // namespace tessera::train

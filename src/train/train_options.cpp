@@ -61,6 +61,8 @@ void TrainOptions::validate() const {
     fail("a reward model trains on its own: no --dpo-beta, --teacher, LoRA or --pack");
   if (zero < 0 || zero > 2)
     fail("--zero ", zero, ": stages 0, 1 and 2 are supported (3, sharded weights, is not built yet)");
+  if (lora.prefix() && dpo_beta > 0)
+    fail("--prefix-len: prefix tuning with --dpo-beta is not supported (the reference runs without the prefix)");
   if (lora.enabled()) {
     if (init_model.empty()) fail("LoRA fine-tuning needs --init (the base model to adapt)");
     if (upcycle_experts > 0) fail("--upcycle-experts and LoRA cannot be combined (upcycle first, then fine-tune)");

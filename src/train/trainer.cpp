@@ -314,6 +314,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
   if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
+  if (lora_ && lora_->lora.prefix() && !resume) init_prefix();
   if (o_.dpo_beta > 0) {
     if (!data_.preference)
       fail("--dpo-beta: ", o_.data_dir, " holds no preference pairs (make them with 'tessera data prepare-pref')");
@@ -368,7 +369,16 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
-  if (lora_) {
+  if (lora_ && lora_->lora.prefix()) {
+    const double mb = 1.0 / (1 << 20);
+    std::fprintf(log_,
+                 "prefix tuning: %lld key/value rows per layer (initialised from the training split's first tokens): "
+                 "%.3fM trainable params (%.2f%% of the base)\n"
+                 "memory: base %.1f MiB (frozen f32), prefix + gradient + Adam %.1f MiB, activations %.1f MiB\n",
+                 (long long)o_.lora.prefix_len, double(lora_->n_params) / 1e6,
+                 100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
+                 double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
+  } else if (lora_) {
     const double mb = 1.0 / (1 << 20);
     std::fprintf(log_,
                  "LoRA: rank %lld, alpha %g (scale %g), dropout %g on %s: %.3fM trainable params (%.2f%% of the base)\n"
@@ -411,6 +421,27 @@ void Trainer::fill_batch(int64_t step, int64_t mb) {
               o_.pack ? seg_.data() : nullptr);
   else
     train_batch(*data_.train, o_.seed, step, mb, o_.batch, o_.seq, x_.data(), y_.data());
+}
+
+void Trainer::init_prefix() {
+  const int64_t P = lora_->lora.prefix_len, kvd = lora_->prefix_dim;
+  if (data_.train->size() < P)
+    fail("--prefix-len ", P, ": ", data_.train->path(), " has only ", data_.train->size(), " tokens");
+  std::vector<int32_t> tok(static_cast<size_t>(P)), tgt(static_cast<size_t>(P), -1);
+  for (int64_t i = 0; i < P; ++i) tok[size_t(i)] = (*data_.train)[i];
+  ModelOptions mo;
+  mo.logit_rows = std::min<int64_t>(P, 64);
+  Transformer<float> t(*L_, 1, P, mo);
+  t.forward(base_.data(), tok.data(), tgt.data());
+  for (int64_t l = 0; l < L_->cfg.n_layers; ++l) {
+    int64_t stride = 0;
+    const auto [k, v] = t.layer_kv(l, &stride);
+    const auto& [ko, vo] = lora_->prefix[size_t(l)];
+    for (int64_t i = 0; i < P; ++i) {
+      std::copy(k + i * stride, k + i * stride + kvd, p_.data() + ko + i * kvd);
+      std::copy(v + i * stride, v + i * stride + kvd, p_.data() + vo + i * kvd);
+    }
+  }
 }
 
 Trainer::StepStats Trainer::train_step() {

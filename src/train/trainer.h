@@ -161,6 +161,10 @@ class Trainer {
   std::unique_ptr<Transformer<float>> model_;
   std::vector<int32_t> x_, y_, seg_;  // a micro-batch: inputs, targets, packed examples' first positions
   void fill_batch(int64_t step, int64_t mb);  // x_, y_ (and seg_) of micro-batch mb of the global batch
+  // Prefix tuning's start: each layer's prefix rows are the base model's keys (after RoPE) and
+  // values of the training split's first P tokens, so the untrained prefix is the model having
+  // read them (Li & Liang's initialisation from real words' activations).
+  void init_prefix();
   int64_t step_ = 0;
 };
 

@@ -205,6 +205,50 @@ void Transformer<T>::attach_lora(const LoraLayout& LL) {
   lora_y_.assign(gemm ? 0 : size_t(N_ * max_out), T(0));  // the reference path's Y scratch
   lora_x_.assign(LL.lora.dropout > 0.f ? size_t(N_ * max_in) : 0, T(0));
   lora_du_.assign(size_t(N_ * r), T(0));
+  if (LL.lora.prefix()) {  // prefix tuning: the tokens sit at positions P, P + 1, ...
+    const int64_t P = LL.lora.prefix_len;
+    if (T_ + P > c_.max_seq_len)
+      fail("--prefix-len ", P, " + --seq ", T_, " exceeds the model's context (max_seq_len ", c_.max_seq_len, ")");
+    if (c_.arch != Arch::GPT2) {
+      const int64_t half = c_.head_dim / 2;
+      std::vector<float> cs(size_t((T_ + P) * half)), sn(cs.size());
+      ops::rope_tables(cs.data(), sn.data(), T_ + P, c_.head_dim, c_.rope_theta, c_.rope_freq_div());
+      cos_.assign(cs.begin() + P * half, cs.end()), sin_.assign(sn.begin() + P * half, sn.end());
+    }
+    attn_scratch_.resize(size_t(omp_get_max_threads() * blk::attention_scratch(std::max(T_, P))));
+    delta_.assign(size_t(B_ * c_.n_heads * T_), T(0));
+  }
+}
+
+template <class T>
+std::pair<const T*, const T*> Transformer<T>::layer_kv(int64_t l, int64_t* stride) const {
+  if (o_.recompute) fail("internal: layer_kv in recompute mode");
+  const LayerActs& a = layers_[size_t(l)];
+  *stride = c_.arch == Arch::GPT2 ? 3 * c_.dim : c_.kv_dim();
+  return {a.k, a.v};
+}
+
+template <class T>
+void Transformer<T>::prefix_fwd(int64_t l, LayerActs& a) {
+  if (!prefix_on()) return;
+  const auto& [k, v] = lora_->prefix[size_t(l)];
+  blk::prefix_attention_fwd(a.att, a.lse, a.q, la_ + k, la_ + v, lora_->lora.prefix_len, attn_shape(l),
+                            attn_scratch_.data());
+}
+
+template <class T>
+const T* Transformer<T>::attn_delta(int64_t l, LayerActs& a) {
+  if (!prefix_on()) return nullptr;
+  blk::attention_delta(delta_.data(), datt_, a.att, attn_shape(l));
+  return delta_.data();
+}
+
+template <class T>
+void Transformer<T>::prefix_bwd(int64_t l, LayerActs& a) {
+  if (!prefix_on()) return;
+  const auto& [k, v] = lora_->prefix[size_t(l)];
+  blk::prefix_attention_bwd(dq_, lga_ + k, lga_ + v, datt_, a.lse, delta_.data(), a.q, la_ + k, la_ + v,
+                            lora_->lora.prefix_len, attn_shape(l), attn_scratch_.data());
 }
 
 // The adapter's products (f32 weights, never the bf16 copy): on our GEMM where a run has one
@@ -363,10 +407,12 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::rope(a.q, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::rope(a.k, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, false);
     blk::attention_fwd(a.att, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());  // (N, qd)
+    prefix_fwd(l, a);
     lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
   } else {
     lin_fwd_a(l, LoraSite::Qkv, a.q, attn_in, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
     blk::attention_fwd(a.att, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
+    prefix_fwd(l, a);
     lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), P(o.bo), N, C, C);
   }
   drop(attn_out, l, 0);
@@ -453,7 +499,9 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
     lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data(),
+                       attn_delta(l, a));
+    prefix_bwd(l, a);
     blk::rope(dq_, N, T_, c_.n_heads, c_.head_dim, qd, cos_.data(), sin_.data(), c_.rope_style, true);
     blk::rope(dk_, N, T_, c_.n_kv_heads, c_.head_dim, kvd, cos_.data(), sin_.data(), c_.rope_style, true);
     if (c_.qk_norm) {  // in place: the rows of dq/dk become the gradients before the norm
@@ -465,7 +513,9 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     lin_bwd_a(l, LoraSite::V, dxn_, G(o.wv), G(o.bv), dv_, attn_in, P(o.wv), N, C, kvd, true, wa);
   } else {
     lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
-    blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
+    blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data(),
+                       attn_delta(l, a));
+    prefix_bwd(l, a);
     lin_bwd_a(l, LoraSite::Qkv, dxn_, G(o.wqkv), G(o.bqkv), dq_, attn_in, P(o.wqkv), N, C, 3 * C, false, wa);
   }
   if (post)
@@ -542,8 +592,7 @@ void Transformer<T>::embed(const T* p, const int32_t* tokens) {
   for (int64_t i = 0; i < N_; ++i)
     if (tokens[i] < 0 || tokens[i] >= c_.vocab_size)
       fail("token id ", tokens[i], " at position ", i, " out of range [0, ", c_.vocab_size, ")");
-  blk::embed_fwd(x_in_[0], p + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : p + L_.pos_embd, tokens, N_, T_,
-                 c_.dim);
+  blk::embed_fwd(x_in_[0], p + L_.tok_embd, pos_embd(p), tokens, N_, T_, c_.dim);
   drop(x_in_[0], -1, 2);
 }
 
@@ -631,8 +680,7 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
   }
   fresh_ = false;
   if (!g) return r;  // frozen base: no embedding gradient
-  blk::embed_bwd(g + L_.tok_embd, L_.pos_embd == kAbsent ? nullptr : g + L_.pos_embd, dropped(dx_, -1, 2), tokens,
-                 N_, T_, c_.dim);
+  blk::embed_bwd(g + L_.tok_embd, pos_embd(g), dropped(dx_, -1, 2), tokens, N_, T_, c_.dim);
   return r;
 }
 

@@ -80,6 +80,10 @@ class Transformer {
   // attention stays inside examples); null: plain causal rows. Kept until changed.
   void set_segments(const int32_t* seg) { seg_ = seg; }
 
+  // Layer l's keys (after RoPE) and values of the last forward, rows of *stride elements
+  // ((N, kv_dim) each; GPT-2: inside the fused qkv rows). Not in recompute mode.
+  std::pair<const T*, const T*> layer_kv(int64_t l, int64_t* stride) const;
+
   size_t activation_bytes() const { return (acts_.size() + lora_acts_.size()) * sizeof(T); }
   // Rows routed to each expert (n_layers x E, zero for dense layers) by the forward passes
   // since the last call; then zeroed.
@@ -124,6 +128,19 @@ class Transformer {
   void mtp_bwd(const T* p, T* g, float scale, blk::CeResult& r);
   void head(const T* p, T* g, const int32_t* targets, float scale, bool backward, blk::CeResult& r);
   LayerActs& acts_for(int64_t l) { return o_.recompute ? work_ : layers_[size_t(l)]; }
+  // Prefix tuning (LoraConfig::prefix_len): layer l's prefix keys merged into a.att / a.lse;
+  // backward: delta_ from datt_ and a.att (attn_delta, null without a prefix), then dq_ += and
+  // the prefix rows' gradients +=.
+  bool prefix_on() const { return lora_ && lora_on_ && lora_->lora.prefix(); }
+  void prefix_fwd(int64_t l, LayerActs& a);
+  const T* attn_delta(int64_t l, LayerActs& a);
+  void prefix_bwd(int64_t l, LayerActs& a);
+  // The learned position table (GPT-2) from the first token's position (P with a prefix); null without one.
+  template <class U>
+  U* pos_embd(U* p) const {
+    if (L_.pos_embd == kAbsent) return nullptr;
+    return p + L_.pos_embd + (lora_ && lora_->lora.prefix() ? lora_->lora.prefix_len * c_.dim : 0);
+  }
   blk::AttnShape attn_shape(int64_t l) const;  // layer l's (its sliding window)
   // Linear layers in the run's precision (fp32 sgemm, or bf16 products).
   void lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O);
@@ -215,6 +232,7 @@ class Transformer {
   void reward_head(T* g, float scale, bool backward);
   KdOptions kd_;
   std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
+  std::vector<T> delta_;  // (B, n_heads, T) rowsum(d att * att) of the layer in hand (prefix tuning)
 };
 
 extern template class Transformer<float>;

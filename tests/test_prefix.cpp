@@ -1,0 +1,316 @@
+// Prefix tuning (train/lora.h LoraConfig::prefix_len): the merged attention over learned
+// prefix keys and the causal keys against attention written out in double; gradients of
+// every input and of the prefix rows by central differences (block and whole model, Llama
+// and GPT-2); a prefix made of the base model's keys/values of P tokens computes exactly
+// what the model does after reading those tokens, in training and in the engine; the PEFT
+// PREFIX_TUNING files round-trip. (The command line: tests/test_lora.cpp.)
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <random>
+
+#include "core/error.h"
+#include "formats/lora_adapter.h"
+#include "kernels/kernels.h"
+#include "model/model.h"
+#include "test_util.h"
+#include "train/blocks.h"
+#include "train/lora.h"
+#include "train/params.h"
+#include "train/transformer.h"
+
+using namespace tessera;
+using namespace tessera::train;
+using Vec = std::vector<double>;
+namespace fs = std::filesystem;
+
+namespace {
+
+Vec randn(size_t n, std::mt19937_64& rng, double sd = 1.0) {
+  std::normal_distribution<double> d(0.0, sd);
+  Vec v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Central differences of f in x; max |a - b| / max |b|.
+Vec numgrad(Vec& x, const std::function<double()>& f, double h = 1e-5) {
+  Vec g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i];
+    x[i] = x0 + h;
+    const double fp = f();
+    x[i] = x0 - h;
+    const double fm = f();
+    x[i] = x0;
+    g[i] = (fp - fm) / (2 * h);
+  }
+  return g;
+}
+double rel_err(const Vec& a, const Vec& b) {
+  double e = 0, m = 1e-300;
+  for (size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i])), m = std::max(m, std::abs(b[i]));
+  return e / m;
+}
+
+ModelConfig tiny(Arch arch) {
+  ModelConfig c;
+  c.arch = arch;
+  if (arch == Arch::Llama) {
+    c.dim = 8, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 2, c.hidden_dim = 12, c.qkv_bias = true;
+  } else {
+    c.dim = 8, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 2, c.head_dim = 4, c.hidden_dim = 12;
+  }
+  c.vocab_size = 11, c.max_seq_len = 12, c.tied_embeddings = arch == Arch::GPT2;
+  return c;
+}
+
+// The attention of one block's inputs with a prefix: attention_fwd then prefix_attention_fwd.
+struct PrefixAttn {
+  blk::AttnShape s;
+  int64_t P;
+  Vec q, k, v, pk, pv, lse, scratch;
+  Vec out() {
+    Vec o(size_t(s.B * s.T * s.n_heads * s.hd));
+    blk::attention_fwd(o.data(), lse.data(), q.data(), k.data(), v.data(), s, scratch.data());
+    blk::prefix_attention_fwd(o.data(), lse.data(), q.data(), pk.data(), pv.data(), P, s, scratch.data());
+    return o;
+  }
+};
+
+PrefixAttn make_attn(std::mt19937_64& rng, int64_t P, int64_t rows, float cap, const int32_t* seg) {
+  PrefixAttn a;
+  blk::AttnShape& s = a.s;
+  s.B = 2, s.T = 9, s.n_heads = 4, s.n_kv_heads = 2, s.hd = 3, s.softcap = cap, s.q_stride = 13, s.kv_stride = 7;
+  s.block_rows = rows, s.seg = seg;
+  a.P = P;
+  const int64_t N = s.B * s.T;
+  a.q = randn(size_t(N * s.q_stride), rng), a.k = randn(size_t(N * s.kv_stride), rng);
+  a.v = randn(size_t(N * s.kv_stride), rng);
+  a.pk = randn(size_t(P * s.n_kv_heads * s.hd), rng), a.pv = randn(size_t(P * s.n_kv_heads * s.hd), rng);
+  a.lse.assign(size_t(s.B * s.n_heads * s.T), 0.0);
+  a.scratch.assign(size_t(omp_get_max_threads() * blk::attention_scratch(std::max(s.T, P), rows)), 0.0);
+  return a;
+}
+
+}  // namespace
+
+// Output and log-sum-exp of every row against the softmax over [prefix keys; visible keys]
+// written out in double: GQA, strided rows, soft-cap, packed segments (the prefix is seen by
+// every segment), blocks smaller than T and a prefix longer than T.
+TEST(PrefixTuning, MergedAttentionMatchesDirectFormula) {
+  std::mt19937_64 rng(31);
+  const std::vector<int32_t> seg = {0, 0, 0, 3, 3, 3, 3, 3, 8, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+  for (int pass = 0; pass < 3; ++pass) {
+    const int64_t P = pass == 2 ? 12 : 3;
+    PrefixAttn a = make_attn(rng, P, pass == 0 ? 64 : 4, pass == 1 ? 1.5f : 0.f, pass == 1 ? seg.data() : nullptr);
+    const blk::AttnShape& s = a.s;
+    const Vec o = a.out();
+    const int64_t od = s.n_heads * s.hd, grp = s.n_heads / s.n_kv_heads, pd = s.n_kv_heads * s.hd;
+    double worst = 0;
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.n_heads; ++h)
+        for (int64_t i = 0; i < s.T; ++i) {
+          const int64_t kh = h / grp, lo = s.seg ? s.seg[b * s.T + i] : 0;
+          const double* qi = &a.q[size_t((b * s.T + i) * s.q_stride + h * s.hd)];
+          std::vector<const double*> keys, vals;
+          for (int64_t j = 0; j < P; ++j) keys.push_back(&a.pk[size_t(j * pd + kh * s.hd)]), vals.push_back(&a.pv[size_t(j * pd + kh * s.hd)]);
+          for (int64_t j = lo; j <= i; ++j)
+            keys.push_back(&a.k[size_t((b * s.T + j) * s.kv_stride + kh * s.hd)]),
+                vals.push_back(&a.v[size_t((b * s.T + j) * s.kv_stride + kh * s.hd)]);
+          std::vector<double> sc;
+          for (const double* kj : keys) {
+            double d = 0;
+            for (int64_t e = 0; e < s.hd; ++e) d += qi[e] * kj[e];
+            d /= std::sqrt(double(s.hd));
+            if (s.softcap > 0) d = s.softcap * std::tanh(d / s.softcap);
+            sc.push_back(d);
+          }
+          const double mx = *std::max_element(sc.begin(), sc.end());
+          double z = 0;
+          for (double x : sc) z += std::exp(x - mx);
+          worst = std::max(worst, std::fabs(a.lse[size_t((b * s.n_heads + h) * s.T + i)] - (mx + std::log(z))));
+          for (int64_t e = 0; e < s.hd; ++e) {
+            double acc = 0;
+            for (size_t j = 0; j < sc.size(); ++j) acc += std::exp(sc[j] - mx) / z * vals[j][e];
+            worst = std::max(worst, std::fabs(o[size_t((b * s.T + i) * od + h * s.hd + e)] - acc));
+          }
+        }
+    EXPECT_LT(worst, 1e-12) << "pass " << pass;
+  }
+}
+
+// attention_bwd with the merged lse and delta, then prefix_attention_bwd: every input's gradient.
+TEST(PrefixTuning, AttentionGradientsMatchFiniteDifferences) {
+  std::mt19937_64 rng(32);
+  const std::vector<int32_t> seg = {0, 0, 0, 3, 3, 3, 3, 3, 8, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+  for (int pass = 0; pass < 3; ++pass) {
+    PrefixAttn a = make_attn(rng, pass == 2 ? 11 : 2, pass == 0 ? 64 : 4, pass == 1 ? 1.5f : 0.f,
+                             pass == 1 ? seg.data() : nullptr);
+    const blk::AttnShape& s = a.s;
+    const int64_t N = s.B * s.T, od = s.n_heads * s.hd;
+    const Vec R = randn(size_t(N * od), rng);
+    auto f = [&] {
+      const Vec o = a.out();
+      double d = 0;
+      for (size_t i = 0; i < o.size(); ++i) d += o[i] * R[i];
+      return d;
+    };
+    const Vec o = a.out();
+    Vec dq(a.q.size()), dk(a.k.size()), dv(a.v.size()), dpk(a.pk.size(), 0.0), dpv(a.pv.size(), 0.0);
+    Vec delta(a.lse.size());
+    blk::attention_delta(delta.data(), R.data(), o.data(), s);
+    blk::attention_bwd(dq.data(), dk.data(), dv.data(), R.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s,
+                       a.scratch.data(), delta.data());
+    blk::prefix_attention_bwd(dq.data(), dpk.data(), dpv.data(), R.data(), a.lse.data(), delta.data(), a.q.data(),
+                              a.pk.data(), a.pv.data(), a.P, s, a.scratch.data());
+    EXPECT_LT(rel_err(dq, numgrad(a.q, f)), 1e-6) << pass;
+    EXPECT_LT(rel_err(dk, numgrad(a.k, f)), 1e-6) << pass;
+    EXPECT_LT(rel_err(dv, numgrad(a.v, f)), 1e-6) << pass;
+    EXPECT_LT(rel_err(dpk, numgrad(a.pk, f)), 1e-6) << pass;
+    EXPECT_LT(rel_err(dpv, numgrad(a.pv, f)), 1e-6) << pass;
+  }
+}
+
+// The whole frozen model with a prefix: the prefix rows' gradients (the only trained ones).
+TEST(PrefixTuning, WholeModelPrefixGradientsMatchFiniteDifferences) {
+  const test::OneThread one_thread;
+  for (Arch arch : {Arch::Llama, Arch::GPT2})
+    for (bool recompute : {false, true}) {
+      const ModelConfig c = tiny(arch);
+      Layout L(c);
+      LoraConfig lc;
+      lc.prefix_len = 3;
+      LoraLayout LL(L, lc);
+      EXPECT_EQ(LL.n_params, size_t(2 * 3 * c.n_layers * (arch == Arch::GPT2 ? c.dim : c.kv_dim())));
+      std::mt19937_64 rng(33);
+      Vec p = randn(L.total, rng, 0.3), a = randn(LL.total, rng, 0.5);
+      const int64_t B = 2, T = 5;
+      std::vector<int32_t> tok(B * T), tgt(B * T);
+      for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng() % uint64_t(c.vocab_size));
+      for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
+      ModelOptions mo;
+      mo.recompute = recompute;
+      Transformer<double> m(L, B, T, mo);
+      m.attach_lora(LL);
+      Vec ga(LL.total, 0.0);
+      m.set_lora_params(a.data(), ga.data());
+      auto f = [&] {
+        const auto r = m.forward(p.data(), tok.data(), tgt.data());
+        return r.loss_sum / double(r.count);
+      };
+      const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
+      m.forward_backward(p.data(), nullptr, tok.data(), tgt.data(), 1.f / float(count), 0, true);
+      const Vec num = numgrad(a, f);
+      for (const auto& t : LL.tensors) {
+        Vec x(ga.begin() + long(t.offset), ga.begin() + long(t.offset + t.numel));
+        Vec y(num.begin() + long(t.offset), num.begin() + long(t.offset + t.numel));
+        EXPECT_LT(rel_err(x, y), 1e-4) << t.name << (arch == Arch::GPT2 ? " gpt2" : " llama") << recompute;
+        EXPECT_GT(*std::max_element(y.begin(), y.end()), 0.0) << t.name << ": a gradient that cannot fail";
+      }
+    }
+}
+
+// Prefix = the base model's K/V of tokens x (after RoPE, at positions 0..P-1): the model with
+// that prefix on tokens t computes what the base model computes on x followed by t, in
+// training (Transformer, positions P..) and in the engine (Model, KvPrefix, through the PEFT
+// files, whose keys are stored in Hugging Face's RoPE order and read back into the model's).
+TEST(PrefixTuning, APrefixOfTokensKeysIsTheModelHavingReadThem) {
+  for (Arch arch : {Arch::Llama, Arch::GPT2}) {
+    ModelConfig c = tiny(arch);
+    c.dim = 32, c.n_heads = 4, c.n_kv_heads = arch == Arch::GPT2 ? 4 : 2, c.head_dim = 8, c.hidden_dim = 48;
+    c.vocab_size = 37, c.max_seq_len = 32, c.rope_style = ops::RopeStyle::Interleaved;
+    const Layout L(c);
+    ParamVec p(L.total);
+    init_params(L, p.data(), 9);
+    for (const auto& ti : L.tensors)  // sharp attention, so that positions and prefix rows matter
+      if (ti.name.find("attn_q") != std::string::npos || ti.name.find("attn_k") != std::string::npos)
+        for (size_t i = 0; i < ti.numel; ++i) p[ti.offset + i] *= 12.f;
+    const int64_t P = 5, T = 7;
+    const std::vector<int32_t> x = {3, 14, 15, 9, 26}, t = {5, 35, 8, 9, 7, 9, 3};
+    std::vector<int32_t> xt(x), none(size_t(P + T), -1), tgt(size_t(P + T), -1), tgt_t(size_t(T), -1);
+    xt.insert(xt.end(), t.begin(), t.end());
+    for (int64_t i = 0; i + 1 < T; ++i) tgt[size_t(P + i)] = t[size_t(i + 1)], tgt_t[size_t(i)] = t[size_t(i + 1)];
+    Transformer<float> reader(L, 1, P, ModelOptions{}), full(L, 1, P + T, ModelOptions{}), tuned(L, 1, T, ModelOptions{});
+    reader.forward(p.data(), x.data(), none.data());
+    LoraConfig lc;
+    lc.prefix_len = P;
+    const LoraLayout LL(L, lc);
+    ParamVec a(LL.total);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      int64_t stride = 0;
+      const auto [k, v] = reader.layer_kv(l, &stride);
+      for (int64_t i = 0; i < P; ++i)
+        for (int64_t e = 0; e < LL.prefix_dim; ++e)
+          a[LL.prefix[size_t(l)].first + size_t(i * LL.prefix_dim + e)] = k[i * stride + e],
+                                                     a[LL.prefix[size_t(l)].second + size_t(i * LL.prefix_dim + e)] = v[i * stride + e];
+    }
+    std::vector<double> nll_full(static_cast<size_t>(P + T)), nll_bare(static_cast<size_t>(T)), nll(nll_bare);
+    full.set_row_nll(nll_full.data());
+    full.forward(p.data(), xt.data(), tgt.data());
+    tuned.set_row_nll(nll_bare.data());
+    tuned.forward(p.data(), t.data(), tgt_t.data());  // no prefix: what the tokens alone give
+    tuned.attach_lora(LL);
+    tuned.set_lora_params(a.data(), nullptr);
+    tuned.set_row_nll(nll.data());
+    tuned.forward(p.data(), t.data(), tgt_t.data());
+    double worst = 0, apart = 0;
+    for (int64_t i = 0; i + 1 < T; ++i)
+      worst = std::max(worst, std::fabs(nll[size_t(i)] - nll_full[size_t(P + i)])),
+      apart = std::max(apart, std::fabs(nll_bare[size_t(i)] - nll_full[size_t(P + i)]));
+    EXPECT_LT(worst, 2e-5) << arch_name(arch);
+    EXPECT_GT(apart, 1e-2) << arch_name(arch) << ": the prefix must matter";
+
+    // The engine: the prefix written as PEFT files and read back, against the base reading x first.
+    const std::string dir = test::temp_path("prefix_peft");
+    fs::remove_all(dir);
+    const KvPrefix px = to_prefix(LL, a.data());
+    write_prefix_peft(px, c, dir, "tiny");
+    EXPECT_TRUE(is_prefix_adapter(dir));
+    const KvPrefix back = read_prefix_adapter(dir, c);
+    EXPECT_EQ(back.kv, px.kv);
+    const Weights w = weights_view(L, p.data());
+    KernelContext ctx(1);
+    RunOptions ro;
+    ro.n_ctx = 24, ro.max_threads = 1;
+    Model base(w, ro);
+    std::vector<float> lb(size_t((P + T) * c.vocab_size)), lt(size_t(T * c.vocab_size));
+    base.forward_all(ctx, xt.data(), P + T, 0, lb.data());
+    ro.prefix = std::make_shared<KvPrefix>(back);
+    Model with(w, ro);
+    EXPECT_EQ(with.n_ctx(), 24);
+    with.forward_all(ctx, t.data(), 3, 0, lt.data());  // a prefill, then one token at a time
+    for (int64_t i = 3; i < T; ++i) with.forward_all(ctx, &t[size_t(i)], 1, i, lt.data() + i * c.vocab_size);
+    worst = 0;
+    for (int64_t i = 0; i < T * c.vocab_size; ++i)
+      worst = std::max(worst, double(std::fabs(lt[size_t(i)] - lb[size_t(P * c.vocab_size + i)])));
+    EXPECT_LT(worst, 1e-4) << arch_name(arch);
+    std::vector<float> l0(size_t(T * c.vocab_size));
+    base.forward_all(ctx, t.data(), T, 0, l0.data());
+    apart = 0;
+    for (int64_t i = 0; i < T * c.vocab_size; ++i) apart = std::max(apart, double(std::fabs(l0[size_t(i)] - lt[size_t(i)])));
+    EXPECT_GT(apart, 1e-2) << arch_name(arch) << ": the prefix must matter";
+    EXPECT_THROW(with.forward_all(ctx, t.data(), 1, 24, lt.data()), Error);  // past the usable context
+    c.n_layers = 3;
+    EXPECT_THROW(read_prefix_adapter(dir, c), Error);  // an adapter for another model
+    fs::remove_all(dir);
+  }
+}
+
+TEST(PrefixTuning, UnsupportedModelsAndMixturesAreRefused) {
+  ModelConfig c = tiny(Arch::Llama);
+  LoraConfig lc;
+  lc.prefix_len = 2;
+  lc.rank = 4;
+  EXPECT_THROW(LoraLayout(Layout(c), lc), Error);  // LoRA and a prefix in one run
+  lc.rank = 0;
+  c.layer_cfg = sliding_window_layers(c.n_layers, 4, "all");
+  EXPECT_THROW(LoraLayout(Layout(c), lc), Error);
+  const nlohmann::json j = lora_to_json(lc);
+  EXPECT_EQ(lora_from_json(j, "here").prefix_len, 2);
+  EXPECT_THROW(lora_from_json(nlohmann::json{{"prefix_len", 0}}, "here"), Error);
+}
