@@ -180,3 +180,53 @@ TEST_F(LoraCli, AQuantizedBaseTakesTheAdapter) {
   EXPECT_NEAR(q8, merged, 0.02 * merged);
   EXPECT_LT(q8, nll(ppl("-m " + q(dir_ + "/q8.gguf"))) - 0.3);
 }
+
+// Prefix tuning (--prefix-len): trains, resumes bit for bit, exports PEFT's PREFIX_TUNING files,
+// and --prefix-adapter runs them, on the llama2.c model and on its Hugging Face conversion (keys
+// in the other RoPE order); what it cannot be combined with is refused by name.
+TEST_F(LoraCli, PrefixTuningTrainsExportsAndRuns) {
+  const std::string a = dir_ + "/pa", b = dir_ + "/pb";
+  const std::string opts = "--prefix-len 8 --lr 1e-2 --schedule constant --warmup 0";
+  auto r = run_cli(finetune(a, 20, opts));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("prefix tuning: 8 key/value rows per layer"), std::string::npos) << r.err;
+  ASSERT_EQ(run_cli(finetune(b, 10, opts)).code, 0);
+  ASSERT_EQ(run_cli("finetune --resume " + q(b) + " --steps 20").code, 0);
+  EXPECT_TRUE(test::slurp(train::checkpoint_path(a, 20)) == test::slurp(train::checkpoint_path(b, 20)))
+      << "the resumed prefix differs";
+  const auto ck = train::load_checkpoint(train::checkpoint_path(a, 20));
+  EXPECT_EQ(ck.lora.prefix_len, 8);
+  EXPECT_EQ(ck.params.size(), train::LoraLayout(train::Layout(ck.cfg), ck.lora).total);
+
+  ASSERT_EQ(run_cli("export " + q(a) + " -o " + q(dir_ + "/prefix")).code, 0);
+  const auto pc = nlohmann::json::parse(test::slurp(dir_ + "/prefix/adapter_config.json"));
+  EXPECT_EQ(pc["peft_type"], "PREFIX_TUNING");
+  EXPECT_EQ(pc["num_virtual_tokens"], 8);
+  EXPECT_EQ(pc["token_dim"], 32);  // 4 KV heads of 8
+  const auto nll = [](const std::string& line) { return std::stod(line.substr(9)); };
+  const std::string m = "-m " + q(base()) + " --tokenizer " + q(tok());
+  const double tuned = nll(ppl(m + " --prefix-adapter " + q(dir_ + "/prefix")));
+  EXPECT_LT(tuned, nll(ppl(m)) - 0.3);
+  ASSERT_EQ(run_cli("convert " + q(base()) + " " + q(dir_ + "/hfp") + " --tokenizer " + q(tok())).code, 0);
+  EXPECT_NEAR(nll(ppl("-m " + q(dir_ + "/hfp") + " --tokenizer " + q(tok()) + " --prefix-adapter " +
+                      q(dir_ + "/prefix"))),
+              tuned, 1e-4);
+  r = run_cli("generate " + m + " --prefix-adapter " + q(dir_ + "/prefix") + " -p ROMEO -n 8 --temp 0");
+  EXPECT_EQ(r.code, 0) << r.err;
+
+  r = run_cli(finetune(dir_ + "/px1", 2, "--prefix-len 4 --lora-rank 4"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("choose one per run"), std::string::npos) << r.err;
+  r = run_cli("export " + q(a) + " -o " + q(dir_ + "/p.gguf"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("no prefix-tuning adapter format"), std::string::npos) << r.err;
+  r = run_cli("generate " + m + " --lora " + q(dir_ + "/prefix") + " -p hi -n 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--prefix-adapter"), std::string::npos) << r.err;
+  r = run_cli("generate " + m + " --prefix-adapter " + q(dir_ + "/prefix") + " -p hi -n 2 --beams 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("runs one sequence"), std::string::npos) << r.err;
+  r = run_cli("generate -m synthetic:gpt2-tiny --prefix-adapter " + q(dir_ + "/prefix") + " -p hi -n 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("adapter_config.json"), std::string::npos) << r.err;
+}
