@@ -230,3 +230,45 @@ TEST_F(LoraCli, PrefixTuningTrainsExportsAndRuns) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("adapter_config.json"), std::string::npos) << r.err;
 }
+
+// Bottleneck adapters (--adapter-dim): train, resume bit for bit, export as a GGUF adapter file,
+// and --bottleneck-adapter runs them in plain decoding and with beams (the batched forward).
+TEST_F(LoraCli, BottleneckAdaptersTrainExportAndRun) {
+  const std::string a = dir_ + "/ba", b = dir_ + "/bb";
+  const std::string opts = "--adapter-dim 8 --adapter-act gelu --lr 1e-2 --schedule constant --warmup 0";
+  auto r = run_cli(finetune(a, 20, opts));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("bottleneck adapters: width 8, gelu, after attn,ffn"), std::string::npos) << r.err;
+  ASSERT_EQ(run_cli(finetune(b, 10, opts)).code, 0);
+  ASSERT_EQ(run_cli("finetune --resume " + q(b) + " --steps 20").code, 0);
+  EXPECT_TRUE(test::slurp(train::checkpoint_path(a, 20)) == test::slurp(train::checkpoint_path(b, 20)))
+      << "the resumed adapters differ";
+  ASSERT_EQ(run_cli("export " + q(a) + " -o " + q(dir_ + "/bn.gguf")).code, 0);
+  const auto g = gguf::File::open(dir_ + "/bn.gguf");
+  EXPECT_EQ(g->get_string("adapter.type"), "bottleneck");
+  EXPECT_EQ(g->tensor("blk.4.ffn_adapter_down.weight").shape, (std::vector<int64_t>{8, 64}));
+  const auto nll = [](const std::string& line) { return std::stod(line.substr(9)); };
+  const std::string m = "-m " + q(base()) + " --tokenizer " + q(tok());
+  EXPECT_LT(nll(ppl(m + " --bottleneck-adapter " + q(dir_ + "/bn.gguf"))), nll(ppl(m)) - 0.5);
+  r = run_cli("generate " + m + " --bottleneck-adapter " + q(dir_ + "/bn.gguf") + " -p ROMEO -n 8 --beams 2");
+  EXPECT_EQ(r.code, 0) << r.err;
+
+  r = run_cli("export " + q(a) + " -o " + q(dir_ + "/bndir"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("one GGUF file"), std::string::npos) << r.err;
+  r = run_cli("export " + q(a) + " --merge-lora -o " + q(dir_ + "/bm.gguf"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("not linear"), std::string::npos) << r.err;
+  r = run_cli("generate " + m + " --lora " + q(dir_ + "/bn.gguf") + " -p hi -n 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--bottleneck-adapter"), std::string::npos) << r.err;
+  r = run_cli(finetune(dir_ + "/bx", 2, "--adapter-act gelu"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("give --adapter-dim"), std::string::npos) << r.err;
+  r = run_cli(finetune(dir_ + "/bx2", 2, "--adapter-dim 4 --prefix-len 2"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("choose one per run"), std::string::npos) << r.err;
+  r = run_cli("generate -m synthetic:gpt2-tiny --bottleneck-adapter " + q(dir_ + "/bn.gguf") + " -p hi -n 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("bn.gguf"), std::string::npos) << r.err;
+}

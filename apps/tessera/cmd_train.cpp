@@ -217,7 +217,8 @@ enum class Mode { Train, Finetune, Distill, Reward };
 // (distill) with a teacher's distribution as a second target.
 int train_cli(int argc, char** argv, Mode mode) {
   const bool finetune = mode == Mode::Finetune, distill = mode == Mode::Distill, reward = mode == Mode::Reward;
-  CLI::App app{finetune  ? "Fine-tune a model with a LoRA adapter (--init MODEL frozen; only the adapter trains), or "
+  CLI::App app{finetune  ? "Fine-tune a model with an adapter: LoRA, prefix tuning (--prefix-len) or bottleneck adapters "
+                           "(--adapter-dim); --init MODEL frozen, only the adapter trains; or "
                            "--resume DIR."
                : distill ? "Train a student (new, or --init MODEL) on data and a teacher model's distribution (word-level "
                            "knowledge distillation), or --resume DIR."
@@ -238,7 +239,7 @@ int train_cli(int argc, char** argv, Mode mode) {
   std::string resume;
   ShapeArgs sa;
   add_train_options(app, o, sa);
-  std::string targets = "all";
+  std::string targets = "all", adapter_act = "relu", adapter_sites = "attn,ffn";
   if (finetune) {
     o.lora.rank = 8, o.lora.alpha = 16.f, o.sched.lr = 2e-4f, o.sched.min_lr = 2e-5f, o.adam.weight_decay = 0.f;
     app.add_option("--lora-rank", o.lora.rank, "adapter rank r (default 8)")->check(CLI::Range(int64_t(1), int64_t(4096)));
@@ -251,6 +252,14 @@ int train_cli(int argc, char** argv, Mode mode) {
                    "prefix tuning instead of LoRA: P learned key/value rows per layer that every token attends to, "
                    "initialised from the base model's keys and values of the training data's first P tokens")
         ->check(CLI::Range(int64_t(1), int64_t(4096)));
+    app.add_option("--adapter-dim", o.lora.adapter_dim,
+                   "bottleneck adapters instead of LoRA: width m of y + W_up act(W_down y) after each sublayer "
+                   "(Houlsby; W_up starts at zero)")
+        ->check(CLI::Range(int64_t(1), int64_t(65536)));
+    app.add_option("--adapter-act", adapter_act, "bottleneck adapters' activation: relu (default) or gelu")
+        ->check(CLI::IsMember({"relu", "gelu"}));
+    app.add_option("--adapter-sites", adapter_sites,
+                   "where bottleneck adapters go: attn,ffn (default, Houlsby), ffn (Pfeiffer) or attn");
   }
   if (distill) {
     app.add_option("--teacher", o.kd.teacher, "the teacher model (any format and type the engine loads)");
@@ -278,10 +287,18 @@ int train_cli(int argc, char** argv, Mode mode) {
   o.reward = reward;
   if (finetune) {
     if (o.init_model.empty()) fail("tessera finetune: --init MODEL is required (the base model to adapt)");
-    if (o.lora.prefix()) {
+    if (!o.lora.bottleneck() && (app.count("--adapter-act") || app.count("--adapter-sites")))
+      fail("--adapter-act / --adapter-sites set bottleneck adapters: give --adapter-dim too");
+    if (o.lora.prefix() && o.lora.bottleneck())
+      fail("--prefix-len and --adapter-dim are separate adapters; choose one per run");
+    if (o.lora.prefix() || o.lora.bottleneck()) {
       for (const char* f : {"--lora-rank", "--lora-alpha", "--lora-dropout", "--lora-targets"})
-        if (app.count(f)) fail(f, ": prefix tuning (--prefix-len) and LoRA are separate adapters; choose one per run");
+        if (app.count(f))
+          fail(f, ": ", o.lora.prefix() ? "prefix tuning (--prefix-len)" : "bottleneck adapters (--adapter-dim)",
+               " and LoRA are separate adapters; choose one per run");
       o.lora.rank = 0, o.lora.alpha = 0.f;
+      o.lora.adapter_gelu = adapter_act == "gelu";
+      if (o.lora.bottleneck()) o.lora.adapter_sites = train::parse_adapter_sites(adapter_sites);
     } else {
       o.lora.targets = train::parse_lora_targets(targets);
     }
@@ -434,6 +451,18 @@ int cmd_export(int argc, char** argv) {
     write_prefix_peft(train::to_prefix(LL, ck.params.data()), ck.cfg, out, ck.extra.value("init_model", std::string()));
     std::fprintf(stderr, "export: prefix of %s (step %lld, %lld positions x %lld layers) -> %s (PEFT PREFIX_TUNING)\n",
                  path.c_str(), (long long)ck.step, (long long)ck.lora.prefix_len, (long long)ck.cfg.n_layers, out.c_str());
+    return 0;
+  }
+  if (ck.lora.bottleneck()) {  // bottleneck adapters: a GGUF adapter file (nothing to merge: they are non-linear)
+    if (merge) fail("--merge-lora: ", path, " holds bottleneck adapters, which are not linear; run them with --bottleneck-adapter");
+    if (!type_name.empty()) fail("--type: an adapter is written in f32");
+    if (!(out.size() > 5 && out.compare(out.size() - 5, 5, ".gguf") == 0))
+      fail("-o ", out, ": bottleneck adapters are written as one GGUF file (name it FILE.gguf)");
+    const train::LoraLayout LL(L, ck.lora);
+    write_bottleneck_gguf(train::to_bottleneck(LL, ck.params.data()), ck.cfg, out);
+    std::fprintf(stderr, "export: bottleneck adapters of %s (step %lld, width %lld, %s) -> %s\n", path.c_str(),
+                 (long long)ck.step, (long long)ck.lora.adapter_dim,
+                 train::adapter_sites_string(ck.lora.adapter_sites).c_str(), out.c_str());
     return 0;
   }
   if (ck.lora.enabled() && !merge) {  // the adapter itself

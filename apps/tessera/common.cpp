@@ -48,6 +48,9 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("--prefix-adapter", a.prefix_adapter,
                  "prefix-tuning adapter DIR (PEFT PREFIX_TUNING, as 'tessera export' writes for a --prefix-len run): "
                  "its key/value rows precede every sequence (single-sequence generation and perplexity)");
+  app.add_option("--bottleneck-adapter", a.bottleneck_adapter,
+                 "bottleneck adapters FILE.gguf (as 'tessera export' writes for an --adapter-dim run), run after "
+                 "each adapted sublayer");
 }
 
 void add_sampling_options(CLI::App& app, SamplerParams& sp, int64_t& seed) {
@@ -95,6 +98,11 @@ Loaded load(const ModelArgs& a) {
   ro.own_cache = a.own_cache;
   ro.mtp_draft = a.mtp_draft;
   ro.kv_type = *dtype_from_name(a.kv_type);
+  if (!a.bottleneck_adapter.empty()) {
+    ro.bottleneck = std::make_shared<BottleneckAdapter>(read_bottleneck_adapter(a.bottleneck_adapter, cfg));
+    std::fprintf(stderr, "tessera: bottleneck adapters %s: width %lld, %s\n", a.bottleneck_adapter.c_str(),
+                 (long long)ro.bottleneck->dim, ro.bottleneck->gelu ? "gelu" : "relu");
+  }
   if (!a.prefix_adapter.empty()) {
     ro.prefix = std::make_shared<KvPrefix>(read_prefix_adapter(a.prefix_adapter, cfg));
     std::fprintf(stderr, "tessera: prefix adapter %s: %lld positions x %lld layers\n", a.prefix_adapter.c_str(),

@@ -34,6 +34,7 @@ struct ModelArgs {
   bool mtp_draft = false;    // run the first MTP module beside the model (RunOptions::mtp_draft)
   std::vector<std::string> lora;  // --lora FILE[:SCALE]: adapters merged into the weights at load
   std::string prefix_adapter;     // --prefix-adapter DIR: a prefix-tuning adapter (PEFT) in the KV cache
+  std::string bottleneck_adapter;  // --bottleneck-adapter FILE: bottleneck adapters run in every block
 };
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);

@@ -247,6 +247,8 @@ LoraAdapter read_lora_adapter(const std::string& path, const ModelConfig& c) {
   if (read_file_prefix(path, 4) != "GGUF")
     fail(path, ": not a LoRA adapter (expected a GGUF LoRA file or a PEFT directory with adapter_config.json)");
   const auto f = gguf::File::open(path);
+  if (f->get_string_or("adapter.type", "") == "bottleneck")
+    fail(path, ": a bottleneck adapter (adapter.type bottleneck): pass it with --bottleneck-adapter");
   if (f->get_string_or("general.type", "") != "adapter" || f->get_string_or("adapter.type", "") != "lora")
     fail(path, ": not a LoRA adapter (general.type must be 'adapter' and adapter.type 'lora')");
   const std::string arch = f->get_string_or("general.architecture", "");
@@ -437,6 +439,87 @@ KvPrefix read_prefix_adapter(const std::string& dir, const ModelConfig& c) {
     if (!std::isfinite(x)) fail(st_path, ": prompt_embeddings holds a non-finite value");
   permute_keys(px, c, ops::RopeStyle::HalfSplit, c.rope_style);
   return px;
+}
+
+// GGUF: general.type "adapter", adapter.type "bottleneck", adapter.bottleneck.dim,
+// adapter.bottleneck.activation ("relu" / "gelu"), f32 tensors
+// "blk.N.{attn,ffn}_adapter_{down,up}.{weight,bias}" (down (m, C), up (C, m)).
+void write_bottleneck_gguf(const BottleneckAdapter& ad, const ModelConfig& c, const std::string& path) {
+  gguf::Writer g;
+  g.set_string("general.architecture", gguf_arch_name(c));
+  g.set_string("general.type", "adapter");
+  g.set_string("general.name", "tessera bottleneck adapter");
+  g.set_string("adapter.type", "bottleneck");
+  g.set_u32("adapter.bottleneck.dim", uint32_t(ad.dim));
+  g.set_string("adapter.bottleneck.activation", ad.gelu ? "gelu" : "relu");
+  const int64_t m = ad.dim, C = c.dim;
+  for (size_t l = 0; l < ad.layers.size(); ++l)
+    for (int s = 0; s < 2; ++s) {
+      const auto& a = ad.layers[l][size_t(s)];
+      if (a.down.empty()) continue;
+      const std::string b = "blk." + std::to_string(l) + (s ? ".ffn_adapter_" : ".attn_adapter_");
+      g.add_tensor(b + "down.weight", make_view(DType::F32, {m, C}, a.down.data()));
+      g.add_tensor(b + "down.bias", make_view(DType::F32, {m}, a.down_b.data()));
+      g.add_tensor(b + "up.weight", make_view(DType::F32, {C, m}, a.up.data()));
+      g.add_tensor(b + "up.bias", make_view(DType::F32, {C}, a.up_b.data()));
+    }
+  g.write(path);
+}
+
+BottleneckAdapter read_bottleneck_adapter(const std::string& path, const ModelConfig& c) {
+  if (!fs::exists(path)) fail(path, ": no such adapter file");
+  if (read_file_prefix(path, 4) != "GGUF") fail(path, ": not a GGUF file (a bottleneck adapter is one)");
+  const auto f = gguf::File::open(path);
+  if (f->get_string_or("general.type", "") != "adapter" || f->get_string_or("adapter.type", "") != "bottleneck")
+    fail(path, ": not a bottleneck adapter (general.type must be 'adapter' and adapter.type 'bottleneck')");
+  const std::string arch = f->get_string_or("general.architecture", "");
+  if (arch != gguf_arch_name(c))
+    fail(path, ": adapter for a '", arch, "' model; this model is '", gguf_arch_name(c), "'");
+  BottleneckAdapter ad;
+  ad.dim = f->get_int_or("adapter.bottleneck.dim", 0);
+  const std::string act = f->get_string_or("adapter.bottleneck.activation", "");
+  if (act != "relu" && act != "gelu") fail(path, ": adapter.bottleneck.activation '", act, "' is not relu or gelu");
+  ad.gelu = act == "gelu";
+  if (ad.dim <= 0) fail(path, ": adapter.bottleneck.dim must be positive, got ", ad.dim);
+  ad.layers.resize(size_t(c.n_layers));
+  const int64_t m = ad.dim, C = c.dim;
+  for (const auto& t : f->tensors()) {
+    const std::string& n = t.name;
+    int64_t layer = -1;
+    size_t d1 = std::string::npos;
+    if (n.rfind("blk.", 0) == 0) {
+      d1 = n.find('.', 4);
+      try {
+        layer = std::stoll(n.substr(4, d1 - 4));
+      } catch (...) {
+      }
+    }
+    const std::string rest = d1 == std::string::npos ? "" : n.substr(d1 + 1);
+    const int site = rest.rfind("attn_adapter_", 0) == 0 ? 0 : rest.rfind("ffn_adapter_", 0) == 0 ? 1 : -1;
+    if (layer < 0 || layer >= c.n_layers || site < 0)
+      fail(path, ": tensor ", n, ": not blk.N.attn_adapter_* / ffn_adapter_* of a layer of this ", c.n_layers, "-layer model");
+    const std::string part = rest.substr(site == 0 ? 13 : 12);
+    auto& a = ad.layers[size_t(layer)][size_t(site)];
+    std::vector<float>* dst = part == "down.weight" ? &a.down : part == "down.bias" ? &a.down_b
+                              : part == "up.weight" ? &a.up : part == "up.bias" ? &a.up_b : nullptr;
+    const int64_t want = part == "down.weight" || part == "up.weight" ? m * C : part == "down.bias" ? m : C;
+    if (!dst) fail(path, ": tensor ", n, ": expected down/up .weight/.bias");
+    if (t.view.numel() != want) fail(path, ": tensor ", n, ": ", t.view.numel(), " values, expected ", want);
+    *dst = to_f32(t.view);
+  }
+  int64_t sites = 0;
+  for (size_t l = 0; l < ad.layers.size(); ++l)
+    for (int s = 0; s < 2; ++s) {
+      const auto& a = ad.layers[l][size_t(s)];
+      const int have = !a.down.empty() + !a.down_b.empty() + !a.up.empty() + !a.up_b.empty();
+      if (have != 0 && have != 4) fail(path, ": layer ", l, " ", s ? "ffn" : "attn", " adapter lacks a tensor");
+      sites += have == 4;
+      for (const auto* v : {&a.down, &a.down_b, &a.up, &a.up_b})
+        for (float x : *v)
+          if (!std::isfinite(x)) fail(path, ": layer ", l, ": a non-finite value");
+    }
+  if (sites == 0) fail(path, ": no adapter tensors");
+  return ad;
 }
 
 }  // namespace tessera

@@ -56,6 +56,13 @@ void write_prefix_peft(const KvPrefix& px, const ModelConfig& c, const std::stri
 // Error naming the file and field when it is not such an adapter or does not fit model c.
 KvPrefix read_prefix_adapter(const std::string& dir, const ModelConfig& c);
 
+// Bottleneck adapters (model/model.h BottleneckAdapter) as a GGUF file: general.type "adapter",
+// adapter.type "bottleneck", adapter.bottleneck.dim / .activation, f32 tensors
+// "blk.N.{attn,ffn}_adapter_{down,up}.{weight,bias}". (No peer format: PEFT has no
+// Houlsby adapters, AdapterHub stores pickles.) Reading: Error naming the file and tensor.
+void write_bottleneck_gguf(const BottleneckAdapter& ad, const ModelConfig& c, const std::string& path);
+BottleneckAdapter read_bottleneck_adapter(const std::string& path, const ModelConfig& c);
+
 // "FILE" or "FILE:SCALE" (--lora); scale 1 when absent. Error naming the value.
 std::pair<std::string, float> parse_lora_arg(const std::string& arg);
 

@@ -43,6 +43,9 @@ bool Model::decodes_as_team(const KernelContext& ctx) const {
                   ok(expert_matrix(L.down_exps, 0)) && (L.up_sh.empty() || (ok(L.gate_sh) && ok(L.up_sh) && ok(L.down_sh)))
             : ok(L.w_up) && ok(L.w_down) && (!llama || ok(L.w_gate));
     if (!attn || !ffn || !ok(L.wo)) return false;
+    if (!bn_views_.empty())
+      for (const BnViews& v : bn_views_[size_t(l)])
+        if (!v.down.empty() && !(ok(v.down) && ok(v.up))) return false;
   }
   return ok(w_.output);
 }

@@ -43,6 +43,7 @@ struct Model::RegionExec {
   int64_t n;  // rows
 
   int64_t n_rows() const { return n; }
+  Isa isa() const { return ctx.isa; }
   float* x() const { return m.a_.x; }   // (n, C)
   float* xn() const { return m.a_.xb; }  // (n, C)
   void rmsnorm(const TensorView& g) {
@@ -112,6 +113,7 @@ struct Model::TeamExec {
   float* hs;   // (H) this thread's FFN activation
 
   int64_t n_rows() const { return 1; }
+  Isa isa() const { return tt.isa; }
   float* x() const { return xp; }
   float* xn() const { return xbp; }
   void rmsnorm(const TensorView& g) {
@@ -160,5 +162,22 @@ struct Model::TeamExec {
     tt.barrier();
   }
 };
+
+template <class Ex>
+void Model::bottleneck(Ex& ex, int64_t l, int s) {
+  if (bn_views_.empty()) return;
+  const BnViews& b = bn_views_[size_t(l)][size_t(s)];
+  if (b.down.empty()) return;
+  const int64_t C = w_.cfg.dim, m = bn_->dim;
+  const bool gelu = bn_->gelu;
+  ex.matmul(a_.xb, {{&b.down, a_.bn_h, &b.down_b}});  // (m)
+  const Isa isa = ex.isa();
+  ex.rows([&](int64_t t) {
+    if (gelu) ops::gelu(isa, a_.bn_h + t * m, m);
+    else ops::relu(a_.bn_h + t * m, m);
+  });
+  ex.matmul(a_.bn_h, {{&b.up, a_.bn_o, &b.up_b}});  // (C)
+  ex.rows([&](int64_t t) { ops::add(a_.xb + t * C, a_.bn_o + t * C, C); });
+}
 
 }  // namespace tessera

@@ -16,6 +16,7 @@ void Model::gpt2_layer(Ex& ex, int64_t l) {
   ex.matmul(in, {{&L.wqkv, a_.q, &L.bqkv}});                      // (3C): q | k | v per row
   ex.attention(l, a_.q, a_.q + C, a_.q + 2 * C, 3 * C, 3 * C);   // -> a_.att (C)
   ex.matmul(a_.att, {{&L.wo, a_.xb, &L.bo}});
+  bottleneck(ex, l, 0);
   ex.residual(a_.xb);
   if (post) ex.layernorm_x(L.attn_norm, L.attn_norm_b);
   if (!post) ex.layernorm(L.ffn_norm, L.ffn_norm_b);
@@ -23,6 +24,7 @@ void Model::gpt2_layer(Ex& ex, int64_t l) {
   ex.matmul(in, {{&L.w_up, a_.hb, &L.b_up}});  // (H)
   const float* h = ex.ungated(a_.hb);
   ex.matmul(h, {{&L.w_down, a_.xb, &L.b_down}});  // (C)
+  bottleneck(ex, l, 1);
   ex.residual(a_.xb);
   if (post) ex.layernorm_x(L.ffn_norm, L.ffn_norm_b);
 }

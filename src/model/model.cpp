@@ -72,7 +72,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
                            c.mla() && max_batch_ >= kMlaExpandRows
                                ? n_ctx_ * (c.mla_kv_lora + c.head_dim - c.mla_rope + c.mla_v_dim + c.head_dim)
                                : 0,
-                           mtp_ ? 2 * B * C : 0};
+                           mtp_ ? 2 * B * C : 0, opt.bottleneck ? B * opt.bottleneck->dim : 0,
+                           opt.bottleneck ? B * C : 0};
   size_t total = 0;
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
@@ -85,7 +86,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
   float** slots[] = {&a_.x,      &a_.xb,     &a_.q,     &a_.k,     &a_.v,     &a_.att,    &a_.hb,
                      &a_.hb2,    &a_.scores, &a_.logits, &a_.kv32, &a_.router, &a_.moe_w, &a_.moe_x,
                      &a_.moe_g,  &a_.moe_u,  &a_.moe_d, &a_.moe_s, &a_.mla_q, &a_.mla_kva,
-                     &a_.mla_qa, &a_.mla_w32, &a_.mla_att, &a_.mla_exp, &a_.mtp_cat};
+                     &a_.mla_qa, &a_.mla_w32, &a_.mla_att, &a_.mla_exp, &a_.mtp_cat, &a_.bn_h,
+                     &a_.bn_o};
   for (size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = p;
     p += size_t(sizes[i] + 15) / 16 * 16;
@@ -114,6 +116,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
     team_part_.assign(size_t(2 * c.n_heads * max_threads_ * (c.cache_v_dim() + 1)), 0.f);
   }
   if (c.mla()) prepare_mla();  // the absorbed products' matrices (model/mla.cpp)
+  if (opt.bottleneck) set_bottleneck(opt.bottleneck);
   if (opt.own_cache) {
     own_ = std::make_unique<KVCache>(make_cache(own_blocks));
     own_->add_seq();
@@ -121,6 +124,29 @@ Model::Model(const Weights& w, const RunOptions& opt)
     own_pos_.resize(size_t(max_batch_));
     own_seq_.assign(size_t(max_batch_), 0);
   }
+}
+
+void Model::set_bottleneck(std::shared_ptr<const BottleneckAdapter> ad) {
+  const auto& c = w_.cfg;
+  const int64_t m = ad->dim, C = c.dim;
+  if (m <= 0 || int64_t(ad->layers.size()) != c.n_layers)
+    fail("bottleneck adapter: ", ad->layers.size(), " layers of width ", m, "; this model has ", c.n_layers, " layers");
+  bn_views_.resize(size_t(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    for (int s = 0; s < 2; ++s) {
+      const auto& a = ad->layers[size_t(l)][size_t(s)];
+      if (a.down.empty()) continue;
+      if (int64_t(a.down.size()) != m * C || int64_t(a.down_b.size()) != m || int64_t(a.up.size()) != C * m ||
+          int64_t(a.up_b.size()) != C)
+        fail("bottleneck adapter: layer ", l, " ", s ? "ffn" : "attn", ": shapes do not fit width ", m, " and dim ", C);
+      if (s == 0 ? c.mla() : c.moe_layer(l))
+        fail("bottleneck adapter: layer ", l, ": no adapter on ", s ? "a mixture-of-experts feed-forward" : "latent attention");
+      if (c.post_norms) fail("bottleneck adapter: models with sandwich norms (Gemma 2) are not supported");
+      BnViews& v = bn_views_[size_t(l)][size_t(s)];
+      v.down = make_view(DType::F32, {m, C}, a.down.data()), v.down_b = make_view(DType::F32, {m}, a.down_b.data());
+      v.up = make_view(DType::F32, {C, m}, a.up.data()), v.up_b = make_view(DType::F32, {C}, a.up_b.data());
+    }
+  bn_ = std::move(ad);
 }
 
 KVCache Model::make_cache(int64_t n_blocks) const {

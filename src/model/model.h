@@ -10,6 +10,7 @@
 // own cache.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -34,6 +35,18 @@ struct KvPrefix {
   const float* v(int64_t l) const { return k(l) + len * kv_dim; }
 };
 
+// Bottleneck adapters (train/lora.h LoraConfig::adapter_dim; formats/lora_adapter.h): after a
+// layer's attention output projection (site 0) and its feed-forward (site 1),
+// y <- y + up act(down y + down_b) + up_b.
+struct BottleneckAdapter {
+  int64_t dim = 0;    // bottleneck width m
+  bool gelu = false;  // activation: GELU (tanh), else ReLU
+  struct Site {
+    std::vector<float> down, down_b, up, up_b;  // (m, C), (m), (C, m), (C); empty: no adapter here
+  };
+  std::vector<std::array<Site, 2>> layers;  // [attention, feed-forward] per layer
+};
+
 struct RunOptions {
   int64_t n_ctx = 0;        // KV cache positions; 0 = the model's max_seq_len
   int64_t max_batch = 256;  // tokens per internal forward chunk
@@ -54,6 +67,7 @@ struct RunOptions {
   // A prefix adapter in the own cache's sequence (single-sequence forward only): the tokens'
   // positions start at its length. n_ctx counts the tokens (the cache holds n_ctx + len).
   std::shared_ptr<const KvPrefix> prefix;
+  std::shared_ptr<const BottleneckAdapter> bottleneck;  // applied in every forward
 };
 
 class Model {
@@ -122,6 +136,8 @@ class Model {
     float* kv32;    // one sequence's keys (then values) of a layer as contiguous f32 for the prefill GEMMs, (2, n_ctx, cache_kv_dim)
     float* logits;  // (B, V)
     float* mtp_cat; // (B, 2C) [enorm(embedding); hnorm(previous hidden state)] (mtp_draft)
+    float* bn_h;    // (B, m) a bottleneck adapter's activation
+    float* bn_o;    // (B, C) its output
   };
   // The first MTP module over the rows with pos >= 1 of a chunk whose final hidden states are
   // in the cache: the module at position pos - 1 on (hidden(pos - 1), token); its output in a_.x.
@@ -161,6 +177,16 @@ class Model {
   void mla_attention(Ex& ex, int64_t l, const float* in);
   template <class Ex>
   void post_norm(Ex& ex, const TensorView& g);  // a_.xb <- rmsnorm(a_.xb, g) (Gemma 2's sandwich norms)
+  // RunOptions::bottleneck: a_.xb (a sublayer's output) += up act(down a_.xb + down_b) + up_b, for
+  // layer l's site s (0 attention, 1 feed-forward); nothing without an adapter there (model/exec.h).
+  template <class Ex>
+  void bottleneck(Ex& ex, int64_t l, int s);
+  struct BnViews {
+    TensorView down, down_b, up, up_b;  // empty: no adapter at this site
+  };
+  std::shared_ptr<const BottleneckAdapter> bn_;
+  void set_bottleneck(std::shared_ptr<const BottleneckAdapter> ad);  // Error when it does not fit
+  std::vector<std::array<BnViews, 2>> bn_views_;  // per layer: attention, feed-forward
   void moe_rows(KernelContext& ctx, int64_t l, const float* xn, int64_t n);
   // Hash routing (model/moe_hash.h) of the chunk's row t: its k experts and weights.
   void moe_hash_row(int64_t t, int32_t* sel, float* w) const;

@@ -48,14 +48,41 @@ std::string lora_targets_string(uint32_t targets) {
   return s;
 }
 
+uint32_t parse_adapter_sites(const std::string& list) {
+  uint32_t t = 0;
+  std::stringstream ss(list);
+  for (std::string name; std::getline(ss, name, ',');) {
+    if (name == "attn") t |= 1u;
+    else if (name == "ffn") t |= 2u;
+    else if (!name.empty()) fail("--adapter-sites: unknown site '", name, "' (choose from attn, ffn)");
+  }
+  if (t == 0) fail("--adapter-sites: no site given");
+  return t;
+}
+
+std::string adapter_sites_string(uint32_t sites) {
+  return sites == 3 ? "attn,ffn" : sites == 1 ? "attn" : sites == 2 ? "ffn" : "";
+}
+
 nlohmann::json lora_to_json(const LoraConfig& c) {
   if (c.prefix()) return {{"prefix_len", c.prefix_len}};
+  if (c.bottleneck())
+    return {{"adapter_dim", c.adapter_dim},
+            {"adapter_act", c.adapter_gelu ? "gelu" : "relu"},
+            {"adapter_sites", adapter_sites_string(c.adapter_sites)}};
   return {{"rank", c.rank}, {"alpha", c.alpha}, {"dropout", c.dropout}, {"targets", lora_targets_string(c.targets)}};
 }
 
 LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where) {
   LoraConfig c;
   try {
+    if (j.contains("adapter_dim")) {
+      c.adapter_dim = j.at("adapter_dim");
+      c.adapter_gelu = j.at("adapter_act").get<std::string>() == "gelu";
+      c.adapter_sites = parse_adapter_sites(j.at("adapter_sites").get<std::string>());
+      if (c.adapter_dim <= 0) fail(where, ": adapter_dim must be positive, got ", c.adapter_dim);
+      return c;
+    }
     if (j.contains("prefix_len")) {
       c.prefix_len = j.at("prefix_len");
       if (c.prefix_len <= 0) fail(where, ": prefix_len must be positive, got ", c.prefix_len);
@@ -72,6 +99,35 @@ LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where) {
 
 LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg), lora(lc) {
   const ModelConfig& c = cfg;
+  if (lc.bottleneck()) {
+    if (lc.rank > 0 || lc.prefix()) fail("--adapter-dim: bottleneck adapters, LoRA and prefix tuning are separate adapters; choose one per run");
+    if (c.mtp_depth > 0) fail("--adapter-dim: multi-token prediction modules are not supported with adapters");
+    if (c.post_norms) fail("--adapter-dim: models with sandwich norms (Gemma 2) are not supported");
+    const int64_t m = lc.adapter_dim, C = c.dim;
+    auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+      ParamInfo p;
+      p.name = name, p.shape = shape, p.numel = size_t(shape[0] * (shape.size() > 1 ? shape[1] : 1));
+      p.matrix = shape.size() > 1;
+      p.offset = (total + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
+      total = p.offset + p.numel, n_params += p.numel;
+      tensors.push_back(p);
+      return p.offset;
+    };
+    bottleneck.resize(size_t(c.n_layers));
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      for (int s = 0; s < 2; ++s) {
+        if (!((lc.adapter_sites >> s) & 1u)) continue;
+        if (s == 1 && c.moe_layer(l)) continue;  // mixture-of-experts layers: the attention site only
+        if (s == 0 && c.mla()) fail("--adapter-dim: latent attention (MLA) is not supported");
+        const std::string b = "blk." + std::to_string(l) + (s == 0 ? ".attn_adapter_" : ".ffn_adapter_");
+        Bottleneck& bn = bottleneck[size_t(l)][size_t(s)];
+        bn.down = add(b + "down.weight", {m, C}), bn.down_b = add(b + "down.bias", {m});
+        bn.up = add(b + "up.weight", {C, m}), bn.up_b = add(b + "up.bias", {C});
+      }
+    layers.resize(size_t(c.n_layers));
+    if (tensors.empty()) fail("--adapter-sites: no site given");
+    return;
+  }
   if (lc.prefix()) {
     if (lc.rank > 0) fail("--prefix-len: prefix tuning and LoRA are separate adapters; choose one per run");
     for (int64_t l = 0; l < c.n_layers; ++l)
@@ -151,12 +207,13 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
 }
 
 void init_lora(const LoraLayout& LL, float* a, uint64_t seed) {
-  const double sd = 1.0 / double(LL.lora.rank);
   uint64_t s = splitmix64(seed ^ 0x10a10a10a10aull);
   auto u01 = [&] { return (double((s = splitmix64(s)) >> 11) + 0.5) * (1.0 / 9007199254740992.0); };
   for (size_t i = 0; i < LL.total; ++i) a[i] = 0.f;
   for (const auto& t : LL.tensors) {
-    if (t.name.back() != 'a') continue;  // ".lora_b" and prefix rows stay zero
+    const bool down = t.name.size() > 19 && t.name.compare(t.name.size() - 19, 19, "adapter_down.weight") == 0;
+    if (t.name.back() != 'a' && !down) continue;  // ".lora_b", prefix rows, adapters' up and biases stay zero
+    const double sd = down ? 1.0 / std::sqrt(double(LL.cfg.dim)) : 1.0 / double(LL.lora.rank);
     float* d = a + t.offset;
     for (size_t i = 0; i < t.numel; i += 2) {  // Box-Muller
       const double r = std::sqrt(-2.0 * std::log(u01())), th = 2 * M_PI * u01();
@@ -214,6 +271,22 @@ KvPrefix to_prefix(const LoraLayout& LL, const float* a) {
     std::copy(a + LL.prefix[l].second, a + LL.prefix[l].second + n, px.kv.begin() + long((2 * l + 1) * n));
   }
   return px;
+}
+
+BottleneckAdapter to_bottleneck(const LoraLayout& LL, const float* a) {
+  BottleneckAdapter ad;
+  ad.dim = LL.lora.adapter_dim, ad.gelu = LL.lora.adapter_gelu;
+  const int64_t m = ad.dim, C = LL.cfg.dim;
+  ad.layers.resize(LL.bottleneck.size());
+  for (size_t l = 0; l < LL.bottleneck.size(); ++l)
+    for (size_t s = 0; s < 2; ++s) {
+      const auto& b = LL.bottleneck[l][s];
+      if (b.down == kAbsent) continue;
+      auto& d = ad.layers[l][s];
+      d.down.assign(a + b.down, a + b.down + m * C), d.down_b.assign(a + b.down_b, a + b.down_b + m);
+      d.up.assign(a + b.up, a + b.up + C * m), d.up_b.assign(a + b.up_b, a + b.up_b + C);
+    }
+  return ad;
 }
 
 }  // namespace tessera::train

@@ -378,6 +378,15 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                  (long long)o_.lora.prefix_len, double(lora_->n_params) / 1e6,
                  100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
                  double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
+  } else if (lora_ && lora_->lora.bottleneck()) {
+    const double mb = 1.0 / (1 << 20);
+    std::fprintf(log_,
+                 "bottleneck adapters: width %lld, %s, after %s: %.3fM trainable params (%.2f%% of the base)\n"
+                 "memory: base %.1f MiB (frozen f32), adapters + gradient + Adam %.1f MiB, activations %.1f MiB\n",
+                 (long long)o_.lora.adapter_dim, o_.lora.adapter_gelu ? "gelu" : "relu",
+                 adapter_sites_string(o_.lora.adapter_sites).c_str(), double(lora_->n_params) / 1e6,
+                 100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
+                 double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
   } else if (lora_) {
     const double mb = 1.0 / (1 << 20);
     std::fprintf(log_,

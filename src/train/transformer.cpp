@@ -189,145 +189,6 @@ void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const
   blk::linear_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
 }
 
-template <class T>
-void Transformer<T>::attach_lora(const LoraLayout& LL) {
-  if (LL.cfg.n_layers != c_.n_layers || LL.cfg.dim != c_.dim) fail("internal: LoRA layout of another model");
-  lora_ = &LL;
-  const int64_t r = LL.lora.rank;
-  int64_t max_in = 0, max_out = 0;
-  for (const auto& layer : LL.layers)
-    for (const auto& st : layer)
-      if (st.a != kAbsent) max_in = std::max(max_in, st.in), max_out = std::max(max_out, st.out);
-  require_memory(double(sizeof(T)) * double(N_) * double(r) * double(c_.n_layers * kLoraSites),
-                 "LoRA rank " + std::to_string(r) + ": the adapters' activations need", "lower --lora-rank or --batch");
-  lora_acts_.assign(size_t(N_ * r * c_.n_layers * kLoraSites), T(0));
-  const bool gemm = std::is_same_v<T, float> && (f32_ || bf16_);
-  lora_y_.assign(gemm ? 0 : size_t(N_ * max_out), T(0));  // the reference path's Y scratch
-  lora_x_.assign(LL.lora.dropout > 0.f ? size_t(N_ * max_in) : 0, T(0));
-  lora_du_.assign(size_t(N_ * r), T(0));
-  if (LL.lora.prefix()) {  // prefix tuning: the tokens sit at positions P, P + 1, ...
-    const int64_t P = LL.lora.prefix_len;
-    if (T_ + P > c_.max_seq_len)
-      fail("--prefix-len ", P, " + --seq ", T_, " exceeds the model's context (max_seq_len ", c_.max_seq_len, ")");
-    if (c_.arch != Arch::GPT2) {
-      const int64_t half = c_.head_dim / 2;
-      std::vector<float> cs(size_t((T_ + P) * half)), sn(cs.size());
-      ops::rope_tables(cs.data(), sn.data(), T_ + P, c_.head_dim, c_.rope_theta, c_.rope_freq_div());
-      cos_.assign(cs.begin() + P * half, cs.end()), sin_.assign(sn.begin() + P * half, sn.end());
-    }
-    attn_scratch_.resize(size_t(omp_get_max_threads() * blk::attention_scratch(std::max(T_, P))));
-    delta_.assign(size_t(B_ * c_.n_heads * T_), T(0));
-  }
-}
-
-template <class T>
-std::pair<const T*, const T*> Transformer<T>::layer_kv(int64_t l, int64_t* stride) const {
-  if (o_.recompute) fail("internal: layer_kv in recompute mode");
-  const LayerActs& a = layers_[size_t(l)];
-  *stride = c_.arch == Arch::GPT2 ? 3 * c_.dim : c_.kv_dim();
-  return {a.k, a.v};
-}
-
-template <class T>
-void Transformer<T>::prefix_fwd(int64_t l, LayerActs& a) {
-  if (!prefix_on()) return;
-  const auto& [k, v] = lora_->prefix[size_t(l)];
-  blk::prefix_attention_fwd(a.att, a.lse, a.q, la_ + k, la_ + v, lora_->lora.prefix_len, attn_shape(l),
-                            attn_scratch_.data());
-}
-
-template <class T>
-const T* Transformer<T>::attn_delta(int64_t l, LayerActs& a) {
-  if (!prefix_on()) return nullptr;
-  blk::attention_delta(delta_.data(), datt_, a.att, attn_shape(l));
-  return delta_.data();
-}
-
-template <class T>
-void Transformer<T>::prefix_bwd(int64_t l, LayerActs& a) {
-  if (!prefix_on()) return;
-  const auto& [k, v] = lora_->prefix[size_t(l)];
-  blk::prefix_attention_bwd(dq_, lga_ + k, lga_ + v, datt_, a.lse, delta_.data(), a.q, la_ + k, la_ + v,
-                            lora_->lora.prefix_len, attn_shape(l), attn_scratch_.data());
-}
-
-// The adapter's products (f32 weights, never the bf16 copy): on our GEMM where a run has one
-// (OpenBLAS threads beside OpenMP's would spin against each other), else the reference.
-// accumulate: Y += X W^T.
-template <class T>
-void Transformer<T>::small_fwd(T* Y, const T* X, const T* W, int64_t N, int64_t I, int64_t O, bool accumulate) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (f32_ || bf16_)
-      return blk::linear_fwd_gemm(gemm_ctx(), Y, X, W, nullptr, nullptr, N, I, O, true, nullptr, accumulate);
-  }
-  if (!accumulate) return blk::linear_fwd(Y, X, W, (const T*)nullptr, N, I, O);
-  T* z = lora_y_.data();
-  blk::linear_fwd(z, X, W, (const T*)nullptr, N, I, O);
-  for (int64_t i = 0; i < N * O; ++i) Y[i] += z[i];
-}
-
-template <class T>
-void Transformer<T>::small_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
-                               bool accumulate) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (f32_ || bf16_) {
-      blk::LinearBwdOptions o;
-      o.accumulate = accumulate, o.dw_accumulate = true, o.f32 = true;
-      return blk::linear_bwd_gemm(gemm_ctx(), dX, dW, nullptr, dY, X, W, nullptr, N, I, O, o);
-    }
-  }
-  blk::linear_bwd(dX, dW, (T*)nullptr, dY, X, W, N, I, O, accumulate, true);
-}
-
-template <class T>
-const T* Transformer<T>::lora_input(int64_t l, LoraSite s, const T* X, int64_t I) {
-  if (lora_key_ == 0) return X;
-  std::copy(X, X + N_ * I, lora_x_.data());
-  blk::dropout(lora_x_.data(), N_ * I, lora_->lora.dropout, lora_key_ ^ (uint64_t(l + 1) * 0x2545f4914f6cdd1dull + uint64_t(s)));
-  return lora_x_.data();
-}
-
-// Y = X W^T + b, then Y += Us B^T with Us = (alpha / r) X A^T (N, r) saved.
-template <class T>
-void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T* W, const T* b, int64_t N,
-                               int64_t I, int64_t O) {
-  lin_fwd(Y, X, W, b, N, I, O);
-  if (!lora_ || !lora_on_) return;
-  const auto& st = lora_->site(l, s);
-  if (st.a == kAbsent) return;
-  const int64_t r = lora_->lora.rank;
-  T* U = lora_acts_.data() + (l * kLoraSites + int(s)) * N * r;
-  small_fwd(U, lora_input(l, s, X, I), la_ + st.a, N, I, r, false);  // (N, r)
-  const T sc = T(lora_->lora.scale());
-  for (int64_t i = 0; i < N * r; ++i) U[i] *= sc;
-  small_fwd(Y, U, la_ + st.b, N, r, O, true);  // Y (N, O) +=
-}
-
-// The base product's backward (dW skipped when null: frozen), then the adapter's:
-// dB += dY^T Us, dU = s dY B, dA += dU^T x, dX += dU A (through the dropout mask).
-template <class T>
-void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W,
-                               int64_t N, int64_t I, int64_t O, bool accumulate, bool dw_accumulate) {
-  lin_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
-  if (!lora_ || !lora_on_) return;
-  const auto& st = lora_->site(l, s);
-  if (st.a == kAbsent) return;
-  const int64_t r = lora_->lora.rank;
-  const T* Us = lora_acts_.data() + (l * kLoraSites + int(s)) * N * r;
-  const T sc = T(lora_->lora.scale());
-  T* dU = lora_du_.data();
-  small_bwd(dU, lga_ + st.b, dY, Us, la_ + st.b, N, r, O, false);
-  for (int64_t i = 0; i < N * r; ++i) dU[i] *= sc;
-  const T* xa = lora_input(l, s, X, I);
-  small_bwd(nullptr, lga_ + st.a, dU, xa, la_ + st.a, N, I, r, false);
-  if (lora_key_ == 0) return small_bwd(dX, nullptr, dU, xa, la_ + st.a, N, I, r, true);
-  T* t = lora_x_.data();  // dU A, masked and scaled as the input was
-  small_bwd(t, nullptr, dU, xa, la_ + st.a, N, I, r, false);
-  blk::dropout(t, N * I, lora_->lora.dropout, lora_key_ ^ (uint64_t(l + 1) * 0x2545f4914f6cdd1dull + uint64_t(s)));
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N * I; ++i) dX[i] += t[i];
-}
-
 // The output layer's products: with its weight pre-packed (once per pass, in
 // round_weights) where our GEMM runs them; otherwise as any linear layer.
 template <class T>
@@ -415,6 +276,7 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     prefix_fwd(l, a);
     lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), P(o.bo), N, C, C);
   }
+  bottleneck_fwd(l, 0, attn_out);
   drop(attn_out, l, 0);
   blk::add(attn_out, x, N * C);
   if (post) norm(1, a.x_mid, a.xn1);
@@ -439,6 +301,7 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
       blk::gelu_fwd(a.h, a.g, N * H, isa_);
     lin_fwd_a(l, LoraSite::Down, ffn_out, a.h, P(o.w_down), P(o.b_down), N, H, C);
   }
+  bottleneck_fwd(l, 1, ffn_out);
   drop(ffn_out, l, 1);
   blk::add(ffn_out, a.x_mid, N * C);
   if (post) norm(2, x_out, a.xn2);
@@ -471,9 +334,9 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   }
   const T* ffn_in = post ? a.x_mid : a.xn2;
   if (c_.moe_layer(l)) {
-    moe_bwd(p, g, l, a, dropped(dx, l, 1), ffn_in);
+    moe_bwd(p, g, l, a, bottleneck_bwd(l, 1, dropped(dx, l, 1)), ffn_in);
   } else if (llama) {
-    lin_bwd_a(l, LoraSite::Down, dh_, G(o.w_down), (T*)nullptr, dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
+    lin_bwd_a(l, LoraSite::Down, dh_, G(o.w_down), (T*)nullptr, bottleneck_bwd(l, 1, dropped(dx, l, 1)), a.h, P(o.w_down), N, H, C, false, wa);
     if (c_.activation() == FfnAct::GeGLU)
       blk::geglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
     else
@@ -481,7 +344,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     lin_bwd_a(l, LoraSite::Gate, dxn_, G(o.w_gate), (T*)nullptr, dg_, ffn_in, P(o.w_gate), N, C, H, false, wa);
     lin_bwd_a(l, LoraSite::Up, dxn_, G(o.w_up), (T*)nullptr, du_, ffn_in, P(o.w_up), N, C, H, true, wa);
   } else {
-    lin_bwd_a(l, LoraSite::Down, dh_, G(o.w_down), G(o.b_down), dropped(dx, l, 1), a.h, P(o.w_down), N, H, C, false, wa);
+    lin_bwd_a(l, LoraSite::Down, dh_, G(o.w_down), G(o.b_down), bottleneck_bwd(l, 1, dropped(dx, l, 1)), a.h, P(o.w_down), N, H, C, false, wa);
     if (c_.activation() == FfnAct::ReLU)
       blk::relu_bwd(dg_, dh_, a.g, N * H);
     else
@@ -498,7 +361,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
   const T* attn_in = post ? a.x_in : a.xn1;
   if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-    lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), (T*)nullptr, dropped(dx, l, 0), a.att, P(o.wo), N, qd, C, false, wa);
+    lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), (T*)nullptr, bottleneck_bwd(l, 0, dropped(dx, l, 0)), a.att, P(o.wo), N, qd, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data(),
                        attn_delta(l, a));
     prefix_bwd(l, a);
@@ -512,7 +375,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     lin_bwd_a(l, LoraSite::K, dxn_, G(o.wk), G(o.bk), dk_, attn_in, P(o.wk), N, C, kvd, true, wa);
     lin_bwd_a(l, LoraSite::V, dxn_, G(o.wv), G(o.bv), dv_, attn_in, P(o.wv), N, C, kvd, true, wa);
   } else {
-    lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), G(o.bo), dropped(dx, l, 0), a.att, P(o.wo), N, C, C, false, wa);
+    lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), G(o.bo), bottleneck_bwd(l, 0, dropped(dx, l, 0)), a.att, P(o.wo), N, C, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data(),
                        attn_delta(l, a));
     prefix_bwd(l, a);

@@ -84,7 +84,7 @@ class Transformer {
   // ((N, kv_dim) each; GPT-2: inside the fused qkv rows). Not in recompute mode.
   std::pair<const T*, const T*> layer_kv(int64_t l, int64_t* stride) const;
 
-  size_t activation_bytes() const { return (acts_.size() + lora_acts_.size()) * sizeof(T); }
+  size_t activation_bytes() const { return (acts_.size() + lora_acts_.size() + bn_acts_.size()) * sizeof(T); }
   // Rows routed to each expert (n_layers x E, zero for dense layers) by the forward passes
   // since the last call; then zeroed.
   std::vector<int64_t> take_expert_counts();
@@ -132,6 +132,10 @@ class Transformer {
   // backward: delta_ from datt_ and a.att (attn_delta, null without a prefix), then dq_ += and
   // the prefix rows' gradients +=.
   bool prefix_on() const { return lora_ && lora_on_ && lora_->lora.prefix(); }
+  // Bottleneck adapters (LoraConfig::adapter_dim) on layer l's site s (0 attention, 1 feed-forward).
+  bool bn_on() const { return lora_ && lora_on_ && lora_->lora.bottleneck(); }
+  void bottleneck_fwd(int64_t l, int s, T* y);
+  const T* bottleneck_bwd(int64_t l, int s, const T* dy);
   void prefix_fwd(int64_t l, LayerActs& a);
   const T* attn_delta(int64_t l, LayerActs& a);
   void prefix_bwd(int64_t l, LayerActs& a);
@@ -232,6 +236,7 @@ class Transformer {
   void reward_head(T* g, float scale, bool backward);
   KdOptions kd_;
   std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
+  std::vector<T> bn_acts_, bn_da_, bn_dy_;  // adapters: (layers, 2, N (C + 2m)); (2, N, m) scratch; (N, C) d y
   std::vector<T> delta_;  // (B, n_heads, T) rowsum(d att * att) of the layer in hand (prefix tuning)
 };
 
