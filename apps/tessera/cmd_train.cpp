@@ -252,6 +252,9 @@ int train_cli(int argc, char** argv, Mode mode) {
                    "prefix tuning instead of LoRA: P learned key/value rows per layer that every token attends to, "
                    "initialised from the base model's keys and values of the training data's first P tokens")
         ->check(CLI::Range(int64_t(1), int64_t(4096)));
+    app.add_flag("--qlora", o.lora.quantized_base,
+                 "keep the frozen base's matrices in their stored type (q4_0, q8_0, K-quants, f16...), run by the "
+                 "inference kernels, instead of widening them to f32 (dense models, fp32 products)");
     app.add_option("--adapter-dim", o.lora.adapter_dim,
                    "bottleneck adapters instead of LoRA: width m of y + W_up act(W_down y) after each sublayer "
                    "(Houlsby; W_up starts at zero)")

@@ -1,13 +1,17 @@
 // The adapters of a frozen base model inside the training Transformer (train/lora.h):
 // LoRA on the linear layers (lin_fwd_a / lin_bwd_a), prefix tuning's key/value rows merged
 // into the attention (prefix_fwd / prefix_bwd), bottleneck adapters after the sublayers
-// (bottleneck_fwd / bottleneck_bwd). The layer code (train/transformer.cpp) calls these hooks;
-// each is a no-op without its adapter.
-#include <algorithm>
-
+// (bottleneck_fwd / bottleneck_bwd), and a frozen base kept in its stored (quantized) type
+// (set_frozen_weights, qlin_fwd / qlin_bwd). The layer code (train/transformer.cpp) calls
+// these hooks; each is a no-op without its adapter.
+#include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <type_traits>
+
 #include "core/error.h"
+#include "kernels/kernels.h"
 #include "kernels/ops.h"
 #include "train/transformer.h"
 
@@ -170,7 +174,8 @@ const T* Transformer<T>::lora_input(int64_t l, LoraSite s, const T* X, int64_t I
 template <class T>
 void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T* W, const T* b, int64_t N,
                                int64_t I, int64_t O) {
-  lin_fwd(Y, X, W, b, N, I, O);
+  if (const TensorView* q = frozen_view(l, s)) qlin_fwd(Y, X, *q, b, N, I, O);
+  else lin_fwd(Y, X, W, b, N, I, O);
   if (!lora_ || !lora_on_) return;
   const auto& st = lora_->site(l, s);
   if (st.a == kAbsent) return;
@@ -187,7 +192,12 @@ void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T*
 template <class T>
 void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W,
                                int64_t N, int64_t I, int64_t O, bool accumulate, bool dw_accumulate) {
-  lin_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
+  if (const TensorView* q = frozen_view(l, s)) {
+    if (dW || db) fail("internal: a gradient for a frozen matrix");
+    qlin_bwd(dX, dY, *q, N, I, O, accumulate);
+  } else {
+    lin_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
+  }
   if (!lora_ || !lora_on_) return;
   const auto& st = lora_->site(l, s);
   if (st.a == kAbsent) return;
@@ -208,7 +218,61 @@ void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const
 }
 
 
+template <class T>
+void Transformer<T>::set_frozen_weights(const Weights& w) {
+  if (!std::is_same_v<T, float>) fail("internal: a frozen quantized base runs in float");
+  if (c_.is_moe() || c_.mtp_depth > 0) fail("--qlora: mixture-of-experts and multi-token prediction bases are not supported yet");
+  if (o_.bf16) fail("--qlora: the frozen matrices run on the inference kernels; use --precision fp32");
+  if (w.cfg.n_layers != c_.n_layers || w.cfg.dim != c_.dim || int64_t(w.layers.size()) != c_.n_layers)
+    fail("internal: frozen weights of another model");
+  frozen_ = &w;
+  qctx_ = std::make_unique<KernelContext>(omp_get_max_threads());
+  const int64_t widest = std::max({c_.dim, c_.hidden_dim, c_.q_dim()});
+  qchunk_.assign(size_t(kQRows * widest), 0.f);
+}
+
+template <class T>
+const TensorView* Transformer<T>::frozen_view(int64_t l, LoraSite s) const {
+  if (!frozen_) return nullptr;
+  const LayerWeights& L = frozen_->layers[size_t(l)];
+  const TensorView* v[kLoraSites] = {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+  return v[int(s)];
+}
+
+template <class T>
+void Transformer<T>::qlin_fwd(T* Y, const T* X, const TensorView& W, const T* b, int64_t N, int64_t I, int64_t O) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (W.cols() != I || W.rows() != O) fail("internal: frozen matrix of shape ", W.rows(), " x ", W.cols());
+    const TensorView bias = b ? make_view(DType::F32, {O}, b) : TensorView{};
+    linear(*qctx_, Linear{&W, b ? &bias : nullptr}, X, N, Y);
+  } else {
+    fail("internal: qlin_fwd in double");
+  }
+}
+
+// dX (N, I) (=, or += when accumulate) = dY (N, O) W (O, I), W dequantized kQRows rows at a time.
+template <class T>
+void Transformer<T>::qlin_bwd(T* dX, const T* dY, const TensorView& W, int64_t N, int64_t I, int64_t O,
+                              bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    float* Wc = qchunk_.data();
+    for (int64_t o0 = 0; o0 < O; o0 += kQRows) {
+      const int64_t rows = std::min(kQRows, O - o0);
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) dequantize_row(W, o0 + r, Wc + r * I);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(I), int(rows), 1.f, dY + o0, int(O), Wc,
+                  int(I), o0 == 0 && !accumulate ? 0.f : 1.f, dX, int(I));
+    }
+  } else {
+    fail("internal: qlin_bwd in double");
+  }
+}
+
 #define TESSERA_ADAPTERS_INSTANTIATE(T)                                                                          \
+  template void Transformer<T>::set_frozen_weights(const Weights&);                                               \
+  template const TensorView* Transformer<T>::frozen_view(int64_t, LoraSite) const;                                \
+  template void Transformer<T>::qlin_fwd(T*, const T*, const TensorView&, const T*, int64_t, int64_t, int64_t);   \
+  template void Transformer<T>::qlin_bwd(T*, const T*, const TensorView&, int64_t, int64_t, int64_t, bool);       \
   template void Transformer<T>::attach_lora(const LoraLayout&);                                                   \
   template std::pair<const T*, const T*> Transformer<T>::layer_kv(int64_t, int64_t*) const;                      \
   template void Transformer<T>::prefix_fwd(int64_t, LayerActs&);                                                  \

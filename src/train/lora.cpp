@@ -65,17 +65,24 @@ std::string adapter_sites_string(uint32_t sites) {
 }
 
 nlohmann::json lora_to_json(const LoraConfig& c) {
-  if (c.prefix()) return {{"prefix_len", c.prefix_len}};
-  if (c.bottleneck())
-    return {{"adapter_dim", c.adapter_dim},
-            {"adapter_act", c.adapter_gelu ? "gelu" : "relu"},
-            {"adapter_sites", adapter_sites_string(c.adapter_sites)}};
-  return {{"rank", c.rank}, {"alpha", c.alpha}, {"dropout", c.dropout}, {"targets", lora_targets_string(c.targets)}};
+  nlohmann::json j;
+  if (c.prefix()) {
+    j = {{"prefix_len", c.prefix_len}};
+  } else if (c.bottleneck()) {
+    j = {{"adapter_dim", c.adapter_dim},
+         {"adapter_act", c.adapter_gelu ? "gelu" : "relu"},
+         {"adapter_sites", adapter_sites_string(c.adapter_sites)}};
+  } else {
+    j = {{"rank", c.rank}, {"alpha", c.alpha}, {"dropout", c.dropout}, {"targets", lora_targets_string(c.targets)}};
+  }
+  if (c.quantized_base) j["quantized_base"] = true;
+  return j;
 }
 
 LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where) {
   LoraConfig c;
   try {
+    c.quantized_base = j.value("quantized_base", false);
     if (j.contains("adapter_dim")) {
       c.adapter_dim = j.at("adapter_dim");
       c.adapter_gelu = j.at("adapter_act").get<std::string>() == "gelu";

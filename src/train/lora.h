@@ -42,6 +42,9 @@ struct LoraConfig {
   int64_t adapter_dim = 0;  // bottleneck adapters: the bottleneck width m (0: none)
   bool adapter_gelu = false;  // their activation: GELU (tanh), else ReLU
   uint32_t adapter_sites = 3;  // bit 0: after the attention, bit 1: after the feed-forward
+  // QLoRA-style: the frozen base's matrices stay in their stored type (Q4_0, Q8_0, K-quants, f16, ...),
+  // run by the inference kernels (Transformer::set_frozen_weights), instead of being widened to f32.
+  bool quantized_base = false;
   bool enabled() const { return rank > 0 || prefix_len > 0 || adapter_dim > 0; }
   bool prefix() const { return prefix_len > 0; }
   bool bottleneck() const { return adapter_dim > 0; }

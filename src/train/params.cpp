@@ -115,7 +115,7 @@ const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& 
 }
 }  // namespace
 
-void params_from_weights(const Layout& L, const Weights& w, float* p) {
+void params_from_weights(const Layout& L, const Weights& w, float* p, bool skip_frozen_matrices) {
   // The model's layers must all be there; multi-token prediction modules it lacks keep p's values.
   const bool new_mtp = w.cfg.n_layers == L.cfg.n_layers && w.cfg.mtp_depth == 0 && w.layers.size() == size_t(w.cfg.n_layers);
   if (w.layers.size() != L.layers.size() && !new_mtp)
@@ -131,6 +131,7 @@ void params_from_weights(const Layout& L, const Weights& w, float* p) {
     if (size_t(v->numel()) != t.numel || v->cols() != t.shape.back())
       fail("initial model tensor ", t.name, " has shape ", shape_str(*v), ", training layout needs ", t.numel,
            " elements in rows of ", t.shape.back());
+    if (skip_frozen_matrices && frozen_matrix(L, t)) continue;
     const int64_t cols = v->cols();
     for (int64_t r = 0; r < v->rows(); ++r) dequantize_row(*v, r, p + t.offset + size_t(r * cols));
   }

@@ -88,7 +88,14 @@ void init_params(const Layout& L, float* p, uint64_t seed);
 
 // Copies (dequantizing) every tensor of w into p; w's config must give L.
 // Throws Error naming the tensor on a shape mismatch.
-void params_from_weights(const Layout& L, const Weights& w, float* p);
+// skip_frozen_matrices: the matrices a frozen quantized base reads from w itself
+// (Transformer::set_frozen_weights: every matrix but GPT-2's position table) are checked
+// but not written, so p's pages there are never touched.
+void params_from_weights(const Layout& L, const Weights& w, float* p, bool skip_frozen_matrices = false);
+// Whether a frozen quantized base reads tensor t from the loaded weights (see above).
+inline bool frozen_matrix(const Layout& L, const ParamInfo& t) {
+  return (t.matrix || t.offset == L.tok_embd) && t.offset != L.pos_embd;
+}
 
 // Sparse upcycling (Komatsuzaki et al.): the dense Llama-family model w with each
 // layer's feed-forward copied into E experts (f32; each copy plus noise x N(0, 1) x

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <omp.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -265,8 +266,26 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   if (o_.lora.enabled()) {  // the base frozen in base_; the adapter is what p_ trains
     lora_ = std::make_unique<LoraLayout>(L, o_.lora);
     o_.lora = lora_->lora;  // targets as resolved for this architecture
-    base_.assign(L.total, 0.f);
-    params_from_weights(L, init->weights, base_.data());
+    if (o_.lora.quantized_base) {
+      if (cfg.is_moe()) fail("--qlora: mixture-of-experts bases are not supported yet (drop --qlora)");
+      const size_t bytes = L.total * sizeof(float);
+      void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (m == MAP_FAILED) fail("--qlora: cannot map ", bytes, " bytes for the base's f32 tensors");
+      qbase_ = std::shared_ptr<float>(static_cast<float*>(m), [bytes](float* q) { munmap(q, bytes); });
+      frozen_model_ = std::make_unique<LoadedModel>(std::move(*init));
+      params_from_weights(L, frozen_model_->weights, qbase_.get(), true);
+      for (const auto& t : L.tensors)
+        if (!frozen_matrix(L, t)) qbase_f32_ += t.numel;
+      const Weights& w = frozen_model_->weights;
+      auto bytes_of = [](const TensorView& v) { return v.empty() ? size_t(0) : size_t(v.rows()) * dtype_row_bytes(v.dtype, v.cols()); };
+      qbase_matrix_bytes_ = bytes_of(w.tok_embd) + (w.output.data == w.tok_embd.data ? 0 : bytes_of(w.output));
+      for (const auto& lw : w.layers)
+        for (const TensorView* v : {&lw.wq, &lw.wk, &lw.wv, &lw.wqkv, &lw.wo, &lw.w_gate, &lw.w_up, &lw.w_down})
+          qbase_matrix_bytes_ += bytes_of(*v);
+    } else {
+      base_.assign(L.total, 0.f);
+      params_from_weights(L, init->weights, base_.data());
+    }
     if (cfg.is_moe()) gbase_.assign(L.total, 0.f);
   }
   n_train_ = lora_ ? lora_->total : o_.reward ? L.total + reward_head_padded(cfg) : L.total;
@@ -314,6 +333,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
   if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
+  if (frozen_model_) model_->set_frozen_weights(frozen_model_->weights);
   if (lora_ && lora_->lora.prefix() && !resume) init_prefix();
   if (o_.dpo_beta > 0) {
     if (!data_.preference)
@@ -369,33 +389,48 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
+  char base_buf[160];
+  if (frozen_model_)
+    std::snprintf(base_buf, sizeof base_buf, "%.1f MiB of matrices in their stored types (read in place) + %.1f MiB f32",
+                  double(qbase_matrix_bytes_) / (1 << 20), double(qbase_f32_) * 4 / (1 << 20));
+  else
+    std::snprintf(base_buf, sizeof base_buf, "%.1f MiB (frozen f32)", double(base_.size() + gbase_.size()) * 4 / (1 << 20));
+  const std::string base_mem = base_buf;
   if (lora_ && lora_->lora.prefix()) {
     const double mb = 1.0 / (1 << 20);
     std::fprintf(log_,
                  "prefix tuning: %lld key/value rows per layer (initialised from the training split's first tokens): "
                  "%.3fM trainable params (%.2f%% of the base)\n"
-                 "memory: base %.1f MiB (frozen f32), prefix + gradient + Adam %.1f MiB, activations %.1f MiB\n",
+                 "memory: base %s, prefix + gradient + Adam %.1f MiB, activations %.1f MiB\n",
                  (long long)o_.lora.prefix_len, double(lora_->n_params) / 1e6,
-                 100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
+                 100.0 * double(lora_->n_params) / double(L.n_params), base_mem.c_str(),
                  double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
   } else if (lora_ && lora_->lora.bottleneck()) {
     const double mb = 1.0 / (1 << 20);
     std::fprintf(log_,
                  "bottleneck adapters: width %lld, %s, after %s: %.3fM trainable params (%.2f%% of the base)\n"
-                 "memory: base %.1f MiB (frozen f32), adapters + gradient + Adam %.1f MiB, activations %.1f MiB\n",
+                 "memory: base %s, adapters + gradient + Adam %.1f MiB, activations %.1f MiB\n",
                  (long long)o_.lora.adapter_dim, o_.lora.adapter_gelu ? "gelu" : "relu",
                  adapter_sites_string(o_.lora.adapter_sites).c_str(), double(lora_->n_params) / 1e6,
-                 100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
+                 100.0 * double(lora_->n_params) / double(L.n_params), base_mem.c_str(),
                  double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
   } else if (lora_) {
     const double mb = 1.0 / (1 << 20);
     std::fprintf(log_,
                  "LoRA: rank %lld, alpha %g (scale %g), dropout %g on %s: %.3fM trainable params (%.2f%% of the base)\n"
-                 "memory: base %.1f MiB (frozen f32), adapter + gradient + Adam %.1f MiB, activations %.1f MiB\n",
+                 "memory: base %s, adapter + gradient + Adam %.1f MiB, activations %.1f MiB\n",
                  (long long)o_.lora.rank, double(o_.lora.alpha), double(o_.lora.scale()), double(o_.lora.dropout),
                  lora_targets_string(o_.lora.targets).c_str(), double(lora_->n_params) / 1e6,
-                 100.0 * double(lora_->n_params) / double(L.n_params), double(base_.size() + gbase_.size()) * 4 * mb,
+                 100.0 * double(lora_->n_params) / double(L.n_params), base_mem.c_str(),
                  double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
+  }
+  if (lora_) {  // what the process holds now (the base's mapped file pages count once read)
+    std::FILE* f = std::fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && std::fgets(line, sizeof line, f))
+      if (std::strncmp(line, "VmRSS:", 6) == 0)
+        std::fprintf(log_, "resident memory after setup: %.1f MiB\n", std::atof(line + 6) / 1024.0);
+    if (f) std::fclose(f);
   }
   if (cfg.mtp_depth > 0)
     std::fprintf(log_, "multi-token prediction: %lld module(s) predicting up to %lld tokens ahead, loss weight %g / %lld\n",
@@ -441,7 +476,8 @@ void Trainer::init_prefix() {
   ModelOptions mo;
   mo.logit_rows = std::min<int64_t>(P, 64);
   Transformer<float> t(*L_, 1, P, mo);
-  t.forward(base_.data(), tok.data(), tgt.data());
+  if (frozen_model_) t.set_frozen_weights(frozen_model_->weights);
+  t.forward(base_ptr(), tok.data(), tgt.data());
   for (int64_t l = 0; l < L_->cfg.n_layers; ++l) {
     int64_t stride = 0;
     const auto [k, v] = t.layer_kv(l, &stride);
@@ -497,14 +533,14 @@ Trainer::StepStats Trainer::train_step() {
       r.loss_sum = d.loss, r.count = d.pairs;
       loss_count[5] += d.margin, loss_count[6] += d.correct;
     } else if (dpo_) {  // reference and policy log-probabilities, then the pair-weighted backward
-      const DpoStats d = lora_ ? dpo_->run(*model_, base_.data(), nullptr, gbase_.empty() ? nullptr : gbase_.data(),
+      const DpoStats d = lora_ ? dpo_->run(*model_, base_ptr(), nullptr, gbase_.empty() ? nullptr : gbase_.data(),
                                            x_.data(), y_.data(), scale, key, true)
                                : dpo_->run(*model_, p_.data(), ref_.data(), g_.data(), x_.data(), y_.data(), scale,
                                            key, micro == 0);
       r.loss_sum = d.loss, r.count = d.pairs;
       loss_count[5] += d.margin, loss_count[6] += d.correct;
     } else if (lora_) {  // the base frozen (its gradient not formed); the adapter's accumulates in g_
-      r = model_->forward_backward(base_.data(), gbase_.empty() ? nullptr : gbase_.data(), x_.data(), y_.data(), scale,
+      r = model_->forward_backward(base_ptr(), gbase_.empty() ? nullptr : gbase_.data(), x_.data(), y_.data(), scale,
                                    key, true);
     } else {
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
@@ -578,7 +614,7 @@ double Trainer::evaluate() {
       for (int64_t b = 0; b < o_.batch; ++b)
         sft_eval_row(val, 2 * std::min(e0 + b / 2, pairs - 1) + b % 2, o_.seq, x_.data() + b * o_.seq, y_.data() + b * o_.seq);
       const DpoStats d = reward_ ? reward_->eval(*model_, p_.data(), p_.data() + L_->total, x_.data(), y_.data())
-                                 : dpo_->eval(*model_, lora_ ? base_.data() : p_.data(),
+                                 : dpo_->eval(*model_, lora_ ? base_ptr() : p_.data(),
                                               lora_ ? nullptr : ref_.data(), x_.data(), y_.data());
       const int64_t n = std::min(o_.batch / 2, pairs - e0);  // a partial last batch repeats the last pair
       sum.loss += d.loss * double(n) / double(d.pairs), sum.correct += d.correct * double(n) / double(d.pairs);

@@ -131,7 +131,7 @@ class Trainer {
   const Layout& layout() const { return *L_; }
   // The trained parameters: the model's (Layout), or with LoRA the adapter's (LoraLayout).
   const float* params() const { return p_.data(); }
-  const float* base_params() const { return lora_ ? base_.data() : p_.data(); }
+  const float* base_params() const { return lora_ ? base_ptr() : p_.data(); }
   const LoraLayout* lora_layout() const { return lora_.get(); }
 
  private:
@@ -149,6 +149,12 @@ class Trainer {
   std::unique_ptr<class RewardStep> reward_;  // reward model
   ParamVec ref_;                      // full-parameter DPO: the frozen reference
   ParamVec base_, gbase_;   // LoRA: the frozen model; a throw-away gradient for MoE models
+  // --qlora: the loaded base model (its matrices are read in place, in their stored type), and
+  // the f32 flat buffer of the rest: an anonymous mapping whose matrix regions are never touched.
+  std::unique_ptr<struct LoadedModel> frozen_model_;
+  std::shared_ptr<float> qbase_;
+  size_t qbase_f32_ = 0, qbase_matrix_bytes_ = 0;  // f32 elements written; the frozen matrices' bytes
+  const float* base_ptr() const { return qbase_ ? qbase_.get() : base_.data(); }
   size_t n_train_ = 0;      // elements of p_ (Layout or LoraLayout total)
   // ZeRO: the ranks' parts of the flat buffer (size() + 1 offsets), this rank's [sb_, se_)
   // (everything without sharding); m_ and v_ hold that part only; gs_ its reduced gradient (stage 2).

@@ -194,6 +194,7 @@ void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const
 template <class T>
 void Transformer<T>::head_fwd(T* Y, const T* X, const T* W, int64_t n) {
   const int64_t C = c_.dim, V = c_.vocab_size;
+  if (frozen_) return qlin_fwd(Y, X, frozen_->output, nullptr, n, C, V);
   if constexpr (std::is_same_v<T, float>) {
     if (!head_fwd_pk_.empty()) {
       return blk::linear_fwd_gemm(gemm_ctx(), Y, X, W, w16(W), nullptr, n, C, V, !bf16_, head_fwd_pk_.data());
@@ -205,6 +206,10 @@ void Transformer<T>::head_fwd(T* Y, const T* X, const T* W, int64_t n) {
 template <class T>
 void Transformer<T>::head_bwd(T* dX, T* dW, const T* dY, const T* X, const T* W, int64_t n, bool dw_accumulate) {
   const int64_t C = c_.dim, V = c_.vocab_size;
+  if (frozen_) {
+    if (dW) fail("internal: a gradient for the frozen output layer");
+    return qlin_bwd(dX, dY, frozen_->output, n, C, V, false);
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (!head_dx_pk_.empty()) {
       blk::LinearBwdOptions o;
@@ -455,7 +460,21 @@ void Transformer<T>::embed(const T* p, const int32_t* tokens) {
   for (int64_t i = 0; i < N_; ++i)
     if (tokens[i] < 0 || tokens[i] >= c_.vocab_size)
       fail("token id ", tokens[i], " at position ", i, " out of range [0, ", c_.vocab_size, ")");
-  blk::embed_fwd(x_in_[0], p + L_.tok_embd, pos_embd(p), tokens, N_, T_, c_.dim);
+  if (frozen_) {  // rows of the stored table (set_frozen_weights), then the learned positions
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t C = c_.dim;
+      const T* P = pos_embd(p);
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N_; ++n) {
+        T* x = x_in_[0] + n * C;
+        dequantize_row(frozen_->tok_embd, tokens[n], x);
+        if (P)
+          for (int64_t c = 0; c < C; ++c) x[c] += P[(n % T_) * C + c];
+      }
+    }
+  } else {
+    blk::embed_fwd(x_in_[0], p + L_.tok_embd, pos_embd(p), tokens, N_, T_, c_.dim);
+  }
   drop(x_in_[0], -1, 2);
 }
 
@@ -487,7 +506,7 @@ void Transformer<T>::round_weights(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
     if (bf16_) convert_to_bf16(*bf16_, p, w16_.data(), int64_t(L_.total));
     p16_of_ = p;
-    if (!head_fwd_pk_.empty()) {  // the output layer's weight in the GEMM's panels, both ways
+    if (!head_fwd_pk_.empty() && !frozen_) {  // the output layer's weight in the GEMM's panels, both ways
       KernelContext& ctx = gemm_ctx();
       const float* W = p + L_.output;
       const uint16_t* W16 = w16(W);

@@ -71,6 +71,13 @@ class Transformer {
   void set_reward(const T* w, T* gw, const int32_t* last, const float* dr, double* rewards) {
     reward_w_ = w, reward_gw_ = gw, reward_last_ = last, reward_dr_ = dr, reward_out_ = rewards;
   }
+  // QLoRA-style frozen base (LoraConfig::quantized_base): every matrix of the base (the
+  // layers' projections, the output layer, the token embedding; not GPT-2's position table)
+  // is read from w in its stored type instead of from p, whose regions there are then never
+  // read: forward products on the inference kernels (linear()), input gradients dX = dY W
+  // from W dequantized a chunk of rows at a time. float, dense models, fp32 products only;
+  // the passes then take g = null (no base gradient). w must outlive this model.
+  void set_frozen_weights(const Weights& w);
   // LoRA off: the passes compute the base model (DPO's reference); on again by default.
   void enable_lora(bool on) { lora_on_ = on; }
   // Distillation: the teacher's log softmax(logits / tau) of this batch's rows (B*T, V) for the
@@ -236,6 +243,13 @@ class Transformer {
   void reward_head(T* g, float scale, bool backward);
   KdOptions kd_;
   std::vector<T> lora_acts_, lora_y_, lora_x_, lora_du_;
+  const Weights* frozen_ = nullptr;  // set_frozen_weights
+  std::unique_ptr<KernelContext> qctx_;
+  std::vector<float> qchunk_;        // (kQRows, widest input) dequantized rows of a frozen matrix
+  static constexpr int64_t kQRows = 256;
+  const TensorView* frozen_view(int64_t l, LoraSite s) const;  // null: not frozen there
+  void qlin_fwd(T* Y, const T* X, const TensorView& W, const T* b, int64_t N, int64_t I, int64_t O);
+  void qlin_bwd(T* dX, const T* dY, const TensorView& W, int64_t N, int64_t I, int64_t O, bool accumulate);
   std::vector<T> bn_acts_, bn_da_, bn_dy_;  // adapters: (layers, 2, N (C + 2m)); (2, N, m) scratch; (N, C) d y
   std::vector<T> delta_;  // (B, n_heads, T) rowsum(d att * att) of the layer in hand (prefix tuning)
 };
