@@ -70,7 +70,9 @@ TEST(QLora, FrozenStoredTypesMatchTheWidenedBase) {
   lora.rank = 4, lora.alpha = 8.f, lora.targets = parse_lora_targets("all");
   prefix.prefix_len = 3;
   bottleneck.adapter_dim = 8;
-  for (const auto& [cfg, name] : {std::pair{llama, "llama"}, std::pair{gpt2, "gpt2"}}) {
+  ModelConfig moe = synthetic_config("moe-tiny-shared");  // experts, a shared expert, a dense first layer
+  moe.vocab_size = 96, moe.max_seq_len = 32;
+  for (const auto& [cfg, name] : {std::pair{llama, "llama"}, std::pair{gpt2, "gpt2"}, std::pair{moe, "moe"}}) {
     const Weights f16 = make_random_weights(cfg, DType::F16, 5, 2);
     expect_close(f16, lora, 1e-5, std::string(name) + " f16 lora");
     expect_close(f16, prefix, 1e-5, std::string(name) + " f16 prefix");

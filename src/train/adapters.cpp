@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
+#include "model/weights.h"
 #include "train/transformer.h"
 
 namespace tessera::train {
@@ -174,8 +175,7 @@ const T* Transformer<T>::lora_input(int64_t l, LoraSite s, const T* X, int64_t I
 template <class T>
 void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T* W, const T* b, int64_t N,
                                int64_t I, int64_t O) {
-  if (const TensorView* q = frozen_view(l, s)) qlin_fwd(Y, X, *q, b, N, I, O);
-  else lin_fwd(Y, X, W, b, N, I, O);
+  lin_fwd(Y, X, W, b, N, I, O);  // a frozen stored matrix there: on the inference kernels
   if (!lora_ || !lora_on_) return;
   const auto& st = lora_->site(l, s);
   if (st.a == kAbsent) return;
@@ -192,12 +192,7 @@ void Transformer<T>::lin_fwd_a(int64_t l, LoraSite s, T* Y, const T* X, const T*
 template <class T>
 void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const T* dY, const T* X, const T* W,
                                int64_t N, int64_t I, int64_t O, bool accumulate, bool dw_accumulate) {
-  if (const TensorView* q = frozen_view(l, s)) {
-    if (dW || db) fail("internal: a gradient for a frozen matrix");
-    qlin_bwd(dX, dY, *q, N, I, O, accumulate);
-  } else {
-    lin_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
-  }
+  lin_bwd(dX, dW, db, dY, X, W, N, I, O, accumulate, dw_accumulate);
   if (!lora_ || !lora_on_) return;
   const auto& st = lora_->site(l, s);
   if (st.a == kAbsent) return;
@@ -221,22 +216,37 @@ void Transformer<T>::lin_bwd_a(int64_t l, LoraSite s, T* dX, T* dW, T* db, const
 template <class T>
 void Transformer<T>::set_frozen_weights(const Weights& w) {
   if (!std::is_same_v<T, float>) fail("internal: a frozen quantized base runs in float");
-  if (c_.is_moe() || c_.mtp_depth > 0) fail("--qlora: mixture-of-experts and multi-token prediction bases are not supported yet");
+  if (c_.mtp_depth > 0) fail("--qlora: multi-token prediction modules are not supported");
   if (o_.bf16) fail("--qlora: the frozen matrices run on the inference kernels; use --precision fp32");
   if (w.cfg.n_layers != c_.n_layers || w.cfg.dim != c_.dim || int64_t(w.layers.size()) != c_.n_layers)
     fail("internal: frozen weights of another model");
   frozen_ = &w;
+  frozen_off_.clear(), frozen_ranges_.clear();
+  for (const auto& t : L_.tensors) {
+    if (!frozen_matrix(L_, t)) continue;
+    const TensorView* v = tensor_of(w, L_, t);
+    if (!v || v->empty() || size_t(v->numel()) != t.numel) fail("--qlora: the base has no tensor ", t.name, " of its shape");
+    frozen_ranges_.emplace_back(t.offset, t.offset + t.numel);
+    if (v->ndim == 3) {  // experts (E, rows, cols): one matrix each
+      for (int64_t e = 0; e < v->shape[0]; ++e)
+        frozen_off_[t.offset + size_t(e * v->shape[1] * v->shape[2])] = expert_matrix(*v, e);
+    } else {
+      frozen_off_[t.offset] = *v;
+    }
+  }
   qctx_ = std::make_unique<KernelContext>(omp_get_max_threads());
-  const int64_t widest = std::max({c_.dim, c_.hidden_dim, c_.q_dim()});
+  const int64_t widest = std::max({c_.dim, c_.hidden_dim, c_.q_dim(), c_.moe_hidden, c_.moe_shared_hidden});
   qchunk_.assign(size_t(kQRows * widest), 0.f);
 }
 
 template <class T>
-const TensorView* Transformer<T>::frozen_view(int64_t l, LoraSite s) const {
-  if (!frozen_) return nullptr;
-  const LayerWeights& L = frozen_->layers[size_t(l)];
-  const TensorView* v[kLoraSites] = {&L.wq, &L.wk, &L.wv, &L.wqkv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
-  return v[int(s)];
+const TensorView* Transformer<T>::frozen_at(const T* W) const {
+  if (!frozen_ || !p16_of_ || W < p16_of_ || W >= p16_of_ + L_.total) return nullptr;
+  const size_t off = size_t(W - p16_of_);
+  if (auto it = frozen_off_.find(off); it != frozen_off_.end()) return &it->second;
+  for (const auto& [b, e] : frozen_ranges_)
+    if (off >= b && off < e) fail("internal: offset ", off, " inside a frozen tensor is not one of its matrices");
+  return nullptr;
 }
 
 template <class T>
@@ -270,7 +280,7 @@ void Transformer<T>::qlin_bwd(T* dX, const T* dY, const TensorView& W, int64_t N
 
 #define TESSERA_ADAPTERS_INSTANTIATE(T)                                                                          \
   template void Transformer<T>::set_frozen_weights(const Weights&);                                               \
-  template const TensorView* Transformer<T>::frozen_view(int64_t, LoraSite) const;                                \
+  template const TensorView* Transformer<T>::frozen_at(const T*) const;                                           \
   template void Transformer<T>::qlin_fwd(T*, const T*, const TensorView&, const T*, int64_t, int64_t, int64_t);   \
   template void Transformer<T>::qlin_bwd(T*, const T*, const TensorView&, int64_t, int64_t, int64_t, bool);       \
   template void Transformer<T>::attach_lora(const LoraLayout&);                                                   \

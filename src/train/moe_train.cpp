@@ -176,6 +176,7 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
   const int64_t N = N_, C = c_.dim, E = c_.moe_experts, k = c_.moe_used, He = c_.moe_hidden, Hs = c_.moe_shared_hidden;
   const bool geglu = c_.activation() == FfnAct::GeGLU;
   const T scale = T(c_.moe_scale);
+  auto G = [&](size_t off) { return g ? g + off : (T*)nullptr; };  // null g: a frozen base (adapters train)
   // The expert outputs' gradients (each slot's w dy) and the weights' (dy . d).
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < N * k; ++s) {
@@ -192,15 +193,15 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = a.off[e], m = a.off[e + 1] - r0;
     if (m == 0) continue;
-    lin_bwd(deh_ + r0 * He, g + o.down_exps + e * C * He, (T*)nullptr, dmd_ + r0 * C, a.eh + r0 * He,
+    lin_bwd(deh_ + r0 * He, G(o.down_exps + e * C * He), (T*)nullptr, dmd_ + r0 * C, a.eh + r0 * He,
             p + o.down_exps + e * C * He, m, He, C, false, true);
     if (geglu)
       blk::geglu_bwd(deg_ + r0 * He, deu_ + r0 * He, deh_ + r0 * He, a.eg + r0 * He, a.eu + r0 * He, m * He, isa_);
     else
       blk::swiglu_bwd(deg_ + r0 * He, deu_ + r0 * He, deh_ + r0 * He, a.eg + r0 * He, a.eu + r0 * He, m * He, isa_);
-    lin_bwd(dmd_ + r0 * C, g + o.gate_exps + e * He * C, (T*)nullptr, deg_ + r0 * He, a.xg + r0 * C,
+    lin_bwd(dmd_ + r0 * C, G(o.gate_exps + e * He * C), (T*)nullptr, deg_ + r0 * He, a.xg + r0 * C,
             p + o.gate_exps + e * He * C, m, C, He, false, true);
-    lin_bwd(dmd_ + r0 * C, g + o.up_exps + e * He * C, (T*)nullptr, deu_ + r0 * He, a.xg + r0 * C,
+    lin_bwd(dmd_ + r0 * C, G(o.up_exps + e * He * C), (T*)nullptr, deu_ + r0 * He, a.xg + r0 * C,
             p + o.up_exps + e * He * C, m, C, He, true, true);
   }
 #pragma omp parallel for schedule(static)
@@ -221,17 +222,17 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
       if (!gated) continue;
       const T dz = dot(dy + t * C, a.so + t * C, C) * gt * (T(1) - gt);
       for (int64_t j = 0; j < C; ++j) {
-        g[o.sh_gate + j] += dz * ffn_in[t * C + j];
+        if (g) g[o.sh_gate + j] += dz * ffn_in[t * C + j];
         dxn_[t * C + j] += dz * p[o.sh_gate + j];
       }
     }
-    lin_bwd(dsh_, g + o.down_sh, (T*)nullptr, dso_, a.sh, p + o.down_sh, N, Hs, C, false, true);
+    lin_bwd(dsh_, G(o.down_sh), (T*)nullptr, dso_, a.sh, p + o.down_sh, N, Hs, C, false, true);
     if (geglu)
       blk::geglu_bwd(dsg_, dsu_, dsh_, a.sg, a.su, N * Hs, isa_);
     else
       blk::swiglu_bwd(dsg_, dsu_, dsh_, a.sg, a.su, N * Hs, isa_);
-    lin_bwd(dxn_, g + o.gate_sh, (T*)nullptr, dsg_, ffn_in, p + o.gate_sh, N, C, Hs, true, true);
-    lin_bwd(dxn_, g + o.up_sh, (T*)nullptr, dsu_, ffn_in, p + o.up_sh, N, C, Hs, true, true);
+    lin_bwd(dxn_, G(o.gate_sh), (T*)nullptr, dsg_, ffn_in, p + o.gate_sh, N, C, Hs, true, true);
+    lin_bwd(dxn_, G(o.up_sh), (T*)nullptr, dsu_, ffn_in, p + o.up_sh, N, C, Hs, true, true);
   }
   if (c_.moe_hashed()) return;  // fixed routing: no router to train
   // The router: d p from the weights (selection fixed) and the balance loss, through
@@ -273,7 +274,7 @@ void Transformer<T>::moe_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T*
       }
     }
   }
-  lin_bwd(dxn_, g + o.router, (T*)nullptr, dr_, ffn_in, p + o.router, N, C, E, true, true);
+  lin_bwd(dxn_, G(o.router), (T*)nullptr, dr_, ffn_in, p + o.router, N, C, E, true, true);
 }
 
 #define TESSERA_MOE_INSTANTIATE(T)                                                                       \

@@ -98,7 +98,6 @@ void init_params(const Layout& L, float* p, uint64_t seed) {
   }
 }
 
-namespace {
 const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& t) {
   if (t.offset == L.tok_embd) return &w.tok_embd;
   if (t.offset == L.pos_embd) return &w.pos_embd;
@@ -113,7 +112,6 @@ const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& 
   }
   return nullptr;
 }
-}  // namespace
 
 void params_from_weights(const Layout& L, const Weights& w, float* p, bool skip_frozen_matrices) {
   // The model's layers must all be there; multi-token prediction modules it lacks keep p's values.

@@ -92,6 +92,8 @@ void init_params(const Layout& L, float* p, uint64_t seed);
 // (Transformer::set_frozen_weights: every matrix but GPT-2's position table) are checked
 // but not written, so p's pages there are never touched.
 void params_from_weights(const Layout& L, const Weights& w, float* p, bool skip_frozen_matrices = false);
+// The loaded tensor of w that parameter t of L comes from (null: none).
+const TensorView* tensor_of(const Weights& w, const Layout& L, const ParamInfo& t);
 // Whether a frozen quantized base reads tensor t from the loaded weights (see above).
 inline bool frozen_matrix(const Layout& L, const ParamInfo& t) {
   return (t.matrix || t.offset == L.tok_embd) && t.offset != L.pos_embd;

@@ -267,7 +267,6 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     lora_ = std::make_unique<LoraLayout>(L, o_.lora);
     o_.lora = lora_->lora;  // targets as resolved for this architecture
     if (o_.lora.quantized_base) {
-      if (cfg.is_moe()) fail("--qlora: mixture-of-experts bases are not supported yet (drop --qlora)");
       const size_t bytes = L.total * sizeof(float);
       void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (m == MAP_FAILED) fail("--qlora: cannot map ", bytes, " bytes for the base's f32 tensors");
@@ -286,7 +285,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
       base_.assign(L.total, 0.f);
       params_from_weights(L, init->weights, base_.data());
     }
-    if (cfg.is_moe()) gbase_.assign(L.total, 0.f);
+
   }
   n_train_ = lora_ ? lora_->total : o_.reward ? L.total + reward_head_padded(cfg) : L.total;
   p_.assign(n_train_, 0.f), g_.assign(n_train_, 0.f), m_.assign(n_train_, 0.f), v_.assign(n_train_, 0.f);
@@ -394,7 +393,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     std::snprintf(base_buf, sizeof base_buf, "%.1f MiB of matrices in their stored types (read in place) + %.1f MiB f32",
                   double(qbase_matrix_bytes_) / (1 << 20), double(qbase_f32_) * 4 / (1 << 20));
   else
-    std::snprintf(base_buf, sizeof base_buf, "%.1f MiB (frozen f32)", double(base_.size() + gbase_.size()) * 4 / (1 << 20));
+    std::snprintf(base_buf, sizeof base_buf, "%.1f MiB (frozen f32)", double(base_.size()) * 4 / (1 << 20));
   const std::string base_mem = base_buf;
   if (lora_ && lora_->lora.prefix()) {
     const double mb = 1.0 / (1 << 20);
@@ -533,14 +532,14 @@ Trainer::StepStats Trainer::train_step() {
       r.loss_sum = d.loss, r.count = d.pairs;
       loss_count[5] += d.margin, loss_count[6] += d.correct;
     } else if (dpo_) {  // reference and policy log-probabilities, then the pair-weighted backward
-      const DpoStats d = lora_ ? dpo_->run(*model_, base_ptr(), nullptr, gbase_.empty() ? nullptr : gbase_.data(),
+      const DpoStats d = lora_ ? dpo_->run(*model_, base_ptr(), nullptr, nullptr,
                                            x_.data(), y_.data(), scale, key, true)
                                : dpo_->run(*model_, p_.data(), ref_.data(), g_.data(), x_.data(), y_.data(), scale,
                                            key, micro == 0);
       r.loss_sum = d.loss, r.count = d.pairs;
       loss_count[5] += d.margin, loss_count[6] += d.correct;
     } else if (lora_) {  // the base frozen (its gradient not formed); the adapter's accumulates in g_
-      r = model_->forward_backward(base_ptr(), gbase_.empty() ? nullptr : gbase_.data(), x_.data(), y_.data(), scale,
+      r = model_->forward_backward(base_ptr(), nullptr, x_.data(), y_.data(), scale,
                                    key, true);
     } else {
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);

@@ -148,7 +148,7 @@ class Trainer {
   std::unique_ptr<class DpoStep> dpo_;  // preference tuning
   std::unique_ptr<class RewardStep> reward_;  // reward model
   ParamVec ref_;                      // full-parameter DPO: the frozen reference
-  ParamVec base_, gbase_;   // LoRA: the frozen model; a throw-away gradient for MoE models
+  ParamVec base_;           // an adapter run's frozen model (f32; see qbase_ for --qlora)
   // --qlora: the loaded base model (its matrices are read in place, in their stored type), and
   // the f32 flat buffer of the rest: an anonymous mapping whose matrix regions are never touched.
   std::unique_ptr<struct LoadedModel> frozen_model_;

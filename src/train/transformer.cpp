@@ -169,6 +169,7 @@ void fill_zero(T* x, int64_t n) {
 
 template <class T>
 void Transformer<T>::lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N, int64_t I, int64_t O) {
+  if (const TensorView* q = frozen_at(W)) return qlin_fwd(Y, X, *q, b, N, I, O);  // a frozen stored matrix
   if constexpr (std::is_same_v<T, float>) {
     if (bf16_) return blk::linear_fwd_gemm(*bf16_, Y, X, W, w16(W), b, N, I, O);
     if (f32_) return blk::linear_fwd_gemm(*f32_, Y, X, W, nullptr, b, N, I, O, true);
@@ -179,6 +180,11 @@ void Transformer<T>::lin_fwd(T* Y, const T* X, const T* W, const T* b, int64_t N
 template <class T>
 void Transformer<T>::lin_bwd(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t N, int64_t I, int64_t O,
                              bool accumulate, bool dw_accumulate) {
+  if (const TensorView* q = frozen_at(W)) {  // frozen: only the input gradient
+    if (dW || db) fail("internal: a gradient for a frozen matrix");
+    if (dX) qlin_bwd(dX, dY, *q, N, I, O, accumulate);
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     blk::LinearBwdOptions o;
     o.accumulate = accumulate, o.dw_accumulate = dw_accumulate;
@@ -539,7 +545,7 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
                                                float grad_scale, uint64_t dropout_key, bool overwrite) {
   round_weights(p);
   layers_fwd(p, tokens, dropout_key);
-  if (!g && (!lora_ || c_.is_moe())) fail("internal: a frozen base needs LoRA and a dense model");
+  if (!g && !lora_) fail("internal: a frozen base needs an adapter");
   fresh_ = overwrite && g;
   grad_scale_ = grad_scale;
   if (fresh_)  // everything the weights' first products do not write: zero, in parallel

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -72,11 +73,12 @@ class Transformer {
     reward_w_ = w, reward_gw_ = gw, reward_last_ = last, reward_dr_ = dr, reward_out_ = rewards;
   }
   // QLoRA-style frozen base (LoraConfig::quantized_base): every matrix of the base (the
-  // layers' projections, the output layer, the token embedding; not GPT-2's position table)
-  // is read from w in its stored type instead of from p, whose regions there are then never
-  // read: forward products on the inference kernels (linear()), input gradients dX = dY W
-  // from W dequantized a chunk of rows at a time. float, dense models, fp32 products only;
-  // the passes then take g = null (no base gradient). w must outlive this model.
+  // layers' projections and experts, the output layer, the token embedding; not GPT-2's
+  // position table: params.h frozen_matrix) is read from w in its stored type instead of
+  // from p, whose regions there are then never read: forward products on the inference
+  // kernels (linear()), input gradients dX = dY W from W dequantized a chunk of rows at a
+  // time. float, fp32 products only; the passes then take g = null (no base gradient).
+  // w must outlive this model.
   void set_frozen_weights(const Weights& w);
   // LoRA off: the passes compute the base model (DPO's reference); on again by default.
   void enable_lora(bool on) { lora_on_ = on; }
@@ -247,7 +249,12 @@ class Transformer {
   std::unique_ptr<KernelContext> qctx_;
   std::vector<float> qchunk_;        // (kQRows, widest input) dequantized rows of a frozen matrix
   static constexpr int64_t kQRows = 256;
-  const TensorView* frozen_view(int64_t l, LoraSite s) const;  // null: not frozen there
+  // The frozen matrix (a tensor, or one expert of a (E, rows, cols) tensor) whose f32 place in
+  // the parameters is W; null for everything the parameters hold themselves. Error for a
+  // pointer inside a frozen tensor that is not one of its matrices.
+  const TensorView* frozen_at(const T* W) const;
+  std::unordered_map<size_t, TensorView> frozen_off_;          // parameter offset -> stored matrix
+  std::vector<std::pair<size_t, size_t>> frozen_ranges_;      // [begin, end) of the frozen tensors
   void qlin_fwd(T* Y, const T* X, const TensorView& W, const T* b, int64_t N, int64_t I, int64_t O);
   void qlin_bwd(T* dX, const T* dY, const TensorView& W, int64_t N, int64_t I, int64_t O, bool accumulate);
   std::vector<T> bn_acts_, bn_da_, bn_dy_;  // adapters: (layers, 2, N (C + 2m)); (2, N, m) scratch; (N, C) d y
