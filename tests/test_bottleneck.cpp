@@ -17,6 +17,7 @@
 #include "formats/lora_adapter.h"
 #include "model/model.h"
 #include "model/synthetic.h"
+#include "adapter_grad_util.h"
 #include "test_util.h"
 #include "train/lora.h"
 #include "train/params.h"
@@ -29,63 +30,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-Vec randn(size_t n, std::mt19937_64& rng, double sd) {
-  std::normal_distribution<double> d(0.0, sd);
-  Vec v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-ModelConfig tiny(Arch arch) {
-  ModelConfig c;
-  c.arch = arch;
-  c.dim = 8, c.n_layers = 2, c.hidden_dim = 12, c.vocab_size = 11, c.max_seq_len = 8;
-  if (arch == Arch::Llama) c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 2;
-  else c.n_heads = c.n_kv_heads = 2, c.head_dim = 4, c.tied_embeddings = true;
-  return c;
-}
+ModelConfig tiny(Arch arch) { return test::tiny_adapter_model(arch); }
 
 void check_grads(const ModelConfig& c, const LoraConfig& lc, const ModelOptions& mo, uint64_t key,
                  const std::string& what) {
-  const test::OneThread one_thread;
-  Layout L(c);
-  LoraLayout LL(L, lc);
-  std::mt19937_64 rng(41);
-  Vec p = randn(L.total, rng, 0.3), a = randn(LL.total, rng, 0.4);
-  for (const auto& t : LL.tensors)  // keep ReLU units alive, so that every gradient is non-zero
-    if (t.name.find("down.bias") != std::string::npos)
-      for (size_t i = 0; i < t.numel; ++i) a[t.offset + i] += 1.0;
-  const int64_t B = 2, T = 5;
-  std::vector<int32_t> tok(B * T), tgt(B * T);
-  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng() % uint64_t(c.vocab_size));
-  for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
-  Transformer<double> m(L, B, T, mo);
-  m.attach_lora(LL);
-  Vec ga(LL.total, 0.0);
-  m.set_lora_params(a.data(), ga.data());
-  auto f = [&] {
-    const auto r = m.forward(p.data(), tok.data(), tgt.data(), key);
-    return r.loss_sum / double(r.count);
-  };
-  const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
-  m.forward_backward(p.data(), nullptr, tok.data(), tgt.data(), 1.f / float(count), key, true);
-  for (const auto& t : LL.tensors) {
-    Vec x(ga.begin() + long(t.offset), ga.begin() + long(t.offset + t.numel)), y(t.numel);
-    for (size_t i = 0; i < t.numel; ++i) {  // central differences of this tensor only
-      double& v = a[t.offset + i];
-      const double v0 = v, h = 1e-5;
-      v = v0 + h;
-      const double fp = f();
-      v = v0 - h;
-      const double fm = f();
-      v = v0;
-      y[i] = (fp - fm) / (2 * h);
-    }
-    double e = 0, mx = 1e-300;
-    for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::abs(x[i] - y[i])), mx = std::max(mx, std::abs(y[i]));
-    EXPECT_LT(e / mx, 1e-4) << what << ": " << t.name;
-    EXPECT_GT(mx, 1e-8) << what << ": " << t.name << ": a gradient that cannot fail";
-  }
+  test::check_adapter_grads(c, lc, mo, key, what, 41, 0.4);
 }
 
 }  // namespace

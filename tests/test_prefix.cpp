@@ -17,6 +17,7 @@
 #include "formats/lora_adapter.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
+#include "adapter_grad_util.h"
 #include "test_util.h"
 #include "train/blocks.h"
 #include "train/lora.h"
@@ -30,44 +31,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-Vec randn(size_t n, std::mt19937_64& rng, double sd = 1.0) {
-  std::normal_distribution<double> d(0.0, sd);
-  Vec v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// Central differences of f in x; max |a - b| / max |b|.
-Vec numgrad(Vec& x, const std::function<double()>& f, double h = 1e-5) {
-  Vec g(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double x0 = x[i];
-    x[i] = x0 + h;
-    const double fp = f();
-    x[i] = x0 - h;
-    const double fm = f();
-    x[i] = x0;
-    g[i] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
-double rel_err(const Vec& a, const Vec& b) {
-  double e = 0, m = 1e-300;
-  for (size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i])), m = std::max(m, std::abs(b[i]));
-  return e / m;
-}
-
-ModelConfig tiny(Arch arch) {
-  ModelConfig c;
-  c.arch = arch;
-  if (arch == Arch::Llama) {
-    c.dim = 8, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 2, c.hidden_dim = 12, c.qkv_bias = true;
-  } else {
-    c.dim = 8, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 2, c.head_dim = 4, c.hidden_dim = 12;
-  }
-  c.vocab_size = 11, c.max_seq_len = 12, c.tied_embeddings = arch == Arch::GPT2;
-  return c;
-}
+using test::numgrad;
+using test::randn;
+using test::rel_err;
 
 // The attention of one block's inputs with a prefix: attention_fwd then prefix_attention_fwd.
 struct PrefixAttn {
@@ -178,40 +144,16 @@ TEST(PrefixTuning, AttentionGradientsMatchFiniteDifferences) {
 
 // The whole frozen model with a prefix: the prefix rows' gradients (the only trained ones).
 TEST(PrefixTuning, WholeModelPrefixGradientsMatchFiniteDifferences) {
-  const test::OneThread one_thread;
   for (Arch arch : {Arch::Llama, Arch::GPT2})
     for (bool recompute : {false, true}) {
-      const ModelConfig c = tiny(arch);
-      Layout L(c);
+      const ModelConfig c = test::tiny_adapter_model(arch);
       LoraConfig lc;
       lc.prefix_len = 3;
-      LoraLayout LL(L, lc);
+      const LoraLayout LL(Layout(c), lc);
       EXPECT_EQ(LL.n_params, size_t(2 * 3 * c.n_layers * (arch == Arch::GPT2 ? c.dim : c.kv_dim())));
-      std::mt19937_64 rng(33);
-      Vec p = randn(L.total, rng, 0.3), a = randn(LL.total, rng, 0.5);
-      const int64_t B = 2, T = 5;
-      std::vector<int32_t> tok(B * T), tgt(B * T);
-      for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng() % uint64_t(c.vocab_size));
-      for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
       ModelOptions mo;
       mo.recompute = recompute;
-      Transformer<double> m(L, B, T, mo);
-      m.attach_lora(LL);
-      Vec ga(LL.total, 0.0);
-      m.set_lora_params(a.data(), ga.data());
-      auto f = [&] {
-        const auto r = m.forward(p.data(), tok.data(), tgt.data());
-        return r.loss_sum / double(r.count);
-      };
-      const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
-      m.forward_backward(p.data(), nullptr, tok.data(), tgt.data(), 1.f / float(count), 0, true);
-      const Vec num = numgrad(a, f);
-      for (const auto& t : LL.tensors) {
-        Vec x(ga.begin() + long(t.offset), ga.begin() + long(t.offset + t.numel));
-        Vec y(num.begin() + long(t.offset), num.begin() + long(t.offset + t.numel));
-        EXPECT_LT(rel_err(x, y), 1e-4) << t.name << (arch == Arch::GPT2 ? " gpt2" : " llama") << recompute;
-        EXPECT_GT(*std::max_element(y.begin(), y.end()), 0.0) << t.name << ": a gradient that cannot fail";
-      }
+      test::check_adapter_grads(c, lc, mo, 0, std::string(arch_name(arch)) + (recompute ? " recompute" : ""), 33, 0.5);
     }
 }
 
@@ -221,7 +163,7 @@ TEST(PrefixTuning, WholeModelPrefixGradientsMatchFiniteDifferences) {
 // files, whose keys are stored in Hugging Face's RoPE order and read back into the model's).
 TEST(PrefixTuning, APrefixOfTokensKeysIsTheModelHavingReadThem) {
   for (Arch arch : {Arch::Llama, Arch::GPT2}) {
-    ModelConfig c = tiny(arch);
+    ModelConfig c = test::tiny_adapter_model(arch);
     c.dim = 32, c.n_heads = 4, c.n_kv_heads = arch == Arch::GPT2 ? 4 : 2, c.head_dim = 8, c.hidden_dim = 48;
     c.vocab_size = 37, c.max_seq_len = 32, c.rope_style = ops::RopeStyle::Interleaved;
     const Layout L(c);
@@ -302,7 +244,7 @@ TEST(PrefixTuning, APrefixOfTokensKeysIsTheModelHavingReadThem) {
 }
 
 TEST(PrefixTuning, UnsupportedModelsAndMixturesAreRefused) {
-  ModelConfig c = tiny(Arch::Llama);
+  ModelConfig c = test::tiny_adapter_model(Arch::Llama);
   LoraConfig lc;
   lc.prefix_len = 2;
   lc.rank = 4;

@@ -15,6 +15,8 @@
 #include "formats/any_tokenizer.h"
 #include "formats/llama2c.h"
 #include "core/error.h"
+#include "adapter_grad_util.h"
+#include "grad_util.h"
 #include "ref_llama.h"
 #include "test_util.h"
 #include "train/blocks.h"
@@ -28,40 +30,10 @@ using Vec = std::vector<double>;
 
 namespace {
 
-Vec randn(size_t n, std::mt19937_64& rng, double sd = 1.0) {
-  std::normal_distribution<double> d(0.0, sd);
-  Vec v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// Central differences of f with respect to x (perturbed in place and restored).
-Vec numgrad(Vec& x, const std::function<double()>& f, double h = 1e-5) {
-  Vec g(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double x0 = x[i];
-    x[i] = x0 + h;
-    const double fp = f();
-    x[i] = x0 - h;
-    const double fm = f();
-    x[i] = x0;
-    g[i] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
-
-// max |a - b| / max |b|: relative to the gradient's scale.
-double rel_err(const Vec& a, const Vec& b) {
-  double e = 0, m = 1e-300;
-  for (size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i])), m = std::max(m, std::abs(b[i]));
-  return e / m;
-}
-
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
+using test::dot;
+using test::numgrad;
+using test::randn;
+using test::rel_err;
 
 constexpr double kTol = 1e-4;
 
@@ -473,32 +445,7 @@ TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
 // formed, MoE models included), through dropout on the adapter input and
 // recomputation, for Llama (every target) and GPT-2 (its fused qkv).
 void check_lora(ModelConfig c, LoraConfig lc, const ModelOptions& mo, uint64_t key = 0) {
-  const test::OneThread one_thread;
-  Layout L(c);
-  LoraLayout LL(L, lc);
-  std::mt19937_64 rng(21);
-  Vec p = randn(L.total, rng, 0.3), a = randn(LL.total, rng, 0.3);
-  const int64_t B = 2, T = 5;
-  std::vector<int32_t> tok(B * T), tgt(B * T);
-  for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng() % uint64_t(c.vocab_size));
-  for (size_t i = 0; i < tgt.size(); ++i) tgt[i] = i % 4 == 3 ? -1 : int32_t(rng() % uint64_t(c.vocab_size));
-  Transformer<double> m(L, B, T, mo);
-  m.attach_lora(LL);
-  Vec ga(LL.total, 0.0);
-  m.set_lora_params(a.data(), ga.data());
-  auto f = [&] {
-    const auto r = m.forward(p.data(), tok.data(), tgt.data(), key);
-    return r.loss_sum / double(r.count);
-  };
-  const int64_t count = std::count_if(tgt.begin(), tgt.end(), [](int32_t t) { return t >= 0; });
-  m.forward_backward(p.data(), nullptr, tok.data(), tgt.data(), 1.f / float(count), key, true);
-  const Vec num = numgrad(a, f);
-  for (const auto& t : LL.tensors) {
-    Vec x(ga.begin() + long(t.offset), ga.begin() + long(t.offset + t.numel));
-    Vec y(num.begin() + long(t.offset), num.begin() + long(t.offset + t.numel));
-    EXPECT_LT(rel_err(x, y), kTol) << t.name;
-    EXPECT_GT(*std::max_element(y.begin(), y.end()), 0.0) << t.name << ": a gradient that cannot fail";
-  }
+  test::check_adapter_grads(c, lc, mo, key, "lora");
 }
 
 TEST(TrainGrad, LoraAdaptersMatchFiniteDifferences) {

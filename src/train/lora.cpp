@@ -104,6 +104,16 @@ LoraConfig lora_from_json(const nlohmann::json& j, const std::string& where) {
   return c;
 }
 
+size_t LoraLayout::add_tensor(const std::string& name, std::vector<int64_t> shape) {
+  ParamInfo p;
+  p.name = name, p.shape = shape, p.matrix = shape.size() > 1;
+  p.numel = size_t(shape[0] * (shape.size() > 1 ? shape[1] : 1));
+  p.offset = (total + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
+  total = p.offset + p.numel, n_params += p.numel;
+  tensors.push_back(p);
+  return p.offset;
+}
+
 LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg), lora(lc) {
   const ModelConfig& c = cfg;
   if (lc.bottleneck()) {
@@ -111,15 +121,6 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
     if (c.mtp_depth > 0) fail("--adapter-dim: multi-token prediction modules are not supported with adapters");
     if (c.post_norms) fail("--adapter-dim: models with sandwich norms (Gemma 2) are not supported");
     const int64_t m = lc.adapter_dim, C = c.dim;
-    auto add = [&](const std::string& name, std::vector<int64_t> shape) {
-      ParamInfo p;
-      p.name = name, p.shape = shape, p.numel = size_t(shape[0] * (shape.size() > 1 ? shape[1] : 1));
-      p.matrix = shape.size() > 1;
-      p.offset = (total + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
-      total = p.offset + p.numel, n_params += p.numel;
-      tensors.push_back(p);
-      return p.offset;
-    };
     bottleneck.resize(size_t(c.n_layers));
     for (int64_t l = 0; l < c.n_layers; ++l)
       for (int s = 0; s < 2; ++s) {
@@ -128,8 +129,8 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
         if (s == 0 && c.mla()) fail("--adapter-dim: latent attention (MLA) is not supported");
         const std::string b = "blk." + std::to_string(l) + (s == 0 ? ".attn_adapter_" : ".ffn_adapter_");
         Bottleneck& bn = bottleneck[size_t(l)][size_t(s)];
-        bn.down = add(b + "down.weight", {m, C}), bn.down_b = add(b + "down.bias", {m});
-        bn.up = add(b + "up.weight", {C, m}), bn.up_b = add(b + "up.bias", {C});
+        bn.down = add_tensor(b + "down.weight", {m, C}), bn.down_b = add_tensor(b + "down.bias", {m});
+        bn.up = add_tensor(b + "up.weight", {C, m}), bn.up_b = add_tensor(b + "up.bias", {C});
       }
     layers.resize(size_t(c.n_layers));
     if (tensors.empty()) fail("--adapter-sites: no site given");
@@ -145,19 +146,11 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
     if (c.mtp_depth > 0) fail("--prefix-len: multi-token prediction modules are not supported with a prefix");
     prefix_dim = c.arch == Arch::GPT2 ? c.dim : c.kv_dim();
     const int64_t P = lc.prefix_len;
-    auto add = [&](const std::string& name) {
-      ParamInfo p;
-      p.name = name, p.shape = {P, prefix_dim}, p.numel = size_t(P * prefix_dim), p.matrix = true;
-      p.offset = (total + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
-      total = p.offset + p.numel, n_params += p.numel;
-      tensors.push_back(p);
-      return p.offset;
-    };
     layers.resize(size_t(c.n_layers));
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const std::string b = "blk." + std::to_string(l) + ".attn_";
-      const size_t k = add(b + "k_prefix");
-      prefix.emplace_back(k, add(b + "v_prefix"));
+      const size_t k = add_tensor(b + "k_prefix", {P, prefix_dim});
+      prefix.emplace_back(k, add_tensor(b + "v_prefix", {P, prefix_dim}));
     }
     return;
   }
@@ -179,14 +172,6 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
   }
   lora.targets = t;
   const int64_t r = lc.rank;
-  auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
-    ParamInfo p;
-    p.name = name, p.shape = {rows, cols}, p.numel = size_t(rows * cols), p.matrix = true;
-    p.offset = (total + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
-    total = p.offset + p.numel, n_params += p.numel;
-    tensors.push_back(p);
-    return p.offset;
-  };
   layers.resize(size_t(c.n_layers));
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const int64_t C = c.dim, H = c.hidden_dim;
@@ -206,8 +191,8 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
       Site& st = layers[size_t(l)][size_t(sh.s)];
       st.in = sh.in, st.out = sh.out;
       st.base = "blk." + std::to_string(l) + "." + kRoles[int(sh.s)] + ".weight";
-      st.a = add(st.base + ".lora_a", r, sh.in);
-      st.b = add(st.base + ".lora_b", sh.out, r);
+      st.a = add_tensor(st.base + ".lora_a", {r, sh.in});
+      st.b = add_tensor(st.base + ".lora_b", {sh.out, r});
     }
   }
   if (tensors.empty()) fail("--lora-targets ", lora_targets_string(lc.targets), ": no such layer in this model");

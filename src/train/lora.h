@@ -89,6 +89,9 @@ struct LoraLayout {
   // hash routing, multi-token prediction), or with LoRA in the same run.
   LoraLayout(const Layout& base, const LoraConfig& lora);
   const Site& site(int64_t layer, LoraSite s) const { return layers[size_t(layer)][size_t(s)]; }
+
+ private:
+  size_t add_tensor(const std::string& name, std::vector<int64_t> shape);  // its offset (kAlign-aligned)
 };
 
 // A ~ N(0, 1 / r^2) (PEFT's "gaussian" initialisation), B = 0: deterministic from seed.
