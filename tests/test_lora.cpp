@@ -223,9 +223,10 @@ TEST_F(LoraCli, PrefixTuningTrainsExportsAndRuns) {
   r = run_cli("generate " + m + " --lora " + q(dir_ + "/prefix") + " -p hi -n 2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--prefix-adapter"), std::string::npos) << r.err;
-  r = run_cli("generate " + m + " --prefix-adapter " + q(dir_ + "/prefix") + " -p hi -n 2 --beams 2");
-  EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.err.find("runs one sequence"), std::string::npos) << r.err;
+  for (const char* mode : {"--beams 2", "--n 2 --temp 1", "--draft-ngram 2"}) {  // the batched forward
+    r = run_cli("generate " + m + " --prefix-adapter " + q(dir_ + "/prefix") + " -p ROMEO -n 6 " + mode);
+    EXPECT_EQ(r.code, 0) << mode << "\n" << r.err;
+  }
   r = run_cli("generate -m synthetic:gpt2-tiny --prefix-adapter " + q(dir_ + "/prefix") + " -p hi -n 2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("adapter_config.json"), std::string::npos) << r.err;

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "formats/lora_adapter.h"
 #include "kernels/kernels.h"
+#include "model/batch.h"
 #include "model/model.h"
 #include "adapter_grad_util.h"
 #include "test_util.h"
@@ -237,6 +238,37 @@ TEST(PrefixTuning, APrefixOfTokensKeysIsTheModelHavingReadThem) {
     for (int64_t i = 0; i < T * c.vocab_size; ++i) apart = std::max(apart, double(std::fabs(l0[size_t(i)] - lt[size_t(i)])));
     EXPECT_GT(apart, 1e-2) << arch_name(arch) << ": the prefix must matter";
     EXPECT_THROW(with.forward_all(ctx, t.data(), 1, 24, lt.data()), Error);  // past the usable context
+
+    // The batched forward over a cache the model makes: two sequences in one batch, each
+    // starting with the prefix (shared blocks), then a fork rewound to one token and extended.
+    RunOptions rb = ro;
+    rb.own_cache = false;
+    Model mb(w, rb);
+    KVCache cache = mb.make_cache(4);
+    const int32_t s0 = cache.add_seq(), s1 = cache.add_seq();
+    EXPECT_EQ(cache.length(s0), 0);
+    Batch bt;
+    for (int64_t i = 0; i < T; ++i) bt.add(t[size_t(i)], i, s0, true);
+    for (int64_t i = 0; i < 3; ++i) bt.add(t[size_t(i)], i, s1, i == 2);
+    std::vector<float> lbat(size_t((T + 1) * c.vocab_size));
+    mb.forward(ctx, bt, cache, lbat.data());
+    EXPECT_EQ(cache.length(s0), T);
+    EXPECT_EQ(cache.length(s1), 3);
+    worst = 0;
+    for (int64_t i = 0; i < T * c.vocab_size; ++i) worst = std::max(worst, double(std::fabs(lbat[size_t(i)] - lt[size_t(i)])));
+    for (int64_t v = 0; v < c.vocab_size; ++v)
+      worst = std::max(worst, double(std::fabs(lbat[size_t(T * c.vocab_size + v)] - lt[size_t(2 * c.vocab_size + v)])));
+    const int32_t s2 = cache.fork(s1);
+    cache.truncate(s2, 1);
+    EXPECT_EQ(cache.length(s2), 1);
+    bt.clear();
+    bt.add(t[1], 1, s2, true);
+    mb.forward(ctx, bt, cache, lbat.data());
+    for (int64_t v = 0; v < c.vocab_size; ++v)
+      worst = std::max(worst, double(std::fabs(lbat[size_t(v)] - lt[size_t(c.vocab_size + v)])));
+    EXPECT_LT(worst, 1e-4) << arch_name(arch) << ": batched";
+    cache.free_seq(s0), cache.free_seq(s1), cache.free_seq(s2);
+    EXPECT_EQ(cache.free_blocks(), cache.n_blocks() - (P + 31) / 32);  // only the prefix's blocks stay taken
     c.n_layers = 3;
     EXPECT_THROW(read_prefix_adapter(dir, c), Error);  // an adapter for another model
     fs::remove_all(dir);

@@ -251,7 +251,7 @@ int cmd_generate(int argc, char** argv) {
     // The draft: the same run options, the context of the main model.
     ModelArgs da = ma;
     da.model = md.draft_path, da.tokenizer.clear(), da.ctx = L.model->n_ctx(), da.load_type.clear();
-    da.lora.clear();  // adapters are for the target model
+    da.lora.clear(), da.prefix_adapter.clear(), da.bottleneck_adapter.clear();  // adapters are for the target model
     Loaded D;
     if (!md.draft_path.empty()) D = load(da);
     SpeculativeStats sst;

@@ -44,8 +44,8 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
   max_new = max_new < 0 ? model.n_ctx() - P : std::min(max_new, model.n_ctx() - P);
   const int B = p.beams;
   // Every beam's blocks, and one more block each for the copy of a shared last block.
-  const int64_t bs = 32, per_seq = (P + max_new + bs - 1) / bs + 1;
-  KVCache cache(model.config(), KVCacheOptions{int64_t(B) * per_seq + 1, bs, DType::F32});
+  const int64_t bs = model.kv_block_size(), per_seq = (P + max_new + bs - 1) / bs + 1;
+  KVCache cache = model.make_cache(int64_t(B) * per_seq + 1);  // the model's KV type (and prefix adapter)
   std::vector<float> logits(size_t(B) * size_t(V));
   Batch batch;
   if (g && (!g->grammar || !g->trie || !g->tok)) fail("beam search: a grammar needs its token trie and tokenizer");

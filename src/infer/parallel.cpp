@@ -19,8 +19,8 @@ std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std:
          " (raise -c or shorten the prompt)");
   max_new = max_new < 0 ? model.n_ctx() - P : std::min(max_new, model.n_ctx() - P);
   // Every sample's blocks plus one for the copy of the shared last prompt block.
-  const int64_t bs = 32, per_seq = (P + max_new + bs - 1) / bs + 1;
-  KVCache cache(model.config(), KVCacheOptions{int64_t(n) * per_seq, bs, DType::F32});
+  const int64_t bs = model.kv_block_size(), per_seq = (P + max_new + bs - 1) / bs + 1;
+  KVCache cache = model.make_cache(int64_t(n) * per_seq);  // the model's KV type (and prefix adapter)
   const size_t Vs = size_t(V);
   std::vector<float> logits(size_t(n) * Vs), work(Vs);
   std::vector<int32_t> seqs{cache.add_seq()};

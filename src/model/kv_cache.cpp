@@ -37,6 +37,12 @@ KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
   }
   free_.resize(size_t(n_blocks_));
   for (int64_t i = 0; i < n_blocks_; ++i) free_[size_t(i)] = int32_t(n_blocks_ - 1 - i);
+  if (opt.prefix_len > 0) {
+    P_ = opt.prefix_len;
+    const int64_t nb = (P_ + bs_ - 1) / bs_;
+    if (nb >= n_blocks_) fail("KV cache: a prefix of ", P_, " positions fills the pool of ", n_blocks_, " blocks");
+    for (int64_t i = 0; i < nb; ++i) prefix_blocks_.push_back(take_block());
+  }
 }
 
 void KVCache::check_seq(int32_t seq, const char* what) const {
@@ -47,17 +53,20 @@ void KVCache::check_seq(int32_t seq, const char* what) const {
 int32_t KVCache::add_seq() {
   for (size_t i = 0; i < seqs_.size(); ++i)
     if (!seqs_[i].live) {
-      seqs_[i] = Seq{{}, 0, true};
+      seqs_[i] = Seq{prefix_blocks_, P_, true};
+      for (int32_t b : prefix_blocks_) ++refs_[size_t(b)];
       return int32_t(i);
     }
-  seqs_.push_back(Seq{{}, 0, true});
+  seqs_.push_back(Seq{prefix_blocks_, P_, true});
+  for (int32_t b : prefix_blocks_) ++refs_[size_t(b)];
   return int32_t(seqs_.size() - 1);
 }
 
 void KVCache::free_seq(int32_t seq) {
   check_seq(seq, "free");
-  truncate(seq, 0);
-  seqs_[size_t(seq)].live = false;
+  Seq& s = seqs_[size_t(seq)];
+  for (int32_t b : s.blocks) release(b);
+  s.blocks.clear(), s.len = 0, s.live = false;
 }
 
 int32_t KVCache::fork(int32_t src) {
@@ -73,7 +82,9 @@ int32_t KVCache::fork(int32_t src) {
 void KVCache::truncate(int32_t seq, int64_t n) {
   check_seq(seq, "truncate");
   Seq& s = seqs_[size_t(seq)];
-  if (n < 0 || n > s.len) fail("KV cache truncate: sequence ", seq, " has ", s.len, " positions, cannot keep ", n);
+  if (n < 0 || n + P_ > s.len)
+    fail("KV cache truncate: sequence ", seq, " has ", s.len - P_, " positions, cannot keep ", n);
+  n += P_;  // cache positions from here
   const size_t keep = size_t((n + bs_ - 1) / bs_);
   while (s.blocks.size() > keep) {
     release(s.blocks.back());
@@ -84,7 +95,7 @@ void KVCache::truncate(int32_t seq, int64_t n) {
 
 int64_t KVCache::length(int32_t seq) const {
   check_seq(seq, "length");
-  return seqs_[size_t(seq)].len;
+  return seqs_[size_t(seq)].len - P_;
 }
 
 bool KVCache::live(int32_t seq) const { return seq >= 0 && size_t(seq) < seqs_.size() && seqs_[size_t(seq)].live; }
@@ -98,7 +109,9 @@ int32_t KVCache::n_live() const {
 int64_t KVCache::rewind_need(int32_t seq, int64_t keep, int64_t n) const {
   check_seq(seq, "extend");
   const Seq& s = seqs_[size_t(seq)];
-  if (keep < 0 || keep > s.len) fail("KV cache: sequence ", seq, " has ", s.len, " positions, cannot keep ", keep);
+  if (keep < 0 || keep + P_ > s.len)
+    fail("KV cache: sequence ", seq, " has ", s.len - P_, " positions, cannot keep ", keep);
+  keep += P_;  // cache positions from here
   const int64_t held = (keep + bs_ - 1) / bs_;
   int64_t freed = 0;
   for (size_t b = size_t(held); b < s.blocks.size(); ++b) freed += refs_[size_t(s.blocks[b])] == 1;
@@ -109,7 +122,7 @@ int64_t KVCache::rewind_need(int32_t seq, int64_t keep, int64_t n) const {
 
 void KVCache::extend(int32_t seq, int64_t n) {
   check_seq(seq, "extend");
-  const int64_t need = rewind_need(seq, seqs_[size_t(seq)].len, n);
+  const int64_t need = rewind_need(seq, seqs_[size_t(seq)].len - P_, n);
   if (need > free_blocks())
     fail("KV cache full: sequence ", seq, " needs ", need, " more blocks of ", bs_, " positions, ", free_blocks(),
          " of ", n_blocks_, " are free (raise the context size or the number of KV blocks)");

@@ -29,6 +29,10 @@ struct KVCacheOptions {
   // after the model's (the module's block), and each position's final hidden state (f32, this wide).
   int64_t extra_layers = 0;
   int64_t hidden = 0;
+  // A prefix adapter (model/model.h KvPrefix): every sequence starts with these positions, held
+  // in blocks taken once (the caller writes them: prefix_row) and shared by every sequence. The
+  // sequence API (length, truncate, extend, rewind_need) then counts the positions after them.
+  int64_t prefix_len = 0;
 };
 
 class KVCache {
@@ -57,7 +61,11 @@ class KVCache {
   // whole batch before changing anything.
   int64_t rewind_need(int32_t seq, int64_t keep, int64_t n) const;
 
-  // Row of position pos of seq in the pool (block_table[pos / bs] * bs + pos % bs).
+  // Positions in the calls below (row, token, hidden, block_table) are the cache's own: a
+  // prefix's first (a sequence position p is cache position prefix_len() + p).
+  int64_t prefix_len() const { return P_; }
+  int64_t prefix_row(int64_t p) const { return int64_t(prefix_blocks_[size_t(p / bs_)]) * bs_ + p % bs_; }
+  // Row of cache position pos of seq in the pool (block_table[pos / bs] * bs + pos % bs).
   int64_t row(int32_t seq, int64_t pos) const {
     const auto& t = seqs_[size_t(seq)].blocks;
     return int64_t(t[size_t(pos / bs_)]) * bs_ + pos % bs_;
@@ -110,6 +118,8 @@ class KVCache {
   std::vector<int32_t> refs_;  // per block
   std::vector<int32_t> free_;  // free block ids, highest first (the lowest is taken from the back)
   std::vector<Seq> seqs_;
+  int64_t P_ = 0;                      // prefix positions (KVCacheOptions::prefix_len)
+  std::vector<int32_t> prefix_blocks_;  // their blocks, one reference held by the cache
 };
 
 }  // namespace tessera

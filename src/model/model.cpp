@@ -35,11 +35,11 @@ Model::Model(const Weights& w, const RunOptions& opt)
         px.kv.size() != size_t(2 * px.n_layers * px.len * px.kv_dim))
       fail("prefix adapter: ", px.n_layers, " layers of ", px.len, " x ", px.kv_dim, " keys and values; this model has ",
            c.n_layers, " layers of K/V width ", c.cache_kv_dim());
-    if (c.mla() || mtp_ || c.moe_hashed() || !opt.own_cache)
-      fail("prefix adapter: not supported with latent attention, --draft-mtp, hash routing or batched decoding");
+    if (c.mla() || mtp_ || c.moe_hashed())
+      fail("prefix adapter: not supported with latent attention, --draft-mtp or hash routing");
     for (int64_t l = 0; l < c.n_layers; ++l)
       if (c.layer(l).attn == AttnKind::SlidingWindow) fail("prefix adapter: layer ", l, " has a sliding window; not supported");
-    prefix_len_ = px.len;
+    prefix_len_ = px.len, prefix_ = opt.prefix;
     n_ctx_ += prefix_len_;
     if (c.arch == Arch::GPT2) n_ctx_ = std::min(n_ctx_, c.max_seq_len);  // the learned positions end there
     if (n_ctx_ <= prefix_len_) fail("prefix adapter: its ", prefix_len_, " positions fill the context");
@@ -120,7 +120,6 @@ Model::Model(const Weights& w, const RunOptions& opt)
   if (opt.own_cache) {
     own_ = std::make_unique<KVCache>(make_cache(own_blocks));
     own_->add_seq();
-    if (opt.prefix) write_prefix(*opt.prefix);
     own_pos_.resize(size_t(max_batch_));
     own_seq_.assign(size_t(max_batch_), 0);
   }
@@ -153,7 +152,13 @@ KVCache Model::make_cache(int64_t n_blocks) const {
   KVCacheOptions o;
   o.n_blocks = n_blocks, o.block_size = kv_block_size_, o.type = kv_type_;
   if (mtp_) o.extra_layers = 1, o.hidden = w_.cfg.dim;  // the MTP module's K/V, the states it reads
-  return KVCache(w_.cfg, o);
+  if (!prefix_) return KVCache(w_.cfg, o);
+  // A prefix adapter: its rows in blocks of their own, plus one for a sequence's copy of a partial last one.
+  o.prefix_len = prefix_len_;
+  o.n_blocks += (prefix_len_ + kv_block_size_ - 1) / kv_block_size_ + 1;
+  KVCache cache(w_.cfg, o);
+  write_prefix(*prefix_, cache);
+  return cache;
 }
 
 int64_t Model::score_rows() const {
@@ -187,8 +192,8 @@ void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t*
     check_token(tokens[i], pos[i]);
     const int32_t s = seq[i];
     if (!cache.live(s)) fail("forward: row ", i, " names sequence ", s, ", which the KV cache does not hold");
-    if (pos[i] < 0 || pos[i] >= n_ctx_)
-      fail("sequence of ", pos[i] + 1, " tokens exceeds the context size ", n_ctx_, " (-c)");
+    if (pos[i] < 0 || pos[i] >= n_ctx())
+      fail("sequence of ", pos[i] + 1, " tokens exceeds the context size ", n_ctx(), " (-c)");
     if (size_t(s) >= seq_first_.size()) seq_first_.resize(size_t(s) + 1, -1), seq_count_.resize(size_t(s) + 1, 0);
     int64_t& first = seq_first_[size_t(s)];
     if (first < 0) {
@@ -226,21 +231,19 @@ void Model::forward_all(KernelContext& ctx, const int32_t* tokens, int64_t n, in
   forward_own(ctx, tokens, n, pos, true, out);
 }
 
-void Model::write_prefix(const KvPrefix& px) {
+void Model::write_prefix(const KvPrefix& px, KVCache& cache) const {
   const auto& c = w_.cfg;
   const int64_t kvd = c.cache_kv_dim();
-  own_->extend(0, px.len);
   for (int64_t l = 0; l < c.n_layers; ++l)
     for (int64_t p = 0; p < px.len; ++p) {
-      const size_t at = size_t(own_->row(0, p)) * own_->row_bytes();
+      const size_t at = size_t(cache.prefix_row(p)) * cache.row_bytes();
       const float* src[2] = {px.k(l) + p * kvd, px.v(l) + p * kvd};
-      uint8_t* dst[2] = {own_->k(l) + at, own_->v(l) + at};
+      uint8_t* dst[2] = {cache.k(l) + at, cache.v(l) + at};
       for (int i = 0; i < 2; ++i) {
         if (kv_type_ == DType::F32) std::copy(src[i], src[i] + kvd, reinterpret_cast<float*>(dst[i]));
         else quantize_row(kv_type_, src[i], dst[i], kvd);
       }
     }
-  for (int64_t p = 0; p < px.len; ++p) own_->set_token(0, p, -1);
 }
 
 void Model::forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out) {
@@ -248,15 +251,14 @@ void Model::forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, in
   if (n <= 0) fail("forward: no tokens");
   if (pos < 0 || pos + n > n_ctx()) fail("sequence of ", pos + n, " tokens exceeds the context size ", n_ctx(), " (-c)");
   for (int64_t i = 0; i < n; ++i) check_token(tokens[i], pos + i);
-  pos += prefix_len_;  // from here on, positions in the cache (the prefix first)
   if (pos > own_->length(0))
-    fail("forward: position ", pos - prefix_len_, " is past the ", own_->length(0) - prefix_len_, " cached positions (a gap)");
+    fail("forward: position ", pos, " is past the ", own_->length(0), " cached positions (a gap)");
   own_->truncate(0, pos);
   own_->extend(0, n);  // the own cache holds n_ctx positions: always room
   kv_ = own_.get();
   for (int64_t i = 0; i < n; i += max_batch_) {
     const int64_t m = std::min(max_batch_, n - i);
-    for (int64_t t = 0; t < m; ++t) own_pos_[size_t(t)] = pos + i + t;
+    for (int64_t t = 0; t < m; ++t) own_pos_[size_t(t)] = prefix_len_ + pos + i + t;  // cache positions
     if (all) {
       chunk(ctx, tokens + i, own_pos_.data(), own_seq_.data(), m, nullptr, out + i * w_.cfg.vocab_size);
     } else {
@@ -272,15 +274,21 @@ void Model::forward(KernelContext& ctx, const Batch& b, KVCache& cache, float* o
   const int64_t n = b.size();
   if (int64_t(b.pos.size()) != n || int64_t(b.seq.size()) != n || int64_t(b.want_logits.size()) != n)
     fail("forward: the batch's token, pos, seq and want_logits lists differ in length");
-  if (prefix_len_ > 0)
-    fail("forward: a model with a prefix adapter runs one sequence (generate, perplexity); batched decoding, "
-         "beams, parallel samples and the server do not take one yet");
+  if (cache.prefix_len() != prefix_len_)
+    fail("forward: the KV cache holds a prefix of ", cache.prefix_len(), " positions, this model's adapter ",
+         prefix_len_, " (make the cache with this model's make_cache)");
   place_rows(b.token.data(), b.pos.data(), b.seq.data(), n, cache);
   kv_ = &cache;
+  const int64_t* pos = b.pos.data();
+  if (prefix_len_ > 0) {  // the rows' cache positions: after the prefix
+    batch_pos_.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) batch_pos_[size_t(i)] = b.pos[size_t(i)] + prefix_len_;
+    pos = batch_pos_.data();
+  }
   int64_t done = 0;  // logits rows written
   for (int64_t i = 0; i < n; i += max_batch_) {
     const int64_t m = std::min(max_batch_, n - i);
-    chunk(ctx, b.token.data() + i, b.pos.data() + i, b.seq.data() + i, m, b.want_logits.data() + i,
+    chunk(ctx, b.token.data() + i, pos + i, b.seq.data() + i, m, b.want_logits.data() + i,
           out ? out + done * w_.cfg.vocab_size : nullptr);
     for (int64_t t = i; t < i + m; ++t) done += b.want_logits[size_t(t)];
   }

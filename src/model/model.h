@@ -64,8 +64,9 @@ struct RunOptions {
   // (ModelConfig::mtp_depth >= 1; mtp_draft()): every forward also runs the module over
   // its rows, keeping its K/V and each position's final hidden state in the cache.
   bool mtp_draft = false;
-  // A prefix adapter in the own cache's sequence (single-sequence forward only): the tokens'
-  // positions start at its length. n_ctx counts the tokens (the cache holds n_ctx + len).
+  // A prefix adapter: every sequence of the caches this model makes (make_cache, the own one)
+  // starts with its rows; a token at sequence position p is at cache position len + p, so it
+  // attends to the prefix and is rotated as Hugging Face PEFT runs it. n_ctx counts the tokens.
   std::shared_ptr<const KvPrefix> prefix;
   std::shared_ptr<const BottleneckAdapter> bottleneck;  // applied in every forward
 };
@@ -79,8 +80,10 @@ class Model {
   int64_t n_ctx() const { return n_ctx_ - prefix_len_; }  // tokens a sequence may hold
   size_t kv_bytes() const { return own_ ? own_->bytes() : 0; }
   // A cache for forward(ctx, batch, ...) with this model's shapes: n_blocks blocks of
-  // RunOptions::kv_block_size positions, of RunOptions::kv_type.
+  // RunOptions::kv_block_size positions, of RunOptions::kv_type (plus, with a prefix adapter,
+  // the blocks of its rows, written here, and one for a sequence's copy of a partial last one).
   KVCache make_cache(int64_t n_blocks) const;
+  int64_t kv_block_size() const { return kv_block_size_; }
   // Whether a decode step (one token) on ctx runs as one persistent thread team
   // (RunOptions::persistent_team, 2 threads up to the CPUs available, layers
   // large enough to split across threads, a SIMD matrix-vector kernel for every matrix).
@@ -149,8 +152,10 @@ class Model {
   std::vector<int32_t> mtp_seq_, mtp_tok_;
   // The legacy single-sequence call as a batch of sequence 0 of the own cache.
   void forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos, bool all, float* out);
-  void write_prefix(const KvPrefix& px);  // its rows into the own cache's sequence, positions [0, len)
+  void write_prefix(const KvPrefix& px, KVCache& cache) const;  // its rows into the cache's prefix blocks
   int64_t prefix_len_ = 0;
+  std::shared_ptr<const KvPrefix> prefix_;
+  std::vector<int64_t> batch_pos_;  // a batch's cache positions (with a prefix)
   void check_token(int32_t id, int64_t pos) const;  // Error naming the id and position when out of the vocabulary
   // Checks the rows and sets each sequence's length in cache to take them (see forward(batch)).
   void place_rows(const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n, KVCache& cache);
