@@ -7,11 +7,14 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <random>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "cli_util.h"
+#include "formats/load.h"
+#include "formats/lora_adapter.h"
 #include "server_util.h"
 
 namespace tessera::test {
@@ -188,6 +191,51 @@ void concurrent_equals_alone(bool prefix_cache) {
   }
 }
 TEST(Serve, ConcurrentRequestsEqualAloneWithPrefixCache) { concurrent_equals_alone(true); }
+
+// A prefix adapter in the server (--prefix-adapter; every sequence starts with its rows):
+// greedy completions, alone and concurrent (two sharing a prompt prefix, so the prefix cache
+// forks one), equal `tessera generate --prefix-adapter`'s, and differ from the base's.
+TEST(Serve, PrefixAdapterMatchesGenerate) {
+  TESSERA_REQUIRE_SHARED(kModel);
+  const LoadedModel lm = load_model(shared_path(kModel), shared_path(kTok));
+  const ModelConfig& c = lm.weights.cfg;
+  KvPrefix px;
+  px.len = 5, px.kv_dim = c.cache_kv_dim(), px.n_layers = c.n_layers;
+  px.kv.resize(size_t(2 * px.n_layers * px.len * px.kv_dim));
+  std::mt19937_64 rng(4);
+  std::normal_distribution<float> d(0.f, 1.f);
+  for (float& x : px.kv) x = d(rng);
+  const std::string dir = temp_path("serve_prefix");
+  std::filesystem::remove_all(dir);
+  write_prefix_peft(px, c, dir);
+  START_SERVER(s, args({"--prefix-adapter", dir, "--parallel", "3"}));
+  const int p = s.port();
+  const std::string shared =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. "
+      "One day, she saw a big red ball under a tree and";  // more than one 32-token block: the prefix cache shares it
+  const std::vector<std::string> prompts = {shared + " she ran", shared + " her mom said", "The cat sat"};
+  std::vector<std::string> alone;
+  int differ = 0;
+  for (const auto& pr : prompts) {
+    alone.push_back(completion_text(p, {{"prompt", pr}, {"max_tokens", 24}, {"temperature", 0}}));
+    const std::string gen = "generate -m " + q(shared_path(kModel)) + " --tokenizer " + q(shared_path(kTok)) + " -p " +
+                            q(pr) + " -n 24 --temp 0";
+    const auto g = run_cli(gen + " --prefix-adapter " + q(dir));
+    ASSERT_EQ(g.code, 0) << g.err;
+    EXPECT_EQ(alone.back() + "\n", g.out) << pr;
+    differ += run_cli(gen).out != g.out;
+  }
+  EXPECT_GT(differ, 0) << "the prefix changes nothing";
+  std::vector<std::string> got(prompts.size());
+  std::vector<std::thread> ts;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    ts.emplace_back([&, i] { got[i] = completion_text(p, {{"prompt", prompts[i]}, {"max_tokens", 24}, {"temperature", 0}}); });
+  for (auto& t : ts) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(got[i], alone[i]) << "prompt " << i;
+  EXPECT_GT(metric(p, "tessera_prompt_tokens_cached_total"), 0);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+  std::filesystem::remove_all(dir);
+}
 TEST(Serve, ConcurrentRequestsEqualAloneWithoutPrefixCache) { concurrent_equals_alone(false); }
 
 TEST(Serve, StreamingMatchesNonStreaming) {

@@ -461,9 +461,6 @@ int cmd_serve(int argc, char** argv) {
   while (!svr.is_running() && !http_ended) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::fprintf(stderr, "tessera: listening on http://%s:%d (loading the model)\n", sa.host.c_str(), port);
   try {
-    if (!S.ma.prefix_adapter.empty())
-      fail("serve: --prefix-adapter is not supported by the server yet (its prefix cache shares blocks of prompt "
-           "tokens counted from position 0); use it with generate, chat or perplexity");
     S.ma.own_cache = false;
     S.L = load(S.ma);
     S.tok = &require_tokenizer(*S.L.lm);

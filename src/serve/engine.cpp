@@ -107,8 +107,8 @@ std::shared_ptr<Stream> Engine::submit(std::vector<Request> rs) {
     r.params.sampling.validate();
     const int64_t n = r.params.n_predict;
     const int64_t max_len = n < 0 ? opt_.ctx_size : std::min(opt_.ctx_size, P + n);
-    if (blocks_for(max_len) > cache_.n_blocks())
-      fail("the request needs ", blocks_for(max_len), " KV blocks (", max_len, " positions) but the pool has ",
+    if (blocks_for(cache_.prefix_len() + max_len) > cache_.n_blocks())
+      fail("the request needs ", blocks_for(cache_.prefix_len() + max_len), " KV blocks (", max_len, " positions) but the pool has ",
            cache_.n_blocks(), " (the server's --kv-blocks)");
   }
   auto stream = std::make_shared<Stream>();
@@ -260,7 +260,10 @@ void Engine::admit() {
     } else {
       id = cache_.add_seq();
     }
-    const int64_t need = blocks_for(max_len) - m.len / bs_;
+    // Blocks it will take: its positions' blocks less the full ones it shares (a prefix adapter's
+    // rows come first in every sequence: KVCache::prefix_len), plus the copy of a shared partial one.
+    const int64_t pre = cache_.prefix_len();
+    const int64_t need = blocks_for(pre + max_len) - (pre + m.len) / bs_ + (pre > 0 ? 1 : 0);
     while (cache_.free_blocks() - reserved_ < need && evict_one()) {
     }
     if (cache_.free_blocks() - reserved_ < need) {  // wait for running sequences to finish
