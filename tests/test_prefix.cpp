@@ -72,9 +72,10 @@ PrefixAttn make_attn(std::mt19937_64& rng, int64_t P, int64_t rows, float cap, c
 TEST(PrefixTuning, MergedAttentionMatchesDirectFormula) {
   std::mt19937_64 rng(31);
   const std::vector<int32_t> seg = {0, 0, 0, 3, 3, 3, 3, 3, 8, 0, 1, 1, 1, 1, 1, 1, 1, 1};
-  for (int pass = 0; pass < 3; ++pass) {
-    const int64_t P = pass == 2 ? 12 : 3;
+  for (int pass = 0; pass < 4; ++pass) {
+    const int64_t P = pass == 2 ? 12 : pass == 3 ? 4 : 3;
     PrefixAttn a = make_attn(rng, P, pass == 0 ? 64 : 4, pass == 1 ? 1.5f : 0.f, pass == 1 ? seg.data() : nullptr);
+    a.s.window = pass == 3 ? 6 : 0;  // prefix rows fall out of the window from query 2 on
     const blk::AttnShape& s = a.s;
     const Vec o = a.out();
     const int64_t od = s.n_heads * s.hd, grp = s.n_heads / s.n_kv_heads, pd = s.n_kv_heads * s.hd;
@@ -82,10 +83,12 @@ TEST(PrefixTuning, MergedAttentionMatchesDirectFormula) {
     for (int64_t b = 0; b < s.B; ++b)
       for (int64_t h = 0; h < s.n_heads; ++h)
         for (int64_t i = 0; i < s.T; ++i) {
-          const int64_t kh = h / grp, lo = s.seg ? s.seg[b * s.T + i] : 0;
+          const int64_t kh = h / grp;
+          int64_t lo = s.seg ? s.seg[b * s.T + i] : 0, plo = 0;  // first token key, first prefix row
+          if (s.window > 0) lo = std::max<int64_t>(lo, i - s.window + 1), plo = std::max<int64_t>(0, P + i - s.window + 1);
           const double* qi = &a.q[size_t((b * s.T + i) * s.q_stride + h * s.hd)];
           std::vector<const double*> keys, vals;
-          for (int64_t j = 0; j < P; ++j) keys.push_back(&a.pk[size_t(j * pd + kh * s.hd)]), vals.push_back(&a.pv[size_t(j * pd + kh * s.hd)]);
+          for (int64_t j = plo; j < P; ++j) keys.push_back(&a.pk[size_t(j * pd + kh * s.hd)]), vals.push_back(&a.pv[size_t(j * pd + kh * s.hd)]);
           for (int64_t j = lo; j <= i; ++j)
             keys.push_back(&a.k[size_t((b * s.T + j) * s.kv_stride + kh * s.hd)]),
                 vals.push_back(&a.v[size_t((b * s.T + j) * s.kv_stride + kh * s.hd)]);
@@ -115,9 +118,10 @@ TEST(PrefixTuning, MergedAttentionMatchesDirectFormula) {
 TEST(PrefixTuning, AttentionGradientsMatchFiniteDifferences) {
   std::mt19937_64 rng(32);
   const std::vector<int32_t> seg = {0, 0, 0, 3, 3, 3, 3, 3, 8, 0, 1, 1, 1, 1, 1, 1, 1, 1};
-  for (int pass = 0; pass < 3; ++pass) {
-    PrefixAttn a = make_attn(rng, pass == 2 ? 11 : 2, pass == 0 ? 64 : 4, pass == 1 ? 1.5f : 0.f,
+  for (int pass = 0; pass < 4; ++pass) {
+    PrefixAttn a = make_attn(rng, pass == 2 ? 11 : pass == 3 ? 4 : 2, pass == 0 ? 64 : 4, pass == 1 || pass == 3 ? 1.5f : 0.f,
                              pass == 1 ? seg.data() : nullptr);
+    a.s.window = pass == 3 ? 6 : 0;
     const blk::AttnShape& s = a.s;
     const int64_t N = s.B * s.T, od = s.n_heads * s.hd;
     const Vec R = randn(size_t(N * od), rng);
@@ -163,10 +167,12 @@ TEST(PrefixTuning, WholeModelPrefixGradientsMatchFiniteDifferences) {
 // training (Transformer, positions P..) and in the engine (Model, KvPrefix, through the PEFT
 // files, whose keys are stored in Hugging Face's RoPE order and read back into the model's).
 TEST(PrefixTuning, APrefixOfTokensKeysIsTheModelHavingReadThem) {
-  for (Arch arch : {Arch::Llama, Arch::GPT2}) {
+  for (int variant = 0; variant < 3; ++variant) {
+    const Arch arch = variant == 1 ? Arch::GPT2 : Arch::Llama;
     ModelConfig c = test::tiny_adapter_model(arch);
     c.dim = 32, c.n_heads = 4, c.n_kv_heads = arch == Arch::GPT2 ? 4 : 2, c.head_dim = 8, c.hidden_dim = 48;
     c.vocab_size = 37, c.max_seq_len = 32, c.rope_style = ops::RopeStyle::Interleaved;
+    if (variant == 2) c.layer_cfg = sliding_window_layers(c.n_layers, 6, "even");  // the prefix leaves the window
     const Layout L(c);
     ParamVec p(L.total);
     init_params(L, p.data(), 9);
@@ -282,7 +288,7 @@ TEST(PrefixTuning, UnsupportedModelsAndMixturesAreRefused) {
   lc.rank = 4;
   EXPECT_THROW(LoraLayout(Layout(c), lc), Error);  // LoRA and a prefix in one run
   lc.rank = 0;
-  c.layer_cfg = sliding_window_layers(c.n_layers, 4, "all");
+  c.mtp_depth = 1;
   EXPECT_THROW(LoraLayout(Layout(c), lc), Error);
   const nlohmann::json j = lora_to_json(lc);
   EXPECT_EQ(lora_from_json(j, "here").prefix_len, 2);

@@ -37,8 +37,6 @@ Model::Model(const Weights& w, const RunOptions& opt)
            c.n_layers, " layers of K/V width ", c.cache_kv_dim());
     if (c.mla() || mtp_ || c.moe_hashed())
       fail("prefix adapter: not supported with latent attention, --draft-mtp or hash routing");
-    for (int64_t l = 0; l < c.n_layers; ++l)
-      if (c.layer(l).attn == AttnKind::SlidingWindow) fail("prefix adapter: layer ", l, " has a sliding window; not supported");
     prefix_len_ = px.len, prefix_ = opt.prefix;
     n_ctx_ += prefix_len_;
     if (c.arch == Arch::GPT2) n_ctx_ = std::min(n_ctx_, c.max_seq_len);  // the learned positions end there

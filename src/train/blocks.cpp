@@ -446,6 +446,15 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
   }
 }
 
+namespace {
+// The first prefix row query i sees: with a sliding window W, the prefix sits at positions
+// [0, P) and query i at P + i, so it sees prefix rows j > P + i - W (as a cache of P + i
+// positions would); without a window, all of them.
+int64_t prefix_first_key(const AttnShape& s, int64_t P, int64_t i) {
+  return s.window > 0 ? std::max<int64_t>(0, P + i - s.window + 1) : 0;
+}
+}  // namespace
+
 template <class T>
 void attention_delta(T* delta, const T* dout, const T* out, const AttnShape& s) {
   const int64_t Tn = s.T, hd = s.hd, od = s.n_heads * hd;
@@ -485,12 +494,18 @@ void prefix_attention_fwd(T* out, T* lse, const T* q, const T* pk, const T* pv, 
           gemm<T>(false, true, n, P, hd, scale, Q + i0 * s.q_stride, s.q_stride, pk + kh * hd, pstride, T(0), S, P);
           for (int64_t i = 0; i < n; ++i) {
             T* p = S + i * P;
-            if (cap > 0) cap_row(p, P, cap);
+            const int64_t lo = prefix_first_key(s, P, i0 + i);  // prefix rows before it are outside a window
+            for (int64_t j = 0; j < std::min(lo, P); ++j) p[j] = 0;
+            if (lo >= P) {  // none visible: the causal part alone
+              A[2 * i] = 0, A[2 * i + 1] = 1;
+              continue;
+            }
+            if (cap > 0) cap_row(p + lo, P - lo, cap);
             T mx = -INFINITY;
-            for (int64_t j = 0; j < P; ++j) mx = std::max(mx, p[j]);
+            for (int64_t j = lo; j < P; ++j) mx = std::max(mx, p[j]);
             T sum = 0;
-            for (int64_t j = 0; j < P; ++j) sum += (p[j] = std::exp(p[j] - mx));
-            for (int64_t j = 0; j < P; ++j) p[j] /= sum;
+            for (int64_t j = lo; j < P; ++j) sum += (p[j] = std::exp(p[j] - mx));
+            for (int64_t j = lo; j < P; ++j) p[j] /= sum;
             const T l2 = mx + std::log(sum), l1 = L[i0 + i];
             const T l = std::max(l1, l2) + std::log1p(std::exp(-std::abs(l1 - l2)));
             L[i0 + i] = l;
@@ -498,6 +513,7 @@ void prefix_attention_fwd(T* out, T* lse, const T* q, const T* pk, const T* pv, 
           }
           for (int64_t i = 0; i < n; ++i) {  // o = a1 o1 + a2 (P Pv)
             const T a2 = A[2 * i], a1 = A[2 * i + 1];
+            if (a2 == T(0)) continue;
             T* o = out + (b * Tn + i0 + i) * od + h * hd;
             for (int64_t e = 0; e < hd; ++e) o[e] *= a1;
             const T* p = S + i * P;
@@ -540,7 +556,9 @@ void prefix_attention_bwd(T* dq, T* dpk, T* dpv, const T* dout, const T* lse, co
             gemm<T>(false, true, n, P, hd, scale, Q + i0 * s.q_stride, s.q_stride, pk + kh * hd, pstride, T(0), Pb, P);
             for (int64_t i = 0; i < n; ++i) {
               T* p = Pb + i * P;
-              for (int64_t j = 0; j < P; ++j) {
+              const int64_t lo = std::min(prefix_first_key(s, P, i0 + i), P);
+              for (int64_t j = 0; j < lo; ++j) p[j] = 0, raw[i * P + j] = 0;
+              for (int64_t j = lo; j < P; ++j) {
                 if (cap > 0) raw[i * P + j] = std::tanh(p[j] / cap), p[j] = cap * raw[i * P + j];
                 p[j] = std::exp(p[j] - L[i0 + i]);
               }

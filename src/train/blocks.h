@@ -109,8 +109,9 @@ template <class T>
 void attention_delta(T* delta, const T* dout, const T* out, const AttnShape& s);
 
 // Prefix tuning (train/lora.h): every query also sees P learned key/value rows pk, pv
-// (P, n_kv_heads * hd), shared by the batch, before position 0 and without RoPE (soft-capped
-// like the rest; not windowed). The two key sets merge exactly by their log-sum-exps:
+// (P, n_kv_heads * hd), shared by the batch, at positions [0, P) before the tokens (query i at
+// P + i) and without RoPE: soft-capped like the rest, and with a sliding window W query i
+// sees only prefix rows j > P + i - W. The two key sets merge exactly by their log-sum-exps:
 // after attention_fwd, prefix_attention_fwd turns (out, lse) of the causal keys into those of
 // all keys, lse = logaddexp(l1, l2), out = e^(l1 - lse) o1 + e^(l2 - lse) o2.
 // Backward: attention_bwd with delta (and the merged lse) for the causal keys, then

@@ -138,9 +138,6 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
   }
   if (lc.prefix()) {
     if (lc.rank > 0) fail("--prefix-len: prefix tuning and LoRA are separate adapters; choose one per run");
-    for (int64_t l = 0; l < c.n_layers; ++l)
-      if (c.layer(l).attn == AttnKind::SlidingWindow)
-        fail("--prefix-len: layer ", l, " has a sliding window (prefix keys would leave it); not supported");
     if (c.mla()) fail("--prefix-len: latent attention (MLA) caches no per-head keys; not supported");
     if (c.moe_hashed()) fail("--prefix-len: hash routing keys on positions and previous tokens; not supported");
     if (c.mtp_depth > 0) fail("--prefix-len: multi-token prediction modules are not supported with a prefix");

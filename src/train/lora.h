@@ -85,8 +85,8 @@ struct LoraLayout {
 
   // Error when a target does not exist in this architecture (gate on GPT-2) or
   // nothing is targeted. Mixture-of-experts layers take the attention targets only.
-  // Prefix tuning: Error for models it cannot run on (sliding windows, latent attention,
-  // hash routing, multi-token prediction), or with LoRA in the same run.
+  // Prefix tuning: Error for models it cannot run on (latent attention, hash routing,
+  // multi-token prediction), or with LoRA in the same run.
   LoraLayout(const Layout& base, const LoraConfig& lora);
   const Site& site(int64_t layer, LoraSite s) const { return layers[size_t(layer)][size_t(s)]; }
 
