@@ -388,43 +388,31 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
-  char base_buf[160];
-  if (frozen_model_)
-    std::snprintf(base_buf, sizeof base_buf, "%.1f MiB of matrices in their stored types (read in place) + %.1f MiB f32",
-                  double(qbase_matrix_bytes_) / (1 << 20), double(qbase_f32_) * 4 / (1 << 20));
-  else
-    std::snprintf(base_buf, sizeof base_buf, "%.1f MiB (frozen f32)", double(base_.size()) * 4 / (1 << 20));
-  const std::string base_mem = base_buf;
-  if (lora_ && lora_->lora.prefix()) {
+  if (lora_) {  // the adapter's kind, its share of the base, and the memory of the run
+    const LoraConfig& a = o_.lora;
     const double mb = 1.0 / (1 << 20);
+    char kind[256], base[160];
+    if (a.prefix())
+      std::snprintf(kind, sizeof kind,
+                    "prefix tuning: %lld key/value rows per layer (initialised from the training split's first tokens)",
+                    (long long)a.prefix_len);
+    else if (a.bottleneck())
+      std::snprintf(kind, sizeof kind, "bottleneck adapters: width %lld, %s, after %s", (long long)a.adapter_dim,
+                    a.adapter_gelu ? "gelu" : "relu", adapter_sites_string(a.adapter_sites).c_str());
+    else
+      std::snprintf(kind, sizeof kind, "LoRA: rank %lld, alpha %g (scale %g), dropout %g on %s", (long long)a.rank,
+                    double(a.alpha), double(a.scale()), double(a.dropout), lora_targets_string(a.targets).c_str());
+    if (frozen_model_)
+      std::snprintf(base, sizeof base, "%.1f MiB of matrices in their stored types (read in place) + %.1f MiB f32",
+                    double(qbase_matrix_bytes_) * mb, double(qbase_f32_) * 4 * mb);
+    else
+      std::snprintf(base, sizeof base, "%.1f MiB (frozen f32)", double(base_.size()) * 4 * mb);
     std::fprintf(log_,
-                 "prefix tuning: %lld key/value rows per layer (initialised from the training split's first tokens): "
-                 "%.3fM trainable params (%.2f%% of the base)\n"
-                 "memory: base %s, prefix + gradient + Adam %.1f MiB, activations %.1f MiB\n",
-                 (long long)o_.lora.prefix_len, double(lora_->n_params) / 1e6,
-                 100.0 * double(lora_->n_params) / double(L.n_params), base_mem.c_str(),
-                 double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
-  } else if (lora_ && lora_->lora.bottleneck()) {
-    const double mb = 1.0 / (1 << 20);
-    std::fprintf(log_,
-                 "bottleneck adapters: width %lld, %s, after %s: %.3fM trainable params (%.2f%% of the base)\n"
-                 "memory: base %s, adapters + gradient + Adam %.1f MiB, activations %.1f MiB\n",
-                 (long long)o_.lora.adapter_dim, o_.lora.adapter_gelu ? "gelu" : "relu",
-                 adapter_sites_string(o_.lora.adapter_sites).c_str(), double(lora_->n_params) / 1e6,
-                 100.0 * double(lora_->n_params) / double(L.n_params), base_mem.c_str(),
-                 double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
-  } else if (lora_) {
-    const double mb = 1.0 / (1 << 20);
-    std::fprintf(log_,
-                 "LoRA: rank %lld, alpha %g (scale %g), dropout %g on %s: %.3fM trainable params (%.2f%% of the base)\n"
+                 "%s: %.3fM trainable params (%.2f%% of the base)\n"
                  "memory: base %s, adapter + gradient + Adam %.1f MiB, activations %.1f MiB\n",
-                 (long long)o_.lora.rank, double(o_.lora.alpha), double(o_.lora.scale()), double(o_.lora.dropout),
-                 lora_targets_string(o_.lora.targets).c_str(), double(lora_->n_params) / 1e6,
-                 100.0 * double(lora_->n_params) / double(L.n_params), base_mem.c_str(),
+                 kind, double(lora_->n_params) / 1e6, 100.0 * double(lora_->n_params) / double(L.n_params), base,
                  double(4 * n_train_) * 4 * mb, double(model_->activation_bytes()) * mb);
-  }
-  if (lora_) {  // what the process holds now (the base's mapped file pages count once read)
-    std::FILE* f = std::fopen("/proc/self/status", "r");
+    std::FILE* f = std::fopen("/proc/self/status", "r");  // what the process holds now (mapped pages once read)
     char line[256];
     while (f && std::fgets(line, sizeof line, f))
       if (std::strncmp(line, "VmRSS:", 6) == 0)
