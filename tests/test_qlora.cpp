@@ -80,6 +80,10 @@ TEST(QLora, FrozenStoredTypesMatchTheWidenedBase) {
     expect_close(make_random_weights(cfg, DType::Q8_0, 5, 2), lora, 1e-2, std::string(name) + " q8_0 lora");
     expect_close(make_random_weights(cfg, DType::Q4_0, 5, 2), lora, 2e-2, std::string(name) + " q4_0 lora");
   }
+  ModelConfig mla = synthetic_config("mla-tiny");  // latent attention with a q LoRA (dense: q8_0 noise would flip routes)
+  mla.vocab_size = 96, mla.max_seq_len = 32, mla.moe_experts = 0, mla.layer_cfg.clear();
+  expect_close(make_random_weights(mla, DType::F16, 5, 2), lora, 1e-5, "mla f16 lora");
+  expect_close(make_random_weights(mla, DType::Q8_0, 5, 2), lora, 1e-2, "mla q8_0 lora");
   const Layout L(llama);
   Transformer<double> d(L, 1, 4, ModelOptions{});
   const Weights w = make_random_weights(llama, DType::F16, 5, 2);

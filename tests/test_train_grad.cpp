@@ -441,6 +441,36 @@ TEST(TrainGrad, MixtureOfExpertsMatchesFiniteDifferences) {
   EXPECT_GE(m.take_dropped(), 2 * (20 - 12)) << "two MoE layers, each keeping at most 4 x 3 of 20 slots";
 }
 
+// Multi-head latent attention (train/mla_train.cpp): q through its LoRA and norm or a
+// plain attn_q, the latent and its norm, kv_b's per-head keys and values (values
+// narrower than keys), the shared RoPE key, with a sliding window, recomputation, dropout
+// and experts; the LoRA adapters an MLA model takes (output projection, feed-forward).
+ModelConfig tiny_mla(int64_t q_lora) {
+  ModelConfig c = tiny_llama();
+  c.qkv_bias = false, c.n_kv_heads = c.n_heads;
+  c.head_dim = 6, c.mla_rope = 2, c.mla_v_dim = 3, c.mla_kv_lora = 5, c.mla_q_lora = q_lora;
+  return c;
+}
+
+TEST(TrainGrad, LatentAttentionMatchesFiniteDifferences) {
+  check_model(tiny_mla(3), ModelOptions{});
+  ModelConfig plain = tiny_mla(0);
+  plain.rope_style = ops::RopeStyle::HalfSplit;
+  plain.layer_cfg.resize(2);
+  plain.layer_cfg[1].attn = AttnKind::SlidingWindow, plain.layer_cfg[1].window = 3;
+  ModelOptions rc;
+  rc.recompute = true, rc.dropout = 0.2f;
+  check_model(plain, rc, 7);
+  ModelConfig moe = tiny_mla(4);  // DeepSeek-V2's block: latent attention and shared + routed experts
+  moe.moe_experts = 4, moe.moe_used = 2, moe.moe_hidden = 4, moe.moe_shared_hidden = 4, moe.moe_first_dense = 1;
+  moe.set_moe_layers();
+  check_model(moe, ModelOptions{});
+  LoraConfig lc;
+  lc.rank = 2, lc.alpha = 3.f, lc.targets = parse_lora_targets("all");
+  test::check_adapter_grads(plain, lc, ModelOptions{}, 0, "lora");
+  test::check_adapter_grads(tiny_mla(3), lc, ModelOptions{}, 0, "lora");
+}
+
 // LoRA (train/lora.h): the adapter's gradients with the base frozen (no base gradient
 // formed, MoE models included), through dropout on the adapter input and
 // recomputation, for Llama (every target) and GPT-2 (its fused qkv).

@@ -108,6 +108,24 @@ TEST(TrainInfer, LlamaGqaBiasQkNormSoftcapsAgree) {
   check_agreement(c);
 }
 
+// Latent attention (DeepSeek-V2): the training forward (expanded keys and values) and the
+// engine (absorbed decode / expanded prefill over the latent cache) agree, with and without
+// a q LoRA, with experts, and through GGUF (deepseek2) and DeepseekV2ForCausalLM.
+TEST(TrainInfer, LatentAttentionAgrees) {
+  ModelConfig c;
+  c.arch = Arch::Llama;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.hidden_dim = 48;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = false;
+  c.head_dim = 12, c.mla_rope = 4, c.mla_v_dim = 8, c.mla_kv_lora = 16, c.mla_q_lora = 12;
+  check_agreement(c);
+  c.mla_q_lora = 0;
+  check_agreement(c);
+  c.moe_experts = 4, c.moe_used = 2, c.moe_hidden = 16, c.moe_shared_hidden = 16, c.moe_first_dense = 1;
+  c.moe_gate = MoeGate::Softmax, c.moe_norm_topk = false;
+  c.set_moe_layers();
+  check_agreement(c);
+}
+
 // Sliding-window attention on alternate layers (Gemma 2's pattern), with a window
 // shorter than the sequence: the training forward, the inference prefill (GEMM
 // rows and one-at-a-time rows) and the GGUF / safetensors round trips agree.

@@ -2,6 +2,8 @@
 // activation estimates, and the `tessera memory` command.
 #include <gtest/gtest.h>
 
+#include "train/transformer.h"
+
 #include <cmath>
 #include <string>
 
@@ -144,6 +146,36 @@ TEST(TrainMemory, ActivationEstimateIsSane) {
   EXPECT_DOUBLE_EQ(a.per_token_layer, 2 * (4 * C + 3 * C + 6 * 256 + C + 3 * H) + 8);
   EXPECT_DOUBLE_EQ(a.full, 256 * (6 * a.per_token_layer + a.per_token_head));
   EXPECT_DOUBLE_EQ(a.recompute, 256 * (6 * 2 * C + a.per_token_layer - 2 * C + a.per_token_head));
+}
+
+// Latent attention: the estimate counts what train/mla_train.cpp keeps per token and layer,
+// and the trainer's own arena (fp32, flash) grows from MHA to MLA by that amount.
+TEST(TrainMemory, LatentAttentionLayers) {
+  ModelConfig c = synthetic_config("mla-1b");
+  const ActivationEstimate a = activation_memory(c, 1, 256, Precision::FP32, 0, true);
+  ModelConfig mha = c;
+  mha.mla_kv_lora = mha.mla_q_lora = mha.mla_rope = mha.mla_v_dim = 0;
+  const ActivationEstimate b = activation_memory(mha, 1, 256, Precision::FP32, 0, true);
+  // q, k, v expanded (3 q instead of q + 2 kv), latents 2 x 512 + 64, kv_b nh x (128 + 128), att2 nh x 128, one rstd.
+  const double q = double(c.q_dim()), kv = double(c.kv_dim()), nh = double(c.n_heads);
+  EXPECT_DOUBLE_EQ(a.per_token_layer - b.per_token_layer,
+                   4 * (2 * q - 2 * kv + 2 * 512 + 64 + nh * 256 + nh * 128) + 4);
+  // A small MLA model: the Transformer's stored activations per token and layer match the estimate's MLA share.
+  ModelConfig t;
+  t.arch = Arch::Llama;
+  t.dim = 32, t.n_layers = 2, t.n_heads = 4, t.n_kv_heads = 4, t.hidden_dim = 48, t.vocab_size = 40, t.max_seq_len = 64;
+  t.head_dim = 12, t.mla_rope = 4, t.mla_v_dim = 8, t.mla_kv_lora = 16, t.mla_q_lora = 12;
+  ModelConfig t0 = t;
+  t0.mla_kv_lora = t0.mla_q_lora = t0.mla_rope = t0.mla_v_dim = 0;
+  const double est = activation_memory(t, 4, 64, Precision::FP32, 0, true).full -
+                     activation_memory(t0, 4, 64, Precision::FP32, 0, true).full;
+  const tessera::train::Layout L(t), L0(t0);
+  tessera::train::ModelOptions mo;
+  mo.recompute = false;
+  const double real = double(tessera::train::Transformer<float>(L, 4, 64, mo).activation_bytes()) -
+                      double(tessera::train::Transformer<float>(L0, 4, 64, mo).activation_bytes());
+  EXPECT_GT(real, est);        // the arena also holds the backward's scratch
+  EXPECT_LT(real, 1.6 * est);  // of one layer's size
 }
 
 TEST(CliMemory, ZeroStage3AtDp64AndBadStage) {

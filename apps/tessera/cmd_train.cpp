@@ -31,6 +31,9 @@ struct ShapeArgs {
   int64_t moe_experts = 0, moe_top_k = 2, moe_shared = 0, moe_hidden = 0, moe_first_dense = 0, moe_every = 1;
   std::string moe_gate = "topk-softmax", moe_routing = "learned";
   bool moe_score_bias = false;
+  // Latent attention (new models): --attn mla and its sizes (0: the defaults below).
+  std::string attn = "mha";
+  int64_t kv_lora_rank = 0, q_lora_rank = 0, rope_head_dim = 0, v_head_dim = 0;
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -88,6 +91,21 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   app.add_option("--sliding-window-layers", sliding_layers,
                  "new model: which layers slide: all, even (Gemma 2's alternate layers), odd, or a list like 0,2,5");
+  app.add_option("--attn", sa.attn,
+                 "new model: mha (multi-head attention; GQA/MQA with --kv-heads, default) or mla (DeepSeek-V2's "
+                 "multi-head latent attention: keys and values from a shared latent, a small KV cache)")
+      ->check(CLI::IsMember({"mha", "mla"}));
+  app.add_option("--kv-lora-rank", sa.kv_lora_rank,
+                 "--attn mla: width d_c of the compressed KV latent (default 4 x dim / heads)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  app.add_option("--q-lora-rank", sa.q_lora_rank, "--attn mla: low-rank query projection of this rank (default 0: a full attn_q)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  app.add_option("--rope-head-dim", sa.rope_head_dim,
+                 "--attn mla: decoupled RoPE dims per head, added to the dim / heads un-rotated ones (even; default "
+                 "half of dim / heads)")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 16));
+  app.add_option("--v-head-dim", sa.v_head_dim, "--attn mla: value dims per head (default dim / heads)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 16));
   app.add_option("--moe-experts", sa.moe_experts, "new model: mixture-of-experts feed-forward with this many experts (0: dense)")
       ->check(CLI::Range(int64_t(0), int64_t(1024)));
   app.add_option("--moe-top-k", sa.moe_top_k, "experts per token (default 2)")->check(CLI::Range(int64_t(1), int64_t(16)));
@@ -174,6 +192,19 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   if (m.n_heads > 0 && m.dim % m.n_heads != 0)
     fail("--heads (", m.n_heads, ") must divide --dim (", m.dim, ")");
   if (m.n_heads > 0) m.head_dim = m.dim / m.n_heads;
+  if (sa.attn == "mla") {  // DeepSeek-V2's proportions: d_c = 4 d_h, rope d_h / 2, v = d_h
+    if (m.arch != Arch::Llama) fail("--attn mla: latent attention is llama-family (--arch llama)");
+    if (m.n_kv_heads != m.n_heads) fail("--attn mla: every head has its own key and value (leave --kv-heads out)");
+    const int64_t dh = m.head_dim;
+    m.mla_rope = sa.rope_head_dim > 0 ? sa.rope_head_dim : std::max<int64_t>(2, dh / 4 * 2);
+    if (m.mla_rope % 2 != 0) fail("--rope-head-dim must be even, got ", m.mla_rope);
+    m.mla_kv_lora = sa.kv_lora_rank > 0 ? sa.kv_lora_rank : 4 * dh;
+    m.mla_q_lora = sa.q_lora_rank;
+    m.mla_v_dim = sa.v_head_dim > 0 ? sa.v_head_dim : dh;
+    m.head_dim = dh + m.mla_rope;  // the key length: nope + rope
+  } else if (sa.kv_lora_rank > 0 || sa.q_lora_rank > 0 || sa.rope_head_dim > 0 || sa.v_head_dim > 0) {
+    fail("--kv-lora-rank, --q-lora-rank, --rope-head-dim and --v-head-dim are latent attention's sizes: add --attn mla");
+  }
   m.tied_embeddings = !untied;
   m.rope_style = ops::RopeStyle::Interleaved;
   if (sa.moe_experts > 0) {

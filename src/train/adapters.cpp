@@ -235,7 +235,9 @@ void Transformer<T>::set_frozen_weights(const Weights& w) {
     }
   }
   qctx_ = std::make_unique<KernelContext>(omp_get_max_threads());
-  const int64_t widest = std::max({c_.dim, c_.hidden_dim, c_.q_dim(), c_.moe_hidden, c_.moe_shared_hidden});
+  const int64_t widest = std::max({c_.dim, c_.hidden_dim, c_.q_dim(), c_.moe_hidden, c_.moe_shared_hidden,
+                                   c_.mla_q_lora, c_.mla_kv_lora + c_.mla_rope,
+                                   c_.n_heads * (c_.head_dim - c_.mla_rope + c_.mla_v_dim)});
   qchunk_.assign(size_t(kQRows * widest), 0.f);
 }
 

@@ -269,15 +269,15 @@ void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, con
 
 template <class T>
 void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stride, const float* cos_t,
-          const float* sin_t, ops::RopeStyle style, bool inverse) {
-  const int64_t half = hd / 2;
+          const float* sin_t, ops::RopeStyle style, bool inverse, int64_t head_stride) {
+  const int64_t half = hd / 2, hs = head_stride > 0 ? head_stride : hd;
   const T sgn = inverse ? T(-1) : T(1);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const float* cr = cos_t + (n % T_) * half;
     const float* sr = sin_t + (n % T_) * half;
     for (int64_t h = 0; h < n_heads; ++h) {
-      T* v = x + n * stride + h * hd;
+      T* v = x + n * stride + h * hs;
       for (int64_t i = 0; i < half; ++i) {
         const int64_t a = style == ops::RopeStyle::Interleaved ? 2 * i : i;
         const int64_t b = style == ops::RopeStyle::Interleaved ? 2 * i + 1 : i + half;
@@ -759,7 +759,7 @@ CeResult cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, 
   template void layernorm_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, \
                                  bool, Isa);                                                                     \
   template void rope<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*,             \
-                        ops::RopeStyle, bool);                                                                   \
+                        ops::RopeStyle, bool, int64_t);                                                          \
   template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, const AttnShape&, T*);                    \
   template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttnShape&, \
                                    T*, const T*);                                                                \

@@ -71,10 +71,12 @@ void layernorm_bwd(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, con
 
 // Rotates every head of x(N, stride) (heads n_heads x hd at the start of each
 // row) by the angles of position (row % T_); inverse = true applies the
-// transpose (the backward of rope). cos/sin: (T_, hd / 2) tables.
+// transpose (the backward of rope). cos/sin: (T_, hd / 2) tables. head_stride > 0: the
+// heads start head_stride apart and only their first hd elements turn (MLA's RoPE part,
+// with x pointing at the first head's part).
 template <class T>
 void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stride, const float* cos_t,
-          const float* sin_t, ops::RopeStyle style, bool inverse);
+          const float* sin_t, ops::RopeStyle style, bool inverse, int64_t head_stride = 0);
 
 constexpr int64_t kAttnRows = 64;  // query rows per attention block
 struct AttnShape {

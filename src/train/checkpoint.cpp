@@ -66,6 +66,8 @@ nlohmann::json config_to_json(const ModelConfig& c) {
   if (c.ffn_act != FfnAct::Default) j["ffn_act"] = ffn_act_name(c.ffn_act);  // absent: the arch's own
   if (c.norm_placement == NormPlacement::Post) j["norm_placement"] = "post";  // absent: pre
   if (c.mtp_depth > 0) j["mtp_depth"] = c.mtp_depth;  // absent: none
+  if (c.mla())  // absent: plain attention
+    j["mla"] = {{"q_lora", c.mla_q_lora}, {"kv_lora", c.mla_kv_lora}, {"rope", c.mla_rope}, {"v_dim", c.mla_v_dim}};
   if (c.is_moe())  // absent: dense
     j["moe"] = {{"experts", c.moe_experts},         {"used", c.moe_used},
                 {"hidden", c.moe_hidden},           {"shared_hidden", c.moe_shared_hidden},
@@ -123,6 +125,11 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
       const std::string np = j["norm_placement"].get<std::string>();
       if (np != "pre" && np != "post") fail(where, ": norm_placement must be pre or post, got '", np, "'");
       c.norm_placement = np == "post" ? NormPlacement::Post : NormPlacement::Pre;
+    }
+    if (j.contains("mla")) {
+      const auto& m = j["mla"];
+      c.mla_q_lora = m.at("q_lora").get<int64_t>(), c.mla_kv_lora = m.at("kv_lora").get<int64_t>();
+      c.mla_rope = m.at("rope").get<int64_t>(), c.mla_v_dim = m.at("v_dim").get<int64_t>();
     }
     if (j.contains("moe")) {
       const auto& m = j["moe"];

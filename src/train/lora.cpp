@@ -167,6 +167,7 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
   } else if (t & bit(LoraSite::Qkv)) {
     fail("--lora-targets: qkv: this model has separate q, k and v projections (name them instead)");
   }
+  if (c.mla()) t &= ~(bit(LoraSite::Q) | bit(LoraSite::K) | bit(LoraSite::V));  // latent attention: no such matrices
   lora.targets = t;
   const int64_t r = lc.rank;
   layers.resize(size_t(c.n_layers));
@@ -174,14 +175,16 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
     const int64_t C = c.dim, H = c.hidden_dim;
     const int64_t qd = gpt2 ? C : c.q_dim(), kvd = gpt2 ? C : c.kv_dim();
     const bool dense = !c.moe_layer(l);
+    // Latent attention: the output projection (its input is n_heads x v) and the feed-forward only.
+    const bool plain_q = !c.mla(), plain_kv = !c.mla();
     struct Shape {
       LoraSite s;
       int64_t in, out;
       bool exists;
     };
-    const Shape shapes[] = {{LoraSite::Q, C, qd, !gpt2},         {LoraSite::K, C, kvd, !gpt2},
-                            {LoraSite::V, C, kvd, !gpt2},        {LoraSite::Qkv, C, 3 * C, gpt2},
-                            {LoraSite::O, qd, C, true},          {LoraSite::Gate, C, H, !gpt2 && dense},
+    const Shape shapes[] = {{LoraSite::Q, C, qd, !gpt2 && plain_q},      {LoraSite::K, C, kvd, !gpt2 && plain_kv},
+                            {LoraSite::V, C, kvd, !gpt2 && plain_kv},    {LoraSite::Qkv, C, 3 * C, gpt2},
+                            {LoraSite::O, c.attn_out_dim(), C, true},    {LoraSite::Gate, C, H, !gpt2 && dense},
                             {LoraSite::Up, C, H, dense},         {LoraSite::Down, H, C, dense}};
     for (const auto& sh : shapes) {
       if (!sh.exists || !(t & bit(sh.s))) continue;

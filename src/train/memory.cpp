@@ -71,6 +71,11 @@ int64_t count_params(const ModelConfig& c) { return tessera::count_params(c); } 
 //   silu(gate) * up (w_down input)     H          GELU output (w_down input)   H
 //   rstd per norm, fp32            2 x 4B         mean + rstd per norm, fp32   4 x 4B
 //
+// Latent attention (MLA) layers keep every head's expanded key and value (q each instead
+// of kv), the q LoRA's output before and after its norm (2 q_lora), the latent before and
+// after its norm (2 d_c), the RoPE key, kv_b's output n_heads (nope + v) and the output
+// projection's input n_heads v, plus one or two more rstd.
+//
 // The block output is the next block's input and is counted there. Outside the
 // blocks (the "head"): the last block's output (final-norm input) C, the final
 // norm output C, the logits V, and the norm statistics in fp32. Embedding output
@@ -100,6 +105,12 @@ ActivationEstimate activation_memory(const ModelConfig& c, int64_t batch, int64_
   const double ffn = llama ? 3 * H : 2 * H;
   const double attn = flash ? nh * 4.0 : a * nh * T;
   e.per_token_layer = a * (2 * C + (q + 2 * kv) + q + 2 * C + ffn) + attn + 2 * stats;
+  if (c.mla()) {  // keys and values expanded per head (q each), plus the latents (train/mla_train.cpp)
+    const double qr = double(c.mla_q_lora), dc = double(c.mla_kv_lora), dr = double(c.mla_rope);
+    const double vd = double(c.mla_v_dim), kvw = double(c.head_dim - c.mla_rope) + vd;
+    e.per_token_layer += a * (2 * q - 2 * kv + (qr > 0 ? 2 * qr : 0) + 2 * dc + dr + nh * kvw + nh * vd) +
+                         (qr > 0 ? 2 : 1) * stats;
+  }
   e.per_token_checkpoint = a * C;
   const bool fused = logit_rows > 0;
   e.per_token_head = a * (2 * C + (fused ? 0 : V)) + stats;

@@ -30,7 +30,8 @@ Layout::Layout(const ModelConfig& c) : cfg(c) {
   };
   // The architecture's tensors in its table's order (the checkpoint layout).
   // What the training blocks do not compute yet: refused rather than trained as another model.
-  if (c.mla()) fail("training latent-attention (MLA, DeepSeek) models is not supported yet");
+  if (c.mla() && (c.qk_norm || c.qkv_bias))
+    fail("training latent attention (MLA) with QK-norm or q/k/v biases is not supported (no DeepSeek model has them)");
   if (c.post_norms || c.embed_scale > 0.f || c.attn_scale > 0.f)
     fail("training Gemma 2's block (sandwich norms, embedding / attention scales) is not supported yet");
   layers.resize(size_t(c.n_blocks()));

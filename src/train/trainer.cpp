@@ -388,6 +388,10 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                arch_name(cfg.arch), (long long)cfg.n_layers, (long long)cfg.dim, (long long)cfg.n_heads,
                (long long)cfg.n_kv_heads, (long long)cfg.hidden_dim, (long long)cfg.vocab_size,
                double(L.n_params) / 1e6);
+  if (cfg.mla())
+    std::fprintf(log_, "attention: latent (MLA): kv LoRA rank %lld, q LoRA rank %lld, key %lld (%lld + %lld RoPE), value %lld\n",
+                 (long long)cfg.mla_kv_lora, (long long)cfg.mla_q_lora, (long long)cfg.head_dim,
+                 (long long)(cfg.head_dim - cfg.mla_rope), (long long)cfg.mla_rope, (long long)cfg.mla_v_dim);
   if (lora_) {  // the adapter's kind, its share of the base, and the memory of the run
     const LoraConfig& a = o_.lora;
     const double mb = 1.0 / (1 << 20);
@@ -401,7 +405,8 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                     a.adapter_gelu ? "gelu" : "relu", adapter_sites_string(a.adapter_sites).c_str());
     else
       std::snprintf(kind, sizeof kind, "LoRA: rank %lld, alpha %g (scale %g), dropout %g on %s", (long long)a.rank,
-                    double(a.alpha), double(a.scale()), double(a.dropout), lora_targets_string(a.targets).c_str());
+                    double(a.alpha), double(a.scale()), double(a.dropout),
+                    lora_targets_string(lora_->lora.targets).c_str());  // what this model has of them
     if (frozen_model_)
       std::snprintf(base, sizeof base, "%.1f MiB of matrices in their stored types (read in place) + %.1f MiB f32",
                     double(qbase_matrix_bytes_) * mb, double(qbase_f32_) * 4 * mb);

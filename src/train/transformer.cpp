@@ -20,24 +20,26 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   if (o_.logit_rows <= 0) o_.logit_rows = 256;
   const int64_t N = N_, C = c_.dim, H = c_.hidden_dim, V = c_.vocab_size;
   const bool gpt2 = c_.arch == Arch::GPT2;
-  const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.kv_dim();
+  // Latent attention expands every head's key and value to (n_heads, head_dim) rows (mla_fwd).
+  const int64_t qd = gpt2 ? C : c_.q_dim(), kvd = gpt2 ? C : c_.mla() ? qd : c_.kv_dim();
   const int64_t qbuf = gpt2 ? 3 * C : qd, kbuf = gpt2 ? 0 : kvd;
   const int64_t n_stored = o_.recompute ? 1 : c_.n_blocks();  // the MTP modules' blocks too
   const int64_t D = c_.mtp_depth;
   // Elements per token of a stored layer, which dominate (attention keeps a log-sum-exp per head, not
   // the (T, T) probabilities); checked in double before the int64 sizes below are formed, then the whole plan.
   const int64_t qkn_tok = c_.qk_norm ? qd + kvd + c_.n_heads + c_.n_kv_heads : 0;
-  const int64_t layer_tok = qkn_tok + 3 * C + 4 + qbuf + 2 * kbuf + c_.n_heads + qd + 3 * H;
+  const int64_t mla_tok = c_.mla() ? mla_act_floats() : 0;
+  const int64_t layer_tok = qkn_tok + mla_tok + 3 * C + 4 + qbuf + 2 * kbuf + c_.n_heads + qd + 3 * H;
   const std::string mem_what = "batch " + std::to_string(B) + " x seq " + std::to_string(T_) +
                                ": the training activations need",
                     mem_hint = "lower --batch or --seq, or use --recompute";
   require_memory(double(sizeof(T)) * double(n_stored) * double(B) * double(T_) * double(layer_tok), mem_what,
                  mem_hint);
   const int64_t per_layer = N * layer_tok;
-  const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H;
-  // Every buffer starts on a cache line: at most 19 per stored layer (plan) and n_layers + 15 others.
+  const int64_t grads = N * C * 3 + N * qbuf + 2 * N * kbuf + N * qd + 3 * N * H + (c_.mla() ? N * mla_grad_floats() : 0);
+  // Every buffer starts on a cache line: at most 28 per stored layer (plan) and n_layers + 19 others.
   constexpr int64_t kAlign = 64 / sizeof(T);
-  const int64_t slack = kAlign * (19 * n_stored + c_.n_layers + 15 + 5 * D + 5);
+  const int64_t slack = kAlign * (28 * n_stored + c_.n_layers + 19 + 5 * D + 5);
   // Mixture-of-experts layers: their routing buffers per stored MoE layer, and one gradient scratch.
   int64_t moe_stored = 0;
   for (int64_t l = 0; l < c_.n_layers; ++l) moe_stored += c_.moe_layer(l);
@@ -74,6 +76,12 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
       a.k = take(N * kbuf), a.v = take(N * kbuf);
     }
     if (c_.qk_norm) a.q0 = take(N * qd), a.k0 = take(N * kvd), a.rq = take(N * c_.n_heads), a.rk = take(N * c_.n_kv_heads);
+    if (c_.mla()) {
+      const int64_t qr = c_.mla_q_lora, dc = c_.mla_kv_lora, dr = c_.mla_rope, vd = c_.mla_v_dim;
+      if (qr > 0) a.cq = take(N * qr), a.cqn = take(N * qr), a.rqa = take(N);
+      a.c0 = take(N * dc), a.cn = take(N * dc), a.rc = take(N), a.kpe = take(N * dr);
+      a.kv = take(N * c_.n_heads * (c_.head_dim - dr + vd)), a.att2 = take(N * c_.n_heads * vd);
+    }
     a.lse = take(B * c_.n_heads * T_), a.att = take(N * qd), a.x_mid = take(N * C);
     a.xn2 = take(N * C), a.m2 = take(N), a.r2 = take(N);
     a.g = take(N * H), a.u = take(N * H), a.h = take(N * H);
@@ -108,6 +116,11 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     dk_ = take(N * kbuf), dv_ = take(N * kbuf);
   }
   datt_ = take(N * qd), dg_ = take(N * H), du_ = take(N * H), dh_ = take(N * H);
+  if (c_.mla()) {
+    const int64_t dc = c_.mla_kv_lora, dr = c_.mla_rope;
+    mla_dkv_ = take(N * c_.n_heads * (c_.head_dim - dr + c_.mla_v_dim)), mla_dc_ = take(N * dc);
+    mla_dckv_ = take(N * (dc + dr)), mla_dcq_ = take(N * c_.mla_q_lora);
+  }
   if (moe_stored > 0) {
     dmd_ = take(Nk * C), deh_ = take(Nk * He), deg_ = take(Nk * He), deu_ = take(Nk * He);
     dr_ = take(N * E), dmw_ = take(Nk);
@@ -126,7 +139,8 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
       if (t.offset == off) written.emplace_back(off, off + t.numel);
   };
   for (const auto& o : L_.layers)
-    for (size_t off : {o.wq, o.wk, o.wv, o.wqkv, o.wo, o.w_gate, o.w_up, o.w_down}) mat(off);
+    for (size_t off : {o.wq, o.wk, o.wv, o.wqkv, o.wo, o.w_gate, o.w_up, o.w_down, o.wq_a, o.wq_b, o.wkv_a, o.wkv_b})
+      mat(off);
   mat(L_.output);
   std::sort(written.begin(), written.end());
   size_t at = 0;
@@ -153,9 +167,9 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     head_dx_pk_.resize(size_t(gemm_packed_words(C, V, !bf16_)));
   }
   if (!gpt2) {
-    const int64_t half = c_.head_dim / 2;
+    const int64_t half = c_.rope_dims() / 2;  // MLA: only each head's RoPE part turns
     cos_.resize(size_t(T_ * half)), sin_.resize(size_t(T_ * half));
-    ops::rope_tables(cos_.data(), sin_.data(), T_, c_.head_dim, c_.rope_theta, c_.rope_freq_div());
+    ops::rope_tables(cos_.data(), sin_.data(), T_, c_.rope_dims(), c_.rope_theta, c_.rope_freq_div());
   }
 }
 
@@ -232,6 +246,8 @@ blk::AttnShape Transformer<T>::attn_shape(int64_t l) const {
   s.B = B_, s.T = T_, s.n_heads = c_.n_heads, s.n_kv_heads = c_.n_kv_heads, s.hd = c_.head_dim;
   if (c_.arch == Arch::GPT2) {
     s.q_stride = s.kv_stride = 3 * c_.dim;
+  } else if (c_.mla()) {  // every head's expanded key and value (mla_fwd)
+    s.n_kv_heads = c_.n_heads, s.q_stride = s.kv_stride = c_.q_dim();
   } else {
     s.q_stride = c_.q_dim(), s.kv_stride = c_.kv_dim();
   }
@@ -265,7 +281,9 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   const T* attn_in = x;
   if (!post) norm(1, a.xn1, x), attn_in = a.xn1;
   T* attn_out = post ? a.xn1 : a.x_mid;  // the attention sublayer's output, before the residual
-  if (llama) {
+  if (c_.mla()) {
+    mla_fwd(p, l, a, attn_in, attn_out);
+  } else if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
     lin_fwd_a(l, LoraSite::Q, a.q, attn_in, P(o.wq), P(o.bq), N, C, qd);    // (N, qd)
     lin_fwd_a(l, LoraSite::K, a.k, attn_in, P(o.wk), P(o.bk), N, C, kvd);   // (N, kvd)
@@ -370,7 +388,9 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     norm_bwd(2, dx, dxn_, a.x_mid, true);         // dx = d x_mid
   }
   const T* attn_in = post ? a.x_in : a.xn1;
-  if (llama) {
+  if (c_.mla()) {
+    mla_bwd(p, g, l, a, bottleneck_bwd(l, 0, dropped(dx, l, 0)), attn_in);
+  } else if (llama) {
     const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
     lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), (T*)nullptr, bottleneck_bwd(l, 0, dropped(dx, l, 0)), a.att, P(o.wo), N, qd, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data(),

@@ -115,6 +115,10 @@ class Transformer {
     T *xg, *eg, *eu, *eh, *ed;  // (Nk, C) rows gathered by expert; (Nk, He) x3; (Nk, C) expert outputs
     T *sg, *su, *sh, *so, *sgate;  // shared expert (N, Hs) x3, (N, C) output, (N) gate
     int32_t *sel, *inv, *off;  // (Nk) expert of each slot, its gathered row, (E + 1) experts' first rows
+    // Latent attention (train/mla_train.cpp); q, k, v, att are (N, n_heads x head_dim) there:
+    T *cq, *cqn, *rqa;        // (N, q LoRA) before / after its norm, (N) rstd; null without a q LoRA
+    T *c0, *cn, *rc, *kpe;    // (N, d_c) latent before / after kv_a_norm, (N) rstd, (N, rope) k_pe after RoPE
+    T *kv, *att2;             // (N, n_heads (nope + v)) kv_b's output, (N, n_heads v) the output projection's input
   };
   void layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out);
   // The MoE feed-forward of layer l: ffn_out = sum_i w_i expert_i(ffn_in) (+ shared),
@@ -125,6 +129,13 @@ class Transformer {
   int64_t moe_act_floats() const;
   int64_t moe_grad_floats() const;
   void layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx);  // dx: d x_out in, d x_in out
+  // Latent attention (ModelConfig::mla(); train/mla_train.cpp): y = attention of layer l on x,
+  // and its backward into dxn_ (=) from dy = d y. Floats per token of a stored layer's own
+  // buffers, and of the backward scratch.
+  void mla_fwd(const T* p, int64_t l, LayerActs& a, const T* x, T* y);
+  void mla_bwd(const T* p, T* g, int64_t l, LayerActs& a, const T* dy, const T* x);
+  int64_t mla_act_floats() const;
+  int64_t mla_grad_floats() const;
   // Multi-token prediction modules (train/mtp.cpp): the blocks of every depth after the
   // main layers; depth k's loss (and, backward, its gradients) into r; the backward of all
   // depths, adding d (final hidden state) into dx_.
@@ -195,6 +206,8 @@ class Transformer {
   // MoE gradient scratch: (Nk, C), (Nk, He) x3, (N, E), (N, k), shared (N, Hs) x3, (N, C).
   T *dmd_ = nullptr, *deh_ = nullptr, *deg_ = nullptr, *deu_ = nullptr, *dr_ = nullptr, *dmw_ = nullptr;
   T *dsh_ = nullptr, *dsg_ = nullptr, *dsu_ = nullptr, *dso_ = nullptr;
+  // Latent attention backward scratch: (N, n_heads (nope + v)), (N, d_c), (N, d_c + rope), (N, q LoRA).
+  T *mla_dkv_ = nullptr, *mla_dc_ = nullptr, *mla_dckv_ = nullptr, *mla_dcq_ = nullptr;
   std::vector<int32_t> iacts_;         // the layers' MoE routing indices
   std::vector<int64_t> expert_counts_;  // (n_layers, E) rows routed, since take_expert_counts()
   // Routing scratch, sized once: next gathered row per expert (E); P and routed counts (2E);
