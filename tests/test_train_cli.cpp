@@ -596,6 +596,53 @@ TEST_F(TrainCli, LatentAttentionTrainsResumesAndExports) {
   EXPECT_NE(r.err.find("add --attn mla"), std::string::npos) << r.err;
 }
 
+// Sparse attention patterns from the command line: BigBird's (a dilated window, global
+// positions, random keys) trains, resumes bit-identically, exports to GGUF with its pattern
+// (info states the receptive field) and generates; safetensors and bad combinations are refused.
+TEST_F(TrainCli, SparseAttentionPatterns) {
+  const std::string a = dir_ + "/run_sparse_a", b = dir_ + "/run_sparse_b";
+  const std::string pat = " --attn-pattern bigbird --window 4 --dilation 2 --global-tokens 2 --random-keys 2"
+                          " --schedule constant --warmup 2";
+  auto r = run_cli(train_args(a, 20) + pat);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli(train_args(b, 10) + pat);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("train --resume " + q(b) + " --steps 20");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(trajectory(a), trajectory(b));
+  const auto ck = train::load_checkpoint(train::latest_checkpoint(a));
+  ASSERT_EQ(ck.cfg.layer_cfg.size(), 2u);
+  EXPECT_EQ(ck.cfg.layer(1).attn, AttnKind::Sparse);
+  EXPECT_EQ(ck.cfg.layer(1).random, 2);
+  EXPECT_NE(ck.cfg.layer(0).seed, ck.cfg.layer(1).seed);
+  const std::string gguf = dir_ + "/sparse.gguf";
+  r = run_cli("export " + q(a) + " -o " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("info -m " + q(gguf));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("sparse on layers 0..1: window 4 x dilation 2 (receptive field 8 positions), global positions "
+                       "0..1, 2 random keys per block of 16 queries"),
+            std::string::npos)
+      << r.out;
+  r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 40 --temp 0 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+  r = run_cli("export " + q(a) + " -o " + q(dir_ + "/sparse_hf"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("write GGUF instead"), std::string::npos) << r.err;
+  const std::pair<std::string, std::string> bad[] = {
+      {" --attn-pattern dilated --window 4", "--attn-pattern dilated needs --dilation of at least 2"},
+      {" --attn-pattern longformer --window 4 --global-tokens 1 --random-keys 2", "--attn-pattern longformer takes no --random-keys"},
+      {" --window 4", "need --attn-pattern"},
+      {" --attn-pattern bigbird --window 4", "--attn-pattern bigbird needs --random-keys"},
+      {" --attn-pattern dilated --window 4 --dilation 2 --attn-pattern-layers 7", "sparse-attention layer 7 does not exist"}};
+  for (const auto& [args, msg] : bad) {
+    r = run_cli(train_args(dir_ + "/sparse_bad", 2) + args);
+    EXPECT_EQ(r.code, 1) << args;
+    EXPECT_NE(r.err.find(msg), std::string::npos) << args << ": " << r.err;
+  }
+}
+
 // Hash routing from the command line (model/moe_hash.h): hash-balanced builds its table
 // from the training tokens (the log reports expert loads within 10%), trains without a
 // router, resumes bit-identically (the table is in the checkpoint), exports with the

@@ -81,6 +81,23 @@ int cmd_info(int argc, char** argv) {
         sl += (sl.empty() ? "" : ",") + std::to_string(l) + "(" + std::to_string(c.layer(l).window) + ")";
     std::printf("attention:      sliding window on layers %s (window in positions); full on the others\n", sl.c_str());
   }
+  for (int64_t l = 0; l < c.n_layers; ++l) {  // sparse patterns: one line per run of identical layers
+    const LayerConfig& lc = c.layer(l);
+    if (lc.attn != AttnKind::Sparse) continue;
+    int64_t e = l;
+    while (e + 1 < c.n_layers && c.layer(e + 1).attn == AttnKind::Sparse && c.layer(e + 1).window == lc.window &&
+           c.layer(e + 1).dilation == lc.dilation && c.layer(e + 1).global == lc.global && c.layer(e + 1).random == lc.random)
+      ++e;
+    std::string layers = std::to_string(l) + (e > l ? ".." + std::to_string(e) : "");
+    std::string more;
+    if (lc.global > 0) more += ", global positions 0.." + std::to_string(lc.global - 1);
+    if (lc.random > 0)
+      more += ", " + std::to_string(lc.random) + " random keys per block of " + std::to_string(LayerConfig::kRandomBlock) +
+              " queries";
+    std::printf("attention:      sparse on layers %s: window %lld x dilation %lld (receptive field %lld positions)%s\n",
+                layers.c_str(), (long long)lc.window, (long long)lc.dilation, (long long)lc.receptive_field(), more.c_str());
+    l = e;
+  }
   if (c.post_norms) std::printf("sandwich norms: yes (RMSNorm of each sublayer's output before the residual add)\n");
   if (c.embed_scale > 0.f) std::printf("embed scale:    %g\n", double(c.embed_scale));
   if (c.attn_scale > 0.f) std::printf("attn scale:     %g (q . k)\n", double(c.attn_scale));

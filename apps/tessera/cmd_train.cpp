@@ -34,6 +34,9 @@ struct ShapeArgs {
   // Latent attention (new models): --attn mla and its sizes (0: the defaults below).
   std::string attn = "mha";
   int64_t kv_lora_rank = 0, q_lora_rank = 0, rope_head_dim = 0, v_head_dim = 0;
+  // Attention patterns (new models): --attn-pattern and its sizes.
+  std::string attn_pattern = "full", pattern_layers = "all";
+  int64_t window = 0, dilation = 0, global_tokens = 0, random_keys = 0;
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -91,6 +94,22 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
   app.add_option("--sliding-window-layers", sliding_layers,
                  "new model: which layers slide: all, even (Gemma 2's alternate layers), odd, or a list like 0,2,5");
+  app.add_option("--attn-pattern", sa.attn_pattern,
+                 "new model: full (default), sliding (the last --window positions), dilated (--window keys "
+                 "--dilation apart: receptive field window x dilation), longformer (a dilated window + "
+                 "--global-tokens: the first G positions attend to all and all attend to them) or bigbird (window + "
+                 "global + --random-keys per block of 16 queries, fixed by --seed); saved with the model")
+      ->check(CLI::IsMember({"full", "sliding", "dilated", "longformer", "bigbird"}));
+  app.add_option("--window", sa.window, "--attn-pattern: keys of the (dilated) window, the query's own included")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  app.add_option("--dilation", sa.dilation, "--attn-pattern dilated / longformer / bigbird: positions between window keys (default 1)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  app.add_option("--global-tokens", sa.global_tokens, "--attn-pattern longformer / bigbird: global positions 0..G-1")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  app.add_option("--random-keys", sa.random_keys, "--attn-pattern bigbird: random keys per block of 16 queries")
+      ->check(CLI::Range(int64_t(1), int64_t(4096)));
+  app.add_option("--attn-pattern-layers", sa.pattern_layers,
+                 "--attn-pattern: which layers: all (default), even, odd, or a list like 0,2,5 (full attention on the others)");
   app.add_option("--attn", sa.attn,
                  "new model: mha (multi-head attention; GQA/MQA with --kv-heads, default) or mla (DeepSeek-V2's "
                  "multi-head latent attention: keys and values from a shared latent, a small KV cache)")
@@ -176,6 +195,40 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
   app.add_option("--max-time", o.max_seconds, "stop after this many seconds (a checkpoint is written)");
 }
 
+// --attn-pattern: the layers' attention pattern; an option the pattern does not take is an error naming it.
+void set_attn_pattern(ModelConfig& m, const ShapeArgs& sa, uint64_t seed) {
+  const std::string& p = sa.attn_pattern;
+  if (p == "full") {
+    if (sa.window > 0 || sa.dilation > 0 || sa.global_tokens > 0 || sa.random_keys > 0 || sa.pattern_layers != "all")
+      fail("--window, --dilation, --global-tokens, --random-keys and --attn-pattern-layers need --attn-pattern "
+           "sliding, dilated, longformer or bigbird");
+    return;
+  }
+  if (sa.sliding_window > 0) fail("--sliding-window and --attn-pattern: give one of them");
+  if (sa.window <= 0) fail("--attn-pattern ", p, " needs --window");
+  auto refuse = [&](bool given, const char* flag) {
+    if (given) fail("--attn-pattern ", p, " takes no ", flag);
+  };
+  if (p == "sliding") {
+    refuse(sa.dilation > 1, "--dilation"), refuse(sa.global_tokens > 0, "--global-tokens"), refuse(sa.random_keys > 0, "--random-keys");
+    m.layer_cfg = sliding_window_layers(m.n_layers, sa.window, sa.pattern_layers);
+    return;
+  }
+  LayerConfig lc;
+  lc.window = sa.window, lc.dilation = std::max<int64_t>(1, sa.dilation);
+  lc.global = sa.global_tokens, lc.random = sa.random_keys;
+  if (p == "dilated") {
+    if (lc.dilation < 2) fail("--attn-pattern dilated needs --dilation of at least 2");
+    refuse(sa.global_tokens > 0, "--global-tokens"), refuse(sa.random_keys > 0, "--random-keys");
+  } else if (p == "longformer") {
+    if (lc.global < 1) fail("--attn-pattern longformer needs --global-tokens");
+    refuse(sa.random_keys > 0, "--random-keys");
+  } else if (lc.random < 1) {  // bigbird
+    fail("--attn-pattern bigbird needs --random-keys");
+  }
+  m.layer_cfg = sparse_attention_layers(m.n_layers, lc, sa.pattern_layers, seed);
+}
+
 // Fills defaults that depend on other values (vocab from the dataset, hidden from dim).
 void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   const std::string& arch = sa.arch;
@@ -184,6 +237,7 @@ void finish_model_config(train::TrainOptions& o, const ShapeArgs& sa) {
   if (!sa.ffn_act.empty()) m.ffn_act = parse_ffn_act(sa.ffn_act, "--ffn-act");
   m.norm_placement = sa.norm_placement == "post" ? NormPlacement::Post : NormPlacement::Pre;
   if (sa.sliding_window > 0) m.layer_cfg = sliding_window_layers(m.n_layers, sa.sliding_window, sa.sliding_layers);
+  set_attn_pattern(m, sa, o.seed);
   m.arch = arch == "gpt2" ? Arch::GPT2 : Arch::Llama;
   if (m.n_kv_heads == 0) m.n_kv_heads = m.n_heads;
   if (m.max_seq_len == 0) m.max_seq_len = o.seq;

@@ -93,6 +93,45 @@ void read_moe_keys(const gguf::File& f, const std::string& arch, const std::stri
 }
 
 // The keys read_moe_keys reads back to c, for the GGUF architecture `arch`.
+// Sparse attention patterns (Tessera keys; AttnKind::Sparse): per layer, its window, dilation,
+// global positions, random keys per block and their seed; window 0 = not a sparse layer.
+constexpr const char* kSparseKeys[] = {"window", "dilation", "global", "random", "seed"};
+
+void read_sparse_keys(const gguf::File& f, const std::string& p, ModelConfig& c) {
+  if (!f.find(p + "attention.sparse_window")) return;
+  std::vector<std::vector<double>> v;
+  for (const char* k : kSparseKeys) {
+    const std::string key = p + "attention.sparse_" + k;
+    if (!f.find(key)) fail(f.path(), ": ", p, "attention.sparse_window without ", key);
+    v.push_back(f.get_num_array(key));
+    if (int64_t(v.back().size()) != c.n_layers)
+      fail(f.path(), ": ", key, " has ", v.back().size(), " values for ", c.n_layers, " layers");
+  }
+  if (c.layer_cfg.empty()) c.layer_cfg.resize(size_t(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    if (v[0][size_t(l)] == 0) continue;
+    LayerConfig& lc = c.layer_cfg[size_t(l)];
+    if (lc.attn != AttnKind::Full) fail(f.path(), ": layer ", l, " is both sliding-window and sparse");
+    lc.attn = AttnKind::Sparse;
+    lc.window = int64_t(v[0][size_t(l)]), lc.dilation = int64_t(v[1][size_t(l)]);
+    lc.global = int64_t(v[2][size_t(l)]), lc.random = int64_t(v[3][size_t(l)]);
+    lc.seed = uint32_t(int64_t(v[4][size_t(l)]));
+  }
+}
+
+void write_sparse_keys(gguf::Writer& g, const std::string& p, const ModelConfig& c) {
+  if (!c.has_sparse_attention()) return;
+  std::vector<std::vector<int32_t>> v(std::size(kSparseKeys));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerConfig& lc = c.layer(l);
+    const bool sp = lc.attn == AttnKind::Sparse;
+    v[0].push_back(sp ? int32_t(lc.window) : 0), v[1].push_back(sp ? int32_t(lc.dilation) : 0);
+    v[2].push_back(sp ? int32_t(lc.global) : 0), v[3].push_back(sp ? int32_t(lc.random) : 0);
+    v[4].push_back(sp ? int32_t(lc.seed) : 0);
+  }
+  for (size_t k = 0; k < v.size(); ++k) g.set_i32_array(p + "attention.sparse_" + kSparseKeys[k], v[k]);
+}
+
 void write_moe_keys(gguf::Writer& g, const std::string& arch, const std::string& p, const ModelConfig& c) {
   if (!c.is_moe()) return;
   g.set_u32(p + "expert_count", uint32_t(c.moe_experts));
@@ -197,6 +236,7 @@ Weights load_gguf_weights(std::shared_ptr<gguf::File> f) {
     if (c.has_sliding_window() && !f->find(p + "attention.sliding_window_pattern"))
       c.layer_cfg = sliding_window_layers(c.n_layers, c.common_window(path), "even");
   }
+  read_sparse_keys(*f, p, c);
   if (c.arch == Arch::Llama) read_moe_keys(*f, arch, p, c);
   c.set_moe_layers();  // before the tensors: which layers have experts
   // The feed-forward activation when it is not the architecture's own (a Tessera key).
@@ -371,6 +411,7 @@ void save_gguf(const Weights& in, const Tokenizer* tok, const std::string& path,
     for (int64_t l = 0; l < c.n_layers; ++l) pat.push_back(c.layer(l).attn == AttnKind::SlidingWindow ? 1 : 0);
     g.set_i32_array(p + "attention.sliding_window_pattern", pat);
   }
+  write_sparse_keys(g, p, c);
   g.set_u32(p + "vocab_size", uint32_t(c.vocab_size));
   if (tok) write_tokenizer(g, *tok, path);
   if (!chat_template.empty()) g.set_string("tokenizer.chat_template", chat_template);

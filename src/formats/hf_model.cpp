@@ -430,6 +430,8 @@ void save_hf(const Weights& in, const std::string& dir) {
   const int64_t window = c.common_window(dir);
   if (c.norm_placement == NormPlacement::Post)
     fail(dir, ": config.json has no key for post-norm blocks; write GGUF instead");
+  if (c.has_sparse_attention())
+    fail(dir, ": no transformers class runs dilated / global / random-key attention patterns; write GGUF instead");
   if (c.mtp_depth > 0)
     fail(dir, ": multi-token prediction modules are written to GGUF only (llama.cpp's nextn tensors); write GGUF "
               "instead");

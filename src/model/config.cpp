@@ -1,10 +1,12 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 namespace tessera {
 
@@ -20,6 +22,7 @@ const char* attn_kind_name(AttnKind k) {
   switch (k) {
     case AttnKind::Full: return "full";
     case AttnKind::SlidingWindow: return "sliding";
+    case AttnKind::Sparse: return "sparse";
   }
   return "?";
 }
@@ -89,6 +92,47 @@ std::string ModelConfig::router_desc() const {
   return s;
 }
 
+int64_t LayerConfig::random_key(int64_t b, int64_t t) const {
+  const uint64_t h = splitmix64(seed ^ (uint64_t(b) * 0x9e3779b97f4a7c15ull) ^ (uint64_t(t + 1) * 0xbf58476d1ce4e5b9ull));
+  return int64_t(h % uint64_t(b * kRandomBlock));
+}
+
+bool LayerConfig::sees(int64_t i, int64_t j) const {
+  if (j > i || j < first_key(i)) return false;
+  if (attn != AttnKind::Sparse) return true;
+  if (j < global || i < global) return true;
+  const int64_t d = i - j;
+  if (d % dilation == 0 && d / dilation < window) return true;
+  const int64_t b = i / kRandomBlock;
+  if (b > 0 && j < b * kRandomBlock)
+    for (int64_t t = 0; t < random; ++t)
+      if (random_key(b, t) == j) return true;
+  return false;
+}
+
+int64_t LayerConfig::visible_keys(int64_t i, int64_t* out) const {
+  int64_t n = 0;
+  if (attn != AttnKind::Sparse || i < global) {  // a contiguous range
+    for (int64_t j = first_key(i); j <= i; ++j) out[n++] = j;
+    return n;
+  }
+  for (int64_t j = 0; j < global; ++j) out[n++] = j;
+  const int64_t b = i / kRandomBlock;
+  if (b > 0)
+    for (int64_t t = 0; t < random; ++t)
+      if (const int64_t j = random_key(b, t); j >= global) out[n++] = j;
+  for (int64_t k = std::min(window - 1, i / dilation); k >= 0; --k)
+    if (const int64_t j = i - k * dilation; j >= global) out[n++] = j;
+  std::sort(out + global, out + n);
+  return int64_t(std::unique(out, out + n) - out);
+}
+
+bool ModelConfig::has_sparse_attention() const {
+  for (const auto& l : layer_cfg)
+    if (l.attn == AttnKind::Sparse) return true;
+  return false;
+}
+
 bool ModelConfig::has_sliding_window() const {
   for (const auto& l : layer_cfg)
     if (l.attn == AttnKind::SlidingWindow) return true;
@@ -118,12 +162,11 @@ std::vector<LayerConfig> sliding_window_layers(int64_t window, const std::vector
   return r;
 }
 
-std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which) {
-  if (window < 1) fail("sliding window must be at least 1 position, got ", window);
-  std::vector<bool> slides(size_t(std::max<int64_t>(n_layers, 0)), false);
+std::vector<bool> select_layers(int64_t n_layers, const std::string& which, const std::string& what) {
+  std::vector<bool> sel(size_t(std::max<int64_t>(n_layers, 0)), false);
   if (which == "all" || which == "even" || which == "odd") {
-    for (int64_t l = 0; l < n_layers; ++l) slides[size_t(l)] = which == "all" || (l % 2 == 0) == (which == "even");
-    return sliding_window_layers(window, slides);
+    for (int64_t l = 0; l < n_layers; ++l) sel[size_t(l)] = which == "all" || (l % 2 == 0) == (which == "even");
+    return sel;
   }
   size_t at = 0;
   while (at <= which.size()) {
@@ -133,12 +176,30 @@ std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window,
     char* end = nullptr;
     const long long l = std::strtoll(item.c_str(), &end, 10);
     if (item.empty() || *end != '\0')
-      fail("sliding-window layers '", which, "': expected all, even, odd or a comma-separated list of layer indices");
-    if (l < 0 || l >= n_layers) fail("sliding-window layer ", l, " does not exist (", n_layers, " layers)");
-    slides[size_t(l)] = true;
+      fail(what, " layers '", which, "': expected all, even, odd or a comma-separated list of layer indices");
+    if (l < 0 || l >= n_layers) fail(what, " layer ", l, " does not exist (", n_layers, " layers)");
+    sel[size_t(l)] = true;
     at = comma + 1;
   }
-  return sliding_window_layers(window, slides);
+  return sel;
+}
+
+std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which) {
+  if (window < 1) fail("sliding window must be at least 1 position, got ", window);
+  return sliding_window_layers(window, select_layers(n_layers, which, "sliding-window"));
+}
+
+std::vector<LayerConfig> sparse_attention_layers(int64_t n_layers, const LayerConfig& pattern, const std::string& which,
+                                                 uint64_t seed) {
+  const std::vector<bool> sel = select_layers(n_layers, which, "sparse-attention");
+  std::vector<LayerConfig> r(sel.size());
+  for (size_t l = 0; l < sel.size(); ++l)
+    if (sel[l]) {
+      r[l] = pattern;
+      r[l].attn = AttnKind::Sparse;
+      r[l].seed = uint32_t(splitmix64(seed ^ (uint64_t(l + 1) * 0x2545f4914f6cdd1dull)));  // each layer its own keys
+    }
+  return r;
 }
 
 void ModelConfig::validate(const std::string& where) const {
@@ -171,9 +232,20 @@ void ModelConfig::validate(const std::string& where) const {
   if (qk_norm && arch != Arch::Llama) fail(where, ": qk_norm is supported for the llama family only");
   if (!layer_cfg.empty() && int64_t(layer_cfg.size()) != n_layers)
     fail(where, ": ", layer_cfg.size(), " per-layer configs for ", n_layers, " layers");
-  for (size_t l = 0; l < layer_cfg.size(); ++l)
-    if (layer_cfg[l].attn == AttnKind::SlidingWindow && layer_cfg[l].window < 1)
-      fail(where, ": layer ", l, ": the sliding window must be at least 1 position, got ", layer_cfg[l].window);
+  for (size_t l = 0; l < layer_cfg.size(); ++l) {
+    const LayerConfig& lc = layer_cfg[l];
+    if (lc.attn == AttnKind::SlidingWindow && lc.window < 1)
+      fail(where, ": layer ", l, ": the sliding window must be at least 1 position, got ", lc.window);
+    if (lc.attn != AttnKind::Sparse) continue;
+    if (lc.window < 1) fail(where, ": layer ", l, ": the sparse pattern's window must be at least 1 key, got ", lc.window);
+    if (lc.dilation < 1) fail(where, ": layer ", l, ": the dilation must be at least 1, got ", lc.dilation);
+    if (lc.global < 0 || lc.random < 0)
+      fail(where, ": layer ", l, ": global positions and random keys must be >= 0, got ", lc.global, " and ", lc.random);
+    if (lc.window > (int64_t(1) << 24) || lc.dilation > (int64_t(1) << 24) || lc.global > (int64_t(1) << 24) ||
+        lc.random > 4096)
+      fail(where, ": layer ", l, ": sparse pattern sizes out of range");
+    if (mla()) fail(where, ": sparse attention patterns with latent attention (MLA) are not supported");
+  }
   {
     const FfnAct a = activation();
     const bool gated = a == FfnAct::SwiGLU || a == FfnAct::GeGLU;

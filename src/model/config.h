@@ -1,5 +1,6 @@
 // One runtime config for every supported architecture, read from the weights file.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -19,6 +20,9 @@ const char* arch_name(Arch a);
 enum class AttnKind : uint8_t {
   Full,           // causal over every earlier position
   SlidingWindow,  // causal over the last `window` positions (the query's own included)
+  // Sparse patterns (LayerConfig::sees): a dilated window (Longformer), global positions
+  // and random keys per block of queries (BigBird), causal. Trained by Tessera only.
+  Sparse,
 };
 enum class FfnKind : uint8_t {
   Dense,  // one feed-forward of hidden_dim
@@ -57,13 +61,36 @@ enum class NormPlacement : uint8_t { Pre, Post };  // "swiglu", "geglu", "gelu",
 FfnAct parse_ffn_act(const std::string& name, const std::string& where);  // Error naming the value
 struct LayerConfig {
   AttnKind attn = AttnKind::Full;
-  int64_t window = 0;  // SlidingWindow: positions a query sees, itself included (>= 1)
+  int64_t window = 0;  // SlidingWindow: positions a query sees, itself included (>= 1); Sparse: keys of the dilated window
   FfnKind ffn = FfnKind::Dense;
+  // Sparse: query i sees key j <= i when
+  //   i - j = k x dilation for some k < window (the dilated window: receptive field window x dilation),
+  //   or j < global or i < global (the first `global` positions attend to all and all attend to them),
+  //   or j is one of the `random` keys of i's block of kRandomBlock queries (random_key: before the
+  //   block, fixed by `seed`).
+  int64_t dilation = 1, global = 0, random = 0;
+  uint32_t seed = 0;
+  static constexpr int64_t kRandomBlock = 16;
   bool operator==(const LayerConfig&) const = default;
   // First key position a query at position pos attends to.
   int64_t first_key(int64_t pos) const {
+    if (attn == AttnKind::Sparse) {
+      if (global > 0 || random > 0) return 0;
+      return std::max<int64_t>(0, pos - (window - 1) * dilation);
+    }
     return attn == AttnKind::SlidingWindow && pos >= window ? pos - window + 1 : 0;
   }
+  // Whether the query at position i sees the key at j (j <= i).
+  bool sees(int64_t i, int64_t j) const;
+  // Random key t (< random) of query block b (> 0): a position in [0, b kRandomBlock).
+  int64_t random_key(int64_t b, int64_t t) const;
+  // The keys the query at position i sees, ascending, into out (room for visible_bound(i + 1)); returns how many.
+  int64_t visible_keys(int64_t i, int64_t* out) const;
+  // Room visible_keys needs for any position below n_pos.
+  int64_t visible_bound(int64_t n_pos) const {
+    return attn == AttnKind::Sparse ? std::min(global, n_pos) + std::min(window, n_pos) + random : n_pos;
+  }
+  int64_t receptive_field() const { return attn == AttnKind::Sparse ? window * dilation : window; }
 };
 const char* attn_kind_name(AttnKind k);
 // Per-layer configs with sliding-window attention of `window` positions on the
@@ -71,6 +98,12 @@ const char* attn_kind_name(AttnKind k);
 // comma-separated list of layer indices; full attention elsewhere. Error
 // naming the value on a bad one.
 std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which);
+// The layers `which` names (as above) true; `what` names the option in errors.
+std::vector<bool> select_layers(int64_t n_layers, const std::string& which, const std::string& what);
+// Sparse attention (AttnKind::Sparse with pattern's window / dilation / global / random) on the
+// layers `which` names, each with its own random-key seed derived from seed; full elsewhere.
+std::vector<LayerConfig> sparse_attention_layers(int64_t n_layers, const LayerConfig& pattern, const std::string& which,
+                                                 uint64_t seed);
 // The same from one flag per layer (true: sliding); all false gives an empty
 // list (every layer the default).
 std::vector<LayerConfig> sliding_window_layers(int64_t window, const std::vector<bool>& slides);
@@ -149,6 +182,7 @@ struct ModelConfig {
   int64_t n_blocks() const { return n_layers + mtp_depth; }  // blocks with tensors: the layers, then the MTP modules
   bool mtp_block(int64_t l) const { return l >= n_layers; }
   bool has_sliding_window() const;
+  bool has_sparse_attention() const;  // a layer of AttnKind::Sparse
   // Whether the blocks are Gemma 2's: sandwich norms, embeddings x sqrt(dim), GeGLU,
   // no experts, biases, QK-norm or latent attention (what gemma2 / Gemma2ForCausalLM imply).
   bool gemma2_block() const {

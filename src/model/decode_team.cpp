@@ -64,6 +64,13 @@ constexpr int64_t kSplitKMin = 512;  // keys per split-K chunk, at least
 void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v) {
   const auto& c = w_.cfg;
   const int64_t nkv = c.cache_kv_heads(), group = c.n_heads / nkv, vd = c.cache_v_dim();  // vd: output per head
+  if (c.layer(l).attn == AttnKind::Sparse) {  // a sparse pattern: the heads over the team, each over its visible keys
+    if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, nkv);
+    tt.barrier();
+    attend_sparse(l, seq, pos, q, a_.att, tt.rank, tt.rank, tt.size);
+    tt.barrier();
+    return;
+  }
   const int64_t split = std::min<int64_t>(group, (tt.size + nkv - 1) / nkv);
   const int64_t sub = (group + split - 1) / split;  // query heads per item
   const int64_t items = nkv * split, k0 = c.layer(l).first_key(pos), n_keys = pos + 1 - k0;

@@ -35,8 +35,8 @@ Model::Model(const Weights& w, const RunOptions& opt)
         px.kv.size() != size_t(2 * px.n_layers * px.len * px.kv_dim))
       fail("prefix adapter: ", px.n_layers, " layers of ", px.len, " x ", px.kv_dim, " keys and values; this model has ",
            c.n_layers, " layers of K/V width ", c.cache_kv_dim());
-    if (c.mla() || mtp_ || c.moe_hashed())
-      fail("prefix adapter: not supported with latent attention, --draft-mtp or hash routing");
+    if (c.mla() || mtp_ || c.moe_hashed() || c.has_sparse_attention())
+      fail("prefix adapter: not supported with latent attention, sparse attention patterns, --draft-mtp or hash routing");
     prefix_len_ = px.len, prefix_ = opt.prefix;
     n_ctx_ += prefix_len_;
     if (c.arch == Arch::GPT2) n_ctx_ = std::min(n_ctx_, c.max_seq_len);  // the learned positions end there
@@ -114,6 +114,14 @@ Model::Model(const Weights& w, const RunOptions& opt)
     team_part_.assign(size_t(2 * c.n_heads * max_threads_ * (c.cache_v_dim() + 1)), 0.f);
   }
   if (c.mla()) prepare_mla();  // the absorbed products' matrices (model/mla.cpp)
+  for (int64_t l = 0; l < c.n_layers; ++l)  // sparse attention patterns' per-thread scratch (model/sparse_attention.cpp)
+    if (c.layer(l).attn == AttnKind::Sparse) sparse_bound_ = std::max(sparse_bound_, c.layer(l).visible_bound(n_ctx_) + 1);
+  if (sparse_bound_ > 0) {
+    sparse_stride_ = (sparse_bound_ * (2 * c.cache_kv_dim() + 1) + 15) / 16 * 16;
+    require_memory(4.0 * double(max_threads_) * double(sparse_stride_), "the sparse attention pattern's scratch", "lower -c");
+    sparse_scratch_.assign(size_t(max_threads_) * size_t(sparse_stride_), 0.f);
+    sparse_keys_.assign(size_t(max_threads_) * size_t(sparse_bound_), 0);
+  }
   if (opt.bottleneck) set_bottleneck(opt.bottleneck);
   if (opt.own_cache) {
     own_ = std::make_unique<KVCache>(make_cache(own_blocks));
@@ -405,6 +413,13 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int6
 // positions (a prefill) runs as GEMMs; the other rows one at a time.
 void Model::attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride) {
   const auto& c = w_.cfg;
+  if (c.layer(l).attn == AttnKind::Sparse) {  // a sparse pattern: each row over its visible keys
+    const int nt = std::min(ctx.n_threads, max_threads_);
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (n > 1)
+    for (int64_t t = 0; t < n; ++t)
+      attend_sparse(l, cseq_[t], cpos_[t], q + t * q_stride, a_.att + t * c.cache_out_dim(), omp_get_thread_num(), 0, 1);
+    return;
+  }
   int64_t n_short = 0;
   short_rows_.resize(size_t(max_batch_));
   for (int64_t t0 = 0, t1; t0 < n; t0 = t1) {

@@ -212,6 +212,11 @@ class Model {
                                   const float* q, float* out, int rank) const;
   // Causal attention of the chunk's n rows (q rows q_stride apart) into a_.att.
   void attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride);
+  // A sparse-pattern layer (AttnKind::Sparse; model/sparse_attention.cpp): the query at pos of seq
+  // (q: its row of n_heads heads) over the keys it sees (LayerConfig::visible_keys), heads h0,
+  // h0 + hstep, ... into out (its attention-output row), with thread `rank`'s scratch.
+  void attend_sparse(int64_t l, int32_t seq, int64_t pos, const float* q, float* out, int rank, int64_t h0,
+                     int64_t hstep) const;
   // A run of rows [t0, t0 + rows) of one sequence at consecutive positions, as GEMMs.
   void prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q, int64_t q_stride);
   static constexpr int64_t kQBlock = 64;  // query rows per prefill attention task
@@ -273,6 +278,11 @@ class Model {
   // Per team thread: MoE routing scratch (probabilities (E), weights (k), selection (k)).
   aligned_vector<float> team_route_;
   aligned_vector<float> team_part_;  // split-K partial attention outputs (team_attention)
+  // Sparse patterns (attend_sparse): keys a query sees at most (+ 1), and per thread the gathered
+  // K and V rows (bound, cache_kv_dim) each + scores (bound), and the key positions.
+  int64_t sparse_bound_ = 0, sparse_stride_ = 0;
+  mutable std::vector<float> sparse_scratch_;
+  mutable std::vector<int64_t> sparse_keys_;
   // MLA's absorbed products (model/mla.cpp), per (layer, head): Wk_h^T (kv LoRA
   // rank, nope) and Wv_h (v, kv LoRA rank) from attn_kv_b, in its own type
   // where that is f32 / f16 / bf16 / Q8_0, else Q8_0 (f32 where rows are not

@@ -300,7 +300,7 @@ void rope(T* x, int64_t N, int64_t T_, int64_t n_heads, int64_t hd, int64_t stri
 namespace {
 // The first key query i of sequence b sees (a sliding window's start, its packed segment's).
 int64_t first_key(const AttnShape& s, int64_t b, int64_t i) {
-  int64_t lo = s.window > 0 && i >= s.window ? i - s.window + 1 : 0;
+  int64_t lo = s.pattern ? s.pattern->first_key(i) : s.window > 0 && i >= s.window ? i - s.window + 1 : 0;
   if (s.seg) lo = std::max<int64_t>(lo, s.seg[b * s.T + i]);
   return lo;
 }
@@ -309,13 +309,26 @@ template <class T>
 void cap_row(T* p, int64_t n, T cap) {
   for (int64_t j = 0; j < n; ++j) p[j] = cap * std::tanh(p[j] / cap);
 }
+// A sparse pattern: row i's scores p[j] for keys klo + j, j in [lo, n), that it hides -> -inf.
+template <class T>
+void mask_row(const AttnShape& s, int64_t i, int64_t klo, T* p, int64_t lo, int64_t n) {
+  if (!s.pattern) return;
+  if (s.mask) {
+    const uint8_t* m = s.mask + i * s.T + klo;
+    for (int64_t j = lo; j < n; ++j)
+      if (!m[j]) p[j] = -INFINITY;
+    return;
+  }
+  for (int64_t j = lo; j < n; ++j)
+    if (!s.pattern->sees(i, klo + j)) p[j] = -INFINITY;
+}
 }  // namespace
 
 template <class T>
 void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const AttnShape& s, T* scratch) {
   const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd, R = s.block_rows;
   const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
-  const bool vec = s.isa == Isa::AVX512;  // float rows on the AVX-512 kernel (kernels/act.h)
+  const bool vec = s.isa == Isa::AVX512 && !s.pattern;  // float rows on the AVX-512 kernel (kernels/act.h)
 #pragma omp parallel
   {
     T* S = scratch + int64_t(omp_get_thread_num()) * attention_scratch(Tn, R);  // (R, <= T)
@@ -336,6 +349,7 @@ void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const Att
             const int64_t lo = first_key(s, b, i) - klo, n = i + 1 - klo;  // row i sees columns [lo, n)
             for (int64_t j = 0; j < lo; ++j) p[j] = 0;
             if (cap > 0) cap_row(p + lo, n - lo, cap);
+            mask_row(s, i, klo, p, lo, n);
             if constexpr (std::is_same_v<T, float>) {
               if (vec) {
                 L[i] = cpu::avx512::softmax_row(p + lo, n - lo, m - lo);
@@ -363,7 +377,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
                    const AttnShape& s, T* scratch, const T* delta) {
   const int64_t Tn = s.T, hd = s.hd, grp = s.n_heads / s.n_kv_heads, od = s.n_heads * hd, R = s.block_rows;
   const T scale = T(1) / std::sqrt(T(hd)), cap = T(s.softcap);
-  const bool vec = s.isa == Isa::AVX512;
+  const bool vec = s.isa == Isa::AVX512 && !s.pattern;
   // One task per (batch, kv head): it owns dk/dv of that head, and dq of its query heads.
 #pragma omp parallel
   {
@@ -400,6 +414,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
                 T* t = raw + (i - i0) * m;
                 for (int64_t j = lo; j < e; ++j) t[j] = std::tanh(p[j] / cap), p[j] = cap * t[j];
               }
+              mask_row(s, i, klo, p, lo, e);
               if constexpr (std::is_same_v<T, float>) {
                 if (vec) {
                   cpu::avx512::exp_shift_row(p + lo, e - lo, m - lo, L[i]);

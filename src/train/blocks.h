@@ -8,6 +8,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
+#include "model/config.h"
 
 namespace tessera::train::blk {
 
@@ -89,6 +90,10 @@ struct AttnShape {
   // may see, so examples packed into one row do not attend to each other (non-decreasing in i).
   const int32_t* seg = nullptr;
   int64_t block_rows = kAttnRows;  // query rows per block (tests use small blocks to cross their edges)
+  // A sparse pattern (AttnKind::Sparse): keys it hides are masked (softmax rows on the scalar path).
+  // mask, when given: its (T, T) table, mask[i T + j] != 0 when query i sees key j (pattern->sees).
+  const LayerConfig* pattern = nullptr;
+  const uint8_t* mask = nullptr;
 };
 // Causal GQA attention (within s.window / s.seg when set), FlashAttention-style:
 // q (B*T, q_stride) head h at column h*hd; k, v (B*T, kv_stride). out (B*T,

@@ -82,6 +82,9 @@ nlohmann::json config_to_json(const ModelConfig& c) {
     for (const auto& l : c.layer_cfg) {
       nlohmann::json e = {{"attn", attn_kind_name(l.attn)}, {"ffn", l.ffn == FfnKind::MoE ? "moe" : "dense"}};
       if (l.attn == AttnKind::SlidingWindow) e["window"] = l.window;
+      if (l.attn == AttnKind::Sparse)
+        e["window"] = l.window, e["dilation"] = l.dilation, e["global"] = l.global, e["random"] = l.random,
+        e["seed"] = l.seed;
       layers.push_back(e);
     }
     j["layers"] = layers;
@@ -149,6 +152,10 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
         LayerConfig l;
         const std::string attn = e.at("attn").get<std::string>();
         if (attn == "sliding") l.attn = AttnKind::SlidingWindow, l.window = e.at("window").get<int64_t>();
+        else if (attn == "sparse")
+          l.attn = AttnKind::Sparse, l.window = e.at("window").get<int64_t>(), l.dilation = e.at("dilation").get<int64_t>(),
+          l.global = e.at("global").get<int64_t>(), l.random = e.at("random").get<int64_t>(),
+          l.seed = e.at("seed").get<uint32_t>();
         else if (attn != "full") fail(where, ": layer ", c.layer_cfg.size(), ": unknown attention kind '", attn, "'");
         const std::string ffn = e.value("ffn", std::string("dense"));
         if (ffn == "moe") l.ffn = FfnKind::MoE;

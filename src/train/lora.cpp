@@ -140,6 +140,7 @@ LoraLayout::LoraLayout(const Layout& base, const LoraConfig& lc) : cfg(base.cfg)
     if (lc.rank > 0) fail("--prefix-len: prefix tuning and LoRA are separate adapters; choose one per run");
     if (c.mla()) fail("--prefix-len: latent attention (MLA) caches no per-head keys; not supported");
     if (c.moe_hashed()) fail("--prefix-len: hash routing keys on positions and previous tokens; not supported");
+    if (c.has_sparse_attention()) fail("--prefix-len: sparse attention patterns are not supported with a prefix");
     if (c.mtp_depth > 0) fail("--prefix-len: multi-token prediction modules are not supported with a prefix");
     prefix_dim = c.arch == Arch::GPT2 ? c.dim : c.kv_dim();
     const int64_t P = lc.prefix_len;

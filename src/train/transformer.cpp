@@ -150,6 +150,19 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
   }
   if (at < L_.total) zero_ranges_.emplace_back(at, L_.total);
   attn_scratch_.resize(size_t(omp_get_max_threads() * blk::attention_scratch(T_)));
+  if (c_.has_sparse_attention()) {  // each sparse layer's (T, T) visibility table, made once
+    sparse_masks_.resize(size_t(c_.n_layers));
+    for (int64_t l = 0; l < c_.n_layers; ++l) {
+      const LayerConfig& lc = c_.layer(l);
+      if (lc.attn != AttnKind::Sparse) continue;
+      require_memory(double(T_) * double(T_), "the sparse attention pattern's table", "lower --seq");
+      auto& m = sparse_masks_[size_t(l)];
+      m.assign(size_t(T_ * T_), 0);
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < T_; ++i)
+        for (int64_t j = 0; j <= i; ++j) m[size_t(i * T_ + j)] = lc.sees(i, j);
+    }
+  }
   ce_rows_.resize(size_t(2 * o_.logit_rows));
   if (o_.bf16) {
     if (!std::is_same_v<T, float>) fail("internal: bf16 training runs on float parameters");
@@ -255,6 +268,8 @@ blk::AttnShape Transformer<T>::attn_shape(int64_t l) const {
   s.isa = isa_;
   const LayerConfig& lc = c_.layer(l);
   s.window = lc.attn == AttnKind::SlidingWindow ? lc.window : 0;
+  s.pattern = lc.attn == AttnKind::Sparse ? &c_.layer(l) : nullptr;
+  if (s.pattern) s.mask = sparse_masks_[size_t(l)].data();
   s.seg = seg_;
   return s;
 }

@@ -222,6 +222,7 @@ class Transformer {
   float grad_scale_ = 0.f;             // this backward's grad_scale
   std::vector<float> cos_, sin_;  // RoPE (T, hd / 2)
   std::vector<T> attn_scratch_;   // (threads, attention_scratch(T)) for attention_fwd/bwd
+  std::vector<std::vector<uint8_t>> sparse_masks_;  // per layer: a sparse pattern's (T, T) table (AttnShape::mask)
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
   bool fresh_ = false;            // in an overwrite backward: the weight products write their gradients
   std::vector<std::pair<size_t, size_t>> zero_ranges_;  // [begin, end) of g not written by those products
