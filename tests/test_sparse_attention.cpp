@@ -44,6 +44,19 @@ ModelConfig small_llama(int64_t n_layers) {
   return c;
 }
 
+// Mean next-token loss of logits z (T, V) against tgt.
+double mean_nll(const std::vector<float>& z, const std::vector<int32_t>& tgt, int64_t V) {
+  double s = 0;
+  for (size_t t = 0; t < tgt.size(); ++t) {
+    const float* row = z.data() + t * size_t(V);
+    double mx = row[0], sum = 0;
+    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
+    s += mx + std::log(sum) - row[tgt[t]];
+  }
+  return s / double(tgt.size());
+}
+
 }  // namespace
 
 // The definition written out: which keys a query sees, by hand, and visible_keys == the keys
@@ -129,6 +142,38 @@ TEST(SparseAttention, GradientsMatchFiniteDifferences) {
   }
 }
 
+// GPT-2's blocks (fused qkv rows, learned positions) with a Longformer layer: training and engine agree.
+TEST(SparseAttention, Gpt2TrainingAndEngineAgree) {
+  ModelConfig c;
+  c.arch = Arch::GPT2;
+  c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 8, c.hidden_dim = 64;
+  c.vocab_size = 40, c.max_seq_len = 48, c.tied_embeddings = true;
+  c.layer_cfg = {sparse(3, 2, 2, 0), sparse(4, 1, 1, 2, 9)};
+  train::Layout L(c);
+  std::vector<float> p(L.total);
+  train::init_params(L, p.data(), 4);
+  std::mt19937 rng(2);
+  std::normal_distribution<float> nd(0.f, 0.3f);
+  for (auto& x : p) x += nd(rng);
+  const int64_t T = 48;
+  std::vector<int32_t> tok(T), tgt(T);
+  for (auto& t : tok) t = int32_t(rng() % 40);
+  for (int64_t i = 0; i < T; ++i) tgt[size_t(i)] = tok[size_t((i + 1) % T)];
+  train::Transformer<float> tm(L, 1, T, train::ModelOptions{});
+  const auto r = tm.forward(p.data(), tok.data(), tgt.data());
+  const Weights w = train::weights_view(L, p.data());
+  for (int64_t chunk : {int64_t(48), int64_t(1)}) {
+    RunOptions o;
+    o.n_ctx = 48, o.max_batch = chunk;
+    Model m(w, o);
+    KernelContext ctx(2);
+    std::vector<float> z(size_t(T * 40));
+    for (int64_t p0 = 0; p0 < T; p0 += chunk) m.forward_all(ctx, tok.data() + p0, std::min(chunk, T - p0), p0, z.data() + p0 * 40);
+    const double train_loss = r.loss_sum / double(r.count);
+    EXPECT_NEAR(mean_nll(z, tgt, 40), train_loss, 1e-5 * train_loss) << "chunk " << chunk;
+  }
+}
+
 // The training forward (dense scores with the pattern's mask) and the engine (each row over
 // its gathered visible keys) give the same loss, in one prefill, in chunks of 7 and token by
 // token (the team path), with f32 / f16 caches; and again after a GGUF round trip. The
@@ -149,17 +194,7 @@ TEST(SparseAttention, TrainingAndEngineAgree) {
   train::Transformer<float> tm(L, 1, T, train::ModelOptions{});
   const auto r = tm.forward(p.data(), tok.data(), tgt.data());
   const double train_loss = r.loss_sum / double(r.count);
-  auto nll = [&](const std::vector<float>& z) {
-    double s = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      const float* row = z.data() + t * 40;
-      double mx = row[0], sum = 0;
-      for (int v = 1; v < 40; ++v) mx = std::max(mx, double(row[v]));
-      for (int v = 0; v < 40; ++v) sum += std::exp(double(row[v]) - mx);
-      s += mx + std::log(sum) - row[tgt[size_t(t)]];
-    }
-    return s / double(T);
-  };
+  auto nll = [&](const std::vector<float>& z) { return mean_nll(z, tgt, 40); };
   const Weights w = train::weights_view(L, p.data());
   for (int64_t chunk : {int64_t(60), int64_t(7), int64_t(1)}) {
     RunOptions o;
