@@ -50,6 +50,19 @@ inline std::vector<int32_t> read_token_ids(const std::string& path) {
   return ids;
 }
 
+// Mean next-token loss (nats) of logits (tgt.size(), V) against the targets tgt.
+inline double mean_nll(const std::vector<float>& logits, const std::vector<int32_t>& tgt, int64_t V) {
+  double s = 0;
+  for (size_t t = 0; t < tgt.size(); ++t) {
+    const float* z = logits.data() + t * size_t(V);
+    double mx = z[0], sum = 0;
+    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(z[v]));
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(z[v]) - mx);
+    s += mx + std::log(sum) - z[tgt[t]];
+  }
+  return s / double(tgt.size());
+}
+
 inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double d = 0;
   for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));

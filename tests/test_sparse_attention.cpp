@@ -44,17 +44,29 @@ ModelConfig small_llama(int64_t n_layers) {
   return c;
 }
 
-// Mean next-token loss of logits z (T, V) against tgt.
-double mean_nll(const std::vector<float>& z, const std::vector<int32_t>& tgt, int64_t V) {
-  double s = 0;
-  for (size_t t = 0; t < tgt.size(); ++t) {
-    const float* row = z.data() + t * size_t(V);
-    double mx = row[0], sum = 0;
-    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
-    s += mx + std::log(sum) - row[tgt[t]];
-  }
-  return s / double(tgt.size());
+using test::mean_nll;
+
+// Parameters near init (seed), T tokens of a 40-token vocabulary and their next tokens, and
+// the training forward's mean loss on them.
+struct Case {
+  std::vector<float> p;
+  std::vector<int32_t> tok, tgt;
+  double loss = 0;
+};
+Case make_case(const train::Layout& L, int64_t T, uint64_t seed) {
+  Case k;
+  k.p.resize(L.total);
+  train::init_params(L, k.p.data(), seed);
+  std::mt19937 rng(uint32_t(seed * 7 + 1));
+  std::normal_distribution<float> nd(0.f, 0.3f);
+  for (auto& x : k.p) x += nd(rng);
+  k.tok.resize(size_t(T)), k.tgt.resize(size_t(T));
+  for (auto& t : k.tok) t = int32_t(rng() % 40);
+  for (int64_t i = 0; i < T; ++i) k.tgt[size_t(i)] = k.tok[size_t((i + 1) % T)];
+  train::Transformer<float> tm(L, 1, T, train::ModelOptions{});
+  const auto r = tm.forward(k.p.data(), k.tok.data(), k.tgt.data());
+  k.loss = r.loss_sum / double(r.count);
+  return k;
 }
 
 }  // namespace
@@ -150,27 +162,17 @@ TEST(SparseAttention, Gpt2TrainingAndEngineAgree) {
   c.vocab_size = 40, c.max_seq_len = 48, c.tied_embeddings = true;
   c.layer_cfg = {sparse(3, 2, 2, 0), sparse(4, 1, 1, 2, 9)};
   train::Layout L(c);
-  std::vector<float> p(L.total);
-  train::init_params(L, p.data(), 4);
-  std::mt19937 rng(2);
-  std::normal_distribution<float> nd(0.f, 0.3f);
-  for (auto& x : p) x += nd(rng);
   const int64_t T = 48;
-  std::vector<int32_t> tok(T), tgt(T);
-  for (auto& t : tok) t = int32_t(rng() % 40);
-  for (int64_t i = 0; i < T; ++i) tgt[size_t(i)] = tok[size_t((i + 1) % T)];
-  train::Transformer<float> tm(L, 1, T, train::ModelOptions{});
-  const auto r = tm.forward(p.data(), tok.data(), tgt.data());
-  const Weights w = train::weights_view(L, p.data());
+  const Case k = make_case(L, T, 4);
+  const Weights w = train::weights_view(L, k.p.data());
   for (int64_t chunk : {int64_t(48), int64_t(1)}) {
     RunOptions o;
     o.n_ctx = 48, o.max_batch = chunk;
     Model m(w, o);
     KernelContext ctx(2);
     std::vector<float> z(size_t(T * 40));
-    for (int64_t p0 = 0; p0 < T; p0 += chunk) m.forward_all(ctx, tok.data() + p0, std::min(chunk, T - p0), p0, z.data() + p0 * 40);
-    const double train_loss = r.loss_sum / double(r.count);
-    EXPECT_NEAR(mean_nll(z, tgt, 40), train_loss, 1e-5 * train_loss) << "chunk " << chunk;
+    for (int64_t p0 = 0; p0 < T; p0 += chunk) m.forward_all(ctx, k.tok.data() + p0, std::min(chunk, T - p0), p0, z.data() + p0 * 40);
+    EXPECT_NEAR(mean_nll(z, k.tgt, 40), k.loss, 1e-5 * k.loss) << "chunk " << chunk;
   }
 }
 
@@ -182,20 +184,12 @@ TEST(SparseAttention, TrainingAndEngineAgree) {
   ModelConfig c = small_llama(3);
   c.layer_cfg = {sparse(4, 3, 0, 0), sparse(3, 2, 2, 2, 11), sparse(5, 1, 1, 3, 12)};
   train::Layout L(c);
-  std::vector<float> p(L.total);
-  train::init_params(L, p.data(), 11);
-  std::mt19937 rng(5);
-  std::normal_distribution<float> nd(0.f, 0.3f);
-  for (auto& x : p) x += nd(rng);
   const int64_t T = 60;
-  std::vector<int32_t> tok(T), tgt(T);
-  for (auto& t : tok) t = int32_t(rng() % 40);
-  for (int64_t i = 0; i < T; ++i) tgt[size_t(i)] = tok[size_t((i + 1) % T)];
-  train::Transformer<float> tm(L, 1, T, train::ModelOptions{});
-  const auto r = tm.forward(p.data(), tok.data(), tgt.data());
-  const double train_loss = r.loss_sum / double(r.count);
-  auto nll = [&](const std::vector<float>& z) { return mean_nll(z, tgt, 40); };
-  const Weights w = train::weights_view(L, p.data());
+  const Case k = make_case(L, T, 11);
+  const std::vector<int32_t>& tok = k.tok;
+  const double train_loss = k.loss;
+  auto nll = [&](const std::vector<float>& z) { return mean_nll(z, k.tgt, 40); };
+  const Weights w = train::weights_view(L, k.p.data());
   for (int64_t chunk : {int64_t(60), int64_t(7), int64_t(1)}) {
     RunOptions o;
     o.n_ctx = 64, o.max_batch = chunk;
@@ -219,6 +213,6 @@ TEST(SparseAttention, TrainingAndEngineAgree) {
   full.layer_cfg.clear();
   const train::Layout Lf(full);
   train::Transformer<float> tfull(Lf, 1, T, train::ModelOptions{});
-  const auto rf = tfull.forward(p.data(), tok.data(), tgt.data());
+  const auto rf = tfull.forward(k.p.data(), k.tok.data(), k.tgt.data());
   EXPECT_GT(std::abs(rf.loss_sum / double(rf.count) - train_loss), 1e-3);
 }

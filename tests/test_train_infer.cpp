@@ -18,6 +18,7 @@
 #include "model/moe_hash.h"
 #include "model/synthetic.h"
 #include "formats/rope_scaling.h"
+#include "model_test_util.h"
 #include "test_util.h"
 #include "train/optim.h"
 #include "train/params.h"
@@ -39,17 +40,7 @@ std::vector<float> logits_of(const Weights& w, const std::vector<int32_t>& tok) 
   return out;
 }
 
-double mean_nll(const std::vector<float>& logits, const std::vector<int32_t>& tgt, int64_t V) {
-  double s = 0;
-  for (size_t t = 0; t < tgt.size(); ++t) {
-    const float* z = logits.data() + t * size_t(V);
-    double mx = z[0], sum = 0;
-    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(z[v]));
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(z[v]) - mx);
-    s += mx + std::log(sum) - z[tgt[t]];
-  }
-  return s / double(tgt.size());
-}
+using test::mean_nll;
 
 void check_agreement(const ModelConfig& c, bool hf_too = true) {
   train::Layout L(c);
