@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "core/quant_mix.h"
+#include "model/batch.h"
+#include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/synthetic.h"
 
@@ -139,6 +141,56 @@ TEST(TeamDecode, MixedActivationQuantization) {
   ASSERT_EQ(w.layers[0].wk.dtype, DType::Q8_0);
   ASSERT_EQ(w.layers[0].wq.dtype, DType::Q4_K);
   expect_same_decode(w, 2, false, "q4_k_m, 8 experts");
+}
+
+// Small batches (up to Model::kTeamRows rows, several sequences, consecutive positions of one
+// sequence as a speculative verification has them, some rows without logits) on the team:
+// the same logits bit for bit as the region path, round after round.
+TEST(TeamDecode, SmallBatchesSameAsRegionPerMatrix) {
+  if (detect_isa() == Isa::Scalar) GTEST_SKIP() << "no SIMD matrix-vector kernels on this CPU";
+  if (omp_get_num_procs() < 2) GTEST_SKIP() << "the team needs two CPUs";
+  ModelConfig gpt2 = synthetic_config("gpt2-tiny");
+  gpt2.dim = 256, gpt2.head_dim = 64, gpt2.hidden_dim = 1024;
+  ModelConfig sparse = small(256, 344, 8, 4);
+  LayerConfig pat;
+  pat.window = 3, pat.dilation = 2, pat.global = 1, pat.random = 2, pat.seed = 5;
+  sparse.layer_cfg = sparse_attention_layers(sparse.n_layers, pat, "odd", 3);
+  const std::pair<ModelConfig, DType> cases[] = {{small(256, 344, 8, 4), DType::F32},
+                                                 {small(512, 1024, 8, 2), DType::Q8_0},
+                                                 {small(512, 1024, 8, 2), DType::Q4_0},
+                                                 {gpt2, DType::F32},
+                                                 {sparse, DType::F16}};
+  for (const auto& [cfg, type] : cases) {
+    const Weights w = make_random_weights(cfg, type, 7, 2);
+    RunOptions team, plain;
+    team.max_threads = plain.max_threads = 2;
+    team.max_batch = plain.max_batch = 16;
+    plain.persistent_team = false;
+    team.own_cache = plain.own_cache = false;
+    Model a(w, team), b(w, plain);
+    KernelContext ctx(2);
+    ASSERT_TRUE(a.decodes_as_team(ctx) && a.team_rows_ok(ctx, 6)) << dtype_name(type);
+    KVCache ca = a.make_cache(16), cb = b.make_cache(16);
+    const int64_t V = cfg.vocab_size;
+    std::vector<int64_t> len(3, 0);
+    for (int32_t s = 0; s < 3; ++s) {
+      ASSERT_EQ(ca.add_seq(), s);
+      ASSERT_EQ(cb.add_seq(), s);
+    }
+    for (int round = 0; round < 8; ++round) {
+      Batch bt;
+      const int64_t rows[3] = {1, round == 0 ? 4 : 3, 2};  // 7 rows: the team
+      for (int32_t s = 0; s < 3; ++s)
+        for (int64_t i = 0; i < rows[s]; ++i) {
+          const int64_t p = len[size_t(s)]++;
+          bt.add(int32_t((p * 31 + s * 7 + 3) % V), p, s, (p + s) % 3 != 1);
+        }
+      std::vector<float> oa(size_t(bt.n_logits() * V)), ob(oa.size());
+      a.forward(ctx, bt, ca, oa.data());
+      b.forward(ctx, bt, cb, ob.data());
+      ASSERT_EQ(0, std::memcmp(oa.data(), ob.data(), oa.size() * 4)) << dtype_name(type) << ", round " << round;
+    }
+  }
 }
 
 TEST(TeamDecode, NotUsedWhereItCannotRun) {

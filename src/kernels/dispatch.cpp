@@ -472,25 +472,25 @@ void matmul_multi(KernelContext& ctx, const float* X, int64_t M, const MatmulOut
   for (const MatmulOut& o : outs) linear(ctx, Linear{o.W, o.b}, X, M, o.Y);
 }
 
-size_t team_scratch_bytes(int64_t K) {
+size_t team_scratch_bytes(int64_t K, int64_t M) {
   // Q8_0 / Q4_0 blocks of 32 are the finest activation quantization (Q8_G groups are multiples of
   // 32); Q8_K keeps more sums.
-  return std::max(XqLayout(K, 1, kQ8_0).bytes, XqLayout(K, 1, kQ8K).bytes) +
-         align64(size_t(cpu::work_floats(K, 1)) * sizeof(float));
+  return std::max(XqLayout(K, M, kQ8_0).bytes, XqLayout(K, M, kQ8K).bytes) +
+         align64(size_t(cpu::work_floats(K, M)) * sizeof(float));
 }
 
 bool team_worthwhile(const TensorView& W) { return W.rows() * W.cols() >= kThreadedMacs; }
 
-bool team_can_matmul(Isa isa, const TensorView& W) {
+bool team_can_matmul(Isa isa, const TensorView& W, int64_t M) {
   const cpu::IsaKernels* k = kernels_for(isa);
-  return k && W.rows() > 0 && !is_llm_int8(W) && simd_matvec(*k, isa, W, 1) != nullptr;
+  return k && W.rows() > 0 && !is_llm_int8(W) && simd_matvec(*k, isa, W, M) != nullptr;
 }
 
-void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs) {
-  team_matmul(tt, x, outs.begin(), outs.size());
+void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs, int64_t M) {
+  team_matmul(tt, x, outs.begin(), outs.size(), M);
 }
 
-void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs_p, size_t n_outs) {
+void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs_p, size_t n_outs, int64_t M) {
   const std::span<const MatmulOut> outs(outs_p, n_outs);
   const cpu::IsaKernels* k = kernels_for(tt.isa);
   if (!k || outs.size() == 0 || outs.size() > size_t(Team::kMaxJobs)) fail("team_matmul: internal: bad call");
@@ -505,16 +505,16 @@ void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs_p, size_t
     for (size_t i = first; i < outs.size(); ++i) {
       const MatmulOut& o = outs[i];
       if (done[i] || o.W->cols() != W0.cols() || quant_block(*o.W) != quant_block(W0)) continue;
-      jobs[n] = MatvecJob{o.W, o.Y, simd_matvec(*k, tt.isa, *o.W, 1), bias_of(o.b)};
+      jobs[n] = MatvecJob{o.W, o.Y, simd_matvec(*k, tt.isa, *o.W, M), bias_of(o.b)};
       if (!jobs[n].fn) fail("team_matmul: internal: a matrix without a matrix-vector kernel");
       done[i] = true;
       ++n;
     }
-    const XqLayout xl(W0.cols(), 1, quant_block(W0));
+    const XqLayout xl(W0.cols(), M, quant_block(W0));
     uint8_t* xq = tt.scratch;
-    if (xl.qb) xl.quantize(*k, xq, x, 0);
+    for (int64_t m = 0; xl.qb && m < M; ++m) xl.quantize(*k, xq, x, m);
     RowQueue queue(jobs, n, tt.size, tt.team->next, tt.gen++);
-    matvec_rows(jobs, n, x, 1, xl.view(xq), reinterpret_cast<float*>(xq + xl.bytes), &queue);
+    matvec_rows(jobs, n, x, M, xl.view(xq), reinterpret_cast<float*>(xq + xl.bytes), &queue);
     tt.barrier();
   }
 }

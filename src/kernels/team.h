@@ -46,20 +46,21 @@ struct TeamThread {
   void barrier() { team->barrier(size); }
 };
 
-// Private scratch one thread needs for team_matmul with up to K columns (M == 1).
-size_t team_scratch_bytes(int64_t K);
-// Whether W has a SIMD matrix-vector kernel on isa for one activation row (what
-// matmul() picks for M == 1), i.e. whether team_matmul can take it.
-bool team_can_matmul(Isa isa, const TensorView& W);
+// Private scratch one thread needs for team_matmul with up to K columns and M rows.
+size_t team_scratch_bytes(int64_t K, int64_t M = 1);
+// Whether W has a SIMD matrix-vector kernel on isa for M activation rows (what
+// matmul() picks for M rows), i.e. whether team_matmul can take it.
+bool team_can_matmul(Isa isa, const TensorView& W, int64_t M = 1);
 // Whether one activation row against W is large enough that matmul() would
 // split it across threads (the threshold of the region-per-matrix path).
 bool team_worthwhile(const TensorView& W);
-// outs[i].Y = x . outs[i].W^T for one activation row x(K), rows shared by the
+// outs[i].Y = x . outs[i].W^T for one activation row x(K) (or M rows), rows shared by the
 // team as matmul_multi() shares them; every thread calls it with its own copy
 // of x (or the same one). Ends with a barrier, so Y is complete on return.
 // All W must pass team_can_matmul; those with another K or activation
 // quantization than the first run as a call of their own (one more barrier).
-void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs);
-void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs, size_t n_outs);
+// M > 1: x holds M rows of K, each Y M rows of its W's output width.
+void team_matmul(TeamThread& tt, const float* x, std::initializer_list<MatmulOut> outs, int64_t M = 1);
+void team_matmul(TeamThread& tt, const float* x, const MatmulOut* outs, size_t n_outs, int64_t M = 1);
 
 }  // namespace tessera

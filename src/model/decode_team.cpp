@@ -12,6 +12,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/error.h"
 #include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "model/exec.h"
@@ -61,13 +62,14 @@ constexpr int64_t kSplitKMin = 512;  // keys per split-K chunk, at least
 // and the context is long, each item's keys are cut into ks chunks as well
 // (split-K): every chunk is attended with its log-sum-exp, and the chunks are
 // merged exactly (merge_attention, kernels/attention.h).
-void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v) {
+void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v,
+                           float* att) {
   const auto& c = w_.cfg;
   const int64_t nkv = c.cache_kv_heads(), group = c.n_heads / nkv, vd = c.cache_v_dim();  // vd: output per head
   if (c.layer(l).attn == AttnKind::Sparse) {  // a sparse pattern: the heads over the team, each over its visible keys
     if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, nkv);
     tt.barrier();
-    attend_sparse(l, seq, pos, q, a_.att, tt.rank, tt.rank, tt.size);
+    attend_sparse(l, seq, pos, q, att, tt.rank, tt.rank, tt.size);
     tt.barrier();
     return;
   }
@@ -87,7 +89,7 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, 
   for (int64_t it = tt.rank; it < items * ks; it += tt.size) {
     const int64_t hi = it / ks, chunk = it % ks, kvh = hi / split, g0 = hi % split * sub;
     if (prep_per_item) prep_heads(l, seq, pos, q, k, v, kvh, kvh + 1);
-    DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), q, a_.att, tt.rank);
+    DecodeAttnArgs a = decode_attn_args(l, seq, pos, kvh, g0, std::min(sub, group - g0), q, att, tt.rank);
     if (ks > 1) {
       a.start = k0 + n_keys * chunk / ks;  // keys [start, n) of this chunk
       a.n = k0 + n_keys * (chunk + 1) / ks;
@@ -105,17 +107,37 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, 
       float s = part_lse[hi * ks * sub + g];
       for (int64_t chunk = 1; chunk < ks; ++chunk)
         merge_attention(o, s, part + ((hi * ks + chunk) * sub + g) * vd, part_lse[(hi * ks + chunk) * sub + g], vd);
-      std::copy(o, o + vd, a_.att + (kvh * group + g0 + g) * vd);
+      std::copy(o, o + vd, att + (kvh * group + g0 + g) * vd);
     }
   }
   tt.barrier();
 }
 
-void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out) {
+bool Model::team_rows_ok(const KernelContext& ctx, int64_t n) const {
+  if (n == 1) return true;
   const auto& c = w_.cfg;
-  const int64_t C = c.dim;
+  if (n > std::min(kTeamRows, max_batch_) || c.is_moe() || c.mla()) return false;
+  const auto ok = [&](const TensorView& W) { return W.empty() || team_can_matmul(ctx.isa, W, n); };
+  for (const auto& L : w_.layers)
+    if (!(ok(L.wq) && ok(L.wk) && ok(L.wv) && ok(L.wqkv) && ok(L.wo) && ok(L.w_gate) && ok(L.w_up) && ok(L.w_down)))
+      return false;
+  for (const auto& layer : bn_views_)
+    for (const BnViews& v : layer)
+      if (!(ok(v.down) && ok(v.up))) return false;
+  return ok(w_.output);
+}
+
+void Model::decode_team(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n,
+                        const uint8_t* want, float* out) {
+  const auto& c = w_.cfg;
+  const int64_t C = c.dim, V = c.vocab_size;
   const uint32_t gen0 = team_.gen_base;
   uint32_t calls = 0;
+  int64_t n_out = 0;  // the wanted rows, packed in front (a single row is always computed)
+  out_rows_.resize(size_t(max_batch_));
+  for (int64_t t = 0; t < n; ++t)
+    if (n == 1 || !want || want[t]) out_rows_[size_t(n_out++)] = t;
+  if (n_out > 0 && !out) fail("forward: rows want logits but no output buffer was given");
 #pragma omp parallel num_threads(std::min(ctx.n_threads, max_threads_))
   {
     TeamThread tt;
@@ -125,31 +147,40 @@ void Model::decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t 
     tt.isa = ctx.isa;
     tt.scratch = team_scratch_.data() + size_t(tt.rank) * team_scratch_stride_;
     tt.gen = gen0;
-    float* x = team_act_.data() + size_t(tt.rank) * team_act_stride_;  // (C) residual stream
-    float* xb = x + (C + 15) / 16 * 16;                                 // (C) normalised input
-    float* hs = xb + (C + 15) / 16 * 16;                                // (H) FFN activation
+    float* x = team_act_.data() + size_t(tt.rank) * team_act_stride_;  // (n, C) residual stream
+    float* xb = x + (n * C + 15) / 16 * 16;                             // (n, C) normalised input
+    float* hs = xb + (n * C + 15) / 16 * 16;                            // (n, H) FFN activation
     const bool llama = c.arch == Arch::Llama;
-    dequantize_row(w_.tok_embd, token, x);
-    if (c.embed_scale > 0.f) ops::scale(x, c.embed_scale, C);
-    if (!llama) {
-      dequantize_row(w_.pos_embd, pos, xb);
-      ops::add(x, xb, C);
+    for (int64_t t = 0; t < n; ++t) {
+      float* xt = x + t * C;
+      dequantize_row(w_.tok_embd, tokens[t], xt);
+      if (c.embed_scale > 0.f) ops::scale(xt, c.embed_scale, C);
+      if (!llama) {
+        dequantize_row(w_.pos_embd, pos[t], xb);
+        ops::add(xt, xb, C);
+      }
     }
-    TeamExec ex{*this, tt, seq, pos, x, xb, hs};
+    TeamExec ex{*this, tt, n, seq, pos, x, xb, hs};
     for (int64_t l = 0; l < c.n_layers; ++l) {
       if (llama)
         llama_layer(ex, l);
       else
         gpt2_layer(ex, l);
     }
-    if (tt.rank == 0 && mtp_) std::copy(x, x + C, kv_->hidden(seq, pos));  // for the MTP module (model/mtp.cpp)
-    if (llama)
-      ex.rmsnorm(w_.out_norm);
-    else
-      ex.layernorm(w_.out_norm, w_.out_norm_b);
-    team_matmul(tt, xb, {{&w_.output, out}});
+    if (tt.rank == 0 && mtp_)  // for the MTP module (model/mtp.cpp)
+      for (int64_t t = 0; t < n; ++t) std::copy(x + t * C, x + (t + 1) * C, kv_->hidden(seq[t], pos[t]));
+    // The final norm of the wanted rows, packed into xb's first rows.
+    for (int64_t i = 0; i < n_out; ++i) {
+      const int64_t t = out_rows_[size_t(i)];
+      if (llama)
+        ops::rmsnorm(xb + i * C, x + t * C, w_.out_norm.f32(), C, c.norm_eps);
+      else
+        ops::layernorm(xb + i * C, x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
+    }
+    if (n_out > 0) team_matmul(tt, xb, {{&w_.output, out}}, n_out);
     if (tt.rank == 0) {
-      if (c.final_softcap > 0.f) ops::softcap(out, c.vocab_size, c.final_softcap);
+      if (c.final_softcap > 0.f)
+        for (int64_t i = 0; i < n_out; ++i) ops::softcap(out + i * V, V, c.final_softcap);
       calls = tt.gen - gen0;
     }
   }

@@ -2,7 +2,7 @@
 // block (model/llama.cpp, model/gpt2.cpp) is written once:
 //   RegionExec: the n rows of a chunk; norms, residuals and activations over
 //     the threads per row (Model::per_token), a parallel region per matrix product.
-//   TeamExec: one decode step on one thread of the persistent team
+//   TeamExec: one decode step (or a few rows: Model::kTeamRows) on one thread of the persistent team
 //     (model/decode_team.cpp): the residual stream, the normalised input and the
 //     FFN activation are the thread's own copies (computed redundantly, the same
 //     on every thread), matrix products are shared (team_matmul, a barrier after each).
@@ -106,54 +106,60 @@ struct Model::RegionExec {
 struct Model::TeamExec {
   Model& m;
   TeamThread& tt;
-  int32_t seq;
-  int64_t pos;
-  float* xp;   // (C) this thread's residual stream
-  float* xbp;  // (C) this thread's normalised input (and residual scratch)
-  float* hs;   // (H) this thread's FFN activation
+  int64_t n;           // rows (<= Model::kTeamRows)
+  const int32_t* seq;  // (n) each row's sequence and position
+  const int64_t* pos;
+  float* xp;   // (n, C) this thread's residual stream
+  float* xbp;  // (n, C) this thread's normalised input (and residual scratch)
+  float* hs;   // (n, H) this thread's FFN activation
 
-  int64_t n_rows() const { return 1; }
+  int64_t n_rows() const { return n; }
   Isa isa() const { return tt.isa; }
   float* x() const { return xp; }
   float* xn() const { return xbp; }
+  int64_t C() const { return m.w_.cfg.dim; }
   void rmsnorm(const TensorView& g) {
     const auto& c = m.w_.cfg;
-    ops::rmsnorm(xbp, xp, g.f32(), c.dim, c.norm_eps);
+    for (int64_t t = 0; t < n; ++t) ops::rmsnorm(xbp + t * c.dim, xp + t * c.dim, g.f32(), c.dim, c.norm_eps);
   }
   void layernorm(const TensorView& g, const TensorView& b) {
     const auto& c = m.w_.cfg;
-    ops::layernorm(xbp, xp, g.f32(), b.f32(), c.dim, c.norm_eps);
+    for (int64_t t = 0; t < n; ++t) ops::layernorm(xbp + t * c.dim, xp + t * c.dim, g.f32(), b.f32(), c.dim, c.norm_eps);
   }
   void rmsnorm_x(const TensorView& g) {
     rmsnorm(g);
-    std::copy(xbp, xbp + m.w_.cfg.dim, xp);
+    std::copy(xbp, xbp + n * C(), xp);
   }
   void layernorm_x(const TensorView& g, const TensorView& b) {
     layernorm(g, b);
-    std::copy(xbp, xbp + m.w_.cfg.dim, xp);
+    std::copy(xbp, xbp + n * C(), xp);
   }
-  void matmul(const float* X, std::initializer_list<MatmulOut> outs) { team_matmul(tt, X, outs); }
-  void attention(int64_t l, float* q, float* k, float* v, int64_t, int64_t) {
-    m.team_attention(tt, l, seq, pos, q, k, v);
+  void matmul(const float* X, std::initializer_list<MatmulOut> outs) { team_matmul(tt, X, outs, n); }
+  // Row by row: a row's keys are in the cache before a later row of its sequence reads them.
+  void attention(int64_t l, float* q, float* k, float* v, int64_t q_stride, int64_t kv_stride) {
+    const int64_t od = m.w_.cfg.cache_out_dim();
+    for (int64_t t = 0; t < n; ++t)
+      m.team_attention(tt, l, seq[t], pos[t], q + t * q_stride, k + t * kv_stride, v + t * kv_stride, m.a_.att + t * od);
   }
-  void residual(const float* y) { ops::add(xp, y, m.w_.cfg.dim); }
+  void residual(const float* y) { ops::add(xp, y, n * C()); }
   float* gated(const float* g, const float* u) {
     const int64_t H = m.w_.cfg.hidden_dim;
-    std::copy(g, g + H, hs);
-    gated_row(m.w_.cfg, tt.isa, hs, u, H);
+    std::copy(g, g + n * H, hs);
+    for (int64_t t = 0; t < n; ++t) gated_row(m.w_.cfg, tt.isa, hs + t * H, u + t * H, H);
     return hs;
   }
   float* ungated(const float* h) {
     const int64_t H = m.w_.cfg.hidden_dim;
-    std::copy(h, h + H, hs);
-    ungated_row(m.w_.cfg, tt.isa, hs, H);
+    std::copy(h, h + n * H, hs);
+    for (int64_t t = 0; t < n; ++t) ungated_row(m.w_.cfg, tt.isa, hs + t * H, H);
     return hs;
   }
-  void moe(int64_t l, const float* in) { m.moe_team(tt, l, in, xp, hs); }
+  void moe(int64_t l, const float* in) { m.moe_team(tt, l, in, xp, hs); }  // one row (team_rows_ok)
   // Per-row work on shared buffers: thread 0 does it, the others wait.
   template <class F>
   void rows(F&& f) {
-    if (tt.rank == 0) f(0);
+    if (tt.rank == 0)
+      for (int64_t t = 0; t < n; ++t) f(t);
     tt.barrier();
   }
   template <class F>

@@ -103,10 +103,12 @@ Model::Model(const Weights& w, const RunOptions& opt)
   }
   if (persistent_team_ && max_threads_ > 1) {
     const int64_t Ht = std::max(H, He);  // a thread's activation copy
-    team_act_stride_ = size_t(2 * C + Ht + 47) / 16 * 16;  // three 64-byte-aligned pieces
+    const int64_t tr = std::min(kTeamRows, max_batch_);  // rows a team step may have
+    team_act_stride_ = size_t(tr * (2 * C + Ht) + 47) / 16 * 16;  // three 64-byte-aligned pieces
     team_act_.assign(size_t(max_threads_) * team_act_stride_, 0.f);
     // The widest activation a team product reads (MLA's LoRA inputs and compact attention output too).
-    team_scratch_stride_ = team_scratch_bytes(std::max({C, Ht, c.q_dim(), c.mla_q_lora, c.mla_kv_lora, c.attn_out_dim()}));
+    team_scratch_stride_ =
+        team_scratch_bytes(std::max({C, Ht, c.q_dim(), c.mla_q_lora, c.mla_kv_lora, c.attn_out_dim()}), tr);
     team_route_stride_ = size_t(E + 2 * c.moe_used + 15) / 16 * 16;
     team_route_.assign(size_t(max_threads_) * team_route_stride_, 0.f);
     team_scratch_.assign(size_t(max_threads_) * team_scratch_stride_, 0);
@@ -304,8 +306,8 @@ void Model::chunk(KernelContext& ctx, const int32_t* tokens, const int64_t* pos,
                   const uint8_t* want, float* out) {
   cpos_ = pos, cseq_ = seq, ctok_ = tokens;
   for (int64_t t = 0; t < n; ++t) kv_->set_token(seq[t], pos[t], tokens[t]);
-  if (n == 1 && decodes_as_team(ctx)) {
-    decode_team(ctx, tokens[0], pos[0], seq[0], want && !want[0] ? a_.logits : out);  // keeps its hidden state
+  if (n <= kTeamRows && decodes_as_team(ctx) && team_rows_ok(ctx, n)) {
+    decode_team(ctx, tokens, pos, seq, n, want, n == 1 && want && !want[0] ? a_.logits : out);
     if (mtp_) mtp_rows(ctx, tokens, pos, seq, n);
     return;
   }

@@ -88,6 +88,10 @@ class Model {
   // (RunOptions::persistent_team, 2 threads up to the CPUs available, layers
   // large enough to split across threads, a SIMD matrix-vector kernel for every matrix).
   bool decodes_as_team(const KernelContext& ctx) const;
+  // Whether a chunk of n rows (n <= kTeamRows) runs on the team too: also every matrix has a
+  // SIMD kernel for n rows, and the blocks are plain (no experts, no latent attention).
+  bool team_rows_ok(const KernelContext& ctx, int64_t n) const;
+  static constexpr int64_t kTeamRows = 8;  // rows a chunk may have on the team path
   size_t arena_bytes() const { return arena_.size() * sizeof(float) + kv_bytes(); }
 
   // Runs tokens(n) at positions [pos, pos + n) of the own cache's sequence
@@ -201,10 +205,13 @@ class Model {
   // the query heads of KV heads [h0, h1) and those KV heads, then their k / v
   // into the cache.
   void prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, int64_t h0, int64_t h1);
-  // One decode step (token at pos of seq) as a persistent team; logits (V) into out.
-  void decode_team(KernelContext& ctx, int32_t token, int64_t pos, int32_t seq, float* out);
-  // prep_heads and attention of one decode step's q / k / v rows, over the team.
-  void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v);
+  // n rows (tokens at pos of seq; n <= kTeamRows, a decode step or a small batch such as a
+  // speculative verification) as a persistent team; the wanted rows' logits (V each, packed)
+  // into out (want null: every row; a single unwanted row still writes out).
+  void decode_team(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n,
+                   const uint8_t* want, float* out);
+  // prep_heads and attention of one row's q / k / v (at pos of seq), over the team; its attention output into att.
+  void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, float* att);
   // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
   // at pos of seq (its q row and attention-output row) against layer l's cache,
   // with thread `rank`'s score scratch.
