@@ -140,6 +140,51 @@ TEST(Grammar, TrieMaskEqualsTryingEveryToken) {
   }
 }
 
+// Masks are cached by state: a state that comes back (the same stacks and pending bytes, in
+// an equal grammar at another address) gets the mask a fresh walk gives; another grammar,
+// or another state, does not hit.
+TEST(Grammar, MaskCacheByState) {
+  TESSERA_REQUIRE_SHARED("models/tok512.bin");
+  TESSERA_REQUIRE_SHARED("grammars/json.gbnf");
+  const Tokenizer tok = load_llama2c_tokenizer(shared_path("models/tok512.bin"), 512);
+  const TokenTrie trie(tok);
+  const std::string text = slurp(shared_path("grammars/json.gbnf"));
+  const Grammar a = Grammar::parse(text, "json.gbnf"), b = Grammar::parse(text, "json.gbnf");
+  const Grammar other = Grammar::parse("root ::= \"yes\" | \"no\"", "yes-no");
+  EXPECT_EQ(a.fingerprint(), b.fingerprint());
+  EXPECT_NE(a.fingerprint(), other.fingerprint());
+  std::vector<uint8_t> got(512), fresh(512);
+  int64_t hits = trie.mask_hits();
+  for (const std::string prefix : {"{\"ab", "{\"a\": [1, 2", "{\"a\": \"\xE3\x81"}) {
+    GrammarState s1(a), s2(b), s3(a);
+    ASSERT_TRUE(s1.accept(prefix));
+    ASSERT_TRUE(s2.accept(prefix));
+    ASSERT_TRUE(s3.accept("{"));
+    EXPECT_EQ(s1.key(), s2.key());
+    EXPECT_NE(s1.key(), s3.key());
+    const bool any = grammar_allowed(s1, trie, tok, got);  // walked (or cached by an earlier test)
+    const int64_t h0 = trie.mask_hits();
+    EXPECT_EQ(grammar_allowed(s2, trie, tok, fresh), any);
+    EXPECT_EQ(trie.mask_hits(), h0 + 1) << prefix;
+    EXPECT_EQ(got, fresh);
+    s2.allowed_tokens(trie, fresh);  // a fresh walk: the same tokens (end tokens aside)
+    for (int32_t id = 0; id < 512; ++id)
+      if (!tok.is_eog(id) && id != tok.bos_id()) EXPECT_EQ(got[size_t(id)], fresh[size_t(id)]) << prefix << " " << id;
+  }
+  EXPECT_GE(trie.mask_hits(), hits + 3);
+  GrammarState in1(a), in2(a);  // inside a string every character leads back to the same state
+  ASSERT_TRUE(in1.accept("{\"ab"));
+  ASSERT_TRUE(in2.accept("{\"abcd"));
+  EXPECT_EQ(in1.key(), in2.key());
+  GrammarState yn(other);
+  hits = trie.mask_hits();
+  grammar_allowed(yn, trie, tok, got);
+  EXPECT_EQ(trie.mask_hits(), hits);
+  int n = 0;
+  for (uint8_t x : got) n += x;
+  EXPECT_LT(n, 20) << "the other grammar's own mask";
+}
+
 // A random-weight model (stories260K's shape, its tokenizer) under each example
 // grammar and the JSON grammar, 12 seeds each: the text is always a prefix of
 // a string of the language, and a whole one when generation ended by itself.

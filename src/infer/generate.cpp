@@ -85,6 +85,9 @@ void TokenEmitter::finish() {
 }
 
 bool grammar_allowed(const GrammarState& g, const TokenTrie& trie, const Tokenizer& tok, std::vector<uint8_t>& allowed) {
+  const std::string key = g.key();
+  bool cached_any = false;
+  if (trie.cached_mask(key, allowed, cached_any)) return cached_any;
   g.allowed_tokens(trie, allowed);
   const bool can_end = g.can_end();
   bool any = false;
@@ -93,6 +96,7 @@ bool grammar_allowed(const GrammarState& g, const TokenTrie& trie, const Tokeniz
     if (tok.is_eog(id) || id == tok.bos_id()) allowed[i] = can_end;
     any |= allowed[i] != 0;
   }
+  trie.store_mask(key, allowed, any);
   return any;
 }
 

@@ -534,6 +534,60 @@ bool GrammarState::accept(std::string_view bytes) {
   return true;
 }
 
+uint64_t Grammar::fingerprint() const {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over every element's fields
+  auto mix = [&](uint64_t v) {
+    for (int i = 0; i < 8; ++i) h = (h ^ ((v >> (8 * i)) & 0xff)) * 0x100000001b3ull;
+  };
+  mix(root_), mix(rules_.size());
+  for (const auto& alts : rules_) {
+    mix(alts.size());
+    for (const auto& seq : alts) {
+      mix(seq.size());
+      for (const GrammarElem& e : seq) {
+        mix(uint64_t(e.kind) | uint64_t(e.negated) << 8 | uint64_t(e.rule) << 16), mix(e.ranges.size());
+        for (const auto& [a, b] : e.ranges) mix(uint64_t(a) << 32 | b);
+      }
+    }
+  }
+  return h;
+}
+
+std::string GrammarState::key() const {
+  const uint64_t f = g_->fingerprint();
+  std::string k(reinterpret_cast<const char*>(&f), sizeof f);
+  for (const Stack& st : stacks_) {
+    const uint32_t n = uint32_t(st.size());
+    k.append(reinterpret_cast<const char*>(&n), sizeof n);
+    for (const Pos& p : st) {
+      const uint64_t v = uint64_t(p.rule) << 32 | uint64_t(p.alt) << 16 | p.idx;
+      k.append(reinterpret_cast<const char*>(&v), sizeof v);
+    }
+  }
+  return k.append(1, '\0').append(pending_);
+}
+
+bool TokenTrie::cached_mask(const std::string& key, std::vector<uint8_t>& allowed, bool& any) const {
+  const std::lock_guard<std::mutex> lock(mask_mu_);
+  const auto it = masks_.find(key);
+  if (it == masks_.end() || it->second.first.size() != allowed.size()) return false;
+  std::copy(it->second.first.begin(), it->second.first.end(), allowed.begin());
+  any = it->second.second;
+  ++mask_hits_;
+  return true;
+}
+
+void TokenTrie::store_mask(const std::string& key, const std::vector<uint8_t>& allowed, bool any) const {
+  const std::lock_guard<std::mutex> lock(mask_mu_);
+  if (masks_.size() >= kMaskCache) masks_.clear();
+  masks_[key] = {allowed, any};
+}
+
+int64_t TokenTrie::mask_hits() const {
+  const std::lock_guard<std::mutex> lock(mask_mu_);
+  return mask_hits_;
+}
+
 bool GrammarState::can_end() const {
   return pending_.empty() && std::any_of(stacks_.begin(), stacks_.end(), [](const Stack& s) { return s.empty(); });
 }

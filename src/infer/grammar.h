@@ -13,7 +13,9 @@
 // masked distribution gives exactly the masked distribution.
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <string_view>
 #include <vector>
 
@@ -44,6 +46,8 @@ class Grammar {
   // rules_[r]: alternatives; each a sequence of elements (empty: matches nothing more).
   const std::vector<std::vector<GrammarElem>>& alts(uint32_t r) const { return rules_[r]; }
   uint32_t root() const { return root_; }
+  // A hash of the rules (GrammarState::key): equal for equal grammars, whatever their address.
+  uint64_t fingerprint() const;
   const std::string& name(uint32_t r) const { return names_[r]; }
 
  private:
@@ -63,8 +67,19 @@ class TokenTrie {
   };
   const std::vector<Node>& nodes() const { return nodes_; }
 
+  // Masks already computed (grammar_allowed, infer/generate.h), by GrammarState::key(): a
+  // state that comes back (inside a JSON string, a list's separator) is not walked again.
+  // At most kMaskCache of them (cleared when full); safe to share between threads.
+  static constexpr size_t kMaskCache = 64;
+  bool cached_mask(const std::string& key, std::vector<uint8_t>& allowed, bool& any) const;
+  void store_mask(const std::string& key, const std::vector<uint8_t>& allowed, bool any) const;
+  int64_t mask_hits() const;
+
  private:
   std::vector<Node> nodes_;
+  mutable std::mutex mask_mu_;
+  mutable std::unordered_map<std::string, std::pair<std::vector<uint8_t>, bool>> masks_;
+  mutable int64_t mask_hits_ = 0;
 };
 
 class GrammarState {
@@ -79,6 +94,8 @@ class GrammarState {
   bool finished() const;
   // allowed[id] = 1 for every token of trie whose bytes can come next, else 0 (n_vocab entries).
   void allowed_tokens(const TokenTrie& trie, std::vector<uint8_t>& allowed) const;
+  // The state as bytes (its grammar's fingerprint, stacks and pending bytes): equal keys allow the same tokens.
+  std::string key() const;
 
   struct Pos {
     uint32_t rule;
