@@ -66,10 +66,10 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, 
                            float* att) {
   const auto& c = w_.cfg;
   const int64_t nkv = c.cache_kv_heads(), group = c.n_heads / nkv, vd = c.cache_v_dim();  // vd: output per head
-  if (c.layer(l).attn == AttnKind::Sparse) {  // a sparse pattern: the heads over the team, each over its visible keys
+  if (c.layer(l).attn == AttnKind::Sparse) {  // a sparse pattern: the KV heads over the team, over the visible keys
     if (tt.rank == 0) prep_heads(l, seq, pos, q, k, v, 0, nkv);
     tt.barrier();
-    attend_sparse(l, seq, pos, q, att, tt.rank, tt.rank, tt.size);
+    attend_sparse(tt.isa, l, seq, pos, q, att, tt.rank, tt.rank, tt.size);
     tt.barrier();
     return;
   }

@@ -119,7 +119,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   for (int64_t l = 0; l < c.n_layers; ++l)  // sparse attention patterns' per-thread scratch (model/sparse_attention.cpp)
     if (c.layer(l).attn == AttnKind::Sparse) sparse_bound_ = std::max(sparse_bound_, c.layer(l).visible_bound(n_ctx_) + 1);
   if (sparse_bound_ > 0) {
-    sparse_stride_ = (sparse_bound_ * (2 * c.cache_kv_dim() + 1) + 15) / 16 * 16;
+    sparse_stride_ = (sparse_bound_ * (2 * c.cache_kv_dim() + c.n_heads / c.cache_kv_heads()) + 15) / 16 * 16;
     require_memory(4.0 * double(max_threads_) * double(sparse_stride_), "the sparse attention pattern's scratch", "lower -c");
     sparse_scratch_.assign(size_t(max_threads_) * size_t(sparse_stride_), 0.f);
     sparse_keys_.assign(size_t(max_threads_) * size_t(sparse_bound_), 0);
@@ -419,7 +419,8 @@ void Model::attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, 
     const int nt = std::min(ctx.n_threads, max_threads_);
 #pragma omp parallel for num_threads(nt) schedule(dynamic) if (n > 1)
     for (int64_t t = 0; t < n; ++t)
-      attend_sparse(l, cseq_[t], cpos_[t], q + t * q_stride, a_.att + t * c.cache_out_dim(), omp_get_thread_num(), 0, 1);
+      attend_sparse(ctx.isa, l, cseq_[t], cpos_[t], q + t * q_stride, a_.att + t * c.cache_out_dim(), omp_get_thread_num(),
+                    0, 1);
     return;
   }
   int64_t n_short = 0;

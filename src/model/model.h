@@ -220,9 +220,10 @@ class Model {
   // Causal attention of the chunk's n rows (q rows q_stride apart) into a_.att.
   void attention(KernelContext& ctx, int64_t l, int64_t n, const float* q, int64_t q_stride);
   // A sparse-pattern layer (AttnKind::Sparse; model/sparse_attention.cpp): the query at pos of seq
-  // (q: its row of n_heads heads) over the keys it sees (LayerConfig::visible_keys), heads h0,
-  // h0 + hstep, ... into out (its attention-output row), with thread `rank`'s scratch.
-  void attend_sparse(int64_t l, int32_t seq, int64_t pos, const float* q, float* out, int rank, int64_t h0,
+  // (q: its row of n_heads heads) over the keys it sees (LayerConfig::visible_keys), the query
+  // groups of KV heads h0, h0 + hstep, ... into out (its attention-output row), with thread
+  // `rank`'s scratch.
+  void attend_sparse(Isa isa, int64_t l, int32_t seq, int64_t pos, const float* q, float* out, int rank, int64_t h0,
                      int64_t hstep) const;
   // A run of rows [t0, t0 + rows) of one sequence at consecutive positions, as GEMMs.
   void prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t rows, const float* q, int64_t q_stride);
@@ -286,7 +287,7 @@ class Model {
   aligned_vector<float> team_route_;
   aligned_vector<float> team_part_;  // split-K partial attention outputs (team_attention)
   // Sparse patterns (attend_sparse): keys a query sees at most (+ 1), and per thread the gathered
-  // K and V rows (bound, cache_kv_dim) each + scores (bound), and the key positions.
+  // K and V rows (bound, cache_kv_dim) each + scores (query group, bound), and the key positions.
   int64_t sparse_bound_ = 0, sparse_stride_ = 0;
   mutable std::vector<float> sparse_scratch_;
   mutable std::vector<int64_t> sparse_keys_;
