@@ -424,6 +424,45 @@ std::string raw_stream(int port, bool read_all) {
   return got;
 }
 
+// Sends a request on a raw socket and closes without reading the answer.
+void send_and_close(int port, const json& body_json) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(port));
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    const std::string body = body_json.dump();
+    const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    EXPECT_EQ(send(fd, req.data(), req.size(), MSG_NOSIGNAL), ssize_t(req.size()));
+  }
+  close(fd);
+}
+
+// Clients that leave before their answer, streaming or not, have their
+// sequences freed: with one slot, the requests behind the first wait in the
+// queue and are dropped there instead of being generated for nobody.
+TEST(Serve, ClientsThatLeaveAreCancelled) {
+  START_SERVER(s, args({"--parallel", "1", "-t", "1", "--no-prefix-cache"}));
+  const int p = s.port();
+  for (bool stream : {false, true}) {
+    const double before = metric(p, "tessera_requests_cancelled_total");
+    for (int i = 0; i < 4; ++i)
+      send_and_close(p, {{"prompt", "Once upon a time"}, {"max_tokens", 400}, {"stream", stream}});
+    for (int i = 0; i < 200 && (metric(p, "tessera_sequences_running") != 0 || metric(p, "tessera_sequences_queued") != 0 ||
+                                metric(p, "tessera_requests_cancelled_total") < before + 4);
+         ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    EXPECT_GE(metric(p, "tessera_requests_cancelled_total") - before, 3) << "stream " << stream;
+    EXPECT_EQ(metric(p, "tessera_sequences_running"), 0);
+    EXPECT_EQ(metric(p, "tessera_sequences_queued"), 0);
+    EXPECT_EQ(metric(p, "tessera_kv_blocks_used"), 0);
+  }
+  EXPECT_EQ(completion_text(p, {{"prompt", "Once upon a time"}, {"max_tokens", 8}}).empty(), false);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
 TEST(Serve, TwoHundredConnectionsHalfDisconnectingFreeEverything) {
   START_SERVER(s, args({"--parallel", "4", "--max-queue", "256", "--no-prefix-cache"}));
   const int p = s.port();

@@ -2,8 +2,12 @@
 // continuous-batching engine (serve/engine.h). Listens before the model is
 // loaded (/health answers 503 until it is); every error is a JSON body with
 // the right status; streaming is Server-Sent Events.
+#include <dirent.h>
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -81,6 +85,54 @@ void send_error(httplib::Response& res, int status, const std::string& msg, cons
 }
 
 void send_json(httplib::Response& res, const json& j) { res.set_content(dump(j), "application/json"); }
+
+// The socket of a handler's connection. httplib 0.11 does not give it to a
+// handler, so it is found among this process's descriptors by the two
+// addresses the request names (the connection's thread keeps it open while its
+// handler runs, so the descriptor cannot be reused meanwhile). -1 when not
+// found (no /proc): the request then runs to its end if its client leaves.
+int client_socket(const httplib::Request& req) {
+  DIR* d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int found = -1;
+  const auto numeric = [](const sockaddr_storage& a, socklen_t n, std::string& host) {
+    char h[NI_MAXHOST], p[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), n, h, sizeof h, p, sizeof p, NI_NUMERICHOST | NI_NUMERICSERV))
+      return -1;
+    host = h;
+    return std::atoi(p);
+  };
+  while (dirent* e = readdir(d)) {
+    const int fd = std::atoi(e->d_name);
+    struct stat st;
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+      continue;
+    sockaddr_storage peer{}, local{};
+    socklen_t np = sizeof peer, nl = sizeof local;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &np) != 0 ||
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &nl) != 0)
+      continue;
+    std::string ph, lh;
+    if (numeric(peer, np, ph) == req.remote_port && ph == req.remote_addr && numeric(local, nl, lh) == req.local_port) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// True when the client closed its end: the socket reads end-of-stream (or
+// fails). Bytes waiting (a pipelined request) are left for httplib to read.
+bool client_gone(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) return true;
+  char c;
+  const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 json parse_body(const httplib::Request& req) {
   try {
@@ -174,9 +226,22 @@ void handle_completion(Server& S, const httplib::Request& req, httplib::Response
     size_t done = 0;
     std::string error;
     std::vector<serve::Event> evs;
+    const int client = client_socket(req);
+    auto checked = std::chrono::steady_clock::now();
     while (done < n_choices) {
       evs.clear();
-      if (!stream->wait(evs, std::chrono::milliseconds(1000))) continue;
+      const bool got = stream->wait(evs, std::chrono::milliseconds(50));
+      const auto now = std::chrono::steady_clock::now();
+      if (now - checked >= std::chrono::milliseconds(50)) {
+        checked = now;
+        if (client_gone(client)) {  // free the sequences now instead of generating for nobody
+          stream->cancel();
+          if (S.metrics) S.metrics->count_cancelled();
+          res.status = 499;  // nginx's "client closed request", for the request counter; nobody reads it
+          return;
+        }
+      }
+      if (!got) continue;
       for (auto& e : evs) {
         const size_t k = size_t(e.index);
         text[k] += e.text;
@@ -222,9 +287,10 @@ void handle_completion(Server& S, const httplib::Request& req, httplib::Response
   st->offset.assign(n_choices, 0);
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
+  const int client = client_socket(req);
   res.set_chunked_content_provider(
       "text/event-stream",
-      [&S, st, cr, chat, id, created, n_choices, usage, echo_text](size_t, httplib::DataSink& sink) mutable {
+      [&S, st, cr, chat, id, created, n_choices, usage, echo_text, client](size_t, httplib::DataSink& sink) mutable {
         const auto chunk = [&](json choices, const json* u) {
           json j = {{"id", id},
                     {"object", chat ? "chat.completion.chunk" : "text_completion"},
@@ -244,11 +310,11 @@ void handle_completion(Server& S, const httplib::Request& req, httplib::Response
             else if (cr.echo)
               cs.push_back({{"index", k}, {"text", echo_text[k / size_t(cr.n)]}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
           }
-          if (!cs.empty() && !chunk(cs, nullptr)) return st->stream->cancel(), false;
+          if (!cs.empty() && !chunk(cs, nullptr)) return false;
         }
         std::vector<serve::Event> evs;
         if (!st->stream->wait(evs, std::chrono::milliseconds(200))) {
-          if (!sink.is_writable()) return st->stream->cancel(), false;
+          if (!sink.is_writable() || client_gone(client)) return false;  // left while queued or prefilling
           return true;
         }
         std::string error;
@@ -268,7 +334,7 @@ void handle_completion(Server& S, const httplib::Request& req, httplib::Response
             if (e.finish_reason == "error") error = e.error;
             c["finish_reason"] = e.finish_reason == "error" ? "stop" : e.finish_reason;
           }
-          if (!chunk(json::array({c}), nullptr)) return st->stream->cancel(), false;
+          if (!chunk(json::array({c}), nullptr)) return false;
         }
         if (!error.empty()) {
           const std::string line = "data: " + dump(serve::error_json("generation failed: " + error, "server_error", "", 500)) + "\n\n";
@@ -286,8 +352,10 @@ void handle_completion(Server& S, const httplib::Request& req, httplib::Response
         }
         return true;
       },
-      [st](bool) {
-        if (!st->finished) st->stream->cancel();  // the client went away
+      [&S, st](bool) {
+        if (st->finished) return;
+        st->stream->cancel();  // the client went away
+        if (S.metrics) S.metrics->count_cancelled();
       });
 }
 

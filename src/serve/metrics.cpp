@@ -39,6 +39,11 @@ void Metrics::add_tokens(int64_t prompt, int64_t cached, int64_t generated) {
   prompt_ += prompt, cached_ += cached, generated_ += generated;
 }
 
+void Metrics::count_cancelled() {
+  std::lock_guard<std::mutex> lk(m_);
+  ++cancelled_;
+}
+
 void Metrics::count_request(const std::string& endpoint, int status) {
   std::lock_guard<std::mutex> lk(m_);
   ++requests_[{endpoint, status}];
@@ -63,6 +68,8 @@ std::string Metrics::render(int64_t running, int64_t queued, int64_t kv_used, in
     counter("tessera_prompt_tokens_total", "prompt tokens of finished requests", prompt_);
     counter("tessera_prompt_tokens_cached_total", "prompt tokens taken from the prefix cache", cached_);
     counter("tessera_generated_tokens_total", "generated tokens", generated_);
+    counter("tessera_requests_cancelled_total", "requests whose client went away before the answer was complete",
+            cancelled_);
     gauge("tessera_prefix_cache_hit_rate", "prompt tokens reused from the prefix cache / prompt tokens",
           prompt_ > 0 ? double(cached_) / double(prompt_) : 0.0);
   }
