@@ -109,7 +109,9 @@ TEST(SparseAttention, PatternDefinition) {
         if (p.sees(i, j)) want.push_back(j);
       ASSERT_EQ(std::vector<int64_t>(keys.begin(), keys.begin() + m), want) << "trial " << trial << " query " << i;
       ASSERT_GE(p.first_key(i), 0);
-      if (!want.empty()) ASSERT_LE(p.first_key(i), want.front());
+      if (!want.empty()) {
+        ASSERT_LE(p.first_key(i), want.front());
+      }
       ASSERT_TRUE(p.sees(i, i));
     }
   }

@@ -11,6 +11,7 @@
 #include "common.h"
 #include "core/error.h"
 #include "model/synthetic.h"
+#include "train/grad_buckets.h"
 #include "train/memory.h"
 
 namespace tessera::cli {
@@ -100,6 +101,15 @@ int cmd_memory(int argc, char** argv) {
     act = train::activation_memory(shape.cfg, batch, app.count("--seq") ? seq : shape.cfg.max_seq_len, prec, logit_rows,
                                    attention == "flash");
   const double act_bytes = !have_model ? 0 : (recompute ? act.recompute : act.full);
+  // With a model, stage 2+ counts the gradient buckets a rank holds whole while the backward
+  // runs (Tessera's trainer: the embedding/output tensors and the largest block).
+  double in_flight = 0;
+  if (have_model) {
+    try {
+      in_flight = double(train::GradBuckets::in_flight_elements(train::Layout(shape.cfg)));
+    } catch (const Error&) {  // an architecture the trainer does not lay out: the paper's figure
+    }
+  }
   const train::BytesPerParam bpp = train::bytes_per_param(prec);
 
   if (json) {
@@ -127,10 +137,11 @@ int cmd_memory(int argc, char** argv) {
     }
     j["stages"] = nlohmann::json::array();
     for (int s : stages) {
-      const train::DeviceMemory m = train::zero_memory(params, dp, s, prec);
+      const train::DeviceMemory m = train::zero_memory(params, dp, s, prec, in_flight);
       nlohmann::json row = {{"stage", s},
                             {"weights_bytes", m.weights},
                             {"grads_bytes", m.grads},
+                            {"grads_in_flight_bytes", s >= 2 && dp > 1 ? in_flight * bpp.grads : 0.0},
                             {"optimizer_bytes", m.optimizer},
                             {"states_bytes", m.total()},
                             {"states_gb", gb3(m.total())}};
@@ -174,7 +185,7 @@ int cmd_memory(int argc, char** argv) {
   std::printf("\nGB per device    weights     grads  optimizer    states%s\n",
               have_model ? (recompute ? "  act(recompute)     total" : "  act(full)     total") : "");
   for (int s : stages) {
-    const train::DeviceMemory m = train::zero_memory(params, dp, s, prec);
+    const train::DeviceMemory m = train::zero_memory(params, dp, s, prec, in_flight);
     std::printf("ZeRO-%d         %10s%10s%11s%10s", s, train::format_gb(m.weights).c_str(),
                 train::format_gb(m.grads).c_str(), train::format_gb(m.optimizer).c_str(),
                 train::format_gb(m.total()).c_str());
@@ -183,6 +194,10 @@ int cmd_memory(int argc, char** argv) {
                   train::format_gb(m.total() + act_bytes).c_str());
     std::printf("\n");
   }
+  if (in_flight > 0 && dp > 1 && stages.back() >= 2)
+    std::printf("(ZeRO-2/3 grads include %s GB of gradient buckets held whole during the backward: the "
+                "embedding/output tensors and the largest block)\n",
+                train::format_gb(in_flight * bpp.grads).c_str());
   if (table) {
     std::printf("\nmodel states, GB per device, by data-parallel ranks\nDP        ");
     for (int64_t n : kTableDp) std::printf("%8lld", (long long)n);

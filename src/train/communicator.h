@@ -24,6 +24,7 @@ class Communicator {
   virtual void broadcast(float* x, size_t n, int root) = 0;
   // ZeRO: off (size() + 1 offsets) splits a buffer of off.back() elements into the ranks' parts.
   // out (rank r's part, off[r + 1] - off[r] elements) <- the sum over ranks of x's part r.
+  // out may be x + off[r] (in place: x's other parts are left undefined).
   virtual void reduce_scatter_sum(const float* x, float* out, const std::vector<size_t>& off) = 0;
   // x's part r <- rank r's x part r, for every r, in place on every rank.
   virtual void all_gather(float* x, const std::vector<size_t>& off) = 0;
@@ -56,7 +57,8 @@ class LocalCommunicator final : public Communicator {
   void all_reduce_sum(double*, size_t) override {}
   void broadcast(float*, size_t, int) override {}
   void reduce_scatter_sum(const float* x, float* out, const std::vector<size_t>& off) override {
-    for (size_t i = off[0]; i < off[1]; ++i) out[i - off[0]] = x[i];
+    if (out != x + off[0])
+      for (size_t i = off[0]; i < off[1]; ++i) out[i - off[0]] = x[i];
   }
   void all_gather(float*, const std::vector<size_t>&) override {}
   void barrier() override {}

@@ -37,7 +37,7 @@ BytesPerParam bytes_per_param(Precision p) {
 
 double activation_bytes(Precision p) { return p == Precision::FP32 ? 4.0 : 2.0; }
 
-DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p) {
+DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p, double in_flight) {
   if (!(params > 0) || !std::isfinite(params)) fail("--params must be a positive number of parameters, got ", params);
   if (dp < 1) fail("--dp must be at least 1 (data-parallel ranks), got ", dp);
   if (stage < 0 || stage > 3) fail("--zero must be a ZeRO stage 0, 1, 2 or 3, got ", stage);
@@ -46,7 +46,7 @@ DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p) {
   // Psi parameters; stage s shards the first s of (optimizer states, gradients, weights) over n ranks.
   DeviceMemory m;
   m.optimizer = params * b.optimizer / (stage >= 1 ? n : 1.0);
-  m.grads = params * b.grads / (stage >= 2 ? n : 1.0);
+  m.grads = params * b.grads / (stage >= 2 ? n : 1.0) + (stage >= 2 && dp > 1 ? in_flight * b.grads : 0.0);
   m.weights = params * b.weights / (stage >= 3 ? n : 1.0);
   return m;
 }

@@ -42,7 +42,10 @@ struct DeviceMemory {
 // ZeRO stage 0: everything replicated; 1: optimizer states sharded over dp
 // ranks (P_os); 2: also gradients (P_os+g); 3: also weights (P_os+g+p).
 // Throws Error naming --params (> 0, finite), --dp (>= 1) or --zero (0..3).
-DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p);
+// in_flight: parameters whose gradients a rank holds whole besides its shard at
+// stages >= 2 with dp > 1 (Tessera's buckets in flight: grad_buckets.h
+// in_flight_elements), added to grads; 0 gives the paper's figure.
+DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p, double in_flight = 0);
 
 // Parameter count implied by a config, as Weights::n_params() counts a model of
 // that shape (tied embeddings once; GPT-2 learned positions and biases included).

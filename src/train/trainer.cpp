@@ -23,6 +23,7 @@
 #include "train/data.h"
 #include "train/plot.h"
 #include "train/dpo.h"
+#include "train/grad_buckets.h"
 #include "train/prune.h"
 #include "train/reward.h"
 #include "train/sft.h"
@@ -317,7 +318,6 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   if (sharded()) {  // a resumed (full) checkpoint's moments: this rank's part, whatever the rank count was
     m_ = ParamVec(m_.begin() + long(sb_), m_.begin() + long(se_));
     v_ = ParamVec(v_.begin() + long(sb_), v_.begin() + long(se_));
-    gs_.assign(se_ - sb_, 0.f);
   }
   mask_ = lora_ ? std::vector<uint8_t>(n_train_, 1) : decay_mask(L, o_.adam);
   mask_.resize(n_train_, 0);  // a reward head: not decayed
@@ -350,6 +350,13 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   if (o_.kd.enabled()) {
     if (cfg.final_softcap > 0) fail("--teacher: students with a logit soft-cap are not supported");
     teacher_ = std::make_unique<Teacher>(o_.kd, cfg.vocab_size, o_.batch, o_.seq, st.threads);
+  }
+  if (sharded() && o_.zero >= 2 && !lora_ && !dpo_ && !reward_) {
+    // Stage 2: each block's gradient reduce-scattered into gs_ as soon as the backward has it,
+    // then its pages released; g_ is never resident whole (train/grad_buckets.h).
+    buckets_ = std::make_unique<GradBuckets>(L, shard_off_, comm_.rank());
+    gs_.assign(se_ - sb_, 0.f);
+    GradBuckets::release(g_.data(), g_.size());
   }
   x_.resize(size_t(o_.batch * o_.seq)), y_.resize(size_t(o_.batch * o_.seq));
   if (o_.pack) seg_.resize(size_t(o_.batch * o_.seq)), model_->set_segments(seg_.data());
@@ -439,8 +446,13 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     std::fprintf(log_,
                  "data parallel: %d ranks, ZeRO stage %d; per rank: parameters %.1f MiB, gradients %.1f MiB, Adam "
                  "moments %.1f MiB\n",
-                 comm_.size(), o_.zero, double(p_.size()) * mib, double(g_.size() + gs_.size()) * mib,
+                 comm_.size(), o_.zero, double(p_.size()) * mib,
+                 double(buckets_ ? gs_.size() + GradBuckets::in_flight_elements(L) : g_.size()) * mib,
                  double(m_.size() + v_.size()) * mib);
+  if (buckets_)
+    std::fprintf(log_, "ZeRO-2 gradient buckets: this rank's part %.1f MiB + at most %.1f MiB in flight "
+                       "(the embedding/output tensors and one block)\n",
+                 double(gs_.size()) * mib, double(GradBuckets::in_flight_elements(L)) * mib);
   }
   std::fprintf(log_, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
                (long long)data_.train->size(), (long long)data_.val->size(), (long long)o_.batch, (long long)o_.seq,
@@ -534,6 +546,11 @@ Trainer::StepStats Trainer::train_step() {
     } else if (lora_) {  // the base frozen (its gradient not formed); the adapter's accumulates in g_
       r = model_->forward_backward(base_ptr(), nullptr, x_.data(), y_.data(), scale,
                                    key, true);
+    } else if (buckets_) {  // ZeRO-2: g_ reads as zeros; each block's bucket is reduced as it completes
+      model_->set_grad_ready([&](int64_t l) { buckets_->reduce(l, g_.data(), gs_.data(), micro == 0, comm_); });
+      r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, false);
+      model_->set_grad_ready(nullptr);
+      buckets_->reduce(-1, g_.data(), gs_.data(), micro == 0, comm_);
     } else {
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
     }
@@ -542,14 +559,16 @@ Trainer::StepStats Trainer::train_step() {
     loss_count[7] += r.mtp_sum, loss_count[8] += double(r.mtp_count);
   }
   // The gradient this rank's update reads: the all-reduced buffer (stage 0), or its
-  // reduce-scattered part (stages 1, 2: each rank updates only its part); the norm over
-  // all of it for clipping.
+  // reduce-scattered part (stage 1: in place, in g_; stage 2: gs_, reduced during the
+  // backward); the norm over all of it for clipping.
   const float* gsh = g_.data() + sb_;
   double gnorm = 0;
   if (sharded()) {
-    comm_.reduce_scatter_sum(g_.data(), gs_.data(), shard_off_);
-    gsh = gs_.data();
-    const double part = grad_norm(gs_.data(), gs_.size());
+    if (buckets_)
+      gsh = gs_.data();
+    else
+      comm_.reduce_scatter_sum(g_.data(), g_.data() + sb_, shard_off_);
+    const double part = grad_norm(gsh, se_ - sb_);
     double sq = part * part;
     comm_.all_reduce_sum(&sq, 1);
     gnorm = std::sqrt(sq);
@@ -689,6 +708,11 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
         const std::string k = reward_ ? "reward" : "dpo";
         rec[k + "_margin"] = r.dpo_margin, rec[k + "_accuracy"] = r.dpo_accuracy;
         if (eval_now) rec["val_accuracy"] = st.val_accuracy;
+      }
+      {  // this rank's training state, measured: stage 2's gradient is its part plus the peak resident in flight
+        const size_t grads = buckets_ ? gs_.size() * 4 + buckets_->peak_in_flight() + buckets_->tmp_bytes()
+                                      : g_.size() * 4;
+        rec["state_bytes"] = {{"weights", p_.size() * 4}, {"grads", grads}, {"optimizer", (m_.size() + v_.size()) * 4}};
       }
       if (comm_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)
         const auto t = r.traffic;

@@ -157,10 +157,12 @@ class Trainer {
   const float* base_ptr() const { return qbase_ ? qbase_.get() : base_.data(); }
   size_t n_train_ = 0;      // elements of p_ (Layout or LoraLayout total)
   // ZeRO: the ranks' parts of the flat buffer (size() + 1 offsets), this rank's [sb_, se_)
-  // (everything without sharding); m_ and v_ hold that part only; gs_ its reduced gradient (stage 2).
+  // (everything without sharding); m_ and v_ hold that part only; gs_ its reduced gradient (stage 2;
+  // stage 1 reduces in place into g_'s part).
   std::vector<size_t> shard_off_;
   size_t sb_ = 0, se_ = 0;
   ParamVec gs_;
+  std::unique_ptr<class GradBuckets> buckets_;  // stage 2 (full training): the backward's buckets
   bool sharded() const { return o_.zero >= 1 && comm_.size() > 1; }
   std::vector<uint8_t> mask_;
   std::vector<uint8_t> keep_;  // --keep-sparsity: 1 where a weight may be non-zero

@@ -600,6 +600,7 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
       layer_fwd(p, l, a, xf_);  // x_out is not needed again: write it over a scratch (N, C)
     }
     layer_bwd(p, g, l, a, dx_);
+    if (grad_ready_ && g) grad_ready_(l);
   }
   fresh_ = false;
   if (!g) return r;  // frozen base: no embedding gradient

@@ -5,6 +5,7 @@
 // T is the scalar type: float in production, double in the gradient tests.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <utility>
@@ -88,6 +89,10 @@ class Transformer {
   // Packed examples: seg (B*T), the first position of each token's example in its row (the
   // attention stays inside examples); null: plain causal rows. Kept until changed.
   void set_segments(const int32_t* seg) { seg_ = seg; }
+
+  // Called by forward_backward with l as soon as block l's gradient in g is final (the
+  // blocks in reverse order; the rest is final when the pass returns): ZeRO-2's buckets.
+  void set_grad_ready(std::function<void(int64_t)> f) { grad_ready_ = std::move(f); }
 
   // Layer l's keys (after RoPE) and values of the last forward, rows of *stride elements
   // ((N, kv_dim) each; GPT-2: inside the fused qkv rows). Not in recompute mode.
@@ -224,6 +229,7 @@ class Transformer {
   std::vector<T> attn_scratch_;   // (threads, attention_scratch(T)) for attention_fwd/bwd
   std::vector<std::vector<uint8_t>> sparse_masks_;  // per layer: a sparse pattern's (T, T) table (AttnShape::mask)
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
+  std::function<void(int64_t)> grad_ready_;  // set_grad_ready
   bool fresh_ = false;            // in an overwrite backward: the weight products write their gradients
   std::vector<std::pair<size_t, size_t>> zero_ranges_;  // [begin, end) of g not written by those products
   Isa isa_ = detect_isa();        // for the vectorised loss rows

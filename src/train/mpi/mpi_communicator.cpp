@@ -1,6 +1,8 @@
 // MPI_COMM_WORLD as the training Communicator (Debian's OpenMPI).
 #include <mpi.h>
 
+#include <cstring>
+
 #include <chrono>
 #include <climits>
 #include <cstdlib>
@@ -68,7 +70,13 @@ class MpiCommunicator final : public Communicator {
     Timed timed{traffic_};
     std::vector<int> counts(static_cast<size_t>(size_));
     for (int r = 0; r < size_; ++r) counts[size_t(r)] = count(off[size_t(r) + 1] - off[size_t(r)], "reduce-scatter");
-    check(MPI_Reduce_scatter(x + off[0], out, counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "reduce-scatter");
+    if (out == x + off[size_t(rank_)]) {  // in place: MPI leaves the result at the buffer's start
+      float* buf = const_cast<float*>(x) + off[0];
+      check(MPI_Reduce_scatter(MPI_IN_PLACE, buf, counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "reduce-scatter");
+      if (out != buf) std::memmove(out, buf, size_t(counts[size_t(rank_)]) * sizeof(float));
+    } else {
+      check(MPI_Reduce_scatter(x + off[0], out, counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "reduce-scatter");
+    }
     traffic_.reduce_scatter += ring((off.back() - off[0]) * sizeof(float));
   }
   void all_gather(float* x, const std::vector<size_t>& off) override {
