@@ -1,6 +1,6 @@
 // Data-parallel training over MPI (`mpirun -np 2 tessera train --zero S`): the
 // same loss trajectory as one process with gradient accumulation, weights bit
-// for bit the same across ZeRO stages, the traffic per step, resuming on
+// for bit the same across ZeRO stages 0-3, the traffic and memory per step, resuming on
 // another number of ranks, and a killed rank ending the job. Skips when Tessera
 // was built without MPI or mpirun is missing.
 #include <gtest/gtest.h>
@@ -13,6 +13,7 @@
 #include "cli_util.h"
 #include "nlohmann/json.hpp"
 #include "train/checkpoint.h"
+#include "train/grad_buckets.h"
 
 using namespace tessera;
 using tessera::test::q;
@@ -91,14 +92,16 @@ TEST_F(Mpi, TwoRanksFollowOneProcessAndZeroStagesAgreeBitForBit) {
   auto r = run_cli(args(one, 30) + " --grad-accum 2");
   ASSERT_EQ(r.code, 0) << r.err;
   std::string err;
-  for (int stage : {0, 1, 2}) {
+  for (int stage : {0, 1, 2, 3}) {
     const std::string run = dir_ + "/z" + std::to_string(stage);
     ASSERT_EQ(mpirun(args(run, 30) + " --zero " + std::to_string(stage), &err), 0) << err;
     // 2 ranks x batch 4 = one process x batch 4 x 2 micro-batches: the same batches, summed in another order.
     expect_same_losses(one, run, 1e-6);
     const auto m = metrics(run);
     const auto& t = m.back()["comm_bytes"];
-    const double params = double(train::load_checkpoint(train::latest_checkpoint(run)).params.size()) * 4;
+    const auto ck = train::load_checkpoint(train::latest_checkpoint(run));
+    const double params = double(ck.params.size()) * 4;
+    const double rest = double(train::GradBuckets::rest_elements(train::Layout(ck.cfg))) * 4;
     // Per step and rank, the ring algorithms move the parameter bytes: 2 (N-1)/N x P for the
     // gradient all-reduce (stage 0), or (N-1)/N x P reduce-scattered + (N-1)/N x P all-gathered.
     // Besides, a few doubles are all-reduced (the loss sums, the norm, the stop flags): < 256 bytes.
@@ -106,14 +109,20 @@ TEST_F(Mpi, TwoRanksFollowOneProcessAndZeroStagesAgreeBitForBit) {
       EXPECT_GE(double(t["all_reduce"]), params);
       EXPECT_LT(double(t["all_reduce"]), params + 256);
       EXPECT_EQ(double(t["all_gather"]), 0.0);
-    } else {
+    } else if (stage < 3) {
       EXPECT_NEAR(double(t["reduce_scatter"]), params / 2, 64.0);
       EXPECT_NEAR(double(t["all_gather"]), params / 2, 64.0);
+      EXPECT_LT(double(t["all_reduce"]), 256.0) << "only the loss sums, the norm and the flags";
+    } else {
+      // Stage 3 gathers each block's weights twice (forward, backward) and the rest once per
+      // step, instead of all weights once after the update: ~1.5x stage 1-2's traffic.
+      EXPECT_NEAR(double(t["reduce_scatter"]), params / 2, 64.0);
+      EXPECT_NEAR(double(t["all_gather"]), (2 * (params - rest) + rest) / 2, 64.0);
       EXPECT_LT(double(t["all_reduce"]), 256.0) << "only the loss sums, the norm and the flags";
     }
   }
   // With 2 ranks the sums are the same whichever collective forms them: identical weights and moments.
-  for (int stage : {1, 2}) {
+  for (int stage : {1, 2, 3}) {
     const auto a = train::load_checkpoint(train::latest_checkpoint(dir_ + "/z0"));
     const auto b = train::load_checkpoint(train::latest_checkpoint(dir_ + "/z" + std::to_string(stage)));
     EXPECT_TRUE(a.params == b.params && a.m == b.m && a.v == b.v) << "stage " << stage;
@@ -163,14 +172,14 @@ TEST_F(Mpi, AKilledRankEndsTheJobAndResumeFinishesTheRun) {
 // The training state a rank holds, measured in the run (stage 2's gradient: its
 // shard plus the resident pages of the buckets in flight, by mincore), equals
 // what `tessera memory -m MODEL --dp 2 --zero S` says for that model within 5%,
-// and stage 2 holds less gradient than stage 1.
+// stage 2 holds less gradient than stage 1 and stage 3 fewer weights than stage 2.
 TEST_F(Mpi, MemoryPerRankMatchesTesseraMemory) {
   const std::string shape = " --dim 128 --layers 4 --heads 4 --kv-heads 4 --batch 4 --seq 32 -t 1 --steps 2"
                             " --eval-interval 10 --log-interval 100";
   const std::string gguf = dir_ + "/mem.gguf";
   std::string err;
-  double grads[3] = {0, 0, 0};
-  for (int stage : {0, 1, 2}) {
+  double grads[4] = {0, 0, 0, 0}, weights[4] = {0, 0, 0, 0};
+  for (int stage : {0, 1, 2, 3}) {
     const std::string run = dir_ + "/mem" + std::to_string(stage);
     ASSERT_EQ(mpirun("train --data " + q(dir_ + "/data") + " -o " + q(run) + shape + " --zero " + std::to_string(stage),
                      &err), 0) << err;
@@ -186,8 +195,10 @@ TEST_F(Mpi, MemoryPerRankMatchesTesseraMemory) {
       const double got = measured[k], want = model[std::string(k) + "_bytes"];
       EXPECT_NEAR(got, want, 0.05 * want) << "stage " << stage << " " << k;
     }
-    grads[stage] = measured["grads"];
+    grads[stage] = measured["grads"], weights[stage] = measured["weights"];
   }
   EXPECT_EQ(grads[0], grads[1]) << "stage 1 reduce-scatters in place: one full gradient buffer";
   EXPECT_LT(grads[2], 0.85 * grads[1]) << "stage 2 holds its shard and the buckets in flight";
+  EXPECT_EQ(weights[2], weights[1]);
+  EXPECT_LT(weights[3], 0.85 * weights[2]) << "stage 3 holds its shard and the blocks in flight";
 }

@@ -142,6 +142,7 @@ int cmd_memory(int argc, char** argv) {
                             {"weights_bytes", m.weights},
                             {"grads_bytes", m.grads},
                             {"grads_in_flight_bytes", s >= 2 && dp > 1 ? in_flight * bpp.grads : 0.0},
+                            {"weights_in_flight_bytes", s >= 3 && dp > 1 ? in_flight * bpp.weights : 0.0},
                             {"optimizer_bytes", m.optimizer},
                             {"states_bytes", m.total()},
                             {"states_gb", gb3(m.total())}};
@@ -195,9 +196,9 @@ int cmd_memory(int argc, char** argv) {
     std::printf("\n");
   }
   if (in_flight > 0 && dp > 1 && stages.back() >= 2)
-    std::printf("(ZeRO-2/3 grads include %s GB of gradient buckets held whole during the backward: the "
-                "embedding/output tensors and the largest block)\n",
-                train::format_gb(in_flight * bpp.grads).c_str());
+    std::printf("(ZeRO-2/3 grads include %s GB of buckets held whole during the backward, and ZeRO-3 weights %s GB "
+                "during a pass: the embedding/output tensors and the largest block)\n",
+                train::format_gb(in_flight * bpp.grads).c_str(), train::format_gb(in_flight * bpp.weights).c_str());
   if (table) {
     std::printf("\nmodel states, GB per device, by data-parallel ranks\nDP        ");
     for (int64_t n : kTableDp) std::printf("%8lld", (long long)n);

@@ -43,6 +43,7 @@ class Communicator {
     traffic_ = {};
     return t;
   }
+  void restore_traffic(const Traffic& t) { traffic_ = t; }  // after a pass that is not counted
 
  protected:
   Traffic traffic_;

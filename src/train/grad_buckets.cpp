@@ -47,6 +47,19 @@ size_t GradBuckets::in_flight_elements(const Layout& L) {
   return rest + (block.empty() ? 0 : *std::max_element(block.begin(), block.end()));
 }
 
+size_t GradBuckets::rest_elements(const Layout& L) {
+  size_t rest = 0;
+  for (const Range& r : ranges(L))
+    if (r.layer < 0) rest += r.e - r.b;
+  return rest;
+}
+
+void GradBuckets::small_pages(float* x, size_t n) {
+  const size_t ps = page_size();
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(x) + ps - 1) / ps * ps, z = reinterpret_cast<uintptr_t>(x + n) / ps * ps;
+  if (z > a) madvise(reinterpret_cast<void*>(a), z - a, MADV_NOHUGEPAGE);  // advice: harmless where refused
+}
+
 void GradBuckets::release(float* g, size_t n) {
   const size_t ps = page_size();
   const uintptr_t a = reinterpret_cast<uintptr_t>(g), z = a + n * sizeof(float);
@@ -90,5 +103,28 @@ void GradBuckets::reduce(int64_t l, float* g, float* gs, bool first, Communicato
     release(g + r.b, r.e - r.b);
   }
 }
+
+void GradBuckets::gather(int64_t l, float* p, Communicator& comm) {
+  std::vector<size_t> part(off_.size());
+  for (const Range& r : ranges_) {
+    if (r.layer != l) continue;
+    for (size_t k = 0; k < part.size(); ++k) part[k] = std::clamp(off_[k], r.b, r.e);
+    comm.all_gather(p, part);
+  }
+}
+
+void GradBuckets::drop_range(float* p, size_t b, size_t e) {
+  const size_t sb = off_[size_t(rank_)], se = off_[size_t(rank_) + 1];
+  if (b < std::min(e, sb)) release(p + b, std::min(e, sb) - b);
+  if (std::max(b, se) < e) release(p + std::max(b, se), e - std::max(b, se));
+}
+
+void GradBuckets::drop(int64_t l, float* p) {
+  peak_w_ = std::max(peak_w_, resident_bytes(p, n_));
+  for (const Range& r : ranges_)
+    if (r.layer == l) drop_range(p, r.b, r.e);
+}
+
+void GradBuckets::drop_all(float* p) { drop_range(p, 0, n_); }
 
 }  // namespace tessera::train

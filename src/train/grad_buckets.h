@@ -1,11 +1,13 @@
-// ZeRO stage 2's gradient buckets: the flat gradient buffer cut into the
+// ZeRO stages 2 and 3's buckets: the flat gradient buffer cut into the
 // ranges that become final together during the backward pass (one per block,
 // in the order the backward finishes them, then the rest: embeddings, final
 // norm, output layer, multi-token prediction modules). As soon as a bucket is
 // final it is reduce-scattered (each rank receives the sum of the part of it
 // that lies in its shard) and its pages are handed back to the system, so a
 // rank holds its shard's reduced gradient plus the buckets in flight, not a
-// full-size gradient buffer (Rajbhandari et al., P_os+g).
+// full-size gradient buffer (Rajbhandari et al., P_os+g). Stage 3 does the same to
+// the weights: a block's are all-gathered just before its forward and again
+// before its backward and dropped after each (P_os+g+p).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,6 +29,19 @@ class GradBuckets {
   // step, += on the others), then zero them in g (its pages returned: a released
   // page reads as zero, so the next backward accumulates into zeros).
   void reduce(int64_t l, float* g, float* gs, bool first, Communicator& comm);
+  // ZeRO-3's weights. gather: block l's bucket(s) (-1: the rest) whole in p, every rank's
+  // part all-gathered in place. drop: the parts of them outside this rank's shard handed
+  // back (they read as zeros until gathered again); the peak resident bytes of p are
+  // measured just before. drop_all: everything outside this rank's shard.
+  void gather(int64_t l, float* p, Communicator& comm);
+  void drop(int64_t l, float* p);
+  void drop_all(float* p);
+  size_t peak_weights() const { return peak_w_; }
+
+  // Small (4 KiB) pages for a buffer whose buckets are released: a huge page would make a
+  // bucket's first write fault in 2 MiB, its neighbours' zeros included (core/aligned.h
+  // advises large buffers for huge pages).
+  static void small_pages(float* x, size_t n);
   // Hands every page of g (n elements) back; g reads as zeros afterwards.
   static void release(float* g, size_t n);
   // Bytes of g (n elements) resident in memory now (mincore over its pages).
@@ -38,6 +53,8 @@ class GradBuckets {
   // output layer's backward, which comes first, to the embedding's, which comes
   // last) plus the largest block. What tessera memory --zero 2 adds for a model.
   static size_t in_flight_elements(const Layout& L);
+  // Elements outside the blocks' buckets (gathered once per step at stage 3, the blocks twice).
+  static size_t rest_elements(const Layout& L);
   size_t tmp_bytes() const { return tmp_.size() * sizeof(float); }
 
  private:
@@ -49,7 +66,8 @@ class GradBuckets {
   std::vector<Range> ranges_;
   std::vector<size_t> off_;
   int rank_ = 0;
-  size_t peak_ = 0, n_ = 0;
+  size_t peak_ = 0, n_ = 0, peak_w_ = 0;
+  void drop_range(float* p, size_t b, size_t e);  // [b, e) minus this rank's shard
   ParamVec tmp_;  // a later micro-batch's reduced part before it is added to gs (grad_accum > 1)
 };
 

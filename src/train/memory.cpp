@@ -47,7 +47,7 @@ DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p, doub
   DeviceMemory m;
   m.optimizer = params * b.optimizer / (stage >= 1 ? n : 1.0);
   m.grads = params * b.grads / (stage >= 2 ? n : 1.0) + (stage >= 2 && dp > 1 ? in_flight * b.grads : 0.0);
-  m.weights = params * b.weights / (stage >= 3 ? n : 1.0);
+  m.weights = params * b.weights / (stage >= 3 ? n : 1.0) + (stage >= 3 && dp > 1 ? in_flight * b.weights : 0.0);
   return m;
 }
 

@@ -44,7 +44,8 @@ struct DeviceMemory {
 // Throws Error naming --params (> 0, finite), --dp (>= 1) or --zero (0..3).
 // in_flight: parameters whose gradients a rank holds whole besides its shard at
 // stages >= 2 with dp > 1 (Tessera's buckets in flight: grad_buckets.h
-// in_flight_elements), added to grads; 0 gives the paper's figure.
+// in_flight_elements), added to grads (and at stage 3 to weights, gathered the same
+// way); 0 gives the paper's figure.
 DeviceMemory zero_memory(double params, int64_t dp, int stage, Precision p, double in_flight = 0);
 
 // Parameter count implied by a config, as Weights::n_params() counts a model of

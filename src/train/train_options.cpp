@@ -59,8 +59,7 @@ void TrainOptions::validate() const {
   if (reward && init_model.empty()) fail("tessera train-reward: --init MODEL is required (the model under the head)");
   if (reward && (dpo_beta > 0 || kd.enabled() || lora.enabled() || pack))
     fail("a reward model trains on its own: no --dpo-beta, --teacher, LoRA or --pack");
-  if (zero < 0 || zero > 2)
-    fail("--zero ", zero, ": stages 0, 1 and 2 are supported (3, sharded weights, is not built yet)");
+  if (zero < 0 || zero > 3) fail("--zero ", zero, ": ZeRO stages are 0, 1, 2 and 3");
   if (lora.prefix() && dpo_beta > 0)
     fail("--prefix-len: prefix tuning with --dpo-beta is not supported (the reference runs without the prefix)");
   if (lora.enabled()) {

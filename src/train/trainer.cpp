@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -351,12 +352,26 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     if (cfg.final_softcap > 0) fail("--teacher: students with a logit soft-cap are not supported");
     teacher_ = std::make_unique<Teacher>(o_.kd, cfg.vocab_size, o_.batch, o_.seq, st.threads);
   }
+  if (sharded() && o_.zero >= 3 && (lora_ || dpo_ || reward_ || o_.mo.bf16))
+    fail("--zero 3 shards full training's fp32 weights: not with LoRA, --dpo-beta, train-reward or --precision bf16 "
+         "(use --zero 2)");
   if (sharded() && o_.zero >= 2 && !lora_ && !dpo_ && !reward_) {
     // Stage 2: each block's gradient reduce-scattered into gs_ as soon as the backward has it,
     // then its pages released; g_ is never resident whole (train/grad_buckets.h).
     buckets_ = std::make_unique<GradBuckets>(L, shard_off_, comm_.rank());
     gs_.assign(se_ - sb_, 0.f);
+    GradBuckets::small_pages(g_.data(), g_.size());
     GradBuckets::release(g_.data(), g_.size());
+  }
+  if (zero3()) {  // stage 3: only this rank's part of the weights stays; blocks are gathered around their use
+    GradBuckets::small_pages(p_.data(), p_.size());
+    buckets_->drop_all(p_.data());
+    model_->set_weights_hook([this](int64_t l, bool need) {
+      if (need)
+        buckets_->gather(l, p_.data(), comm_);
+      else
+        buckets_->drop(l, p_.data());
+    });
   }
   x_.resize(size_t(o_.batch * o_.seq)), y_.resize(size_t(o_.batch * o_.seq));
   if (o_.pack) seg_.resize(size_t(o_.batch * o_.seq)), model_->set_segments(seg_.data());
@@ -446,12 +461,13 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     std::fprintf(log_,
                  "data parallel: %d ranks, ZeRO stage %d; per rank: parameters %.1f MiB, gradients %.1f MiB, Adam "
                  "moments %.1f MiB\n",
-                 comm_.size(), o_.zero, double(p_.size()) * mib,
+                 comm_.size(), o_.zero,
+                 double(zero3() ? se_ - sb_ + GradBuckets::in_flight_elements(L) : p_.size()) * mib,
                  double(buckets_ ? gs_.size() + GradBuckets::in_flight_elements(L) : g_.size()) * mib,
                  double(m_.size() + v_.size()) * mib);
   if (buckets_)
-    std::fprintf(log_, "ZeRO-2 gradient buckets: this rank's part %.1f MiB + at most %.1f MiB in flight "
-                       "(the embedding/output tensors and one block)\n",
+    std::fprintf(log_, "ZeRO-%d buckets: this rank's part %.1f MiB + at most %.1f MiB in flight "
+                       "(the embedding/output tensors and one block)\n", o_.zero,
                  double(gs_.size()) * mib, double(GradBuckets::in_flight_elements(L)) * mib);
   }
   std::fprintf(log_, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
@@ -493,6 +509,18 @@ void Trainer::init_prefix() {
   }
 }
 
+// ZeRO-3: the weights outside the blocks (embeddings, final norm, output, MTP modules) are
+// read throughout a pass; they are gathered for the scope of one step or evaluation.
+struct Trainer::WholeRest {
+  Trainer& t;
+  explicit WholeRest(Trainer& tr) : t(tr) {
+    if (t.zero3()) t.buckets_->gather(-1, t.p_.data(), t.comm_);
+  }
+  ~WholeRest() {
+    if (t.zero3()) t.buckets_->drop(-1, t.p_.data());
+  }
+};
+
 Trainer::StepStats Trainer::train_step() {
   const int64_t s = step_;
   const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * comm_.size();
@@ -517,8 +545,10 @@ Trainer::StepStats Trainer::train_step() {
   }
   const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
   // loss, count, router losses, KD, DPO margin and correct pairs: over micro-batches, then ranks
-  double loss_count[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // ..., MTP loss and targets
+  // ..., MTP loss and targets; then each rank's training state (weights, gradients, moments: bytes)
+  std::vector<double> loss_count(9 + 3 * size_t(comm_.size()), 0.0);
   if (L_->cfg.is_moe()) model_->take_expert_counts(), model_->take_dropped();  // not the evaluation's passes
+  std::optional<WholeRest> rest(std::in_place, *this);
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
     const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
@@ -558,6 +588,7 @@ Trainer::StepStats Trainer::train_step() {
     loss_count[2] += r.moe_balance_sum, loss_count[3] += r.moe_z_sum, loss_count[4] += r.kd_sum;
     loss_count[7] += r.mtp_sum, loss_count[8] += double(r.mtp_count);
   }
+  rest.reset();
   // The gradient this rank's update reads: the all-reduced buffer (stage 0), or its
   // reduce-scattered part (stage 1: in place, in g_; stage 2: gs_, reduced during the
   // backward); the norm over all of it for clipping.
@@ -576,8 +607,16 @@ Trainer::StepStats Trainer::train_step() {
     comm_.all_reduce_sum(g_.data(), g_.size());
     gnorm = grad_norm(g_.data(), g_.size());
   }
-  comm_.all_reduce_sum(loss_count, 9);
+  {  // this rank's state, measured: stage 2+'s gradient is its part plus the peak resident in flight
+    double* mine = loss_count.data() + 9 + 3 * comm_.rank();
+    mine[0] = double(zero3() ? buckets_->peak_weights() : p_.size() * 4);
+    mine[1] = double(buckets_ ? gs_.size() * 4 + buckets_->peak_in_flight() + buckets_->tmp_bytes() : g_.size() * 4);
+    mine[2] = double((m_.size() + v_.size()) * 4);
+  }
+  comm_.all_reduce_sum(loss_count.data(), loss_count.size());
   StepStats out;
+  for (int r = 0; r < comm_.size(); ++r)  // the largest over the ranks (their shards' overlaps differ)
+    for (int k = 0; k < 3; ++k) out.state_bytes[size_t(k)] = std::max(out.state_bytes[size_t(k)], loss_count[size_t(9 + 3 * r + k)]);
   out.loss = loss_count[0] / loss_count[1];
   out.kd = loss_count[4] / loss_count[1];
   out.mtp = loss_count[8] > 0 ? loss_count[7] / loss_count[8] : 0.0;
@@ -603,7 +642,7 @@ Trainer::StepStats Trainer::train_step() {
     if (!keep_.empty())  // pruned weights stay pruned
       for (size_t i = sb_; i < std::min(se_, keep_.size()); ++i)
         if (!keep_[i]) p_[i] = 0.f;
-    if (sharded()) comm_.all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
+    if (sharded() && !zero3()) comm_.all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
     if (L_->cfg.moe_score_bias && o_.moe_bias_rate > 0 && !lora_) {  // the same loads, so the same move, on every rank
       std::vector<double> c(out.expert_tokens.begin(), out.expert_tokens.end());
       comm_.all_reduce_sum(c.data(), c.size());
@@ -616,6 +655,13 @@ Trainer::StepStats Trainer::train_step() {
 }
 
 double Trainer::evaluate() {
+  const WholeRest rest(*this);
+  const Communicator::Traffic step_traffic = comm_.take_traffic();  // evaluation's gathers are not a step's
+  struct Restore {
+    Communicator& c;
+    Communicator::Traffic t;
+    ~Restore() { c.take_traffic(), c.restore_traffic(t); }
+  } restore{comm_, step_traffic};
   if (teacher_) model_->set_teacher(nullptr, o_.kd);  // validation is the data loss
   if (dpo_ || reward_) {  // the pair loss and pairwise accuracy over the validation pairs
     const SftSplit val = sft_split(data_, true);
@@ -648,6 +694,13 @@ std::string Trainer::save() {
   // ZeRO: the moments' parts gathered first (every rank takes part), so the checkpoint is
   // whole and resumes on any number of ranks.
   ParamVec m_full, v_full;
+  if (zero3()) comm_.all_gather(p_.data(), shard_off_);  // whole for the file, dropped again below
+  struct DropAfter {
+    Trainer& t;
+    ~DropAfter() {
+      if (t.zero3()) t.buckets_->drop_all(t.p_.data());
+    }
+  } drop_after{*this};
   if (sharded()) {
     m_full.assign(n_train_, 0.f), v_full.assign(n_train_, 0.f);
     std::copy(m_.begin(), m_.end(), m_full.begin() + long(sb_));
@@ -709,11 +762,7 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
         rec[k + "_margin"] = r.dpo_margin, rec[k + "_accuracy"] = r.dpo_accuracy;
         if (eval_now) rec["val_accuracy"] = st.val_accuracy;
       }
-      {  // this rank's training state, measured: stage 2's gradient is its part plus the peak resident in flight
-        const size_t grads = buckets_ ? gs_.size() * 4 + buckets_->peak_in_flight() + buckets_->tmp_bytes()
-                                      : g_.size() * 4;
-        rec["state_bytes"] = {{"weights", p_.size() * 4}, {"grads", grads}, {"optimizer", (m_.size() + v_.size()) * 4}};
-      }
+      rec["state_bytes"] = {{"weights", r.state_bytes[0]}, {"grads", r.state_bytes[1]}, {"optimizer", r.state_bytes[2]}};
       if (comm_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)
         const auto t = r.traffic;
         rec["comm_bytes"] = {{"all_reduce", t.all_reduce}, {"reduce_scatter", t.reduce_scatter},

@@ -3,6 +3,7 @@
 // evaluation, metrics (JSONL), the loss plot (SVG) and crash-safe
 // checkpoints; resumable bit for bit.
 #pragma once
+#include <array>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -106,6 +107,9 @@ class Trainer {
     bool skipped = false;  // non-finite loss or gradient, skipped (--skip-nonfinite)
     bool no_targets = false;  // SFT: no response token in the step's batches (skipped)
     Communicator::Traffic traffic;  // this rank's bytes sent in the step's collectives
+    // Training state a rank holds (bytes; the largest over the ranks): weights, gradients, Adam
+    // moments. ZeRO-2/3's gradient (and ZeRO-3's weights): the shard plus the peak resident in flight.
+    std::array<double, 3> state_bytes{};
     double kd = 0;                  // distillation: tau^2 KL per target token
     double dpo_margin = 0, dpo_accuracy = 0;  // DPO: mean beta-scaled reward margin, fraction of pairs ranked right
     // Mixture-of-experts models: the router losses (per token, summed over the MoE
@@ -164,6 +168,8 @@ class Trainer {
   ParamVec gs_;
   std::unique_ptr<class GradBuckets> buckets_;  // stage 2 (full training): the backward's buckets
   bool sharded() const { return o_.zero >= 1 && comm_.size() > 1; }
+  bool zero3() const { return buckets_ && o_.zero >= 3; }  // weights sharded too
+  struct WholeRest;  // ZeRO-3: the weights outside the blocks gathered for a scope
   std::vector<uint8_t> mask_;
   std::vector<uint8_t> keep_;  // --keep-sparsity: 1 where a weight may be non-zero
   std::unique_ptr<Transformer<float>> model_;

@@ -537,7 +537,9 @@ void Transformer<T>::layers_fwd(const T* p, const int32_t* tokens, uint64_t drop
   for (int64_t l = 0; l < c_.n_layers; ++l) {
     LayerActs& a = acts_for(l);
     a.x_in = x_in_[size_t(l)];
+    if (weights_hook_) weights_hook_(l, true);
     layer_fwd(p, l, a, x_in_[size_t(l + 1)]);
+    if (weights_hook_) weights_hook_(l, false);
   }
   counting_ = false;
 }
@@ -595,12 +597,14 @@ blk::CeResult Transformer<T>::forward_backward(const T* p, T* g, const int32_t* 
   if (c_.mtp_depth > 0) mtp_bwd(p, g, grad_scale * o_.mtp_weight / float(c_.mtp_depth), r);  // += into dx_
   for (int64_t l = c_.n_layers - 1; l >= 0; --l) {
     LayerActs& a = acts_for(l);
+    if (weights_hook_) weights_hook_(l, true);
     if (o_.recompute) {  // rebuild this block's activations from its saved input
       a.x_in = x_in_[size_t(l)];
       layer_fwd(p, l, a, xf_);  // x_out is not needed again: write it over a scratch (N, C)
     }
     layer_bwd(p, g, l, a, dx_);
     if (grad_ready_ && g) grad_ready_(l);
+    if (weights_hook_) weights_hook_(l, false);
   }
   fresh_ = false;
   if (!g) return r;  // frozen base: no embedding gradient

@@ -93,6 +93,12 @@ class Transformer {
   // Called by forward_backward with l as soon as block l's gradient in g is final (the
   // blocks in reverse order; the rest is final when the pass returns): ZeRO-2's buckets.
   void set_grad_ready(std::function<void(int64_t)> f) { grad_ready_ = std::move(f); }
+  // Called with (l, true) just before block l's weights in p are read (its forward; in
+  // forward_backward again before its backward) and with (l, false) once the pass is done
+  // with them: ZeRO-3 gathers a block's weights there and drops them after. The weights
+  // outside the blocks (embeddings, final norm, output, MTP modules) must be whole in p
+  // for the whole pass.
+  void set_weights_hook(std::function<void(int64_t, bool)> f) { weights_hook_ = std::move(f); }
 
   // Layer l's keys (after RoPE) and values of the last forward, rows of *stride elements
   // ((N, kv_dim) each; GPT-2: inside the fused qkv rows). Not in recompute mode.
@@ -230,6 +236,7 @@ class Transformer {
   std::vector<std::vector<uint8_t>> sparse_masks_;  // per layer: a sparse pattern's (T, T) table (AttnShape::mask)
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
   std::function<void(int64_t)> grad_ready_;  // set_grad_ready
+  std::function<void(int64_t, bool)> weights_hook_;  // set_weights_hook
   bool fresh_ = false;            // in an overwrite backward: the weight products write their gradients
   std::vector<std::pair<size_t, size_t>> zero_ranges_;  // [begin, end) of g not written by those products
   Isa isa_ = detect_isa();        // for the vectorised loss rows
