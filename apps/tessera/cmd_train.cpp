@@ -172,8 +172,13 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                "one padded example per sequence");
   app.add_option("--zero", o.zero,
                  "under mpirun: ZeRO stage 0 (replicas), 1 (Adam moments sharded over the ranks), 2 (gradients "
-                 "too)")
+                 "too: each block's reduced as the backward finishes it), 3 (weights too: each block's gathered "
+                 "around its use)")
       ->check(CLI::Range(0, 3));
+  app.add_flag("--overlap-comm", o.overlap_comm,
+               "under mpirun, stage 0: start each block's gradient all-reduce (non-blocking) as soon as the backward "
+               "has it, under the next blocks' backward (pays where a network or a spare core moves the data; "
+               "slower on one machine whose cores all compute)");
   app.add_option("--dpo-beta", o.dpo_beta,
                  "with --init and data from 'data prepare-pref': direct preference optimisation with this beta (e.g. "
                  "0.1); the reference is --init (with finetune: the base without the adapter)");

@@ -29,6 +29,12 @@ class Communicator {
   // x's part r <- rank r's x part r, for every r, in place on every rank.
   virtual void all_gather(float* x, const std::vector<size_t>& off) = 0;
   virtual void barrier() = 0;
+  // Non-blocking all-reduce (overlap with the backward): started now, x must not be touched
+  // until wait_all(); progress() lets started ones advance (MPI progresses them only inside
+  // its calls). The defaults run the blocking call at once.
+  virtual void start_all_reduce_sum(float* x, size_t n) { all_reduce_sum(x, n); }
+  virtual void progress() {}
+  virtual void wait_all() {}
   bool is_root() const { return rank() == 0; }
 
   // Bytes this rank sent per collective since the last take (then zeroed): what the

@@ -104,6 +104,12 @@ void GradBuckets::reduce(int64_t l, float* g, float* gs, bool first, Communicato
   }
 }
 
+void GradBuckets::start_all_reduce(int64_t l, float* g, Communicator& comm) {
+  for (const Range& r : ranges_)
+    if (r.layer == l) comm.start_all_reduce_sum(g + r.b, r.e - r.b);
+  comm.progress();
+}
+
 void GradBuckets::gather(int64_t l, float* p, Communicator& comm) {
   std::vector<size_t> part(off_.size());
   for (const Range& r : ranges_) {

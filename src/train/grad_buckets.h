@@ -29,6 +29,10 @@ class GradBuckets {
   // step, += on the others), then zero them in g (its pages returned: a released
   // page reads as zero, so the next backward accumulates into zeros).
   void reduce(int64_t l, float* g, float* gs, bool first, Communicator& comm);
+  // Stage 0's overlap: block l's bucket(s) (-1: the rest) all-reduced in g, started
+  // without waiting (Communicator::wait_all completes them).
+  void start_all_reduce(int64_t l, float* g, Communicator& comm);
+
   // ZeRO-3's weights. gather: block l's bucket(s) (-1: the rest) whole in p, every rank's
   // part all-gathered in place. drop: the parts of them outside this rank's shard handed
   // back (they read as zeros until gathered again); the peak resident bytes of p are

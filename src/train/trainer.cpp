@@ -363,6 +363,8 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     GradBuckets::small_pages(g_.data(), g_.size());
     GradBuckets::release(g_.data(), g_.size());
   }
+  if (comm_.size() > 1 && !sharded() && !lora_ && !dpo_ && !reward_ && o_.overlap_comm)  // stage 0: all-reduce overlapped
+    overlap_ = std::make_unique<GradBuckets>(L, std::vector<size_t>{0, L.total}, 0);
   if (zero3()) {  // stage 3: only this rank's part of the weights stays; blocks are gathered around their use
     GradBuckets::small_pages(p_.data(), p_.size());
     buckets_->drop_all(p_.data());
@@ -581,6 +583,12 @@ Trainer::StepStats Trainer::train_step() {
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, false);
       model_->set_grad_ready(nullptr);
       buckets_->reduce(-1, g_.data(), gs_.data(), micro == 0, comm_);
+    } else if (overlap_ && micro + 1 == o_.grad_accum) {  // stage 0, last micro-batch: each block's
+      // gradient all-reduce starts as soon as the backward has it, under the next blocks' backward
+      model_->set_grad_ready([&](int64_t l) { overlap_->start_all_reduce(l, g_.data(), comm_); });
+      r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
+      model_->set_grad_ready(nullptr);
+      overlap_->start_all_reduce(-1, g_.data(), comm_);
     } else {
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
     }
@@ -604,7 +612,10 @@ Trainer::StepStats Trainer::train_step() {
     comm_.all_reduce_sum(&sq, 1);
     gnorm = std::sqrt(sq);
   } else {
-    comm_.all_reduce_sum(g_.data(), g_.size());
+    if (overlap_)
+      comm_.wait_all();
+    else
+      comm_.all_reduce_sum(g_.data(), g_.size());
     gnorm = grad_norm(g_.data(), g_.size());
   }
   {  // this rank's state, measured: stage 2+'s gradient is its part plus the peak resident in flight

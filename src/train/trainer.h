@@ -56,8 +56,10 @@ struct TrainOptions {
   bool pack = false;
   // Data parallelism over the Communicator's ranks (mpirun): ZeRO stage 0 (replicas,
   // gradients all-reduced), 1 (AdamW moments sharded: each rank updates its shard of the
-  // flat buffer, the weights are all-gathered), 2 (gradients reduce-scattered too).
+  // flat buffer, the weights are all-gathered), 2 (gradients reduce-scattered too, block by
+  // block during the backward), 3 (weights too: a block's gathered around its use).
   int zero = 0;
+  bool overlap_comm = false;  // stage 0: each block's all-reduce started during the backward
   // Recovery fine-tuning of a pruned model: the blocks' weights that are zero at the start
   // stay zero (train/prune.h sparsity_mask).
   bool keep_sparsity = false;
@@ -167,6 +169,7 @@ class Trainer {
   size_t sb_ = 0, se_ = 0;
   ParamVec gs_;
   std::unique_ptr<class GradBuckets> buckets_;  // stage 2 (full training): the backward's buckets
+  std::unique_ptr<class GradBuckets> overlap_;  // stage 0 (full training): buckets all-reduced during the backward
   bool sharded() const { return o_.zero >= 1 && comm_.size() > 1; }
   bool zero3() const { return buckets_ && o_.zero >= 3; }  // weights sharded too
   struct WholeRest;  // ZeRO-3: the weights outside the blocks gathered for a scope

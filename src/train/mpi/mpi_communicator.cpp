@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstdlib>
 #include <exception>
+#include <vector>
 
 #include "core/error.h"
 #include "train/communicator.h"
@@ -56,6 +57,24 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Allreduce(MPI_IN_PLACE, x, count(n, "all-reduce"), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "all-reduce");
     traffic_.all_reduce += ring(n * sizeof(float)) * 2;
   }
+  void start_all_reduce_sum(float* x, size_t n) override {
+    Timed timed{traffic_};
+    MPI_Request& r = pending_.emplace_back();
+    check(MPI_Iallreduce(MPI_IN_PLACE, x, count(n, "all-reduce"), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r), "all-reduce");
+    traffic_.all_reduce += ring(n * sizeof(float)) * 2;
+  }
+  void progress() override {
+    if (pending_.empty()) return;
+    Timed timed{traffic_};
+    int done = 0;
+    check(MPI_Testall(int(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE), "all-reduce");
+  }
+  void wait_all() override {
+    if (pending_.empty()) return;
+    Timed timed{traffic_};
+    check(MPI_Waitall(int(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE), "all-reduce");
+    pending_.clear();
+  }
   void all_reduce_sum(double* x, size_t n) override {
     Timed timed{traffic_};
     check(MPI_Allreduce(MPI_IN_PLACE, x, count(n, "all-reduce"), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "all-reduce");
@@ -94,6 +113,7 @@ class MpiCommunicator final : public Communicator {
 
  private:
   int rank_ = 0, size_ = 1;
+  std::vector<MPI_Request> pending_;  // started non-blocking collectives (completed ones are MPI_REQUEST_NULL)
   double ring(size_t bytes) const { return double(bytes) * double(size_ - 1) / double(size_); }
   void check(int rc, const char* what) const {
     if (rc == MPI_SUCCESS) return;
