@@ -210,3 +210,38 @@ TEST_F(Mpi, MemoryPerRankMatchesTesseraMemory) {
   EXPECT_EQ(weights[2], weights[1]);
   EXPECT_LT(weights[3], 0.85 * weights[2]) << "stage 3 holds its shard and the blocks in flight";
 }
+
+// ZeRO runs write sharded checkpoints: each rank its part, rank 0 a manifest naming the
+// parts and their checksums. Old checkpoints go with their shards; export consolidates;
+// a damaged or missing shard is refused naming the file.
+TEST_F(Mpi, ShardedCheckpointsKeepExportAndRefuseABadShard) {
+  const std::string run = dir_ + "/sharded";
+  std::string err;
+  ASSERT_EQ(mpirun(args(run, 20) + " --zero 3 --keep 2", &err), 0) << err;
+  const auto manifests = train::list_checkpoints(run);
+  ASSERT_EQ(manifests.size(), 2u);
+  size_t shard_files = 0;
+  for (const auto& e : fs::directory_iterator(run))
+    if (e.path().filename().string().find(".rank") != std::string::npos) ++shard_files;
+  EXPECT_EQ(shard_files, 4u) << "the shards of the deleted checkpoints go with them";
+  const std::string last = train::latest_checkpoint(run);
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(fs::exists(train::shard_path(last, r, 2)));
+  EXPECT_LT(fs::file_size(last), 16384u) << "the manifest holds no tensors";
+  auto r = run_cli("export " + q(run) + " -o " + q(dir_ + "/sharded.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  // A flipped byte in rank 1's part, then a missing part: refused, naming the shard.
+  const std::string shard = train::shard_path(last, 1, 2);
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x5a');
+  }
+  r = run_cli("export " + q(run) + " -o " + q(dir_ + "/bad.gguf"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find(shard), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("corrupt"), std::string::npos) << r.err;
+  fs::remove(shard);
+  r = run_cli("train --resume " + q(run) + " --steps 30");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
+}

@@ -17,6 +17,8 @@ namespace tessera::train {
 
 namespace {
 constexpr char kMagic[8] = {'T', 'S', 'R', 'C', 'K', 'P', 'T', '1'};
+constexpr char kShardMagic[8] = {'T', 'S', 'R', 'C', 'K', 'S', 'H', '1'};
+constexpr char kManifestMagic[8] = {'T', 'S', 'R', 'C', 'K', 'M', 'N', '1'};
 
 struct Fnv {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -193,15 +195,155 @@ Stored stored_tensors(const Checkpoint& ck) {
 }
 }  // namespace
 
-void save_checkpoint(const std::string& path, const Checkpoint& ck) {
-  const Stored L = stored_tensors(ck);
-  if (ck.params.size() != L.total || ck.m.size() != L.total || ck.v.size() != L.total)
-    fail(path, ": internal: checkpoint arrays do not match the layout");
+namespace {
+nlohmann::json header_json(const Checkpoint& ck, const Stored& L) {
   nlohmann::json j = {{"config", config_to_json(ck.cfg)}, {"step", ck.step}, {"n_params", L.n_params},
                       {"options", ck.extra}};
   if (ck.lora.enabled()) j["lora"] = lora_to_json(ck.lora);
   if (ck.reward_head) j["reward_head"] = true;
+  return j;
+}
+
+// A file of ours: magic, checksum over all but its last 8 bytes, the JSON header; *body
+// gets the offset after the header.
+nlohmann::json open_file(const MappedFile& f, const std::string& path, const char* magic, const char* what,
+                         uint64_t* checksum, size_t* body) {
+  const uint8_t* d = f.data();
+  const size_t n = f.size();
+  if (n < 24 || std::memcmp(d, magic, 8) != 0) fail(path, ": not a Tessera ", what, " (bad magic)");
+  Fnv fnv;
+  fnv.add(d, n - 8);
+  uint64_t stored;
+  std::memcpy(&stored, d + n - 8, 8);
+  if (stored != fnv.h) fail(path, ": ", what, " is corrupt or truncated (checksum mismatch)");
+  if (checksum) *checksum = stored;
+  uint64_t len;
+  std::memcpy(&len, d + 8, 8);
+  if (len > n - 24) fail(path, ": header length ", len, " exceeds the file");
+  *body = 16 + len;
+  try {
+    return nlohmann::json::parse(std::string(reinterpret_cast<const char*>(d + 16), len));
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": invalid ", what, " header: ", e.what());
+  }
+}
+
+// The header fields every checkpoint has (a whole file's or a manifest's).
+void read_header(Checkpoint& ck, const nlohmann::json& j, const std::string& path) {
+  if (!j.contains("config") || !j.contains("step")) fail(path, ": checkpoint header lacks config/step");
+  ck.cfg = config_from_json(j["config"], path);
+  ck.step = j["step"].get<int64_t>();
+  ck.extra = j.value("options", nlohmann::json::object());
+  if (j.contains("lora")) ck.lora = lora_from_json(j["lora"], path);
+  ck.reward_head = j.value("reward_head", false);
+}
+
+// A manifest's shards read into ck's whole arrays.
+void load_shards(Checkpoint& ck, const nlohmann::json& j, const std::string& path) {
+  const Stored L = stored_tensors(ck);
+  try {
+    const size_t total = j.at("total").get<size_t>();
+    if (total != L.total) fail(path, ": manifest total ", total, " does not match the model's layout (", L.total, ")");
+    for (auto* a : {&ck.params, &ck.m, &ck.v}) a->assign(L.total, 0.f);
+    size_t at = 0;
+    for (const auto& e : j.at("shards")) {
+      ShardRef r{e.at("file").get<std::string>(), e.at("begin").get<size_t>(), e.at("end").get<size_t>(),
+                 e.at("checksum").get<uint64_t>()};
+      if (r.file.find('/') != std::string::npos) fail(path, ": shard file name '", r.file, "' is not a plain name");
+      if (r.begin != at || r.end < r.begin || r.end > total)
+        fail(path, ": shard ", r.file, " covers [", r.begin, ", ", r.end, "), expected to start at ", at);
+      at = r.end;
+      const std::string sp = (fs::path(path).parent_path() / r.file).string();
+      if (!fs::exists(sp)) fail(sp, ": shard of checkpoint ", path, " is missing");
+      MappedFile f(sp);
+      uint64_t sum = 0;
+      size_t off = 0;
+      const nlohmann::json h = open_file(f, sp, kShardMagic, "checkpoint shard", &sum, &off);
+      if (sum != r.checksum) fail(sp, ": is not the shard that ", path, " names (checksum differs: another save's?)");
+      if (h.at("step").get<int64_t>() != ck.step || h.at("begin").get<size_t>() != r.begin ||
+          h.at("end").get<size_t>() != r.end)
+        fail(sp, ": header does not match its manifest ", path);
+      const size_t bytes = (r.end - r.begin) * sizeof(float);
+      for (auto* a : {&ck.params, &ck.m, &ck.v}) {
+        off = (off + 63) / 64 * 64;
+        if (off + bytes > f.size() - 8) fail(sp, ": shard is shorter than its range needs");
+        std::memcpy(a->data() + r.begin, f.data() + off, bytes);
+        off += bytes;
+      }
+      if (off != f.size() - 8) fail(sp, ": shard has ", f.size() - 8 - off, " unexpected trailing bytes");
+    }
+    if (at != total) fail(path, ": the shards cover [0, ", at, ") of ", total, " elements");
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": bad checkpoint manifest: ", e.what());
+  }
+}
+}  // namespace
+
+std::string shard_path(const std::string& checkpoint, int rank, int ranks) {
+  std::string p = checkpoint;
+  if (p.size() > 4 && p.compare(p.size() - 4, 4, ".bin") == 0) p.resize(p.size() - 4);
+  return p + ".rank" + std::to_string(rank) + "of" + std::to_string(ranks) + ".bin";
+}
+
+uint64_t save_checkpoint_shard(const std::string& path, int64_t step, size_t begin, size_t end, const float* params,
+                               const float* m, const float* v) {
+  const std::string js = nlohmann::json{{"step", step}, {"begin", begin}, {"end", end}}.dump();
+  const uint64_t len = js.size();
+  HashedWriter w(path);
+  w.write(kShardMagic, 8);
+  w.write(&len, 8);
+  w.write(js.data(), js.size());
+  for (const float* a : {params, m, v}) {
+    w.pad64();
+    w.write(a, (end - begin) * sizeof(float));
+  }
+  const uint64_t h = w.fnv.h;
+  w.w.write(&h, 8);
+  w.w.commit();
+  return h;
+}
+
+void save_checkpoint_manifest(const std::string& path, const Checkpoint& ck, size_t total,
+                              const std::vector<ShardRef>& shards) {
+  nlohmann::json j = header_json(ck, stored_tensors(ck));
+  j["total"] = total;
+  j["shards"] = nlohmann::json::array();
+  for (const auto& r : shards)
+    j["shards"].push_back({{"file", fs::path(r.file).filename().string()}, {"begin", r.begin}, {"end", r.end},
+                           {"checksum", r.checksum}});
   const std::string js = j.dump();
+  const uint64_t len = js.size();
+  HashedWriter w(path);
+  w.write(kManifestMagic, 8);
+  w.write(&len, 8);
+  w.write(js.data(), js.size());
+  const uint64_t h = w.fnv.h;
+  w.w.write(&h, 8);
+  w.w.commit();
+}
+
+void remove_checkpoint(const std::string& path) {
+  std::vector<std::string> files;
+  try {
+    MappedFile f(path);
+    size_t off = 0;
+    if (f.size() >= 24 && std::memcmp(f.data(), kManifestMagic, 8) == 0) {
+      const nlohmann::json j = open_file(f, path, kManifestMagic, "checkpoint manifest", nullptr, &off);
+      for (const auto& e : j.at("shards"))
+        files.push_back((fs::path(path).parent_path() / e.at("file").get<std::string>()).string());
+    }
+  } catch (const std::exception&) {  // unreadable: the file alone goes
+  }
+  std::error_code ec;
+  fs::remove(path, ec);  // the manifest first: the checkpoint stops existing before its shards go
+  for (const auto& f : files) fs::remove(f, ec);
+}
+
+void save_checkpoint(const std::string& path, const Checkpoint& ck) {
+  const Stored L = stored_tensors(ck);
+  if (ck.params.size() != L.total || ck.m.size() != L.total || ck.v.size() != L.total)
+    fail(path, ": internal: checkpoint arrays do not match the layout");
+  const std::string js = header_json(ck, L).dump();
   const uint64_t len = js.size();
   HashedWriter w(path);
   w.write(kMagic, 8);
@@ -220,30 +362,16 @@ Checkpoint load_checkpoint(const std::string& path) {
   MappedFile f(path);
   const uint8_t* d = f.data();
   const size_t n = f.size();
-  if (n < 24 || std::memcmp(d, kMagic, 8) != 0) fail(path, ": not a Tessera checkpoint (bad magic)");
-  Fnv fnv;
-  fnv.add(d, n - 8);
-  uint64_t stored;
-  std::memcpy(&stored, d + n - 8, 8);
-  if (stored != fnv.h) fail(path, ": checkpoint is corrupt or truncated (checksum mismatch)");
-  uint64_t len;
-  std::memcpy(&len, d + 8, 8);
-  if (len > n - 24) fail(path, ": header length ", len, " exceeds the file");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(d + 16), len));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": invalid checkpoint header: ", e.what());
-  }
   Checkpoint ck;
-  if (!j.contains("config") || !j.contains("step")) fail(path, ": checkpoint header lacks config/step");
-  ck.cfg = config_from_json(j["config"], path);
-  ck.step = j["step"].get<int64_t>();
-  ck.extra = j.value("options", nlohmann::json::object());
-  if (j.contains("lora")) ck.lora = lora_from_json(j["lora"], path);
-  ck.reward_head = j.value("reward_head", false);
+  size_t off = 0;
+  if (n >= 24 && std::memcmp(d, kManifestMagic, 8) == 0) {  // a sharded checkpoint: its shards, consolidated
+    const nlohmann::json j = open_file(f, path, kManifestMagic, "checkpoint manifest", nullptr, &off);
+    read_header(ck, j, path);
+    load_shards(ck, j, path);
+    return ck;
+  }
+  read_header(ck, open_file(f, path, kMagic, "checkpoint", nullptr, &off), path);
   const Stored L = stored_tensors(ck);
-  size_t off = 16 + len;
   for (auto* a : {&ck.params, &ck.m, &ck.v}) {
     off = (off + 63) / 64 * 64;
     if (off + L.n_params * sizeof(float) > n - 8) fail(path, ": checkpoint is shorter than its model needs");

@@ -35,6 +35,34 @@ struct Checkpoint {
 void save_checkpoint(const std::string& path, const Checkpoint& ck);
 Checkpoint load_checkpoint(const std::string& path);
 
+// Sharded checkpoints (ZeRO runs over N > 1 ranks): each rank writes the range [begin, end)
+// of the flat params, m and v it owns to its shard file (shard_path: next to the
+// checkpoint), then rank 0 writes the manifest at checkpoint_path, which names every shard,
+// its range and its checksum. The manifest is the commit point: a checkpoint exists once
+// its manifest does, so a crash while shards are written leaves the previous one current.
+// load_checkpoint reads a manifest's shards into a whole Checkpoint (resume on any number
+// of ranks, export). Every rank must see the run directory (a shared filesystem).
+//
+// Shard file: "TSRCKSH1", uint64 JSON length, JSON (step, begin, end), then params, m and v
+// of the range (f32, the in-memory layout, each padded to 64 bytes), uint64 checksum.
+// Manifest: "TSRCKMN1", uint64 JSON length, JSON (a checkpoint's header plus total and
+// shards: file, begin, end, checksum), uint64 checksum.
+struct ShardRef {
+  std::string file;  // the shard file's name, in the manifest's directory
+  size_t begin = 0, end = 0;
+  uint64_t checksum = 0;
+};
+std::string shard_path(const std::string& checkpoint, int rank, int ranks);  // DIR/ckpt_00000123.rank0of2.bin
+// Writes one rank's shard (atomically); returns its checksum for the manifest.
+uint64_t save_checkpoint_shard(const std::string& path, int64_t step, size_t begin, size_t end, const float* params,
+                               const float* m, const float* v);
+// The manifest of ck's config, step, options, LoRA / reward head (ck's arrays are not
+// read); the shards must cover [0, total) in order.
+void save_checkpoint_manifest(const std::string& path, const Checkpoint& ck, size_t total,
+                              const std::vector<ShardRef>& shards);
+// Deletes a checkpoint: its file, and a manifest's shard files.
+void remove_checkpoint(const std::string& path);
+
 // DIR/ckpt_00000123.bin; the list of existing ones sorted by step; the newest ("" if none).
 std::string checkpoint_path(const std::string& dir, int64_t step);
 std::vector<std::string> list_checkpoints(const std::string& dir);

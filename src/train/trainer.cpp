@@ -702,41 +702,51 @@ double Trainer::evaluate() {
 }
 
 std::string Trainer::save() {
-  // ZeRO: the moments' parts gathered first (every rank takes part), so the checkpoint is
-  // whole and resumes on any number of ranks.
-  ParamVec m_full, v_full;
-  if (zero3()) comm_.all_gather(p_.data(), shard_off_);  // whole for the file, dropped again below
-  struct DropAfter {
-    Trainer& t;
-    ~DropAfter() {
-      if (t.zero3()) t.buckets_->drop_all(t.p_.data());
-    }
-  } drop_after{*this};
-  if (sharded()) {
-    m_full.assign(n_train_, 0.f), v_full.assign(n_train_, 0.f);
-    std::copy(m_.begin(), m_.end(), m_full.begin() + long(sb_));
-    std::copy(v_.begin(), v_.end(), v_full.begin() + long(sb_));
-    comm_.all_gather(m_full.data(), shard_off_);
-    comm_.all_gather(v_full.data(), shard_off_);
-  }
-  if (!comm_.is_root()) return "";
   State& st = *st_;
+  const std::string path = checkpoint_path(st.dir, step_);
   Checkpoint c;
   c.cfg = L_->cfg, c.step = step_, c.extra = st.opts;
   if (lora_) c.lora = lora_->lora;
   c.reward_head = o_.reward;
-  c.params = p_;
-  c.m = sharded() ? std::move(m_full) : m_, c.v = sharded() ? std::move(v_full) : v_;
-  const std::string path = checkpoint_path(st.dir, step_);
-  try {
-    save_checkpoint(path, c);
-  } catch (const Error& e) {
+  const auto failed = [&](const Error& e) {
     const std::string prev = latest_checkpoint(st.dir);
     fail("checkpoint at step ", step_, " failed (", e.what(), "); ",
          prev.empty() ? std::string("no earlier checkpoint") : "the previous checkpoint " + prev + " is intact");
+  };
+  if (sharded()) {
+    // ZeRO: each rank writes its part of the weights and moments (nothing is gathered), then
+    // rank 0 writes the manifest naming the parts and their checksums: the commit point.
+    const int N = comm_.size(), r = comm_.rank();
+    uint64_t sum = 0;
+    try {
+      sum = save_checkpoint_shard(shard_path(path, r, N), step_, sb_, se_, p_.data() + sb_, m_.data(), v_.data());
+    } catch (const Error& e) {
+      failed(e);
+    }
+    std::vector<double> sums(2 * size_t(N), 0.0);  // each checksum as two exact 32-bit halves
+    sums[2 * size_t(r)] = double(sum >> 32), sums[2 * size_t(r) + 1] = double(sum & 0xffffffffu);
+    comm_.all_reduce_sum(sums.data(), sums.size());
+    if (!comm_.is_root()) return "";
+    std::vector<ShardRef> shards;
+    for (int k = 0; k < N; ++k)
+      shards.push_back({shard_path(path, k, N), shard_off_[size_t(k)], shard_off_[size_t(k) + 1],
+                        uint64_t(sums[2 * size_t(k)]) << 32 | uint64_t(sums[2 * size_t(k) + 1])});
+    try {
+      save_checkpoint_manifest(path, c, n_train_, shards);
+    } catch (const Error& e) {
+      failed(e);
+    }
+  } else {
+    if (!comm_.is_root()) return "";
+    c.params = p_, c.m = m_, c.v = v_;
+    try {
+      save_checkpoint(path, c);
+    } catch (const Error& e) {
+      failed(e);
+    }
   }
   auto all = list_checkpoints(st.dir);
-  for (size_t i = 0; i + size_t(o_.keep) < all.size(); ++i) fs::remove(all[i]);
+  for (size_t i = 0; i + size_t(o_.keep) < all.size(); ++i) remove_checkpoint(all[i]);
   st.last_checkpoint = path;
   return path;
 }
