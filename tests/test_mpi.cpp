@@ -245,3 +245,50 @@ TEST_F(Mpi, ShardedCheckpointsKeepExportAndRefuseABadShard) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
 }
+
+// Tensor parallelism: 2 ranks each holding half of every block's heads and hidden units
+// follow one process to 1e-6; 4 ranks as 2 data-parallel x 2 tensor-parallel follow one
+// process with --grad-accum 2; the whole checkpoint of a TP run resumes on one process
+// (--tp 1); what does not split is refused with the reason.
+TEST_F(Mpi, TensorParallelFollowsOneProcessAndResumesOnOne) {
+  const std::string one = dir_ + "/tp_one", tp = dir_ + "/tp2", part = dir_ + "/tp_part";
+  auto r = run_cli(args(one, 30));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::string err;
+  ASSERT_EQ(mpirun(args(tp, 30) + " --tp 2", &err), 0) << err;
+  expect_same_losses(one, tp, 1e-6);
+  // Per step: an all-reduce of the (B T, C) activations after each sublayer's row-parallel
+  // product, and of its input gradient in the backward: 4 per layer (2 layers, B T C = 4 x 32 x 32).
+  const double acts = 4.0 * 32 * 32 * 4;
+  EXPECT_NEAR(double(metrics(tp).back()["comm_bytes"]["all_reduce"]), 2 * 4 * acts, 256.0);
+  // A rank holds its slice: what tessera memory --tp 2 says for the model.
+  r = run_cli("export " + q(tp) + " -o " + q(dir_ + "/tp.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("memory -m " + q(dir_ + "/tp.gguf") + " --tp 2 --zero 0 --precision fp32 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto model = nlohmann::json::parse(r.out)["stages"][0];
+  const auto measured = metrics(tp).back()["state_bytes"];
+  for (const char* k : {"weights", "grads", "optimizer"})
+    EXPECT_NEAR(double(measured[k]), double(model[std::string(k) + "_bytes"]), 0.05 * double(model[std::string(k) + "_bytes"])) << k;
+  // Stopped early on 2 ranks, continued on one process.
+  ASSERT_EQ(mpirun(args(part, 30) + " --tp 2 --max-time 1e-9", &err), 0) << err;
+  ASSERT_LT(train::load_checkpoint(train::latest_checkpoint(part)).step, 30);
+  r = run_cli("train --resume " + q(part) + " --tp 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_same_losses(one, part, 1e-6);
+  // 2 x 2 ranks: data parallel over tensor-parallel pairs.
+  const std::string acc = dir_ + "/tp_acc", dp_tp = dir_ + "/dp_tp";
+  r = run_cli(args(acc, 10) + " --grad-accum 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string four = "mpirun --allow-run-as-root --oversubscribe -np 4 " + std::string(TESSERA_CLI) + " " +
+                           args(dp_tp, 10) + " --tp 2 >/dev/null 2>" + q(dir_ + "/four.log");
+  ASSERT_EQ(std::system(four.c_str()), 0) << test::slurp(dir_ + "/four.log");
+  expect_same_losses(acc, dp_tp, 1e-6);
+  // Refusals: 2 ranks in groups of 4, ZeRO with TP, 1 KV head over 2 ranks.
+  EXPECT_NE(mpirun(args(dir_ + "/bad1", 5) + " --tp 4", &err), 0);
+  EXPECT_NE(err.find("do not split into tensor-parallel groups"), std::string::npos) << err;
+  EXPECT_NE(mpirun(args(dir_ + "/bad2", 5) + " --tp 2 --zero 1", &err), 0);
+  EXPECT_NE(err.find("ZeRO stage 0 only"), std::string::npos) << err;
+  EXPECT_NE(mpirun(args(dir_ + "/bad3", 5) + " --tp 2 --kv-heads 1", &err), 0);
+  EXPECT_NE(err.find("KV heads (1) do not split"), std::string::npos) << err;
+}

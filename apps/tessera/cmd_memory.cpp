@@ -13,6 +13,7 @@
 #include "model/synthetic.h"
 #include "train/grad_buckets.h"
 #include "train/memory.h"
+#include "train/tensor_parallel.h"
 
 namespace tessera::cli {
 
@@ -60,6 +61,11 @@ int cmd_memory(int argc, char** argv) {
   int64_t logit_rows = 0;
   app.add_option("--params", params, "number of parameters (7.5e9 is accepted)");
   app.add_option("--dp", dp, "data-parallel ranks sharing the ZeRO shards (default 1)");
+  int tp = 1;
+  app.add_option("--tp", tp,
+                 "tensor-parallel ranks per model: with -m, each holds 1/tp of every block's heads and hidden units "
+                 "(embeddings and norms replicated); with --params, params / tp")
+      ->check(CLI::Range(1, 1024));
   app.add_option("--zero", zero, "ZeRO stage 0-3: 1 shards optimizer states, 2 also gradients, 3 also "
                                  "weights (default: all stages)");
   app.add_option("--precision", precision,
@@ -92,9 +98,17 @@ int cmd_memory(int argc, char** argv) {
   train::zero_memory(have_params ? params : 1, dp, stages[0], prec);  // validates --params/--dp/--zero first
 
   ModelShape shape;
+  ModelConfig full_cfg;  // the model's (shape.cfg: one tensor-parallel rank's slice)
   if (have_model) {
     shape = model_shape(model);
     params = double(shape.params);
+    full_cfg = shape.cfg;
+    if (tp > 1) {  // one rank's slice: the block of a model with heads, KV heads and hidden units / tp
+      shape.cfg = train::tp_local_config(shape.cfg, tp);
+      params = double(train::Layout(shape.cfg).n_params);
+    }
+  } else if (tp > 1) {
+    params /= double(tp);
   }
   train::ActivationEstimate act;
   if (have_model)
@@ -118,8 +132,9 @@ int cmd_memory(int argc, char** argv) {
     j["precision"] = train::precision_name(prec);
     j["bytes_per_param"] = {{"weights", bpp.weights}, {"grads", bpp.grads}, {"optimizer", bpp.optimizer}};
     j["dp"] = dp;
+    j["tp"] = tp;
     if (have_model) {
-      const auto& c = shape.cfg;
+      const auto& c = full_cfg;
       j["model"] = {{"path", model}, {"arch", arch_name(c.arch)}, {"layers", c.n_layers}, {"dim", c.dim},
                     {"heads", c.n_heads}, {"kv_heads", c.n_kv_heads}, {"hidden", c.hidden_dim},
                     {"vocab", c.vocab_size}};
@@ -166,7 +181,7 @@ int cmd_memory(int argc, char** argv) {
   }
 
   if (have_model) {
-    const auto& c = shape.cfg;
+    const auto& c = full_cfg;
     std::printf("model:          %s (%s, %lld layers, dim %lld, %lld heads, ffn %lld, vocab %lld)\n", model.c_str(),
                 arch_name(c.arch), (long long)c.n_layers, (long long)c.dim, (long long)c.n_heads,
                 (long long)c.hidden_dim, (long long)c.vocab_size);
@@ -176,6 +191,9 @@ int cmd_memory(int argc, char** argv) {
   std::printf("precision:      %s (weights %g + gradients %g + optimizer %g = %g bytes/param)\n",
               train::precision_name(prec), bpp.weights, bpp.grads, bpp.optimizer, bpp.total());
   std::printf("data parallel:  %lld\n", (long long)dp);
+  if (tp > 1)
+    std::printf("tensor parallel: %d (parameters above: one rank's slice%s)\n", tp,
+                have_model ? "" : ", --params / tp: the replicated embeddings and norms not counted");
   if (have_model) {
     std::printf("activations:    batch %lld x seq %lld = %lld tokens per device (not sharded by ZeRO), %s attention\n",
                 (long long)batch, (long long)(act.tokens / batch), (long long)act.tokens, attention.c_str());

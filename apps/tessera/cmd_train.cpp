@@ -175,6 +175,11 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
                  "too: each block's reduced as the backward finishes it), 3 (weights too: each block's gathered "
                  "around its use)")
       ->check(CLI::Range(0, 3));
+  app.add_option("--tp", o.tp,
+                 "under mpirun: tensor parallelism (Megatron-style) over groups of this many consecutive ranks: each "
+                 "holds 1/tp of every block's attention heads and feed-forward units (llama family, dense blocks, "
+                 "--zero 0); the ranks / tp groups are data-parallel. With --resume: slice the checkpoints anew")
+      ->check(CLI::Range(1, 64));
   app.add_flag("--overlap-comm", o.overlap_comm,
                "under mpirun, stage 0: start each block's gradient all-reduce (non-blocking) as soon as the backward "
                "has it, under the next blocks' backward (pays where a network or a spare core moves the data; "
@@ -367,12 +372,14 @@ int train_cli(int argc, char** argv, Mode mode) {
     // The run continues as its run.json says (same model, data, schedule and threads, so the
     // trajectory stays bit-identical); a flag that would change it is an error, not ignored.
     for (const CLI::Option* opt : app.get_options())
-      if (opt->count() > 0 && opt->get_name() != "--resume" && opt->get_name() != "--steps")
+      if (opt->count() > 0 && opt->get_name() != "--resume" && opt->get_name() != "--steps" &&
+          opt->get_name() != "--tp")
         fail("--resume ", resume, ": ", opt->get_name(), " cannot be changed when resuming (the run keeps the ",
-             "options in ", resume, "/run.json; only --steps may extend it)");
+             "options in ", resume, "/run.json; only --steps may extend it and --tp re-slice it)");
     train::TrainOptions r;
     r.out_dir = resume;
     r.steps = app.count("--steps") ? o.steps : 0;
+    r.tp_override = app.count("--tp") ? o.tp : 0;
     install_stop_handlers();  // a stop by signal exits 130 (run_training has said where it checkpointed)
     return run_on_ranks(r, true).interrupted ? 130 : 0;
   }

@@ -29,6 +29,9 @@ class Communicator {
   // x's part r <- rank r's x part r, for every r, in place on every rank.
   virtual void all_gather(float* x, const std::vector<size_t>& off) = 0;
   virtual void barrier() = 0;
+  // The ranks with the same color as a communicator of their own (ranked by key): every rank
+  // calls it. Tensor parallelism splits the world into tensor- and data-parallel groups.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
   // Non-blocking all-reduce (overlap with the backward): started now, x must not be touched
   // until wait_all(); progress() lets started ones advance (MPI progresses them only inside
   // its calls). The defaults run the blocking call at once.
@@ -69,6 +72,7 @@ class LocalCommunicator final : public Communicator {
   }
   void all_gather(float*, const std::vector<size_t>&) override {}
   void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<LocalCommunicator>(); }
 };
 
 // Started by mpirun / mpiexec (OpenMPI's or a PMI launcher's environment)?

@@ -60,6 +60,8 @@ void TrainOptions::validate() const {
   if (reward && (dpo_beta > 0 || kd.enabled() || lora.enabled() || pack))
     fail("a reward model trains on its own: no --dpo-beta, --teacher, LoRA or --pack");
   if (zero < 0 || zero > 3) fail("--zero ", zero, ": ZeRO stages are 0, 1, 2 and 3");
+  if (tp < 1 || tp > 64) fail("--tp must be 1..64, got ", tp);
+  if (tp > 1 && zero != 0) fail("--tp ", tp, " with --zero ", zero, ": tensor parallelism combines with ZeRO stage 0 only");
   if (overlap_comm && zero != 0)
     fail("--overlap-comm applies to --zero 0 (stages 2-3 reduce block by block already; 1 reduce-scatters once)");
   if (lora.prefix() && dpo_beta > 0)
@@ -113,6 +115,7 @@ nlohmann::json options_to_json(const TrainOptions& o) {
           {"keep_sparsity", o.keep_sparsity},
           {"zero", o.zero},
           {"overlap_comm", o.overlap_comm},
+          {"tp", o.tp},
           {"dpo_beta", o.dpo_beta},
           {"reward", o.reward},
           {"ranks", o.ranks},
@@ -155,6 +158,7 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& where
     o.keep_sparsity = j.value("keep_sparsity", false);
     o.zero = j.value("zero", 0);
     o.overlap_comm = j.value("overlap_comm", false);
+    o.tp = j.value("tp", 1);
     o.dpo_beta = j.value("dpo_beta", 0.f);
     o.reward = j.value("reward", false);
     o.ranks = j.value("ranks", int64_t(1));

@@ -28,6 +28,7 @@
 #include "train/prune.h"
 #include "train/reward.h"
 #include "train/sft.h"
+#include "train/tensor_parallel.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -142,7 +143,7 @@ struct Trainer::State {
 };
 
 Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm)
-    : o_(std::move(o)), log_(log), comm_(comm), st_(std::make_unique<State>()) {
+    : o_(std::move(o)), log_(log), world_(comm), dp_(&comm), st_(std::make_unique<State>()) {
   State& st = *st_;
   st.dir = o_.out_dir;
   const std::string& dir = st.dir;
@@ -157,8 +158,12 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
       fail(run, ": invalid JSON: ", e.what());
     }
     const int64_t steps = o_.steps;  // the caller may extend the run
+    const int tp_override = o_.tp_override;
     o_ = options_from_json(j, run);
     o_.out_dir = dir;
+    if (tp_override > 0 && tp_override != o_.tp)  // checkpoints are whole: any slicing resumes them
+      o_.tp = tp_override, extended = true;          // (run.json records it)
+    make_groups();
     extended = steps > 0 && steps != o_.steps;
     if (steps > 0) o_.steps = o_.sched.total = steps;  // a longer run stretches the cosine to its new end
     const std::string last = latest_checkpoint(dir);
@@ -170,22 +175,23 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
            "; give more steps to extend it");
     if (st.ck.step >= o_.steps)
       fail(dir, ": the run is complete (step ", st.ck.step, "); give --steps N (N > ", st.ck.step, ") to extend it");
-    if (comm_.is_root())
+    if (world_.is_root())
       std::fprintf(log_, "resuming %s from %s (step %lld)\n", dir.c_str(), last.c_str(), (long long)st.ck.step);
-    if (o_.ranks != comm_.size()) {  // another rank count: the same global batch through gradient accumulation
+    if (o_.ranks != dp_->size()) {  // another rank count: the same global batch through gradient accumulation
       const int64_t micro = o_.ranks * o_.grad_accum;
-      if (micro % comm_.size() != 0)
+      if (micro % dp_->size() != 0)
         fail(dir, ": the run's global batch is ", micro, " micro-batches (", o_.ranks, " ranks x grad-accum ",
-             o_.grad_accum, "), which ", comm_.size(), " ranks cannot split evenly; resume on a divisor of ", micro);
-      o_.grad_accum = micro / comm_.size(), o_.ranks = comm_.size();
+             o_.grad_accum, "), which ", dp_->size(), " ranks cannot split evenly; resume on a divisor of ", micro);
+      o_.grad_accum = micro / dp_->size(), o_.ranks = dp_->size();
       extended = true;  // run.json records the new layout
-      if (comm_.is_root())
-        std::fprintf(log_, "resuming on %d rank(s) with --grad-accum %lld (the same global batch)\n", comm_.size(),
+      if (world_.is_root())
+        std::fprintf(log_, "resuming on %d rank(s) with --grad-accum %lld (the same global batch)\n", dp_->size(),
                      (long long)o_.grad_accum);
     }
   } else {
     o_.validate();
-    o_.ranks = comm_.size();
+    make_groups();
+    o_.ranks = dp_->size();
     if (!latest_checkpoint(dir).empty())
       fail(dir, ": already holds checkpoints of a run (continue it with --resume ", dir, ", or choose another -o)");
   }
@@ -206,7 +212,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     c.moe_hash_table = moe_balanced_table(c, counts);
     const std::vector<int64_t> load = moe_hash_loads(c, counts);
     const auto [lo, hi] = std::minmax_element(load.begin(), load.end());
-    if (comm_.is_root())
+    if (world_.is_root())
       std::fprintf(log_, "hash-balanced routing: %lld token ids over %lld experts from %lld training tokens; "
                          "loads %lld..%lld tokens per expert (max/min %.3f)\n",
                    (long long)c.vocab_size, (long long)c.moe_experts, (long long)tr.size(), (long long)*lo,
@@ -227,7 +233,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
       }
       init->weights = upcycle_weights(init->weights, o_.upcycle_experts, o_.model.moe_used, o_.upcycle_noise, o_.seed,
                                       o_.model.moe_routing, table);
-      if (comm_.is_root())
+      if (world_.is_root())
         std::fprintf(log_, "upcycled %s: every feed-forward into %lld experts, top-%lld, noise %g\n",
                      o_.init_model.c_str(), (long long)o_.upcycle_experts, (long long)o_.model.moe_used,
                      double(o_.upcycle_noise));
@@ -253,7 +259,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     if (tr.examples() == 0) fail(o_.data_dir, ": no training examples");
     int64_t cut = 0;
     for (int64_t e = 0; e < tr.examples(); ++e) cut += (*tr.idx)[e + 1] - (*tr.idx)[e] > o_.seq;
-    if (cut > 0 && comm_.is_root())
+    if (cut > 0 && world_.is_root())
       std::fprintf(log_, "warning: %lld of %lld training examples are longer than --seq %lld and are cut there "
                          "(their later tokens do not train)\n",
                    (long long)cut, (long long)tr.examples(), (long long)o_.seq);
@@ -309,13 +315,28 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     params_from_weights(L, init->weights, ref_.data());
   }
   init.reset();
-  comm_.broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
+  if (o_.tp > 1) {  // tensor parallelism: this rank keeps its slice of the blocks (train/tensor_parallel.h)
+    if (lora_ || dpo_ || o_.dpo_beta > 0 || o_.reward || o_.zero > 0)
+      fail("--tp: tensor parallelism trains full models with --zero 0 (not LoRA, DPO, reward models or ZeRO "
+           "sharding)");
+    tp_full_ = std::make_unique<Layout>(L);
+    *L_ = Layout(tp_local_config(cfg, o_.tp));  // L now names the slice's layout
+    n_train_ = L.total;
+    const int r = tp_group_->rank();
+    for (ParamVec* a : {&p_, &m_, &v_}) {
+      ParamVec part(n_train_, 0.f);
+      tp_slice(*tp_full_, L, r, o_.tp, a->data(), part.data());
+      *a = std::move(part);
+    }
+    g_.assign(n_train_, 0.f);
+  }
+  dp_->broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
   step_ = st.start;
   // ZeRO shards: this rank keeps (and updates) only its part of the moments.
-  const int N = comm_.size();
+  const int N = dp_->size();
   shard_off_.assign(size_t(N) + 1, n_train_);
   for (int r = 0; r < N; ++r) shard_off_[size_t(r)] = shard_range(n_train_, r, N).begin;
-  sb_ = sharded() ? shard_off_[size_t(comm_.rank())] : 0, se_ = sharded() ? shard_off_[size_t(comm_.rank()) + 1] : n_train_;
+  sb_ = sharded() ? shard_off_[size_t(dp_->rank())] : 0, se_ = sharded() ? shard_off_[size_t(dp_->rank()) + 1] : n_train_;
   if (sharded()) {  // a resumed (full) checkpoint's moments: this rank's part, whatever the rank count was
     m_ = ParamVec(m_.begin() + long(sb_), m_.begin() + long(se_));
     v_ = ParamVec(v_.begin() + long(sb_), v_.begin() + long(se_));
@@ -325,13 +346,14 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   if (o_.keep_sparsity) {
     if (lora_) fail("--keep-sparsity applies to full training, not to a LoRA adapter");
     keep_ = sparsity_mask(L, p_.data());
-    if (comm_.is_root()) {
+    if (world_.is_root()) {
       const int64_t zeros = std::count(keep_.begin(), keep_.end(), uint8_t(0));
       std::fprintf(log_, "keep-sparsity: %lld zero weights held at zero\n", (long long)zeros);
     }
   }
   o_.mo.bf16 = o_.precision == "bf16";
   model_ = std::make_unique<Transformer<float>>(L, o_.batch, o_.seq, o_.mo);
+  if (tp_group_) model_->set_tensor_parallel(tp_group_.get());
   if (lora_) model_->attach_lora(*lora_), model_->set_lora_params(p_.data(), g_.data());
   if (frozen_model_) model_->set_frozen_weights(frozen_model_->weights);
   if (lora_ && lora_->lora.prefix() && !resume) init_prefix();
@@ -358,19 +380,19 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   if (sharded() && o_.zero >= 2 && !lora_ && !dpo_ && !reward_) {
     // Stage 2: each block's gradient reduce-scattered into gs_ as soon as the backward has it,
     // then its pages released; g_ is never resident whole (train/grad_buckets.h).
-    buckets_ = std::make_unique<GradBuckets>(L, shard_off_, comm_.rank());
+    buckets_ = std::make_unique<GradBuckets>(L, shard_off_, dp_->rank());
     gs_.assign(se_ - sb_, 0.f);
     GradBuckets::small_pages(g_.data(), g_.size());
     GradBuckets::release(g_.data(), g_.size());
   }
-  if (comm_.size() > 1 && !sharded() && !lora_ && !dpo_ && !reward_ && o_.overlap_comm)  // stage 0: all-reduce overlapped
+  if (dp_->size() > 1 && !sharded() && !lora_ && !dpo_ && !reward_ && o_.overlap_comm)  // stage 0: all-reduce overlapped
     overlap_ = std::make_unique<GradBuckets>(L, std::vector<size_t>{0, L.total}, 0);
   if (zero3()) {  // stage 3: only this rank's part of the weights stays; blocks are gathered around their use
     GradBuckets::small_pages(p_.data(), p_.size());
     buckets_->drop_all(p_.data());
     model_->set_weights_hook([this](int64_t l, bool need) {
       if (need)
-        buckets_->gather(l, p_.data(), comm_);
+        buckets_->gather(l, p_.data(), *dp_);
       else
         buckets_->drop(l, p_.data());
     });
@@ -379,7 +401,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   if (o_.pack) seg_.resize(size_t(o_.batch * o_.seq)), model_->set_segments(seg_.data());
 
   st.opts = options_to_json(o_);
-  if (!comm_.is_root()) return;
+  if (!world_.is_root()) return;
   fs::create_directories(dir);
   st.lock = std::make_unique<RunLock>(dir);
   // Checked again under the lock: another run may have written here since the checks above.
@@ -458,12 +480,12 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
                  (long long)cfg.moe_used, (long long)cfg.moe_hidden,
                  cfg.moe_shared_hidden > 0 ? (", shared " + std::to_string(cfg.moe_shared_hidden)).c_str() : "",
                  cfg.router_desc().c_str(), double(cfg.active_params()) / 1e6);
-  if (comm_.size() > 1) {
+  if (dp_->size() > 1) {
     const double mib = 4.0 / (1 << 20);
     std::fprintf(log_,
                  "data parallel: %d ranks, ZeRO stage %d; per rank: parameters %.1f MiB, gradients %.1f MiB, Adam "
                  "moments %.1f MiB\n",
-                 comm_.size(), o_.zero,
+                 dp_->size(), o_.zero,
                  double(zero3() ? se_ - sb_ + GradBuckets::in_flight_elements(L) : p_.size()) * mib,
                  double(buckets_ ? gs_.size() + GradBuckets::in_flight_elements(L) : g_.size()) * mib,
                  double(m_.size() + v_.size()) * mib);
@@ -474,7 +496,7 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
   }
   std::fprintf(log_, "data: %lld train / %lld val tokens; batch %lld x %lld x %lld accum = %lld tokens/step; %d threads\n",
                (long long)data_.train->size(), (long long)data_.val->size(), (long long)o_.batch, (long long)o_.seq,
-               (long long)o_.grad_accum, (long long)(o_.batch * o_.seq * o_.grad_accum * comm_.size()), st.threads);
+               (long long)o_.grad_accum, (long long)(o_.batch * o_.seq * o_.grad_accum * dp_->size()), st.threads);
 }
 
 Trainer::~Trainer() = default;
@@ -516,7 +538,7 @@ void Trainer::init_prefix() {
 struct Trainer::WholeRest {
   Trainer& t;
   explicit WholeRest(Trainer& tr) : t(tr) {
-    if (t.zero3()) t.buckets_->gather(-1, t.p_.data(), t.comm_);
+    if (t.zero3()) t.buckets_->gather(-1, t.p_.data(), *t.dp_);
   }
   ~WholeRest() {
     if (t.zero3()) t.buckets_->drop(-1, t.p_.data());
@@ -525,19 +547,19 @@ struct Trainer::WholeRest {
 
 Trainer::StepStats Trainer::train_step() {
   const int64_t s = step_;
-  const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * comm_.size();
+  const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * dp_->size();
   // The loss is a mean over the step's targets: every token of a pretraining batch, the
   // response tokens of SFT batches (counted first, over all micro-batches and ranks).
   double targets = double(tokens_per_step);
   if (dpo_ || reward_) {  // DPO, reward model: the mean over the step's pairs
-    targets = double(o_.batch / 2 * o_.grad_accum * comm_.size());
+    targets = double(o_.batch / 2 * o_.grad_accum * dp_->size());
   } else if (data_.sft) {
     targets = 0;
     for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
-      fill_batch(s, int64_t(comm_.rank()) * o_.grad_accum + micro);
+      fill_batch(s, int64_t(dp_->rank()) * o_.grad_accum + micro);
       targets += double(std::count_if(y_.begin(), y_.end(), [](int32_t t) { return t >= 0; }));
     }
-    comm_.all_reduce_sum(&targets, 1);
+    dp_->all_reduce_sum(&targets, 1);
     if (targets == 0) {  // every response was cut off by --seq: nothing to learn from this step
       StepStats out;
       out.loss = out.grad_norm = NAN, out.lr = o_.sched.at(s), out.skipped = out.no_targets = true;
@@ -548,12 +570,12 @@ Trainer::StepStats Trainer::train_step() {
   const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
   // loss, count, router losses, KD, DPO margin and correct pairs: over micro-batches, then ranks
   // ..., MTP loss and targets; then each rank's training state (weights, gradients, moments: bytes)
-  std::vector<double> loss_count(9 + 3 * size_t(comm_.size()), 0.0);
+  std::vector<double> loss_count(9 + 3 * size_t(dp_->size()), 0.0);
   if (L_->cfg.is_moe()) model_->take_expert_counts(), model_->take_dropped();  // not the evaluation's passes
   std::optional<WholeRest> rest(std::in_place, *this);
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
     // Rank r reads micro-batches [r * grad_accum, (r + 1) * grad_accum) of the global batch.
-    const int64_t mb = int64_t(comm_.rank()) * o_.grad_accum + micro;
+    const int64_t mb = int64_t(dp_->rank()) * o_.grad_accum + micro;
     fill_batch(s, mb);
     if (teacher_) model_->set_teacher(teacher_->logprobs(x_.data()), o_.kd);
     // Dropout masks: a pure function of (seed, step, micro-batch), like the data.
@@ -579,16 +601,16 @@ Trainer::StepStats Trainer::train_step() {
       r = model_->forward_backward(base_ptr(), nullptr, x_.data(), y_.data(), scale,
                                    key, true);
     } else if (buckets_) {  // ZeRO-2: g_ reads as zeros; each block's bucket is reduced as it completes
-      model_->set_grad_ready([&](int64_t l) { buckets_->reduce(l, g_.data(), gs_.data(), micro == 0, comm_); });
+      model_->set_grad_ready([&](int64_t l) { buckets_->reduce(l, g_.data(), gs_.data(), micro == 0, *dp_); });
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, false);
       model_->set_grad_ready(nullptr);
-      buckets_->reduce(-1, g_.data(), gs_.data(), micro == 0, comm_);
+      buckets_->reduce(-1, g_.data(), gs_.data(), micro == 0, *dp_);
     } else if (overlap_ && micro + 1 == o_.grad_accum) {  // stage 0, last micro-batch: each block's
       // gradient all-reduce starts as soon as the backward has it, under the next blocks' backward
-      model_->set_grad_ready([&](int64_t l) { overlap_->start_all_reduce(l, g_.data(), comm_); });
+      model_->set_grad_ready([&](int64_t l) { overlap_->start_all_reduce(l, g_.data(), *dp_); });
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
       model_->set_grad_ready(nullptr);
-      overlap_->start_all_reduce(-1, g_.data(), comm_);
+      overlap_->start_all_reduce(-1, g_.data(), *dp_);
     } else {
       r = model_->forward_backward(p_.data(), g_.data(), x_.data(), y_.data(), scale, key, micro == 0);
     }
@@ -606,27 +628,37 @@ Trainer::StepStats Trainer::train_step() {
     if (buckets_)
       gsh = gs_.data();
     else
-      comm_.reduce_scatter_sum(g_.data(), g_.data() + sb_, shard_off_);
+      dp_->reduce_scatter_sum(g_.data(), g_.data() + sb_, shard_off_);
     const double part = grad_norm(gsh, se_ - sb_);
     double sq = part * part;
-    comm_.all_reduce_sum(&sq, 1);
+    dp_->all_reduce_sum(&sq, 1);
     gnorm = std::sqrt(sq);
   } else {
     if (overlap_)
-      comm_.wait_all();
+      dp_->wait_all();
     else
-      comm_.all_reduce_sum(g_.data(), g_.size());
+      dp_->all_reduce_sum(g_.data(), g_.size());
     gnorm = grad_norm(g_.data(), g_.size());
+    if (tp_group_) {  // the whole model's norm: the split tensors' squares summed over the slices, the rest once
+      double split = 0;
+      for (const auto& [b, e] : tp_split_ranges(*tp_full_, *L_)) {
+        const double n = grad_norm(g_.data() + b, e - b);
+        split += n * n;
+      }
+      double sq[1] = {split};
+      tp_group_->all_reduce_sum(sq, 1);
+      gnorm = std::sqrt(std::max(0.0, gnorm * gnorm - split) + sq[0]);
+    }
   }
   {  // this rank's state, measured: stage 2+'s gradient is its part plus the peak resident in flight
-    double* mine = loss_count.data() + 9 + 3 * comm_.rank();
+    double* mine = loss_count.data() + 9 + 3 * dp_->rank();
     mine[0] = double(zero3() ? buckets_->peak_weights() : p_.size() * 4);
     mine[1] = double(buckets_ ? gs_.size() * 4 + buckets_->peak_in_flight() + buckets_->tmp_bytes() : g_.size() * 4);
     mine[2] = double((m_.size() + v_.size()) * 4);
   }
-  comm_.all_reduce_sum(loss_count.data(), loss_count.size());
+  dp_->all_reduce_sum(loss_count.data(), loss_count.size());
   StepStats out;
-  for (int r = 0; r < comm_.size(); ++r)  // the largest over the ranks (their shards' overlaps differ)
+  for (int r = 0; r < dp_->size(); ++r)  // the largest over the ranks (their shards' overlaps differ)
     for (int k = 0; k < 3; ++k) out.state_bytes[size_t(k)] = std::max(out.state_bytes[size_t(k)], loss_count[size_t(9 + 3 * r + k)]);
   out.loss = loss_count[0] / loss_count[1];
   out.kd = loss_count[4] / loss_count[1];
@@ -653,26 +685,49 @@ Trainer::StepStats Trainer::train_step() {
     if (!keep_.empty())  // pruned weights stay pruned
       for (size_t i = sb_; i < std::min(se_, keep_.size()); ++i)
         if (!keep_[i]) p_[i] = 0.f;
-    if (sharded() && !zero3()) comm_.all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
+    if (sharded() && !zero3()) dp_->all_gather(p_.data(), shard_off_);  // every rank's updated part to every rank
     if (L_->cfg.moe_score_bias && o_.moe_bias_rate > 0 && !lora_) {  // the same loads, so the same move, on every rank
       std::vector<double> c(out.expert_tokens.begin(), out.expert_tokens.end());
-      comm_.all_reduce_sum(c.data(), c.size());
+      dp_->all_reduce_sum(c.data(), c.size());
       moe_bias_update(*L_, p_.data(), c, o_.moe_bias_rate);
     }
   }
   ++step_;
-  out.traffic = comm_.take_traffic();
+  out.traffic = take_traffic();
   return out;
+}
+
+Communicator::Traffic Trainer::take_traffic() {
+  Communicator::Traffic t = dp_->take_traffic();
+  if (tp_group_) {
+    const Communicator::Traffic u = tp_group_->take_traffic();
+    t.all_reduce += u.all_reduce, t.reduce_scatter += u.reduce_scatter, t.all_gather += u.all_gather;
+    t.broadcast += u.broadcast, t.seconds += u.seconds;
+  }
+  return t;
+}
+
+void Trainer::make_groups() {
+  if (o_.tp < 1) fail("--tp must be at least 1, got ", o_.tp);
+  if (o_.tp == 1) return;
+  const int W = world_.size(), r = world_.rank();
+  if (W % o_.tp != 0)
+    fail("--tp ", o_.tp, ": the job's ", W, " ranks do not split into tensor-parallel groups of ", o_.tp,
+         " (run mpirun -np a multiple of --tp)");
+  tp_group_ = world_.split(r / o_.tp, r);   // consecutive ranks: one slice each
+  dp_group_ = world_.split(r % o_.tp, r);   // the ranks holding the same slice
+  dp_ = dp_group_.get();
 }
 
 double Trainer::evaluate() {
   const WholeRest rest(*this);
-  const Communicator::Traffic step_traffic = comm_.take_traffic();  // evaluation's gathers are not a step's
+  const Communicator::Traffic step_traffic = take_traffic();  // evaluation's collectives are not a step's
   struct Restore {
     Communicator& c;
     Communicator::Traffic t;
-    ~Restore() { c.take_traffic(), c.restore_traffic(t); }
-  } restore{comm_, step_traffic};
+    Trainer& tr;
+    ~Restore() { tr.take_traffic(), c.restore_traffic(t); }
+  } restore{*dp_, step_traffic, *this};
   if (teacher_) model_->set_teacher(nullptr, o_.kd);  // validation is the data loss
   if (dpo_ || reward_) {  // the pair loss and pairwise accuracy over the validation pairs
     const SftSplit val = sft_split(data_, true);
@@ -705,7 +760,7 @@ std::string Trainer::save() {
   State& st = *st_;
   const std::string path = checkpoint_path(st.dir, step_);
   Checkpoint c;
-  c.cfg = L_->cfg, c.step = step_, c.extra = st.opts;
+  c.cfg = tp_full_ ? tp_full_->cfg : L_->cfg, c.step = step_, c.extra = st.opts;
   if (lora_) c.lora = lora_->lora;
   c.reward_head = o_.reward;
   const auto failed = [&](const Error& e) {
@@ -716,7 +771,7 @@ std::string Trainer::save() {
   if (sharded()) {
     // ZeRO: each rank writes its part of the weights and moments (nothing is gathered), then
     // rank 0 writes the manifest naming the parts and their checksums: the commit point.
-    const int N = comm_.size(), r = comm_.rank();
+    const int N = dp_->size(), r = dp_->rank();
     uint64_t sum = 0;
     try {
       sum = save_checkpoint_shard(shard_path(path, r, N), step_, sb_, se_, p_.data() + sb_, m_.data(), v_.data());
@@ -725,8 +780,8 @@ std::string Trainer::save() {
     }
     std::vector<double> sums(2 * size_t(N), 0.0);  // each checksum as two exact 32-bit halves
     sums[2 * size_t(r)] = double(sum >> 32), sums[2 * size_t(r) + 1] = double(sum & 0xffffffffu);
-    comm_.all_reduce_sum(sums.data(), sums.size());
-    if (!comm_.is_root()) return "";
+    dp_->all_reduce_sum(sums.data(), sums.size());
+    if (!world_.is_root()) return "";
     std::vector<ShardRef> shards;
     for (int k = 0; k < N; ++k)
       shards.push_back({shard_path(path, k, N), shard_off_[size_t(k)], shard_off_[size_t(k) + 1],
@@ -736,8 +791,27 @@ std::string Trainer::save() {
     } catch (const Error& e) {
       failed(e);
     }
+  } else if (tp_group_) {  // tensor parallelism: the slices gathered into the whole model, one file
+    const size_t n = n_train_, T = size_t(o_.tp), r = size_t(tp_group_->rank());
+    std::vector<size_t> off(T + 1);
+    for (size_t k = 0; k <= T; ++k) off[k] = k * n;
+    ParamVec buf(T * n);
+    const std::pair<const ParamVec*, ParamVec*> arrays[] = {{&p_, &c.params}, {&m_, &c.m}, {&v_, &c.v}};
+    for (const auto& [part, whole] : arrays) {
+      std::copy(part->begin(), part->end(), buf.begin() + long(r * n));
+      tp_group_->all_gather(buf.data(), off);
+      if (!world_.is_root()) continue;
+      whole->assign(tp_full_->total, 0.f);
+      for (size_t k = 0; k < T; ++k) tp_gather(*tp_full_, *L_, int(k), int(T), buf.data() + k * n, whole->data());
+    }
+    if (!world_.is_root()) return "";
+    try {
+      save_checkpoint(path, c);
+    } catch (const Error& e) {
+      failed(e);
+    }
   } else {
-    if (!comm_.is_root()) return "";
+    if (!world_.is_root()) return "";
     c.params = p_, c.m = m_, c.v = v_;
     try {
       save_checkpoint(path, c);
@@ -753,8 +827,8 @@ std::string Trainer::save() {
 
 TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
   State& st = *st_;
-  const bool root = comm_.is_root();
-  const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * comm_.size();
+  const bool root = world_.is_root();
+  const int64_t tokens_per_step = o_.batch * o_.seq * o_.grad_accum * dp_->size();
   TrainSummary sum;
   auto t0 = std::chrono::steady_clock::now();
   int64_t timed_steps = 0;
@@ -784,7 +858,7 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
         if (eval_now) rec["val_accuracy"] = st.val_accuracy;
       }
       rec["state_bytes"] = {{"weights", r.state_bytes[0]}, {"grads", r.state_bytes[1]}, {"optimizer", r.state_bytes[2]}};
-      if (comm_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)
+      if (world_.size() > 1) {  // this rank's bytes sent per collective in the step (ring algorithms)
         const auto t = r.traffic;
         rec["comm_bytes"] = {{"all_reduce", t.all_reduce}, {"reduce_scatter", t.reduce_scatter},
                              {"all_gather", t.all_gather}};
@@ -819,9 +893,9 @@ TrainSummary Trainer::run(const volatile std::sig_atomic_t* stop) {
     }
     bool out_of_time = o_.max_seconds > 0 && el >= o_.max_seconds;
     bool interrupted = stop && *stop && done < o_.steps;
-    if (comm_.size() > 1) {  // every rank stops at the same step: a signal seen anywhere, the root's clock
+    if (world_.size() > 1) {  // every rank stops at the same step: a signal seen anywhere, the root's clock
       double flags[2] = {interrupted ? 1.0 : 0.0, root && out_of_time ? 1.0 : 0.0};
-      comm_.all_reduce_sum(flags, 2);
+      world_.all_reduce_sum(flags, 2);
       interrupted = flags[0] > 0, out_of_time = flags[1] > 0;
     }
     if (done % o_.ckpt_interval == 0 || done == o_.steps || out_of_time || interrupted) save();

@@ -60,6 +60,10 @@ struct TrainOptions {
   // block during the backward), 3 (weights too: a block's gathered around its use).
   int zero = 0;
   bool overlap_comm = false;  // stage 0: each block's all-reduce started during the backward
+  // Tensor parallelism (train/tensor_parallel.h): groups of tp consecutive ranks each hold one
+  // slice of the blocks; the world's ranks / tp groups are the data-parallel ranks.
+  int tp = 1;
+  int tp_override = 0;  // --resume with --tp: slice the (whole) checkpoints anew
   // Recovery fine-tuning of a pruned model: the blocks' weights that are zero at the start
   // stay zero (train/prune.h sparsity_mask).
   bool keep_sparsity = false;
@@ -144,7 +148,12 @@ class Trainer {
   struct State;  // files and history (trainer.cpp)
   TrainOptions o_;
   std::FILE* log_;
-  Communicator& comm_;
+  Communicator& world_;  // every rank of the job
+  Communicator* dp_;     // the data-parallel group: world_, or with --tp the ranks holding the same slice
+  std::unique_ptr<Communicator> dp_group_, tp_group_;  // --tp's split of world_ (tp_group_: one slice each)
+  std::unique_ptr<Layout> tp_full_;                   // --tp: the whole model's layout (L_ is this rank's slice)
+  void make_groups();    // --tp: tensor-parallel groups of consecutive ranks, data-parallel groups across them
+  Communicator::Traffic take_traffic();  // this rank's bytes and time in both groups since the last take
   std::unique_ptr<State> st_;
   Dataset data_;
   std::unique_ptr<Layout> L_;
@@ -170,7 +179,7 @@ class Trainer {
   ParamVec gs_;
   std::unique_ptr<class GradBuckets> buckets_;  // stage 2 (full training): the backward's buckets
   std::unique_ptr<class GradBuckets> overlap_;  // stage 0 (full training): buckets all-reduced during the backward
-  bool sharded() const { return o_.zero >= 1 && comm_.size() > 1; }
+  bool sharded() const { return o_.zero >= 1 && dp_->size() > 1; }
   bool zero3() const { return buckets_ && o_.zero >= 3; }  // weights sharded too
   struct WholeRest;  // ZeRO-3: the weights outside the blocks gathered for a scope
   std::vector<uint8_t> mask_;

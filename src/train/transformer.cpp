@@ -1,5 +1,7 @@
 #include "train/transformer.h"
 
+#include "train/communicator.h"
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -280,6 +282,11 @@ blk::AttnShape Transformer<T>::attn_shape(int64_t l) const {
 //   out = norm2(x_mid + ffn(x_mid)), with the sums saved in xn1 and xn2 (the
 //   norms' inputs) and the sublayers reading x and x_mid directly.
 template <class T>
+void Transformer<T>::tp_sum(T* x, int64_t n) {
+  if (tp_) tp_->all_reduce_sum(x, size_t(n));
+}
+
+template <class T>
 void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
   const auto& o = L_.layers[size_t(l)];
   const int64_t N = N_, C = c_.dim, H = c_.hidden_dim;
@@ -314,6 +321,7 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     blk::attention_fwd(a.att, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());  // (N, qd)
     prefix_fwd(l, a);
     lin_fwd_a(l, LoraSite::O, attn_out, a.att, P(o.wo), (const T*)nullptr, N, qd, C);
+    tp_sum(attn_out, N * C);  // tensor parallelism: the heads' partial sums
   } else {
     lin_fwd_a(l, LoraSite::Qkv, a.q, attn_in, P(o.wqkv), P(o.bqkv), N, C, 3 * C);  // (N, 3C)
     blk::attention_fwd(a.att, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data());
@@ -337,6 +345,7 @@ void Transformer<T>::layer_fwd(const T* p, int64_t l, LayerActs& a, T* x_out) {
     else
       blk::swiglu_fwd(a.h, a.g, a.u, N * H, isa_);
     lin_fwd_a(l, LoraSite::Down, ffn_out, a.h, P(o.w_down), (const T*)nullptr, N, H, C);
+    tp_sum(ffn_out, N * C);  // the hidden units' partial sums
   } else {
     lin_fwd_a(l, LoraSite::Up, a.g, ffn_in, P(o.w_up), P(o.b_up), N, C, H);  // (N, H) pre-activation
     if (c_.activation() == FfnAct::ReLU)
@@ -387,6 +396,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
       blk::swiglu_bwd(dg_, du_, dh_, a.g, a.u, N * H, isa_);
     lin_bwd_a(l, LoraSite::Gate, dxn_, G(o.w_gate), (T*)nullptr, dg_, ffn_in, P(o.w_gate), N, C, H, false, wa);
     lin_bwd_a(l, LoraSite::Up, dxn_, G(o.w_up), (T*)nullptr, du_, ffn_in, P(o.w_up), N, C, H, true, wa);
+    tp_sum(dxn_, N * C);  // d ffn_in: every rank's hidden units contribute
   } else {
     lin_bwd_a(l, LoraSite::Down, dh_, G(o.w_down), G(o.b_down), bottleneck_bwd(l, 1, dropped(dx, l, 1)), a.h, P(o.w_down), N, H, C, false, wa);
     if (c_.activation() == FfnAct::ReLU)
@@ -420,6 +430,7 @@ void Transformer<T>::layer_bwd(const T* p, T* g, int64_t l, LayerActs& a, T* dx)
     lin_bwd_a(l, LoraSite::Q, dxn_, G(o.wq), G(o.bq), dq_, attn_in, P(o.wq), N, C, qd, false, wa);
     lin_bwd_a(l, LoraSite::K, dxn_, G(o.wk), G(o.bk), dk_, attn_in, P(o.wk), N, C, kvd, true, wa);
     lin_bwd_a(l, LoraSite::V, dxn_, G(o.wv), G(o.bv), dv_, attn_in, P(o.wv), N, C, kvd, true, wa);
+    tp_sum(dxn_, N * C);  // d attn_in: every rank's heads contribute
   } else {
     lin_bwd_a(l, LoraSite::O, datt_, G(o.wo), G(o.bo), bottleneck_bwd(l, 0, dropped(dx, l, 0)), a.att, P(o.wo), N, C, C, false, wa);
     blk::attention_bwd(dq_, dk_, dv_, datt_, a.lse, a.q, a.k, a.v, attn_shape(l), attn_scratch_.data(),

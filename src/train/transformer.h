@@ -99,6 +99,10 @@ class Transformer {
   // outside the blocks (embeddings, final norm, output, MTP modules) must be whole in p
   // for the whole pass.
   void set_weights_hook(std::function<void(int64_t, bool)> f) { weights_hook_ = std::move(f); }
+  // Tensor parallelism (train/tensor_parallel.h): this model is one rank's slice of the
+  // blocks; the attention output and down products' partial sums are all-reduced over c in
+  // the forward, the sublayers' input gradients in the backward. Null: off.
+  void set_tensor_parallel(class Communicator* c) { tp_ = c; }
 
   // Layer l's keys (after RoPE) and values of the last forward, rows of *stride elements
   // ((N, kv_dim) each; GPT-2: inside the fused qkv rows). Not in recompute mode.
@@ -237,6 +241,8 @@ class Transformer {
   uint64_t drop_key_ = 0;         // this batch's dropout key (0: none)
   std::function<void(int64_t)> grad_ready_;  // set_grad_ready
   std::function<void(int64_t, bool)> weights_hook_;  // set_weights_hook
+  class Communicator* tp_ = nullptr;                 // set_tensor_parallel
+  void tp_sum(T* x, int64_t n);                      // x <- its sum over the tensor-parallel ranks
   bool fresh_ = false;            // in an overwrite backward: the weight products write their gradients
   std::vector<std::pair<size_t, size_t>> zero_ranges_;  // [begin, end) of g not written by those products
   Isa isa_ = detect_isa();        // for the vectorised loss rows

@@ -1,0 +1,77 @@
+#include "train/tensor_parallel.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace tessera::train {
+
+ModelConfig tp_local_config(const ModelConfig& full, int tp) {
+  if (tp < 1) fail("--tp must be at least 1, got ", tp);
+  if (full.arch != Arch::Llama)
+    fail("--tp: tensor parallelism covers the llama family (GPT-2's fused qkv projection is not split)");
+  if (full.is_moe() || full.mla() || full.post_norms || full.mtp_depth > 0)
+    fail("--tp: tensor parallelism covers dense blocks (no experts, latent attention, sandwich norms or "
+         "multi-token prediction modules)");
+  const auto split = [&](const char* what, int64_t n) {
+    if (n % tp != 0) fail("--tp ", tp, ": the model's ", what, " (", n, ") do not split evenly over ", tp, " ranks");
+    return n / tp;
+  };
+  ModelConfig c = full;
+  c.n_heads = split("attention heads", full.n_heads);
+  c.n_kv_heads = split("KV heads", full.n_kv_heads);
+  c.hidden_dim = split("feed-forward hidden units", full.hidden_dim);
+  return c;
+}
+
+namespace {
+// Calls f(full tensor, local tensor, rows, cols split) for every tensor.
+template <class F>
+void each_pair(const Layout& full, const Layout& local, F f) {
+  if (full.tensors.size() != local.tensors.size()) fail("internal: tensor-parallel layouts differ");
+  for (size_t i = 0; i < full.tensors.size(); ++i) {
+    const ParamInfo &a = full.tensors[i], &b = local.tensors[i];
+    if (a.name != b.name || a.shape.size() != b.shape.size()) fail("internal: tensor-parallel layouts differ at ", a.name);
+    f(a, b);
+  }
+}
+}  // namespace
+
+// A local tensor (shape[0] = m rows of w elements) is rows [r m, (r + 1) m) of the full one
+// when its first dimension shrank; columns [r w, (r + 1) w) of each row when its second did.
+void tp_slice(const Layout& full, const Layout& local, int r, int tp, const float* src, float* dst) {
+  (void)tp;
+  each_pair(full, local, [&](const ParamInfo& a, const ParamInfo& b) {
+    const float* s = src + a.offset;
+    float* d = dst + b.offset;
+    if (a.numel == b.numel) return (void)std::memcpy(d, s, a.numel * sizeof(float));
+    const size_t rows = size_t(b.shape[0]), w = b.numel / rows;
+    if (a.shape[0] != b.shape[0]) return (void)std::memcpy(d, s + size_t(r) * b.numel, b.numel * sizeof(float));
+    const size_t fw = a.numel / rows;  // the full row
+    for (size_t i = 0; i < rows; ++i) std::memcpy(d + i * w, s + i * fw + size_t(r) * w, w * sizeof(float));
+  });
+}
+
+void tp_gather(const Layout& full, const Layout& local, int r, int tp, const float* src, float* dst) {
+  (void)tp;
+  each_pair(full, local, [&](const ParamInfo& a, const ParamInfo& b) {
+    const float* s = src + b.offset;
+    float* d = dst + a.offset;
+    if (a.numel == b.numel) return (void)std::memcpy(d, s, a.numel * sizeof(float));
+    const size_t rows = size_t(b.shape[0]), w = b.numel / rows;
+    if (a.shape[0] != b.shape[0]) return (void)std::memcpy(d + size_t(r) * b.numel, s, b.numel * sizeof(float));
+    const size_t fw = a.numel / rows;
+    for (size_t i = 0; i < rows; ++i) std::memcpy(d + i * fw + size_t(r) * w, s + i * w, w * sizeof(float));
+  });
+}
+
+std::vector<std::pair<size_t, size_t>> tp_split_ranges(const Layout& full, const Layout& local) {
+  std::vector<std::pair<size_t, size_t>> r;
+  each_pair(full, local, [&](const ParamInfo& a, const ParamInfo& b) {
+    if (a.numel != b.numel) r.emplace_back(b.offset, b.offset + b.numel);
+  });
+  return r;
+}
+
+}  // namespace tessera::train
