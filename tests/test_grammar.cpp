@@ -169,7 +169,9 @@ TEST(Grammar, MaskCacheByState) {
     EXPECT_EQ(got, fresh);
     s2.allowed_tokens(trie, fresh);  // a fresh walk: the same tokens (end tokens aside)
     for (int32_t id = 0; id < 512; ++id)
-      if (!tok.is_eog(id) && id != tok.bos_id()) EXPECT_EQ(got[size_t(id)], fresh[size_t(id)]) << prefix << " " << id;
+      if (!tok.is_eog(id) && id != tok.bos_id()) {
+        EXPECT_EQ(got[size_t(id)], fresh[size_t(id)]) << prefix << " " << id;
+      }
   }
   EXPECT_GE(trie.mask_hits(), hits + 3);
   GrammarState in1(a), in2(a);  // inside a string every character leads back to the same state

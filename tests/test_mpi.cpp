@@ -292,3 +292,34 @@ TEST_F(Mpi, TensorParallelFollowsOneProcessAndResumesOnOne) {
   EXPECT_NE(mpirun(args(dir_ + "/bad3", 5) + " --tp 2 --kv-heads 1", &err), 0);
   EXPECT_NE(err.find("KV heads (1) do not split"), std::string::npos) << err;
 }
+
+// Inference over MPI: `mpirun -np 2 tessera generate --tp 2` (each rank half of every
+// block's heads and hidden units, the partial sums added in rank order) prints what one
+// process prints, greedy and sampled, f32 and Q8_0; a matrix whose columns do not split
+// into whole blocks is refused naming it.
+TEST_F(Mpi, GenerateWithTensorParallelismPrintsWhatOneProcessPrints) {
+  const std::string m260 = test::shared_path("models/stories260K.bin"), tok = test::shared_path("models/tok512.bin");
+  const std::string q8 = test::shared_path("reference/quant/tinystories-q8_0.gguf");
+  const std::string q4k = test::shared_path("reference/quant/tinystories-q4_k_m.gguf");
+  if (!fs::exists(m260) || !fs::exists(q8)) GTEST_SKIP() << "needs ../shared models";
+  const auto gen = [&](const std::string& model_args, const std::string& extra, bool tp, std::string* err) {
+    const std::string out = dir_ + "/gen.txt";
+    const std::string cmd = (tp ? "mpirun --allow-run-as-root --oversubscribe -np 2 " : "") + std::string(TESSERA_CLI) +
+                            " generate " + model_args + " -p 'Once upon a time' -t 1 " + extra +
+                            (tp ? " --tp 2" : "") + " >" + q(out) + " 2>" + q(dir_ + "/gen.err");
+    const int rc = std::system(cmd.c_str());
+    if (err) *err = test::slurp(dir_ + "/gen.err");
+    return rc == 0 ? test::slurp(out) : "<failed: " + test::slurp(dir_ + "/gen.err") + ">";
+  };
+  const std::string f32 = "-m " + q(m260) + " --tokenizer " + q(tok);
+  for (const std::string& extra : {std::string("-n 80 --temp 0"), std::string("-n 120 --temp 0.8 --seed 9")}) {
+    const std::string one = gen(f32, extra, false, nullptr);
+    ASSERT_GT(one.size(), 100u) << one;
+    EXPECT_EQ(gen(f32, extra, true, nullptr), one) << extra;
+  }
+  EXPECT_EQ(gen("-m " + q(q8), "-n 60 --temp 0", true, nullptr), gen("-m " + q(q8), "-n 60 --temp 0", false, nullptr));
+  std::string err;
+  gen("-m " + q(q4k), "-n 4", true, &err);
+  EXPECT_NE(err.find("attn_output.weight has 256 columns"), std::string::npos) << err;
+  EXPECT_NE(err.find("error: rank"), std::string::npos) << err;
+}

@@ -70,6 +70,9 @@ struct Modes {
   bool json = false;
 };
 
+int run_generate(Loaded& L, const ModelArgs& ma, Modes& md, GenerateParams& gp, const std::string& prompt, bool echo,
+                 bool no_bos, bool no_special, std::optional<Grammar>& grammar, const std::regex& answer_re);
+
 }  // namespace
 
 int cmd_generate(int argc, char** argv) {
@@ -124,6 +127,10 @@ int cmd_generate(int argc, char** argv) {
                  "constrain the output to JSON this schema accepts (a file, or the schema itself when it starts "
                  "with '{'); supported: type, properties, required, additionalProperties, items, minItems, maxItems, "
                  "minLength, maxLength, format (date, time, date-time, uuid), enum, const, anyOf, oneOf, $ref");
+  app.add_option("--tp", ma.tp,
+                 "under mpirun -np T: tensor parallelism, each rank holding 1/T of every block's attention heads and "
+                 "feed-forward units (llama family, dense blocks); rank 0 prints")
+      ->check(CLI::Range(1, 64));
   app.add_option("--logprobs", gp.logprobs,
                  "print one JSON object with each generated token's log-probability and this many most probable alternatives")
       ->check(CLI::Range(0, 100));
@@ -165,7 +172,28 @@ int cmd_generate(int argc, char** argv) {
   sp.validate();
   sp.seed = seed >= 0 ? uint64_t(seed) : std::random_device{}();
 
+  if (ma.tp > 1 && !md.draft_path.empty()) fail("--tp with --draft is not supported (run the draft without --tp)");
   Loaded L = load(ma);
+  try {
+    return run_generate(L, ma, md, gp, prompt, echo, no_bos, no_special, grammar, answer_re);
+  } catch (const Error& e) {
+    if (L.comm) rank_failed(*L.comm, e);  // one rank's error ends the job, named
+    throw;
+  }
+}
+
+namespace {
+int run_generate(Loaded& L, const ModelArgs& ma, Modes& md, GenerateParams& gp, const std::string& prompt, bool echo,
+                 bool no_bos, bool no_special, std::optional<Grammar>& grammar, const std::regex& answer_re) {
+  auto& sp = gp.sampling;
+  const bool speculative = !md.draft_path.empty() || md.spec.ngram > 0 || md.spec.mtp;
+  if (L.comm) {  // every rank samples the same tokens: rank 0's seed; only rank 0 prints
+    double s[2] = {0, 0};
+    if (L.comm->is_root()) s[0] = double(sp.seed >> 32), s[1] = double(sp.seed & 0xffffffffu);
+    L.comm->all_reduce_sum(s, 2);
+    sp.seed = uint64_t(s[0]) << 32 | uint64_t(s[1]);
+    if (!L.comm->is_root() && !std::freopen("/dev/null", "w", stdout)) fail("--tp: cannot silence rank ", L.comm->rank());
+  }
   const Tokenizer& tok = require_tokenizer(*L.lm);
   EncodeOptions eo;
   eo.add_special = !no_bos;
@@ -287,5 +315,7 @@ int cmd_generate(int argc, char** argv) {
   report_verbose(ma, L);
   return 0;
 }
+
+}  // namespace
 
 }  // namespace tessera::cli

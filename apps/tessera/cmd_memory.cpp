@@ -104,7 +104,7 @@ int cmd_memory(int argc, char** argv) {
     params = double(shape.params);
     full_cfg = shape.cfg;
     if (tp > 1) {  // one rank's slice: the block of a model with heads, KV heads and hidden units / tp
-      shape.cfg = train::tp_local_config(shape.cfg, tp);
+      shape.cfg = tp_local_config(shape.cfg, tp);
       params = double(train::Layout(shape.cfg).n_params);
     }
   } else if (tp > 1) {

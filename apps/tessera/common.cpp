@@ -73,6 +73,39 @@ void report_verbose(const ModelArgs& a, const Loaded& L) {
                s.products ? double(s.outlier_cols) / double(s.products) : 0.0, (long long)s.max_cols);
 }
 
+void rank_failed(const train::Communicator& c, const std::exception& e) {
+  std::fprintf(stderr, "error: rank %d of %d: %s\n", c.rank(), c.size(), e.what());
+  std::fflush(stderr);
+  train::mpi_abort(1);
+  std::abort();
+}
+
+namespace {
+// Tensor parallelism's sum over the ranks: every rank's part gathered, then added in rank
+// order, so every rank gets the same bits (the ranks sample the same tokens).
+class RankSum final : public TensorParallelSum {
+ public:
+  explicit RankSum(train::Communicator& c) : c_(c), off_(size_t(c.size()) + 1) {}
+  void sum(float* x, int64_t n) override {
+    const size_t T = size_t(c_.size()), r = size_t(c_.rank()), m = size_t(n);
+    if (buf_.size() < T * m) buf_.resize(T * m);
+    for (size_t k = 0; k <= T; ++k) off_[k] = k * m;
+    std::copy(x, x + m, buf_.begin() + long(r * m));
+    c_.all_gather(buf_.data(), off_);
+    for (size_t i = 0; i < m; ++i) {
+      float s = buf_[i];
+      for (size_t k = 1; k < T; ++k) s += buf_[k * m + i];
+      x[i] = s;
+    }
+  }
+
+ private:
+  train::Communicator& c_;
+  std::vector<size_t> off_;
+  std::vector<float> buf_;
+};
+}  // namespace
+
 Loaded load(const ModelArgs& a) {
   Loaded L;
   L.lm = std::make_unique<LoadedModel>(load_model(a.model, a.tokenizer));
@@ -119,6 +152,20 @@ Loaded load(const ModelArgs& a) {
   if (a.f16_as_bf16) {
     const int n = f16_to_bf16(L.lm->weights, threads);
     std::fprintf(stderr, "tessera: %d f16 matrices rounded to bf16 (--f16-as-bf16)\n", n);
+  }
+  if (a.tp > 1) {  // this rank's slice of the blocks; the row-parallel products summed over the job's ranks
+    if (!train::launched_by_mpi()) fail("--tp ", a.tp, ": run under mpirun with -np ", a.tp, " (one rank per slice)");
+    L.comm = train::make_mpi_communicator();
+    if (L.comm->size() != a.tp)
+      fail("--tp ", a.tp, ": the job has ", L.comm->size(), " ranks; inference runs one slice per rank (mpirun -np ",
+           a.tp, ")");
+    try {
+      L.lm->weights = tp_slice_weights(L.lm->weights, L.comm->rank(), a.tp, L.tp_owned);
+    } catch (const Error& e) {
+      rank_failed(*L.comm, e);
+    }
+    L.tp = std::make_unique<RankSum>(*L.comm);
+    ro.tp = L.tp.get();
   }
   const int repacked = a.no_repack ? 0 : repack_weights(L.lm->weights, L.ctx->isa, threads);
   L.model = std::make_unique<Model>(L.lm->weights, ro);

@@ -14,6 +14,8 @@
 #include "infer/sampler.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
+#include "model/tensor_parallel.h"
+#include "train/communicator.h"
 
 namespace tessera::cli {
 
@@ -35,6 +37,7 @@ struct ModelArgs {
   std::vector<std::string> lora;  // --lora FILE[:SCALE]: adapters merged into the weights at load
   std::string prefix_adapter;     // --prefix-adapter DIR: a prefix-tuning adapter (PEFT) in the KV cache
   std::string bottleneck_adapter;  // --bottleneck-adapter FILE: bottleneck adapters run in every block
+  int tp = 1;  // --tp under mpirun: this rank's slice of the blocks (model/tensor_parallel.h)
 };
 
 void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx = true);
@@ -62,12 +65,19 @@ void report_verbose(const ModelArgs& a, const Loaded& L);
 
 // The weights live behind a pointer: Model refers to them, and a Loaded may be moved.
 struct Loaded {
+  // --tp (declared first: destroyed after the model that uses them): the job's ranks, the sums
+  // over them, and this rank's column slices of the weights.
+  std::unique_ptr<train::Communicator> comm;
+  std::unique_ptr<TensorParallelSum> tp;
+  std::vector<aligned_vector<uint8_t>> tp_owned;
   std::unique_ptr<LoadedModel> lm;
   std::unique_ptr<Model> model;
   std::unique_ptr<KernelContext> ctx;
 };
 // Loads the model and plans its buffers; logs a one-line summary to stderr.
 Loaded load(const ModelArgs& a);
+// A rank of an MPI job failed: "error: rank r of N: what" on stderr, then the whole job ends.
+[[noreturn]] void rank_failed(const train::Communicator& c, const std::exception& e);
 
 // The chat template for --chat-template ARG: "" the model's own (chatml when it
 // has none), a built-in name (chatml), or a Jinja file. bos_token / eos_token

@@ -22,8 +22,10 @@
 
 #include <algorithm>
 
+#include "core/error.h"
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "model/tensor_parallel.h"
 
 namespace tessera {
 
@@ -66,6 +68,10 @@ struct Model::RegionExec {
     const int64_t C = m.w_.cfg.dim;
     layernorm(g, b);
     m.per_token(ctx, n, [&](int64_t t) { std::copy(xn() + t * C, xn() + (t + 1) * C, x() + t * C); });
+  }
+  // Tensor parallelism: y (n, C), a row-parallel product's partial sums, summed over the ranks.
+  void tp_sum(float* y) {
+    if (m.tp_) m.tp_->sum(y, n * m.w_.cfg.dim);
   }
   void matmul(const float* X, std::initializer_list<MatmulOut> outs) {
     if (outs.size() == 1) return linear(ctx, Linear{outs.begin()->W, outs.begin()->b}, X, n, outs.begin()->Y);
@@ -113,6 +119,9 @@ struct Model::TeamExec {
   float* xbp;  // (n, C) this thread's normalised input (and residual scratch)
   float* hs;   // (n, H) this thread's FFN activation
 
+  void tp_sum(float*) {
+    if (m.tp_) fail("internal: tensor parallelism runs on the regions' path");
+  }
   int64_t n_rows() const { return n; }
   Isa isa() const { return tt.isa; }
   float* x() const { return xp; }

@@ -28,6 +28,7 @@ void Model::llama_layer(Ex& ex, int64_t l) {
     ex.matmul(in, {{&L.wq, a_.q, &L.bq}, {&L.wk, a_.k, &L.bk}, {&L.wv, a_.v, &L.bv}});  // (q_dim), (kv_dim), (kv_dim)
     ex.attention(l, a_.q, a_.k, a_.v, c.q_dim(), c.kv_dim());       // -> a_.att (q_dim)
     ex.matmul(a_.att, {{&L.wo, a_.xb, &L.bo}});                     // (C)
+    ex.tp_sum(a_.xb);  // tensor parallelism: every rank's heads
     bottleneck(ex, l, 0);
     if (c.post_norms) post_norm(ex, L.post_attn_norm);
     ex.residual(a_.xb);
@@ -42,6 +43,7 @@ void Model::llama_layer(Ex& ex, int64_t l) {
     ex.matmul(in, {{&L.w_gate, a_.hb}, {&L.w_up, a_.hb2}});  // (H) each
     const float* h = ex.gated(a_.hb, a_.hb2);
     ex.matmul(h, {{&L.w_down, a_.xb, &L.b_down}});  // (C)
+    ex.tp_sum(a_.xb);  // every rank's hidden units
     bottleneck(ex, l, 1);
     if (c.post_norms) post_norm(ex, L.post_ffn_norm);
     ex.residual(a_.xb);

@@ -22,9 +22,15 @@ constexpr int64_t kPrefillGemmRows = 8;  // new tokens from which attention runs
 }  // namespace
 
 Model::Model(const Weights& w, const RunOptions& opt)
-    : w_(w), kv_type_(opt.kv_type), kv_block_size_(opt.kv_block_size), persistent_team_(opt.persistent_team) {
+    : w_(w),
+      kv_type_(opt.kv_type),
+      kv_block_size_(opt.kv_block_size),
+      persistent_team_(opt.persistent_team && !opt.tp),
+      tp_(opt.tp) {
   const auto& c = w.cfg;
   mtp_ = opt.mtp_draft;
+  if (tp_ && (mtp_ || opt.prefix || opt.bottleneck))
+    fail("--tp: tensor parallelism does not run prefix or bottleneck adapters or MTP drafting");
   if (mtp_ && c.mtp_depth < 1)
     fail("drafting with multi-token prediction needs a model with MTP modules (train one with 'tessera train --mtp "
          "N'); this one has none");

@@ -69,6 +69,11 @@ struct RunOptions {
   // attends to the prefix and is rotated as Hugging Face PEFT runs it. n_ctx counts the tokens.
   std::shared_ptr<const KvPrefix> prefix;
   std::shared_ptr<const BottleneckAdapter> bottleneck;  // applied in every forward
+  // Tensor parallelism (model/tensor_parallel.h): the weights are this rank's slice
+  // (tp_slice_weights) and each block's attention output and down products are summed over
+  // the ranks through tp after they are computed. Decode steps then run on the regions'
+  // path. Null: off.
+  class TensorParallelSum* tp = nullptr;
 };
 
 class Model {
@@ -279,6 +284,7 @@ class Model {
   // input (C) and the SwiGLU product (H), floats, team_act_stride_ apart; and the
   // matrix-vector scratch, team_scratch_stride_ bytes apart.
   bool persistent_team_;
+  class TensorParallelSum* tp_ = nullptr;  // RunOptions::tp
   Team team_;
   aligned_vector<float> team_act_;
   aligned_vector<uint8_t> team_scratch_;

@@ -7,24 +7,6 @@
 
 namespace tessera::train {
 
-ModelConfig tp_local_config(const ModelConfig& full, int tp) {
-  if (tp < 1) fail("--tp must be at least 1, got ", tp);
-  if (full.arch != Arch::Llama)
-    fail("--tp: tensor parallelism covers the llama family (GPT-2's fused qkv projection is not split)");
-  if (full.is_moe() || full.mla() || full.post_norms || full.mtp_depth > 0)
-    fail("--tp: tensor parallelism covers dense blocks (no experts, latent attention, sandwich norms or "
-         "multi-token prediction modules)");
-  const auto split = [&](const char* what, int64_t n) {
-    if (n % tp != 0) fail("--tp ", tp, ": the model's ", what, " (", n, ") do not split evenly over ", tp, " ranks");
-    return n / tp;
-  };
-  ModelConfig c = full;
-  c.n_heads = split("attention heads", full.n_heads);
-  c.n_kv_heads = split("KV heads", full.n_kv_heads);
-  c.hidden_dim = split("feed-forward hidden units", full.hidden_dim);
-  return c;
-}
-
 namespace {
 // Calls f(full tensor, local tensor, rows, cols split) for every tensor.
 template <class F>

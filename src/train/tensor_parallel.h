@@ -11,15 +11,12 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/tensor_parallel.h"
 #include "train/params.h"
 
 namespace tessera::train {
 
-// The block shape one of tp ranks computes: heads, KV heads and hidden units / tp.
-// Error naming what does not split (heads, KV heads or hidden not divisible by tp) or
-// what tensor parallelism does not cover (GPT-2's fused qkv, experts, latent attention,
-// sandwich norms).
-ModelConfig tp_local_config(const ModelConfig& full, int tp);
+// tp_local_config: model/tensor_parallel.h.
 
 // Rank r's slice (Layout local) of a full model's flat buffer (Layout full), and back:
 // tp_gather writes the slice src of rank r into its place in the full buffer dst (the
