@@ -89,14 +89,14 @@ class Mpi : public ::testing::Test {
 
 TEST_F(Mpi, TwoRanksFollowOneProcessAndZeroStagesAgreeBitForBit) {
   const std::string one = dir_ + "/one";
-  auto r = run_cli(args(one, 30) + " --grad-accum 2");
+  auto r = run_cli(args(one, 50) + " --grad-accum 2");
   ASSERT_EQ(r.code, 0) << r.err;
   std::string err;
   for (int stage : {0, 1, 2, 3}) {
     const std::string run = dir_ + "/z" + std::to_string(stage);
-    ASSERT_EQ(mpirun(args(run, 30) + " --zero " + std::to_string(stage), &err), 0) << err;
+    ASSERT_EQ(mpirun(args(run, 50) + " --zero " + std::to_string(stage), &err), 0) << err;
     if (stage == 0) {  // the all-reduce started block by block during the backward: the same sums
-      ASSERT_EQ(mpirun(args(dir_ + "/z0o", 30) + " --zero 0 --overlap-comm", &err), 0) << err;
+      ASSERT_EQ(mpirun(args(dir_ + "/z0o", 50) + " --zero 0 --overlap-comm", &err), 0) << err;
       const auto a = train::load_checkpoint(train::latest_checkpoint(run));
       const auto b = train::load_checkpoint(train::latest_checkpoint(dir_ + "/z0o"));
       EXPECT_TRUE(a.params == b.params && a.m == b.m && a.v == b.v) << "--overlap-comm";
@@ -226,6 +226,20 @@ TEST_F(Mpi, ShardedCheckpointsKeepExportAndRefuseABadShard) {
   EXPECT_EQ(shard_files, 4u) << "the shards of the deleted checkpoints go with them";
   const std::string last = train::latest_checkpoint(run);
   for (int r = 0; r < 2; ++r) EXPECT_TRUE(fs::exists(train::shard_path(last, r, 2)));
+  // Stopped after its first step and resumed: on 2 ranks (each reads only its part of the
+  // weights and moments) and on one process (all of it), onto the uninterrupted losses.
+  for (const bool two : {true, false}) {
+    const std::string cut = dir_ + (two ? "/sharded_cut2" : "/sharded_cut1");
+    ASSERT_EQ(mpirun(args(cut, 20) + " --zero 3 --keep 2 --max-time 1e-9", &err), 0) << err;
+    ASSERT_LT(train::load_checkpoint(train::latest_checkpoint(cut)).step, 20);
+    if (two) {
+      ASSERT_EQ(mpirun("train --resume " + q(cut), &err), 0) << err;
+    } else {
+      const auto one = run_cli("train --resume " + q(cut));
+      ASSERT_EQ(one.code, 0) << one.err;
+    }
+    expect_same_losses(run, cut, 1e-6);
+  }
   EXPECT_LT(fs::file_size(last), 16384u) << "the manifest holds no tensors";
   auto r = run_cli("export " + q(run) + " -o " + q(dir_ + "/sharded.gguf"));
   ASSERT_EQ(r.code, 0) << r.err;
@@ -252,10 +266,10 @@ TEST_F(Mpi, ShardedCheckpointsKeepExportAndRefuseABadShard) {
 // (--tp 1); what does not split is refused with the reason.
 TEST_F(Mpi, TensorParallelFollowsOneProcessAndResumesOnOne) {
   const std::string one = dir_ + "/tp_one", tp = dir_ + "/tp2", part = dir_ + "/tp_part";
-  auto r = run_cli(args(one, 30));
+  auto r = run_cli(args(one, 50));
   ASSERT_EQ(r.code, 0) << r.err;
   std::string err;
-  ASSERT_EQ(mpirun(args(tp, 30) + " --tp 2", &err), 0) << err;
+  ASSERT_EQ(mpirun(args(tp, 50) + " --tp 2", &err), 0) << err;
   expect_same_losses(one, tp, 1e-6);
   // Per step: an all-reduce of the (B T, C) activations after each sublayer's row-parallel
   // product, and of its input gradient in the backward: 4 per layer (2 layers, B T C = 4 x 32 x 32).
@@ -271,8 +285,8 @@ TEST_F(Mpi, TensorParallelFollowsOneProcessAndResumesOnOne) {
   for (const char* k : {"weights", "grads", "optimizer"})
     EXPECT_NEAR(double(measured[k]), double(model[std::string(k) + "_bytes"]), 0.05 * double(model[std::string(k) + "_bytes"])) << k;
   // Stopped early on 2 ranks, continued on one process.
-  ASSERT_EQ(mpirun(args(part, 30) + " --tp 2 --max-time 1e-9", &err), 0) << err;
-  ASSERT_LT(train::load_checkpoint(train::latest_checkpoint(part)).step, 30);
+  ASSERT_EQ(mpirun(args(part, 50) + " --tp 2 --max-time 1e-9", &err), 0) << err;
+  ASSERT_LT(train::load_checkpoint(train::latest_checkpoint(part)).step, 50);
   r = run_cli("train --resume " + q(part) + " --tp 1");
   ASSERT_EQ(r.code, 0) << r.err;
   expect_same_losses(one, part, 1e-6);

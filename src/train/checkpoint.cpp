@@ -238,13 +238,18 @@ void read_header(Checkpoint& ck, const nlohmann::json& j, const std::string& pat
   ck.reward_head = j.value("reward_head", false);
 }
 
-// A manifest's shards read into ck's whole arrays.
-void load_shards(Checkpoint& ck, const nlohmann::json& j, const std::string& path) {
-  const Stored L = stored_tensors(ck);
+// The elements [b, e) of array a (0 params, 1 m, 2 v) go to dst[b - base ...].
+struct Want {
+  size_t b = 0, e = 0, base = 0;
+  float* dst = nullptr;
+};
+
+// A manifest's shards, read into the wanted ranges of ck's arrays; a shard outside them is
+// not opened.
+void load_shards(const nlohmann::json& j, const std::string& path, int64_t step, size_t total, const Want (&want)[3]) {
   try {
-    const size_t total = j.at("total").get<size_t>();
-    if (total != L.total) fail(path, ": manifest total ", total, " does not match the model's layout (", L.total, ")");
-    for (auto* a : {&ck.params, &ck.m, &ck.v}) a->assign(L.total, 0.f);
+    if (j.at("total").get<size_t>() != total)
+      fail(path, ": manifest total ", j.at("total").get<size_t>(), " does not match the model's layout (", total, ")");
     size_t at = 0;
     for (const auto& e : j.at("shards")) {
       ShardRef r{e.at("file").get<std::string>(), e.at("begin").get<size_t>(), e.at("end").get<size_t>(),
@@ -253,6 +258,9 @@ void load_shards(Checkpoint& ck, const nlohmann::json& j, const std::string& pat
       if (r.begin != at || r.end < r.begin || r.end > total)
         fail(path, ": shard ", r.file, " covers [", r.begin, ", ", r.end, "), expected to start at ", at);
       at = r.end;
+      bool needed = false;
+      for (const Want& w : want) needed = needed || (w.dst && std::max(w.b, r.begin) < std::min(w.e, r.end));
+      if (!needed) continue;
       const std::string sp = (fs::path(path).parent_path() / r.file).string();
       if (!fs::exists(sp)) fail(sp, ": shard of checkpoint ", path, " is missing");
       MappedFile f(sp);
@@ -260,14 +268,16 @@ void load_shards(Checkpoint& ck, const nlohmann::json& j, const std::string& pat
       size_t off = 0;
       const nlohmann::json h = open_file(f, sp, kShardMagic, "checkpoint shard", &sum, &off);
       if (sum != r.checksum) fail(sp, ": is not the shard that ", path, " names (checksum differs: another save's?)");
-      if (h.at("step").get<int64_t>() != ck.step || h.at("begin").get<size_t>() != r.begin ||
+      if (h.at("step").get<int64_t>() != step || h.at("begin").get<size_t>() != r.begin ||
           h.at("end").get<size_t>() != r.end)
         fail(sp, ": header does not match its manifest ", path);
       const size_t bytes = (r.end - r.begin) * sizeof(float);
-      for (auto* a : {&ck.params, &ck.m, &ck.v}) {
+      for (const Want& w : want) {
         off = (off + 63) / 64 * 64;
         if (off + bytes > f.size() - 8) fail(sp, ": shard is shorter than its range needs");
-        std::memcpy(a->data() + r.begin, f.data() + off, bytes);
+        const size_t lo = std::max(w.b, r.begin), hi = std::min(w.e, r.end);
+        if (w.dst && lo < hi)
+          std::memcpy(w.dst + (lo - w.base), f.data() + off + (lo - r.begin) * sizeof(float), (hi - lo) * sizeof(float));
         off += bytes;
       }
       if (off != f.size() - 8) fail(sp, ": shard has ", f.size() - 8 - off, " unexpected trailing bytes");
@@ -358,26 +368,34 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   w.w.commit();
 }
 
-Checkpoint load_checkpoint(const std::string& path) {
+Checkpoint load_checkpoint(const std::string& path, const CheckpointRange& range) {
   MappedFile f(path);
   const uint8_t* d = f.data();
   const size_t n = f.size();
   Checkpoint ck;
   size_t off = 0;
-  if (n >= 24 && std::memcmp(d, kManifestMagic, 8) == 0) {  // a sharded checkpoint: its shards, consolidated
-    const nlohmann::json j = open_file(f, path, kManifestMagic, "checkpoint manifest", nullptr, &off);
-    read_header(ck, j, path);
-    load_shards(ck, j, path);
+  const bool manifest = n >= 24 && std::memcmp(d, kManifestMagic, 8) == 0;
+  const nlohmann::json j = manifest ? open_file(f, path, kManifestMagic, "checkpoint manifest", nullptr, &off)
+                                    : open_file(f, path, kMagic, "checkpoint", nullptr, &off);
+  read_header(ck, j, path);
+  if (range.header_only) return ck;
+  const Stored L = stored_tensors(ck);
+  // The params array is whole (its elements outside the range zero), the moments hold their range.
+  const size_t pb = std::min(range.params_begin, L.total), pe = std::min(range.params_end, L.total);
+  const size_t mb = std::min(range.moments_begin, L.total), me = std::min(range.moments_end, L.total);
+  if (pb > pe || mb > me) fail("internal: bad checkpoint range");
+  ck.params.assign(L.total, 0.f), ck.m.assign(me - mb, 0.f), ck.v.assign(me - mb, 0.f);
+  const Want want[3] = {{pb, pe, 0, ck.params.data()}, {mb, me, mb, ck.m.data()}, {mb, me, mb, ck.v.data()}};
+  if (manifest) {
+    load_shards(j, path, ck.step, L.total, want);
     return ck;
   }
-  read_header(ck, open_file(f, path, kMagic, "checkpoint", nullptr, &off), path);
-  const Stored L = stored_tensors(ck);
-  for (auto* a : {&ck.params, &ck.m, &ck.v}) {
+  for (const Want& w : want) {  // the tensors back to back, without the in-memory padding
     off = (off + 63) / 64 * 64;
     if (off + L.n_params * sizeof(float) > n - 8) fail(path, ": checkpoint is shorter than its model needs");
-    a->assign(L.total, 0.f);
     for (const auto& t : L.tensors) {
-      std::memcpy(a->data() + t.offset, d + off, t.numel * sizeof(float));
+      const size_t lo = std::max(w.b, t.offset), hi = std::min(w.e, t.offset + t.numel);
+      if (lo < hi) std::memcpy(w.dst + (lo - w.base), d + off + (lo - t.offset) * sizeof(float), (hi - lo) * sizeof(float));
       off += t.numel * sizeof(float);
     }
   }

@@ -9,6 +9,7 @@
 // to 64 bytes), uint64 checksum of everything before it.
 #pragma once
 #include <cstdint>
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -32,8 +33,21 @@ struct Checkpoint {
   ParamVec params, m, v;  // Layout(cfg).total (or LoraLayout total) elements each (the in-memory layout)
 };
 
+// What a reader takes of a checkpoint: by default everything. A rank resuming a ZeRO run
+// takes the parameters it needs (all of them, or at stage 3 its part) into a whole-size
+// params array (zero outside the range) and its part of the moments into m and v of that
+// range's size; header_only: the config, step and options alone. Ranges are in the
+// in-memory layout's elements.
+struct CheckpointRange {
+  size_t params_begin = 0, params_end = SIZE_MAX;
+  size_t moments_begin = 0, moments_end = SIZE_MAX;
+  bool header_only = false;
+};
+
 void save_checkpoint(const std::string& path, const Checkpoint& ck);
-Checkpoint load_checkpoint(const std::string& path);
+// A whole file, or a manifest's shards (only those the range touches are opened); the
+// checksums of what is read are verified.
+Checkpoint load_checkpoint(const std::string& path, const CheckpointRange& range = {});
 
 // Sharded checkpoints (ZeRO runs over N > 1 ranks): each rank writes the range [begin, end)
 // of the flat params, m and v it owns to its shard file (shard_path: next to the

@@ -129,7 +129,7 @@ class RunLock {
 
 struct Trainer::State {
   std::string dir;
-  Checkpoint ck;             // the resumed checkpoint (moved from once loaded)
+  Checkpoint ck;             // the resumed checkpoint's header (its arrays are read into place)
   std::string resumed_from;  // its path
   std::unique_ptr<RunLock> lock;
   nlohmann::json opts;       // run.json, also stored in every checkpoint
@@ -168,7 +168,9 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     if (steps > 0) o_.steps = o_.sched.total = steps;  // a longer run stretches the cosine to its new end
     const std::string last = latest_checkpoint(dir);
     if (last.empty()) fail(dir, ": no checkpoint to resume from");
-    st.ck = load_checkpoint(last);
+    CheckpointRange header;
+    header.header_only = true;
+    st.ck = load_checkpoint(last, header);  // the arrays are read once the rank's part is known
     st.resumed_from = last;
     if (steps > 0 && steps <= st.ck.step)
       fail("--steps ", steps, ": the run in ", dir, " is already at step ", st.ck.step,
@@ -296,11 +298,25 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
 
   }
   n_train_ = lora_ ? lora_->total : o_.reward ? L.total + reward_head_padded(cfg) : L.total;
-  p_.assign(n_train_, 0.f), g_.assign(n_train_, 0.f), m_.assign(n_train_, 0.f), v_.assign(n_train_, 0.f);
+  // ZeRO: this rank's part [sb_, se_) of the flat buffer: the moments it keeps (at stage 3 the weights too).
+  const auto shard_layout = [&] {
+    const int N = dp_->size();
+    shard_off_.assign(size_t(N) + 1, n_train_);
+    for (int r = 0; r < N; ++r) shard_off_[size_t(r)] = shard_range(n_train_, r, N).begin;
+    sb_ = sharded() ? shard_off_[size_t(dp_->rank())] : 0;
+    se_ = sharded() ? shard_off_[size_t(dp_->rank()) + 1] : n_train_;
+  };
+  shard_layout();
+  p_.assign(n_train_, 0.f), g_.assign(n_train_, 0.f), m_.assign(se_ - sb_, 0.f), v_.assign(se_ - sb_, 0.f);
   if (resume) {
     if (st.ck.lora.enabled() != bool(lora_)) fail(st.resumed_from, ": the checkpoint does not match run.json's LoRA setting");
     if (st.ck.reward_head != o_.reward) fail(st.resumed_from, ": the checkpoint does not match run.json's reward setting");
-    p_ = std::move(st.ck.params), m_ = std::move(st.ck.m), v_ = std::move(st.ck.v);
+    // Only what this rank keeps is read, whatever the rank count of the run that wrote it.
+    CheckpointRange range;
+    range.moments_begin = sb_, range.moments_end = se_;
+    if (sharded() && o_.zero >= 3) range.params_begin = sb_, range.params_end = se_;
+    Checkpoint ck = load_checkpoint(st.resumed_from, range);
+    p_ = std::move(ck.params), m_ = std::move(ck.m), v_ = std::move(ck.v);
     st.start = st.ck.step;
   } else if (lora_) {
     init_lora(*lora_, p_.data(), o_.seed);
@@ -330,17 +346,11 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     }
     g_.assign(n_train_, 0.f);
   }
-  dp_->broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
+  if (!resume) dp_->broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
+  // (a resume reads the same checkpoint everywhere; at stage 3 each rank holds only its part)
   step_ = st.start;
   // ZeRO shards: this rank keeps (and updates) only its part of the moments.
-  const int N = dp_->size();
-  shard_off_.assign(size_t(N) + 1, n_train_);
-  for (int r = 0; r < N; ++r) shard_off_[size_t(r)] = shard_range(n_train_, r, N).begin;
-  sb_ = sharded() ? shard_off_[size_t(dp_->rank())] : 0, se_ = sharded() ? shard_off_[size_t(dp_->rank()) + 1] : n_train_;
-  if (sharded()) {  // a resumed (full) checkpoint's moments: this rank's part, whatever the rank count was
-    m_ = ParamVec(m_.begin() + long(sb_), m_.begin() + long(se_));
-    v_ = ParamVec(v_.begin() + long(sb_), v_.begin() + long(se_));
-  }
+  shard_layout();  // again: tensor parallelism changed the layout
   mask_ = lora_ ? std::vector<uint8_t>(n_train_, 1) : decay_mask(L, o_.adam);
   mask_.resize(n_train_, 0);  // a reward head: not decayed
   if (o_.keep_sparsity) {
