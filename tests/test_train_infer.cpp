@@ -175,14 +175,15 @@ TEST(TrainInfer, MultiTokenPredictionModulesRideAlong) {
   }
 }
 
-// Drafting with the first MTP module (Model::mtp_draft): the engine's module logits at every
-// position give the training forward's depth-1 loss, after a chunked prefill and after a
-// rewind that replaced a token (the module's K/V of the dropped position is written again).
-TEST(TrainInfer, MtpDraftMatchesTheTrainedModule) {
+// Drafting with the MTP modules (Model::mtp_draft): the engine's logits of both modules at
+// every position give the training forward's loss of both depths, after a chunked prefill
+// and after a rewind that replaced a token (the modules' K/V and states of the dropped
+// positions are written again).
+TEST(TrainInfer, MtpDraftMatchesTheTrainedModules) {
   ModelConfig c;
   c.arch = Arch::Llama;
   c.dim = 32, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8, c.hidden_dim = 48;
-  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = false, c.mtp_depth = 1;
+  c.vocab_size = 40, c.max_seq_len = 16, c.tied_embeddings = false, c.mtp_depth = 2;
   train::Layout L(c);
   std::vector<float> p(L.total);
   train::init_params(L, p.data(), 11);
@@ -195,7 +196,7 @@ TEST(TrainInfer, MtpDraftMatchesTheTrainedModule) {
   for (int64_t i = 0; i < T; ++i) tgt[size_t(i)] = i + 1 < T ? tok[size_t(i + 1)] : -1;
   train::Transformer<float> tm(L, 1, T, train::ModelOptions{});
   const auto r = tm.forward(p.data(), tok.data(), tgt.data());
-  ASSERT_EQ(r.mtp_count, T - 2);
+  ASSERT_EQ(r.mtp_count, (T - 2) + (T - 3));
   const Weights w = train::weights_view(L, p.data());
   for (bool rewind : {false, true}) {
     RunOptions ro;
@@ -211,15 +212,20 @@ TEST(TrainInfer, MtpDraftMatchesTheTrainedModule) {
     } else {
       m.forward_all(ctx, tok.data(), T, 0, out.data());
     }
-    double nll = 0;
-    for (int64_t i = 0; i + 2 < T; ++i) {
-      const float* z = m.mtp_draft(ctx, tok[size_t(i + 1)], i + 1);
+    const auto ce = [&](const float* z, int32_t target) {
       double mx = z[0], s = 0;
       for (int64_t v = 1; v < c.vocab_size; ++v) mx = std::max(mx, double(z[v]));
       for (int64_t v = 0; v < c.vocab_size; ++v) s += std::exp(double(z[v]) - mx);
-      nll += mx + std::log(s) - z[tok[size_t(i + 2)]];
+      return mx + std::log(s) - z[target];
+    };
+    double nll = 0;
+    for (int64_t i = 0; i + 2 < T; ++i) {  // module 1 at i reads t_{i+1}; module 2 its state and t_{i+2}
+      nll += ce(m.mtp_draft(ctx, tok[size_t(i + 1)], i + 1, 1), tok[size_t(i + 2)]);
+      if (i + 3 < T) nll += ce(m.mtp_draft(ctx, tok[size_t(i + 2)], i + 1, 2), tok[size_t(i + 3)]);
     }
     EXPECT_NEAR(nll, r.mtp_sum, 1e-4 * std::abs(r.mtp_sum)) << "rewind " << rewind;
+    EXPECT_EQ(m.drafts_mtp(), 2);
+    EXPECT_THROW(m.mtp_draft(ctx, 1, 1, 3), Error);
   }
   RunOptions plain;
   Model m(w, plain);

@@ -99,8 +99,8 @@ int cmd_generate(int argc, char** argv) {
   app.add_option("--draft-max", md.spec.draft_max, "speculative decoding: tokens drafted per target forward")
       ->check(positive());
   app.add_flag("--draft-mtp", md.spec.mtp,
-               "speculative decoding with the model's own first multi-token prediction module (a model trained with "
-               "'tessera train --mtp N'): one token drafted from the last hidden state per forward");
+               "speculative decoding with the model's own multi-token prediction modules (a model trained with "
+               "'tessera train --mtp N'): module k drafts the token k ahead, min(N, --draft-max) per forward");
   app.add_option("--draft-ngram", md.spec.ngram,
                  "speculative decoding without a draft model: propose the tokens that followed the last N-gram's "
                  "latest earlier occurrence (prompt lookup; N >= 1)")
@@ -287,7 +287,7 @@ int run_generate(Loaded& L, const ModelArgs& ma, Modes& md, GenerateParams& gp, 
     std::fprintf(stderr,
                  "\ntessera: speculative (%s): %lld drafted, %lld accepted (%.1f%%), %lld target forwards, %.2f tokens "
                  "per forward",
-                 md.spec.mtp ? "MTP module"
+                 md.spec.mtp ? "MTP modules"
                  : md.draft_path.empty() ? ("n-gram " + std::to_string(md.spec.ngram)).c_str()
                                          : "draft model",
                  (long long)sst.drafted, (long long)sst.accepted, 100.0 * sst.acceptance(),

@@ -66,7 +66,7 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
          " (raise -c or shorten the prompt)");
   SpeculativeStats st;
   Sampler sampler(sampling, int32_t(V));
-  const int K = spec.mtp ? 1 : spec.draft_max;  // one MTP module: one proposal
+  const int K = spec.mtp ? std::min(spec.draft_max, target.drafts_mtp()) : spec.draft_max;  // MTP: one per module
   const size_t Vs = size_t(V);
   std::vector<float> pt(Vs), pd(size_t(K) * Vs), tl(size_t(K + 1) * Vs), dl(Vs);
   // hist: the prompt and the tokens produced; while a round scores proposals they
@@ -117,11 +117,16 @@ SpeculativeStats speculative_decode(Model& target, Model* draft, KernelContext& 
     const size_t h0 = hist.size();
     if (gc) gst.assign(1, *gs);
     if (k > 0 && spec.mtp) {
-      if (pos >= 1) {  // the module reads the hidden state of pos - 1 (a one-token prompt has none yet)
-        dist(target.mtp_draft(ctx, hist[h0 - 1], pos), 0, pd.data());
-        x.push_back(sampler.draw(pd.data()));
-        advance(0, x.back());
+      // Module i + 1 at pos - 1 reads module i's state there and the token i + 1 ahead: the last
+      // token for the first module, then each draft (a one-token prompt has no state yet).
+      for (int64_t i = 0; pos >= 1 && i < k; ++i) {
+        float* p = pd.data() + i * V;
+        dist(target.mtp_draft(ctx, i == 0 ? hist[h0 - 1] : x.back(), pos, int(i + 1)), size_t(i), p);
+        x.push_back(sampler.draw(p));
+        hist.push_back(x.back());
+        if (!advance(size_t(i), x.back())) break;  // an end token: nothing follows it
       }
+      hist.resize(h0);
     } else if (k > 0 && draft) {
       const float* l = draft->forward(ctx, hist.data() + dlen, int64_t(h0) - dlen, dlen);
       dlen = int64_t(h0);

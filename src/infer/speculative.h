@@ -14,8 +14,9 @@
 // Drafters: a smaller model with the same vocabulary (--draft), prompt
 // lookup (--draft-ngram N): the tokens that followed the latest earlier
 // occurrence of the last n <= N tokens, proposed with a one-hot p_d, or the
-// target's own multi-token prediction module (--draft-mtp): one token drawn
-// from the module's distribution, from the last position's hidden state.
+// target's own multi-token prediction modules (--draft-mtp): module k drafts the
+// token k ahead from module k - 1's state and the previous draft (DeepSeek-V3's
+// sequential MTP), so a model with D modules proposes min(D, --draft-max) tokens.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -31,8 +32,8 @@ namespace tessera {
 struct SpeculativeParams {
   int draft_max = 8;  // K: proposals per target forward (>= 1)
   int ngram = 0;      // > 0: prompt-lookup drafting with n-grams of up to this many tokens (no draft model)
-  // Self-drafting with the target's first multi-token prediction module (Model::mtp_draft;
-  // the target made with RunOptions::mtp_draft): one proposal per target forward.
+  // Self-drafting with the target's multi-token prediction modules (Model::mtp_draft; the
+  // target made with RunOptions::mtp_draft): min(draft_max, modules) proposals per forward.
   bool mtp = false;
 };
 

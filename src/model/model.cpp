@@ -165,7 +165,7 @@ void Model::set_bottleneck(std::shared_ptr<const BottleneckAdapter> ad) {
 KVCache Model::make_cache(int64_t n_blocks) const {
   KVCacheOptions o;
   o.n_blocks = n_blocks, o.block_size = kv_block_size_, o.type = kv_type_;
-  if (mtp_) o.extra_layers = 1, o.hidden = w_.cfg.dim;  // the MTP module's K/V, the states it reads
+  if (mtp_) o.extra_layers = w_.cfg.mtp_depth, o.hidden = w_.cfg.mtp_depth * w_.cfg.dim;  // modules' K/V, their states
   if (!prefix_) return KVCache(w_.cfg, o);
   // A prefix adapter: its rows in blocks of their own, plus one for a sequence's copy of a partial last one.
   o.prefix_len = prefix_len_;
@@ -197,7 +197,7 @@ void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t*
   const auto& c = w_.cfg;
   if (n <= 0) fail("forward: no tokens");
   if (cache.kv_dim() != c.cache_kv_dim() || cache.v_in_k() != c.cache_v_in_k() || cache.type() != kv_type_ ||
-      cache.k(0) == nullptr || (mtp_ && (!cache.has_hidden() || cache.n_layers() <= c.n_layers)))
+      cache.k(0) == nullptr || (mtp_ && (!cache.has_hidden() || cache.n_layers() < c.n_layers + c.mtp_depth)))
     fail("forward: the KV cache was made for another model (kv_dim ", cache.kv_dim(), ", ", dtype_name(cache.type()),
          "; this model: ", c.cache_kv_dim(), ", ", dtype_name(kv_type_), ")");
   // First position and row count of each sequence in the batch (-1: absent).

@@ -112,13 +112,16 @@ class Model {
   // the cache, on a bad token, sequence or position, or when the cache's pool
   // cannot hold the new positions.
   void forward(KernelContext& ctx, const Batch& batch, KVCache& cache, float* out);
-  // RunOptions::mtp_draft: the first multi-token prediction module's logits (V) for the token
-  // after `token` at position pos of the own cache's sequence (which holds [0, pos), pos >= 1):
-  // the module at position pos - 1 on that position's hidden state and token's embedding
-  // (DeepSeek-V3's depth 1, as train/mtp.cpp trains it). Its K/V at pos - 1 is what the
-  // forward of `token` at pos writes again. Throws Error without a module or out of range.
-  const float* mtp_draft(KernelContext& ctx, int32_t token, int64_t pos);
-  bool drafts_mtp() const { return mtp_; }
+  // RunOptions::mtp_draft: multi-token prediction module k's logits (V) at position pos - 1 of
+  // the own cache's sequence (which holds [0, pos), pos >= 1), DeepSeek-V3's sequential MTP as
+  // train/mtp.cpp trains it. Module k reads the hidden state that module k - 1 left for
+  // position pos - 1 (k = 1: the model's final state there) and the embedding of `token`: the
+  // token at position pos - 1 + k. Drafting chains them: token = the last token (at pos) for
+  // k = 1, then each draft for the next module, which predicts one more token ahead. The K/V
+  // and states a call writes at pos - 1 are what the forward of the tokens that follow writes
+  // again. Throws Error without modules, for k outside 1..drafts_mtp(), or out of range.
+  const float* mtp_draft(KernelContext& ctx, int32_t token, int64_t pos, int k = 1);
+  int drafts_mtp() const { return mtp_ ? int(w_.cfg.mtp_depth) : 0; }  // modules that draft (0: off)
 
  private:
   // Buffers for one chunk of B <= max_batch tokens (shape comments use B).
@@ -153,7 +156,12 @@ class Model {
   };
   // The first MTP module over the rows with pos >= 1 of a chunk whose final hidden states are
   // in the cache: the module at position pos - 1 on (hidden(pos - 1), token); its output in a_.x.
-  int64_t mtp_rows(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n);
+  // Module k (1-based) for the rows of a forward (the row of token t at position p is module k
+  // at p - k), or for one draft position; writes its output rows to a_.x and, below the last
+  // module, each state for module k + 1.
+  void mtp_rows(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n);
+  int64_t mtp_module(KernelContext& ctx, int k, const int32_t* tokens, const int64_t* at, const int32_t* seq,
+                     int64_t n);
   // Final norm and classifier of the chunk rows out_rows_[0, n_out) of a_.x into out (n_out, V).
   void logits_rows(KernelContext& ctx, int64_t n_out, float* out);
   bool mtp_ = false;
