@@ -760,7 +760,7 @@ TEST_F(TrainCli, MultiTokenPredictionModules) {
   r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 24 --temp 0 -t 2 --draft-mtp");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, greedy);
-  EXPECT_NE(r.err.find("speculative (MTP module)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("speculative (MTP modules)"), std::string::npos) << r.err;
   r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 24 --temp 0.8 -s 3 -t 2 --draft-mtp");
   ASSERT_EQ(r.code, 0) << r.err;
   r = run_cli("convert " + q(gguf) + " " + q(q8) + " --type q8_0");
