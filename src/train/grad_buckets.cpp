@@ -74,23 +74,28 @@ void GradBuckets::release(float* g, size_t n) {
     std::memset(reinterpret_cast<void*>(pa), 0, pz - pa);
 }
 
-size_t GradBuckets::resident_bytes(const float* g, size_t n) {
+size_t GradBuckets::resident_bytes(const float* g, size_t n, std::vector<unsigned char>& in) {
   const size_t ps = page_size();
   const uintptr_t a = reinterpret_cast<uintptr_t>(g) / ps * ps;
   const uintptr_t z = (reinterpret_cast<uintptr_t>(g + n) + ps - 1) / ps * ps;
-  std::vector<unsigned char> in((z - a) / ps);
+  in.resize((z - a) / ps);  // sized once: the same buffer every call
   if (in.empty() || mincore(reinterpret_cast<void*>(a), z - a, in.data()) != 0) return n * sizeof(float);
   size_t pages = 0;
   for (unsigned char c : in) pages += c & 1;
   return std::min(pages * ps, n * sizeof(float));
 }
 
+const std::vector<size_t>& GradBuckets::parts_of(const Range& r) {
+  part_.resize(off_.size());
+  for (size_t k = 0; k < part_.size(); ++k) part_[k] = std::clamp(off_[k], r.b, r.e);
+  return part_;
+}
+
 void GradBuckets::reduce(int64_t l, float* g, float* gs, bool first, Communicator& comm) {
-  std::vector<size_t> part(off_.size());
   for (const Range& r : ranges_) {
     if (r.layer != l) continue;
-    peak_ = std::max(peak_, resident_bytes(g, n_));
-    for (size_t k = 0; k < part.size(); ++k) part[k] = std::clamp(off_[k], r.b, r.e);
+    peak_ = std::max(peak_, resident_bytes(g, n_, pages_));
+    const std::vector<size_t>& part = parts_of(r);
     const size_t mb = part[size_t(rank_)], me = part[size_t(rank_) + 1];
     float* dst = gs + (mb - off_[size_t(rank_)]);
     if (first || me == mb) {
@@ -111,12 +116,8 @@ void GradBuckets::start_all_reduce(int64_t l, float* g, Communicator& comm) {
 }
 
 void GradBuckets::gather(int64_t l, float* p, Communicator& comm) {
-  std::vector<size_t> part(off_.size());
-  for (const Range& r : ranges_) {
-    if (r.layer != l) continue;
-    for (size_t k = 0; k < part.size(); ++k) part[k] = std::clamp(off_[k], r.b, r.e);
-    comm.all_gather(p, part);
-  }
+  for (const Range& r : ranges_)
+    if (r.layer == l) comm.all_gather(p, parts_of(r));
 }
 
 void GradBuckets::drop_range(float* p, size_t b, size_t e) {
@@ -126,7 +127,7 @@ void GradBuckets::drop_range(float* p, size_t b, size_t e) {
 }
 
 void GradBuckets::drop(int64_t l, float* p) {
-  peak_w_ = std::max(peak_w_, resident_bytes(p, n_));
+  peak_w_ = std::max(peak_w_, resident_bytes(p, n_, pages_));
   for (const Range& r : ranges_)
     if (r.layer == l) drop_range(p, r.b, r.e);
 }

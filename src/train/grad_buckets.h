@@ -48,8 +48,8 @@ class GradBuckets {
   static void small_pages(float* x, size_t n);
   // Hands every page of g (n elements) back; g reads as zeros afterwards.
   static void release(float* g, size_t n);
-  // Bytes of g (n elements) resident in memory now (mincore over its pages).
-  static size_t resident_bytes(const float* g, size_t n);
+  // Bytes of g (n elements) resident in memory now (mincore over its pages; pages: scratch).
+  static size_t resident_bytes(const float* g, size_t n, std::vector<unsigned char>& pages);
   // The most bytes of the full-size buffer resident at once, measured just before
   // each bucket was released: the gradient buckets in flight.
   size_t peak_in_flight() const { return peak_; }
@@ -73,6 +73,9 @@ class GradBuckets {
   size_t peak_ = 0, n_ = 0, peak_w_ = 0;
   void drop_range(float* p, size_t b, size_t e);  // [b, e) minus this rank's shard
   ParamVec tmp_;  // a later micro-batch's reduced part before it is added to gs (grad_accum > 1)
+  std::vector<size_t> part_;          // a bucket's split over the ranks (scratch, size() + 1)
+  std::vector<unsigned char> pages_;  // mincore's answer (scratch)
+  const std::vector<size_t>& parts_of(const Range& r);  // part_ for bucket r
 };
 
 }  // namespace tessera::train

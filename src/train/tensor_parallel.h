@@ -22,8 +22,8 @@ namespace tessera::train {
 // tp_gather writes the slice src of rank r into its place in the full buffer dst (the
 // replicated tensors too). A tensor whose first dimension is smaller locally is split
 // by rows, one whose second is smaller by columns.
-void tp_slice(const Layout& full, const Layout& local, int r, int tp, const float* src, float* dst);
-void tp_gather(const Layout& full, const Layout& local, int r, int tp, const float* src, float* dst);
+void tp_slice(const Layout& full, const Layout& local, int r, const float* src, float* dst);
+void tp_gather(const Layout& full, const Layout& local, int r, const float* src, float* dst);
 // [begin, end) in the local layout of the tensors that are split (the rest is replicated).
 std::vector<std::pair<size_t, size_t>> tp_split_ranges(const Layout& full, const Layout& local);
 

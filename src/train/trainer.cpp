@@ -341,10 +341,11 @@ Trainer::Trainer(TrainOptions o, bool resume, std::FILE* log, Communicator& comm
     const int r = tp_group_->rank();
     for (ParamVec* a : {&p_, &m_, &v_}) {
       ParamVec part(n_train_, 0.f);
-      tp_slice(*tp_full_, L, r, o_.tp, a->data(), part.data());
+      tp_slice(*tp_full_, L, r, a->data(), part.data());
       *a = std::move(part);
     }
     g_.assign(n_train_, 0.f);
+    tp_split_ = tp_split_ranges(*tp_full_, L);
   }
   if (!resume) dp_->broadcast(p_.data(), p_.size(), 0);  // every rank starts from the root's parameters
   // (a resume reads the same checkpoint everywhere; at stage 3 each rank holds only its part)
@@ -580,7 +581,8 @@ Trainer::StepStats Trainer::train_step() {
   const float scale = data_.sft ? float(1.0 / targets) : 1.f / float(tokens_per_step);
   // loss, count, router losses, KD, DPO margin and correct pairs: over micro-batches, then ranks
   // ..., MTP loss and targets; then each rank's training state (weights, gradients, moments: bytes)
-  std::vector<double> loss_count(9 + 3 * size_t(dp_->size()), 0.0);
+  std::vector<double>& loss_count = step_sums_;
+  loss_count.assign(9 + 3 * size_t(dp_->size()), 0.0);  // the same size every step: no allocation
   if (L_->cfg.is_moe()) model_->take_expert_counts(), model_->take_dropped();  // not the evaluation's passes
   std::optional<WholeRest> rest(std::in_place, *this);
   for (int64_t micro = 0; micro < o_.grad_accum; ++micro) {
@@ -651,7 +653,7 @@ Trainer::StepStats Trainer::train_step() {
     gnorm = grad_norm(g_.data(), g_.size());
     if (tp_group_) {  // the whole model's norm: the split tensors' squares summed over the slices, the rest once
       double split = 0;
-      for (const auto& [b, e] : tp_split_ranges(*tp_full_, *L_)) {
+      for (const auto& [b, e] : tp_split_) {
         const double n = grad_norm(g_.data() + b, e - b);
         split += n * n;
       }
@@ -707,28 +709,6 @@ Trainer::StepStats Trainer::train_step() {
   return out;
 }
 
-Communicator::Traffic Trainer::take_traffic() {
-  Communicator::Traffic t = dp_->take_traffic();
-  if (tp_group_) {
-    const Communicator::Traffic u = tp_group_->take_traffic();
-    t.all_reduce += u.all_reduce, t.reduce_scatter += u.reduce_scatter, t.all_gather += u.all_gather;
-    t.broadcast += u.broadcast, t.seconds += u.seconds;
-  }
-  return t;
-}
-
-void Trainer::make_groups() {
-  if (o_.tp < 1) fail("--tp must be at least 1, got ", o_.tp);
-  if (o_.tp == 1) return;
-  const int W = world_.size(), r = world_.rank();
-  if (W % o_.tp != 0)
-    fail("--tp ", o_.tp, ": the job's ", W, " ranks do not split into tensor-parallel groups of ", o_.tp,
-         " (run mpirun -np a multiple of --tp)");
-  tp_group_ = world_.split(r / o_.tp, r);   // consecutive ranks: one slice each
-  dp_group_ = world_.split(r % o_.tp, r);   // the ranks holding the same slice
-  dp_ = dp_group_.get();
-}
-
 double Trainer::evaluate() {
   const WholeRest rest(*this);
   const Communicator::Traffic step_traffic = take_traffic();  // evaluation's collectives are not a step's
@@ -773,62 +753,15 @@ std::string Trainer::save() {
   c.cfg = tp_full_ ? tp_full_->cfg : L_->cfg, c.step = step_, c.extra = st.opts;
   if (lora_) c.lora = lora_->lora;
   c.reward_head = o_.reward;
-  const auto failed = [&](const Error& e) {
+  bool wrote = false;
+  try {
+    wrote = write_checkpoint(path, c);  // train/trainer_dist.cpp: whole, sharded or gathered slices
+  } catch (const Error& e) {
     const std::string prev = latest_checkpoint(st.dir);
     fail("checkpoint at step ", step_, " failed (", e.what(), "); ",
          prev.empty() ? std::string("no earlier checkpoint") : "the previous checkpoint " + prev + " is intact");
-  };
-  if (sharded()) {
-    // ZeRO: each rank writes its part of the weights and moments (nothing is gathered), then
-    // rank 0 writes the manifest naming the parts and their checksums: the commit point.
-    const int N = dp_->size(), r = dp_->rank();
-    uint64_t sum = 0;
-    try {
-      sum = save_checkpoint_shard(shard_path(path, r, N), step_, sb_, se_, p_.data() + sb_, m_.data(), v_.data());
-    } catch (const Error& e) {
-      failed(e);
-    }
-    std::vector<double> sums(2 * size_t(N), 0.0);  // each checksum as two exact 32-bit halves
-    sums[2 * size_t(r)] = double(sum >> 32), sums[2 * size_t(r) + 1] = double(sum & 0xffffffffu);
-    dp_->all_reduce_sum(sums.data(), sums.size());
-    if (!world_.is_root()) return "";
-    std::vector<ShardRef> shards;
-    for (int k = 0; k < N; ++k)
-      shards.push_back({shard_path(path, k, N), shard_off_[size_t(k)], shard_off_[size_t(k) + 1],
-                        uint64_t(sums[2 * size_t(k)]) << 32 | uint64_t(sums[2 * size_t(k) + 1])});
-    try {
-      save_checkpoint_manifest(path, c, n_train_, shards);
-    } catch (const Error& e) {
-      failed(e);
-    }
-  } else if (tp_group_) {  // tensor parallelism: the slices gathered into the whole model, one file
-    const size_t n = n_train_, T = size_t(o_.tp), r = size_t(tp_group_->rank());
-    std::vector<size_t> off(T + 1);
-    for (size_t k = 0; k <= T; ++k) off[k] = k * n;
-    ParamVec buf(T * n);
-    const std::pair<const ParamVec*, ParamVec*> arrays[] = {{&p_, &c.params}, {&m_, &c.m}, {&v_, &c.v}};
-    for (const auto& [part, whole] : arrays) {
-      std::copy(part->begin(), part->end(), buf.begin() + long(r * n));
-      tp_group_->all_gather(buf.data(), off);
-      if (!world_.is_root()) continue;
-      whole->assign(tp_full_->total, 0.f);
-      for (size_t k = 0; k < T; ++k) tp_gather(*tp_full_, *L_, int(k), int(T), buf.data() + k * n, whole->data());
-    }
-    if (!world_.is_root()) return "";
-    try {
-      save_checkpoint(path, c);
-    } catch (const Error& e) {
-      failed(e);
-    }
-  } else {
-    if (!world_.is_root()) return "";
-    c.params = p_, c.m = m_, c.v = v_;
-    try {
-      save_checkpoint(path, c);
-    } catch (const Error& e) {
-      failed(e);
-    }
   }
+  if (!wrote) return "";
   auto all = list_checkpoints(st.dir);
   for (size_t i = 0; i + size_t(o_.keep) < all.size(); ++i) remove_checkpoint(all[i]);
   st.last_checkpoint = path;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -152,8 +153,14 @@ class Trainer {
   Communicator* dp_;     // the data-parallel group: world_, or with --tp the ranks holding the same slice
   std::unique_ptr<Communicator> dp_group_, tp_group_;  // --tp's split of world_ (tp_group_: one slice each)
   std::unique_ptr<Layout> tp_full_;                   // --tp: the whole model's layout (L_ is this rank's slice)
+  std::vector<std::pair<size_t, size_t>> tp_split_;   // --tp: the split tensors' ranges in L_ (the clipping norm)
+  std::vector<double> step_sums_;                     // train_step's per-step sums (reused)
   void make_groups();    // --tp: tensor-parallel groups of consecutive ranks, data-parallel groups across them
   Communicator::Traffic take_traffic();  // this rank's bytes and time in both groups since the last take
+  // Writes checkpoint c (its header filled) at path as this run keeps them: whole from rank 0,
+  // ZeRO shards from every rank plus rank 0's manifest, or tensor-parallel slices gathered.
+  // True on the rank that completed the file. Every rank calls it (collectives inside).
+  bool write_checkpoint(const std::string& path, struct Checkpoint& c);
   std::unique_ptr<State> st_;
   Dataset data_;
   std::unique_ptr<Layout> L_;
