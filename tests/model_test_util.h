@@ -29,10 +29,11 @@ inline std::vector<float> all_logits(const Weights& w, const std::vector<int32_t
 // Every position's logits, the ids run in chunks of `chunk` (1: token by token) through
 // a model of context 64 with max_batch = chunk.
 inline std::vector<float> chunked_logits(const Weights& w, const std::vector<int32_t>& ids, int64_t chunk,
-                                         int threads = 2) {
+                                         int threads = 2, int64_t kv_block = 32) {
   RunOptions o;
   o.n_ctx = 64;
   o.max_batch = chunk;
+  o.kv_block_size = kv_block;
   Model m(w, o);
   KernelContext ctx(threads);
   const int64_t V = w.cfg.vocab_size, n = int64_t(ids.size());

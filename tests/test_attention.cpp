@@ -188,8 +188,12 @@ TEST(KernelsAttention, WideAndLatentHeadsMatchDoublePrecision) {
   Case c(2, 576, 9, 0.f, 11);
   c.n_kv = 1, c.kvh = 0, c.vd = 512, c.v_in_k = true;
   std::vector<float> s(2 * 9), o(2 * 512);
-  if (detect_isa() >= Isa::AVX512) EXPECT_TRUE(cpu::avx512::attend_decode(c.args(DType::Q8_0, s.data(), o.data())));
-  if (detect_isa() >= Isa::AVX2) EXPECT_TRUE(cpu::avx2::attend_decode(c.args(DType::F16, s.data(), o.data())));
+  if (detect_isa() >= Isa::AVX512) {
+    EXPECT_TRUE(cpu::avx512::attend_decode(c.args(DType::Q8_0, s.data(), o.data())));
+  }
+  if (detect_isa() >= Isa::AVX2) {
+    EXPECT_TRUE(cpu::avx2::attend_decode(c.args(DType::F16, s.data(), o.data())));
+  }
 }
 
 // The SIMD kernels take every head size that is 1..16 vectors and decline the rest

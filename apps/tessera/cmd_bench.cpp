@@ -201,7 +201,8 @@ int cmd_bench(int argc, char** argv) {
       pk_fracs.push_back(tok_s * flops / 1e9 / rep_peak);
     }
     if (tg > 0) {
-      if (pp > 0 && depth > 0) fill_depth();  // the prefill test overwrote positions [0, pp)
+      // The prefill test overwrote positions [0, pp); a sliding window's ring may have moved past depth.
+      if ((pp > 0 && depth > 0) || !m.can_resume(depth)) fill_depth();
       double rep_s = 0;
       for (int64_t i0 = 0; i0 < tg; i0 += kSegment) {
         const int64_t i1 = std::min(tg, i0 + kSegment);

@@ -138,6 +138,7 @@ int cmd_chat(int argc, char** argv) {
     // Reuse the cached prefix; run the rest.
     size_t keep = 0;
     while (keep < cached.size() && keep + 1 < prompt.size() && cached[keep] == prompt[keep]) ++keep;
+    if (!L.model->can_resume(int64_t(keep))) keep = 0;  // a sliding window moved past it: run it all again
     const auto t0 = std::chrono::steady_clock::now();
     const float* out = L.model->forward(*L.ctx, prompt.data() + keep, int64_t(prompt.size() - keep), int64_t(keep));
     cached = prompt;

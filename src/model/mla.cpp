@@ -121,9 +121,9 @@ void Model::mla_prefill_expanded(KernelContext& ctx, int64_t l, int64_t n) {
   float* KV = C + n_ctx_ * ckv;          // (n_vis, nope + vd) one head's [k_nope | v]
   float* K = KV + n_ctx_ * kvb_w;        // (n_vis, hd) its keys [k_nope | k_pe]
   DecodeAttnArgs map;  // the sequence's block table, for its row mapping
-  map.blocks = kv_->block_table(seq);
+  map.blocks = kv_->block_table(seq, l);
   map.block_size = kv_->block_size();
-  const TensorView cache = make_view(kv_type_, {kv_->n_blocks() * kv_->block_size(), kd}, kv_->k(l));
+  const TensorView cache = make_view(kv_type_, {kv_->rows(l), kd}, kv_->k(l));
   per_token(ctx, nk, [&](int64_t i) {
     const int64_t p = k0 + i;
     dequantize_row(cache, map.row(p), lat + p * kd);

@@ -82,7 +82,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   for (int64_t s : sizes) total += size_t(s + 15) / 16 * 16;  // keep each buffer 64-byte aligned
   if (kv_block_size_ <= 0) fail("KV block size must be > 0, got ", kv_block_size_);
   const int64_t own_blocks = (n_ctx_ + kv_block_size_ - 1) / kv_block_size_;
-  const double kv = opt.own_cache ? double(own_blocks * kv_block_size_) * c.kv_bytes_per_token(kv_type_) : 0.0;
+  const double kv = opt.own_cache ? KVCache::planned_bytes(c, cache_options(own_blocks, 1, 0)) : 0.0;
   require_memory(kv + 4.0 * double(total), "context " + std::to_string(n_ctx_) + ": the KV cache and buffers need",
                  "lower -c");
   arena_.assign(total, 0.f);  // zero-filled: pages are touched now
@@ -132,7 +132,7 @@ Model::Model(const Weights& w, const RunOptions& opt)
   }
   if (opt.bottleneck) set_bottleneck(opt.bottleneck);
   if (opt.own_cache) {
-    own_ = std::make_unique<KVCache>(make_cache(own_blocks));
+    own_ = std::make_unique<KVCache>(make_cache(own_blocks, 1));
     own_->add_seq();
     own_pos_.resize(size_t(max_batch_));
     own_seq_.assign(size_t(max_batch_), 0);
@@ -162,10 +162,16 @@ void Model::set_bottleneck(std::shared_ptr<const BottleneckAdapter> ad) {
   bn_ = std::move(ad);
 }
 
-KVCache Model::make_cache(int64_t n_blocks) const {
+KVCacheOptions Model::cache_options(int64_t n_blocks, int64_t window_seqs, int64_t window_rows) const {
   KVCacheOptions o;
   o.n_blocks = n_blocks, o.block_size = kv_block_size_, o.type = kv_type_;
-  if (mtp_) o.extra_layers = w_.cfg.mtp_depth, o.hidden = w_.cfg.mtp_depth * w_.cfg.dim;  // modules' K/V, their states
+  o.window_seqs = window_seqs, o.window_rows = window_rows > 0 ? window_rows : max_batch_, o.rewind = max_batch_;
+  if (mtp_) o.extra_layers = w_.cfg.mtp_depth, o.hidden = w_.cfg.mtp_depth * w_.cfg.dim;
+  return o;
+}
+
+KVCache Model::make_cache(int64_t n_blocks, int64_t window_seqs, int64_t window_rows) const {
+  KVCacheOptions o = cache_options(n_blocks, window_seqs, window_rows);
   if (!prefix_) return KVCache(w_.cfg, o);
   // A prefix adapter: its rows in blocks of their own, plus one for a sequence's copy of a partial last one.
   o.prefix_len = prefix_len_;
@@ -223,17 +229,29 @@ void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t*
     }
   }
   // Room in the pool for every sequence's new positions, before anything changes.
-  int64_t need = 0;
+  int64_t need = 0, wneed = 0;
   for (size_t s = 0; s < seq_first_.size(); ++s)
-    if (seq_first_[s] >= 0) need += cache.rewind_need(int32_t(s), seq_first_[s], seq_count_[s]);
+    if (seq_first_[s] >= 0) {
+      need += cache.rewind_need(int32_t(s), seq_first_[s], seq_count_[s]);
+      wneed += cache.window_need(int32_t(s), seq_first_[s], seq_count_[s]);  // Error past a sliding window's rewind
+    }
   if (need > cache.free_blocks())
     fail("KV cache full: the batch needs ", need, " more blocks of ", cache.block_size(), " positions, ",
          cache.free_blocks(), " of ", cache.n_blocks(), " are free (raise the context size or the number of KV blocks)");
-  for (size_t s = 0; s < seq_first_.size(); ++s) {
-    if (seq_first_[s] < 0) continue;
-    cache.truncate(int32_t(s), seq_first_[s]);
-    cache.extend(int32_t(s), seq_count_[s]);
-  }
+  if (wneed > cache.window_free_blocks())
+    fail("KV cache full: the batch needs ", wneed, " more blocks of ", cache.block_size(),
+         " positions for its sliding-window layers, ", cache.window_free_blocks(), " of ", cache.window_blocks(),
+         " are free (more sequences or rows per forward than the cache was made for)");
+  // Sequences that hand blocks back first, then those that take them.
+  for (int pass = 0; pass < 2; ++pass)
+    for (size_t s = 0; s < seq_first_.size(); ++s) {
+      if (seq_first_[s] < 0) continue;
+      const bool gives = cache.rewind_need(int32_t(s), seq_first_[s], seq_count_[s]) <= 0 &&
+                         cache.window_need(int32_t(s), seq_first_[s], seq_count_[s]) <= 0;
+      if (gives != (pass == 0)) continue;
+      cache.truncate(int32_t(s), seq_first_[s]);
+      cache.extend(int32_t(s), seq_count_[s]);
+    }
 }
 
 const float* Model::forward(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos) {
@@ -268,10 +286,10 @@ void Model::forward_own(KernelContext& ctx, const int32_t* tokens, int64_t n, in
   if (pos > own_->length(0))
     fail("forward: position ", pos, " is past the ", own_->length(0), " cached positions (a gap)");
   own_->truncate(0, pos);
-  own_->extend(0, n);  // the own cache holds n_ctx positions: always room
   kv_ = own_.get();
   for (int64_t i = 0; i < n; i += max_batch_) {
     const int64_t m = std::min(max_batch_, n - i);
+    own_->extend(0, m);  // the own cache holds n_ctx positions (a sliding layer's window per chunk): always room
     for (int64_t t = 0; t < m; ++t) own_pos_[size_t(t)] = prefix_len_ + pos + i + t;  // cache positions
     if (all) {
       chunk(ctx, tokens + i, own_pos_.data(), own_seq_.data(), m, nullptr, out + i * w_.cfg.vocab_size);
@@ -378,7 +396,7 @@ void Model::prep_heads(int64_t l, int32_t seq, int64_t pos, float* q, float* k, 
   if (q)
     for (int64_t h = h0 * group; h < h1 * group; ++h) head(q + h * hd, &L.q_norm);
   for (int64_t h = h0; h < h1; ++h) head(k + h * hd, &L.k_norm);
-  const size_t at = size_t(kv_->row(seq, pos)) * kv_->row_bytes() + dtype_row_bytes(kv_type_, h0 * hd);
+  const size_t at = size_t(kv_->row(seq, pos, l)) * kv_->row_bytes() + dtype_row_bytes(kv_type_, h0 * hd);
   const int64_t cnt = (h1 - h0) * hd;
   const auto store = [&](const float* x, uint8_t* dst) {
     if (kv_type_ == DType::F32) std::copy(x, x + cnt, reinterpret_cast<float*>(dst));
@@ -403,7 +421,7 @@ DecodeAttnArgs Model::decode_attn_args(int64_t l, int32_t seq, int64_t pos, int6
   a.v = kv_->v(l) + dtype_row_bytes(kv_type_, kvh * hd);  // MLA: the key rows (their first vd elements)
   a.kv = kv_type_;
   a.kv_stride = kvd;
-  a.blocks = kv_->block_table(seq);
+  a.blocks = kv_->block_table(seq, l);
   a.block_size = kv_->block_size();
   a.n = pos + 1;  // causal: keys 0..pos
   a.start = c.layer(l).first_key(pos);  // a sliding window: only the last `window` of them
@@ -477,13 +495,14 @@ void Model::prefill_attention(KernelContext& ctx, int64_t l, int64_t t0, int64_t
   const float* K;
   const float* Vv;
   DecodeAttnArgs map;  // the sequence's block table, for its row mapping
-  map.blocks = kv_->block_table(seq);
+  map.blocks = kv_->block_table(seq, l);
   map.block_size = kv_->block_size();
-  if (kv_type_ == DType::F32 && map.run_end(0, n_vis) == n_vis) {
+  // (A windowed layer's table has handed-back entries before the window: always gathered.)
+  if (kv_type_ == DType::F32 && !kv_->windowed(l) && map.run_end(0, n_vis) == n_vis) {
     K = reinterpret_cast<const float*>(kv_->k(l)) + map.row(0) * kvd;
     Vv = v_in_k ? K : reinterpret_cast<const float*>(kv_->v(l)) + map.row(0) * kvd;
   } else {
-    const int64_t rows_all = kv_->n_blocks() * kv_->block_size();
+    const int64_t rows_all = kv_->rows(l);
     const TensorView kh = make_view(kv_type_, {rows_all, kvd}, kv_->k(l)),
                      vh = make_view(kv_type_, {rows_all, kvd}, kv_->v(l));
     float* k32 = a_.kv32;

@@ -87,7 +87,13 @@ class Model {
   // A cache for forward(ctx, batch, ...) with this model's shapes: n_blocks blocks of
   // RunOptions::kv_block_size positions, of RunOptions::kv_type (plus, with a prefix adapter,
   // the blocks of its rows, written here, and one for a sequence's copy of a partial last one).
-  KVCache make_cache(int64_t n_blocks) const;
+  // With window_seqs > 0, sliding-window layers keep only their window (a ring of blocks:
+  // model/kv_cache.h) for up to window_seqs sequences live at once, each adding at most
+  // window_rows positions per forward (0: max_batch) and rewound by at most max_batch.
+  KVCache make_cache(int64_t n_blocks, int64_t window_seqs = 0, int64_t window_rows = 0) const;
+  // Whether forward(ctx, tokens, n, pos) may start at pos on the own cache (a rewind past
+  // what a sliding-window layer kept cannot: start again from 0).
+  bool can_resume(int64_t pos) const { return !own_ || pos <= 0 || own_->can_keep(0, pos); }
   int64_t kv_block_size() const { return kv_block_size_; }
   // Whether a decode step (one token) on ctx runs as one persistent thread team
   // (RunOptions::persistent_team, 2 threads up to the CPUs available, layers
@@ -264,6 +270,7 @@ class Model {
   int64_t score_floats() const;  // per-thread attention scratch (a_.scores), floats
 
   const Weights& w_;
+  KVCacheOptions cache_options(int64_t n_blocks, int64_t window_seqs, int64_t window_rows) const;
   int64_t n_ctx_, max_batch_;
   int max_threads_;
   DType kv_type_;

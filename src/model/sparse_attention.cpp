@@ -22,9 +22,9 @@ void Model::attend_sparse(Isa isa, int64_t l, int32_t seq, int64_t pos, const fl
   float* V = K + sparse_bound_ * kvd;                                  // (n, kvd)
   float* s = V + sparse_bound_ * kvd;                                  // (group, n) scores
   DecodeAttnArgs map;  // the sequence's block table, for its row mapping
-  map.blocks = kv_->block_table(seq);
+  map.blocks = kv_->block_table(seq, l);
   map.block_size = kv_->block_size();
-  const int64_t rows_all = kv_->n_blocks() * kv_->block_size();
+  const int64_t rows_all = kv_->rows(l);
   const TensorView kh = make_view(kv_type_, {rows_all, kvd}, kv_->k(l)), vh = make_view(kv_type_, {rows_all, kvd}, kv_->v(l));
   for (int64_t i = 0; i < n; ++i) {
     dequantize_row(kh, map.row(keys[i]), K + i * kvd);

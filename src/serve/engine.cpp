@@ -74,7 +74,10 @@ Engine::Engine(Model& model, KernelContext& ctx, const Tokenizer& tok, const Eng
         const int64_t bs = model.make_cache(1).block_size();
         if (opt_.kv_blocks <= 0) opt_.kv_blocks = int64_t(opt_.parallel) * ((opt_.ctx_size + bs - 1) / bs);
         if (opt_.cache_seqs <= 0) opt_.cache_seqs = 2 * opt_.parallel;
-        return model.make_cache(opt_.kv_blocks);
+        // Sliding-window layers keep their window only, for every sequence that may be live
+        // at once (running, prefix-cached, and the one being forked), each adding at most a
+        // step's tokens per forward.
+        return model.make_cache(opt_.kv_blocks, opt_.parallel + opt_.cache_seqs + 1, opt_.step_tokens);
       }()) {
   bs_ = cache_.block_size();
   logits_.resize(size_t(opt_.parallel) * size_t(model_.config().vocab_size));
@@ -198,6 +201,7 @@ Engine::Match Engine::find_prefix(const std::vector<int32_t>& prompt) const {
       const int64_t end = std::min<int64_t>(limit, int64_t(t.size()));
       while (m < end && t[size_t(m)] == prompt[size_t(m)]) ++m;
     }
+    if (!cache_.can_keep(s, m)) continue;  // its sliding-window layers moved on past m
     if (best.seq < 0 || m > best.len) best.seq = s, best.len = m;
   }
   return best;
