@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "formats/rope_scaling.h"
 #include "model/arch.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
 
 namespace tessera::cli {
 
@@ -136,8 +138,21 @@ int cmd_info(int argc, char** argv) {
   }
   const double per_tok = c.kv_bytes_per_token(DType::F16);  // all layers, f16 elements
   std::printf("weights:        %s\n", human_bytes(double(w.weight_bytes())).c_str());
-  std::printf("kv cache @%lld:  %s (f32), %s (f16)\n", (long long)ctx,
-              human_bytes(double(ctx) * c.kv_bytes_per_token(DType::F32)).c_str(), human_bytes(double(ctx) * per_tok).c_str());
+  // One sequence as generate runs it: sliding-window layers keep a ring of blocks (the
+  // window, a rewind and a chunk of max_batch rows: model/kv_cache.h), the others every position.
+  const auto cache_bytes = [&](DType t) {
+    KVCacheOptions o;
+    const RunOptions ro;
+    o.block_size = ro.kv_block_size, o.n_blocks = (ctx + o.block_size - 1) / o.block_size, o.type = t;
+    o.window_seqs = 1, o.window_rows = o.rewind = ro.max_batch;
+    return KVCache::planned_bytes(c, o);
+  };
+  std::printf("kv cache @%lld:  %s (f32), %s (f16)", (long long)ctx, human_bytes(cache_bytes(DType::F32)).c_str(),
+              human_bytes(cache_bytes(DType::F16)).c_str());
+  if (cache_bytes(DType::F32) < double(ctx) * c.kv_bytes_per_token(DType::F32) * 0.999)
+    std::printf("; sliding-window layers keep a ring of their window + %lld positions, not all %lld",
+                (long long)(2 * RunOptions{}.max_batch), (long long)ctx);
+  std::printf("\n");
   // What this engine caches per token, beside what the alternatives would (MLA: the
   // latent c plus the RoPE key, (d_c + d_rope) x layers, against per-head K and V).
   if (c.mla())
