@@ -115,15 +115,48 @@ TEST(SparseAttention, PatternDefinition) {
       ASSERT_TRUE(p.sees(i, i));
     }
   }
+  // Per-head dilations: head h's keys are its own dilated window; the layer's (h < 0) are their union.
+  LayerConfig ph = sparse(3, 4, 1, 2);
+  ph.head_dilation = {1, 4, 2, 4};
+  LayerConfig local = ph;
+  local.global = local.random = 0;
+  EXPECT_EQ(local.first_key(40), 32);  // the largest dilation's reach
+  EXPECT_EQ(ph.receptive_field(), 12);
+  keys.assign(64, -1);
+  const int64_t n0 = ph.visible_keys(20, keys.data(), 0);
+  std::vector<int64_t> k0(keys.begin(), keys.begin() + n0);
+  EXPECT_TRUE(std::find(k0.begin(), k0.end(), 19) != k0.end() && std::find(k0.begin(), k0.end(), 16) == k0.end());
+  const int64_t n1 = ph.visible_keys(20, keys.data(), 1);
+  std::vector<int64_t> k1(keys.begin(), keys.begin() + n1);
+  EXPECT_TRUE(std::find(k1.begin(), k1.end(), 16) != k1.end() && std::find(k1.begin(), k1.end(), 19) == k1.end());
+  for (int64_t i = 0; i < 70; ++i)
+    for (int64_t h = 0; h < 4; ++h) {
+      keys.assign(size_t(ph.visible_bound(i + 1)), -1);
+      const int64_t m = ph.visible_keys(i, keys.data(), h);
+      std::vector<int64_t> want;
+      for (int64_t j = 0; j <= i; ++j) {
+        const bool any = ph.sees(i, j, 0) || ph.sees(i, j, 1) || ph.sees(i, j, 2) || ph.sees(i, j, 3);
+        ASSERT_EQ(ph.sees(i, j), any) << i << " " << j;
+        if (ph.sees(i, j, h)) want.push_back(j);
+      }
+      ASSERT_EQ(std::vector<int64_t>(keys.begin(), keys.begin() + m), want) << "head " << h << " query " << i;
+      ASSERT_LE(ph.first_key(i), want.front());
+    }
   ModelConfig c = small_llama(1);
+  c.layer_cfg = {ph};
+  EXPECT_NO_THROW(c.validate("m"));
+  c.layer_cfg[0].head_dilation = {1, 2, 4};  // one per query head
+  EXPECT_THROW(c.validate("m"), Error);
+  c.layer_cfg[0].head_dilation = {1, 2, 2, 2};  // the layer's dilation (4) must be the largest
+  EXPECT_THROW(c.validate("m"), Error);
   c.layer_cfg = {sparse(0, 1, 0, 0)};
   EXPECT_THROW(c.validate("m"), Error);
   c.layer_cfg = {sparse(2, 0, 0, 0)};
   EXPECT_THROW(c.validate("m"), Error);
 }
 
-// Every parameter against central differences with dilated, Longformer and BigBird layers
-// (T = 40 reaches two random-key blocks), soft-capped scores, GQA, recomputation.
+// Every parameter against central differences with dilated (per head), Longformer and BigBird
+// layers (T = 40 reaches two random-key blocks), soft-capped scores, GQA, recomputation.
 TEST(SparseAttention, GradientsMatchFiniteDifferences) {
   const test::OneThread one_thread;
   ModelConfig c;
@@ -131,6 +164,7 @@ TEST(SparseAttention, GradientsMatchFiniteDifferences) {
   c.dim = 8, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 2, c.hidden_dim = 8;
   c.vocab_size = 7, c.max_seq_len = 40, c.tied_embeddings = true, c.attn_softcap = 3.f;
   c.layer_cfg = {sparse(3, 2, 0, 0), sparse(2, 3, 2, 0), sparse(2, 1, 1, 2)};
+  c.layer_cfg[0].head_dilation = {1, 2, 2, 1};  // Longformer's per-head dilations on layer 0
   for (bool recompute : {false, true}) {
     train::Layout L(c);
     std::mt19937_64 rng(9);
@@ -185,6 +219,7 @@ TEST(SparseAttention, Gpt2TrainingAndEngineAgree) {
 TEST(SparseAttention, TrainingAndEngineAgree) {
   ModelConfig c = small_llama(3);
   c.layer_cfg = {sparse(4, 3, 0, 0), sparse(3, 2, 2, 2, 11), sparse(5, 1, 1, 3, 12)};
+  c.layer_cfg[0].head_dilation = {1, 3, 3, 2};  // per-head: the two heads of a KV head differ
   train::Layout L(c);
   const int64_t T = 60;
   const Case k = make_case(L, T, 11);

@@ -627,6 +627,21 @@ TEST_F(TrainCli, SparseAttentionPatterns) {
   r = run_cli("generate -m " + q(gguf) + " -p 'To be' -n 40 --temp 0 -t 2");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_FALSE(r.out.empty());
+  // Longformer's per-head dilations: one value per query head, saved with the model.
+  const std::string ph = dir_ + "/run_sparse_heads";
+  r = run_cli(train_args(ph, 10) + " --attn-pattern dilated --window 4 --dilation 1,2,4,2 --schedule constant --warmup 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(train::load_checkpoint(train::latest_checkpoint(ph)).cfg.layer(0).head_dilation,
+            (std::vector<int32_t>{1, 2, 4, 2}));
+  r = run_cli("export " + q(ph) + " -o " + q(ph + ".gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_cli("info -m " + q(ph + ".gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("sparse on layers 0..1: window 4 x dilation (per head 1,2,4,2) (receptive field 16 positions)"),
+            std::string::npos)
+      << r.out;
+  r = run_cli("generate -m " + q(ph + ".gguf") + " -p 'To be' -n 20 --temp 0 -t 2");
+  ASSERT_EQ(r.code, 0) << r.err;
   r = run_cli("export " + q(a) + " -o " + q(dir_ + "/sparse_hf"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("write GGUF instead"), std::string::npos) << r.err;
@@ -635,7 +650,10 @@ TEST_F(TrainCli, SparseAttentionPatterns) {
       {" --attn-pattern longformer --window 4 --global-tokens 1 --random-keys 2", "--attn-pattern longformer takes no --random-keys"},
       {" --window 4", "need --attn-pattern"},
       {" --attn-pattern bigbird --window 4", "--attn-pattern bigbird needs --random-keys"},
-      {" --attn-pattern dilated --window 4 --dilation 2 --attn-pattern-layers 7", "sparse-attention layer 7 does not exist"}};
+      {" --attn-pattern dilated --window 4 --dilation 2 --attn-pattern-layers 7", "sparse-attention layer 7 does not exist"},
+      {" --attn-pattern dilated --window 4 --dilation 1,2", "2 values for 4 query heads"},
+      {" --attn-pattern dilated --window 4 --dilation 1,2,x,4", "'x' is not a dilation"},
+      {" --attn-pattern dilated --window 4 --dilation 1,1,1,1", "--attn-pattern dilated needs --dilation of at least 2"}};
   for (const auto& [args, msg] : bad) {
     r = run_cli(train_args(dir_ + "/sparse_bad", 2) + args);
     EXPECT_EQ(r.code, 1) << args;

@@ -88,7 +88,8 @@ int cmd_info(int argc, char** argv) {
     if (lc.attn != AttnKind::Sparse) continue;
     int64_t e = l;
     while (e + 1 < c.n_layers && c.layer(e + 1).attn == AttnKind::Sparse && c.layer(e + 1).window == lc.window &&
-           c.layer(e + 1).dilation == lc.dilation && c.layer(e + 1).global == lc.global && c.layer(e + 1).random == lc.random)
+           c.layer(e + 1).dilation == lc.dilation && c.layer(e + 1).global == lc.global && c.layer(e + 1).random == lc.random &&
+           c.layer(e + 1).head_dilation == lc.head_dilation)
       ++e;
     std::string layers = std::to_string(l) + (e > l ? ".." + std::to_string(e) : "");
     std::string more;
@@ -96,8 +97,14 @@ int cmd_info(int argc, char** argv) {
     if (lc.random > 0)
       more += ", " + std::to_string(lc.random) + " random keys per block of " + std::to_string(LayerConfig::kRandomBlock) +
               " queries";
-    std::printf("attention:      sparse on layers %s: window %lld x dilation %lld (receptive field %lld positions)%s\n",
-                layers.c_str(), (long long)lc.window, (long long)lc.dilation, (long long)lc.receptive_field(), more.c_str());
+    std::string dil = std::to_string(lc.dilation);
+    if (!lc.head_dilation.empty()) {  // per query head; the receptive field is the largest's
+      dil = "(per head ";
+      for (size_t h = 0; h < lc.head_dilation.size(); ++h) dil += (h ? "," : "") + std::to_string(lc.head_dilation[h]);
+      dil += ")";
+    }
+    std::printf("attention:      sparse on layers %s: window %lld x dilation %s (receptive field %lld positions)%s\n",
+                layers.c_str(), (long long)lc.window, dil.c_str(), (long long)lc.receptive_field(), more.c_str());
     l = e;
   }
   if (c.post_norms) std::printf("sandwich norms: yes (RMSNorm of each sublayer's output before the residual add)\n");

@@ -1,6 +1,9 @@
 // tessera train / data prepare / export: training from the command line.
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 
 #include "commands.h"
 #include "common.h"
@@ -36,7 +39,8 @@ struct ShapeArgs {
   int64_t kv_lora_rank = 0, q_lora_rank = 0, rope_head_dim = 0, v_head_dim = 0;
   // Attention patterns (new models): --attn-pattern and its sizes.
   std::string attn_pattern = "full", pattern_layers = "all";
-  int64_t window = 0, dilation = 0, global_tokens = 0, random_keys = 0;
+  int64_t window = 0, global_tokens = 0, random_keys = 0;
+  std::string dilation;  // --dilation: one value, or one per query head
 };
 
 void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
@@ -102,8 +106,9 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
       ->check(CLI::IsMember({"full", "sliding", "dilated", "longformer", "bigbird"}));
   app.add_option("--window", sa.window, "--attn-pattern: keys of the (dilated) window, the query's own included")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
-  app.add_option("--dilation", sa.dilation, "--attn-pattern dilated / longformer / bigbird: positions between window keys (default 1)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  app.add_option("--dilation", sa.dilation,
+                 "--attn-pattern dilated / longformer / bigbird: positions between window keys (default 1); or one "
+                 "value per query head, comma-separated (Longformer's multi-head dilation, e.g. 1,1,2,2,4,4,8,8)");
   app.add_option("--global-tokens", sa.global_tokens, "--attn-pattern longformer / bigbird: global positions 0..G-1")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
   app.add_option("--random-keys", sa.random_keys, "--attn-pattern bigbird: random keys per block of 16 queries")
@@ -209,7 +214,7 @@ void add_train_options(CLI::App& app, train::TrainOptions& o, ShapeArgs& sa) {
 void set_attn_pattern(ModelConfig& m, const ShapeArgs& sa, uint64_t seed) {
   const std::string& p = sa.attn_pattern;
   if (p == "full") {
-    if (sa.window > 0 || sa.dilation > 0 || sa.global_tokens > 0 || sa.random_keys > 0 || sa.pattern_layers != "all")
+    if (sa.window > 0 || !sa.dilation.empty() || sa.global_tokens > 0 || sa.random_keys > 0 || sa.pattern_layers != "all")
       fail("--window, --dilation, --global-tokens, --random-keys and --attn-pattern-layers need --attn-pattern "
            "sliding, dilated, longformer or bigbird");
     return;
@@ -220,12 +225,27 @@ void set_attn_pattern(ModelConfig& m, const ShapeArgs& sa, uint64_t seed) {
     if (given) fail("--attn-pattern ", p, " takes no ", flag);
   };
   if (p == "sliding") {
-    refuse(sa.dilation > 1, "--dilation"), refuse(sa.global_tokens > 0, "--global-tokens"), refuse(sa.random_keys > 0, "--random-keys");
+    refuse(!sa.dilation.empty(), "--dilation"), refuse(sa.global_tokens > 0, "--global-tokens"), refuse(sa.random_keys > 0, "--random-keys");
     m.layer_cfg = sliding_window_layers(m.n_layers, sa.window, sa.pattern_layers);
     return;
   }
   LayerConfig lc;
-  lc.window = sa.window, lc.dilation = std::max<int64_t>(1, sa.dilation);
+  lc.window = sa.window;
+  if (!sa.dilation.empty()) {  // one dilation, or one per query head (the layer's: their largest)
+    std::vector<int32_t> ds;
+    std::stringstream in(sa.dilation);
+    for (std::string part; std::getline(in, part, ',');) {
+      int64_t d = 0;
+      const auto r = std::from_chars(part.data(), part.data() + part.size(), d);
+      if (r.ec != std::errc() || r.ptr != part.data() + part.size() || d < 1 || d > (int64_t(1) << 24))
+        fail("--dilation '", sa.dilation, "': '", part, "' is not a dilation in [1, 2^24]");
+      ds.push_back(int32_t(d));
+    }
+    if (ds.size() > 1 && int64_t(ds.size()) != m.n_heads)
+      fail("--dilation '", sa.dilation, "': ", ds.size(), " values for ", m.n_heads, " query heads (give one, or one per head)");
+    lc.dilation = *std::max_element(ds.begin(), ds.end());
+    if (ds.size() > 1) lc.head_dilation = ds;
+  }
   lc.global = sa.global_tokens, lc.random = sa.random_keys;
   if (p == "dilated") {
     if (lc.dilation < 2) fail("--attn-pattern dilated needs --dilation of at least 2");

@@ -1,5 +1,6 @@
 // GGUF <-> Weights for the llama, qwen2, qwen3 and gpt2 architectures, with llama.cpp's
 // tensor names and metadata keys.
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -117,6 +118,22 @@ void read_sparse_keys(const gguf::File& f, const std::string& p, ModelConfig& c)
     lc.global = int64_t(v[2][size_t(l)]), lc.random = int64_t(v[3][size_t(l)]);
     lc.seed = uint32_t(int64_t(v[4][size_t(l)]));
   }
+  // Per-head dilations (Longformer's): n_heads values per layer, 0 on layers without.
+  const std::string hk = p + "attention.sparse_head_dilation";
+  if (!f.find(hk)) return;
+  const std::vector<double> hd = f.get_num_array(hk);
+  if (int64_t(hd.size()) != c.n_layers * c.n_heads)
+    fail(f.path(), ": ", hk, " has ", hd.size(), " values for ", c.n_layers, " layers x ", c.n_heads, " heads");
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    if (hd[size_t(l * c.n_heads)] == 0) continue;
+    LayerConfig& lc = c.layer_cfg[size_t(l)];
+    if (lc.attn != AttnKind::Sparse) fail(f.path(), ": ", hk, ": layer ", l, " has per-head dilations but is not sparse");
+    for (int64_t h = 0; h < c.n_heads; ++h) {
+      const double d = hd[size_t(l * c.n_heads + h)];
+      if (!(d >= 1 && d <= double(1 << 24))) fail(f.path(), ": ", hk, ": layer ", l, " head ", h, ": dilation ", d);
+      lc.head_dilation.push_back(int32_t(d));
+    }
+  }
 }
 
 void write_sparse_keys(gguf::Writer& g, const std::string& p, const ModelConfig& c) {
@@ -130,6 +147,12 @@ void write_sparse_keys(gguf::Writer& g, const std::string& p, const ModelConfig&
     v[4].push_back(sp ? int32_t(lc.seed) : 0);
   }
   for (size_t k = 0; k < v.size(); ++k) g.set_i32_array(p + "attention.sparse_" + kSparseKeys[k], v[k]);
+  std::vector<int32_t> hd;
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    for (int64_t h = 0; h < c.n_heads; ++h)
+      hd.push_back(c.layer(l).head_dilation.empty() ? 0 : c.layer(l).head_dilation[size_t(h)]);
+  if (std::any_of(hd.begin(), hd.end(), [](int32_t d) { return d != 0; }))
+    g.set_i32_array(p + "attention.sparse_head_dilation", hd);
 }
 
 void write_moe_keys(gguf::Writer& g, const std::string& arch, const std::string& p, const ModelConfig& c) {

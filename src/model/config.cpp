@@ -97,12 +97,17 @@ int64_t LayerConfig::random_key(int64_t b, int64_t t) const {
   return int64_t(h % uint64_t(b * kRandomBlock));
 }
 
-bool LayerConfig::sees(int64_t i, int64_t j) const {
+bool LayerConfig::sees(int64_t i, int64_t j, int64_t h) const {
   if (j > i || j < first_key(i)) return false;
   if (attn != AttnKind::Sparse) return true;
   if (j < global || i < global) return true;
   const int64_t d = i - j;
-  if (d % dilation == 0 && d / dilation < window) return true;
+  if (h < 0 && !head_dilation.empty()) {
+    for (int32_t dh : head_dilation)
+      if (d % dh == 0 && d / dh < window) return true;
+  } else if (const int64_t dh = dilation_of(h); d % dh == 0 && d / dh < window) {
+    return true;
+  }
   const int64_t b = i / kRandomBlock;
   if (b > 0 && j < b * kRandomBlock)
     for (int64_t t = 0; t < random; ++t)
@@ -110,7 +115,8 @@ bool LayerConfig::sees(int64_t i, int64_t j) const {
   return false;
 }
 
-int64_t LayerConfig::visible_keys(int64_t i, int64_t* out) const {
+int64_t LayerConfig::visible_keys(int64_t i, int64_t* out, int64_t h) const {
+  const int64_t dilation = dilation_of(h);
   int64_t n = 0;
   if (attn != AttnKind::Sparse || i < global) {  // a contiguous range
     for (int64_t j = first_key(i); j <= i; ++j) out[n++] = j;
@@ -244,6 +250,17 @@ void ModelConfig::validate(const std::string& where) const {
     if (lc.window > (int64_t(1) << 24) || lc.dilation > (int64_t(1) << 24) || lc.global > (int64_t(1) << 24) ||
         lc.random > 4096)
       fail(where, ": layer ", l, ": sparse pattern sizes out of range");
+    if (!lc.head_dilation.empty()) {
+      if (int64_t(lc.head_dilation.size()) != n_heads)
+        fail(where, ": layer ", l, ": ", lc.head_dilation.size(), " per-head dilations for ", n_heads, " query heads");
+      int64_t mx = 0;
+      for (int32_t d : lc.head_dilation) {
+        if (d < 1 || d > (1 << 24)) fail(where, ": layer ", l, ": a head's dilation must be in [1, 2^24], got ", d);
+        mx = std::max<int64_t>(mx, d);
+      }
+      if (lc.dilation != mx)
+        fail(where, ": layer ", l, ": the layer's dilation ", lc.dilation, " is not its heads' largest, ", mx);
+    }
     if (mla()) fail(where, ": sparse attention patterns with latent attention (MLA) are not supported");
   }
   {

@@ -70,6 +70,11 @@ struct LayerConfig {
   //   block, fixed by `seed`).
   int64_t dilation = 1, global = 0, random = 0;
   uint32_t seed = 0;
+  // Sparse: one dilation per query head (Longformer's multi-head dilation: heads with small
+  // dilations keep the local context, those with large ones reach far back); empty: `dilation`
+  // for every head. When set, `dilation` is their largest (first_key, receptive_field).
+  std::vector<int32_t> head_dilation;
+  int64_t dilation_of(int64_t h) const { return h < 0 || head_dilation.empty() ? dilation : head_dilation[size_t(h)]; }
   static constexpr int64_t kRandomBlock = 16;
   bool operator==(const LayerConfig&) const = default;
   // First key position a query at position pos attends to.
@@ -80,12 +85,13 @@ struct LayerConfig {
     }
     return attn == AttnKind::SlidingWindow && pos >= window ? pos - window + 1 : 0;
   }
-  // Whether the query at position i sees the key at j (j <= i).
-  bool sees(int64_t i, int64_t j) const;
+  // Whether query head h at position i sees the key at j (j <= i); h < 0: whether any head does.
+  bool sees(int64_t i, int64_t j, int64_t h = -1) const;
   // Random key t (< random) of query block b (> 0): a position in [0, b kRandomBlock).
   int64_t random_key(int64_t b, int64_t t) const;
-  // The keys the query at position i sees, ascending, into out (room for visible_bound(i + 1)); returns how many.
-  int64_t visible_keys(int64_t i, int64_t* out) const;
+  // The keys query head h at position i sees, ascending, into out (room for visible_bound(i + 1));
+  // returns how many. h < 0: with `dilation` (every head's keys when head_dilation is empty).
+  int64_t visible_keys(int64_t i, int64_t* out, int64_t h = -1) const;
   // Room visible_keys needs for any position below n_pos.
   int64_t visible_bound(int64_t n_pos) const {
     return attn == AttnKind::Sparse ? std::min(global, n_pos) + std::min(window, n_pos) + random : n_pos;

@@ -17,7 +17,6 @@ void Model::attend_sparse(Isa isa, int64_t l, int32_t seq, int64_t pos, const fl
   const int64_t hd = c.cache_k_dim(), vd = c.cache_v_dim(), kvd = c.cache_kv_dim();
   const int64_t group = c.n_heads / c.cache_kv_heads();
   int64_t* keys = sparse_keys_.data() + int64_t(rank) * sparse_bound_;
-  const int64_t n = lc.visible_keys(pos, keys);  // ascending, the query's own position last
   float* K = sparse_scratch_.data() + int64_t(rank) * sparse_stride_;  // (n, kvd)
   float* V = K + sparse_bound_ * kvd;                                  // (n, kvd)
   float* s = V + sparse_bound_ * kvd;                                  // (group, n) scores
@@ -26,20 +25,30 @@ void Model::attend_sparse(Isa isa, int64_t l, int32_t seq, int64_t pos, const fl
   map.block_size = kv_->block_size();
   const int64_t rows_all = kv_->rows(l);
   const TensorView kh = make_view(kv_type_, {rows_all, kvd}, kv_->k(l)), vh = make_view(kv_type_, {rows_all, kvd}, kv_->v(l));
-  for (int64_t i = 0; i < n; ++i) {
-    dequantize_row(kh, map.row(keys[i]), K + i * kvd);
-    dequantize_row(vh, map.row(keys[i]), V + i * kvd);
-  }
+  const auto gather = [&](int64_t h) {  // the keys head h sees (h < 0: every head's), ascending, the query's own last
+    const int64_t n = lc.visible_keys(pos, keys, h);
+    for (int64_t i = 0; i < n; ++i) {
+      dequantize_row(kh, map.row(keys[i]), K + i * kvd);
+      dequantize_row(vh, map.row(keys[i]), V + i * kvd);
+    }
+    return n;
+  };
   // Each KV head's query group over the gathered rows: the decode kernel (positions 0..n-1 of
-  // these f32 rows, no block table), with its SIMD paths and scalar reference.
-  for (int64_t kvh = h0; kvh < c.cache_kv_heads(); kvh += hstep) {
-    DecodeAttnArgs a;
-    a.q = q + kvh * group * hd, a.q_stride = hd, a.G = group, a.hd = hd, a.vd = vd;
-    a.k = K + kvh * hd, a.v = V + kvh * vd, a.kv = DType::F32, a.kv_stride = kvd;
-    a.n = n, a.scale = c.attention_scale(), a.softcap = c.attn_softcap;
-    a.scores = s, a.out = out + kvh * group * vd, a.out_stride = vd;
-    attend_decode(isa, a);
-  }
+  // these f32 rows, no block table), with its SIMD paths and scalar reference. Per-head
+  // dilations: each query head over its own keys, gathered again when its dilation differs.
+  const bool per_head = !lc.head_dilation.empty();
+  int64_t n = per_head ? 0 : gather(-1), have = -1;  // have: the dilation gathered
+  for (int64_t kvh = h0; kvh < c.cache_kv_heads(); kvh += hstep)
+    for (int64_t g0 = 0; g0 < group; g0 += per_head ? 1 : group) {
+      const int64_t h = kvh * group + g0;
+      if (per_head && lc.dilation_of(h) != have) n = gather(h), have = lc.dilation_of(h);
+      DecodeAttnArgs a;
+      a.q = q + h * hd, a.q_stride = hd, a.G = per_head ? 1 : group, a.hd = hd, a.vd = vd;
+      a.k = K + kvh * hd, a.v = V + kvh * vd, a.kv = DType::F32, a.kv_stride = kvd;
+      a.n = n, a.scale = c.attention_scale(), a.softcap = c.attn_softcap;
+      a.scores = s, a.out = out + h * vd, a.out_stride = vd;
+      attend_decode(isa, a);
+    }
 }
 
 }  // namespace tessera

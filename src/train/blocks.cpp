@@ -309,18 +309,19 @@ template <class T>
 void cap_row(T* p, int64_t n, T cap) {
   for (int64_t j = 0; j < n; ++j) p[j] = cap * std::tanh(p[j] / cap);
 }
-// A sparse pattern: row i's scores p[j] for keys klo + j, j in [lo, n), that it hides -> -inf.
+// A sparse pattern: query head h's row i's scores p[j] for keys klo + j, j in [lo, n), that it hides -> -inf.
 template <class T>
-void mask_row(const AttnShape& s, int64_t i, int64_t klo, T* p, int64_t lo, int64_t n) {
+void mask_row(const AttnShape& s, int64_t h, int64_t i, int64_t klo, T* p, int64_t lo, int64_t n) {
   if (!s.pattern) return;
   if (s.mask) {
-    const uint8_t* m = s.mask + i * s.T + klo;
+    const uint8_t* m = s.mask + h * s.mask_head_stride + i * s.T + klo;
     for (int64_t j = lo; j < n; ++j)
       if (!m[j]) p[j] = -INFINITY;
     return;
   }
+  const int64_t head = s.pattern->head_dilation.empty() ? -1 : h;
   for (int64_t j = lo; j < n; ++j)
-    if (!s.pattern->sees(i, klo + j)) p[j] = -INFINITY;
+    if (!s.pattern->sees(i, klo + j, head)) p[j] = -INFINITY;
 }
 }  // namespace
 
@@ -349,7 +350,7 @@ void attention_fwd(T* out, T* lse, const T* q, const T* k, const T* v, const Att
             const int64_t lo = first_key(s, b, i) - klo, n = i + 1 - klo;  // row i sees columns [lo, n)
             for (int64_t j = 0; j < lo; ++j) p[j] = 0;
             if (cap > 0) cap_row(p + lo, n - lo, cap);
-            mask_row(s, i, klo, p, lo, n);
+            mask_row(s, h, i, klo, p, lo, n);
             if constexpr (std::is_same_v<T, float>) {
               if (vec) {
                 L[i] = cpu::avx512::softmax_row(p + lo, n - lo, m - lo);
@@ -414,7 +415,7 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* lse, const T* q,
                 T* t = raw + (i - i0) * m;
                 for (int64_t j = lo; j < e; ++j) t[j] = std::tanh(p[j] / cap), p[j] = cap * t[j];
               }
-              mask_row(s, i, klo, p, lo, e);
+              mask_row(s, h, i, klo, p, lo, e);
               if constexpr (std::is_same_v<T, float>) {
                 if (vec) {
                   cpu::avx512::exp_shift_row(p + lo, e - lo, m - lo, L[i]);

@@ -91,9 +91,11 @@ struct AttnShape {
   const int32_t* seg = nullptr;
   int64_t block_rows = kAttnRows;  // query rows per block (tests use small blocks to cross their edges)
   // A sparse pattern (AttnKind::Sparse): keys it hides are masked (softmax rows on the scalar path).
-  // mask, when given: its (T, T) table, mask[i T + j] != 0 when query i sees key j (pattern->sees).
+  // mask, when given: its (T, T) table, mask[i T + j] != 0 when query i sees key j (pattern->sees);
+  // with per-head dilations one table per query head, mask_head_stride (T T) apart.
   const LayerConfig* pattern = nullptr;
   const uint8_t* mask = nullptr;
+  int64_t mask_head_stride = 0;
 };
 // Causal GQA attention (within s.window / s.seg when set), FlashAttention-style:
 // q (B*T, q_stride) head h at column h*hd; k, v (B*T, kv_stride). out (B*T,

@@ -87,6 +87,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
       if (l.attn == AttnKind::Sparse)
         e["window"] = l.window, e["dilation"] = l.dilation, e["global"] = l.global, e["random"] = l.random,
         e["seed"] = l.seed;
+      if (!l.head_dilation.empty()) e["head_dilation"] = l.head_dilation;
       layers.push_back(e);
     }
     j["layers"] = layers;
@@ -157,7 +158,8 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& where) 
         else if (attn == "sparse")
           l.attn = AttnKind::Sparse, l.window = e.at("window").get<int64_t>(), l.dilation = e.at("dilation").get<int64_t>(),
           l.global = e.at("global").get<int64_t>(), l.random = e.at("random").get<int64_t>(),
-          l.seed = e.at("seed").get<uint32_t>();
+          l.seed = e.at("seed").get<uint32_t>(),
+          l.head_dilation = e.value("head_dilation", std::vector<int32_t>());
         else if (attn != "full") fail(where, ": layer ", c.layer_cfg.size(), ": unknown attention kind '", attn, "'");
         const std::string ffn = e.value("ffn", std::string("dense"));
         if (ffn == "moe") l.ffn = FfnKind::MoE;

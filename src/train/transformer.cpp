@@ -157,12 +157,14 @@ Transformer<T>::Transformer(const Layout& L, int64_t B, int64_t T_, const ModelO
     for (int64_t l = 0; l < c_.n_layers; ++l) {
       const LayerConfig& lc = c_.layer(l);
       if (lc.attn != AttnKind::Sparse) continue;
-      require_memory(double(T_) * double(T_), "the sparse attention pattern's table", "lower --seq");
+      const int64_t heads = lc.head_dilation.empty() ? 1 : c_.n_heads;  // per-head dilations: a table per head
+      require_memory(double(heads) * double(T_) * double(T_), "the sparse attention pattern's table", "lower --seq");
       auto& m = sparse_masks_[size_t(l)];
-      m.assign(size_t(T_ * T_), 0);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < T_; ++i)
-        for (int64_t j = 0; j <= i; ++j) m[size_t(i * T_ + j)] = lc.sees(i, j);
+      m.assign(size_t(heads * T_ * T_), 0);
+#pragma omp parallel for collapse(2) schedule(static)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t i = 0; i < T_; ++i)
+          for (int64_t j = 0; j <= i; ++j) m[size_t((h * T_ + i) * T_ + j)] = lc.sees(i, j, heads > 1 ? h : -1);
     }
   }
   ce_rows_.resize(size_t(2 * o_.logit_rows));
@@ -271,7 +273,7 @@ blk::AttnShape Transformer<T>::attn_shape(int64_t l) const {
   const LayerConfig& lc = c_.layer(l);
   s.window = lc.attn == AttnKind::SlidingWindow ? lc.window : 0;
   s.pattern = lc.attn == AttnKind::Sparse ? &c_.layer(l) : nullptr;
-  if (s.pattern) s.mask = sparse_masks_[size_t(l)].data();
+  if (s.pattern) s.mask = sparse_masks_[size_t(l)].data(), s.mask_head_stride = lc.head_dilation.empty() ? 0 : T_ * T_;
   s.seg = seg_;
   return s;
 }
