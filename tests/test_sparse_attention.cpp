@@ -244,6 +244,18 @@ TEST(SparseAttention, TrainingAndEngineAgree) {
   const LoadedModel lm = load_model(g);
   EXPECT_EQ(lm.weights.cfg.layer_cfg, c.layer_cfg);
   EXPECT_NEAR(nll(test::chunked_logits(lm.weights, tok, 16)), train_loss, 1e-5 * train_loss);
+  // Blocks of 4, token by token: layer 0's dilated window (no global or random keys, reach
+  // (4 - 1) x 3 + 1 = 10) keeps a ring of 4 blocks of the KV cache (model/kv_cache.h).
+  {
+    RunOptions o;
+    o.n_ctx = 64, o.max_batch = 1, o.kv_block_size = 4;
+    KVCacheOptions ko;
+    ko.n_blocks = 16, ko.block_size = 4, ko.window_seqs = 1, ko.window_rows = ko.rewind = 1;
+    int64_t reach = 0;
+    EXPECT_EQ(KVCache::window_pool_blocks(c, ko, &reach), 4);
+    EXPECT_EQ(reach, 10);
+    EXPECT_NEAR(nll(test::chunked_logits(w, tok, 1, 2, 4)), train_loss, 1e-5 * train_loss);
+  }
   std::filesystem::remove(g);
   EXPECT_THROW(save_hf(w, test::temp_path("sparse_hf")), Error);
   ModelConfig full = c;

@@ -9,6 +9,8 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "infer/beam.h"
+#include "infer/parallel.h"
 #include "model/model.h"
 #include "model/synthetic.h"
 
@@ -184,4 +186,42 @@ TEST(WindowCache, OwnCacheKeepsTheWindowOnly) {
   EXPECT_THROW(m.forward(ctx, &toks[30], 1, 30), Error);
   for (int64_t p = 0; p < 20; ++p) lg = m.forward(ctx, &toks[size_t(p)], 1, p);  // over from 0, token by token
   EXPECT_LT(max_rel(lg, ref.data() + 19 * V, V), 1e-5);
+}
+
+// Parallel samples fork sequences from a prompt run in chunks: with rings (blocks of 4)
+// they give what the same model gives keeping every position (blocks of 32, where a ring
+// would be no smaller), seed for seed; beam search (chunked prompt) likewise.
+TEST(WindowCache, ParallelSamplesAndBeamsMatchKeepingEveryPosition) {
+  const Weights w = windowed_model();
+  const int64_t V = w.cfg.vocab_size;
+  const auto prompt = tokens(70, 5, V);  // two chunks of kPromptChunk
+  RunOptions ring_opt, all_opt;
+  ring_opt.kv_block_size = kBlock, ring_opt.max_batch = all_opt.max_batch = kRows;
+  Model ring(w, ring_opt), all(w, all_opt);
+  const int64_t per_seq = (70 + 20 + kBlock - 1) / kBlock + 1;
+  ASSERT_GT(ring.make_cache(3 * per_seq, 3, kPromptChunk).window(), 0);
+  // (Beam search's 2 B + 1 rings are no smaller than these B contexts: it keeps every position,
+  // and runs its prompt in chunks all the same.)
+  EXPECT_EQ(ring.make_cache(3 * per_seq + 1, 7, kPromptChunk).window(), 0);
+  EXPECT_EQ(all.make_cache(3 * ((90 + 31) / 32 + 1), 3, kPromptChunk).window(), 0);
+  KernelContext ctx(2);
+  SamplerParams sp;
+  sp.temp = 1.f, sp.top_k = 0, sp.top_p = 1.f, sp.min_p = 0.f, sp.seed = 11;
+  const auto is_end = [](int32_t id) { return id == 0; };
+  const auto a = sample_parallel(ring, ctx, prompt, 3, 20, sp, is_end);
+  const auto b = sample_parallel(all, ctx, prompt, 3, 20, sp, is_end);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens, b[i].tokens) << "sample " << i;
+    EXPECT_NEAR(a[i].logprob, b[i].logprob, 1e-4) << "sample " << i;
+  }
+  BeamParams bp;
+  bp.beams = 3;
+  const auto ba = beam_search(ring, ctx, prompt, 20, bp, is_end);
+  const auto bb = beam_search(all, ctx, prompt, 20, bp, is_end);
+  ASSERT_EQ(ba.size(), bb.size());
+  for (size_t i = 0; i < ba.size(); ++i) {
+    EXPECT_EQ(ba[i].tokens, bb[i].tokens) << "hypothesis " << i;
+    EXPECT_NEAR(ba[i].logprob, bb[i].logprob, 1e-4) << "hypothesis " << i;
+  }
 }

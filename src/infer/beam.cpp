@@ -45,7 +45,9 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
   const int B = p.beams;
   // Every beam's blocks, and one more block each for the copy of a shared last block.
   const int64_t bs = model.kv_block_size(), per_seq = (P + max_new + bs - 1) / bs + 1;
-  KVCache cache = model.make_cache(int64_t(B) * per_seq + 1);  // the model's KV type (and prefix adapter)
+  // The model's KV type (and prefix adapter); sliding-window layers keep a ring for each of the
+  // at most 2 B sequences live while beams fork, the prompt run in chunks of kPromptChunk.
+  KVCache cache = model.make_cache(int64_t(B) * per_seq + 1, 2 * int64_t(B) + 1, kPromptChunk);
   std::vector<float> logits(size_t(B) * size_t(V));
   Batch batch;
   if (g && (!g->grammar || !g->trie || !g->tok)) fail("beam search: a grammar needs its token trie and tokenizer");
@@ -53,8 +55,11 @@ std::vector<BeamHypothesis> beam_search(Model& model, KernelContext& ctx, const 
   if (g) live[0].gs.emplace(*g->grammar);
   std::vector<float> masked(g ? size_t(V) : 0);
   std::vector<uint8_t> allowed(g ? size_t(V) : 0);
-  for (int64_t i = 0; i < P; ++i) batch.add(prompt[size_t(i)], i, live[0].seq, i == P - 1);
-  model.forward(ctx, batch, cache, logits.data());
+  for (int64_t i0 = 0; i0 < P; i0 += kPromptChunk) {
+    batch.clear();
+    for (int64_t i = i0; i < std::min(P, i0 + kPromptChunk); ++i) batch.add(prompt[size_t(i)], i, live[0].seq, i == P - 1);
+    model.forward(ctx, batch, cache, logits.data());
+  }
 
   std::vector<BeamHypothesis> done;  // the best finished, best first, at most B
   const auto worst_done = [&] { return done.size() < size_t(B) ? -INFINITY : done.back().score; };

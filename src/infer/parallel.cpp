@@ -20,13 +20,18 @@ std::vector<Sample> sample_parallel(Model& model, KernelContext& ctx, const std:
   max_new = max_new < 0 ? model.n_ctx() - P : std::min(max_new, model.n_ctx() - P);
   // Every sample's blocks plus one for the copy of the shared last prompt block.
   const int64_t bs = model.kv_block_size(), per_seq = (P + max_new + bs - 1) / bs + 1;
-  KVCache cache = model.make_cache(int64_t(n) * per_seq);  // the model's KV type (and prefix adapter)
+  // The model's KV type (and prefix adapter); sliding-window layers keep a ring per sample,
+  // the prompt run in chunks of kPromptChunk.
+  KVCache cache = model.make_cache(int64_t(n) * per_seq, n, kPromptChunk);
   const size_t Vs = size_t(V);
   std::vector<float> logits(size_t(n) * Vs), work(Vs);
   std::vector<int32_t> seqs{cache.add_seq()};
   Batch batch;
-  for (int64_t i = 0; i < P; ++i) batch.add(prompt[size_t(i)], i, seqs[0], i == P - 1);
-  model.forward(ctx, batch, cache, logits.data());
+  for (int64_t i0 = 0; i0 < P; i0 += kPromptChunk) {
+    batch.clear();
+    for (int64_t i = i0; i < std::min(P, i0 + kPromptChunk); ++i) batch.add(prompt[size_t(i)], i, seqs[0], i == P - 1);
+    model.forward(ctx, batch, cache, logits.data());
+  }
   for (int i = 1; i < n; ++i) {
     seqs.push_back(cache.fork(seqs[0]));
     std::copy(logits.begin(), logits.begin() + V, logits.begin() + int64_t(i) * V);

@@ -9,6 +9,10 @@
 
 namespace tessera {
 
+// Rows of a prompt per forward where a caller feeds it in chunks (beam search, parallel
+// sampling), so a sliding-window layer's ring (model/kv_cache.h) needs room for this many only.
+constexpr int64_t kPromptChunk = 64;
+
 struct Batch {
   std::vector<int32_t> token;
   std::vector<int64_t> pos;

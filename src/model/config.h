@@ -97,6 +97,12 @@ struct LayerConfig {
     return attn == AttnKind::Sparse ? std::min(global, n_pos) + std::min(window, n_pos) + random : n_pos;
   }
   int64_t receptive_field() const { return attn == AttnKind::Sparse ? window * dilation : window; }
+  // Positions a query reads back to, itself included (keys [pos - kv_window() + 1, pos]): a sliding
+  // window's, a dilated window's without global or random keys; 0 for every earlier position.
+  int64_t kv_window() const {
+    if (attn == AttnKind::SlidingWindow) return window;
+    return attn == AttnKind::Sparse && global == 0 && random == 0 ? (window - 1) * dilation + 1 : 0;
+  }
 };
 const char* attn_kind_name(AttnKind k);
 // Per-layer configs with sliding-window attention of `window` positions on the

@@ -11,8 +11,7 @@ int64_t KVCache::window_pool_blocks(const ModelConfig& cfg, const KVCacheOptions
   // The sliding layers' largest window, and a sequence's ring of blocks: the keys its
   // next queries read, a rewind's, one extend's rows, a partial block at each end.
   int64_t W = 0;
-  for (int64_t l = 0; l < cfg.n_layers; ++l)
-    if (cfg.layer(l).attn == AttnKind::SlidingWindow) W = std::max(W, cfg.layer(l).window);
+  for (int64_t l = 0; l < cfg.n_layers; ++l) W = std::max(W, cfg.layer(l).kv_window());
   *window = 0;
   if (W <= 0 || opt.window_seqs <= 0 || opt.prefix_len > 0 || opt.block_size <= 0) return 0;
   const int64_t bs = opt.block_size;
@@ -29,7 +28,7 @@ double KVCache::planned_bytes(const ModelConfig& cfg, const KVCacheOptions& opt)
   const double row = double(dtype_row_bytes(opt.type, cfg.cache_kv_dim())) * (cfg.cache_v_in_k() ? 1 : 2);
   double bytes = 0;
   for (int64_t l = 0; l < cfg.n_layers + std::max<int64_t>(opt.extra_layers, 0); ++l) {
-    const bool w = W > 0 && l < cfg.n_layers && cfg.layer(l).attn == AttnKind::SlidingWindow;
+    const bool w = W > 0 && l < cfg.n_layers && cfg.layer(l).kv_window() > 0;
     bytes += row * double((w ? wn : opt.n_blocks) * opt.block_size);
   }
   return bytes;
@@ -51,7 +50,7 @@ KVCache::KVCache(const ModelConfig& cfg, const KVCacheOptions& opt)
     fail("KV cache: ", dtype_name(type_), " needs key/value rows that are a multiple of ", dtype_block_elems(type_),
          " elements; this model's are ", kv_dim_);
   win_layer_.assign(size_t(n_layers_), 0);
-  for (int64_t l = 0; l < cfg.n_layers; ++l) win_layer_[size_t(l)] = cfg.layer(l).attn == AttnKind::SlidingWindow;
+  for (int64_t l = 0; l < cfg.n_layers; ++l) win_layer_[size_t(l)] = cfg.layer(l).kv_window() > 0;
   wn_blocks_ = window_pool_blocks(cfg, opt, &window_);
   if (window_ > 0) rewind_ = std::max<int64_t>(opt.rewind, 0);
   double bytes = 0;

@@ -11,7 +11,8 @@
 // lowest id first, so a sequence that grows alone gets consecutive blocks: its
 // keys are one contiguous range and the attention kernels read them as one array.
 //
-// Sliding-window layers (AttnKind::SlidingWindow, window W) may keep only the
+// Sliding-window layers (AttnKind::SlidingWindow, window W; also dilated windows
+// without global or random keys: LayerConfig::kv_window) may keep only the
 // positions a query can still see, in a second, smaller pool (the window pool:
 // KVCacheOptions::window_seqs): each sequence has a second block table for those
 // layers, and extend() hands back its blocks wholly before the earliest key the
@@ -59,6 +60,8 @@ class KVCache {
   KVCache(const ModelConfig& cfg, const KVCacheOptions& opt);
   // The bytes of keys and values such a cache holds (without token ids and hidden states).
   static double planned_bytes(const ModelConfig& cfg, const KVCacheOptions& opt);
+  // Blocks of the window pool opt asks for (0: none), and the window it keeps (*window).
+  static int64_t window_pool_blocks(const ModelConfig& cfg, const KVCacheOptions& opt, int64_t* window);
 
   // Sequences. Ids are small integers, reused after free_seq.
   int32_t add_seq();
@@ -152,8 +155,6 @@ class KVCache {
     int32_t take();
     void release(int32_t b);
   };
-  // Blocks of the window pool opt asks for (0: none), and the window it keeps.
-  static int64_t window_pool_blocks(const ModelConfig& cfg, const KVCacheOptions& opt, int64_t* window);
   size_t layer_bytes(int64_t l) const { return size_t(rows(l)) * row_bytes(); }
   void check_seq(int32_t seq, const char* what) const;
   void check_keep(int32_t seq, int64_t n) const;  // Error unless can_keep
