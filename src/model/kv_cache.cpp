@@ -218,30 +218,14 @@ void KVCache::extend(int32_t seq, int64_t n) {
          " are free (more sequences or rows per step than the cache was made for)");
   if (n <= 0) return;
   Seq& s = seqs_[size_t(seq)];
-  if (s.len % bs_ != 0) {
-    int32_t& b = s.blocks[size_t(s.len / bs_)];
-    if (main_.refs[size_t(b)] > 1) {
-      const int32_t copy = main_.take();
-      copy_block(copy, b);
-      main_.release(b);
-      b = copy;
-    }
-  }
+  unshare_last(s.blocks, s.len, false);
   if (window_ > 0) {
     // Hand back the blocks wholly before what the new queries (or a rewind) read, then
     // copy a shared partial block about to be written, then take the new ones.
     const int64_t lo = window_keep_from(s.len) / bs_;
     for (int64_t b = 0; b < lo && b < int64_t(s.wblocks.size()); ++b)
       if (s.wblocks[size_t(b)] >= 0) win_.release(s.wblocks[size_t(b)]), s.wblocks[size_t(b)] = -1;
-    if (s.len % bs_ != 0) {
-      int32_t& b = s.wblocks[size_t(s.len / bs_)];
-      if (win_.refs[size_t(b)] > 1) {
-        const int32_t copy = win_.take();
-        copy_wblock(copy, b);
-        win_.release(b);
-        b = copy;
-      }
-    }
+    unshare_last(s.wblocks, s.len, true);
   }
   s.len += n;
   while (int64_t(s.blocks.size()) * bs_ < s.len) s.blocks.push_back(main_.take());
@@ -261,22 +245,25 @@ void KVCache::Pool::release(int32_t b) {
   free.insert(std::upper_bound(free.begin(), free.end(), b, std::greater<int32_t>()), b);
 }
 
-void KVCache::copy_wblock(int32_t dst, int32_t src) {
-  const size_t blk = size_t(bs_) * row_bytes();
-  for (int64_t l = 0; l < n_layers_; ++l) {
-    if (!windowed(l)) continue;
-    std::memcpy(k(l) + size_t(dst) * blk, k(l) + size_t(src) * blk, blk);
-    if (!v_in_k()) std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);
-  }
+void KVCache::unshare_last(std::vector<int32_t>& table, int64_t len, bool window) {
+  if (len % bs_ == 0) return;
+  Pool& pool = window ? win_ : main_;
+  int32_t& b = table[size_t(len / bs_)];
+  if (pool.refs[size_t(b)] <= 1) return;
+  const int32_t copy = pool.take();
+  copy_block(copy, b, window);
+  pool.release(b);
+  b = copy;
 }
 
-void KVCache::copy_block(int32_t dst, int32_t src) {
+void KVCache::copy_block(int32_t dst, int32_t src, bool window) {
   const size_t blk = size_t(bs_) * row_bytes();
   for (int64_t l = 0; l < n_layers_; ++l) {
-    if (windowed(l)) continue;
+    if (windowed(l) != window) continue;  // the layers of the other pool
     std::memcpy(k(l) + size_t(dst) * blk, k(l) + size_t(src) * blk, blk);
     if (!v_in_k()) std::memcpy(v(l) + size_t(dst) * blk, v(l) + size_t(src) * blk, blk);
   }
+  if (window) return;  // token ids and hidden states are the main pool's
   std::copy_n(tok_.begin() + ptrdiff_t(src) * bs_, bs_, tok_.begin() + ptrdiff_t(dst) * bs_);
   if (hidden_ > 0)
     std::copy_n(hid_.begin() + ptrdiff_t(src * bs_ * hidden_), bs_ * hidden_, hid_.begin() + ptrdiff_t(dst * bs_ * hidden_));

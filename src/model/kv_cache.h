@@ -158,8 +158,10 @@ class KVCache {
   size_t layer_bytes(int64_t l) const { return size_t(rows(l)) * row_bytes(); }
   void check_seq(int32_t seq, const char* what) const;
   void check_keep(int32_t seq, int64_t n) const;  // Error unless can_keep
-  void copy_block(int32_t dst, int32_t src);
-  void copy_wblock(int32_t dst, int32_t src);
+  // Copies block src to dst: the layers of the window pool (window) or of the main one.
+  void copy_block(int32_t dst, int32_t src, bool window);
+  // A table's block holding position len when len is inside it and shared: copied (copy-on-write).
+  void unshare_last(std::vector<int32_t>& table, int64_t len, bool window);
   // The first position a sequence extended from `from` must keep for its windowed layers.
   int64_t window_keep_from(int64_t from) const { return std::max<int64_t>(0, from - window_ + 1 - rewind_); }
 

@@ -319,9 +319,8 @@ void mask_row(const AttnShape& s, int64_t h, int64_t i, int64_t klo, T* p, int64
       if (!m[j]) p[j] = -INFINITY;
     return;
   }
-  const int64_t head = s.pattern->head_dilation.empty() ? -1 : h;
   for (int64_t j = lo; j < n; ++j)
-    if (!s.pattern->sees(i, klo + j, head)) p[j] = -INFINITY;
+    if (!s.pattern->sees(i, klo + j, h)) p[j] = -INFINITY;
 }
 }  // namespace
 
