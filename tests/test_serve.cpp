@@ -192,6 +192,47 @@ void concurrent_equals_alone(bool prefix_cache) {
 }
 TEST(Serve, ConcurrentRequestsEqualAloneWithPrefixCache) { concurrent_equals_alone(true); }
 
+// A model with sliding-window layers (the Gemma 2 fixture: window 8 on even layers) keeps
+// rings of blocks for them: greedy completions far past the window equal `tessera generate`
+// keeping every position; the same prompt again cannot reuse the cached sequence (its ring
+// moved on: recomputed, same text); a prompt that extends a cached one does reuse it.
+TEST(Serve, SlidingWindowRingsAndThePrefixCache) {
+  const char* gemma = "reference/arch/gemma2.gguf";
+  TESSERA_REQUIRE_SHARED(gemma);
+  const std::string m = shared_path(gemma);
+  ServerProcess s({"-m", m, "-c", "1024", "-b", "16", "--step-tokens", "16", "--parallel", "2"});
+  ASSERT_GT(s.port(), 0) << "the server did not start:\n" << s.log();
+  EXPECT_NE(s.log().find("in rings for the sliding-window layers, window 8"), std::string::npos) << s.log();
+  const int p = s.port();
+  std::string a = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
+  for (int i = 0; i < 4; ++i) a += " Every day she ran to the big tree and sang a song with her friend Tom.";
+  const auto gen = [&](const std::string& prompt, int n) {
+    const auto g = run_cli("generate -m " + q(m) + " -c 1024 -b 1024 -p " + q(prompt) + " -n " + std::to_string(n) +
+                           " --temp 0");
+    EXPECT_EQ(g.code, 0) << g.err;
+    return g.out;
+  };
+  const json body{{"prompt", a}, {"max_tokens", 120}, {"temperature", 0}};
+  const Reply r1 = post(p, "/v1/completions", body);
+  ASSERT_EQ(r1.status, 200) << r1.raw;
+  ASSERT_GT(r1.body["usage"]["prompt_tokens"].get<int>(), 64);  // two full blocks a later prompt could share
+  const std::string t1 = r1.body["choices"][0]["text"];
+  EXPECT_EQ(t1 + "\n", gen(a, 120));
+  const Reply r2 = post(p, "/v1/completions", body);
+  ASSERT_EQ(r2.status, 200) << r2.raw;
+  EXPECT_EQ(r2.body["choices"][0]["text"], t1);
+  EXPECT_EQ(r2.body["usage"]["prompt_tokens_details"]["cached_tokens"], 0) << r2.raw;
+  // The prompt alone, then one that extends it: that cached sequence's ring still holds the window.
+  const Reply r3 = post(p, "/v1/completions", json{{"prompt", a}, {"max_tokens", 1}, {"temperature", 0}});
+  ASSERT_EQ(r3.status, 200) << r3.raw;
+  const std::string c = a + " Then one day";
+  const Reply r4 = post(p, "/v1/completions", json{{"prompt", c}, {"max_tokens", 40}, {"temperature", 0}});
+  ASSERT_EQ(r4.status, 200) << r4.raw;
+  EXPECT_GE(r4.body["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 64) << r4.raw;
+  EXPECT_EQ(r4.body["choices"][0]["text"].get<std::string>() + "\n", gen(c, 40));
+  EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
 // A prefix adapter in the server (--prefix-adapter; every sequence starts with its rows):
 // greedy completions, alone and concurrent (two sharing a prompt prefix, so the prefix cache
 // forks one), equal `tessera generate --prefix-adapter`'s, and differ from the base's.

@@ -551,8 +551,13 @@ int cmd_serve(int argc, char** argv) {
   }
   S.ready = true;
   const auto g = S.engine->gauges();
-  std::fprintf(stderr, "tessera: ready: %d parallel sequences, context %lld, %lld KV blocks, chat template %s\n",
-               sa.parallel, (long long)S.engine->options().ctx_size, (long long)g.kv_blocks_total, S.tmpl->name().c_str());
+  std::string rings;  // sliding-window layers keep rings of blocks in a pool of their own
+  if (g.kv_window_blocks > 0)
+    rings = " (+ " + std::to_string(g.kv_window_blocks) + " in rings for the sliding-window layers, window " +
+            std::to_string(g.kv_window) + ")";
+  std::fprintf(stderr, "tessera: ready: %d parallel sequences, context %lld, %lld KV blocks%s, chat template %s\n",
+               sa.parallel, (long long)S.engine->options().ctx_size, (long long)g.kv_blocks_total, rings.c_str(),
+               S.tmpl->name().c_str());
   install_stop_handlers();
   while (!*stop_requested() && !http_ended) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::fprintf(stderr, "tessera: shutting down (%s)\n",

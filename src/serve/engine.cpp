@@ -82,6 +82,7 @@ Engine::Engine(Model& model, KernelContext& ctx, const Tokenizer& tok, const Eng
   bs_ = cache_.block_size();
   logits_.resize(size_t(opt_.parallel) * size_t(model_.config().vocab_size));
   gauges_.kv_blocks_total = cache_.n_blocks();
+  gauges_.kv_window_blocks = cache_.window_blocks(), gauges_.kv_window = cache_.window();
   gauges_.kv_blocks_free = cache_.free_blocks();
   thread_ = std::thread([this] { loop(); });
 }
@@ -204,7 +205,7 @@ Engine::Match Engine::find_prefix(const std::vector<int32_t>& prompt) const {
     if (!cache_.can_keep(s, m)) continue;  // its sliding-window layers moved on past m
     if (best.seq < 0 || m > best.len) best.seq = s, best.len = m;
   }
-  return best;
+  return best.seq >= 0 ? best : Match{};  // (none: every holder's ring had moved on)
 }
 
 void Engine::index_blocks(int32_t seq, const std::vector<int32_t>& t, int64_t from_len, int64_t to_len) {

@@ -115,6 +115,7 @@ class Engine {
   // Current gauges, for /metrics.
   struct Gauges {
     int64_t running = 0, queued = 0, kv_blocks_used = 0, kv_blocks_free = 0, kv_blocks_total = 0, cached_seqs = 0;
+    int64_t kv_window_blocks = 0, kv_window = 0;  // sliding-window layers' ring pool (model/kv_cache.h), 0: none
   };
   Gauges gauges() const;
 
