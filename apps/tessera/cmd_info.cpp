@@ -147,18 +147,20 @@ int cmd_info(int argc, char** argv) {
   std::printf("weights:        %s\n", human_bytes(double(w.weight_bytes())).c_str());
   // One sequence as generate runs it: sliding-window layers keep a ring of blocks (the
   // window, a rewind and a chunk of max_batch rows: model/kv_cache.h), the others every position.
+  const RunOptions ro;
+  KVCacheOptions ko;
+  ko.block_size = ro.kv_block_size, ko.n_blocks = (ctx + ko.block_size - 1) / ko.block_size;
+  ko.window_seqs = 1, ko.window_rows = ko.rewind = ro.max_batch;
   const auto cache_bytes = [&](DType t) {
-    KVCacheOptions o;
-    const RunOptions ro;
-    o.block_size = ro.kv_block_size, o.n_blocks = (ctx + o.block_size - 1) / o.block_size, o.type = t;
-    o.window_seqs = 1, o.window_rows = o.rewind = ro.max_batch;
-    return KVCache::planned_bytes(c, o);
+    ko.type = t;
+    return human_bytes(KVCache::planned_bytes(c, ko));
   };
-  std::printf("kv cache @%lld:  %s (f32), %s (f16)", (long long)ctx, human_bytes(cache_bytes(DType::F32)).c_str(),
-              human_bytes(cache_bytes(DType::F16)).c_str());
-  if (cache_bytes(DType::F32) < double(ctx) * c.kv_bytes_per_token(DType::F32) * 0.999)
+  std::printf("kv cache @%lld:  %s (f32), %s (f16)", (long long)ctx, cache_bytes(DType::F32).c_str(),
+              cache_bytes(DType::F16).c_str());
+  int64_t window = 0;
+  if (KVCache::window_pool_blocks(c, ko, &window) > 0)
     std::printf("; sliding-window layers keep a ring of their window + %lld positions, not all %lld",
-                (long long)(2 * RunOptions{}.max_batch), (long long)ctx);
+                (long long)(2 * ro.max_batch), (long long)ctx);
   std::printf("\n");
   // What this engine caches per token, beside what the alternatives would (MLA: the
   // latent c plus the RoPE key, (d_c + d_rope) x layers, against per-head K and V).

@@ -1,9 +1,7 @@
 // tessera train / data prepare / export: training from the command line.
 #include <algorithm>
-#include <charconv>
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
 
 #include "commands.h"
 #include "common.h"
@@ -232,13 +230,12 @@ void set_attn_pattern(ModelConfig& m, const ShapeArgs& sa, uint64_t seed) {
   LayerConfig lc;
   lc.window = sa.window;
   if (!sa.dilation.empty()) {  // one dilation, or one per query head (the layer's: their largest)
+    const auto bad = [&](const std::string& item) {
+      fail("--dilation '", sa.dilation, "': '", item, "' is not a dilation in [1, 2^24]");
+    };
     std::vector<int32_t> ds;
-    std::stringstream in(sa.dilation);
-    for (std::string part; std::getline(in, part, ',');) {
-      int64_t d = 0;
-      const auto r = std::from_chars(part.data(), part.data() + part.size(), d);
-      if (r.ec != std::errc() || r.ptr != part.data() + part.size() || d < 1 || d > (int64_t(1) << 24))
-        fail("--dilation '", sa.dilation, "': '", part, "' is not a dilation in [1, 2^24]");
+    for (int64_t d : int_list(sa.dilation, bad)) {
+      if (d < 1 || d > (int64_t(1) << 24)) bad(std::to_string(d));
       ds.push_back(int32_t(d));
     }
     if (ds.size() > 1 && int64_t(ds.size()) != m.n_heads)

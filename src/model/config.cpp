@@ -174,20 +174,30 @@ std::vector<bool> select_layers(int64_t n_layers, const std::string& which, cons
     for (int64_t l = 0; l < n_layers; ++l) sel[size_t(l)] = which == "all" || (l % 2 == 0) == (which == "even");
     return sel;
   }
-  size_t at = 0;
-  while (at <= which.size()) {
-    size_t comma = which.find(',', at);
-    if (comma == std::string::npos) comma = which.size();
-    const std::string item = which.substr(at, comma - at);
-    char* end = nullptr;
-    const long long l = std::strtoll(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0')
-      fail(what, " layers '", which, "': expected all, even, odd or a comma-separated list of layer indices");
+  const auto bad = [&](const std::string&) {
+    fail(what, " layers '", which, "': expected all, even, odd or a comma-separated list of layer indices");
+  };
+  for (int64_t l : int_list(which, bad)) {
     if (l < 0 || l >= n_layers) fail(what, " layer ", l, " does not exist (", n_layers, " layers)");
     sel[size_t(l)] = true;
-    at = comma + 1;
   }
   return sel;
+}
+
+std::vector<int64_t> int_list(const std::string& s, const std::function<void(const std::string&)>& bad) {
+  std::vector<int64_t> out;
+  size_t at = 0;
+  while (at <= s.size()) {
+    size_t comma = s.find(',', at);
+    if (comma == std::string::npos) comma = s.size();
+    const std::string item = s.substr(at, comma - at);
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0') bad(item);
+    out.push_back(v);
+    at = comma + 1;
+  }
+  return out;
 }
 
 std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which) {

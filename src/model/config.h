@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,8 @@ const char* attn_kind_name(AttnKind k);
 std::vector<LayerConfig> sliding_window_layers(int64_t n_layers, int64_t window, const std::string& which);
 // The layers `which` names (as above) true; `what` names the option in errors.
 std::vector<bool> select_layers(int64_t n_layers, const std::string& which, const std::string& what);
+// The integers of a comma-separated list; bad(item) is called, and must throw, for an item that is not one.
+std::vector<int64_t> int_list(const std::string& s, const std::function<void(const std::string&)>& bad);
 // Sparse attention (AttnKind::Sparse with pattern's window / dilation / global / random) on the
 // layers `which` names, each with its own random-key seed derived from seed; full elsewhere.
 std::vector<LayerConfig> sparse_attention_layers(int64_t n_layers, const LayerConfig& pattern, const std::string& which,

@@ -170,38 +170,37 @@ int32_t KVCache::n_live() const {
   return n;
 }
 
-int64_t KVCache::rewind_need(int32_t seq, int64_t keep, int64_t n) const {
+const KVCache::Seq& KVCache::checked(int32_t seq, int64_t keep) const {
   check_seq(seq, "extend");
   const Seq& s = seqs_[size_t(seq)];
   if (keep < 0 || keep + P_ > s.len)
     fail("KV cache: sequence ", seq, " has ", s.len - P_, " positions, cannot keep ", keep);
-  keep += P_;  // cache positions from here
+  return s;
+}
+
+int64_t KVCache::pool_need(const Pool& p, const std::vector<int32_t>& t, int64_t keep, int64_t n, int64_t lo) const {
+  // Handed back: the blocks past the kept positions [0, keep) and those before block lo
+  // (-1: already handed back); taken: the new positions' blocks and the copy of a shared
+  // partial block about to be written.
   const int64_t held = (keep + bs_ - 1) / bs_;
   int64_t freed = 0;
-  for (size_t b = size_t(held); b < s.blocks.size(); ++b) freed += main_.refs[size_t(s.blocks[b])] == 1;
+  for (size_t b = 0; b < t.size(); ++b)
+    if (t[b] >= 0 && (int64_t(b) < lo || int64_t(b) >= held)) freed += p.refs[size_t(t[b])] == 1;
   if (n <= 0) return -freed;
-  const bool cow = keep % bs_ != 0 && main_.refs[size_t(s.blocks[size_t(keep / bs_)])] > 1;
+  const bool cow = keep % bs_ != 0 && p.refs[size_t(t[size_t(keep / bs_)])] > 1;
   return (keep + n + bs_ - 1) / bs_ - held + (cow ? 1 : 0) - freed;
+}
+
+int64_t KVCache::rewind_need(int32_t seq, int64_t keep, int64_t n) const {
+  return pool_need(main_, checked(seq, keep).blocks, keep + P_, n, 0);
 }
 
 int64_t KVCache::window_need(int32_t seq, int64_t keep, int64_t n) const {
   if (window_ == 0) return 0;
-  check_seq(seq, "extend");
-  const Seq& s = seqs_[size_t(seq)];
-  if (keep < 0 || keep + P_ > s.len)
-    fail("KV cache: sequence ", seq, " has ", s.len - P_, " positions, cannot keep ", keep);
+  const Seq& s = checked(seq, keep);
   check_keep(seq, keep);
-  keep += P_;  // cache positions from here
-  const int64_t held = (keep + bs_ - 1) / bs_;
-  // Handed back: the blocks past the kept positions, and with new positions those wholly
-  // before the first key their queries (or a later rewind) read.
-  const int64_t lo = n > 0 ? window_keep_from(keep) / bs_ : held;
-  int64_t freed = 0;
-  for (size_t b = 0; b < s.wblocks.size(); ++b)
-    if (s.wblocks[b] >= 0 && (int64_t(b) < lo || int64_t(b) >= held)) freed += win_.refs[size_t(s.wblocks[b])] == 1;
-  if (n <= 0) return -freed;
-  const bool cow = keep % bs_ != 0 && win_.refs[size_t(s.wblocks[size_t(keep / bs_)])] > 1;
-  return (keep + n + bs_ - 1) / bs_ - held + (cow ? 1 : 0) - freed;
+  // With new positions, the blocks wholly before the first key their queries (or a later rewind) read go too.
+  return pool_need(win_, s.wblocks, keep + P_, n, n > 0 ? window_keep_from(keep + P_) / bs_ : 0);
 }
 
 void KVCache::extend(int32_t seq, int64_t n) {

@@ -132,7 +132,6 @@ class KVCache {
   int64_t window() const { return window_; }  // 0: no window pool
   int64_t window_blocks() const { return wn_blocks_; }
   int64_t window_free_blocks() const { return int64_t(win_.free.size()); }
-  int64_t rewind() const { return rewind_; }
 
   int64_t block_size() const { return bs_; }
   int64_t n_blocks() const { return n_blocks_; }
@@ -158,6 +157,10 @@ class KVCache {
   size_t layer_bytes(int64_t l) const { return size_t(rows(l)) * row_bytes(); }
   void check_seq(int32_t seq, const char* what) const;
   void check_keep(int32_t seq, int64_t n) const;  // Error unless can_keep
+  const Seq& checked(int32_t seq, int64_t keep) const;  // seq, after checking it holds keep positions
+  // Net blocks of pool p that truncating table t to keep positions, handing back its blocks
+  // before block lo, then adding n positions takes (rewind_need / window_need).
+  int64_t pool_need(const Pool& p, const std::vector<int32_t>& t, int64_t keep, int64_t n, int64_t lo) const;
   // Copies block src to dst: the layers of the window pool (window) or of the main one.
   void copy_block(int32_t dst, int32_t src, bool window);
   // A table's block holding position len when len is inside it and shared: copied (copy-on-write).

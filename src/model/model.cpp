@@ -230,13 +230,10 @@ void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t*
   }
   // Room in the pool for every sequence's new positions, before anything changes.
   int64_t need = 0, wneed = 0;
-  seq_gives_.assign(seq_first_.size(), 0);
   for (size_t s = 0; s < seq_first_.size(); ++s)
     if (seq_first_[s] >= 0) {
-      const int64_t n1 = cache.rewind_need(int32_t(s), seq_first_[s], seq_count_[s]);
-      const int64_t n2 = cache.window_need(int32_t(s), seq_first_[s], seq_count_[s]);  // Error past a window's rewind
-      need += n1, wneed += n2;
-      seq_gives_[s] = n1 <= 0 && n2 <= 0;
+      need += cache.rewind_need(int32_t(s), seq_first_[s], seq_count_[s]);
+      wneed += cache.window_need(int32_t(s), seq_first_[s], seq_count_[s]);  // Error past a window's rewind
     }
   if (need > cache.free_blocks())
     fail("KV cache full: the batch needs ", need, " more blocks of ", cache.block_size(), " positions, ",
@@ -245,14 +242,11 @@ void Model::place_rows(const int32_t* tokens, const int64_t* pos, const int32_t*
     fail("KV cache full: the batch needs ", wneed, " more blocks of ", cache.block_size(),
          " positions for its sliding-window layers, ", cache.window_free_blocks(), " of ", cache.window_blocks(),
          " are free (more sequences or rows per forward than the cache was made for)");
-  // Sequences that hand blocks back first, then those that take them.
-  for (int pass = 0; pass < 2; ++pass)
-    for (size_t s = 0; s < seq_first_.size(); ++s) {
-      if (seq_first_[s] < 0) continue;
-      if (bool(seq_gives_[s]) != (pass == 0)) continue;  // (decided before any sequence changed)
-      cache.truncate(int32_t(s), seq_first_[s]);
-      cache.extend(int32_t(s), seq_count_[s]);
-    }
+  // Every rewind first (they only hand blocks back), then every extension (the sums above).
+  for (size_t s = 0; s < seq_first_.size(); ++s)
+    if (seq_first_[s] >= 0) cache.truncate(int32_t(s), seq_first_[s]);
+  for (size_t s = 0; s < seq_first_.size(); ++s)
+    if (seq_first_[s] >= 0) cache.extend(int32_t(s), seq_count_[s]);
 }
 
 const float* Model::forward(KernelContext& ctx, const int32_t* tokens, int64_t n, int64_t pos) {

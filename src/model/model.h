@@ -290,7 +290,6 @@ class Model {
   std::vector<int32_t> own_seq_;
   std::vector<uint8_t> own_want_;
   std::vector<int64_t> short_rows_, out_rows_, seq_first_, seq_count_;
-  std::vector<uint8_t> seq_gives_;  // place_rows: per sequence, whether its new rows take no blocks (run first)
   // MoE routing of a chunk: selected expert per (row, slot) (B k), each slot's
   // place among the rows gathered by expert (B k), and each expert's first row (E + 1).
   std::vector<int32_t> moe_sel_;
