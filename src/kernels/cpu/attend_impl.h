@@ -46,18 +46,23 @@ void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float
   constexpr int W = V::W;
   const int64_t st = a.kv_stride;
   R qv[NV];
+  #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) qv[v] = V::load(q + W * v);
   int64_t j = j0;
   for (; j + 4 <= j1; j += 4) {
     R acc[4];
+    #pragma GCC unroll 16
     for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0 + r) * st));
+    #pragma GCC unroll 16
     for (int v = 1; v < NV; ++v)
+      #pragma GCC unroll 16
       for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0 + r) * st + W * v), acc[r]);
     const __m128 d = _mm_mul_ps(V::hsum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(a.scale));
     _mm_storeu_ps(s + j, ADD ? _mm_add_ps(_mm_loadu_ps(s + j), d) : d);
   }
   for (; j < j1; ++j) {
     R acc = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0) * st));
+    #pragma GCC unroll 16
     for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0) * st + W * v), acc);
     s[j] = ADD ? s[j] + V::reduce_add(acc) * a.scale : V::reduce_add(acc) * a.scale;
   }
@@ -113,10 +118,12 @@ void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float
   constexpr int W = V::W;
   const int64_t st = a.kv_stride;
   R a0[NV], a1[NV];
+  #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) a0[v] = V::load(o + W * v), a1[v] = V::zero();
   int64_t j = j0;
   for (; j + 2 <= j1; j += 2) {
     const R p0 = V::set1(p[j]), p1 = V::set1(p[j + 1]);
+    #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
       a0[v] = V::fmadd(p0, attn_load<V, KV>(vb, (j - j0) * st + W * v), a0[v]);
       a1[v] = V::fmadd(p1, attn_load<V, KV>(vb, (j - j0 + 1) * st + W * v), a1[v]);
@@ -124,8 +131,10 @@ void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float
   }
   if (j < j1) {
     const R p0 = V::set1(p[j]);
+    #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) a0[v] = V::fmadd(p0, attn_load<V, KV>(vb, (j - j0) * st + W * v), a0[v]);
   }
+  #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) V::store(o + W * v, V::add(a0[v], a1[v]));
 }
 
@@ -162,6 +171,170 @@ void attend_group(const tessera::DecodeAttnArgs& a) {
   }
 }
 
+// Heads the fused kernels take per pass: GB x NV registers of queries (scores)
+// or accumulators (values), at most half the register file (32 vector
+// registers at 16 lanes, 16 at 8).
+template <class V, int NV>
+constexpr int fuse_heads() {
+  constexpr int half = V::W == 16 ? 16 : 8;
+  return 4 * NV <= half ? 4 : 2 * NV <= half ? 2 : 1;
+}
+
+// Scores of GB heads (head g's query at q + g * q_stride, its scores at
+// s + g * sn, indexed by position) for positions [j0, j1) of one run (position
+// j0's row at kb). Each key vector is loaded once for the GB heads: a key
+// is read from cache once per group instead of once per head, the loads
+// being what bounds the per-head kernel. Four positions per step: 4 x GB dot
+// products, reduced by GB transposing add trees (4 / GB positions each), then
+// transposed to four scores per head. A head's scores are bit-identical
+// whatever GB is (the same products and add tree per position).
+template <class V, int NV, int KV, int GB>
+void attend_scores_fused(const tessera::DecodeAttnArgs& a, const void* kb, const float* q, int64_t j0, int64_t j1,
+                         float* s, int64_t sn) {
+  using R = typename V::reg;
+  constexpr int W = V::W, PP = 4 / GB;  // PP: positions per add tree
+  const int64_t st = a.kv_stride;
+  R qv[GB][NV];
+#pragma GCC unroll 16
+  for (int g = 0; g < GB; ++g)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) qv[g][v] = V::load(q + g * a.q_stride + W * v);
+  const __m128 sc = _mm_set1_ps(a.scale);
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    __m128 h[GB];  // tree t: lanes (position t * PP + r, head g) at r * GB + g
+#pragma GCC unroll 4
+    for (int t = 0; t < GB; ++t) {
+      R acc[4];
+#pragma GCC unroll 4
+      for (int r = 0; r < PP; ++r) {
+        const int64_t row = (j - j0 + t * PP + r) * st;
+        const R k0 = attn_load<V, KV>(kb, row);
+#pragma GCC unroll 4
+        for (int g = 0; g < GB; ++g) acc[r * GB + g] = V::mul(qv[g][0], k0);
+#pragma GCC unroll 16
+        for (int v = 1; v < NV; ++v) {
+          const R kv = attn_load<V, KV>(kb, row + W * v);
+#pragma GCC unroll 4
+          for (int g = 0; g < GB; ++g) acc[r * GB + g] = V::fmadd(qv[g][v], kv, acc[r * GB + g]);
+        }
+      }
+      h[t] = _mm_mul_ps(V::hsum4(acc[0], acc[1], acc[2], acc[3]), sc);
+    }
+    if constexpr (GB == 4) {  // h[r]: position r's four heads
+      _MM_TRANSPOSE4_PS(h[0], h[1], h[2], h[3]);
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) _mm_storeu_ps(s + g * sn + j, h[g]);
+    } else if constexpr (GB == 2) {  // h[t]: positions 2t, 2t + 1, heads 0, 1 each
+      _mm_storeu_ps(s + j, _mm_shuffle_ps(h[0], h[1], _MM_SHUFFLE(2, 0, 2, 0)));
+      _mm_storeu_ps(s + sn + j, _mm_shuffle_ps(h[0], h[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    } else {
+      _mm_storeu_ps(s + j, h[0]);
+    }
+  }
+  for (; j < j1; ++j) {
+    R acc[GB];
+    const int64_t row = (j - j0) * st;
+#pragma GCC unroll 4
+    for (int g = 0; g < GB; ++g) acc[g] = V::mul(qv[g][0], attn_load<V, KV>(kb, row));
+#pragma GCC unroll 16
+    for (int v = 1; v < NV; ++v) {
+      const R kv = attn_load<V, KV>(kb, row + W * v);
+#pragma GCC unroll 4
+      for (int g = 0; g < GB; ++g) acc[g] = V::fmadd(qv[g][v], kv, acc[g]);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < GB; ++g) s[g * sn + j] = V::reduce_add(acc[g]) * a.scale;
+  }
+}
+
+// o_g += sum over positions [j0, j1) of p_g[j] v_j for GB heads (head g's
+// probabilities at p + g * pn, its output at o + g * os); the value rows of one
+// run, position j0's at vb, each loaded once for the GB heads. One accumulator
+// per head and vector, positions in order: a head's output is bit-identical
+// whatever GB is.
+template <class V, int NV, int KV, int GB>
+void attend_values_fused(const tessera::DecodeAttnArgs& a, const void* vb, const float* p, int64_t pn, int64_t j0,
+                         int64_t j1, float* o, int64_t os) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  const int64_t st = a.kv_stride;
+  R acc[GB][NV];
+#pragma GCC unroll 4
+  for (int g = 0; g < GB; ++g)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[g][v] = V::load(o + g * os + W * v);
+  for (int64_t j = j0; j < j1; ++j) {
+    R vv[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) vv[v] = attn_load<V, KV>(vb, (j - j0) * st + W * v);
+#pragma GCC unroll 4
+    for (int g = 0; g < GB; ++g) {
+      const R pg = V::set1(p[g * pn + j]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[g][v] = V::fmadd(pg, vv[v], acc[g][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < GB; ++g)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) V::store(o + g * os + W * v, acc[g][v]);
+}
+
+// Heads of NV vectors (hd == vd): attend_group's passes with the fused kernels,
+// the G heads in passes of 4, 2 and 1 (as many as fuse_heads allows).
+template <class V, int NV, int KV>
+void attend_group_fused(const tessera::DecodeAttnArgs& a) {
+  constexpr int GB = fuse_heads<V, NV>();
+  const int64_t n = a.n, vd = a.v_dim();
+  // Calls f.template operator()<c>(g) for each pass of c heads from head g.
+  const auto passes = [&](auto&& f) {
+    for (int64_t g = 0; g < a.G;) {
+      const int64_t left = a.G - g;
+      if constexpr (GB >= 4)
+        if (left >= 4) {
+          f.template operator()<4>(g);
+          g += 4;
+          continue;
+        }
+      if constexpr (GB >= 2)
+        if (left >= 2) {
+          f.template operator()<2>(g);
+          g += 2;
+          continue;
+        }
+      f.template operator()<1>(g);
+      g += 1;
+    }
+  };
+  for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
+    j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
+    const void* k = attn_row(a, a.k, a.row(j0) * a.kv_stride);
+    passes([&]<int C>(int64_t g) {
+      attend_scores_fused<V, NV, KV, C>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n, n);
+    });
+  }
+  for (int64_t g = 0; g < a.G; ++g) {
+    const float lse = attend_softmax<V>(a.scores + g * n + a.start, n - a.start, a.softcap);
+    if (a.lse) a.lse[g] = lse;
+    std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + vd, 0.f);
+  }
+  for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
+    j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
+    const void* v = attn_row(a, a.v, a.row(j0) * a.kv_stride);
+    passes([&]<int C>(int64_t g) {
+      attend_values_fused<V, NV, KV, C>(a, v, a.scores + g * n, n, j0, j1, a.out + g * a.out_stride, a.out_stride);
+    });
+  }
+}
+
+template <class V, int NV>
+void attend_heads_fused(const tessera::DecodeAttnArgs& a) {
+  if (a.kv == tessera::DType::F16) attend_group_fused<V, NV, kF16>(a);
+  else if (a.kv == tessera::DType::Q8_0) attend_group_fused<V, NV, kQ8>(a);
+  else attend_group_fused<V, NV, kF32>(a);
+}
+
 template <class V, int NK, int NV = NK>
 void attend_heads(const tessera::DecodeAttnArgs& a) {
   if (a.kv == tessera::DType::F16) attend_group<V, NK, NV, kF16>(a);
@@ -188,7 +361,7 @@ bool attend_dispatch(const tessera::DecodeAttnArgs& a) {
     return true;
   } else {
     if (a.hd == int64_t(NV) * V::W && a.v_dim() == a.hd) {
-      attend_heads<V, NV>(a);
+      attend_heads_fused<V, NV>(a);
       return true;
     }
     return attend_dispatch<V, NV + 1>(a);
