@@ -3,11 +3,12 @@
 // compiled with its own flags. Include only from those files, inside their ISA
 // namespace's anonymous namespace.
 //
-// Scores four positions at a time (NV vectors of q held in registers, one
-// horizontal sum per position), the soft cap, a vectorised max-subtracted exp,
-// then the weighted sum of the value rows with two accumulator sets; the G
-// heads take each block of positions in turn, so keys and values are read once. Against the per-position dot / axpy calls it replaced
-// (a serial scalar sum each), 1B decode at position 256 spent ~10x less in attention.
+// Scores four positions at a time (the queries of up to four heads held in
+// registers, each key vector loaded once for all of them, transposing add
+// trees), the soft cap, a vectorised max-subtracted exp, then the weighted
+// sum of the value rows, each value vector loaded once for up to four heads'
+// accumulators. Loads, not FMAs, bounded the one-head-at-a-time kernel this
+// replaced (docs/attention.md, Decode): sharing them made it 2.7-4.2x faster.
 // The including file provides <algorithm>, <cmath> and kernels/attention.h.
 #pragma once
 
@@ -34,38 +35,6 @@ constexpr int64_t kAttnBlock = 64;
 // Element offset of position j's row from k / v, for positions in one run.
 inline const void* attn_row(const tessera::DecodeAttnArgs& a, const void* base, int64_t elems) {
   return static_cast<const uint8_t*>(base) + a.kv_bytes(elems);
-}
-
-// Scores of head q for positions [j0, j1) into s (indexed by position); their
-// rows are consecutive, position j0's at kb. ADD: added to s (a later slice of
-// a head wider than NV vectors).
-template <class V, int NV, int KV, bool ADD = false>
-void attend_scores(const tessera::DecodeAttnArgs& a, const void* kb, const float* q, int64_t j0, int64_t j1,
-                   float* s) {
-  using R = typename V::reg;
-  constexpr int W = V::W;
-  const int64_t st = a.kv_stride;
-  R qv[NV];
-  #pragma GCC unroll 16
-  for (int v = 0; v < NV; ++v) qv[v] = V::load(q + W * v);
-  int64_t j = j0;
-  for (; j + 4 <= j1; j += 4) {
-    R acc[4];
-    #pragma GCC unroll 16
-    for (int r = 0; r < 4; ++r) acc[r] = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0 + r) * st));
-    #pragma GCC unroll 16
-    for (int v = 1; v < NV; ++v)
-      #pragma GCC unroll 16
-      for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0 + r) * st + W * v), acc[r]);
-    const __m128 d = _mm_mul_ps(V::hsum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(a.scale));
-    _mm_storeu_ps(s + j, ADD ? _mm_add_ps(_mm_loadu_ps(s + j), d) : d);
-  }
-  for (; j < j1; ++j) {
-    R acc = V::mul(qv[0], attn_load<V, KV>(kb, (j - j0) * st));
-    #pragma GCC unroll 16
-    for (int v = 1; v < NV; ++v) acc = V::fmadd(qv[v], attn_load<V, KV>(kb, (j - j0) * st + W * v), acc);
-    s[j] = ADD ? s[j] + V::reduce_add(acc) * a.scale : V::reduce_add(acc) * a.scale;
-  }
 }
 
 // One tile of an online softmax: s[0, n) = exp(cap(s) - m') in place with
@@ -111,66 +80,6 @@ float attend_softmax(float* s, int64_t n, float softcap) {
   return mx + std::log(sum);
 }
 
-// o += sum over positions [j0, j1) of p[j] v_j; their rows are consecutive, position j0's at vb.
-template <class V, int NV, int KV>
-void attend_values(const tessera::DecodeAttnArgs& a, const void* vb, const float* p, int64_t j0, int64_t j1, float* o) {
-  using R = typename V::reg;
-  constexpr int W = V::W;
-  const int64_t st = a.kv_stride;
-  R a0[NV], a1[NV];
-  #pragma GCC unroll 16
-  for (int v = 0; v < NV; ++v) a0[v] = V::load(o + W * v), a1[v] = V::zero();
-  int64_t j = j0;
-  for (; j + 2 <= j1; j += 2) {
-    const R p0 = V::set1(p[j]), p1 = V::set1(p[j + 1]);
-    #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) {
-      a0[v] = V::fmadd(p0, attn_load<V, KV>(vb, (j - j0) * st + W * v), a0[v]);
-      a1[v] = V::fmadd(p1, attn_load<V, KV>(vb, (j - j0 + 1) * st + W * v), a1[v]);
-    }
-  }
-  if (j < j1) {
-    const R p0 = V::set1(p[j]);
-    #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) a0[v] = V::fmadd(p0, attn_load<V, KV>(vb, (j - j0) * st + W * v), a0[v]);
-  }
-  #pragma GCC unroll 16
-  for (int v = 0; v < NV; ++v) V::store(o + W * v, V::add(a0[v], a1[v]));
-}
-
-// The G heads, position block by position block (scores of head g in scores[g n, (g + 1) n);
-// positions [start, n) only).
-// A block is at most kAttnBlock positions and, in a paged cache, ends where
-// the rows stop being consecutive.
-// Keys are scored in slices of NK vectors, values summed in slices of NV (one
-// slice each when the head fits in 16 vectors).
-template <class V, int NK, int NV, int KV>
-void attend_group(const tessera::DecodeAttnArgs& a) {
-  const int64_t n = a.n, sk = int64_t(NK) * V::W, sw = int64_t(NV) * V::W;  // slice widths
-  const int64_t vd = a.v_dim();
-  for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
-    j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
-    const void* k = attn_row(a, a.k, a.row(j0) * a.kv_stride);
-    for (int64_t g = 0; g < a.G; ++g) {
-      attend_scores<V, NK, KV>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n);
-      for (int64_t i = sk; i < a.hd; i += sk)
-        attend_scores<V, NK, KV, true>(a, attn_row(a, k, i), a.q + g * a.q_stride + i, j0, j1, a.scores + g * n);
-    }
-  }
-  for (int64_t g = 0; g < a.G; ++g) {
-    const float lse = attend_softmax<V>(a.scores + g * n + a.start, n - a.start, a.softcap);
-    if (a.lse) a.lse[g] = lse;
-    std::fill(a.out + g * a.out_stride, a.out + g * a.out_stride + vd, 0.f);
-  }
-  for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
-    j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
-    const void* v = attn_row(a, a.v, a.row(j0) * a.kv_stride);
-    for (int64_t g = 0; g < a.G; ++g)
-      for (int64_t i = 0; i < vd; i += sw)
-        attend_values<V, NV, KV>(a, attn_row(a, v, i), a.scores + g * n, j0, j1, a.out + g * a.out_stride + i);
-  }
-}
-
 // Heads the fused kernels take per pass: GB x NV registers of queries (scores)
 // or accumulators (values), at most half the register file (32 vector
 // registers at 16 lanes, 16 at 8).
@@ -187,8 +96,9 @@ constexpr int fuse_heads() {
 // being what bounds the per-head kernel. Four positions per step: 4 x GB dot
 // products, reduced by GB transposing add trees (4 / GB positions each), then
 // transposed to four scores per head. A head's scores are bit-identical
-// whatever GB is (the same products and add tree per position).
-template <class V, int NV, int KV, int GB>
+// whatever GB is (the same products and add tree per position). ADD: added
+// to s (a later slice of a head scored in slices of NV vectors).
+template <class V, int NV, int KV, int GB, bool ADD>
 void attend_scores_fused(const tessera::DecodeAttnArgs& a, const void* kb, const float* q, int64_t j0, int64_t j1,
                          float* s, int64_t sn) {
   using R = typename V::reg;
@@ -221,15 +131,16 @@ void attend_scores_fused(const tessera::DecodeAttnArgs& a, const void* kb, const
       }
       h[t] = _mm_mul_ps(V::hsum4(acc[0], acc[1], acc[2], acc[3]), sc);
     }
+    const auto put = [&](float* d, __m128 x) { _mm_storeu_ps(d, ADD ? _mm_add_ps(_mm_loadu_ps(d), x) : x); };
     if constexpr (GB == 4) {  // h[r]: position r's four heads
       _MM_TRANSPOSE4_PS(h[0], h[1], h[2], h[3]);
 #pragma GCC unroll 4
-      for (int g = 0; g < 4; ++g) _mm_storeu_ps(s + g * sn + j, h[g]);
+      for (int g = 0; g < 4; ++g) put(s + g * sn + j, h[g]);
     } else if constexpr (GB == 2) {  // h[t]: positions 2t, 2t + 1, heads 0, 1 each
-      _mm_storeu_ps(s + j, _mm_shuffle_ps(h[0], h[1], _MM_SHUFFLE(2, 0, 2, 0)));
-      _mm_storeu_ps(s + sn + j, _mm_shuffle_ps(h[0], h[1], _MM_SHUFFLE(3, 1, 3, 1)));
+      put(s + j, _mm_shuffle_ps(h[0], h[1], _MM_SHUFFLE(2, 0, 2, 0)));
+      put(s + sn + j, _mm_shuffle_ps(h[0], h[1], _MM_SHUFFLE(3, 1, 3, 1)));
     } else {
-      _mm_storeu_ps(s + j, h[0]);
+      put(s + j, h[0]);
     }
   }
   for (; j < j1; ++j) {
@@ -244,7 +155,10 @@ void attend_scores_fused(const tessera::DecodeAttnArgs& a, const void* kb, const
       for (int g = 0; g < GB; ++g) acc[g] = V::fmadd(qv[g][v], kv, acc[g]);
     }
 #pragma GCC unroll 4
-    for (int g = 0; g < GB; ++g) s[g * sn + j] = V::reduce_add(acc[g]) * a.scale;
+    for (int g = 0; g < GB; ++g) {
+      const float x = V::reduce_add(acc[g]) * a.scale;
+      s[g * sn + j] = ADD ? s[g * sn + j] + x : x;
+    }
   }
 }
 
@@ -281,14 +195,19 @@ void attend_values_fused(const tessera::DecodeAttnArgs& a, const void* vb, const
     for (int v = 0; v < NV; ++v) V::store(o + g * os + W * v, acc[g][v]);
 }
 
-// Heads of NV vectors (hd == vd): attend_group's passes with the fused kernels,
-// the G heads in passes of 4, 2 and 1 (as many as fuse_heads allows).
-template <class V, int NV, int KV>
-void attend_group_fused(const tessera::DecodeAttnArgs& a) {
-  constexpr int GB = fuse_heads<V, NV>();
-  const int64_t n = a.n, vd = a.v_dim();
+// The G heads, run by run of at most kAttnBlock positions (in a paged cache a
+// run ends where the rows stop being consecutive): every head's scores
+// (head g's in scores[g n, (g + 1) n), positions [start, n) only), the
+// softmax, then the values. The heads go in passes of 4, 2 and 1 (as many as
+// fuse_heads allows) that share each load; keys are scored in slices of NK
+// vectors and values summed in slices of NV (one slice each when the head is
+// at most 16 vectors).
+template <class V, int NK, int NV, int KV>
+void attend_group(const tessera::DecodeAttnArgs& a) {
+  constexpr int GK = fuse_heads<V, NK>(), GV = fuse_heads<V, NV>();
+  const int64_t n = a.n, vd = a.v_dim(), sk = int64_t(NK) * V::W, sv = int64_t(NV) * V::W;  // slice widths
   // Calls f.template operator()<c>(g) for each pass of c heads from head g.
-  const auto passes = [&](auto&& f) {
+  const auto passes = [&]<int GB>(auto&& f) {
     for (int64_t g = 0; g < a.G;) {
       const int64_t left = a.G - g;
       if constexpr (GB >= 4)
@@ -310,8 +229,11 @@ void attend_group_fused(const tessera::DecodeAttnArgs& a) {
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
     const void* k = attn_row(a, a.k, a.row(j0) * a.kv_stride);
-    passes([&]<int C>(int64_t g) {
-      attend_scores_fused<V, NV, KV, C>(a, k, a.q + g * a.q_stride, j0, j1, a.scores + g * n, n);
+    passes.template operator()<GK>([&]<int C>(int64_t g) {
+      const float* q = a.q + g * a.q_stride;
+      attend_scores_fused<V, NK, KV, C, false>(a, k, q, j0, j1, a.scores + g * n, n);
+      for (int64_t i = sk; i < a.hd; i += sk)
+        attend_scores_fused<V, NK, KV, C, true>(a, attn_row(a, k, i), q + i, j0, j1, a.scores + g * n, n);
     });
   }
   for (int64_t g = 0; g < a.G; ++g) {
@@ -322,17 +244,12 @@ void attend_group_fused(const tessera::DecodeAttnArgs& a) {
   for (int64_t j0 = a.start, j1; j0 < n; j0 = j1) {
     j1 = a.run_end(j0, std::min(n, j0 + kAttnBlock));
     const void* v = attn_row(a, a.v, a.row(j0) * a.kv_stride);
-    passes([&]<int C>(int64_t g) {
-      attend_values_fused<V, NV, KV, C>(a, v, a.scores + g * n, n, j0, j1, a.out + g * a.out_stride, a.out_stride);
+    passes.template operator()<GV>([&]<int C>(int64_t g) {
+      for (int64_t i = 0; i < vd; i += sv)
+        attend_values_fused<V, NV, KV, C>(a, attn_row(a, v, i), a.scores + g * n, n, j0, j1,
+                                          a.out + g * a.out_stride + i, a.out_stride);
     });
   }
-}
-
-template <class V, int NV>
-void attend_heads_fused(const tessera::DecodeAttnArgs& a) {
-  if (a.kv == tessera::DType::F16) attend_group_fused<V, NV, kF16>(a);
-  else if (a.kv == tessera::DType::Q8_0) attend_group_fused<V, NV, kQ8>(a);
-  else attend_group_fused<V, NV, kF32>(a);
 }
 
 template <class V, int NK, int NV = NK>
@@ -342,26 +259,20 @@ void attend_heads(const tessera::DecodeAttnArgs& a) {
   else attend_group<V, NK, NV, kF32>(a);
 }
 
-// Head sizes (hd == vd) of 1..16 vectors; or wider / unequal ones in slices:
-// MLA's latent (keys 576 = 36 x 16, values 512) scores 12-vector slices and sums
-// 16-vector ones at 16 lanes, 8 and 8 at 8 lanes; any multiples of 4 vectors
-// in slices of 4 (all whole Q8_0 blocks). False for any other (the caller falls
-// back to the reference).
+// Head sizes (hd == vd) of 1..16 vectors; or wider / unequal ones that are
+// multiples of 4 vectors, in slices of 4 (all whole Q8_0 blocks; MLA's latent:
+// keys 576 = 36 x 16, values 512), so that four heads share each load as at
+// head size 64. False for any other (the caller falls back to the reference).
 template <class V, int NV = 1>
 bool attend_dispatch(const tessera::DecodeAttnArgs& a) {
   if constexpr (NV > 16) {
-    constexpr int WK = V::W == 16 ? 12 : 8, WV = V::W == 16 ? 16 : 8;
-    if (a.hd % (WK * V::W) == 0 && a.v_dim() % (WV * V::W) == 0) {
-      attend_heads<V, WK, WV>(a);
-      return true;
-    }
     constexpr int64_t sw = 4 * V::W;
     if (a.hd % sw != 0 || a.v_dim() % sw != 0) return false;
     attend_heads<V, 4>(a);
     return true;
   } else {
     if (a.hd == int64_t(NV) * V::W && a.v_dim() == a.hd) {
-      attend_heads_fused<V, NV>(a);
+      attend_heads<V, NV>(a);
       return true;
     }
     return attend_dispatch<V, NV + 1>(a);
