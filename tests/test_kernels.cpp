@@ -149,7 +149,7 @@ int64_t int_path_block(const TensorView& W, Isa isa, int64_t M) {
     return kQ8_0Block;
   if (r4_is_k(W.dtype)) return isa == Isa::AVX512 ? kQ8KBlock : 0;  // other ISAs run the reference on R4
   if (dtype_is_k_quant(W.dtype) && W.dtype != DType::Q8_K) return kQ8KBlock;
-  if ((W.dtype == DType::Q4_0_R4 || W.dtype == DType::Q8_0_R4) && isa == Isa::AVX512)
+  if ((W.dtype == DType::Q4_0_R4 || W.dtype == DType::Q8_0_R4 || r4_is_legacy(W.dtype)) && isa == Isa::AVX512)
     return kQ8_0Block;  // other ISAs run the reference on the R4 layouts
   return 0;
 }
@@ -181,8 +181,14 @@ void add_q8_1_rounding(const TensorView& W, const std::vector<float>& X, int64_t
     cpu::q8_1_sums(X.data() + m * K, K, sf.data());
     for (int64_t n = 0; n < N; ++n)
       for (int64_t b = 0; b < nb; ++b) {
-        uint16_t mh;  // the block's m: bytes 2..3 of Q4_1 and Q5_1 blocks
-        std::memcpy(&mh, W.row(n) + b * dtype_block_bytes(W.dtype) + 2, 2);
+        uint16_t mh;  // the block's m: bytes 2..3 of Q4_1 and Q5_1 blocks; in an R4 tile, after the d
+        if (r4_is_legacy(W.dtype))
+          std::memcpy(&mh,
+                      static_cast<const uint8_t*>(W.data) + size_t(n / kR4Rows) * r4_tile_bytes(W.dtype, K) +
+                          r4l_scales_offset(W.dtype, K, n % kR4Rows, b / kR4Blocks) + 32 + 2 * (b % kR4Blocks),
+                      2);
+        else
+          std::memcpy(&mh, W.row(n) + b * dtype_block_bytes(W.dtype) + 2, 2);
         float S;
         std::memcpy(&S, &sf[size_t(b)], 4);
         want[size_t(m * N + n)] += f16_to_f32(mh) * (S - d[size_t(b)] * float(s[size_t(b)]));
@@ -212,7 +218,8 @@ void check_dtype(DType t, const std::vector<int64_t>& Ks, const std::vector<int>
               const auto Xq = quantized_activations(X, M, K, qb);
               want_q.resize(want.size());
               ref::matmul(w.view, Xq.data(), M, want_q.data());
-              if (t == DType::Q4_1 || t == DType::Q5_1) add_q8_1_rounding(w.view, X, M, want_q);
+              if (t == DType::Q4_1 || t == DType::Q5_1 || t == DType::Q4_1_R4 || t == DType::Q5_1_R4)
+                add_q8_1_rounding(w.view, X, M, want_q);
             } else if (bf16_act_path(w.view, isa, M)) {
               qb = 1;  // compare like the integer paths: tightly on rounded activations, loosely on f32
               std::vector<float> Xb(X.size());
@@ -279,9 +286,13 @@ TEST(KernelsMatmul, Q8_0_R4) { check_dtype(DType::Q8_0_R4, {512, 1024, 4608}, {0
 TEST(KernelsMatmul, Q4_K_R4) { check_dtype(DType::Q4_K_R4, {256, 512, 768, 4608}, {0}); }
 TEST(KernelsMatmul, Q5_K_R4) { check_dtype(DType::Q5_K_R4, {256, 1024, 1280}, {0}); }
 TEST(KernelsMatmul, Q6_K_R4) { check_dtype(DType::Q6_K_R4, {512, 768, 4608}, {0}); }
+TEST(KernelsMatmul, LegacyR4) {
+  for (DType t : {DType::IQ4_NL_R4, DType::Q4_1_R4, DType::Q5_0_R4, DType::Q5_1_R4}) check_dtype(t, {512, 1024, 4608}, {0});
+}
 
 TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
-  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::Q4_1,
+                  DType::Q5_0, DType::Q5_1})
     for (int64_t N : {1, 5, 12}) {
       const int64_t K = dtype_is_k_quant(t) && N == 5 ? 1280 : 1024;  // K-quants: also a half last group
       const Weights q = make_weights(t, N, K, 0, 11);

@@ -218,7 +218,8 @@ TEST(Model, GoldenSentenceNllMatchesReference) {
 // Q4_0 / Q8_0 / Q4_K / Q6_K matrices repacked at load (kernels/repack.h) give the logits of the file layout.
 TEST(Model, RepackedQuantsMatchFileLayout) {
   if (detect_isa() != Isa::AVX512) GTEST_SKIP() << "the R4 layouts are used on AVX-512 only";
-  for (DType type : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K})
+  for (DType type : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::IQ4_NL, DType::Q4_1, DType::Q5_0,
+                     DType::Q5_1})
   for (const char* base : {"260k", "gpt2-tiny"}) {
     ModelConfig c = synthetic_config(base);
     c.dim = 512, c.n_heads = 8, c.n_kv_heads = c.arch == Arch::GPT2 ? 8 : 4, c.head_dim = 64;

@@ -112,7 +112,7 @@ int cmd_bench(int argc, char** argv) {
       ->check(CLI::Range(int64_t(1), int64_t(1024)));
   bool no_repack = false, f16_as_bf16 = false;
   app.add_flag("--f16-as-bf16", f16_as_bf16, "round F16 matrices to BF16 at load (as generate / perplexity --f16-as-bf16)");
-  app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 / Q8_0 / K-quant repacking)");
+  app.add_flag("--no-repack", no_repack, "keep weights in the file's layout (no load-time Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL / K-quant repacking)");
   TrainBenchArgs tb;
   app.add_flag("--train", tb.enabled, "benchmark training steps (forward + backward + AdamW) instead of inference");
   app.add_option("--batch", tb.batch, "--train: sequences per step");

@@ -30,7 +30,7 @@ void add_model_options(CLI::App& app, ModelArgs& a, bool need_ctx) {
   app.add_option("--kv-type", a.kv_type, "KV cache type: f32, f16, or q8_0 (llama.cpp's 8-bit blocks; head size a multiple of 32)")
       ->check(CLI::IsMember({"f32", "f16", "q8_0"}));
   app.add_flag("--no-repack", a.no_repack,
-               "keep weights in the file's layout (default: Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K matrices are repacked at load for the AVX-512 kernels)");
+               "keep weights in the file's layout (default: Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL / Q4_K / Q5_K / Q6_K matrices are repacked at load for the AVX-512 kernels)");
   app.add_option("--type", a.load_type,
                  "convert the weights at load: int8 = LLM.int8() (f32/f16/bf16 models: int8 rows with absmax scales, "
                  "per-token int8 activations, outlier feature columns in f32)")

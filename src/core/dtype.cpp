@@ -40,13 +40,17 @@ constexpr Traits kTraits[] = {
     {DType::Q4_K_R4, "q4_k_r4", 512, 256 + 40, false, false, true},
     {DType::Q5_K_R4, "q5_k_r4", 512, 256 + 64 + 40, false, false, true},
     {DType::Q6_K_R4, "q6_k_r4", 512, 256 + 128 + 36, false, false, true},
+    {DType::IQ4_NL_R4, "iq4_nl_r4", kQK, sizeof(BlockIQ4_NL), false, false, false},
+    {DType::Q4_1_R4, "q4_1_r4", kQK, sizeof(BlockQ4_1), false, false, false},
+    {DType::Q5_0_R4, "q5_0_r4", kQK, sizeof(BlockQ5_0), false, false, false},
+    {DType::Q5_1_R4, "q5_1_r4", kQK, sizeof(BlockQ5_1), false, false, false},
 };
 constexpr bool in_enum_order() {
   for (size_t i = 0; i < std::size(kTraits); ++i)
     if (size_t(kTraits[i].t) != i) return false;
   return true;
 }
-static_assert(in_enum_order() && std::size(kTraits) == size_t(DType::Q6_K_R4) + 1, "kTraits: one row per DType, in order");
+static_assert(in_enum_order() && std::size(kTraits) == size_t(DType::Q5_1_R4) + 1, "kTraits: one row per DType, in order");
 
 const Traits& traits(DType t) { return kTraits[size_t(t)]; }
 

@@ -35,6 +35,10 @@ enum class DType : uint8_t {
   Q4_K_R4,  // internal, never in a file: Q4_K / Q5_K / Q6_K repacked at load for the
   Q5_K_R4,  //   AVX-512 kernels (kernels/repack.h): rows in tiles of 4, blocks of 512
   Q6_K_R4,  //   elements with the scales unpacked to one byte per 32 (16 for Q6_K)
+  IQ4_NL_R4,  // internal, never in a file: IQ4_NL / Q4_1 / Q5_0 / Q5_1 repacked at
+  Q4_1_R4,    //   load for the AVX-512 kernels (kernels/repack.h): rows in tiles of 4,
+  Q5_0_R4,    //   groups of 16 blocks, the same bytes per row as the file
+  Q5_1_R4,
 };
 
 

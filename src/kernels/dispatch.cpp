@@ -107,6 +107,10 @@ cpu::MatvecFn matvec_for(const cpu::IsaKernels& k, DType t) {
     case DType::Q4_K_R4:
     case DType::Q5_K_R4:
     case DType::Q6_K_R4: return k.kquant_r4;
+    case DType::IQ4_NL_R4:
+    case DType::Q4_1_R4:
+    case DType::Q5_0_R4:
+    case DType::Q5_1_R4: return k.legacy_r4;
     case DType::Q2_K:
     case DType::Q3_K:
     case DType::Q4_K:
@@ -135,9 +139,13 @@ int64_t quant_block(const TensorView& W) {
     case DType::Q4_0_R4:
     case DType::Q8_0_R4:
     case DType::Q5_0:
-    case DType::IQ4_NL: return kQ8_0;
+    case DType::IQ4_NL:
+    case DType::Q5_0_R4:
+    case DType::IQ4_NL_R4: return kQ8_0;
     case DType::Q4_1:
-    case DType::Q5_1: return kQ8_1;
+    case DType::Q5_1:
+    case DType::Q4_1_R4:
+    case DType::Q5_1_R4: return kQ8_1;
     case DType::Q8_G: return cpu::q8g_integer_path(W) ? W.group : 0;
     default: return 0;
   }

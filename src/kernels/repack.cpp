@@ -13,17 +13,25 @@ DType r4_type_of(DType t) {
     case DType::Q4_K: return DType::Q4_K_R4;
     case DType::Q5_K: return DType::Q5_K_R4;
     case DType::Q6_K: return DType::Q6_K_R4;
+    case DType::IQ4_NL: return DType::IQ4_NL_R4;
+    case DType::Q4_1: return DType::Q4_1_R4;
+    case DType::Q5_0: return DType::Q5_0_R4;
+    case DType::Q5_1: return DType::Q5_1_R4;
     default: return t;
   }
 }
 
 DType r4_file_type(DType t) {
-  for (DType f : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
+  for (DType f : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::Q4_1,
+                  DType::Q5_0, DType::Q5_1})
     if (r4_type_of(f) == t) return f;
   return t;
 }
 
 bool r4_is_k(DType t) { return t == DType::Q4_K_R4 || t == DType::Q5_K_R4 || t == DType::Q6_K_R4; }
+bool r4_is_legacy(DType t) {
+  return t == DType::IQ4_NL_R4 || t == DType::Q4_1_R4 || t == DType::Q5_0_R4 || t == DType::Q5_1_R4;
+}
 
 bool r4_applies(const TensorView& W, Isa isa) {
   const DType r = r4_type_of(W.dtype);
@@ -128,7 +136,64 @@ void put_kgroup(DType t, int64_t K, const uint8_t* row, int64_t r, int64_t g, ui
     std::memcpy(sc + 32, d, sizeof(d));
 }
 
+// Row n (blocks at row) group g of a legacy block matrix of file type t into tile slot r.
+void put_lgroup(DType t, int64_t K, const uint8_t* row, int64_t r, int64_t g, uint8_t* tile) {
+  uint8_t* qs = tile + r4l_qs_offset(r, g);
+  uint8_t* hi = tile + r4l_high_offset(t, K, r, g);
+  uint8_t* sc = tile + r4l_scales_offset(t, K, r, g);
+  const size_t bb = dtype_block_bytes(t);
+  for (int64_t b = 0; b < kR4Blocks; ++b) {
+    const uint8_t* blk = row + size_t(g * kR4Blocks + b) * bb;
+    const uint8_t *q = nullptr, *qh = nullptr;
+    uint16_t d = 0, m = 0;
+    std::memcpy(&d, blk, 2);
+    switch (t) {
+      case DType::IQ4_NL: q = reinterpret_cast<const BlockIQ4_NL*>(blk)->qs; break;
+      case DType::Q4_1: q = reinterpret_cast<const BlockQ4_1*>(blk)->qs, m = reinterpret_cast<const BlockQ4_1*>(blk)->m; break;
+      case DType::Q5_0: q = reinterpret_cast<const BlockQ5_0*>(blk)->qs, qh = reinterpret_cast<const BlockQ5_0*>(blk)->qh; break;
+      default:
+        q = reinterpret_cast<const BlockQ5_1*>(blk)->qs, qh = reinterpret_cast<const BlockQ5_1*>(blk)->qh;
+        m = reinterpret_cast<const BlockQ5_1*>(blk)->m;
+    }
+    for (int j = 0; j < 4; ++j) std::memcpy(qs + 64 * j + 4 * b, q + 4 * j, 4);
+    if (qh) std::memcpy(hi + 4 * b, qh, 4);
+    std::memcpy(sc + 2 * b, &d, 2);
+    if (r4l_scale_bytes(t) == 64) std::memcpy(sc + 32 + 2 * b, &m, 2);
+  }
+}
+
 }  // namespace
+
+void r4l_dequantize_row(const TensorView& W, int64_t r, float* out) {
+  const DType t = W.dtype;
+  const int64_t K = W.cols(), tr = r % kR4Rows;
+  const uint8_t* tile = static_cast<const uint8_t*>(W.data) + size_t(r / kR4Rows) * r4_tile_bytes(t, K);
+  for (int64_t g = 0; g < K / 512; ++g) {
+    const uint8_t* qs = tile + r4l_qs_offset(tr, g);
+    const uint8_t* hi = tile + r4l_high_offset(t, K, tr, g);
+    const uint8_t* sc = tile + r4l_scales_offset(t, K, tr, g);
+    for (int b = 0; b < 16; ++b) {
+      uint16_t dh, mh = 0;
+      std::memcpy(&dh, sc + 2 * b, 2);
+      if (r4l_scale_bytes(t) == 64) std::memcpy(&mh, sc + 32 + 2 * b, 2);
+      const float d = f16_to_f32(dh), m = f16_to_f32(mh);
+      uint32_t qh = 0;
+      if (r4l_high_bytes(t)) std::memcpy(&qh, hi + 4 * b, 4);
+      for (int k = 0; k < 32; ++k) {
+        const int j = k % 16 / 4, i = k % 4, upper = k / 16;
+        int q = (qs[64 * j + 4 * b + i] >> (4 * upper)) & 15;
+        float x;
+        if (t == DType::IQ4_NL_R4) {
+          x = d * float(kIQ4NLValues[q]);
+        } else {
+          q |= int((qh >> k) & 1) << 4;
+          x = t == DType::Q5_0_R4 ? d * float(q - 16) : d * float(q) + m;
+        }
+        out[g * 512 + 32 * b + k] = x;
+      }
+    }
+  }
+}
 
 void r4k_dequantize_row(const TensorView& W, int64_t r, float* out) {
   const DType t = W.dtype;
@@ -161,7 +226,8 @@ void r4k_dequantize_row(const TensorView& W, int64_t r, float* out) {
 
 void repack_r4(const TensorView& W, uint8_t* out, int threads) {
   const DType t = W.dtype;
-  if (r4_is_k(r4_type_of(t))) {
+  if (const DType rt = r4_type_of(t); r4_is_k(rt) || r4_is_legacy(rt)) {  // per (row, group) writers
+    const auto put = r4_is_k(rt) ? put_kgroup : put_lgroup;
     const int64_t N = W.rows(), K = W.cols(), tiles = (N + kR4Rows - 1) / kR4Rows;
     const size_t tb = r4_tile_bytes(t, K);
 #pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
@@ -170,7 +236,7 @@ void repack_r4(const TensorView& W, uint8_t* out, int threads) {
       std::memset(tile, 0, tb);  // padding rows: zero scales, so they compute to zero
       for (int64_t r = 0; r < kR4Rows && ti * kR4Rows + r < N; ++r)
         for (int64_t g = 0; g < r4_groups(K); ++g)
-          put_kgroup(t, K, static_cast<const uint8_t*>(W.row(ti * kR4Rows + r)), r, g, tile);
+          put(t, K, static_cast<const uint8_t*>(W.row(ti * kR4Rows + r)), r, g, tile);
     }
     return;
   }

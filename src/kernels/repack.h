@@ -35,6 +35,15 @@
 // A tile stores all groups' quants, then all high parts, then all scales, so
 // every 64-byte load of quants is aligned. The scales unpacked to a byte per
 // sub-block cost 8 bytes per 512 weights over the file (Q6_K: none).
+//
+// IQ4_NL / Q4_1 / Q5_0 / Q5_1 -> IQ4_NL_R4 / Q4_1_R4 / Q5_0_R4 / Q5_1_R4
+// (AVX-512 VNNI; K a multiple of 512), the same tiles and groups of 16
+// blocks, and the same bytes per row as the file. Per (group g, row r):
+//   quants:  256 bytes, the Q4_0_R4 arrangement of the blocks' nibbles;
+//   high:    Q5_0 / Q5_1 64 bytes, bytes 4 b .. 4 b + 3 the 32-bit qh of block b
+//            (bit k: bit 4 of element k); IQ4_NL / Q4_1 none;
+//   scales:  the 16 f16 d, then (Q4_1 / Q5_1) the 16 f16 m.
+// Quants, then high parts, then scales, as the K-quant layouts.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -54,8 +63,10 @@ DType r4_type_of(DType t);
 DType r4_file_type(DType t);
 // Whether t is one of the K-quant R4 layouts (Q4_K_R4, Q5_K_R4, Q6_K_R4).
 bool r4_is_k(DType t);
-// Whether W can take its R4 layout on this ISA: a 2-D Q4_0 or Q8_0 matrix with
-// K a multiple of 512, or a Q4_K, Q5_K or Q6_K one (K a multiple of 256), on
+// Whether t is one of IQ4_NL_R4, Q4_1_R4, Q5_0_R4, Q5_1_R4.
+bool r4_is_legacy(DType t);
+// Whether W can take its R4 layout on this ISA: a 2-D Q4_0, Q8_0, IQ4_NL, Q4_1,
+// Q5_0 or Q5_1 matrix with K a multiple of 512, or a Q4_K, Q5_K or Q6_K one (K a multiple of 256), on
 // AVX-512 (the only kernels for the layouts).
 bool r4_applies(const TensorView& W, Isa isa);
 // Bytes of the R4 form of an (N, K) matrix of type t: N rounded up to a whole tile.
@@ -94,5 +105,23 @@ inline size_t r4k_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
 
 // Row r of a K-quant R4 matrix W into out(K): the scalar reference of the layout.
 void r4k_dequantize_row(const TensorView& W, int64_t r, float* out);
+
+// Byte offsets inside a legacy R4 tile (type t: the R4 layout or its file type).
+constexpr int64_t r4l_high_bytes(DType t) {
+  return t == DType::Q5_0_R4 || t == DType::Q5_0 || t == DType::Q5_1_R4 || t == DType::Q5_1 ? 64 : 0;
+}
+constexpr int64_t r4l_scale_bytes(DType t) {
+  return t == DType::Q4_1_R4 || t == DType::Q4_1 || t == DType::Q5_1_R4 || t == DType::Q5_1 ? 64 : 32;
+}
+inline size_t r4l_qs_offset(int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * 256); }
+inline size_t r4l_high_offset(DType t, int64_t K, int64_t r, int64_t g) {
+  return size_t(K / 512 * kR4Rows * 256 + (g * kR4Rows + r) * r4l_high_bytes(t));
+}
+inline size_t r4l_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
+  return size_t(K / 512 * kR4Rows * (256 + r4l_high_bytes(t)) + (g * kR4Rows + r) * r4l_scale_bytes(t));
+}
+
+// Row r of a legacy R4 matrix W into out(K): the scalar reference of the layout.
+void r4l_dequantize_row(const TensorView& W, int64_t r, float* out);
 
 }  // namespace tessera

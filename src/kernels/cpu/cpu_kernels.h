@@ -75,6 +75,7 @@ struct IsaKernels {
   MatvecFn legacy = nullptr;  // Q4_1, Q5_0, Q5_1, IQ4_NL against Q8_0 activations (legacy_impl.h)
   MatvecFn kquant_r4 = nullptr;  // Q4_K_R4, Q5_K_R4, Q6_K_R4 against Q8_K activations; AVX-512 only
   OnlineRowFn online_row = nullptr;
+  MatvecFn legacy_r4 = nullptr;  // IQ4_NL_R4, Q4_1_R4, Q5_0_R4, Q5_1_R4 against Q8_0 / Q8_1 activations; AVX-512 only
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -127,6 +128,7 @@ void matvec_q8_0_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_kquant(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_legacy(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_kquant_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
+void matvec_legacy_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);

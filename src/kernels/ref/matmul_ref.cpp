@@ -81,6 +81,10 @@ void dequantize_row(const TensorView& W, int64_t r, float* out) {
     case DType::Q4_K_R4:
     case DType::Q5_K_R4:
     case DType::Q6_K_R4: r4k_dequantize_row(W, r, out); break;
+    case DType::IQ4_NL_R4:
+    case DType::Q4_1_R4:
+    case DType::Q5_0_R4:
+    case DType::Q5_1_R4: r4l_dequantize_row(W, r, out); break;
     default:  // Q4_1 .. Q8_K (ref/dequant_ref.cpp)
       dequantize_blocks(W.dtype, p, K, out);
       break;
