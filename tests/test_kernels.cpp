@@ -280,21 +280,23 @@ TEST(KernelsMatmul, Q6_K) { check_dtype(DType::Q6_K, kSuperKs, {0}); }
 TEST(KernelsMatmul, LegacyBlockTypes) {
   for (DType t : {DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL}) check_dtype(t, kBlockKs, {0});
 }
-TEST(KernelsMatmul, Q4_0_R4) { check_dtype(DType::Q4_0_R4, {512, 1024, 4608}, {0}); }
-TEST(KernelsMatmul, Q8_0_R4) { check_dtype(DType::Q8_0_R4, {512, 1024, 4608}, {0}); }
+// K = 2304 / 4352 end in a half group, 1568 in a group of 1 block (zero padding blocks).
+TEST(KernelsMatmul, Q4_0_R4) { check_dtype(DType::Q4_0_R4, {512, 1024, 1568, 2304, 4608}, {0}); }
+TEST(KernelsMatmul, Q8_0_R4) { check_dtype(DType::Q8_0_R4, {512, 1024, 2304, 4352}, {0}); }
 // K-quant R4 rows of 256 + 512 g elements end in a half group (a zero padding super-block).
 TEST(KernelsMatmul, Q4_K_R4) { check_dtype(DType::Q4_K_R4, {256, 512, 768, 4608}, {0}); }
 TEST(KernelsMatmul, Q5_K_R4) { check_dtype(DType::Q5_K_R4, {256, 1024, 1280}, {0}); }
 TEST(KernelsMatmul, Q6_K_R4) { check_dtype(DType::Q6_K_R4, {512, 768, 4608}, {0}); }
 TEST(KernelsMatmul, LegacyR4) {
-  for (DType t : {DType::IQ4_NL_R4, DType::Q4_1_R4, DType::Q5_0_R4, DType::Q5_1_R4}) check_dtype(t, {512, 1024, 4608}, {0});
+  for (DType t : {DType::IQ4_NL_R4, DType::Q4_1_R4, DType::Q5_0_R4, DType::Q5_1_R4}) check_dtype(t, {512, 1568, 2304}, {0});
 }
 
 TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
   for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::Q4_1,
                   DType::Q5_0, DType::Q5_1})
     for (int64_t N : {1, 5, 12}) {
-      const int64_t K = dtype_is_k_quant(t) && N == 5 ? 1280 : 1024;  // K-quants: also a half last group
+      // also a partial last group: K-quants half a group, the block types 9 blocks of 16
+      const int64_t K = N != 5 ? 1024 : dtype_is_k_quant(t) ? 1280 : 1312;
       const Weights q = make_weights(t, N, K, 0, 11);
       std::vector<uint8_t> r(r4_bytes(t, N, K), 0xff);
       repack_r4(q.view, r.data(), 2);
@@ -320,7 +322,7 @@ TEST(KernelsRepack, R4LayoutsHoldTheSameWeights) {
   EXPECT_EQ(r4_type_of(DType::F16), DType::F16);
 }
 
-TEST(KernelsRepack, AppliesToQ4_0Q8_0WithKMultipleOf512AndK4K5K6OnAvx512) {
+TEST(KernelsRepack, AppliesOnAvx512ToBlockTypesWithLittlePaddingAndK4K5K6) {
   for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     EXPECT_TRUE(r4_applies(make_weights(t, 4, 1024, 0, 3).view, Isa::AVX512)) << dtype_name(t);
     EXPECT_TRUE(r4_applies(make_weights(t, 4, 768, 0, 3).view, Isa::AVX512)) << dtype_name(t);  // a half group
@@ -332,7 +334,14 @@ TEST(KernelsRepack, AppliesToQ4_0Q8_0WithKMultipleOf512AndK4K5K6OnAvx512) {
   EXPECT_TRUE(r4_applies(make_weights(DType::Q8_0, 4, 512, 0, 3).view, Isa::AVX512));
   EXPECT_FALSE(r4_applies(q.view, Isa::AVX2));
   EXPECT_FALSE(r4_applies(q.view, Isa::Scalar));
-  EXPECT_FALSE(r4_applies(make_weights(DType::Q4_0, 4, 480, 0, 3).view, Isa::AVX512));
+  // A last partial group of at most K / 8 padding: Llama 2 7B's 11008, Gemma 2 2B's 2304.
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::IQ4_NL, DType::Q4_1, DType::Q5_0, DType::Q5_1}) {
+    EXPECT_TRUE(r4_applies(make_weights(t, 4, 11008, 0, 3).view, Isa::AVX512)) << dtype_name(t);
+    EXPECT_TRUE(r4_applies(make_weights(t, 4, 2304, 0, 3).view, Isa::AVX512)) << dtype_name(t);
+    EXPECT_TRUE(r4_applies(make_weights(t, 4, 480, 0, 3).view, Isa::AVX512)) << dtype_name(t);  // 15 blocks of 16
+    EXPECT_FALSE(r4_applies(make_weights(t, 4, 288, 0, 3).view, Isa::AVX512)) << dtype_name(t);  // 9 of 16
+    EXPECT_FALSE(r4_applies(make_weights(t, 4, 896, 0, 3).view, Isa::AVX512)) << dtype_name(t);  // 128 padding
+  }
   EXPECT_FALSE(r4_applies(make_weights(DType::F16, 4, 512, 0, 3).view, Isa::AVX512));
 }
 

@@ -35,26 +35,33 @@ bool r4_is_legacy(DType t) {
 
 bool r4_applies(const TensorView& W, Isa isa) {
   const DType r = r4_type_of(W.dtype);
-  return isa == Isa::AVX512 && r != W.dtype && W.ndim == 2 && W.cols() > 0 && W.rows() > 0 &&
-         W.cols() % (r4_is_k(r) ? kQKK : 512) == 0;
+  if (isa != Isa::AVX512 || r == W.dtype || W.ndim != 2 || W.cols() <= 0 || W.rows() <= 0) return false;
+  const int64_t K = W.cols();
+  if (r4_is_k(r)) return K % kQKK == 0;
+  return K % kQK == 0 && 512 * r4_groups(K) - K <= K / 8;
 }
 
 size_t r4_bytes(DType t, int64_t N, int64_t K) { return size_t((N + kR4Rows - 1) / kR4Rows) * r4_tile_bytes(t, K); }
 
 namespace {
-// Row n's group g (16 blocks) into its places in the tile.
-template <class Block, bool Flip>
-void put_group(const Block* blk, uint8_t* qs, uint8_t* d) {
-  constexpr int kChunks = int(sizeof(blk->qs)) / 4;  // 4-byte chunks per block: 4 (Q4_0) or 8 (Q8_0)
-  for (int64_t b = 0; b < kR4Blocks; ++b) {
-    for (int j = 0; j < kChunks; ++j) {
+// Row n (blocks at row) group g of a Q4_0 / Q8_0 matrix of file type t into
+// tile slot r: its blocks (those of a last partial group only) into their places.
+void put_qgroup(DType t, int64_t K, const uint8_t* row, int64_t r, int64_t g, uint8_t* tile) {
+  const bool q8 = t == DType::Q8_0;
+  const int chunks = q8 ? 8 : 4;  // 4-byte chunks per block
+  const size_t bb = dtype_block_bytes(t);
+  uint8_t* qs = tile + r4_qs_offset(t, r, g);
+  uint8_t* d = tile + r4_scales_offset(t, K, r, g);
+  for (int64_t b = 0; b < kR4Blocks && (g * kR4Blocks + b) * kQK < K; ++b) {
+    const uint8_t* blk = row + size_t(g * kR4Blocks + b) * bb;  // { f16 d; qs }
+    for (int j = 0; j < chunks; ++j) {
       uint8_t c[4];
-      std::memcpy(c, reinterpret_cast<const uint8_t*>(blk[b].qs) + 4 * j, 4);
-      if (Flip)
+      std::memcpy(c, blk + 2 + 4 * j, 4);
+      if (q8)
         for (uint8_t& v : c) v ^= 0x80;
       std::memcpy(qs + 64 * j + 4 * b, c, 4);
     }
-    std::memcpy(d + 2 * b, &blk[b].d, 2);
+    std::memcpy(d + 2 * b, blk, 2);
   }
 }
 // One K-quant super-block as unsigned quants and its scales: per sub-block of
@@ -142,7 +149,7 @@ void put_lgroup(DType t, int64_t K, const uint8_t* row, int64_t r, int64_t g, ui
   uint8_t* hi = tile + r4l_high_offset(t, K, r, g);
   uint8_t* sc = tile + r4l_scales_offset(t, K, r, g);
   const size_t bb = dtype_block_bytes(t);
-  for (int64_t b = 0; b < kR4Blocks; ++b) {
+  for (int64_t b = 0; b < kR4Blocks && (g * kR4Blocks + b) * kQK < K; ++b) {
     const uint8_t* blk = row + size_t(g * kR4Blocks + b) * bb;
     const uint8_t *q = nullptr, *qh = nullptr;
     uint16_t d = 0, m = 0;
@@ -168,11 +175,11 @@ void r4l_dequantize_row(const TensorView& W, int64_t r, float* out) {
   const DType t = W.dtype;
   const int64_t K = W.cols(), tr = r % kR4Rows;
   const uint8_t* tile = static_cast<const uint8_t*>(W.data) + size_t(r / kR4Rows) * r4_tile_bytes(t, K);
-  for (int64_t g = 0; g < K / 512; ++g) {
+  for (int64_t g = 0; g < r4_groups(K); ++g) {
     const uint8_t* qs = tile + r4l_qs_offset(tr, g);
     const uint8_t* hi = tile + r4l_high_offset(t, K, tr, g);
     const uint8_t* sc = tile + r4l_scales_offset(t, K, tr, g);
-    for (int b = 0; b < 16; ++b) {
+    for (int b = 0; b < 16 && g * 512 + 32 * b < K; ++b) {
       uint16_t dh, mh = 0;
       std::memcpy(&dh, sc + 2 * b, 2);
       if (r4l_scale_bytes(t) == 64) std::memcpy(&mh, sc + 32 + 2 * b, 2);
@@ -226,40 +233,16 @@ void r4k_dequantize_row(const TensorView& W, int64_t r, float* out) {
 
 void repack_r4(const TensorView& W, uint8_t* out, int threads) {
   const DType t = W.dtype;
-  if (const DType rt = r4_type_of(t); r4_is_k(rt) || r4_is_legacy(rt)) {  // per (row, group) writers
-    const auto put = r4_is_k(rt) ? put_kgroup : put_lgroup;
-    const int64_t N = W.rows(), K = W.cols(), tiles = (N + kR4Rows - 1) / kR4Rows;
-    const size_t tb = r4_tile_bytes(t, K);
-#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
-    for (int64_t ti = 0; ti < tiles; ++ti) {
-      uint8_t* tile = out + size_t(ti) * tb;
-      std::memset(tile, 0, tb);  // padding rows: zero scales, so they compute to zero
-      for (int64_t r = 0; r < kR4Rows && ti * kR4Rows + r < N; ++r)
-        for (int64_t g = 0; g < r4_groups(K); ++g)
-          put(t, K, static_cast<const uint8_t*>(W.row(ti * kR4Rows + r)), r, g, tile);
-    }
-    return;
-  }
-  const int64_t N = W.rows(), K = W.cols(), G = K / 512, tiles = (N + kR4Rows - 1) / kR4Rows;
-  const size_t tb = r4_tile_bytes(t, K), gq = size_t(r4_group_qs(t));
+  const DType rt = r4_type_of(t);
+  const auto put = r4_is_k(rt) ? put_kgroup : r4_is_legacy(rt) ? put_lgroup : put_qgroup;
+  const int64_t N = W.rows(), K = W.cols(), tiles = (N + kR4Rows - 1) / kR4Rows;
+  const size_t tb = r4_tile_bytes(t, K);
 #pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
   for (int64_t ti = 0; ti < tiles; ++ti) {
     uint8_t* tile = out + size_t(ti) * tb;
-    for (int64_t r = 0; r < kR4Rows; ++r) {
-      const int64_t n = ti * kR4Rows + r;
-      for (int64_t g = 0; g < G; ++g) {
-        uint8_t* qs = tile + r4_qs_offset(t, r, g);
-        uint8_t* d = tile + r4_scales_offset(t, K, r, g);
-        if (n >= N) {  // padding row: zero scales, so it computes to zero
-          std::memset(qs, 0, gq);
-          std::memset(d, 0, kR4Blocks * 2);
-        } else if (t == DType::Q4_0) {
-          put_group<BlockQ4_0, false>(reinterpret_cast<const BlockQ4_0*>(W.row(n)) + g * kR4Blocks, qs, d);
-        } else {
-          put_group<BlockQ8_0, true>(reinterpret_cast<const BlockQ8_0*>(W.row(n)) + g * kR4Blocks, qs, d);
-        }
-      }
-    }
+    std::memset(tile, 0, tb);  // padding rows and blocks: zero scales, so they compute to zero
+    for (int64_t r = 0; r < kR4Rows && ti * kR4Rows + r < N; ++r)
+      for (int64_t g = 0; g < r4_groups(K); ++g) put(t, K, static_cast<const uint8_t*>(W.row(ti * kR4Rows + r)), r, g, tile);
   }
 }
 

@@ -7,7 +7,7 @@
 // bytes per row but store rows in tiles of 4 (N padded to a multiple of 4 with
 // zero rows), and within a tile groups of 16 blocks (512 weights):
 //
-//   tile t (rows 4t .. 4t+3), 4 * row_bytes(K) bytes, G = K / 512 groups:
+//   tile t (rows 4t .. 4t+3), 4 * row_bytes(512 G) bytes, G = ceil(K / 512) groups:
 //     qs part:     for g < G, for row r < 4: Q bytes (Q4_0: 256, Q8_0: 512);
 //                  byte 64 j + 4 b + i (b < 16, i < 4) = qs[4 j + i] of block 16 g + b
 //     scales part: for g < G, for row r < 4: the 16 f16 scales of blocks 16 g ..
@@ -37,7 +37,7 @@
 // sub-block cost 8 bytes per 512 weights over the file (Q6_K: none).
 //
 // IQ4_NL / Q4_1 / Q5_0 / Q5_1 -> IQ4_NL_R4 / Q4_1_R4 / Q5_0_R4 / Q5_1_R4
-// (AVX-512 VNNI; K a multiple of 512), the same tiles and groups of 16
+// (AVX-512 VNNI), the same tiles and groups of 16
 // blocks, and the same bytes per row as the file. Per (group g, row r):
 //   quants:  256 bytes, the Q4_0_R4 arrangement of the blocks' nibbles;
 //   high:    Q5_0 / Q5_1 64 bytes, bytes 4 b .. 4 b + 3 the 32-bit qh of block b
@@ -66,7 +66,9 @@ bool r4_is_k(DType t);
 // Whether t is one of IQ4_NL_R4, Q4_1_R4, Q5_0_R4, Q5_1_R4.
 bool r4_is_legacy(DType t);
 // Whether W can take its R4 layout on this ISA: a 2-D Q4_0, Q8_0, IQ4_NL, Q4_1,
-// Q5_0 or Q5_1 matrix with K a multiple of 512, or a Q4_K, Q5_K or Q6_K one (K a multiple of 256), on
+// Q5_0 or Q5_1 matrix whose rows pad to whole groups of 512 by at most K / 8
+// (Llama 2 7B's K = 11008: 256; Gemma 2 2B's 2304: 256; not a 288-wide row),
+// or a Q4_K, Q5_K or Q6_K one (K a multiple of 256), on
 // AVX-512 (the only kernels for the layouts).
 bool r4_applies(const TensorView& W, Isa isa);
 // Bytes of the R4 form of an (N, K) matrix of type t: N rounded up to a whole tile.
@@ -75,16 +77,17 @@ size_t r4_bytes(DType t, int64_t N, int64_t K);
 // rows are zero), tiles split across `threads` OpenMP threads.
 void repack_r4(const TensorView& W, uint8_t* out, int threads);
 
+// Groups of 512 in a row of K: a last partial group is padded with zero blocks
+// (scales 0: they compute to 0): the K-quant layouts a half group (K % 512 ==
+// 256), the 32-element block types any whole number of blocks.
+inline int64_t r4_groups(int64_t K) { return (K + 511) / 512; }
 // Byte offsets inside an R4 tile of type t (Q4_0_R4 / Q8_0_R4, or their file
 // types) with K columns: the qs bytes of (row r of the tile, group g) and its 16 scales.
 inline int64_t r4_group_qs(DType t) { return t == DType::Q8_0 || t == DType::Q8_0_R4 ? 512 : 256; }
 inline size_t r4_qs_offset(DType t, int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * r4_group_qs(t)); }
 inline size_t r4_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(K / 512 * kR4Rows * r4_group_qs(t) + (g * kR4Rows + r) * kR4Blocks * 2);
+  return size_t(r4_groups(K) * kR4Rows * r4_group_qs(t) + (g * kR4Rows + r) * kR4Blocks * 2);
 }
-// Groups of 512 in a row of K: the K-quant layouts pad a last half group (K % 512 == 256)
-// with a zero super-block (scales 0: it computes to 0); Q4_0 / Q8_0 need K % 512 == 0.
-inline int64_t r4_groups(int64_t K) { return (K + 511) / 512; }
 inline size_t r4_tile_bytes(DType t, int64_t K) {
   return size_t(kR4Rows) * dtype_row_bytes(r4_type_of(t), 512 * r4_groups(K));
 }
@@ -115,10 +118,10 @@ constexpr int64_t r4l_scale_bytes(DType t) {
 }
 inline size_t r4l_qs_offset(int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * 256); }
 inline size_t r4l_high_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(K / 512 * kR4Rows * 256 + (g * kR4Rows + r) * r4l_high_bytes(t));
+  return size_t(r4_groups(K) * kR4Rows * 256 + (g * kR4Rows + r) * r4l_high_bytes(t));
 }
 inline size_t r4l_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(K / 512 * kR4Rows * (256 + r4l_high_bytes(t)) + (g * kR4Rows + r) * r4l_scale_bytes(t));
+  return size_t(r4_groups(K) * kR4Rows * (256 + r4l_high_bytes(t)) + (g * kR4Rows + r) * r4l_scale_bytes(t));
 }
 
 // Row r of a legacy R4 matrix W into out(K): the scalar reference of the layout.

@@ -94,7 +94,7 @@ namespace tessera {
 void norms_to_f32(Weights& w);
 
 // Rearranges the matrices that `isa`'s kernels read faster in another layout
-// (kernels/repack.h: Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K with K % 512 == 0 -> their R4 layouts on AVX-512), each into
+// (kernels/repack.h: Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL / Q4_K / Q5_K / Q6_K -> their R4 layouts on AVX-512, r4_applies), each into
 // an owned 64-byte-aligned buffer (huge pages from 8 MiB), and returns how many
 // were repacked. For inference only: the result cannot be written to a file.
 // The embedding table (rows looked up by token) and a tied output stay as they are.

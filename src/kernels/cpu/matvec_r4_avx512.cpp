@@ -34,16 +34,18 @@ struct XGroup {
 // (M, G) groups from the quantized activations, into work (64-byte aligned);
 // when ready, work already holds them.
 const XGroup* expand_groups(const QuantX& xq, int64_t M, int offset, float* work, bool ready) {
-  const int64_t G = xq.K / 512, nb = xq.nblocks();
+  const int64_t G = r4_groups(xq.K), nb = xq.nblocks();
   auto* out = reinterpret_cast<XGroup*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   if (ready) return out;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       XGroup& o = out[m * G + g];
-      r4_gather_x(xq.qs + m * xq.K + g * 512, o.lo, o.hi);
       const int64_t b0 = m * nb + g * kR4Blocks;
-      o.init = _mm512_mullo_epi32(_mm512_loadu_si512(xq.s + b0), _mm512_set1_epi32(-offset));
-      o.d = _mm512_loadu_ps(xq.d + b0);
+      // A last partial group: its missing blocks are zero lanes, nothing past the row read.
+      const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kR4Blocks, nb - g * kR4Blocks)) - 1);
+      r4_gather_x(xq.qs + m * xq.K + g * 512, o.lo, o.hi, lanes);
+      o.init = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(lanes, xq.s + b0), _mm512_set1_epi32(-offset));
+      o.d = _mm512_maskz_loadu_ps(lanes, xq.d + b0);
     }
   return out;
 }
@@ -52,7 +54,7 @@ const XGroup* expand_groups(const QuantX& xq, int64_t M, int offset, float* work
 template <DType T, int C>
 void tile(const uint8_t* w, int64_t K, const XGroup* x, float* y, int64_t N, int64_t rows, size_t prefetch) {
   constexpr bool kQ4 = T == DType::Q4_0_R4;
-  const int64_t G = K / 512;
+  const int64_t G = r4_groups(K);
   const __m512i lo4 = _mm512_set1_epi8(0x0f);
   __m512 acc[kR4Rows][C];
 #pragma GCC unroll 4

@@ -35,17 +35,19 @@ struct XGroupL {
 // (M, G) groups from the quantized activations, into work (64-byte aligned);
 // when ready, work already holds them.
 const XGroupL* expand_groups(const QuantX& xq, int64_t M, int offset, bool min, float* work, bool ready) {
-  const int64_t G = xq.K / 512, nb = xq.nblocks();
+  const int64_t G = r4_groups(xq.K), nb = xq.nblocks();
   auto* out = reinterpret_cast<XGroupL*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   if (ready) return out;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       XGroupL& o = out[m * G + g];
-      r4_gather_x(xq.qs + m * xq.K + g * 512, o.lo, o.hi);
       const int64_t b0 = m * nb + g * kR4Blocks;
-      const __m512i s = _mm512_loadu_si512(xq.s + b0);
+      // A last partial group: its missing blocks are zero lanes, nothing past the row read.
+      const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kR4Blocks, nb - g * kR4Blocks)) - 1);
+      r4_gather_x(xq.qs + m * xq.K + g * 512, o.lo, o.hi, lanes);
+      const __m512i s = _mm512_maskz_loadu_epi32(lanes, xq.s + b0);
       o.init = min ? _mm512_setzero_si512() : _mm512_mullo_epi32(s, _mm512_set1_epi32(-offset));
-      o.d = _mm512_loadu_ps(xq.d + b0);
+      o.d = _mm512_maskz_loadu_ps(lanes, xq.d + b0);
       o.s = min ? _mm512_castsi512_ps(s) : _mm512_setzero_ps();
     }
   return out;
@@ -62,7 +64,7 @@ template <DType T, int C>
 void tile(const uint8_t* w, int64_t K, const XGroupL* x, float* y, int64_t N, int64_t rows, size_t prefetch) {
   constexpr bool kNL = T == DType::IQ4_NL_R4, kQ5 = T == DType::Q5_0_R4 || T == DType::Q5_1_R4;
   constexpr bool kMin = T == DType::Q4_1_R4 || T == DType::Q5_1_R4;
-  const int64_t G = K / 512;
+  const int64_t G = r4_groups(K);
   const __m512i lo4 = _mm512_set1_epi8(0x0f);
   __m512i grid = _mm512_setzero_si512();
   if constexpr (kNL) {
