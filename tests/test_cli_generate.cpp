@@ -186,6 +186,15 @@ TEST(CliBench, SyntheticDecodeAndPrefillReportLimitsAndRatios) {
   // stories260K's 64 x 64 layers are too small to split: a parallel region per matrix.
   EXPECT_NE(r.out.find("\"decode_path\": \"regions\""), std::string::npos) << r.out;
   EXPECT_EQ(json_number(r.out, "sequences"), 0) << r.out;  // no batched decode asked for
+  EXPECT_NE(r.out.find("\"kv_type\": \"f32\""), std::string::npos) << r.out;  // generate's default
+  // Decode at a depth over an f16 cache: the type is the run's, and a bad one is refused naming the flag.
+  CliResult h = run_cli("bench --synthetic 260k -p 0 -n 8 -d 40 -r 1 -t 2 --kv-type f16 --json");
+  ASSERT_EQ(h.code, 0) << h.err;
+  EXPECT_NE(h.out.find("\"kv_type\": \"f16\""), std::string::npos) << h.out;
+  EXPECT_GT(json_number(h.out, "decode_tok_s"), 0) << h.out;
+  CliResult bad_kv = run_cli("bench --synthetic 260k -p 0 -n 8 --kv-type q4_0");
+  EXPECT_NE(bad_kv.code, 0);
+  EXPECT_NE(bad_kv.err.find("--kv-type"), std::string::npos) << bad_kv.err;
   // Several sequences decoded one batch per step: an aggregate rate and its ratio to one sequence's.
   CliResult s = run_cli("bench --synthetic 260k -p 0 -n 16 -r 1 -t 2 --sequences 4 --json");
   ASSERT_EQ(s.code, 0) << s.err;

@@ -103,6 +103,10 @@ int cmd_bench(int argc, char** argv) {
   app.add_option("-d,--depth", depth,
                  "decode at positions [D, D + n) after filling the cache with D tokens (untimed): decode speed "
                  "at a long context (the bound counts the weights only, not the cached keys and values read)");
+  std::string kv_type = "f32";
+  app.add_option("--kv-type", kv_type,
+                 "KV cache type, as generate's: f32, f16 or q8_0 (with -d: what each decoded token reads besides the weights)")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}));
   app.add_option("-t,--threads", threads, "threads (default: all cores)");
   app.add_option("-r,--repetitions", reps, "repetitions; the best is reported")->check(positive());
   app.add_flag("--json", json, "print one JSON object");
@@ -150,6 +154,7 @@ int cmd_bench(int argc, char** argv) {
   if (c.arch == Arch::GPT2 && ro.n_ctx > c.max_seq_len) fail("bench: -p/-n/-d exceed the model's ", c.max_seq_len, " positions");
   ro.max_batch = std::max<int64_t>({pp, std::min<int64_t>(depth, 512), 1});
   ro.max_threads = threads;
+  ro.kv_type = *dtype_from_name(kv_type);
   Model m(w, ro);
 
   std::fprintf(stderr, "bench: measuring memory bandwidth and GEMM peak (%d threads, %s)...\n", threads,
@@ -261,14 +266,14 @@ int cmd_bench(int argc, char** argv) {
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"params\": %lld, \"weight_bytes\": %.0f, \"threads\": %d, \"isa\": \"%s\", "
-        "\"n_prompt\": %lld, \"n_gen\": %lld, \"depth\": %lld, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
+        "\"n_prompt\": %lld, \"n_gen\": %lld, \"depth\": %lld, \"kv_type\": \"%s\", \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
         "\"bandwidth_gbs\": %.2f, \"decode_bound_tok_s\": %.2f, \"decode_bw_fraction\": %.4f, "
         "\"decode_window_bandwidth_gbs\": %.2f, \"decode_bw_fraction_best_probe\": %.4f, "
         "\"gemm_peak_kind\": \"%s\", \"gemm_peak_gflops\": %.1f, \"prefill_gflops\": %.1f, \"prefill_peak_fraction\": %.4f, "
         "\"prefill_peak_fraction_best_probe\": %.4f, \"repacked_matrices\": %d, \"decode_path\": \"%s\", "
         "\"sequences\": %lld, \"batched_decode_tok_s\": %.2f, \"batched_speedup\": %.3f}\n",
         lm.path.c_str(), (long long)w.n_params(), bytes, threads, isa_name(ctx.isa), (long long)pp, (long long)tg, (long long)depth,
-        prefill_tok_s, decode_tok_s, bw, bound, bw_frac, window_gbs, bw_frac_best, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac,
+        dtype_name(ro.kv_type), prefill_tok_s, decode_tok_s, bw, bound, bw_frac, window_gbs, bw_frac_best, bf16_peak ? "bf16" : "sgemm", peak, prefill_gflops, pk_frac,
         pk_frac_best, repacked, decode_path, (long long)n_seq, batched_tok_s,
         decode_tok_s > 0 ? batched_tok_s / decode_tok_s : 0.0);
   } else {
@@ -289,9 +294,9 @@ int cmd_bench(int argc, char** argv) {
                   window_gbs, (long long)kSegment, 100 * bw_frac);
       if (depth > 0)
         std::printf("                 at depth %lld: positions %lld..%lld (the bound counts the weights, not the %s of "
-                    "keys and values read per token)\n",
+                    "%s keys and values read per token)\n",
                     (long long)depth, (long long)depth, (long long)(depth + tg - 1),
-                    human_bytes(double(depth) * c.kv_bytes_per_token(ro.kv_type)).c_str());
+                    human_bytes(double(depth) * c.kv_bytes_per_token(ro.kv_type)).c_str(), dtype_name(ro.kv_type));
     }
     if (batched_tok_s > 0)
       std::printf("decode  x%-6lld %9.1f tok/s  aggregate, %lld sequences one batch per step = %.2fx one sequence's "
