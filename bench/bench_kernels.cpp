@@ -102,9 +102,14 @@ void fill_weights(DType t, uint8_t* p, int64_t numel, float* scales, int group, 
       for (size_t i = 0; i < bytes; i += bb) std::memcpy(p + i, &d, 2);
       break;
     }
-    case DType::Q4_0_R4:  // made from Q4_0 / Q8_0 / Q4_K / Q6_K by add_matrix
+    case DType::Q4_0_R4:  // made from their file types by add_matrix
     case DType::Q8_0_R4:
+    case DType::IQ4_NL_R4:
+    case DType::Q4_1_R4:
+    case DType::Q5_0_R4:
+    case DType::Q5_1_R4:
     case DType::Q4_K_R4:
+    case DType::Q5_K_R4:
     case DType::Q6_K_R4:
       break;
     case DType::Q8_G:
@@ -302,7 +307,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover] "
-                   "[--types f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g] [--decode-only] [--attention]\n");
+                   "[--types f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g,iq4_nl[_r4],q4_1[_r4],q5_0[_r4],q5_1[_r4],"
+                   "q4_k[_r4],q5_k[_r4],q6_k[_r4]] [--decode-only] [--attention]\n");
       return 2;
     }
   }
@@ -333,13 +339,17 @@ int main(int argc, char** argv) {
   std::vector<std::pair<DType, int>> types;
   for (auto [t, group] : {std::pair{DType::F32, 0}, {DType::F16, 0}, {DType::BF16, 0}, {DType::Q8_0, 0},
                           {DType::Q8_0_R4, 0}, {DType::Q4_0, 0}, {DType::Q4_0_R4, 0}, {DType::Q8_G, 64},
-                          {DType::Q4_K, 0}, {DType::Q4_K_R4, 0}, {DType::Q6_K, 0}, {DType::Q6_K_R4, 0}}) {
+                          {DType::IQ4_NL, 0}, {DType::IQ4_NL_R4, 0}, {DType::Q4_1, 0}, {DType::Q4_1_R4, 0},
+                          {DType::Q5_0, 0}, {DType::Q5_0_R4, 0}, {DType::Q5_1, 0}, {DType::Q5_1_R4, 0},
+                          {DType::Q4_K, 0}, {DType::Q4_K_R4, 0}, {DType::Q5_K, 0}, {DType::Q5_K_R4, 0},
+                          {DType::Q6_K, 0}, {DType::Q6_K_R4, 0}}) {
     std::string name = dtype_name(t);
     for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
     if (only.empty() || only.find("," + name + ",") != std::string::npos) types.emplace_back(t, group);
   }
   if (types.empty()) {
-    std::fprintf(stderr, "bench_kernels: --types names no known dtype (f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g,q4_k,q4_k_r4,q6_k,q6_k_r4)\n");
+    std::fprintf(stderr, "bench_kernels: --types names no known dtype (f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g,"
+                 "iq4_nl,iq4_nl_r4,q4_1,q4_1_r4,q5_0,q5_0_r4,q5_1,q5_1_r4,q4_k,q4_k_r4,q5_k,q5_k_r4,q6_k,q6_k_r4)\n");
     return 2;
   }
   for (auto [t, group] : types) {

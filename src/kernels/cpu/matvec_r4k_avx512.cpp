@@ -6,7 +6,8 @@
 // nibbles; Q5_K adds one load of fifth bits, Q6_K two of high bit pairs), so
 // vpdpbusd sums each sub-block's 32 products (or, for Q6_K, each half's 16)
 // into its own lane; the scales are one byte per lane, widened once per row
-// and group and shared by up to 4 activation rows:
+// and group and shared by up to 4 activation rows (Q6_K 3), which meet each
+// 64-byte slice of 2 weight rows before the next (matvec_r4_avx512.cpp's order):
 //   Q4_K / Q5_K: y += (d sc) da * sum(q x)  -  (dmin m) da * sum(x)
 //   Q6_K:        y += (d sc_half) da * sum((q - 32) x)   (the -32 sum(x) is the lane's start value)
 // with da and the sums of x from the Q8_K blocks (per 16, as llama.cpp keeps them).
@@ -65,116 +66,187 @@ inline __m512 widen_i8(const uint8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-// Row r of a tile at w, group g, against C activation rows x (row stride G): adds to acc[c].
-template <DType T, int C>
-__attribute__((always_inline)) inline void krow(const uint8_t* w, int64_t K, int64_t g, int r, const XGroupK* x,
-                                                __m512 (&acc)[C], size_t prefetch) {
-  const int64_t G = r4_groups(K);
+// v shifted left by n bits (right by -n) in each 16-bit lane.
+template <int n>
+inline __m512i shift16(__m512i v) {
+  if constexpr (n > 0) return _mm512_slli_epi16(v, n);
+  else if constexpr (n < 0) return _mm512_srli_epi16(v, -n);
+  else return v;
+}
+
+// Slice j (bytes 4 j .. 4 j + 3 of each lane's 16-byte halves) of tile row r's
+// group g as unsigned quants: lo against the activations' lo[j], hi against their hi[j].
+template <DType T, int j>
+__attribute__((always_inline)) inline void kslice(const uint8_t* w, int64_t K, int r, int64_t g, size_t prefetch,
+                                                  __m512i& lo, __m512i& hi) {
   const __m512i lo4 = _mm512_set1_epi8(0x0f);
-  const uint8_t* p = w + r4k_qs_offset(r, g);
-  __m512i lo[4], hi[4];  // unsigned quants against xg.lo / xg.hi
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + prefetch + 64 * j), _MM_HINT_T0);
-    const __m512i v = _mm512_loadu_si512(p + 64 * j);
-    lo[j] = _mm512_and_si512(v, lo4);
-    hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
-  }
+  const uint8_t* p = w + r4k_qs_offset(r, g) + 64 * j;
+  _mm_prefetch(reinterpret_cast<const char*>(p + prefetch), _MM_HINT_T0);
+  const __m512i v = _mm512_loadu_si512(p);
+  lo = _mm512_and_si512(v, lo4);
+  hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
   const uint8_t* h = w + r4k_high_offset(T, K, r, g);
-  if constexpr (T == DType::Q5_K_R4) {  // bit j -> bit 4 of lo[j], bit 4 + j -> bit 4 of hi[j]
-    _mm_prefetch(reinterpret_cast<const char*>(h + prefetch), _MM_HINT_T0);
+  if constexpr (T == DType::Q5_K_R4) {  // bit j -> bit 4 of lo, bit 4 + j -> bit 4 of hi
+    if (j == 0) _mm_prefetch(reinterpret_cast<const char*>(h + prefetch), _MM_HINT_T0);
     const __m512i hv = _mm512_loadu_si512(h), b4 = _mm512_set1_epi8(0x10);
-    lo[0] = _mm512_or_si512(lo[0], _mm512_and_si512(_mm512_slli_epi16(hv, 4), b4));
-    lo[1] = _mm512_or_si512(lo[1], _mm512_and_si512(_mm512_slli_epi16(hv, 3), b4));
-    lo[2] = _mm512_or_si512(lo[2], _mm512_and_si512(_mm512_slli_epi16(hv, 2), b4));
-    lo[3] = _mm512_or_si512(lo[3], _mm512_and_si512(_mm512_slli_epi16(hv, 1), b4));
-    hi[0] = _mm512_or_si512(hi[0], _mm512_and_si512(hv, b4));
-    hi[1] = _mm512_or_si512(hi[1], _mm512_and_si512(_mm512_srli_epi16(hv, 1), b4));
-    hi[2] = _mm512_or_si512(hi[2], _mm512_and_si512(_mm512_srli_epi16(hv, 2), b4));
-    hi[3] = _mm512_or_si512(hi[3], _mm512_and_si512(_mm512_srli_epi16(hv, 3), b4));
-  } else if constexpr (T == DType::Q6_K_R4) {  // bits 2 t, 2 t + 1 -> bits 4, 5 of lo[t] (first 64 bytes), hi[t]
-    _mm_prefetch(reinterpret_cast<const char*>(h + prefetch), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(h + prefetch + 64), _MM_HINT_T0);
+    lo = _mm512_or_si512(lo, _mm512_and_si512(shift16<4 - j>(hv), b4));
+    hi = _mm512_or_si512(hi, _mm512_and_si512(shift16<-j>(hv), b4));
+  } else if constexpr (T == DType::Q6_K_R4) {  // bits 2 j, 2 j + 1 -> bits 4, 5 (lo: first 64 bytes, hi: next)
+    if (j == 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(h + prefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(h + prefetch + 64), _MM_HINT_T0);
+    }
     const __m512i b45 = _mm512_set1_epi8(0x30);
-    const __m512i h0 = _mm512_loadu_si512(h), h1 = _mm512_loadu_si512(h + 64);
-    lo[0] = _mm512_or_si512(lo[0], _mm512_and_si512(_mm512_slli_epi16(h0, 4), b45));
-    lo[1] = _mm512_or_si512(lo[1], _mm512_and_si512(_mm512_slli_epi16(h0, 2), b45));
-    lo[2] = _mm512_or_si512(lo[2], _mm512_and_si512(h0, b45));
-    lo[3] = _mm512_or_si512(lo[3], _mm512_and_si512(_mm512_srli_epi16(h0, 2), b45));
-    hi[0] = _mm512_or_si512(hi[0], _mm512_and_si512(_mm512_slli_epi16(h1, 4), b45));
-    hi[1] = _mm512_or_si512(hi[1], _mm512_and_si512(_mm512_slli_epi16(h1, 2), b45));
-    hi[2] = _mm512_or_si512(hi[2], _mm512_and_si512(h1, b45));
-    hi[3] = _mm512_or_si512(hi[3], _mm512_and_si512(_mm512_srli_epi16(h1, 2), b45));
+    lo = _mm512_or_si512(lo, _mm512_and_si512(shift16<4 - 2 * j>(_mm512_loadu_si512(h)), b45));
+    hi = _mm512_or_si512(hi, _mm512_and_si512(shift16<4 - 2 * j>(_mm512_loadu_si512(h + 64)), b45));
   }
+}
+
+// Tile row r's scales of group g, per lane and times the super-block's d:
+// Q4_K / Q5_K the sub-block scale (s0) and min (s1); Q6_K the first (s0) and last (s1) 16's scale.
+// Lanes 0..7 take super-block 2 g, 8..15 super-block 2 g + 1.
+template <DType T>
+__attribute__((always_inline)) inline void kscales(const uint8_t* w, int64_t K, int r, int64_t g, size_t prefetch,
+                                                   __m512& s0, __m512& s1) {
   const uint8_t* sc = w + r4k_scales_offset(T, K, r, g);
   if (r % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(sc + prefetch), _MM_HINT_T0);
-  // Lanes 0..7 take super-block 2 g, 8..15 super-block 2 g + 1: f16 (d, dmin) pairs, or Q6_K's two d.
-  if constexpr (T == DType::Q6_K_R4) {
+  if constexpr (T == DType::Q6_K_R4) {  // two f16 d
     const __m512 dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(*reinterpret_cast<const int*>(sc + 32))));
     const __m512 dl = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), dd);
-    const __m512 wlo = _mm512_mul_ps(widen_i8(sc), dl), whi = _mm512_mul_ps(widen_i8(sc + 16), dl);
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) {
-      const XGroupK& xg = x[c * G + g];
-      __m512i a0 = xg.init_lo, a1 = xg.init_hi;
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        a0 = _mm512_dpbusd_epi32(a0, lo[j], xg.lo[j]);
-        a1 = _mm512_dpbusd_epi32(a1, hi[j], xg.hi[j]);
-      }
-      const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), wlo, _mm512_mul_ps(_mm512_cvtepi32_ps(a1), whi));
-      acc[c] = _mm512_fmadd_ps(t, xg.d, acc[c]);
-    }
-  } else {
+    s0 = _mm512_mul_ps(widen_i8(sc), dl);
+    s1 = _mm512_mul_ps(widen_i8(sc + 16), dl);
+  } else {  // f16 (d, dmin) pairs
     const __m512 dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + 32))));
     const __m512i pick_d = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
-    const __m512 ws = _mm512_mul_ps(widen_u8(sc), _mm512_permutexvar_ps(pick_d, dd));
-    const __m512 wm = _mm512_mul_ps(widen_u8(sc + 16), _mm512_permutexvar_ps(_mm512_add_epi32(pick_d, _mm512_set1_epi32(1)), dd));
+    s0 = _mm512_mul_ps(widen_u8(sc), _mm512_permutexvar_ps(pick_d, dd));
+    s1 = _mm512_mul_ps(widen_u8(sc + 16), _mm512_permutexvar_ps(_mm512_add_epi32(pick_d, _mm512_set1_epi32(1)), dd));
+  }
+}
+
+// Row r's group g against one activation row: adds to acc. The row's four
+// slices in file order, one sequential stream (decode).
+template <DType T>
+__attribute__((always_inline)) inline void krow1(const uint8_t* w, int64_t K, int64_t g, int r, const XGroupK& xg,
+                                                 __m512& acc, size_t prefetch) {
+  __m512i lo[4], hi[4];
+  kslice<T, 0>(w, K, r, g, prefetch, lo[0], hi[0]);
+  kslice<T, 1>(w, K, r, g, prefetch, lo[1], hi[1]);
+  kslice<T, 2>(w, K, r, g, prefetch, lo[2], hi[2]);
+  kslice<T, 3>(w, K, r, g, prefetch, lo[3], hi[3]);
+  __m512 s0, s1;
+  kscales<T>(w, K, r, g, prefetch, s0, s1);
+  constexpr bool k6 = T == DType::Q6_K_R4;
+  __m512i a0 = k6 ? xg.init_lo : _mm512_setzero_si512(), a1 = k6 ? xg.init_hi : _mm512_setzero_si512();
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) {
-      const XGroupK& xg = x[c * G + g];
-      __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+  for (int j = 0; j < 4; ++j) {
+    a0 = _mm512_dpbusd_epi32(a0, lo[j], xg.lo[j]);
+    a1 = _mm512_dpbusd_epi32(a1, hi[j], xg.hi[j]);
+  }
+  if constexpr (k6) {
+    const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), s0, _mm512_mul_ps(_mm512_cvtepi32_ps(a1), s1));
+    acc = _mm512_fmadd_ps(t, xg.d, acc);
+  } else {
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), _mm512_mul_ps(s0, xg.d), acc);
+    acc = _mm512_fnmadd_ps(s1, xg.sm, acc);
+  }
+}
+
+// Y[n + r] for r < rows against one activation row.
+template <DType T>
+void ktile1(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64_t rows, size_t prefetch) {
+  __m512 acc[kR4Rows];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  for (int64_t g = 0; g < r4_groups(K); ++g) {
+    krow1<T>(w, K, g, 0, x[g], acc[0], prefetch);
+    krow1<T>(w, K, g, 1, x[g], acc[1], prefetch);
+    krow1<T>(w, K, g, 2, x[g], acc[2], prefetch);
+    krow1<T>(w, K, g, 3, x[g], acc[3], prefetch);
+  }
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        a0 = _mm512_dpbusd_epi32(a0, lo[j], xg.lo[j]);
-        a1 = _mm512_dpbusd_epi32(a1, hi[j], xg.hi[j]);
+  for (int r = 0; r < kR4Rows; ++r)
+    if (r < rows) y[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+// Y[c, n + r] for r in [r0, r0 + 2), r < rows, c < C, as the legacy types'
+// tile_sliced (matvec_r4_avx512.cpp): per group, slice j of 2 weight rows
+// meets slice j of the C activation rows before slice j + 1, the integer sums
+// in registers (Q6_K: two per pair, its halves have their own scales, so C <= 3).
+template <DType T, int C>
+void ktile_sliced(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64_t N, int r0, int64_t rows,
+                  size_t prefetch) {
+  constexpr int R = 2;
+  constexpr bool k6 = T == DType::Q6_K_R4;
+  const int64_t G = r4_groups(K);
+  __m512 acc[R][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i ia[R][C], ib[R][C];  // lane sums of the lo slices (Q4_K / Q5_K: of both) and (Q6_K) of the hi slices
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        ia[r][c] = k6 ? x[c * G + g].init_lo : _mm512_setzero_si512();
+        if constexpr (k6) ib[r][c] = x[c * G + g].init_hi;
       }
-      acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), _mm512_mul_ps(ws, xg.d), acc[c]);
-      acc[c] = _mm512_fnmadd_ps(wm, xg.sm, acc[c]);
+    auto slice = [&]<int j>() __attribute__((always_inline)) {
+      __m512i lo[R], hi[R];
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) kslice<T, j>(w, K, r0 + r, g, prefetch, lo[r], hi[r]);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        __m512i xl = x[c * G + g].lo[j], xh = x[c * G + g].hi[j];
+        asm("" : "+v"(xl), "+v"(xh));  // in registers, not loaded again per row as memory operands
+#pragma GCC unroll 2
+        for (int r = 0; r < R; ++r) {
+          ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], lo[r], xl);
+          if constexpr (k6) ib[r][c] = _mm512_dpbusd_epi32(ib[r][c], hi[r], xh);
+          else ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], hi[r], xh);
+        }
+      }
+    };
+    slice.template operator()<0>();
+    slice.template operator()<1>();
+    slice.template operator()<2>();
+    slice.template operator()<3>();
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+      __m512 s0, s1;
+      kscales<T>(w, K, r0 + r, g, prefetch, s0, s1);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        const XGroupK& xg = x[c * G + g];
+        if constexpr (k6) {
+          const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[r][c]), s0, _mm512_mul_ps(_mm512_cvtepi32_ps(ib[r][c]), s1));
+          acc[r][c] = _mm512_fmadd_ps(t, xg.d, acc[r][c]);
+        } else {
+          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[r][c]), _mm512_mul_ps(s0, xg.d), acc[r][c]);
+          acc[r][c] = _mm512_fnmadd_ps(s1, xg.sm, acc[r][c]);
+        }
+      }
     }
   }
-}
-
-// Y[c, n + r] for r < rows, c < C: tile at w (4 rows), activation groups x (row stride G).
-template <DType T, int C>
-void ktile(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64_t N, int64_t rows, size_t prefetch) {
-  __m512 a0[C], a1[C], a2[C], a3[C];  // one array per tile row, so each stays in registers
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-  for (int c = 0; c < C; ++c) a0[c] = a1[c] = a2[c] = a3[c] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < r4_groups(K); ++g) {
-    krow<T, C>(w, K, g, 0, x, a0, prefetch);
-    krow<T, C>(w, K, g, 1, x, a1, prefetch);
-    krow<T, C>(w, K, g, 2, x, a2, prefetch);
-    krow<T, C>(w, K, g, 3, x, a3, prefetch);
-  }
-#pragma GCC unroll 4
-  for (int c = 0; c < C; ++c) {
-    y[c * N] = _mm512_reduce_add_ps(a0[c]);
-    if (rows > 1) y[c * N + 1] = _mm512_reduce_add_ps(a1[c]);
-    if (rows > 2) y[c * N + 2] = _mm512_reduce_add_ps(a2[c]);
-    if (rows > 3) y[c * N + 3] = _mm512_reduce_add_ps(a3[c]);
-  }
+    for (int c = 0; c < C; ++c)
+      if (r0 + r < rows) y[c * N + r0 + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
-
-constexpr int kCMax = 3;  // activation rows per tile pass (4 spills accumulators)
 
 template <DType T>
 void matvec_r4k(const MatvecArgs& a, int64_t n0, int64_t n1) {
   const int64_t K = a.W->cols(), N = a.W->rows();
   const XGroupK* xg = expand_groups_k(a.xq, a.M, a.work, a.x_ready);
   const size_t tb = r4_tile_bytes(T, K);
+  constexpr int kCMax = T == DType::Q6_K_R4 ? 3 : 4;  // activation rows per pass: what the registers hold
   r4_for_each_tile<kCMax>(a, n0, n1, xg, [&]<int C>(const uint8_t* t, const XGroupK* x, float* y, int64_t rows) {
-    ktile<T, C>(t, K, x, y, N, rows, tb);
+    if constexpr (C == 1) {
+      ktile1<T>(t, K, x, y, rows, tb);
+    } else {
+      for (int r0 = 0; r0 < kR4Rows; r0 += 2) ktile_sliced<T, C>(t, K, x, y, N, r0, rows, tb);
+    }
   });
 }
 
