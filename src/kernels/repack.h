@@ -98,12 +98,21 @@ constexpr int64_t r4k_high_bytes(DType t) {
   return t == DType::Q5_K_R4 || t == DType::Q5_K ? 64 : t == DType::Q6_K_R4 || t == DType::Q6_K ? 128 : 0;
 }
 constexpr int64_t r4k_scale_bytes(DType t) { return t == DType::Q6_K_R4 || t == DType::Q6_K ? 36 : 40; }
-inline size_t r4k_qs_offset(int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * 256); }
+// A K-quant or legacy tile: per (group, row) 256 bytes of nibbles, then a plane of
+// `high` bytes (fifth / sixth bits) per (group, row), then one of `scale` bytes.
+inline size_t r4n_qs_offset(int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * 256); }
+inline size_t r4n_high_offset(int64_t high, int64_t K, int64_t r, int64_t g) {
+  return size_t(r4_groups(K) * kR4Rows * 256 + (g * kR4Rows + r) * high);
+}
+inline size_t r4n_scales_offset(int64_t high, int64_t scale, int64_t K, int64_t r, int64_t g) {
+  return size_t(r4_groups(K) * kR4Rows * (256 + high) + (g * kR4Rows + r) * scale);
+}
+inline size_t r4k_qs_offset(int64_t r, int64_t g) { return r4n_qs_offset(r, g); }
 inline size_t r4k_high_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(r4_groups(K) * kR4Rows * 256 + (g * kR4Rows + r) * r4k_high_bytes(t));
+  return r4n_high_offset(r4k_high_bytes(t), K, r, g);
 }
 inline size_t r4k_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(r4_groups(K) * kR4Rows * (256 + r4k_high_bytes(t)) + (g * kR4Rows + r) * r4k_scale_bytes(t));
+  return r4n_scales_offset(r4k_high_bytes(t), r4k_scale_bytes(t), K, r, g);
 }
 
 // Row r of a K-quant R4 matrix W into out(K): the scalar reference of the layout.
@@ -116,12 +125,12 @@ constexpr int64_t r4l_high_bytes(DType t) {
 constexpr int64_t r4l_scale_bytes(DType t) {
   return t == DType::Q4_1_R4 || t == DType::Q4_1 || t == DType::Q5_1_R4 || t == DType::Q5_1 ? 64 : 32;
 }
-inline size_t r4l_qs_offset(int64_t r, int64_t g) { return size_t((g * kR4Rows + r) * 256); }
+inline size_t r4l_qs_offset(int64_t r, int64_t g) { return r4n_qs_offset(r, g); }
 inline size_t r4l_high_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(r4_groups(K) * kR4Rows * 256 + (g * kR4Rows + r) * r4l_high_bytes(t));
+  return r4n_high_offset(r4l_high_bytes(t), K, r, g);
 }
 inline size_t r4l_scales_offset(DType t, int64_t K, int64_t r, int64_t g) {
-  return size_t(r4_groups(K) * kR4Rows * (256 + r4l_high_bytes(t)) + (g * kR4Rows + r) * r4l_scale_bytes(t));
+  return r4n_scales_offset(r4l_high_bytes(t), r4l_scale_bytes(t), K, r, g);
 }
 
 // Row r of a legacy R4 matrix W into out(K): the scalar reference of the layout.
