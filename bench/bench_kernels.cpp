@@ -7,7 +7,11 @@
 // output. Prints one JSON object.
 //
 //   bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover]
-//                 [--types f32,q4_0,...] [--decode-only] [--attention]
+//                 [--types f32,q4_0,...] [--decode-only] [--attention] [--prefill-m M]
+//
+// --prefill-m times the prefill pass with M rows (1..512, default 512): 16 is
+// the matrix products of a 16-sequence batched decode step. Both passes take
+// the best of --reps runs (prefill at least 3).
 //
 // --attention times decode attention instead (kernels/attention.h): one token of
 // the 1B shape (32 query heads in 8 KV groups, head size 64) against 256 to 4096
@@ -284,6 +288,7 @@ nlohmann::json bench_attention(Isa isa, int reps) {
 int main(int argc, char** argv) {
   ensure_openblas_coretype(argc, argv);
   int threads = 2, reps = 15;
+  int64_t Mp = 512;  // prefill rows
   bool crossover = false, decode_only = false, attention = false;
   std::string only;  // comma-separated dtype names; empty: all
   Isa isa = detect_isa();
@@ -298,6 +303,8 @@ int main(int argc, char** argv) {
       isa = s == "scalar" ? Isa::Scalar : s == "avx2" ? Isa::AVX2 : Isa::AVX512;
     } else if (a == "--crossover") {
       crossover = true;
+    } else if (a == "--prefill-m" && i + 1 < argc) {
+      Mp = std::clamp<int64_t>(std::atoll(argv[++i]), 1, 512);
     } else if (a == "--decode-only") {
       decode_only = true;
     } else if (a == "--attention") {
@@ -308,7 +315,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: bench_kernels [--threads N] [--isa scalar|avx2|avx512] [--reps N] [--crossover] "
                    "[--types f32,f16,bf16,q8_0,q8_0_r4,q4_0,q4_0_r4,q8_g,iq4_nl[_r4],q4_1[_r4],q5_0[_r4],q5_1[_r4],"
-                   "q4_k[_r4],q5_k[_r4],q6_k[_r4]] [--decode-only] [--attention]\n");
+                   "q4_k[_r4],q5_k[_r4],q6_k[_r4]] [--decode-only] [--attention] [--prefill-m M]\n");
       return 2;
     }
   }
@@ -331,8 +338,8 @@ int main(int argc, char** argv) {
   double bw = measure_read_bandwidth_gbs(ctx);
   double peak = measure_gemm_peak_gflops(ctx);
 
-  const int64_t Mp = 512, Kmax = 5632, Nmax = 32000;
-  std::vector<float> X(size_t(Mp * Kmax)), Y(size_t(Mp * Nmax));
+  const int64_t Kmax = 5632, Nmax = 32000;
+  std::vector<float> X(size_t(512 * Kmax)), Y(size_t(512 * Nmax));
   uint64_t s = 99;
   for (float& x : X) x = rand_unit(s);
 
@@ -371,7 +378,7 @@ int main(int argc, char** argv) {
       Matrices m;
       build(m, t, group, 1);
       peak = std::max(peak, measure_gemm_peak_gflops(ctx));
-      const double tp = time_pass(ctx, m, Mp, 3, X.data(), Y.data());
+      const double tp = time_pass(ctx, m, Mp, std::max(3, reps), X.data(), Y.data());
       r["prefill_m"] = Mp;
       r["prefill_gflops"] = m.flops_per_row * double(Mp) / tp / 1e9;
       if (isa != Isa::Scalar) {

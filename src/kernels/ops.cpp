@@ -1,8 +1,10 @@
 #include "kernels/ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/act.h"
+#include "kernels/norm.h"
 
 namespace tessera::ops {
 
@@ -11,6 +13,14 @@ void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
   for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
   const float s = 1.f / std::sqrt(ss / float(n) + eps);
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] * s * w[i];
+}
+
+void rmsnorm(Isa isa, float* out, const float* x, const float* w, int64_t n, float eps) {
+  if (isa == Isa::AVX512) {
+    cpu::avx512::rmsnorm_row(out, x, w, n, eps);
+    return;
+  }
+  rmsnorm(out, x, w, n, eps);
 }
 
 void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n, float eps) {
@@ -36,26 +46,34 @@ void gelu(float* x, int64_t n) {
   }
 }
 
-void swiglu(Isa isa, float* a, const float* b, int64_t n) {
-  if (isa == Isa::AVX512) return cpu::avx512::swiglu_fwd(a, a, b, n);
-  if (isa == Isa::AVX2) return cpu::avx2::swiglu_fwd(a, a, b, n);
-  swiglu(a, b, n);
+void swiglu(Isa isa, float* out, const float* a, const float* b, int64_t n) {
+  if (isa == Isa::AVX512) return cpu::avx512::swiglu_fwd(out, a, b, n);
+  if (isa == Isa::AVX2) return cpu::avx2::swiglu_fwd(out, a, b, n);
+  if (out != a) std::copy(a, a + n, out);
+  swiglu(out, b, n);
 }
+void swiglu(Isa isa, float* a, const float* b, int64_t n) { swiglu(isa, a, a, b, n); }
 
-void gelu(Isa isa, float* x, int64_t n) {
-  if (isa == Isa::AVX512) return cpu::avx512::gelu_fwd(x, x, n);
-  if (isa == Isa::AVX2) return cpu::avx2::gelu_fwd(x, x, n);
-  gelu(x, n);
+void gelu(Isa isa, float* out, const float* x, int64_t n) {
+  if (isa == Isa::AVX512) return cpu::avx512::gelu_fwd(out, x, n);
+  if (isa == Isa::AVX2) return cpu::avx2::gelu_fwd(out, x, n);
+  if (out != x) std::copy(x, x + n, out);
+  gelu(out, n);
 }
+void gelu(Isa isa, float* x, int64_t n) { gelu(isa, x, x, n); }
 
+void geglu(Isa isa, float* out, const float* a, const float* b, int64_t n) {
+  gelu(isa, out, a, n);
+  for (int64_t i = 0; i < n; ++i) out[i] *= b[i];
+}
 void geglu(Isa isa, float* a, const float* b, int64_t n) {
-  gelu(isa, a, n);
-  for (int64_t i = 0; i < n; ++i) a[i] *= b[i];
+  geglu(isa, a, a, b, n);
 }
 
-void relu(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+void relu(float* out, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] > 0.f ? x[i] : 0.f;
 }
+void relu(float* x, int64_t n) { relu(x, x, n); }
 
 void softcap(float* x, int64_t n, float cap) {
   for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);

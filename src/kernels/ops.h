@@ -9,6 +9,9 @@ namespace tessera::ops {
 
 // out(n) = x(n) / rms(x) * w(n)
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
+// The same on the ISA's kernel (AVX-512: kernels/norm.h's rmsnorm_row, 16 partial
+// sums of squares), else the loop above, whose serial sum does not vectorise.
+void rmsnorm(Isa isa, float* out, const float* x, const float* w, int64_t n, float eps);
 // out(n) = (x - mean) / std * w + b
 void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n, float eps);
 // a(n) = silu(a) * b
@@ -21,8 +24,13 @@ void swiglu(Isa isa, float* a, const float* b, int64_t n);
 void gelu(Isa isa, float* x, int64_t n);
 // a(n) = gelu_tanh(a) * b  (GeGLU), on the ISA's GELU kernel
 void geglu(Isa isa, float* a, const float* b, int64_t n);
+// Out of place: out(n) = silu(a) * b, gelu_tanh(x), gelu_tanh(a) * b (out may be the input).
+void swiglu(Isa isa, float* out, const float* a, const float* b, int64_t n);
+void gelu(Isa isa, float* out, const float* x, int64_t n);
+void geglu(Isa isa, float* out, const float* a, const float* b, int64_t n);
 // x(n) = max(0, x)
 void relu(float* x, int64_t n);
+void relu(float* out, const float* x, int64_t n);
 // x(n) = cap * tanh(x / cap)  (logit soft-capping)
 void softcap(float* x, int64_t n, float cap);
 // y(n) += x(n)

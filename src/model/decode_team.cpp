@@ -113,6 +113,27 @@ void Model::team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, 
   tt.barrier();
 }
 
+// Thread r takes KV heads r, r + size, ... of every row, in row order: its
+// heads' keys of a row are in the cache before a later row of that sequence
+// reads them (the same thread stored them), so the rows need no barrier
+// between them, where team_attention takes one per row.
+bool Model::team_attention_rows(TeamThread& tt, int64_t l, int64_t n, const int32_t* seq, const int64_t* pos,
+                                float* q, float* k, float* v, int64_t q_stride, int64_t kv_stride, float* att,
+                                int64_t out_stride) {
+  const auto& c = w_.cfg;
+  const int64_t nkv = c.cache_kv_heads(), group = c.n_heads / nkv;
+  if (c.layer(l).attn == AttnKind::Sparse || nkv % tt.size != 0) return false;
+  // Split-K (team_attention's long-context case) applies only where the heads do not divide evenly: never here.
+  for (int64_t kvh = tt.rank; kvh < nkv; kvh += tt.size)
+    for (int64_t t = 0; t < n; ++t) {
+      float *qt = q + t * q_stride, *kt = k + t * kv_stride, *vt = v + t * kv_stride;
+      prep_heads(l, seq[t], pos[t], qt, kt, vt, kvh, kvh + 1);
+      attend_decode(tt.isa, decode_attn_args(l, seq[t], pos[t], kvh, 0, group, qt, att + t * out_stride, tt.rank));
+    }
+  tt.barrier();
+  return true;
+}
+
 bool Model::team_rows_ok(const KernelContext& ctx, int64_t n) const {
   if (n == 1) return true;
   const auto& c = w_.cfg;
@@ -173,7 +194,7 @@ void Model::decode_team(KernelContext& ctx, const int32_t* tokens, const int64_t
     for (int64_t i = 0; i < n_out; ++i) {
       const int64_t t = out_rows_[size_t(i)];
       if (llama)
-        ops::rmsnorm(xb + i * C, x + t * C, w_.out_norm.f32(), C, c.norm_eps);
+        ops::rmsnorm(tt.isa, xb + i * C, x + t * C, w_.out_norm.f32(), C, c.norm_eps);
       else
         ops::layernorm(xb + i * C, x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
     }

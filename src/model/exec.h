@@ -30,14 +30,17 @@
 namespace tessera {
 
 // g(H) = act(g) * u (gated, Llama family) / h(H) = act(h) (ungated, GPT-2 family), by the config's activation.
-inline void gated_row(const ModelConfig& c, Isa isa, float* g, const float* u, int64_t H) {
-  if (c.activation() == FfnAct::GeGLU) ops::geglu(isa, g, u, H);
-  else ops::swiglu(isa, g, u, H);
+// Out of place (out may be g / h): a team thread's private activation from the shared products.
+inline void gated_row(const ModelConfig& c, Isa isa, float* out, const float* g, const float* u, int64_t H) {
+  if (c.activation() == FfnAct::GeGLU) ops::geglu(isa, out, g, u, H);
+  else ops::swiglu(isa, out, g, u, H);
 }
-inline void ungated_row(const ModelConfig& c, Isa isa, float* h, int64_t H) {
-  if (c.activation() == FfnAct::ReLU) ops::relu(h, H);
-  else ops::gelu(isa, h, H);
+inline void gated_row(const ModelConfig& c, Isa isa, float* g, const float* u, int64_t H) { gated_row(c, isa, g, g, u, H); }
+inline void ungated_row(const ModelConfig& c, Isa isa, float* out, const float* h, int64_t H) {
+  if (c.activation() == FfnAct::ReLU) ops::relu(out, h, H);
+  else ops::gelu(isa, out, h, H);
 }
+inline void ungated_row(const ModelConfig& c, Isa isa, float* h, int64_t H) { ungated_row(c, isa, h, h, H); }
 
 struct Model::RegionExec {
   Model& m;
@@ -50,7 +53,7 @@ struct Model::RegionExec {
   float* xn() const { return m.a_.xb; }  // (n, C)
   void rmsnorm(const TensorView& g) {
     const auto& c = m.w_.cfg;
-    m.per_token(ctx, n, [&](int64_t t) { ops::rmsnorm(xn() + t * c.dim, x() + t * c.dim, g.f32(), c.dim, c.norm_eps); });
+    m.per_token(ctx, n, [&](int64_t t) { ops::rmsnorm(ctx.isa, xn() + t * c.dim, x() + t * c.dim, g.f32(), c.dim, c.norm_eps); });
   }
   void layernorm(const TensorView& g, const TensorView& b) {
     const auto& c = m.w_.cfg;
@@ -129,7 +132,7 @@ struct Model::TeamExec {
   int64_t C() const { return m.w_.cfg.dim; }
   void rmsnorm(const TensorView& g) {
     const auto& c = m.w_.cfg;
-    for (int64_t t = 0; t < n; ++t) ops::rmsnorm(xbp + t * c.dim, xp + t * c.dim, g.f32(), c.dim, c.norm_eps);
+    for (int64_t t = 0; t < n; ++t) ops::rmsnorm(tt.isa, xbp + t * c.dim, xp + t * c.dim, g.f32(), c.dim, c.norm_eps);
   }
   void layernorm(const TensorView& g, const TensorView& b) {
     const auto& c = m.w_.cfg;
@@ -147,20 +150,19 @@ struct Model::TeamExec {
   // Row by row: a row's keys are in the cache before a later row of its sequence reads them.
   void attention(int64_t l, float* q, float* k, float* v, int64_t q_stride, int64_t kv_stride) {
     const int64_t od = m.w_.cfg.cache_out_dim();
+    if (n > 1 && m.team_attention_rows(tt, l, n, seq, pos, q, k, v, q_stride, kv_stride, m.a_.att, od)) return;
     for (int64_t t = 0; t < n; ++t)
       m.team_attention(tt, l, seq[t], pos[t], q + t * q_stride, k + t * kv_stride, v + t * kv_stride, m.a_.att + t * od);
   }
   void residual(const float* y) { ops::add(xp, y, n * C()); }
   float* gated(const float* g, const float* u) {
     const int64_t H = m.w_.cfg.hidden_dim;
-    std::copy(g, g + n * H, hs);
-    for (int64_t t = 0; t < n; ++t) gated_row(m.w_.cfg, tt.isa, hs + t * H, u + t * H, H);
+    for (int64_t t = 0; t < n; ++t) gated_row(m.w_.cfg, tt.isa, hs + t * H, g + t * H, u + t * H, H);
     return hs;
   }
   float* ungated(const float* h) {
     const int64_t H = m.w_.cfg.hidden_dim;
-    std::copy(h, h + n * H, hs);
-    for (int64_t t = 0; t < n; ++t) ungated_row(m.w_.cfg, tt.isa, hs + t * H, H);
+    for (int64_t t = 0; t < n; ++t) ungated_row(m.w_.cfg, tt.isa, hs + t * H, h + t * H, H);
     return hs;
   }
   void moe(int64_t l, const float* in) { m.moe_team(tt, l, in, xp, hs); }  // one row (team_rows_ok)

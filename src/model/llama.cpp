@@ -11,7 +11,8 @@ namespace tessera {
 template <class Ex>
 void Model::post_norm(Ex& ex, const TensorView& g) {
   const int64_t C = w_.cfg.dim;
-  ex.rows([&](int64_t t) { ops::rmsnorm(a_.xb + t * C, a_.xb + t * C, g.f32(), C, w_.cfg.norm_eps); });
+  const Isa isa = ex.isa();
+  ex.rows([&](int64_t t) { ops::rmsnorm(isa, a_.xb + t * C, a_.xb + t * C, g.f32(), C, w_.cfg.norm_eps); });
 }
 
 template <class Ex>

@@ -366,7 +366,7 @@ void Model::logits_rows(KernelContext& ctx, int64_t n_out, float* out) {
   per_token(ctx, n_out, [&](int64_t i) {
     const int64_t t = out_rows_[size_t(i)];
     if (c.arch == Arch::Llama)
-      ops::rmsnorm(a_.xb + i * C, a_.x + t * C, w_.out_norm.f32(), C, c.norm_eps);
+      ops::rmsnorm(ctx.isa, a_.xb + i * C, a_.x + t * C, w_.out_norm.f32(), C, c.norm_eps);
     else
       ops::layernorm(a_.xb + i * C, a_.x + t * C, w_.out_norm.f32(), w_.out_norm_b.f32(), C, c.norm_eps);
   });

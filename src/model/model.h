@@ -231,6 +231,11 @@ class Model {
                    const uint8_t* want, float* out);
   // prep_heads and attention of one row's q / k / v (at pos of seq), over the team; its attention output into att.
   void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, float* att);
+  // The same for n rows (row t: seq[t], pos[t], q / k / v rows q_stride / kv_stride apart, att rows
+  // out_stride apart) with one barrier, where every thread can take whole KV heads of every row
+  // (dense attention, KV heads a multiple of the team, no split-K); false (nothing done) otherwise.
+  bool team_attention_rows(TeamThread& tt, int64_t l, int64_t n, const int32_t* seq, const int64_t* pos, float* q,
+                           float* k, float* v, int64_t q_stride, int64_t kv_stride, float* att, int64_t out_stride);
   // attend_decode's arguments for query heads [kvh * group + g0, + G) of the token
   // at pos of seq (its q row and attention-output row) against layer l's cache,
   // with thread `rank`'s score scratch.
