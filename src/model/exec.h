@@ -147,10 +147,11 @@ struct Model::TeamExec {
     std::copy(xbp, xbp + n * C(), xp);
   }
   void matmul(const float* X, std::initializer_list<MatmulOut> outs) { team_matmul(tt, X, outs, n); }
-  // Row by row: a row's keys are in the cache before a later row of its sequence reads them.
+  // Whole KV heads of every row per thread where they divide over the team (one barrier),
+  // else row by row: either way a row's keys are in the cache before a later row of its sequence reads them.
   void attention(int64_t l, float* q, float* k, float* v, int64_t q_stride, int64_t kv_stride) {
     const int64_t od = m.w_.cfg.cache_out_dim();
-    if (n > 1 && m.team_attention_rows(tt, l, n, seq, pos, q, k, v, q_stride, kv_stride, m.a_.att, od)) return;
+    if (m.team_attention_rows(tt, l, n, seq, pos, q, k, v, q_stride, kv_stride, m.a_.att, od)) return;
     for (int64_t t = 0; t < n; ++t)
       m.team_attention(tt, l, seq[t], pos[t], q + t * q_stride, k + t * kv_stride, v + t * kv_stride, m.a_.att + t * od);
   }

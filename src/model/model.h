@@ -230,6 +230,8 @@ class Model {
   void decode_team(KernelContext& ctx, const int32_t* tokens, const int64_t* pos, const int32_t* seq, int64_t n,
                    const uint8_t* want, float* out);
   // prep_heads and attention of one row's q / k / v (at pos of seq), over the team; its attention output into att.
+  // The path for heads that do not divide over the team (query sub-groups, split-K) and sparse layers;
+  // team_attention_rows takes the rest.
   void team_attention(TeamThread& tt, int64_t l, int32_t seq, int64_t pos, float* q, float* k, float* v, float* att);
   // The same for n rows (row t: seq[t], pos[t], q / k / v rows q_stride / kv_stride apart, att rows
   // out_stride apart) with one barrier, where every thread can take whole KV heads of every row
