@@ -498,6 +498,30 @@ TEST(KernelsQuantize, SimdActivationQuantizationMatchesScalar) {
   }
 }
 
+// llama.cpp's Q8_K activations (the K-quant dot products): the AVX-512 quantizer
+// gives the scalar specification's bits, signed scales, ties and zero blocks included.
+TEST(KernelsQuantize, SimdQ8KMatchesScalar) {
+  if (detect_isa() < Isa::AVX512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const int64_t K = 256 * 7;
+  auto x = random_floats(size_t(K), 37, -5.f, 5.f);
+  for (int j = 0; j < 256; ++j) x[size_t(j)] = 0.f;                           // a zero block: d = 0
+  for (int j = 256; j < 512; ++j) x[size_t(j)] = float(j % 64 - 32) * 0.25f;  // ties at .5 steps
+  x[600] = 9.f, x[700] = -9.f;                                                 // equal magnitudes: the first wins
+  x[900] = -9.5f, x[1000] = 9.5f;
+  x[1300] = 1e-30f;  // tiny against the block's scale
+  std::vector<int8_t> qs0(static_cast<size_t>(K)), qs1(static_cast<size_t>(K));
+  std::vector<float> d0(static_cast<size_t>(K / 256)), d1(d0.size());
+  std::vector<int32_t> s0(static_cast<size_t>(K / 16)), s1(s0.size());
+  cpu::quantize_x_q8k(x.data(), K, qs0.data(), d0.data(), s0.data());
+  cpu::avx512::quantize_x_q8k(x.data(), K, qs1.data(), d1.data(), s1.data());
+  EXPECT_EQ(qs0, qs1);
+  EXPECT_EQ(d0, d1);
+  EXPECT_EQ(s0, s1);
+  EXPECT_EQ(d0[0], 0.f);
+  EXPECT_LT(d0[2], 0.f);  // block 2's first largest magnitude is +9, which maps to -127: d = -9 / 127
+  EXPECT_GT(d0[3], 0.f);  // block 3's is -9.5
+}
+
 // team_matmul (kernels/team.h): the threads of one region share the rows of
 // consecutive calls through generation-tagged counters; every call must give
 // matmul_multi's bits, whatever the thread count and however many calls ran before.

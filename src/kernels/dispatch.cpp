@@ -247,7 +247,7 @@ struct XqLayout {
     auto* qs = reinterpret_cast<int8_t*>(b) + m * K;
     auto* d = reinterpret_cast<float*>(b + qs_bytes) + m * (K / qb);
     auto* s = reinterpret_cast<int32_t*>(b + qs_bytes + d_bytes) + m * (q8k ? K / 16 : K / qb);
-    if (q8k) return cpu::quantize_x_q8k(X + m * K, K, qs, d, s);
+    if (q8k) return (k.quantize_q8k ? k.quantize_q8k : cpu::quantize_x_q8k)(X + m * K, K, qs, d, s);
     k.quantize_x(X + m * K, K, qb, f16, qs, d, s);
     if (q8_1) cpu::q8_1_sums(X + m * K, K, s);
   }

@@ -48,12 +48,19 @@ struct MatvecArgs {
 // fallback) or per-block activation vectors (AVX-512 Q8_0 / Q4_0; the R4 layouts
 // take 640 bytes per 512 activations, 1.25 M K bytes, the K-quant R4 layouts 768), + alignment.
 // (A K-quant row whose last group of 512 is half padding still takes a whole group: + 192 per row.)
-inline int64_t work_floats(int64_t K, int64_t M) { return K + M * (K / 2 + 192) + 64; }
+// The last kScaleWorkFloats floats hold the K-quant R4 kernels' unpacked scales
+// of one cache block of weight rows (32 floats per row and group of 512; a
+// block of 256 KiB of Q4_K, the densest, is at most 1776 rows x groups, K = 256),
+// at the first 64-byte boundary of the last kScaleWorkFloats + 16.
+constexpr int64_t kScaleWorkFloats = 1792 * 32;
+inline int64_t work_floats(int64_t K, int64_t M) { return K + M * (K / 2 + 192) + 64 + kScaleWorkFloats + 16; }
 
 // Computes Y[m, n] for all m < M and n in [n0, n1).
 using MatvecFn = void (*)(const MatvecArgs& a, int64_t n0, int64_t n1);
 // Quantizes one row x(K) into qs(K), d(K / block), s(K / block); f16_scale as in QuantX.
 using QuantizeXFn = void (*)(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
+// llama.cpp's Q8_K of one row x(K) (quantize_x_q8k, below).
+using QuantizeQ8KFn = void (*)(const float* x, int64_t K, int8_t* qs, float* d, int32_t* s);
 // Dequantizes row r of W into out(K).
 using DequantRowFn = void (*)(const TensorView& W, int64_t r, float* out);
 // Decode attention (kernels/attention.h); false when the head size has no kernel.
@@ -76,6 +83,7 @@ struct IsaKernels {
   MatvecFn kquant_r4 = nullptr;  // Q4_K_R4, Q5_K_R4, Q6_K_R4 against Q8_K activations; AVX-512 only
   OnlineRowFn online_row = nullptr;
   MatvecFn legacy_r4 = nullptr;  // IQ4_NL_R4, Q4_1_R4, Q5_0_R4, Q5_1_R4 against Q8_0 / Q8_1 activations; AVX-512 only
+  QuantizeQ8KFn quantize_q8k = nullptr;  // null: the scalar quantize_x_q8k
 };
 
 // Whether a Q8_G view takes the integer path (group a multiple of 32 that
@@ -130,6 +138,7 @@ void matvec_legacy(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_kquant_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void matvec_legacy_r4(const MatvecArgs& a, int64_t n0, int64_t n1);
 void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t* qs, float* d, int32_t* s);
+void quantize_x_q8k(const float* x, int64_t K, int8_t* qs, float* d, int32_t* s);  // bit-identical to cpu::'s
 void dequant_row(const TensorView& W, int64_t r, float* out);
 double stream_read_sum(const float* p, int64_t n);
 uint64_t stream_read_xor(const uint8_t* p, int64_t n);

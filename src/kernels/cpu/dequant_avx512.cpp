@@ -55,7 +55,7 @@ const IsaKernels& kernels() {
   static constexpr IsaKernels k{matvec_f32,  matvec_f16, matvec_bf16, matvec_q8_0,
                                 matvec_q4_0, matvec_q8_g, quantize_x,  dequant_row, matvec_q4_0_r4, matvec_q8_0_r4,
                                 attend_decode, attend_softmax_row, matvec_kquant, matvec_legacy, matvec_kquant_r4,
-                                attend_online_row, matvec_legacy_r4};
+                                attend_online_row, matvec_legacy_r4, quantize_x_q8k};
   return k;
 }
 

@@ -297,4 +297,35 @@ void quantize_x(const float* x, int64_t K, int64_t block, bool f16_scale, int8_t
   }
 }
 
+// cpu::quantize_x_q8k (the scalar specification) with the same bits: the first
+// value of largest magnitude sets the scale -127 / v, products rounded half to
+// even (vcvtps2dq), clamped at 127.
+void quantize_x_q8k(const float* x, int64_t K, int8_t* qs, float* d, int32_t* s) {
+  const __m512 sign = _mm512_set1_ps(-0.f);
+  const __m512i top = _mm512_set1_epi32(127);
+  for (int64_t b = 0; b < K / kQKK; ++b) {
+    const float* xb = x + b * kQKK;
+    __m512 amax = _mm512_setzero_ps();  // NaNs are skipped, as the scalar's comparison does
+    for (int k = 0; k < kQKK; k += 16) amax = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(xb + k)), amax);
+    const float mx = _mm512_reduce_max_ps(amax);
+    float vmax = 0.f;
+    for (int k = 0; mx != 0.f && k < kQKK; k += 16) {
+      const __mmask16 hit =
+          _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, _mm512_loadu_ps(xb + k)), _mm512_set1_ps(mx), _CMP_EQ_OQ);
+      if (hit) {
+        vmax = xb[k + __builtin_ctz(hit)];
+        break;
+      }
+    }
+    const float iscale = mx != 0.f ? -127.f / vmax : 0.f;
+    const __m512 vis = _mm512_set1_ps(iscale);
+    for (int g = 0; g < kQKK / 16; ++g) {
+      const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(vis, _mm512_loadu_ps(xb + 16 * g))), top);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * kQKK + 16 * g), _mm512_cvtsepi32_epi8(q));
+      s[b * (kQKK / 16) + g] = _mm512_reduce_add_epi32(q);
+    }
+    d[b] = mx != 0.f ? 1.f / iscale : 0.f;
+  }
+}
+
 }  // namespace tessera::cpu::avx512

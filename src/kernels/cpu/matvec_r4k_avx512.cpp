@@ -123,6 +123,29 @@ __attribute__((always_inline)) inline void kscales(const uint8_t* w, int64_t K, 
   }
 }
 
+// With more than one pass of activation rows over a block of weight rows, the
+// block's scales are unpacked once (unpack_scales) instead of in every pass:
+// s0 and s1 of (tile t of the block, group g, row r) at kPlane ((t G + g) 4 + r).
+constexpr int64_t kPlane = 32;
+
+// The scales of the tiles of weight rows [b0, b1) (b0 a multiple of 4) into planes.
+template <DType T>
+void unpack_scales(const uint8_t* w, int64_t K, int64_t b0, int64_t b1, float* planes) {
+  const int64_t G = r4_groups(K);
+  const size_t tb = r4_tile_bytes(T, K);
+  for (int64_t n = b0; n < b1; n += kR4Rows) {
+    const uint8_t* t = w + size_t(n / kR4Rows) * tb;
+    float* o = planes + (n - b0) / kR4Rows * G * kR4Rows * kPlane;
+    for (int64_t g = 0; g < G; ++g)
+      for (int r = 0; r < kR4Rows; ++r, o += kPlane) {
+        __m512 s0, s1;
+        kscales<T>(t, K, r, g, 0, s0, s1);
+        _mm512_store_ps(o, s0);
+        _mm512_store_ps(o + 16, s1);
+      }
+  }
+}
+
 // Row r's group g against one activation row: adds to acc. The row's four
 // slices in file order, one sequential stream (decode).
 template <DType T>
@@ -171,9 +194,10 @@ void ktile1(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64_t row
 // tile_sliced (matvec_r4_avx512.cpp): per group, slice j of 2 weight rows
 // meets slice j of the C activation rows before slice j + 1, the integer sums
 // in registers (Q6_K: two per pair, its halves have their own scales, so C <= 3).
+// sc: the tile's scale planes (unpack_scales), or null to unpack them here.
 template <DType T, int C>
 void ktile_sliced(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64_t N, int r0, int64_t rows,
-                  size_t prefetch) {
+                  size_t prefetch, const float* sc) {
   constexpr int R = 2;
   constexpr bool k6 = T == DType::Q6_K_R4;
   const int64_t G = r4_groups(K);
@@ -183,6 +207,10 @@ void ktile_sliced(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; ++g) {
+    if (sc) {  // this group's two rows of scale planes, for the end of the group
+      const char* p = reinterpret_cast<const char*>(sc + (g * kR4Rows + r0) * kPlane);
+      for (int l = 0; l < 4; ++l) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
+    }
     __m512i ia[R][C], ib[R][C];  // lane sums of the lo slices (Q4_K / Q5_K: of both) and (Q6_K) of the hi slices
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -214,7 +242,12 @@ void ktile_sliced(const uint8_t* w, int64_t K, const XGroupK* x, float* y, int64
 #pragma GCC unroll 2
     for (int r = 0; r < R; ++r) {
       __m512 s0, s1;
-      kscales<T>(w, K, r0 + r, g, prefetch, s0, s1);
+      if (sc) {
+        s0 = _mm512_load_ps(sc + (g * kR4Rows + r0 + r) * kPlane);
+        s1 = _mm512_load_ps(sc + (g * kR4Rows + r0 + r) * kPlane + 16);
+      } else {
+        kscales<T>(w, K, r0 + r, g, prefetch, s0, s1);
+      }
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
         const XGroupK& xg = x[c * G + g];
@@ -241,13 +274,27 @@ void matvec_r4k(const MatvecArgs& a, int64_t n0, int64_t n1) {
   const XGroupK* xg = expand_groups_k(a.xq, a.M, a.work, a.x_ready);
   const size_t tb = r4_tile_bytes(T, K);
   constexpr int kCMax = T == DType::Q6_K_R4 ? 3 : 4;  // activation rows per pass: what the registers hold
+  const auto* w = static_cast<const uint8_t*>(a.W->data);
+  const int64_t G = r4_groups(K);
+  // With more than one pass over a block, its scales are unpacked once, after the activations in work.
+  float* planes = nullptr;
+  int64_t b0 = 0;
+  if (a.M > kCMax && rows_per_cache_block(dtype_row_bytes(T, K)) * G * kPlane <= kScaleWorkFloats) {
+    const float* end = a.work + work_floats(K, a.M) - kScaleWorkFloats - 16;
+    planes = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(end) + 63) & ~uintptr_t(63));
+  }
+  auto block = [&](int64_t n, int64_t end) {
+    b0 = n;
+    if (planes) unpack_scales<T>(w, K, n, end, planes);
+  };
   r4_for_each_tile<kCMax>(a, n0, n1, xg, [&]<int C>(const uint8_t* t, const XGroupK* x, float* y, int64_t rows) {
     if constexpr (C == 1) {
       ktile1<T>(t, K, x, y, rows, tb);
     } else {
-      for (int r0 = 0; r0 < kR4Rows; r0 += 2) ktile_sliced<T, C>(t, K, x, y, N, r0, rows, tb);
+      const float* sc = planes ? planes + ((t - w) / tb - b0 / kR4Rows) * G * kR4Rows * kPlane : nullptr;
+      for (int r0 = 0; r0 < kR4Rows; r0 += 2) ktile_sliced<T, C>(t, K, x, y, N, r0, rows, tb, sc);
     }
-  });
+  }, block);
 }
 
 }  // namespace

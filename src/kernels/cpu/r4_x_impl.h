@@ -22,8 +22,9 @@ inline void r4_gather_x(const int8_t* x, __m512i lo[4], __m512i hi[4], __mmask16
 // rows, weight rows in blocks of about 256 KiB (they stay in L2 while the
 // passes go over them). n0 is a multiple of 4 (the dispatcher splits rows in
 // 16s); a partial last tile computes its padding rows, rows says how many are real.
-template <int CMax, class XG, class Tile>
-void r4_for_each_tile(const MatvecArgs& a, int64_t n0, int64_t n1, const XG* xg, Tile&& tile) {
+// block(b0, b1), when given, is called before the passes over each block of weight rows [b0, b1).
+template <int CMax, class XG, class Tile, class Block = decltype([](int64_t, int64_t) {})>
+void r4_for_each_tile(const MatvecArgs& a, int64_t n0, int64_t n1, const XG* xg, Tile&& tile, Block&& block_start = {}) {
   const DType T = a.W->dtype;
   const int64_t K = a.W->cols(), N = a.W->rows(), G = r4_groups(K);
   const auto* w = static_cast<const uint8_t*>(a.W->data);
@@ -31,6 +32,7 @@ void r4_for_each_tile(const MatvecArgs& a, int64_t n0, int64_t n1, const XG* xg,
   const int64_t block = rows_per_cache_block(dtype_row_bytes(T, K));
   for (int64_t b0 = n0; b0 < n1; b0 += block) {
     const int64_t b1 = std::min(n1, b0 + block);
+    block_start(b0, b1);
     for (int64_t m = 0; m < a.M; m += CMax) {
       const int64_t c = std::min<int64_t>(CMax, a.M - m);
       for (int64_t n = b0; n < b1; n += kR4Rows) {
